@@ -1,0 +1,65 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "SessionCluster",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "SessionCore", targets: ["SessionCore"]),
+        .library(name: "MiniHTTP", targets: ["MiniHTTP"]),
+        .library(name: "SessionMiddleware", targets: ["SessionMiddleware"]),
+        .library(name: "SessionStoreConformance", targets: ["SessionStoreConformance"]),
+        .executable(name: "session-cluster", targets: ["session-cluster"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        // hiredis, from the system (apt: libhiredis-dev). No pkgConfig: its
+        // -D_FILE_OFFSET_BITS=64 makes SwiftPM warn on every build.
+        .systemLibrary(
+            name: "CHiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(name: "SessionCore"),
+        .target(
+            name: "SessionStoreConformance",
+            dependencies: ["SessionCore"]
+        ),
+        .target(
+            name: "MiniHTTP",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "SessionMiddleware",
+            dependencies: [
+                "SessionCore", "MiniHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "ClusterDemo",
+            dependencies: [
+                "SessionCore", "MiniHTTP", "SessionMiddleware",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "session-cluster",
+            dependencies: [
+                "ClusterDemo", "MiniHTTP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "CHiredisTests", dependencies: ["CHiredis"]),
+        .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
+        .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP"]),
+        .testTarget(name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP"]),
+        .testTarget(name: "ClusterDemoTests", dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

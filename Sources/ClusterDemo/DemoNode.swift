@@ -1,0 +1,171 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Logging
+import MiniHTTP
+import SessionCore
+import SessionMiddleware
+import Synchronization
+
+/// Where a node keeps its sessions.
+public enum SessionStrategy: String, Sendable, CaseIterable {
+    /// In this node's memory only: sessions break under round robin (the baseline).
+    case local
+}
+
+/// Settings of a demo node.
+public struct DemoNodeConfiguration: Sendable {
+    public var nodeID: String
+    public var host: String
+    public var port: Int
+    public var strategy: SessionStrategy
+    public var expiry: SessionExpiry
+    /// HMAC key for signed session cookies; nil for unsigned.
+    public var cookieSecret: [UInt8]?
+    public var workerThreads: Int
+
+    public init(
+        nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
+        expiry: SessionExpiry = SessionExpiry(), cookieSecret: [UInt8]? = nil, workerThreads: Int = 128
+    ) {
+        self.nodeID = nodeID
+        self.host = host
+        self.port = port
+        self.strategy = strategy
+        self.expiry = expiry
+        self.cookieSecret = cookieSecret
+        self.workerThreads = workerThreads
+    }
+}
+
+/// The application every cluster node serves: a session counter, login and
+/// logout, health and metrics. Every response names the node in `X-Served-By`.
+public final class DemoNode: Sendable {
+    public let configuration: DemoNodeConfiguration
+    public let metrics = NodeMetrics()
+    public let server: HTTPServer
+    let memoryStore: MemorySessionStore?
+    private let ready = ReadinessFlag()
+
+    public init(configuration: DemoNodeConfiguration, logger: Logger) {
+        self.configuration = configuration
+        let base: any SessionStore
+        switch configuration.strategy {
+        case .local:
+            let memory = MemorySessionStore(expiry: configuration.expiry)
+            memory.startSweeper(intervalMillis: 30_000)
+            memoryStore = memory
+            base = memory
+        }
+        let store = InstrumentedSessionStore(base, metrics: metrics)
+        let sessions = SessionMiddleware(
+            store: store, configuration: SessionConfiguration(signingKey: configuration.cookieSecret), logger: logger)
+
+        var router = Router()
+        let nodeID = configuration.nodeID
+        let readyFlag = ready
+        let metrics = metrics
+        let memory = memoryStore
+        router.get("/healthz") { _ in
+            readyFlag.isReady
+                ? .json("{\"status\":\"ok\",\"node\":\(jsonQuoted(nodeID))}")
+                : .json("{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID))}", status: 503)
+        }
+        router.get("/api/session") { request in
+            let session = try request.session()
+            return .json(try Self.sessionJSON(node: nodeID, session: session))
+        }
+        router.post("/api/counter") { request in
+            let session = try request.session()
+            let count = try session.increment("count")
+            return .json("{\"node\":\(jsonQuoted(nodeID)),\"count\":\(count)}")
+        }
+        router.post("/api/login") { request in
+            struct Login: Decodable { var user: String }
+            guard let login = try? JSONDecoder().decode(Login.self, from: Data(request.body)) else {
+                throw HTTPError.badRequest("expected a JSON body {\"user\": \"name\"}")
+            }
+            let user = String(login.user.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+            guard !user.isEmpty, user.utf8.count <= 64 else {
+                throw HTTPError.badRequest("user must be 1 to 64 bytes")
+            }
+            let session = try request.session()
+            try session.regenerateID()
+            try session.set("user", user)
+            return .json(try Self.sessionJSON(node: nodeID, session: session))
+        }
+        router.post("/api/logout") { request in
+            try request.session().invalidate()
+            return .json("{\"node\":\(jsonQuoted(nodeID)),\"count\":0,\"user\":null}")
+        }
+        router.get("/metrics") { _ in
+            HTTPResponse(
+                status: 200, contentType: "text/plain; version=0.0.4",
+                body: metrics.render(node: nodeID, sessions: memory?.count))
+        }
+        router.get("/") { _ in
+            HTTPResponse(status: 200, contentType: "text/html; charset=utf-8", body: DemoPage.html)
+        }
+
+        server = HTTPServer(
+            configuration: HTTPServerConfiguration(
+                host: configuration.host, port: configuration.port, workerThreads: configuration.workerThreads),
+            logger: logger,
+            middleware: [ServedByMiddleware(nodeID: nodeID, metrics: metrics), sessions],
+            responder: router.responder)
+    }
+
+    static func sessionJSON(node: String, session: Session) throws -> String {
+        let count = try session.get("count", as: Int64.self) ?? 0
+        let user = try session.get("user", as: String.self).map(jsonQuoted) ?? "null"
+        return "{\"node\":\(jsonQuoted(node)),\"count\":\(count),\"user\":\(user)}"
+    }
+
+    /// Starts serving; `/healthz` answers 200 from then on.
+    public func start() throws {
+        try server.start()
+        ready.set(true)
+    }
+
+    /// The bound port.
+    public var port: Int { server.port }
+
+    /// Graceful stop: `/healthz` turns 503, in-flight requests finish.
+    public func shutdown() {
+        ready.set(false)
+        server.shutdown()
+        memoryStore?.stopSweeper()
+    }
+}
+
+/// Adds `X-Served-By` to every response and records request metrics.
+struct ServedByMiddleware: HTTPMiddleware {
+    let nodeID: String
+    let metrics: NodeMetrics
+
+    func respond(to request: HTTPRequest, next: (HTTPRequest) throws -> HTTPResponse) throws -> HTTPResponse {
+        let start = monotonicNanos()
+        var response: HTTPResponse
+        do {
+            response = try next(request)
+        } catch let error as HTTPError {
+            response = error.response
+        }
+        response.headers.replaceOrAdd(name: "X-Served-By", value: nodeID)
+        let route = ["/", "/healthz", "/metrics", "/api/session", "/api/counter", "/api/login", "/api/logout"]
+            .contains(request.path) ? request.path : "other"
+        metrics.recordRequest(
+            method: request.method, route: route, status: response.status,
+            seconds: Double(monotonicNanos() - start) / 1e9)
+        return response
+    }
+}
+
+/// Whether the node answers `/healthz` with 200.
+final class ReadinessFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    var isReady: Bool { value.load(ordering: .relaxed) }
+    func set(_ ready: Bool) { value.store(ready, ordering: .relaxed) }
+}

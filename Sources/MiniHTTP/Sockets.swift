@@ -1,0 +1,213 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An error from a socket call, with the call's name and errno text.
+public struct SocketError: Error, Sendable, CustomStringConvertible {
+    public var call: String
+    public var errno: Int32
+    public init(_ call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
+    public var description: String { "\(call) failed: \(String(cString: strerror(errno))) (errno \(errno))" }
+}
+
+/// Thin helpers over POSIX sockets (IPv4 and IPv6 numeric hosts).
+public enum Sockets {
+    /// Opens a listening TCP socket on `host:port` (`port` 0 picks a free port).
+    public static func listen(host: String, port: Int, backlog: Int32 = 1024) throws -> Int32 {
+        var addr = try makeAddress(host: host, port: port)
+        let fd = socket(Int32(addr.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SocketError("socket", errno: errno) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let len = addr.ss_family == sa_family_t(AF_INET6)
+            ? socklen_t(MemoryLayout<sockaddr_in6>.size) : socklen_t(MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw SocketError("bind \(host):\(port)", errno: e)
+        }
+        guard Glibc.listen(fd, backlog) == 0 else {
+            let e = errno
+            close(fd)
+            throw SocketError("listen", errno: e)
+        }
+        return fd
+    }
+
+    /// Connects to `host:port` with a timeout; the returned socket is blocking.
+    public static func connect(host: String, port: Int, timeoutMillis: Int32 = 2000) throws -> Int32 {
+        var addr = try makeAddress(host: host, port: port)
+        let fd = socket(Int32(addr.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SocketError("socket", errno: errno) }
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        let len = addr.ss_family == sa_family_t(AF_INET6)
+            ? socklen_t(MemoryLayout<sockaddr_in6>.size) : socklen_t(MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) }
+        }
+        if rc != 0 {
+            guard errno == EINPROGRESS else {
+                let e = errno
+                close(fd)
+                throw SocketError("connect \(host):\(port)", errno: e)
+            }
+            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let n = poll(&pfd, 1, timeoutMillis)
+            if n <= 0 {
+                close(fd)
+                throw SocketError("connect \(host):\(port)", errno: n == 0 ? ETIMEDOUT : errno)
+            }
+            var soError: Int32 = 0
+            var soLen = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &soLen)
+            if soError != 0 {
+                close(fd)
+                throw SocketError("connect \(host):\(port)", errno: soError)
+            }
+        }
+        _ = fcntl(fd, F_SETFL, flags)
+        setNoDelay(fd)
+        return fd
+    }
+
+    /// The local port a socket is bound to.
+    public static func localPort(_ fd: Int32) -> Int {
+        var addr = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return port(of: addr)
+    }
+
+    /// The numeric address of the peer, e.g. "127.0.0.1".
+    public static func peerAddress(_ fd: Int32) -> String? {
+        var addr = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+        }
+        guard rc == 0 else { return nil }
+        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        if addr.ss_family == sa_family_t(AF_INET) {
+            var sin = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee } }
+            inet_ntop(AF_INET, &sin.sin_addr, &buf, socklen_t(buf.count))
+        } else {
+            var sin6 = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee } }
+            inet_ntop(AF_INET6, &sin6.sin6_addr, &buf, socklen_t(buf.count))
+        }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    public static func setNoDelay(_ fd: Int32) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Sets the send timeout (SO_SNDTIMEO).
+    public static func setSendTimeout(_ fd: Int32, millis: Int) {
+        var tv = timeval(tv_sec: millis / 1000, tv_usec: (millis % 1000) * 1000)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Writes all of `bytes`; false when the peer is gone or the send timed out.
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                if n > 0 {
+                    offset += n
+                } else if n < 0 && errno == EINTR {
+                    continue
+                } else {
+                    return false
+                }
+            }
+            return true
+        }
+    }
+
+    static func makeAddress(host: String, port: Int) throws -> sockaddr_storage {
+        var storage = sockaddr_storage()
+        guard (0...65535).contains(port) else { throw SocketError("address \(host):\(port)", errno: EINVAL) }
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        let h = host == "localhost" ? "127.0.0.1" : host
+        if inet_pton(AF_INET, h, &v4) == 1 {
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = in_port_t(UInt16(port).bigEndian)
+            sin.sin_addr = v4
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee = sin }
+            }
+        } else if inet_pton(AF_INET6, h.trimmingBrackets, &v6) == 1 {
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = in_port_t(UInt16(port).bigEndian)
+            sin6.sin6_addr = v6
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee = sin6 }
+            }
+        } else {
+            throw SocketError("address '\(host)' is not a numeric IPv4/IPv6 address", errno: EINVAL)
+        }
+        return storage
+    }
+
+    static func port(of addr: sockaddr_storage) -> Int {
+        var a = addr
+        if a.ss_family == sa_family_t(AF_INET) {
+            return withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+            }
+        }
+        return withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+        }
+    }
+}
+
+extension String {
+    fileprivate var trimmingBrackets: String {
+        hasPrefix("[") && hasSuffix("]") ? String(dropFirst().dropLast()) : self
+    }
+}
+
+/// Starts a detached POSIX thread running `body`.
+public func startThread(_ body: @escaping @Sendable () -> Void) {
+    final class Box: @unchecked Sendable {  // handed to exactly one new thread
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    var attr = pthread_attr_t()
+    pthread_attr_init(&attr)
+    pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+    pthread_attr_setstacksize(&attr, 1024 * 1024)
+    let rc = pthread_create(&thread, &attr, { arg in
+        let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+        box.body()
+        return nil
+    }, box)
+    pthread_attr_destroy(&attr)
+    precondition(rc == 0, "pthread_create failed: \(rc)")
+}
+
+/// Milliseconds on the monotonic clock.
+public func monotonicMillis() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+}

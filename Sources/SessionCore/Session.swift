@@ -1,0 +1,198 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Synchronization
+
+/// The session of one request: typed reads and writes over a store.
+///
+/// Nothing touches the store until needed: a request that only reads loads
+/// the session once; writes are collected as per-attribute changes and saved
+/// by `commit()` (the session middleware calls it after the handler). An
+/// `increment` goes to the store at once, atomically, so concurrent requests
+/// on any node never lose one.
+public final class Session: Sendable {
+    public let store: any SessionStore
+
+    struct State {
+        var id: SessionID?
+        var existsInStore: Bool
+        var attributes: [String: [UInt8]]
+        var version: UInt64
+        var pending: [String: SessionChange] = [:]
+        var pendingOrder: [String] = []
+        /// The client must be sent a new cookie (new session or regenerated ID).
+        var issueCookie = false
+        /// The client's cookie must be expired (invalidated, no new session).
+        var expireCookie = false
+    }
+
+    private let state: Mutex<State>
+
+    /// A session for a request that carried `snapshot` (nil: no valid session).
+    public init(store: any SessionStore, snapshot: SessionSnapshot?) {
+        self.store = store
+        state = Mutex(State(
+            id: snapshot?.id, existsInStore: snapshot != nil, attributes: snapshot?.attributes ?? [:],
+            version: snapshot?.version ?? 0))
+    }
+
+    /// The ID, or nil while no session exists for this client.
+    public var id: SessionID? { state.withLock { $0.id } }
+
+    /// The stored version as last seen by this request (0 when none).
+    public var version: UInt64 { state.withLock { $0.version } }
+
+    /// Whether the session holds no attributes.
+    public var isEmpty: Bool { state.withLock { $0.attributes.isEmpty } }
+
+    public var attributeNames: [String] { state.withLock { Array($0.attributes.keys).sorted() } }
+
+    /// The attribute decoded as `T`, or nil when absent. Throws `invalidValue` when it does not decode.
+    public func get<T: Decodable>(_ name: String, as type: T.Type = T.self) throws -> T? {
+        guard let bytes = state.withLock({ $0.attributes[name] }) else { return nil }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(bytes))
+        } catch {
+            throw SessionStoreError(.invalidValue, "attribute '\(name)' is not a \(T.self): \(error)")
+        }
+    }
+
+    /// The raw JSON bytes of an attribute.
+    public func rawValue(_ name: String) -> [UInt8]? { state.withLock { $0.attributes[name] } }
+
+    /// Sets an attribute (saved at commit).
+    public func set<T: Encodable>(_ name: String, _ value: T) throws {
+        let bytes: [UInt8]
+        do {
+            bytes = Array(try JSONEncoder().encode(value))
+        } catch {
+            throw SessionStoreError(.invalidValue, "attribute '\(name)' cannot be encoded: \(error)")
+        }
+        record(.set(name, bytes))
+    }
+
+    /// Removes an attribute (saved at commit).
+    public func remove(_ name: String) {
+        record(.remove(name))
+    }
+
+    private func record(_ change: SessionChange) {
+        state.withLock { s in
+            switch change {
+            case .set(let name, let bytes): s.attributes[name] = bytes
+            case .remove(let name): s.attributes[name] = nil
+            case .increment: break
+            }
+            if s.pending.updateValue(change, forKey: change.attribute) == nil {
+                s.pendingOrder.append(change.attribute)
+            }
+        }
+    }
+
+    /// Atomically adds `amount` to an integer attribute in the store and
+    /// returns the new value. Creates the session when there is none. Pending
+    /// changes of this request are saved in the same step.
+    @discardableResult
+    public func increment(_ name: String, by amount: Int64 = 1) throws -> Int64 {
+        let applied = try save(extra: [.increment(name, by: amount)])
+        guard let value = applied.counters[name] else {
+            throw SessionStoreError(.invalidValue, "store did not return counter '\(name)'")
+        }
+        state.withLock { $0.attributes[name] = encodeCounter(value) }
+        return value
+    }
+
+    /// Gives the session a new ID (call it at login, against session
+    /// fixation); the old ID stops working at once.
+    public func regenerateID() throws {
+        let (old, exists) = state.withLock { ($0.id, $0.existsInStore) }
+        guard let old, exists else {
+            // Not stored yet: the ID it gets at commit is new anyway.
+            state.withLock { s in
+                if s.id != nil { s.id = nil }
+            }
+            return
+        }
+        let newID = SessionID.generate()
+        if try store.regenerate(old, to: newID) {
+            state.withLock { s in
+                s.id = newID
+                s.issueCookie = true
+                s.expireCookie = false
+            }
+        } else {
+            // Expired meanwhile: what this request wrote becomes a new session.
+            state.withLock { s in
+                s.id = nil
+                s.existsInStore = false
+            }
+        }
+    }
+
+    /// Deletes the session everywhere and forgets its data; the cookie is
+    /// expired unless the request writes again (which starts a new session).
+    public func invalidate() throws {
+        let id = state.withLock { $0.id }
+        if let id { try store.invalidate(id) }
+        state.withLock { s in
+            let hadCookie = s.id != nil || s.issueCookie
+            s = State(id: nil, existsInStore: false, attributes: [:], version: 0)
+            s.expireCookie = hadCookie
+        }
+    }
+
+    /// What the response must do with the session cookie.
+    public enum CookieAction: Sendable, Equatable {
+        case none
+        case set(SessionID)
+        case expire
+    }
+
+    /// Saves pending changes; returns what to do with the cookie.
+    public func commit() throws -> CookieAction {
+        let hasPending = state.withLock { !$0.pending.isEmpty }
+        if hasPending { _ = try save(extra: []) }
+        return state.withLock { s in
+            if s.issueCookie, let id = s.id { return .set(id) }
+            if s.expireCookie { return .expire }
+            return .none
+        }
+    }
+
+    /// Applies pending changes plus `extra` in one atomic delta.
+    private func save(extra: [SessionChange]) throws -> AppliedDelta {
+        let (id, exists, changes) = state.withLock { s -> (SessionID?, Bool, [SessionChange]) in
+            (s.id, s.existsInStore, s.pendingOrder.compactMap { s.pending[$0] } + extra)
+        }
+        var applied: AppliedDelta? = nil
+        var usedID: SessionID
+        if exists, let id {
+            usedID = id
+            applied = try store.apply(SessionDelta(id: id, changes: changes, createIfMissing: false))
+        } else {
+            usedID = SessionID.generate()
+        }
+        if applied == nil {
+            // New session, or the old one expired during the request: never revive an ID.
+            if exists { usedID = SessionID.generate() }
+            applied = try store.apply(SessionDelta(id: usedID, changes: changes, createIfMissing: true))
+        }
+        guard let applied else {
+            throw SessionStoreError(.unavailable, "store refused to create a session")
+        }
+        state.withLock { s in
+            if s.id != usedID || applied.created {
+                s.issueCookie = true
+                s.expireCookie = false
+            }
+            s.id = usedID
+            s.existsInStore = true
+            s.version = applied.version
+            s.pending = [:]
+            s.pendingOrder = []
+        }
+        return applied
+    }
+}

@@ -1,0 +1,185 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
+/// How long sessions live. Times are in milliseconds.
+public struct SessionExpiry: Sendable, Equatable {
+    /// Sliding: a session not accessed for this long expires.
+    public var idleTimeoutMillis: Int64
+    /// Fixed: a session expires this long after creation, however active. nil for none.
+    public var absoluteTimeoutMillis: Int64?
+
+    public init(idleTimeoutMillis: Int64 = 30 * 60_000, absoluteTimeoutMillis: Int64? = 12 * 3_600_000) {
+        precondition(idleTimeoutMillis > 0, "idle timeout must be positive")
+        self.idleTimeoutMillis = idleTimeoutMillis
+        self.absoluteTimeoutMillis = absoluteTimeoutMillis
+    }
+
+    /// An access that changes nothing refreshes the idle timer at most this often.
+    public var touchIntervalMillis: Int64 { max(1, idleTimeoutMillis / 10) }
+
+    /// Whether a session created at `createdAt` and last accessed at `lastAccess` is expired at `now`.
+    public func isExpired(createdAt: Int64, lastAccess: Int64, now: Int64) -> Bool {
+        if now - lastAccess >= idleTimeoutMillis { return true }
+        if let absolute = absoluteTimeoutMillis, now - createdAt >= absolute { return true }
+        return false
+    }
+
+    /// Time left to live from `now`: min(idle, absolute remaining). The Redis TTL.
+    public func remainingMillis(createdAt: Int64, now: Int64) -> Int64 {
+        var ttl = idleTimeoutMillis
+        if let absolute = absoluteTimeoutMillis { ttl = min(ttl, createdAt + absolute - now) }
+        return max(0, ttl)
+    }
+}
+
+/// The wall clock of a store, in milliseconds since 1970. Injectable for tests.
+public struct SessionClock: Sendable {
+    public let nowMillis: @Sendable () -> Int64
+    public init(nowMillis: @escaping @Sendable () -> Int64) { self.nowMillis = nowMillis }
+
+    public static let system = SessionClock {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+}
+
+/// A clock that only moves when told to.
+public final class ManualClock: Sendable {
+    private let now: Mutex<Int64>
+    public init(startMillis: Int64 = 1_700_000_000_000) { now = Mutex(startMillis) }
+    public func advance(millis: Int64) { now.withLock { $0 += millis } }
+    public var millis: Int64 { now.withLock { $0 } }
+    public var clock: SessionClock { SessionClock { [self] in millis } }
+}
+
+/// A stored session as read from a store.
+public struct SessionSnapshot: Sendable, Equatable {
+    public var id: SessionID
+    /// Attribute name → JSON bytes.
+    public var attributes: [String: [UInt8]]
+    public var createdAtMillis: Int64
+    public var lastAccessedAtMillis: Int64
+    /// Bumped by every applied delta.
+    public var version: UInt64
+
+    public init(
+        id: SessionID, attributes: [String: [UInt8]], createdAtMillis: Int64, lastAccessedAtMillis: Int64,
+        version: UInt64
+    ) {
+        self.id = id
+        self.attributes = attributes
+        self.createdAtMillis = createdAtMillis
+        self.lastAccessedAtMillis = lastAccessedAtMillis
+        self.version = version
+    }
+}
+
+/// One change to one attribute.
+public enum SessionChange: Sendable, Equatable {
+    /// Sets the attribute to these JSON bytes.
+    case set(String, [UInt8])
+    case remove(String)
+    /// Adds to an integer attribute (a missing one counts as 0).
+    case increment(String, by: Int64)
+
+    public var attribute: String {
+        switch self {
+        case .set(let name, _), .remove(let name), .increment(let name, _): name
+        }
+    }
+}
+
+/// Changes to one session, applied all-or-nothing.
+public struct SessionDelta: Sendable, Equatable {
+    public var id: SessionID
+    public var changes: [SessionChange]
+    /// Create the session when it does not exist (a new session); otherwise
+    /// a missing or expired session makes `apply` return nil.
+    public var createIfMissing: Bool
+
+    public init(id: SessionID, changes: [SessionChange], createIfMissing: Bool = false) {
+        self.id = id
+        self.changes = changes
+        self.createIfMissing = createIfMissing
+    }
+}
+
+/// What applying a delta produced.
+public struct AppliedDelta: Sendable, Equatable {
+    /// The session's version after the delta.
+    public var version: UInt64
+    /// The value of every incremented attribute after the delta.
+    public var counters: [String: Int64]
+    /// Whether the session was created by this delta.
+    public var created: Bool
+
+    public init(version: UInt64, counters: [String: Int64], created: Bool) {
+        self.version = version
+        self.counters = counters
+        self.created = created
+    }
+}
+
+/// A failure of a session store, with a stable code.
+public struct SessionStoreError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        /// The backend (Redis, peers) cannot be reached; try again later (503).
+        case unavailable
+        /// `increment` on an attribute that is not an integer.
+        case typeMismatch
+        /// The store holds as many sessions as it may (503).
+        case capacityExceeded
+        /// The session would exceed the size cap; nothing was written.
+        case sessionTooLarge
+        /// An attribute could not be encoded or decoded.
+        case invalidValue
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code.rawValue): \(message)" }
+}
+
+/// Where sessions live. Every store behaves the same; the conformance suite
+/// in `SessionStoreConformance` checks it.
+///
+/// All methods are atomic per session and may block (network stores).
+public protocol SessionStore: Sendable {
+    var expiry: SessionExpiry { get }
+
+    /// The live session with this ID, or nil when unknown or expired.
+    /// Refreshes the idle timer, at most once per `expiry.touchIntervalMillis`.
+    func load(_ id: SessionID) throws -> SessionSnapshot?
+
+    /// Applies all changes atomically and refreshes the idle timer. Returns
+    /// nil, changing nothing, when the session does not exist and
+    /// `createIfMissing` is false.
+    func apply(_ delta: SessionDelta) throws -> AppliedDelta?
+
+    /// Moves a session's data to `newID`; the old ID stops working. False when
+    /// `id` does not exist.
+    func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool
+
+    /// Deletes the session (a no-op when it does not exist).
+    func invalidate(_ id: SessionID) throws
+}
+
+/// Reads a JSON integer (as written for counters) from attribute bytes.
+public func decodeCounter(_ bytes: [UInt8]) -> Int64? {
+    guard !bytes.isEmpty, bytes.count <= 20 else { return nil }
+    return Int64(String(decoding: bytes, as: UTF8.self))
+}
+
+/// The JSON bytes of a counter value.
+public func encodeCounter(_ value: Int64) -> [UInt8] { Array(String(value).utf8) }

@@ -1,0 +1,178 @@
+import Crypto
+import Logging
+import MiniHTTP
+import SessionCore
+import Synchronization
+
+/// Settings of the session cookie and middleware.
+public struct SessionConfiguration: Sendable {
+    public var cookieName: String
+    /// Always mark the cookie `Secure`. When false it is still marked `Secure`
+    /// for requests that arrived over HTTPS through a trusted balancer.
+    public var secureCookie: Bool
+    /// Peer addresses whose `X-Forwarded-Proto` is believed (the balancers).
+    public var trustedProxies: Set<String>
+    /// When set, cookie values are `<id>.<HMAC-SHA256(id)>`: forged or
+    /// tampered IDs are rejected without a store lookup.
+    public var signingKey: [UInt8]?
+    /// Cookie `Domain`, if any.
+    public var cookieDomain: String?
+
+    public init(
+        cookieName: String = "sid", secureCookie: Bool = false, trustedProxies: Set<String> = ["127.0.0.1", "::1"],
+        signingKey: [UInt8]? = nil, cookieDomain: String? = nil
+    ) {
+        self.cookieName = cookieName
+        self.secureCookie = secureCookie
+        self.trustedProxies = trustedProxies
+        self.signingKey = signingKey
+        self.cookieDomain = cookieDomain
+    }
+}
+
+/// Gives each request its `Session`: reads the cookie, loads the session the
+/// first time a handler asks, saves only what changed after the handler, and
+/// sets or expires the cookie.
+///
+/// Store failures become 503 with a JSON error; a session over the size cap
+/// becomes 413. An ID the store does not know is never adopted.
+public struct SessionMiddleware: HTTPMiddleware {
+    public let store: any SessionStore
+    public let configuration: SessionConfiguration
+    let logger: Logger
+
+    public init(store: any SessionStore, configuration: SessionConfiguration = SessionConfiguration(), logger: Logger) {
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public func respond(to request: HTTPRequest, next: (HTTPRequest) throws -> HTTPResponse) throws -> HTTPResponse {
+        let cookieID = request.cookie(configuration.cookieName).flatMap(verifiedID)
+        let handle = LazySession(store: store, id: cookieID)
+        var request = request
+        request.storage[LazySession.Key.self] = handle
+        var response: HTTPResponse
+        let action: Session.CookieAction
+        do {
+            response = try next(request)
+            action = try handle.commitIfLoaded()
+        } catch let error as SessionStoreError {
+            logger.error("session store failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
+            throw Self.httpError(for: error)
+        }
+        switch action {
+        case .none:
+            break
+        case .set(let id):
+            response.setCookie(cookie(value: cookieValue(for: id), request: request, maxAge: nil))
+            response.headers.replaceOrAdd(name: "Cache-Control", value: "no-store")
+        case .expire:
+            response.setCookie(cookie(value: "", request: request, maxAge: 0))
+        }
+        return response
+    }
+
+    /// The HTTP error a store error becomes.
+    public static func httpError(for error: SessionStoreError) -> HTTPError {
+        switch error.code {
+        case .unavailable, .capacityExceeded:
+            HTTPError(
+                status: 503, code: "session_store_\(error.code.rawValue)", message: error.message,
+                headers: ["Retry-After": "1"])
+        case .sessionTooLarge:
+            HTTPError(status: 413, code: "session_too_large", message: error.message)
+        case .typeMismatch, .invalidValue:
+            HTTPError(status: 500, code: "session_\(error.code.rawValue)", message: error.message)
+        }
+    }
+
+    private func cookie(value: String, request: HTTPRequest, maxAge: Int?) -> SetCookie {
+        SetCookie(
+            name: configuration.cookieName, value: value, path: "/", domain: configuration.cookieDomain,
+            maxAge: maxAge, secure: isSecure(request), httpOnly: true, sameSite: .lax)
+    }
+
+    private func isSecure(_ request: HTTPRequest) -> Bool {
+        if configuration.secureCookie { return true }
+        guard let peer = request.remoteAddress, configuration.trustedProxies.contains(peer),
+            let proto = request.headers["X-Forwarded-Proto"]
+        else { return false }
+        // With several proxies the first value is the client's.
+        let first = proto.split(separator: ",").first.map { String($0).trimmingSpaces } ?? ""
+        return first.lowercased() == "https"
+    }
+
+    /// The cookie value for an ID: the ID, plus its HMAC when signing.
+    public func cookieValue(for id: SessionID) -> String {
+        guard let key = configuration.signingKey else { return id.rawValue }
+        let mac = HMAC<SHA256>.authenticationCode(for: Array(id.rawValue.utf8), using: SymmetricKey(data: key))
+        return id.rawValue + "." + base64URLEncode(Array(mac))
+    }
+
+    /// The ID in a cookie value, or nil when malformed or wrongly signed.
+    public func verifiedID(_ value: String) -> SessionID? {
+        guard let key = configuration.signingKey else { return SessionID(rawValue: value) }
+        let parts = value.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 2, let id = SessionID(rawValue: String(parts[0])),
+            let mac = base64URLDecode(String(parts[1])), mac.count == 32
+        else { return nil }
+        let valid = HMAC<SHA256>.isValidAuthenticationCode(
+            mac, authenticating: Array(id.rawValue.utf8), using: SymmetricKey(data: key))
+        return valid ? id : nil
+    }
+}
+
+extension String {
+    fileprivate var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " { s.removeFirst() }
+        while s.last == " " { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Loads the session on first use.
+final class LazySession: Sendable {
+    enum Key: RequestStorageKey { typealias Value = LazySession }
+
+    let store: any SessionStore
+    let id: SessionID?
+    private let loaded = Mutex<Session?>(nil)
+
+    init(store: any SessionStore, id: SessionID?) {
+        self.store = store
+        self.id = id
+    }
+
+    func session() throws -> Session {
+        if let session = loaded.withLock({ $0 }) { return session }
+        let snapshot = try id.flatMap { try store.load($0) }
+        let session = Session(store: store, snapshot: snapshot)
+        return loaded.withLock { current in
+            if let current { return current }
+            current = session
+            return session
+        }
+    }
+
+    func commitIfLoaded() throws -> Session.CookieAction {
+        guard let session = loaded.withLock({ $0 }) else { return .none }
+        return try session.commit()
+    }
+}
+
+extension HTTPRequest {
+    /// This request's session. Loaded from the store on first use.
+    ///
+    /// Throws `SessionStoreError` when the store fails, and a 500 `HTTPError`
+    /// when `SessionMiddleware` is not installed in front of the handler.
+    public func session() throws -> Session {
+        guard let lazy = storage[LazySession.Key.self] else {
+            throw HTTPError(
+                status: 500, code: "session_middleware_missing",
+                message: "SessionMiddleware is not installed in front of this handler")
+        }
+        return try lazy.session()
+    }
+}

@@ -1,0 +1,201 @@
+import Dispatch
+import SessionCore
+import Synchronization
+import Testing
+
+/// Makes stores for the conformance suite and moves their time forward.
+public protocol SessionStoreHarness: Sendable {
+    /// A new, empty store with this expiry.
+    func makeStore(expiry: SessionExpiry) throws -> any SessionStore
+    /// Lets `millis` pass for the store: a manual clock moves, or real time is slept.
+    func advance(millis: Int64)
+}
+
+/// The behaviour every `SessionStore` must have. Run each case from a
+/// parameterized test:
+///
+/// ```swift
+/// @Test(arguments: SessionStoreConformance.allCases)
+/// func conformance(_ check: SessionStoreConformance) throws {
+///     try check.run(MyHarness())
+/// }
+/// ```
+public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case createThenLoad
+    case unknownIDIsNeverAdopted
+    case deltasTouchOnlyTheirAttributes
+    case concurrentDeltasOnDifferentAttributesKeepBoth
+    case incrementCreatesAndCounts
+    case incrementOnNonIntegerFailsAtomically
+    case concurrentIncrementsAreNeverLost
+    case versionGrowsWithEveryDelta
+    case idleTimeoutSlides
+    case absoluteTimeoutEndsActiveSessions
+    case touchIsThrottled
+    case regenerateMovesDataAndKillsOldID
+    case invalidateDeletes
+    case expiredSessionIsNotRevivedByApply
+    case valuesRoundTripExactly
+
+    public var testDescription: String { rawValue }
+
+    /// Runs this check against stores from `harness`.
+    public func run(_ harness: some SessionStoreHarness) throws {
+        let expiry = SessionExpiry(idleTimeoutMillis: 1000, absoluteTimeoutMillis: 2500)
+        let store = try harness.makeStore(expiry: expiry)
+        switch self {
+        case .createThenLoad:
+            let id = SessionID.generate()
+            let applied = try #require(try store.apply(delta(id, [.set("user", json("\"ada\""))], create: true)))
+            #expect(applied.created)
+            let snapshot = try #require(try store.load(id))
+            #expect(snapshot.id == id)
+            #expect(snapshot.attributes == ["user": json("\"ada\"")])
+            #expect(snapshot.version == applied.version)
+            #expect(snapshot.createdAtMillis <= snapshot.lastAccessedAtMillis)
+
+        case .unknownIDIsNeverAdopted:
+            let id = SessionID.generate()
+            #expect(try store.load(id) == nil)
+            #expect(try store.apply(delta(id, [.set("a", json("1"))], create: false)) == nil)
+            #expect(try store.load(id) == nil)
+            #expect(try store.regenerate(id, to: SessionID.generate()) == false)
+
+        case .deltasTouchOnlyTheirAttributes:
+            let id = try newSession(store, ["a": "1", "b": "2"])
+            _ = try store.apply(delta(id, [.remove("a"), .set("c", json("3"))]))
+            let snapshot = try #require(try store.load(id))
+            #expect(snapshot.attributes == ["b": json("2"), "c": json("3")])
+
+        case .concurrentDeltasOnDifferentAttributesKeepBoth:
+            let id = try newSession(store, ["base": "0"])
+            // Two requests that loaded the same version each change one attribute.
+            _ = try #require(try store.load(id))
+            _ = try #require(try store.apply(delta(id, [.set("x", json("1"))])))
+            _ = try #require(try store.apply(delta(id, [.set("y", json("2"))])))
+            let snapshot = try #require(try store.load(id))
+            #expect(snapshot.attributes == ["base": json("0"), "x": json("1"), "y": json("2")])
+
+        case .incrementCreatesAndCounts:
+            let id = SessionID.generate()
+            let first = try #require(try store.apply(delta(id, [.increment("n", by: 1)], create: true)))
+            #expect(first.counters == ["n": 1])
+            let second = try #require(try store.apply(delta(id, [.increment("n", by: 41)])))
+            #expect(second.counters == ["n": 42])
+            let third = try #require(try store.apply(delta(id, [.increment("n", by: -2)])))
+            #expect(third.counters == ["n": 40])
+            #expect(try store.load(id)?.attributes["n"] == json("40"))
+
+        case .incrementOnNonIntegerFailsAtomically:
+            let id = try newSession(store, ["name": "\"ada\""])
+            let before = try #require(try store.load(id))
+            #expect(throws: SessionStoreError.self) {
+                _ = try store.apply(delta(id, [.set("other", json("1")), .increment("name", by: 1)]))
+            }
+            let after = try #require(try store.load(id))
+            #expect(after.attributes == before.attributes)
+            #expect(after.version == before.version)
+
+        case .concurrentIncrementsAreNeverLost:
+            let id = try newSession(store, [:])
+            let failures = Mutex(0)
+            DispatchQueue.concurrentPerform(iterations: 8) { _ in
+                for _ in 0..<1000 {
+                    do {
+                        if try store.apply(delta(id, [.increment("hits", by: 1)])) == nil {
+                            failures.withLock { $0 += 1 }
+                        }
+                    } catch {
+                        failures.withLock { $0 += 1 }
+                    }
+                }
+            }
+            #expect(failures.withLock { $0 } == 0)
+            #expect(try store.load(id)?.attributes["hits"] == json("8000"))
+
+        case .versionGrowsWithEveryDelta:
+            let id = try newSession(store, [:])
+            var last = try #require(try store.load(id)).version
+            for i in 0..<5 {
+                let applied = try #require(try store.apply(delta(id, [.set("i", json("\(i)"))])))
+                #expect(applied.version > last)
+                last = applied.version
+            }
+
+        case .idleTimeoutSlides:
+            let id = try newSession(store, ["a": "1"])
+            harness.advance(millis: 600)
+            #expect(try store.load(id) != nil, "alive before the idle timeout")
+            harness.advance(millis: 600)
+            #expect(try store.load(id) != nil, "the read at 600 ms slid the idle timer")
+            harness.advance(millis: 1100)
+            #expect(try store.load(id) == nil, "idle for longer than the timeout")
+
+        case .absoluteTimeoutEndsActiveSessions:
+            let id = try newSession(store, ["a": "1"])
+            for _ in 0..<3 {
+                harness.advance(millis: 600)
+                _ = try store.apply(delta(id, [.increment("n", by: 1)]))
+            }
+            #expect(try store.load(id) != nil, "1.8 s old, active: alive")
+            harness.advance(millis: 800)
+            #expect(try store.load(id) == nil, "2.6 s old: past the absolute timeout")
+
+        case .touchIsThrottled:
+            let id = try newSession(store, [:])
+            let created = try #require(try store.load(id))
+            harness.advance(millis: 30)
+            let early = try #require(try store.load(id))
+            #expect(early.lastAccessedAtMillis == created.lastAccessedAtMillis, "no touch within idle/10")
+            harness.advance(millis: 150)
+            _ = try #require(try store.load(id))
+            let later = try #require(try store.load(id))
+            #expect(later.lastAccessedAtMillis > created.lastAccessedAtMillis, "touched after idle/10")
+
+        case .regenerateMovesDataAndKillsOldID:
+            let old = try newSession(store, ["user": "\"ada\""])
+            let new = SessionID.generate()
+            #expect(try store.regenerate(old, to: new))
+            #expect(try store.load(old) == nil)
+            #expect(try store.load(new)?.attributes == ["user": json("\"ada\"")])
+            #expect(try store.apply(delta(old, [.set("x", json("1"))])) == nil)
+
+        case .invalidateDeletes:
+            let id = try newSession(store, ["a": "1"])
+            try store.invalidate(id)
+            #expect(try store.load(id) == nil)
+            #expect(try store.apply(delta(id, [.set("a", json("2"))])) == nil)
+            try store.invalidate(id)  // idempotent
+
+        case .expiredSessionIsNotRevivedByApply:
+            let id = try newSession(store, ["a": "1"])
+            harness.advance(millis: 1100)
+            #expect(try store.apply(delta(id, [.set("b", json("2"))])) == nil)
+            #expect(try store.load(id) == nil)
+
+        case .valuesRoundTripExactly:
+            let values: [String: [UInt8]] = [
+                "unicode": json("\"zoë 🚀 \\u0000\""),
+                "object": json("{\"a\":[1,2,{\"b\":null}],\"c\":true}"),
+                "big": json("\"" + String(repeating: "x", count: 8000) + "\""),
+                "weird name: with spaces / and {braces}": json("0"),
+            ]
+            let id = SessionID.generate()
+            _ = try store.apply(delta(id, values.map { .set($0.key, $0.value) }, create: true))
+            #expect(try store.load(id)?.attributes == values)
+        }
+    }
+
+    private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
+
+    private func delta(_ id: SessionID, _ changes: [SessionChange], create: Bool = false) -> SessionDelta {
+        SessionDelta(id: id, changes: changes, createIfMissing: create)
+    }
+
+    private func newSession(_ store: any SessionStore, _ attributes: [String: String]) throws -> SessionID {
+        let id = SessionID.generate()
+        let changes = attributes.map { SessionChange.set($0.key, json($0.value)) }
+        _ = try #require(try store.apply(delta(id, changes, create: true)))
+        return id
+    }
+}

@@ -1,0 +1,124 @@
+import ArgumentParser
+import ClusterDemo
+import Logging
+import MiniHTTP
+import SessionCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct SessionClusterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "session-cluster",
+        abstract: "HTTP sessions shared across a cluster of identical server instances.",
+        subcommands: [Demo.self, Node.self]
+    )
+}
+
+/// Options every server subcommand shares.
+struct NodeOptions: ParsableArguments {
+    @Option(help: "Address to listen on (numeric IPv4/IPv6).")
+    var host = "127.0.0.1"
+
+    @Option(help: "Where sessions live: \(SessionStrategy.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var strategy = "local"
+
+    @Option(help: "Idle (sliding) session timeout, in seconds.")
+    var idleTimeout = 1800
+
+    @Option(help: "Absolute session timeout, in seconds (0 for none).")
+    var absoluteTimeout = 43_200
+
+    @Option(help: "Connection threads.")
+    var threads = 128
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func nodeConfiguration(nodeID: String, port: Int) throws -> DemoNodeConfiguration {
+        guard let strategy = SessionStrategy(rawValue: strategy) else {
+            throw ValidationError(
+                "unknown strategy '\(self.strategy)'; available: "
+                    + SessionStrategy.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
+        guard absoluteTimeout >= 0 else { throw ValidationError("--absolute-timeout must not be negative") }
+        guard (1...4096).contains(threads) else { throw ValidationError("--threads must be 1...4096") }
+        let secret = getenv("SESSION_COOKIE_SECRET").map { Array(String(cString: $0).utf8) }
+        if let secret, secret.count < 16 {
+            throw ValidationError("SESSION_COOKIE_SECRET must be at least 16 bytes")
+        }
+        return DemoNodeConfiguration(
+            nodeID: nodeID, host: host, port: port, strategy: strategy,
+            expiry: SessionExpiry(
+                idleTimeoutMillis: Int64(idleTimeout) * 1000,
+                absoluteTimeoutMillis: absoluteTimeout == 0 ? nil : Int64(absoluteTimeout) * 1000),
+            cookieSecret: secret, workerThreads: threads)
+    }
+
+    func makeLogger(label: String) throws -> Logger {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("unknown log level '\(logLevel)'")
+        }
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+extension SessionClusterCommand {
+    struct Node: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run one node of the cluster: the demo application with a session store.")
+
+        @Option(help: "Port to listen on.")
+        var port = 9001
+
+        @Option(help: "This node's name, sent in X-Served-By.")
+        var nodeId = "node-1"
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let logger = try options.makeLogger(label: "node.\(nodeId)")
+            let node = DemoNode(configuration: try options.nodeConfiguration(nodeID: nodeId, port: port), logger: logger)
+            try node.start()
+            let signal = waitForTerminationSignal()
+            logger.info("signal received, draining", metadata: ["signal": "\(signal)"])
+            node.shutdown()
+        }
+    }
+
+    struct Demo: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the demo: for now one node with in-memory sessions, at http://127.0.0.1:8080/.")
+
+        @Option(help: "Port to listen on.")
+        var port = 8080
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let logger = try options.makeLogger(label: "demo")
+            let node = DemoNode(configuration: try options.nodeConfiguration(nodeID: "node-1", port: port), logger: logger)
+            try node.start()
+            let base = "http://\(options.host.contains(":") ? "[\(options.host)]" : options.host):\(node.port)"
+            print("""
+
+                SessionCluster demo — one node, strategy '\(options.strategy)'
+                  open      \(base)/
+                  try       curl -c /tmp/sc.jar -b /tmp/sc.jar -X POST \(base)/api/counter
+                            curl -b /tmp/sc.jar \(base)/api/session
+                  metrics   \(base)/metrics
+                Ctrl-C stops it.
+
+                """)
+            let signal = waitForTerminationSignal()
+            logger.info("signal received, draining", metadata: ["signal": "\(signal)"])
+            node.shutdown()
+        }
+    }
+}

@@ -58,8 +58,10 @@ let package = Package(
         .testTarget(name: "CHiredisTests", dependencies: ["CHiredis"]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP"]),
-        .testTarget(name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP"]),
-        .testTarget(name: "ClusterDemoTests", dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore"]),
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(
+            name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "TestSupport"]),
+        .testTarget(name: "ClusterDemoTests", dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,76 @@
+import ClusterDemo
+import Foundation
+import Logging
+import SessionCore
+import Testing
+import TestSupport
+
+@Suite(.serialized) struct DemoNodeTests {
+    static func quietLogger() -> Logger {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return logger
+    }
+
+    @Test func endpointsDoWhatTheyPromise() throws {
+        let node = DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0, workerThreads: 4), logger: Self.quietLogger())
+        try node.start()
+        defer { node.shutdown() }
+        let base = "http://127.0.0.1:\(node.port)"
+        let client = CurlClient()
+
+        let health = try client.request("GET", "\(base)/healthz")
+        #expect(health.status == 200)
+        #expect(health.header("X-Served-By") == ["n-test"])
+
+        let empty = try client.request("GET", "\(base)/api/session")
+        #expect(empty.body == "{\"node\":\"n-test\",\"count\":0,\"user\":null}")
+        #expect(empty.header("Set-Cookie").isEmpty, "reading creates no session")
+
+        #expect(try client.request("POST", "\(base)/api/counter").body == "{\"node\":\"n-test\",\"count\":1}")
+        #expect(try client.request("POST", "\(base)/api/counter").body == "{\"node\":\"n-test\",\"count\":2}")
+        let before = try #require(client.cookie("sid"))
+
+        let login = try client.request("POST", "\(base)/api/login", body: "{\"user\":\"ada\"}")
+        #expect(login.body == "{\"node\":\"n-test\",\"count\":2,\"user\":\"ada\"}")
+        #expect(client.cookie("sid") != before, "login regenerates the ID")
+
+        let bad = try client.request("POST", "\(base)/api/login", body: "not json")
+        #expect(bad.status == 400)
+        #expect(bad.header("X-Served-By") == ["n-test"], "errors name the node too")
+
+        let logout = try client.request("POST", "\(base)/api/logout")
+        #expect(logout.status == 200)
+        #expect(try client.request("GET", "\(base)/api/session").body == "{\"node\":\"n-test\",\"count\":0,\"user\":null}")
+
+        let metrics = try client.request("GET", "\(base)/metrics")
+        #expect(metrics.body.contains("session_node_requests_total{node=\"n-test\",method=\"POST\",route=\"/api/counter\",status=\"200\"} 2"))
+        #expect(metrics.body.contains("session_store_operation_duration_seconds_count{node=\"n-test\",operation=\"apply\"}"))
+        #expect(metrics.body.contains("session_store_sessions{node=\"n-test\"} 0"))
+        #expect(try client.request("GET", "\(base)/nope").status == 404)
+        #expect(try client.request("DELETE", "\(base)/api/counter").status == 405)
+    }
+
+    @Test func nodeProcessServesAndExitsCleanlyOnSIGTERM() throws {
+        let port = try freeLoopbackPort()
+        let child = try ChildProcess(
+            try ChildProcess.sessionClusterBinary(),
+            ["node", "--port", "\(port)", "--node-id", "proc-1", "--strategy", "local", "--threads", "8"])
+        defer { child.stop(signal: SIGKILL, timeout: 2) }
+        let client = CurlClient()
+        let up = waitUntil { (try? client.request("GET", "http://127.0.0.1:\(port)/healthz").status) == 200 }
+        #expect(up, "node did not become healthy: \(child.output)")
+        #expect(try client.request("POST", "http://127.0.0.1:\(port)/api/counter").body.contains("\"count\":1"))
+        let status = child.stop(signal: SIGTERM, timeout: 10)
+        #expect(status == 0, "graceful shutdown exits 0; output: \(child.output)")
+        #expect(child.output.contains("stopped"))
+    }
+
+    @Test func unknownStrategyIsAClearError() throws {
+        let child = try ChildProcess(try ChildProcess.sessionClusterBinary(), ["node", "--strategy", "bogus"])
+        defer { child.stop(signal: SIGKILL, timeout: 2) }
+        child.process.waitUntilExit()
+        #expect(child.process.terminationStatus != 0)
+        #expect(child.output.contains("unknown strategy 'bogus'"))
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import Logging
+import MiniHTTP
+import SessionCore
+import SessionMiddleware
+import Testing
+import TestSupport
+
+/// A store whose backend is down: every call fails as a network store would.
+struct UnavailableStore: SessionStore {
+    let expiry = SessionExpiry()
+    func fail() -> SessionStoreError { SessionStoreError(.unavailable, "backend is down") }
+    func load(_ id: SessionID) throws -> SessionSnapshot? { throw fail() }
+    func apply(_ delta: SessionDelta) throws -> AppliedDelta? { throw fail() }
+    func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool { throw fail() }
+    func invalidate(_ id: SessionID) throws { throw fail() }
+}
+
+/// A server with the session middleware on a real loopback socket, driven by curl.
+final class SessionTestServer {
+    let server: HTTPServer
+    let store: any SessionStore
+    let middleware: SessionMiddleware
+    let client = CurlClient()
+
+    init(store: any SessionStore = MemorySessionStore(), configuration: SessionConfiguration = SessionConfiguration()) throws {
+        self.store = store
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        middleware = SessionMiddleware(store: store, configuration: configuration, logger: logger)
+        var router = Router()
+        router.get("/read") { request in
+            let count = try request.session().get("count", as: Int.self) ?? 0
+            return .json("{\"count\":\(count)}")
+        }
+        router.get("/nothing") { _ in .text("no session used") }
+        router.post("/count") { request in
+            .json("{\"count\":\(try request.session().increment("count"))}")
+        }
+        router.post("/login") { request in
+            let session = try request.session()
+            try session.regenerateID()
+            try session.set("user", String(decoding: request.body, as: UTF8.self))
+            return .text("ok")
+        }
+        router.post("/logout") { request in
+            try request.session().invalidate()
+            return .text("bye")
+        }
+        server = HTTPServer(
+            configuration: HTTPServerConfiguration(host: "127.0.0.1", port: 0, workerThreads: 4),
+            logger: logger, middleware: [middleware], responder: router.responder)
+        try server.start()
+    }
+
+    deinit { server.shutdown() }
+
+    func curl(_ method: String, _ path: String, headers: [String] = [], body: String? = nil, useJar: Bool = true)
+        throws -> CurlClient.Response
+    {
+        try client.request(method, "http://127.0.0.1:\(server.port)\(path)", headers: headers, body: body, useJar: useJar)
+    }
+
+    func jarCookie() throws -> String? { client.cookie("sid") }
+}
+
+@Suite(.serialized) struct SessionMiddlewareEndToEndTests {
+    @Test func readOnlyRequestsCreateNothing() throws {
+        let memory = MemorySessionStore()
+        let t = try SessionTestServer(store: memory)
+        let read = try t.curl("GET", "/read")
+        #expect(read.status == 200)
+        #expect(read.body == "{\"count\":0}")
+        #expect(read.header("Set-Cookie").isEmpty)
+        let nothing = try t.curl("GET", "/nothing")
+        #expect(nothing.header("Set-Cookie").isEmpty)
+        #expect(memory.count == 0)
+    }
+
+    @Test func firstWriteSetsAHardenedCookieThatLaterRequestsUse() throws {
+        let t = try SessionTestServer()
+        let first = try t.curl("POST", "/count")
+        #expect(first.body == "{\"count\":1}")
+        let cookie = try #require(first.header("Set-Cookie").first)
+        #expect(cookie.hasPrefix("sid="))
+        #expect(cookie.contains("; Path=/"))
+        #expect(cookie.contains("; HttpOnly"))
+        #expect(cookie.contains("; SameSite=Lax"))
+        #expect(!cookie.contains("Secure"))
+        let second = try t.curl("POST", "/count")
+        #expect(second.body == "{\"count\":2}")
+        #expect(second.header("Set-Cookie").isEmpty, "an existing session is not re-sent")
+        #expect(try t.curl("GET", "/read").body == "{\"count\":2}")
+    }
+
+    @Test func aForgedIDIsNeverAdopted() throws {
+        let memory = MemorySessionStore()
+        let t = try SessionTestServer(store: memory)
+        let forged = SessionID.generate().rawValue
+        let result = try t.curl("POST", "/count", headers: ["Cookie: sid=\(forged)"], useJar: false)
+        #expect(result.body == "{\"count\":1}")
+        let cookie = try #require(result.header("Set-Cookie").first)
+        #expect(!cookie.contains(forged))
+        #expect(try memory.load(SessionID(rawValue: forged)!) == nil)
+        // Garbage cookies are ignored the same way.
+        let garbage = try t.curl("GET", "/read", headers: ["Cookie: sid=../../etc/passwd; other=1"], useJar: false)
+        #expect(garbage.status == 200)
+    }
+
+    @Test func signedCookiesRejectTamperingWithoutAStoreLookup() throws {
+        let memory = MemorySessionStore()
+        let key = Array("0123456789abcdef0123456789abcdef".utf8)
+        let t = try SessionTestServer(store: memory, configuration: SessionConfiguration(signingKey: key))
+        _ = try t.curl("POST", "/count")
+        let value = try #require(try t.jarCookie())
+        let parts = value.split(separator: ".")
+        #expect(parts.count == 2)
+        let id = try #require(SessionID(rawValue: String(parts[0])))
+        #expect(try t.curl("POST", "/count").body == "{\"count\":2}")
+
+        // The bare ID (signature stripped) and a wrong signature are both refused.
+        let bare = try t.curl("POST", "/count", headers: ["Cookie: sid=\(id.rawValue)"], useJar: false)
+        #expect(bare.body == "{\"count\":1}")
+        var mac = Array(parts[1])
+        mac[0] = mac[0] == "A" ? "B" : "A"
+        let tampered = try t.curl("POST", "/count", headers: ["Cookie: sid=\(parts[0]).\(String(mac))"], useJar: false)
+        #expect(tampered.body == "{\"count\":1}")
+        // The real session was not touched by either.
+        #expect(try memory.load(id)?.attributes["count"] == Array("2".utf8))
+        // A signature made with another key is refused too.
+        let other = SessionMiddleware(
+            store: memory, configuration: SessionConfiguration(signingKey: Array("another key, 32 bytes long.....!".utf8)),
+            logger: Logger(label: "x"))
+        #expect(t.middleware.verifiedID(other.cookieValue(for: id)) == nil)
+        #expect(t.middleware.verifiedID(t.middleware.cookieValue(for: id)) == id)
+    }
+
+    @Test func secureFlagFollowsTrustedForwardedProto() throws {
+        let trusted = try SessionTestServer()
+        let viaHTTPS = try trusted.curl("POST", "/count", headers: ["X-Forwarded-Proto: https"], useJar: false)
+        #expect(viaHTTPS.header("Set-Cookie").first?.contains("; Secure") == true)
+
+        let untrusted = try SessionTestServer(configuration: SessionConfiguration(trustedProxies: ["10.9.9.9"]))
+        let spoofed = try untrusted.curl("POST", "/count", headers: ["X-Forwarded-Proto: https"], useJar: false)
+        #expect(spoofed.header("Set-Cookie").first?.contains("Secure") == false)
+
+        let always = try SessionTestServer(configuration: SessionConfiguration(secureCookie: true))
+        #expect(try always.curl("POST", "/count", useJar: false).header("Set-Cookie").first?.contains("; Secure") == true)
+    }
+
+    @Test func loginRegeneratesTheIDAndLogoutExpiresTheCookie() throws {
+        let memory = MemorySessionStore()
+        let t = try SessionTestServer(store: memory)
+        _ = try t.curl("POST", "/count")
+        let before = try #require(try t.jarCookie())
+        let login = try t.curl("POST", "/login", body: "ada")
+        #expect(login.status == 200)
+        let after = try #require(try t.jarCookie())
+        #expect(after != before)
+        #expect(try memory.load(SessionID(rawValue: before)!) == nil)
+        #expect(try t.curl("GET", "/read").body == "{\"count\":1}", "data moved to the new ID")
+
+        let logout = try t.curl("POST", "/logout")
+        let expired = try #require(logout.header("Set-Cookie").first)
+        #expect(expired.contains("Max-Age=0"))
+        #expect(try memory.load(SessionID(rawValue: after)!) == nil)
+        #expect(try t.curl("GET", "/read").body == "{\"count\":0}")
+    }
+
+    @Test func aStoreOutageIsA503WithAClearJSONError() throws {
+        let t = try SessionTestServer(store: UnavailableStore())
+        let result = try t.curl("POST", "/count", headers: ["Cookie: sid=\(SessionID.generate().rawValue)"], useJar: false)
+        #expect(result.status == 503)
+        #expect(result.body.contains("\"error\":\"session_store_unavailable\""))
+        #expect(result.header("Retry-After") == ["1"])
+        // Routes that never touch the session still work.
+        #expect(try t.curl("GET", "/nothing", useJar: false).status == 200)
+    }
+}

@@ -20,8 +20,17 @@ public final class NodeMetrics: Sendable {
         }
     }
 
+    struct RequestKey: Hashable, Comparable {
+        var method: String
+        var route: String
+        var status: Int
+        static func < (a: RequestKey, b: RequestKey) -> Bool {
+            (a.method, a.route, a.status) < (b.method, b.route, b.status)
+        }
+    }
+
     struct State {
-        var requests: [String: Int] = [:]  // "method path status" key → count
+        var requests: [RequestKey: Int] = [:]
         var requestLatency = Histogram()
         var storeLatency: [String: Histogram] = [:]
         var storeErrors: [String: Int] = [:]
@@ -33,7 +42,7 @@ public final class NodeMetrics: Sendable {
 
     func recordRequest(method: String, route: String, status: Int, seconds: Double) {
         state.withLock {
-            $0.requests["\(method) \(route) \(status)", default: 0] += 1
+            $0.requests[RequestKey(method: method, route: route, status: status), default: 0] += 1
             $0.requestLatency.record(seconds: seconds)
         }
     }
@@ -55,9 +64,8 @@ public final class NodeMetrics: Sendable {
         out += "# HELP session_node_requests_total Requests served, by method, route and status.\n"
         out += "# TYPE session_node_requests_total counter\n"
         for (key, count) in s.requests.sorted(by: { $0.key < $1.key }) {
-            let parts = key.split(separator: " ", maxSplits: 2).map(String.init)
-            out += "session_node_requests_total{node=\(jsonQuoted(node)),method=\(jsonQuoted(parts[0])),"
-            out += "route=\(jsonQuoted(parts[1])),status=\(jsonQuoted(parts[2]))} \(count)\n"
+            out += "session_node_requests_total{node=\(jsonQuoted(node)),method=\(jsonQuoted(key.method)),"
+            out += "route=\(jsonQuoted(key.route)),status=\"\(key.status)\"} \(count)\n"
         }
         out += "# HELP session_node_request_duration_seconds Time to answer a request.\n"
         out += "# TYPE session_node_request_duration_seconds histogram\n"

@@ -96,12 +96,8 @@ public struct HTTPRequestParser: Sendable {
                 finishMessage()
                 return .end
             case .body(let remaining):
-                let available = buffer.count - readIndex
-                guard available > 0 else { return nil }
-                let n = min(available, remaining)
-                let chunk = Array(buffer[readIndex..<readIndex + n])
-                readIndex += n
-                state = n == remaining ? .endPending : .body(remaining: remaining - n)
+                guard let chunk = takeBody(upTo: remaining) else { return nil }
+                state = chunk.count == remaining ? .endPending : .body(remaining: remaining - chunk.count)
                 return .body(chunk)
             case .chunkSize:
                 guard let lineEnd = try findLineEnd(
@@ -118,12 +114,8 @@ public struct HTTPRequestParser: Sendable {
                     state = .chunkData(remaining: size)
                 }
             case .chunkData(let remaining):
-                let available = buffer.count - readIndex
-                guard available > 0 else { return nil }
-                let n = min(available, remaining)
-                let chunk = Array(buffer[readIndex..<readIndex + n])
-                readIndex += n
-                state = n == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - n)
+                guard let chunk = takeBody(upTo: remaining) else { return nil }
+                state = chunk.count == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - chunk.count)
                 return .body(chunk)
             case .chunkDataEnd:
                 guard buffer.count - readIndex >= 2 else { return nil }
@@ -152,6 +144,14 @@ public struct HTTPRequestParser: Sendable {
                 readIndex = lineEnd + 2
             }
         }
+    }
+
+    /// Up to `remaining` buffered body bytes, or nil when none are buffered.
+    private mutating func takeBody(upTo remaining: Int) -> [UInt8]? {
+        let n = min(buffer.count - readIndex, remaining)
+        guard n > 0 else { return nil }
+        defer { readIndex += n }
+        return Array(buffer[readIndex..<readIndex + n])
     }
 
     private mutating func finishMessage() {

@@ -68,7 +68,8 @@ public final class HTTPServer: Sendable {
     private let state = Mutex(State())
     private let work = DispatchSemaphore(value: 0)
     private let stopped = DispatchSemaphore(value: 0)
-    private let stats = Mutex(Stats())
+    private let counters = Counters()
+    private let stopping = Atomic<Bool>(false)
 
     /// Counters since start.
     public struct Stats: Sendable {
@@ -77,6 +78,14 @@ public final class HTTPServer: Sendable {
         public var requests = 0
         public var parseErrors = 0
         public var timeouts = 0
+    }
+
+    private final class Counters: Sendable {
+        let connectionsAccepted = Atomic<Int>(0)
+        let connectionsRejected = Atomic<Int>(0)
+        let requests = Atomic<Int>(0)
+        let parseErrors = Atomic<Int>(0)
+        let timeouts = Atomic<Int>(0)
     }
 
     public init(configuration: HTTPServerConfiguration, logger: Logger, chain: MiddlewareChain) {
@@ -95,7 +104,14 @@ public final class HTTPServer: Sendable {
     /// The bound port (after `start()`).
     public var port: Int { state.withLock { $0.port } }
 
-    public var statistics: Stats { stats.withLock { $0 } }
+    public var statistics: Stats {
+        Stats(
+            connectionsAccepted: counters.connectionsAccepted.load(ordering: .relaxed),
+            connectionsRejected: counters.connectionsRejected.load(ordering: .relaxed),
+            requests: counters.requests.load(ordering: .relaxed),
+            parseErrors: counters.parseErrors.load(ordering: .relaxed),
+            timeouts: counters.timeouts.load(ordering: .relaxed))
+    }
 
     /// Binds, listens and starts the threads. Returns once the port accepts connections.
     public func start() throws {
@@ -129,6 +145,7 @@ public final class HTTPServer: Sendable {
         let (fd, wfd, alreadyStopping) = state.withLock { s -> (Int32, Int32, Bool) in
             let was = s.stopping
             s.stopping = true
+            stopping.store(true, ordering: .relaxed)
             return (s.listenFD, s.stopWriteFD, was)
         }
         if !alreadyStopping {
@@ -173,10 +190,10 @@ public final class HTTPServer: Sendable {
                 return true
             }
             if accepted {
-                stats.withLock { $0.connectionsAccepted += 1 }
+                counters.connectionsAccepted.add(1, ordering: .relaxed)
                 work.signal()
             } else {
-                stats.withLock { $0.connectionsRejected += 1 }
+                counters.connectionsRejected.add(1, ordering: .relaxed)
                 Sockets.setSendTimeout(fd, millis: 100)
                 let busy = HTTPError(status: 503, code: "server_busy", message: "too many connections").response
                 _ = Sockets.writeAll(fd, HTTPResponseSerializer.serialize(busy, keepAlive: false))
@@ -222,7 +239,7 @@ public final class HTTPServer: Sendable {
         }
     }
 
-    private var isStopping: Bool { state.withLock { $0.stopping } }
+    private var isStopping: Bool { stopping.load(ordering: .relaxed) }
 
     private enum ReadResult { case data(Int), closed, timeout, stopping }
 
@@ -273,7 +290,7 @@ public final class HTTPServer: Sendable {
             do {
                 event = try parser.next()
             } catch {
-                stats.withLock { $0.parseErrors += 1 }
+                counters.parseErrors.add(1, ordering: .relaxed)
                 logger.debug("bad request", metadata: ["status": "\(error.status)", "reason": "\(error.reason)"])
                 fail(error.status, error.reason)
                 return
@@ -289,9 +306,8 @@ public final class HTTPServer: Sendable {
             case .end:
                 guard let h = head else { return }
                 head = nil
-                stats.withLock { $0.requests += 1 }
-                var request = HTTPRequest(head: h, body: body, remoteAddress: remote)
-                request.storage = RequestStorage()
+                counters.requests.add(1, ordering: .relaxed)
+                let request = HTTPRequest(head: h, body: body, remoteAddress: remote)
                 body = []
                 let response = chain.respond(to: request) { error in
                     logger.error("handler failed", metadata: ["path": "\(h.path)", "error": "\(error)"])
@@ -325,7 +341,7 @@ public final class HTTPServer: Sendable {
                 case .closed, .stopping:
                     return
                 case .timeout:
-                    stats.withLock { $0.timeouts += 1 }
+                    counters.timeouts.add(1, ordering: .relaxed)
                     if !atBoundary { fail(408, "request not received in time") }
                     return
                 }

@@ -360,10 +360,12 @@ public struct HTTPRequestParser: Sendable {
     private func parseChunkSize(_ line: Range<Int>) throws(HTTPParseError) -> Int {
         var size = 0
         var digits = 0
+        var significantDigits = 0  // leading zeros are allowed and do not count
         var i = line.lowerBound
         while i < line.upperBound, let d = hexValue(buffer[i]) {
             digits += 1
-            if digits > 15 { throw .bad("chunk size too large") }
+            if significantDigits > 0 || d > 0 { significantDigits += 1 }
+            if significantDigits > 15 { throw .bad("chunk size too large") }
             size = size * 16 + d
             i += 1
         }

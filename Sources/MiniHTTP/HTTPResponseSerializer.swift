@@ -36,7 +36,8 @@ public enum HTTPResponseSerializer {
     }
 
     private static func appendField(_ out: inout [UInt8], _ name: String, _ value: String) {
-        out.append(contentsOf: name.utf8)
+        // A name can only hold token characters; anything else is dropped so it cannot split the head.
+        for b in name.utf8 where isTokenByte(b) { out.append(b) }
         out.append(58)
         out.append(32)
         // Never let a value split the header: CR and LF become spaces.

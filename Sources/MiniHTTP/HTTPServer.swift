@@ -63,6 +63,8 @@ public final class HTTPServer: Sendable {
         var acceptRunning = false
         var stopEventFD: Int32 = -1
         var stopWriteFD: Int32 = -1
+        /// Connections being served, so shutdown can cut them off after the grace period.
+        var active: Set<Int32> = []
     }
 
     private let state = Mutex(State())
@@ -142,24 +144,35 @@ public final class HTTPServer: Sendable {
     /// Stops accepting, lets in-flight requests finish (up to the grace
     /// period), closes idle connections, and returns when all threads ended.
     public func shutdown() {
-        let (fd, wfd, alreadyStopping) = state.withLock { s -> (Int32, Int32, Bool) in
+        let (started, fd, wfd, alreadyStopping) = state.withLock { s -> (Bool, Int32, Int32, Bool) in
             let was = s.stopping
             s.stopping = true
             stopping.store(true, ordering: .relaxed)
-            return (s.listenFD, s.stopWriteFD, was)
+            return (s.started, s.listenFD, s.stopWriteFD, was)
         }
+        guard started else { return }
         if !alreadyStopping {
             logger.info("shutting down")
             if fd >= 0 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
             var one: UInt8 = 1
             _ = write(wfd, &one, 1)
             for _ in 0..<configuration.workerThreads { work.signal() }
+            let grace = DispatchTime.now() + .milliseconds(configuration.shutdownGraceMillis)
+            if stopped.wait(timeout: grace) == .timedOut {
+                let cut = state.withLock { $0.active }
+                logger.warning("grace period over, closing connections", metadata: ["connections": "\(cut.count)"])
+                // Wakes the threads blocked on these sockets; they close them.
+                for conn in cut { Glibc.shutdown(conn, Int32(SHUT_RDWR)) }
+            } else {
+                stopped.signal()
+            }
         }
         waitUntilStopped()
     }
 
-    /// Blocks until `shutdown()` completed.
+    /// Blocks until `shutdown()` completed (returns at once if never started).
     public func waitUntilStopped() {
+        guard state.withLock({ $0.started }) else { return }
         stopped.wait()
         stopped.signal()
     }
@@ -219,7 +232,9 @@ public final class HTTPServer: Sendable {
                 if state.withLock({ $0.stopping }) { break }
                 continue
             }
+            state.withLock { _ = $0.active.insert(fd) }
             serve(fd, stopFD: stopFD, buffer: &buffer)
+            state.withLock { _ = $0.active.remove(fd) }
             close(fd)
         }
         workerExited()
@@ -281,7 +296,15 @@ public final class HTTPServer: Sendable {
         var sentContinue = false
 
         func fail(_ status: Int, _ reason: String) {
-            let response = HTTPError(status: status, code: status == 408 ? "timeout" : "bad_request", message: reason)
+            let code = switch status {
+            case 408: "request_timeout"
+            case 413: "body_too_large"
+            case 431: "headers_too_large"
+            case 501: "not_implemented"
+            case 505: "version_not_supported"
+            default: "bad_request"
+            }
+            let response = HTTPError(status: status, code: code, message: reason)
             _ = Sockets.writeAll(fd, HTTPResponseSerializer.serialize(response.response, keepAlive: false))
         }
 
@@ -306,6 +329,7 @@ public final class HTTPServer: Sendable {
             case .end:
                 guard let h = head else { return }
                 head = nil
+                headDeadline = 0  // the next request's head gets its own deadline
                 counters.requests.add(1, ordering: .relaxed)
                 let request = HTTPRequest(head: h, body: body, remoteAddress: remote)
                 body = []
@@ -322,8 +346,8 @@ public final class HTTPServer: Sendable {
                 let now = monotonicMillis()
                 let deadline: Int64
                 if atBoundary {
-                    if isStopping { return }
-                    deadline = now + Int64(configuration.idleTimeoutMillis)
+                    // When stopping, only a request that is already here is still served.
+                    deadline = now + (isStopping ? 1 : Int64(configuration.idleTimeoutMillis))
                 } else if head == nil {
                     if headDeadline == 0 { headDeadline = now + Int64(configuration.headerTimeoutMillis) }
                     deadline = headDeadline
@@ -334,9 +358,9 @@ public final class HTTPServer: Sendable {
                     }
                     deadline = now + Int64(configuration.bodyTimeoutMillis)
                 }
-                switch read(fd, stopFD: stopFD, into: &buffer, deadline: deadline, stoppable: atBoundary) {
+                switch read(fd, stopFD: stopFD, into: &buffer, deadline: deadline, stoppable: atBoundary && !isStopping) {
                 case .data(let n):
-                    if atBoundary { headDeadline = now + Int64(configuration.headerTimeoutMillis) }
+                    if atBoundary { headDeadline = monotonicMillis() + Int64(configuration.headerTimeoutMillis) }
                     buffer.withUnsafeBytes { parser.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 case .closed, .stopping:
                     return
@@ -346,7 +370,6 @@ public final class HTTPServer: Sendable {
                     return
                 }
             }
-            if head == nil, parser.isAtMessageBoundary { headDeadline = 0 }
         }
     }
 }

@@ -100,7 +100,8 @@ public struct Router: Sendable {
             if route.method == request.method || (request.method == "HEAD" && route.method == "GET") {
                 return try route.responder(request)
             }
-            allowed.append(route.method)
+            if !allowed.contains(route.method) { allowed.append(route.method) }
+            if route.method == "GET" && !allowed.contains("HEAD") { allowed.append("HEAD") }
         }
         if allowed.isEmpty {
             throw HTTPError(status: 404, code: "not_found", message: "no route for \(path)")

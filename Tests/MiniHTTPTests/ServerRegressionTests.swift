@@ -1,0 +1,90 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+
+@testable import MiniHTTP
+
+/// Regression tests for bugs found in `HTTPServer` while writing this suite
+/// (all present at commit 9903f6a). Each comment describes the bug as it was.
+@Suite("HTTPServer: regressions")
+struct ServerRegressionTests {
+    /// HTTPServer.swift, `serve`: when data arrives at a message boundary the
+    /// header deadline is set from `now`, taken *before* the idle wait began,
+    /// so an idle period longer than headerTimeoutMillis leaves a deadline in
+    /// the past, and a head that arrives in two segments gets 408 at once.
+    @Test
+    func headerDeadlineStartsAtFirstByteNotAtStartOfIdleWait() throws {
+        try withServer(testConfiguration(headerTimeoutMillis: 300, idleTimeoutMillis: 5_000), responder: echoResponder) {
+            server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send(getRequest("/first"))
+            #expect(client.readResponse()?.status == 200)
+            usleep(500_000)  // idle, longer than the header timeout but well within the idle timeout
+            client.send("GET /second HTTP/1.1\r\n")
+            usleep(50_000)
+            client.send("Host: t\r\n\r\n")  // the head is complete 50 ms after its first byte
+            let response = try #require(client.readResponse())
+            #expect(response.status == 200, "got \(response.statusLine)")
+            #expect(response.bodyText == "GET /second\n")
+        }
+    }
+
+    /// HTTPServer.swift, `serve`: after a request ends with pipelined bytes of
+    /// the next request already buffered, `headDeadline` is not reset, so the
+    /// next head inherits the deadline of the previous request's first byte.
+    /// If the previous handler took longer than headerTimeoutMillis, the next
+    /// request gets 408 without any wait even though its head arrives promptly.
+    @Test
+    func pipelinedHeadAfterSlowHandlerGetsItsOwnDeadline() throws {
+        let slow: HTTPResponder = { request in
+            if request.path == "/slow" { usleep(500_000) }
+            return .text(request.path)
+        }
+        try withServer(testConfiguration(headerTimeoutMillis: 300), responder: slow) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send(getRequest("/slow") + "GET /fast HTTP/1.1\r\n")
+            usleep(50_000)
+            client.send("Host: t\r\n\r\n")  // complete long before the slow handler returns
+            #expect(client.readResponse()?.bodyText == "/slow")
+            let second = try #require(client.readResponse())
+            #expect(second.status == 200, "got \(second.statusLine)")
+            #expect(second.bodyText == "/fast")
+        }
+    }
+
+    /// HTTPServer.swift: `shutdownGraceMillis` is never read. `shutdown()`
+    /// waits for every connection thread, and a connection in the middle of a
+    /// request (here: a stalled upload) only ends at its body timeout, which
+    /// is re-armed by every byte, so a slow client can hold shutdown forever.
+    @Test
+    func shutdownIsBoundedByTheGracePeriod() throws {
+        var configuration = testConfiguration(bodyTimeoutMillis: 3_000)
+        configuration.shutdownGraceMillis = 300
+        let server = HTTPServer(configuration: configuration, logger: quietLogger(), responder: echoResponder)
+        try server.start()
+        defer { server.shutdown() }
+        let client = try RawClient(port: server.port)
+        defer { client.close() }
+        client.send("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\npartial")
+        usleep(50_000)
+        let start = monotonicMillis()
+        let job = BackgroundJob { server.shutdown() }
+        let finished = job.wait(timeoutMillis: 1_500)
+        #expect(finished, "shutdown still running after \(monotonicMillis() - start) ms; grace is 300 ms")
+        #expect(client.waitForClose(), "the stalled connection is cut off")
+        _ = job.wait(timeoutMillis: 5_000)  // if it failed, let the body timeout end it before the next test
+    }
+
+    /// HTTPServer.swift, `shutdown()`: on a server that was never started (or
+    /// whose `start()` threw) it writes to fd -1 and then waits forever on the
+    /// `stopped` semaphore, which only the (never started) threads signal.
+    @Test
+    func shutdownWithoutStartReturns() {
+        let server = HTTPServer(configuration: testConfiguration(), logger: quietLogger(), responder: echoResponder)
+        let job = BackgroundJob { server.shutdown() }
+        #expect(job.wait(timeoutMillis: 1_000), "shutdown() of a server that never started hangs")
+    }
+}

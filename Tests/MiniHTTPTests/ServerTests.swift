@@ -1,0 +1,365 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+import Testing
+
+@testable import MiniHTTP
+
+/// A thread-safe counter handlers can bump.
+final class Counter: Sendable {
+    private let value = Mutex(0)
+    func increment() { value.withLock { $0 += 1 } }
+    var current: Int { value.withLock { $0 } }
+}
+
+@Suite("HTTPServer over loopback")
+struct ServerTests {
+    @Test func keepAliveConnectionServesTwoRequests() throws {
+        try withServer(responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            #expect(client.send(getRequest("/a")))
+            let first = try #require(client.readResponse())
+            #expect(first.statusLine == "HTTP/1.1 200 OK")
+            #expect(first.bodyText == "GET /a\n")
+            #expect(first.header("Content-Length") == "7")
+            #expect(first.header("Connection") == nil)
+
+            #expect(client.send(getRequest("/b?x=1")))
+            let second = try #require(client.readResponse())
+            #expect(second.status == 200)
+            #expect(second.bodyText == "GET /b?x=1\n")
+            #expect(server.statistics.requests == 2)
+            #expect(server.statistics.connectionsAccepted == 1, "both requests used one connection")
+        }
+    }
+
+    @Test func requestBodiesReachTheHandler() throws {
+        try withServer(responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send("POST /cl HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            #expect(client.readResponse()?.bodyText == "POST /cl\nhello")
+            client.send("PUT /ch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n")
+            #expect(client.readResponse()?.bodyText == "PUT /ch\nabcde")
+        }
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrder() throws {
+        try withServer(responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send(
+                getRequest("/1") + "POST /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nxyz" + getRequest("/3")
+                    + getRequest("/4", extraHeaders: "Connection: close\r\n"))
+            let bodies = (0..<4).map { _ in client.readResponse()?.bodyText }
+            #expect(bodies == ["GET /1\n", "POST /2\nxyz", "GET /3\n", "GET /4\n"])
+            #expect(client.waitForClose(), "Connection: close on the last request closes the connection")
+        }
+    }
+
+    @Test func pipelinedRequestSplitAcrossWrites() throws {
+        try withServer(responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send(getRequest("/1") + "GET /2 HTTP/1.1\r\nHo")
+            #expect(client.readResponse()?.bodyText == "GET /1\n")
+            usleep(20_000)
+            client.send("st: t\r\n\r\n")
+            #expect(client.readResponse()?.bodyText == "GET /2\n")
+        }
+    }
+
+    @Test func headResponseHasHeadersButNoBody() throws {
+        var router = Router()
+        router.get("/doc") { _ in .text("twelve bytes") }
+        try withServer(responder: router.responder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send("HEAD /doc HTTP/1.1\r\nHost: t\r\n\r\n")
+            let head = try #require(client.readResponse(headOnly: true))
+            #expect(head.status == 200)
+            #expect(head.header("Content-Length") == "12", "HEAD reports the length GET would send")
+            // If a body had been sent, it would be read as the start of the next response.
+            client.send(getRequest("/doc"))
+            let get = try #require(client.readResponse())
+            #expect(get.statusLine == "HTTP/1.1 200 OK")
+            #expect(get.bodyText == "twelve bytes")
+        }
+    }
+
+    @Test func http10ClosesUnlessKeepAliveIsAsked() throws {
+        try withServer(responder: echoResponder) { server in
+            let plain = try RawClient(port: server.port)
+            defer { plain.close() }
+            plain.send("GET /old HTTP/1.0\r\n\r\n")
+            let response = try #require(plain.readResponse())
+            #expect(response.statusLine == "HTTP/1.0 200 OK")
+            #expect(response.header("Connection") == "close")
+            #expect(plain.waitForClose())
+
+            let kept = try RawClient(port: server.port)
+            defer { kept.close() }
+            kept.send("GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            #expect(kept.readResponse()?.header("Connection") == "keep-alive")
+            kept.send("GET /2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            #expect(kept.readResponse()?.bodyText == "GET /2\n")
+        }
+    }
+
+    @Test func connectionCloseIsHonored() throws {
+        try withServer(responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send(getRequest("/bye", extraHeaders: "Connection: close\r\n"))
+            let response = try #require(client.readResponse())
+            #expect(response.status == 200)
+            #expect(response.header("Connection") == "close")
+            #expect(client.waitForClose())
+        }
+    }
+
+    @Test func handlerErrorsAreMappedAndConnectionSurvives() throws {
+        struct Boom: Error {}
+        var router = Router()
+        router.get("/teapot") { _ in throw HTTPError(status: 418, code: "teapot", message: "short and stout") }
+        router.get("/boom") { _ in throw Boom() }
+        try withServer(responder: router.responder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send(getRequest("/teapot"))
+            let teapot = try #require(client.readResponse())
+            #expect(teapot.status == 418)
+            #expect(teapot.bodyText == #"{"error":"teapot","message":"short and stout"}"#)
+            client.send(getRequest("/boom"))
+            #expect(client.readResponse()?.status == 500)
+            client.send("POST /teapot HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            let notAllowed = try #require(client.readResponse())
+            #expect(notAllowed.status == 405)
+            #expect(notAllowed.header("Allow") == "GET, HEAD")
+            client.send(getRequest("/nowhere"))
+            #expect(client.readResponse()?.status == 404)
+        }
+    }
+
+    @Test func malformedRequestsGetTheirStatusAndAClosedConnection() throws {
+        let configuration = testConfiguration(limits: MalformedCase.limits)
+        try withServer(configuration, responder: echoResponder) { server in
+            for testCase in MalformedCase.all {
+                let client = try RawClient(port: server.port)
+                defer { client.close() }
+                client.send(testCase.raw)
+                guard let response = client.readResponse() else {
+                    Issue.record("\(testCase): no response")
+                    continue
+                }
+                #expect(
+                    response.statusLine == "HTTP/1.1 \(testCase.status) \(reasonPhrase(testCase.status))",
+                    "\(testCase)")
+                #expect(response.header("Connection") == "close", "\(testCase)")
+                #expect(response.header("Content-Type") == "application/json", "\(testCase)")
+                #expect(client.waitForClose(), "\(testCase): connection must be closed after the error")
+            }
+            #expect(server.statistics.parseErrors == MalformedCase.all.count)
+            #expect(server.statistics.requests == 0, "no malformed request reached the handler")
+        }
+    }
+
+    @Test func errorAfterAValidRequestClosesTheConnection() throws {
+        try withServer(responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send(getRequest("/ok") + "GET / HTTP/1.1\r\nHost : t\r\n\r\n" + getRequest("/never"))
+            #expect(client.readResponse()?.bodyText == "GET /ok\n")
+            #expect(client.readResponse()?.status == 400)
+            #expect(client.waitForClose())
+            #expect(client.unconsumed.isEmpty, "nothing is answered after the error")
+        }
+    }
+
+    @Test func expectContinueIsAnsweredBeforeTheBodyIsSent() throws {
+        try withServer(responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send("POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            let interim = try #require(client.readResponse(timeoutMillis: 2_000), "no 100 Continue before the body")
+            #expect(interim.statusLine == "HTTP/1.1 100 Continue")
+            client.send("hello")
+            let final = try #require(client.readResponse())
+            #expect(final.status == 200)
+            #expect(final.bodyText == "POST /up\nhello")
+
+            // With the body already sent, no interim response is needed.
+            client.send("POST /up2 HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi")
+            let direct = try #require(client.readResponse())
+            #expect(direct.status == 200)
+            #expect(direct.bodyText == "POST /up2\nhi")
+        }
+    }
+
+    @Test func expectContinueWithTooLargeBodyGets413Instead() throws {
+        try withServer(testConfiguration(limits: HTTPParserLimits(maxBodyBytes: 10)), responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send("POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+            let response = try #require(client.readResponse())
+            #expect(response.status == 413)
+            #expect(client.waitForClose())
+        }
+    }
+
+    @Test func headerTimeoutAnswers408AndCloses() throws {
+        try withServer(testConfiguration(headerTimeoutMillis: 300), responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            let start = monotonicMillis()
+            client.send("GET / HTTP/1.1\r\nHo")
+            let response = try #require(client.readResponse(timeoutMillis: 3_000))
+            let elapsed = monotonicMillis() - start
+            #expect(response.statusLine == "HTTP/1.1 408 Request Timeout")
+            #expect(response.header("Connection") == "close")
+            #expect(elapsed >= 200 && elapsed < 1_500, "408 after \(elapsed) ms, timeout is 300 ms")
+            #expect(client.waitForClose())
+            #expect(server.statistics.timeouts == 1)
+        }
+    }
+
+    @Test func bodyTimeoutAnswers408AndCloses() throws {
+        try withServer(testConfiguration(bodyTimeoutMillis: 300), responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            let start = monotonicMillis()
+            client.send("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+            let response = try #require(client.readResponse(timeoutMillis: 3_000))
+            let elapsed = monotonicMillis() - start
+            #expect(response.status == 408)
+            #expect(elapsed >= 200 && elapsed < 1_500, "408 after \(elapsed) ms, timeout is 300 ms")
+            #expect(client.waitForClose())
+        }
+    }
+
+    @Test func idleKeepAliveConnectionIsClosedSilently() throws {
+        try withServer(testConfiguration(idleTimeoutMillis: 300), responder: echoResponder) { server in
+            let client = try RawClient(port: server.port)
+            defer { client.close() }
+            client.send(getRequest("/"))
+            #expect(client.readResponse()?.status == 200)
+            let start = monotonicMillis()
+            #expect(client.waitForClose(timeoutMillis: 3_000), "idle connection must be closed")
+            let elapsed = monotonicMillis() - start
+            #expect(elapsed >= 200 && elapsed < 1_500, "closed after \(elapsed) ms, idle timeout is 300 ms")
+            #expect(client.unconsumed.isEmpty, "no 408 for a connection that was between requests")
+
+            // A connection that never sends anything is idle too.
+            let silent = try RawClient(port: server.port)
+            defer { silent.close() }
+            #expect(silent.waitForClose(timeoutMillis: 3_000))
+            #expect(silent.unconsumed.isEmpty)
+        }
+    }
+
+    @Test func gracefulShutdownFinishesInFlightRequestThenRefusesConnections() throws {
+        let entered = Counter()
+        let server = HTTPServer(configuration: testConfiguration(), logger: quietLogger()) { request in
+            if request.path == "/slow" {
+                entered.increment()
+                usleep(300_000)
+                return .text("slow done")
+            }
+            return .text("fast")
+        }
+        try server.start()
+        defer { server.shutdown() }
+        let port = server.port
+
+        let idle = try RawClient(port: port)
+        defer { idle.close() }
+        idle.send(getRequest("/fast"))
+        #expect(idle.readResponse()?.bodyText == "fast")
+
+        let busy = try RawClient(port: port)
+        defer { busy.close() }
+        busy.send(getRequest("/slow"))
+        try #require(poll(timeoutMillis: 3_000) { entered.current == 1 }, "the slow handler never started")
+
+        let start = monotonicMillis()
+        let job = BackgroundJob { server.shutdown() }
+        #expect(job.wait(timeoutMillis: 5_000), "shutdown did not return")
+        let elapsed = monotonicMillis() - start
+        #expect(elapsed >= 100, "shutdown returned after \(elapsed) ms, before the in-flight request finished")
+
+        let response = try #require(busy.readResponse(), "the in-flight request lost its response")
+        #expect(response.status == 200)
+        #expect(response.bodyText == "slow done")
+        #expect(response.header("Connection") == "close", "no keep-alive while stopping")
+        #expect(busy.waitForClose())
+        #expect(idle.waitForClose(), "idle keep-alive connections are closed at shutdown")
+        #expect(idle.unconsumed.isEmpty)
+
+        do {
+            let late = try Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 1_000)
+            close(late)
+            Issue.record("connect after shutdown succeeded")
+        } catch let error as SocketError {
+            #expect(error.errno == ECONNREFUSED, "\(error)")
+        }
+    }
+
+    @Test func queuedRequestAlreadySentIsStillAnsweredAtShutdown() throws {
+        let entered = Counter()
+        let server = HTTPServer(configuration: testConfiguration(workerThreads: 1), logger: quietLogger()) { request in
+            if request.path == "/slow" {
+                entered.increment()
+                usleep(300_000)
+            }
+            return .text(request.path)
+        }
+        try server.start()
+        defer { server.shutdown() }
+        let busy = try RawClient(port: server.port)
+        defer { busy.close() }
+        busy.send(getRequest("/slow"))
+        try #require(poll(timeoutMillis: 3_000) { entered.current == 1 }, "the slow handler never started")
+        // The only thread is busy: this connection waits in the queue with its request sent.
+        let queued = try RawClient(port: server.port)
+        defer { queued.close() }
+        queued.send(getRequest("/queued"))
+        usleep(50_000)
+        let job = BackgroundJob { server.shutdown() }
+        #expect(job.wait(timeoutMillis: 5_000), "shutdown did not return")
+        #expect(busy.readResponse()?.bodyText == "/slow")
+        let answer = try #require(queued.readResponse(), "a request accepted before shutdown lost its answer")
+        #expect(answer.bodyText == "/queued")
+        #expect(answer.header("Connection") == "close")
+    }
+
+    @Test func connectionsBeyondThreadsAndQueueGet503() throws {
+        let configuration = testConfiguration(workerThreads: 1, maxPendingConnections: 1)
+        try withServer(configuration, responder: echoResponder) { server in
+            // A occupies the only thread (kept alive after its request).
+            let a = try RawClient(port: server.port)
+            defer { a.close() }
+            a.send(getRequest("/a"))
+            #expect(a.readResponse()?.bodyText == "GET /a\n")
+            // B waits in the queue.
+            let b = try RawClient(port: server.port)
+            defer { b.close() }
+            b.send(getRequest("/b"))
+            // C finds no room.
+            let c = try RawClient(port: server.port)
+            defer { c.close() }
+            let rejected = try #require(c.readResponse())
+            #expect(rejected.statusLine == "HTTP/1.1 503 Service Unavailable")
+            #expect(rejected.header("Connection") == "close")
+            #expect(rejected.bodyText.contains("server_busy"))
+            #expect(c.waitForClose())
+            #expect(server.statistics.connectionsRejected == 1)
+
+            // Once A leaves, B is served.
+            #expect(b.readResponse(timeoutMillis: 200)?.status == nil, "B must still be waiting")
+            a.close()
+            #expect(b.readResponse()?.bodyText == "GET /b\n")
+        }
+    }
+}

@@ -1,0 +1,357 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import Synchronization
+import Testing
+
+@testable import MiniHTTP
+
+// MARK: - Deterministic randomness
+
+/// SplitMix64: a tiny, fast, seedable generator so every random test is reproducible.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// A value in `0..<bound` (bound > 0); cheaper than `Int.random(in:using:)` in debug builds.
+    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
+
+    /// True with probability `percent`/100.
+    mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
+}
+
+// MARK: - Parser helpers
+
+typealias Event = HTTPRequestParser.Event
+
+/// Merges adjacent body events: how a body is chunked into events depends on
+/// how the input was split, the bytes do not.
+func normalized(_ events: [Event]) -> [Event] {
+    var out: [Event] = []
+    for event in events {
+        if case .body(let more) = event, case .body(let previous)? = out.last {
+            out[out.count - 1] = .body(previous + more)
+        } else if case .body(let bytes) = event, bytes.isEmpty {
+            continue
+        } else {
+            out.append(event)
+        }
+    }
+    return out
+}
+
+/// The outcome of feeding some input to a fresh parser.
+struct ParseOutcome {
+    var events: [Event] = []
+    var error: HTTPParseError? = nil
+}
+
+/// Pulls every available event; stops at nil or at an error.
+func drain(_ parser: inout HTTPRequestParser, into outcome: inout ParseOutcome, maxEvents: Int = 1_000_000) {
+    var pulled = 0
+    while outcome.error == nil {
+        do {
+            guard let event = try parser.next() else { return }
+            outcome.events.append(event)
+        } catch {
+            outcome.error = error
+            return
+        }
+        pulled += 1
+        if pulled > maxEvents {
+            Issue.record("parser produced more than \(maxEvents) events without asking for input")
+            return
+        }
+    }
+}
+
+/// Feeds `chunks` one after another, draining events after each.
+func parse(chunks: [ArraySlice<UInt8>], limits: HTTPParserLimits = HTTPParserLimits()) -> ParseOutcome {
+    var parser = HTTPRequestParser(limits: limits)
+    var outcome = ParseOutcome()
+    for chunk in chunks {
+        parser.append(chunk)
+        drain(&parser, into: &outcome)
+        if outcome.error != nil { break }
+    }
+    return outcome
+}
+
+func parse(_ bytes: [UInt8], limits: HTTPParserLimits = HTTPParserLimits()) -> ParseOutcome {
+    parse(chunks: [bytes[...]], limits: limits)
+}
+
+func parse(_ text: String, limits: HTTPParserLimits = HTTPParserLimits()) -> ParseOutcome {
+    parse(Array(text.utf8), limits: limits)
+}
+
+func parseByteByByte(_ bytes: [UInt8], limits: HTTPParserLimits = HTTPParserLimits()) -> ParseOutcome {
+    parse(chunks: bytes.indices.map { bytes[$0..<$0 + 1] }, limits: limits)
+}
+
+/// Splits `bytes` at `cuts` random positions.
+func randomChunks(_ bytes: [UInt8], cuts: Int, rng: inout SplitMix64) -> [ArraySlice<UInt8>] {
+    guard bytes.count > 1, cuts > 0 else { return [bytes[...]] }
+    var points = Set<Int>()
+    for _ in 0..<cuts { points.insert(1 + rng.below(bytes.count - 1)) }
+    var chunks: [ArraySlice<UInt8>] = []
+    var start = 0
+    for p in points.sorted() {
+        chunks.append(bytes[start..<p])
+        start = p
+    }
+    chunks.append(bytes[start...])
+    return chunks
+}
+
+/// The heads of a list of events.
+func heads(_ events: [Event]) -> [HTTPRequestHead] {
+    events.compactMap { if case .head(let h) = $0 { h } else { nil } }
+}
+
+/// The concatenated body bytes of each message, in order.
+func bodies(_ events: [Event]) -> [[UInt8]] {
+    var out: [[UInt8]] = []
+    var current: [UInt8]? = nil
+    for event in events {
+        switch event {
+        case .head: current = []
+        case .body(let b): current?.append(contentsOf: b)
+        case .end:
+            if let c = current { out.append(c) }
+            current = nil
+        }
+    }
+    return out
+}
+
+func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+// MARK: - Server helpers
+
+func quietLogger() -> Logger {
+    Logger(label: "minihttp-tests", factory: { _ in SwiftLogNoOpLogHandler() })
+}
+
+/// Server settings for tests: ephemeral port, few threads, short timeouts so a
+/// failing test cannot keep `shutdown()` waiting for long.
+func testConfiguration(
+    workerThreads: Int = 4, maxPendingConnections: Int = 16, limits: HTTPParserLimits = HTTPParserLimits(),
+    headerTimeoutMillis: Int = 2_000, bodyTimeoutMillis: Int = 2_000, idleTimeoutMillis: Int = 5_000
+) -> HTTPServerConfiguration {
+    HTTPServerConfiguration(
+        host: "127.0.0.1", port: 0, workerThreads: workerThreads, maxPendingConnections: maxPendingConnections,
+        limits: limits, headerTimeoutMillis: headerTimeoutMillis, bodyTimeoutMillis: bodyTimeoutMillis,
+        idleTimeoutMillis: idleTimeoutMillis, writeTimeoutMillis: 2_000, shutdownGraceMillis: 2_000)
+}
+
+/// Starts a server, runs `body`, and always shuts the server down afterwards.
+func withServer(
+    _ configuration: HTTPServerConfiguration = testConfiguration(), middleware: [any HTTPMiddleware] = [],
+    responder: @escaping HTTPResponder, _ body: (HTTPServer) throws -> Void
+) throws {
+    let server = HTTPServer(
+        configuration: configuration, logger: quietLogger(), middleware: middleware, responder: responder)
+    try server.start()
+    defer { server.shutdown() }
+    try #require(server.port > 0)
+    try body(server)
+}
+
+/// An echo responder: answers with the method and target, and the body after a newline.
+let echoResponder: HTTPResponder = { request in
+    HTTPResponse(status: 200, headers: ["Content-Type": "text/plain"], body: bytes("\(request.method) \(request.head.target)\n") + request.body)
+}
+
+/// Runs `body` on a new thread; `isDone` polls whether it returned.
+final class BackgroundJob: Sendable {
+    private let done = Mutex(false)
+
+    init(_ body: @escaping @Sendable () -> Void) {
+        startThread { [self] in
+            body()
+            done.withLock { $0 = true }
+        }
+    }
+
+    var isDone: Bool { done.withLock { $0 } }
+
+    /// Waits (polling) until the job finished; false on timeout.
+    func wait(timeoutMillis: Int) -> Bool {
+        poll(timeoutMillis: timeoutMillis) { isDone }
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds or the time is up.
+func poll(timeoutMillis: Int, _ condition: () -> Bool) -> Bool {
+    let deadline = monotonicMillis() + Int64(timeoutMillis)
+    while true {
+        if condition() { return true }
+        if monotonicMillis() >= deadline { return false }
+        usleep(2_000)
+    }
+}
+
+/// A parsed response as read off a raw socket.
+struct RawResponse {
+    var statusLine: String
+    var status: Int
+    var headers: [(name: String, value: String)]
+    var body: [UInt8]
+
+    func header(_ name: String) -> String? {
+        headers.first { $0.name.lowercased() == name.lowercased() }?.value
+    }
+
+    var bodyText: String { String(decoding: body, as: UTF8.self) }
+}
+
+/// A minimal blocking HTTP client over a raw socket, with a deadline on every read.
+final class RawClient {
+    let fd: Int32
+    private var buffer: [UInt8] = []
+    private var isClosed = false
+
+    init(port: Int) throws {
+        fd = try Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 2_000)
+    }
+
+    deinit { close() }
+
+    func close() {
+        if !isClosed {
+            isClosed = true
+            Glibc.close(fd)
+        }
+    }
+
+    @discardableResult
+    func send(_ data: [UInt8]) -> Bool { Sockets.writeAll(fd, data) }
+
+    @discardableResult
+    func send(_ text: String) -> Bool { send(Array(text.utf8)) }
+
+    enum ReadResult: Equatable { case data, closed, timeout }
+
+    /// Reads whatever arrives within `timeoutMillis` into the buffer.
+    func readMore(timeoutMillis: Int) -> ReadResult {
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
+        while true {
+            let remaining = deadline - monotonicMillis()
+            if remaining <= 0 { return .timeout }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let n = Glibc.poll(&pfd, 1, Int32(remaining))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return .closed
+            }
+            if n == 0 { return .timeout }
+            var chunk = [UInt8](repeating: 0, count: 65_536)
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count > 0 {
+                buffer.append(contentsOf: chunk[0..<count])
+                return .data
+            }
+            if count < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+            return .closed  // 0 (orderly close) or an error such as ECONNRESET
+        }
+    }
+
+    /// Reads one response (a 1xx response has no body). Nil when the
+    /// connection closes or the time is up first.
+    /// `headOnly`: the response to a HEAD request, whose Content-Length describes no body.
+    func readResponse(timeoutMillis: Int = 3_000, headOnly: Bool = false) -> RawResponse? {
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
+        while true {
+            if let response = takeResponse(headOnly: headOnly) { return response }
+            let remaining = Int(deadline - monotonicMillis())
+            if remaining <= 0 { return nil }
+            if readMore(timeoutMillis: remaining) != .data {
+                return takeResponse(headOnly: headOnly)
+            }
+        }
+    }
+
+    private func takeResponse(headOnly: Bool) -> RawResponse? {
+        guard let headEnd = findHeadEnd() else { return nil }
+        let headText = String(decoding: buffer[0..<headEnd], as: UTF8.self)
+        var lines = crlfLines(headText)
+        let statusLine = lines.removeFirst()
+        let parts = statusLine.split(separator: " ", maxSplits: 2)
+        let status = parts.count >= 2 ? Int(parts[1]) ?? -1 : -1
+        var headers: [(name: String, value: String)] = []
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers.append((
+                name: String(line[..<colon]),
+                value: String(line[line.index(after: colon)...]).trimmingSpaces))
+        }
+        var length = 0
+        if !headOnly, status >= 200, status != 204, status != 304,
+            let cl = headers.first(where: { $0.name.lowercased() == "content-length" }), let n = Int(cl.value)
+        {
+            length = n
+        }
+        let bodyStart = headEnd + 4
+        guard buffer.count - bodyStart >= length else { return nil }
+        let body = Array(buffer[bodyStart..<bodyStart + length])
+        buffer.removeFirst(bodyStart + length)
+        return RawResponse(statusLine: statusLine, status: status, headers: headers, body: body)
+    }
+
+    private func findHeadEnd() -> Int? {
+        guard buffer.count >= 4 else { return nil }
+        for i in 0...(buffer.count - 4)
+        where buffer[i] == 13 && buffer[i + 1] == 10 && buffer[i + 2] == 13 && buffer[i + 3] == 10 {
+            return i
+        }
+        return nil
+    }
+
+    /// Bytes received but not yet consumed as a response.
+    var unconsumed: [UInt8] { buffer }
+
+    /// True when the peer closes the connection within `timeoutMillis`
+    /// (any bytes that arrive meanwhile are kept in the buffer).
+    func waitForClose(timeoutMillis: Int = 3_000) -> Bool {
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
+        while true {
+            let remaining = Int(deadline - monotonicMillis())
+            if remaining <= 0 { return false }
+            switch readMore(timeoutMillis: remaining) {
+            case .closed: return true
+            case .timeout: return false
+            case .data: continue
+            }
+        }
+    }
+}
+
+/// Splits on CRLF (a single Character in Swift strings); bare CR or LF do not split.
+func crlfLines(_ s: String) -> [String] {
+    s.split(separator: "\r\n" as Character, omittingEmptySubsequences: false).map(String.init)
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " || s.first == "\t" { s.removeFirst() }
+        while s.last == " " || s.last == "\t" { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// A simple GET request.
+func getRequest(_ target: String = "/", extraHeaders: String = "") -> String {
+    "GET \(target) HTTP/1.1\r\nHost: test\r\n\(extraHeaders)\r\n"
+}

@@ -1,0 +1,302 @@
+#!/usr/bin/env bash
+# Benchmark one session-cluster node against a trivial nginx on loopback,
+# with wrk: nginx `/`, node `/healthz`, node `/api/session` with a session
+# cookie. Prints req/s, p99 latency, the ratio to nginx, and the node's RSS.
+#
+# Environment: DURATION (seconds per run, default 10), CONNECTIONS (default
+# 50), SCRATCH_PATH (SwiftPM build directory, default .build).
+set -euo pipefail
+
+script_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$script_dir/.."
+
+# shellcheck source-path=SCRIPTDIR source=ensure-packages.sh
+source "$script_dir/ensure-packages.sh"
+
+SCRATCH_PATH=${SCRATCH_PATH:-.build}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-50}
+WARMUP=2
+THREADS=2
+
+[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "error: DURATION must be a positive integer (seconds), got '$DURATION'" >&2; exit 2; }
+[[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || { echo "error: CONNECTIONS must be a positive integer, got '$CONNECTIONS'" >&2; exit 2; }
+((CONNECTIONS >= THREADS)) || { echo "error: CONNECTIONS must be at least $THREADS (wrk threads)" >&2; exit 2; }
+
+node_pid=""
+nginx_pid=""
+wrk_pid=""
+tmp_dir=""
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# A free TCP port on 127.0.0.1 (python3 if present, else a bash probe).
+free_port() {
+    local port i
+    if command -v python3 >/dev/null 2>&1 && python3 -c '
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()' 2>/dev/null; then
+        return 0
+    fi
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# stop_pid NAME PID — SIGTERM, wait up to 10 s, then SIGKILL.
+stop_pid() {
+    local name=$1 pid=$2 i
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        printf 'warning: %s (pid %s) did not stop on SIGTERM; sending SIGKILL\n' "$name" "$pid" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    if [[ -n "$wrk_pid" ]]; then
+        kill -TERM "$wrk_pid" 2>/dev/null || true
+        wait "$wrk_pid" 2>/dev/null || true
+        wrk_pid=""
+    fi
+    if [[ -n "$nginx_pid" ]]; then
+        stop_pid nginx "$nginx_pid"
+        nginx_pid=""
+    fi
+    if [[ -n "$node_pid" ]]; then
+        stop_pid session-cluster "$node_pid"
+        node_pid=""
+    fi
+    if [[ -n "$tmp_dir" ]]; then
+        rm -rf "$tmp_dir"
+        tmp_dir=""
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_http NAME URL PID — wait up to 10 s for a 200 from URL.
+wait_http() {
+    local name=$1 url=$2 pid=$3 i
+    for ((i = 0; i < 100; i++)); do
+        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    printf 'error: %s did not answer %s within 10 s\n' "$name" "$url" >&2
+    return 1
+}
+
+# RSS of a process in kB (0 if gone).
+rss_kb() {
+    local kb
+    kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true)
+    echo "${kb:-0}"
+}
+
+kb_to_mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+
+# wrk latency ("812.00us", "1.23ms", "2.01s", "1.00m") to milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/)      { sub(/us$/, "", v); printf "%.2f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
+        else if (v ~ /m$/)  { sub(/m$/, "", v);  printf "%.2f", v * 60000 }
+        else if (v ~ /h$/)  { sub(/h$/, "", v);  printf "%.2f", v * 3600000 }
+        else if (v ~ /s$/)  { sub(/s$/, "", v);  printf "%.2f", v * 1000 }
+        else                { printf "?" }
+    }'
+}
+
+# run_wrk OUTFILE SECONDS SAMPLE_PID URL [wrk args...] — run wrk in the
+# background; while it runs, sample SAMPLE_PID's RSS every 0.5 s (if not
+# empty). Sets PEAK_KB.
+PEAK_KB=0
+run_wrk() {
+    local out=$1 seconds=$2 sample_pid=$3 url=$4 rss status=0
+    shift 4
+    PEAK_KB=0
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${seconds}s" --latency "$@" "$url" >"$out" 2>&1 </dev/null &
+    wrk_pid=$!
+    while kill -0 "$wrk_pid" 2>/dev/null; do
+        if [[ -n "$sample_pid" ]]; then
+            rss=$(rss_kb "$sample_pid")
+            ((rss > PEAK_KB)) && PEAK_KB=$rss
+        fi
+        sleep 0.5
+    done
+    wait "$wrk_pid" || status=$?
+    wrk_pid=""
+    if ((status != 0)); then
+        cat "$out" >&2
+        die "wrk failed (exit code $status) against $url"
+    fi
+}
+
+# Results, one entry per target.
+declare -a r_name=() r_rps=() r_p99=() r_non2xx=() r_sockerr=() r_peak=()
+
+# bench NAME SAMPLE_PID URL [wrk args...] — warm-up, then the measured run.
+bench() {
+    local name=$1 sample_pid=$2 url=$3 out rps p99 non2xx sockerr
+    shift 3
+    out="$tmp_dir/wrk-${#r_name[@]}.txt"
+    log "$name: warm-up ${WARMUP}s"
+    run_wrk "$out.warmup" "$WARMUP" "$sample_pid" "$url" "$@"
+    local warm_peak=$PEAK_KB
+    log "$name: ${DURATION}s, $CONNECTIONS connections"
+    run_wrk "$out" "$DURATION" "$sample_pid" "$url" "$@"
+    ((warm_peak > PEAK_KB)) && PEAK_KB=$warm_peak
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p99=$(awk '$1 == "99%" { print $2 }' "$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+    sockerr=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
+    if [[ -z "$rps" || -z "$p99" ]]; then
+        cat "$out" >&2
+        die "could not parse wrk output for $name"
+    fi
+    r_name+=("$name")
+    r_rps+=("$rps")
+    r_p99+=("$(to_ms "$p99")")
+    r_non2xx+=("${non2xx:-0}")
+    r_sockerr+=("${sockerr:-0}")
+    if [[ -n "$sample_pid" ]]; then
+        r_peak+=("$(kb_to_mb "$PEAK_KB")")
+    else
+        r_peak+=("-")
+    fi
+}
+
+log "checking packages and Swift"
+ensure_packages libhiredis-dev wrk nginx curl
+ensure_swift
+command -v nginx >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin"
+command -v nginx >/dev/null 2>&1 || die "nginx is installed but not on PATH"
+
+log "building session-cluster (release, scratch path $SCRATCH_PATH)"
+swift build -c release --product session-cluster --scratch-path "$SCRATCH_PATH"
+binary="$SCRATCH_PATH/release/session-cluster"
+[[ -x "$binary" ]] || die "$binary not found after the build"
+
+tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-bench.XXXXXX")
+cpus=$(nproc)
+
+# The node.
+node_port=$(free_port) || die "no free loopback port"
+log "starting node on 127.0.0.1:$node_port"
+"$binary" node --port "$node_port" --node-id bench --threads 128 --log-level warning \
+    >"$tmp_dir/node.log" 2>&1 </dev/null &
+node_pid=$!
+if ! wait_http node "http://127.0.0.1:$node_port/healthz" "$node_pid"; then
+    tail -n 20 "$tmp_dir/node.log" >&2 || true
+    die "the node did not start"
+fi
+
+# nginx, as a child, with its own configuration and paths.
+nginx_port=$(free_port) || die "no free loopback port"
+while [[ "$nginx_port" == "$node_port" ]]; do nginx_port=$(free_port); done
+mkdir -p "$tmp_dir/nginx/logs"
+cat >"$tmp_dir/nginx/nginx.conf" <<NGINX
+worker_processes $cpus;
+daemon off;
+master_process on;
+pid $tmp_dir/nginx/nginx.pid;
+error_log $tmp_dir/nginx/logs/error.log warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    client_body_temp_path $tmp_dir/nginx/client_body;
+    proxy_temp_path $tmp_dir/nginx/proxy;
+    fastcgi_temp_path $tmp_dir/nginx/fastcgi;
+    uwsgi_temp_path $tmp_dir/nginx/uwsgi;
+    scgi_temp_path $tmp_dir/nginx/scgi;
+    keepalive_requests 100000;
+
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            return 200 "ok\n";
+        }
+    }
+}
+NGINX
+nginx_args=(-p "$tmp_dir/nginx/" -c "$tmp_dir/nginx/nginx.conf" -e "$tmp_dir/nginx/logs/error.log")
+if ! nginx -t -q "${nginx_args[@]}" 2>"$tmp_dir/nginx-t.log"; then
+    cat "$tmp_dir/nginx-t.log" >&2
+    die "the generated nginx configuration is invalid"
+fi
+log "starting nginx on 127.0.0.1:$nginx_port ($cpus workers)"
+nginx "${nginx_args[@]}" </dev/null &
+nginx_pid=$!
+if ! wait_http nginx "http://127.0.0.1:$nginx_port/" "$nginx_pid"; then
+    tail -n 20 "$tmp_dir/nginx/logs/error.log" >&2 || true
+    die "nginx did not start"
+fi
+
+# A session cookie for /api/session.
+node_url="http://127.0.0.1:$node_port"
+curl -fsS -o /dev/null -c "$tmp_dir/jar" -X POST "$node_url/api/counter" \
+    || die "POST $node_url/api/counter failed"
+sid=$(awk '$6 == "sid" { print $7 }' "$tmp_dir/jar")
+[[ -n "$sid" ]] || die "no 'sid' cookie from POST /api/counter"
+session_body=$(curl -fsS -H "Cookie: sid=$sid" "$node_url/api/session") \
+    || die "GET $node_url/api/session with the cookie failed"
+log "session cookie ok: GET /api/session -> $session_body"
+
+sleep 1
+idle_kb=$(rss_kb "$node_pid")
+
+bench "nginx /" "" "http://127.0.0.1:$nginx_port/"
+bench "node /healthz" "$node_pid" "$node_url/healthz"
+bench "node /api/session" "$node_pid" "$node_url/api/session" -H "Cookie: sid=$sid"
+
+kill -0 "$node_pid" 2>/dev/null || { tail -n 20 "$tmp_dir/node.log" >&2; die "the node died during the benchmark"; }
+after_kb=$(rss_kb "$node_pid")
+peak_kb=0
+for p in "${r_peak[@]}"; do
+    [[ "$p" == "-" ]] && continue
+    kb=$(awk -v mb="$p" 'BEGIN { printf "%d", mb * 1024 }')
+    ((kb > peak_kb)) && peak_kb=$kb
+done
+
+echo
+echo "nproc: $cpus"
+echo "wrk:   wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency URL   (+ -H 'Cookie: sid=…' for /api/session; ${WARMUP}s warm-up before each)"
+echo
+nginx_rps=${r_rps[0]}
+printf '%-20s %12s %10s %10s %9s %9s %14s\n' target "req/s" "p99 (ms)" "vs nginx" "non-2xx" "sock err" "node peak MB"
+for i in "${!r_name[@]}"; do
+    ratio=$(awk -v a="${r_rps[$i]}" -v b="$nginx_rps" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }')
+    printf '%-20s %12s %10s %10s %9s %9s %14s\n' "${r_name[$i]}" "${r_rps[$i]}" "${r_p99[$i]}" "$ratio" \
+        "${r_non2xx[$i]}" "${r_sockerr[$i]}" "${r_peak[$i]}"
+done
+echo
+echo "node RSS: idle before load $(kb_to_mb "$idle_kb") MB, peak under load $(kb_to_mb "$peak_kb") MB, after load $(kb_to_mb "$after_kb") MB"
+if [[ -s "$tmp_dir/node.log" ]]; then
+    echo
+    echo "node log (warnings and above, last 10 lines):"
+    tail -n 10 "$tmp_dir/node.log"
+fi

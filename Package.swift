@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
     ],
     targets: [
         // hiredis, from the system (apt: libhiredis-dev). No pkgConfig: its
@@ -44,6 +45,7 @@ let package = Package(
             name: "ClusterDemo",
             dependencies: [
                 "SessionCore", "MiniHTTP", "SessionMiddleware",
+                .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -154,11 +154,8 @@ struct ServedByMiddleware: HTTPMiddleware {
             response = error.response
         }
         response.headers.replaceOrAdd(name: "X-Served-By", value: nodeID)
-        let route = ["/", "/healthz", "/metrics", "/api/session", "/api/counter", "/api/login", "/api/logout"]
-            .contains(request.path) ? request.path : "other"
         metrics.recordRequest(
-            method: request.method, route: route, status: response.status,
-            seconds: Double(monotonicNanos() - start) / 1e9)
+            method: request.method, route: request.path, status: response.status, nanos: monotonicNanos() - start)
         return response
     }
 }

@@ -24,6 +24,8 @@ let package = Package(
             name: "CHiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
+        // epoll, eventfd and accept4, which Glibc does not export.
+        .target(name: "CEpoll"),
         .target(name: "SessionCore"),
         .target(
             name: "SessionStoreConformance",
@@ -31,7 +33,7 @@ let package = Package(
         ),
         .target(
             name: "MiniHTTP",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
+            dependencies: ["CEpoll", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "SessionMiddleware",

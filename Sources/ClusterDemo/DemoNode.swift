@@ -13,6 +13,13 @@ import Synchronization
 public enum SessionStrategy: String, Sendable, CaseIterable {
     /// In this node's memory only: sessions break under round robin (the baseline).
     case local
+
+    /// Handler threads when not configured: 0 runs handlers on the event loops.
+    public var defaultHandlerThreads: Int {
+        switch self {
+        case .local: 0
+        }
+    }
 }
 
 /// Settings of a demo node.
@@ -24,11 +31,12 @@ public struct DemoNodeConfiguration: Sendable {
     public var expiry: SessionExpiry
     /// HMAC key for signed session cookies; nil for unsigned.
     public var cookieSecret: [UInt8]?
-    public var workerThreads: Int
+    /// Threads for handlers; nil picks by strategy (0, on the event loops, for `local`, whose store never blocks).
+    public var handlerThreads: Int?
 
     public init(
         nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
-        expiry: SessionExpiry = SessionExpiry(), cookieSecret: [UInt8]? = nil, workerThreads: Int = 128
+        expiry: SessionExpiry = SessionExpiry(), cookieSecret: [UInt8]? = nil, handlerThreads: Int? = nil
     ) {
         self.nodeID = nodeID
         self.host = host
@@ -36,7 +44,7 @@ public struct DemoNodeConfiguration: Sendable {
         self.strategy = strategy
         self.expiry = expiry
         self.cookieSecret = cookieSecret
-        self.workerThreads = workerThreads
+        self.handlerThreads = handlerThreads
     }
 }
 
@@ -111,7 +119,8 @@ public final class DemoNode: Sendable {
 
         server = HTTPServer(
             configuration: HTTPServerConfiguration(
-                host: configuration.host, port: configuration.port, workerThreads: configuration.workerThreads),
+                host: configuration.host, port: configuration.port,
+                handlerThreads: configuration.handlerThreads ?? configuration.strategy.defaultHandlerThreads),
             logger: logger,
             middleware: [ServedByMiddleware(nodeID: nodeID, metrics: metrics), sessions],
             responder: router.responder)

@@ -31,8 +31,8 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "Absolute session timeout, in seconds (0 for none).")
     var absoluteTimeout = 43_200
 
-    @Option(help: "Connection threads.")
-    var threads = 128
+    @Option(help: "Handler threads (0: run handlers on the event loops). Default: by strategy.")
+    var handlerThreads: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
@@ -45,7 +45,9 @@ struct NodeOptions: ParsableArguments {
         }
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
         guard absoluteTimeout >= 0 else { throw ValidationError("--absolute-timeout must not be negative") }
-        guard (1...4096).contains(threads) else { throw ValidationError("--threads must be 1...4096") }
+        if let handlerThreads, !(0...4096).contains(handlerThreads) {
+            throw ValidationError("--handler-threads must be 0...4096")
+        }
         let secret = getenv("SESSION_COOKIE_SECRET").map { Array(String(cString: $0).utf8) }
         if let secret, secret.count < 16 {
             throw ValidationError("SESSION_COOKIE_SECRET must be at least 16 bytes")
@@ -55,7 +57,7 @@ struct NodeOptions: ParsableArguments {
             expiry: SessionExpiry(
                 idleTimeoutMillis: Int64(idleTimeout) * 1000,
                 absoluteTimeoutMillis: absoluteTimeout == 0 ? nil : Int64(absoluteTimeout) * 1000),
-            cookieSecret: secret, workerThreads: threads)
+            cookieSecret: secret, handlerThreads: handlerThreads)
     }
 
     func makeLogger(label: String) throws -> Logger {

@@ -13,7 +13,7 @@ import TestSupport
     }
 
     @Test func endpointsDoWhatTheyPromise() throws {
-        let node = DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0, workerThreads: 4), logger: Self.quietLogger())
+        let node = DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0), logger: Self.quietLogger())
         try node.start()
         defer { node.shutdown() }
         let base = "http://127.0.0.1:\(node.port)"
@@ -55,7 +55,7 @@ import TestSupport
         let port = try freeLoopbackPort()
         let child = try ChildProcess(
             try ChildProcess.sessionClusterBinary(),
-            ["node", "--port", "\(port)", "--node-id", "proc-1", "--strategy", "local", "--threads", "8"])
+            ["node", "--port", "\(port)", "--node-id", "proc-1", "--strategy", "local"])
         defer { child.stop(signal: SIGKILL, timeout: 2) }
         let client = CurlClient()
         let up = waitUntil { (try? client.request("GET", "http://127.0.0.1:\(port)/healthz").status) == 200 }

@@ -146,11 +146,11 @@ func quietLogger() -> Logger {
 /// Server settings for tests: ephemeral port, few threads, short timeouts so a
 /// failing test cannot keep `shutdown()` waiting for long.
 func testConfiguration(
-    workerThreads: Int = 4, maxPendingConnections: Int = 16, limits: HTTPParserLimits = HTTPParserLimits(),
+    handlerThreads: Int = 4, maxConnections: Int = 64, limits: HTTPParserLimits = HTTPParserLimits(),
     headerTimeoutMillis: Int = 2_000, bodyTimeoutMillis: Int = 2_000, idleTimeoutMillis: Int = 5_000
 ) -> HTTPServerConfiguration {
     HTTPServerConfiguration(
-        host: "127.0.0.1", port: 0, workerThreads: workerThreads, maxPendingConnections: maxPendingConnections,
+        host: "127.0.0.1", port: 0, eventLoops: 2, handlerThreads: handlerThreads, maxConnections: maxConnections,
         limits: limits, headerTimeoutMillis: headerTimeoutMillis, bodyTimeoutMillis: bodyTimeoutMillis,
         idleTimeoutMillis: idleTimeoutMillis, writeTimeoutMillis: 2_000, shutdownGraceMillis: 2_000)
 }

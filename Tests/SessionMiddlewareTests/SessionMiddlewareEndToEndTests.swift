@@ -48,7 +48,7 @@ final class SessionTestServer {
             return .text("bye")
         }
         server = HTTPServer(
-            configuration: HTTPServerConfiguration(host: "127.0.0.1", port: 0, workerThreads: 4),
+            configuration: HTTPServerConfiguration(host: "127.0.0.1", port: 0, eventLoops: 1, handlerThreads: 4),
             logger: logger, middleware: [middleware], responder: router.responder)
         try server.start()
     }

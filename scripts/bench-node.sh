@@ -203,7 +203,7 @@ cpus=$(nproc)
 # The node.
 node_port=$(free_port) || die "no free loopback port"
 log "starting node on 127.0.0.1:$node_port"
-"$binary" node --port "$node_port" --node-id bench --threads 128 --log-level warning \
+"$binary" node --port "$node_port" --node-id bench --log-level warning \
     >"$tmp_dir/node.log" 2>&1 </dev/null &
 node_pid=$!
 if ! wait_http node "http://127.0.0.1:$node_port/healthz" "$node_pid"; then

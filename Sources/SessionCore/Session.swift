@@ -52,6 +52,15 @@ public final class Session: Sendable {
     /// The attribute decoded as `T`, or nil when absent. Throws `invalidValue` when it does not decode.
     public func get<T: Decodable>(_ name: String, as type: T.Type = T.self) throws -> T? {
         guard let bytes = state.withLock({ $0.attributes[name] }) else { return nil }
+        // Fast paths for the common scalar shapes; everything else goes through JSONDecoder.
+        if T.self == Int64.self || T.self == Int.self, let n = decodeCounter(bytes) {
+            return T.self == Int64.self ? n as? T : Int(exactly: n) as? T
+        }
+        if T.self == String.self, bytes.count >= 2, bytes.first == 34, bytes.last == 34,
+            !bytes.dropFirst().dropLast().contains(where: { $0 == 92 || $0 == 34 || $0 < 32 })
+        {
+            return String(decoding: bytes.dropFirst().dropLast(), as: UTF8.self) as? T
+        }
         do {
             return try JSONDecoder().decode(T.self, from: Data(bytes))
         } catch {

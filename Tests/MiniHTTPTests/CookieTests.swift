@@ -201,3 +201,21 @@ struct SerializerTests {
         #expect(text(response.body) == #"{"error":"bad","message":"a \"quote\"\n\\ \u0001"}"#)
     }
 }
+
+@Suite("Request.cookie fast path")
+struct CookieLookupTests {
+    /// The byte scanner behind `HTTPRequest.cookie` must agree with `parseCookieHeader`.
+    @Test func agreesWithTheParserOnRandomHeaders() {
+        var rng = SplitMix64(seed: 0xC00C1E)
+        let alphabet = Array("ab=; \t\"xé1".unicodeScalars)
+        for _ in 0..<20_000 {
+            var header = ""
+            for _ in 0..<rng.below(24) { header.unicodeScalars.append(alphabet[rng.below(alphabet.count)]) }
+            for name in ["a", "b", "ab", "x"] {
+                let expected = parseCookieHeader(header).first { $0.name == name }?.value
+                let request = HTTPRequest(method: "GET", target: "/", headers: ["Host": "h", "Cookie": header])
+                #expect(request.cookie(name) == expected, "header \(header.debugDescription), name \(name)")
+            }
+        }
+    }
+}

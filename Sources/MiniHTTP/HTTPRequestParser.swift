@@ -32,7 +32,6 @@ public struct HTTPRequestParser: Sendable {
 
     public init(limits: HTTPParserLimits = HTTPParserLimits()) {
         self.limits = limits
-        buffer.reserveCapacity(4096)
     }
 
     /// Bytes received but not yet consumed by `next()`.

@@ -118,6 +118,7 @@ extension SessionClusterCommand {
                 Ctrl-C stops it.
 
                 """)
+            fflush(nil)  // the banner must show even when stdout is a pipe
             let signal = waitForTerminationSignal()
             logger.info("signal received, draining", metadata: ["signal": "\(signal)"])
             node.shutdown()

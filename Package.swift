@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "SessionCore", targets: ["SessionCore"]),
         .library(name: "MiniHTTP", targets: ["MiniHTTP"]),
         .library(name: "SessionMiddleware", targets: ["SessionMiddleware"]),
+        .library(name: "SessionRedis", targets: ["SessionRedis"]),
         .library(name: "SessionStoreConformance", targets: ["SessionStoreConformance"]),
         .executable(name: "session-cluster", targets: ["session-cluster"]),
     ],
@@ -27,6 +28,14 @@ let package = Package(
         // epoll, eventfd and accept4, which Glibc does not export.
         .target(name: "CEpoll"),
         .target(name: "SessionCore"),
+        .target(
+            name: "SessionRedis",
+            dependencies: [
+                "CHiredis", "SessionCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "SessionStoreConformance",
             dependencies: ["SessionCore"]
@@ -60,6 +69,9 @@ let package = Package(
             ]
         ),
         .testTarget(name: "CHiredisTests", dependencies: ["CHiredis"]),
+        .testTarget(
+            name: "SessionRedisTests",
+            dependencies: ["SessionRedis", "SessionCore", "SessionStoreConformance", "TestSupport"]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP"]),
         .target(name: "TestSupport", path: "Tests/TestSupport"),

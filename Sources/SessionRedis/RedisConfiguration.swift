@@ -1,0 +1,149 @@
+/// Where Redis is and how to talk to it.
+public struct RedisConfiguration: Sendable, Equatable {
+    /// How the master is found.
+    public enum Endpoint: Sendable, Equatable {
+        case direct(host: String, port: Int)
+        /// Ask these sentinels for the current master of `masterName`.
+        case sentinel(sentinels: [SentinelAddress], masterName: String)
+    }
+
+    public struct SentinelAddress: Sendable, Equatable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+        public var description: String { "\(host):\(port)" }
+    }
+
+    public var endpoint: Endpoint
+    public var username: String?
+    public var password: String?
+    public var database: Int
+    /// Connections kept at most; callers wait (up to the command timeout) when all are busy.
+    public var poolSize: Int
+    public var connectTimeoutMillis: Int
+    /// Longest wait for one reply; the connection is dropped after a timeout.
+    public var commandTimeoutMillis: Int
+    /// First wait before reconnecting after a failed connect; doubles up to `maxReconnectBackoffMillis`.
+    public var reconnectBackoffMillis: Int
+    public var maxReconnectBackoffMillis: Int
+
+    public init(
+        endpoint: Endpoint = .direct(host: "127.0.0.1", port: 6379), username: String? = nil, password: String? = nil,
+        database: Int = 0, poolSize: Int = 16, connectTimeoutMillis: Int = 1000, commandTimeoutMillis: Int = 1000,
+        reconnectBackoffMillis: Int = 50, maxReconnectBackoffMillis: Int = 1000
+    ) {
+        self.endpoint = endpoint
+        self.username = username
+        self.password = password
+        self.database = database
+        self.poolSize = poolSize
+        self.connectTimeoutMillis = connectTimeoutMillis
+        self.commandTimeoutMillis = commandTimeoutMillis
+        self.reconnectBackoffMillis = reconnectBackoffMillis
+        self.maxReconnectBackoffMillis = maxReconnectBackoffMillis
+    }
+
+    /// Parses `redis://[[user]:password@]host[:port][/db]`.
+    public init(url: String) throws {
+        self.init()
+        guard url.hasPrefix("redis://") else {
+            throw RedisError(.configuration, "Redis URL must start with redis:// (got '\(url)')")
+        }
+        var rest = Substring(url.dropFirst("redis://".count))
+        if let at = rest.lastIndex(of: "@") {
+            let credentials = rest[..<at]
+            rest = rest[rest.index(after: at)...]
+            if let colon = credentials.firstIndex(of: ":") {
+                let user = credentials[..<colon]
+                username = user.isEmpty ? nil : try Self.percentDecoded(user)
+                password = try Self.percentDecoded(credentials[credentials.index(after: colon)...])
+            } else {
+                password = try Self.percentDecoded(credentials)
+            }
+        }
+        var hostPort = rest
+        if let slash = rest.firstIndex(of: "/") {
+            hostPort = rest[..<slash]
+            let db = rest[rest.index(after: slash)...]
+            if !db.isEmpty {
+                guard let n = Int(db), n >= 0 else { throw RedisError(.configuration, "bad database '\(db)' in Redis URL") }
+                database = n
+            }
+        }
+        let (host, port) = try Self.hostAndPort(String(hostPort), defaultPort: 6379)
+        endpoint = .direct(host: host, port: port)
+    }
+
+    /// Parses `host:port` (IPv6 in brackets); a missing port is `defaultPort`.
+    public static func hostAndPort(_ text: String, defaultPort: Int) throws -> (String, Int) {
+        var host = Substring(text)
+        var port = defaultPort
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { throw RedisError(.configuration, "bad address '\(text)'") }
+            let after = host[host.index(after: close)...]
+            host = host[host.index(after: host.startIndex)..<close]
+            if !after.isEmpty {
+                guard after.hasPrefix(":"), let p = Int(after.dropFirst()) else {
+                    throw RedisError(.configuration, "bad port in '\(text)'")
+                }
+                port = p
+            }
+        } else if let colon = host.lastIndex(of: ":") {
+            guard let p = Int(host[host.index(after: colon)...]) else {
+                throw RedisError(.configuration, "bad port in '\(text)'")
+            }
+            port = p
+            host = host[..<colon]
+        }
+        guard !host.isEmpty else { throw RedisError(.configuration, "missing host in '\(text)'") }
+        guard (1...65535).contains(port) else { throw RedisError(.configuration, "port out of range in '\(text)'") }
+        return (host == "localhost" ? "127.0.0.1" : String(host), port)
+    }
+
+    /// Parses a comma-separated sentinel list: `host:port,host:port`.
+    public static func sentinels(_ text: String) throws -> [SentinelAddress] {
+        let list = try text.split(separator: ",").map { part -> SentinelAddress in
+            let (host, port) = try hostAndPort(String(part).trimmingSpaces, defaultPort: 26379)
+            return SentinelAddress(host: host, port: port)
+        }
+        guard !list.isEmpty else { throw RedisError(.configuration, "no sentinel addresses in '\(text)'") }
+        return list
+    }
+
+    private static func percentDecoded(_ s: Substring) throws -> String {
+        var out: [UInt8] = []
+        var it = Array(s.utf8)[...]
+        while let b = it.popFirst() {
+            if b == 37 {  // %
+                guard it.count >= 2, let hi = hexDigit(it.popFirst()!), let lo = hexDigit(it.popFirst()!) else {
+                    throw RedisError(.configuration, "bad percent-encoding in Redis URL credentials")
+                }
+                out.append(hi << 4 | lo)
+            } else {
+                out.append(b)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private static func hexDigit(_ b: UInt8) -> UInt8? {
+        switch b {
+        case 48...57: b - 48
+        case 65...70: b - 55
+        case 97...102: b - 87
+        default: nil
+        }
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " { s.removeFirst() }
+        while s.last == " " { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,263 @@
+import Logging
+import SessionCore
+
+/// Sessions in Redis (the Spring Session / connect-redis model): nodes keep
+/// nothing, so any node can serve any request, and a node that dies loses no
+/// session.
+///
+/// One hash per session under `<prefix>{<id>}` (a hash tag, so one session is
+/// one Redis Cluster slot): attributes as fields `attr:<name>` holding JSON
+/// (readable with `redis-cli HGETALL`), metadata as `meta:created`,
+/// `meta:access`, `meta:version` and `meta:bytes` (ms since 1970 on Redis's
+/// clock). Every write is one Lua script, so it is all-or-nothing; the key's
+/// TTL is min(idle, absolute remaining), so Redis itself expires sessions.
+public final class RedisSessionStore: SessionStore {
+    public let expiry: SessionExpiry
+    public let client: RedisClient
+    public let keyPrefix: String
+    /// At most this many bytes of attribute names and values per session.
+    public let maxSessionBytes: Int
+    let logger: Logger
+
+    public init(
+        client: RedisClient, expiry: SessionExpiry = SessionExpiry(), keyPrefix: String = "sess:",
+        maxSessionBytes: Int = 64 * 1024, logger: Logger
+    ) {
+        self.client = client
+        self.expiry = expiry
+        self.keyPrefix = keyPrefix
+        self.maxSessionBytes = maxSessionBytes
+        self.logger = logger
+    }
+
+    /// The Redis key of a session.
+    public func key(for id: SessionID) -> [UInt8] { Array("\(keyPrefix){\(id.rawValue)}".utf8) }
+
+    private var timeArguments: [[UInt8]] {
+        [expiry.idleTimeoutMillis.redisBytes, (expiry.absoluteTimeoutMillis ?? 0).redisBytes]
+    }
+
+    public func load(_ id: SessionID) throws -> SessionSnapshot? {
+        let reply = try run(Self.loadScript, keys: [key(for: id)], args: timeArguments + [expiry.touchIntervalMillis.redisBytes])
+        guard case .array(let fields) = reply, fields.count % 2 == 0, !fields.isEmpty else { return nil }
+        var attributes: [String: [UInt8]] = [:]
+        var created: Int64 = 0
+        var access: Int64 = 0
+        var version: UInt64 = 0
+        for pair in stride(from: 0, to: fields.count, by: 2) {
+            guard let name = fields[pair].string, let value = fields[pair + 1].bytes else { continue }
+            if name.hasPrefix("attr:") {
+                let attribute = String(name.dropFirst(5))
+                if isValidJSON(value) {
+                    attributes[attribute] = value
+                } else {
+                    logger.warning(
+                        "dropping a corrupt session attribute",
+                        metadata: ["session": "\(id)", "attribute": "\(attribute)", "bytes": "\(value.count)"])
+                }
+            } else if name == "meta:created" {
+                created = Int64(String(decoding: value, as: UTF8.self)) ?? 0
+            } else if name == "meta:access" {
+                access = Int64(String(decoding: value, as: UTF8.self)) ?? 0
+            } else if name == "meta:version" {
+                version = UInt64(String(decoding: value, as: UTF8.self)) ?? 0
+            } else if name != "meta:bytes" {
+                logger.warning("ignoring a foreign field in a session hash", metadata: ["session": "\(id)", "field": "\(name)"])
+            }
+        }
+        return SessionSnapshot(
+            id: id, attributes: attributes, createdAtMillis: created, lastAccessedAtMillis: access, version: version)
+    }
+
+    public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
+        var args = timeArguments
+        args.append(delta.createIfMissing ? "1".redisBytes : "0".redisBytes)
+        args.append(maxSessionBytes.redisBytes)
+        for change in delta.changes {
+            switch change {
+            case .set(let name, let value):
+                args += ["s".redisBytes, Array("attr:\(name)".utf8), value]
+            case .remove(let name):
+                args += ["r".redisBytes, Array("attr:\(name)".utf8), []]
+            case .increment(let name, let by):
+                args += ["i".redisBytes, Array("attr:\(name)".utf8), by.redisBytes]
+            }
+        }
+        let reply = try run(Self.applyScript, keys: [key(for: delta.id)], args: args)
+        guard let items = reply.array, let status = items.first?.int else {
+            throw SessionStoreError(.unavailable, "unexpected reply from the apply script: \(reply)")
+        }
+        switch status {
+        case 0:
+            return nil
+        case -1:
+            let field = items.count > 1 ? (items[1].string ?? "?") : "?"
+            throw SessionStoreError(.typeMismatch, "attribute '\(field.dropFirst(5))' is not an integer")
+        case -2:
+            let bytes = items.count > 1 ? (items[1].int ?? 0) : 0
+            throw SessionStoreError(
+                .sessionTooLarge, "session would hold \(bytes) bytes, the cap is \(maxSessionBytes)")
+        case 1:
+            guard items.count >= 3, let version = items[1].int, let created = items[2].int else {
+                throw SessionStoreError(.unavailable, "unexpected reply from the apply script: \(reply)")
+            }
+            var counters: [String: Int64] = [:]
+            var i = 3
+            while i + 1 < items.count {
+                if let field = items[i].string, let value = items[i + 1].int { counters[String(field.dropFirst(5))] = value }
+                i += 2
+            }
+            return AppliedDelta(version: UInt64(version), counters: counters, created: created == 1)
+        default:
+            throw SessionStoreError(.unavailable, "unexpected status \(status) from the apply script")
+        }
+    }
+
+    public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
+        let reply = try run(Self.regenerateScript, keys: [key(for: id), key(for: newID)], args: timeArguments)
+        return reply.int == 1
+    }
+
+    public func invalidate(_ id: SessionID) throws {
+        do {
+            try client.send(["DEL".redisBytes, key(for: id)])
+        } catch let error as RedisError {
+            throw SessionStoreError(.unavailable, "Redis: \(error.message)")
+        }
+    }
+
+    private func run(_ script: RedisScript, keys: [[UInt8]], args: [[UInt8]]) throws -> RedisValue {
+        do {
+            return try client.eval(script, keys: keys, args: args)
+        } catch let error as RedisError {
+            throw SessionStoreError(.unavailable, "Redis: \(error.message)")
+        }
+    }
+
+    // MARK: - Scripts
+
+    /// Shared Lua: `now` on Redis's clock, and the TTL rule.
+    private static let prelude = """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local idle = tonumber(ARGV[1])
+        local absolute = tonumber(ARGV[2])
+        local function ttl(created)
+          local left = idle
+          if absolute > 0 then left = math.min(left, created + absolute - now) end
+          return left
+        end
+
+        """
+
+    /// KEYS[1] session; ARGV idle, absolute, touch interval. Returns the hash (touched) or nil.
+    static let loadScript = RedisScript(name: "session-load", source: prelude + """
+        local key = KEYS[1]
+        local h = redis.call('HGETALL', key)
+        if #h == 0 then return false end
+        local created, access
+        for i = 1, #h, 2 do
+          if h[i] == 'meta:created' then created = tonumber(h[i + 1]) end
+          if h[i] == 'meta:access' then access = tonumber(h[i + 1]) end
+        end
+        if not created or not access then return false end
+        local left = ttl(created)
+        if left <= 0 or now - access >= idle then
+          redis.call('DEL', key)
+          return false
+        end
+        if now - access >= tonumber(ARGV[3]) then
+          redis.call('HSET', key, 'meta:access', now)
+          redis.call('PEXPIRE', key, left)
+          for i = 1, #h, 2 do
+            if h[i] == 'meta:access' then h[i + 1] = tostring(now) end
+          end
+        end
+        return h
+        """)
+
+    /// KEYS[1] session; ARGV idle, absolute, create (0/1), max bytes, then (op, field, value) triples.
+    /// Validates everything before the first write, so a failing delta changes nothing.
+    static let applyScript = RedisScript(name: "session-apply", source: prelude + """
+        local key = KEYS[1]
+        local create = ARGV[3] == '1'
+        local maxBytes = tonumber(ARGV[4])
+        local meta = redis.call('HMGET', key, 'meta:created', 'meta:access', 'meta:bytes')
+        local created = tonumber(meta[1])
+        local isNew = false
+        if created and (ttl(created) <= 0 or now - tonumber(meta[2]) >= idle) then
+          redis.call('DEL', key)
+          created = nil
+        end
+        if not created then
+          if not create then return {0} end
+          created = now
+          isNew = true
+          meta[3] = 0
+        end
+        -- Work out the new values first.
+        local values = {}
+        local bytes = tonumber(meta[3]) or 0
+        local counters = {}
+        local function current(field)
+          if values[field] ~= nil then return values[field] end
+          if isNew then return false end
+          local v = redis.call('HGET', key, field)
+          return v
+        end
+        for i = 5, #ARGV, 3 do
+          local op, field, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+          local old = current(field)
+          if old then bytes = bytes - #field - #old end
+          local new
+          if op == 's' then
+            new = arg
+          elseif op == 'r' then
+            new = false
+          else
+            local n = 0
+            if old then
+              if not string.match(old, '^%-?%d+$') or #old > 17 then return {-1, field} end
+              n = tonumber(old)
+            end
+            n = n + tonumber(arg)
+            if n > 9007199254740991 or n < -9007199254740991 then return {-1, field} end
+            new = string.format('%d', n)
+            counters[field] = new
+          end
+          values[field] = new
+          if new then bytes = bytes + #field + #new end
+        end
+        if bytes > maxBytes then return {-2, bytes} end
+        -- Then write.
+        for field, new in pairs(values) do
+          if new then redis.call('HSET', key, field, new) else redis.call('HDEL', key, field) end
+        end
+        if isNew then redis.call('HSET', key, 'meta:created', created) end
+        redis.call('HSET', key, 'meta:access', now, 'meta:bytes', bytes)
+        local version = redis.call('HINCRBY', key, 'meta:version', 1)
+        redis.call('PEXPIRE', key, math.max(1, ttl(created)))
+        local out = {1, version, isNew and 1 or 0}
+        for field, value in pairs(counters) do
+          out[#out + 1] = field
+          out[#out + 1] = value
+        end
+        return out
+        """)
+
+    /// KEYS[1] old, KEYS[2] new; ARGV idle, absolute. Returns 1 when moved, 0 when the old one is gone.
+    static let regenerateScript = RedisScript(name: "session-regenerate", source: prelude + """
+        local meta = redis.call('HMGET', KEYS[1], 'meta:created', 'meta:access')
+        local created = tonumber(meta[1])
+        if not created then return 0 end
+        if ttl(created) <= 0 or now - tonumber(meta[2]) >= idle then
+          redis.call('DEL', KEYS[1])
+          return 0
+        end
+        redis.call('RENAME', KEYS[1], KEYS[2])
+        redis.call('HSET', KEYS[2], 'meta:access', now)
+        redis.call('HINCRBY', KEYS[2], 'meta:version', 1)
+        redis.call('PEXPIRE', KEYS[2], ttl(created))
+        return 1
+        """)
+}

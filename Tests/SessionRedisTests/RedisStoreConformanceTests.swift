@@ -1,0 +1,21 @@
+import Foundation
+import SessionCore
+import SessionRedis
+import SessionStoreConformance
+import Testing
+
+/// Redis keeps its own time: the harness sleeps for real.
+struct RedisHarness: SessionStoreHarness {
+    func makeStore(expiry: SessionExpiry) throws -> any SessionStore {
+        RedisSessionStore(
+            client: try TestRedis.client(), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
+            logger: TestRedis.quietLogger())
+    }
+    func advance(millis: Int64) { usleep(UInt32(millis) * 1000) }
+}
+
+@Test(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"),
+      arguments: SessionStoreConformance.allCases)
+func redisStoreConforms(_ check: SessionStoreConformance) throws {
+    try check.run(RedisHarness())
+}

@@ -11,7 +11,7 @@ import Synchronization
 ///
 /// Expiry is checked on every read; `sweep()` (or the sweeper thread started
 /// by `startSweeper`) removes expired sessions nobody reads any more.
-public final class MemorySessionStore: SessionStore {
+public final class MemorySessionStore: SessionStore, IdempotencyStore {
     public let expiry: SessionExpiry
     public let clock: SessionClock
     /// At most this many sessions; creating one more fails with `capacityExceeded`.
@@ -27,7 +27,22 @@ public final class MemorySessionStore: SessionStore {
         var bytes: Int
     }
 
-    private let entries = Mutex<[SessionID: Entry]>([:])
+    enum RecordState {
+        case inProgress(fingerprint: String)
+        case completed(fingerprint: String, response: StoredResponse)
+    }
+
+    struct Record {
+        var state: RecordState
+        var expiresAt: Int64
+    }
+
+    struct Contents {
+        var sessions: [SessionID: Entry] = [:]
+        var records: [String: Record] = [:]
+    }
+
+    private let contents = Mutex(Contents())
     private let sweeper = Mutex<(any DispatchSourceTimer)?>(nil)
 
     public init(
@@ -43,19 +58,19 @@ public final class MemorySessionStore: SessionStore {
     deinit { stopSweeper() }
 
     /// The number of sessions held, expired ones not yet swept included.
-    public var count: Int { entries.withLock { $0.count } }
+    public var count: Int { contents.withLock { $0.sessions.count } }
 
     public func load(_ id: SessionID) throws -> SessionSnapshot? {
         let now = clock.nowMillis()
-        return entries.withLock { entries -> SessionSnapshot? in
-            guard var entry = entries[id] else { return nil }
+        return contents.withLock { contents -> SessionSnapshot? in
+            guard var entry = contents.sessions[id] else { return nil }
             if expiry.isExpired(createdAt: entry.createdAt, lastAccess: entry.lastAccess, now: now) {
-                entries[id] = nil
+                contents.sessions[id] = nil
                 return nil
             }
             if now - entry.lastAccess >= expiry.touchIntervalMillis {
                 entry.lastAccess = now
-                entries[id] = entry
+                contents.sessions[id] = entry
             }
             return SessionSnapshot(
                 id: id, attributes: entry.attributes, createdAtMillis: entry.createdAt,
@@ -65,21 +80,19 @@ public final class MemorySessionStore: SessionStore {
 
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
         let now = clock.nowMillis()
-        return try entries.withLock { entries throws(SessionStoreError) -> AppliedDelta? in
+        return try contents.withLock { contents throws(SessionStoreError) -> AppliedDelta? in
             var created = false
             var entry: Entry
-            if let existing = entries[delta.id],
+            if let existing = contents.sessions[delta.id],
                 !expiry.isExpired(createdAt: existing.createdAt, lastAccess: existing.lastAccess, now: now)
             {
                 entry = existing
             } else {
-                entries[delta.id] = nil
+                contents.sessions[delta.id] = nil
                 guard delta.createIfMissing else { return nil }
-                if entries.count >= maxSessions {
-                    entries = entries.filter {
-                        !expiry.isExpired(createdAt: $0.value.createdAt, lastAccess: $0.value.lastAccess, now: now)
-                    }
-                    if entries.count >= maxSessions {
+                if contents.sessions.count >= maxSessions {
+                    removeExpired(&contents, now: now)
+                    if contents.sessions.count >= maxSessions {
                         throw SessionStoreError(.capacityExceeded, "the store holds \(maxSessions) sessions")
                     }
                 }
@@ -115,38 +128,78 @@ public final class MemorySessionStore: SessionStore {
             }
             entry.version += 1
             entry.lastAccess = now
-            entries[delta.id] = entry
+            contents.sessions[delta.id] = entry
+            if let record = delta.idempotencyRecord {
+                contents.records[record.key] = Record(
+                    state: .completed(fingerprint: record.fingerprint, response: record.response),
+                    expiresAt: now + record.ttlMillis)
+            }
             return AppliedDelta(version: entry.version, counters: counters, created: created)
         }
     }
 
     public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
         let now = clock.nowMillis()
-        return entries.withLock { entries in
-            guard var entry = entries.removeValue(forKey: id),
+        return contents.withLock { contents in
+            guard var entry = contents.sessions.removeValue(forKey: id),
                 !expiry.isExpired(createdAt: entry.createdAt, lastAccess: entry.lastAccess, now: now)
             else { return false }
             entry.lastAccess = now
             entry.version += 1
-            entries[newID] = entry
+            contents.sessions[newID] = entry
             return true
         }
     }
 
     public func invalidate(_ id: SessionID) throws {
-        _ = entries.withLock { $0.removeValue(forKey: id) }
+        _ = contents.withLock { $0.sessions.removeValue(forKey: id) }
     }
 
-    /// Removes expired sessions; returns how many.
+    /// Removes expired sessions and idempotency records; returns how many sessions.
     @discardableResult
     public func sweep() -> Int {
         let now = clock.nowMillis()
-        return entries.withLock { entries in
-            let before = entries.count
-            entries = entries.filter {
-                !expiry.isExpired(createdAt: $0.value.createdAt, lastAccess: $0.value.lastAccess, now: now)
+        return contents.withLock { removeExpired(&$0, now: now) }
+    }
+
+    @discardableResult
+    private func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
+        let before = contents.sessions.count
+        contents.sessions = contents.sessions.filter {
+            !expiry.isExpired(createdAt: $0.value.createdAt, lastAccess: $0.value.lastAccess, now: now)
+        }
+        contents.records = contents.records.filter { $0.value.expiresAt > now }
+        return before - contents.sessions.count
+    }
+
+    // MARK: IdempotencyStore
+
+    public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
+        let now = clock.nowMillis()
+        return contents.withLock { contents in
+            if let record = contents.records[key], record.expiresAt > now {
+                switch record.state {
+                case .inProgress(let fp): return fp == fingerprint ? .inProgress : .mismatch
+                case .completed(let fp, let response): return fp == fingerprint ? .completed(response) : .mismatch
+                }
             }
-            return before - entries.count
+            contents.records[key] = Record(state: .inProgress(fingerprint: fingerprint), expiresAt: now + inProgressMillis)
+            return .claimed
+        }
+    }
+
+    public func complete(_ record: IdempotencyRecord) throws {
+        let now = clock.nowMillis()
+        contents.withLock {
+            $0.records[record.key] = Record(
+                state: .completed(fingerprint: record.fingerprint, response: record.response),
+                expiresAt: now + record.ttlMillis)
+        }
+    }
+
+    public func abandon(key: String) throws {
+        contents.withLock { contents in
+            if case .inProgress? = contents.records[key]?.state { contents.records[key] = nil }
         }
     }
 

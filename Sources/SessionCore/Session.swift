@@ -12,6 +12,12 @@ import Synchronization
 /// by `commit()` (the session middleware calls it after the handler). An
 /// `increment` goes to the store at once, atomically, so concurrent requests
 /// on any node never lose one.
+///
+/// With `deferWrites` (requests carrying an `Idempotency-Key`), increments
+/// are held too, and everything is written at commit in one atomic step with
+/// the idempotency record: a crash can never leave the effect without the
+/// record. `increment` then returns the value seen at load plus the amount;
+/// the store still adds exactly the amount.
 public final class Session: Sendable {
     public let store: any SessionStore
 
@@ -29,10 +35,12 @@ public final class Session: Sendable {
     }
 
     private let state: Mutex<State>
+    public let deferWrites: Bool
 
     /// A session for a request that carried `snapshot` (nil: no valid session).
-    public init(store: any SessionStore, snapshot: SessionSnapshot?) {
+    public init(store: any SessionStore, snapshot: SessionSnapshot?, deferWrites: Bool = false) {
         self.store = store
+        self.deferWrites = deferWrites
         state = Mutex(State(
             id: snapshot?.id, existsInStore: snapshot != nil, attributes: snapshot?.attributes ?? [:],
             version: snapshot?.version ?? 0))
@@ -105,12 +113,36 @@ public final class Session: Sendable {
     /// changes of this request are saved in the same step.
     @discardableResult
     public func increment(_ name: String, by amount: Int64 = 1) throws -> Int64 {
+        if deferWrites { return try deferredIncrement(name, by: amount) }
         let applied = try save(extra: [.increment(name, by: amount)])
         guard let value = applied.counters[name] else {
             throw SessionStoreError(.invalidValue, "store did not return counter '\(name)'")
         }
         state.withLock { $0.attributes[name] = encodeCounter(value) }
         return value
+    }
+
+    private func deferredIncrement(_ name: String, by amount: Int64) throws -> Int64 {
+        try state.withLock { s throws(SessionStoreError) -> Int64 in
+            var current: Int64 = 0
+            if let bytes = s.attributes[name] {
+                guard let n = decodeCounter(bytes) else {
+                    throw SessionStoreError(.typeMismatch, "attribute '\(name)' is not an integer")
+                }
+                current = n
+            }
+            let (value, overflow) = current.addingReportingOverflow(amount)
+            if overflow { throw SessionStoreError(.typeMismatch, "attribute '\(name)' would overflow") }
+            s.attributes[name] = encodeCounter(value)
+            let merged: SessionChange =
+                switch s.pending[name] {
+                case .increment(_, let earlier)?: .increment(name, by: earlier + amount)
+                case .set?, .remove?: .set(name, encodeCounter(value))
+                case nil: .increment(name, by: amount)
+                }
+            if s.pending.updateValue(merged, forKey: name) == nil { s.pendingOrder.append(name) }
+            return value
+        }
     }
 
     /// Gives the session a new ID (call it at login, against session
@@ -161,17 +193,42 @@ public final class Session: Sendable {
 
     /// Saves pending changes; returns what to do with the cookie.
     public func commit() throws -> CookieAction {
-        let hasPending = state.withLock { !$0.pending.isEmpty }
-        if hasPending { _ = try save(extra: []) }
-        return state.withLock { s in
+        try commit(idempotencyRecord: nil).cookie
+    }
+
+    /// Decides the cookie before anything is written: a new session gets its
+    /// ID now, so the response (and an idempotency record of it) can carry it.
+    public func prepareCommit() -> CookieAction {
+        state.withLock { s in
+            if !s.pending.isEmpty && !s.existsInStore && s.id == nil {
+                s.id = SessionID.generate()
+                s.issueCookie = true
+                s.expireCookie = false
+            }
             if s.issueCookie, let id = s.id { return .set(id) }
             if s.expireCookie { return .expire }
             return .none
         }
     }
 
+    /// Saves pending changes, with `idempotencyRecord` in the same atomic
+    /// step. `recorded` tells whether the record was written (only when there
+    /// were changes to save and the store is an `IdempotencyStore`).
+    public func commit(idempotencyRecord: IdempotencyRecord?) throws -> (cookie: CookieAction, recorded: Bool) {
+        _ = prepareCommit()
+        let hasPending = state.withLock { !$0.pending.isEmpty }
+        let record = store is any IdempotencyStore ? idempotencyRecord : nil
+        if hasPending { _ = try save(extra: [], record: record) }
+        let cookie = state.withLock { s -> CookieAction in
+            if s.issueCookie, let id = s.id { return .set(id) }
+            if s.expireCookie { return .expire }
+            return .none
+        }
+        return (cookie, hasPending && record != nil)
+    }
+
     /// Applies pending changes plus `extra` in one atomic delta.
-    private func save(extra: [SessionChange]) throws -> AppliedDelta {
+    private func save(extra: [SessionChange], record: IdempotencyRecord? = nil) throws -> AppliedDelta {
         let (id, exists, changes) = state.withLock { s -> (SessionID?, Bool, [SessionChange]) in
             (s.id, s.existsInStore, s.pendingOrder.compactMap { s.pending[$0] } + extra)
         }
@@ -179,14 +236,16 @@ public final class Session: Sendable {
         var usedID: SessionID
         if exists, let id {
             usedID = id
-            applied = try store.apply(SessionDelta(id: id, changes: changes, createIfMissing: false))
+            applied = try store.apply(
+                SessionDelta(id: id, changes: changes, createIfMissing: false, idempotencyRecord: record))
         } else {
-            usedID = SessionID.generate()
+            usedID = id ?? SessionID.generate()  // an ID chosen by prepareCommit, or a fresh one
         }
         if applied == nil {
             // New session, or the old one expired during the request: never revive an ID.
             if exists { usedID = SessionID.generate() }
-            applied = try store.apply(SessionDelta(id: usedID, changes: changes, createIfMissing: true))
+            applied = try store.apply(
+                SessionDelta(id: usedID, changes: changes, createIfMissing: true, idempotencyRecord: record))
         }
         guard let applied else {
             throw SessionStoreError(.unavailable, "store refused to create a session")

@@ -101,11 +101,17 @@ public struct SessionDelta: Sendable, Equatable {
     /// Create the session when it does not exist (a new session); otherwise
     /// a missing or expired session makes `apply` return nil.
     public var createIfMissing: Bool
+    /// Written in the same atomic step, by stores that are also `IdempotencyStore`s.
+    public var idempotencyRecord: IdempotencyRecord?
 
-    public init(id: SessionID, changes: [SessionChange], createIfMissing: Bool = false) {
+    public init(
+        id: SessionID, changes: [SessionChange], createIfMissing: Bool = false,
+        idempotencyRecord: IdempotencyRecord? = nil
+    ) {
         self.id = id
         self.changes = changes
         self.createIfMissing = createIfMissing
+        self.idempotencyRecord = idempotencyRecord
     }
 }
 

@@ -11,7 +11,7 @@ import SessionCore
 /// `meta:access`, `meta:version` and `meta:bytes` (ms since 1970 on Redis's
 /// clock). Every write is one Lua script, so it is all-or-nothing; the key's
 /// TTL is min(idle, absolute remaining), so Redis itself expires sessions.
-public final class RedisSessionStore: SessionStore {
+public final class RedisSessionStore: SessionStore, IdempotencyStore {
     public let expiry: SessionExpiry
     public let client: RedisClient
     public let keyPrefix: String
@@ -32,6 +32,9 @@ public final class RedisSessionStore: SessionStore {
 
     /// The Redis key of a session.
     public func key(for id: SessionID) -> [UInt8] { Array("\(keyPrefix){\(id.rawValue)}".utf8) }
+
+    /// The Redis key of an idempotency record.
+    public func idempotencyKey(_ key: String) -> [UInt8] { Array("\(keyPrefix)idem:{\(key)}".utf8) }
 
     private var timeArguments: [[UInt8]] {
         [expiry.idleTimeoutMillis.redisBytes, (expiry.absoluteTimeoutMillis ?? 0).redisBytes]
@@ -73,6 +76,14 @@ public final class RedisSessionStore: SessionStore {
         var args = timeArguments
         args.append(delta.createIfMissing ? "1".redisBytes : "0".redisBytes)
         args.append(maxSessionBytes.redisBytes)
+        var keys = [key(for: delta.id)]
+        if let record = delta.idempotencyRecord {
+            keys.append(idempotencyKey(record.key))
+            args.append(max(1, record.ttlMillis).redisBytes)
+            args.append(try Self.completedValue(record))
+        } else {
+            args += ["0".redisBytes, []]
+        }
         for change in delta.changes {
             switch change {
             case .set(let name, let value):
@@ -83,7 +94,7 @@ public final class RedisSessionStore: SessionStore {
                 args += ["i".redisBytes, Array("attr:\(name)".utf8), by.redisBytes]
             }
         }
-        let reply = try run(Self.applyScript, keys: [key(for: delta.id)], args: args)
+        let reply = try run(Self.applyScript, keys: keys, args: args)
         guard let items = reply.array, let status = items.first?.int else {
             throw SessionStoreError(.unavailable, "unexpected reply from the apply script: \(reply)")
         }
@@ -124,6 +135,59 @@ public final class RedisSessionStore: SessionStore {
         } catch let error as RedisError {
             throw SessionStoreError(.unavailable, "Redis: \(error.message)")
         }
+    }
+
+    // MARK: IdempotencyStore
+
+    public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
+        try Self.checkFingerprint(fingerprint)
+        let reply = try run(
+            Self.beginScript, keys: [idempotencyKey(key)], args: [fingerprint.redisBytes, max(1, inProgressMillis).redisBytes])
+        guard let items = reply.array, let status = items.first?.int else {
+            throw SessionStoreError(.unavailable, "unexpected reply from the idempotency script: \(reply)")
+        }
+        switch status {
+        case 1: return .claimed
+        case 2: return .inProgress
+        case 3:
+            guard items.count > 1, let bytes = items[1].bytes, let response = StoredResponse.decode(bytes) else {
+                logger.warning("dropping a corrupt idempotency record", metadata: ["key": "\(key)"])
+                try? abandonAny(key: key)
+                return try begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
+            }
+            return .completed(response)
+        default: return .mismatch
+        }
+    }
+
+    public func complete(_ record: IdempotencyRecord) throws {
+        do {
+            try client.send(
+                ["SET".redisBytes, idempotencyKey(record.key), try Self.completedValue(record), "PX".redisBytes,
+                 max(1, record.ttlMillis).redisBytes])
+        } catch let error as RedisError {
+            throw SessionStoreError(.unavailable, "Redis: \(error.message)")
+        }
+    }
+
+    public func abandon(key: String) throws {
+        _ = try run(Self.abandonScript, keys: [idempotencyKey(key)], args: [])
+    }
+
+    private func abandonAny(key: String) throws {
+        _ = try client.send(["DEL".redisBytes, idempotencyKey(key)])
+    }
+
+    private static func checkFingerprint(_ fingerprint: String) throws {
+        guard !fingerprint.contains("|") else {
+            throw SessionStoreError(.invalidValue, "an idempotency fingerprint may not contain '|'")
+        }
+    }
+
+    /// `C|<fingerprint>|<response JSON>`.
+    private static func completedValue(_ record: IdempotencyRecord) throws -> [UInt8] {
+        try checkFingerprint(record.fingerprint)
+        return Array("C|\(record.fingerprint)|".utf8) + record.response.encoded()
     }
 
     private func run(_ script: RedisScript, keys: [[UInt8]], args: [[UInt8]]) throws -> RedisValue {
@@ -176,8 +240,10 @@ public final class RedisSessionStore: SessionStore {
         return h
         """)
 
-    /// KEYS[1] session; ARGV idle, absolute, create (0/1), max bytes, then (op, field, value) triples.
-    /// Validates everything before the first write, so a failing delta changes nothing.
+    /// KEYS[1] session, KEYS[2] idempotency record (optional); ARGV idle, absolute, create (0/1),
+    /// max bytes, record TTL (0: none), record value, then (op, field, value) triples.
+    /// Validates everything before the first write, so a failing delta changes nothing,
+    /// and writes the record in the same step as the changes.
     static let applyScript = RedisScript(name: "session-apply", source: prelude + """
         local key = KEYS[1]
         local create = ARGV[3] == '1'
@@ -205,7 +271,7 @@ public final class RedisSessionStore: SessionStore {
           local v = redis.call('HGET', key, field)
           return v
         end
-        for i = 5, #ARGV, 3 do
+        for i = 7, #ARGV, 3 do
           local op, field, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2]
           local old = current(field)
           if old then bytes = bytes - #field - #old end
@@ -237,12 +303,37 @@ public final class RedisSessionStore: SessionStore {
         redis.call('HSET', key, 'meta:access', now, 'meta:bytes', bytes)
         local version = redis.call('HINCRBY', key, 'meta:version', 1)
         redis.call('PEXPIRE', key, math.max(1, ttl(created)))
+        if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[5]) end
         local out = {1, version, isNew and 1 or 0}
         for field, value in pairs(counters) do
           out[#out + 1] = field
           out[#out + 1] = value
         end
         return out
+        """)
+
+    /// KEYS[1] record; ARGV fingerprint, in-progress TTL. 1 claimed, 2 in progress, 3 completed (+ response), 4 mismatch.
+    static let beginScript = RedisScript(name: "idempotency-begin", source: """
+        local v = redis.call('GET', KEYS[1])
+        if not v then
+          redis.call('SET', KEYS[1], 'P|' .. ARGV[1], 'PX', ARGV[2])
+          return {1}
+        end
+        local kind = string.sub(v, 1, 1)
+        local rest = string.sub(v, 3)
+        local sep = string.find(rest, '|', 1, true)
+        local fp = rest
+        if sep then fp = string.sub(rest, 1, sep - 1) end
+        if fp ~= ARGV[1] then return {4} end
+        if kind == 'P' then return {2} end
+        return {3, string.sub(rest, sep + 1)}
+        """)
+
+    /// KEYS[1] record: deleted only while in progress.
+    static let abandonScript = RedisScript(name: "idempotency-abandon", source: """
+        local v = redis.call('GET', KEYS[1])
+        if v and string.sub(v, 1, 2) == 'P|' then redis.call('DEL', KEYS[1]) end
+        return 1
         """)
 
     /// KEYS[1] old, KEYS[2] new; ARGV idle, absolute. Returns 1 when moved, 0 when the old one is gone.

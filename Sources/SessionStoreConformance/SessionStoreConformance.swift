@@ -36,6 +36,11 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
     case invalidateDeletes
     case expiredSessionIsNotRevivedByApply
     case valuesRoundTripExactly
+    case idempotencyClaimConflictAndReplay
+    case idempotencyAbandonLetsARetryRun
+    case idempotencyRecordIsWrittenWithTheDelta
+    case idempotencyRecordIsNotWrittenWhenTheDeltaFails
+    case idempotencyRecordsExpire
 
     public var testDescription: String { rawValue }
 
@@ -183,7 +188,80 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
             let id = SessionID.generate()
             _ = try store.apply(delta(id, values.map { .set($0.key, $0.value) }, create: true))
             #expect(try store.load(id)?.attributes == values)
+
+        case .idempotencyClaimConflictAndReplay:
+            let records = try idempotent(store)
+            let key = "k-\(SessionID.generate().rawValue)"
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .claimed)
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .inProgress)
+            #expect(try records.begin(key: key, fingerprint: "other", inProgressMillis: 10_000) == .mismatch)
+            try records.complete(record(key))
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .completed(record(key).response))
+            #expect(try records.begin(key: key, fingerprint: "other", inProgressMillis: 10_000) == .mismatch)
+
+        case .idempotencyAbandonLetsARetryRun:
+            let records = try idempotent(store)
+            let key = "k-\(SessionID.generate().rawValue)"
+            #expect(try records.begin(key: key, fingerprint: "fp", inProgressMillis: 10_000) == .claimed)
+            try records.abandon(key: key)
+            #expect(try records.begin(key: key, fingerprint: "fp", inProgressMillis: 10_000) == .claimed)
+            // A completed record is never abandoned.
+            try records.complete(IdempotencyRecord(key: key, fingerprint: "fp", response: record(key).response, ttlMillis: 60_000))
+            try records.abandon(key: key)
+            #expect(try records.begin(key: key, fingerprint: "fp", inProgressMillis: 10_000) == .completed(record(key).response))
+
+        case .idempotencyRecordIsWrittenWithTheDelta:
+            let records = try idempotent(store)
+            let key = "k-\(SessionID.generate().rawValue)"
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .claimed)
+            let id = try newSession(store, [:])
+            var d = delta(id, [.increment("n", by: 1)])
+            d.idempotencyRecord = record(key)
+            #expect(try store.apply(d)?.counters == ["n": 1])
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .completed(record(key).response))
+            // ...also when the delta creates the session.
+            let key2 = "k-\(SessionID.generate().rawValue)"
+            var d2 = delta(SessionID.generate(), [.set("a", json("1"))], create: true)
+            d2.idempotencyRecord = record(key2)
+            _ = try store.apply(d2)
+            #expect(try records.begin(key: key2, fingerprint: "fp-\(key2)", inProgressMillis: 10_000) == .completed(record(key2).response))
+
+        case .idempotencyRecordIsNotWrittenWhenTheDeltaFails:
+            let records = try idempotent(store)
+            let key = "k-\(SessionID.generate().rawValue)"
+            let id = try newSession(store, ["name": "\"ada\""])
+            var d = delta(id, [.increment("name", by: 1)])
+            d.idempotencyRecord = record(key)
+            #expect(throws: SessionStoreError.self) { _ = try store.apply(d) }
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .claimed)
+            // ...nor when the session is gone.
+            let key2 = "k-\(SessionID.generate().rawValue)"
+            var gone = delta(SessionID.generate(), [.set("a", json("1"))])
+            gone.idempotencyRecord = record(key2)
+            #expect(try store.apply(gone) == nil)
+            #expect(try records.begin(key: key2, fingerprint: "fp-\(key2)", inProgressMillis: 10_000) == .claimed)
+
+        case .idempotencyRecordsExpire:
+            let records = try idempotent(store)
+            let key = "k-\(SessionID.generate().rawValue)"
+            try records.complete(record(key, ttl: 500))
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 300) != .claimed)
+            harness.advance(millis: 600)
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 300) == .claimed)
+            harness.advance(millis: 400)
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 300) == .claimed, "in-progress claims expire too")
         }
+    }
+
+    private func idempotent(_ store: any SessionStore) throws -> any IdempotencyStore {
+        try #require(store as? any IdempotencyStore, "the store must also be an IdempotencyStore")
+    }
+
+    private func record(_ key: String, status: Int = 201, ttl: Int64 = 60_000) -> IdempotencyRecord {
+        IdempotencyRecord(
+            key: key, fingerprint: "fp-\(key)",
+            response: StoredResponse(status: status, headers: [["Content-Type", "application/json"]], body: json("{\"ok\":1}")),
+            ttlMillis: ttl)
     }
 
     private func json(_ text: String) -> [UInt8] { Array(text.utf8) }

@@ -49,18 +49,31 @@ public struct SessionMiddleware: HTTPMiddleware {
 
     public func respond(to request: HTTPRequest, next: (HTTPRequest) throws -> HTTPResponse) throws -> HTTPResponse {
         let cookieID = request.cookie(configuration.cookieName).flatMap(verifiedID)
-        let handle = LazySession(store: store, id: cookieID)
+        let idempotency = request.storage[IdempotencyContext.Key.self]
+        let handle = LazySession(store: store, id: cookieID, deferWrites: idempotency != nil)
         var request = request
         request.storage[LazySession.Key.self] = handle
-        var response: HTTPResponse
-        let action: Session.CookieAction
         do {
-            response = try next(request)
-            action = try handle.commitIfLoaded()
+            var response = try next(request)
+            guard let session = handle.loaded else { return response }
+            // The cookie is decided first, so an idempotency record holds the final response.
+            let planned = session.prepareCommit()
+            setCookie(planned, on: &response, request: request)
+            let (action, recorded) = try session.commit(idempotencyRecord: idempotency?.record(for: response))
+            if recorded { idempotency?.markRecorded() }
+            if action != planned {
+                // The session expired during the request and was started anew.
+                response.headers.remove(name: "Set-Cookie")
+                setCookie(action, on: &response, request: request)
+            }
+            return response
         } catch let error as SessionStoreError {
             logger.error("session store failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
             throw Self.httpError(for: error)
         }
+    }
+
+    private func setCookie(_ action: Session.CookieAction, on response: inout HTTPResponse, request: HTTPRequest) {
         switch action {
         case .none:
             break
@@ -70,7 +83,6 @@ public struct SessionMiddleware: HTTPMiddleware {
         case .expire:
             response.setCookie(cookie(value: "", request: request, maxAge: 0))
         }
-        return response
     }
 
     /// The HTTP error a store error becomes.
@@ -138,27 +150,27 @@ final class LazySession: Sendable {
 
     let store: any SessionStore
     let id: SessionID?
-    private let loaded = Mutex<Session?>(nil)
+    let deferWrites: Bool
+    private let current = Mutex<Session?>(nil)
 
-    init(store: any SessionStore, id: SessionID?) {
+    init(store: any SessionStore, id: SessionID?, deferWrites: Bool) {
         self.store = store
         self.id = id
+        self.deferWrites = deferWrites
     }
 
+    /// The session, if a handler asked for it.
+    var loaded: Session? { current.withLock { $0 } }
+
     func session() throws -> Session {
-        if let session = loaded.withLock({ $0 }) { return session }
+        if let session = loaded { return session }
         let snapshot = try id.flatMap { try store.load($0) }
-        let session = Session(store: store, snapshot: snapshot)
-        return loaded.withLock { current in
+        let session = Session(store: store, snapshot: snapshot, deferWrites: deferWrites)
+        return current.withLock { current in
             if let current { return current }
             current = session
             return session
         }
-    }
-
-    func commitIfLoaded() throws -> Session.CookieAction {
-        guard let session = loaded.withLock({ $0 }) else { return .none }
-        return try session.commit()
     }
 }
 

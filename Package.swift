@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // hiredis, from the system (apt: libhiredis-dev). No pkgConfig: its
@@ -55,7 +56,7 @@ let package = Package(
         .target(
             name: "ClusterDemo",
             dependencies: [
-                "SessionCore", "MiniHTTP", "SessionMiddleware",
+                "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -63,8 +64,9 @@ let package = Package(
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "ClusterDemo", "MiniHTTP",
+                "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -74,10 +76,11 @@ let package = Package(
             dependencies: ["SessionRedis", "SessionCore", "SessionStoreConformance", "TestSupport"]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP"]),
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", path: "Tests/TestSupport"),  // test-only helpers
         .testTarget(
-            name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "TestSupport"]),
-        .testTarget(name: "ClusterDemoTests", dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore", "TestSupport"]),
+            name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "SessionRedis", "TestSupport"]),
+        .testTarget(
+            name: "ClusterDemoTests", dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

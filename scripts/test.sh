@@ -109,6 +109,20 @@ run() {
 
 log "checking packages and Swift"
 ensure_packages libhiredis-dev redis-server redis-tools curl
+ensure_packages redis-sentinel ||
+    log "warning: redis-sentinel could not be installed; the Sentinel failover test will be skipped"
+# flask, flask-session and redis (Python) for the Flask-Session baseline of the
+# Sentinel failover test; a pip failure only skips that test.
+if ! command -v python3 >/dev/null 2>&1; then
+    log "warning: no python3; the Flask-Session baseline test will be skipped"
+elif ! python3 -c 'import flask, flask_session, redis' >/dev/null 2>&1; then
+    log "installing flask, flask-session and redis with pip"
+    pip_out=$(PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+        flask flask-session redis 2>&1) || {
+        printf '%s\n' "$pip_out" | tail -n 5 >&2
+        log "warning: pip could not install flask, flask-session and redis; the Flask-Session baseline test will be skipped"
+    }
+fi
 ensure_swift
 
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-test.XXXXXX")

@@ -7,17 +7,21 @@ import Logging
 import MiniHTTP
 import SessionCore
 import SessionMiddleware
+import SessionRedis
 import Synchronization
 
 /// Where a node keeps its sessions.
 public enum SessionStrategy: String, Sendable, CaseIterable {
     /// In this node's memory only: sessions break under round robin (the baseline).
     case local
+    /// In Redis: any node serves any session; nodes keep nothing.
+    case redis
 
     /// Handler threads when not configured: 0 runs handlers on the event loops.
     public var defaultHandlerThreads: Int {
         switch self {
         case .local: 0
+        case .redis: 64  // Redis calls block
         }
     }
 }
@@ -33,11 +37,15 @@ public struct DemoNodeConfiguration: Sendable {
     public var cookieSecret: [UInt8]?
     /// Threads for handlers; nil picks by strategy (0, on the event loops, for `local`, whose store never blocks).
     public var handlerThreads: Int?
+    /// Where Redis is, for the `redis` strategy.
+    public var redis: RedisConfiguration?
 
     public init(
         nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
-        expiry: SessionExpiry = SessionExpiry(), cookieSecret: [UInt8]? = nil, handlerThreads: Int? = nil
+        expiry: SessionExpiry = SessionExpiry(), cookieSecret: [UInt8]? = nil, handlerThreads: Int? = nil,
+        redis: RedisConfiguration? = nil
     ) {
+        self.redis = redis
         self.nodeID = nodeID
         self.host = host
         self.port = port
@@ -55,31 +63,47 @@ public final class DemoNode: Sendable {
     public let metrics = NodeMetrics()
     public let server: HTTPServer
     let memoryStore: MemorySessionStore?
+    let redisClient: RedisClient?
     private let ready = ReadinessFlag()
 
     public init(configuration: DemoNodeConfiguration, logger: Logger) {
         self.configuration = configuration
-        let base: any SessionStore
+        let base: any SessionStore & IdempotencyStore
         switch configuration.strategy {
         case .local:
             let memory = MemorySessionStore(expiry: configuration.expiry)
             memory.startSweeper(intervalMillis: 30_000)
             memoryStore = memory
+            redisClient = nil
             base = memory
+        case .redis:
+            // Nothing is contacted here: a node starts while Redis is down and recovers when it returns.
+            let client = RedisClient(configuration: configuration.redis ?? RedisConfiguration(), logger: logger)
+            memoryStore = nil
+            redisClient = client
+            base = RedisSessionStore(client: client, expiry: configuration.expiry, logger: logger)
         }
         let store = InstrumentedSessionStore(base, metrics: metrics)
         let sessions = SessionMiddleware(
             store: store, configuration: SessionConfiguration(signingKey: configuration.cookieSecret), logger: logger)
+        let idempotency = IdempotencyMiddleware(store: store, logger: logger)
 
         var router = Router()
         let nodeID = configuration.nodeID
         let readyFlag = ready
         let metrics = metrics
         let memory = memoryStore
+        let redis = redisClient
         router.get("/healthz") { _ in
-            readyFlag.isReady
-                ? .json("{\"status\":\"ok\",\"node\":\(jsonQuoted(nodeID))}")
-                : .json("{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID))}", status: 503)
+            guard readyFlag.isReady else {
+                return .json("{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID))}", status: 503)
+            }
+            if let redis, let problem = redis.healthProblem() {
+                return .json(
+                    "{\"status\":\"unavailable\",\"node\":\(jsonQuoted(nodeID)),\"reason\":\(jsonQuoted(problem))}",
+                    status: 503)
+            }
+            return .json("{\"status\":\"ok\",\"node\":\(jsonQuoted(nodeID))}")
         }
         router.get("/api/session") { request in
             let session = try request.session()
@@ -122,7 +146,7 @@ public final class DemoNode: Sendable {
                 host: configuration.host, port: configuration.port,
                 handlerThreads: configuration.handlerThreads ?? configuration.strategy.defaultHandlerThreads),
             logger: logger,
-            middleware: [ServedByMiddleware(nodeID: nodeID, metrics: metrics), sessions],
+            middleware: [ServedByMiddleware(nodeID: nodeID, metrics: metrics), idempotency, sessions],
             responder: router.responder)
     }
 

@@ -125,11 +125,11 @@ final class AtomicHistogram: Sendable {
 }
 
 /// A store wrapper that times every call into `NodeMetrics`.
-public struct InstrumentedSessionStore: SessionStore {
-    public let base: any SessionStore
+public struct InstrumentedSessionStore: SessionStore, IdempotencyStore {
+    public let base: any SessionStore & IdempotencyStore
     let metrics: NodeMetrics
 
-    public init(_ base: any SessionStore, metrics: NodeMetrics) {
+    public init(_ base: any SessionStore & IdempotencyStore, metrics: NodeMetrics) {
         self.base = base
         self.metrics = metrics
     }
@@ -154,6 +154,11 @@ public struct InstrumentedSessionStore: SessionStore {
         try timed("regenerate") { try base.regenerate(id, to: newID) }
     }
     public func invalidate(_ id: SessionID) throws { try timed("invalidate") { try base.invalidate(id) } }
+    public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
+        try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
+    }
+    public func complete(_ record: IdempotencyRecord) throws { try base.complete(record) }
+    public func abandon(key: String) throws { try base.abandon(key: key) }
 }
 
 func monotonicNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }

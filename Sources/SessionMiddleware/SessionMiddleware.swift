@@ -17,16 +17,20 @@ public struct SessionConfiguration: Sendable {
     public var signingKey: [UInt8]?
     /// Cookie `Domain`, if any.
     public var cookieDomain: String?
+    /// Exclusive mode: when set, the requests of one session run one at a
+    /// time across the cluster (see `ExclusiveSessions.swift`).
+    public var exclusive: (any SessionRequestLock)?
 
     public init(
         cookieName: String = "sid", secureCookie: Bool = false, trustedProxies: Set<String> = ["127.0.0.1", "::1"],
-        signingKey: [UInt8]? = nil, cookieDomain: String? = nil
+        signingKey: [UInt8]? = nil, cookieDomain: String? = nil, exclusive: (any SessionRequestLock)? = nil
     ) {
         self.cookieName = cookieName
         self.secureCookie = secureCookie
         self.trustedProxies = trustedProxies
         self.signingKey = signingKey
         self.cookieDomain = cookieDomain
+        self.exclusive = exclusive
     }
 }
 
@@ -54,19 +58,21 @@ public struct SessionMiddleware: HTTPMiddleware {
         var request = request
         request.storage[LazySession.Key.self] = handle
         do {
-            var response = try next(request)
-            guard let session = handle.loaded else { return response }
-            // The cookie is decided first, so an idempotency record holds the final response.
-            let planned = session.prepareCommit()
-            setCookie(planned, on: &response, request: request)
-            let (action, recorded) = try session.commit(idempotencyRecord: idempotency?.record(for: response))
-            if recorded { idempotency?.markRecorded() }
-            if action != planned {
-                // The session expired during the request and was started anew.
-                response.headers.remove(name: "Set-Cookie")
-                setCookie(action, on: &response, request: request)
+            return try exclusively(cookieID) {
+                var response = try next(request)
+                guard let session = handle.loaded else { return response }
+                // The cookie is decided first, so an idempotency record holds the final response.
+                let planned = session.prepareCommit()
+                setCookie(planned, on: &response, request: request)
+                let (action, recorded) = try session.commit(idempotencyRecord: idempotency?.record(for: response))
+                if recorded { idempotency?.markRecorded() }
+                if action != planned {
+                    // The session expired during the request and was started anew.
+                    response.headers.remove(name: "Set-Cookie")
+                    setCookie(action, on: &response, request: request)
+                }
+                return response
             }
-            return response
         } catch let error as SessionStoreError {
             logger.error("session store failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
             throw Self.httpError(for: error)

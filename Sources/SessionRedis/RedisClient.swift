@@ -77,7 +77,13 @@ public final class RedisClient: Sendable {
 
     /// Several commands in one round trip; replies in order (error replies as `.error`).
     public func pipeline(_ commands: [[[UInt8]]]) throws -> [RedisValue] {
-        try withConnection { try $0.pipeline(commands) }
+        try withConnection { connection in
+            let replies = try connection.pipeline(commands)
+            for case .error(let message) in replies where message.hasPrefix("READONLY") {
+                throw RedisError(.server, "pipeline: \(message)")  // a demoted master: withConnection re-resolves
+            }
+            return replies
+        }
     }
 
     /// Runs a Lua script by EVALSHA, loading it when Redis does not know it (NOSCRIPT).
@@ -95,8 +101,16 @@ public final class RedisClient: Sendable {
     }
 
     /// Whether Redis answers PING now.
-    public func ping() -> Bool {
-        (try? send("PING"))?.string == "PONG"
+    public func ping() -> Bool { healthProblem() == nil }
+
+    /// nil when Redis answers PING; otherwise what is wrong, for health checks.
+    public func healthProblem() -> String? {
+        do {
+            let reply = try send("PING")
+            return reply.string == "PONG" ? nil : "unexpected PING reply \(reply)"
+        } catch {
+            return "\(error)"
+        }
     }
 
     /// Drops every idle connection (e.g. at shutdown).

@@ -62,7 +62,10 @@ public final class RedisConnection: @unchecked Sendable {
         isBroken = true
         guard let context else { return RedisError(.connection, "connection closed") }
         let message = Self.errorText(context)
-        if context.pointee.err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // hiredis keeps strerror(errno) of the failed read in errstr: read that, not errno, which may have moved on.
+        if context.pointee.err == REDIS_ERR_IO
+            && (message.contains("temporarily unavailable") || message.contains("timed out"))
+        {
             return RedisError(.timeout, "no reply from \(host):\(port) within the command timeout")
         }
         if context.pointee.err == REDIS_ERR_EOF {

@@ -11,6 +11,11 @@ import SessionCore
 /// `meta:access`, `meta:version` and `meta:bytes` (ms since 1970 on Redis's
 /// clock). Every write is one Lua script, so it is all-or-nothing; the key's
 /// TTL is min(idle, absolute remaining), so Redis itself expires sessions.
+///
+/// A write that times out has an unknown outcome (the script may have run):
+/// it is reported as `unavailable`. A retry with the same `Idempotency-Key`
+/// is still safe — the record is written by the same script, so the retry
+/// either finds it and replays, or runs for the first time.
 public final class RedisSessionStore: SessionStore, IdempotencyStore {
     public let expiry: SessionExpiry
     public let client: RedisClient
@@ -251,7 +256,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         local meta = redis.call('HMGET', key, 'meta:created', 'meta:access', 'meta:bytes')
         local created = tonumber(meta[1])
         local isNew = false
-        if created and (ttl(created) <= 0 or now - tonumber(meta[2]) >= idle) then
+        if created and (ttl(created) <= 0 or now - (tonumber(meta[2]) or created) >= idle) then
           redis.call('DEL', key)
           created = nil
         end
@@ -341,7 +346,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         local meta = redis.call('HMGET', KEYS[1], 'meta:created', 'meta:access')
         local created = tonumber(meta[1])
         if not created then return 0 end
-        if ttl(created) <= 0 or now - tonumber(meta[2]) >= idle then
+        if ttl(created) <= 0 or now - (tonumber(meta[2]) or created) >= idle then
           redis.call('DEL', KEYS[1])
           return 0
         end

@@ -77,8 +77,6 @@ public struct RedisError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { "redis \(code.rawValue): \(message)" }
 
-    /// Whether the error leaves the connection unusable (it is discarded).
-    var breaksConnection: Bool { code == .connection || code == .timeout || code == .protocolViolation }
 }
 
 /// Something that can be a command argument: sent as its bytes.

@@ -3,6 +3,7 @@ import ClusterDemo
 import Logging
 import MiniHTTP
 import SessionCore
+import SessionRedis
 
 #if canImport(Glibc)
 import Glibc
@@ -13,7 +14,7 @@ struct SessionClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "session-cluster",
         abstract: "HTTP sessions shared across a cluster of identical server instances.",
-        subcommands: [Demo.self, Node.self]
+        subcommands: [Demo.self, Node.self, BenchStore.self]
     )
 }
 
@@ -37,6 +38,35 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
+    @Option(help: "Redis for --strategy redis: redis://[[user]:password@]host:port/db.")
+    var redis = "redis://127.0.0.1:6379/0"
+
+    @Option(help: "Sentinels (host:port,...) to find the Redis master through, instead of --redis's host.")
+    var redisSentinel: String?
+
+    @Option(help: "The master's name at the sentinels.")
+    var redisMaster = "mymaster"
+
+    @Option(help: "Redis connections per node.")
+    var redisPoolSize = 32
+
+    @Option(help: "Redis connect and command timeout, in milliseconds.")
+    var redisTimeoutMs = 1000
+
+    func redisConfiguration() throws -> RedisConfiguration {
+        var configuration = try RedisConfiguration(url: redis)
+        if let redisSentinel {
+            configuration.endpoint = .sentinel(
+                sentinels: try RedisConfiguration.sentinels(redisSentinel), masterName: redisMaster)
+        }
+        guard (1...1024).contains(redisPoolSize) else { throw ValidationError("--redis-pool-size must be 1...1024") }
+        guard (10...60_000).contains(redisTimeoutMs) else { throw ValidationError("--redis-timeout-ms must be 10...60000") }
+        configuration.poolSize = redisPoolSize
+        configuration.connectTimeoutMillis = redisTimeoutMs
+        configuration.commandTimeoutMillis = redisTimeoutMs
+        return configuration
+    }
+
     func nodeConfiguration(nodeID: String, port: Int) throws -> DemoNodeConfiguration {
         guard let strategy = SessionStrategy(rawValue: strategy) else {
             throw ValidationError(
@@ -57,7 +87,8 @@ struct NodeOptions: ParsableArguments {
             expiry: SessionExpiry(
                 idleTimeoutMillis: Int64(idleTimeout) * 1000,
                 absoluteTimeoutMillis: absoluteTimeout == 0 ? nil : Int64(absoluteTimeout) * 1000),
-            cookieSecret: secret, handlerThreads: handlerThreads)
+            cookieSecret: secret, handlerThreads: handlerThreads,
+            redis: strategy == .redis ? try redisConfiguration() : nil)
     }
 
     func makeLogger(label: String) throws -> Logger {

@@ -1,0 +1,391 @@
+import Dispatch
+import Logging
+import SessionCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A held lock: proof of ownership for `release` and `extend`.
+public struct RedisLockLease: Sendable, Equatable, CustomStringConvertible {
+    /// The lock's name.
+    public let name: String
+    /// 18 random bytes (base64url): the value stored in the lock key. Only
+    /// the holder of this token can release or extend the lock.
+    public let token: String
+    /// Issued with this acquisition: strictly greater than the fencing token
+    /// of every earlier acquisition of the same lock name. Hand it to the
+    /// resource the lock protects, which rejects writes carrying a smaller
+    /// token than one it has seen (a holder that stalled past its TTL).
+    public let fencingToken: Int64
+    /// When the lock expires at the latest, on this process's monotonic
+    /// clock; counted from the moment the command was sent, so it errs early.
+    /// `extend` moves it.
+    public internal(set) var expiresAt: ContinuousClock.Instant
+
+    /// Whether the TTL has run out: the lock may belong to someone else now.
+    public var isExpired: Bool { ContinuousClock.now >= expiresAt }
+
+    public var description: String {
+        "lease(\(RedisLock.loggable(name)), fence \(fencingToken), token \(token.prefix(4))…)"
+    }
+}
+
+/// A lock could not be taken in time.
+public struct RedisLockError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        /// Someone else held the lock for the whole wait.
+        case timeout
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "redis lock \(code.rawValue): \(message)" }
+}
+
+/// A distributed lock on one Redis master, with fencing tokens.
+///
+/// - Acquire is `SET <prefix>{name} <token> NX PX <ttl>` and, in the same Lua
+///   script, `INCR <prefix>fence:{name}`: a fencing token is issued if and
+///   only if the lock was acquired, and tokens strictly increase per name.
+///   The hash tag `{name}` puts both keys in one Redis Cluster slot.
+/// - Release and extend compare the stored token first (compare-and-delete,
+///   compare-and-pexpire, in Lua): a holder whose TTL ran out can never
+///   release or extend the lock of the next holder.
+/// - `acquire` retries with a random pause of 5–50 ms (growing with the
+///   attempts, shorter when the holder's TTL is about to run out), never
+///   sleeping past its timeout.
+///
+/// Limits, as with every single-master Redis lock: the TTL bounds how long a
+/// stalled holder (GC pause, stopped process) can believe it still owns the
+/// lock — only fencing tokens checked by the protected resource make that
+/// safe. A failover to a replica that had not yet received the last writes
+/// can hand the lock out twice and repeat fencing tokens. When an acquire
+/// fails with a timeout after Redis executed it, the lock stays taken by
+/// nobody until its TTL runs out.
+///
+/// Lock names longer than 16 characters (session IDs) are shortened in logs.
+public final class RedisLock: Sendable {
+    public let client: RedisClient
+    public let keyPrefix: String
+    /// How long a fence counter outlives its lock's last acquisition or
+    /// extension; nil keeps it forever. With a retention, tokens strictly
+    /// increase only while the lock name is used more often than that
+    /// (afterwards they start again at 1), but names used once (session IDs)
+    /// do not leave a key behind forever.
+    public let fenceRetentionMillis: Int?
+    let logger: Logger
+
+    public init(client: RedisClient, keyPrefix: String = "lock:", fenceRetentionMillis: Int? = nil, logger: Logger) {
+        precondition(
+            !keyPrefix.contains("{") && !keyPrefix.contains("}"),
+            "the key prefix must not contain braces: the lock name is the hash tag")
+        precondition((fenceRetentionMillis ?? 1) > 0, "fenceRetentionMillis must be positive")
+        self.client = client
+        self.keyPrefix = keyPrefix
+        self.fenceRetentionMillis = fenceRetentionMillis
+        self.logger = logger
+    }
+
+    /// The key holding the owner's token: `<prefix>{name}`.
+    public func lockKey(_ name: String) -> [UInt8] { Array("\(keyPrefix){\(name)}".utf8) }
+
+    /// The key counting acquisitions: `<prefix>fence:{name}`.
+    public func fenceKey(_ name: String) -> [UInt8] { Array("\(keyPrefix)fence:{\(name)}".utf8) }
+
+    /// One attempt: the lease, or nil when someone else holds the lock.
+    /// Throws `RedisError` when Redis cannot be reached or fails.
+    public func tryAcquire(_ name: String, ttlMillis: Int) throws -> RedisLockLease? {
+        try attempt(name, ttlMillis: ttlMillis, token: Self.newToken()).lease
+    }
+
+    /// Tries until the lock is acquired or `timeoutMillis` has passed: the
+    /// lease, or nil on timeout. Throws `RedisError` at once when Redis cannot
+    /// be reached or fails.
+    public func acquire(_ name: String, ttlMillis: Int, timeoutMillis: Int) throws -> RedisLockLease? {
+        precondition(timeoutMillis >= 0, "timeoutMillis must not be negative")
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
+        let token = Self.newToken()
+        var attempts = 0
+        while true {
+            let (lease, holderTTL) = try attempt(name, ttlMillis: ttlMillis, token: token)
+            if let lease { return lease }
+            let left = deadline - monotonicMillis()
+            if left <= 0 {
+                logger.debug("lock wait timed out", metadata: ["lock": "\(Self.loggable(name))", "attempts": "\(attempts + 1)"])
+                return nil
+            }
+            attempts += 1
+            var pause = Int64(Int.random(in: 5...min(50, 10 + 5 * attempts)))
+            if holderTTL >= 0 { pause = min(pause, holderTTL + 1) }  // about to expire: try right then
+            Self.sleep(millis: min(pause, left))
+        }
+    }
+
+    /// Deletes the lock if `lease` still owns it. False when it does not (its
+    /// TTL ran out, and maybe someone else holds the lock now).
+    @discardableResult
+    public func release(_ lease: RedisLockLease) throws -> Bool {
+        try client.eval(Self.releaseScript, keys: [lockKey(lease.name)], args: [lease.token.redisBytes]).int == 1
+    }
+
+    /// Resets the lock's TTL to `ttlMillis` if `lease` still owns it, and
+    /// moves `lease.expiresAt`. False when it does not own the lock any more.
+    @discardableResult
+    public func extend(_ lease: inout RedisLockLease, ttlMillis: Int) throws -> Bool {
+        precondition(ttlMillis > 0, "ttlMillis must be positive")
+        let sent = ContinuousClock.now
+        let reply = try client.eval(
+            Self.extendScript, keys: [lockKey(lease.name), fenceKey(lease.name)],
+            args: [lease.token.redisBytes, ttlMillis.redisBytes, (fenceRetentionMillis ?? 0).redisBytes])
+        guard reply.int == 1 else { return false }
+        lease.expiresAt = sent + .milliseconds(ttlMillis)
+        return true
+    }
+
+    /// Whether `lease` still owns its lock in Redis.
+    public func isHeld(_ lease: RedisLockLease) throws -> Bool {
+        try client.send(["GET".redisBytes, lockKey(lease.name)]).string == lease.token
+    }
+
+    /// Runs `body` holding the lock, and releases it afterwards (also when
+    /// `body` throws). Throws `RedisLockError(.timeout)` when the lock was not
+    /// acquired within `timeoutMillis`, `RedisError` when Redis failed before
+    /// `body` ran.
+    ///
+    /// With `keepAliveMillis` > 0, the lease is extended to `ttlMillis` every
+    /// third of `ttlMillis` while `body` runs, for at most `keepAliveMillis`
+    /// in total, so a `body` slower than the TTL keeps the lock (and a holder
+    /// that hangs does not keep it forever). A lock found lost at release, or
+    /// a release that fails, is logged, not thrown: `body` has run by then.
+    public func withLock<T>(
+        _ name: String, ttlMillis: Int, timeoutMillis: Int, keepAliveMillis: Int = 0,
+        _ body: (RedisLockLease) throws -> T
+    ) throws -> T {
+        guard let lease = try acquire(name, ttlMillis: ttlMillis, timeoutMillis: timeoutMillis) else {
+            throw RedisLockError(.timeout, "lock '\(Self.loggable(name))' not acquired within \(timeoutMillis) ms")
+        }
+        return try holding(lease, ttlMillis: ttlMillis, keepAliveMillis: keepAliveMillis, body)
+    }
+
+    /// Runs `body` with an acquired lease (kept alive as in `withLock`), then releases it.
+    func holding<T>(
+        _ lease: RedisLockLease, ttlMillis: Int, keepAliveMillis: Int, _ body: (RedisLockLease) throws -> T
+    ) rethrows -> T {
+        let keeper = keepAliveMillis > 0
+            ? LeaseKeeper(lock: self, lease: lease, ttlMillis: ttlMillis, forMillis: keepAliveMillis) : nil
+        defer {
+            keeper?.stop()
+            releaseAfterUse(lease)
+        }
+        return try body(lease)
+    }
+
+    private func releaseAfterUse(_ lease: RedisLockLease) {
+        do {
+            if try !release(lease) {
+                logger.error(
+                    "lock expired before its holder released it: another holder may have overlapped",
+                    metadata: ["lock": "\(Self.loggable(lease.name))", "fence": "\(lease.fencingToken)"])
+            }
+        } catch {
+            logger.warning(
+                "could not release a lock; it expires with its TTL",
+                metadata: ["lock": "\(Self.loggable(lease.name))", "error": "\(error)"])
+        }
+    }
+
+    private func attempt(_ name: String, ttlMillis: Int, token: String) throws -> (lease: RedisLockLease?, holderTTL: Int64) {
+        precondition(ttlMillis > 0, "ttlMillis must be positive")
+        // An empty hash tag `{}` would hash the whole key: the two keys could land in different slots.
+        guard !name.isEmpty else { throw RedisError(.configuration, "a lock name must not be empty") }
+        let sent = ContinuousClock.now
+        let reply = try client.eval(
+            Self.acquireScript, keys: [lockKey(name), fenceKey(name)],
+            args: [token.redisBytes, ttlMillis.redisBytes, (fenceRetentionMillis ?? 0).redisBytes])
+        guard let items = reply.array, items.count == 2, let status = items[0].int, let value = items[1].int else {
+            throw RedisError(.protocolViolation, "unexpected reply from the lock script: \(reply)")
+        }
+        if status == 1 {
+            let lease = RedisLockLease(
+                name: name, token: token, fencingToken: value, expiresAt: sent + .milliseconds(ttlMillis))
+            logger.trace("lock acquired", metadata: ["lock": "\(Self.loggable(name))", "fence": "\(value)"])
+            return (lease, 0)
+        }
+        return (nil, value)
+    }
+
+    static func newToken() -> String {
+        var rng = SystemRandomNumberGenerator()  // getrandom(2) on Linux
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(18)
+        for _ in 0..<3 {
+            let word = rng.next()
+            for j in 0..<6 { bytes.append(UInt8(truncatingIfNeeded: word >> (8 * UInt64(j)))) }
+        }
+        return base64URLEncode(bytes)
+    }
+
+    static func loggable(_ name: String) -> String {
+        name.count > 16 ? String(name.prefix(6)) + "…" : name
+    }
+
+    private static func sleep(millis: Int64) {
+        guard millis > 0 else { return }
+        var request = timespec(tv_sec: Int(millis / 1000), tv_nsec: Int(millis % 1000) * 1_000_000)
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
+    }
+
+    // MARK: - Scripts
+
+    /// KEYS lock, fence; ARGV token, ttl, fence retention (0: forever).
+    /// Returns {1, fencing token} when acquired, {0, the holder's PTTL} when not.
+    static let acquireScript = RedisScript(name: "lock-acquire", source: """
+        local ttl = tonumber(ARGV[2])
+        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ttl) then
+          local fence = redis.call('INCR', KEYS[2])
+          local keep = tonumber(ARGV[3])
+          if keep > 0 then redis.call('PEXPIRE', KEYS[2], math.max(keep, ttl)) end
+          return {1, fence}
+        end
+        return {0, redis.call('PTTL', KEYS[1])}
+        """)
+
+    /// KEYS lock; ARGV token. 1 when deleted, 0 when not the owner.
+    static let releaseScript = RedisScript(name: "lock-release", source: """
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+          return redis.call('DEL', KEYS[1])
+        end
+        return 0
+        """)
+
+    /// KEYS lock, fence; ARGV token, ttl, fence retention (0: forever).
+    /// 1 when extended, 0 when not the owner. The fence counter never expires before the lock.
+    static let extendScript = RedisScript(name: "lock-extend", source: """
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        local ttl = tonumber(ARGV[2])
+        redis.call('PEXPIRE', KEYS[1], ttl)
+        local keep = tonumber(ARGV[3])
+        if keep > 0 then redis.call('PEXPIRE', KEYS[2], math.max(keep, ttl)) end
+        return 1
+        """)
+}
+
+/// Extends a lease on a timer while its holder works.
+private final class LeaseKeeper: @unchecked Sendable {  // timer: set once in init; the rest behind a Mutex
+    private struct State {
+        var lease: RedisLockLease
+        /// Set by `stop()`: a renewal still in flight then fails quietly (the lock is being released).
+        var stopped = false
+    }
+
+    private let timer: any DispatchSourceTimer
+    private let state: Mutex<State>
+
+    init(lock: RedisLock, lease: RedisLockLease, ttlMillis: Int, forMillis: Int) {
+        state = Mutex(State(lease: lease))
+        let interval = max(1, ttlMillis / 3)
+        let giveUpAt = monotonicMillis() + Int64(forMillis)
+        timer = DispatchSource.makeTimerSource(queue: .global())
+        timer.schedule(
+            deadline: .now() + .milliseconds(interval), repeating: .milliseconds(interval),
+            leeway: .milliseconds(max(1, interval / 10)))
+        let name = RedisLock.loggable(lease.name)
+        timer.setEventHandler { [weak self] in
+            guard let self else { return }
+            if monotonicMillis() >= giveUpAt {
+                lock.logger.warning(
+                    "stopped renewing a lock held longer than allowed; it expires with its TTL",
+                    metadata: ["lock": "\(name)", "held_ms_max": "\(forMillis)"])
+                timer.cancel()
+                return
+            }
+            guard var current = state.withLock({ $0.stopped ? nil : $0.lease }) else { return }
+            do {
+                if try lock.extend(&current, ttlMillis: ttlMillis) {
+                    state.withLock { $0.lease = current }
+                } else {
+                    if !state.withLock({ $0.stopped }) {
+                        lock.logger.error("lost a lock while holding it (its TTL ran out)", metadata: ["lock": "\(name)"])
+                    }
+                    timer.cancel()
+                }
+            } catch {
+                // Redis unreachable for now: the lease is still valid until its TTL; try on the next tick.
+                lock.logger.warning("could not extend a lock", metadata: ["lock": "\(name)", "error": "\(error)"])
+            }
+        }
+        timer.resume()
+    }
+
+    func stop() {
+        state.withLock { $0.stopped = true }
+        timer.cancel()
+    }
+
+    deinit { timer.cancel() }
+}
+
+/// Serializes one session's requests across nodes (the session middleware's
+/// exclusive mode) with a `RedisLock` named by the session ID.
+///
+/// The lease is short (`leaseMillis`, so a node that dies holding it blocks
+/// the session only that long) and renewed while the request runs, for at
+/// most `maxHoldMillis`. A request that waits longer than `waitMillis` fails
+/// with `SessionBusyError` (503 `session_busy`); when Redis cannot be reached
+/// it fails with `SessionStoreError(.unavailable)`.
+///
+/// Every well-formed session ID a client sends takes a lock (that is what
+/// makes it exclusive), so sign cookies (`SessionConfiguration.signingKey`)
+/// to keep forged IDs from creating lock keys.
+public final class RedisSessionLock: SessionRequestLock {
+    public let lock: RedisLock
+    public let leaseMillis: Int
+    public let waitMillis: Int
+    public let maxHoldMillis: Int
+    let logger: Logger
+
+    public init(lock: RedisLock, leaseMillis: Int = 3_000, waitMillis: Int = 5_000, maxHoldMillis: Int = 60_000, logger: Logger) {
+        precondition(leaseMillis > 0 && waitMillis >= 0 && maxHoldMillis >= 0, "bad session lock timings")
+        self.lock = lock
+        self.leaseMillis = leaseMillis
+        self.waitMillis = waitMillis
+        self.maxHoldMillis = maxHoldMillis
+        self.logger = logger
+    }
+
+    /// Locks under `<keyPrefix>{<session id>}`, next to the session's own
+    /// `{<session id>}` slot; fence counters are kept 10 minutes.
+    public convenience init(
+        client: RedisClient, keyPrefix: String = "lock:session:", leaseMillis: Int = 3_000, waitMillis: Int = 5_000,
+        maxHoldMillis: Int = 60_000, logger: Logger
+    ) {
+        self.init(
+            lock: RedisLock(client: client, keyPrefix: keyPrefix, fenceRetentionMillis: 600_000, logger: logger),
+            leaseMillis: leaseMillis, waitMillis: waitMillis, maxHoldMillis: maxHoldMillis, logger: logger)
+    }
+
+    public func withExclusiveAccess<T>(to id: SessionID, _ body: () throws -> T) throws -> T {
+        let start = monotonicMillis()
+        let lease: RedisLockLease?
+        do {
+            lease = try lock.acquire(id.rawValue, ttlMillis: leaseMillis, timeoutMillis: waitMillis)
+        } catch let error as RedisError {
+            throw SessionStoreError(.unavailable, "Redis (session lock): \(error.message)")
+        }
+        guard let lease else {
+            let waited = Int(monotonicMillis() - start)
+            logger.debug("session lock wait timed out", metadata: ["session": "\(id)", "waited_ms": "\(waited)"])
+            throw SessionBusyError(waitedMillis: waited)
+        }
+        return try lock.holding(lease, ttlMillis: leaseMillis, keepAliveMillis: maxHoldMillis) { _ in try body() }
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import Logging
+import MiniHTTP
+import SessionCore
+import SessionMiddleware
+import Synchronization
+import Testing
+import TestSupport
+
+/// A memory store whose `apply` can be made to fail, as a store whose backend went down.
+final class FlakyStore: SessionStore, IdempotencyStore {
+    let base = MemorySessionStore()
+    let failApply = Atomic<Bool>(false)
+    var expiry: SessionExpiry { base.expiry }
+    func load(_ id: SessionID) throws -> SessionSnapshot? { try base.load(id) }
+    func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
+        if failApply.load(ordering: .relaxed) { throw SessionStoreError(.unavailable, "backend is down") }
+        return try base.apply(delta)
+    }
+    func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool { try base.regenerate(id, to: newID) }
+    func invalidate(_ id: SessionID) throws { try base.invalidate(id) }
+    func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
+        try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
+    }
+    func complete(_ record: IdempotencyRecord) throws { try base.complete(record) }
+    func abandon(key: String) throws { try base.abandon(key: key) }
+}
+
+/// Counts handler runs across threads.
+final class RunCounter: Sendable {
+    private let value = Atomic<Int>(0)
+    func increment() { value.add(1, ordering: .relaxed) }
+    var current: Int { value.load(ordering: .relaxed) }
+}
+
+/// A server with idempotency in front of sessions, and a counter that counts every run.
+final class IdempotentServer {
+    let server: HTTPServer
+    let runs = RunCounter()
+    let client = CurlClient()
+
+    init(store: any SessionStore & IdempotencyStore, waitMillis: Int = 3_000, handlerDelayMillis: UInt32 = 0) throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let runs = self.runs
+        var router = Router()
+        router.post("/count") { request in
+            runs.increment()
+            if handlerDelayMillis > 0 { usleep(handlerDelayMillis * 1000) }
+            return .json("{\"count\":\(try request.session().increment("count"))}", status: 201)
+        }
+        router.post("/echo") { request in
+            runs.increment()
+            return .text(String(decoding: request.body, as: UTF8.self))
+        }
+        router.get("/read") { request in
+            .json("{\"count\":\(try request.session().get("count", as: Int.self) ?? 0)}")
+        }
+        server = HTTPServer(
+            configuration: HTTPServerConfiguration(host: "127.0.0.1", port: 0, eventLoops: 1, handlerThreads: 8),
+            logger: logger,
+            middleware: [
+                IdempotencyMiddleware(store: store, waitMillis: waitMillis, logger: logger),
+                SessionMiddleware(store: store, logger: logger),
+            ],
+            responder: router.responder)
+        try server.start()
+    }
+
+    deinit { server.shutdown() }
+
+    func post(_ path: String, key: String?, body: String = "", jar: Bool = true) throws -> CurlClient.Response {
+        try client.request(
+            "POST", "http://127.0.0.1:\(server.port)\(path)", headers: key.map { ["Idempotency-Key: \($0)"] } ?? [],
+            body: body, useJar: jar)
+    }
+}
+
+@Suite(.serialized) struct IdempotencyMiddlewareTests {
+    @Test func aRetriedPOSTIsAnsweredFromTheRecordAndRunsOnce() throws {
+        let t = try IdempotentServer(store: MemorySessionStore())
+        let first = try t.post("/count", key: "k1", jar: false)
+        #expect(first.status == 201)
+        #expect(first.body == "{\"count\":1}")
+        let cookie = try #require(first.header("Set-Cookie").first)
+        // The retry carries no cookie (the first response was lost): it gets the same answer, cookie included.
+        let retry = try t.post("/count", key: "k1", jar: false)
+        #expect(retry.status == 201)
+        #expect(retry.body == "{\"count\":1}")
+        #expect(retry.header("Set-Cookie").first == cookie)
+        #expect(retry.header("Idempotent-Replayed") == ["true"])
+        #expect(t.runs.current == 1)
+        // The stored session holds exactly one increment.
+        let sid = String(cookie.split(separator: ";")[0])
+        let read = try t.client.request("GET", "http://127.0.0.1:\(t.server.port)/read", headers: ["Cookie: \(sid)"], useJar: false)
+        #expect(read.body == "{\"count\":1}")
+    }
+
+    @Test func requestsWithoutAKeyOrWithNewKeysRunEveryTime() throws {
+        let t = try IdempotentServer(store: MemorySessionStore())
+        #expect(try t.post("/count", key: nil).body == "{\"count\":1}")
+        #expect(try t.post("/count", key: nil).body == "{\"count\":2}")
+        #expect(try t.post("/count", key: "a").body == "{\"count\":3}")
+        #expect(try t.post("/count", key: "b").body == "{\"count\":4}")
+        #expect(t.runs.current == 4)
+    }
+
+    @Test func aKeyReusedForAnotherRequestIs422() throws {
+        let t = try IdempotentServer(store: MemorySessionStore())
+        #expect(try t.post("/echo", key: "same", body: "one").body == "one")
+        let reused = try t.post("/echo", key: "same", body: "two")
+        #expect(reused.status == 422)
+        #expect(reused.body.contains("idempotency_key_reused"))
+        #expect(t.runs.current == 1)
+    }
+
+    @Test func invalidKeysAre400() throws {
+        let t = try IdempotentServer(store: MemorySessionStore())
+        let tooLong = try t.post("/echo", key: String(repeating: "x", count: 300), body: "x")
+        #expect(tooLong.status == 400)
+        #expect(t.runs.current == 0)
+    }
+
+    @Test func aConcurrentDuplicateWaitsForTheFirstThenReplaysIt() throws {
+        let t = try IdempotentServer(store: MemorySessionStore(), handlerDelayMillis: 400)
+        let results = Mutex<[CurlClient.Response]>([])
+        let port = t.server.port
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            if i == 1 { usleep(100_000) }
+            if let r = try? CurlClient().request(
+                "POST", "http://127.0.0.1:\(port)/count", headers: ["Idempotency-Key: dup"], useJar: false)
+            {
+                results.withLock { $0.append(r) }
+            }
+        }
+        let all = results.withLock { $0 }
+        #expect(all.count == 2)
+        #expect(all.allSatisfy { $0.status == 201 && $0.body == "{\"count\":1}" })
+        #expect(all.filter { $0.header("Idempotent-Replayed") == ["true"] }.count == 1)
+        #expect(t.runs.current == 1)
+    }
+
+    @Test func aDuplicateThatWaitsTooLongGets409() throws {
+        let t = try IdempotentServer(store: MemorySessionStore(), waitMillis: 100, handlerDelayMillis: 600)
+        let second = Mutex<CurlClient.Response?>(nil)
+        let port = t.server.port
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            if i == 0 {
+                _ = try? CurlClient().request(
+                    "POST", "http://127.0.0.1:\(port)/count", headers: ["Idempotency-Key: slow"], useJar: false)
+            } else {
+                usleep(150_000)
+                let r = try? CurlClient().request(
+                    "POST", "http://127.0.0.1:\(port)/count", headers: ["Idempotency-Key: slow"], useJar: false)
+                second.withLock { $0 = r }
+            }
+        }
+        let r = try #require(second.withLock { $0 })
+        #expect(r.status == 409)
+        #expect(r.body.contains("idempotency_key_in_progress"))
+        #expect(t.runs.current == 1)
+    }
+
+    @Test func aRequestWhoseSessionWriteFailedLeavesNoRecordAndCanBeRetried() throws {
+        let store = FlakyStore()
+        let t = try IdempotentServer(store: store)
+        store.failApply.store(true, ordering: .relaxed)
+        let failed = try t.post("/count", key: "retry-me", jar: false)
+        #expect(failed.status == 503)
+        store.failApply.store(false, ordering: .relaxed)
+        let retried = try t.post("/count", key: "retry-me", jar: false)
+        #expect(retried.status == 201)
+        #expect(retried.body == "{\"count\":1}")
+        #expect(retried.header("Idempotent-Replayed").isEmpty, "the retry really ran")
+        let replay = try t.post("/count", key: "retry-me", jar: false)
+        #expect(replay.header("Idempotent-Replayed") == ["true"])
+        #expect(replay.body == "{\"count\":1}")
+    }
+}

@@ -1,0 +1,396 @@
+import Foundation
+import Logging
+import SessionCore
+import SessionRedis
+import Synchronization
+import Testing
+
+/// A counter with no synchronization at all: only a working lock keeps its
+/// read–sleep–write updates from getting lost.
+private final class UnguardedCounter: @unchecked Sendable {
+    var value = 0
+}
+
+/// Runs `body(i)` for i in 0..<count, each on its own thread, all at once.
+/// False when they have not all finished within `seconds`.
+private func onThreads(_ count: Int, seconds: Double, _ body: @escaping @Sendable (Int) -> Void) -> Bool {
+    let group = DispatchGroup()
+    for i in 0..<count {
+        group.enter()
+        Thread {
+            body(i)
+            group.leave()
+        }.start()
+    }
+    return group.wait(timeout: .now() + seconds) == .success
+}
+
+private func millisSince(_ start: ContinuousClock.Instant) -> Int {
+    let elapsed = ContinuousClock.now - start
+    return Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+}
+
+private func sleepMillis(_ ms: Int) { usleep(UInt32(ms * 1000)) }
+
+private func makeLock(_ client: RedisClient, prefix: String, fenceRetentionMillis: Int? = nil) -> RedisLock {
+    RedisLock(client: client, keyPrefix: prefix, fenceRetentionMillis: fenceRetentionMillis, logger: TestRedis.quietLogger())
+}
+
+/// The Redis Cluster slot of a key: CRC16-XMODEM of its hash tag (or of the key) mod 16384.
+private func clusterSlot(_ key: [UInt8]) -> Int {
+    var hashed = key[...]
+    if let open = key.firstIndex(of: UInt8(ascii: "{")),
+        let close = key[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1
+    {
+        hashed = key[(open + 1)..<close]
+    }
+    var crc: UInt16 = 0
+    for byte in hashed {
+        crc ^= UInt16(byte) << 8
+        for _ in 0..<8 { crc = crc & 0x8000 != 0 ? (crc << 1) ^ 0x1021 : crc << 1 }
+    }
+    return Int(crc) % 16384
+}
+
+/// What needs no Redis: key layout, argument checks, an unreachable server.
+@Suite struct RedisLockUnitTests {
+    /// A client for a port nothing listens on.
+    static func unreachableClient() -> RedisClient {
+        RedisClient(
+            configuration: RedisConfiguration(endpoint: .direct(host: "127.0.0.1", port: 1), connectTimeoutMillis: 200),
+            logger: TestRedis.quietLogger())
+    }
+
+    @Test func lockAndFenceKeysShareAClusterSlot() {
+        let lock = makeLock(Self.unreachableClient(), prefix: "lock:")
+        #expect(lock.lockKey("orders") == Array("lock:{orders}".utf8))
+        #expect(lock.fenceKey("orders") == Array("lock:fence:{orders}".utf8))
+        for name in ["orders", "a}b", "{x}", "x{y", SessionID.generate().rawValue, "ünïcode"] {
+            #expect(clusterSlot(lock.lockKey(name)) == clusterSlot(lock.fenceKey(name)), "name \(name)")
+            #expect(lock.lockKey(name) != lock.fenceKey(name))
+        }
+        // The slot check itself is not trivially true (reference values from the Redis Cluster spec).
+        #expect(clusterSlot(Array("123456789".utf8)) == 0x31C3 % 16384)
+        #expect(clusterSlot(Array("{user1000}.following".utf8)) == clusterSlot(Array("{user1000}.followers".utf8)))
+        #expect(clusterSlot(Array("lock:a".utf8)) != clusterSlot(Array("lock:fence:a".utf8)))
+    }
+
+    @Test func anUnreachableRedisIsAnErrorNotATimeout() throws {
+        let lock = makeLock(Self.unreachableClient(), prefix: "lock:")
+        let start = ContinuousClock.now
+        #expect(throws: RedisError.self) { _ = try lock.acquire("x", ttlMillis: 1000, timeoutMillis: 5000) }
+        #expect(millisSince(start) < 2000, "fails at once instead of retrying for the whole timeout")
+        #expect(throws: RedisError.self) { _ = try lock.tryAcquire("x", ttlMillis: 1000) }
+        #expect(throws: RedisError.self) {
+            try lock.withLock("x", ttlMillis: 1000, timeoutMillis: 100) { _ in Issue.record("body ran without the lock"); return }
+        }
+    }
+
+    @Test func anEmptyNameIsRefused() {
+        let lock = makeLock(Self.unreachableClient(), prefix: "lock:")
+        #expect(throws: RedisError(.configuration, "a lock name must not be empty")) {
+            _ = try lock.tryAcquire("", ttlMillis: 1000)
+        }
+    }
+
+    @Test func theSessionLockReportsAnUnreachableRedisAsUnavailable() {
+        let sessionLock = RedisSessionLock(client: Self.unreachableClient(), logger: TestRedis.quietLogger())
+        do {
+            try sessionLock.withExclusiveAccess(to: SessionID.generate()) { Issue.record("body ran without the lock"); return }
+            Issue.record("no error")
+        } catch let error as SessionStoreError {
+            #expect(error.code == .unavailable)
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+}
+
+@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL"), .serialized)
+struct RedisLockTests {
+    @Test func eightContendersNeverOverlapAndFencingTokensIncrease() throws {
+        let client = try TestRedis.client(poolSize: 8)
+        let lock = makeLock(client, prefix: TestRedis.uniquePrefix())
+        let threads = 8
+        let rounds = 30
+        let counter = UnguardedCounter()
+        let inside = Mutex(0)
+        let mostInside = Mutex(0)
+        let fences = Mutex<[Int64]>([])
+        let failures = Mutex<[String]>([])
+        let finished = onThreads(threads, seconds: 90) { _ in
+            for _ in 0..<rounds {
+                do {
+                    guard let lease = try lock.acquire("race", ttlMillis: 10_000, timeoutMillis: 30_000) else {
+                        failures.withLock { $0.append("acquire timed out") }
+                        continue
+                    }
+                    let now = inside.withLock { n -> Int in
+                        n += 1
+                        return n
+                    }
+                    mostInside.withLock { $0 = max($0, now) }
+                    fences.withLock { $0.append(lease.fencingToken) }
+                    // The deliberate race: read, sleep, write.
+                    let seen = counter.value
+                    usleep(UInt32.random(in: 200...1500))
+                    counter.value = seen + 1
+                    inside.withLock { $0 -= 1 }
+                    if try !lock.release(lease) { failures.withLock { $0.append("release found another owner") } }
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+        }
+        try #require(finished, "contenders did not finish in time")
+        #expect(failures.withLock { $0 } == [])
+        #expect(mostInside.withLock { $0 } == 1)
+        #expect(counter.value == threads * rounds, "lost updates: the lock let two holders in")
+        let tokens = fences.withLock { $0 }
+        #expect(tokens.count == threads * rounds)
+        // In acquisition order (appended inside the lock): strictly increasing, and consecutive
+        // from 1, because a failed attempt issues no token.
+        #expect(tokens == (1...Int64(threads * rounds)).map { $0 })
+    }
+
+    @Test func fencingTokensIncreaseAcrossNodesAndOnlyWithAcquisitions() throws {
+        let prefix = TestRedis.uniquePrefix()
+        // Two "nodes": separate clients and lock objects, one Redis.
+        let nodeA = makeLock(try TestRedis.client(), prefix: prefix)
+        let nodeB = makeLock(try TestRedis.client(), prefix: prefix)
+        var last: Int64 = 0
+        for round in 0..<20 {
+            let (holder, other) = round % 2 == 0 ? (nodeA, nodeB) : (nodeB, nodeA)
+            let lease = try #require(try holder.acquire("job", ttlMillis: 5000, timeoutMillis: 1000))
+            #expect(lease.fencingToken > last)
+            // Failed attempts while it is held issue no token.
+            for _ in 0..<3 { #expect(try other.tryAcquire("job", ttlMillis: 5000) == nil) }
+            #expect(try holder.release(lease))
+            last = lease.fencingToken
+        }
+        #expect(last == 20)
+        // Every name has its own counter.
+        let other = try #require(try nodeA.tryAcquire("another-job", ttlMillis: 5000))
+        #expect(other.fencingToken == 1)
+        try nodeA.release(other)
+    }
+
+    @Test func tokensAreRandomAndLong() throws {
+        let lock = makeLock(try TestRedis.client(), prefix: TestRedis.uniquePrefix())
+        var tokens: Set<String> = []
+        for _ in 0..<50 {
+            let lease = try #require(try lock.tryAcquire("t", ttlMillis: 5000))
+            #expect(lease.token.utf8.count >= 22, "at least 16 random bytes")
+            tokens.insert(lease.token)
+            try lock.release(lease)
+        }
+        #expect(tokens.count == 50)
+    }
+
+    @Test func anExpiredHolderCannotReleaseOrExtendTheNextHoldersLock() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let client = try TestRedis.client()
+        let lock = makeLock(client, prefix: prefix)
+        var old = try #require(try lock.tryAcquire("res", ttlMillis: 100))
+        sleepMillis(200)
+        #expect(old.isExpired)
+        let new = try #require(try lock.tryAcquire("res", ttlMillis: 5000), "the lock expired, so it is free")
+        #expect(new.fencingToken > old.fencingToken)
+        #expect(try lock.release(old) == false)
+        #expect(try lock.extend(&old, ttlMillis: 60_000) == false)
+        #expect(try lock.isHeld(new))
+        #expect(try lock.isHeld(old) == false)
+        // The old holder's extend did not touch the new holder's TTL.
+        let ttl = try #require(try client.send(["PTTL".redisBytes, lock.lockKey("res")]).int)
+        #expect(ttl > 0 && ttl <= 5000)
+        #expect(try lock.release(new))
+        #expect(try lock.release(new) == false, "a second release finds nothing")
+    }
+
+    @Test func acquireGivesUpAtItsTimeout() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let holder = makeLock(try TestRedis.client(), prefix: prefix)
+        let waiter = makeLock(try TestRedis.client(), prefix: prefix)
+        let held = try #require(try holder.tryAcquire("busy", ttlMillis: 10_000))
+        for timeout in [0, 50, 300] {
+            let start = ContinuousClock.now
+            #expect(try waiter.acquire("busy", ttlMillis: 1000, timeoutMillis: timeout) == nil)
+            let elapsed = millisSince(start)
+            #expect(elapsed >= timeout - 1, "gave up early (\(elapsed) ms of \(timeout))")
+            #expect(elapsed <= timeout + 250, "overslept (\(elapsed) ms of \(timeout))")
+        }
+        #expect(throws: RedisLockError.self) {
+            try waiter.withLock("busy", ttlMillis: 1000, timeoutMillis: 100) { _ in Issue.record("body ran"); return }
+        }
+        #expect(try holder.isHeld(held))
+        try holder.release(held)
+    }
+
+    @Test func aWaiterGetsTheLockSoonAfterReleaseOrExpiry() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let holder = makeLock(try TestRedis.client(), prefix: prefix)
+        let waiter = makeLock(try TestRedis.client(), prefix: prefix)
+
+        // Released after 150 ms: the waiter is in within a retry pause.
+        let first = try #require(try holder.tryAcquire("w", ttlMillis: 10_000))
+        Thread {
+            sleepMillis(150)
+            _ = try? holder.release(first)
+        }.start()
+        var start = ContinuousClock.now
+        let second = try #require(try waiter.acquire("w", ttlMillis: 10_000, timeoutMillis: 5000))
+        var elapsed = millisSince(start)
+        #expect(elapsed >= 100 && elapsed < 600, "\(elapsed) ms")
+        #expect(second.fencingToken == first.fencingToken + 1)
+
+        // Never released, TTL 200 ms: the waiter is in soon after it runs out.
+        try waiter.release(second)
+        let abandoned = try #require(try holder.tryAcquire("w", ttlMillis: 200))
+        start = ContinuousClock.now
+        let third = try #require(try waiter.acquire("w", ttlMillis: 10_000, timeoutMillis: 5000))
+        elapsed = millisSince(start)
+        #expect(elapsed >= 150 && elapsed < 650, "\(elapsed) ms")
+        #expect(third.fencingToken > abandoned.fencingToken)
+        try waiter.release(third)
+    }
+
+    @Test func theOwnerCanExtend() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let client = try TestRedis.client()
+        let lock = makeLock(client, prefix: prefix)
+        let rival = makeLock(try TestRedis.client(), prefix: prefix)
+        var lease = try #require(try lock.tryAcquire("ext", ttlMillis: 300))
+        let before = lease.expiresAt
+        #expect(try lock.extend(&lease, ttlMillis: 3000))
+        #expect(lease.expiresAt > before + .milliseconds(2000))
+        sleepMillis(500)  // past the original TTL
+        #expect(try lock.isHeld(lease))
+        #expect(!lease.isExpired)
+        #expect(try rival.tryAcquire("ext", ttlMillis: 1000) == nil)
+        let ttl = try #require(try client.send(["PTTL".redisBytes, lock.lockKey("ext")]).int)
+        #expect(ttl > 2000 && ttl <= 3000)
+        #expect(try lock.release(lease))
+        #expect(try lock.extend(&lease, ttlMillis: 3000) == false, "nothing to extend after release")
+        #expect(try client.send(["EXISTS".redisBytes, lock.lockKey("ext")]).int == 0)
+    }
+
+    @Test func withLockReleasesAfterTheBodyAlsoWhenItThrows() throws {
+        struct Boom: Error, Equatable {}
+        let lock = makeLock(try TestRedis.client(), prefix: TestRedis.uniquePrefix())
+        let (value, lease) = try lock.withLock("body", ttlMillis: 5000, timeoutMillis: 1000) { lease in
+            (try lock.isHeld(lease) ? 42 : -1, lease)
+        }
+        #expect(value == 42)
+        #expect(try lock.isHeld(lease) == false)
+        #expect(throws: Boom()) {
+            try lock.withLock("body", ttlMillis: 5000, timeoutMillis: 1000) { _ in throw Boom() }
+        }
+        let after = try #require(try lock.tryAcquire("body", ttlMillis: 5000), "released after the throw")
+        #expect(after.fencingToken == 3)
+        try lock.release(after)
+    }
+
+    @Test func keepAliveHoldsTheLockPastItsTTLButNotForever() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let lock = makeLock(try TestRedis.client(), prefix: prefix)
+        let rival = makeLock(try TestRedis.client(), prefix: prefix)
+
+        // TTL 300 ms, body 700 ms, renewed every 100 ms: nobody else gets in.
+        let stolen = Mutex(0)
+        try lock.withLock("slow", ttlMillis: 300, timeoutMillis: 1000, keepAliveMillis: 10_000) { lease in
+            for _ in 0..<7 {
+                sleepMillis(100)
+                if let other = try rival.tryAcquire("slow", ttlMillis: 1000) {
+                    stolen.withLock { $0 += 1 }
+                    try rival.release(other)
+                }
+            }
+            #expect(try lock.isHeld(lease))
+        }
+        #expect(stolen.withLock { $0 } == 0)
+        #expect(try rival.tryAcquire("slow", ttlMillis: 1000).map { try rival.release($0) } == true, "released after")
+
+        // Renewal for at most 200 ms: a body that hangs loses the lock one TTL after that.
+        let takenAt = Mutex<Int?>(nil)
+        let start = ContinuousClock.now
+        try lock.withLock("hung", ttlMillis: 300, timeoutMillis: 1000, keepAliveMillis: 200) { _ in
+            while millisSince(start) < 1500 && takenAt.withLock({ $0 }) == nil {
+                sleepMillis(25)
+                if let other = try rival.tryAcquire("hung", ttlMillis: 5000) {
+                    takenAt.withLock { $0 = millisSince(start) }
+                    try rival.release(other)
+                }
+            }
+        }
+        let taken = try #require(takenAt.withLock { $0 }, "the lock was renewed forever")
+        #expect(taken >= 250 && taken < 900, "\(taken) ms")
+    }
+
+    @Test func fenceCountersCanExpireButNeverBeforeTheirLock() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let client = try TestRedis.client()
+        let lock = makeLock(client, prefix: prefix, fenceRetentionMillis: 1000)
+        let forever = makeLock(client, prefix: TestRedis.uniquePrefix())
+        var lease = try #require(try lock.tryAcquire("f", ttlMillis: 5000))
+        var fenceTTL = try #require(try client.send(["PTTL".redisBytes, lock.fenceKey("f")]).int)
+        #expect(fenceTTL > 4000 && fenceTTL <= 5000, "at least the lock's TTL")
+        #expect(try lock.extend(&lease, ttlMillis: 20_000))
+        fenceTTL = try #require(try client.send(["PTTL".redisBytes, lock.fenceKey("f")]).int)
+        #expect(fenceTTL > 19_000, "extended with the lock")
+        try lock.release(lease)
+        let short = try #require(try lock.tryAcquire("g", ttlMillis: 100))
+        fenceTTL = try #require(try client.send(["PTTL".redisBytes, lock.fenceKey("g")]).int)
+        #expect(fenceTTL > 900 && fenceTTL <= 1000, "the retention when longer than the TTL")
+        try lock.release(short)
+        // Without a retention the counter stays.
+        let kept = try #require(try forever.tryAcquire("h", ttlMillis: 100))
+        #expect(try client.send(["PTTL".redisBytes, forever.fenceKey("h")]).int == -1)
+        try forever.release(kept)
+    }
+
+    @Test func theSessionLockSerializesASessionAndReportsBusy() throws {
+        let client = try TestRedis.client(poolSize: 8)
+        let prefix = TestRedis.uniquePrefix()
+        let sessionLock = RedisSessionLock(
+            client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 10_000, logger: TestRedis.quietLogger())
+        let id = SessionID.generate()
+        let counter = UnguardedCounter()
+        let failures = Mutex<[String]>([])
+        let finished = onThreads(8, seconds: 60) { _ in
+            for _ in 0..<10 {
+                do {
+                    try sessionLock.withExclusiveAccess(to: id) {
+                        let seen = counter.value
+                        usleep(UInt32.random(in: 200...1500))
+                        counter.value = seen + 1
+                    }
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+        }
+        try #require(finished)
+        #expect(failures.withLock { $0 } == [])
+        #expect(counter.value == 80)
+
+        // Errors of the body pass through unchanged, and the lock is released.
+        struct HandlerFailed: Error, Equatable {}
+        #expect(throws: HandlerFailed()) { try sessionLock.withExclusiveAccess(to: id) { throw HandlerFailed() } }
+
+        // Held elsewhere for longer than the wait: busy, and the body never runs.
+        let impatient = RedisSessionLock(
+            client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 200, logger: TestRedis.quietLogger())
+        let other = try #require(try sessionLock.lock.tryAcquire(id.rawValue, ttlMillis: 5000))
+        let start = ContinuousClock.now
+        do {
+            try impatient.withExclusiveAccess(to: id) { Issue.record("body ran while the session was locked"); return }
+            Issue.record("no error")
+        } catch let error as SessionBusyError {
+            #expect(error.waitedMillis >= 199)
+        }
+        #expect(millisSince(start) < 500)
+        try sessionLock.lock.release(other)
+        // Another session is not blocked by this one.
+        try impatient.withExclusiveAccess(to: SessionID.generate()) {}
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import SessionCore
+import SessionRedis
+import Synchronization
+import Testing
+import TestSupport
+
+@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"))
+struct RedisSessionStoreTests {
+    func store(prefix: String, maxSessionBytes: Int = 64 * 1024) throws -> RedisSessionStore {
+        RedisSessionStore(
+            client: try TestRedis.client(), keyPrefix: prefix, maxSessionBytes: maxSessionBytes,
+            logger: TestRedis.quietLogger())
+    }
+
+    @Test func twoStoresTimesEightThreadsNeverLoseAnIncrement() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let stores = [try store(prefix: prefix), try store(prefix: prefix)]  // two nodes, one Redis
+        let id = SessionID.generate()
+        _ = try stores[0].apply(SessionDelta(id: id, changes: [], createIfMissing: true))
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 16) { worker in
+            let store = stores[worker % 2]
+            for _ in 0..<500 {
+                if (try? store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)]))) == nil {
+                    failures.withLock { $0 += 1 }
+                }
+            }
+        }
+        #expect(failures.withLock { $0 } == 0)
+        #expect(try stores[1].load(id)?.attributes["n"] == Array("8000".utf8))
+    }
+
+    @Test func aSessionIsOneReadableHash() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let store = try store(prefix: prefix)
+        let id = SessionID.generate()
+        _ = try store.apply(SessionDelta(id: id, changes: [.set("user", Array("\"ada\"".utf8))], createIfMissing: true))
+        let fields = try #require(try store.client.send(["HGETALL".redisBytes, store.key(for: id)]).array)
+        var map: [String: String] = [:]
+        for i in stride(from: 0, to: fields.count, by: 2) { map[fields[i].string!] = fields[i + 1].string! }
+        #expect(map["attr:user"] == "\"ada\"")
+        #expect(map["meta:version"] == "1")
+        #expect(map["meta:created"] != nil && map["meta:access"] != nil)
+        #expect(String(decoding: store.key(for: id), as: UTF8.self) == "\(prefix){\(id.rawValue)}")
+        let ttl = try #require(try store.client.send(["PTTL".redisBytes, store.key(for: id)]).int)
+        #expect(ttl > 0 && ttl <= store.expiry.idleTimeoutMillis, "TTL = min(idle, absolute remaining)")
+    }
+
+    @Test func corruptOrForeignFieldsAreDroppedAndTheSessionSurvives() throws {
+        let store = try store(prefix: TestRedis.uniquePrefix())
+        let id = SessionID.generate()
+        _ = try store.apply(SessionDelta(id: id, changes: [.set("good", Array("{\"a\":1}".utf8))], createIfMissing: true))
+        let key = store.key(for: id)
+        try store.client.send(["HSET".redisBytes, key, "attr:bad".redisBytes, Array("{not json".utf8)])
+        try store.client.send(["HSET".redisBytes, key, "somebody-elses-field".redisBytes, "x".redisBytes])
+        let loaded = try #require(try store.load(id))
+        #expect(loaded.attributes == ["good": Array("{\"a\":1}".utf8)])
+        // The session still takes writes.
+        #expect(try store.apply(SessionDelta(id: id, changes: [.set("more", Array("2".utf8))])) != nil)
+    }
+
+    @Test func anOversizedSessionIsRefusedAndNothingIsWritten() throws {
+        let store = try store(prefix: TestRedis.uniquePrefix(), maxSessionBytes: 200)
+        let id = SessionID.generate()
+        _ = try store.apply(SessionDelta(id: id, changes: [.set("a", Array("1".utf8))], createIfMissing: true))
+        let before = try #require(try store.load(id))
+        let error = #expect(throws: SessionStoreError.self) {
+            _ = try store.apply(SessionDelta(id: id, changes: [
+                .set("b", Array("2".utf8)), .set("big", Array(("\"" + String(repeating: "x", count: 300) + "\"").utf8)),
+            ]))
+        }
+        #expect(error?.code == .sessionTooLarge)
+        let after = try #require(try store.load(id))
+        #expect(after.attributes == before.attributes)
+        #expect(after.version == before.version)
+    }
+
+    @Test func redisRestartedMidTestFailsClearlyThenRecovers() throws {
+        let server = try RedisServerProcess()
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.connectTimeoutMillis = 200
+        configuration.commandTimeoutMillis = 200
+        configuration.reconnectBackoffMillis = 20
+        configuration.maxReconnectBackoffMillis = 100
+        let store = RedisSessionStore(
+            client: RedisClient(configuration: configuration, logger: TestRedis.quietLogger()), logger: TestRedis.quietLogger())
+        let id = SessionID.generate()
+        _ = try store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], createIfMissing: true))
+
+        server.kill()
+        let start = Date()
+        let error = #expect(throws: SessionStoreError.self) { _ = try store.load(id) }
+        #expect(error?.code == .unavailable)
+        #expect(Date().timeIntervalSince(start) < 1, "no hang beyond the timeouts")
+        #expect(throws: SessionStoreError.self) { _ = try store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)])) }
+
+        try server.start()  // same port, empty (no persistence)
+        var recovered = false
+        let deadline = Date().addingTimeInterval(3)
+        while !recovered && Date() < deadline {
+            recovered = (try? store.apply(SessionDelta(id: .generate(), changes: [], createIfMissing: true))) != nil
+            if !recovered { usleep(20_000) }
+        }
+        #expect(recovered, "the store works again once Redis is back")
+        server.kill()
+    }
+}

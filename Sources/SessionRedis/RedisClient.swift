@@ -55,6 +55,12 @@ public final class RedisClient: Sendable {
             checkIn(connection)
             forgetMaster()
             throw error
+        } catch let error as RedisError where error.code == .connection {
+            // The server went away: its idle connections are dead too, and with
+            // Sentinel the master may have moved — ask again on the next connect.
+            checkIn(connection)
+            forgetMaster()
+            throw error
         } catch {
             checkIn(connection)
             throw error
@@ -172,6 +178,7 @@ public final class RedisClient: Sendable {
         }
     }
 
+    /// Drops the idle connections and the cached master address.
     private func forgetMaster() {
         pool.withLock { p in
             p.open -= p.idle.count

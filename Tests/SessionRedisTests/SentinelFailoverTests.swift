@@ -67,7 +67,7 @@ import TestSupport
                 sentinels: [RedisConfiguration.SentinelAddress(host: "127.0.0.1", port: sentinel.port)],
                 masterName: "mymaster"),
             poolSize: 8, connectTimeoutMillis: 300, commandTimeoutMillis: 300,
-            reconnectBackoffMillis: 50, maxReconnectBackoffMillis: 200)
+            reconnectBackoffMillis: 20, maxReconnectBackoffMillis: 80)
         let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
         defer { client.close() }
         let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())

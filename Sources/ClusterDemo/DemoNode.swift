@@ -39,6 +39,8 @@ public struct DemoNodeConfiguration: Sendable {
     public var handlerThreads: Int?
     /// Where Redis is, for the `redis` strategy.
     public var redis: RedisConfiguration?
+    /// Serialize each session's requests across the cluster with the Redis lock (`redis` strategy only).
+    public var exclusiveSessions = false
 
     public init(
         nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
@@ -69,6 +71,7 @@ public final class DemoNode: Sendable {
     public init(configuration: DemoNodeConfiguration, logger: Logger) {
         self.configuration = configuration
         let base: any SessionStore & IdempotencyStore
+        var exclusive: (any SessionRequestLock)? = nil
         switch configuration.strategy {
         case .local:
             let memory = MemorySessionStore(expiry: configuration.expiry)
@@ -82,10 +85,12 @@ public final class DemoNode: Sendable {
             memoryStore = nil
             redisClient = client
             base = RedisSessionStore(client: client, expiry: configuration.expiry, logger: logger)
+            if configuration.exclusiveSessions { exclusive = RedisSessionLock(client: client, logger: logger) }
         }
         let store = InstrumentedSessionStore(base, metrics: metrics)
         let sessions = SessionMiddleware(
-            store: store, configuration: SessionConfiguration(signingKey: configuration.cookieSecret), logger: logger)
+            store: store, configuration: SessionConfiguration(signingKey: configuration.cookieSecret, exclusive: exclusive),
+            logger: logger)
         let idempotency = IdempotencyMiddleware(store: store, logger: logger)
 
         var router = Router()

@@ -47,6 +47,9 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "The master's name at the sentinels.")
     var redisMaster = "mymaster"
 
+    @Flag(help: "Run each session's requests one at a time across the cluster (Redis lock; --strategy redis).")
+    var exclusiveSessions = false
+
     @Option(help: "Redis connections per node.")
     var redisPoolSize = 32
 
@@ -82,13 +85,18 @@ struct NodeOptions: ParsableArguments {
         if let secret, secret.count < 16 {
             throw ValidationError("SESSION_COOKIE_SECRET must be at least 16 bytes")
         }
-        return DemoNodeConfiguration(
+        if exclusiveSessions && strategy != .redis {
+            throw ValidationError("--exclusive-sessions needs --strategy redis")
+        }
+        var configuration = DemoNodeConfiguration(
             nodeID: nodeID, host: host, port: port, strategy: strategy,
             expiry: SessionExpiry(
                 idleTimeoutMillis: Int64(idleTimeout) * 1000,
                 absoluteTimeoutMillis: absoluteTimeout == 0 ? nil : Int64(absoluteTimeout) * 1000),
             cookieSecret: secret, handlerThreads: handlerThreads,
             redis: strategy == .redis ? try redisConfiguration() : nil)
+        configuration.exclusiveSessions = exclusiveSessions
+        return configuration
     }
 
     func makeLogger(label: String) throws -> Logger {

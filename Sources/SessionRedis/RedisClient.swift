@@ -1,5 +1,6 @@
 import Dispatch
 import Logging
+import SessionCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -26,14 +27,14 @@ public final class RedisClient: Sendable {
         var master: (host: String, port: Int)?
     }
 
-    private let pool: Mutex<Pool>
+    private let pool: FastLock<Pool>  // taken twice per command by every thread: see FastLock
     private let slots: DispatchSemaphore
 
     public init(configuration: RedisConfiguration, logger: Logger) {
         precondition(configuration.poolSize >= 1, "poolSize must be at least 1")
         self.configuration = configuration
         self.logger = logger
-        pool = Mutex(Pool(backoff: configuration.reconnectBackoffMillis))
+        pool = FastLock(Pool(backoff: configuration.reconnectBackoffMillis))
         slots = DispatchSemaphore(value: configuration.poolSize)
     }
 

@@ -291,6 +291,9 @@ if awk -v g="$get_rps" -v s="$set_rps" 'BEGIN { exit !(s < g) }'; then slower_na
 ratio=$(awk -v a="$bs_rps" -v b="$mean_rps" 'BEGIN { printf "%.2f", a / b }')
 ratio_slower=$(awk -v a="$bs_rps" -v b="$slower_rps" 'BEGIN { printf "%.2f", a / b }')
 verdict=$(awk -v r="$ratio" -v t="$TARGET" 'BEGIN { print (r >= t ? "met" : "NOT met") }')
+# A bare GET then SET per round trip, at the measured rates: 1 / (1/GET + 1/SET) pairs per second.
+pair_rps=$(awk -v g="$get_rps" -v s="$set_rps" 'BEGIN { printf "%.2f", 1 / (1 / g + 1 / s) }')
+ratio_pair=$(awk -v a="$bs_rps" -v b="$pair_rps" 'BEGIN { printf "%.2f", a / b }')
 rt_us=$(awk -v e="${evalsha_us:-0}" 'BEGIN { printf "%.2f", 2 * e }')
 
 echo
@@ -306,6 +309,7 @@ printf '%-34s %12s %9s %9s %10s %11s %15s\n' "bench-store load+save round trips"
 echo
 printf 'ratio  round trips/s / mean(GET, SET) rps     %sx   (target >= %sx: %s)\n' "$ratio" "$TARGET" "$verdict"
 printf 'ratio  round trips/s / slower (%s) rps        %sx\n' "$slower_name" "$ratio_slower"
+printf 'ratio  round trips/s / GET+SET pairs/s (%s)  %sx   (1.0x = a round trip costs one bare GET plus one bare SET)\n' "$pair_rps" "$ratio_pair"
 echo
 echo "How to read it: a round trip is what one request costs the store: a load (a read, like GET) and a"
 echo "save (a write, like SET), i.e. two Redis commands (EVALSHA of the load script, EVALSHA of the apply"

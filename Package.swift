@@ -38,6 +38,14 @@ let package = Package(
             ]
         ),
         .target(
+            name: "SessionReplication",
+            dependencies: [
+                "SessionCore", "MiniHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "SessionStoreConformance",
             dependencies: ["SessionCore"]
         ),
@@ -74,6 +82,9 @@ let package = Package(
         .testTarget(
             name: "SessionRedisTests",
             dependencies: ["SessionRedis", "SessionCore", "SessionStoreConformance", "TestSupport"]),
+        .testTarget(
+            name: "SessionReplicationTests",
+            dependencies: ["SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport"]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP"]),
         .target(name: "TestSupport", path: "Tests/TestSupport"),  // test-only helpers

@@ -8,12 +8,10 @@
 set -euo pipefail
 
 script_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cd "$script_dir/.."
 
-# shellcheck source-path=SCRIPTDIR source=ensure-packages.sh
-source "$script_dir/ensure-packages.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$script_dir/lib.sh"
 
-SCRATCH_PATH=${SCRATCH_PATH:-.build}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
 WARMUP=2
@@ -26,53 +24,10 @@ THREADS=2
 node_pid=""
 nginx_pid=""
 wrk_pid=""
-tmp_dir=""
 
-log() { printf '==> %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-# A free TCP port on 127.0.0.1 (python3 if present, else a bash probe).
-free_port() {
-    local port i
-    if command -v python3 >/dev/null 2>&1 && python3 -c '
-import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()' 2>/dev/null; then
-        return 0
-    fi
-    for ((i = 0; i < 200; i++)); do
-        port=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    return 1
-}
-
-# stop_pid NAME PID — SIGTERM, wait up to 10 s, then SIGKILL.
-stop_pid() {
-    local name=$1 pid=$2 i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        printf 'warning: %s (pid %s) did not stop on SIGTERM; sending SIGKILL\n' "$name" "$pid" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
+stop_children() {
     if [[ -n "$wrk_pid" ]]; then
-        kill -TERM "$wrk_pid" 2>/dev/null || true
-        wait "$wrk_pid" 2>/dev/null || true
+        kill_wait "$wrk_pid"
         wrk_pid=""
     fi
     if [[ -n "$nginx_pid" ]]; then
@@ -83,14 +38,8 @@ cleanup() {
         stop_pid session-cluster "$node_pid"
         node_pid=""
     fi
-    if [[ -n "$tmp_dir" ]]; then
-        rm -rf "$tmp_dir"
-        tmp_dir=""
-    fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_traps
 
 # wait_http NAME URL PID — wait up to 10 s for a 200 from URL.
 wait_http() {
@@ -192,10 +141,7 @@ ensure_swift
 command -v nginx >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin"
 command -v nginx >/dev/null 2>&1 || die "nginx is installed but not on PATH"
 
-log "building session-cluster (release, scratch path $SCRATCH_PATH)"
-swift build -c release --product session-cluster --scratch-path "$SCRATCH_PATH"
-binary="$SCRATCH_PATH/release/session-cluster"
-[[ -x "$binary" ]] || die "$binary not found after the build"
+build_release
 
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-bench.XXXXXX")
 cpus=$(nproc)

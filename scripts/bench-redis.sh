@@ -13,12 +13,10 @@
 set -euo pipefail
 
 script_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cd "$script_dir/.."
 
-# shellcheck source-path=SCRIPTDIR source=ensure-packages.sh
-source "$script_dir/ensure-packages.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$script_dir/lib.sh"
 
-SCRATCH_PATH=${SCRATCH_PATH:-.build}
 DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-50}
 SESSIONS=${SESSIONS:-10000}
@@ -31,96 +29,19 @@ positive CONCURRENCY "$CONCURRENCY"
 positive SESSIONS "$SESSIONS"
 [[ "$ATTRIBUTE_BYTES" =~ ^[0-9]+$ ]] || { echo "error: ATTRIBUTE_BYTES must be a non-negative integer, got '$ATTRIBUTE_BYTES'" >&2; exit 2; }
 
-redis_pid=""
-child_pid=""
 client_cpu0=0
 client_cpu1=0
-watchdog_pid=""
-tmp_dir=""
 
-log() { printf '==> %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-# A free TCP port on 127.0.0.1 (python3 if present, else a bash probe).
-free_port() {
-    local port i
-    if command -v python3 >/dev/null 2>&1 && python3 -c '
-import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()' 2>/dev/null; then
-        return 0
-    fi
-    for ((i = 0; i < 200; i++)); do
-        port=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    return 1
-}
-
-# stop_pid NAME PID [SIGNAL] — SIGNAL (default TERM), wait up to 10 s, then SIGKILL.
-# shellcheck disable=SC2317  # only called from the EXIT trap
-stop_pid() {
-    local name=$1 pid=$2 sig=${3:-TERM} i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    log "stopping $name (pid $pid)"
-    kill -"$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        printf 'warning: %s (pid %s) did not stop on SIG%s; sending SIGKILL\n' "$name" "$pid" "$sig" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-# shellcheck disable=SC2317  # called from the EXIT trap
-cleanup() {
+stop_children() {
     if [[ -n "$child_pid" ]]; then
         # bench-store stops on SIGTERM and deletes its keys; redis-benchmark just stops.
         stop_pid benchmark "$child_pid"
         child_pid=""
     fi
-    if [[ -n "$watchdog_pid" ]]; then
-        kill -TERM "$watchdog_pid" 2>/dev/null || true
-        wait "$watchdog_pid" 2>/dev/null || true
-        watchdog_pid=""
-    fi
-    if [[ -n "$redis_pid" ]]; then
-        stop_pid redis-server "$redis_pid"
-        redis_pid=""
-    fi
-    if [[ -n "$tmp_dir" ]]; then
-        rm -rf "$tmp_dir"
-        tmp_dir=""
-    fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_traps
 
-# run OUTFILE CMD... — run a benchmark as a background child (so INT/TERM
-# reach the traps at once), stdout to OUTFILE, stderr to OUTFILE.err.
-# Returns the command's exit code.
-run() {
-    local out=$1 status=0
-    shift
-    "$@" </dev/null >"$out" 2>"$out.err" &
-    child_pid=$!
-    echo "$child_pid" >"$tmp_dir/child.pid"
-    wait "$child_pid" || status=$?
-    rm -f "$tmp_dir/child.pid"
-    child_pid=""
-    return "$status"
-}
-
-rcli() { redis-cli -h 127.0.0.1 -p "$port" "$@"; }
+rcli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
 
 now() { echo "${EPOCHREALTIME:-$(date +%s.%N)}"; }
 
@@ -160,66 +81,25 @@ log "checking packages and Swift"
 ensure_packages libhiredis-dev redis-server redis-tools
 ensure_swift
 
-log "building session-cluster (release, scratch path $SCRATCH_PATH)"
-swift build -c release --product session-cluster --scratch-path "$SCRATCH_PATH"
-binary="$SCRATCH_PATH/release/session-cluster"
-[[ -x "$binary" ]] || die "$binary not found after the build"
+build_release
 
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-bench-redis.XXXXXX")
 clk_tck=$(getconf CLK_TCK)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 cpus=$(nproc)
 
-# A private redis-server on loopback, no persistence; retry if the port got taken.
-started=""
-for attempt in 1 2 3 4 5; do
-    port=$(free_port) || die "no free loopback port found for redis-server"
-    log "starting redis-server on 127.0.0.1:$port (attempt $attempt)"
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-        --daemonize no --dir "$tmp_dir" --logfile "$tmp_dir/redis.log" \
-        </dev/null >"$tmp_dir/redis.out" 2>&1 &
-    redis_pid=$!
-    for ((i = 0; i < 100; i++)); do     # up to 10 s
-        if [[ "$(rcli ping 2>/dev/null || true)" == PONG ]]; then
-            started=1
-            break
-        fi
-        kill -0 "$redis_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    [[ -n "$started" ]] && break
-    if kill -0 "$redis_pid" 2>/dev/null; then
-        tail -n 20 "$tmp_dir/redis.log" "$tmp_dir/redis.out" >&2 || true
-        die "redis-server (pid $redis_pid) did not answer PING on port $port within 10 s"
-    fi
-    wait "$redis_pid" 2>/dev/null || true
-    redis_pid=""
-    tail -n 5 "$tmp_dir/redis.log" "$tmp_dir/redis.out" >&2 || true
-done
-[[ -n "$started" ]] || die "redis-server could not be started (see its log above)"
+# A private redis-server on loopback, no persistence.
+start_redis
 redis_version=$(rcli info server | tr -d '\r' | sed -n 's/^redis_version://p')
 
 # Should this script be killed with SIGKILL (no trap runs), still stop the
 # benchmark and redis-server, and remove the temp dir.
-(
-    trap - INT TERM
-    while kill -0 "$$" 2>/dev/null; do sleep 1; done
-    if [[ -s "$tmp_dir/child.pid" ]]; then
-        kill -TERM "$(<"$tmp_dir/child.pid")" 2>/dev/null
-    fi
-    kill -TERM "$redis_pid" 2>/dev/null
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$redis_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    rm -rf "$tmp_dir"
-) </dev/null >/dev/null 2>&1 &
-watchdog_pid=$!
+start_watchdog TERM
 log "redis-server $redis_version ready (pid $redis_pid)"
 
 # --- redis-benchmark ---------------------------------------------------------
 
-rb=(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CONCURRENCY" -r "$SESSIONS" -d "$ATTRIBUTE_BYTES" -t "set,get" --csv)
+rb=(redis-benchmark -h 127.0.0.1 -p "$redis_port" -c "$CONCURRENCY" -r "$SESSIONS" -d "$ATTRIBUTE_BYTES" -t "set,get" --csv)
 
 # csv_field FILE TEST COLUMN — from redis-benchmark --csv (columns: test, rps, avg, min, p50, p95, p99, max).
 csv_field() {
@@ -229,7 +109,7 @@ csv_field() {
 # Calibration (also the warm-up, and it fills the keys GET reads).
 calibration_n=$((CONCURRENCY * 400 > 50000 ? CONCURRENCY * 400 : 50000))
 log "redis-benchmark: calibration and warm-up ($calibration_n requests per test)"
-run "$tmp_dir/rb-calibration.csv" "${rb[@]}" -n "$calibration_n" \
+run --out "$tmp_dir/rb-calibration.csv" "${rb[@]}" -n "$calibration_n" \
     || { cat "$tmp_dir/rb-calibration.csv.err" >&2; die "redis-benchmark failed"; }
 cal_get=$(csv_field "$tmp_dir/rb-calibration.csv" GET 2)
 cal_set=$(csv_field "$tmp_dir/rb-calibration.csv" SET 2)
@@ -241,7 +121,7 @@ rcli config resetstat >/dev/null
 redis_cpu0=$(cpu_of "$redis_pid")
 children_cpu client_cpu0
 t0=$(now)
-run "$tmp_dir/rb.csv" "${rb[@]}" -n "$requests" \
+run --out "$tmp_dir/rb.csv" "${rb[@]}" -n "$requests" \
     || { cat "$tmp_dir/rb.csv.err" >&2; die "redis-benchmark failed"; }
 t1=$(now)
 rb_wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
@@ -261,14 +141,14 @@ rcli flushall >/dev/null
 
 # --- bench-store -------------------------------------------------------------
 
-bs=("$binary" bench-store --redis "redis://127.0.0.1:$port" --concurrency "$CONCURRENCY" --duration "$DURATION"
+bs=("$binary" bench-store --redis "redis://127.0.0.1:$redis_port" --concurrency "$CONCURRENCY" --duration "$DURATION"
     --sessions "$SESSIONS" --attribute-bytes "$ATTRIBUTE_BYTES")
 log "bench-store: $SESSIONS sessions, 1s warm-up, ${DURATION}s, $CONCURRENCY threads"
 rcli config resetstat >/dev/null
 redis_cpu0=$(cpu_of "$redis_pid")
 children_cpu client_cpu0
 t0=$(now)
-run "$tmp_dir/bs.out" "${bs[@]}" \
+run --out "$tmp_dir/bs.out" "${bs[@]}" \
     || { cat "$tmp_dir/bs.out" "$tmp_dir/bs.out.err" >&2; die "bench-store failed"; }
 t1=$(now)
 bs_wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
@@ -297,7 +177,7 @@ ratio_pair=$(awk -v a="$bs_rps" -v b="$pair_rps" 'BEGIN { printf "%.2f", a / b }
 rt_us=$(awk -v e="${evalsha_us:-0}" 'BEGIN { printf "%.2f", 2 * e }')
 
 echo
-echo "nproc: $cpus    load average before the run: $load    redis-server $redis_version on 127.0.0.1:$port (--save '' --appendonly no)"
+echo "nproc: $cpus    load average before the run: $load    redis-server $redis_version on 127.0.0.1:$redis_port (--save '' --appendonly no)"
 echo "redis-benchmark: ${rb[*]} -n $requests"
 echo "bench-store:     ${bs[*]}"
 echo

@@ -140,7 +140,7 @@ extension SessionClusterCommand {
                     numberOfSignificantValueDigits: .three)
                 var local = Outcome()
                 while !stop.isSet {
-                    let id = ids[Int(rng.next() % UInt64(ids.count))]
+                    let id = ids[rng.below(ids.count)]
                     let began = monotonicNanos()
                     if began >= measureUntil { break }
                     var failure: String? = nil
@@ -217,7 +217,7 @@ extension SessionClusterCommand {
                 outcome.roundTrips == 0 ? "null" : fixed(Double(h.valueAtPercentile(percentile)) / 1000, 3)
             }
             let kinds = outcome.errorKinds.sorted { $0.key < $1.key }
-                .map { "\(jsonString($0.key)):\($0.value)" }.joined(separator: ",")
+                .map { "\(jsonQuoted($0.key)):\($0.value)" }.joined(separator: ",")
             var fields = [
                 "\"round_trips_per_s\":\(fixed(rate, 1))",
                 "\"p50_ms\":\(ms(50))",
@@ -233,7 +233,7 @@ extension SessionClusterCommand {
                 "\"attribute_bytes\":\(attributeBytes)",
                 "\"error_kinds\":{\(kinds)}",
             ]
-            if let first = outcome.firstError { fields.append("\"first_error\":\(jsonString(first))") }
+            if let first = outcome.firstError { fields.append("\"first_error\":\(jsonQuoted(first))") }
             if interrupted { fields.append("\"interrupted\":true") }
             print("{" + fields.joined(separator: ",") + "}")
             print(
@@ -312,19 +312,6 @@ private func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void)
     group.wait()
 }
 
-/// A fast, non-cryptographic generator for picking sessions.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 private func monotonicNanos() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -356,24 +343,6 @@ private func fixed(_ value: Double, _ digits: Int) -> String {
     guard digits > 0 else { return sign + whole }
     let fraction = String(scaled % unit)
     return sign + whole + "." + String(repeating: "0", count: digits - fraction.count) + fraction
-}
-
-private func jsonString(_ text: String) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case _ where scalar.value < 0x20:
-            let hex = String(scalar.value, radix: 16)
-            out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-        default: out.unicodeScalars.append(scalar)
-        }
-    }
-    return out + "\""
 }
 
 private func printError(_ message: String) {

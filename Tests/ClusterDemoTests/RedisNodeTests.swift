@@ -22,45 +22,48 @@ struct RedisNodeTests {
         return node
     }
 
-    @Test func anyNodeServesAnySession() throws {
+    /// Runs `body` with nodes "a" and "b" on a private redis-server of their own; stops all three afterwards.
+    static func withTwoNodes(_ body: (DemoNode, DemoNode) throws -> Void) throws {
         let redis = try RedisServerProcess()
         defer { redis.kill() }
-        let a = try Self.node("a", redisPort: redis.port)
+        let a = try node("a", redisPort: redis.port)
         defer { a.shutdown() }
-        let b = try Self.node("b", redisPort: redis.port)
+        let b = try node("b", redisPort: redis.port)
         defer { b.shutdown() }
-        let client = CurlClient()
-        let nodes = [a, b]
-        for i in 1...6 {
-            let node = nodes[i % 2]
-            let r = try client.request("POST", "http://127.0.0.1:\(node.port)/api/counter")
-            #expect(r.body == "{\"node\":\"\(i % 2 == 0 ? "a" : "b")\",\"count\":\(i)}")
+        try body(a, b)
+    }
+
+    @Test func anyNodeServesAnySession() throws {
+        try Self.withTwoNodes { a, b in
+            let client = CurlClient()
+            let nodes = [a, b]
+            for i in 1...6 {
+                let node = nodes[i % 2]
+                let r = try client.request("POST", "http://127.0.0.1:\(node.port)/api/counter")
+                #expect(r.body == "{\"node\":\"\(i % 2 == 0 ? "a" : "b")\",\"count\":\(i)}")
+            }
+            _ = try client.request("POST", "http://127.0.0.1:\(a.port)/api/login", body: "{\"user\":\"grace\"}")
+            let seen = try client.request("GET", "http://127.0.0.1:\(b.port)/api/session")
+            #expect(seen.body == "{\"node\":\"b\",\"count\":6,\"user\":\"grace\"}")
+            #expect(try client.request("GET", "http://127.0.0.1:\(a.port)/healthz").status == 200)
         }
-        _ = try client.request("POST", "http://127.0.0.1:\(a.port)/api/login", body: "{\"user\":\"grace\"}")
-        let seen = try client.request("GET", "http://127.0.0.1:\(b.port)/api/session")
-        #expect(seen.body == "{\"node\":\"b\",\"count\":6,\"user\":\"grace\"}")
-        #expect(try client.request("GET", "http://127.0.0.1:\(a.port)/healthz").status == 200)
     }
 
     @Test func aPOSTRetriedOnAnotherNodeIsNotAppliedTwice() throws {
-        let redis = try RedisServerProcess()
-        defer { redis.kill() }
-        let a = try Self.node("a", redisPort: redis.port)
-        defer { a.shutdown() }
-        let b = try Self.node("b", redisPort: redis.port)
-        defer { b.shutdown() }
-        let client = CurlClient()
-        _ = try client.request("POST", "http://127.0.0.1:\(a.port)/api/counter")
-        // The balancer sent this POST to a, lost the answer, and retries it on b.
-        let first = try client.request(
-            "POST", "http://127.0.0.1:\(a.port)/api/counter", headers: ["Idempotency-Key: order-7"])
-        let retry = try client.request(
-            "POST", "http://127.0.0.1:\(b.port)/api/counter", headers: ["Idempotency-Key: order-7"])
-        #expect(first.body == "{\"node\":\"a\",\"count\":2}")
-        #expect(retry.body == first.body, "the retry is answered with the first response")
-        #expect(retry.header("Idempotent-Replayed") == ["true"])
-        #expect(retry.header("X-Served-By") == ["b"])
-        #expect(try client.request("GET", "http://127.0.0.1:\(b.port)/api/session").body.contains("\"count\":2"))
+        try Self.withTwoNodes { a, b in
+            let client = CurlClient()
+            _ = try client.request("POST", "http://127.0.0.1:\(a.port)/api/counter")
+            // The balancer sent this POST to a, lost the answer, and retries it on b.
+            let first = try client.request(
+                "POST", "http://127.0.0.1:\(a.port)/api/counter", headers: ["Idempotency-Key: order-7"])
+            let retry = try client.request(
+                "POST", "http://127.0.0.1:\(b.port)/api/counter", headers: ["Idempotency-Key: order-7"])
+            #expect(first.body == "{\"node\":\"a\",\"count\":2}")
+            #expect(retry.body == first.body, "the retry is answered with the first response")
+            #expect(retry.header("Idempotent-Replayed") == ["true"])
+            #expect(retry.header("X-Served-By") == ["b"])
+            #expect(try client.request("GET", "http://127.0.0.1:\(b.port)/api/session").body.contains("\"count\":2"))
+        }
     }
 
     @Test func aNodeStartsWithoutRedisAndRecoversWhenItComes() throws {

@@ -9,23 +9,8 @@ import Testing
 
 // MARK: - Deterministic randomness
 
-/// SplitMix64: a tiny, fast, seedable generator so every random test is reproducible.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// A value in `0..<bound` (bound > 0); cheaper than `Int.random(in:using:)` in debug builds.
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-
+// SplitMix64 (MiniHTTP's), seeded, keeps every random test reproducible.
+extension SplitMix64 {
     /// True with probability `percent`/100.
     mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
 }

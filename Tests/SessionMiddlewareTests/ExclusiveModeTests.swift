@@ -105,20 +105,6 @@ private func request(_ method: String, _ path: String, cookie: String? = nil) ->
 
 private func bodyText(_ response: HTTPResponse) -> String { String(decoding: response.body, as: UTF8.self) }
 
-/// Runs `body(i)` for i in 0..<count, each on its own thread, all at once.
-/// False when they have not all finished within `seconds`.
-private func onThreads(_ count: Int, seconds: Double, _ body: @escaping @Sendable (Int) -> Void) -> Bool {
-    let group = DispatchGroup()
-    for i in 0..<count {
-        group.enter()
-        Thread {
-            body(i)
-            group.leave()
-        }.start()
-    }
-    return group.wait(timeout: .now() + seconds) == .success
-}
-
 /// A node: the session middleware (optionally exclusive) on a real loopback socket.
 private final class CounterNode {
     let server: HTTPServer

@@ -4,25 +4,12 @@ import SessionCore
 import SessionRedis
 import Synchronization
 import Testing
+import TestSupport
 
 /// A counter with no synchronization at all: only a working lock keeps its
 /// read–sleep–write updates from getting lost.
 private final class UnguardedCounter: @unchecked Sendable {
     var value = 0
-}
-
-/// Runs `body(i)` for i in 0..<count, each on its own thread, all at once.
-/// False when they have not all finished within `seconds`.
-private func onThreads(_ count: Int, seconds: Double, _ body: @escaping @Sendable (Int) -> Void) -> Bool {
-    let group = DispatchGroup()
-    for i in 0..<count {
-        group.enter()
-        Thread {
-            body(i)
-            group.leave()
-        }.start()
-    }
-    return group.wait(timeout: .now() + seconds) == .success
 }
 
 private func millisSince(_ start: ContinuousClock.Instant) -> Int {

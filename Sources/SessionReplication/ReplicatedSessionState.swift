@@ -1,0 +1,399 @@
+import SessionCore
+
+// The merge-able session value of docs/replication.md (a state-based CRDT).
+//
+// Every merge below is a join: idempotent, commutative and associative, so
+// updates may be re-sent, duplicated or reordered and every node converges.
+// Local writes (`set`, `remove`, `increment`, `invalidate`, `regenerate`)
+// change the value and return the piece to replicate; peers `merge` it.
+//
+// Deviation from the design text: increments may be negative
+// (`SessionChange.increment(by:)` takes any Int64), so a node's cumulative
+// sum does not only grow. Each node's count therefore carries the stamp of
+// its latest increment, and the later stamp wins (not the larger sum).
+
+/// One node's increments on top of an attribute's epoch.
+public struct NodeCount: Sendable, Hashable {
+    /// The node's cumulative sum of increments in the epoch.
+    public var sum: Int64
+    /// The stamp of the node's latest increment; a later one replaces an earlier one.
+    public var stamp: HLCStamp
+
+    /// A node's count: its sum so far and the stamp of its latest increment.
+    public init(sum: Int64, stamp: HLCStamp) {
+        self.sum = sum
+        self.stamp = stamp
+    }
+}
+
+/// The replicated state of one attribute: the last `set` or `remove` (its
+/// epoch) and the increments made on top of it, per node.
+public struct AttributeState: Sendable, Hashable {
+    /// JSON bytes of the last `set`; nil for a `remove` (a tombstone) or when never set.
+    public private(set) var base: [UInt8]?
+    /// The stamp of the write that set `base`; `HLCStamp.zero` when never set.
+    public private(set) var epoch: HLCStamp
+    /// Node id → that node's increments in this epoch.
+    public private(set) var counts: [UInt32: NodeCount]
+
+    init(base: [UInt8]?, epoch: HLCStamp, counts: [UInt32: NodeCount] = [:]) {
+        self.base = base
+        self.epoch = epoch
+        self.counts = counts
+    }
+
+    /// The attribute's JSON bytes: when increments exist, the integer base
+    /// (0 for none or a tombstone) plus their sum (wrapping on overflow, the
+    /// same on every node); otherwise the base bytes; nil when absent.
+    /// A base that is not an integer ignores counts (a local `increment`
+    /// refuses it, so only a faulty peer could produce them).
+    public var value: [UInt8]? {
+        if counts.isEmpty { return base }
+        var total: Int64 = 0
+        if let base {
+            guard let n = decodeCounter(base) else { return base }
+            total = n
+        }
+        for count in counts.values { total &+= count.sum }
+        return encodeCounter(total)
+    }
+
+    /// Joins `other` into this state. The later epoch wins and brings its own
+    /// counts (a set or remove discards older increments); within one epoch,
+    /// each node's later count wins. Equal stamps with different contents
+    /// (only from a faulty peer) are still resolved the same everywhere.
+    public mutating func merge(_ other: AttributeState) {
+        if other.epoch != epoch || other.base != base {
+            if Self.precedes(self, other) { self = other }
+            return
+        }
+        for (node, theirs) in other.counts {
+            if let mine = counts[node], (theirs.stamp, theirs.sum) <= (mine.stamp, mine.sum) { continue }
+            counts[node] = theirs
+        }
+    }
+
+    /// Orders epochs: by stamp, then by base bytes (nil first).
+    private static func precedes(_ a: AttributeState, _ b: AttributeState) -> Bool {
+        if a.epoch != b.epoch { return a.epoch < b.epoch }
+        guard let bBase = b.base else { return false }
+        guard let aBase = a.base else { return true }
+        return aBase.lexicographicallyPrecedes(bBase)
+    }
+
+    /// The largest stamp the state carries.
+    var maxStamp: HLCStamp { counts.values.reduce(epoch) { max($0, $1.stamp) } }
+}
+
+/// One session as every node holds it: merge-able with any other copy or update of it.
+public struct ReplicatedSession: Sendable, Hashable {
+    /// Creation time (ms); merged by min.
+    public private(set) var createdAtMillis: Int64
+    /// Last access (ms), for the idle timeout; merged by max.
+    public private(set) var lastAccessMillis: Int64
+    /// The largest stamp applied: what read-your-writes compares.
+    public private(set) var version: HLCStamp
+    /// Attribute name → state, tombstones of removed attributes included.
+    /// Empty once the session is invalidated.
+    public private(set) var attributes: [String: AttributeState]
+    /// The stamp of the session's invalidation, if any. Invalidation is final:
+    /// the session keeps no data and ignores every later update, whatever its
+    /// stamp, so an ID never comes back (concurrent writes to a session being
+    /// invalidated are lost, as if they came first).
+    public private(set) var invalidated: HLCStamp?
+
+    /// A new, empty session created at `createdAtMillis` by the write stamped `stamp`.
+    public init(createdAtMillis: Int64, at stamp: HLCStamp) {
+        self.init(
+            createdAtMillis: createdAtMillis, lastAccessMillis: createdAtMillis, version: stamp, attributes: [:],
+            invalidated: nil)
+    }
+
+    init(
+        createdAtMillis: Int64, lastAccessMillis: Int64, version: HLCStamp, attributes: [String: AttributeState],
+        invalidated: HLCStamp?
+    ) {
+        self.createdAtMillis = createdAtMillis
+        self.lastAccessMillis = lastAccessMillis
+        self.version = version
+        self.attributes = invalidated == nil ? attributes : [:]
+        self.invalidated = invalidated
+    }
+
+    /// Whether the session was invalidated (its ID is dead).
+    public var isInvalidated: Bool { invalidated != nil }
+
+    /// Joins another copy of this session, or an update of it, into this one.
+    public mutating func merge(_ other: ReplicatedSession) {
+        createdAtMillis = min(createdAtMillis, other.createdAtMillis)
+        lastAccessMillis = max(lastAccessMillis, other.lastAccessMillis)
+        version = max(version, other.version)
+        if let theirs = other.invalidated { invalidate(at: theirs) }
+        for (name, state) in other.attributes { mergeAttribute(name, state) }
+    }
+
+    private mutating func mergeAttribute(_ name: String, _ state: AttributeState) {
+        guard invalidated == nil else { return }
+        if var mine = attributes[name] {
+            mine.merge(state)
+            attributes[name] = mine
+        } else {
+            attributes[name] = state
+        }
+    }
+
+    /// Applies a local write's attribute state stamped `stamp`; returns it.
+    private mutating func write(_ name: String, _ state: AttributeState, at stamp: HLCStamp) -> AttributeState {
+        mergeAttribute(name, state)
+        version = max(version, stamp)
+        return state
+    }
+
+    // MARK: Local writes. Each takes a fresh stamp from this node's clock and
+    // returns the attribute state to replicate. Call them on live sessions only.
+
+    /// Sets an attribute to JSON bytes: a new epoch.
+    public mutating func set(_ name: String, _ bytes: [UInt8], at stamp: HLCStamp) -> AttributeState {
+        write(name, AttributeState(base: bytes, epoch: stamp), at: stamp)
+    }
+
+    /// Removes an attribute: a new epoch with a tombstone.
+    public mutating func remove(_ name: String, at stamp: HLCStamp) -> AttributeState {
+        write(name, AttributeState(base: nil, epoch: stamp), at: stamp)
+    }
+
+    /// Adds `amount` to an integer attribute (absent counts as 0), as node
+    /// `stamp.node`. Throws `typeMismatch`, changing nothing, when the value is
+    /// not an integer or would overflow.
+    public mutating func increment(
+        _ name: String, by amount: Int64, at stamp: HLCStamp
+    ) throws(SessionStoreError) -> AttributeState {
+        let current = attributes[name] ?? AttributeState(base: nil, epoch: .zero)
+        var value: Int64 = 0
+        if let bytes = current.value {
+            guard let n = decodeCounter(bytes) else {
+                throw SessionStoreError(.typeMismatch, "attribute '\(name)' is not an integer")
+            }
+            value = n
+        }
+        let (sum, sumOverflow) = (current.counts[stamp.node]?.sum ?? 0).addingReportingOverflow(amount)
+        if sumOverflow || value.addingReportingOverflow(amount).overflow {
+            throw SessionStoreError(.typeMismatch, "attribute '\(name)' would overflow")
+        }
+        let state = AttributeState(
+            base: current.base, epoch: current.epoch, counts: [stamp.node: NodeCount(sum: sum, stamp: stamp)])
+        return write(name, state, at: stamp)
+    }
+
+    /// Applies one `SessionChange` (see `set`, `remove`, `increment`).
+    public mutating func apply(_ change: SessionChange, at stamp: HLCStamp) throws(SessionStoreError) -> AttributeState {
+        switch change {
+        case .set(let name, let bytes): set(name, bytes, at: stamp)
+        case .remove(let name): remove(name, at: stamp)
+        case .increment(let name, let amount): try increment(name, by: amount, at: stamp)
+        }
+    }
+
+    /// Applies a local delta's changes, each with a fresh stamp from `clock`,
+    /// all or nothing, and refreshes the idle timer. Returns the update to
+    /// send to every peer (the changed attributes and the delta's
+    /// idempotency record) and the value of every incremented attribute.
+    /// Refuses (`invalidValue`) names and values peers would refuse.
+    public mutating func apply(
+        _ delta: SessionDelta, clock: HybridLogicalClock, nowMillis: Int64
+    ) throws(SessionStoreError) -> (update: SessionUpdate, counters: [String: Int64]) {
+        var next = self
+        var changed: [String: AttributeState] = [:]
+        var counters: [String: Int64] = [:]
+        for change in delta.changes {
+            guard change.attribute.utf8.count <= SessionUpdate.maxNameBytes else {
+                throw SessionStoreError(.invalidValue, "attribute name longer than \(SessionUpdate.maxNameBytes) bytes")
+            }
+            if case .set(let name, let bytes) = change, bytes.count > SessionUpdate.maxValueBytes {
+                throw SessionStoreError(.invalidValue, "attribute '\(name)' longer than \(SessionUpdate.maxValueBytes) bytes")
+            }
+            let state = try next.apply(change, at: clock.now())
+            changed[change.attribute] = state  // each state includes the earlier ones of this delta
+            if case .increment(let name, _) = change {
+                counters[name] = next.attributes[name]?.value.flatMap(decodeCounter) ?? 0
+            }
+        }
+        next.touch(nowMillis: nowMillis)
+        self = next
+        let update = SessionUpdate(
+            id: delta.id, session: self, attributes: changed, idempotencyRecord: delta.idempotencyRecord)
+        return (update, counters)
+    }
+
+    /// Refreshes the idle timer (replicate with `SessionUpdate(id:session:attributes: [:])`).
+    public mutating func touch(nowMillis: Int64) {
+        lastAccessMillis = max(lastAccessMillis, nowMillis)
+    }
+
+    /// Invalidates the session: drops its data, keeps a tombstone (the
+    /// earliest invalidation stamp wins). Replicate `SessionUpdate(id:session:)`.
+    public mutating func invalidate(at stamp: HLCStamp) {
+        invalidated = min(invalidated ?? stamp, stamp)
+        attributes = [:]
+        version = max(version, stamp)
+    }
+
+    /// Moves this session to `newID`, against session fixation, as two
+    /// updates: the new ID's full state (same attribute states, creation time
+    /// kept, version `stamp`) and then the old ID's tombstone. This value
+    /// becomes the tombstone; the new ID's session is returned. Send both, in
+    /// that order: a late delta for the old ID is then discarded everywhere.
+    public mutating func regenerate(
+        from oldID: SessionID, to newID: SessionID, at stamp: HLCStamp, nowMillis: Int64
+    ) -> (newSession: ReplicatedSession, updates: [SessionUpdate]) {
+        let moved = ReplicatedSession(
+            createdAtMillis: createdAtMillis, lastAccessMillis: max(lastAccessMillis, nowMillis),
+            version: max(version, stamp), attributes: attributes, invalidated: nil)
+        invalidate(at: stamp)
+        return (moved, [SessionUpdate(id: newID, session: moved), SessionUpdate(id: oldID, session: self)])
+    }
+
+    /// What `SessionStore.load` returns: nil once invalidated. Expiry is the store's to check.
+    public func snapshot(id: SessionID) -> SessionSnapshot? {
+        guard invalidated == nil else { return nil }
+        return SessionSnapshot(
+            id: id, attributes: attributes.compactMapValues(\.value), createdAtMillis: createdAtMillis,
+            lastAccessedAtMillis: lastAccessMillis, version: version.packedVersion)
+    }
+}
+
+/// What a node sends its peers about one session (the `delta` message):
+/// part or all of its `ReplicatedSession`, plus the idempotency record of
+/// the request that produced it, so both arrive together.
+///
+/// A regenerated ID is two updates (see `ReplicatedSession.regenerate`):
+/// the new ID's full state, then the old ID's tombstone.
+public struct SessionUpdate: Sendable, Equatable {
+    /// The session the update is about.
+    public var id: SessionID
+    /// The session's times, version and invalidation, with only the attributes that changed.
+    public var state: ReplicatedSession
+    /// The record of the `Idempotency-Key` request that made the change, stored by every peer.
+    public var idempotencyRecord: IdempotencyRecord?
+
+    /// An update carrying `attributes` of `session` (all of them when nil: a full state).
+    public init(
+        id: SessionID, session: ReplicatedSession, attributes: [String: AttributeState]? = nil,
+        idempotencyRecord: IdempotencyRecord? = nil
+    ) {
+        self.id = id
+        self.state = ReplicatedSession(
+            createdAtMillis: session.createdAtMillis, lastAccessMillis: session.lastAccessMillis,
+            version: session.version, attributes: attributes ?? session.attributes, invalidated: session.invalidated)
+        self.idempotencyRecord = idempotencyRecord
+    }
+
+    // MARK: Wire form
+
+    /// The longest attribute name (and idempotency key or fingerprint) the decoder accepts.
+    public static let maxNameBytes = 1024
+    /// The longest attribute value the decoder accepts.
+    public static let maxValueBytes = 1 << 20
+    /// The most per-node counts one attribute may carry.
+    public static let maxNodesPerAttribute = 256
+    /// The longest idempotency record body the decoder accepts.
+    public static let maxRecordBodyBytes = 4 << 20
+
+    /// Writes the update; attributes and counts in sorted order, so equal updates encode equally.
+    public func encode(into w: inout WireWriter) {
+        w.string(id.rawValue)
+        w.i64(state.createdAtMillis)
+        w.i64(state.lastAccessMillis)
+        state.version.encode(into: &w)
+        w.bool(state.invalidated != nil)
+        state.invalidated?.encode(into: &w)
+        w.u32(UInt32(state.attributes.count))
+        for (name, attribute) in state.attributes.sorted(by: { $0.key < $1.key }) {
+            w.string(name)
+            w.bool(attribute.base != nil)
+            if let base = attribute.base { w.data(base) }
+            attribute.epoch.encode(into: &w)
+            w.u32(UInt32(attribute.counts.count))
+            for (node, count) in attribute.counts.sorted(by: { $0.key < $1.key }) {
+                w.u32(node)
+                w.i64(count.stamp.millis)
+                w.u32(count.stamp.counter)
+                w.i64(count.sum)
+            }
+        }
+        w.bool(idempotencyRecord != nil)
+        if let record = idempotencyRecord {
+            w.string(record.key)
+            w.string(record.fingerprint)
+            w.u32(UInt32(truncatingIfNeeded: record.response.status))
+            w.u32(UInt32(record.response.headers.count))
+            for header in record.response.headers {
+                w.u32(UInt32(header.count))
+                for part in header { w.string(part) }
+            }
+            w.data(record.response.body)
+            w.i64(record.ttlMillis)
+        }
+    }
+
+    /// Reads what `encode(into:)` wrote, checking every limit; does not require the end of input.
+    public init(from r: inout WireReader) throws(WireError) {
+        guard let id = SessionID(rawValue: try r.string(limit: 64)) else { throw WireError("invalid session id") }
+        let created = try r.i64()
+        let lastAccess = try r.i64()
+        let version = try HLCStamp(from: &r)
+        let invalidated = try r.bool() ? try HLCStamp(from: &r) : nil
+        var attributes: [String: AttributeState] = [:]
+        for _ in 0..<(try Self.count(&r)) {
+            let name = try r.string(limit: Self.maxNameBytes)
+            let base = try r.bool() ? try r.data(limit: Self.maxValueBytes) : nil
+            let epoch = try HLCStamp(from: &r)
+            var counts: [UInt32: NodeCount] = [:]
+            for _ in 0..<(try Self.count(&r, limit: Self.maxNodesPerAttribute)) {
+                let node = try r.u32()
+                let stamp = HLCStamp(millis: try r.i64(), counter: try r.u32(), node: node)
+                guard counts.updateValue(NodeCount(sum: try r.i64(), stamp: stamp), forKey: node) == nil else {
+                    throw WireError("attribute '\(name)' counts node \(node) twice")
+                }
+            }
+            let attribute = AttributeState(base: base, epoch: epoch, counts: counts)
+            guard attribute.maxStamp <= version else { throw WireError("attribute '\(name)' is newer than the version") }
+            guard attributes.updateValue(attribute, forKey: name) == nil else {
+                throw WireError("attribute '\(name)' appears twice")
+            }
+        }
+        if let invalidated, invalidated > version { throw WireError("invalidation is newer than the version") }
+        var record: IdempotencyRecord? = nil
+        if try r.bool() {
+            let key = try r.string(limit: Self.maxNameBytes)
+            let fingerprint = try r.string(limit: Self.maxNameBytes)
+            let status = try r.u32()
+            guard status <= 999 else { throw WireError("invalid status \(status)") }
+            var headers: [[String]] = []
+            for _ in 0..<(try Self.count(&r)) {
+                var header: [String] = []
+                for _ in 0..<(try Self.count(&r)) { header.append(try r.string()) }
+                headers.append(header)
+            }
+            let body = try r.data(limit: Self.maxRecordBodyBytes)
+            let ttl = try r.i64()
+            guard ttl >= 0 else { throw WireError("negative record TTL") }
+            record = IdempotencyRecord(
+                key: key, fingerprint: fingerprint,
+                response: StoredResponse(status: Int(status), headers: headers, body: body), ttlMillis: ttl)
+        }
+        self.id = id
+        self.state = ReplicatedSession(
+            createdAtMillis: created, lastAccessMillis: lastAccess, version: version, attributes: attributes,
+            invalidated: invalidated)
+        self.idempotencyRecord = record
+    }
+
+    /// A 4-byte element count, at most `limit` and at most the bytes left
+    /// (every element takes at least one), so a lying count fails at once.
+    private static func count(_ r: inout WireReader, limit: Int = .max) throws(WireError) -> Int {
+        let n = Int(try r.u32())
+        guard n <= min(limit, r.remaining) else { throw WireError("count \(n) exceeds the limit or the input") }
+        return n
+    }
+}

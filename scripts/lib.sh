@@ -1,0 +1,195 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/test.sh, bench-node.sh and bench-redis.sh.
+#
+# Sourced right after `set -euo pipefail`:
+#     script_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+#     # shellcheck source-path=SCRIPTDIR source=lib.sh
+#     source "$script_dir/lib.sh"
+# Sourcing it changes to the repository root, sources ensure-packages.sh
+# (ensure_packages, ensure_swift) and sets SCRATCH_PATH (SwiftPM's build
+# directory, default .build).
+#
+# State that `cleanup` (the EXIT trap, see install_traps) undoes, in order:
+#   stop_children  a function the script may define, to stop its own children
+#   watchdog_pid   the process start_watchdog started: stopped
+#   redis_pid      the redis-server start_redis started: stopped by its PID
+#   tmp_dir        the script's temp dir: removed
+# Also: child_pid, the command `run` is waiting for (the script's
+# stop_children stops it); redis_port, the port of that redis-server.
+
+lib_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$lib_dir/.." || exit
+
+# shellcheck source-path=SCRIPTDIR source=ensure-packages.sh
+source "$lib_dir/ensure-packages.sh"
+
+SCRATCH_PATH=${SCRATCH_PATH:-.build}
+
+tmp_dir=""
+child_pid=""
+watchdog_pid=""
+redis_pid=""
+redis_port=""
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# A free TCP port on 127.0.0.1 (python3 if present, else a bash probe).
+free_port() {
+    local port i
+    if command -v python3 >/dev/null 2>&1 && python3 -c '
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()' 2>/dev/null; then
+        return 0
+    fi
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# wait_gone PID — wait up to 10 s for PID to exit; false if it still runs.
+wait_gone() {
+    local pid=$1 i
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    ! kill -0 "$pid" 2>/dev/null
+}
+
+# kill_wait PID — SIGTERM, then reap it (no waiting for it to stop first).
+kill_wait() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# stop_pid NAME PID [SIGNAL] — SIGNAL (default TERM), wait up to 10 s, then SIGKILL.
+stop_pid() {
+    local name=$1 pid=$2 sig=${3:-TERM}
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    log "stopping $name (pid $pid)"
+    kill -"$sig" "$pid" 2>/dev/null || true
+    if ! wait_gone "$pid"; then
+        printf 'warning: %s (pid %s) did not stop on SIG%s; sending SIGKILL\n' "$name" "$pid" "$sig" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# cleanup — the EXIT trap: the script's stop_children (if it defines one),
+# then the watchdog, redis-server and the temp dir.
+cleanup() {
+    if declare -F stop_children >/dev/null; then
+        stop_children
+    fi
+    if [[ -n "$watchdog_pid" ]]; then
+        kill_wait "$watchdog_pid"
+        watchdog_pid=""
+    fi
+    if [[ -n "$redis_pid" ]]; then
+        stop_pid redis-server "$redis_pid"
+        redis_pid=""
+    fi
+    if [[ -n "$tmp_dir" ]]; then
+        rm -rf "$tmp_dir"
+        tmp_dir=""
+    fi
+}
+
+# install_traps — cleanup on exit; INT and TERM exit with 130 and 143.
+install_traps() {
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# run [--out OUTFILE] CMD... — run a long command as a background child and
+# wait for it, so that INT/TERM reach the traps at once instead of after the
+# command ends; meanwhile its PID is in child_pid and $tmp_dir/child.pid.
+# With --out, its stdout goes to OUTFILE and its stderr to OUTFILE.err.
+# Returns the command's exit code.
+run() {
+    local out="" status=0
+    if [[ "$1" == --out ]]; then
+        out=$2
+        shift 2
+    fi
+    if [[ -n "$out" ]]; then
+        "$@" </dev/null >"$out" 2>"$out.err" &
+    else
+        "$@" </dev/null &
+    fi
+    child_pid=$!
+    echo "$child_pid" >"$tmp_dir/child.pid"
+    wait "$child_pid" || status=$?
+    rm -f "$tmp_dir/child.pid"
+    child_pid=""
+    return "$status"
+}
+
+# build_release — build session-cluster in release mode; sets binary.
+build_release() {
+    log "building session-cluster (release, scratch path $SCRATCH_PATH)"
+    swift build -c release --product session-cluster --scratch-path "$SCRATCH_PATH"
+    binary="$SCRATCH_PATH/release/session-cluster"
+    [[ -x "$binary" ]] || die "$binary not found after the build"
+}
+
+# start_redis — a private redis-server on a free loopback port, no
+# persistence, its files in $tmp_dir; waits until it answers PING, and
+# retries on another port if the chosen one got taken. Sets redis_port and
+# redis_pid.
+start_redis() {
+    local attempt i started=""
+    for attempt in 1 2 3 4 5; do
+        redis_port=$(free_port) || die "no free loopback port found for redis-server"
+        log "starting redis-server on 127.0.0.1:$redis_port (attempt $attempt)"
+        redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+            --daemonize no --dir "$tmp_dir" --logfile "$tmp_dir/redis.log" \
+            </dev/null >"$tmp_dir/redis.out" 2>&1 &
+        redis_pid=$!
+        for ((i = 0; i < 100; i++)); do     # up to 10 s
+            if [[ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null || true)" == PONG ]]; then
+                started=1
+                break
+            fi
+            kill -0 "$redis_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        [[ -n "$started" ]] && break
+        if kill -0 "$redis_pid" 2>/dev/null; then
+            tail -n 20 "$tmp_dir/redis.log" "$tmp_dir/redis.out" >&2 || true
+            die "redis-server (pid $redis_pid) did not answer PING on port $redis_port within 10 s"
+        fi
+        wait "$redis_pid" 2>/dev/null || true
+        redis_pid=""
+        tail -n 5 "$tmp_dir/redis.log" "$tmp_dir/redis.out" >&2 || true
+    done
+    [[ -n "$started" ]] || die "redis-server could not be started (see its log above)"
+}
+
+# start_watchdog SIGNAL — should the script be killed with SIGKILL (no trap
+# runs), still send SIGNAL to the command `run` runs, stop redis-server and
+# remove the temp dir. Sets watchdog_pid.
+start_watchdog() {
+    local sig=$1
+    (
+        trap - INT TERM
+        while kill -0 "$$" 2>/dev/null; do sleep 1; done
+        if [[ -s "$tmp_dir/child.pid" ]]; then
+            kill -"$sig" "$(<"$tmp_dir/child.pid")" 2>/dev/null || true
+        fi
+        kill -TERM "$redis_pid" 2>/dev/null || true
+        wait_gone "$redis_pid" || true
+        rm -rf "$tmp_dir"
+    ) </dev/null >/dev/null 2>&1 &
+    watchdog_pid=$!
+}

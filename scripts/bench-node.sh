@@ -3,7 +3,8 @@
 # with wrk: nginx `/`, node `/healthz`, node `/api/session` with a session
 # cookie. Prints req/s, p99 latency, the ratio to nginx, and the node's RSS.
 #
-# Environment: DURATION (seconds per run, default 10), CONNECTIONS (default
+# Environment: DURATION (seconds per run, default 10), ROUNDS (interleaved
+# rounds, the median is reported, default 3), CONNECTIONS (default
 # 50), SCRATCH_PATH (SwiftPM build directory, default .build).
 set -euo pipefail
 
@@ -13,10 +14,12 @@ script_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$script_dir/lib.sh"
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-50}
 WARMUP=2
 THREADS=2
 
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "error: ROUNDS must be a positive integer, got '$ROUNDS'" >&2; exit 2; }
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "error: DURATION must be a positive integer (seconds), got '$DURATION'" >&2; exit 2; }
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || { echo "error: CONNECTIONS must be a positive integer, got '$CONNECTIONS'" >&2; exit 2; }
 ((CONNECTIONS >= THREADS)) || { echo "error: CONNECTIONS must be at least $THREADS (wrk threads)" >&2; exit 2; }
@@ -215,9 +218,14 @@ log "session cookie ok: GET /api/session -> $session_body"
 sleep 1
 idle_kb=$(rss_kb "$node_pid")
 
-bench "nginx /" "" "http://127.0.0.1:$nginx_port/"
-bench "node /healthz" "$node_pid" "$node_url/healthz"
-bench "node /api/session" "$node_pid" "$node_url/api/session" -H "Cookie: sid=$sid"
+# Interleaved rounds: on a small shared machine one run can be 30% off; the median of rounds is steadier.
+for ((round = 1; round <= ROUNDS; round++)); do
+    log "round $round of $ROUNDS"
+    bench "nginx /" "" "http://127.0.0.1:$nginx_port/"
+    bench "node /healthz" "$node_pid" "$node_url/healthz"
+    bench "node /api/session" "$node_pid" "$node_url/api/session" -H "Cookie: sid=$sid"
+done
+targets=3
 
 kill -0 "$node_pid" 2>/dev/null || { tail -n 20 "$tmp_dir/node.log" >&2; die "the node died during the benchmark"; }
 after_kb=$(rss_kb "$node_pid")
@@ -230,14 +238,34 @@ done
 
 echo
 echo "nproc: $cpus"
-echo "wrk:   wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency URL   (+ -H 'Cookie: sid=…' for /api/session; ${WARMUP}s warm-up before each)"
+echo "wrk:   $ROUNDS rounds of: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency URL   (+ -H 'Cookie: sid=…' for /api/session; ${WARMUP}s warm-up before each)"
 echo
-nginx_rps=${r_rps[0]}
-printf '%-20s %12s %10s %10s %9s %9s %14s\n' target "req/s" "p99 (ms)" "vs nginx" "non-2xx" "sock err" "node peak MB"
-for i in "${!r_name[@]}"; do
-    ratio=$(awk -v a="${r_rps[$i]}" -v b="$nginx_rps" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }')
-    printf '%-20s %12s %10s %10s %9s %9s %14s\n' "${r_name[$i]}" "${r_rps[$i]}" "${r_p99[$i]}" "$ratio" \
-        "${r_non2xx[$i]}" "${r_sockerr[$i]}" "${r_peak[$i]}"
+# median VALUES... — the middle value (the mean of the two middle ones for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+declare -a m_rps=() m_p99=() m_range=()
+for ((t = 0; t < targets; t++)); do
+    rps_list=() p99_list=()
+    for ((i = t; i < ${#r_name[@]}; i += targets)); do
+        rps_list+=("${r_rps[$i]}")
+        p99_list+=("${r_p99[$i]}")
+    done
+    m_rps+=("$(median "${rps_list[@]}")")
+    m_p99+=("$(median "${p99_list[@]}")")
+    m_range+=("$(printf '%s\n' "${rps_list[@]}" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f-%.0f", lo, hi }')")
+done
+nginx_rps=${m_rps[0]}
+echo "median of $ROUNDS interleaved rounds per target:"
+printf '%-20s %12s %15s %10s %10s %9s %9s %14s\n' target "req/s" "range" "p99 (ms)" "vs nginx" "non-2xx" "sock err" "node peak MB"
+for ((t = 0; t < targets; t++)); do
+    ratio=$(awk -v a="${m_rps[$t]}" -v b="$nginx_rps" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }')
+    non2xx=0 sockerr=0 peak="-"
+    for ((i = t; i < ${#r_name[@]}; i += targets)); do
+        non2xx=$((non2xx + r_non2xx[i]))
+        sockerr=$((sockerr + r_sockerr[i]))
+        [[ "${r_peak[$i]}" != "-" ]] && peak=${r_peak[$i]}
+    done
+    printf '%-20s %12s %15s %10s %10s %9s %9s %14s\n' "${r_name[$t]}" "${m_rps[$t]}" "${m_range[$t]}" "${m_p99[$t]}" \
+        "$ratio" "$non2xx" "$sockerr" "$peak"
 done
 echo
 echo "node RSS: idle before load $(kb_to_mb "$idle_kb") MB, peak under load $(kb_to_mb "$peak_kb") MB, after load $(kb_to_mb "$after_kb") MB"

@@ -28,14 +28,14 @@ public final class NodeMetrics: Sendable {
         storeErrors = Self.storeOperations.map { _ in ManagedAtomic(0) }
     }
 
-    private static func index(of value: String, in list: [String]) -> Int {
-        list.firstIndex(of: value) ?? list.count - 1
-    }
+    private static let routeIndex = Dictionary(uniqueKeysWithValues: routes.enumerated().map { ($1, $0) })
+    private static let methodIndex = Dictionary(uniqueKeysWithValues: methods.enumerated().map { ($1, $0) })
+    private static let statusIndex = Dictionary(uniqueKeysWithValues: statuses.enumerated().map { ($1, $0) })
 
     func recordRequest(method: String, route: String, status: Int, nanos: UInt64) {
-        let r = Self.index(of: route, in: Self.routes)
-        let m = Self.index(of: method, in: Self.methods)
-        let s = Self.statuses.firstIndex(of: status) ?? Self.statuses.count - 1
+        let r = Self.routeIndex[route] ?? Self.routes.count - 1
+        let m = Self.methodIndex[method] ?? Self.methods.count - 1
+        let s = Self.statusIndex[status] ?? Self.statuses.count - 1
         requests[(r * Self.methods.count + m) * Self.statuses.count + s].wrappingIncrement(ordering: .relaxed)
         requestLatency.record(nanos: nanos)
     }

@@ -46,8 +46,9 @@ public struct HTTPRequestHead: Sendable, Equatable {
 
     /// The path part of the target, without the query.
     public var path: String {
-        if let q = target.firstIndex(of: "?") { return String(target[..<q]) }
-        return target
+        // Scans bytes: every request asks for its path several times (routing, metrics).
+        guard let q = target.utf8.firstIndex(of: 63) else { return target }
+        return String(target[..<q])
     }
 
     /// The query part of the target, without the `?`, if any.
@@ -90,11 +91,20 @@ public protocol RequestStorageKey {
 
 /// Typed values attached to a request by middleware.
 public struct RequestStorage: Sendable {
-    private var values: [ObjectIdentifier: any Sendable] = [:]
+    // A few entries at most: a list beats a dictionary on every request.
+    private var values: [(key: ObjectIdentifier, value: any Sendable)] = []
     public init() {}
     public subscript<Key: RequestStorageKey>(_ key: Key.Type) -> Key.Value? {
-        get { values[ObjectIdentifier(key)] as? Key.Value }
-        set { values[ObjectIdentifier(key)] = newValue }
+        get {
+            let id = ObjectIdentifier(key)
+            for entry in values where entry.key == id { return entry.value as? Key.Value }
+            return nil
+        }
+        set {
+            let id = ObjectIdentifier(key)
+            values.removeAll { $0.key == id }
+            if let newValue { values.append((id, newValue)) }
+        }
     }
 }
 

@@ -386,8 +386,10 @@ final class ServerLoop: @unchecked Sendable {
         }
     }
 
+    /// Accepts a few connections per wake-up, so that the other loops (woken
+    /// one at a time by EPOLLEXCLUSIVE) get their share of a burst.
     private func acceptAll() {
-        while true {
+        for _ in 0..<4 {
             let fd = cepoll_accept(listenFD)
             if fd < 0 {
                 if errno == EINTR || errno == ECONNABORTED { continue }

@@ -192,11 +192,11 @@ printf 'ratio  round trips/s / slower (%s) rps        %sx\n' "$slower_name" "$ra
 printf 'ratio  round trips/s / GET+SET pairs/s (%s)  %sx   (1.0x = a round trip costs one bare GET plus one bare SET)\n' "$pair_rps" "$ratio_pair"
 echo
 echo "How to read it: a round trip is what one request costs the store: a load (a read, like GET) and a"
-echo "save (a write, like SET), i.e. two Redis commands (EVALSHA of the load script, EVALSHA of the apply"
+echo "save (a write, like SET), i.e. two Redis commands (HGETALL for the load, EVALSHA of the apply"
 echo "script). So round trips/s are compared with the mean of GET and SET requests/s: a client doing a"
 echo "bare GET then SET per round trip at the same concurrency would reach about 0.5x, so the target"
 echo ">= 0.5x means the session store costs no more than a bare GET+SET pair. 'redis us/call' is Redis's"
-echo "own time per command (INFO commandstats; for bench-store, two EVALSHAs per round trip, Lua"
+echo "own time per command (INFO commandstats; for bench-store, the HGETALL and the EVALSHA per round trip, Lua"
 echo "included); 'redis CPU' and 'client CPU' are CPU time over wall time of each phase (100% = one core;"
 echo "bench-store's client CPU includes its session set-up and 1s warm-up). Everything shares $cpus CPUs."
 echo

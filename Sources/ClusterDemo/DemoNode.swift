@@ -99,6 +99,7 @@ public final class DemoNode: Sendable {
         let metrics = metrics
         let memory = memoryStore
         let redis = redisClient
+        let healthyBody = Array("{\"status\":\"ok\",\"node\":\(jsonQuoted(nodeID))}".utf8)  // built once
         router.get("/healthz") { _ in
             guard readyFlag.isReady else {
                 return .json("{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID))}", status: 503)
@@ -108,7 +109,7 @@ public final class DemoNode: Sendable {
                     "{\"status\":\"unavailable\",\"node\":\(jsonQuoted(nodeID)),\"reason\":\(jsonQuoted(problem))}",
                     status: 503)
             }
-            return .json("{\"status\":\"ok\",\"node\":\(jsonQuoted(nodeID))}")
+            return HTTPResponse(status: 200, headers: ["Content-Type": "application/json"], body: healthyBody)
         }
         router.get("/api/session") { request in
             let session = try request.session()

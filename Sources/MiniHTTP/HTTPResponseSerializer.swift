@@ -8,7 +8,11 @@ public enum HTTPResponseSerializer {
     ) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(128 + response.body.count + response.headers.count * 32)
-        out.append(contentsOf: "\(version) \(response.status) \(reasonPhrase(response.status))\r\n".utf8)
+        if version == .http1_1, let line = statusLines[response.status] {
+            out.append(contentsOf: line)
+        } else {
+            out.append(contentsOf: "\(version) \(response.status) \(reasonPhrase(response.status))\r\n".utf8)
+        }
         let bodyless = response.status < 200 || response.status == 204 || response.status == 304
         for field in response.headers {
             if asciiCaseInsensitiveEquals(field.name, "content-length")
@@ -35,13 +39,28 @@ public enum HTTPResponseSerializer {
         return out
     }
 
+    /// Status lines of HTTP/1.1 responses, built once.
+    private static let statusLines: [Int: [UInt8]] = Dictionary(
+        uniqueKeysWithValues: [100, 200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422,
+                               429, 431, 500, 501, 502, 503, 504, 505].map {
+            ($0, Array("HTTP/1.1 \($0) \(reasonPhrase($0))\r\n".utf8))
+        })
+
     private static func appendField(_ out: inout [UInt8], _ name: String, _ value: String) {
         // A name can only hold token characters; anything else is dropped so it cannot split the head.
-        for b in name.utf8 where isTokenByte(b) { out.append(b) }
+        if name.utf8.allSatisfy(isTokenByte) {
+            out.append(contentsOf: name.utf8)
+        } else {
+            for b in name.utf8 where isTokenByte(b) { out.append(b) }
+        }
         out.append(58)
         out.append(32)
-        // Never let a value split the header: CR and LF become spaces.
-        for b in value.utf8 { out.append(b == 13 || b == 10 || b == 0 ? 32 : b) }
+        // Never let a value split the header: CR, LF and NUL become spaces.
+        if value.utf8.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 }) {
+            for b in value.utf8 { out.append(b == 13 || b == 10 || b == 0 ? 32 : b) }
+        } else {
+            out.append(contentsOf: value.utf8)
+        }
         out.append(13)
         out.append(10)
     }

@@ -58,15 +58,9 @@ public struct HTTPRequestParser: Sendable {
     }
 
     private mutating func compactIfUseful() {
-        if readIndex == buffer.count {
-            buffer.removeAll(keepingCapacity: true)
-            scanIndex = 0
-            readIndex = 0
-        } else if readIndex > 8192 && readIndex * 2 > buffer.count {
-            buffer.removeFirst(readIndex)
-            scanIndex -= readIndex
-            readIndex = 0
-        }
+        let dropped = compactConsumed(&buffer, readIndex: readIndex)
+        readIndex -= dropped
+        scanIndex = max(0, scanIndex - dropped)
     }
 
     /// The next parse event, or nil when more input is needed.
@@ -380,6 +374,21 @@ public struct HTTPRequestParser: Sendable {
         }
         return size
     }
+}
+
+/// Drops the consumed front of an input buffer (everything before `readIndex`)
+/// when that pays: at once when all is consumed, else once it is over half.
+/// Returns how many bytes were dropped; read positions move down by as many.
+public func compactConsumed(_ buffer: inout [UInt8], readIndex: Int) -> Int {
+    if readIndex == buffer.count {
+        buffer.removeAll(keepingCapacity: true)
+        return readIndex
+    }
+    if readIndex > 8192 && readIndex * 2 > buffer.count {
+        buffer.removeFirst(readIndex)
+        return readIndex
+    }
+    return 0
 }
 
 @inline(__always) func isDigit(_ b: UInt8) -> Bool { b >= 48 && b <= 57 }

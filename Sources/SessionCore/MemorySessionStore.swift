@@ -108,15 +108,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
                 case .remove(let name):
                     entry.attributes[name] = nil
                 case .increment(let name, let by):
-                    var current: Int64 = 0
-                    if let bytes = entry.attributes[name] {
-                        guard let n = decodeCounter(bytes) else {
-                            throw SessionStoreError(.typeMismatch, "attribute '\(name)' is not an integer")
-                        }
-                        current = n
-                    }
-                    let (sum, overflow) = current.addingReportingOverflow(by)
-                    if overflow { throw SessionStoreError(.typeMismatch, "attribute '\(name)' would overflow") }
+                    let sum = try incrementedCounter(entry.attributes[name], by: by, attribute: name)
                     entry.attributes[name] = encodeCounter(sum)
                     counters[name] = sum
                 }

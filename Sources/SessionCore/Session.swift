@@ -124,15 +124,7 @@ public final class Session: Sendable {
 
     private func deferredIncrement(_ name: String, by amount: Int64) throws -> Int64 {
         try state.withLock { s throws(SessionStoreError) -> Int64 in
-            var current: Int64 = 0
-            if let bytes = s.attributes[name] {
-                guard let n = decodeCounter(bytes) else {
-                    throw SessionStoreError(.typeMismatch, "attribute '\(name)' is not an integer")
-                }
-                current = n
-            }
-            let (value, overflow) = current.addingReportingOverflow(amount)
-            if overflow { throw SessionStoreError(.typeMismatch, "attribute '\(name)' would overflow") }
+            let value = try incrementedCounter(s.attributes[name], by: amount, attribute: name)
             s.attributes[name] = encodeCounter(value)
             let merged: SessionChange =
                 switch s.pending[name] {

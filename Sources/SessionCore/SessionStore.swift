@@ -187,5 +187,22 @@ public func decodeCounter(_ bytes: [UInt8]) -> Int64? {
     return Int64(String(decoding: bytes, as: UTF8.self))
 }
 
+/// The value of an integer attribute (`current`, or 0 when absent) plus `amount`.
+/// Throws `typeMismatch` when the attribute is not an integer or the sum overflows.
+public func incrementedCounter(_ current: [UInt8]?, by amount: Int64, attribute: String) throws(SessionStoreError)
+    -> Int64
+{
+    var value: Int64 = 0
+    if let current {
+        guard let n = decodeCounter(current) else {
+            throw SessionStoreError(.typeMismatch, "attribute '\(attribute)' is not an integer")
+        }
+        value = n
+    }
+    let (sum, overflow) = value.addingReportingOverflow(amount)
+    if overflow { throw SessionStoreError(.typeMismatch, "attribute '\(attribute)' would overflow") }
+    return sum
+}
+
 /// The JSON bytes of a counter value.
 public func encodeCounter(_ value: Int64) -> [UInt8] { Array(String(value).utf8) }

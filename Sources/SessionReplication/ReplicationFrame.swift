@@ -1,4 +1,5 @@
 import Crypto
+import MiniHTTP
 
 /// What a replication frame carries. The raw values are part of the wire
 /// protocol: never renumber them, only append. 0 is reserved and never valid,
@@ -167,13 +168,7 @@ public struct FrameDecoder: Sendable {
     }
 
     private mutating func compactIfUseful() {
-        if readIndex == buffer.count {
-            buffer.removeAll(keepingCapacity: true)
-            readIndex = 0
-        } else if readIndex > 8192 && readIndex * 2 > buffer.count {
-            buffer.removeFirst(readIndex)
-            readIndex = 0
-        }
+        readIndex -= compactConsumed(&buffer, readIndex: readIndex)
     }
 
     /// The next authenticated frame, or nil when more input is needed.

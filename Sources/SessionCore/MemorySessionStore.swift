@@ -43,7 +43,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
     }
 
     private let contents = Mutex(Contents())
-    private let sweeper = Mutex<(any DispatchSourceTimer)?>(nil)
+    private let sweeper = RepeatingTimer()
 
     public init(
         expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system, maxSessions: Int = 1_000_000,
@@ -198,20 +198,8 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
     /// Sweeps every `intervalMillis` on a background timer until
     /// `stopSweeper()` or the store is released.
     public func startSweeper(intervalMillis: Int = 60_000) {
-        sweeper.withLock { timer in
-            guard timer == nil else { return }
-            let source = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "session-sweeper"))
-            source.schedule(deadline: .now() + .milliseconds(intervalMillis), repeating: .milliseconds(intervalMillis))
-            source.setEventHandler { [weak self] in self?.sweep() }
-            source.resume()
-            timer = source
-        }
+        sweeper.start(label: "session-sweeper", intervalMillis: intervalMillis) { [weak self] in self?.sweep() }
     }
 
-    public func stopSweeper() {
-        sweeper.withLock { timer in
-            timer?.cancel()
-            timer = nil
-        }
-    }
+    public func stopSweeper() { sweeper.stop() }
 }

@@ -322,18 +322,7 @@ public struct SessionUpdate: Sendable, Equatable {
             }
         }
         w.bool(idempotencyRecord != nil)
-        if let record = idempotencyRecord {
-            w.string(record.key)
-            w.string(record.fingerprint)
-            w.u32(UInt32(truncatingIfNeeded: record.response.status))
-            w.u32(UInt32(record.response.headers.count))
-            for header in record.response.headers {
-                w.u32(UInt32(header.count))
-                for part in header { w.string(part) }
-            }
-            w.data(record.response.body)
-            w.i64(record.ttlMillis)
-        }
+        idempotencyRecord?.encode(into: &w)
     }
 
     /// Reads what `encode(into:)` wrote, checking every limit; does not require the end of input.
@@ -344,12 +333,12 @@ public struct SessionUpdate: Sendable, Equatable {
         let version = try HLCStamp(from: &r)
         let invalidated = try r.bool() ? try HLCStamp(from: &r) : nil
         var attributes: [String: AttributeState] = [:]
-        for _ in 0..<(try Self.count(&r)) {
+        for _ in 0..<(try r.count()) {
             let name = try r.string(limit: Self.maxNameBytes)
             let base = try r.bool() ? try r.data(limit: Self.maxValueBytes) : nil
             let epoch = try HLCStamp(from: &r)
             var counts: [UInt32: NodeCount] = [:]
-            for _ in 0..<(try Self.count(&r, limit: Self.maxNodesPerAttribute)) {
+            for _ in 0..<(try r.count(limit: Self.maxNodesPerAttribute)) {
                 let node = try r.u32()
                 let stamp = HLCStamp(millis: try r.i64(), counter: try r.u32(), node: node)
                 guard counts.updateValue(NodeCount(sum: try r.i64(), stamp: stamp), forKey: node) == nil else {
@@ -364,36 +353,47 @@ public struct SessionUpdate: Sendable, Equatable {
         }
         if let invalidated, invalidated > version { throw WireError("invalidation is newer than the version") }
         var record: IdempotencyRecord? = nil
-        if try r.bool() {
-            let key = try r.string(limit: Self.maxNameBytes)
-            let fingerprint = try r.string(limit: Self.maxNameBytes)
-            let status = try r.u32()
-            guard status <= 999 else { throw WireError("invalid status \(status)") }
-            var headers: [[String]] = []
-            for _ in 0..<(try Self.count(&r)) {
-                var header: [String] = []
-                for _ in 0..<(try Self.count(&r)) { header.append(try r.string()) }
-                headers.append(header)
-            }
-            let body = try r.data(limit: Self.maxRecordBodyBytes)
-            let ttl = try r.i64()
-            guard ttl >= 0 else { throw WireError("negative record TTL") }
-            record = IdempotencyRecord(
-                key: key, fingerprint: fingerprint,
-                response: StoredResponse(status: Int(status), headers: headers, body: body), ttlMillis: ttl)
-        }
+        if try r.bool() { record = try IdempotencyRecord(from: &r) }
         self.id = id
         self.state = ReplicatedSession(
             createdAtMillis: created, lastAccessMillis: lastAccess, version: version, attributes: attributes,
             invalidated: invalidated)
         self.idempotencyRecord = record
     }
+}
 
-    /// A 4-byte element count, at most `limit` and at most the bytes left
-    /// (every element takes at least one), so a lying count fails at once.
-    private static func count(_ r: inout WireReader, limit: Int = .max) throws(WireError) -> Int {
-        let n = Int(try r.u32())
-        guard n <= min(limit, r.remaining) else { throw WireError("count \(n) exceeds the limit or the input") }
-        return n
+extension IdempotencyRecord {
+    /// The record on the wire (inside a `SessionUpdate` or a `ReplicatedRecord`).
+    public func encode(into w: inout WireWriter) {
+        w.string(key)
+        w.string(fingerprint)
+        w.u32(UInt32(truncatingIfNeeded: response.status))
+        w.u32(UInt32(response.headers.count))
+        for header in response.headers {
+            w.u32(UInt32(header.count))
+            for part in header { w.string(part) }
+        }
+        w.data(response.body)
+        w.i64(ttlMillis)
+    }
+
+    /// Reads what `encode(into:)` wrote, with `SessionUpdate`'s limits.
+    public init(from r: inout WireReader) throws(WireError) {
+        let key = try r.string(limit: SessionUpdate.maxNameBytes)
+        let fingerprint = try r.string(limit: SessionUpdate.maxNameBytes)
+        let status = try r.u32()
+        guard status <= 999 else { throw WireError("invalid status \(status)") }
+        var headers: [[String]] = []
+        for _ in 0..<(try r.count()) {
+            var header: [String] = []
+            for _ in 0..<(try r.count()) { header.append(try r.string()) }
+            headers.append(header)
+        }
+        let body = try r.data(limit: SessionUpdate.maxRecordBodyBytes)
+        let ttl = try r.i64()
+        guard ttl >= 0 else { throw WireError("negative record TTL") }
+        self.init(
+            key: key, fingerprint: fingerprint,
+            response: StoredResponse(status: Int(status), headers: headers, body: body), ttlMillis: ttl)
     }
 }

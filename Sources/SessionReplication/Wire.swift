@@ -84,6 +84,14 @@ public struct WireReader: Sendable {
         }
     }
 
+    /// A 4-byte element count, at most `limit` and at most the bytes left
+    /// (every element takes at least one), so a lying count fails at once.
+    public mutating func count(limit: Int = .max) throws(WireError) -> Int {
+        let n = Int(try u32())
+        guard n <= min(limit, remaining) else { throw WireError("count \(n) exceeds the limit or the input") }
+        return n
+    }
+
     /// Throws unless every byte was read.
     public func expectEnd() throws(WireError) {
         guard isAtEnd else { throw WireError("\(remaining) unexpected trailing bytes") }

@@ -52,11 +52,6 @@ public struct HTTPRequestParser: Sendable {
         buffer.append(contentsOf: bytes)
     }
 
-    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        compactIfUseful()
-        buffer.append(contentsOf: bytes)
-    }
-
     private mutating func compactIfUseful() {
         let dropped = compactConsumed(&buffer, readIndex: readIndex)
         readIndex -= dropped

@@ -162,11 +162,6 @@ public struct FrameDecoder: Sendable {
         buffer.append(contentsOf: bytes)
     }
 
-    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        compactIfUseful()
-        buffer.append(contentsOf: bytes)
-    }
-
     private mutating func compactIfUseful() {
         readIndex -= compactConsumed(&buffer, readIndex: readIndex)
     }

@@ -64,7 +64,7 @@ let package = Package(
         .target(
             name: "ClusterDemo",
             dependencies: [
-                "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis",
+                "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis", "SessionReplication",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -72,7 +72,7 @@ let package = Package(
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis",
+                "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -91,7 +91,8 @@ let package = Package(
         .testTarget(
             name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "SessionRedis", "TestSupport"]),
         .testTarget(
-            name: "ClusterDemoTests", dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "TestSupport"]),
+            name: "ClusterDemoTests",
+            dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

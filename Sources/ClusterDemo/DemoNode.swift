@@ -8,6 +8,7 @@ import MiniHTTP
 import SessionCore
 import SessionMiddleware
 import SessionRedis
+import SessionReplication
 import Synchronization
 
 /// Where a node keeps its sessions.
@@ -16,12 +17,15 @@ public enum SessionStrategy: String, Sendable, CaseIterable {
     case local
     /// In Redis: any node serves any session; nodes keep nothing.
     case redis
+    /// In every node's memory, each change replicated to every peer.
+    case replicate
 
     /// Handler threads when not configured: 0 runs handlers on the event loops.
     public var defaultHandlerThreads: Int {
         switch self {
         case .local: 0
         case .redis: 64  // Redis calls block
+        case .replicate: 64  // sync writes wait for peers; reads may wait for a newer copy
         }
     }
 }
@@ -41,6 +45,8 @@ public struct DemoNodeConfiguration: Sendable {
     public var redis: RedisConfiguration?
     /// Serialize each session's requests across the cluster with the Redis lock (`redis` strategy only).
     public var exclusiveSessions = false
+    /// Peers, secret and mode, for the `replicate` strategy (its node id is also the stores').
+    public var replication: ReplicationConfiguration?
 
     public init(
         nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
@@ -66,27 +72,42 @@ public final class DemoNode: Sendable {
     public let server: HTTPServer
     let memoryStore: MemorySessionStore?
     let redisClient: RedisClient?
+    /// The replication node, for the `replicate` strategy.
+    public let replication: ReplicationNode?
     private let ready = ReadinessFlag()
 
-    public init(configuration: DemoNodeConfiguration, logger: Logger) {
+    /// Throws when the `replicate` strategy's port or secret is unusable.
+    public init(configuration: DemoNodeConfiguration, logger: Logger) throws {
         self.configuration = configuration
         let base: any SessionStore & IdempotencyStore
         var exclusive: (any SessionRequestLock)? = nil
+        var memoryStore: MemorySessionStore? = nil
+        var redisClient: RedisClient? = nil
+        var replication: ReplicationNode? = nil
         switch configuration.strategy {
         case .local:
             let memory = MemorySessionStore(expiry: configuration.expiry)
             memory.startSweeper(intervalMillis: 30_000)
             memoryStore = memory
-            redisClient = nil
             base = memory
         case .redis:
             // Nothing is contacted here: a node starts while Redis is down and recovers when it returns.
             let client = RedisClient(configuration: configuration.redis ?? RedisConfiguration(), logger: logger)
-            memoryStore = nil
             redisClient = client
             base = RedisSessionStore(client: client, expiry: configuration.expiry, logger: logger)
             if configuration.exclusiveSessions { exclusive = RedisSessionLock(client: client, logger: logger) }
+        case .replicate:
+            guard let settings = configuration.replication else {
+                throw ReplicationConfigurationError("the replicate strategy needs peers and a cluster secret")
+            }
+            let store = ReplicatedSessionStore(node: settings.nodeID, expiry: configuration.expiry)
+            store.startSweeper(intervalMillis: 30_000)
+            replication = try ReplicationNode(store: store, configuration: settings, logger: logger)
+            base = store
         }
+        self.memoryStore = memoryStore
+        self.redisClient = redisClient
+        self.replication = replication
         let store = InstrumentedSessionStore(base, metrics: metrics)
         let sessions = SessionMiddleware(
             store: store, configuration: SessionConfiguration(signingKey: configuration.cookieSecret, exclusive: exclusive),
@@ -99,10 +120,16 @@ public final class DemoNode: Sendable {
         let metrics = metrics
         let memory = memoryStore
         let redis = redisClient
+        let replicated = replication
         let healthyBody = Array("{\"status\":\"ok\",\"node\":\(jsonQuoted(nodeID))}".utf8)  // built once
         router.get("/healthz") { _ in
             guard readyFlag.isReady else {
                 return .json("{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID))}", status: 503)
+            }
+            if let replicated, !replicated.isReady {
+                return .json(
+                    "{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID)),\"reason\":\"receiving sessions from peers\"}",
+                    status: 503)
             }
             if let redis, let problem = redis.healthProblem() {
                 return .json(
@@ -141,7 +168,8 @@ public final class DemoNode: Sendable {
         router.get("/metrics") { _ in
             HTTPResponse(
                 status: 200, contentType: "text/plain; version=0.0.4",
-                body: metrics.render(node: nodeID, sessions: memory?.count))
+                body: metrics.render(node: nodeID, sessions: memory?.count ?? replicated?.store.count)
+                    + (replicated?.renderMetrics() ?? ""))
         }
         router.get("/") { _ in
             HTTPResponse(status: 200, contentType: "text/html; charset=utf-8", body: DemoPage.html)
@@ -162,8 +190,10 @@ public final class DemoNode: Sendable {
         return "{\"node\":\(jsonQuoted(node)),\"count\":\(count),\"user\":\(user)}"
     }
 
-    /// Starts serving; `/healthz` answers 200 from then on.
+    /// Starts serving; `/healthz` answers 200 from then on (with `replicate`:
+    /// once the state transfer from a peer is done).
     public func start() throws {
+        replication?.start()
         try server.start()
         ready.set(true)
     }
@@ -175,6 +205,8 @@ public final class DemoNode: Sendable {
     public func shutdown() {
         ready.set(false)
         server.shutdown()
+        replication?.shutdown()
+        replication?.store.stopSweeper()
         memoryStore?.stopSweeper()
     }
 }

@@ -154,6 +154,8 @@ public struct InstrumentedSessionStore: SessionStore, IdempotencyStore {
         try timed("regenerate") { try base.regenerate(id, to: newID) }
     }
     public func invalidate(_ id: SessionID) throws { try timed("invalidate") { try base.invalidate(id) } }
+    public func readToken(for id: SessionID) -> String? { base.readToken(for: id) }
+    public func catchUp(_ id: SessionID, to token: String) -> Bool { base.catchUp(id, to: token) }
     public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
         try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
     }
@@ -161,4 +163,3 @@ public struct InstrumentedSessionStore: SessionStore, IdempotencyStore {
     public func abandon(key: String) throws { try base.abandon(key: key) }
 }
 
-func monotonicNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }

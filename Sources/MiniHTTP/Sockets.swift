@@ -119,6 +119,12 @@ public enum Sockets {
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
+    /// Sets the receive timeout (SO_RCVTIMEO); 0 for none.
+    public static func setReceiveTimeout(_ fd: Int32, millis: Int) {
+        var tv = timeval(tv_sec: millis / 1000, tv_usec: (millis % 1000) * 1000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Writes all of `bytes`; false when the peer is gone or the send timed out.
     public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { raw in

@@ -32,6 +32,8 @@ public final class Session: Sendable {
         var issueCookie = false
         /// The client's cookie must be expired (invalidated, no new session).
         var expireCookie = false
+        /// This request changed the session in the store (a write or a new ID).
+        var wroteToStore = false
     }
 
     private let state: Mutex<State>
@@ -51,6 +53,9 @@ public final class Session: Sendable {
 
     /// The stored version as last seen by this request (0 when none).
     public var version: UInt64 { state.withLock { $0.version } }
+
+    /// Whether this request changed the session in the store (a write or a new ID).
+    public var wroteToStore: Bool { state.withLock { $0.wroteToStore } }
 
     /// Whether the session holds no attributes.
     public var isEmpty: Bool { state.withLock { $0.attributes.isEmpty } }
@@ -154,6 +159,7 @@ public final class Session: Sendable {
                 s.id = newID
                 s.issueCookie = true
                 s.expireCookie = false
+                s.wroteToStore = true
             }
         } else {
             // Expired meanwhile: what this request wrote becomes a new session.
@@ -249,6 +255,7 @@ public final class Session: Sendable {
             }
             s.id = usedID
             s.existsInStore = true
+            s.wroteToStore = true
             s.version = applied.version
             s.pending = [:]
             s.pendingOrder = []

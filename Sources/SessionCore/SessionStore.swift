@@ -179,6 +179,24 @@ public protocol SessionStore: Sendable {
 
     /// Deletes the session (a no-op when it does not exist).
     func invalidate(_ id: SessionID) throws
+
+    /// Read-your-writes, for stores whose copies on other nodes may lag
+    /// behind (replication). After a request wrote to session `id`, the
+    /// session middleware asks for a token naming this node's state of it
+    /// and gives it to the client in a cookie. nil (the default): every node
+    /// reads the same state (Redis, a single node's memory).
+    func readToken(for id: SessionID) -> String?
+
+    /// Waits, bounded, until this node's copy of `id` is at least as new as
+    /// `token` (from `readToken` on any node), fetching it from peers when
+    /// needed. Returns false when it gave up: the request then sees what this
+    /// node has. The default does nothing and returns true.
+    func catchUp(_ id: SessionID, to token: String) -> Bool
+}
+
+extension SessionStore {
+    public func readToken(for id: SessionID) -> String? { nil }
+    public func catchUp(_ id: SessionID, to token: String) -> Bool { true }
 }
 
 /// Reads a JSON integer (as written for counters) from attribute bytes.

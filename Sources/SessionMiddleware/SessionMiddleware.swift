@@ -21,6 +21,10 @@ public struct SessionConfiguration: Sendable {
     /// time across the cluster (see `ExclusiveSessions.swift`).
     public var exclusive: (any SessionRequestLock)?
 
+    /// The cookie carrying the read token of stores with read-your-writes
+    /// (`SessionStore.readToken`): `<cookieName>_rt`.
+    public var readTokenCookieName: String { cookieName + "_rt" }
+
     public init(
         cookieName: String = "sid", secureCookie: Bool = false, trustedProxies: Set<String> = ["127.0.0.1", "::1"],
         signingKey: [UInt8]? = nil, cookieDomain: String? = nil, exclusive: (any SessionRequestLock)? = nil
@@ -54,7 +58,8 @@ public struct SessionMiddleware: HTTPMiddleware {
     public func respond(to request: HTTPRequest, next: (HTTPRequest) throws -> HTTPResponse) throws -> HTTPResponse {
         let cookieID = request.cookie(configuration.cookieName).flatMap(verifiedID)
         let idempotency = request.storage[IdempotencyContext.Key.self]
-        let handle = LazySession(store: store, id: cookieID, deferWrites: idempotency != nil)
+        let readToken = cookieID == nil ? nil : request.cookie(configuration.readTokenCookieName)
+        let handle = LazySession(store: store, id: cookieID, readToken: readToken, deferWrites: idempotency != nil)
         var request = request
         request.storage[LazySession.Key.self] = handle
         do {
@@ -70,6 +75,10 @@ public struct SessionMiddleware: HTTPMiddleware {
                     // The session expired during the request and was started anew.
                     response.headers.remove(name: "Set-Cookie")
                     setCookie(action, on: &response, request: request)
+                }
+                if session.wroteToStore, let id = session.id, let token = store.readToken(for: id) {
+                    response.setCookie(cookie(
+                        name: configuration.readTokenCookieName, value: token, request: request, maxAge: nil))
                 }
                 return response
             }
@@ -105,9 +114,11 @@ public struct SessionMiddleware: HTTPMiddleware {
         }
     }
 
-    private func cookie(value: String, request: HTTPRequest, maxAge: Int?) -> SetCookie {
+    private func cookie(
+        name: String? = nil, value: String, request: HTTPRequest, maxAge: Int?
+    ) -> SetCookie {
         SetCookie(
-            name: configuration.cookieName, value: value, path: "/", domain: configuration.cookieDomain,
+            name: name ?? configuration.cookieName, value: value, path: "/", domain: configuration.cookieDomain,
             maxAge: maxAge, secure: isSecure(request), httpOnly: true, sameSite: .lax)
     }
 
@@ -156,12 +167,15 @@ final class LazySession: Sendable {
 
     let store: any SessionStore
     let id: SessionID?
+    /// The read token the client last received, if any.
+    let readToken: String?
     let deferWrites: Bool
     private let current = Mutex<Session?>(nil)
 
-    init(store: any SessionStore, id: SessionID?, deferWrites: Bool) {
+    init(store: any SessionStore, id: SessionID?, readToken: String? = nil, deferWrites: Bool) {
         self.store = store
         self.id = id
+        self.readToken = readToken
         self.deferWrites = deferWrites
     }
 
@@ -170,6 +184,7 @@ final class LazySession: Sendable {
 
     func session() throws -> Session {
         if let session = loaded { return session }
+        if let id, let readToken { _ = store.catchUp(id, to: readToken) }
         let snapshot = try id.flatMap { try store.load($0) }
         let session = Session(store: store, snapshot: snapshot, deferWrites: deferWrites)
         return current.withLock { current in

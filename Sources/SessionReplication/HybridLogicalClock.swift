@@ -37,6 +37,15 @@ public struct HLCStamp: Sendable, Hashable, Comparable, CustomStringConvertible 
 
     public var description: String { "\(millis).\(counter)@\(node)" }
 
+    /// Parses "millis.counter.node" (a read token); nil when malformed.
+    public init?(token: String) {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 20 }),
+            let millis = Int64(parts[0]), millis >= 0, let counter = UInt32(parts[1]), let node = UInt32(parts[2])
+        else { return nil }
+        self.init(millis: millis, counter: counter, node: node)
+    }
+
     /// Writes 16 bytes: millis, counter, node.
     public func encode(into w: inout WireWriter) {
         w.i64(millis)

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Dispatch
 import SessionCore
 import Synchronization
@@ -54,17 +59,42 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     struct Sinks {
         var onUpdate: (@Sendable ([SessionUpdate]) -> Void)?
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
+        var onFetch: (@Sendable (SessionID) -> Void)?
     }
 
+    /// How `catchUp` waits for a session newer than this node's copy.
+    public struct CatchUpPolicy: Sendable {
+        /// Wait this long for the change to arrive by itself...
+        public var waitMillis: Int64
+        /// ...then ask the peers for the session (`onFetch`) and wait this much longer.
+        public var fetchTimeoutMillis: Int64
+        public init(waitMillis: Int64 = 5, fetchTimeoutMillis: Int64 = 100) {
+            self.waitMillis = waitMillis
+            self.fetchTimeoutMillis = fetchTimeoutMillis
+        }
+    }
+
+    /// How many `catchUp` calls found the copy current, waited, fetched, or gave up.
+    public struct CatchUpCounts: Sendable, Equatable {
+        public var current = 0
+        public var waited = 0
+        public var fetched = 0
+        public var gaveUp = 0
+    }
+
+    public let catchUpPolicy: CatchUpPolicy
     private let contents = Mutex(Contents())
     private let sinks = Mutex(Sinks())
     private let sweeper = RepeatingTimer()
+    private let ready = Atomic<Bool>(true)
+    private let catchUps = Mutex(CatchUpCounts())
 
     /// A store for node `node` (the HLC's node id, unique in the cluster).
     public init(
         node: UInt32, expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system,
-        maxSessions: Int = 1_000_000, maxSessionBytes: Int = 64 * 1024
+        maxSessions: Int = 1_000_000, maxSessionBytes: Int = 64 * 1024, catchUpPolicy: CatchUpPolicy = CatchUpPolicy()
     ) {
+        self.catchUpPolicy = catchUpPolicy
         self.expiry = expiry
         self.clock = clock
         self.hlc = HybridLogicalClock(node: node, wallClock: clock.nowMillis)
@@ -87,12 +117,76 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         set { sinks.withLock { $0.onRecord = newValue } }
     }
 
+    /// Asks the peers for a session's full state, for `catchUp`; replies come back through `merge(_:)`.
+    public var onFetch: (@Sendable (SessionID) -> Void)? {
+        get { sinks.withLock { $0.onFetch } }
+        set { sinks.withLock { $0.onFetch = newValue } }
+    }
+
     /// Sessions and tombstones held, expired ones not yet swept included.
     public var count: Int { contents.withLock { $0.sessions.count } }
+
+    /// Whether the store serves requests. A replication node keeps it false
+    /// until its state transfer is done: until then every request fails with
+    /// `unavailable` (503) instead of seeing sessions that have not arrived.
+    public var isReady: Bool {
+        get { ready.load(ordering: .acquiring) }
+        set { ready.store(newValue, ordering: .releasing) }
+    }
+
+    private func checkReady() throws(SessionStoreError) {
+        guard isReady else {
+            throw SessionStoreError(.unavailable, "this node is still receiving the sessions from its peers")
+        }
+    }
+
+    // MARK: Read-your-writes
+
+    /// "millis.counter.node" of the session's version on this node.
+    public func readToken(for id: SessionID) -> String? {
+        contents.withLock { $0.sessions[id]?.version }.map { "\($0.millis).\($0.counter).\($0.node)" }
+    }
+
+    /// Polls for a copy at least as new as `token`: `catchUpPolicy.waitMillis`
+    /// for the change to arrive, then asks the peers (`onFetch`) and waits up
+    /// to `fetchTimeoutMillis` more. Malformed tokens and tokens from the
+    /// future (beyond the clock's drift limit: forged) are ignored at once.
+    public func catchUp(_ id: SessionID, to token: String) -> Bool {
+        guard let wanted = HLCStamp(token: token),
+            wanted.millis <= clock.nowMillis() + hlc.maxForwardDriftMillis
+        else { return false }
+        func isCurrent() -> Bool {
+            contents.withLock { ($0.sessions[id]?.version ?? .zero) >= wanted }
+        }
+        func poll(forMillis millis: Int64) -> Bool {
+            let deadline = monotonicNanos() + UInt64(max(0, millis)) * 1_000_000
+            while monotonicNanos() < deadline {
+                usleep(100)
+                if isCurrent() { return true }
+            }
+            return false
+        }
+        if isCurrent() {
+            catchUps.withLock { $0.current += 1 }
+            return true
+        }
+        if poll(forMillis: catchUpPolicy.waitMillis) {
+            catchUps.withLock { $0.waited += 1 }
+            return true
+        }
+        sinks.withLock { $0.onFetch }?(id)
+        let fetched = poll(forMillis: catchUpPolicy.fetchTimeoutMillis)
+        catchUps.withLock { fetched ? ($0.fetched += 1) : ($0.gaveUp += 1) }
+        return fetched
+    }
+
+    /// What `catchUp` has done so far.
+    public var catchUpCounts: CatchUpCounts { catchUps.withLock { $0 } }
 
     // MARK: SessionStore
 
     public func load(_ id: SessionID) throws -> SessionSnapshot? {
+        try checkReady()
         let now = clock.nowMillis()
         let (snapshot, touch) = contents.withLock { contents -> (SessionSnapshot?, SessionUpdate?) in
             guard var session = live(&contents, id, now: now) else { return (nil, nil) }
@@ -111,6 +205,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// Also returns nil for an invalidated ID, even with `createIfMissing`:
     /// a tombstoned ID is never reused.
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
+        try checkReady()
         let now = clock.nowMillis()
         let result = try contents.withLock { contents throws(SessionStoreError) -> (AppliedDelta, SessionUpdate)? in
             var session: ReplicatedSession
@@ -142,6 +237,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
+        try checkReady()
         let now = clock.nowMillis()
         let updates = contents.withLock { contents -> [SessionUpdate]? in
             guard var session = live(&contents, id, now: now) else { return nil }
@@ -157,6 +253,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     public func invalidate(_ id: SessionID) throws {
+        try checkReady()
         let now = clock.nowMillis()
         let update = contents.withLock { contents -> SessionUpdate? in
             guard var session = live(&contents, id, now: now) else { return nil }
@@ -198,6 +295,15 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         contents.withLock { $0.keep(record.record, expiresAt: record.expiresAtMillis, now: now) }
     }
 
+    /// The full state of one session or tombstone (nil when unknown or expired), for a peer's fetch.
+    public func fullState(of id: SessionID) -> SessionUpdate? {
+        let now = clock.nowMillis()
+        return contents.withLock { contents in
+            guard let session = contents.sessions[id], !isExpired(session, now: now) else { return nil }
+            return SessionUpdate(id: id, session: session)
+        }
+    }
+
     /// Every unexpired session and tombstone as a full-state update, in chunks
     /// of at most `chunkSize`, for a state transfer.
     public func snapshot(chunkSize: Int) -> [[SessionUpdate]] {
@@ -228,6 +334,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     // MARK: IdempotencyStore (claims are local; completed records replicate)
 
     public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
+        try checkReady()
         let now = clock.nowMillis()
         return contents.withLock { contents in
             if let record = contents.records[key], record.expiresAt > now {

@@ -1,32 +1,29 @@
 import Crypto
 import MiniHTTP
 
-/// What a replication frame carries. The raw values are part of the wire
-/// protocol: never renumber them, only append. 0 is reserved and never valid,
-/// so a run of zero bytes cannot pass for a frame header.
+/// What a replication frame carries (payloads in ReplicationMessages.swift).
+/// The raw values are part of the wire protocol: never renumber them, only
+/// append. 0 is reserved and never valid, so a run of zero bytes cannot pass
+/// for a frame header.
 public enum FrameType: UInt8, Sendable, CaseIterable {
     /// 1: the first frame each side sends (`HelloMessage`).
     case hello = 1
-    /// 2: a session's changed state (a delta; see docs/replication.md).
+    /// 2: sessions' changed states and idempotency records, with a sequence number (`UpdateBatch`).
     case update = 2
-    /// 3: a session was invalidated (a session tombstone).
-    case invalidate = 3
-    /// 4: a throttled idle-timer refresh.
-    case touch = 4
-    /// 5: acknowledges a sequence number (sync mode).
-    case ack = 5
-    /// 6: asks for a session by id (read-your-writes).
-    case fetch = 6
-    /// 7: the answer to a `fetch`.
-    case fetchReply = 7
-    /// 8: asks the peer for a full state transfer.
-    case snapshotRequest = 8
-    /// 9: one chunk of a state transfer.
-    case snapshotChunk = 9
-    /// 10: the end of a state transfer.
-    case snapshotEnd = 10
-    /// 11: keep-alive / liveness probe.
-    case ping = 11
+    /// 3: every update up to a sequence number was applied (`AckMessage`).
+    case ack = 3
+    /// 4: asks for a session's full state (`FetchRequest`, read-your-writes).
+    case fetch = 4
+    /// 5: the answer to a `fetch` (`FetchReply`).
+    case fetchReply = 5
+    /// 6: asks for a full state transfer (empty payload).
+    case snapshotRequest = 6
+    /// 7: one chunk of a state transfer (`UpdateBatch`, sequence number 0).
+    case snapshotChunk = 7
+    /// 8: the end of a state transfer (`SnapshotEnd`).
+    case snapshotEnd = 8
+    /// 9: keep-alive on an idle connection (empty payload, not answered).
+    case ping = 9
 }
 
 /// One authenticated message between two nodes: a type and opaque payload bytes.
@@ -234,11 +231,14 @@ public struct HelloMessage: Sendable, Equatable {
     public var protocolVersion: UInt32
     /// The replication address the sender listens on, e.g. "10.0.0.5:7400".
     public var address: String
+    /// Random per process start: tells a node's own address in the peer list
+    /// (same id, same incarnation) from another node misconfigured with its id.
+    public var incarnation: UInt64
 
     /// Throws when the name or address is too long.
     public init(
         nodeID: UInt32, nodeName: String, protocolVersion: UInt32 = HelloMessage.currentProtocolVersion,
-        address: String
+        address: String, incarnation: UInt64 = 0
     ) throws(WireError) {
         guard nodeName.utf8.count <= Self.maxNodeNameBytes else {
             throw WireError("node name of \(nodeName.utf8.count) bytes exceeds \(Self.maxNodeNameBytes)")
@@ -250,6 +250,7 @@ public struct HelloMessage: Sendable, Equatable {
         self.nodeName = nodeName
         self.protocolVersion = protocolVersion
         self.address = address
+        self.incarnation = incarnation
     }
 
     public func encode() -> [UInt8] {
@@ -258,6 +259,7 @@ public struct HelloMessage: Sendable, Equatable {
         w.string(nodeName)
         w.u32(protocolVersion)
         w.string(address)
+        w.u64(incarnation)
         return w.bytes
     }
 
@@ -268,8 +270,11 @@ public struct HelloMessage: Sendable, Equatable {
         let nodeName = try r.string(limit: maxNodeNameBytes)
         let protocolVersion = try r.u32()
         let address = try r.string(limit: maxAddressBytes)
+        let incarnation = try r.u64()
         try r.expectEnd()
-        return try HelloMessage(nodeID: nodeID, nodeName: nodeName, protocolVersion: protocolVersion, address: address)
+        return try HelloMessage(
+            nodeID: nodeID, nodeName: nodeName, protocolVersion: protocolVersion, address: address,
+            incarnation: incarnation)
     }
 
     /// This message as a `hello` frame.

@@ -4,6 +4,7 @@ import Logging
 import MiniHTTP
 import SessionCore
 import SessionRedis
+import SessionReplication
 
 #if canImport(Glibc)
 import Glibc
@@ -53,6 +54,21 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "Redis connections per node.")
     var redisPoolSize = 32
 
+    @Option(help: "Replication addresses of the cluster's nodes, host:port,... (--strategy replicate; may include this node's own).")
+    var peers: String?
+
+    @Option(help: "Port to listen on for peers (--strategy replicate).")
+    var replicationPort = 7401
+
+    @Option(help: "sync: answer after every live peer acknowledged; async: answer at once (--strategy replicate).")
+    var replicationMode = "async"
+
+    @Option(help: "Sync mode: how long to wait for a peer before marking it down, in milliseconds.")
+    var syncTimeoutMs = 100
+
+    @Option(help: "Key of the replication frames' HMAC, the same on every node (16+ bytes). Default: $SESSION_CLUSTER_SECRET.")
+    var clusterSecret: String?
+
     @Option(help: "Redis connect and command timeout, in milliseconds.")
     var redisTimeoutMs = 1000
 
@@ -68,6 +84,31 @@ struct NodeOptions: ParsableArguments {
         configuration.connectTimeoutMillis = redisTimeoutMs
         configuration.commandTimeoutMillis = redisTimeoutMs
         return configuration
+    }
+
+    func replicationConfiguration(nodeID: String) throws -> ReplicationConfiguration {
+        guard let mode = ReplicationConfiguration.Mode(rawValue: replicationMode) else {
+            throw ValidationError("--replication-mode must be sync or async")
+        }
+        let secretText = clusterSecret ?? getenv("SESSION_CLUSTER_SECRET").map { String(cString: $0) }
+        guard let secretText else {
+            throw ValidationError(
+                "--strategy replicate needs a cluster secret: --cluster-secret or SESSION_CLUSTER_SECRET (16+ bytes, the same on every node)")
+        }
+        guard secretText.utf8.count >= FrameCodec.minimumSecretByteCount else {
+            throw ValidationError("the cluster secret must be at least \(FrameCodec.minimumSecretByteCount) bytes")
+        }
+        guard (1...60_000).contains(syncTimeoutMs) else { throw ValidationError("--sync-timeout-ms must be 1...60000") }
+        guard (0...65535).contains(replicationPort) else { throw ValidationError("--replication-port must be 0...65535") }
+        let peerList: [PeerAddress]
+        do {
+            peerList = try PeerAddress.list(peers ?? "")
+        } catch {
+            throw ValidationError("--peers: \(error.message)")
+        }
+        return ReplicationConfiguration(
+            nodeName: nodeID, host: host, port: replicationPort, peers: peerList, secret: Array(secretText.utf8),
+            mode: mode, syncTimeoutMillis: syncTimeoutMs)
     }
 
     func nodeConfiguration(nodeID: String, port: Int) throws -> DemoNodeConfiguration {
@@ -96,6 +137,7 @@ struct NodeOptions: ParsableArguments {
             cookieSecret: secret, handlerThreads: handlerThreads,
             redis: strategy == .redis ? try redisConfiguration() : nil)
         configuration.exclusiveSessions = exclusiveSessions
+        if strategy == .replicate { configuration.replication = try replicationConfiguration(nodeID: nodeID) }
         return configuration
     }
 
@@ -125,7 +167,7 @@ extension SessionClusterCommand {
 
         func run() throws {
             let logger = try options.makeLogger(label: "node.\(nodeId)")
-            let node = DemoNode(configuration: try options.nodeConfiguration(nodeID: nodeId, port: port), logger: logger)
+            let node = try DemoNode(configuration: try options.nodeConfiguration(nodeID: nodeId, port: port), logger: logger)
             try node.start()
             let signal = waitForTerminationSignal()
             logger.info("signal received, draining", metadata: ["signal": "\(signal)"])
@@ -144,7 +186,7 @@ extension SessionClusterCommand {
 
         func run() throws {
             let logger = try options.makeLogger(label: "demo")
-            let node = DemoNode(configuration: try options.nodeConfiguration(nodeID: "node-1", port: port), logger: logger)
+            let node = try DemoNode(configuration: try options.nodeConfiguration(nodeID: "node-1", port: port), logger: logger)
             try node.start()
             let base = "http://\(options.host.contains(":") ? "[\(options.host)]" : options.host):\(node.port)"
             print("""

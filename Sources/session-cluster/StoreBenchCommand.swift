@@ -312,12 +312,6 @@ private func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void)
     group.wait()
 }
 
-private func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
 private func randomHex(bytes: Int) -> String {
     var rng = SystemRandomNumberGenerator()
     return (0..<bytes).map { _ in

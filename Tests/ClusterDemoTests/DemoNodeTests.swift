@@ -13,7 +13,7 @@ import TestSupport
     }
 
     @Test func endpointsDoWhatTheyPromise() throws {
-        let node = DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0), logger: Self.quietLogger())
+        let node = try DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0), logger: Self.quietLogger())
         try node.start()
         defer { node.shutdown() }
         let base = "http://127.0.0.1:\(node.port)"

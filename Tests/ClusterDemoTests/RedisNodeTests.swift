@@ -15,7 +15,7 @@ struct RedisNodeTests {
         redis.commandTimeoutMillis = 300
         redis.reconnectBackoffMillis = 20
         redis.maxReconnectBackoffMillis = 100
-        let node = DemoNode(
+        let node = try DemoNode(
             configuration: DemoNodeConfiguration(nodeID: id, port: 0, strategy: .redis, handlerThreads: 8, redis: redis),
             logger: DemoNodeTests.quietLogger())
         try node.start()

@@ -1,0 +1,91 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import MiniHTTP
+
+/// Why a replication connection ended.
+enum ConnectionEnd: Error, CustomStringConvertible {
+    /// The peer closed it, or it was shut down locally.
+    case closed
+    /// recv failed (a reset, or the idle timeout).
+    case failed(Int32)
+    /// The peer sent bytes that are not valid frames.
+    case badFrame(FrameError)
+    /// A valid frame that breaks the protocol (wrong type here, undecodable payload).
+    case protocolViolation(String)
+
+    var description: String {
+        switch self {
+        case .closed: "connection closed"
+        case .failed(let e): e == EAGAIN || e == EWOULDBLOCK ? "idle timeout" : "recv failed: errno \(e)"
+        case .badFrame(let error): "\(error)"
+        case .protocolViolation(let message): "protocol violation: \(message)"
+        }
+    }
+}
+
+/// The reading side of one blocking replication socket: frames out of bytes.
+struct FrameReader {
+    let fd: Int32
+    private var decoder: FrameDecoder
+    private var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+
+    init(fd: Int32, codec: FrameCodec) {
+        self.fd = fd
+        decoder = FrameDecoder(codec: codec)
+    }
+
+    /// Blocks for at least one complete frame; returns every complete frame received.
+    mutating func frames() throws(ConnectionEnd) -> [ReplicationFrame] {
+        while true {
+            var frames: [ReplicationFrame] = []
+            do {
+                while let frame = try decoder.next() { frames.append(frame) }
+            } catch {
+                throw .badFrame(error)
+            }
+            if !frames.isEmpty { return frames }
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { throw .closed }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .failed(errno)
+            }
+            buffer.withUnsafeBytes { decoder.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+    }
+}
+
+/// Shuts a socket down both ways: blocked reads and accepts on it return.
+func shutdownSocket(_ fd: Int32) {
+    _ = shutdown(fd, Int32(SHUT_RDWR))
+}
+
+extension FrameCodec {
+    /// The frames' bytes, back to back, for one write.
+    func encode(_ frames: [ReplicationFrame]) -> [UInt8] {
+        var out: [UInt8] = []
+        for frame in frames { out.append(contentsOf: encode(frame)) }
+        return out
+    }
+}
+
+/// Splits encoded items into `update`/`snapshotChunk` payloads of about `chunkBytes` each.
+func chunkedBatches(_ items: [[UInt8]], chunkBytes: Int, sequence: UInt64) -> [[UInt8]] {
+    var payloads: [[UInt8]] = []
+    var current: [UInt8] = []
+    var count = 0
+    for item in items {
+        if count > 0 && current.count + item.count > chunkBytes {
+            payloads.append(UpdateBatch.encode(sequence: sequence, itemCount: count, encodedItems: current))
+            current = []
+            count = 0
+        }
+        current.append(contentsOf: item)
+        count += 1
+    }
+    if count > 0 { payloads.append(UpdateBatch.encode(sequence: sequence, itemCount: count, encodedItems: current)) }
+    return payloads
+}

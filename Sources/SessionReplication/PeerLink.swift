@@ -1,0 +1,434 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import MiniHTTP
+import SessionCore
+
+/// This node's outbound connection to one peer: it sends this node's
+/// changes (and fetch and state-transfer requests) and reads the peer's
+/// acknowledgements and replies.
+///
+/// A writer thread connects (with backoff), says hello, then drains a
+/// bounded queue into `update` frames — several queued changes per frame
+/// when they pile up. A reader thread on the same socket reads acks,
+/// fetch replies and state-transfer chunks. Every new connection starts
+/// with a full resync (this node's whole state), so nothing lost while
+/// disconnected, or dropped from a full queue, stays lost.
+final class PeerLink: Sendable {
+    enum Phase: Sendable, Equatable {
+        case connecting
+        case connected
+        /// The address is this node's own: nothing to do.
+        case isSelf
+        case stopped
+    }
+
+    /// Where a state transfer requested from this peer stands.
+    enum Transfer: Sendable, Equatable {
+        case none
+        case requested
+        /// Done; `senderReady` tells whether the peer had its full state itself.
+        case done(senderReady: Bool, items: UInt64)
+    }
+
+    struct Pending {
+        var sequence: UInt64
+        var itemCount: Int
+        var bytes: [UInt8]
+    }
+
+    struct State {
+        var phase: Phase = .connecting
+        /// Bumped by every connection; a reader only reports on its own.
+        var generation = 0
+        var fd: Int32 = -1
+        var readerDone = true
+        var broken = false
+        var peer: HelloMessage?
+        var queue: [Pending] = []
+        var queuedBytes = 0
+        var control: [ReplicationFrame] = []
+        var needsResync = false
+        /// The last sequence number given out, and the highest the peer acknowledged.
+        var lastSequence: UInt64 = 0
+        var ackedSequence: UInt64 = 0
+        /// Sync mode: missed an acknowledgement deadline; not waited on until it catches up.
+        var lagging = false
+        var transfer: Transfer = .none
+        var lastError: String?
+    }
+
+    /// Condition 0: work for the writer; condition 1: acknowledgements (sync waiters).
+    private static let writerCondition = 0
+    private static let ackCondition = 1
+
+    let address: PeerAddress
+    private let node: ReplicationNodeCore
+    private let state = ConditionLock(State(), conditions: 2)
+
+    init(address: PeerAddress, node: ReplicationNodeCore) {
+        self.address = address
+        self.node = node
+    }
+
+    var phase: Phase { state.withLock { $0.phase } }
+    var isConnected: Bool { state.withLock { $0.phase == .connected } }
+    var transfer: Transfer { state.withLock { $0.transfer } }
+
+    /// A consistent view for metrics and status pages.
+    struct Status: Sendable {
+        var address: PeerAddress
+        var phase: Phase
+        var peerName: String?
+        var lagging: Bool
+        var queuedBytes: Int
+        var unacknowledged: UInt64
+        var lastError: String?
+    }
+
+    var status: Status {
+        state.withLock {
+            Status(
+                address: address, phase: $0.phase, peerName: $0.peer?.nodeName, lagging: $0.lagging,
+                queuedBytes: $0.queuedBytes, unacknowledged: $0.lastSequence - $0.ackedSequence, lastError: $0.lastError)
+        }
+    }
+
+    func start() {
+        startThread { [self] in runWriter() }
+    }
+
+    func stop() {
+        state.withLock { s in
+            s.phase = .stopped
+            if s.fd >= 0 { shutdownSocket(s.fd) }
+        }
+        state.broadcast(Self.writerCondition)
+        state.broadcast(Self.ackCondition)
+    }
+
+    // MARK: Sending
+
+    /// Queues encoded items; returns their sequence number, or nil when the
+    /// peer is not connected (the resync at the next connection covers them).
+    /// A full queue is dropped and replaced by a resync.
+    func enqueue(_ bytes: [UInt8], itemCount: Int) -> UInt64? {
+        let result = state.withLock { s -> (UInt64?, overflowed: Bool) in
+            guard s.phase == .connected else { return (nil, false) }
+            s.lastSequence += 1
+            var overflowed = false
+            if s.queuedBytes + bytes.count > node.configuration.maxQueueBytes {
+                s.queue = []
+                s.queuedBytes = 0
+                s.needsResync = true
+                overflowed = true
+            } else {
+                s.queue.append(Pending(sequence: s.lastSequence, itemCount: itemCount, bytes: bytes))
+                s.queuedBytes += bytes.count
+            }
+            return (s.lastSequence, overflowed)
+        }
+        if result.overflowed {
+            node.counters.add(\.queueOverflows)
+            node.logger.warning(
+                "replication queue to \(address) is full; dropped it, a full resync follows",
+                metadata: ["limit_bytes": "\(node.configuration.maxQueueBytes)"])
+        }
+        if result.0 != nil { state.signal(Self.writerCondition) }
+        return result.0
+    }
+
+    /// Sends a control frame (fetch, snapshot request) when connected; false otherwise.
+    @discardableResult
+    func send(control frame: ReplicationFrame) -> Bool {
+        let queued = state.withLock { s -> Bool in
+            guard s.phase == .connected else { return false }
+            s.control.append(frame)
+            return true
+        }
+        if queued { state.signal(Self.writerCondition) }
+        return queued
+    }
+
+    /// Asks the peer for its full state (the reader records the outcome in `transfer`).
+    func requestSnapshot() -> Bool {
+        state.withLock { $0.transfer = .requested }
+        return send(control: ReplicationFrame(type: .snapshotRequest))
+    }
+
+    /// Sync mode: waits until the peer acknowledged `sequence`. Returns
+    /// true at once for a peer marked lagging or disconnected; false when the
+    /// deadline passed (the peer is then marked lagging).
+    func waitForAck(_ sequence: UInt64, until deadlineNanos: UInt64) -> Bool {
+        let acknowledged = state.wait(
+            on: Self.ackCondition, until: deadlineNanos,
+            for: { $0.ackedSequence >= sequence || $0.lagging || $0.phase != .connected },
+            then: { s, done -> Bool in
+                if !done && !s.lagging {
+                    s.lagging = true
+                    return false
+                }
+                return true
+            })
+        if !acknowledged {
+            node.counters.add(\.syncTimeouts)
+            node.logger.warning(
+                "peer \(address) did not acknowledge within \(node.configuration.syncTimeoutMillis) ms; not waiting for it until it catches up")
+        }
+        return acknowledged
+    }
+
+    // MARK: Writer thread
+
+    private func runWriter() {
+        var backoff = node.configuration.reconnectBackoffMillis.first
+        while true {
+            if case .stopped = phase { return }
+            switch connect() {
+            case .connected(let fd, let generation):
+                backoff = node.configuration.reconnectBackoffMillis.first
+                let peerName = state.withLock { $0.peer?.nodeName ?? "?" }
+                node.logger.info("replicating to \(address) (\(peerName))")
+                startThread { [self] in runReader(fd: fd, generation: generation) }
+                writeUntilBroken(fd: fd, generation: generation)
+                closeConnection(fd: fd, generation: generation)
+            case .isSelf:
+                node.logger.debug("peer address \(address) is this node; skipped")
+                return
+            case .failed(let reason):
+                let first = state.withLock { s -> Bool in
+                    defer { s.lastError = reason }
+                    return s.lastError != reason
+                }
+                if first { node.logger.notice("cannot replicate to \(address): \(reason); retrying") }
+            }
+            if case .stopped = phase { return }
+            usleep(UInt32(min(backoff, 60_000)) * 1000)
+            backoff = min(backoff * 2, node.configuration.reconnectBackoffMillis.max)
+        }
+    }
+
+    private enum ConnectOutcome {
+        case connected(Int32, generation: Int)
+        case isSelf
+        case failed(String)
+    }
+
+    /// Connects and exchanges hellos; on success the link is `connected` and a resync is due.
+    private func connect() -> ConnectOutcome {
+        let config = node.configuration
+        let fd: Int32
+        do {
+            fd = try Sockets.connect(
+                host: address.host, port: address.port, timeoutMillis: Int32(config.connectTimeoutMillis))
+        } catch {
+            return .failed("\(error)")
+        }
+        Sockets.setNoDelay(fd)
+        Sockets.setReceiveTimeout(fd, millis: config.connectTimeoutMillis)
+        Sockets.setSendTimeout(fd, millis: config.connectTimeoutMillis)
+        guard Sockets.writeAll(fd, node.codec.encode(node.hello.frame)) else {
+            close(fd)
+            return .failed("sending hello failed")
+        }
+        var reader = FrameReader(fd: fd, codec: node.codec)
+        let hello: HelloMessage
+        do {
+            let frames = try reader.frames()
+            guard frames.count == 1, frames[0].type == .hello else {
+                throw ConnectionEnd.protocolViolation("expected exactly a hello first")
+            }
+            hello = try HelloMessage.decode(frames[0].payload)
+        } catch {
+            close(fd)
+            return .failed("handshake: \(error)")
+        }
+        if hello.nodeID == node.hello.nodeID {
+            close(fd)
+            if hello.incarnation == node.hello.incarnation {
+                state.withLock { $0.phase = .isSelf }
+                return .isSelf
+            }
+            node.logger.error(
+                "peer \(address) ('\(hello.nodeName)') has this node's id \(hello.nodeID): node ids must be unique")
+            return .failed("duplicate node id \(hello.nodeID)")
+        }
+        guard hello.protocolVersion == HelloMessage.currentProtocolVersion else {
+            close(fd)
+            return .failed("peer speaks protocol \(hello.protocolVersion), this node \(HelloMessage.currentProtocolVersion)")
+        }
+        // After the hello: no receive timeout (acks come only when we send), a send timeout against a stalled peer.
+        Sockets.setReceiveTimeout(fd, millis: 0)
+        Sockets.setSendTimeout(fd, millis: config.peerIdleTimeoutMillis)
+        return state.withLock { s -> ConnectOutcome in
+            guard s.phase != .stopped else {
+                close(fd)
+                return .failed("stopped")
+            }
+            s.phase = .connected
+            s.generation += 1
+            s.fd = fd
+            s.peer = hello
+            s.broken = false
+            s.readerDone = false
+            s.queue = []
+            s.queuedBytes = 0
+            s.control = []
+            s.needsResync = true
+            s.ackedSequence = s.lastSequence  // nothing of an earlier connection is awaited any more
+            s.lagging = false
+            s.lastError = nil
+            return .connected(fd, generation: s.generation)
+        }
+    }
+
+    private func writeUntilBroken(fd: Int32, generation: Int) {
+        let config = node.configuration
+        let pingNanos = UInt64(config.pingIntervalMillis) * 1_000_000
+        var lastSend = monotonicNanos()
+        while true {
+            let work = state.wait(
+                on: Self.writerCondition, until: lastSend + pingNanos,
+                for: { s in
+                    s.broken || s.phase != .connected || s.needsResync || !s.queue.isEmpty || !s.control.isEmpty
+                },
+                then: { s, _ -> (control: [ReplicationFrame], queue: [Pending], resync: Bool)? in
+                    guard !s.broken, s.phase == .connected else { return nil }
+                    defer {
+                        s.control = []
+                        s.queue = []
+                        s.queuedBytes = 0
+                        s.needsResync = false
+                    }
+                    return (s.control, s.queue, s.needsResync)
+                })
+            guard let work else { return }
+            var frames = work.control
+            frames += batchFrames(work.queue)
+            if work.resync { frames += resyncFrames() }
+            if frames.isEmpty { frames = [ReplicationFrame(type: .ping)] }
+            guard Sockets.writeAll(fd, node.codec.encode(frames)) else {
+                state.withLock { $0.lastError = "send failed: errno \(errno)" }
+                return
+            }
+            lastSend = monotonicNanos()
+            let itemCount = work.queue.reduce(0) { $0 + $1.itemCount }
+            if itemCount > 0 { node.counters.add(\.itemsSent, itemCount) }
+        }
+    }
+
+    /// Queued changes as `update` frames: as many per frame as fit, each
+    /// frame with the sequence number of its last change.
+    private func batchFrames(_ queue: [Pending]) -> [ReplicationFrame] {
+        var frames: [ReplicationFrame] = []
+        var bytes: [UInt8] = []
+        var count = 0
+        var sequence: UInt64 = 0
+        func flush() {
+            guard count > 0 else { return }
+            frames.append(ReplicationFrame(
+                type: .update, payload: UpdateBatch.encode(sequence: sequence, itemCount: count, encodedItems: bytes)))
+            bytes = []
+            count = 0
+        }
+        for pending in queue {
+            if count > 0 && bytes.count + pending.bytes.count > node.configuration.snapshotChunkBytes { flush() }
+            bytes.append(contentsOf: pending.bytes)
+            count += pending.itemCount
+            sequence = pending.sequence
+        }
+        flush()
+        return frames
+    }
+
+    /// This node's whole state as `update` frames with one new sequence number.
+    private func resyncFrames() -> [ReplicationFrame] {
+        let items = node.allItems()
+        let sequence = state.withLock { s -> UInt64 in
+            s.lastSequence += 1
+            return s.lastSequence
+        }
+        node.counters.add(\.resyncs)
+        node.counters.add(\.itemsSent, items.count)
+        return chunkedBatches(items, chunkBytes: node.configuration.snapshotChunkBytes, sequence: sequence)
+            .map { ReplicationFrame(type: .update, payload: $0) }
+    }
+
+    private func closeConnection(fd: Int32, generation: Int) {
+        shutdownSocket(fd)
+        // The reader owns reads on fd until it reports done; only then is fd closed (and its number reusable).
+        state.wait(
+            on: Self.writerCondition, until: .max, for: { $0.readerDone || $0.generation != generation },
+            then: { _, _ in () })
+        close(fd)
+        let reason = state.withLock { s -> String? in
+            if s.phase == .connected { s.phase = .connecting }
+            s.fd = -1
+            if s.transfer == .requested { s.transfer = .none }
+            return s.lastError
+        }
+        state.broadcast(Self.ackCondition)
+        if case .stopped = phase { return }
+        node.logger.notice("replication connection to \(address) lost: \(reason ?? "closed"); reconnecting")
+    }
+
+    // MARK: Reader thread
+
+    private func runReader(fd: Int32, generation: Int) {
+        var reader = FrameReader(fd: fd, codec: node.codec)
+        var end: ConnectionEnd = .closed
+        do {
+            while true {
+                for frame in try reader.frames() { try handle(frame) }
+            }
+        } catch {
+            end = error
+        }
+        if case .badFrame = end { node.counters.add(\.framesRejected) }
+        state.withLock { s in
+            guard s.generation == generation else { return }
+            s.broken = true
+            s.readerDone = true
+            if case .closed = end {} else { s.lastError = "\(end)" }
+        }
+        state.broadcast(Self.writerCondition)
+    }
+
+    private func handle(_ frame: ReplicationFrame) throws(ConnectionEnd) {
+        switch frame.type {
+        case .hello, .update, .fetch, .snapshotRequest, .ping:
+            throw .protocolViolation("unexpected \(frame.type) frame on an outbound connection")
+        case .ack, .fetchReply, .snapshotChunk, .snapshotEnd:
+            break
+        }
+        do throws(WireError) {
+            switch frame.type {
+            case .ack:
+                let ack = try AckMessage.decode(frame.payload)
+                let caughtUp = state.withLock { s -> Bool in
+                    s.ackedSequence = max(s.ackedSequence, min(ack.sequence, s.lastSequence))
+                    guard s.lagging, s.ackedSequence == s.lastSequence else { return false }
+                    s.lagging = false
+                    return true
+                }
+                state.broadcast(Self.ackCondition)
+                if caughtUp { node.logger.notice("peer \(address) caught up; sync writes wait for it again") }
+            case .fetchReply:
+                let reply = try FetchReply.decode(frame.payload)
+                if let update = reply.update { node.merge([.session(update)]) }
+            case .snapshotChunk:
+                node.merge(try UpdateBatch.decode(frame.payload).items)
+            case .snapshotEnd:
+                let end = try SnapshotEnd.decode(frame.payload)
+                state.withLock { $0.transfer = .done(senderReady: end.senderReady, items: end.itemCount) }
+            case .hello, .update, .fetch, .snapshotRequest, .ping:
+                break
+            }
+        } catch {
+            throw .protocolViolation("\(frame.type): \(error)")
+        }
+    }
+}

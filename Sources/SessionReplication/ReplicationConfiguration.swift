@@ -1,0 +1,125 @@
+/// A peer's replication address, "host:port" or "[v6]:port".
+public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses "host:port" or "[v6]:port"; nil when malformed.
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (1...65535).contains(port)
+        else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, !host.contains(" ") else { return nil }
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses a comma-separated list; throws naming the first bad entry.
+    public static func list(_ text: String) throws(ReplicationConfigurationError) -> [PeerAddress] {
+        try text.split(separator: ",").map { part throws(ReplicationConfigurationError) -> PeerAddress in
+            let trimmed = part.trimmingCharacters(in: " ")
+            guard let address = PeerAddress(trimmed) else {
+                throw ReplicationConfigurationError("peer '\(trimmed)' is not host:port")
+            }
+            return address
+        }
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: Character) -> String {
+        String(drop(while: { $0 == set }).reversed().drop(while: { $0 == set }).reversed())
+    }
+}
+
+/// A replication setting was unusable.
+public struct ReplicationConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { "replication configuration error: \(message)" }
+}
+
+/// Settings of a `ReplicationNode`. Times are in milliseconds.
+public struct ReplicationConfiguration: Sendable {
+    /// When a local write is answered.
+    public enum Mode: String, Sendable, CaseIterable {
+        /// At once; peers get the change in the background.
+        case async
+        /// After every live peer acknowledged it (or `syncTimeoutMillis` passed: that peer is then skipped until it catches up).
+        case sync
+    }
+
+    /// This node's name (logs, metrics, hello).
+    public var nodeName: String
+    /// This node's id in every HLC stamp: unique in the cluster. Default: a hash of `nodeName`.
+    public var nodeID: UInt32
+    /// Where to listen for peers.
+    public var host: String
+    /// The replication port; 0 picks a free one.
+    public var port: Int
+    /// Every node's replication address. It may include this node's own
+    /// address (recognized and skipped), so every node can get the same list.
+    public var peers: [PeerAddress]
+    /// The HMAC-SHA256 key of every frame: the same on every node, at least 16 bytes.
+    public var secret: [UInt8]
+    public var mode: Mode
+    /// How long a sync-mode write waits for a peer's acknowledgement before marking it down.
+    public var syncTimeoutMillis: Int
+    /// The most bytes queued for one peer. When full, the queue is dropped
+    /// (counted) and the peer is sent a full resync instead.
+    public var maxQueueBytes: Int
+    /// How long a starting node looks for a ready peer to pull the sessions
+    /// from before it starts alone (the first node of a cluster).
+    public var joinTimeoutMillis: Int
+    /// Connect and hello timeout.
+    public var connectTimeoutMillis: Int
+    /// Reconnect backoff: from the first value, doubling, up to the second.
+    public var reconnectBackoffMillis: (first: Int, max: Int)
+    /// Idle connections send a ping this often; a peer silent for `peerIdleTimeoutMillis` is dropped.
+    public var pingIntervalMillis: Int
+    public var peerIdleTimeoutMillis: Int
+    /// A state-transfer chunk holds about this many bytes.
+    public var snapshotChunkBytes: Int
+    /// The most inbound peer connections at once (more are closed at once).
+    public var maxInboundConnections: Int
+
+    public init(
+        nodeName: String, nodeID: UInt32? = nil, host: String = "127.0.0.1", port: Int = 0, peers: [PeerAddress] = [],
+        secret: [UInt8], mode: Mode = .async, syncTimeoutMillis: Int = 100, maxQueueBytes: Int = 64 << 20,
+        joinTimeoutMillis: Int = 1_000, connectTimeoutMillis: Int = 1_000,
+        reconnectBackoffMillis: (first: Int, max: Int) = (20, 1_000), pingIntervalMillis: Int = 1_000,
+        peerIdleTimeoutMillis: Int = 10_000, snapshotChunkBytes: Int = 256 << 10, maxInboundConnections: Int = 64
+    ) {
+        self.nodeName = nodeName
+        self.nodeID = nodeID ?? Self.nodeID(for: nodeName)
+        self.host = host
+        self.port = port
+        self.peers = peers
+        self.secret = secret
+        self.mode = mode
+        self.syncTimeoutMillis = syncTimeoutMillis
+        self.maxQueueBytes = maxQueueBytes
+        self.joinTimeoutMillis = joinTimeoutMillis
+        self.connectTimeoutMillis = connectTimeoutMillis
+        self.reconnectBackoffMillis = reconnectBackoffMillis
+        self.pingIntervalMillis = pingIntervalMillis
+        self.peerIdleTimeoutMillis = peerIdleTimeoutMillis
+        self.snapshotChunkBytes = snapshotChunkBytes
+        self.maxInboundConnections = maxInboundConnections
+    }
+
+    /// FNV-1a of the name, never 0 (stamp node 0 is `HLCStamp.zero`'s).
+    public static func nodeID(for name: String) -> UInt32 {
+        var hash: UInt32 = 2_166_136_261
+        for byte in name.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return hash == 0 ? 1 : hash
+    }
+}

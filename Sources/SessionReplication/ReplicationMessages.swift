@@ -1,0 +1,171 @@
+import SessionCore
+
+/// One thing a node replicates: a session's (partial or full) state, or an
+/// idempotency record completed without a session change.
+public enum ReplicationItem: Sendable, Equatable {
+    case session(SessionUpdate)
+    case record(ReplicatedRecord)
+
+    /// Writes a kind byte (1 session, 2 record), then the item.
+    public func encode(into w: inout WireWriter) {
+        switch self {
+        case .session(let update):
+            w.u8(1)
+            update.encode(into: &w)
+        case .record(let record):
+            w.u8(2)
+            record.encode(into: &w)
+        }
+    }
+
+    public init(from r: inout WireReader) throws(WireError) {
+        switch try r.u8() {
+        case 1: self = .session(try SessionUpdate(from: &r))
+        case 2: self = .record(try ReplicatedRecord(from: &r))
+        case let kind: throw WireError("unknown item kind \(kind)")
+        }
+    }
+
+    /// The item's wire bytes, encoded once and shared by every peer's queue.
+    public var encoded: [UInt8] {
+        var w = WireWriter()
+        encode(into: &w)
+        return w.bytes
+    }
+}
+
+/// The payload of `update` and `snapshotChunk` frames: a sequence number
+/// (for acknowledgements; 0 in state transfers) and items.
+///
+/// Wire form: sequence (u64), item count (u32), the items back to back.
+public struct UpdateBatch: Sendable, Equatable {
+    /// The most items one batch may carry.
+    public static let maxItems = 1 << 20
+
+    public var sequence: UInt64
+    public var items: [ReplicationItem]
+
+    public init(sequence: UInt64, items: [ReplicationItem]) {
+        self.sequence = sequence
+        self.items = items
+    }
+
+    public func encode() -> [UInt8] {
+        Self.encode(sequence: sequence, itemCount: items.count, encodedItems: items.flatMap(\.encoded))
+    }
+
+    /// A batch from items already encoded (`ReplicationItem.encoded`, concatenated).
+    public static func encode(sequence: UInt64, itemCount: Int, encodedItems: [UInt8]) -> [UInt8] {
+        var w = WireWriter()
+        w.u64(sequence)
+        w.u32(UInt32(itemCount))
+        var bytes = w.bytes
+        bytes.append(contentsOf: encodedItems)
+        return bytes
+    }
+
+    /// Decodes a payload; throws on truncated, oversized, trailing or invalid bytes.
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> UpdateBatch {
+        var r = WireReader(payload)
+        let sequence = try r.u64()
+        var items: [ReplicationItem] = []
+        for _ in 0..<(try r.count(limit: maxItems)) { items.append(try ReplicationItem(from: &r)) }
+        try r.expectEnd()
+        return UpdateBatch(sequence: sequence, items: items)
+    }
+}
+
+/// The payload of an `ack` frame: every update up to `sequence` was applied.
+public struct AckMessage: Sendable, Equatable {
+    public var sequence: UInt64
+    public init(sequence: UInt64) { self.sequence = sequence }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        w.u64(sequence)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> AckMessage {
+        var r = WireReader(payload)
+        let sequence = try r.u64()
+        try r.expectEnd()
+        return AckMessage(sequence: sequence)
+    }
+}
+
+/// The payload of a `fetch` frame: the session whose full state is wanted.
+public struct FetchRequest: Sendable, Equatable {
+    public var id: SessionID
+    public init(id: SessionID) { self.id = id }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        w.string(id.rawValue)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> FetchRequest {
+        var r = WireReader(payload)
+        guard let id = SessionID(rawValue: try r.string(limit: 64)) else { throw WireError("invalid session id") }
+        try r.expectEnd()
+        return FetchRequest(id: id)
+    }
+}
+
+/// The payload of a `fetchReply` frame: the session's full state, or its
+/// absence (unknown or expired on the answering node).
+public struct FetchReply: Sendable, Equatable {
+    public var id: SessionID
+    public var update: SessionUpdate?
+
+    public init(id: SessionID, update: SessionUpdate?) {
+        self.id = id
+        self.update = update
+    }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        w.string(id.rawValue)
+        w.bool(update != nil)
+        update?.encode(into: &w)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> FetchReply {
+        var r = WireReader(payload)
+        guard let id = SessionID(rawValue: try r.string(limit: 64)) else { throw WireError("invalid session id") }
+        let update = try r.bool() ? try SessionUpdate(from: &r) : nil
+        try r.expectEnd()
+        if let update, update.id != id { throw WireError("fetch reply for \(id) carries another session") }
+        return FetchReply(id: id, update: update)
+    }
+}
+
+/// The payload of a `snapshotEnd` frame: how many items the transfer sent,
+/// and whether the sender had its own full state (it had finished its own
+/// state transfer, or started alone).
+public struct SnapshotEnd: Sendable, Equatable {
+    public var itemCount: UInt64
+    public var senderReady: Bool
+
+    public init(itemCount: UInt64, senderReady: Bool) {
+        self.itemCount = itemCount
+        self.senderReady = senderReady
+    }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        w.u64(itemCount)
+        w.bool(senderReady)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> SnapshotEnd {
+        var r = WireReader(payload)
+        let count = try r.u64()
+        let ready = try r.bool()
+        try r.expectEnd()
+        return SnapshotEnd(itemCount: count, senderReady: ready)
+    }
+}

@@ -1,0 +1,478 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import MiniHTTP
+import SessionCore
+import Synchronization
+
+/// Monotonic counters of a replication node, for `/metrics`.
+public final class ReplicationCounters: Sendable {
+    public struct Values: Sendable, Equatable {
+        /// Changes sent to peers (a change sent to two peers counts twice), resyncs included.
+        public var itemsSent = 0
+        /// Changes received from peers and merged.
+        public var itemsReceived = 0
+        /// Received changes refused (a stamp too far in the future: a peer's broken clock).
+        public var itemsRefused = 0
+        /// Times a peer's send queue was full and dropped (a resync followed).
+        public var queueOverflows = 0
+        /// Full resyncs sent (at every connection, and after an overflow).
+        public var resyncs = 0
+        /// Connections closed for bad frames: garbage, truncated, oversized, or a wrong HMAC.
+        public var framesRejected = 0
+        /// Connections closed for valid frames that break the protocol.
+        public var protocolViolations = 0
+        /// Sync writes a peer did not acknowledge in time (the peer was marked lagging).
+        public var syncTimeouts = 0
+        /// Fetches (read-your-writes) and state transfers answered for peers.
+        public var fetchesServed = 0
+        public var snapshotsServed = 0
+        /// Inbound connections refused because `maxInboundConnections` were open.
+        public var connectionsRefused = 0
+    }
+
+    private let values = Mutex(Values())
+
+    func add(_ key: WritableKeyPath<Values, Int>, _ amount: Int = 1) {
+        values.withLock { $0[keyPath: key] += amount }
+    }
+
+    public var snapshot: Values { values.withLock { $0 } }
+}
+
+/// What the peer links share with the node: settings, keys, the store.
+final class ReplicationNodeCore: Sendable {
+    let configuration: ReplicationConfiguration
+    let codec: FrameCodec
+    let hello: HelloMessage
+    let logger: Logger
+    let store: ReplicatedSessionStore
+    let counters = ReplicationCounters()
+
+    init(
+        configuration: ReplicationConfiguration, codec: FrameCodec, hello: HelloMessage, logger: Logger,
+        store: ReplicatedSessionStore
+    ) {
+        self.configuration = configuration
+        self.codec = codec
+        self.hello = hello
+        self.logger = logger
+        self.store = store
+    }
+
+    /// Merges items from a peer into the store.
+    func merge(_ items: [ReplicationItem]) {
+        var refused = 0
+        for item in items {
+            switch item {
+            case .session(let update): if !store.merge(update) { refused += 1 }
+            case .record(let record): store.merge(record: record)
+            }
+        }
+        counters.add(\.itemsReceived, items.count - refused)
+        if refused > 0 {
+            counters.add(\.itemsRefused, refused)
+            logger.warning("refused \(refused) changes stamped too far in the future (a peer's clock is wrong)")
+        }
+    }
+
+    /// This node's whole state, encoded: every session, tombstone and record.
+    func allItems() -> [[UInt8]] {
+        store.snapshot(chunkSize: .max).joined().map { ReplicationItem.session($0).encoded }
+            + store.recordSnapshot().map { ReplicationItem.record($0).encoded }
+    }
+}
+
+/// The network half of the replicate-on-change strategy (docs/replication.md):
+/// listens for peers, keeps a connection to each, replicates every change of
+/// its `ReplicatedSessionStore`, merges the peers' changes, pulls the full
+/// state from a peer when it starts, and fetches sessions for read-your-writes.
+///
+/// The store refuses requests (`unavailable`) until the state transfer is
+/// done: `isReady`, and the demo node's `/healthz`, turn true only then.
+public final class ReplicationNode: Sendable {
+    public let store: ReplicatedSessionStore
+    public let configuration: ReplicationConfiguration
+    let core: ReplicationNodeCore
+    let links: [PeerLink]
+
+    struct State {
+        var listener: Int32
+        var inbound: Set<Int32> = []
+        var started = false
+        var stopped = false
+        /// How the node became ready, for logs and metrics.
+        var readyAfterMillis: Int64?
+        var transferredItems: UInt64 = 0
+    }
+
+    private let state: Mutex<State>
+    /// The bound replication port.
+    public let port: Int
+
+    /// Binds the replication port (throws when taken) and takes over `store`'s
+    /// replication hooks. Nothing is sent or accepted before `start()`.
+    public init(store: ReplicatedSessionStore, configuration: ReplicationConfiguration, logger: Logger) throws {
+        guard store.hlc.node == configuration.nodeID else {
+            throw ReplicationConfigurationError(
+                "the store's node id \(store.hlc.node) differs from the configuration's \(configuration.nodeID)")
+        }
+        let codec = try FrameCodec(secret: configuration.secret)
+        let listener = try Sockets.listen(host: configuration.host, port: configuration.port)
+        port = Sockets.localPort(listener)
+        let address = PeerAddress(host: configuration.host, port: port)
+        let hello = try HelloMessage(
+            nodeID: configuration.nodeID, nodeName: configuration.nodeName, address: address.description,
+            incarnation: UInt64.random(in: 1...UInt64.max))
+        self.store = store
+        self.configuration = configuration
+        let core = ReplicationNodeCore(
+            configuration: configuration, codec: codec, hello: hello, logger: logger, store: store)
+        self.core = core
+        // Our own address in the list needs no connection; other spellings of it are found by the hello.
+        links = Array(Set(configuration.peers)).filter { $0 != address }.sorted { $0.description < $1.description }
+            .map { PeerLink(address: $0, node: core) }
+        state = Mutex(State(listener: listener))
+        store.isReady = false
+        let links = links
+        let mode = configuration.mode
+        let timeout = UInt64(configuration.syncTimeoutMillis) * 1_000_000
+        store.onUpdate = { updates in
+            // Idle-timer refreshes never make a request wait.
+            let touchOnly = updates.allSatisfy {
+                $0.state.attributes.isEmpty && !$0.state.isInvalidated && $0.idempotencyRecord == nil
+            }
+            Self.replicate(updates.map { .session($0) }, to: links, wait: mode == .sync && !touchOnly, timeout: timeout)
+        }
+        store.onRecord = { record in
+            Self.replicate([.record(record)], to: links, wait: mode == .sync, timeout: timeout)
+        }
+        store.onFetch = { id in
+            let request = ReplicationFrame(type: .fetch, payload: FetchRequest(id: id).encode())
+            for link in links { link.send(control: request) }
+        }
+    }
+
+    /// Sends items to every connected peer; in sync mode waits for their acknowledgements.
+    private static func replicate(_ items: [ReplicationItem], to links: [PeerLink], wait: Bool, timeout: UInt64) {
+        let bytes = items.count == 1 ? items[0].encoded : items.flatMap(\.encoded)
+        var sequences: [(PeerLink, UInt64)] = []
+        for link in links {
+            if let sequence = link.enqueue(bytes, itemCount: items.count) { sequences.append((link, sequence)) }
+        }
+        guard wait, !sequences.isEmpty else { return }
+        let deadline = monotonicNanos() + timeout
+        for (link, sequence) in sequences { _ = link.waitForAck(sequence, until: deadline) }
+    }
+
+    /// Starts accepting peers, connecting to them, and the state transfer.
+    public func start() {
+        let listener = state.withLock { s -> Int32? in
+            guard !s.started, !s.stopped else { return nil }
+            s.started = true
+            return s.listener
+        }
+        guard let listener else { return }
+        core.logger.info(
+            "replication listening on \(configuration.host):\(port)",
+            metadata: [
+                "node": "\(configuration.nodeName)", "node_id": "\(configuration.nodeID)",
+                "mode": "\(configuration.mode.rawValue)", "peers": "\(links.map(\.address.description))",
+            ])
+        startThread { [self] in acceptLoop(listener) }
+        for link in links { link.start() }
+        startThread { [self] in join() }
+    }
+
+    /// Whether the state transfer is done (or the node started alone).
+    public var isReady: Bool { store.isReady }
+
+    /// Waits until ready; false on timeout.
+    public func waitUntilReady(timeoutMillis: Int) -> Bool {
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
+        while !isReady {
+            if monotonicMillis() >= deadline { return false }
+            usleep(1_000)
+        }
+        return true
+    }
+
+    /// Stops replicating: closes every connection and the listener. The store keeps its sessions.
+    public func shutdown() {
+        let (listener, inbound) = state.withLock { s -> (Int32, Set<Int32>) in
+            s.stopped = true
+            return (s.listener, s.inbound)
+        }
+        store.onUpdate = nil
+        store.onRecord = nil
+        store.onFetch = nil
+        for link in links { link.stop() }
+        shutdownSocket(listener)
+        for fd in inbound { shutdownSocket(fd) }
+    }
+
+    private var isStopped: Bool { state.withLock { $0.stopped } }
+
+    // MARK: State transfer
+
+    /// Pulls the full state from the first ready peer; becomes ready then, or
+    /// alone when no ready peer answers within the join timeout.
+    private func join() {
+        let started = monotonicNanos()
+        let joinNanos = UInt64(configuration.joinTimeoutMillis) * 1_000_000
+        var reason = "no peers configured"
+        while !isStopped {
+            if links.allSatisfy({ $0.phase == .isSelf }) { break }
+            var startingPeers = 0
+            for link in links where link.isConnected {
+                guard link.requestSnapshot() else { continue }
+                let transferStarted = monotonicNanos()
+                while link.transfer == .requested && link.isConnected && !isStopped
+                    && monotonicNanos() - transferStarted < 60_000_000_000
+                {
+                    usleep(500)
+                }
+                if case .done(let senderReady, let items) = link.transfer, senderReady {
+                    state.withLock { $0.transferredItems = items }
+                    reason = "received \(items) sessions and records from \(link.address)"
+                    return becomeReady(started: started, reason: reason)
+                }
+                if case .done(false, _) = link.transfer { startingPeers += 1 }
+            }
+            let others = links.filter { $0.phase != .isSelf }.count
+            if startingPeers == others {
+                // Every peer is up and joining too: a new cluster (or all restarted), nobody to wait for.
+                reason = "every peer is starting too: a new cluster"
+                break
+            }
+            if monotonicNanos() - started >= joinNanos {
+                reason = "no ready peer answered within \(configuration.joinTimeoutMillis) ms; starting alone"
+                break
+            }
+            usleep(20_000)
+        }
+        becomeReady(started: started, reason: reason)
+    }
+
+    private func becomeReady(started: UInt64, reason: String) {
+        guard !isStopped else { return }
+        let millis = Int64((monotonicNanos() - started) / 1_000_000)
+        state.withLock { $0.readyAfterMillis = millis }
+        store.isReady = true
+        core.logger.info("replication ready after \(millis) ms: \(reason)", metadata: ["sessions": "\(store.count)"])
+    }
+
+    // MARK: Inbound connections
+
+    private func acceptLoop(_ listener: Int32) {
+        while true {
+            let fd = accept(listener, nil, nil)
+            if fd < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                if isStopped { break }
+                core.logger.error("replication accept failed: errno \(errno)")
+                usleep(100_000)
+                continue
+            }
+            let admitted = state.withLock { s -> Bool in
+                guard !s.stopped, s.inbound.count < configuration.maxInboundConnections else { return false }
+                s.inbound.insert(fd)
+                return true
+            }
+            guard admitted else {
+                if !isStopped {
+                    core.counters.add(\.connectionsRefused)
+                    core.logger.warning("refused a replication connection: \(configuration.maxInboundConnections) are open")
+                }
+                close(fd)
+                continue
+            }
+            startThread { [self] in serveInbound(fd) }
+        }
+        close(listener)
+    }
+
+    /// One peer's connection to this node: its hello, then its changes,
+    /// fetches and state-transfer requests, each answered on the same socket.
+    private func serveInbound(_ fd: Int32) {
+        let remote = Sockets.peerAddress(fd) ?? "?"
+        Sockets.setNoDelay(fd)
+        Sockets.setReceiveTimeout(fd, millis: configuration.peerIdleTimeoutMillis)
+        Sockets.setSendTimeout(fd, millis: configuration.peerIdleTimeoutMillis)
+        var reader = FrameReader(fd: fd, codec: core.codec)
+        var peerName = "unidentified peer at \(remote)"
+        do throws(ConnectionEnd) {
+            var frames = try reader.frames()
+            guard frames[0].type == .hello else {
+                throw .protocolViolation("the first frame is \(frames[0].type), not hello")
+            }
+            let hello: HelloMessage
+            do {
+                hello = try HelloMessage.decode(frames.removeFirst().payload)
+            } catch {
+                throw .protocolViolation("hello: \(error)")
+            }
+            guard Sockets.writeAll(fd, core.codec.encode(core.hello.frame)) else { throw .failed(errno) }
+            if hello.nodeID == core.hello.nodeID && hello.incarnation == core.hello.incarnation {
+                throw .closed  // this node connected to itself; its link learns it from our hello
+            }
+            guard hello.protocolVersion == HelloMessage.currentProtocolVersion else {
+                throw .protocolViolation("protocol version \(hello.protocolVersion)")
+            }
+            peerName = "\(hello.nodeName) (\(remote))"
+            while true {
+                try process(frames, fd: fd)
+                frames = try reader.frames()
+            }
+        } catch {
+            switch error {
+            case .closed: break
+            case .failed: core.logger.notice("replication connection from \(peerName) ended: \(error)")
+            case .badFrame:
+                core.counters.add(\.framesRejected)
+                core.logger.warning("closed the replication connection from \(peerName): \(error); nothing applied")
+            case .protocolViolation:
+                core.counters.add(\.protocolViolations)
+                core.logger.warning("closed the replication connection from \(peerName): \(error); nothing applied")
+            }
+        }
+        state.withLock { _ = $0.inbound.remove(fd) }
+        close(fd)
+    }
+
+    /// Applies and answers a peer's frames; one acknowledgement for all updates among them.
+    private func process(_ frames: [ReplicationFrame], fd: Int32) throws(ConnectionEnd) {
+        var replies: [ReplicationFrame] = []
+        var acknowledge: UInt64?
+        func flush() throws(ConnectionEnd) {
+            if let sequence = acknowledge {
+                replies.append(ReplicationFrame(type: .ack, payload: AckMessage(sequence: sequence).encode()))
+                acknowledge = nil
+            }
+            guard !replies.isEmpty else { return }
+            guard Sockets.writeAll(fd, core.codec.encode(replies)) else { throw .failed(errno) }
+            replies = []
+        }
+        for frame in frames {
+            switch frame.type {
+            case .snapshotRequest:
+                try flush()
+                try sendSnapshot(fd: fd)
+                continue
+            case .hello, .ack, .fetchReply, .snapshotChunk, .snapshotEnd:
+                throw .protocolViolation("unexpected \(frame.type) frame on an inbound connection")
+            case .update, .fetch, .ping:
+                break
+            }
+            do throws(WireError) {
+                switch frame.type {
+                case .update:
+                    let batch = try UpdateBatch.decode(frame.payload)  // all decoded before any is applied
+                    core.merge(batch.items)
+                    acknowledge = batch.sequence
+                case .fetch:
+                    let request = try FetchRequest.decode(frame.payload)
+                    let reply = FetchReply(id: request.id, update: store.fullState(of: request.id))
+                    replies.append(ReplicationFrame(type: .fetchReply, payload: reply.encode()))
+                    core.counters.add(\.fetchesServed)
+                default:
+                    break
+                }
+            } catch {
+                throw .protocolViolation("\(frame.type): \(error.reason)")
+            }
+        }
+        try flush()
+    }
+
+    private func sendSnapshot(fd: Int32) throws(ConnectionEnd) {
+        let senderReady = store.isReady
+        let items = core.allItems()
+        for payload in chunkedBatches(items, chunkBytes: configuration.snapshotChunkBytes, sequence: 0) {
+            guard Sockets.writeAll(fd, core.codec.encode(ReplicationFrame(type: .snapshotChunk, payload: payload)))
+            else { throw .failed(errno) }
+        }
+        let end = SnapshotEnd(itemCount: UInt64(items.count), senderReady: senderReady)
+        guard Sockets.writeAll(fd, core.codec.encode(ReplicationFrame(type: .snapshotEnd, payload: end.encode())))
+        else { throw .failed(errno) }
+        core.counters.add(\.snapshotsServed)
+    }
+
+    // MARK: Status
+
+    /// One peer as seen from this node.
+    public struct PeerStatus: Sendable {
+        public var address: String
+        /// The peer's node name, once it said hello.
+        public var name: String?
+        public var connected: Bool
+        /// Sync mode: missed an acknowledgement deadline and is not waited on until it catches up.
+        public var lagging: Bool
+        public var queuedBytes: Int
+        public var unacknowledged: UInt64
+        public var lastError: String?
+    }
+
+    /// Every configured peer but this node itself.
+    public var peers: [PeerStatus] {
+        links.map(\.status).filter { $0.phase != .isSelf }.map {
+            PeerStatus(
+                address: $0.address.description, name: $0.peerName, connected: $0.phase == .connected,
+                lagging: $0.lagging, queuedBytes: $0.queuedBytes, unacknowledged: $0.unacknowledged,
+                lastError: $0.lastError)
+        }
+    }
+
+    public var counters: ReplicationCounters.Values { core.counters.snapshot }
+
+    /// Milliseconds from `start()` to ready (nil while not ready).
+    public var readyAfterMillis: Int64? { state.withLock { $0.readyAfterMillis } }
+
+    /// Prometheus text for `/metrics`.
+    public func renderMetrics() -> String {
+        let node = "node=\(jsonQuoted(configuration.nodeName))"
+        var out = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (labels, value) in samples { out += "\(name){\(node)\(labels)} \(value)\n" }
+        }
+        metric("session_replication_ready", "gauge", "1 once the state transfer is done.", [("", isReady ? "1" : "0")])
+        metric("session_replication_sessions", "gauge", "Sessions and tombstones held.", [("", "\(store.count)")])
+        let peers = peers
+        metric(
+            "session_replication_peer_connected", "gauge", "1 while the connection to the peer is up.",
+            peers.map { (",peer=\(jsonQuoted($0.address))", $0.connected ? "1" : "0") })
+        metric(
+            "session_replication_peer_lagging", "gauge", "1 while sync writes do not wait for the peer.",
+            peers.map { (",peer=\(jsonQuoted($0.address))", $0.lagging ? "1" : "0") })
+        metric(
+            "session_replication_peer_queue_bytes", "gauge", "Bytes queued for the peer.",
+            peers.map { (",peer=\(jsonQuoted($0.address))", "\($0.queuedBytes)") })
+        let c = counters
+        let totals: [(String, String, Int)] = [
+            ("items_sent", "Changes sent to peers.", c.itemsSent),
+            ("items_received", "Changes merged from peers.", c.itemsReceived),
+            ("items_refused", "Changes refused (stamp too far in the future).", c.itemsRefused),
+            ("queue_overflows", "Full send queues dropped (a resync followed).", c.queueOverflows),
+            ("resyncs", "Full resyncs sent.", c.resyncs),
+            ("frames_rejected", "Connections closed for bad frames.", c.framesRejected),
+            ("protocol_violations", "Connections closed for protocol violations.", c.protocolViolations),
+            ("sync_timeouts", "Sync writes a peer did not acknowledge in time.", c.syncTimeouts),
+        ]
+        for (name, help, value) in totals {
+            metric("session_replication_\(name)_total", "counter", help, [("", "\(value)")])
+        }
+        let catchUp = store.catchUpCounts
+        metric(
+            "session_replication_catch_up_total", "counter",
+            "Requests with a read token: copy current, waited, fetched from peers, gave up.",
+            [
+                (",outcome=\"current\"", "\(catchUp.current)"), (",outcome=\"waited\"", "\(catchUp.waited)"),
+                (",outcome=\"fetched\"", "\(catchUp.fetched)"), (",outcome=\"gave_up\"", "\(catchUp.gaveUp)"),
+            ])
+        return out
+    }
+}

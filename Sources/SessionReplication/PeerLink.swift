@@ -418,7 +418,7 @@ final class PeerLink: Sendable {
                 if caughtUp { node.logger.notice("peer \(address) caught up; sync writes wait for it again") }
             case .fetchReply:
                 let reply = try FetchReply.decode(frame.payload)
-                if let update = reply.update { node.merge([.session(update)]) }
+                node.store.mergeFetchReply(reply.id, reply.update)
             case .snapshotChunk:
                 node.merge(try UpdateBatch.decode(frame.payload).items)
             case .snapshotEnd:

@@ -59,7 +59,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     struct Sinks {
         var onUpdate: (@Sendable ([SessionUpdate]) -> Void)?
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
-        var onFetch: (@Sendable (SessionID) -> Void)?
+        var onFetch: (@Sendable (SessionID) -> Int)?
     }
 
     /// How `catchUp` waits for a session newer than this node's copy.
@@ -88,6 +88,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     private let sweeper = RepeatingTimer()
     private let ready = Atomic<Bool>(true)
     private let catchUps = Mutex(CatchUpCounts())
+    /// Fetch replies received per session while a `catchUp` waits for them.
+    private let fetchReplies = Mutex([SessionID: Int]())
 
     /// A store for node `node` (the HLC's node id, unique in the cluster).
     public init(
@@ -117,10 +119,19 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         set { sinks.withLock { $0.onRecord = newValue } }
     }
 
-    /// Asks the peers for a session's full state, for `catchUp`; replies come back through `merge(_:)`.
-    public var onFetch: (@Sendable (SessionID) -> Void)? {
+    /// Asks the peers for a session's full state, for `catchUp`, and returns
+    /// how many were asked; each reply comes back through `mergeFetchReply`.
+    public var onFetch: (@Sendable (SessionID) -> Int)? {
         get { sinks.withLock { $0.onFetch } }
         set { sinks.withLock { $0.onFetch = newValue } }
+    }
+
+    /// Merges a peer's answer to a fetch (`update` nil: the peer does not have the session).
+    public func mergeFetchReply(_ id: SessionID, _ update: SessionUpdate?) {
+        if let update { merge(update) }
+        fetchReplies.withLock { replies in
+            if let n = replies[id] { replies[id] = n + 1 }
+        }
     }
 
     /// Sessions and tombstones held, expired ones not yet swept included.
@@ -149,7 +160,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     /// Polls for a copy at least as new as `token`: `catchUpPolicy.waitMillis`
     /// for the change to arrive, then asks the peers (`onFetch`) and waits up
-    /// to `fetchTimeoutMillis` more. Malformed tokens and tokens from the
+    /// to `fetchTimeoutMillis` more, or until every peer asked has answered. Malformed tokens and tokens from the
     /// future (beyond the clock's drift limit: forged) are ignored at once.
     public func catchUp(_ id: SessionID, to token: String) -> Bool {
         guard let wanted = HLCStamp(token: token),
@@ -174,8 +185,21 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             catchUps.withLock { $0.waited += 1 }
             return true
         }
-        sinks.withLock { $0.onFetch }?(id)
-        let fetched = poll(forMillis: catchUpPolicy.fetchTimeoutMillis)
+        // Ask the peers; stop early once all of them answered without the change.
+        fetchReplies.withLock { $0[id] = 0 }
+        defer { fetchReplies.withLock { _ = $0.removeValue(forKey: id) } }
+        let asked = sinks.withLock { $0.onFetch }?(id) ?? 0
+        var fetched = false
+        let deadline = monotonicNanos() + UInt64(max(0, catchUpPolicy.fetchTimeoutMillis)) * 1_000_000
+        while asked > 0 {
+            if isCurrent() {
+                fetched = true
+                break
+            }
+            if fetchReplies.withLock({ $0[id] ?? 0 }) >= asked || monotonicNanos() >= deadline { break }
+            usleep(50)
+        }
+        fetched = fetched || isCurrent()
         catchUps.withLock { fetched ? ($0.fetched += 1) : ($0.gaveUp += 1) }
         return fetched
     }

@@ -152,7 +152,7 @@ public final class ReplicationNode: Sendable {
         }
         store.onFetch = { id in
             let request = ReplicationFrame(type: .fetch, payload: FetchRequest(id: id).encode())
-            for link in links { link.send(control: request) }
+            return links.reduce(0) { $0 + ($1.send(control: request) ? 1 : 0) }
         }
     }
 

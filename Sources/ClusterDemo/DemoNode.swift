@@ -47,6 +47,8 @@ public struct DemoNodeConfiguration: Sendable {
     public var exclusiveSessions = false
     /// Peers, secret and mode, for the `replicate` strategy (its node id is also the stores').
     public var replication: ReplicationConfiguration?
+    /// The most sessions a node holds in memory (`local`, `replicate`); then new ones get 503.
+    public var maxSessions = 1_000_000
 
     public init(
         nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
@@ -86,7 +88,7 @@ public final class DemoNode: Sendable {
         var replication: ReplicationNode? = nil
         switch configuration.strategy {
         case .local:
-            let memory = MemorySessionStore(expiry: configuration.expiry)
+            let memory = MemorySessionStore(expiry: configuration.expiry, maxSessions: configuration.maxSessions)
             memory.startSweeper(intervalMillis: 30_000)
             memoryStore = memory
             base = memory
@@ -100,7 +102,8 @@ public final class DemoNode: Sendable {
             guard let settings = configuration.replication else {
                 throw ReplicationConfigurationError("the replicate strategy needs peers and a cluster secret")
             }
-            let store = ReplicatedSessionStore(node: settings.nodeID, expiry: configuration.expiry)
+            let store = ReplicatedSessionStore(
+                node: settings.nodeID, expiry: configuration.expiry, maxSessions: configuration.maxSessions)
             store.startSweeper(intervalMillis: 30_000)
             replication = try ReplicationNode(store: store, configuration: settings, logger: logger)
             base = store

@@ -54,6 +54,9 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "Redis connections per node.")
     var redisPoolSize = 32
 
+    @Option(help: "The most sessions a node holds in memory (local, replicate); then new sessions get 503.")
+    var maxSessions = 1_000_000
+
     @Option(help: "Replication addresses of the cluster's nodes, host:port,... (--strategy replicate; may include this node's own).")
     var peers: String?
 
@@ -137,6 +140,8 @@ struct NodeOptions: ParsableArguments {
             cookieSecret: secret, handlerThreads: handlerThreads,
             redis: strategy == .redis ? try redisConfiguration() : nil)
         configuration.exclusiveSessions = exclusiveSessions
+        guard maxSessions > 0 else { throw ValidationError("--max-sessions must be positive") }
+        configuration.maxSessions = maxSessions
         if strategy == .replicate { configuration.replication = try replicationConfiguration(nodeID: nodeID) }
         return configuration
     }

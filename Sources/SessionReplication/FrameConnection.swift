@@ -48,7 +48,11 @@ struct FrameReader {
             }
             if !frames.isEmpty { return frames }
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n == 0 { throw .closed }
+            if n == 0 {
+                let partial = decoder.bufferedByteCount
+                if partial > 0 { throw .badFrame(FrameError(.truncated, "the stream ended \(partial) bytes into a frame")) }
+                throw .closed
+            }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw .failed(errno)

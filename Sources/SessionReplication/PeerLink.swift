@@ -306,16 +306,18 @@ final class PeerLink: Sendable {
                     return (s.control, s.queue, s.needsResync)
                 })
             guard let work else { return }
+            // A resync comes first and replaces the queue: its snapshot, taken after the
+            // queue was, holds every queued change, and a peer must never get a node's
+            // later change before its earlier ones (read tokens count on that order).
             var frames = work.control
-            frames += batchFrames(work.queue)
-            if work.resync { frames += resyncFrames() }
+            frames += work.resync ? resyncFrames() : batchFrames(work.queue)
             if frames.isEmpty { frames = [ReplicationFrame(type: .ping)] }
             guard Sockets.writeAll(fd, node.codec.encode(frames)) else {
                 state.withLock { $0.lastError = "send failed: errno \(errno)" }
                 return
             }
             lastSend = monotonicNanos()
-            let itemCount = work.queue.reduce(0) { $0 + $1.itemCount }
+            let itemCount = work.resync ? 0 : work.queue.reduce(0) { $0 + $1.itemCount }
             if itemCount > 0 { node.counters.add(\.itemsSent, itemCount) }
         }
     }
@@ -418,7 +420,7 @@ final class PeerLink: Sendable {
                 if caughtUp { node.logger.notice("peer \(address) caught up; sync writes wait for it again") }
             case .fetchReply:
                 let reply = try FetchReply.decode(frame.payload)
-                node.store.mergeFetchReply(reply.id, reply.update)
+                node.store.mergeFetchReply(reply.id, request: reply.request, reply.update)
             case .snapshotChunk:
                 node.merge(try UpdateBatch.decode(frame.payload).items)
             case .snapshotEnd:

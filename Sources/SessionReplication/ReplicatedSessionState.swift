@@ -91,8 +91,12 @@ public struct ReplicatedSession: Sendable, Hashable {
     public private(set) var createdAtMillis: Int64
     /// Last access (ms), for the idle timeout; merged by max.
     public private(set) var lastAccessMillis: Int64
-    /// The largest stamp applied: what read-your-writes compares.
+    /// The largest stamp applied.
     public private(set) var version: HLCStamp
+    /// Per node, the stamp of its latest write to this session that this copy
+    /// holds, with all of that node's earlier writes: what read-your-writes
+    /// compares (a client's read token is the writer's `seen` after its write).
+    public private(set) var seen: [UInt32: HLCStamp]
     /// Attribute name → state, tombstones of removed attributes included.
     /// Empty once the session is invalidated.
     public private(set) var attributes: [String: AttributeState]
@@ -106,18 +110,29 @@ public struct ReplicatedSession: Sendable, Hashable {
     public init(createdAtMillis: Int64, at stamp: HLCStamp) {
         self.init(
             createdAtMillis: createdAtMillis, lastAccessMillis: createdAtMillis, version: stamp, attributes: [:],
-            invalidated: nil)
+            invalidated: nil, seen: [stamp.node: stamp])
     }
 
     init(
         createdAtMillis: Int64, lastAccessMillis: Int64, version: HLCStamp, attributes: [String: AttributeState],
-        invalidated: HLCStamp?
+        invalidated: HLCStamp?, seen: [UInt32: HLCStamp]
     ) {
         self.createdAtMillis = createdAtMillis
         self.lastAccessMillis = lastAccessMillis
         self.version = version
         self.attributes = invalidated == nil ? attributes : [:]
         self.invalidated = invalidated
+        self.seen = seen
+    }
+
+    /// Whether this copy holds every write that `token` names (each node's writes up to its stamp).
+    public func contains(_ token: ReadToken) -> Bool {
+        token.stamps.allSatisfy { wanted in (seen[wanted.node] ?? .zero) >= wanted }
+    }
+
+    private mutating func see(_ stamp: HLCStamp) {
+        if let mine = seen[stamp.node], mine >= stamp { return }
+        seen[stamp.node] = stamp
     }
 
     /// Whether the session was invalidated (its ID is dead).
@@ -128,6 +143,7 @@ public struct ReplicatedSession: Sendable, Hashable {
         createdAtMillis = min(createdAtMillis, other.createdAtMillis)
         lastAccessMillis = max(lastAccessMillis, other.lastAccessMillis)
         version = max(version, other.version)
+        for stamp in other.seen.values { see(stamp) }
         if let theirs = other.invalidated { invalidate(at: theirs) }
         for (name, state) in other.attributes { mergeAttribute(name, state) }
     }
@@ -146,6 +162,7 @@ public struct ReplicatedSession: Sendable, Hashable {
     private mutating func write(_ name: String, _ state: AttributeState, at stamp: HLCStamp) -> AttributeState {
         mergeAttribute(name, state)
         version = max(version, stamp)
+        see(stamp)
         return state
     }
 
@@ -221,11 +238,12 @@ public struct ReplicatedSession: Sendable, Hashable {
         next.touch(nowMillis: nowMillis)
         self = next
         let update = SessionUpdate(
-            id: delta.id, session: self, attributes: changed, idempotencyRecord: delta.idempotencyRecord)
+            id: delta.id, session: self, attributes: changed, origin: clock.node,
+            idempotencyRecord: delta.idempotencyRecord)
         return (update, counters)
     }
 
-    /// Refreshes the idle timer (replicate with `SessionUpdate(id:session:attributes: [:])`).
+    /// Refreshes the idle timer (replicate with `SessionUpdate(id:session:attributes: [:], origin:)`).
     public mutating func touch(nowMillis: Int64) {
         lastAccessMillis = max(lastAccessMillis, nowMillis)
     }
@@ -236,6 +254,7 @@ public struct ReplicatedSession: Sendable, Hashable {
         invalidated = min(invalidated ?? stamp, stamp)
         attributes = [:]
         version = max(version, stamp)
+        see(stamp)
     }
 
     /// Moves this session to `newID`, against session fixation, as two
@@ -246,9 +265,10 @@ public struct ReplicatedSession: Sendable, Hashable {
     public mutating func regenerate(
         from oldID: SessionID, to newID: SessionID, at stamp: HLCStamp, nowMillis: Int64
     ) -> (newSession: ReplicatedSession, updates: [SessionUpdate]) {
-        let moved = ReplicatedSession(
+        var moved = ReplicatedSession(
             createdAtMillis: createdAtMillis, lastAccessMillis: max(lastAccessMillis, nowMillis),
-            version: max(version, stamp), attributes: attributes, invalidated: nil)
+            version: max(version, stamp), attributes: attributes, invalidated: nil, seen: seen)
+        moved.see(stamp)
         invalidate(at: stamp)
         return (moved, [SessionUpdate(id: newID, session: moved), SessionUpdate(id: oldID, session: self)])
     }
@@ -277,14 +297,22 @@ public struct SessionUpdate: Sendable, Equatable {
     public var idempotencyRecord: IdempotencyRecord?
 
     /// An update carrying `attributes` of `session` (all of them when nil: a full state).
+    ///
+    /// A full state carries the session's whole `seen` vector. A partial one
+    /// carries only the entry of `origin`, the node making the update: its own
+    /// earlier writes went to each peer before, on the same connection, but
+    /// other nodes' writes it merged may not have reached the receiver yet.
     public init(
-        id: SessionID, session: ReplicatedSession, attributes: [String: AttributeState]? = nil,
+        id: SessionID, session: ReplicatedSession, attributes: [String: AttributeState]? = nil, origin: UInt32? = nil,
         idempotencyRecord: IdempotencyRecord? = nil
     ) {
         self.id = id
+        let seen: [UInt32: HLCStamp] =
+            if attributes == nil { session.seen } else { origin.flatMap { o in session.seen[o].map { [o: $0] } } ?? [:] }
         self.state = ReplicatedSession(
             createdAtMillis: session.createdAtMillis, lastAccessMillis: session.lastAccessMillis,
-            version: session.version, attributes: attributes ?? session.attributes, invalidated: session.invalidated)
+            version: session.version, attributes: attributes ?? session.attributes, invalidated: session.invalidated,
+            seen: seen)
         self.idempotencyRecord = idempotencyRecord
     }
 
@@ -321,6 +349,8 @@ public struct SessionUpdate: Sendable, Equatable {
                 w.i64(count.sum)
             }
         }
+        w.u32(UInt32(state.seen.count))
+        for stamp in state.seen.values.sorted(by: { $0.node < $1.node }) { stamp.encode(into: &w) }
         w.bool(idempotencyRecord != nil)
         idempotencyRecord?.encode(into: &w)
     }
@@ -352,12 +382,20 @@ public struct SessionUpdate: Sendable, Equatable {
             }
         }
         if let invalidated, invalidated > version { throw WireError("invalidation is newer than the version") }
+        var seen: [UInt32: HLCStamp] = [:]
+        for _ in 0..<(try r.count(limit: Self.maxNodesPerAttribute)) {
+            let stamp = try HLCStamp(from: &r)
+            guard stamp <= version else { throw WireError("a seen stamp is newer than the version") }
+            guard seen.updateValue(stamp, forKey: stamp.node) == nil else {
+                throw WireError("node \(stamp.node) is seen twice")
+            }
+        }
         var record: IdempotencyRecord? = nil
         if try r.bool() { record = try IdempotencyRecord(from: &r) }
         self.id = id
         self.state = ReplicatedSession(
             createdAtMillis: created, lastAccessMillis: lastAccess, version: version, attributes: attributes,
-            invalidated: invalidated)
+            invalidated: invalidated, seen: seen)
         self.idempotencyRecord = record
     }
 }
@@ -395,5 +433,35 @@ extension IdempotencyRecord {
         self.init(
             key: key, fingerprint: fingerprint,
             response: StoredResponse(status: Int(status), headers: headers, body: body), ttlMillis: ttl)
+    }
+}
+
+/// What a client shows to read its own writes on any node: the writer's
+/// `seen` vector after the write, as "millis.counter.node" stamps joined by
+/// "_" (cookie-safe). A node serves the client once its copy `contains` it.
+public struct ReadToken: Sendable, Equatable, CustomStringConvertible {
+    /// The most stamps a token may carry (one per node that wrote the session).
+    public static let maxStamps = 64
+
+    public var stamps: [HLCStamp]
+
+    public init(_ seen: [UInt32: HLCStamp]) {
+        stamps = seen.values.sorted { $0.node < $1.node }
+    }
+
+    /// Parses a token; nil when malformed or longer than `maxStamps`.
+    public init?(_ text: String) {
+        let parts = text.split(separator: "_", omittingEmptySubsequences: false)
+        guard !parts.isEmpty, parts.count <= Self.maxStamps else { return nil }
+        var stamps: [HLCStamp] = []
+        for part in parts {
+            guard let stamp = HLCStamp(token: String(part)) else { return nil }
+            stamps.append(stamp)
+        }
+        self.stamps = stamps
+    }
+
+    public var description: String {
+        stamps.map { "\($0.millis).\($0.counter).\($0.node)" }.joined(separator: "_")
     }
 }

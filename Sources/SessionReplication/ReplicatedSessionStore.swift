@@ -59,7 +59,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     struct Sinks {
         var onUpdate: (@Sendable ([SessionUpdate]) -> Void)?
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
-        var onFetch: (@Sendable (SessionID) -> Int)?
+        var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
     }
 
     /// How `catchUp` waits for a session newer than this node's copy.
@@ -83,13 +83,22 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     public let catchUpPolicy: CatchUpPolicy
-    private let contents = Mutex(Contents())
-    private let sinks = Mutex(Sinks())
+    private let contents = FastLock(Contents())
+    private let sinks = FastLock(Sinks())
     private let sweeper = RepeatingTimer()
     private let ready = Atomic<Bool>(true)
     private let catchUps = Mutex(CatchUpCounts())
-    /// Fetch replies received per session while a `catchUp` waits for them.
-    private let fetchReplies = Mutex([SessionID: Int]())
+
+    /// Who waits in `catchUp`, for which session, and the fetch replies they count.
+    struct Waiters {
+        var waiting: [SessionID: Int] = [:]
+        /// Bumped by every merge of a session someone waits for.
+        var merges: UInt64 = 0
+        var nextFetch: UInt64 = 0
+        var fetchReplies: [UInt64: Int] = [:]
+    }
+
+    private let waiters = ConditionLock(Waiters())
 
     /// A store for node `node` (the HLC's node id, unique in the cluster).
     public init(
@@ -119,19 +128,18 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         set { sinks.withLock { $0.onRecord = newValue } }
     }
 
-    /// Asks the peers for a session's full state, for `catchUp`, and returns
-    /// how many were asked; each reply comes back through `mergeFetchReply`.
-    public var onFetch: (@Sendable (SessionID) -> Int)? {
+    /// Asks the peers for a session's full state, for `catchUp`, with a
+    /// request number; returns how many peers were asked. Each reply comes
+    /// back through `mergeFetchReply`.
+    public var onFetch: (@Sendable (SessionID, UInt64) -> Int)? {
         get { sinks.withLock { $0.onFetch } }
         set { sinks.withLock { $0.onFetch = newValue } }
     }
 
-    /// Merges a peer's answer to a fetch (`update` nil: the peer does not have the session).
-    public func mergeFetchReply(_ id: SessionID, _ update: SessionUpdate?) {
-        if let update { merge(update) }
-        fetchReplies.withLock { replies in
-            if let n = replies[id] { replies[id] = n + 1 }
-        }
+    /// Merges a peer's answer to fetch `request` (`update` nil: the peer does not have the session).
+    public func mergeFetchReply(_ id: SessionID, request: UInt64, _ update: SessionUpdate?) {
+        if let update, hlc.observe(update.state.version) { mergeLocked(update) }
+        notifyMerged(id, fetchReply: request)
     }
 
     /// Sessions and tombstones held, expired ones not yet swept included.
@@ -153,55 +161,75 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     // MARK: Read-your-writes
 
-    /// "millis.counter.node" of the session's version on this node.
+    /// The session's `seen` vector on this node (a `ReadToken`).
     public func readToken(for id: SessionID) -> String? {
-        contents.withLock { $0.sessions[id]?.version }.map { "\($0.millis).\($0.counter).\($0.node)" }
+        contents.withLock { $0.sessions[id]?.seen }.map { ReadToken($0).description }
     }
 
-    /// Polls for a copy at least as new as `token`: `catchUpPolicy.waitMillis`
-    /// for the change to arrive, then asks the peers (`onFetch`) and waits up
-    /// to `fetchTimeoutMillis` more, or until every peer asked has answered. Malformed tokens and tokens from the
-    /// future (beyond the clock's drift limit: forged) are ignored at once.
+    /// Waits for a copy holding every write `token` names: up to
+    /// `catchUpPolicy.waitMillis` for the changes to arrive, then asks the
+    /// peers (`onFetch`) and waits up to `fetchTimeoutMillis` more, or until
+    /// every peer asked has answered. Woken by merges of this session, not
+    /// by polling. Malformed tokens and tokens from the future (beyond the
+    /// clock's drift limit: forged) are ignored at once.
     public func catchUp(_ id: SessionID, to token: String) -> Bool {
-        guard let wanted = HLCStamp(token: token),
-            wanted.millis <= clock.nowMillis() + hlc.maxForwardDriftMillis
-        else { return false }
-        func isCurrent() -> Bool {
-            contents.withLock { ($0.sessions[id]?.version ?? .zero) >= wanted }
-        }
-        func poll(forMillis millis: Int64) -> Bool {
-            let deadline = monotonicNanos() + UInt64(max(0, millis)) * 1_000_000
-            while monotonicNanos() < deadline {
-                usleep(100)
-                if isCurrent() { return true }
-            }
-            return false
-        }
+        guard let wanted = ReadToken(token) else { return false }
+        let limit = clock.nowMillis() + hlc.maxForwardDriftMillis
+        guard wanted.stamps.allSatisfy({ $0.millis <= limit }) else { return false }
+        func isCurrent() -> Bool { contents.withLock { $0.sessions[id]?.contains(wanted) ?? false } }
         if isCurrent() {
             catchUps.withLock { $0.current += 1 }
             return true
         }
-        if poll(forMillis: catchUpPolicy.waitMillis) {
+        waiters.withLock { $0.waiting[id, default: 0] += 1 }
+        defer {
+            waiters.withLock { w in
+                w.waiting[id] = w.waiting[id].flatMap { $0 > 1 ? $0 - 1 : nil }
+            }
+        }
+        if waitForMerge(of: id, millis: catchUpPolicy.waitMillis, until: isCurrent) {
             catchUps.withLock { $0.waited += 1 }
             return true
         }
-        // Ask the peers; stop early once all of them answered without the change.
-        fetchReplies.withLock { $0[id] = 0 }
-        defer { fetchReplies.withLock { _ = $0.removeValue(forKey: id) } }
-        let asked = sinks.withLock { $0.onFetch }?(id) ?? 0
-        var fetched = false
-        let deadline = monotonicNanos() + UInt64(max(0, catchUpPolicy.fetchTimeoutMillis)) * 1_000_000
-        while asked > 0 {
-            if isCurrent() {
-                fetched = true
-                break
-            }
-            if fetchReplies.withLock({ $0[id] ?? 0 }) >= asked || monotonicNanos() >= deadline { break }
-            usleep(50)
+        // Ask the peers; stop early once all of them answered without the changes.
+        let request = waiters.withLock { w -> UInt64 in
+            w.nextFetch += 1
+            w.fetchReplies[w.nextFetch] = 0
+            return w.nextFetch
         }
-        fetched = fetched || isCurrent()
+        defer { waiters.withLock { _ = $0.fetchReplies.removeValue(forKey: request) } }
+        let asked = sinks.withLock { $0.onFetch }?(id, request) ?? 0
+        let fetched =
+            asked > 0
+            && waitForMerge(of: id, millis: catchUpPolicy.fetchTimeoutMillis) {
+                isCurrent() || waiters.withLock { ($0.fetchReplies[request] ?? 0) >= asked }
+            } && isCurrent()
         catchUps.withLock { fetched ? ($0.fetched += 1) : ($0.gaveUp += 1) }
         return fetched
+    }
+
+    /// Sleeps until `done()` or the deadline, re-checking after each merge of session `id`.
+    private func waitForMerge(of id: SessionID, millis: Int64, until done: () -> Bool) -> Bool {
+        let deadline = monotonicNanos() + UInt64(max(0, millis)) * 1_000_000
+        var seenMerges = waiters.withLock { $0.merges }
+        while true {
+            if done() { return true }
+            let (woken, merges) = waiters.wait(
+                until: deadline, for: { $0.merges != seenMerges }, then: { w, woken in (woken, w.merges) })
+            if !woken { return done() }
+            seenMerges = merges
+        }
+    }
+
+    /// Wakes the `catchUp` calls waiting for session `id`.
+    private func notifyMerged(_ id: SessionID, fetchReply request: UInt64? = nil) {
+        let wake = waiters.withLock { w -> Bool in
+            if let request, let n = w.fetchReplies[request] { w.fetchReplies[request] = n + 1 }
+            guard w.waiting[id] != nil else { return false }
+            w.merges &+= 1
+            return true
+        }
+        if wake { waiters.broadcast() }
     }
 
     /// What `catchUp` has done so far.
@@ -218,7 +246,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             if now - session.lastAccessMillis >= expiry.touchIntervalMillis {
                 session.touch(nowMillis: now)
                 contents.sessions[id] = session
-                touch = SessionUpdate(id: id, session: session, attributes: [:])
+                touch = SessionUpdate(id: id, session: session, attributes: [:], origin: hlc.node)
             }
             return (session.snapshot(id: id), touch)
         }
@@ -297,6 +325,12 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     @discardableResult
     public func merge(_ update: SessionUpdate) -> Bool {
         guard hlc.observe(update.state.version) else { return false }
+        mergeLocked(update)
+        notifyMerged(update.id)
+        return true
+    }
+
+    private func mergeLocked(_ update: SessionUpdate) {
         let now = clock.nowMillis()
         contents.withLock { contents in
             if var session = contents.sessions[update.id] {
@@ -310,7 +344,6 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
                 contents.keep(record, expiresAt: update.state.lastAccessMillis + record.ttlMillis, now: now)
             }
         }
-        return true
     }
 
     /// Merges an idempotency record from a peer (kept unless already expired).

@@ -51,6 +51,8 @@ public struct FrameError: Error, Sendable, Equatable, CustomStringConvertible {
         case oversized
         /// The HMAC does not match: a wrong cluster secret, or corrupted or forged bytes.
         case badTag
+        /// The stream ended inside a frame.
+        case truncated
     }
 
     public var code: Code

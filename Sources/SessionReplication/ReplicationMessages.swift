@@ -94,22 +94,29 @@ public struct AckMessage: Sendable, Equatable {
     }
 }
 
-/// The payload of a `fetch` frame: the session whose full state is wanted.
+/// The payload of a `fetch` frame: the session whose full state is wanted,
+/// and a request number the reply repeats.
 public struct FetchRequest: Sendable, Equatable {
     public var id: SessionID
-    public init(id: SessionID) { self.id = id }
+    public var request: UInt64
+    public init(id: SessionID, request: UInt64) {
+        self.id = id
+        self.request = request
+    }
 
     public func encode() -> [UInt8] {
         var w = WireWriter()
         w.string(id.rawValue)
+        w.u64(request)
         return w.bytes
     }
 
     public static func decode(_ payload: [UInt8]) throws(WireError) -> FetchRequest {
         var r = WireReader(payload)
         guard let id = SessionID(rawValue: try r.string(limit: 64)) else { throw WireError("invalid session id") }
+        let request = try r.u64()
         try r.expectEnd()
-        return FetchRequest(id: id)
+        return FetchRequest(id: id, request: request)
     }
 }
 
@@ -117,16 +124,19 @@ public struct FetchRequest: Sendable, Equatable {
 /// absence (unknown or expired on the answering node).
 public struct FetchReply: Sendable, Equatable {
     public var id: SessionID
+    public var request: UInt64
     public var update: SessionUpdate?
 
-    public init(id: SessionID, update: SessionUpdate?) {
+    public init(id: SessionID, request: UInt64, update: SessionUpdate?) {
         self.id = id
+        self.request = request
         self.update = update
     }
 
     public func encode() -> [UInt8] {
         var w = WireWriter()
         w.string(id.rawValue)
+        w.u64(request)
         w.bool(update != nil)
         update?.encode(into: &w)
         return w.bytes
@@ -135,10 +145,11 @@ public struct FetchReply: Sendable, Equatable {
     public static func decode(_ payload: [UInt8]) throws(WireError) -> FetchReply {
         var r = WireReader(payload)
         guard let id = SessionID(rawValue: try r.string(limit: 64)) else { throw WireError("invalid session id") }
+        let request = try r.u64()
         let update = try r.bool() ? try SessionUpdate(from: &r) : nil
         try r.expectEnd()
         if let update, update.id != id { throw WireError("fetch reply for \(id) carries another session") }
-        return FetchReply(id: id, update: update)
+        return FetchReply(id: id, request: request, update: update)
     }
 }
 

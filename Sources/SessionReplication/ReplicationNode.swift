@@ -150,8 +150,8 @@ public final class ReplicationNode: Sendable {
         store.onRecord = { record in
             Self.replicate([.record(record)], to: links, wait: mode == .sync, timeout: timeout)
         }
-        store.onFetch = { id in
-            let request = ReplicationFrame(type: .fetch, payload: FetchRequest(id: id).encode())
+        store.onFetch = { id, number in
+            let request = ReplicationFrame(type: .fetch, payload: FetchRequest(id: id, request: number).encode())
             return links.reduce(0) { $0 + ($1.send(control: request) ? 1 : 0) }
         }
     }
@@ -252,7 +252,7 @@ public final class ReplicationNode: Sendable {
                 reason = "no ready peer answered within \(configuration.joinTimeoutMillis) ms; starting alone"
                 break
             }
-            usleep(20_000)
+            usleep(5_000)
         }
         becomeReady(started: started, reason: reason)
     }
@@ -375,7 +375,8 @@ public final class ReplicationNode: Sendable {
                     acknowledge = batch.sequence
                 case .fetch:
                     let request = try FetchRequest.decode(frame.payload)
-                    let reply = FetchReply(id: request.id, update: store.fullState(of: request.id))
+                    let reply = FetchReply(
+                        id: request.id, request: request.request, update: store.fullState(of: request.id))
                     replies.append(ReplicationFrame(type: .fetchReply, payload: reply.encode()))
                     core.counters.add(\.fetchesServed)
                 default:

@@ -231,8 +231,10 @@ private struct Cluster {
         // A remove wins only over older writes.
         var olderRemove = start
         _ = olderRemove.remove("x", at: stamp(1_999, 5, node: 3))
-        #expect(merged(ab, olderRemove) == ab)
-        #expect(merged(olderRemove, ab) == ab)
+        // (It changes no attribute; the merged copy does record that it holds node 3's write.)
+        #expect(merged(ab, olderRemove).attributes == ab.attributes)
+        #expect(merged(olderRemove, ab) == merged(ab, olderRemove))
+        #expect(merged(ab, olderRemove).seen[3] == stamp(1_999, 5, node: 3))
         var newerRemove = start
         _ = newerRemove.remove("x", at: stamp(2_000, 1, node: 1))
         let removed = merged(ab, newerRemove)

@@ -38,19 +38,19 @@ private func sampleRecord() -> ReplicatedRecord {
     @Test func smallMessagesRoundTrip() throws {
         #expect(try AckMessage.decode(AckMessage(sequence: .max).encode()) == AckMessage(sequence: .max))
         let id = SessionID.generate()
-        #expect(try FetchRequest.decode(FetchRequest(id: id).encode()) == FetchRequest(id: id))
-        let absent = FetchReply(id: id, update: nil)
+        #expect(try FetchRequest.decode(FetchRequest(id: id, request: 9).encode()) == FetchRequest(id: id, request: 9))
+        let absent = FetchReply(id: id, request: 1, update: nil)
         #expect(try FetchReply.decode(absent.encode()) == absent)
         var update = try sampleUpdate()
         update.id = id
-        let present = FetchReply(id: id, update: update)
+        let present = FetchReply(id: id, request: .max, update: update)
         #expect(try FetchReply.decode(present.encode()) == present)
         let end = SnapshotEnd(itemCount: 10_000, senderReady: true)
         #expect(try SnapshotEnd.decode(end.encode()) == end)
     }
 
     @Test func aFetchReplyForAnotherSessionIsRejected() throws {
-        let reply = FetchReply(id: SessionID.generate(), update: try sampleUpdate())
+        let reply = FetchReply(id: SessionID.generate(), request: 2, update: try sampleUpdate())
         #expect(throws: WireError.self) { try FetchReply.decode(reply.encode()) }
     }
 
@@ -122,6 +122,18 @@ private func sampleRecord() -> ReplicatedRecord {
         #expect(ReplicationConfiguration.nodeID(for: "a") == 0xE40C_292C)
         let ids = Set((1...1000).map { ReplicationConfiguration.nodeID(for: "node-\($0)") })
         #expect(ids.count == 1000 && !ids.contains(0))
+    }
+
+    @Test func readTokensRoundTripAndRefuseGarbage() throws {
+        let seen: [UInt32: HLCStamp] = [
+            7: HLCStamp(millis: 5, counter: 1, node: 7), 2: HLCStamp(millis: 9, counter: 0, node: 2),
+        ]
+        let token = ReadToken(seen)
+        #expect(token.description == "9.0.2_5.1.7")
+        #expect(ReadToken(token.description) == token)
+        for bad in ["", "_", "9.0.2_", "9.0.2__5.1.7", "9.0.2;5.1.7", String(repeating: "1.0.1_", count: 64) + "1.0.1"] {
+            #expect(ReadToken(bad) == nil, "\(bad)")
+        }
     }
 
     @Test func readTokensParseStrictly() {

@@ -67,6 +67,25 @@ func shutdownSocket(_ fd: Int32) {
     _ = shutdown(fd, Int32(SHUT_RDWR))
 }
 
+/// Sends what the socket takes without blocking; returns the bytes sent
+/// (fewer on EAGAIN or an error: the caller leaves the rest to a blocking writer).
+func sendWithoutBlocking(_ fd: Int32, _ bytes: [UInt8]) -> Int {
+    bytes.withUnsafeBytes { raw in
+        var offset = 0
+        while offset < raw.count {
+            let n = send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            if n > 0 {
+                offset += n
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                break
+            }
+        }
+        return offset
+    }
+}
+
 extension FrameCodec {
     /// The frames' bytes, back to back, for one write.
     func encode(_ frames: [ReplicationFrame]) -> [UInt8] {
@@ -76,20 +95,25 @@ extension FrameCodec {
     }
 }
 
-/// Splits encoded items into `update`/`snapshotChunk` payloads of about `chunkBytes` each.
+/// Splits encoded items into `update`/`snapshotChunk` payloads of about
+/// `chunkBytes` each. Only the last carries `sequence` (the others 0): the
+/// peer's acknowledgement of it must mean that every chunk was applied.
 func chunkedBatches(_ items: [[UInt8]], chunkBytes: Int, sequence: UInt64) -> [[UInt8]] {
-    var payloads: [[UInt8]] = []
+    var chunks: [(count: Int, bytes: [UInt8])] = []
     var current: [UInt8] = []
     var count = 0
     for item in items {
         if count > 0 && current.count + item.count > chunkBytes {
-            payloads.append(UpdateBatch.encode(sequence: sequence, itemCount: count, encodedItems: current))
+            chunks.append((count, current))
             current = []
             count = 0
         }
         current.append(contentsOf: item)
         count += 1
     }
-    if count > 0 { payloads.append(UpdateBatch.encode(sequence: sequence, itemCount: count, encodedItems: current)) }
-    return payloads
+    if count > 0 || chunks.isEmpty { chunks.append((count, current)) }  // an empty state still carries the sequence
+    return chunks.enumerated().map { i, chunk in
+        UpdateBatch.encode(
+            sequence: i == chunks.count - 1 ? sequence : 0, itemCount: chunk.count, encodedItems: chunk.bytes)
+    }
 }

@@ -59,6 +59,12 @@ final class PeerLink: Sendable {
         var lagging = false
         var transfer: Transfer = .none
         var lastError: String?
+        /// A thread is writing to the socket (the writer, or a request sending its change inline).
+        var writing = false
+        /// The rest of a frame a request thread could not send at once: it goes first.
+        var unsent: [UInt8] = []
+        /// Changes sent (resyncs included).
+        var itemsSent = 0
     }
 
     /// Condition 0: work for the writer; condition 1: acknowledgements (sync waiters).
@@ -87,13 +93,15 @@ final class PeerLink: Sendable {
         var queuedBytes: Int
         var unacknowledged: UInt64
         var lastError: String?
+        var itemsSent: Int
     }
 
     var status: Status {
         state.withLock {
             Status(
                 address: address, phase: $0.phase, peerName: $0.peer?.nodeName, lagging: $0.lagging,
-                queuedBytes: $0.queuedBytes, unacknowledged: $0.lastSequence - $0.ackedSequence, lastError: $0.lastError)
+                queuedBytes: $0.queuedBytes, unacknowledged: $0.lastSequence - $0.ackedSequence, lastError: $0.lastError,
+                itemsSent: $0.itemsSent)
         }
     }
 
@@ -112,13 +120,23 @@ final class PeerLink: Sendable {
 
     // MARK: Sending
 
-    /// Queues encoded items; returns their sequence number, or nil when the
-    /// peer is not connected (the resync at the next connection covers them).
-    /// A full queue is dropped and replaced by a resync.
+    /// Sends encoded items, or queues them for the writer; returns their
+    /// sequence number, or nil when the peer is not connected (the resync at
+    /// the next connection covers them). A full queue is dropped and replaced
+    /// by a resync.
+    ///
+    /// When nothing is queued and no one is writing, the calling thread sends
+    /// the frame itself without blocking (what the socket does not take at
+    /// once is left for the writer): no thread hand-off on the common path.
     func enqueue(_ bytes: [UInt8], itemCount: Int) -> UInt64? {
-        let result = state.withLock { s -> (UInt64?, overflowed: Bool) in
-            guard s.phase == .connected else { return (nil, false) }
+        let result = state.withLock { s -> (UInt64?, overflowed: Bool, inline: Int32?) in
+            guard s.phase == .connected else { return (nil, false, nil) }
             s.lastSequence += 1
+            if !s.writing && !s.broken && !s.needsResync && s.queue.isEmpty && s.control.isEmpty && s.unsent.isEmpty {
+                s.writing = true
+                s.itemsSent += itemCount
+                return (s.lastSequence, false, s.fd)
+            }
             var overflowed = false
             if s.queuedBytes + bytes.count > node.configuration.maxQueueBytes {
                 s.queue = []
@@ -129,7 +147,16 @@ final class PeerLink: Sendable {
                 s.queue.append(Pending(sequence: s.lastSequence, itemCount: itemCount, bytes: bytes))
                 s.queuedBytes += bytes.count
             }
-            return (s.lastSequence, overflowed)
+            return (s.lastSequence, overflowed, nil)
+        }
+        if let fd = result.inline, let sequence = result.0 {
+            let frame = node.codec.encode(ReplicationFrame(
+                type: .update, payload: UpdateBatch.encode(sequence: sequence, itemCount: itemCount, encodedItems: bytes)))
+            let sent = sendWithoutBlocking(fd, frame)
+            state.withLock { s in
+                s.writing = false
+                if sent < frame.count { s.unsent = Array(frame[sent...]) }
+            }
         }
         if result.overflowed {
             node.counters.add(\.queueOverflows)
@@ -281,6 +308,8 @@ final class PeerLink: Sendable {
             s.ackedSequence = s.lastSequence  // nothing of an earlier connection is awaited any more
             s.lagging = false
             s.lastError = nil
+            s.writing = false
+            s.unsent = []
             return .connected(fd, generation: s.generation)
         }
     }
@@ -293,32 +322,45 @@ final class PeerLink: Sendable {
             let work = state.wait(
                 on: Self.writerCondition, until: lastSend + pingNanos,
                 for: { s in
-                    s.broken || s.phase != .connected || s.needsResync || !s.queue.isEmpty || !s.control.isEmpty
+                    s.broken || s.phase != .connected
+                        || (!s.writing
+                            && (s.needsResync || !s.queue.isEmpty || !s.control.isEmpty || !s.unsent.isEmpty))
                 },
-                then: { s, _ -> (control: [ReplicationFrame], queue: [Pending], resync: Bool)? in
-                    guard !s.broken, s.phase == .connected else { return nil }
+                then: { s, _ -> (unsent: [UInt8], control: [ReplicationFrame], queue: [Pending], resync: UInt64?)? in
+                    guard !s.broken, s.phase == .connected, !s.writing else { return nil }
+                    s.writing = true
+                    // A resync's number is taken before its snapshot: every change numbered
+                    // below it is in the store by then, so its ack may release them all.
+                    var resync: UInt64? = nil
+                    if s.needsResync {
+                        s.lastSequence += 1
+                        resync = s.lastSequence
+                    }
                     defer {
+                        s.unsent = []
                         s.control = []
                         s.queue = []
                         s.queuedBytes = 0
                         s.needsResync = false
                     }
-                    return (s.control, s.queue, s.needsResync)
+                    s.itemsSent += s.needsResync ? 0 : s.queue.reduce(0) { $0 + $1.itemCount }
+                    return (s.unsent, s.control, s.queue, resync)
                 })
             guard let work else { return }
             // A resync comes first and replaces the queue: its snapshot, taken after the
             // queue was, holds every queued change, and a peer must never get a node's
             // later change before its earlier ones (read tokens count on that order).
             var frames = work.control
-            frames += work.resync ? resyncFrames() : batchFrames(work.queue)
-            if frames.isEmpty { frames = [ReplicationFrame(type: .ping)] }
-            guard Sockets.writeAll(fd, node.codec.encode(frames)) else {
-                state.withLock { $0.lastError = "send failed: errno \(errno)" }
-                return
+            frames += work.resync.map(resyncFrames) ?? batchFrames(work.queue)
+            if frames.isEmpty && work.unsent.isEmpty { frames = [ReplicationFrame(type: .ping)] }
+            let sent = Sockets.writeAll(fd, work.unsent + node.codec.encode(frames))
+            let error = errno
+            state.withLock { s in
+                s.writing = false
+                if !sent { s.lastError = "send failed: errno \(error)" }
             }
+            guard sent else { return }
             lastSend = monotonicNanos()
-            let itemCount = work.resync ? 0 : work.queue.reduce(0) { $0 + $1.itemCount }
-            if itemCount > 0 { node.counters.add(\.itemsSent, itemCount) }
         }
     }
 
@@ -346,15 +388,11 @@ final class PeerLink: Sendable {
         return frames
     }
 
-    /// This node's whole state as `update` frames with one new sequence number.
-    private func resyncFrames() -> [ReplicationFrame] {
+    /// This node's whole state as `update` frames numbered `sequence`.
+    private func resyncFrames(sequence: UInt64) -> [ReplicationFrame] {
         let items = node.allItems()
-        let sequence = state.withLock { s -> UInt64 in
-            s.lastSequence += 1
-            return s.lastSequence
-        }
+        state.withLock { $0.itemsSent += items.count }
         node.counters.add(\.resyncs)
-        node.counters.add(\.itemsSent, items.count)
         return chunkedBatches(items, chunkBytes: node.configuration.snapshotChunkBytes, sequence: sequence)
             .map { ReplicationFrame(type: .update, payload: $0) }
     }
@@ -362,9 +400,10 @@ final class PeerLink: Sendable {
     private func closeConnection(fd: Int32, generation: Int) {
         shutdownSocket(fd)
         // The reader owns reads on fd until it reports done; only then is fd closed (and its number reusable).
+        // No request thread may still be sending on fd either.
         state.wait(
-            on: Self.writerCondition, until: .max, for: { $0.readerDone || $0.generation != generation },
-            then: { _, _ in () })
+            on: Self.writerCondition, until: .max,
+            for: { ($0.readerDone || $0.generation != generation) && !$0.writing }, then: { _, _ in () })
         close(fd)
         let reason = state.withLock { s -> String? in
             if s.phase == .connected { s.phase = .connecting }

@@ -372,7 +372,7 @@ public final class ReplicationNode: Sendable {
                 case .update:
                     let batch = try UpdateBatch.decode(frame.payload)  // all decoded before any is applied
                     core.merge(batch.items)
-                    acknowledge = batch.sequence
+                    if batch.sequence > 0 { acknowledge = max(acknowledge ?? 0, batch.sequence) }
                 case .fetch:
                     let request = try FetchRequest.decode(frame.payload)
                     let reply = FetchReply(
@@ -427,7 +427,11 @@ public final class ReplicationNode: Sendable {
         }
     }
 
-    public var counters: ReplicationCounters.Values { core.counters.snapshot }
+    public var counters: ReplicationCounters.Values {
+        var values = core.counters.snapshot
+        values.itemsSent = links.reduce(0) { $0 + $1.status.itemsSent }
+        return values
+    }
 
     /// Milliseconds from `start()` to ready (nil while not ready).
     public var readyAfterMillis: Int64? { state.withLock { $0.readyAfterMillis } }

@@ -314,6 +314,9 @@ final class PeerLink: Sendable {
         }
     }
 
+    /// What the writer takes from the state in one go.
+    private typealias Work = (unsent: [UInt8], control: [ReplicationFrame], queue: [Pending], resync: UInt64?)
+
     private func writeUntilBroken(fd: Int32, generation: Int) {
         let config = node.configuration
         let pingNanos = UInt64(config.pingIntervalMillis) * 1_000_000
@@ -326,8 +329,10 @@ final class PeerLink: Sendable {
                         || (!s.writing
                             && (s.needsResync || !s.queue.isEmpty || !s.control.isEmpty || !s.unsent.isEmpty))
                 },
-                then: { s, _ -> (unsent: [UInt8], control: [ReplicationFrame], queue: [Pending], resync: UInt64?)? in
-                    guard !s.broken, s.phase == .connected, !s.writing else { return nil }
+                then: { s, _ -> Work?? in
+                    guard !s.broken, s.phase == .connected else { return nil }
+                    // The ping deadline passed while a request sends its change: busy, not idle.
+                    if s.writing { return .some(nil) }
                     s.writing = true
                     // A resync's number is taken before its snapshot: every change numbered
                     // below it is in the store by then, so its ack may release them all.
@@ -346,7 +351,11 @@ final class PeerLink: Sendable {
                     s.itemsSent += s.needsResync ? 0 : s.queue.reduce(0) { $0 + $1.itemCount }
                     return (s.unsent, s.control, s.queue, resync)
                 })
-            guard let work else { return }
+            guard let claimed = work else { return }
+            guard let work = claimed else {
+                lastSend = monotonicNanos()
+                continue
+            }
             // A resync comes first and replaces the queue: its snapshot, taken after the
             // queue was, holds every queued change, and a peer must never get a node's
             // later change before its earlier ones (read tokens count on that order).

@@ -1,0 +1,277 @@
+import Foundation
+import Testing
+import TestSupport
+
+// Three real `session-cluster node --strategy replicate` processes on loopback,
+// driven with curl like a browser behind a round-robin balancer.
+
+private let clusterSecret = "replication-cluster-tests-secret-0123456789"
+
+/// The body of /api/session, /api/counter and /api/login.
+private struct SessionBody: Decodable, Equatable {
+    var node: String
+    var count: Int
+    var user: String?
+}
+
+private func decode(_ response: CurlClient.Response) -> SessionBody? {
+    guard response.status == 200 else { return nil }
+    return try? JSONDecoder().decode(SessionBody.self, from: Data(response.body.utf8))
+}
+
+/// The value of the metric line that starts with `prefix` (name and labels).
+private func metric(_ text: String, _ prefix: String) -> Int? {
+    for line in text.split(separator: "\n") where line.hasPrefix(prefix + " ") {
+        return Int(line.dropFirst(prefix.count + 1))
+    }
+    return nil
+}
+
+/// Nodes "a", "b", "c": each a child process with its HTTP and replication
+/// ports, all listing the same three replication addresses (their own included).
+/// Every process is stopped by `stopAll()`, which callers defer.
+private final class NodeProcesses {
+    let names = ["a", "b", "c"]
+    let mode: String
+    let httpPorts: [Int]
+    let replicationPorts: [Int]
+    private var children: [ChildProcess?] = [nil, nil, nil]
+    /// What stopped processes wrote, for failure messages.
+    private var pastOutput = ["", "", ""]
+
+    init(mode: String) throws {
+        var ports: [Int] = []
+        while ports.count < 6 {
+            let port = try freeLoopbackPort()
+            if !ports.contains(port) { ports.append(port) }
+        }
+        self.mode = mode
+        httpPorts = Array(ports[0..<3])
+        replicationPorts = Array(ports[3..<6])
+    }
+
+    var peerList: String { replicationPorts.map { "127.0.0.1:\($0)" }.joined(separator: ",") }
+
+    func start(_ i: Int) throws {
+        precondition(children[i] == nil, "node \(names[i]) is running")
+        children[i] = try ChildProcess(
+            try ChildProcess.sessionClusterBinary(),
+            [
+                "node", "--port", "\(httpPorts[i])", "--node-id", names[i], "--strategy", "replicate",
+                "--peers", peerList, "--replication-port", "\(replicationPorts[i])",
+                "--replication-mode", mode, "--sync-timeout-ms", "200",
+            ],
+            environment: ["SESSION_CLUSTER_SECRET": clusterSecret])
+    }
+
+    func startAll() throws {
+        for i in names.indices { try start(i) }
+    }
+
+    func url(_ i: Int, _ path: String) -> String { "http://127.0.0.1:\(httpPorts[i])\(path)" }
+
+    func isHealthy(_ i: Int) -> Bool {
+        (try? CurlClient().request("GET", url(i, "/healthz"), useJar: false).status) == 200
+    }
+
+    func waitHealthy(_ indices: [Int] = [0, 1, 2], timeout: Double = 15) -> Bool {
+        waitUntil(timeout: timeout) { indices.allSatisfy(isHealthy) }
+    }
+
+    /// Sends `signal` to node `i`'s process, by its PID.
+    func signal(_ i: Int, _ signal: Int32) {
+        if let pid = children[i]?.pid { kill(pid, signal) }
+    }
+
+    /// Stops node `i` (SIGTERM by default, SIGKILL after `timeout`); its exit status, nil when killed or not running.
+    @discardableResult
+    func stop(_ i: Int, signal: Int32 = SIGTERM, timeout: Double = 10) -> Int32? {
+        guard let child = children[i] else { return nil }
+        kill(child.pid, SIGCONT)  // a SIGSTOPped node must run to handle SIGTERM
+        let status = child.stop(signal: signal, timeout: timeout)
+        pastOutput[i] += child.output
+        children[i] = nil
+        return status
+    }
+
+    @discardableResult
+    func stopAll() -> [Int32?] { names.indices.map { stop($0, timeout: 5) } }
+
+    var output: String {
+        names.indices.map { "--- node \(names[$0]) ---\n\(pastOutput[$0])\(children[$0]?.output ?? "")" }
+            .joined(separator: "\n")
+    }
+
+    func metrics(_ i: Int) -> String {
+        (try? CurlClient().request("GET", url(i, "/metrics"), useJar: false).body) ?? ""
+    }
+
+    /// GET /api/session on node `i` with only the session cookie, no read token:
+    /// what the node itself holds, without read-your-writes catching up.
+    func sessionWithoutReadToken(_ i: Int, sid: String) -> SessionBody? {
+        (try? CurlClient().request("GET", url(i, "/api/session"), headers: ["Cookie: sid=\(sid)"], useJar: false))
+            .flatMap(decode)
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ReplicationClusterTests {
+    /// Starts a, b and c, waits until all are healthy, runs `body`; every process is stopped afterwards.
+    private static func withCluster(mode: String, _ body: (NodeProcesses) throws -> Void) throws {
+        let nodes = try NodeProcesses(mode: mode)
+        defer { nodes.stopAll() }
+        try nodes.startAll()
+        try #require(nodes.waitHealthy(), "the nodes did not become healthy:\n\(nodes.output)")
+        try body(nodes)
+    }
+
+    @Test func roundRobinAsyncHasNoStaleReadsNorLostUpdates() throws {
+        try Self.withCluster(mode: "async") { nodes in
+            let client = CurlClient()
+            var posts = 0
+            var problems: [String] = []
+            var sid: String?
+            for i in 0..<60 {
+                let node = i % 3
+                let isPost = i % 2 == 0
+                let response = try client.request(
+                    isPost ? "POST" : "GET", nodes.url(node, isPost ? "/api/counter" : "/api/session"))
+                if isPost { posts += 1 }
+                guard let body = decode(response) else {
+                    problems.append("#\(i) on \(nodes.names[node]): status \(response.status) \(response.body)")
+                    continue
+                }
+                if body.node != nodes.names[node] { problems.append("#\(i): served by \(body.node)") }
+                if body.count != posts {
+                    let kind = isPost ? "lost update" : "stale read"
+                    problems.append("#\(i) \(isPost ? "POST" : "GET") on \(body.node): count \(body.count), expected \(posts) (\(kind))")
+                }
+                if sid == nil { sid = client.cookie("sid") }
+                if client.cookie("sid") != sid { problems.append("#\(i): the session ID changed") }
+            }
+            #expect(problems.isEmpty, "\(problems.count) problems: \(problems)\n\(nodes.output)")
+            #expect(posts == 30)
+            #expect(client.cookie("sid_rt") != nil, "writes hand out read tokens")
+            for i in nodes.names.indices {
+                let text = nodes.metrics(i)
+                let name = nodes.names[i]
+                #expect(metric(text, "session_replication_ready{node=\"\(name)\"}") == 1)
+                #expect(metric(text, "session_replication_sessions{node=\"\(name)\"}") == 1)
+                #expect(metric(text, "session_replication_catch_up_total{node=\"\(name)\",outcome=\"gave_up\"}") == 0)
+                #expect(metric(text, "session_replication_frames_rejected_total{node=\"\(name)\"}") == 0)
+            }
+            // A replicating node drains and exits cleanly on SIGTERM.
+            #expect(nodes.stopAll() == [0, 0, 0], "\(nodes.output)")
+        }
+    }
+
+    @Test func aKilledNodeIsNotMissedAndCatchesUpWhenRestarted() throws {
+        try Self.withCluster(mode: "async") { nodes in
+            let client = CurlClient()
+            for i in 1...6 {
+                let body = decode(try client.request("POST", nodes.url(i % 3, "/api/counter")))
+                #expect(body?.count == i)
+            }
+            let sid = try #require(client.cookie("sid"))
+            for i in nodes.names.indices {
+                #expect(waitUntil(timeout: 5) { nodes.sessionWithoutReadToken(i, sid: sid)?.count == 6 })
+            }
+
+            nodes.stop(2, signal: SIGKILL)
+            #expect((try? client.request("GET", nodes.url(2, "/healthz")).status) ?? 0 == 0, "c is gone")
+            for (n, (method, node)) in [("POST", 0), ("GET", 1), ("POST", 1), ("GET", 0), ("POST", 0)].enumerated() {
+                let path = method == "POST" ? "/api/counter" : "/api/session"
+                let body = decode(try client.request(method, nodes.url(node, path)))
+                let expected = 6 + [1, 1, 2, 2, 3][n]
+                #expect(body == SessionBody(node: nodes.names[node], count: expected), "\(method) on \(nodes.names[node])")
+            }
+
+            try nodes.start(2)
+            #expect(nodes.waitHealthy([2]), "the restarted node did not become healthy:\n\(nodes.output)")
+            // Healthy means it has the session already, by state transfer (no read token, nothing to catch up).
+            #expect(nodes.sessionWithoutReadToken(2, sid: sid) == SessionBody(node: "c", count: 9))
+            #expect(decode(try client.request("POST", nodes.url(2, "/api/counter"))) == SessionBody(node: "c", count: 10))
+            #expect(decode(try client.request("GET", nodes.url(0, "/api/session"))) == SessionBody(node: "a", count: 10))
+            #expect(waitUntil(timeout: 5) { nodes.sessionWithoutReadToken(1, sid: sid)?.count == 10 })
+        }
+    }
+
+    @Test func syncModeKeepsServingWhileAPeerIsStoppedAndTheStoppedPeerCatchesUp() throws {
+        try Self.withCluster(mode: "sync") { nodes in
+            let client = CurlClient()
+            for i in 1...3 {
+                #expect(decode(try client.request("POST", nodes.url(i - 1, "/api/counter")))?.count == i)
+            }
+            let sid = try #require(client.cookie("sid"))
+            // Sync: every node has every write when it is answered.
+            for i in nodes.names.indices { #expect(nodes.sessionWithoutReadToken(i, sid: sid)?.count == 3) }
+
+            nodes.signal(2, SIGSTOP)
+            defer { nodes.signal(2, SIGCONT) }
+            var count = 3
+            for k in 0..<10 {
+                let node = k % 2
+                let started = Date()
+                let response = try client.request("POST", nodes.url(node, "/api/counter"))
+                let seconds = Date().timeIntervalSince(started)
+                count += 1
+                #expect(decode(response) == SessionBody(node: nodes.names[node], count: count), "\(response.body)")
+                #expect(seconds < 2, "write \(k) on \(nodes.names[node]) took \(seconds) s while c is stopped")
+                // The other live node acknowledged it before the answer.
+                #expect(nodes.sessionWithoutReadToken(1 - node, sid: sid)?.count == count)
+            }
+            let stoppedPeer = "peer=\"127.0.0.1:\(nodes.replicationPorts[2])\""
+            for i in [0, 1] {
+                let text = nodes.metrics(i)
+                let name = nodes.names[i]
+                #expect(metric(text, "session_replication_peer_lagging{node=\"\(name)\",\(stoppedPeer)}") == 1)
+                #expect((metric(text, "session_replication_sync_timeouts_total{node=\"\(name)\"}") ?? 0) >= 1)
+            }
+
+            nodes.signal(2, SIGCONT)
+            let caughtUp = waitUntil(timeout: 10) { nodes.sessionWithoutReadToken(2, sid: sid)?.count == count }
+            #expect(caughtUp, "c shows \(String(describing: nodes.sessionWithoutReadToken(2, sid: sid)))")
+            // Once c acknowledged everything, sync writes wait for it again.
+            for i in [0, 1] {
+                let prefix = "session_replication_peer_lagging{node=\"\(nodes.names[i])\",\(stoppedPeer)}"
+                #expect(waitUntil(timeout: 10) { metric(nodes.metrics(i), prefix) == 0 })
+            }
+            #expect(decode(try client.request("POST", nodes.url(2, "/api/counter"))) == SessionBody(node: "c", count: count + 1))
+            #expect(nodes.sessionWithoutReadToken(0, sid: sid)?.count == count + 1)
+            #expect(nodes.sessionWithoutReadToken(1, sid: sid)?.count == count + 1)
+        }
+    }
+
+    @Test func loginOnOneNodeIsSeenOnAnother() throws {
+        try Self.withCluster(mode: "async") { nodes in
+            let client = CurlClient()
+            _ = try client.request("POST", nodes.url(0, "/api/counter"))
+            _ = try client.request("POST", nodes.url(0, "/api/counter"))
+            let before = try #require(client.cookie("sid"))
+
+            let login = try client.request("POST", nodes.url(0, "/api/login"), body: "{\"user\":\"ada\"}")
+            #expect(decode(login) == SessionBody(node: "a", count: 2, user: "ada"))
+            let after = try #require(client.cookie("sid"))
+            #expect(after != before, "login regenerates the session ID")
+
+            #expect(decode(try client.request("GET", nodes.url(1, "/api/session"))) == SessionBody(node: "b", count: 2, user: "ada"))
+            #expect(decode(try client.request("GET", nodes.url(2, "/api/session"))) == SessionBody(node: "c", count: 2, user: "ada"))
+            // The old ID works nowhere once its tombstone arrived; the new one everywhere.
+            for i in nodes.names.indices {
+                let name = nodes.names[i]
+                #expect(waitUntil(timeout: 5) {
+                    nodes.sessionWithoutReadToken(i, sid: before) == SessionBody(node: name, count: 0)
+                        && nodes.sessionWithoutReadToken(i, sid: after) == SessionBody(node: name, count: 2, user: "ada")
+                })
+            }
+
+            let logout = try client.request("POST", nodes.url(2, "/api/logout"))
+            #expect(logout.status == 200)
+            for i in nodes.names.indices {
+                #expect(waitUntil(timeout: 5) {
+                    nodes.sessionWithoutReadToken(i, sid: after) == SessionBody(node: nodes.names[i], count: 0)
+                }, "logged out on node \(nodes.names[i]) too")
+            }
+        }
+    }
+}

@@ -1,0 +1,756 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import MiniHTTP
+import SessionCore
+import SessionReplication
+import Synchronization
+import TestSupport
+import Testing
+
+// In-process `ReplicationNode`s over real loopback sockets.
+
+private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
+
+private let clusterSecret = Array("replication-node-tests-cluster-secret".utf8)
+private let goodCodec = try! FrameCodec(secret: clusterSecret)
+private let wrongCodec = try! FrameCodec(secret: Array("some-other-cluster-entirely-secret".utf8))
+
+/// Frames back to back, for one write.
+private func encode(_ codec: FrameCodec, _ frames: [ReplicationFrame]) -> [UInt8] {
+    frames.flatMap { codec.encode($0) }
+}
+
+private struct TestSetupError: Error, CustomStringConvertible {
+    var description: String
+}
+
+private func quietLogger() -> Logger {
+    var logger = Logger(label: "replication-node-tests")
+    logger.logLevel = .critical
+    return logger
+}
+
+/// Nodes "a", "b", "c"... on loopback. Every node is bound (its port taken)
+/// at once; `start` starts some or all. Each node's peer list holds every
+/// node's address, its own included: "127.0.0.1:port" (recognized by
+/// address), or "localhost:port" with `selfAsLocalhost` (recognized only
+/// by the hello it gets back from itself).
+private final class LoopbackCluster: Sendable {
+    let nodes: [ReplicationNode]
+    let addresses: [PeerAddress]
+    /// How many other nodes each node replicates to.
+    let expectedPeerCounts: [Int]
+
+    init(
+        count: Int = 3, mode: ReplicationConfiguration.Mode = .async, syncTimeoutMillis: Int = 5_000,
+        selfAsLocalhost: Bool = false, peerIndices: [[Int]]? = nil,
+        catchUpPolicy: ReplicatedSessionStore.CatchUpPolicy = .init(), maxQueueBytes: Int = 64 << 20,
+        pingIntervalMillis: Int = 1_000
+    ) throws {
+        var lastError: (any Error)?
+        for _ in 0..<5 {  // a port picked by freeLoopbackPort may be taken before it is bound again
+            let ports = try (0..<count).map { _ in try freeLoopbackPort() }
+            guard Set(ports).count == count else { continue }
+            let addresses = ports.map { PeerAddress(host: "127.0.0.1", port: $0) }
+            var nodes: [ReplicationNode] = []
+            do {
+                for i in 0..<count {
+                    var peers = (peerIndices?[i] ?? Array(0..<count)).map { addresses[$0] }
+                    if selfAsLocalhost, let own = peers.firstIndex(of: addresses[i]) {
+                        peers[own] = PeerAddress(host: "localhost", port: ports[i])
+                    }
+                    let name = ["a", "b", "c", "d", "e"][i]
+                    let configuration = ReplicationConfiguration(
+                        nodeName: name, host: "127.0.0.1", port: ports[i], peers: peers, secret: clusterSecret,
+                        mode: mode, syncTimeoutMillis: syncTimeoutMillis, maxQueueBytes: maxQueueBytes,
+                        joinTimeoutMillis: 300,
+                        connectTimeoutMillis: 500, reconnectBackoffMillis: (10, 200),
+                        pingIntervalMillis: pingIntervalMillis)
+                    let store = ReplicatedSessionStore(node: configuration.nodeID, catchUpPolicy: catchUpPolicy)
+                    nodes.append(try ReplicationNode(store: store, configuration: configuration, logger: quietLogger()))
+                }
+            } catch {
+                for node in nodes { node.shutdown() }
+                lastError = error
+                continue
+            }
+            self.nodes = nodes
+            self.addresses = addresses
+            expectedPeerCounts = (0..<count).map { i in Set(peerIndices?[i] ?? Array(0..<count)).subtracting([i]).count }
+            return
+        }
+        throw lastError ?? TestSetupError(description: "no free loopback ports")
+    }
+
+    subscript(_ i: Int) -> ReplicationNode { nodes[i] }
+
+    func start(_ indices: [Int]? = nil) {
+        for i in indices ?? Array(nodes.indices) { nodes[i].start() }
+    }
+
+    func shutdown() {
+        for node in nodes { node.shutdown() }
+    }
+
+    /// Starts every node; true once all are ready and every node's links to its peers are connected.
+    func startAndSettle(timeout: Double = 5) -> Bool {
+        start()
+        return waitUntil(timeout: timeout) { nodes.allSatisfy(\.isReady) && isFullyConnected }
+    }
+
+    /// Every node knows its own address (its self link is gone from `peers`) and is connected to all its peers.
+    var isFullyConnected: Bool {
+        zip(nodes, expectedPeerCounts).allSatisfy { node, expected in
+            let peers = node.peers
+            return peers.count == expected && peers.allSatisfy { $0.connected && !$0.lagging }
+        }
+    }
+
+    /// Creates a session on node `i` with these attributes (JSON texts).
+    func create(on i: Int, _ attributes: [String: String]) throws -> SessionID {
+        let id = SessionID.generate()
+        let changes = attributes.sorted { $0.key < $1.key }.map { SessionChange.set($0.key, json($0.value)) }
+        _ = try #require(try nodes[i].store.apply(SessionDelta(id: id, changes: changes, createIfMissing: true)))
+        return id
+    }
+
+    /// Waits until `check` holds for the attributes of `id` on every node in `indices` (nil: no such
+    /// session). A node that refuses the load (not ready) does not pass.
+    func eventually(
+        _ id: SessionID, on indices: [Int]? = nil, timeout: Double = 5,
+        _ check: ([String: [UInt8]]?) -> Bool
+    ) -> Bool {
+        waitUntil(timeout: timeout) {
+            (indices ?? Array(nodes.indices)).allSatisfy { i in
+                let loaded: SessionSnapshot?
+                do {
+                    loaded = try nodes[i].store.load(id)
+                } catch {
+                    return false
+                }
+                return check(loaded?.attributes)
+            }
+        }
+    }
+}
+
+/// Collects what failed on worker threads (no #expect off the test's own task).
+private final class ThreadFailures: Sendable {
+    private let messages = Mutex<[String]>([])
+    func add(_ message: String) { messages.withLock { $0.append(message) } }
+    var all: [String] { messages.withLock { $0 } }
+}
+
+private func describe(_ snapshot: SessionSnapshot?) -> String {
+    guard let snapshot else { return "nil" }
+    return snapshot.attributes.sorted { $0.key < $1.key }
+        .map { "\($0.key)=\(String(decoding: $0.value, as: UTF8.self))" }.joined(separator: ",")
+}
+
+private func record(_ key: String) -> IdempotencyRecord {
+    IdempotencyRecord(
+        key: key, fingerprint: "fp-\(key)",
+        response: StoredResponse(status: 201, headers: [["Content-Type", "application/json"]], body: json("{\"ok\":true}")),
+        ttlMillis: 60_000)
+}
+
+// MARK: - A raw TCP client that speaks (or breaks) the replication protocol
+
+private struct RawPeer {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = try Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 1_000)
+        Sockets.setReceiveTimeout(fd, millis: 5_000)
+    }
+
+    @discardableResult
+    func send(_ bytes: [UInt8]) -> Bool { Sockets.writeAll(fd, bytes) }
+
+    /// Half-closes: the node sees the end of the stream.
+    func finishSending() { _ = shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Reads until the node closes the connection (true) or 5 s pass (false); returns what it sent.
+    func readUntilClosed() -> (bytes: [UInt8], closed: Bool) {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 {
+                out += buffer[0..<n]
+            } else if n == 0 {
+                return (out, true)
+            } else if errno == EINTR {
+                continue
+            } else {
+                return (out, errno == ECONNRESET)
+            }
+        }
+    }
+
+    /// Reads frames until `count` arrived (nil on error, close or timeout).
+    func readFrames(_ count: Int) -> [ReplicationFrame]? {
+        var decoder = FrameDecoder(codec: goodCodec)
+        var frames: [ReplicationFrame] = []
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while frames.count < count {
+            do {
+                while let frame = try decoder.next() { frames.append(frame) }
+            } catch {
+                return nil
+            }
+            if frames.count >= count { break }
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            decoder.append(buffer[0..<n])
+        }
+        return frames
+    }
+
+    func disconnect() { _ = close(fd) }
+}
+
+private func helloFrame(nodeID: UInt32 = 0xBAD_BEEF, protocolVersion: UInt32 = HelloMessage.currentProtocolVersion)
+    throws -> ReplicationFrame
+{
+    try HelloMessage(
+        nodeID: nodeID, nodeName: "raw-test-peer", protocolVersion: protocolVersion, address: "127.0.0.1:1",
+        incarnation: 77
+    ).frame
+}
+
+/// A well-formed update for a new session `id`, stamped by a store of its own.
+private func updateFrame(for id: SessionID, sequence: UInt64 = 1, type: FrameType = .update) throws -> ReplicationFrame {
+    let forger = ReplicatedSessionStore(node: 0xBAD_BEEF)
+    _ = try forger.apply(SessionDelta(id: id, changes: [.set("forged", json("true"))], createIfMissing: true))
+    let update = try #require(forger.fullState(of: id))
+    return ReplicationFrame(type: type, payload: UpdateBatch(sequence: sequence, items: [.session(update)]).encode())
+}
+
+// MARK: - Tests
+
+@Suite(.serialized, .timeLimit(.minutes(1)))
+struct ReplicationNodeTests {
+    @Test func aWriteOnOneNodeIsReadableOnTheOthers() throws {
+        // Own address spelled "localhost": found out only by the hello the node gets back from itself.
+        let cluster = try LoopbackCluster(selfAsLocalhost: true)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle(), "peers: \(cluster.nodes.map(\.peers))")
+        for node in cluster.nodes {
+            #expect(node.peers.count == 2, "the self link is not listed among the peers")
+            #expect(Set(node.peers.compactMap(\.name)).count == 2)
+            #expect(node.readyAfterMillis != nil)
+        }
+        let id = try cluster.create(on: 0, ["user": "\"ada\"", "n": "1"])
+        #expect(cluster.eventually(id, on: [1, 2]) { $0 == ["user": json("\"ada\""), "n": json("1")] })
+        let versions = try cluster.nodes.map { try #require(try $0.store.load(id)).version }
+        #expect(Set(versions).count == 1, "every node holds the same version: \(versions)")
+        #expect(waitUntil(timeout: 2) { cluster[0].counters.itemsSent >= 2 }, "one item to each peer")
+        #expect(cluster[1].counters.itemsReceived >= 1 && cluster[2].counters.itemsReceived >= 1)
+        let metrics = cluster[1].renderMetrics()
+        #expect(metrics.contains("session_replication_ready{node=\"b\"} 1"))
+        #expect(metrics.contains("session_replication_sessions{node=\"b\"} 1"))
+        #expect(metrics.contains("session_replication_peer_connected{node=\"b\",peer=\"\(cluster.addresses[0])\"} 1"))
+    }
+
+    @Test func concurrentWritesToDifferentAttributesBothSurvive() throws {
+        let cluster = try LoopbackCluster()
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let id = try cluster.create(on: 0, ["base": "0"])
+        #expect(cluster.eventually(id) { $0?["base"] == json("0") })
+        let failures = ThreadFailures()
+        let finished = onThreads(2, seconds: 20) { i in
+            let node = cluster[i]
+            let name = i == 0 ? "x" : "y"
+            for n in 1...50 {
+                do {
+                    let changes: [SessionChange] = [.set(name, json("\(n)")), .set("both", json("\"\(name)\(n)\""))]
+                    if try node.store.apply(SessionDelta(id: id, changes: changes)) == nil {
+                        failures.add("\(name)=\(n): session missing")
+                    }
+                } catch {
+                    failures.add("\(name)=\(n): \(error)")
+                }
+            }
+        }
+        #expect(finished)
+        #expect(failures.all.isEmpty, "\(failures.all)")
+        let converged = waitUntil(timeout: 5) {
+            let all = cluster.nodes.map { try? $0.store.load(id)?.attributes }
+            return all.allSatisfy { $0 != nil && $0 == all[0] }
+        }
+        #expect(converged, "\(cluster.nodes.map { describe(try? $0.store.load(id)) })")
+        for node in cluster.nodes {
+            let attributes = try #require(try node.store.load(id)).attributes
+            #expect(attributes["base"] == json("0"))
+            #expect(attributes["x"] == json("50"), "A's last write survives")
+            #expect(attributes["y"] == json("50"), "B's last write survives")
+            #expect(attributes["both"] == json("\"x50\"") || attributes["both"] == json("\"y50\""))
+        }
+    }
+
+    @Test(arguments: [ReplicationConfiguration.Mode.async, .sync])
+    func threeNodesIncrementingOneCounterLoseNothing(mode: ReplicationConfiguration.Mode) throws {
+        let cluster = try LoopbackCluster(mode: mode)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let id = try cluster.create(on: 0, [:])
+        #expect(cluster.eventually(id) { $0 != nil })
+        let failures = ThreadFailures()
+        let finished = onThreads(3, seconds: 30) { i in
+            var last: Int64 = 0
+            for n in 1...500 {
+                do {
+                    let applied = try cluster[i].store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)]))
+                    guard let value = applied?.counters["n"] else {
+                        failures.add("node \(i) increment \(n): session missing")
+                        continue
+                    }
+                    if value <= last { failures.add("node \(i): the counter went from \(last) to \(value)") }
+                    last = value
+                } catch {
+                    failures.add("node \(i) increment \(n): \(error)")
+                }
+            }
+        }
+        #expect(finished)
+        #expect(failures.all.isEmpty, "\(failures.all.prefix(10))")
+        if mode == .sync {
+            // Every increment was acknowledged by both peers before it returned: nothing to wait for.
+            #expect(cluster.nodes.map(\.counters.syncTimeouts) == [0, 0, 0])
+            for node in cluster.nodes { #expect(try node.store.load(id)?.attributes["n"] == json("1500")) }
+        }
+        #expect(cluster.eventually(id) { $0?["n"] == json("1500") })
+        let values = cluster.nodes.map { node in (try? node.store.load(id)?.attributes["n"]).flatMap { $0 } }
+        #expect(values.map { $0.map { String(decoding: $0, as: UTF8.self) } } == ["1500", "1500", "1500"])
+    }
+
+    @Test func invalidateAndRegenerateReplicate() throws {
+        let cluster = try LoopbackCluster()
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let doomed = try cluster.create(on: 0, ["user": "\"ada\""])
+        let moving = try cluster.create(on: 0, ["user": "\"grace\"", "n": "3"])
+        #expect(cluster.eventually(doomed) { $0 != nil } && cluster.eventually(moving) { $0 != nil })
+
+        try cluster[1].store.invalidate(doomed)
+        #expect(cluster.eventually(doomed) { $0 == nil }, "invalidated on every node")
+        let created = waitUntil(timeout: 1) {
+            cluster.nodes.contains { node in
+                (try? node.store.apply(SessionDelta(id: doomed, changes: [.set("a", json("1"))], createIfMissing: true))) != nil
+            }
+        }
+        #expect(!created, "an invalidated ID is never reused, on any node")
+
+        let moved = SessionID.generate()
+        #expect(try cluster[2].store.regenerate(moving, to: moved))
+        #expect(cluster.eventually(moved) { $0 == ["user": json("\"grace\""), "n": json("3")] })
+        #expect(cluster.eventually(moving) { $0 == nil }, "the old ID stops working everywhere")
+        for node in cluster.nodes {
+            #expect(try node.store.apply(SessionDelta(id: moving, changes: [.set("x", json("1"))])) == nil)
+        }
+        // The regenerated session keeps replicating under its new ID.
+        _ = try cluster[0].store.apply(SessionDelta(id: moved, changes: [.increment("n", by: 1)]))
+        #expect(cluster.eventually(moved) { $0?["n"] == json("4") })
+    }
+
+    @Test func idempotencyRecordsReplicate() throws {
+        let cluster = try LoopbackCluster()
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        // A request that changed no session: claimed and completed on A.
+        #expect(try cluster[0].store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+        try cluster[0].store.complete(record("k1"))
+        // A request that did: its record rides in the delta, written on B.
+        let id = try cluster.create(on: 1, [:])
+        #expect(try cluster[1].store.begin(key: "k2", fingerprint: "fp-k2", inProgressMillis: 10_000) == .claimed)
+        _ = try #require(
+            try cluster[1].store.apply(
+                SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k2"))))
+
+        let arrived = waitUntil(timeout: 5) {
+            cluster.nodes.allSatisfy { Set($0.store.recordSnapshot().map(\.record.key)) == ["k1", "k2"] }
+        }
+        #expect(arrived, "\(cluster.nodes.map { $0.store.recordSnapshot().map(\.record.key) })")
+        for (i, node) in cluster.nodes.enumerated() {
+            for key in ["k1", "k2"] {
+                #expect(
+                    try node.store.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000)
+                        == .completed(record(key).response), "node \(i), \(key)")
+                #expect(try node.store.begin(key: key, fingerprint: "other", inProgressMillis: 10_000) == .mismatch)
+            }
+        }
+    }
+
+    @Test func aLateNodeGetsEverySessionByStateTransferBeforeItIsReady() throws {
+        let cluster = try LoopbackCluster()  // c is bound (its port held) but started later
+        defer { cluster.shutdown() }
+        cluster.start([0, 1])
+        #expect(waitUntil(timeout: 5) { cluster[0].isReady && cluster[1].isReady })
+
+        let total = 10_000
+        var ids: [SessionID] = []
+        ids.reserveCapacity(total)
+        for i in 0..<total {
+            let id = SessionID.generate()
+            let delta = SessionDelta(id: id, changes: [.set("i", json("\(i)"))], createIfMissing: true)
+            _ = try #require(try cluster[i % 2].store.apply(delta))
+            ids.append(id)
+        }
+        try cluster[0].store.complete(record("before-c"))
+        #expect(waitUntil(timeout: 10) { cluster[0].store.count == total && cluster[1].store.count == total })
+
+        let late = cluster[2]
+        #expect(!late.isReady)
+        #expect(late.readyAfterMillis == nil)
+        #expect(throws: SessionStoreError.self) { _ = try late.store.load(ids[0]) }
+        do {
+            _ = try late.store.apply(SessionDelta(id: SessionID.generate(), changes: [], createIfMissing: true))
+            Issue.record("a node that is not ready accepted a write")
+        } catch let error as SessionStoreError {
+            #expect(error.code == .unavailable)
+        }
+
+        late.start()
+        // Whenever the node answers, it has every session.
+        var samples = 0
+        let deadline = monotonicMillis() + 10_000
+        while monotonicMillis() < deadline {
+            samples += 1
+            do {
+                let loaded = try late.store.load(ids[samples % total])
+                let count = late.store.count
+                #expect(count >= total, "answered with only \(count) sessions")
+                #expect(loaded?.attributes["i"] == json("\(samples % total)"))
+                break
+            } catch let error as SessionStoreError {
+                #expect(error.code == .unavailable)
+                #expect(!late.isReady || late.store.count >= total)
+            }
+        }
+        #expect(late.isReady)
+        #expect(late.store.count == total)
+        #expect(late.readyAfterMillis != nil)
+        #expect(cluster[0].counters.snapshotsServed + cluster[1].counters.snapshotsServed >= 1)
+        for i in stride(from: 0, to: total, by: 97) {
+            #expect(try late.store.load(ids[i])?.attributes == ["i": json("\(i)")])
+        }
+        #expect(try late.store.begin(key: "before-c", fingerprint: "fp-before-c", inProgressMillis: 1_000)
+            == .completed(record("before-c").response))
+        // And it takes part like any node from then on.
+        let fresh = try cluster.create(on: 2, ["from": "\"c\""])
+        #expect(cluster.eventually(fresh) { $0 == ["from": json("\"c\"")] })
+    }
+
+    @Test func badFramesCloseTheConnectionAndApplyNothing() throws {
+        let cluster = try LoopbackCluster()
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let target = cluster[1]
+        let countBefore = target.store.count
+
+        struct Case {
+            var name: String
+            /// Exchange hellos properly first, then send `bytes`.
+            var handshake: Bool
+            var bytes: (SessionID) throws -> [UInt8]
+            /// The counter the case increments: protocolViolations (true) or framesRejected (false).
+            var violation: Bool
+            /// Without a handshake: the node answers the (bad) hello with its own before it closes.
+            var answersHello = false
+        }
+        let update = { (id: SessionID) throws -> [UInt8] in goodCodec.encode(try updateFrame(for: id)) }
+        let cases: [Case] = [
+            Case(
+                name: "hello and update with another cluster's secret", handshake: false,
+                bytes: { encode(wrongCodec, [try helloFrame(), try updateFrame(for: $0)]) }, violation: false),
+            Case(
+                name: "update with another cluster's secret", handshake: true,
+                bytes: { wrongCodec.encode(try updateFrame(for: $0)) }, violation: false),
+            Case(
+                name: "one flipped bit in the tag", handshake: true,
+                bytes: { id in
+                    var frame = try update(id)
+                    frame[frame.count - 1] ^= 1
+                    return frame
+                }, violation: false),
+            Case(
+                name: "one flipped bit in the payload", handshake: true,
+                bytes: { id in
+                    var frame = try update(id)
+                    frame[FrameCodec.headerByteCount + 3] ^= 0x10
+                    return frame
+                }, violation: false),
+            Case(
+                name: "garbage (an HTTP request)", handshake: false,
+                bytes: { _ in json("GET / HTTP/1.1\r\nHost: x\r\n\r\n") }, violation: false),
+            Case(
+                name: "zero bytes", handshake: false, bytes: { _ in [UInt8](repeating: 0, count: 64) },
+                violation: false),
+            Case(
+                name: "garbage after the handshake", handshake: true,
+                bytes: { _ in (0..<200).map { UInt8(truncatingIfNeeded: $0 &* 37) } }, violation: false),
+            Case(
+                name: "a length of 4 GiB", handshake: true,
+                bytes: { _ in
+                    FrameCodec.magic + [FrameCodec.version, FrameType.update.rawValue, 0xFF, 0xFF, 0xFF, 0xFF]
+                        + [UInt8](repeating: 1, count: 100)
+                }, violation: false),
+            Case(
+                name: "one byte over the payload limit", handshake: false,
+                bytes: { _ in
+                    let n = UInt32(FrameCodec.defaultMaxPayloadBytes + 1)
+                    return FrameCodec.magic
+                        + [FrameCodec.version, FrameType.hello.rawValue, UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
+                }, violation: false),
+            Case(
+                name: "unknown frame type", handshake: true,
+                bytes: { _ in FrameCodec.magic + [FrameCodec.version, 0x7F, 0, 0, 0, 0] + [UInt8](repeating: 0, count: 32) },
+                violation: false),
+            Case(
+                name: "unknown frame version", handshake: false,
+                bytes: { _ in FrameCodec.magic + [FrameCodec.version + 1, FrameType.hello.rawValue, 0, 0, 0, 0] },
+                violation: false),
+            Case(name: "a valid update before any hello", handshake: false, bytes: update, violation: true),
+            Case(
+                name: "a valid snapshot chunk (outbound-only type) with a session", handshake: true,
+                bytes: { goodCodec.encode(try updateFrame(for: $0, sequence: 0, type: .snapshotChunk)) },
+                violation: true),
+            Case(
+                name: "a second hello", handshake: true,
+                bytes: { try goodCodec.encode(helloFrame()) + update($0) }, violation: true),
+            Case(
+                name: "an update whose payload does not decode", handshake: true,
+                bytes: { _ in goodCodec.encode(ReplicationFrame(type: .update, payload: [1, 2, 3])) }, violation: true),
+            Case(
+                name: "a hello of another protocol version", handshake: false,
+                bytes: { encode(goodCodec, [try helloFrame(protocolVersion: 99), try updateFrame(for: $0)]) },
+                violation: true, answersHello: true),
+        ]
+
+        var ids: [SessionID] = []
+        for c in cases {
+            let id = SessionID.generate()
+            ids.append(id)
+            let before = target.counters
+            let peer = try RawPeer(port: target.port)
+            defer { peer.disconnect() }
+            if c.handshake {
+                #expect(peer.send(goodCodec.encode(try helloFrame())))
+                #expect(peer.readFrames(1)?.map(\.type) == [.hello], "\(c.name): handshake")
+            }
+            peer.send(try c.bytes(id))
+            let (received, closed) = peer.readUntilClosed()
+            #expect(closed, "\(c.name): the node closes the connection")
+            if c.answersHello {
+                var decoder = FrameDecoder(codec: goodCodec)
+                decoder.append(received)
+                #expect(try decoder.next()?.type == .hello, "\(c.name): the node answered the hello")
+                #expect(try decoder.next() == nil, "\(c.name): and sent nothing else")
+                #expect(decoder.isAtFrameBoundary)
+            } else {
+                #expect(received.isEmpty, "\(c.name): the node sends nothing (no hello, no ack)")
+            }
+            let expected = (
+                rejected: before.framesRejected + (c.violation ? 0 : 1),
+                violations: before.protocolViolations + (c.violation ? 1 : 0))
+            _ = waitUntil(timeout: 2) {
+                (target.counters.framesRejected, target.counters.protocolViolations) == expected
+            }
+            #expect(target.counters.framesRejected == expected.rejected, "\(c.name)")
+            #expect(target.counters.protocolViolations == expected.violations, "\(c.name)")
+            #expect(target.counters.itemsReceived == before.itemsReceived, "\(c.name): nothing merged")
+            #expect(target.store.fullState(of: id) == nil, "\(c.name): nothing applied")
+        }
+        #expect(target.store.count == countBefore)
+        #expect(cluster.isFullyConnected, "the peers' own connections are untouched")
+        let metrics = target.renderMetrics()
+        #expect(metrics.contains("session_replication_frames_rejected_total{node=\"b\"} \(cases.filter { !$0.violation }.count)"))
+        #expect(metrics.contains("session_replication_protocol_violations_total{node=\"b\"} \(cases.filter(\.violation).count)"))
+
+        // The node still replicates normally...
+        let id = try cluster.create(on: 0, ["after": "1"])
+        #expect(cluster.eventually(id) { $0 == ["after": json("1")] })
+        // ...and the same kind of frames, unbroken, are applied: the cases above failed only for what they broke.
+        let good = SessionID.generate()
+        let peer = try RawPeer(port: target.port)
+        defer { peer.disconnect() }
+        #expect(peer.send(encode(goodCodec, [try helloFrame(), try updateFrame(for: good, sequence: 41)])))
+        let replies = try #require(peer.readFrames(2))
+        #expect(replies.map(\.type) == [.hello, .ack])
+        #expect(try AckMessage.decode(replies[1].payload).sequence == 41)
+        #expect(try target.store.load(good)?.attributes == ["forged": json("true")])
+        for bad in ids { #expect(target.store.fullState(of: bad) == nil) }
+    }
+
+    @Test func aStreamEndingMidFrameAppliesNothingAndIsCountedAsRejected() throws {
+        let cluster = try LoopbackCluster(count: 1)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let node = cluster[0]
+        let id = SessionID.generate()
+        let frame = goodCodec.encode(try updateFrame(for: id))
+        let peer = try RawPeer(port: node.port)
+        defer { peer.disconnect() }
+        peer.send(goodCodec.encode(try helloFrame()) + frame.prefix(frame.count - 5))
+        peer.finishSending()
+        let (received, closed) = peer.readUntilClosed()
+        #expect(closed)
+        #expect(received.count > 0, "the node answered the hello")
+        #expect(node.store.fullState(of: id) == nil, "nothing applied")
+        #expect(node.store.count == 0)
+        // docs/replication.md and ReplicationCounters.framesRejected: a truncated frame is a rejected frame.
+        _ = waitUntil(timeout: 2) { node.counters.framesRejected == 1 }
+        #expect(node.counters.framesRejected == 1, "a frame cut short by the end of the stream is counted as rejected")
+        #expect(node.counters.protocolViolations == 0)
+    }
+
+    @Test func readYourWritesFetchesFromThePeerThatHasTheWrite() throws {
+        // a sends its changes to nobody; b lists a, so b can only learn a's writes by fetching them.
+        let cluster = try LoopbackCluster(
+            count: 2, peerIndices: [[0], [0, 1]],
+            catchUpPolicy: .init(waitMillis: 5, fetchTimeoutMillis: 3_000))
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let (a, b) = (cluster[0], cluster[1])
+        let id = try cluster.create(on: 0, ["user": "\"ada\""])
+        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 5)]))
+        let token = try #require(a.store.readToken(for: id))
+        usleep(50_000)
+        #expect(try b.store.load(id) == nil, "b has not been told")
+
+        #expect(b.store.catchUp(id, to: token))
+        #expect(try b.store.load(id)?.attributes == ["user": json("\"ada\""), "n": json("5")])
+        #expect(b.store.readToken(for: id) == token)
+        #expect(b.store.catchUpCounts.fetched == 1)
+        #expect(a.counters.fetchesServed == 1)
+        // Now current: no wait.
+        #expect(b.store.catchUp(id, to: token))
+        #expect(b.store.catchUpCounts.current == 1)
+
+        // A forged token from the far future is refused at once, without a fetch.
+        let future = "\(SessionClock.system.nowMillis() + 86_400_000).0.\(a.configuration.nodeID)"
+        let started = monotonicMillis()
+        #expect(!b.store.catchUp(id, to: future))
+        #expect(!b.store.catchUp(id, to: token + "_" + future), "one forged stamp in a vector")
+        #expect(!b.store.catchUp(id, to: "not-a-token"))
+        #expect(monotonicMillis() - started < 500, "no polling for the fetch timeout (3 s)")
+        #expect(a.counters.fetchesServed == 1)
+        let counts = b.store.catchUpCounts
+        #expect((counts.current, counts.waited, counts.fetched, counts.gaveUp) == (1, 0, 1, 0))
+    }
+
+    @Test func syncWritesAreOnEveryPeerWhenTheyReturn() throws {
+        let cluster = try LoopbackCluster(mode: .sync, syncTimeoutMillis: 5_000)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let id = try cluster.create(on: 0, ["v": "0"])
+        // No polling anywhere below: each write is on the others when apply returns.
+        for (i, node) in cluster.nodes.enumerated() where i > 0 {
+            #expect(try node.store.load(id)?.attributes["v"] == json("0"), "created on node \(i)")
+        }
+        for n in 1...30 {
+            let writer = n % 3
+            _ = try #require(
+                try cluster[writer].store.apply(
+                    SessionDelta(id: id, changes: [.set("v", json("\(n)")), .increment("n", by: 1)])))
+            for (i, node) in cluster.nodes.enumerated() where i != writer {
+                let attributes = try node.store.load(id)?.attributes
+                #expect(attributes?["v"] == json("\(n)"), "write \(n) by node \(writer), read on node \(i)")
+                #expect(attributes?["n"] == json("\(n)"))
+            }
+        }
+        let other = SessionID.generate()
+        #expect(try cluster[1].store.regenerate(id, to: other))
+        #expect(try cluster[0].store.load(other)?.attributes["v"] == json("30"))
+        #expect(try cluster[2].store.load(id) == nil)
+        try cluster[2].store.invalidate(other)
+        #expect(try cluster[0].store.load(other) == nil && cluster[1].store.load(other) == nil)
+        try cluster[0].store.complete(record("sync-k"))
+        #expect(
+            try cluster[2].store.begin(key: "sync-k", fingerprint: "fp-sync-k", inProgressMillis: 1_000)
+                == .completed(record("sync-k").response))
+        #expect(cluster.nodes.map(\.counters.syncTimeouts) == [0, 0, 0])
+    }
+    /// Sync mode with a send queue too small for any change: a change that finds the link busy overflows
+    /// the queue and reaches the peer in a full resync, which other changes race. A sync write must still
+    /// return only once the peer has it (a resync's acknowledgement must not release a change it lacks).
+    @Test func syncWritesThroughResyncsAreOnEveryPeerWhenTheyReturn() throws {
+        let cluster = try LoopbackCluster(count: 2, mode: .sync, syncTimeoutMillis: 5_000, maxQueueBytes: 1)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        // Enough sessions that a resync's snapshot takes a while.
+        for i in 0..<1_000 {
+            _ = try cluster[0].store.apply(
+                SessionDelta(id: SessionID.generate(), changes: [.set("i", json("\(i)"))], createIfMissing: true))
+        }
+        let failures = ThreadFailures()
+        let writes = Atomic<Int>(0)
+        let deadline = monotonicMillis() + 3_000
+        // At least 200 writes with 20 of them through resyncs, or 3 s.
+        let finished = onThreads(8, seconds: 30) { t in
+            let id = SessionID.generate()
+            var n = 0
+            while (cluster[0].counters.queueOverflows < 20 || writes.load(ordering: .relaxed) < 200)
+                && monotonicMillis() < deadline
+            {
+                n += 1
+                do {
+                    _ = try cluster[0].store.apply(
+                        SessionDelta(id: id, changes: [.set("v", json("\(n)"))], createIfMissing: true))
+                    writes.add(1, ordering: .relaxed)
+                    let seen = try cluster[1].store.load(id)?.attributes["v"]
+                    if seen != json("\(n)") {
+                        failures.add("thread \(t) write \(n): b has \(seen.map { String(decoding: $0, as: UTF8.self) } ?? "nothing")")
+                    }
+                } catch {
+                    failures.add("thread \(t) write \(n): \(error)")
+                }
+            }
+        }
+        #expect(finished)
+        let overflows = cluster[0].counters.queueOverflows
+        #expect(overflows > 0, "no change went through a resync in \(writes.load(ordering: .relaxed)) writes")
+        #expect(cluster[0].counters.syncTimeouts == 0)
+        #expect(
+            failures.all.isEmpty,
+            "\(failures.all.count) of \(writes.load(ordering: .relaxed)) sync writes (\(overflows) through resyncs) were not on b when they returned: \(failures.all.prefix(5))")
+    }
+
+    /// A busy link stays up: changes sent by the requests themselves, while the writer thread's
+    /// ping deadline passes again and again, never cost a reconnect (and its full resync).
+    @Test func aBusyLinkIsNeverDroppedNorResynced() throws {
+        let cluster = try LoopbackCluster(count: 2, pingIntervalMillis: 2)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let before = cluster[0].counters
+        let failures = ThreadFailures()
+        let deadline = monotonicMillis() + 1_000
+        let finished = onThreads(4, seconds: 30) { t in
+            let id = SessionID.generate()
+            var n = 0
+            while monotonicMillis() < deadline {  // about 500 ping deadlines
+                n += 1
+                do {
+                    _ = try cluster[0].store.apply(
+                        SessionDelta(id: id, changes: [.set("v", json("\(n)"))], createIfMissing: true))
+                } catch {
+                    failures.add("thread \(t) write \(n): \(error)")
+                }
+            }
+        }
+        #expect(finished)
+        #expect(failures.all.isEmpty)
+        let after = cluster[0].counters
+        #expect(after.queueOverflows == before.queueOverflows, "no resync for a full queue")
+        // The writer's ping deadline passing while a request sends its change itself must not end the link.
+        #expect(after.resyncs == before.resyncs, "the link to b was dropped and resynced \(after.resyncs - before.resyncs) times")
+        #expect(cluster[0].store.count == 4 && waitUntil(timeout: 5) { cluster[1].store.count == 4 })
+    }
+}

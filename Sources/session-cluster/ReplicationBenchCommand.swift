@@ -263,7 +263,7 @@ extension SessionClusterCommand {
             let measureFrom = start + UInt64(warmup * 1e9)
             let measureUntil = measureFrom + UInt64(duration * 1e9)
             let verifyAt = measureUntil + 300_000_000  // let the last replications land
-            benchRunThreads(connections) { _ in
+            runThreads(connections) { _ in
                 var local = ThroughputOutcome()
                 var user = BenchUser(endpoints: endpoints)
                 var k = 0
@@ -334,7 +334,7 @@ extension SessionClusterCommand {
             let sessions = sessions
             let samplePosts = samplePosts
             let began = monotonicNanos()
-            benchRunThreads(threads) { t in
+            runThreads(threads) { t in
                 var connection = BenchHTTPConnection(endpoint: endpoint)
                 var created = 0
                 var failed = 0
@@ -780,18 +780,6 @@ private func realtimeNanos() -> UInt64 {
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
-/// Runs `body(0..<count)` on `count` threads and waits for all of them.
-private func benchRunThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    let group = DispatchGroup()
-    for t in 0..<count {
-        group.enter()
-        startThread {
-            body(t)
-            group.leave()
-        }
-    }
-    group.wait()
-}
 
 /// `value` with exactly `digits` decimals (no exponent form).
 private func benchFixed(_ value: Double, _ digits: Int) -> String {

@@ -299,8 +299,8 @@ private final class StopFlag: Sendable {
     }
 }
 
-/// Runs `body(0..<count)` on `count` threads and waits for all of them.
-private func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+/// Runs `body(0..<count)` on `count` threads and waits for all of them (the benchmarks' load generators).
+func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     let group = DispatchGroup()
     for t in 0..<count {
         group.enter()

@@ -281,9 +281,7 @@ final class ServerConnection {
 final class ServerLoop: @unchecked Sendable {
     private unowned let server: HTTPServer
     let index: Int
-    private let epollFD: Int32
-    private let wakeFD: Int32
-    private let listenFD: Int32
+    private let poller: EpollPoller
     private var connections: [Int32: ServerConnection] = [:]
     private var nextID: UInt64 = 1
     private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
@@ -294,39 +292,18 @@ final class ServerLoop: @unchecked Sendable {
     /// Jobs handed to the pool and not yet completed.
     private let outstanding = Atomic<Int>(0)
 
-    private static let listenToken: UInt64 = UInt64.max
-    private static let wakeToken: UInt64 = UInt64.max - 1
-
     init(server: HTTPServer, index: Int, listenFD: Int32) throws {
         self.server = server
         self.index = index
-        self.listenFD = listenFD
-        epollFD = cepoll_create()
-        guard epollFD >= 0 else { throw SocketError("epoll_create1", errno: errno) }
-        wakeFD = cepoll_eventfd()
-        guard wakeFD >= 0 else {
-            close(epollFD)
-            throw SocketError("eventfd", errno: errno)
-        }
-        guard cepoll_ctl(epollFD, 1, listenFD, CEPOLL_IN | CEPOLL_EXCLUSIVE, Self.listenToken) == 0,
-            cepoll_ctl(epollFD, 1, wakeFD, CEPOLL_IN, Self.wakeToken) == 0
-        else {
-            let e = errno
-            closeDescriptors()
-            throw SocketError("epoll_ctl", errno: e)
-        }
+        poller = try EpollPoller(listenFD: listenFD, logger: server.logger)
     }
 
-    func closeDescriptors() {
-        close(epollFD)
-        close(wakeFD)
-    }
+    private var epollFD: Int32 { poller.epollFD }
+
+    func closeDescriptors() { poller.closeDescriptors() }
 
     /// Wakes the loop from another thread.
-    func wake() {
-        var one: UInt64 = 1
-        _ = write(wakeFD, &one, 8)
-    }
+    func wake() { poller.wake() }
 
     private var configuration: HTTPServerConfiguration { server.configuration }
 
@@ -335,18 +312,14 @@ final class ServerLoop: @unchecked Sendable {
         var nextSweep = monotonicMillis() + 100
         var graceDeadline: Int64? = nil
         while true {
-            let n = ready.withUnsafeMutableBufferPointer { cepoll_wait(epollFD, $0.baseAddress, 256, 100) }
-            if n < 0 && errno != EINTR {
-                server.logger.error("epoll_wait failed", metadata: ["error": "\(SocketError("epoll_wait", errno: errno))"])
-            }
-            for i in 0..<max(0, Int(n)) {
+            let n = poller.wait(&ready, timeoutMillis: 100)
+            for i in 0..<n {
                 let event = ready[i]
                 switch event.token {
-                case Self.listenToken:
+                case EpollPoller.listenToken:
                     if listening { acceptAll() }
-                case Self.wakeToken:
-                    var value: UInt64 = 0
-                    _ = read(wakeFD, &value, 8)
+                case EpollPoller.wakeToken:
+                    poller.consumeWake()
                     drainCompletions(pool: pool)
                 default:
                     let fd = Int32(truncatingIfNeeded: event.token & 0xFFFF_FFFF)
@@ -361,7 +334,7 @@ final class ServerLoop: @unchecked Sendable {
             if server.stopping.load(ordering: .relaxed) {
                 if listening {
                     listening = false
-                    _ = cepoll_ctl(epollFD, 2, listenFD, 0, 0)
+                    poller.stopListening()
                     graceDeadline = now + Int64(configuration.shutdownGraceMillis)
                     closeIdleConnections(pool: pool)
                 }
@@ -386,18 +359,8 @@ final class ServerLoop: @unchecked Sendable {
         }
     }
 
-    /// Accepts a few connections per wake-up, so that the other loops (woken
-    /// one at a time by EPOLLEXCLUSIVE) get their share of a burst.
     private func acceptAll() {
-        for _ in 0..<4 {
-            let fd = cepoll_accept(listenFD)
-            if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
-                    server.logger.error("accept failed: out of descriptors or memory", metadata: ["errno": "\(errno)"])
-                }
-                return
-            }
+        poller.acceptPending(limit: 4) { fd in
             let open = server.openConnections.add(1, ordering: .relaxed).newValue
             if open > configuration.maxConnections {
                 server.openConnections.subtract(1, ordering: .relaxed)
@@ -405,7 +368,7 @@ final class ServerLoop: @unchecked Sendable {
                 let busy = HTTPServer.errorResponse(status: 503, reason: "too many connections")
                 _ = Sockets.writeAll(fd, HTTPResponseSerializer.serialize(busy, keepAlive: false))
                 close(fd)
-                continue
+                return
             }
             server.counters.connectionsAccepted.add(1, ordering: .relaxed)
             Sockets.setNoDelay(fd)

@@ -19,16 +19,12 @@ public struct SocketError: Error, Sendable, CustomStringConvertible {
 public enum Sockets {
     /// Opens a listening TCP socket on `host:port` (`port` 0 picks a free port).
     public static func listen(host: String, port: Int, backlog: Int32 = 1024) throws -> Int32 {
-        var addr = try makeAddress(host: host, port: port)
-        let fd = socket(Int32(addr.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let addr = try makeAddress(host: host, port: port)
+        let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SocketError("socket", errno: errno) }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let len = addr.ss_family == sa_family_t(AF_INET6)
-            ? socklen_t(MemoryLayout<sockaddr_in6>.size) : socklen_t(MemoryLayout<sockaddr_in>.size)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
-        }
+        let rc = addr.withSockaddr { bind(fd, $0, $1) }
         guard rc == 0 else {
             let e = errno
             close(fd)
@@ -44,16 +40,12 @@ public enum Sockets {
 
     /// Connects to `host:port` with a timeout; the returned socket is blocking.
     public static func connect(host: String, port: Int, timeoutMillis: Int32 = 2000) throws -> Int32 {
-        var addr = try makeAddress(host: host, port: port)
-        let fd = socket(Int32(addr.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let addr = try makeAddress(host: host, port: port)
+        let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SocketError("socket", errno: errno) }
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
-        let len = addr.ss_family == sa_family_t(AF_INET6)
-            ? socklen_t(MemoryLayout<sockaddr_in6>.size) : socklen_t(MemoryLayout<sockaddr_in>.size)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) }
-        }
+        let rc = addr.withSockaddr { Glibc.connect(fd, $0, $1) }
         if rc != 0 {
             guard errno == EINPROGRESS else {
                 let e = errno
@@ -143,32 +135,13 @@ public enum Sockets {
         }
     }
 
-    static func makeAddress(host: String, port: Int) throws -> sockaddr_storage {
-        var storage = sockaddr_storage()
+    /// The address of a numeric host ("localhost" stands for 127.0.0.1).
+    static func makeAddress(host: String, port: Int) throws -> SocketAddress {
         guard (0...65535).contains(port) else { throw SocketError("address \(host):\(port)", errno: EINVAL) }
-        var v4 = in_addr()
-        var v6 = in6_addr()
-        let h = host == "localhost" ? "127.0.0.1" : host
-        if inet_pton(AF_INET, h, &v4) == 1 {
-            var sin = sockaddr_in()
-            sin.sin_family = sa_family_t(AF_INET)
-            sin.sin_port = in_port_t(UInt16(port).bigEndian)
-            sin.sin_addr = v4
-            withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee = sin }
-            }
-        } else if inet_pton(AF_INET6, h.trimmingBrackets, &v6) == 1 {
-            var sin6 = sockaddr_in6()
-            sin6.sin6_family = sa_family_t(AF_INET6)
-            sin6.sin6_port = in_port_t(UInt16(port).bigEndian)
-            sin6.sin6_addr = v6
-            withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee = sin6 }
-            }
-        } else {
+        guard let address = SocketAddress(host: host == "localhost" ? "127.0.0.1" : host, port: port) else {
             throw SocketError("address '\(host)' is not a numeric IPv4/IPv6 address", errno: EINVAL)
         }
-        return storage
+        return address
     }
 
     static func port(of addr: sockaddr_storage) -> Int {
@@ -180,6 +153,54 @@ public enum Sockets {
         }
         return withUnsafePointer(to: &a) {
             $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+        }
+    }
+}
+
+/// A numeric IPv4 or IPv6 socket address (an IPv6 host may be in brackets).
+public struct SocketAddress: Sendable {
+    public var storage: sockaddr_storage
+    /// The length of the `sockaddr_in` or `sockaddr_in6` in `storage`.
+    public var length: socklen_t
+    /// AF_INET or AF_INET6.
+    public var family: Int32
+
+    /// Nil when `host` is not a numeric address or `port` is not 0...65535.
+    public init?(host: String, port: Int) {
+        guard (0...65535).contains(port) else { return nil }
+        var storage = sockaddr_storage()
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 {
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = in_port_t(UInt16(port).bigEndian)
+            sin.sin_addr = v4
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee = sin }
+            }
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            family = AF_INET
+        } else if inet_pton(AF_INET6, host.trimmingBrackets, &v6) == 1 {
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = in_port_t(UInt16(port).bigEndian)
+            sin6.sin6_addr = v6
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee = sin6 }
+            }
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            family = AF_INET6
+        } else {
+            return nil
+        }
+        self.storage = storage
+    }
+
+    /// Calls `body` with the address as a `sockaddr` and its length (for bind, connect, sendto).
+    public func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
+        try withUnsafePointer(to: storage) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, length) }
         }
     }
 }

@@ -6,6 +6,8 @@ import Synchronization
 import Testing
 
 @testable import MiniHTTP
+// Re-exported so that every file of these tests sees the shared helpers (`poll`, ...).
+@_exported import TestSupport
 
 // MARK: - Deterministic randomness
 
@@ -177,16 +179,6 @@ final class BackgroundJob: Sendable {
     }
 }
 
-/// Polls `condition` every few milliseconds until it holds or the time is up.
-func poll(timeoutMillis: Int, _ condition: () -> Bool) -> Bool {
-    let deadline = monotonicMillis() + Int64(timeoutMillis)
-    while true {
-        if condition() { return true }
-        if monotonicMillis() >= deadline { return false }
-        usleep(2_000)
-    }
-}
-
 /// A parsed response as read off a raw socket.
 struct RawResponse {
     var statusLine: String
@@ -202,53 +194,19 @@ struct RawResponse {
 }
 
 /// A minimal blocking HTTP client over a raw socket, with a deadline on every read.
-final class RawClient {
-    let fd: Int32
+final class RawClient: TestConnection {
     private var buffer: [UInt8] = []
-    private var isClosed = false
-
-    init(port: Int) throws {
-        fd = try Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 2_000)
-    }
-
-    deinit { close() }
-
-    func close() {
-        if !isClosed {
-            isClosed = true
-            Glibc.close(fd)
-        }
-    }
-
-    @discardableResult
-    func send(_ data: [UInt8]) -> Bool { Sockets.writeAll(fd, data) }
-
-    @discardableResult
-    func send(_ text: String) -> Bool { send(Array(text.utf8)) }
 
     enum ReadResult: Equatable { case data, closed, timeout }
 
     /// Reads whatever arrives within `timeoutMillis` into the buffer.
     func readMore(timeoutMillis: Int) -> ReadResult {
-        let deadline = monotonicMillis() + Int64(timeoutMillis)
-        while true {
-            let remaining = deadline - monotonicMillis()
-            if remaining <= 0 { return .timeout }
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let n = Glibc.poll(&pfd, 1, Int32(remaining))
-            if n < 0 {
-                if errno == EINTR { continue }
-                return .closed
-            }
-            if n == 0 { return .timeout }
-            var chunk = [UInt8](repeating: 0, count: 65_536)
-            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if count > 0 {
-                buffer.append(contentsOf: chunk[0..<count])
-                return .data
-            }
-            if count < 0 && (errno == EINTR || errno == EAGAIN) { continue }
-            return .closed  // 0 (orderly close) or an error such as ECONNRESET
+        switch receiveSome(fd, deadline: monotonicMillis() + Int64(timeoutMillis)) {
+        case .bytes(let bytes):
+            buffer.append(contentsOf: bytes)
+            return .data
+        case .timeout: return .timeout
+        case .closed, .pollFailed: return .closed
         }
     }
 
@@ -325,15 +283,6 @@ final class RawClient {
 /// Splits on CRLF (a single Character in Swift strings); bare CR or LF do not split.
 func crlfLines(_ s: String) -> [String] {
     s.split(separator: "\r\n" as Character, omittingEmptySubsequences: false).map(String.init)
-}
-
-extension String {
-    var trimmingSpaces: String {
-        var s = Substring(self)
-        while s.first == " " || s.first == "\t" { s.removeFirst() }
-        while s.last == " " || s.last == "\t" { s.removeLast() }
-        return String(s)
-    }
 }
 
 /// A simple GET request.

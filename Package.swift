@@ -69,10 +69,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(
+            name: "Balancer",
+            dependencies: ["MiniHTTP", "CEpoll", .product(name: "Logging", package: "swift-log")]
+        ),
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
+                "Balancer", "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -86,13 +90,16 @@ let package = Package(
             name: "SessionReplicationTests",
             dependencies: ["SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport"]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
-        .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP"]),
-        .target(name: "TestSupport", path: "Tests/TestSupport"),  // test-only helpers
+        .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
+        .target(name: "TestSupport", dependencies: ["MiniHTTP"], path: "Tests/TestSupport"),  // test-only helpers
         .testTarget(
             name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "SessionRedis", "TestSupport"]),
         .testTarget(
             name: "ClusterDemoTests",
             dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication", "TestSupport"]),
+        .testTarget(
+            name: "BalancerTests",
+            dependencies: ["Balancer", "MiniHTTP", "TestSupport", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,165 @@
+import MiniHTTP
+import Synchronization
+
+/// What every event loop shares about one backend: availability and counters.
+final class BackendState: Sendable {
+    let configuration: BackendConfiguration
+    let address: SocketAddress
+    /// Monotonic ms until which the backend is left out after failures (0: in).
+    let ejectedUntil = Atomic<Int64>(0)
+    let consecutiveFailures = Atomic<Int>(0)
+    let draining = Atomic<Bool>(false)
+    /// Attempts sent to this backend (a retried request counts on each backend it tried).
+    let requests = Atomic<Int>(0)
+    /// Responses received from this backend (heads).
+    let responses = Atomic<Int>(0)
+    /// Connect failures and connections that broke before a response.
+    let failures = Atomic<Int>(0)
+    let ejections = Atomic<Int>(0)
+    /// Connections opened to this backend, over all loops.
+    let connectionsOpened = Atomic<Int>(0)
+    /// Requests in flight on this backend.
+    let active = Atomic<Int>(0)
+
+    init(configuration: BackendConfiguration, address: SocketAddress) {
+        self.configuration = configuration
+        self.address = address
+    }
+
+    func isAvailable(now: Int64) -> Bool {
+        !draining.load(ordering: .relaxed) && ejectedUntil.load(ordering: .relaxed) <= now
+    }
+}
+
+/// The backends, their shared state and the (weighted) round robin.
+///
+/// The schedule is a smooth weighted round robin (nginx's), expanded once into
+/// a list of `sum(weights)` entries; one atomic cursor walks it for all loops,
+/// so the distribution is exact over any run of requests, whichever loop
+/// serves them. Unavailable backends are skipped.
+final class BackendRegistry: Sendable {
+    let states: [BackendState]
+    let schedule: [Int]
+    private let cursor = Atomic<Int>(0)
+    let ejectBaseMillis: Int64
+    let ejectMaxMillis: Int64
+
+    init(configuration: BalancerConfiguration) {
+        states = configuration.backends.map { backend in
+            // validate() has checked the address.
+            BackendState(configuration: backend, address: SocketAddress(host: backend.host, port: backend.port)!)
+        }
+        schedule = Self.smoothSchedule(weights: configuration.backends.map(\.weight))
+        ejectBaseMillis = Int64(configuration.ejectBaseMillis)
+        ejectMaxMillis = Int64(configuration.ejectMaxMillis)
+    }
+
+    /// nginx's smooth weighted round robin, one full cycle.
+    static func smoothSchedule(weights: [Int]) -> [Int] {
+        let total = weights.reduce(0, +)
+        var current = [Int](repeating: 0, count: weights.count)
+        var out: [Int] = []
+        out.reserveCapacity(total)
+        for _ in 0..<total {
+            var best = 0
+            for i in weights.indices {
+                current[i] += weights[i]
+                if current[i] > current[best] { best = i }
+            }
+            current[best] -= total
+            out.append(best)
+        }
+        return out
+    }
+
+    /// The next available backend not in `excluding` (a bit per backend index), or nil.
+    func pick(excluding: UInt64, now: Int64) -> Int? {
+        let n = schedule.count
+        let start = Int(UInt(bitPattern: cursor.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(n))
+        for k in 0..<n {
+            let index = schedule[(start + k) % n]
+            if excluding & (1 << UInt64(index)) == 0 && states[index].isAvailable(now: now) { return index }
+        }
+        return nil
+    }
+
+    /// A connection to the backend could not be made (or broke at once): leave it out for a while.
+    func connectFailed(_ index: Int, now: Int64) {
+        let state = states[index]
+        state.failures.add(1, ordering: .relaxed)
+        let n = state.consecutiveFailures.add(1, ordering: .relaxed).newValue
+        let backoff = min(ejectMaxMillis, ejectBaseMillis << Int64(min(n - 1, 20)))
+        state.ejectedUntil.store(now + backoff, ordering: .relaxed)
+        state.ejections.add(1, ordering: .relaxed)
+    }
+
+    /// A connection to the backend was made: it is healthy again.
+    func connectSucceeded(_ index: Int) {
+        let state = states[index]
+        if state.consecutiveFailures.load(ordering: .relaxed) != 0 {
+            state.consecutiveFailures.store(0, ordering: .relaxed)
+        }
+    }
+}
+
+/// A snapshot of one backend, for status pages and tests.
+public struct BackendStatus: Sendable, Equatable {
+    public var name: String
+    public var host: String
+    public var port: Int
+    public var weight: Int
+    public var ejected: Bool
+    public var draining: Bool
+    public var consecutiveFailures: Int
+    public var requests: Int
+    public var responses: Int
+    public var failures: Int
+    public var ejections: Int
+    public var connectionsOpened: Int
+    public var active: Int
+}
+
+/// Balancer-wide counters since start.
+public struct BalancerStatistics: Sendable, Equatable {
+    public var connectionsAccepted = 0
+    public var connectionsRejected = 0
+    public var requests = 0
+    public var badRequests = 0
+    public var retries = 0
+    /// 502 answers: a backend failed after the request was sent.
+    public var badGateway = 0
+    /// 503 answers: no backend could take the request.
+    public var noBackend = 0
+    /// 504 answers: a backend did not answer in time.
+    public var gatewayTimeouts = 0
+    /// Responses cut off after they had started (the client connection was closed).
+    public var aborted = 0
+    public var clientTimeouts = 0
+}
+
+final class BalancerCounters: Sendable {
+    let connectionsAccepted = Atomic<Int>(0)
+    let connectionsRejected = Atomic<Int>(0)
+    let requests = Atomic<Int>(0)
+    let badRequests = Atomic<Int>(0)
+    let retries = Atomic<Int>(0)
+    let badGateway = Atomic<Int>(0)
+    let noBackend = Atomic<Int>(0)
+    let gatewayTimeouts = Atomic<Int>(0)
+    let aborted = Atomic<Int>(0)
+    let clientTimeouts = Atomic<Int>(0)
+
+    var snapshot: BalancerStatistics {
+        BalancerStatistics(
+            connectionsAccepted: connectionsAccepted.load(ordering: .relaxed),
+            connectionsRejected: connectionsRejected.load(ordering: .relaxed),
+            requests: requests.load(ordering: .relaxed),
+            badRequests: badRequests.load(ordering: .relaxed),
+            retries: retries.load(ordering: .relaxed),
+            badGateway: badGateway.load(ordering: .relaxed),
+            noBackend: noBackend.load(ordering: .relaxed),
+            gatewayTimeouts: gatewayTimeouts.load(ordering: .relaxed),
+            aborted: aborted.load(ordering: .relaxed),
+            clientTimeouts: clientTimeouts.load(ordering: .relaxed))
+    }
+}

@@ -1,0 +1,129 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Logging
+import MiniHTTP
+import Synchronization
+
+/// A round-robin reverse proxy for HTTP/1.1 on epoll event loops.
+///
+/// Each loop thread owns its client connections and its own pools of
+/// keep-alive backend connections, so a request never crosses threads; the
+/// loops share only the listening socket (EPOLLEXCLUSIVE), the round-robin
+/// cursor and each backend's availability and counters (atomics).
+/// Bodies are streamed both ways through bounded buffers: when one side's
+/// output backs up, reading the other side pauses.
+public final class Balancer: Sendable {
+    public let configuration: BalancerConfiguration
+    let logger: Logger
+    let registry: BackendRegistry
+    let counters = BalancerCounters()
+    let stopping = Atomic<Bool>(false)
+    let openClients = Atomic<Int>(0)
+
+    private struct State {
+        var started = false
+        var listenFD: Int32 = -1
+        var port = 0
+        var loops: [ProxyLoop] = []
+    }
+
+    private let state = Mutex(State())
+    private let stopped = DispatchSemaphore(value: 0)
+    private let liveLoops = Atomic<Int>(0)
+
+    public init(configuration: BalancerConfiguration, logger: Logger) throws(BalancerConfigurationError) {
+        try configuration.validate()
+        self.configuration = configuration
+        self.logger = logger
+        registry = BackendRegistry(configuration: configuration)
+    }
+
+    /// The bound port (after `start()`).
+    public var port: Int { state.withLock { $0.port } }
+
+    public var statistics: BalancerStatistics { counters.snapshot }
+
+    /// A snapshot of every backend, in configuration order.
+    public var backends: [BackendStatus] {
+        let now = monotonicMillis()
+        return registry.states.map { s in
+            BackendStatus(
+                name: s.configuration.name, host: s.configuration.host, port: s.configuration.port,
+                weight: s.configuration.weight, ejected: s.ejectedUntil.load(ordering: .relaxed) > now,
+                draining: s.draining.load(ordering: .relaxed),
+                consecutiveFailures: s.consecutiveFailures.load(ordering: .relaxed),
+                requests: s.requests.load(ordering: .relaxed), responses: s.responses.load(ordering: .relaxed),
+                failures: s.failures.load(ordering: .relaxed), ejections: s.ejections.load(ordering: .relaxed),
+                connectionsOpened: s.connectionsOpened.load(ordering: .relaxed), active: s.active.load(ordering: .relaxed))
+        }
+    }
+
+    /// Stops (true) or resumes (false) sending new requests to the backend named `name`.
+    /// Requests in flight finish. False when there is no such backend.
+    @discardableResult
+    public func setDraining(_ name: String, _ draining: Bool) -> Bool {
+        guard let state = registry.states.first(where: { $0.configuration.name == name }) else { return false }
+        state.draining.store(draining, ordering: .relaxed)
+        if !draining { state.ejectedUntil.store(0, ordering: .relaxed) }
+        return true
+    }
+
+    /// Binds, listens and starts the loops. Returns once the port accepts connections.
+    public func start() throws {
+        let fd = try Sockets.listen(host: configuration.host, port: configuration.port, backlog: 4096)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        let port = Sockets.localPort(fd)
+        var loops: [ProxyLoop] = []
+        do {
+            for index in 0..<configuration.eventLoops {
+                loops.append(try ProxyLoop(balancer: self, index: index, listenFD: fd))
+            }
+        } catch {
+            for loop in loops { loop.closeDescriptors() }
+            close(fd)
+            throw error
+        }
+        state.withLock {
+            precondition(!$0.started, "Balancer.start() called twice")
+            $0.started = true
+            $0.listenFD = fd
+            $0.port = port
+            $0.loops = loops
+        }
+        liveLoops.store(loops.count, ordering: .sequentiallyConsistent)
+        for loop in loops {
+            startThread { [self] in
+                loop.run()
+                if liveLoops.subtract(1, ordering: .sequentiallyConsistent).newValue == 0 { finishStop() }
+            }
+        }
+        logger.info(
+            "balancer listening",
+            metadata: [
+                "address": "\(configuration.host):\(port)",
+                "backends": "\(configuration.backends.map { "\($0.name)=\($0.host):\($0.port)" }.joined(separator: ","))",
+            ])
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace
+    /// period), closes idle connections, and returns when all loops ended.
+    public func shutdown() {
+        let (started, loops) = state.withLock { ($0.started, $0.loops) }
+        guard started else { return }
+        if !stopping.exchange(true, ordering: .sequentiallyConsistent) {
+            logger.info("balancer shutting down")
+            for loop in loops { loop.wake() }
+        }
+        stopped.wait()
+        stopped.signal()
+    }
+
+    private func finishStop() {
+        let fd = state.withLock { $0.listenFD }
+        close(fd)
+        logger.info("balancer stopped")
+        stopped.signal()
+    }
+}

@@ -1,0 +1,211 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEpoll
+import MiniHTTP
+
+/// Bytes waiting to be written to a socket, consumed from the front.
+struct OutputBuffer {
+    private(set) var bytes: [UInt8] = []
+    private(set) var offset = 0
+
+    init() {}
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    var pending: Int { bytes.count - offset }
+    var isEmpty: Bool { bytes.count == offset }
+
+    mutating func append(_ more: [UInt8]) { bytes.append(contentsOf: more) }
+    mutating func append<S: Sequence>(contentsOf more: S) where S.Element == UInt8 { bytes.append(contentsOf: more) }
+
+    /// Marks `n` bytes as written.
+    mutating func consume(_ n: Int) {
+        offset += n
+        if offset == bytes.count {
+            bytes.removeAll(keepingCapacity: bytes.capacity <= 128 * 1024)
+            offset = 0
+        } else if offset > 64 * 1024 && offset * 2 > bytes.count {
+            bytes.removeFirst(offset)
+            offset = 0
+        }
+    }
+
+    /// Writes what `fd` takes without blocking: how many bytes were written,
+    /// and whether the connection failed (after those bytes).
+    mutating func send(to fd: Int32) -> (written: Int, failed: Bool) {
+        var written = 0
+        while pending > 0 {
+            let n = bytes.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress! + offset, pending, Int32(MSG_NOSIGNAL))
+            }
+            if n > 0 {
+                consume(n)
+                written += n
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                break
+            } else {
+                return (written, true)
+            }
+        }
+        return (written, false)
+    }
+
+    /// Forgets everything, keeping no big allocation.
+    mutating func reset() {
+        bytes = []
+        offset = 0
+    }
+}
+
+/// A socket registered with a loop's epoll.
+class LoopSocket {
+    let fd: Int32
+    let id: UInt64
+    var interest: UInt32 = 0
+    var isOpen = true
+    /// In the loop's epoll set (a backend that closed is taken out: epoll would report its hang-up forever).
+    var registered = true
+
+    init(fd: Int32, id: UInt64) {
+        self.fd = fd
+        self.id = id
+    }
+
+    var token: UInt64 { id << 32 | UInt64(UInt32(bitPattern: fd)) }
+}
+
+/// A client connection, owned by its loop's thread.
+final class ClientConnection: LoopSocket {
+    let remoteAddress: String
+    var parser: HTTPRequestParser
+    var output = OutputBuffer()
+    /// The request being forwarded; later pipelined requests wait in the parser.
+    var exchange: Exchange?
+    /// The client finished sending (read returned 0).
+    var peerClosed = false
+    /// Close once the output is written; read nothing more.
+    var closeAfterWrite = false
+    /// Monotonic ms of the first byte of a request head not yet complete (0: none).
+    var messageStart: Int64 = 0
+    var lastRead: Int64
+    var lastWrite: Int64
+    /// In the loop's run queue.
+    var queued = false
+
+    init(fd: Int32, id: UInt64, remoteAddress: String, limits: HTTPParserLimits, now: Int64) {
+        self.remoteAddress = remoteAddress
+        parser = HTTPRequestParser(limits: limits)
+        lastRead = now
+        lastWrite = now
+        super.init(fd: fd, id: id)
+    }
+
+    /// No request in progress and nothing to write.
+    var isIdle: Bool { exchange == nil && messageStart == 0 && output.isEmpty }
+}
+
+/// A connection to a backend, owned by one loop: idle in the pool, connecting, or carrying one exchange.
+final class BackendConnection: LoopSocket {
+    enum State {
+        case connecting(deadline: Int64)
+        case active
+        case idle(since: Int64)
+    }
+
+    let backend: Int
+    var state: State
+    var parser: HTTPResponseParser
+    var exchange: Exchange?
+    /// It served a request before the current one (came from the pool).
+    var reused = false
+    /// The backend closed (or reset) its side; what it sent is still parsed.
+    var eof = false
+    /// The current response's interim (1xx) message is being skipped.
+    var skippingInterim = false
+    /// The current response allows another request on this connection.
+    var responseKeepAlive = false
+    var lastRead: Int64
+    var lastWrite: Int64
+
+    init(fd: Int32, id: UInt64, backend: Int, state: State, maxHeadBytes: Int, now: Int64) {
+        self.backend = backend
+        self.state = state
+        parser = HTTPResponseParser(maxHeadBytes: maxHeadBytes)
+        lastRead = now
+        lastWrite = now
+        super.init(fd: fd, id: id)
+    }
+
+    var isActive: Bool { if case .active = state { true } else { false } }
+    var isIdle: Bool { if case .idle = state { true } else { false } }
+}
+
+/// One request of a client and its response, across retries.
+final class Exchange {
+    unowned let client: ClientConnection
+    let method: String
+    let isHEAD: Bool
+    /// May be sent again after it reached a backend: idempotent method or Idempotency-Key.
+    let retriable: Bool
+    let requestFraming: HTTPRequestHead.BodyFraming
+    /// Request bytes (rewritten head, re-framed body) not yet written to the backend.
+    var upstream: OutputBuffer
+    /// Every request byte produced so far, while they fit the replay limit; nil after.
+    var replay: [UInt8]?
+    /// The client parser reported the end of the request.
+    var bodyDone = false
+    /// When the last request byte was written to the backend (0: not yet).
+    var requestSentAt: Int64 = 0
+    var backend: BackendConnection?
+    /// Backends already tried and failed (a bit per index).
+    var tried: UInt64 = 0
+    var attempts = 0
+    /// Bytes of this request reached the current backend connection.
+    var sentOnAttempt = false
+    /// Bytes of this request reached some backend (then a failure answers 502, not 503).
+    var everSent = false
+    /// The response head was sent to the client: the exchange can no longer be retried or answered with an error.
+    var responseStarted = false
+    /// How the response body is framed towards the client.
+    var clientFraming = ClientFraming.asIs
+    /// The client connection stays open after this response.
+    var clientKeepAlive: Bool
+    let clientVersion: HTTPVersion
+
+    enum ClientFraming {
+        /// Bytes as received (Content-Length or no body).
+        case asIs
+        /// Re-chunked (the backend's body was chunked or close-delimited).
+        case chunked
+        /// Close-delimited (an HTTP/1.0 client and a body of unknown length).
+        case untilClose
+    }
+
+    init(client: ClientConnection, head: HTTPRequestHead, headBytes: [UInt8], replayLimit: Int) {
+        self.client = client
+        method = head.method
+        isHEAD = head.method == "HEAD"
+        retriable = Self.idempotentMethods.contains(head.method) || head.headers.contains(name: "Idempotency-Key")
+        requestFraming = head.bodyFraming
+        upstream = OutputBuffer(headBytes)
+        replay = retriable && headBytes.count <= replayLimit ? headBytes : nil
+        clientKeepAlive = head.keepAlive
+        clientVersion = head.version
+    }
+
+    static let idempotentMethods: Set<String> = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+
+    /// Queues request body bytes for the backend (and for a replay while they fit).
+    func appendUpstream(_ bytes: [UInt8], replayLimit: Int) {
+        upstream.append(bytes)
+        if replay != nil {
+            if replay!.count + bytes.count <= replayLimit {
+                replay!.append(contentsOf: bytes)
+            } else {
+                replay = nil
+            }
+        }
+    }
+}

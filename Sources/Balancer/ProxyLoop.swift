@@ -1,0 +1,894 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEpoll
+import Logging
+import MiniHTTP
+
+/// One event loop of the balancer: accepts from the shared listener, serves
+/// its client connections and keeps its own pools of backend connections.
+/// Everything but `wake()` runs on the loop's thread.
+///
+/// Event handlers only move bytes between sockets and parsers and put the
+/// client connection concerned on the run queue; `progress(_:)` then advances
+/// that connection's state machine as far as the buffers allow:
+///
+/// ```
+/// idle ─head─► exchange: connecting ─► sending request ─► response streaming ─► idle (keep-alive)
+///                  │ connect failure: next backend     │ failure before a response byte:
+///                  ▼                                    ▼ retry if nothing was sent, or if retriable
+///              503 when none is left                  502 / 504 otherwise; after the first byte: close
+/// ```
+final class ProxyLoop: @unchecked Sendable {
+    private unowned let balancer: Balancer
+    let index: Int
+    private let configuration: BalancerConfiguration
+    private let registry: BackendRegistry
+    private let counters: BalancerCounters
+    private let poller: EpollPoller
+    private var sockets: [Int32: LoopSocket] = [:]
+    private var clientCount = 0
+    /// Idle keep-alive connections per backend (most recently used last).
+    private var idle: [[BackendConnection]]
+    private var nextID: UInt64 = 1
+    private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+    private var runQueue: [ClientConnection] = []
+    private var listening = true
+    private var random: SplitMix64
+    private let highWater: Int
+    private let maxAttempts: Int
+    private let defaultHost: String
+
+    init(balancer: Balancer, index: Int, listenFD: Int32) throws {
+        self.balancer = balancer
+        self.index = index
+        configuration = balancer.configuration
+        registry = balancer.registry
+        counters = balancer.counters
+        idle = Array(repeating: [], count: configuration.backends.count)
+        random = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
+        highWater = configuration.bufferHighWater
+        maxAttempts = configuration.backends.count + 2
+        defaultHost = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
+        poller = try EpollPoller(listenFD: listenFD, logger: balancer.logger)
+    }
+
+    func closeDescriptors() { poller.closeDescriptors() }
+
+    /// Wakes the loop from another thread.
+    func wake() { poller.wake() }
+
+    private var epollFD: Int32 { poller.epollFD }
+
+    private var logger: Logger { balancer.logger }
+    private var isStopping: Bool { balancer.stopping.load(ordering: .relaxed) }
+
+    // MARK: - The loop
+
+    func run() {
+        var ready = [cepoll_ready](repeating: cepoll_ready(), count: 256)
+        var nextSweep = monotonicMillis() + 100
+        var graceDeadline: Int64? = nil
+        while true {
+            let n = poller.wait(&ready, timeoutMillis: 100)
+            for i in 0..<n {
+                handle(ready[i])
+            }
+            drainRunQueue()
+            let now = monotonicMillis()
+            if isStopping {
+                if listening {
+                    listening = false
+                    poller.stopListening()
+                    graceDeadline = now + Int64(configuration.shutdownGraceMillis)
+                    for case let c as ClientConnection in Array(sockets.values)
+                    where c.exchange == nil && c.output.isEmpty && c.parser.isAtMessageBoundary {
+                        closeClient(c)
+                    }
+                }
+                if clientCount == 0 { break }
+                if let deadline = graceDeadline, now >= deadline {
+                    logger.warning("grace period over, closing connections", metadata: ["clients": "\(clientCount)"])
+                    break
+                }
+            }
+            if now >= nextSweep {
+                nextSweep = now + 100
+                sweep(now: now)
+                drainRunQueue()
+            }
+        }
+        for socket in Array(sockets.values) {
+            if let c = socket as? ClientConnection { closeClient(c) }
+        }
+        for socket in Array(sockets.values) {
+            if let b = socket as? BackendConnection { closeBackend(b) }
+        }
+        closeDescriptors()
+    }
+
+    private func handle(_ event: cepoll_ready) {
+        switch event.token {
+        case EpollPoller.listenToken:
+            if listening { acceptSome() }
+        case EpollPoller.wakeToken:
+            poller.consumeWake()
+        default:
+            let fd = Int32(truncatingIfNeeded: event.token & 0xFFFF_FFFF)
+            guard let socket = sockets[fd], socket.id == event.token >> 32 else { return }
+            if let c = socket as? ClientConnection {
+                clientEvent(c, event.events)
+            } else if let b = socket as? BackendConnection {
+                backendEvent(b, event.events)
+            }
+        }
+    }
+
+    private func schedule(_ c: ClientConnection) {
+        guard c.isOpen, !c.queued else { return }
+        c.queued = true
+        runQueue.append(c)
+    }
+
+    private func drainRunQueue() {
+        var i = 0
+        while i < runQueue.count {
+            let c = runQueue[i]
+            i += 1
+            c.queued = false
+            progress(c)
+        }
+        runQueue.removeAll(keepingCapacity: runQueue.capacity <= 1024)
+    }
+
+    // MARK: - Accepting
+
+    private func acceptSome() {
+        poller.acceptPending(limit: 8) { fd in
+            let open = balancer.openClients.add(1, ordering: .relaxed).newValue
+            if open > configuration.maxClientConnections {
+                balancer.openClients.subtract(1, ordering: .relaxed)
+                counters.connectionsRejected.add(1, ordering: .relaxed)
+                let busy = HTTPResponse.error(status: 503, code: "too_many_connections", message: "too many connections")
+                _ = HTTPResponseSerializer.serialize(busy, keepAlive: false).withUnsafeBytes {
+                    send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                }
+                close(fd)
+                return
+            }
+            counters.connectionsAccepted.add(1, ordering: .relaxed)
+            Sockets.setNoDelay(fd)
+            let c = ClientConnection(
+                fd: fd, id: nextID, remoteAddress: Sockets.peerAddress(fd) ?? "unknown", limits: configuration.limits,
+                now: monotonicMillis())
+            nextID += 1
+            sockets[fd] = c
+            clientCount += 1
+            c.interest = CEPOLL_IN | CEPOLL_RDHUP
+            if cepoll_ctl(epollFD, 1, fd, c.interest, c.token) != 0 {
+                closeClient(c)
+            }
+        }
+    }
+
+    // MARK: - Interest
+
+    private func setInterest(_ socket: LoopSocket, _ events: UInt32) {
+        guard socket.isOpen, socket.registered, socket.interest != events else { return }
+        socket.interest = events
+        _ = cepoll_ctl(epollFD, 3, socket.fd, events, socket.token)
+    }
+
+    /// Reading a client pauses while its output or its request's upstream buffer is full,
+    /// while its request waits for the response, and once it closed or will close.
+    private func canRead(_ c: ClientConnection) -> Bool {
+        guard c.isOpen, !c.peerClosed, !c.closeAfterWrite, c.output.pending < highWater else { return false }
+        if let ex = c.exchange { return !ex.bodyDone && ex.upstream.pending < highWater }
+        return true
+    }
+
+    private func updateInterest(_ c: ClientConnection) {
+        var events: UInt32 = 0
+        if canRead(c) { events |= CEPOLL_IN | CEPOLL_RDHUP }
+        if c.output.pending > 0 { events |= CEPOLL_OUT }
+        setInterest(c, events)
+    }
+
+    private func updateInterest(_ b: BackendConnection) {
+        switch b.state {
+        case .connecting: setInterest(b, CEPOLL_OUT)
+        case .idle: setInterest(b, CEPOLL_IN | CEPOLL_RDHUP)
+        case .active:
+            var events: UInt32 = 0
+            if let ex = b.exchange {
+                if !b.eof && ex.client.output.pending < highWater && b.parser.bufferedByteCount < highWater {
+                    events |= CEPOLL_IN | CEPOLL_RDHUP
+                }
+                if ex.upstream.pending > 0 { events |= CEPOLL_OUT }
+            }
+            setInterest(b, events)
+        }
+    }
+
+    // MARK: - Socket events
+
+    private func clientEvent(_ c: ClientConnection, _ events: UInt32) {
+        if events & CEPOLL_OUT != 0 { schedule(c) }
+        if events & (CEPOLL_IN | CEPOLL_RDHUP | CEPOLL_ERR | CEPOLL_HUP) != 0 {
+            if canRead(c) {
+                readClient(c)
+            } else if events & (CEPOLL_ERR | CEPOLL_HUP) != 0 {
+                abortClient(c)
+            }
+        }
+    }
+
+    private func readClient(_ c: ClientConnection) {
+        let count = readBuffer.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+        if count < 0 {
+            if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return }
+            abortClient(c)
+            return
+        }
+        if count == 0 {
+            c.peerClosed = true
+            schedule(c)
+            return
+        }
+        let now = monotonicMillis()
+        c.lastRead = now
+        if c.exchange == nil && c.messageStart == 0 { c.messageStart = now }
+        readBuffer.withUnsafeBytes { c.parser.append(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+        schedule(c)
+    }
+
+    private func backendEvent(_ b: BackendConnection, _ events: UInt32) {
+        switch b.state {
+        case .connecting:
+            if events & (CEPOLL_OUT | CEPOLL_ERR | CEPOLL_HUP) != 0 { finishConnect(b) }
+        case .idle:
+            // A pooled connection that speaks or closes is of no further use.
+            closeBackend(b)
+        case .active:
+            if events & (CEPOLL_IN | CEPOLL_RDHUP | CEPOLL_ERR | CEPOLL_HUP) != 0 && !b.eof { readBackend(b) }
+            if events & CEPOLL_OUT != 0, let ex = b.exchange { schedule(ex.client) }
+        }
+    }
+
+    private func readBackend(_ b: BackendConnection) {
+        let count = readBuffer.withUnsafeMutableBytes { recv(b.fd, $0.baseAddress, $0.count, 0) }
+        if count < 0 {
+            if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return }
+        }
+        if count <= 0 {
+            // Closed or reset: what arrived before is still parsed; no more events are needed.
+            b.eof = true
+            if b.registered {
+                b.registered = false
+                _ = cepoll_ctl(epollFD, 2, b.fd, 0, 0)
+            }
+        } else {
+            b.lastRead = monotonicMillis()
+            readBuffer.withUnsafeBytes { b.parser.append(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+        }
+        if let ex = b.exchange { schedule(ex.client) }
+    }
+
+    private func finishConnect(_ b: BackendConnection) {
+        var soError: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        getsockopt(b.fd, SOL_SOCKET, SO_ERROR, &soError, &len)
+        if soError != 0 {
+            logger.debug(
+                "backend connect failed",
+                metadata: ["backend": "\(registry.states[b.backend].configuration.name)", "errno": "\(soError)"])
+            backendFailed(b, .connect)
+            return
+        }
+        let now = monotonicMillis()
+        b.state = .active
+        b.lastWrite = now
+        b.lastRead = now
+        registry.connectSucceeded(b.backend)
+        if let ex = b.exchange { schedule(ex.client) }
+    }
+
+    // MARK: - The state machine
+
+    /// Advances a client connection and its exchange as far as the buffers allow.
+    private func progress(_ c: ClientConnection) {
+        var moved = true
+        while moved && c.isOpen {
+            moved = false
+            if let b = c.exchange?.backend, pumpResponse(b) { moved = true }
+            if c.isOpen, pumpRequest(c) { moved = true }
+            if c.isOpen, let b = c.exchange?.backend, flushBackend(b) { moved = true }
+            if c.isOpen, flushClient(c) { moved = true }
+        }
+        guard c.isOpen else { return }
+        if let ex = c.exchange, let b = ex.backend {
+            if ex.requestSentAt == 0, ex.bodyDone, ex.upstream.isEmpty, b.isActive {
+                ex.requestSentAt = monotonicMillis()
+            }
+            updateInterest(b)
+        }
+        updateInterest(c)
+    }
+
+    /// Pulls the next client parser event, if the buffers have room. True when something changed.
+    private func pumpRequest(_ c: ClientConnection) -> Bool {
+        guard !c.closeAfterWrite else { return false }
+        if let ex = c.exchange {
+            guard !ex.bodyDone, ex.upstream.pending < highWater else { return false }
+        } else {
+            guard c.output.pending < highWater else { return false }
+        }
+        let event: HTTPRequestParser.Event?
+        do {
+            event = try c.parser.next()
+        } catch {
+            requestFailed(c, error)
+            return true
+        }
+        if let ex = c.exchange { return forwardRequestBody(c, ex, event) }
+        switch event {
+        case nil:
+            if c.peerClosed && !c.closeAfterWrite {
+                c.closeAfterWrite = true  // answer what was asked, then close
+                return true
+            }
+            return false
+        case .head(let head):
+            beginExchange(c, head)
+            return true
+        case .body, .end:
+            return false
+        }
+    }
+
+    /// Passes an event of the request body on to the exchange's upstream buffer. True when something changed.
+    private func forwardRequestBody(_ c: ClientConnection, _ ex: Exchange, _ event: HTTPRequestParser.Event?) -> Bool {
+        switch event {
+        case nil:
+            if c.peerClosed {
+                abortClient(c)  // the request can never be completed
+                return true
+            }
+            return false
+        case .body(let bytes):
+            if ex.requestFraming == .chunked {
+                var framed = OutputBuffer()
+                HeaderRewriting.appendChunk(&framed, bytes)
+                ex.appendUpstream(framed.bytes, replayLimit: configuration.replayBufferBytes)
+            } else {
+                ex.appendUpstream(bytes, replayLimit: configuration.replayBufferBytes)
+            }
+            return true
+        case .end:
+            if ex.requestFraming == .chunked {
+                ex.appendUpstream(HeaderRewriting.lastChunk, replayLimit: configuration.replayBufferBytes)
+            }
+            ex.bodyDone = true
+            return true
+        case .head:
+            return false  // cannot happen: a head comes only after .end
+        }
+    }
+
+    private func beginExchange(_ c: ClientConnection, _ head: HTTPRequestHead) {
+        counters.requests.add(1, ordering: .relaxed)
+        c.messageStart = 0
+        let headBytes = HeaderRewriting.requestHead(
+            head, clientAddress: c.remoteAddress, proto: configuration.forwardedProto, defaultHost: defaultHost,
+            makeRequestID: { newRequestID() })
+        let ex = Exchange(client: c, head: head, headBytes: headBytes, replayLimit: configuration.replayBufferBytes)
+        c.exchange = ex
+        let hasBody: Bool
+        switch head.bodyFraming {
+        case .none, .contentLength(0): hasBody = false
+        default: hasBody = true
+        }
+        if !hasBody, case .end? = try? c.parser.next() {
+            ex.bodyDone = true
+        }
+        startAttempt(ex)
+        if hasBody, head.expectsContinue, c.exchange === ex {
+            c.output.append(contentsOf: "HTTP/1.1 100 Continue\r\n\r\n".utf8)
+        }
+    }
+
+    /// Sends the exchange to the next backend that can take it, or answers 503/502.
+    private func startAttempt(_ ex: Exchange) {
+        while true {
+            let now = monotonicMillis()
+            guard ex.attempts < maxAttempts, let backend = registry.pick(excluding: ex.tried, now: now) else {
+                if ex.everSent {
+                    counters.badGateway.add(1, ordering: .relaxed)
+                    respondError(ex, status: 502, code: "bad_gateway", message: "the backend failed before answering")
+                } else {
+                    counters.noBackend.add(1, ordering: .relaxed)
+                    respondError(ex, status: 503, code: "no_backend", message: "no backend is available")
+                }
+                return
+            }
+            ex.attempts += 1
+            if ex.attempts > 1 { counters.retries.add(1, ordering: .relaxed) }
+            ex.sentOnAttempt = false
+            ex.requestSentAt = 0
+            if let b = takeIdle(backend, now: now) ?? connect(backend, now: now) {
+                attach(b, ex, now: now)
+                return
+            }
+            leaveOut(backend, of: ex, now: now)
+        }
+    }
+
+    /// A connection to `backend` failed for the exchange: the backend is left out
+    /// for a while, and for good by this exchange.
+    private func leaveOut(_ backend: Int, of ex: Exchange, now: Int64) {
+        registry.connectFailed(backend, now: now)
+        ex.tried |= 1 << UInt64(backend)
+    }
+
+    private func attach(_ b: BackendConnection, _ ex: Exchange, now: Int64) {
+        b.exchange = ex
+        ex.backend = b
+        b.parser.expectResponse(toHEAD: ex.isHEAD)
+        b.skippingInterim = false
+        b.responseKeepAlive = false
+        b.lastRead = now
+        b.lastWrite = now
+        let state = registry.states[b.backend]
+        state.requests.add(1, ordering: .relaxed)
+        state.active.add(1, ordering: .relaxed)
+        updateInterest(b)
+        schedule(ex.client)
+    }
+
+    private func detach(_ b: BackendConnection) {
+        guard let ex = b.exchange else { return }
+        b.exchange = nil
+        if ex.backend === b { ex.backend = nil }
+        registry.states[b.backend].active.subtract(1, ordering: .relaxed)
+    }
+
+    /// Writes queued request bytes to the backend. True when bytes were written or the connection failed.
+    private func flushBackend(_ b: BackendConnection) -> Bool {
+        guard b.isActive, let ex = b.exchange, ex.upstream.pending > 0 else { return false }
+        let (written, failed) = ex.upstream.send(to: b.fd)
+        if written > 0 {
+            ex.sentOnAttempt = true
+            ex.everSent = true
+        }
+        if failed {
+            backendFailed(b, .broken)
+            return true
+        }
+        if written > 0 { b.lastWrite = monotonicMillis() }
+        return written > 0
+    }
+
+    /// Moves response events from the backend's parser to the client's output. True when something changed.
+    private func pumpResponse(_ b: BackendConnection) -> Bool {
+        guard b.isActive, let ex = b.exchange else { return false }
+        let c = ex.client
+        var moved = false
+        while c.output.pending < highWater && b.exchange === ex {
+            var event: HTTPResponseParser.Event?
+            do {
+                event = try b.parser.next()
+            } catch {
+                badResponse(b, ex, error)
+                return true
+            }
+            if event == nil && b.eof {
+                do {
+                    event = try b.parser.finish()
+                } catch {
+                    backendFailed(b, .broken)  // closed in the middle of a response
+                    return true
+                }
+                if event == nil {
+                    backendFailed(b, .broken)  // closed before a response
+                    return true
+                }
+            }
+            guard let event else { return moved }
+            moved = true
+            switch event {
+            case .head(let head):
+                if head.isInterim {
+                    if head.status == 101 {
+                        badResponse(b, ex, HTTPParseError(status: 502, reason: "protocol switch not supported"))
+                        return true
+                    }
+                    b.skippingInterim = true
+                } else {
+                    startResponse(ex, b, head)
+                }
+            case .body(let bytes):
+                if b.skippingInterim { continue }
+                switch ex.clientFraming {
+                case .chunked: HeaderRewriting.appendChunk(&c.output, bytes)
+                case .asIs, .untilClose: c.output.append(bytes)
+                }
+            case .end:
+                if b.skippingInterim {
+                    b.skippingInterim = false
+                    continue
+                }
+                finishExchange(ex, b)
+                return true
+            }
+        }
+        return moved
+    }
+
+    private func startResponse(_ ex: Exchange, _ b: BackendConnection, _ head: HTTPResponseHead) {
+        let c = ex.client
+        ex.responseStarted = true
+        b.responseKeepAlive = head.keepAlive
+        registry.states[b.backend].responses.add(1, ordering: .relaxed)
+        let keep = ex.clientKeepAlive && ex.bodyDone && !c.peerClosed && !isStopping
+        let rewritten = HeaderRewriting.responseHead(head, clientVersion: ex.clientVersion, keepAlive: keep)
+        ex.clientFraming = rewritten.framing
+        ex.clientKeepAlive = rewritten.keepAlive
+        c.output.append(rewritten.bytes)
+    }
+
+    private func finishExchange(_ ex: Exchange, _ b: BackendConnection) {
+        let c = ex.client
+        if ex.clientFraming == .chunked { c.output.append(HeaderRewriting.lastChunk) }
+        let reusable = b.responseKeepAlive && ex.bodyDone && ex.upstream.isEmpty && !b.eof
+            && b.parser.bufferedByteCount == 0 && !isStopping
+        detach(b)
+        if reusable { release(b) } else { closeBackend(b) }
+        endExchange(c, keepAlive: ex.clientKeepAlive && ex.clientFraming != .untilClose)
+    }
+
+    /// The exchange is over (answered); the connection goes on with the next request or closes.
+    private func endExchange(_ c: ClientConnection, keepAlive: Bool) {
+        c.exchange = nil
+        if !keepAlive || isStopping {
+            c.closeAfterWrite = true
+        } else {
+            c.messageStart = c.parser.isAtMessageBoundary ? 0 : monotonicMillis()
+        }
+        schedule(c)
+    }
+
+    /// Answers the exchange with an error of the balancer's own (only before any response byte).
+    private func respondError(_ ex: Exchange, status: Int, code: String, message: String) {
+        let c = ex.client
+        guard c.isOpen, c.exchange === ex, !ex.responseStarted else { return }
+        if let b = ex.backend {
+            detach(b)
+            closeBackend(b)
+        }
+        let keep = ex.clientKeepAlive && ex.bodyDone && !c.peerClosed && !isStopping
+        let response = HTTPResponse.error(status: status, code: code, message: message)
+        c.output.append(
+            HTTPResponseSerializer.serialize(response, keepAlive: keep, headOnly: ex.isHEAD, version: ex.clientVersion))
+        endExchange(c, keepAlive: keep)
+    }
+
+    /// The client's request is malformed or over a limit.
+    private func requestFailed(_ c: ClientConnection, _ error: HTTPParseError) {
+        counters.badRequests.add(1, ordering: .relaxed)
+        logger.debug("bad request", metadata: ["status": "\(error.status)", "reason": "\(error.reason)"])
+        if let ex = c.exchange {
+            if ex.responseStarted {
+                counters.aborted.add(1, ordering: .relaxed)
+                abortClient(c)
+                return
+            }
+            ex.clientKeepAlive = false
+            respondError(ex, status: error.status, code: Self.errorCode(error.status), message: error.reason)
+            return
+        }
+        let response = HTTPResponse.error(status: error.status, code: Self.errorCode(error.status), message: error.reason)
+        c.output.append(HTTPResponseSerializer.serialize(response, keepAlive: false))
+        c.closeAfterWrite = true
+    }
+
+    static func errorCode(_ status: Int) -> String {
+        switch status {
+        case 408: "request_timeout"
+        case 413: "body_too_large"
+        case 431: "headers_too_large"
+        case 501: "not_implemented"
+        case 505: "version_not_supported"
+        default: "bad_request"
+        }
+    }
+
+    enum Failure {
+        /// The connection could not be made.
+        case connect
+        /// Written to or read from, the connection broke or closed.
+        case broken
+        /// The backend did not answer or read in time.
+        case timeout
+    }
+
+    /// A backend connection failed while carrying an exchange: retry, answer, or cut the client off.
+    private func backendFailed(_ b: BackendConnection, _ failure: Failure) {
+        let ex = b.exchange
+        let reused = b.reused
+        let backend = b.backend
+        detach(b)
+        closeBackend(b)
+        guard let ex, ex.client.isOpen, ex.client.exchange === ex else { return }
+        let c = ex.client
+        let state = registry.states[backend]
+        let now = monotonicMillis()
+        defer { schedule(c) }
+        if ex.responseStarted {
+            state.failures.add(1, ordering: .relaxed)
+            counters.aborted.add(1, ordering: .relaxed)
+            abortClient(c)
+            return
+        }
+        switch failure {
+        case .connect:
+            leaveOut(backend, of: ex, now: now)
+            startAttempt(ex)
+        case .timeout:
+            state.failures.add(1, ordering: .relaxed)
+            counters.gatewayTimeouts.add(1, ordering: .relaxed)
+            ex.clientKeepAlive = ex.clientKeepAlive && ex.bodyDone
+            respondError(ex, status: 504, code: "gateway_timeout", message: "the backend did not answer in time")
+        case .broken:
+            if !ex.sentOnAttempt {
+                // Nothing of this request reached the backend: any method may go elsewhere.
+                if !reused { leaveOut(backend, of: ex, now: now) }
+                startAttempt(ex)
+            } else if ex.retriable, let replay = ex.replay {
+                // Sent, no answer: only a request that is safe to repeat is sent again.
+                if !reused { leaveOut(backend, of: ex, now: now) }
+                ex.upstream = OutputBuffer(replay)
+                startAttempt(ex)
+            } else {
+                if !reused { registry.connectFailed(backend, now: now) }
+                counters.badGateway.add(1, ordering: .relaxed)
+                respondError(
+                    ex, status: 502, code: "bad_gateway",
+                    message: "the backend closed the connection before answering; the request was not repeated")
+            }
+        }
+    }
+
+    /// The backend's response is malformed: never retried (the backend may have acted on the request).
+    private func badResponse(_ b: BackendConnection, _ ex: Exchange, _ error: HTTPParseError) {
+        logger.warning(
+            "bad response from backend",
+            metadata: ["backend": "\(registry.states[b.backend].configuration.name)", "reason": "\(error.reason)"])
+        registry.states[b.backend].failures.add(1, ordering: .relaxed)
+        detach(b)
+        closeBackend(b)
+        let c = ex.client
+        if ex.responseStarted {
+            counters.aborted.add(1, ordering: .relaxed)
+            abortClient(c)
+            return
+        }
+        counters.badGateway.add(1, ordering: .relaxed)
+        respondError(ex, status: 502, code: "bad_gateway", message: "the backend sent an invalid response")
+    }
+
+    /// Writes what it can to the client; closes when done and the connection must close.
+    private func flushClient(_ c: ClientConnection) -> Bool {
+        let (written, failed) = c.output.send(to: c.fd)
+        if failed {
+            if c.exchange?.responseStarted == true { counters.aborted.add(1, ordering: .relaxed) }
+            abortClient(c)
+            return true
+        }
+        let wrote = written > 0
+        if wrote { c.lastWrite = monotonicMillis() }
+        if c.output.isEmpty && c.exchange == nil {
+            if c.closeAfterWrite || (isStopping && c.parser.isAtMessageBoundary) {
+                closeClient(c)
+                return true
+            }
+        }
+        return wrote
+    }
+
+    // MARK: - Backend connections and the pool
+
+    /// A pooled connection to `backend` that is still open, if any.
+    private func takeIdle(_ backend: Int, now: Int64) -> BackendConnection? {
+        while let b = idle[backend].popLast() {
+            var byte: UInt8 = 0
+            let n = recv(b.fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                b.state = .active
+                b.reused = true
+                return b
+            }
+            // Closed, reset, or unexpected bytes: not usable.
+            b.state = .active  // already out of the pool
+            closeBackend(b)
+        }
+        return nil
+    }
+
+    /// Starts a non-blocking connect; nil when it failed at once.
+    private func connect(_ backend: Int, now: Int64) -> BackendConnection? {
+        let state = registry.states[backend]
+        let address = state.address
+        let fd = socket(
+            address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else {
+            logger.error("socket() failed", metadata: ["errno": "\(errno)"])
+            return nil
+        }
+        Sockets.setNoDelay(fd)
+        let rc = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        let connState: BackendConnection.State
+        if rc == 0 {
+            connState = .active
+        } else if errno == EINPROGRESS {
+            connState = .connecting(deadline: now + Int64(configuration.backendConnectTimeoutMillis))
+        } else {
+            logger.debug("backend connect failed", metadata: ["backend": "\(state.configuration.name)", "errno": "\(errno)"])
+            close(fd)
+            return nil
+        }
+        let b = BackendConnection(
+            fd: fd, id: nextID, backend: backend, state: connState, maxHeadBytes: configuration.maxResponseHeadBytes,
+            now: now)
+        nextID += 1
+        b.interest = connState.isConnecting ? CEPOLL_OUT : 0
+        guard cepoll_ctl(epollFD, 1, fd, b.interest, b.token) == 0 else {
+            close(fd)
+            return nil
+        }
+        sockets[fd] = b
+        state.connectionsOpened.add(1, ordering: .relaxed)
+        if rc == 0 { registry.connectSucceeded(backend) }
+        return b
+    }
+
+    /// Keeps a backend connection for the next request.
+    private func release(_ b: BackendConnection) {
+        guard idle[b.backend].count < configuration.maxIdlePerBackend, b.registered else {
+            closeBackend(b)
+            return
+        }
+        b.state = .idle(since: monotonicMillis())
+        b.reused = true
+        b.parser.reset()
+        idle[b.backend].append(b)
+        updateInterest(b)
+    }
+
+    private func closeBackend(_ b: BackendConnection) {
+        guard b.isOpen else { return }
+        if b.isIdle, let i = idle[b.backend].firstIndex(where: { $0 === b }) {
+            idle[b.backend].remove(at: i)
+        }
+        detach(b)
+        b.isOpen = false
+        if sockets[b.fd] === b { sockets[b.fd] = nil }
+        if b.registered { _ = cepoll_ctl(epollFD, 2, b.fd, 0, 0) }
+        close(b.fd)
+    }
+
+    // MARK: - Client connections
+
+    /// Closes the client connection at once (and its exchange's backend connection).
+    private func abortClient(_ c: ClientConnection) {
+        closeClient(c)
+    }
+
+    private func closeClient(_ c: ClientConnection) {
+        guard c.isOpen else { return }
+        if let b = c.exchange?.backend {
+            closeBackend(b)
+        }
+        c.exchange = nil
+        c.isOpen = false
+        if sockets[c.fd] === c { sockets[c.fd] = nil }
+        _ = cepoll_ctl(epollFD, 2, c.fd, 0, 0)
+        close(c.fd)
+        clientCount -= 1
+        balancer.openClients.subtract(1, ordering: .relaxed)
+    }
+
+    // MARK: - Timeouts
+
+    private func sweep(now: Int64) {
+        for socket in Array(sockets.values) where socket.isOpen {
+            if let c = socket as? ClientConnection {
+                sweepClient(c, now: now)
+            } else if let b = socket as? BackendConnection {
+                sweepBackend(b, now: now)
+            }
+        }
+    }
+
+    private func sweepClient(_ c: ClientConnection, now: Int64) {
+        if c.output.pending > 0 && now - c.lastWrite > Int64(configuration.clientWriteTimeoutMillis) {
+            counters.clientTimeouts.add(1, ordering: .relaxed)
+            if c.exchange?.responseStarted == true { counters.aborted.add(1, ordering: .relaxed) }
+            abortClient(c)
+            return
+        }
+        if let ex = c.exchange {
+            if !ex.bodyDone && ex.upstream.pending < highWater
+                && now - c.lastRead > Int64(configuration.clientBodyTimeoutMillis)
+            {
+                counters.clientTimeouts.add(1, ordering: .relaxed)
+                if ex.responseStarted {
+                    counters.aborted.add(1, ordering: .relaxed)
+                    abortClient(c)
+                } else {
+                    ex.clientKeepAlive = false
+                    respondError(ex, status: 408, code: "request_timeout", message: "request body not received in time")
+                }
+            }
+        } else if c.messageStart != 0 {
+            if now - c.messageStart > Int64(configuration.clientHeaderTimeoutMillis) && !c.closeAfterWrite {
+                counters.clientTimeouts.add(1, ordering: .relaxed)
+                let response = HTTPResponse.error(
+                    status: 408, code: "request_timeout", message: "request head not received in time")
+                c.output.append(HTTPResponseSerializer.serialize(response, keepAlive: false))
+                c.closeAfterWrite = true
+                schedule(c)
+            }
+        } else if c.output.isEmpty
+            && now - max(c.lastRead, c.lastWrite) > Int64(configuration.clientIdleTimeoutMillis)
+        {
+            closeClient(c)
+        }
+    }
+
+    private func sweepBackend(_ b: BackendConnection, now: Int64) {
+        switch b.state {
+        case .connecting(let deadline):
+            if now >= deadline {
+                logger.debug(
+                    "backend connect timed out", metadata: ["backend": "\(registry.states[b.backend].configuration.name)"])
+                backendFailed(b, .connect)
+            }
+        case .idle(let since):
+            if now - since > Int64(configuration.poolIdleTimeoutMillis) { closeBackend(b) }
+        case .active:
+            guard let ex = b.exchange else { return }
+            if !ex.responseStarted {
+                if ex.requestSentAt != 0 && now - ex.requestSentAt > Int64(configuration.backendResponseTimeoutMillis) {
+                    backendFailed(b, .timeout)
+                } else if ex.upstream.pending > 0 && now - b.lastWrite > Int64(configuration.backendIdleTimeoutMillis) {
+                    backendFailed(b, .timeout)
+                }
+            } else if ex.client.output.pending < highWater
+                && now - b.lastRead > Int64(configuration.backendIdleTimeoutMillis)
+            {
+                backendFailed(b, .timeout)
+            }
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// 128 random bits as 32 hex digits.
+    private func newRequestID() -> String {
+        var out = [UInt8]()
+        out.reserveCapacity(32)
+        for _ in 0..<2 {
+            var v = random.next()
+            for _ in 0..<16 {
+                let d = UInt8(v & 0xF)
+                out.append(d < 10 ? 48 + d : 87 + d)
+                v >>= 4
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension BackendConnection.State {
+    var isConnecting: Bool { if case .connecting = self { true } else { false } }
+}

@@ -1,0 +1,316 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Balancer
+import Logging
+import MiniHTTP
+import Synchronization
+import TestSupport
+import Testing
+
+func quietLogger() -> Logger {
+    Logger(label: "balancer-tests", factory: { _ in SwiftLogNoOpLogHandler() })
+}
+
+/// Balancer settings for tests: ephemeral port, short timeouts so a failing
+/// test cannot keep `shutdown()` waiting for long.
+func testBalancerConfiguration(backends: [BackendConfiguration]) -> BalancerConfiguration {
+    var c = BalancerConfiguration(host: "127.0.0.1", port: 0, backends: backends, eventLoops: 2)
+    c.clientHeaderTimeoutMillis = 2_000
+    c.clientBodyTimeoutMillis = 2_000
+    c.clientIdleTimeoutMillis = 5_000
+    c.clientWriteTimeoutMillis = 3_000
+    c.backendConnectTimeoutMillis = 1_000
+    c.backendResponseTimeoutMillis = 3_000
+    c.backendIdleTimeoutMillis = 3_000
+    c.shutdownGraceMillis = 2_000
+    return c
+}
+
+/// Starts a balancer, runs `body`, and always shuts it down afterwards.
+func withBalancer(
+    _ configuration: BalancerConfiguration, _ body: (Balancer) throws -> Void
+) throws {
+    let balancer = try Balancer(configuration: configuration, logger: quietLogger())
+    try balancer.start()
+    defer { balancer.shutdown() }
+    try #require(balancer.port > 0)
+    try body(balancer)
+}
+
+/// A thread-safe counter.
+final class Counter: Sendable {
+    private let value = Mutex(0)
+    func increment() { value.withLock { $0 += 1 } }
+    var current: Int { value.withLock { $0 } }
+}
+
+/// An in-process backend: a MiniHTTP server that names itself in `X-Backend`
+/// and counts the requests its handler saw.
+final class TestBackend: Sendable {
+    let name: String
+    let server: HTTPServer
+    let handled = Counter()
+
+    init(name: String, idleTimeoutMillis: Int = 5_000) throws {
+        self.name = name
+        let handled = self.handled
+        var router = Router()
+        let tag: HTTPHeaders = ["X-Backend": name]
+        @Sendable func tagged(_ r: HTTPResponse) -> HTTPResponse {
+            var r = r
+            for f in tag { r.headers.add(name: f.name, value: f.value) }
+            return r
+        }
+        router.get("/") { _ in handled.increment(); return tagged(.text(name)) }
+        router.get("/name") { _ in handled.increment(); return tagged(.text(name)) }
+        router.post("/name") { _ in handled.increment(); return tagged(.text(name)) }
+        router.post("/echo") { request in
+            handled.increment()
+            return tagged(HTTPResponse(status: 200, headers: ["Content-Type": "application/octet-stream"], body: request.body))
+        }
+        router.put("/echo") { request in
+            handled.increment()
+            return tagged(HTTPResponse(status: 200, headers: ["Content-Type": "application/octet-stream"], body: request.body))
+        }
+        router.get("/headers") { request in
+            handled.increment()
+            let text = request.headers.map { "\($0.name): \($0.value)" }.joined(separator: "\n")
+            return tagged(.text(text))
+        }
+        router.get("/big") { request in
+            handled.increment()
+            let n = Int(request.query?.split(separator: "=").last ?? "0") ?? 0
+            return tagged(HTTPResponse(status: 200, headers: [:], body: pattern(n, seed: 7)))
+        }
+        router.get("/slow") { _ in
+            handled.increment()
+            usleep(300_000)
+            return tagged(.text("slow"))
+        }
+        server = HTTPServer(
+            configuration: HTTPServerConfiguration(
+                host: "127.0.0.1", port: 0, eventLoops: 1, handlerThreads: 4, maxConnections: 256,
+                limits: HTTPParserLimits(maxBodyBytes: 32 << 20), headerTimeoutMillis: 2_000,
+                bodyTimeoutMillis: 2_000, idleTimeoutMillis: idleTimeoutMillis, writeTimeoutMillis: 5_000,
+                shutdownGraceMillis: 2_000),
+            logger: quietLogger(), responder: router.responder)
+        try server.start()
+    }
+
+    var configuration: BackendConfiguration { BackendConfiguration(name: name, host: "127.0.0.1", port: server.port) }
+
+    func stop() { server.shutdown() }
+}
+
+/// Starts `count` backends named b0, b1, ...; always stops them afterwards.
+func withBackends(_ count: Int, _ body: ([TestBackend]) throws -> Void) throws {
+    var backends: [TestBackend] = []
+    defer { for b in backends { b.stop() } }
+    for i in 0..<count { backends.append(try TestBackend(name: "b\(i)")) }
+    try body(backends)
+}
+
+/// Deterministic bytes for body checks.
+func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
+    var rng = SplitMix64(seed: seed)
+    var out = [UInt8]()
+    out.reserveCapacity(count + 8)
+    while out.count < count {
+        var v = rng.next()
+        for _ in 0..<8 {
+            out.append(UInt8(truncatingIfNeeded: v))
+            v >>= 8
+        }
+    }
+    out.removeLast(out.count - count)
+    return out
+}
+
+/// A port nothing listens on (bound, then closed).
+func closedPort() throws -> Int {
+    let fd = try Sockets.listen(host: "127.0.0.1", port: 0)
+    let port = Sockets.localPort(fd)
+    close(fd)
+    return port
+}
+
+/// A response as read by `TestClient`.
+struct TestResponse {
+    var head: HTTPResponseHead
+    var body: [UInt8]
+    var status: Int { head.status }
+    func header(_ name: String) -> String? { head.headers[name] }
+    var bodyText: String { String(decoding: body, as: UTF8.self) }
+}
+
+/// A blocking HTTP client over a raw socket (responses parsed with
+/// `HTTPResponseParser`), with a deadline on every read.
+final class TestClient: TestConnection {
+    private var parser = HTTPResponseParser()
+    private(set) var peerClosed = false
+
+    /// Reads into the parser; false when the peer closed or the time is up.
+    private func readMore(deadline: Int64) -> Bool {
+        switch receiveSome(fd, deadline: deadline) {
+        case .bytes(let bytes):
+            parser.append(bytes)
+            return true
+        case .closed:
+            peerClosed = true
+            return false
+        case .timeout, .pollFailed:
+            return false
+        }
+    }
+
+    /// Reads one final response (interim ones are skipped); nil on close, error or timeout first.
+    func readResponse(headOnly: Bool = false, timeoutMillis: Int = 5_000) -> TestResponse? {
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
+        parser.expectResponse(toHEAD: headOnly)
+        var head: HTTPResponseHead? = nil
+        var body: [UInt8] = []
+        while true {
+            let event: HTTPResponseParser.Event?
+            do {
+                event = try parser.next() ?? (peerClosed ? try parser.finish() : nil)
+            } catch {
+                return nil
+            }
+            switch event {
+            case .head(let h):
+                head = h
+                body = []
+            case .body(let b):
+                body.append(contentsOf: b)
+            case .end:
+                if let h = head, !h.isInterim { return TestResponse(head: h, body: body) }
+                head = nil
+            case nil:
+                if peerClosed { return nil }
+                if !readMore(deadline: deadline) && !peerClosed { return nil }
+            }
+        }
+    }
+
+    /// True when the peer closes the connection within `timeoutMillis`.
+    func waitForClose(timeoutMillis: Int = 3_000) -> Bool {
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
+        while !peerClosed {
+            if !readMore(deadline: deadline) && !peerClosed { return false }
+        }
+        return true
+    }
+}
+
+/// One GET on a new connection.
+func get(_ port: Int, _ target: String, headers: String = "") throws -> TestResponse? {
+    let client = try TestClient(port: port)
+    defer { client.close() }
+    client.send("GET \(target) HTTP/1.1\r\nHost: test\r\n\(headers)\r\n")
+    return client.readResponse()
+}
+
+/// A scripted backend: a blocking listener whose connections are handed,
+/// each on its own thread, to `handler`.
+final class ScriptedBackend: Sendable {
+    let listenFD: Int32
+    let port: Int
+    let connections = Counter()
+    let requests = Counter()
+    private let stopped = Mutex(false)
+    private let open = Mutex<Set<Int32>>([])
+
+    init(_ handler: @escaping @Sendable (ScriptedConnection) -> Void) throws {
+        listenFD = try Sockets.listen(host: "127.0.0.1", port: 0)
+        port = Sockets.localPort(listenFD)
+        startThread { [self] in
+            while true {
+                let fd = accept(listenFD, nil, nil)
+                if fd < 0 {
+                    if errno == EINTR { continue }
+                    return
+                }
+                if stopped.withLock({ $0 }) {
+                    Glibc.close(fd)
+                    return
+                }
+                connections.increment()
+                open.withLock { _ = $0.insert(fd) }
+                let conn = ScriptedConnection(fd: fd, requests: requests)
+                startThread { [self] in
+                    handler(conn)
+                    open.withLock { _ = $0.remove(fd) }
+                    conn.close()
+                }
+            }
+        }
+    }
+
+    func configuration(_ name: String) -> BackendConfiguration {
+        BackendConfiguration(name: name, host: "127.0.0.1", port: port)
+    }
+
+    func stop() {
+        stopped.withLock { $0 = true }
+        shutdown(listenFD, Int32(SHUT_RDWR))
+        Glibc.close(listenFD)
+        for fd in open.withLock({ Array($0) }) { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+}
+
+/// One connection of a `ScriptedBackend`.
+final class ScriptedConnection: @unchecked Sendable {  // used by its one handler thread
+    let fd: Int32
+    private var parser = HTTPRequestParser(limits: HTTPParserLimits(maxBodyBytes: 64 << 20))
+    private let requests: Counter
+    private var closed = false
+
+    init(fd: Int32, requests: Counter) {
+        self.fd = fd
+        self.requests = requests
+        Sockets.setReceiveTimeout(fd, millis: 5_000)
+    }
+
+    /// Reads one whole request; nil when the connection ends first.
+    func readRequest() -> (head: HTTPRequestHead, body: [UInt8])? {
+        var head: HTTPRequestHead? = nil
+        var body: [UInt8] = []
+        while true {
+            guard let event = try? parser.next() else {
+                var chunk = [UInt8](repeating: 0, count: 65_536)
+                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { return nil }
+                parser.append(chunk[0..<n])
+                continue
+            }
+            switch event {
+            case .head(let h): head = h
+            case .body(let b): body.append(contentsOf: b)
+            case .end:
+                requests.increment()
+                return (head!, body)
+            }
+        }
+    }
+
+    @discardableResult
+    func write(_ text: String) -> Bool { Sockets.writeAll(fd, Array(text.utf8)) }
+
+    @discardableResult
+    func write(_ bytes: [UInt8]) -> Bool { Sockets.writeAll(fd, bytes) }
+
+    func close() {
+        if !closed {
+            closed = true
+            Glibc.close(fd)
+        }
+    }
+
+    /// Closes with a reset (RST) instead of a FIN.
+    func reset() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close()
+    }
+}

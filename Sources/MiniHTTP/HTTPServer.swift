@@ -87,6 +87,8 @@ public final class HTTPServer: Sendable {
         public var requests = 0
         public var parseErrors = 0
         public var timeouts = 0
+        /// Readiness events handled on client connections: a diagnostic (a spinning loop shows as a fast-growing count).
+        public var connectionEvents = 0
     }
 
     final class Counters: Sendable {
@@ -95,6 +97,7 @@ public final class HTTPServer: Sendable {
         let requests = Atomic<Int>(0)
         let parseErrors = Atomic<Int>(0)
         let timeouts = Atomic<Int>(0)
+        let connectionEvents = Atomic<Int>(0)
     }
 
     public init(configuration: HTTPServerConfiguration, logger: Logger, chain: MiddlewareChain) {
@@ -119,7 +122,8 @@ public final class HTTPServer: Sendable {
             connectionsRejected: counters.connectionsRejected.load(ordering: .relaxed),
             requests: counters.requests.load(ordering: .relaxed),
             parseErrors: counters.parseErrors.load(ordering: .relaxed),
-            timeouts: counters.timeouts.load(ordering: .relaxed))
+            timeouts: counters.timeouts.load(ordering: .relaxed),
+            connectionEvents: counters.connectionEvents.load(ordering: .relaxed))
     }
 
     /// Binds, listens and starts the threads. Returns once the port accepts connections.
@@ -313,6 +317,8 @@ final class ServerLoop: @unchecked Sendable {
         var graceDeadline: Int64? = nil
         while true {
             let n = poller.wait(&ready, timeoutMillis: 100)
+            var connectionEvents = 0
+            defer { if connectionEvents > 0 { server.counters.connectionEvents.add(connectionEvents, ordering: .relaxed) } }
             for i in 0..<n {
                 let event = ready[i]
                 switch event.token {
@@ -324,6 +330,14 @@ final class ServerLoop: @unchecked Sendable {
                 default:
                     let fd = Int32(truncatingIfNeeded: event.token & 0xFFFF_FFFF)
                     guard let conn = connections[fd], conn.id == event.token >> 32 else { continue }
+                    connectionEvents += 1
+                    if event.events & (CEPOLL_ERR | CEPOLL_HUP) != 0 && (conn.busy || conn.peerClosed) {
+                        // A hang-up is reported whatever the interest: a connection that is not
+                        // reading (its handler runs) would make this loop spin. Nothing can reach
+                        // the peer any more; a running handler's result is dropped.
+                        closeConnection(conn)
+                        continue
+                    }
                     if event.events & CEPOLL_OUT != 0 { flush(conn, pool: pool) }
                     if event.events & (CEPOLL_IN | CEPOLL_ERR | CEPOLL_HUP | CEPOLL_RDHUP) != 0, connections[fd] === conn {
                         readable(conn, pool: pool)

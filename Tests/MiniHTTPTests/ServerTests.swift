@@ -366,6 +366,34 @@ struct ServerTests {
         }
     }
 
+    /// A client that resets its connection while its handler runs must not make the
+    /// loop spin on the hang-up (epoll reports it whatever the interest).
+    @Test func aResetDuringAHandlerDoesNotSpinTheLoop() throws {
+        let handlerStarted = Counter()
+        try withServer(testConfiguration(handlerThreads: 1), responder: { request in
+            if request.path == "/slow" {
+                handlerStarted.increment()
+                usleep(600_000)
+            }
+            return HTTPResponse(status: 200, body: bytes("ok"))
+        }) { server in
+            let client = try RawClient(port: server.port)
+            #expect(client.send(getRequest("/slow")))
+            #expect(waitUntil(timeout: 5) { handlerStarted.current == 1 })
+            var reset = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(client.fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+            let before = server.statistics.connectionEvents
+            client.close()  // RST while the handler sleeps
+            usleep(400_000)
+            let during = server.statistics.connectionEvents - before
+            #expect(during < 50, "\(during) readiness events in 400 ms for one reset connection")
+            let next = try RawClient(port: server.port)
+            defer { next.close() }
+            #expect(next.send(getRequest("/after")))
+            #expect(next.readResponse()?.bodyText == "ok", "the server still answers")
+        }
+    }
+
     @Test func handlersOnTheEventLoopServePipelinedRequestsInOrder() throws {
         try withServer(testConfiguration(handlerThreads: 0), responder: echoResponder) { server in
             let client = try RawClient(port: server.port)

@@ -18,8 +18,16 @@ final class BackendState: Sendable {
     let ejections = Atomic<Int>(0)
     /// Connections opened to this backend, over all loops.
     let connectionsOpened = Atomic<Int>(0)
-    /// Requests in flight on this backend.
+    /// Requests in flight on this backend (a slot is taken by `BackendRegistry.pick`).
     let active = Atomic<Int>(0)
+    /// Attempts sent here that were retries of a request that failed elsewhere.
+    let retries = Atomic<Int>(0)
+    /// What the active health checks say (true while they are off).
+    let healthy = Atomic<Bool>(true)
+    /// Monotonic ms when the health checks last brought the backend back (0: never; for slow start).
+    let upSince = Atomic<Int64>(0)
+    /// Times the health checks took the backend out.
+    let healthDowns = Atomic<Int>(0)
 
     init(configuration: BackendConfiguration, address: SocketAddress) {
         self.configuration = configuration
@@ -27,8 +35,42 @@ final class BackendState: Sendable {
     }
 
     func isAvailable(now: Int64) -> Bool {
-        !draining.load(ordering: .relaxed) && ejectedUntil.load(ordering: .relaxed) <= now
+        !draining.load(ordering: .relaxed) && healthy.load(ordering: .relaxed)
+            && ejectedUntil.load(ordering: .relaxed) <= now
     }
+
+    /// Takes a request slot unless `cap` (> 0) are in use.
+    func tryAcquire(cap: Int) -> Bool {
+        guard cap > 0 else {
+            active.add(1, ordering: .relaxed)
+            return true
+        }
+        var current = active.load(ordering: .relaxed)
+        while current < cap {
+            let (exchanged, original) = active.compareExchange(
+                expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// up, down (health checks), ejected (passive), or draining.
+    func health(now: Int64) -> String {
+        if draining.load(ordering: .relaxed) { return "draining" }
+        if !healthy.load(ordering: .relaxed) { return "down" }
+        return ejectedUntil.load(ordering: .relaxed) > now ? "ejected" : "up"
+    }
+}
+
+/// What `BackendRegistry.pick` found.
+enum Pick: Equatable {
+    /// This backend, with a request slot taken for the caller.
+    case backend(Int)
+    /// Backends are available but all at their cap of requests in flight.
+    case busy
+    /// No backend is available.
+    case none
 }
 
 /// The backends, their shared state and the (weighted) round robin.
@@ -43,6 +85,10 @@ final class BackendRegistry: Sendable {
     private let cursor = Atomic<Int>(0)
     let ejectBaseMillis: Int64
     let ejectMaxMillis: Int64
+    let cap: Int
+    let slowStartMillis: Int64
+    /// Exchanges waiting in the loops' queues for a backend slot.
+    let queued = Atomic<Int>(0)
 
     init(configuration: BalancerConfiguration) {
         states = configuration.backends.map { backend in
@@ -52,6 +98,8 @@ final class BackendRegistry: Sendable {
         schedule = Self.smoothSchedule(weights: configuration.backends.map(\.weight))
         ejectBaseMillis = Int64(configuration.ejectBaseMillis)
         ejectMaxMillis = Int64(configuration.ejectMaxMillis)
+        cap = configuration.maxRequestsPerBackend
+        slowStartMillis = Int64(configuration.healthCheck?.slowStartMillis ?? 0)
     }
 
     /// nginx's smooth weighted round robin, one full cycle.
@@ -72,15 +120,45 @@ final class BackendRegistry: Sendable {
         return out
     }
 
-    /// The next available backend not in `excluding` (a bit per backend index), or nil.
-    func pick(excluding: UInt64, now: Int64) -> Int? {
+    /// The next available backend not in `excluding` (a bit per backend index)
+    /// with a free request slot, which is taken.
+    func pick(excluding: UInt64, now: Int64) -> Pick {
         let n = schedule.count
-        let start = Int(UInt(bitPattern: cursor.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(n))
+        let turn = UInt(bitPattern: cursor.wrappingAdd(1, ordering: .relaxed).oldValue)
+        let start = Int(turn % UInt(n))
+        var busy = false
+        var rampingUp: Int? = nil
         for k in 0..<n {
             let index = schedule[(start + k) % n]
-            if excluding & (1 << UInt64(index)) == 0 && states[index].isAvailable(now: now) { return index }
+            guard excluding & (1 << UInt64(index)) == 0, states[index].isAvailable(now: now) else { continue }
+            if isSkippedBySlowStart(index, now: now, turn: turn) {
+                rampingUp = rampingUp ?? index
+            } else if states[index].tryAcquire(cap: cap) {
+                return .backend(index)
+            } else {
+                busy = true
+            }
         }
-        return nil
+        if let index = rampingUp {
+            if states[index].tryAcquire(cap: cap) { return .backend(index) }
+            busy = true
+        }
+        return busy ? .busy : .none
+    }
+
+    /// During slow start a backend takes its turn with a probability that grows from 0 to 1.
+    private func isSkippedBySlowStart(_ index: Int, now: Int64, turn: UInt) -> Bool {
+        guard slowStartMillis > 0 else { return false }
+        let up = states[index].upSince.load(ordering: .relaxed)
+        let elapsed = now - up
+        guard up != 0, elapsed < slowStartMillis else { return false }
+        let dice = Int64((turn &* 2_654_435_761) % 1_000)  // spread the cursor over 0..<1000
+        return dice >= elapsed * 1_000 / slowStartMillis
+    }
+
+    /// Gives back a slot taken by `pick`.
+    func release(_ index: Int) {
+        states[index].active.subtract(1, ordering: .relaxed)
     }
 
     /// A connection to the backend could not be made (or broke at once): leave it out for a while.
@@ -108,6 +186,8 @@ public struct BackendStatus: Sendable, Equatable {
     public var host: String
     public var port: Int
     public var weight: Int
+    /// up, down (active health checks), ejected (connection failures) or draining.
+    public var health: String
     public var ejected: Bool
     public var draining: Bool
     public var consecutiveFailures: Int
@@ -115,6 +195,7 @@ public struct BackendStatus: Sendable, Equatable {
     public var responses: Int
     public var failures: Int
     public var ejections: Int
+    public var retries: Int
     public var connectionsOpened: Int
     public var active: Int
 }
@@ -126,6 +207,12 @@ public struct BalancerStatistics: Sendable, Equatable {
     public var requests = 0
     public var badRequests = 0
     public var retries = 0
+    /// Retries refused because the retry budget was spent (the client got the error).
+    public var retryBudgetRefusals = 0
+    /// 503 answers because the backends were at their cap and the queue was full or waited too long.
+    public var queueRejections = 0
+    /// 429 answers of the per-client rate limit.
+    public var rateLimited = 0
     /// 502 answers: a backend failed after the request was sent.
     public var badGateway = 0
     /// 503 answers: no backend could take the request.
@@ -143,6 +230,9 @@ final class BalancerCounters: Sendable {
     let requests = Atomic<Int>(0)
     let badRequests = Atomic<Int>(0)
     let retries = Atomic<Int>(0)
+    let retryBudgetRefusals = Atomic<Int>(0)
+    let queueRejections = Atomic<Int>(0)
+    let rateLimited = Atomic<Int>(0)
     let badGateway = Atomic<Int>(0)
     let noBackend = Atomic<Int>(0)
     let gatewayTimeouts = Atomic<Int>(0)
@@ -156,6 +246,9 @@ final class BalancerCounters: Sendable {
             requests: requests.load(ordering: .relaxed),
             badRequests: badRequests.load(ordering: .relaxed),
             retries: retries.load(ordering: .relaxed),
+            retryBudgetRefusals: retryBudgetRefusals.load(ordering: .relaxed),
+            queueRejections: queueRejections.load(ordering: .relaxed),
+            rateLimited: rateLimited.load(ordering: .relaxed),
             badGateway: badGateway.load(ordering: .relaxed),
             noBackend: noBackend.load(ordering: .relaxed),
             gatewayTimeouts: gatewayTimeouts.load(ordering: .relaxed),

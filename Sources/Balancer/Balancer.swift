@@ -21,12 +21,16 @@ public final class Balancer: Sendable {
     let counters = BalancerCounters()
     let stopping = Atomic<Bool>(false)
     let openClients = Atomic<Int>(0)
+    let retryBudget: RetryBudget
+    let rateLimiter: RateLimiter?
+    private let healthChecker: HealthChecker?
 
     private struct State {
         var started = false
         var listenFD: Int32 = -1
         var port = 0
         var loops: [ProxyLoop] = []
+        var adminServer: HTTPServer?
     }
 
     private let state = Mutex(State())
@@ -37,13 +41,27 @@ public final class Balancer: Sendable {
         try configuration.validate()
         self.configuration = configuration
         self.logger = logger
-        registry = BackendRegistry(configuration: configuration)
+        let registry = BackendRegistry(configuration: configuration)
+        self.registry = registry
+        retryBudget = RetryBudget(
+            ratio: configuration.retryRatio, minimum: configuration.minRetries,
+            windowMillis: configuration.retryWindowMillis)
+        rateLimiter = configuration.rateLimit.map { RateLimiter(configuration: $0) }
+        healthChecker = configuration.healthCheck.map {
+            HealthChecker(configuration: $0, registry: registry, logger: logger)
+        }
     }
+
+    /// The port of the separate admin listener (after `start()`), if configured.
+    public var adminPort: Int? { state.withLock { $0.adminServer?.port } }
 
     /// The bound port (after `start()`).
     public var port: Int { state.withLock { $0.port } }
 
     public var statistics: BalancerStatistics { counters.snapshot }
+
+    /// Requests waiting for a backend slot (all backends at `maxRequestsPerBackend`).
+    public var queuedRequests: Int { registry.queued.load(ordering: .relaxed) }
 
     /// A snapshot of every backend, in configuration order.
     public var backends: [BackendStatus] {
@@ -51,11 +69,12 @@ public final class Balancer: Sendable {
         return registry.states.map { s in
             BackendStatus(
                 name: s.configuration.name, host: s.configuration.host, port: s.configuration.port,
-                weight: s.configuration.weight, ejected: s.ejectedUntil.load(ordering: .relaxed) > now,
+                weight: s.configuration.weight, health: s.health(now: now), ejected: s.ejectedUntil.load(ordering: .relaxed) > now,
                 draining: s.draining.load(ordering: .relaxed),
                 consecutiveFailures: s.consecutiveFailures.load(ordering: .relaxed),
                 requests: s.requests.load(ordering: .relaxed), responses: s.responses.load(ordering: .relaxed),
                 failures: s.failures.load(ordering: .relaxed), ejections: s.ejections.load(ordering: .relaxed),
+                retries: s.retries.load(ordering: .relaxed),
                 connectionsOpened: s.connectionsOpened.load(ordering: .relaxed), active: s.active.load(ordering: .relaxed))
         }
     }
@@ -72,7 +91,14 @@ public final class Balancer: Sendable {
 
     /// Binds, listens and starts the loops. Returns once the port accepts connections.
     public func start() throws {
-        let fd = try Sockets.listen(host: configuration.host, port: configuration.port, backlog: 4096)
+        let adminServer = try startAdminServer()
+        let fd: Int32
+        do {
+            fd = try Sockets.listen(host: configuration.host, port: configuration.port, backlog: 4096)
+        } catch {
+            adminServer?.shutdown()
+            throw error
+        }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let port = Sockets.localPort(fd)
         var loops: [ProxyLoop] = []
@@ -83,6 +109,7 @@ public final class Balancer: Sendable {
         } catch {
             for loop in loops { loop.closeDescriptors() }
             close(fd)
+            adminServer?.shutdown()
             throw error
         }
         state.withLock {
@@ -91,6 +118,7 @@ public final class Balancer: Sendable {
             $0.listenFD = fd
             $0.port = port
             $0.loops = loops
+            $0.adminServer = adminServer
         }
         liveLoops.store(loops.count, ordering: .sequentiallyConsistent)
         for loop in loops {
@@ -99,6 +127,7 @@ public final class Balancer: Sendable {
                 if liveLoops.subtract(1, ordering: .sequentiallyConsistent).newValue == 0 { finishStop() }
             }
         }
+        healthChecker?.start { [self] in stopping.load(ordering: .relaxed) }
         logger.info(
             "balancer listening",
             metadata: [
@@ -110,14 +139,21 @@ public final class Balancer: Sendable {
     /// Stops accepting, lets in-flight requests finish (up to the grace
     /// period), closes idle connections, and returns when all loops ended.
     public func shutdown() {
-        let (started, loops) = state.withLock { ($0.started, $0.loops) }
+        let (started, loops, adminServer) = state.withLock { ($0.started, $0.loops, $0.adminServer) }
         guard started else { return }
         if !stopping.exchange(true, ordering: .sequentiallyConsistent) {
             logger.info("balancer shutting down")
             for loop in loops { loop.wake() }
+            healthChecker?.stop()
+            adminServer?.shutdown()
         }
         stopped.wait()
         stopped.signal()
+    }
+
+    /// Wakes every loop (a backend slot was freed while requests wait for one).
+    func wakeLoops() {
+        for loop in state.withLock({ $0.loops }) { loop.wake() }
     }
 
     private func finishStop() {

@@ -131,6 +131,24 @@ public struct BalancerConfiguration: Sendable {
     /// Longest wait for in-flight requests at shutdown.
     public var shutdownGraceMillis: Int
 
+    /// Active `GET /healthz` checks; nil: off (only passive ejection).
+    public var healthCheck: HealthCheckConfiguration?
+    /// Retries allowed while retries in `retryWindowMillis` stay below
+    /// max(`minRetries`, `retryRatio` × requests in the window).
+    public var retryRatio: Double = 0.2
+    public var minRetries: Int = 3
+    public var retryWindowMillis: Int = 10_000
+    /// Requests in flight per backend at most (0: no cap); beyond, requests wait in a queue.
+    public var maxRequestsPerBackend: Int = 0
+    /// Requests waiting for a backend at most (over all loops); beyond, 503 at once.
+    public var maxQueuedRequests: Int = 1_000
+    /// Longest wait in that queue (503 after).
+    public var queueTimeoutMillis: Int = 5_000
+    /// Per-client-IP request rate limit (429 beyond); nil: off.
+    public var rateLimit: RateLimitConfiguration?
+    /// Serve `/_balancer/*` on this separate address instead of the client port (where it then answers 404).
+    public var adminListen: (host: String, port: Int)?
+
     public init(
         host: String = "127.0.0.1", port: Int = 8080, backends: [BackendConfiguration],
         eventLoops: Int = BalancerConfiguration.defaultEventLoops, maxClientConnections: Int = 20_000,
@@ -196,6 +214,17 @@ public struct BalancerConfiguration: Sendable {
         guard replayBufferBytes >= 0 else { throw BalancerConfigurationError("replayBufferBytes must be ≥ 0") }
         guard forwardedProto == "http" || forwardedProto == "https" else {
             throw BalancerConfigurationError("forwardedProto must be http or https")
+        }
+        try healthCheck?.validate()
+        try rateLimit?.validate()
+        guard (0...1).contains(retryRatio), minRetries >= 0, retryWindowMillis >= 1_000 else {
+            throw BalancerConfigurationError("retry budget: ratio 0...1, min retries ≥ 0, window ≥ 1000 ms")
+        }
+        guard maxRequestsPerBackend >= 0, maxQueuedRequests >= 0, queueTimeoutMillis > 0 else {
+            throw BalancerConfigurationError("per-backend cap and queue size must be ≥ 0, queue timeout positive")
+        }
+        if let admin = adminListen, SocketAddress(host: admin.host, port: admin.port) == nil {
+            throw BalancerConfigurationError("admin address '\(admin.host)' is not a numeric address")
         }
     }
 }

@@ -159,6 +159,10 @@ final class Exchange {
     /// When the last request byte was written to the backend (0: not yet).
     var requestSentAt: Int64 = 0
     var backend: BackendConnection?
+    /// In its loop's queue, waiting for a backend slot.
+    var isQueued = false
+    /// Monotonic ms when it first had to wait for a backend slot (0: never).
+    var queuedSince: Int64 = 0
     /// Backends already tried and failed (a bit per index).
     var tried: UInt64 = 0
     var attempts = 0

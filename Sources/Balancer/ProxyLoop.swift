@@ -33,6 +33,8 @@ final class ProxyLoop: @unchecked Sendable {
     private var nextID: UInt64 = 1
     private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
     private var runQueue: [ClientConnection] = []
+    /// Exchanges waiting for a backend slot (all backends at their cap), oldest first.
+    private var waiting: [Exchange] = []
     private var listening = true
     private var random: SplitMix64
     private let highWater: Int
@@ -76,6 +78,10 @@ final class ProxyLoop: @unchecked Sendable {
             }
             drainRunQueue()
             let now = monotonicMillis()
+            if !waiting.isEmpty {
+                serveWaiting(now: now)
+                drainRunQueue()
+            }
             if isStopping {
                 if listening {
                     listening = false
@@ -377,6 +383,8 @@ final class ProxyLoop: @unchecked Sendable {
 
     private func beginExchange(_ c: ClientConnection, _ head: HTTPRequestHead) {
         counters.requests.add(1, ordering: .relaxed)
+        let now = monotonicMillis()
+        balancer.retryBudget.recordRequest(now: now)
         c.messageStart = 0
         let headBytes = HeaderRewriting.requestHead(
             head, clientAddress: c.remoteAddress, proto: configuration.forwardedProto, defaultHost: defaultHost,
@@ -391,35 +399,100 @@ final class ProxyLoop: @unchecked Sendable {
         if !hasBody, case .end? = try? c.parser.next() {
             ex.bodyDone = true
         }
-        startAttempt(ex)
+        if let limiter = balancer.rateLimiter, !limiter.allow(c.remoteAddress, now: now) {
+            counters.rateLimited.add(1, ordering: .relaxed)
+            respondError(
+                ex, status: 429, code: "rate_limited", message: "too many requests from this address",
+                retryAfter: limiter.configuration.retryAfterSeconds)
+        } else if head.path.hasPrefix(Balancer.adminPrefix) {
+            respond(ex, balancer.adminResponseOnClientPort(method: head.method, path: head.path))
+        } else {
+            startAttempt(ex)
+        }
         if hasBody, head.expectsContinue, c.exchange === ex {
             c.output.append(contentsOf: "HTTP/1.1 100 Continue\r\n\r\n".utf8)
         }
     }
 
-    /// Sends the exchange to the next backend that can take it, or answers 503/502.
+    /// Sends the exchange to the next backend that can take it, queues it when
+    /// all are at their cap, or answers 503/502.
     private func startAttempt(_ ex: Exchange) {
         while true {
             let now = monotonicMillis()
-            guard ex.attempts < maxAttempts, let backend = registry.pick(excluding: ex.tried, now: now) else {
-                if ex.everSent {
-                    counters.badGateway.add(1, ordering: .relaxed)
-                    respondError(ex, status: 502, code: "bad_gateway", message: "the backend failed before answering")
-                } else {
-                    counters.noBackend.add(1, ordering: .relaxed)
-                    respondError(ex, status: 503, code: "no_backend", message: "no backend is available")
-                }
-                return
+            guard ex.attempts < maxAttempts else { return giveUp(ex) }
+            let picked = registry.pick(excluding: ex.tried, now: now)
+            guard case .backend(let backend) = picked else {
+                return picked == .busy ? enqueue(ex, now: now) : giveUp(ex)
+            }
+            if ex.attempts > 0 && !balancer.retryBudget.tryRetry(now: now) {
+                registry.release(backend)
+                counters.retryBudgetRefusals.add(1, ordering: .relaxed)
+                return giveUp(ex)
             }
             ex.attempts += 1
-            if ex.attempts > 1 { counters.retries.add(1, ordering: .relaxed) }
+            if ex.attempts > 1 {
+                counters.retries.add(1, ordering: .relaxed)
+                registry.states[backend].retries.add(1, ordering: .relaxed)
+            }
             ex.sentOnAttempt = false
             ex.requestSentAt = 0
             if let b = takeIdle(backend, now: now) ?? connect(backend, now: now) {
                 attach(b, ex, now: now)
                 return
             }
+            registry.release(backend)
             leaveOut(backend, of: ex, now: now)
+        }
+    }
+
+    /// No backend (or no retry) is left for the exchange: 502 when a backend had the request, else 503.
+    private func giveUp(_ ex: Exchange) {
+        if ex.everSent {
+            counters.badGateway.add(1, ordering: .relaxed)
+            respondError(ex, status: 502, code: "bad_gateway", message: "the backend failed before answering")
+        } else {
+            counters.noBackend.add(1, ordering: .relaxed)
+            respondError(ex, status: 503, code: "no_backend", message: "no backend is available")
+        }
+    }
+
+    // MARK: - The wait queue (backends at their cap)
+
+    private func enqueue(_ ex: Exchange, now: Int64) {
+        guard registry.queued.add(1, ordering: .relaxed).newValue <= configuration.maxQueuedRequests else {
+            registry.queued.subtract(1, ordering: .relaxed)
+            return rejectBusy(ex)
+        }
+        ex.isQueued = true
+        if ex.queuedSince == 0 { ex.queuedSince = now }
+        waiting.append(ex)
+    }
+
+    private func dequeue(_ ex: Exchange) {
+        guard ex.isQueued else { return }
+        ex.isQueued = false
+        registry.queued.subtract(1, ordering: .relaxed)
+        if let i = waiting.firstIndex(where: { $0 === ex }) { waiting.remove(at: i) }
+    }
+
+    private func rejectBusy(_ ex: Exchange) {
+        counters.queueRejections.add(1, ordering: .relaxed)
+        respondError(ex, status: 503, code: "backends_busy", message: "all backends are busy", retryAfter: 1)
+    }
+
+    /// Tries the waiting exchanges again, oldest first; those that waited too long get 503.
+    private func serveWaiting(now: Int64) {
+        let list = waiting
+        waiting = []
+        for ex in list where ex.isQueued {
+            ex.isQueued = false
+            registry.queued.subtract(1, ordering: .relaxed)
+            if now - ex.queuedSince > Int64(configuration.queueTimeoutMillis) {
+                rejectBusy(ex)
+            } else {
+                startAttempt(ex)
+            }
+            schedule(ex.client)
         }
     }
 
@@ -438,9 +511,7 @@ final class ProxyLoop: @unchecked Sendable {
         b.responseKeepAlive = false
         b.lastRead = now
         b.lastWrite = now
-        let state = registry.states[b.backend]
-        state.requests.add(1, ordering: .relaxed)
-        state.active.add(1, ordering: .relaxed)
+        registry.states[b.backend].requests.add(1, ordering: .relaxed)
         updateInterest(b)
         schedule(ex.client)
     }
@@ -449,7 +520,8 @@ final class ProxyLoop: @unchecked Sendable {
         guard let ex = b.exchange else { return }
         b.exchange = nil
         if ex.backend === b { ex.backend = nil }
-        registry.states[b.backend].active.subtract(1, ordering: .relaxed)
+        registry.release(b.backend)
+        if registry.queued.load(ordering: .relaxed) > 0 { balancer.wakeLoops() }
     }
 
     /// Writes queued request bytes to the backend. True when bytes were written or the connection failed.
@@ -548,6 +620,7 @@ final class ProxyLoop: @unchecked Sendable {
 
     /// The exchange is over (answered); the connection goes on with the next request or closes.
     private func endExchange(_ c: ClientConnection, keepAlive: Bool) {
+        if let ex = c.exchange { dequeue(ex) }
         c.exchange = nil
         if !keepAlive || isStopping {
             c.closeAfterWrite = true
@@ -558,7 +631,14 @@ final class ProxyLoop: @unchecked Sendable {
     }
 
     /// Answers the exchange with an error of the balancer's own (only before any response byte).
-    private func respondError(_ ex: Exchange, status: Int, code: String, message: String) {
+    private func respondError(_ ex: Exchange, status: Int, code: String, message: String, retryAfter: Int? = nil) {
+        var response = HTTPResponse.error(status: status, code: code, message: message)
+        if let retryAfter { response.headers.add(name: "Retry-After", value: "\(retryAfter)") }
+        respond(ex, response)
+    }
+
+    /// Answers the exchange with a response of the balancer's own (only before any response byte).
+    private func respond(_ ex: Exchange, _ response: HTTPResponse) {
         let c = ex.client
         guard c.isOpen, c.exchange === ex, !ex.responseStarted else { return }
         if let b = ex.backend {
@@ -566,7 +646,6 @@ final class ProxyLoop: @unchecked Sendable {
             closeBackend(b)
         }
         let keep = ex.clientKeepAlive && ex.bodyDone && !c.peerClosed && !isStopping
-        let response = HTTPResponse.error(status: status, code: code, message: message)
         c.output.append(
             HTTPResponseSerializer.serialize(response, keepAlive: keep, headOnly: ex.isHEAD, version: ex.clientVersion))
         endExchange(c, keepAlive: keep)
@@ -788,6 +867,7 @@ final class ProxyLoop: @unchecked Sendable {
         if let b = c.exchange?.backend {
             closeBackend(b)
         }
+        if let ex = c.exchange { dequeue(ex) }
         c.exchange = nil
         c.isOpen = false
         if sockets[c.fd] === c { sockets[c.fd] = nil }

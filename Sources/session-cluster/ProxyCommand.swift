@@ -13,6 +13,11 @@ extension SessionClusterCommand {
                 Example: session-cluster proxy --listen 127.0.0.1:8080 \
                 --backend n1=127.0.0.1:9001 --backend n2=127.0.0.1:9002,weight=2. \
                 SIGTERM or SIGINT stops accepting, lets requests in flight finish, and exits 0.
+
+                A backend is used while its active health checks (GET /healthz) say up and it is \
+                not ejected after connection failures. Admin endpoints: GET /_balancer/status (JSON), \
+                GET /_balancer/metrics (Prometheus), POST /_balancer/backends/NAME/drain and \
+                .../enable; on the client port unless --admin-listen gives them their own.
                 """)
 
         @Option(help: "Address to listen on, HOST:PORT (numeric; [v6]:PORT).")
@@ -56,6 +61,51 @@ extension SessionClusterCommand {
         @Option(help: "Longest wait for requests in flight at shutdown, in milliseconds.")
         var shutdownGraceMs = 30_000
 
+        @Option(help: "Health checks: interval between two checks of a backend, in milliseconds (0: no active checks).")
+        var healthCheckIntervalMs = 1_000
+
+        @Option(help: "Health checks: timeout of one check, in milliseconds.")
+        var healthCheckTimeoutMs = 500
+
+        @Option(help: "Health checks: the path requested with GET; 2xx and 3xx mean healthy.")
+        var healthCheckPath = "/healthz"
+
+        @Option(help: "Health checks: successes in a row that bring a down backend back.")
+        var healthCheckRise = 2
+
+        @Option(help: "Health checks: failures in a row that take a backend out.")
+        var healthCheckFall = 3
+
+        @Option(help: "A backend coming back gets its full share of requests over this time, in milliseconds (0: at once).")
+        var slowStartMs = 0
+
+        @Option(help: "Retry budget: retries allowed in the window, as a share of its requests (0...1).")
+        var retryRatio = 0.2
+
+        @Option(help: "Retry budget: retries always allowed in the window, whatever the traffic.")
+        var minRetries = 3
+
+        @Option(help: "Retry budget: the sliding window, in milliseconds (≥ 1000).")
+        var retryWindowMs = 10_000
+
+        @Option(help: "Requests in flight per backend at most (0: no cap); beyond, requests wait in a queue.")
+        var maxRequestsPerBackend = 0
+
+        @Option(help: "Requests waiting for a capped backend at most; beyond, 503 with Retry-After at once.")
+        var maxQueuedRequests = 1_000
+
+        @Option(help: "Longest wait in that queue, in milliseconds (503 after).")
+        var queueTimeoutMs = 5_000
+
+        @Option(help: "Per-client-IP rate limit, requests per second (429 beyond; default: off).")
+        var rateLimit: Double?
+
+        @Option(help: "Requests a client may send at once under --rate-limit (default: the rate, at least 1).")
+        var rateLimitBurst: Int?
+
+        @Option(help: "Serve /_balancer/* on this HOST:PORT instead of the client port (there they answer 404).")
+        var adminListen: String?
+
         @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
         var logLevel = "info"
 
@@ -77,10 +127,42 @@ extension SessionClusterCommand {
                 configuration.maxClientConnections = maxConnections
                 configuration.forwardedProto = forwardedProto
                 configuration.shutdownGraceMillis = shutdownGraceMs
+                try applyPolicies(to: &configuration)
                 try configuration.validate()
                 return configuration
             } catch {
                 throw ValidationError(error.message)
+            }
+        }
+
+        /// Health checks, retry budget, per-backend cap, rate limit and admin address.
+        func applyPolicies(to configuration: inout BalancerConfiguration) throws(BalancerConfigurationError) {
+            guard healthCheckIntervalMs >= 0 else {
+                throw BalancerConfigurationError("--health-check-interval-ms must be ≥ 0 (0: no active checks)")
+            }
+            if healthCheckIntervalMs > 0 {
+                configuration.healthCheck = HealthCheckConfiguration(
+                    path: healthCheckPath, intervalMillis: healthCheckIntervalMs, timeoutMillis: healthCheckTimeoutMs,
+                    rise: healthCheckRise, fall: healthCheckFall, slowStartMillis: slowStartMs)
+            }
+            configuration.retryRatio = retryRatio
+            configuration.minRetries = minRetries
+            configuration.retryWindowMillis = retryWindowMs
+            configuration.maxRequestsPerBackend = maxRequestsPerBackend
+            configuration.maxQueuedRequests = maxQueuedRequests
+            configuration.queueTimeoutMillis = queueTimeoutMs
+            if let rateLimit {
+                guard rateLimit >= 0.001, rateLimit <= 1e9 else {
+                    throw BalancerConfigurationError("--rate-limit must be 0.001...1e9 requests per second")
+                }
+                let burst = rateLimitBurst ?? max(1, Int(rateLimit.rounded(.up)))
+                configuration.rateLimit = RateLimitConfiguration(ratePerSecond: rateLimit, burst: burst)
+            } else if rateLimitBurst != nil {
+                throw BalancerConfigurationError("--rate-limit-burst needs --rate-limit")
+            }
+            if let adminListen {
+                let (host, port) = try parseHostPort(adminListen, what: "--admin-listen")
+                configuration.adminListen = (host, port)
             }
         }
 

@@ -45,16 +45,32 @@ final class Counter: Sendable {
     var current: Int { value.withLock { $0 } }
 }
 
+/// A thread-safe value to switch.
+final class Shared<Value: Sendable>: Sendable {
+    private let storage: Mutex<Value>
+    init(_ value: Value) { storage = Mutex(value) }
+    var value: Value {
+        get { storage.withLock { $0 } }
+        set { storage.withLock { $0 = newValue } }
+    }
+    func update(_ body: (inout Value) -> Void) { storage.withLock { body(&$0) } }
+}
+
 /// An in-process backend: a MiniHTTP server that names itself in `X-Backend`
-/// and counts the requests its handler saw.
+/// and counts the requests its handler saw (`/healthz` apart: it answers
+/// `healthStatus` and counts the checks by status).
 final class TestBackend: Sendable {
     let name: String
     let server: HTTPServer
     let handled = Counter()
+    let healthStatus = Shared(200)
+    let healthChecks = Shared([Int: Int]())
 
-    init(name: String, idleTimeoutMillis: Int = 5_000) throws {
+    init(name: String, port: Int = 0, idleTimeoutMillis: Int = 5_000) throws {
         self.name = name
         let handled = self.handled
+        let healthStatus = self.healthStatus
+        let healthChecks = self.healthChecks
         var router = Router()
         let tag: HTTPHeaders = ["X-Backend": name]
         @Sendable func tagged(_ r: HTTPResponse) -> HTTPResponse {
@@ -63,6 +79,11 @@ final class TestBackend: Sendable {
             return r
         }
         router.get("/") { _ in handled.increment(); return tagged(.text(name)) }
+        router.get("/healthz") { _ in
+            let status = healthStatus.value
+            healthChecks.update { $0[status, default: 0] += 1 }
+            return .text(status == 200 ? "ok" : "unhealthy", status: status)
+        }
         router.get("/name") { _ in handled.increment(); return tagged(.text(name)) }
         router.post("/name") { _ in handled.increment(); return tagged(.text(name)) }
         router.post("/echo") { request in
@@ -90,7 +111,7 @@ final class TestBackend: Sendable {
         }
         server = HTTPServer(
             configuration: HTTPServerConfiguration(
-                host: "127.0.0.1", port: 0, eventLoops: 1, handlerThreads: 4, maxConnections: 256,
+                host: "127.0.0.1", port: port, eventLoops: 1, handlerThreads: 4, maxConnections: 256,
                 limits: HTTPParserLimits(maxBodyBytes: 32 << 20), headerTimeoutMillis: 2_000,
                 bodyTimeoutMillis: 2_000, idleTimeoutMillis: idleTimeoutMillis, writeTimeoutMillis: 5_000,
                 shutdownGraceMillis: 2_000),

@@ -1,0 +1,101 @@
+import MiniHTTP
+
+/// The admin endpoints: `GET /_balancer/status` (JSON), `GET /_balancer/metrics`
+/// (Prometheus text), `POST /_balancer/backends/NAME/drain` and `.../enable`.
+extension Balancer {
+    static let adminPrefix = "/_balancer/"
+
+    /// Answers an admin request.
+    public func adminResponse(method: String, path: String) -> HTTPResponse {
+        let parts = path.dropFirst(Self.adminPrefix.count).split(separator: "/", omittingEmptySubsequences: false)
+        switch (method, parts.count) {
+        case ("GET", 1) where parts[0] == "status":
+            return .json(statusJSON())
+        case ("GET", 1) where parts[0] == "metrics":
+            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: metricsText())
+        case ("POST", 3) where parts[0] == "backends" && (parts[2] == "drain" || parts[2] == "enable"):
+            let name = String(parts[1])
+            guard setDraining(name, parts[2] == "drain") else {
+                return .error(status: 404, code: "unknown_backend", message: "no backend named '\(name)'")
+            }
+            return .json("{\"backend\":\(jsonQuoted(name)),\"health\":\(jsonQuoted(health(of: name)))}")
+        default:
+            return .error(status: 404, code: "not_found", message: "no admin endpoint \(method) \(path)")
+        }
+    }
+
+    /// On the client port: the admin endpoints, unless they have an address of their own.
+    func adminResponseOnClientPort(method: String, path: String) -> HTTPResponse {
+        guard configuration.adminListen == nil else {
+            return .error(status: 404, code: "not_found", message: "the admin endpoints are on a separate address")
+        }
+        return adminResponse(method: method, path: path)
+    }
+
+    /// Starts the separate admin listener, if configured.
+    func startAdminServer() throws -> HTTPServer? {
+        guard let address = configuration.adminListen else { return nil }
+        let server = HTTPServer(
+            configuration: HTTPServerConfiguration(
+                host: address.host, port: address.port, eventLoops: 1, handlerThreads: 0, maxConnections: 64,
+                headerTimeoutMillis: 5_000, bodyTimeoutMillis: 5_000, idleTimeoutMillis: 30_000,
+                writeTimeoutMillis: 5_000, shutdownGraceMillis: 1_000),
+            logger: logger
+        ) { [weak self] request in
+            guard let self else { return .error(status: 503, code: "stopping", message: "the balancer is stopping") }
+            return adminResponse(method: request.method, path: request.path)
+        }
+        try server.start()
+        return server
+    }
+
+    private func health(of name: String) -> String {
+        backends.first { $0.name == name }?.health ?? "unknown"
+    }
+
+    /// Backends and global totals as JSON.
+    func statusJSON() -> String {
+        let backendsJSON = backends.map { b in
+            "{\"name\":\(jsonQuoted(b.name)),\"address\":\(jsonQuoted(b.host.contains(":") ? "[\(b.host)]:\(b.port)" : "\(b.host):\(b.port)")),"
+                + "\"weight\":\(b.weight),\"health\":\(jsonQuoted(b.health)),\"inFlight\":\(b.active),"
+                + "\"requests\":\(b.requests),\"responses\":\(b.responses),\"failures\":\(b.failures),"
+                + "\"retries\":\(b.retries),\"ejections\":\(b.ejections),\"connectionsOpened\":\(b.connectionsOpened)}"
+        }
+        let totals = Self.totals(statistics).map { "\(jsonQuoted($0.name)):\($0.value)" }
+        return "{\"backends\":[\(backendsJSON.joined(separator: ","))],\"totals\":{\(totals.joined(separator: ","))}}"
+    }
+
+    /// Prometheus text exposition (version 0.0.4).
+    func metricsText() -> String {
+        var out = ""
+        for total in Self.totals(statistics) {
+            out += "# TYPE balancer_\(total.name)_total counter\nbalancer_\(total.name)_total \(total.value)\n"
+        }
+        let list = backends
+        let series: [(name: String, type: String, value: (BackendStatus) -> Int)] = [
+            ("backend_up", "gauge", { $0.health == "up" ? 1 : 0 }),
+            ("backend_in_flight", "gauge", { $0.active }),
+            ("backend_requests_total", "counter", { $0.requests }),
+            ("backend_responses_total", "counter", { $0.responses }),
+            ("backend_failures_total", "counter", { $0.failures }),
+            ("backend_retries_total", "counter", { $0.retries }),
+            ("backend_ejections_total", "counter", { $0.ejections }),
+        ]
+        for s in series {
+            out += "# TYPE balancer_\(s.name) \(s.type)\n"
+            for b in list { out += "balancer_\(s.name){backend=\(jsonQuoted(b.name))} \(s.value(b))\n" }
+        }
+        return out
+    }
+
+    /// The global counters by name (snake case).
+    static func totals(_ s: BalancerStatistics) -> [(name: String, value: Int)] {
+        [
+            ("connections_accepted", s.connectionsAccepted), ("connections_rejected", s.connectionsRejected),
+            ("requests", s.requests), ("bad_requests", s.badRequests), ("retries", s.retries),
+            ("retry_budget_refusals", s.retryBudgetRefusals), ("queue_rejections", s.queueRejections),
+            ("rate_limited", s.rateLimited), ("bad_gateway", s.badGateway), ("no_backend", s.noBackend),
+            ("gateway_timeouts", s.gatewayTimeouts), ("aborted", s.aborted), ("client_timeouts", s.clientTimeouts),
+        ]
+    }
+}

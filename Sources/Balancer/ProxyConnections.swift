@@ -63,8 +63,13 @@ struct OutputBuffer {
 class LoopSocket {
     let fd: Int32
     let id: UInt64
-    var interest: UInt32 = 0
     var isOpen = true
+    /// Registered edge-triggered: an event said bytes (or a hang-up) may be waiting,
+    /// and no read since came back short or empty.
+    var readable = false
+    /// The peer's side closed or the connection failed (EPOLLRDHUP, EPOLLHUP or EPOLLERR):
+    /// reads go on until they return 0 or an error.
+    var hangup = false
     /// In the loop's epoll set (a backend that closed is taken out: epoll would report its hang-up forever).
     var registered = true
 
@@ -93,6 +98,8 @@ final class ClientConnection: LoopSocket {
     var lastWrite: Int64
     /// In the loop's run queue.
     var queued = false
+    /// A hang-up or an error was reported (EPOLLHUP, EPOLLERR): once it no longer reads, it is closed.
+    var hungUp = false
 
     init(fd: Int32, id: UInt64, remoteAddress: String, limits: HTTPParserLimits, now: Int64) {
         self.remoteAddress = remoteAddress

@@ -33,6 +33,8 @@ final class ProxyLoop: @unchecked Sendable {
     private var nextID: UInt64 = 1
     private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
     private var runQueue: [ClientConnection] = []
+    /// Connections that still have bytes to read after their turn's read budget: served next turn.
+    private var deferred: [ClientConnection] = []
     /// Exchanges waiting for a backend slot (all backends at their cap), oldest first.
     private var waiting: [Exchange] = []
     private var listening = true
@@ -72,9 +74,14 @@ final class ProxyLoop: @unchecked Sendable {
         var nextSweep = monotonicMillis() + 100
         var graceDeadline: Int64? = nil
         while true {
-            let n = poller.wait(&ready, timeoutMillis: 100)
+            let n = poller.wait(&ready, timeoutMillis: deferred.isEmpty ? 100 : 0)
             for i in 0..<n {
                 handle(ready[i])
+            }
+            if !deferred.isEmpty {
+                let list = deferred
+                deferred.removeAll(keepingCapacity: true)
+                for c in list { schedule(c) }
             }
             drainRunQueue()
             let now = monotonicMillis()
@@ -170,20 +177,21 @@ final class ProxyLoop: @unchecked Sendable {
             nextID += 1
             sockets[fd] = c
             clientCount += 1
-            c.interest = CEPOLL_IN | CEPOLL_RDHUP
-            if cepoll_ctl(epollFD, 1, fd, c.interest, c.token) != 0 {
+            if cepoll_ctl(epollFD, 1, fd, Self.socketEvents, c.token) != 0 {
                 closeClient(c)
             }
         }
     }
 
-    // MARK: - Interest
+    // MARK: - Readiness
 
-    private func setInterest(_ socket: LoopSocket, _ events: UInt32) {
-        guard socket.isOpen, socket.registered, socket.interest != events else { return }
-        socket.interest = events
-        _ = cepoll_ctl(epollFD, 3, socket.fd, events, socket.token)
-    }
+    /// Every socket is registered once, edge-triggered, for all it may need: no
+    /// `epoll_ctl` while it lives. Events only set `readable` / `hangup` and put the
+    /// client connection concerned on the run queue; `progress(_:)` reads when the
+    /// buffers allow, so a connection that must not read now (a pipelined request
+    /// waiting, backpressure) is simply not read, and is reported again only when
+    /// something new arrives (no spinning on level-triggered readiness, hang-ups included).
+    static let socketEvents: UInt32 = CEPOLL_IN | CEPOLL_OUT | CEPOLL_RDHUP | CEPOLL_ET
 
     /// Reading a client pauses while its output or its request's upstream buffer is full,
     /// while its request waits for the response, and once it closed or will close.
@@ -193,59 +201,61 @@ final class ProxyLoop: @unchecked Sendable {
         return true
     }
 
-    private func updateInterest(_ c: ClientConnection) {
-        var events: UInt32 = 0
-        if canRead(c) { events |= CEPOLL_IN | CEPOLL_RDHUP }
-        if c.output.pending > 0 { events |= CEPOLL_OUT }
-        setInterest(c, events)
+    /// Reading a backend pauses while the client's output or the response parser's buffer is full.
+    private func canRead(_ b: BackendConnection) -> Bool {
+        guard b.isOpen, b.isActive, !b.eof, let ex = b.exchange else { return false }
+        return ex.client.output.pending < highWater && b.parser.bufferedByteCount < highWater
     }
 
-    private func updateInterest(_ b: BackendConnection) {
-        switch b.state {
-        case .connecting: setInterest(b, CEPOLL_OUT)
-        case .idle: setInterest(b, CEPOLL_IN | CEPOLL_RDHUP)
-        case .active:
-            var events: UInt32 = 0
-            if let ex = b.exchange {
-                if !b.eof && ex.client.output.pending < highWater && b.parser.bufferedByteCount < highWater {
-                    events |= CEPOLL_IN | CEPOLL_RDHUP
-                }
-                if ex.upstream.pending > 0 { events |= CEPOLL_OUT }
-            }
-            setInterest(b, events)
-        }
+    /// Records what an event says about reading.
+    private func noteReadable(_ socket: LoopSocket, _ events: UInt32) {
+        if events & (CEPOLL_IN | CEPOLL_RDHUP | CEPOLL_ERR | CEPOLL_HUP) != 0 { socket.readable = true }
+        if events & (CEPOLL_RDHUP | CEPOLL_ERR | CEPOLL_HUP) != 0 { socket.hangup = true }
+    }
+
+    /// After a read of `count` bytes (> 0): a short read emptied the socket, and
+    /// unless the peer closed (then the next read returns 0), the next arrival brings a new event.
+    private func afterRead(_ socket: LoopSocket, _ count: Int) {
+        if count < readBuffer.count && !socket.hangup { socket.readable = false }
     }
 
     // MARK: - Socket events
 
     private func clientEvent(_ c: ClientConnection, _ events: UInt32) {
-        if events & CEPOLL_OUT != 0 { schedule(c) }
-        if events & (CEPOLL_IN | CEPOLL_RDHUP | CEPOLL_ERR | CEPOLL_HUP) != 0 {
-            if canRead(c) {
-                readClient(c)
-            } else if events & (CEPOLL_ERR | CEPOLL_HUP) != 0 {
+        noteReadable(c, events)
+        if events & (CEPOLL_ERR | CEPOLL_HUP) != 0 {
+            c.hungUp = true
+            if !canRead(c) {
+                // Not reading now: nothing can reach the peer any more.
                 abortClient(c)
+                return
             }
         }
+        schedule(c)
     }
 
+    /// One read from the client into its parser (called by `progress`, which then goes on).
     private func readClient(_ c: ClientConnection) {
         let count = readBuffer.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
         if count < 0 {
-            if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return }
+            if errno == EINTR { return }
+            if errno == EAGAIN || errno == EWOULDBLOCK {
+                c.readable = false
+                return
+            }
             abortClient(c)
             return
         }
         if count == 0 {
+            c.readable = false
             c.peerClosed = true
-            schedule(c)
             return
         }
+        afterRead(c, count)
         let now = monotonicMillis()
         c.lastRead = now
         if c.exchange == nil && c.messageStart == 0 { c.messageStart = now }
         readBuffer.withUnsafeBytes { c.parser.append(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-        schedule(c)
     }
 
     private func backendEvent(_ b: BackendConnection, _ events: UInt32) {
@@ -254,30 +264,36 @@ final class ProxyLoop: @unchecked Sendable {
             if events & (CEPOLL_OUT | CEPOLL_ERR | CEPOLL_HUP) != 0 { finishConnect(b) }
         case .idle:
             // A pooled connection that speaks or closes is of no further use.
-            closeBackend(b)
+            if events & (CEPOLL_IN | CEPOLL_RDHUP | CEPOLL_ERR | CEPOLL_HUP) != 0 { closeBackend(b) }
         case .active:
-            if events & (CEPOLL_IN | CEPOLL_RDHUP | CEPOLL_ERR | CEPOLL_HUP) != 0 && !b.eof { readBackend(b) }
-            if events & CEPOLL_OUT != 0, let ex = b.exchange { schedule(ex.client) }
+            noteReadable(b, events)
+            if let ex = b.exchange { schedule(ex.client) }
         }
     }
 
+    /// One read from the backend into its parser (called by `progress`, which then goes on).
     private func readBackend(_ b: BackendConnection) {
         let count = readBuffer.withUnsafeMutableBytes { recv(b.fd, $0.baseAddress, $0.count, 0) }
         if count < 0 {
-            if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return }
+            if errno == EINTR { return }
+            if errno == EAGAIN || errno == EWOULDBLOCK {
+                b.readable = false
+                return
+            }
         }
         if count <= 0 {
             // Closed or reset: what arrived before is still parsed; no more events are needed.
+            b.readable = false
             b.eof = true
             if b.registered {
                 b.registered = false
                 _ = cepoll_ctl(epollFD, 2, b.fd, 0, 0)
             }
         } else {
+            afterRead(b, count)
             b.lastRead = monotonicMillis()
             readBuffer.withUnsafeBytes { b.parser.append(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
         }
-        if let ex = b.exchange { schedule(ex.client) }
     }
 
     private func finishConnect(_ b: BackendConnection) {
@@ -303,22 +319,39 @@ final class ProxyLoop: @unchecked Sendable {
 
     /// Advances a client connection and its exchange as far as the buffers allow.
     private func progress(_ c: ClientConnection) {
+        var reads = 8  // per turn, for fairness: the rest waits for the next turn of the loop
         var moved = true
         while moved && c.isOpen {
             moved = false
-            if let b = c.exchange?.backend, pumpResponse(b) { moved = true }
+            if reads > 0, let b = c.exchange?.backend, b.readable, canRead(b) {
+                reads -= 1
+                readBackend(b)
+                moved = true
+            }
+            if c.isOpen, reads > 0, c.readable, canRead(c) {
+                reads -= 1
+                readClient(c)
+                moved = true
+            }
+            if c.isOpen, let b = c.exchange?.backend, pumpResponse(b) { moved = true }
             if c.isOpen, pumpRequest(c) { moved = true }
             if c.isOpen, let b = c.exchange?.backend, flushBackend(b) { moved = true }
             if c.isOpen, flushClient(c) { moved = true }
         }
         guard c.isOpen else { return }
+        if c.hungUp && !canRead(c) {
+            // Read to the end after a hang-up (reported once, edge-triggered): nothing can reach the peer any more.
+            abortClient(c)
+            return
+        }
         if let ex = c.exchange, let b = ex.backend {
             if ex.requestSentAt == 0, ex.bodyDone, ex.upstream.isEmpty, b.isActive {
                 ex.requestSentAt = monotonicMillis()
             }
-            updateInterest(b)
         }
-        updateInterest(c)
+        if (c.readable && canRead(c)) || (c.exchange?.backend.map { $0.readable && canRead($0) } ?? false) {
+            deferred.append(c)
+        }
     }
 
     /// Pulls the next client parser event, if the buffers have room. True when something changed.
@@ -512,7 +545,6 @@ final class ProxyLoop: @unchecked Sendable {
         b.lastRead = now
         b.lastWrite = now
         registry.states[b.backend].requests.add(1, ordering: .relaxed)
-        updateInterest(b)
         schedule(ex.client)
     }
 
@@ -611,7 +643,7 @@ final class ProxyLoop: @unchecked Sendable {
     private func finishExchange(_ ex: Exchange, _ b: BackendConnection) {
         let c = ex.client
         if ex.clientFraming == .chunked { c.output.append(HeaderRewriting.lastChunk) }
-        let reusable = b.responseKeepAlive && ex.bodyDone && ex.upstream.isEmpty && !b.eof
+        let reusable = b.responseKeepAlive && ex.bodyDone && ex.upstream.isEmpty && !b.eof && !b.hangup
             && b.parser.bufferedByteCount == 0 && !isStopping
         detach(b)
         if reusable { release(b) } else { closeBackend(b) }
@@ -784,6 +816,7 @@ final class ProxyLoop: @unchecked Sendable {
             if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                 b.state = .active
                 b.reused = true
+                b.readable = false
                 return b
             }
             // Closed, reset, or unexpected bytes: not usable.
@@ -819,8 +852,7 @@ final class ProxyLoop: @unchecked Sendable {
             fd: fd, id: nextID, backend: backend, state: connState, maxHeadBytes: configuration.maxResponseHeadBytes,
             now: now)
         nextID += 1
-        b.interest = connState.isConnecting ? CEPOLL_OUT : 0
-        guard cepoll_ctl(epollFD, 1, fd, b.interest, b.token) == 0 else {
+        guard cepoll_ctl(epollFD, 1, fd, Self.socketEvents, b.token) == 0 else {
             close(fd)
             return nil
         }
@@ -840,7 +872,6 @@ final class ProxyLoop: @unchecked Sendable {
         b.reused = true
         b.parser.reset()
         idle[b.backend].append(b)
-        updateInterest(b)
     }
 
     private func closeBackend(_ b: BackendConnection) {

@@ -11,6 +11,7 @@ const uint32_t CEPOLL_ERR = EPOLLERR;
 const uint32_t CEPOLL_HUP = EPOLLHUP;
 const uint32_t CEPOLL_RDHUP = EPOLLRDHUP;
 const uint32_t CEPOLL_EXCLUSIVE = EPOLLEXCLUSIVE;
+const uint32_t CEPOLL_ET = EPOLLET;
 
 int cepoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 

@@ -206,6 +206,32 @@ struct BalancerFailureTests {
         }
     }
 
+    /// Edge-triggered registrations: a client that resets while its first pipelined
+    /// request waits for the backend is cleaned up, its second request is never
+    /// forwarded, and the proxy keeps serving others.
+    @Test func clientResetWhilePipelinedRequestWaitsIsCleanedUp() throws {
+        let slow = try ScriptedBackend { conn in
+            while conn.readRequest() != nil {
+                usleep(300_000)
+                conn.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            }
+        }
+        defer { slow.stop() }
+        try withBalancer(testBalancerConfiguration(backends: [slow.configuration("slow")])) { balancer in
+            let client = try TestClient(port: balancer.port)
+            client.send("GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(poll(timeoutMillis: 2_000) { slow.requests.current == 1 })
+            var reset = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(client.fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+            client.close()
+            #expect(poll(timeoutMillis: 3_000) { balancer.backends.allSatisfy { $0.active == 0 } })
+            usleep(400_000)
+            #expect(slow.requests.current == 1, "the pipelined request of a gone client is not forwarded")
+            let fresh = try #require(try get(balancer.port, "/c"))
+            #expect(fresh.status == 200)
+        }
+    }
+
     @Test func slowClientHeadTimesOutWithoutTakingABackend() throws {
         try withBackends(1) { backends in
             var configuration = testBalancerConfiguration(backends: backends.map(\.configuration))

@@ -17,6 +17,7 @@ extern const uint32_t CEPOLL_ERR;
 extern const uint32_t CEPOLL_HUP;
 extern const uint32_t CEPOLL_RDHUP;
 extern const uint32_t CEPOLL_EXCLUSIVE;
+extern const uint32_t CEPOLL_ET;
 
 /// epoll_create1(EPOLL_CLOEXEC).
 int cepoll_create(void);

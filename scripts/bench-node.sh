@@ -58,52 +58,6 @@ wait_http() {
     return 1
 }
 
-# RSS of a process in kB (0 if gone).
-rss_kb() {
-    local kb
-    kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true)
-    echo "${kb:-0}"
-}
-
-kb_to_mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
-
-# wrk latency ("812.00us", "1.23ms", "2.01s", "1.00m") to milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/)      { sub(/us$/, "", v); printf "%.2f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
-        else if (v ~ /m$/)  { sub(/m$/, "", v);  printf "%.2f", v * 60000 }
-        else if (v ~ /h$/)  { sub(/h$/, "", v);  printf "%.2f", v * 3600000 }
-        else if (v ~ /s$/)  { sub(/s$/, "", v);  printf "%.2f", v * 1000 }
-        else                { printf "?" }
-    }'
-}
-
-# run_wrk OUTFILE SECONDS SAMPLE_PID URL [wrk args...] — run wrk in the
-# background; while it runs, sample SAMPLE_PID's RSS every 0.5 s (if not
-# empty). Sets PEAK_KB.
-PEAK_KB=0
-run_wrk() {
-    local out=$1 seconds=$2 sample_pid=$3 url=$4 rss status=0
-    shift 4
-    PEAK_KB=0
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${seconds}s" --latency "$@" "$url" >"$out" 2>&1 </dev/null &
-    wrk_pid=$!
-    while kill -0 "$wrk_pid" 2>/dev/null; do
-        if [[ -n "$sample_pid" ]]; then
-            rss=$(rss_kb "$sample_pid")
-            ((rss > PEAK_KB)) && PEAK_KB=$rss
-        fi
-        sleep 0.5
-    done
-    wait "$wrk_pid" || status=$?
-    wrk_pid=""
-    if ((status != 0)); then
-        cat "$out" >&2
-        die "wrk failed (exit code $status) against $url"
-    fi
-}
-
 # Results, one entry per target.
 declare -a r_name=() r_rps=() r_p99=() r_non2xx=() r_sockerr=() r_peak=()
 
@@ -113,10 +67,10 @@ bench() {
     shift 3
     out="$tmp_dir/wrk-${#r_name[@]}.txt"
     log "$name: warm-up ${WARMUP}s"
-    run_wrk "$out.warmup" "$WARMUP" "$sample_pid" "$url" "$@"
+    run_wrk "$out.warmup" "$WARMUP" "$CONNECTIONS" "$sample_pid" "$url" "$@"
     local warm_peak=$PEAK_KB
     log "$name: ${DURATION}s, $CONNECTIONS connections"
-    run_wrk "$out" "$DURATION" "$sample_pid" "$url" "$@"
+    run_wrk "$out" "$DURATION" "$CONNECTIONS" "$sample_pid" "$url" "$@"
     ((warm_peak > PEAK_KB)) && PEAK_KB=$warm_peak
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p99=$(awk '$1 == "99%" { print $2 }' "$out")

@@ -193,3 +193,56 @@ start_watchdog() {
     ) </dev/null >/dev/null 2>&1 &
     watchdog_pid=$!
 }
+
+# --- wrk measurements (bench-node.sh, bench-balancer.sh) ---
+
+# RSS of a process in kB (0 if gone).
+rss_kb() {
+    local kb
+    kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true)
+    echo "${kb:-0}"
+}
+
+kb_to_mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+
+# wrk latency ("812.00us", "1.23ms", "2.01s", "1.00m") to milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/)      { sub(/us$/, "", v); printf "%.2f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
+        else if (v ~ /m$/)  { sub(/m$/, "", v);  printf "%.2f", v * 60000 }
+        else if (v ~ /h$/)  { sub(/h$/, "", v);  printf "%.2f", v * 3600000 }
+        else if (v ~ /s$/)  { sub(/s$/, "", v);  printf "%.2f", v * 1000 }
+        else                { printf "?" }
+    }'
+}
+
+# run_wrk OUTFILE SECONDS CONNECTIONS SAMPLE_PID URL [wrk args...] — wrk with
+# $THREADS threads in the background (killed 30 s after it should have
+# ended); SAMPLE_PID's RSS (if not empty) sampled every 0.5 s meanwhile. Sets
+# PEAK_KB and, while wrk runs, wrk_pid (a script may define on_wrk_pid to
+# record it, e.g. for its watchdog).
+PEAK_KB=0
+wrk_pid=""
+run_wrk() {
+    local out=$1 seconds=$2 conns=$3 sample_pid=$4 url=$5 rss status=0
+    shift 5
+    PEAK_KB=0
+    timeout -k 5 $((seconds + 30)) wrk -t"$THREADS" -c"$conns" -d"${seconds}s" --latency "$@" "$url" >"$out" 2>&1 </dev/null &
+    wrk_pid=$!
+    if declare -F on_wrk_pid >/dev/null; then on_wrk_pid; fi
+    while kill -0 "$wrk_pid" 2>/dev/null; do
+        if [[ -n "$sample_pid" ]]; then
+            rss=$(rss_kb "$sample_pid")
+            ((rss > PEAK_KB)) && PEAK_KB=$rss
+        fi
+        sleep 0.5
+    done
+    wait "$wrk_pid" || status=$?
+    wrk_pid=""
+    if declare -F on_wrk_pid >/dev/null; then on_wrk_pid; fi
+    if ((status != 0)); then
+        cat "$out" >&2
+        die "wrk failed (exit code $status) against $url"
+    fi
+}

@@ -67,11 +67,7 @@ extension SessionClusterCommand {
         @Option(help: "Throughput: the nodes' base URLs, http://host:port,...")
         var nodes: String?
 
-        @Option(help: "Throughput: seconds to measure.")
-        var duration: Double = 10
-
-        @Option(help: "Throughput: seconds of unmeasured (but verified) load first.")
-        var warmup: Double = 1
+        @OptionGroup var window: MeasurementWindow
 
         @Option(help: "Throughput: simulated users (one thread each); populate: connections.")
         var connections = 32
@@ -111,8 +107,6 @@ extension SessionClusterCommand {
                 throw ValidationError("--interval-us must be 0...1000000")
             }
             guard (2...3).contains(lagNodes) else { throw ValidationError("--lag-nodes must be 2 or 3") }
-            guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be in (0, 86400]") }
-            guard warmup >= 0, warmup <= 3_600 else { throw ValidationError("--warmup must be in [0, 3600]") }
             guard (1...4096).contains(connections) else { throw ValidationError("--connections must be 1...4096") }
             guard (1...10_000_000).contains(sessions) else { throw ValidationError("--sessions must be 1...10000000") }
             guard (1...1_000_000).contains(samplePosts) else { throw ValidationError("--sample-posts must be 1...1000000") }
@@ -260,8 +254,7 @@ extension SessionClusterCommand {
         private func measureThroughput(endpoints: [BenchEndpoint]) throws {
             let results = Mutex(ThroughputOutcome())
             let start = monotonicNanos()
-            let measureFrom = start + UInt64(warmup * 1e9)
-            let measureUntil = measureFrom + UInt64(duration * 1e9)
+            let (measureFrom, measureUntil) = window.bounds(startingAt: start)
             let verifyAt = measureUntil + 300_000_000  // let the last replications land
             runThreads(connections) { _ in
                 var local = ThroughputOutcome()

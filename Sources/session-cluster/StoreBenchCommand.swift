@@ -32,11 +32,7 @@ extension SessionClusterCommand {
         @Option(help: "Threads, and pooled Redis connections.")
         var concurrency = 50
 
-        @Option(help: "Seconds to measure.")
-        var duration: Double = 10
-
-        @Option(help: "Seconds of unmeasured warm-up before the measurement.")
-        var warmup: Double = 1
+        @OptionGroup var window: MeasurementWindow
 
         @Option(help: "Sessions created beforehand; each iteration picks one at random.")
         var sessions = 10_000
@@ -49,8 +45,6 @@ extension SessionClusterCommand {
 
         func validate() throws {
             guard (1...4096).contains(concurrency) else { throw ValidationError("--concurrency must be 1...4096") }
-            guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be in (0, 86400] seconds") }
-            guard warmup >= 0, warmup <= 3_600 else { throw ValidationError("--warmup must be in [0, 3600] seconds") }
             guard (1...10_000_000).contains(sessions) else { throw ValidationError("--sessions must be 1...10000000") }
             guard (0...60_000).contains(attributeBytes) else { throw ValidationError("--attribute-bytes must be 0...60000") }
             guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
@@ -131,8 +125,7 @@ extension SessionClusterCommand {
         private func measure(store: RedisSessionStore, ids: [SessionID], stop: StopFlag) -> Outcome {
             let results = Mutex(Outcome())
             let start = monotonicNanos()
-            let measureFrom = start + UInt64(warmup * 1e9)
-            let measureUntil = measureFrom + UInt64(duration * 1e9)
+            let (measureFrom, measureUntil) = window.bounds(startingAt: start)
             runThreads(concurrency) { t in
                 var rng = SplitMix64(seed: UInt64.random(in: .min ... .max) &+ UInt64(t))
                 var histogram = Histogram<UInt64>(
@@ -342,4 +335,24 @@ private func fixed(_ value: Double, _ digits: Int) -> String {
 private func printError(_ message: String) {
     var line = message + "\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// `--duration` and `--warmup` of the load benchmarks.
+struct MeasurementWindow: ParsableArguments {
+    @Option(help: "Seconds to measure.")
+    var duration: Double = 10
+
+    @Option(help: "Seconds of unmeasured warm-up before the measurement.")
+    var warmup: Double = 1
+
+    func validate() throws {
+        guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be in (0, 86400] seconds") }
+        guard warmup >= 0, warmup <= 3_600 else { throw ValidationError("--warmup must be in [0, 3600] seconds") }
+    }
+
+    /// When measuring starts and ends (monotonic nanoseconds), for a load started at `start`.
+    func bounds(startingAt start: UInt64) -> (from: UInt64, until: UInt64) {
+        let from = start + UInt64(warmup * 1e9)
+        return (from, from + UInt64(duration * 1e9))
+    }
 }

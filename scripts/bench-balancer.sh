@@ -118,20 +118,6 @@ start_pid_watchdog() {
     watchdog_pid=$!
 }
 
-# wait_http NAME URL PID — wait up to 10 s for a 200 from URL.
-wait_http() {
-    local name=$1 url=$2 pid=$3 i
-    for ((i = 0; i < 100; i++)); do
-        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    printf 'error: %s did not answer %s within 10 s\n' "$name" "$url" >&2
-    return 1
-}
-
 # A free loopback port not handed out before in this run.
 declare -a used_ports=()
 new_port() {

@@ -194,6 +194,20 @@ start_watchdog() {
     watchdog_pid=$!
 }
 
+# wait_http NAME URL PID — wait up to 10 s for a 200 from URL (fails early when PID exits).
+wait_http() {
+    local name=$1 url=$2 pid=$3 i
+    for ((i = 0; i < 100; i++)); do
+        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    printf 'error: %s did not answer %s within 10 s\n' "$name" "$url" >&2
+    return 1
+}
+
 # --- wrk measurements (bench-node.sh, bench-balancer.sh) ---
 
 # RSS of a process in kB (0 if gone).

@@ -87,7 +87,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     private let sinks = FastLock(Sinks())
     private let sweeper = RepeatingTimer()
     private let ready = Atomic<Bool>(true)
-    private let catchUps = Mutex(CatchUpCounts())
+    private let catchUps = FastLock(CatchUpCounts())  // taken by every request that carries a read token
 
     /// Who waits in `catchUp`, for which session, and the fetch replies they count.
     struct Waiters {

@@ -224,10 +224,10 @@ extension SessionClusterCommand {
             let counters = a.counters
             let receivedByPeers = others.map(\.counters.itemsReceived).reduce(0, +)
             func us(_ h: Histogram<UInt64>, _ p: Double) -> String {
-                h.totalCount == 0 ? "null" : benchFixed(Double(h.valueAtPercentile(p)) / 1_000, 1)
+                h.totalCount == 0 ? "null" : fixed(Double(h.valueAtPercentile(p)) / 1_000, 1)
             }
             func maxUs(_ h: Histogram<UInt64>) -> String {
-                h.totalCount == 0 ? "null" : benchFixed(Double(h.max) / 1_000, 1)
+                h.totalCount == 0 ? "null" : fixed(Double(h.max) / 1_000, 1)
             }
             print(
                 "{\"measurement\":\"lag\",\"p50_us\":\(us(first, 50)),\"p90_us\":\(us(first, 90)),"
@@ -235,7 +235,7 @@ extension SessionClusterCommand {
                     + "\"all_p50_us\":\(us(every, 50)),\"all_p99_us\":\(us(every, 99)),"
                     + "\"all_p999_us\":\(us(every, 99.9)),\"all_max_us\":\(maxUs(every)),"
                     + "\"samples\":\(first.totalCount),\"timeouts\":\(timeouts),\"nodes\":\(lagNodes),"
-                    + "\"interval_us\":\(intervalMicros),\"seconds\":\(benchFixed(seconds, 3)),"
+                    + "\"interval_us\":\(intervalMicros),\"seconds\":\(fixed(seconds, 3)),"
                     + "\"items_sent\":\(counters.itemsSent),\"items_received_by_peers\":\(receivedByPeers),"
                     + "\"queue_overflows\":\(counters.queueOverflows),\"resyncs\":\(counters.resyncs)}")
             print(
@@ -286,15 +286,15 @@ extension SessionClusterCommand {
             let rate = Double(outcome.windowRequests) / seconds
             let h = outcome.histogram
             func ms(_ p: Double) -> String {
-                h.totalCount == 0 ? "null" : benchFixed(Double(h.valueAtPercentile(p)) / 1_000, 3)
+                h.totalCount == 0 ? "null" : fixed(Double(h.valueAtPercentile(p)) / 1_000, 3)
             }
-            let maxMs = h.totalCount == 0 ? "null" : benchFixed(Double(h.max) / 1_000, 3)
+            let maxMs = h.totalCount == 0 ? "null" : fixed(Double(h.max) / 1_000, 3)
             let statuses = outcome.statuses.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }
                 .joined(separator: ",")
             var json = [
-                "\"measurement\":\"throughput\"", "\"requests_per_s\":\(benchFixed(rate, 1))",
+                "\"measurement\":\"throughput\"", "\"requests_per_s\":\(fixed(rate, 1))",
                 "\"p50_ms\":\(ms(50))", "\"p90_ms\":\(ms(90))", "\"p99_ms\":\(ms(99))", "\"max_ms\":\(maxMs)",
-                "\"requests\":\(outcome.windowRequests)", "\"seconds\":\(benchFixed(seconds, 3))",
+                "\"requests\":\(outcome.windowRequests)", "\"seconds\":\(fixed(seconds, 3))",
                 "\"users\":\(connections)", "\"nodes\":\(endpoints.count)",
                 "\"total_posts\":\(outcome.posts)", "\"stale\":\(outcome.stale)", "\"ahead\":\(outcome.ahead)",
                 "\"failed\":\(outcome.failed)", "\"non_200\":\(outcome.non200)", "\"statuses\":{\(statuses)}",
@@ -305,7 +305,7 @@ extension SessionClusterCommand {
             if let first = outcome.firstError { json.append("\"first_error\":\(jsonQuoted(first))") }
             print("{" + json.joined(separator: ",") + "}")
             print(
-                "throughput: \(benchFixed(rate, 1)) POST /api/counter/s over \(benchFixed(seconds, 1)) s through "
+                "throughput: \(fixed(rate, 1)) POST /api/counter/s over \(fixed(seconds, 1)) s through "
                     + "\(endpoints.count) nodes round robin, \(connections) users; latency p50 \(ms(50)) ms, "
                     + "p99 \(ms(99)) ms, max \(maxMs) ms")
             print(
@@ -373,7 +373,7 @@ extension SessionClusterCommand {
             let rate = millis > 0 ? Double(created) / (millis / 1_000) : 0
             var json = [
                 "\"measurement\":\"populate\"", "\"created\":\(created)", "\"failed\":\(failed)",
-                "\"millis\":\(benchFixed(millis, 1))", "\"per_s\":\(benchFixed(rate, 1))",
+                "\"millis\":\(fixed(millis, 1))", "\"per_s\":\(fixed(rate, 1))",
                 "\"connections\":\(threads)",
             ]
             if let cookie {
@@ -383,8 +383,8 @@ extension SessionClusterCommand {
             if let firstError { json.append("\"first_error\":\(jsonQuoted(firstError))") }
             print("{" + json.joined(separator: ",") + "}")
             print(
-                "populate: \(created) sessions created through \(endpoint) in \(benchFixed(millis, 0)) ms "
-                    + "(\(benchFixed(rate, 0))/s, \(threads) keep-alive connections), \(failed) failed"
+                "populate: \(created) sessions created through \(endpoint) in \(fixed(millis, 0)) ms "
+                    + "(\(fixed(rate, 0))/s, \(threads) keep-alive connections), \(failed) failed"
                     + (cookie == nil ? "" : "; sample session has count \(count)")
                     + (firstError.map { "; first error: \($0)" } ?? ""))
             fflush(nil)
@@ -421,10 +421,10 @@ extension SessionClusterCommand {
             let now = realtimeNanos()
             let millis = now > origin ? Double(now - origin) / 1e6 : 0
             print(
-                "{\"measurement\":\"wait_ready\",\"millis\":\(benchFixed(millis, 1)),\"polls\":\(polls),"
+                "{\"measurement\":\"wait_ready\",\"millis\":\(fixed(millis, 1)),\"polls\":\(polls),"
                     + "\"unreachable_polls\":\(refused)}")
             print(
-                "wait-ready: \(endpoint)/healthz answered 200 after \(benchFixed(millis, 1)) ms "
+                "wait-ready: \(endpoint)/healthz answered 200 after \(fixed(millis, 1)) ms "
                     + "(\(polls) polls, \(refused) while not listening yet)")
             fflush(nil)
         }
@@ -771,19 +771,4 @@ private func realtimeNanos() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
-
-/// `value` with exactly `digits` decimals (no exponent form).
-private func benchFixed(_ value: Double, _ digits: Int) -> String {
-    guard value.isFinite else { return "null" }
-    var scale: Double = 1
-    for _ in 0..<digits { scale *= 10 }
-    let scaled = Int64((abs(value) * scale).rounded())
-    let unit = Int64(scale)
-    let whole = String(scaled / unit)
-    let sign = value < 0 && scaled != 0 ? "-" : ""
-    guard digits > 0 else { return sign + whole }
-    let fraction = String(scaled % unit)
-    return sign + whole + "." + String(repeating: "0", count: digits - fraction.count) + fraction
 }

@@ -318,8 +318,8 @@ private func encodedString(length: Int) -> [UInt8] {
     [34] + Array(repeating: UInt8(ascii: "x"), count: max(0, length - 2)) + [34]
 }
 
-/// `value` with exactly `digits` decimals (no exponent form).
-private func fixed(_ value: Double, _ digits: Int) -> String {
+/// `value` with exactly `digits` decimals (no exponent form); the benchmarks' JSON and tables.
+func fixed(_ value: Double, _ digits: Int) -> String {
     guard value.isFinite else { return "null" }
     var scale: Double = 1
     for _ in 0..<digits { scale *= 10 }

@@ -73,10 +73,22 @@ let package = Package(
             name: "Balancer",
             dependencies: ["MiniHTTP", "CEpoll", .product(name: "Logging", package: "swift-log")]
         ),
+        .target(
+            name: "ClusterSupervisor",
+            dependencies: ["Balancer", "MiniHTTP", "SessionCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "FailoverBench",
+            dependencies: [
+                "MiniHTTP", "SessionCore",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "Balancer", "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
+                "Balancer", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -100,6 +112,12 @@ let package = Package(
         .testTarget(
             name: "BalancerTests",
             dependencies: ["Balancer", "MiniHTTP", "TestSupport", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "ClusterSupervisorTests",
+            dependencies: ["ClusterSupervisor", "Balancer", "MiniHTTP", "TestSupport"]),
+        .testTarget(
+            name: "FailoverBenchTests",
+            dependencies: ["FailoverBench", "MiniHTTP", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

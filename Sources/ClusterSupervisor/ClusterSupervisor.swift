@@ -1,0 +1,1 @@
+// The demo supervisor (issue 6): being written.

@@ -1,0 +1,1 @@
+// The failover benchmark (issue 7): being written.

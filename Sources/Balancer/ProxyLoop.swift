@@ -469,7 +469,7 @@ final class ProxyLoop: @unchecked Sendable {
             }
             ex.sentOnAttempt = false
             ex.requestSentAt = 0
-            if let b = takeIdle(backend, now: now) ?? connect(backend, now: now) {
+            if let b = takeIdle(backend, probe: !(ex.retriable && ex.replay != nil)) ?? connect(backend, now: now) {
                 attach(b, ex, now: now)
                 return
             }
@@ -808,20 +808,25 @@ final class ProxyLoop: @unchecked Sendable {
 
     // MARK: - Backend connections and the pool
 
-    /// A pooled connection to `backend` that is still open, if any.
-    private func takeIdle(_ backend: Int, now: Int64) -> BackendConnection? {
+    /// A pooled connection to `backend` that is still open, if any. A pooled connection
+    /// that spoke or closed is closed by its event (see `backendEvent`), but a close can
+    /// still be in flight: a request that may be retried finds out on first use (a failure
+    /// on a reused connection is retried), one that may not (`probe`) is protected by a
+    /// non-blocking peek, one syscall, first.
+    private func takeIdle(_ backend: Int, probe: Bool) -> BackendConnection? {
         while let b = idle[backend].popLast() {
-            var byte: UInt8 = 0
-            let n = recv(b.fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
-                b.state = .active
-                b.reused = true
-                b.readable = false
-                return b
+            b.state = .active  // out of the pool
+            if probe {
+                var byte: UInt8 = 0
+                let n = recv(b.fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+                guard n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) else {
+                    closeBackend(b)  // closed, reset, or unexpected bytes: not usable
+                    continue
+                }
             }
-            // Closed, reset, or unexpected bytes: not usable.
-            b.state = .active  // already out of the pool
-            closeBackend(b)
+            b.reused = true
+            b.readable = false
+            return b
         }
         return nil
     }
@@ -864,7 +869,9 @@ final class ProxyLoop: @unchecked Sendable {
 
     /// Keeps a backend connection for the next request.
     private func release(_ b: BackendConnection) {
-        guard idle[b.backend].count < configuration.maxIdlePerBackend, b.registered else {
+        // A hang-up seen while the response was read ends the connection here: with
+        // edge-triggered events no second event would tell the pool.
+        guard idle[b.backend].count < configuration.maxIdlePerBackend, b.registered, !b.hangup else {
             closeBackend(b)
             return
         }

@@ -24,6 +24,20 @@ public final class Balancer: Sendable {
     let retryBudget: RetryBudget
     let rateLimiter: RateLimiter?
     private let healthChecker: HealthChecker?
+    let localRoutes: [LocalRoute]
+
+    /// Requests whose path starts with `prefix` are answered by `respond` on the
+    /// event loop (it must not block) instead of going to a backend; e.g. a
+    /// supervisor's control API next to the application it fronts.
+    public struct LocalRoute: Sendable {
+        public var prefix: String
+        public var respond: @Sendable (_ method: String, _ path: String) -> HTTPResponse
+
+        public init(prefix: String, respond: @escaping @Sendable (_ method: String, _ path: String) -> HTTPResponse) {
+            self.prefix = prefix
+            self.respond = respond
+        }
+    }
 
     private struct State {
         var started = false
@@ -37,8 +51,14 @@ public final class Balancer: Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private let liveLoops = Atomic<Int>(0)
 
-    public init(configuration: BalancerConfiguration, logger: Logger) throws(BalancerConfigurationError) {
+    public init(
+        configuration: BalancerConfiguration, logger: Logger, localRoutes: [LocalRoute] = []
+    ) throws(BalancerConfigurationError) {
         try configuration.validate()
+        for route in localRoutes where !route.prefix.hasPrefix("/") || route.prefix.hasPrefix(Self.adminPrefix) {
+            throw BalancerConfigurationError("local route '\(route.prefix)' must start with '/' and not be under \(Self.adminPrefix)")
+        }
+        self.localRoutes = localRoutes
         self.configuration = configuration
         self.logger = logger
         let registry = BackendRegistry(configuration: configuration)

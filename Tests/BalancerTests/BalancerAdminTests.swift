@@ -19,6 +19,31 @@ func jsonObject(_ response: TestResponse) throws -> [String: Any] {
 
 @Suite("Balancer: admin endpoints")
 struct BalancerAdminTests {
+    @Test func localRouteAnswersItsPrefixAndEverythingElseGoesToBackends() throws {
+        let route = Balancer.LocalRoute(prefix: "/_cluster/") { method, path in
+            .json("{\"method\":\"\(method)\",\"path\":\"\(path)\"}")
+        }
+        try withBackends(2) { backends in
+            try withBalancer(testBalancerConfiguration(backends: backends.map(\.configuration)), localRoutes: [route]) {
+                balancer in
+                let local = try request(balancer.port, "POST", "/_cluster/nodes/n1/kill")
+                #expect(local.status == 200)
+                let body = try jsonObject(local)
+                #expect(body["method"] as? String == "POST")
+                #expect(body["path"] as? String == "/_cluster/nodes/n1/kill")
+                let forwarded = try request(balancer.port, "GET", "/name")
+                #expect(forwarded.status == 200)
+                #expect(backends.map(\.handled.current).reduce(0, +) == 1, "only the non-matching request reached a backend")
+            }
+        }
+        let bad = Balancer.LocalRoute(prefix: "/_balancer/x") { _, _ in .text("no") }
+        #expect(throws: BalancerConfigurationError.self) {
+            _ = try Balancer(
+                configuration: testBalancerConfiguration(backends: [BackendConfiguration(name: "b", host: "127.0.0.1", port: 1)]),
+                logger: quietLogger(), localRoutes: [bad])
+        }
+    }
+
     @Test func statusReflectsTraffic() throws {
         try withBackends(2) { backends in
             try withBalancer(testBalancerConfiguration(backends: backends.map(\.configuration))) { balancer in

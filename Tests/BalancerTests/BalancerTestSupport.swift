@@ -29,9 +29,9 @@ func testBalancerConfiguration(backends: [BackendConfiguration]) -> BalancerConf
 
 /// Starts a balancer, runs `body`, and always shuts it down afterwards.
 func withBalancer(
-    _ configuration: BalancerConfiguration, _ body: (Balancer) throws -> Void
+    _ configuration: BalancerConfiguration, localRoutes: [Balancer.LocalRoute] = [], _ body: (Balancer) throws -> Void
 ) throws {
-    let balancer = try Balancer(configuration: configuration, logger: quietLogger())
+    let balancer = try Balancer(configuration: configuration, logger: quietLogger(), localRoutes: localRoutes)
     try balancer.start()
     defer { balancer.shutdown() }
     try #require(balancer.port > 0)

@@ -1,1 +1,512 @@
-// The demo supervisor (issue 6): being written.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Balancer
+import Logging
+import MiniHTTP
+import Synchronization
+
+/// What `ClusterSupervisor` starts: N `session-cluster node` processes with one
+/// session strategy, the balancer in front of them (in the supervisor's own
+/// process) and, for the Redis strategy, a private redis-server.
+public struct ClusterConfiguration: Sendable {
+    /// Where the nodes keep sessions.
+    public enum Strategy: String, CaseIterable, Sendable {
+        /// Every node holds every session; changes go to the peers (no external service).
+        case replicate
+        /// Sessions live in a private redis-server the supervisor starts.
+        case redis
+        /// Each node keeps its own sessions: under round robin, users lose them (the control).
+        case local
+    }
+
+    public var strategy: Strategy
+    /// `async` or `sync` (replicate only).
+    public var replicationMode: String
+    public var nodeCount: Int
+    /// The balancer's address; port 0 picks a free one.
+    public var host: String
+    public var port: Int
+    /// The `session-cluster` executable that runs the nodes.
+    public var executable: String
+    /// redis-server; looked up in the usual places when nil.
+    public var redisServer: String?
+    /// Logs of the nodes and Redis go here; a private temporary directory (removed at shutdown) when nil.
+    public var logDirectory: String?
+    public var nodeLogLevel: String
+    /// Extra arguments for every node.
+    public var extraNodeArguments: [String]
+    /// Longest wait for a node to answer /healthz after it started.
+    public var startTimeoutMillis: Int
+    /// The balancer in front of the nodes (backends, host and port are filled in).
+    public var balancer: BalancerConfiguration
+
+    public init(
+        strategy: Strategy = .replicate, replicationMode: String = "async", nodeCount: Int = 3, host: String = "127.0.0.1",
+        port: Int = 8080, executable: String, redisServer: String? = nil, logDirectory: String? = nil,
+        nodeLogLevel: String = "warning", extraNodeArguments: [String] = [], startTimeoutMillis: Int = 30_000
+    ) {
+        self.strategy = strategy
+        self.replicationMode = replicationMode
+        self.nodeCount = nodeCount
+        self.host = host
+        self.port = port
+        self.executable = executable
+        self.redisServer = redisServer
+        self.logDirectory = logDirectory
+        self.nodeLogLevel = nodeLogLevel
+        self.extraNodeArguments = extraNodeArguments
+        self.startTimeoutMillis = startTimeoutMillis
+        var balancer = BalancerConfiguration(host: host, port: port, backends: [], eventLoops: 1)
+        // Quick to notice a stopped or dead node, so the demo shows failover in about a second.
+        balancer.healthCheck = HealthCheckConfiguration(intervalMillis: 250, timeoutMillis: 250, rise: 2, fall: 2)
+        balancer.backendConnectTimeoutMillis = 500
+        balancer.backendResponseTimeoutMillis = 2_000
+        balancer.ejectBaseMillis = 500
+        balancer.shutdownGraceMillis = 2_000
+        self.balancer = balancer
+    }
+
+    func validate() throws(SupervisorError) {
+        guard (1...16).contains(nodeCount) else { throw SupervisorError("--nodes must be 1...16") }
+        guard replicationMode == "async" || replicationMode == "sync" else {
+            throw SupervisorError("--replication-mode must be async or sync")
+        }
+        guard (0...65535).contains(port) else { throw SupervisorError("--port must be 0...65535") }
+        guard access(executable, X_OK) == 0 else { throw SupervisorError("cannot run \(executable)") }
+    }
+}
+
+/// Starts and watches a local cluster: nodes as child processes, the balancer
+/// in front, and for `redis` a private redis-server. Reports deaths through
+/// `onEvent`, restarts a node only when asked, and on `shutdown()` stops
+/// everything it started, by PID.
+///
+/// Its control API is served by the balancer under `/_cluster/` (see `ControlAPI`):
+/// the cluster's status, and kill (SIGKILL), stop (SIGSTOP), resume (SIGCONT)
+/// and restart of each node.
+public final class ClusterSupervisor: Sendable {
+    public let configuration: ClusterConfiguration
+    let logger: Logger
+    let onEvent: @Sendable (String) -> Void
+    let nodes: [NodeSlot]
+    let runDirectory: String
+    private let ownsRunDirectory: Bool
+    private let environment: [String: String]
+    private let redis = Mutex<(process: SpawnedProcess, port: Int)?>(nil)
+    private let balancerBox = Mutex<Balancer?>(nil)
+    private let stopping = Atomic<Bool>(false)
+    private let monitorDone = Mutex<Bool>(false)
+
+    /// - Parameter onEvent: one-line reports (a node died, came up, was restarted), from any thread.
+    public init(
+        configuration: ClusterConfiguration, logger: Logger, onEvent: @escaping @Sendable (String) -> Void = { _ in }
+    ) throws(SupervisorError) {
+        try configuration.validate()
+        self.configuration = configuration
+        self.logger = logger
+        self.onEvent = onEvent
+        if let directory = configuration.logDirectory {
+            guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
+                throw SupervisorError("cannot create \(directory): \(String(cString: strerror(errno)))")
+            }
+            runDirectory = directory
+            ownsRunDirectory = false
+        } else {
+            var template = Array("/tmp/session-cluster-demo-XXXXXX".utf8CString)
+            guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+                throw SupervisorError("cannot create a temporary directory: \(String(cString: strerror(errno)))")
+            }
+            runDirectory = String(cString: made)
+            ownsRunDirectory = true
+        }
+        var environment = [String: String]()
+        for key in ["PATH", "HOME", "LANG", "TMPDIR"] {
+            if let value = getenv(key) { environment[key] = String(cString: value) }
+        }
+        // The same secrets on every node: cookies signed by one are accepted by all, and peers trust each other.
+        environment["SESSION_COOKIE_SECRET"] = randomHex(bytes: 32)
+        environment["SESSION_CLUSTER_SECRET"] = randomHex(bytes: 32)
+        self.environment = environment
+        var slots: [NodeSlot] = []
+        do throws(SupervisorError) {
+            for index in 1...configuration.nodeCount {
+                slots.append(
+                    NodeSlot(
+                        name: "node-\(index)", port: try freeLoopbackPort(),
+                        replicationPort: configuration.strategy == .replicate ? try freeLoopbackPort() : 0))
+            }
+        } catch {
+            if ownsRunDirectory { rmdir(runDirectory) }
+            throw error
+        }
+        nodes = slots
+    }
+
+    /// The balancer's port (after `start()`).
+    public var port: Int { balancerBox.withLock { $0?.port ?? 0 } }
+
+    /// The balancer's statistics and backends (after `start()`).
+    public var balancer: Balancer? { balancerBox.withLock { $0 } }
+
+    /// The nodes' names, in order.
+    public var nodeNames: [String] { nodes.map(\.name) }
+
+    /// Each node's name and HTTP port, in order.
+    public var nodePorts: [(name: String, port: Int)] { nodes.map { ($0.name, $0.port) } }
+
+    /// The PIDs of the processes running now (nodes and Redis).
+    public var childPIDs: [pid_t] {
+        nodes.compactMap { $0.process }.filter(\.isRunning).map(\.pid)
+            + [redis.withLock { $0?.process }].compactMap { $0 }.filter(\.isRunning).map(\.pid)
+    }
+
+    /// The directory with the logs of the nodes (and Redis).
+    public var logDirectoryPath: String { runDirectory }
+
+    /// Starts Redis (if needed), the nodes, waits until every node answers /healthz,
+    /// then starts the balancer and the monitor thread. On failure, stops what it started.
+    public func start() throws(SupervisorError) {
+        do throws(SupervisorError) {
+            if configuration.strategy == .redis { try startRedis() }
+            for node in nodes { try spawn(node) }
+            let deadline = monotonicMillis() + Int64(configuration.startTimeoutMillis)
+            for node in nodes {
+                while !checkReady(node) {
+                    if let ended = node.process?.exitStatus {
+                        throw SupervisorError("\(node.name) \(ended) while starting; see \(logPath(node.name))")
+                    }
+                    guard monotonicMillis() < deadline else {
+                        throw SupervisorError("\(node.name) did not answer /healthz in time; see \(logPath(node.name))")
+                    }
+                    usleep(50_000)
+                }
+            }
+            var balancerConfiguration = configuration.balancer
+            balancerConfiguration.host = configuration.host
+            balancerConfiguration.port = configuration.port
+            balancerConfiguration.backends = nodes.map {
+                BackendConfiguration(name: $0.name, host: "127.0.0.1", port: $0.port)
+            }
+            let balancer: Balancer
+            do {
+                balancer = try Balancer(
+                    configuration: balancerConfiguration, logger: logger,
+                    localRoutes: [Balancer.LocalRoute(prefix: ControlAPI.prefix) { [weak self] method, path in
+                        guard let self else { return .error(status: 503, code: "stopping", message: "the demo is stopping") }
+                        return ControlAPI.respond(to: self, method: method, path: path)
+                    }])
+                try balancer.start()
+            } catch {
+                throw SupervisorError("cannot start the balancer on \(configuration.host):\(configuration.port): \(error)")
+            }
+            balancerBox.withLock { $0 = balancer }
+        } catch {
+            shutdown()
+            throw error
+        }
+        startThread { [self] in monitor() }
+    }
+
+    /// Stops the balancer (letting requests in flight finish), the nodes (SIGTERM, then
+    /// SIGKILL after 5 s) and Redis, then removes the temporary log directory. Idempotent.
+    public func shutdown() {
+        guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        balancerBox.withLock { $0 }?.shutdown()
+        for node in nodes {
+            if let process = node.process {
+                let ended = process.terminate(graceMillis: 5_000)
+                logger.debug("node stopped", metadata: ["node": "\(node.name)", "status": "\(ended)"])
+            }
+        }
+        redis.withLock { $0 }?.process.terminate(graceMillis: 5_000)
+        while !monitorDone.withLock({ $0 }) && balancerBox.withLock({ $0 }) != nil { usleep(10_000) }
+        if ownsRunDirectory { removeTree(runDirectory) }
+    }
+
+    // MARK: - Control
+
+    /// SIGKILL: the node dies at once, as in a crash; it stays dead until `restart`.
+    public func kill(_ name: String) throws(SupervisorError) {
+        let node = try running(name, for: "kill")
+        guard let process = node.process else { return }
+        node.update { $0.expectedExit = process.pid }
+        process.send(SIGKILL)
+        if let ended = process.waitForExit(timeoutMillis: 200) { noteExit(node, process, ended) }
+    }
+
+    /// SIGSTOP: the node freezes with its connections open, as in a long GC pause or a hung host.
+    public func stop(_ name: String) throws(SupervisorError) {
+        let node = try running(name, for: "stop")
+        guard node.state != .stopped else { throw SupervisorError(kind: .conflict, "\(name) is already stopped") }
+        node.process?.send(SIGSTOP)
+        node.update { $0.state = .stopped }
+        onEvent("\(name) stopped (SIGSTOP)")
+    }
+
+    /// SIGCONT after `stop`.
+    public func resume(_ name: String) throws(SupervisorError) {
+        let node = try slot(name)
+        guard node.state == .stopped else { throw SupervisorError(kind: .conflict, "\(name) is not stopped") }
+        node.process?.send(SIGCONT)
+        node.update { $0.state = .running }
+        onEvent("\(name) resumed (SIGCONT)")
+    }
+
+    /// Starts the node again, on the same ports (after SIGTERM when it still runs); returns at once.
+    public func restart(_ name: String) throws(SupervisorError) {
+        let node = try slot(name)
+        guard !stopping.load(ordering: .relaxed) else { throw SupervisorError(kind: .conflict, "the demo is stopping") }
+        let (allowed, previous) = node.update { slot -> (Bool, SpawnedProcess?) in
+            guard slot.state != .starting, slot.state != .restarting else { return (false, nil) }
+            slot.state = .restarting
+            slot.expectedExit = slot.process?.pid
+            return (true, slot.process)
+        }
+        guard allowed else { throw SupervisorError(kind: .conflict, "\(name) is already starting") }
+        startThread { [self] in
+            if let previous { noteExit(node, previous, previous.terminate(graceMillis: 5_000)) }
+            do throws(SupervisorError) {
+                try spawn(node)
+                node.update { $0.restarts += 1 }
+                onEvent("\(name) restarting (pid \(node.process?.pid ?? 0))")
+            } catch {
+                node.update { $0.state = .dead }
+                onEvent("\(name) could not restart: \(error)")
+            }
+        }
+    }
+
+    // MARK: - Internals
+
+    func slot(_ name: String) throws(SupervisorError) -> NodeSlot {
+        guard let node = nodes.first(where: { $0.name == name }) else {
+            throw SupervisorError(kind: .notFound, "no node named '\(name)'; nodes: \(nodeNames.joined(separator: ", "))")
+        }
+        return node
+    }
+
+    private func running(_ name: String, for action: String) throws(SupervisorError) -> NodeSlot {
+        let node = try slot(name)
+        let state = node.state
+        guard state == .running || state == .stopped || state == .starting, node.process?.isRunning == true else {
+            throw SupervisorError(kind: .conflict, "\(name) is not running; restart it first")
+        }
+        return node
+    }
+
+    private func logPath(_ name: String) -> String { "\(runDirectory)/\(name).log" }
+
+    private func spawn(_ node: NodeSlot) throws(SupervisorError) {
+        var arguments = [
+            "node", "--host", "127.0.0.1", "--port", "\(node.port)", "--node-id", node.name,
+            "--strategy", configuration.strategy.rawValue, "--log-level", configuration.nodeLogLevel,
+            "--parent-pid", "\(getpid())",
+        ]
+        switch configuration.strategy {
+        case .replicate:
+            arguments += [
+                "--peers", nodes.map { "127.0.0.1:\($0.replicationPort)" }.joined(separator: ","),
+                "--replication-port", "\(node.replicationPort)", "--replication-mode", configuration.replicationMode,
+            ]
+        case .redis:
+            guard let port = redis.withLock({ $0?.port }) else { throw SupervisorError("redis-server is not running") }
+            arguments += ["--redis", "redis://127.0.0.1:\(port)/0"]
+        case .local:
+            break
+        }
+        let process = try SpawnedProcess(
+            executable: configuration.executable, arguments: arguments + configuration.extraNodeArguments,
+            environment: environment, logPath: logPath(node.name))
+        node.update {
+            $0.process = process
+            $0.state = .starting
+            $0.sessions = nil
+        }
+        logger.debug("node started", metadata: ["node": "\(node.name)", "pid": "\(process.pid)"])
+    }
+
+    /// One /healthz: a starting node that answers 200 becomes running.
+    @discardableResult
+    private func checkReady(_ node: NodeSlot) -> Bool {
+        guard let answer = NodeProbe.get(host: "127.0.0.1", port: node.port, path: "/healthz", timeoutMillis: 250),
+            answer.status == 200
+        else { return false }
+        let becameReady = node.update { slot -> Bool in
+            guard slot.state == .starting else { return false }
+            slot.state = .running
+            return true
+        }
+        if becameReady && balancerBox.withLock({ $0 }) != nil {
+            onEvent("\(node.name) is up (pid \(node.process?.pid ?? 0))")
+        }
+        return true
+    }
+
+    /// Records the end of `process` (once), and reports it unless the supervisor caused it.
+    private func noteExit(_ node: NodeSlot, _ process: SpawnedProcess, _ status: ExitStatus) {
+        let report = node.update { slot -> String? in
+            guard slot.process === process, slot.lastExitPID != process.pid else { return nil }
+            slot.lastExit = status.description
+            slot.lastExitPID = process.pid
+            slot.sessions = nil
+            if slot.state != .restarting { slot.state = .dead }
+            let expected = slot.expectedExit == process.pid
+            return expected ? "\(node.name) \(status)" : "\(node.name) \(status), unexpectedly; restart it when you like"
+        }
+        if let report, !stopping.load(ordering: .relaxed) { onEvent(report) }
+    }
+
+    /// Every 100 ms: reaps dead nodes and reports them; every ~250 ms checks starting
+    /// nodes; every second reads each running node's session count from /metrics.
+    private func monitor() {
+        defer { monitorDone.withLock { $0 = true } }
+        var tick = 0
+        while !stopping.load(ordering: .relaxed) {
+            for node in nodes {
+                guard let process = node.process else { continue }
+                if let ended = process.exitStatus {
+                    noteExit(node, process, ended)
+                } else if node.state == .starting, tick % 2 == 0 {
+                    checkReady(node)
+                } else if node.state == .running, tick % 10 == 0,
+                    let answer = NodeProbe.get(host: "127.0.0.1", port: node.port, path: "/metrics", timeoutMillis: 250),
+                    answer.status == 200
+                {
+                    let sessions = NodeProbe.sample("session_store_sessions", in: String(decoding: answer.body, as: UTF8.self))
+                    node.update { $0.sessions = sessions }
+                }
+            }
+            if let process = redis.withLock({ $0?.process }), let ended = process.exitStatus,
+                !stopping.load(ordering: .relaxed), tick % 10 == 0
+            {
+                onEvent("redis-server \(ended); the nodes answer 503 until it is back")
+            }
+            tick += 1
+            usleep(100_000)
+        }
+    }
+
+    private func startRedis() throws(SupervisorError) {
+        guard let executable = configuration.redisServer ?? findRedisServer() else {
+            throw SupervisorError(
+                "redis-server is not installed: sudo apt-get install redis-server (or use --strategy replicate, which needs nothing)")
+        }
+        let port = try freeLoopbackPort()
+        let process = try SpawnedProcess(
+            executable: executable,
+            arguments: [
+                "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", runDirectory,
+            ],
+            environment: environment, logPath: "\(runDirectory)/redis.log")
+        redis.withLock { $0 = (process, port) }
+        let deadline = monotonicMillis() + 10_000
+        while !redisAnswers(port: port) {
+            if let ended = process.exitStatus {
+                throw SupervisorError("redis-server \(ended) while starting; see \(runDirectory)/redis.log")
+            }
+            guard monotonicMillis() < deadline else { throw SupervisorError("redis-server did not answer PING in 10 s") }
+            usleep(20_000)
+        }
+        onEvent("redis-server on 127.0.0.1:\(port) (pid \(process.pid))")
+    }
+
+    /// The private redis-server's port and PID, when the strategy is `redis`.
+    public var redisServerInfo: (port: Int, pid: pid_t)? { redis.withLock { $0.map { ($0.port, $0.process.pid) } } }
+}
+
+/// One node's place in the cluster: fixed name and ports, and what runs there now.
+final class NodeSlot: Sendable {
+    enum State: String, Sendable {
+        /// Started, not yet answering /healthz.
+        case starting
+        case running
+        /// Frozen by SIGSTOP.
+        case stopped
+        /// Ended; stays so until restarted.
+        case dead
+        /// The old process is being stopped before a new one starts.
+        case restarting
+    }
+
+    struct Current {
+        var process: SpawnedProcess?
+        var state = State.starting
+        var restarts = 0
+        var lastExit: String?
+        var lastExitPID: pid_t?
+        /// The supervisor itself ended this PID (kill, restart): not reported as unexpected.
+        var expectedExit: pid_t?
+        var sessions: Int?
+    }
+
+    let name: String
+    let port: Int
+    let replicationPort: Int
+    private let current = Mutex(Current())
+
+    init(name: String, port: Int, replicationPort: Int) {
+        self.name = name
+        self.port = port
+        self.replicationPort = replicationPort
+    }
+
+    var process: SpawnedProcess? { current.withLock { $0.process } }
+    var state: State { current.withLock { $0.state } }
+    var snapshot: Current { current.withLock { $0 } }
+
+    @discardableResult
+    func update<R>(_ body: (inout Current) -> R) -> R { current.withLock { body(&$0) } }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the node binds it right after).
+func freeLoopbackPort() throws(SupervisorError) -> Int {
+    do {
+        let fd = try Sockets.listen(host: "127.0.0.1", port: 0)
+        defer { close(fd) }
+        return Sockets.localPort(fd)
+    } catch {
+        throw SupervisorError("cannot find a free port: \(error)")
+    }
+}
+
+private func findRedisServer() -> String? {
+    let path = getenv("PATH").map { String(cString: $0) } ?? ""
+    let dirs = path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+    return dirs.map { "\($0)/redis-server" }.first { access($0, X_OK) == 0 }
+}
+
+/// PING → +PONG over a raw socket.
+private func redisAnswers(port: Int) -> Bool {
+    guard let fd = try? Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 200) else { return false }
+    defer { close(fd) }
+    Sockets.setReceiveTimeout(fd, millis: 200)
+    guard Sockets.writeAll(fd, Array("PING\r\n".utf8)) else { return false }
+    var reply = [UInt8](repeating: 0, count: 16)
+    let n = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+    return n >= 5 && String(decoding: reply[0..<5], as: UTF8.self) == "+PONG"
+}
+
+private func randomHex(bytes: Int) -> String {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<bytes).map { _ in String(format2: UInt8.random(in: 0...255, using: &generator)) }.joined()
+}
+
+extension String {
+    /// Two lowercase hex digits.
+    fileprivate init(format2 byte: UInt8) {
+        let digits = Array("0123456789abcdef")
+        self = String([digits[Int(byte >> 4)], digits[Int(byte & 0xf)]])
+    }
+}
+
+/// Removes the files of a flat directory, then the directory.
+private func removeTree(_ path: String) {
+    guard let dir = opendir(path) else { return }
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { unlink("\(path)/\(name)") }
+    }
+    closedir(dir)
+    rmdir(path)
+}

@@ -168,10 +168,14 @@ extension SessionClusterCommand {
         @Option(help: "This node's name, sent in X-Served-By.")
         var nodeId = "node-1"
 
+        @Option(help: "Exit, as on SIGTERM, once the process with this PID is no longer the parent (set by `demo`).")
+        var parentPid: Int32?
+
         @OptionGroup var options: NodeOptions
 
         func run() throws {
             let logger = try options.makeLogger(label: "node.\(nodeId)")
+            if let parentPid { exitWithParent(parentPid) }
             let node = try DemoNode(configuration: try options.nodeConfiguration(nodeID: nodeId, port: port), logger: logger)
             try node.start()
             let signal = waitForTerminationSignal()
@@ -179,35 +183,14 @@ extension SessionClusterCommand {
             node.shutdown()
         }
     }
+}
 
-    struct Demo: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Run the demo: for now one node with in-memory sessions, at http://127.0.0.1:8080/.")
-
-        @Option(help: "Port to listen on.")
-        var port = 8080
-
-        @OptionGroup var options: NodeOptions
-
-        func run() throws {
-            let logger = try options.makeLogger(label: "demo")
-            let node = try DemoNode(configuration: try options.nodeConfiguration(nodeID: "node-1", port: port), logger: logger)
-            try node.start()
-            let base = "http://\(options.host.contains(":") ? "[\(options.host)]" : options.host):\(node.port)"
-            print("""
-
-                SessionCluster demo — one node, strategy '\(options.strategy)'
-                  open      \(base)/
-                  try       curl -c /tmp/sc.jar -b /tmp/sc.jar -X POST \(base)/api/counter
-                            curl -b /tmp/sc.jar \(base)/api/session
-                  metrics   \(base)/metrics
-                Ctrl-C stops it.
-
-                """)
-            fflush(nil)  // the banner must show even when stdout is a pipe
-            let signal = waitForTerminationSignal()
-            logger.info("signal received, draining", metadata: ["signal": "\(signal)"])
-            node.shutdown()
-        }
+/// Watches the parent: when `parent` is gone (this process was re-parented), raises
+/// SIGTERM so the node drains and exits like on a normal stop. A supervisor killed
+/// with SIGKILL thus leaves no node behind.
+func exitWithParent(_ parent: Int32) {
+    startThread {
+        while getppid() == parent { usleep(200_000) }
+        kill(getpid(), SIGTERM)
     }
 }

@@ -63,6 +63,7 @@ public final class ChildProcess: @unchecked Sendable {  // used by one test at a
 
 public struct ChildProcessError: Error, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 

@@ -1,0 +1,79 @@
+import Balancer
+import MiniHTTP
+
+/// The supervisor's control API, served by the balancer on the cluster's own port:
+///
+/// - `GET /_cluster/status`: strategy, balancer totals and, per node, its state
+///   (starting, running, stopped, dead, restarting), the balancer's view of its
+///   health, requests the balancer sent it, sessions it holds, PID, restarts and
+///   how its last process ended;
+/// - `POST /_cluster/nodes/NAME/kill|stop|resume|restart`: 200 with the node's new
+///   state, 404 for an unknown node, 409 when the action does not fit its state.
+public enum ControlAPI {
+    public static let prefix = "/_cluster/"
+
+    /// Answers one control request (called on a balancer loop: nothing here blocks for long).
+    public static func respond(to supervisor: ClusterSupervisor, method: String, path: String) -> HTTPResponse {
+        let parts = path.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
+        switch (method, parts.count) {
+        case ("GET", 1) where parts[0] == "status":
+            var response = HTTPResponse.json(statusJSON(supervisor))
+            response.headers.add(name: "Cache-Control", value: "no-store")
+            return response
+        case ("POST", 3) where parts[0] == "nodes":
+            let name = String(parts[1])
+            do throws(SupervisorError) {
+                switch parts[2] {
+                case "kill": try supervisor.kill(name)
+                case "stop": try supervisor.stop(name)
+                case "resume": try supervisor.resume(name)
+                case "restart": try supervisor.restart(name)
+                default:
+                    return .error(
+                        status: 404, code: "not_found", message: "unknown action '\(parts[2])'; use kill, stop, resume or restart")
+                }
+            } catch {
+                let status = error.kind == .notFound ? 404 : error.kind == .conflict ? 409 : 500
+                return .error(status: status, code: error.kind.rawValue, message: error.message)
+            }
+            let node = try? supervisor.slot(name)
+            return .json("{\"node\":\(jsonQuoted(name)),\"state\":\(jsonQuoted(node?.state.rawValue ?? "unknown"))}")
+        case (_, 1) where parts[0] == "status", (_, 3) where parts[0] == "nodes":
+            var response = HTTPResponse.error(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on \(path)")
+            response.headers.add(name: "Allow", value: parts.count == 1 ? "GET" : "POST")
+            return response
+        default:
+            return .error(status: 404, code: "not_found", message: "no control endpoint \(method) \(path)")
+        }
+    }
+
+    /// The cluster as JSON (see the type's documentation).
+    static func statusJSON(_ supervisor: ClusterSupervisor) -> String {
+        let configuration = supervisor.configuration
+        let balancer = supervisor.balancer
+        let backends = balancer?.backends ?? []
+        let nodes = supervisor.nodes.map { node -> String in
+            let now = node.snapshot
+            let backend = backends.first { $0.name == node.name }
+            let sessions = now.sessions.map(String.init) ?? "null"
+            return "{\"name\":\(jsonQuoted(node.name)),\"port\":\(node.port),\"pid\":\(now.process.map { "\($0.pid)" } ?? "null"),"
+                + "\"state\":\(jsonQuoted(now.state.rawValue)),\"health\":\(jsonQuoted(backend?.health ?? "unknown")),"
+                + "\"requests\":\(backend?.responses ?? 0),\"sessions\":\(sessions),\"restarts\":\(now.restarts),"
+                + "\"lastExit\":\(now.lastExit.map(jsonQuoted) ?? "null")}"
+        }
+        let strategy = jsonQuoted(configuration.strategy.rawValue)
+        let mode = configuration.strategy == .replicate ? jsonQuoted(configuration.replicationMode) : "null"
+        let redis = supervisor.redisServerInfo.map { "{\"port\":\($0.port),\"pid\":\($0.pid)}" } ?? "null"
+        var totals = "null"
+        if let stats = balancer?.statistics {
+            let fields: [(String, Int)] = [
+                ("requests", stats.requests), ("retries", stats.retries), ("badGateway", stats.badGateway),
+                ("noBackend", stats.noBackend), ("gatewayTimeouts", stats.gatewayTimeouts),
+            ]
+            totals = "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
+        }
+        let head: String = "{\"strategy\":\(strategy),\"replicationMode\":\(mode),\"redis\":\(redis),\"balancer\":\(totals),"
+        return head
+            + "\"nodes\":[\(nodes.joined(separator: ","))]}"
+    }
+}

@@ -1,0 +1,116 @@
+import ArgumentParser
+import ClusterSupervisor
+import Foundation
+import Logging
+import MiniHTTP
+
+extension SessionClusterCommand {
+    /// `session-cluster demo`: a local cluster behind the balancer, with a dashboard.
+    struct Demo: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the cluster demo: nodes behind the balancer, with a dashboard at http://127.0.0.1:8080/.",
+            discussion: """
+                Starts --nodes node processes with one session strategy, the round-robin balancer in \
+                front of them and, for --strategy redis, a private redis-server on a free loopback port. \
+                The dashboard (served by the nodes through the balancer) shows your session and the \
+                cluster, and kills, stops, resumes and restarts nodes; so does the control API under \
+                /_cluster/. Ctrl-C or SIGTERM stops everything the demo started.
+                """)
+
+        @Option(help: "Where sessions live: replicate (peers copy each change; needs nothing), redis (a private redis-server), local (each node its own: sessions break under round robin).")
+        var strategy = "replicate"
+
+        @Option(help: "Number of nodes (1...16).")
+        var nodes = 3
+
+        @Option(help: "The balancer's port (0: a free one).")
+        var port = 8080
+
+        @Option(help: "The balancer's address (numeric).")
+        var host = "127.0.0.1"
+
+        @Option(help: "--strategy replicate: async (answer at once) or sync (answer after the peers acknowledged).")
+        var replicationMode = "async"
+
+        @Option(help: "Keep the nodes' logs here (default: a temporary directory removed at exit).")
+        var logDir: String?
+
+        @Option(help: "The nodes' log level.")
+        var nodeLogLevel = "warning"
+
+        @Option(help: "The demo's own log level.")
+        var logLevel = "notice"
+
+        func run() throws {
+            guard let strategy = ClusterConfiguration.Strategy(rawValue: strategy) else {
+                throw ValidationError(
+                    "unknown strategy '\(self.strategy)'; available: "
+                        + ClusterConfiguration.Strategy.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
+            guard Logger.Level(rawValue: nodeLogLevel) != nil else {
+                throw ValidationError("unknown log level '\(nodeLogLevel)'")
+            }
+            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+            var logger = Logger(label: "demo")
+            logger.logLevel = level
+
+            let configuration = ClusterConfiguration(
+                strategy: strategy, replicationMode: replicationMode, nodeCount: nodes, host: host, port: port,
+                executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path, logDirectory: logDir,
+                nodeLogLevel: nodeLogLevel)
+            let supervisor: ClusterSupervisor
+            do throws(SupervisorError) {
+                supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
+                    print("[\(clock())] \(event)")
+                    fflush(nil)
+                }
+                print("starting \(nodes) node\(nodes == 1 ? "" : "s") (strategy \(strategy.rawValue)) ...")
+                fflush(nil)
+                try supervisor.start()
+            } catch {
+                throw ValidationError(error.message)
+            }
+            let base = "http://\(host.contains(":") ? "[\(host)]" : host):\(supervisor.port)"
+            let nodeList = supervisor.nodePorts.map { "\($0.name) :\($0.port)" }.joined(separator: ", ")
+            print("""
+
+                SessionCluster demo — \(nodes) nodes, strategy '\(strategy.rawValue)'\(strategy == .replicate ? " (\(replicationMode))" : "")
+                  dashboard  \(base)/
+                  nodes      \(nodeList), logs in \(supervisor.logDirectoryPath)
+                  try        curl -c /tmp/sc.jar -b /tmp/sc.jar -X POST \(base)/api/counter    (again: another node answers)
+                             curl -X POST \(base)/_cluster/nodes/node-1/kill                  (then count on)
+                             curl \(base)/_cluster/status
+                  \(Self.expectation(strategy))
+                Ctrl-C stops everything.
+
+                """)
+            fflush(nil)
+            let signal = waitForTerminationSignal()
+            print("[\(clock())] signal \(signal): stopping the balancer, the nodes\(strategy == .redis ? " and redis-server" : "")")
+            fflush(nil)
+            supervisor.shutdown()
+            print("[\(clock())] stopped")
+        }
+
+        static func expectation(_ strategy: ClusterConfiguration.Strategy) -> String {
+            switch strategy {
+            case .replicate: "expect      sessions survive a killed node: every node holds a copy"
+            case .redis: "expect      sessions survive a killed node: they live in Redis"
+            case .local: "expect      sessions break: each node knows only its own (the control experiment)"
+            }
+        }
+    }
+}
+
+/// Wall-clock time of day, HH:MM:SS.mmm.
+private func clock() -> String {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    var parts = tm()
+    var seconds = now.tv_sec
+    localtime_r(&seconds, &parts)
+    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    let millis = Int(now.tv_nsec / 1_000_000)
+    return "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(String(repeating: "0", count: 3 - String(millis).count))\(millis)"
+}

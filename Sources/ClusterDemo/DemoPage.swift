@@ -1,42 +1,436 @@
-/// The page a node serves at `/`: this browser's session, and buttons that change it.
+/// The dashboard every node serves at `/`, reached through the balancer: this
+/// browser's session (which node answered, count, user, a log of the last
+/// requests) and, when a supervisor runs the cluster, a live panel of its nodes
+/// with buttons that kill, stop, resume and restart them.
+///
+/// Plain HTML, CSS and JavaScript: no external fetches, usable at phone width.
+/// Element ids and `data-*` attributes are a contract with the browser test
+/// (Tests/ClusterDemoTests/DashboardBrowserTests.swift): `count`, `user`,
+/// `node`, `inc`, `name`, `login`, `logout`, `status`, `cluster`, and per node
+/// `[data-node=NAME]` holding `[data-field=state|health|requests|sessions]`
+/// and `[data-action=kill|stop|resume|restart]`.
 enum DemoPage {
-    static let html = """
+    static let html = #"""
         <!doctype html>
         <html lang="en"><head><meta charset="utf-8">
         <meta name="viewport" content="width=device-width, initial-scale=1">
-        <title>SessionCluster node</title>
+        <meta name="color-scheme" content="light dark">
+        <title>SessionCluster demo</title>
         <style>
-        body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;color:#1d232a}
-        .card{border:1px solid #d0d7de;border-radius:.5rem;padding:1rem;margin:1rem 0}
-        .big{font-size:2.5rem;font-weight:700}
-        button{font-size:1rem;padding:.5rem .9rem;margin:.2rem;border-radius:.4rem;border:1px solid #888;background:#f6f8fa}
-        input{font-size:1rem;padding:.45rem;width:10rem}
-        code{background:#f6f8fa;padding:.1rem .3rem}
+        :root{--bg:#f5f7fa;--card:#fff;--fg:#1d232a;--muted:#5b6672;--line:#d8dee4;--accent:#0b63ce;
+          --ok:#1a7f37;--ok-bg:#dafbe1;--warn:#9a6700;--warn-bg:#fff3c4;--bad:#b42318;--bad-bg:#ffe1de;
+          --info:#0b63ce;--info-bg:#ddeeff;--flash:#fff1a8}
+        @media (prefers-color-scheme:dark){:root{--bg:#0e1116;--card:#161b22;--fg:#e6edf3;--muted:#9aa6b2;--line:#30363d;
+          --accent:#58a6ff;--ok:#56d364;--ok-bg:#12351d;--warn:#e3b341;--warn-bg:#3b2e05;--bad:#ff7b72;--bad-bg:#4a1511;
+          --info:#79c0ff;--info-bg:#0c2d5a;--flash:#5a4a00}}
+        *{box-sizing:border-box}
+        [hidden]{display:none!important}
+        body{margin:0;background:var(--bg);color:var(--fg);font:16px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
+        main{max-width:64rem;margin:0 auto;padding:1rem .75rem 2rem}
+        h1{font-size:1.35rem;margin:.25rem 0}
+        h2{font-size:1.05rem;margin:0 0 .6rem}
+        h3{font-size:1rem;margin:0}
+        p{margin:.3rem 0}
+        .lead{color:var(--muted);margin-bottom:1rem}
+        .grid{display:grid;gap:1rem;grid-template-columns:minmax(0,1fr);align-items:start}
+        @media (min-width:52rem){.grid{grid-template-columns:minmax(20rem,24rem) minmax(0,1fr)}}
+        section.panel{background:var(--card);border:1px solid var(--line);border-radius:.75rem;padding:1rem}
+        code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.92em}
+        .answered{display:flex;flex-wrap:wrap;align-items:baseline;gap:.4rem;margin-bottom:.6rem}
+        #node{font-weight:700;font-size:1.15rem;padding:.05rem .45rem;border-radius:.35rem;background:var(--info-bg);color:var(--info)}
+        #node.changed{animation:flash 1.2s ease-out}
+        @keyframes flash{0%{background:var(--flash);transform:scale(1.12)}100%{background:var(--info-bg);transform:none}}
+        #node-prev{color:var(--muted);font-size:.9rem}
+        .stats{display:flex;gap:1.5rem;flex-wrap:wrap;margin:.4rem 0 .8rem}
+        .stat .label{display:block;color:var(--muted);font-size:.85rem}
+        #count{font-size:2.6rem;font-weight:750;line-height:1.1;font-variant-numeric:tabular-nums}
+        #user{font-size:1.3rem;font-weight:600;display:inline-block;margin-top:.6rem;word-break:break-all}
+        #user.nobody{color:var(--muted);font-weight:400;font-style:italic}
+        .row{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center;margin:.5rem 0}
+        button{font:inherit;font-size:.95rem;padding:.45rem .85rem;border-radius:.5rem;border:1px solid var(--line);
+          background:var(--bg);color:var(--fg);cursor:pointer;min-height:2.4rem}
+        button:hover:not(:disabled){border-color:var(--accent)}
+        button:focus-visible,input:focus-visible{outline:3px solid var(--accent);outline-offset:1px}
+        button:disabled{opacity:.45;cursor:not-allowed}
+        button.primary{background:var(--accent);border-color:var(--accent);color:#fff;font-weight:600}
+        button.danger{color:var(--bad)}
+        input{font:inherit;padding:.45rem .6rem;border-radius:.5rem;border:1px solid var(--line);background:var(--card);color:var(--fg);
+          min-height:2.4rem;flex:1 1 8rem;min-width:0}
+        label.inline{font-size:.9rem;color:var(--muted)}
+        #status{min-height:1.5em;margin:.6rem 0 0;padding:.35rem .6rem;border-radius:.4rem;font-size:.92rem;word-break:break-word}
+        #status:empty{padding:0}
+        #status.error{background:var(--bad-bg);color:var(--bad)}
+        #status.ok{background:var(--ok-bg);color:var(--ok)}
+        details{margin-top:.8rem}
+        summary{cursor:pointer;color:var(--muted);font-size:.92rem}
+        table{width:100%;border-collapse:collapse;font-size:.82rem;margin-top:.4rem}
+        th,td{text-align:left;padding:.2rem .3rem;border-bottom:1px solid var(--line);white-space:nowrap}
+        th{color:var(--muted);font-weight:600}
+        td.path{white-space:normal;word-break:break-all}
+        td.num{text-align:right;font-variant-numeric:tabular-nums}
+        tr.auto td{color:var(--muted)}
+        tr.fail td.st{color:var(--bad);font-weight:700}
+        .meta{display:flex;flex-wrap:wrap;gap:.4rem;align-items:center;margin-bottom:.6rem}
+        .badge{display:inline-block;padding:.05rem .5rem;border-radius:1rem;font-size:.8rem;font-weight:600;
+          background:var(--bg);color:var(--muted);border:1px solid var(--line)}
+        .b-running,.b-up{background:var(--ok-bg);color:var(--ok);border-color:transparent}
+        .b-stopped,.b-draining{background:var(--warn-bg);color:var(--warn);border-color:transparent}
+        .b-dead,.b-down{background:var(--bad-bg);color:var(--bad);border-color:transparent}
+        .b-restarting,.b-starting{background:var(--info-bg);color:var(--info);border-color:transparent}
+        .counters{font-size:.85rem;color:var(--muted)}
+        .counters b{color:var(--fg);font-variant-numeric:tabular-nums}
+        #nodes{display:grid;gap:.7rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,14rem),1fr))}
+        .nodecard{border:1px solid var(--line);border-radius:.6rem;padding:.7rem;background:var(--card);transition:border-color .3s}
+        .nodecard.you{border-color:var(--accent);box-shadow:0 0 0 1px var(--accent)}
+        .nodecard.gone{opacity:.8}
+        .nodecard header{display:flex;justify-content:space-between;align-items:center;gap:.4rem;margin-bottom:.35rem}
+        .youtag{font-size:.72rem;font-weight:700;color:var(--accent);text-transform:uppercase;letter-spacing:.03em}
+        .nodecard dl{display:grid;grid-template-columns:repeat(3,1fr);gap:.25rem .5rem;margin:.5rem 0}
+        .nodecard dt{font-size:.72rem;color:var(--muted)}
+        .nodecard dd{margin:0;font-weight:600;font-variant-numeric:tabular-nums}
+        .exit{font-size:.8rem;color:var(--bad)}
+        .actions{display:grid;grid-template-columns:repeat(4,1fr);gap:.3rem}
+        .actions button{padding:.35rem .2rem;font-size:.82rem;min-height:2.2rem}
+        .note{color:var(--muted);font-size:.92rem}
+        .live{display:inline-block;width:.55rem;height:.55rem;border-radius:50%;background:var(--ok);margin-right:.3rem}
+        .live.stale{background:var(--bad)}
+        #hint{font-size:.9rem;color:var(--muted);margin-top:.6rem}
         </style></head><body>
+        <main>
         <h1>SessionCluster</h1>
-        <div class="card">
-          <div>Answered by <code id="node">?</code></div>
-          <div>Count <span class="big" id="count">0</span></div>
-          <div>User <code id="user">nobody</code></div>
-          <button id="inc">Increment</button>
-          <input id="name" placeholder="name" maxlength="64"><button id="login">Log in</button>
-          <button id="logout">Log out</button>
+        <p class="lead">Every request goes through a round-robin balancer to one of the nodes.
+        Watch <em>Answered by</em> change while your count stays: the session lives in the cluster, not in one node.</p>
+        <div class="grid">
+        <section class="panel" aria-labelledby="session-h">
+          <h2 id="session-h">Your session</h2>
+          <div class="answered" aria-live="polite">
+            <span>Answered by</span> <span id="node" class="mono" title="The node that answered this browser's last request">—</span>
+            <span id="node-prev"></span>
+          </div>
+          <div class="stats">
+            <div class="stat"><span class="label" id="count-label">Count</span><span id="count" aria-labelledby="count-label">0</span></div>
+            <div class="stat"><span class="label" id="user-label">User</span><span id="user" class="nobody" aria-labelledby="user-label">nobody</span></div>
+          </div>
+          <div class="row">
+            <button id="inc" class="primary" type="button">Increment</button>
+            <button id="logout" type="button">Log out</button>
+            <button id="refresh" type="button" title="GET /api/session">Refresh</button>
+          </div>
+          <form id="login-form" class="row" autocomplete="off">
+            <label for="name" class="inline">Name</label>
+            <input id="name" name="name" maxlength="64" placeholder="ada" aria-describedby="login-help">
+            <button id="login" type="submit">Log in</button>
+          </form>
+          <p id="login-help" class="note" hidden>Logging in gives the session a new ID and keeps its count.</p>
+          <p id="status" role="status" aria-live="polite"></p>
+          <details open>
+            <summary>Last requests</summary>
+            <table aria-label="The last requests of this page">
+              <thead><tr><th scope="col">Method</th><th scope="col">Path</th><th scope="col">Status</th><th scope="col">Node</th><th scope="col" class="num">ms</th></tr></thead>
+              <tbody id="log"></tbody>
+            </table>
+          </details>
+        </section>
+        <section class="panel" id="cluster" aria-labelledby="cluster-h">
+          <h2 id="cluster-h"><span class="live stale" id="live" aria-hidden="true"></span>Cluster</h2>
+          <div class="meta">
+            <span class="badge" id="strategy" title="Where sessions live">strategy ?</span>
+            <span class="badge" id="mode" title="Replication mode" hidden></span>
+            <span class="counters" id="balancer" aria-label="Balancer counters"></span>
+          </div>
+          <p class="note" id="cluster-error" role="alert" hidden></p>
+          <div id="nodes" aria-live="off"></div>
+          <p id="hint"></p>
+        </section>
         </div>
-        <p id="status"></p>
+        <p class="note" id="cluster-note" hidden>No cluster panel: this node runs without the supervisor (start it with <code>session-cluster demo</code>).</p>
+        </main>
         <script>
+        'use strict';
         const $ = id => document.getElementById(id);
-        function show(s){ $('node').textContent=s.node; $('count').textContent=s.count; $('user').textContent=s.user??'nobody'; }
-        async function call(method, path, body){
-          const r = await fetch(path,{method,headers:{'Content-Type':'application/json'},body:body?JSON.stringify(body):undefined,credentials:'same-origin'});
-          const j = await r.json();
-          $('status').textContent = r.ok ? '' : (j.message || ('HTTP '+r.status));
-          if (r.ok) { show(j); }
-          return j;
+        const TIMEOUT_MS = 5000, LOG_SIZE = 10, CLUSTER_EVERY_MS = 1000, SESSION_EVERY_MS = 2000, STANDALONE_EVERY_MS = 15000;
+        const ui = {epoch: 0, busy: 0, queue: Promise.resolve(), node: null, auto: false, cards: new Map(), clusterTimer: 0, clusterBusy: false, sessionTimer: 0};
+        const HINTS = {
+          replicate: 'Every node keeps a copy of every session. Kill the node that answered you, then increment: the count goes on.',
+          redis: 'Sessions live in Redis; nodes keep nothing. Kill any node, then increment: the count goes on.',
+          local: 'Each node keeps its own sessions, so round robin breaks them: watch the count change with the node.'
+        };
+
+        // One request: never throws, never trusts the body to be JSON.
+        async function request(method, path, body) {
+          const started = performance.now();
+          const ctl = new AbortController();
+          const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
+          const res = {method, path, status: 0, data: null, text: '', served: null, error: null, ok: false, ms: 0};
+          try {
+            const init = {method, credentials: 'same-origin', cache: 'no-store', signal: ctl.signal, headers: {Accept: 'application/json'}};
+            if (body !== undefined) { init.headers['Content-Type'] = 'application/json'; init.body = JSON.stringify(body); }
+            const r = await fetch(path, init);
+            res.status = r.status;
+            res.served = r.headers.get('X-Served-By');
+            res.text = await r.text();
+            try { res.data = JSON.parse(res.text); } catch (_) { res.data = null; }
+          } catch (e) {
+            res.error = e && e.name === 'AbortError' ? 'no answer within ' + (TIMEOUT_MS / 1000) + ' s' : 'network error' + (e && e.message ? ': ' + e.message : '');
+          } finally {
+            clearTimeout(timer);
+          }
+          res.ms = Math.round(performance.now() - started);
+          res.ok = res.status >= 200 && res.status < 300 && res.data !== null && typeof res.data === 'object';
+          return res;
         }
-        $('inc').onclick = () => call('POST','/api/counter').then(() => call('GET','/api/session'));
-        $('login').onclick = () => call('POST','/api/login',{user:$('name').value});
-        $('logout').onclick = () => call('POST','/api/logout');
-        call('GET','/api/session');
-        </script></body></html>
-        """
+
+        // The message of an error answer, whatever its shape.
+        function problem(res) {
+          if (res.error) return res.error;
+          const d = res.data, parts = [];
+          if (d && typeof d === 'object') {
+            const e = d.error;
+            if (e && typeof e === 'object') { if (e.message) parts.push(String(e.message)); if (e.code) parts.push('(' + e.code + ')'); }
+            else { if (typeof d.message === 'string') parts.push(d.message); if (typeof e === 'string') parts.push('(' + e + ')'); }
+          }
+          if (!parts.length) {
+            const t = res.text.trim();
+            parts.push(!t ? 'empty answer' : res.data === null ? 'not JSON: ' + (t.length > 100 ? t.slice(0, 100) + '…' : t) : 'unexpected answer');
+          }
+          return (res.status ? 'HTTP ' + res.status + ' — ' : '') + parts.join(' ');
+        }
+
+        function setStatus(text, kind, auto) {
+          const s = $('status');
+          s.textContent = text;
+          s.className = text ? kind : '';
+          ui.auto = !!auto;
+        }
+
+        function addLog(res, node, auto) {
+          const tr = document.createElement('tr');
+          if (auto) tr.className = 'auto';
+          if (!res.ok) tr.className += ' fail';
+          const cells = [[res.method, ''], [res.path + (auto ? ' (auto)' : ''), 'path'], [res.status || 'ERR', 'st'], [node || '—', 'mono'], [res.ms, 'num']];
+          for (const [text, cls] of cells) { const td = document.createElement('td'); td.textContent = text; if (cls) td.className = cls; tr.append(td); }
+          if (!res.ok) tr.title = problem(res);
+          const log = $('log');
+          log.prepend(tr);
+          while (log.rows.length > LOG_SIZE) log.deleteRow(-1);
+        }
+
+        function showNode(node) {
+          if (!node || node === ui.node) return;
+          const el = $('node');
+          if (ui.node) {
+            $('node-prev').textContent = '(was ' + ui.node + ')';
+            el.classList.remove('changed'); void el.offsetWidth; el.classList.add('changed');
+          }
+          ui.node = node;
+          el.textContent = node;
+          for (const [name, card] of ui.cards) markYou(card, name === node);
+        }
+
+        function showSession(d) {
+          if (typeof d.count === 'number') $('count').textContent = d.count;
+          if ('user' in d) {
+            const u = $('user');
+            u.textContent = d.user == null ? 'nobody' : String(d.user);
+            u.classList.toggle('nobody', d.user == null);
+          }
+        }
+
+        // A session API call. The user's calls run one at a time, in order: two
+        // quick clicks before the first answer set the cookie would otherwise
+        // start two sessions. An automatic refresh is shown only when no call
+        // of the user's ran meanwhile (its answer may predate theirs).
+        async function sessionCall(method, path, body, auto, done) {
+          const epoch = ui.epoch;
+          if (!auto) { ui.busy++; ui.epoch++; }
+          const res = await request(method, path, body);
+          if (!auto) { ui.busy--; ui.epoch++; }
+          const node = res.data && typeof res.data.node === 'string' ? res.data.node : res.served;
+          addLog(res, node, auto);
+          showNode(node);
+          if (res.ok) {
+            if (!auto || (ui.busy === 0 && ui.epoch === epoch)) showSession(res.data);
+            if (!auto && done) setStatus(done(res.data), 'ok');
+            else if (auto && ui.auto) setStatus('', '');
+          } else if (!auto || !$('status').textContent || ui.auto) {
+            setStatus(method + ' ' + path + ': ' + problem(res), 'error', auto);
+          }
+          return res;
+        }
+
+        function userCall(method, path, body, done) {
+          const run = () => sessionCall(method, path, body, false, done);
+          ui.queue = ui.queue.then(run, run);
+          return ui.queue;
+        }
+
+        $('inc').addEventListener('click', () => userCall('POST', '/api/counter', undefined,
+          d => 'Incremented to ' + d.count + ' by ' + d.node));
+        $('logout').addEventListener('click', () => userCall('POST', '/api/logout', undefined,
+          d => 'Logged out by ' + d.node + '; the session is gone'));
+        $('refresh').addEventListener('click', () => userCall('GET', '/api/session', undefined,
+          d => 'Read by ' + d.node));
+        $('name').addEventListener('input', () => {
+          const n = $('name').value.trim();
+          $('login').textContent = n ? 'Log in as ' + (n.length > 16 ? n.slice(0, 16) + '…' : n) : 'Log in';
+          $('login-help').hidden = !n;
+        });
+        $('login-form').addEventListener('submit', e => {
+          e.preventDefault();
+          const name = $('name').value.trim();
+          if (!name) { setStatus('Type a name to log in.', 'error'); $('name').focus(); return; }
+          userCall('POST', '/api/login', {user: name}, d => 'Logged in as ' + d.user + ' by ' + d.node);
+        });
+
+        function scheduleSession() {
+          clearTimeout(ui.sessionTimer);
+          ui.sessionTimer = setTimeout(async () => {
+            if (!document.hidden) await sessionCall('GET', '/api/session', undefined, true);
+            scheduleSession();
+          }, SESSION_EVERY_MS);
+        }
+
+        // --- The cluster panel ---
+        const ACTIONS = [
+          ['kill', 'Kill', 'SIGKILL: the process dies at once', s => s === 'running' || s === 'stopped'],
+          ['stop', 'Stop', 'SIGSTOP: the process freezes, its connections hang', s => s === 'running'],
+          ['resume', 'Resume', 'SIGCONT: a stopped process goes on', s => s === 'stopped'],
+          ['restart', 'Restart', 'Start the node again (kills it first if it runs)', s => s !== 'restarting']
+        ];
+        const FIELDS = [['requests', 'Requests'], ['sessions', 'Sessions'], ['pid', 'PID'], ['port', 'Port'], ['restarts', 'Restarts']];
+
+        function badgeClass(v) { return 'badge b-' + String(v).toLowerCase().replace(/[^a-z]/g, ''); }
+
+        function makeCard(name) {
+          const card = document.createElement('article');
+          card.className = 'nodecard';
+          card.dataset.node = name;
+          card.setAttribute('aria-label', 'Node ' + name);
+          const head = document.createElement('header');
+          const h = document.createElement('h3'); h.className = 'mono'; h.textContent = name;
+          const tag = document.createElement('span'); tag.className = 'youtag'; tag.textContent = 'answered you'; tag.hidden = true;
+          head.append(h, tag);
+          const badges = document.createElement('div'); badges.className = 'meta';
+          for (const f of ['state', 'health']) {
+            const b = document.createElement('span'); b.dataset.field = f; b.className = 'badge'; b.title = f; badges.append(b);
+          }
+          const dl = document.createElement('dl');
+          for (const [f, label] of FIELDS) {
+            const div = document.createElement('div');
+            const dt = document.createElement('dt'); dt.textContent = label;
+            const dd = document.createElement('dd'); dd.dataset.field = f; dd.textContent = '—';
+            div.append(dt, dd); dl.append(div);
+          }
+          const exit = document.createElement('p'); exit.className = 'exit'; exit.dataset.field = 'lastExit'; exit.hidden = true;
+          const actions = document.createElement('div'); actions.className = 'actions';
+          for (const [action, label, title] of ACTIONS) {
+            const b = document.createElement('button');
+            b.type = 'button'; b.dataset.action = action; b.textContent = label; b.title = title;
+            b.setAttribute('aria-label', label + ' ' + name);
+            if (action === 'kill' || action === 'stop') b.className = 'danger';
+            actions.append(b);
+          }
+          card.append(head, badges, dl, exit, actions);
+          return card;
+        }
+
+        function markYou(card, yes) {
+          card.classList.toggle('you', yes);
+          card.querySelector('.youtag').hidden = !yes;
+        }
+
+        function field(card, name) { return card.querySelector('[data-field="' + name + '"]'); }
+
+        function updateCard(card, n) {
+          const state = String(n.state ?? 'unknown'), health = String(n.health ?? 'unknown');
+          const st = field(card, 'state'), he = field(card, 'health');
+          st.textContent = state; st.className = badgeClass(state);
+          he.textContent = health; he.className = badgeClass(health);
+          for (const [f] of FIELDS) field(card, f).textContent = n[f] == null ? '—' : String(n[f]);
+          const exit = field(card, 'lastExit');
+          exit.textContent = n.lastExit ? 'Last exit: ' + n.lastExit : '';
+          exit.hidden = !n.lastExit;
+          card.classList.toggle('gone', state === 'dead');
+          const busy = card.dataset.busy === '1';
+          for (const [action, , , allowed] of ACTIONS) card.querySelector('[data-action="' + action + '"]').disabled = busy || !allowed(state);
+          markYou(card, n.name === ui.node);
+        }
+
+        function renderCluster(s) {
+          $('cluster').hidden = false;
+          $('cluster-note').hidden = true;
+          $('cluster-error').hidden = true;
+          $('live').classList.remove('stale');
+          $('strategy').textContent = 'strategy ' + (s.strategy ?? '?');
+          const mode = $('mode');
+          mode.hidden = !s.replicationMode;
+          mode.textContent = s.replicationMode ? s.replicationMode + ' replication' : '';
+          const b = s.balancer || {};
+          const counters = $('balancer');
+          counters.textContent = '';
+          for (const [k, label] of [['requests', 'requests'], ['retries', 'retries'], ['badGateway', '502s'], ['noBackend', '503s']]) {
+            if (b[k] == null) continue;
+            const strong = document.createElement('b'); strong.textContent = b[k];
+            counters.append(strong, ' ' + label + '  ');
+          }
+          $('hint').textContent = HINTS[s.strategy] || '';
+          const grid = $('nodes'), seen = new Set();
+          for (const n of s.nodes) {
+            if (!n || typeof n.name !== 'string') continue;
+            seen.add(n.name);
+            let card = ui.cards.get(n.name);
+            if (!card) { card = makeCard(n.name); ui.cards.set(n.name, card); grid.append(card); }
+            updateCard(card, n);
+          }
+          for (const [name, card] of ui.cards) if (!seen.has(name)) { card.remove(); ui.cards.delete(name); }
+        }
+
+        async function pollCluster() {
+          clearTimeout(ui.clusterTimer);
+          if (ui.clusterBusy) return;
+          ui.clusterBusy = true;
+          let next = CLUSTER_EVERY_MS;
+          try {
+            if (document.hidden) return;
+            const res = await request('GET', '/_cluster/status');
+            if (res.ok && Array.isArray(res.data.nodes)) {
+              renderCluster(res.data);
+            } else if (res.status === 404 || (res.status && res.data === null) || (res.ok && !Array.isArray(res.data.nodes))) {
+              // A node run on its own: no supervisor behind this address.
+              $('cluster').hidden = true;
+              $('cluster-note').hidden = false;
+              next = STANDALONE_EVERY_MS;
+            } else {
+              $('live').classList.add('stale');
+              const e = $('cluster-error');
+              e.textContent = 'Cluster status unavailable: ' + problem(res);
+              e.hidden = false;
+            }
+          } finally {
+            ui.clusterBusy = false;
+            ui.clusterTimer = setTimeout(pollCluster, next);
+          }
+        }
+
+        $('nodes').addEventListener('click', async e => {
+          const button = e.target.closest('button[data-action]');
+          const card = button && button.closest('[data-node]');
+          if (!card || button.disabled) return;
+          const name = card.dataset.node, action = button.dataset.action;
+          card.dataset.busy = '1';
+          for (const b of card.querySelectorAll('button')) b.disabled = true;
+          const res = await request('POST', '/_cluster/nodes/' + encodeURIComponent(name) + '/' + action);
+          delete card.dataset.busy;
+          addLog(res, res.data && res.data.node, false);
+          if (res.ok) setStatus(name + ': ' + action + ' → ' + (res.data.state ?? 'done'), 'ok');
+          else setStatus(action + ' ' + name + ': ' + problem(res), 'error');
+          pollCluster();
+        });
+
+        sessionCall('GET', '/api/session', undefined, true).then(scheduleSession);
+        pollCluster();
+        document.addEventListener('visibilitychange', () => { if (!document.hidden) pollCluster(); });
+        </script>
+        </body></html>
+        """#
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build in release mode and run the demo; extra arguments go to
-# `session-cluster demo` (e.g. scripts/demo.sh --port 8099).
+# Build in release mode and run the cluster demo: nodes behind the balancer,
+# dashboard at http://127.0.0.1:8080/. Extra arguments go to
+# `session-cluster demo` (e.g. scripts/demo.sh --strategy redis --nodes 4).
 # SCRATCH_PATH (default .build) is SwiftPM's build directory.
 set -euo pipefail
 
@@ -13,7 +14,12 @@ source "$script_dir/ensure-packages.sh"
 SCRATCH_PATH=${SCRATCH_PATH:-.build}
 
 echo "==> checking packages and Swift"
-ensure_packages libhiredis-dev curl
+packages=(libhiredis-dev curl)
+# --strategy redis starts a private redis-server.
+if [[ " $* " == *" redis "* || " $* " == *"--strategy=redis"* ]]; then
+    packages+=(redis-server)
+fi
+ensure_packages "${packages[@]}"
 ensure_swift
 
 echo "==> building session-cluster (release, scratch path $SCRATCH_PATH)"

@@ -1,1 +1,0 @@
-// The failover benchmark (issue 7): being written.

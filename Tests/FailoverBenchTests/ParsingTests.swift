@@ -1,0 +1,203 @@
+import FailoverBench
+import Testing
+
+struct FaultPlanTests {
+    @Test(arguments: [
+        ("kill:node2@10s", Fault(kind: .kill, node: "node2", atMillis: 10_000)),
+        ("restart:node2@20s", Fault(kind: .restart, node: "node2", atMillis: 20_000)),
+        ("stop:node3@12s-15s", Fault(kind: .stop, node: "node3", atMillis: 12_000, untilMillis: 15_000)),
+        ("kill:n-1.a_b@1.5s", Fault(kind: .kill, node: "n-1.a_b", atMillis: 1_500)),
+        ("kill:node1@500ms", Fault(kind: .kill, node: "node1", atMillis: 500)),
+        ("kill:node1@7", Fault(kind: .kill, node: "node1", atMillis: 7_000)),
+        ("restart:node1@2m", Fault(kind: .restart, node: "node1", atMillis: 120_000)),
+        ("stop:x@0s-250ms", Fault(kind: .stop, node: "x", atMillis: 0, untilMillis: 250)),
+    ])
+    func goodFaultsParse(spec: String, expected: Fault) throws {
+        #expect(try Fault.parse(spec) == expected)
+        // The canonical spelling parses back to the same fault.
+        #expect(try Fault.parse(expected.description) == expected)
+    }
+
+    @Test(arguments: [
+        ("node2@10s", "expected ACTION:NODE@TIME"),
+        ("pause:node2@10s", "unknown action 'pause'"),
+        ("kill:node2", "missing @TIME"),
+        ("kill:@10s", "missing node name"),
+        ("kill:node 2@10s", "may only hold"),
+        ("kill:node2@", "is not a time"),
+        ("kill:node2@ten", "is not a time"),
+        ("kill:node2@10h", "is not a time"),
+        ("kill:node2@-1s", "is not a time"),
+        ("kill:node2@10s-12s", "only stop takes a window"),
+        ("stop:node3@12s", "stop needs a window"),
+        ("stop:node3@15s-12s", "must end after it starts"),
+        ("stop:node3@12s-x", "is not a time"),
+        ("kill:node2@99999s", "is not a time"),
+    ])
+    func badFaultsSayWhy(spec: String, reason: String) {
+        #expect {
+            _ = try Fault.parse(spec)
+        } throws: { error in
+            guard let error = error as? FaultPlanError else { return false }
+            return error.spec == spec && error.reason.contains(reason) && error.description.contains(spec)
+        }
+    }
+
+    @Test func stepsAreInTimeOrderAndAStopEndsWithAResume() throws {
+        let plan = try FaultPlan(parsing: ["restart:node2@20s", "kill:node2@10s", "stop:node3@12s-15s"])
+        #expect(plan.steps == [
+            FaultStep(atMillis: 10_000, action: .kill, node: "node2"),
+            FaultStep(atMillis: 12_000, action: .stop, node: "node3"),
+            FaultStep(atMillis: 15_000, action: .resume, node: "node3"),
+            FaultStep(atMillis: 20_000, action: .restart, node: "node2"),
+        ])
+    }
+
+    @Test func overlappingStopsOfOneNodeAndFaultsBeyondTheRunAreRejected() throws {
+        #expect(throws: FaultPlanError.self) { try FaultPlan(parsing: ["stop:n@1s-5s", "stop:n@4s-6s"]) }
+        _ = try FaultPlan(parsing: ["stop:n@1s-5s", "stop:m@4s-6s", "stop:n@5s-6s"])
+        let plan = try FaultPlan(parsing: ["kill:n@10s", "stop:m@12s-31s"])
+        #expect(throws: FaultPlanError.self) { try plan.validate(durationMillis: 30_000) }
+        try plan.validate(durationMillis: 32_000)
+        let target = try BenchTarget(baseURL: "http://127.0.0.1:8080")
+        #expect(throws: BenchConfigurationError.self) {
+            try BenchConfiguration(target: target, durationSeconds: 30, faults: plan).validate()
+        }
+    }
+}
+
+struct SessionCheckerTests {
+    /// Feeds writes (`w5`: a write answered 5; `w?`: a write without a count; `wx`: a write that failed),
+    /// and reads (`r5`, `r?`) and returns the kinds.
+    private func check(_ script: String) -> [AnswerKind?] {
+        var checker = SessionChecker()
+        return script.split(separator: " ").map { step -> AnswerKind? in
+            let value = Int(step.dropFirst())
+            switch step.first {
+            case "w" where step == "wx":
+                checker.writeFailed()
+                return nil
+            case "w": return checker.checkWrite(count: value)
+            default: return checker.checkRead(count: value)
+            }
+        }
+    }
+
+    @Test func consistentAnswersAreSuccesses() {
+        #expect(check("r0 w1 w2 w3 r3 w4 r4 r4") == Array(repeating: .success, count: 8))
+    }
+
+    @Test func aCounterBackAtOneIsALostSessionAndTheExpectationFollowsTheServer() {
+        #expect(check("w1 w2 w3 w1 w2 r2") == [.success, .success, .success, .lostSession, .success, .success])
+        // Even after one confirmed increment.
+        #expect(check("w1 w1") == [.success, .lostSession])
+    }
+
+    @Test func aReadWithoutSessionIsOneLostSessionNotCountedAgainByTheNextWrite() {
+        #expect(check("w1 w2 r0 r? w1 w2") == [.success, .success, .lostSession, .success, .success, .success])
+        // The session came back: the next write is judged against the old expectation.
+        #expect(check("w1 w2 r0 w3") == [.success, .success, .lostSession, .success])
+        // A fresh session that answers 2 at once is a duplicate.
+        #expect(check("w1 w2 r0 w2") == [.success, .success, .lostSession, .duplicate])
+    }
+
+    @Test func aMissingIncrementIsALostUpdate() {
+        #expect(check("w1 w2 w3 w4 w5 w5 w6") == [.success, .success, .success, .success, .success, .lostUpdate, .success])
+        #expect(check("w1 w2 w3 w4 w5 w3 w4") == [.success, .success, .success, .success, .success, .lostUpdate, .success])
+    }
+
+    @Test func anIncrementAppliedTwiceIsADuplicate() {
+        #expect(check("w2") == [.duplicate])
+        #expect(check("w1 w2 w4 w5") == [.success, .success, .duplicate, .success])
+    }
+
+    @Test func failedWritesMayOrMayNotHaveBeenApplied() {
+        // Applied: the next write answers one more than expected.
+        #expect(check("w1 wx w3") == [.success, nil, .success])
+        // Not applied.
+        #expect(check("w1 wx w2") == [.success, nil, .success])
+        // Two failed writes allow two more, not three.
+        #expect(check("w1 wx wx w4 w5") == [.success, nil, nil, .success, .success])
+        #expect(check("w1 wx wx w5") == [.success, nil, nil, .duplicate])
+        // A read that shows a failed write confirms it.
+        #expect(check("w1 wx r2 w3") == [.success, nil, .success, .success])
+    }
+
+    @Test func aReadBelowTheLastWriteIsStaleAndChangesNothing() {
+        #expect(check("w1 w2 w3 r2 w4 r1 r4") == [.success, .success, .success, .staleRead, .success, .staleRead, .success])
+        // A stale read that was real data loss shows as a lost update on the next write.
+        #expect(check("w1 w2 w3 r2 w3") == [.success, .success, .success, .staleRead, .lostUpdate])
+    }
+
+    @Test func answersWithoutAUsableCountAreErrors() {
+        #expect(check("w1 w? w3 r-1") == [.success, .error, .success, .error])
+        #expect(check("w0") == [.error])
+    }
+}
+
+struct CookieJarTests {
+    @Test func storesReplacesAndSendsCookies() {
+        var jar = CookieJar()
+        #expect(jar.cookieHeader() == nil)
+        jar.store(setCookie: "sid=abc; Path=/; HttpOnly; SameSite=Lax")
+        jar.store(setCookie: "theme=\"dark\"")
+        #expect(jar.cookieHeader() == "sid=abc; theme=dark")
+        jar.store(setCookie: "sid=def; Path=/")
+        #expect(jar.cookieHeader() == "theme=dark; sid=def")
+        #expect(jar.value(of: "sid") == "def")
+        jar.store(setCookie: "no equals sign")
+        jar.store(setCookie: "=nameless")
+        #expect(jar.cookieHeader() == "theme=dark; sid=def")
+    }
+
+    @Test func maxAgeZeroAndPastExpiresDelete() {
+        var jar = CookieJar()
+        jar.store(setCookie: "a=1")
+        jar.store(setCookie: "b=2")
+        jar.store(setCookie: "c=3")
+        jar.store(setCookie: "a=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT")
+        jar.store(setCookie: "b=x; expires=Sunday, 06-Nov-94 08:49:37 GMT")
+        #expect(jar.cookieHeader() == "c=3")
+        // Max-Age wins over Expires.
+        jar.store(setCookie: "d=4; Max-Age=60; Expires=Thu, 01 Jan 1970 00:00:00 GMT")
+        #expect(jar.value(of: "d") == "4")
+    }
+
+    @Test func cookiesExpireWithTime() {
+        var jar = CookieJar()
+        jar.store(setCookie: "a=1; Max-Age=10", now: 1_000)
+        jar.store(setCookie: "b=2; Expires=Thu, 01 Jan 1970 00:20:00 GMT", now: 1_000)
+        #expect(jar.cookieHeader(now: 1_005) == "a=1; b=2")
+        #expect(jar.cookieHeader(now: 1_010) == "b=2")
+        #expect(jar.cookieHeader(now: 1_200) == nil)
+    }
+}
+
+struct BenchTargetTests {
+    @Test func loopbackURLsWithOptionalPrefix() throws {
+        let t = try BenchTarget(baseURL: "http://127.0.0.1:8080")
+        #expect(t.port == 8080 && t.basePath == "" && t.baseURL == "http://127.0.0.1:8080")
+        #expect(t.write == BenchTarget.Endpoint(method: "POST", path: "/api/counter"))
+        #expect(t.read == BenchTarget.Endpoint(method: "GET", path: "/api/session"))
+        let tomcat = try BenchTarget(
+            baseURL: "http://localhost:9000/cluster-app/", write: try .init("post /counter"), read: try .init("GET /session"),
+            countField: "session.count")
+        #expect(tomcat.baseURL == "http://127.0.0.1:9000/cluster-app")
+        #expect(tomcat.write.description == "POST /counter")
+    }
+
+    @Test(arguments: [
+        "https://127.0.0.1:8080", "http://10.0.0.1:8080", "http://example.com:80", "http://127.0.0.1", "http://127.0.0.1:0",
+        "http://127.0.0.1:70000", "127.0.0.1:8080", "http://127.0.0.1:8080/a?b",
+    ])
+    func otherURLsAreRejected(url: String) {
+        #expect(throws: BenchTargetError.self) { try BenchTarget(baseURL: url) }
+    }
+
+    @Test func badEndpointsAndFieldsAreRejected() {
+        #expect(throws: BenchTargetError.self) { try BenchTarget.Endpoint("/api/counter") }
+        #expect(throws: BenchTargetError.self) { try BenchTarget.Endpoint("POST api/counter") }
+        #expect(throws: BenchTargetError.self) { try BenchTarget(baseURL: "http://127.0.0.1:1", countField: "a..b") }
+        #expect(throws: BenchTargetError.self) { try BenchTarget(baseURL: "http://127.0.0.1:1", nodeField: "") }
+    }
+}

@@ -26,7 +26,7 @@ enum DemoPage {
         *{box-sizing:border-box}
         [hidden]{display:none!important}
         body{margin:0;background:var(--bg);color:var(--fg);font:16px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
-        main{max-width:64rem;margin:0 auto;padding:1rem .75rem 2rem}
+        main{max-width:76rem;margin:0 auto;padding:1rem .75rem 2rem}
         h1{font-size:1.35rem;margin:.25rem 0}
         h2{font-size:1.05rem;margin:0 0 .6rem}
         h3{font-size:1rem;margin:0}
@@ -79,7 +79,7 @@ enum DemoPage {
         .b-restarting,.b-starting{background:var(--info-bg);color:var(--info);border-color:transparent}
         .counters{font-size:.85rem;color:var(--muted)}
         .counters b{color:var(--fg);font-variant-numeric:tabular-nums}
-        #nodes{display:grid;gap:.7rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,14rem),1fr))}
+        #nodes{display:grid;gap:.7rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,13rem),1fr))}
         .nodecard{border:1px solid var(--line);border-radius:.6rem;padding:.7rem;background:var(--card);transition:border-color .3s}
         .nodecard.you{border-color:var(--accent);box-shadow:0 0 0 1px var(--accent)}
         .nodecard.gone{opacity:.8}

@@ -156,6 +156,11 @@ enum DemoPage {
           local: 'Each node keeps its own sessions, so round robin breaks them: watch the count change with the node.'
         };
 
+        function newKey() {
+          if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+          return Date.now().toString(36) + '-' + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
+        }
+
         // One request: never throws, never trusts the body to be JSON.
         async function request(method, path, body) {
           const started = performance.now();
@@ -165,6 +170,8 @@ enum DemoPage {
           try {
             const init = {method, credentials: 'same-origin', cache: 'no-store', signal: ctl.signal, headers: {Accept: 'application/json'}};
             if (body !== undefined) { init.headers['Content-Type'] = 'application/json'; init.body = JSON.stringify(body); }
+            // A key makes the increment safe to repeat: the balancer may retry it on another node, which answers from the record.
+            if (method === 'POST' && path === '/api/counter') { init.headers['Idempotency-Key'] = newKey(); }
             const r = await fetch(path, init);
             res.status = r.status;
             res.served = r.headers.get('X-Served-By');

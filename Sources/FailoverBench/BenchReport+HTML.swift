@@ -67,16 +67,31 @@ extension BenchReport {
     }
 }
 
-/// The SVG timeline of one strategy.
+/// The SVG timeline of one strategy: three panels over one time axis.
 private struct TimelineChart {
+    /// A horizontal band of the chart, from `y0` (top) to `y1` (bottom).
+    struct Panel {
+        var y0: Double
+        var y1: Double
+        func y(_ value: Double, max: Double) -> Double { y1 - (y1 - y0) * value / max }
+    }
+
+    static let colors = (
+        answered: "#1f77b4", p99: "#9467bd", errors: "#d62728",
+        anomalies: [("#ff7f0e", "lost sessions"), ("#8c564b", "lost updates"), ("#e377c2", "duplicates"), ("#bcbd22", "stale reads")]
+    )
+
     let result: StrategyResult
     let width = 960.0
-    let height = 430.0
+    let height = 520.0
     let left = 60.0
     let right = 890.0
-    /// Top panel (answers/s, p99) and bottom panel (errors, anomalies): top and bottom y.
-    let top = (y0: 40.0, y1: 250.0)
-    let bottom = (y0: 290.0, y1: 390.0)
+    /// 2xx answers/s (left axis) and p99 (right axis).
+    let top = Panel(y0: 50, y1: 250)
+    /// Errors per bucket.
+    let middle = Panel(y0: 290, y1: 370)
+    /// Anomalies per bucket, stacked by kind.
+    let bottom = Panel(y0: 410, y1: 470)
 
     var seconds: Double {
         let end = result.buckets.last.map { Double($0.startMillis + $0.durationMillis) / 1000 } ?? 0
@@ -87,30 +102,27 @@ private struct TimelineChart {
 
     var svg: String {
         let buckets = result.buckets
-        let rateMax = niceCeiling(buckets.map(\.answeredPerSecond).max() ?? 0)
+        // A last bucket shorter than half the others gives a meaningless rate: not drawn as a point.
+        let full = buckets.filter { $0.durationMillis * 2 >= result.settings.bucketMillis }
+        let rateMax = niceCeiling(full.map(\.answeredPerSecond).max() ?? 0)
         let p99Max = niceCeiling(buckets.compactMap(\.p99Millis).max() ?? 0)
-        let issueMax = niceCeiling(Double(buckets.map { $0.counts.errors + $0.counts.anomalies }.max() ?? 0))
+        let errorMax = niceCeiling(Double(buckets.map(\.counts.errors).max() ?? 0))
+        let anomalyMax = niceCeiling(Double(buckets.map(\.counts.anomalies).max() ?? 0))
         var out = "<svg viewBox=\"0 0 \(n(width)) \(n(height))\" width=\"\(n(width))\" height=\"\(n(height))\" role=\"img\""
             + " aria-label=\"timeline of \(escape(result.name))\">\n"
-        out += axis(panel: top, max: rateMax, side: left, label: "2xx answers/s", anchor: "end")
-        out += axis(panel: top, max: p99Max, side: right, label: "p99 ms", anchor: "start")
-        out += axis(panel: bottom, max: issueMax, side: left, label: "per bucket", anchor: "end")
+        out += axis(top, max: rateMax, side: left, label: "2xx answers/s")
+        out += axis(top, max: p99Max, side: right, label: "p99 ms")
+        out += axis(middle, max: errorMax, side: left, label: "errors per bucket")
+        out += axis(bottom, max: anomalyMax, side: left, label: "anomalies per bucket")
         out += timeAxis()
         for (i, b) in buckets.enumerated() {
-            let x0 = x(Double(b.startMillis) / 1000)
-            let w = max(0.5, x(Double(b.startMillis + b.durationMillis) / 1000) - x0)
-            let h = bottom.y1 - bottom.y0
-            let errors = h * Double(b.counts.errors) / issueMax
-            let anomalies = h * Double(b.counts.anomalies) / issueMax
-            if errors > 0 { out += rect(x0, bottom.y1 - errors, w, errors, "#d62728", "bucket \(i): \(b.counts.errors) errors") }
-            if anomalies > 0 {
-                out += rect(x0, bottom.y1 - errors - anomalies, w, anomalies, "#ff7f0e",
-                    "bucket \(i): \(b.counts.lostSessions) lost sessions, \(b.counts.lostUpdates) lost updates, "
-                        + "\(b.counts.duplicates) duplicates, \(b.counts.staleReads) stale reads")
-            }
+            out += bar(b, i, in: middle, max: errorMax, [(b.counts.errors, Self.colors.errors)], "errors")
+            let kinds = [b.counts.lostSessions, b.counts.lostUpdates, b.counts.duplicates, b.counts.staleReads]
+            out += bar(b, i, in: bottom, max: anomalyMax, zip(kinds, Self.colors.anomalies).map { ($0, $1.0) },
+                zip(kinds, Self.colors.anomalies).map { "\($0) \($1.1)" }.joined(separator: ", "))
         }
-        out += line(buckets.map { ($0, $0.answeredPerSecond) }, max: rateMax, color: "#1f77b4")
-        out += line(buckets.compactMap { b in b.p99Millis.map { (b, $0) } }, max: p99Max, color: "#9467bd")
+        out += lines(full.map { ($0, $0.answeredPerSecond) }, max: rateMax, color: Self.colors.answered)
+        out += lines(buckets.map { ($0, $0.p99Millis) }, max: p99Max, color: Self.colors.p99)
         for f in result.faults {
             let fx = x(Double(f.atMillis) / 1000)
             out += "<line x1=\"\(n(fx))\" y1=\"\(n(top.y0 - 8))\" x2=\"\(n(fx))\" y2=\"\(n(bottom.y1))\" stroke=\"#000\""
@@ -121,18 +133,20 @@ private struct TimelineChart {
         return out + "</svg>\n"
     }
 
-    private func axis(panel: (y0: Double, y1: Double), max: Double, side: Double, label: String, anchor: String) -> String {
+    /// A vertical axis with five ticks on the left or right edge, and its label above.
+    private func axis(_ panel: Panel, max: Double, side: Double, label: String) -> String {
+        let anchor = side == left ? "end" : "start"
         var out = "<line x1=\"\(n(side))\" y1=\"\(n(panel.y0))\" x2=\"\(n(side))\" y2=\"\(n(panel.y1))\" stroke=\"#999\"/>\n"
-        let dx = anchor == "end" ? -4.0 : 4.0
         for k in 0...4 {
             let value = max * Double(k) / 4
-            let y = panel.y1 - (panel.y1 - panel.y0) * Double(k) / 4
-            if anchor == "end" {
+            let y = panel.y(value, max: max)
+            if side == left {
                 out += "<line x1=\"\(n(left))\" y1=\"\(n(y))\" x2=\"\(n(right))\" y2=\"\(n(y))\" stroke=\"#eee\"/>\n"
             }
-            out += "<text x=\"\(n(side + dx))\" y=\"\(n(y + 4))\" text-anchor=\"\(anchor)\">\(tick(value))</text>\n"
+            out += "<text x=\"\(n(side + (side == left ? -4 : 4)))\" y=\"\(n(y + 4))\" text-anchor=\"\(anchor)\">\(tick(value))</text>\n"
         }
-        return out + "<text x=\"\(n(side))\" y=\"\(n(panel.y0 - 22))\" text-anchor=\"\(anchor)\">\(label)</text>\n"
+        let labelX = side == left ? 4 : width - 4
+        return out + "<text x=\"\(n(labelX))\" y=\"\(n(panel.y0 - 14))\" text-anchor=\"\(side == left ? "start" : "end")\">\(label)</text>\n"
     }
 
     private func timeAxis() -> String {
@@ -146,27 +160,60 @@ private struct TimelineChart {
         return out
     }
 
-    private func line(_ points: [(TimelineBucket, Double)], max: Double, color: String) -> String {
-        guard !points.isEmpty else { return "" }
-        let coordinates = points.map { b, v in
-            "\(n(x(Double(b.startMillis) / 1000 + Double(b.durationMillis) / 2000))),\(n(top.y1 - (top.y1 - top.y0) * v / max))"
+    /// Polylines through the bucket midpoints, broken where a bucket has no value.
+    private func lines(_ points: [(TimelineBucket, Double?)], max: Double, color: String) -> String {
+        var runs: [[String]] = [[]]
+        for (b, value) in points {
+            guard let value else {
+                if !runs[runs.count - 1].isEmpty { runs.append([]) }
+                continue
+            }
+            let mid = Double(b.startMillis) / 1000 + Double(b.durationMillis) / 2000
+            runs[runs.count - 1].append("\(n(x(mid))),\(n(top.y(value, max: max)))")
         }
-        return "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\" points=\"\(coordinates.joined(separator: " "))\"/>\n"
+        return runs.filter { !$0.isEmpty }.map { run in
+            // A lone point still shows, as a short dash.
+            let points = run.count == 1 ? [run[0], run[0].replacingFirstNumber(by: 2)] : run
+            return "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\" points=\"\(points.joined(separator: " "))\"/>\n"
+        }.joined()
     }
 
-    private func rect(_ x: Double, _ y: Double, _ w: Double, _ h: Double, _ color: String, _ title: String) -> String {
-        "<rect x=\"\(n(x))\" y=\"\(n(y))\" width=\"\(n(w))\" height=\"\(n(h))\" fill=\"\(color)\"><title>\(title)</title></rect>\n"
+    /// One bucket's stacked bar of (count, color) segments, with a tooltip.
+    private func bar(_ b: TimelineBucket, _ index: Int, in panel: Panel, max: Double, _ segments: [(Int, String)],
+        _ title: String) -> String
+    {
+        guard segments.contains(where: { $0.0 > 0 }) else { return "" }
+        let x0 = x(Double(b.startMillis) / 1000)
+        let w = Swift.max(1, x(Double(b.startMillis + b.durationMillis) / 1000) - x0)
+        var base = 0
+        var out = "<g><title>\(fixed(Double(b.startMillis) / 1000, 2)) s: \(title)</title>"
+        for (count, color) in segments where count > 0 {
+            let y = panel.y(Double(base + count), max: max)
+            out += "<rect x=\"\(n(x0))\" y=\"\(n(y))\" width=\"\(n(w))\" height=\"\(n(panel.y(Double(base), max: max) - y))\" fill=\"\(color)\"/>"
+            base += count
+        }
+        return out + "</g>\n"
     }
 
     private func legend() -> String {
-        let items = [("#1f77b4", "2xx answers/s"), ("#9467bd", "p99 latency"), ("#d62728", "errors"), ("#ff7f0e", "anomalies")]
+        let items = [(Self.colors.answered, "2xx answers/s"), (Self.colors.p99, "p99 latency"), (Self.colors.errors, "errors")]
+            + Self.colors.anomalies
         var out = ""
         for (k, (color, label)) in items.enumerated() {
-            let lx = left + Double(k) * 150
-            out += "<rect x=\"\(n(lx))\" y=\"\(n(height - 18))\" width=\"12\" height=\"12\" fill=\"\(color)\"/>"
-                + "<text x=\"\(n(lx + 16))\" y=\"\(n(height - 8))\">\(label)</text>\n"
+            let lx = left + Double(k) * 118
+            out += "<rect x=\"\(n(lx))\" y=\"\(n(height - 20))\" width=\"12\" height=\"12\" fill=\"\(color)\"/>"
+                + "<text x=\"\(n(lx + 16))\" y=\"\(n(height - 10))\">\(label)</text>\n"
         }
         return out
+    }
+}
+
+extension String {
+    /// "x,y" with x moved right by `dx` (a lone point drawn as a dash).
+    fileprivate func replacingFirstNumber(by dx: Double) -> String {
+        let parts = split(separator: ",")
+        guard parts.count == 2, let x = Double(parts[0]) else { return self }
+        return "\(n(x + dx)),\(parts[1])"
     }
 }
 
@@ -180,8 +227,11 @@ private func niceCeiling(_ value: Double) -> Double {
     return 10 * scale
 }
 
+/// A tick label: no trailing zeros (`0.5`, `12.5`, `2`).
 private func tick(_ value: Double) -> String {
-    value == value.rounded() ? "\(Int(value))" : fixed(value, value < 1 ? 2 : 1)
+    var text = fixed(value, 2)
+    while text.contains("."), text.hasSuffix("0") || text.hasSuffix(".") { text.removeLast() }
+    return text
 }
 
 /// A coordinate with one decimal.

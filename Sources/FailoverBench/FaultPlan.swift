@@ -205,6 +205,11 @@ public struct FaultMarker: Sendable, Codable, Equatable {
     public var label: String { "\(action.rawValue) \(node)" }
 }
 
+/// Parses a time such as `10s`, `1.5s`, `500ms` or `2m` (a bare number is
+/// seconds) into milliseconds: the syntax of fault times, for a CLI's
+/// `--duration`. Nil when malformed, negative or beyond 24 hours.
+public func parseBenchTimeMillis(_ text: String) -> Int? { Fault.parseMillis(Substring(text)) }
+
 /// `10s`, `12.5s`.
 func formatSeconds(_ millis: Int) -> String {
     millis % 1000 == 0 ? "\(millis / 1000)s" : "\(Double(millis) / 1000)s"

@@ -43,6 +43,15 @@ struct FaultPlanTests {
         }
     }
 
+    @Test func timesForTheCommandLine() {
+        #expect(parseBenchTimeMillis("30s") == 30_000)
+        #expect(parseBenchTimeMillis("30") == 30_000)
+        #expect(parseBenchTimeMillis("0.25s") == 250)
+        #expect(parseBenchTimeMillis("1m") == 60_000)
+        #expect(parseBenchTimeMillis("90ms") == 90)
+        for bad in ["", "s", "1.2.3s", "-1s", "1h", "25h", " 1s"] { #expect(parseBenchTimeMillis(bad) == nil, "\(bad)") }
+    }
+
     @Test func stepsAreInTimeOrderAndAStopEndsWithAResume() throws {
         let plan = try FaultPlan(parsing: ["restart:node2@20s", "kill:node2@10s", "stop:node3@12s-15s"])
         #expect(plan.steps == [

@@ -44,7 +44,7 @@ extension BenchReport {
         increment is missing), duplicate (an increment applied twice), stale read (a read below the last \
         confirmed write). Latency: 2xx answers, from the first send (closed loop) or the intended send time \
         (fixed rate). Longest gap: the longest time a user went without a 2xx answer. Detect: from a fault to \
-        the first error or anomaly. Recover: from a fault to the first bucket after which buckets have no errors \
+        the first error or anomaly before the next fault. Recover: from a fault to the first bucket after which buckets have no errors \
         and at least 90% of the pre-fault median throughput.</p>
 
         """

@@ -141,7 +141,7 @@ public struct RunSummary: Sendable, Codable, Equatable {
     public var failedRequests: Int
     /// Errors by cause: `timeout`, `connect`, `closed`, `http 503`, `bad answer`, ...
     public var errorKinds: [String: Int]
-    /// Connections opened (a keep-alive connection closed by the server is reopened).
+    /// Connections established (a keep-alive connection closed by the server is reopened).
     public var connections: Int
     /// 2xx answers per serving node.
     public var nodes: [String: Int]

@@ -205,7 +205,6 @@ final class LoadLoop {
                 fail(i, "socket", now: now, transport: true)
                 return
             }
-            context.recorder.connectionOpened()
             users[i].fd = fd
             users[i].parser.reset()
             Sockets.setNoDelay(fd)
@@ -219,6 +218,7 @@ final class LoadLoop {
                 users[i].phase = .connecting
                 return
             }
+            context.recorder.connectionOpened()
         }
         users[i].phase = .sending
         send(i, now: now)
@@ -255,6 +255,7 @@ final class LoadLoop {
                 fail(i, "connect", now: now, transport: true)
                 return
             }
+            context.recorder.connectionOpened()
             users[i].phase = .sending
             send(i, now: now)
         case .sending:

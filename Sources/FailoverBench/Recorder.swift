@@ -66,6 +66,7 @@ final class Recorder: Sendable {
         }
     }
 
+    /// A connection was established.
     func connectionOpened() { state.withLock { $0.summary.connections += 1 } }
 
     func requestFailed() { state.withLock { $0.summary.failedRequests += 1 } }
@@ -114,10 +115,11 @@ final class Recorder: Sendable {
 /// How long a fault took to show and to heal, from the client's side.
 public enum FailoverAnalysis {
     /// Time to detect: from the fault to the first error or anomaly at or
-    /// after it (nil when none came: the fault stayed invisible to users).
+    /// after it and before the next fault (nil when none came: the fault
+    /// stayed invisible to users, though it may show as a latency gap).
     /// `issueMillis` are the arrival times of errors and anomalies.
-    public static func detectMillis(faultAtMillis: Int, issueMillis: [Int]) -> Int? {
-        issueMillis.filter { $0 >= faultAtMillis }.min().map { $0 - faultAtMillis }
+    public static func detectMillis(faultAtMillis: Int, nextFaultAtMillis: Int? = nil, issueMillis: [Int]) -> Int? {
+        issueMillis.filter { $0 >= faultAtMillis && $0 < (nextFaultAtMillis ?? .max) }.min().map { $0 - faultAtMillis }
     }
 
     /// The pre-fault throughput: the median of 2xx answers per bucket over the
@@ -156,7 +158,7 @@ public enum FailoverAnalysis {
     }
 
     /// The markers in time order with `detectMillis` and `recoverMillis` filled
-    /// in; the baseline is taken before the first fault.
+    /// in, each looking up to the next fault; the baseline is taken before the first fault.
     public static func annotate(
         _ markers: [FaultMarker], buckets: [TimelineBucket], issueMillis: [Int], bucketMillis: Int
     ) -> [FaultMarker] {
@@ -165,10 +167,11 @@ public enum FailoverAnalysis {
         let base = baseline(buckets: buckets, before: firstFault, bucketMillis: bucketMillis)
         return sorted.map { marker in
             var m = marker
-            m.detectMillis = detectMillis(faultAtMillis: m.atMillis, issueMillis: issueMillis)
+            let next = sorted.first { $0.atMillis > m.atMillis }?.atMillis
+            m.detectMillis = detectMillis(faultAtMillis: m.atMillis, nextFaultAtMillis: next, issueMillis: issueMillis)
             m.recoverMillis = recoverMillis(
-                faultAtMillis: m.atMillis, nextFaultAtMillis: sorted.first { $0.atMillis > m.atMillis }?.atMillis,
-                buckets: buckets, baseline: base, bucketMillis: bucketMillis)
+                faultAtMillis: m.atMillis, nextFaultAtMillis: next, buckets: buckets, baseline: base,
+                bucketMillis: bucketMillis)
             return m
         }
     }

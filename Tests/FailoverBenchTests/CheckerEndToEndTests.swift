@@ -107,6 +107,7 @@ struct CheckerEndToEndTests {
         // 8 writes (tried twice) and 2 reads.
         #expect(s.counts.errors == 18 && s.retries == 8)
         #expect(s.errorKinds == ["connect": 18])
+        #expect(s.connections == 0)
         #expect(s.latency.count == 0)
     }
 }

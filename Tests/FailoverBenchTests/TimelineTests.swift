@@ -102,6 +102,9 @@ struct TimelineTests {
         #expect(FailoverAnalysis.detectMillis(faultAtMillis: 1_000, issueMillis: [200, 900, 1_040, 1_500]) == 40)
         #expect(FailoverAnalysis.detectMillis(faultAtMillis: 1_000, issueMillis: [1_000]) == 0)
         #expect(FailoverAnalysis.detectMillis(faultAtMillis: 1_000, issueMillis: [200, 999]) == nil)
+        // Issues from the next fault on belong to that fault.
+        #expect(FailoverAnalysis.detectMillis(faultAtMillis: 1_000, nextFaultAtMillis: 1_500, issueMillis: [1_500]) == nil)
+        #expect(FailoverAnalysis.detectMillis(faultAtMillis: 1_000, nextFaultAtMillis: 1_500, issueMillis: [1_499]) == 499)
     }
 
     @Test func recoverIsTheStartOfTheHealthyTailAfterTheFault() {

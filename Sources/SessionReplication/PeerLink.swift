@@ -306,7 +306,9 @@ final class PeerLink: Sendable {
             s.control = []
             s.needsResync = true
             s.ackedSequence = s.lastSequence  // nothing of an earlier connection is awaited any more
-            s.lagging = false
+            // A peer that (re)joins is busy taking in the resync: sync writes wait for it only once it
+            // acknowledged everything sent so far (see the ack handler), not on its first, slow answers.
+            s.lagging = true
             s.lastError = nil
             s.writing = false
             s.unsent = []

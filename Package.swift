@@ -88,7 +88,7 @@ let package = Package(
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "Balancer", "ClusterDemo", "ClusterSupervisor", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
+                "Balancer", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),

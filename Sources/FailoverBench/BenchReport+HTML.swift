@@ -28,7 +28,7 @@ extension BenchReport {
     private func summaryTable() -> String {
         let header = [
             "strategy", "requests", "req/s", "errors", "lost sessions", "lost updates", "duplicates", "stale reads",
-            "p50 ms", "p99 ms", "p99.9 ms", "longest gap ms", "detect ms", "recover ms",
+            "p50 ms", "p99 ms", "p99.9 ms", "max ms", "longest gap ms", "detect ms", "recover ms",
         ]
         var out = "<table><tr>" + header.map { "<th>\($0)</th>" }.joined() + "</tr>\n"
         for row in summaryRows {
@@ -43,7 +43,7 @@ extension BenchReport {
         lost session (the counter starts again at 1, or a read finds no session), lost update (a confirmed \
         increment is missing), duplicate (an increment applied twice), stale read (a read below the last \
         confirmed write). Latency: 2xx answers, from the first send (closed loop) or the intended send time \
-        (fixed rate). Longest gap: the longest time a user went without a 2xx answer. Detect: from a fault to \
+        (fixed rate), a retried write from its first attempt; max: the longest any user waited for an answer. Longest gap: the longest time a user went without a 2xx answer. Detect: from a fault to \
         the first error or anomaly before the next fault. Recover: from a fault to the first bucket after which buckets have no errors \
         and at least 90% of the pre-fault median throughput.</p>
 

@@ -26,7 +26,7 @@ public struct BenchReport: Sendable, Codable {
     public func table() -> String {
         let header = [
             "strategy", "requests", "req/s", "errors", "lost sess", "lost upd", "dupl", "stale", "p50 ms", "p99 ms",
-            "p99.9 ms", "gap ms", "detect ms", "recover ms",
+            "p99.9 ms", "max ms", "gap ms", "detect ms", "recover ms",
         ]
         let rows = summaryRows
         let all = [header] + rows
@@ -53,7 +53,7 @@ public struct BenchReport: Sendable, Codable {
             return [
                 s.name, "\(c.requests)", fixed(s.summary.answeredPerSecond, 0), "\(c.errors)", "\(c.lostSessions)",
                 "\(c.lostUpdates)", "\(c.duplicates)", "\(c.staleReads)", millis(l.p50Millis), millis(l.p99Millis),
-                millis(l.p999Millis), fixed(s.summary.longestGap.millis, 0),
+                millis(l.p999Millis), millis(l.maxMillis), fixed(s.summary.longestGap.millis, 0),
                 perFault(s.faults, \.detectMillis), perFault(s.faults, \.recoverMillis),
             ]
         }

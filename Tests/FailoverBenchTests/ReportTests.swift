@@ -67,7 +67,7 @@ struct ReportTests {
         let lines = table.split(separator: "\n")
         #expect(lines[0].hasPrefix("strategy"))
         for column in ["requests", "req/s", "errors", "lost sess", "lost upd", "dupl", "stale", "p50 ms", "p99 ms",
-            "p99.9 ms", "gap ms", "detect ms", "recover ms"]
+            "p99.9 ms", "max ms", "gap ms", "detect ms", "recover ms"]
         {
             #expect(lines[0].contains(column))
         }

@@ -1,0 +1,248 @@
+import ArgumentParser
+import ClusterSupervisor
+import FailoverBench
+import Foundation
+import Logging
+import MiniHTTP
+
+extension SessionClusterCommand {
+    /// `session-cluster bench`: what users lose when an instance dies, per strategy.
+    struct Bench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Failover benchmark: simulated users against a cluster while nodes are killed, stopped and restarted.",
+            discussion: """
+                Without --target, each strategy's cluster (nodes behind the balancer, like `demo`) is started, \
+                measured and stopped, one after another, with the faults applied by the supervisor. With \
+                --target, a running cluster is measured; faults are then carried out by --fault-command, if given. \
+                Every user has its own cookie jar and keep-alive connection, sends POST /api/counter with an \
+                Idempotency-Key (a failed write is retried once with the same key) and every 4th request GET \
+                /api/session, and every answer is classified: error, lost session, lost update, duplicate, stale \
+                read. Without --fault, node-2 is killed at a third of the run and restarted at two thirds.
+                """)
+
+        @Option(help: "Strategies to measure, in order: replicate-async, replicate-sync, redis, local.")
+        var strategies = "replicate-async,replicate-sync,redis,local"
+
+        @Option(help: "Nodes per cluster.")
+        var nodes = 3
+
+        @Option(help: "Simulated users.")
+        var users = 200
+
+        @Option(help: "Length of each strategy's run: 30s, 1.5m, 500ms.")
+        var duration = "30s"
+
+        @Option(name: .customLong("fault"), help: "kill:NODE@T, restart:NODE@T or stop:NODE@T1-T2 (SIGSTOP, then SIGCONT); repeatable.")
+        var faults: [String] = []
+
+        @Flag(help: "No faults at all (a baseline run).")
+        var noFaults = false
+
+        @Option(help: "Fixed arrival rate in requests/s over all users (latency then counts from the intended send time). Default: closed loop.")
+        var rate: Double?
+
+        @Option(help: "Closed loop: pause of each user between two requests, in milliseconds.")
+        var thinkMs = 20
+
+        @Option(help: "Measure this running cluster instead (http://127.0.0.1:PORT[/prefix]).")
+        var target: String?
+
+        @Option(help: "With --target: shell command that carries out a fault; $FAULT_ACTION (kill, stop, resume, restart) and $FAULT_NODE are set.")
+        var faultCommand: String?
+
+        @Option(help: "With --target: the write request.")
+        var write = "POST /api/counter"
+
+        @Option(help: "With --target: the read request.")
+        var read = "GET /api/session"
+
+        @Option(help: "With --target: the JSON field with the counter (dots for nesting).")
+        var countField = "count"
+
+        @Option(help: "With --target: the JSON field naming the node, when there is no X-Served-By header.")
+        var nodeField = "node"
+
+        @Option(help: "Longest wait for one answer, in milliseconds.")
+        var timeoutMs = 2_000
+
+        @Option(help: "Client threads.")
+        var threads = 1
+
+        @Option(help: "Directory for report.json and report.html.")
+        var report = "failover-report"
+
+        @Option(help: "The nodes' log level.")
+        var nodeLogLevel = "warning"
+
+        func run() throws {
+            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+            var logger = Logger(label: "bench")
+            logger.logLevel = .notice
+
+            guard let durationMillis = parseBenchTimeMillis(duration), durationMillis >= 1_000 else {
+                throw ValidationError("--duration: expected a time such as 30s, 1.5m or 500ms, at least 1s")
+            }
+            let plan = try faultPlan(durationMillis: durationMillis)
+            let pacing: Pacing = rate.map { .fixedRate(requestsPerSecond: $0) } ?? .closedLoop(thinkTimeMillis: thinkMs)
+            let command = "session-cluster bench " + CommandLine.arguments.dropFirst(2).joined(separator: " ")
+            var results: [StrategyResult] = []
+
+            if let target {
+                let injector = faultCommand.map { ShellFaultInjector(command: $0) }
+                if injector == nil && !plan.isEmpty {
+                    print("note: --target without --fault-command: the faults are marked on the timeline but not carried out")
+                }
+                let benchTarget: BenchTarget
+                do {
+                    benchTarget = try BenchTarget(
+                        baseURL: target, write: try BenchTarget.Endpoint(write), read: try BenchTarget.Endpoint(read),
+                        countField: countField, nodeField: nodeField)
+                } catch {
+                    throw ValidationError("--target: \(error)")
+                }
+                results.append(
+                    try measure(name: "target", target: benchTarget, plan: plan, pacing: pacing, durationMillis: durationMillis,
+                                injector: injector, logger: logger))
+            } else {
+                for name in try strategyList() {
+                    results.append(try measureCluster(name, plan: plan, pacing: pacing, durationMillis: durationMillis, logger: logger))
+                }
+            }
+
+            let benchReport = BenchReport(command: command, strategies: results)
+            print("")
+            print(benchReport.table())
+            let directory = URL(fileURLWithPath: report)
+            let files = try benchReport.write(to: directory)
+            print("report: \(files.html.path)  (and \(files.json.lastPathComponent))")
+        }
+
+        /// The faults: as given, none with --no-faults, else kill node-2 at a third and restart it at two thirds.
+        private func faultPlan(durationMillis: Int) throws -> FaultPlan {
+            if noFaults {
+                guard faults.isEmpty else { throw ValidationError("--no-faults and --fault exclude each other") }
+                return FaultPlan()
+            }
+            let specs =
+                faults.isEmpty
+                ? ["kill:node-2@\(durationMillis / 3)ms", "restart:node-2@\(2 * durationMillis / 3)ms"] : faults
+            do {
+                let plan = try FaultPlan(parsing: specs)
+                try plan.validate(durationMillis: durationMillis)
+                return plan
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+
+        private func strategyList() throws -> [String] {
+            let names = strategies.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !names.isEmpty else { throw ValidationError("--strategies is empty") }
+            for name in names where Self.clusterStrategy(name) == nil {
+                throw ValidationError("unknown strategy '\(name)'; available: replicate-async, replicate-sync, redis, local")
+            }
+            return names
+        }
+
+        static func clusterStrategy(_ name: String) -> (ClusterConfiguration.Strategy, String)? {
+            switch name {
+            case "replicate-async", "replicate": (.replicate, "async")
+            case "replicate-sync": (.replicate, "sync")
+            case "redis": (.redis, "async")
+            case "local": (.local, "async")
+            default: nil
+            }
+        }
+
+        /// Starts the strategy's cluster, measures it, stops it.
+        private func measureCluster(
+            _ name: String, plan: FaultPlan, pacing: Pacing, durationMillis: Int, logger: Logger
+        ) throws -> StrategyResult {
+            let (strategy, mode) = Self.clusterStrategy(name)!
+            var configuration = ClusterConfiguration(
+                strategy: strategy, replicationMode: mode, nodeCount: nodes, port: 0,
+                executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+                nodeLogLevel: nodeLogLevel)
+            configuration.balancer.eventLoops = 1
+            let supervisor: ClusterSupervisor
+            do {
+                supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
+                    FileHandle.standardError.write(Data("\r\u{1B}[K  [\(name)] \(event)\n".utf8))
+                }
+                FileHandle.standardError.write(Data("== \(name): starting \(nodes) nodes\n".utf8))
+                try supervisor.start()
+            } catch {
+                throw ValidationError("\(name): \(error)")
+            }
+            defer { supervisor.shutdown() }
+            for fault in plan.faults where !supervisor.nodeNames.contains(Self.nodeName(fault.node)) {
+                throw ValidationError("fault on '\(fault.node)': the cluster has \(supervisor.nodeNames.joined(separator: ", "))")
+            }
+            let target = try BenchTarget(baseURL: "http://127.0.0.1:\(supervisor.port)")
+            return try measure(
+                name: name, target: target, plan: plan, pacing: pacing, durationMillis: durationMillis,
+                injector: SupervisorFaultInjector(supervisor: supervisor), logger: logger)
+        }
+
+        private func measure(
+            name: String, target: BenchTarget, plan: FaultPlan, pacing: Pacing, durationMillis: Int,
+            injector: (any FaultInjector)?, logger: Logger
+        ) throws -> StrategyResult {
+            let configuration = BenchConfiguration(
+                target: target, users: users, durationSeconds: Double(durationMillis) / 1000, pacing: pacing,
+                requestTimeoutMillis: timeoutMs, threads: threads, faults: plan)
+            let runner: BenchRunner
+            do {
+                runner = try BenchRunner(configuration: configuration, injector: injector, logger: logger) { progress in
+                    FileHandle.standardError.write(Data("\r\u{1B}[K  \(progress.line)".utf8))
+                }
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            let result = runner.run(name: name)
+            FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+            return result
+        }
+
+        /// `node2` is accepted for `node-2`.
+        static func nodeName(_ name: String) -> String {
+            guard name.hasPrefix("node"), !name.hasPrefix("node-"), Int(name.dropFirst(4)) != nil else { return name }
+            return "node-" + name.dropFirst(4)
+        }
+    }
+}
+
+/// Faults carried out by the cluster supervisor on its own nodes.
+struct SupervisorFaultInjector: FaultInjector {
+    let supervisor: ClusterSupervisor
+
+    func apply(_ action: FaultAction, node: String) throws {
+        let name = SessionClusterCommand.Bench.nodeName(node)
+        switch action {
+        case .kill: try supervisor.kill(name)
+        case .stop: try supervisor.stop(name)
+        case .resume: try supervisor.resume(name)
+        case .restart: try supervisor.restart(name)
+        }
+    }
+}
+
+/// Faults carried out by a shell command (for clusters the benchmark did not start).
+struct ShellFaultInjector: FaultInjector {
+    let command: String
+
+    func apply(_ action: FaultAction, node: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", command]
+        var environment = ProcessInfo.processInfo.environment
+        environment["FAULT_ACTION"] = action.rawValue
+        environment["FAULT_NODE"] = node
+        process.environment = environment
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw ValidationError("fault command exited with status \(process.terminationStatus) for \(action.rawValue) \(node)")
+        }
+    }
+}

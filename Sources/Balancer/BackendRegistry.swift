@@ -128,8 +128,12 @@ final class BackendRegistry: Sendable {
         let start = Int(turn % UInt(n))
         var busy = false
         var rampingUp: Int? = nil
+        // When the scheduled backend is out, the turn goes to one of the others, a different one
+        // each round, so the survivors share the missing backend's turns evenly.
+        let round = Int((turn / UInt(n)) % UInt(max(n - 1, 1)))
         for k in 0..<n {
-            let index = schedule[(start + k) % n]
+            let offset = k == 0 ? 0 : 1 + (k - 1 + round) % (n - 1)
+            let index = schedule[(start + offset) % n]
             guard excluding & (1 << UInt64(index)) == 0, states[index].isAvailable(now: now) else { continue }
             if isSkippedBySlowStart(index, now: now, turn: turn) {
                 rampingUp = rampingUp ?? index

@@ -362,6 +362,7 @@ public final class ClusterSupervisor: Sendable {
     private func monitor() {
         defer { monitorDone.withLock { $0 = true } }
         var tick = 0
+        var redisDeathReported = false
         while !stopping.load(ordering: .relaxed) {
             for node in nodes {
                 guard let process = node.process else { continue }
@@ -377,10 +378,11 @@ public final class ClusterSupervisor: Sendable {
                     node.update { $0.sessions = sessions }
                 }
             }
-            if let process = redis.withLock({ $0?.process }), let ended = process.exitStatus,
-                !stopping.load(ordering: .relaxed), tick % 10 == 0
+            if !redisDeathReported, let process = redis.withLock({ $0?.process }), let ended = process.exitStatus,
+                !stopping.load(ordering: .relaxed)
             {
-                onEvent("redis-server \(ended); the nodes answer 503 until it is back")
+                redisDeathReported = true
+                onEvent("redis-server \(ended); the nodes answer 503 without it (restart the demo to get it back)")
             }
             tick += 1
             usleep(100_000)

@@ -154,6 +154,8 @@ final class Exchange {
     unowned let client: ClientConnection
     let method: String
     let isHEAD: Bool
+    /// GET, HEAD or OPTIONS: also asked elsewhere when a backend does not answer in time.
+    let isSafeMethod: Bool
     /// May be sent again after it reached a backend: idempotent method or Idempotency-Key.
     let retriable: Bool
     let requestFraming: HTTPRequestHead.BodyFraming
@@ -177,6 +179,8 @@ final class Exchange {
     var sentOnAttempt = false
     /// Bytes of this request reached some backend (then a failure answers 502, not 503).
     var everSent = false
+    /// A backend did not answer this (safe) request in time (then giving up answers 504).
+    var timedOut = false
     /// The response head was sent to the client: the exchange can no longer be retried or answered with an error.
     var responseStarted = false
     /// How the response body is framed towards the client.
@@ -198,6 +202,7 @@ final class Exchange {
         self.client = client
         method = head.method
         isHEAD = head.method == "HEAD"
+        isSafeMethod = isHEAD || head.method == "GET" || head.method == "OPTIONS"
         retriable = Self.idempotentMethods.contains(head.method) || head.headers.contains(name: "Idempotency-Key")
         requestFraming = head.bodyFraming
         upstream = OutputBuffer(headBytes)

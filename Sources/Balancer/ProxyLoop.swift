@@ -482,7 +482,10 @@ final class ProxyLoop: @unchecked Sendable {
 
     /// No backend (or no retry) is left for the exchange: 502 when a backend had the request, else 503.
     private func giveUp(_ ex: Exchange) {
-        if ex.everSent {
+        if ex.timedOut {
+            counters.gatewayTimeouts.add(1, ordering: .relaxed)
+            respondError(ex, status: 504, code: "gateway_timeout", message: "no backend answered in time")
+        } else if ex.everSent {
             counters.badGateway.add(1, ordering: .relaxed)
             respondError(ex, status: 502, code: "bad_gateway", message: "the backend failed before answering")
         } else {
@@ -745,6 +748,14 @@ final class ProxyLoop: @unchecked Sendable {
         switch failure {
         case .connect:
             leaveOut(backend, of: ex, now: now)
+            startAttempt(ex)
+        case .timeout where ex.isSafeMethod && ex.bodyDone && ex.replay != nil:
+            // A safe method (GET, HEAD, OPTIONS) changes nothing: a stalled backend's request is asked elsewhere.
+            // Not ejected for it (a slow endpoint is not a dead backend); left out for this request only.
+            state.failures.add(1, ordering: .relaxed)
+            ex.tried |= 1 << UInt64(backend)
+            ex.timedOut = true
+            ex.upstream = OutputBuffer(ex.replay!)
             startAttempt(ex)
         case .timeout:
             state.failures.add(1, ordering: .relaxed)

@@ -179,11 +179,37 @@ struct BalancerFailureTests {
         var configuration = testBalancerConfiguration(backends: [silent.configuration("silent")])
         configuration.backendResponseTimeoutMillis = 300
         try withBalancer(configuration) { balancer in
+            let client = try TestClient(port: balancer.port)
+            defer { client.close() }
             let start = monotonicMillis()
-            let response = try #require(try get(balancer.port, "/"))
-            #expect(response.status == 504)
+            client.send("POST /name HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+            #expect(client.readResponse()?.status == 504)
             #expect(monotonicMillis() - start < 1_400)
-            #expect(silent.requests.current == 1, "a timed-out request is not repeated")
+            #expect(silent.requests.current == 1, "a timed-out POST is not repeated")
+            // A GET with nowhere else to go: 504 as well.
+            #expect(try #require(try get(balancer.port, "/")).status == 504)
+            #expect(silent.requests.current == 2)
+        }
+    }
+
+    @Test func getThatTimesOutIsAskedOfAnotherBackend() throws {
+        let silent = try ScriptedBackend { conn in
+            _ = conn.readRequest()
+            usleep(1_500_000)
+        }
+        defer { silent.stop() }
+        let healthy = try TestBackend(name: "healthy")
+        defer { healthy.stop() }
+        var configuration = testBalancerConfiguration(backends: [silent.configuration("silent"), healthy.configuration])
+        configuration.backendResponseTimeoutMillis = 300
+        try withBalancer(configuration) { balancer in
+            for _ in 0..<2 {  // one of the two starts on the silent backend
+                let response = try #require(try get(balancer.port, "/name"))
+                #expect(response.status == 200 && response.bodyText == "healthy")
+            }
+            #expect(silent.requests.current >= 1, "round robin sent some to the silent backend first")
+            #expect(!balancer.backends[0].ejected, "a slow answer is not an ejection")
+            #expect(balancer.statistics.gatewayTimeouts == 0)
         }
     }
 

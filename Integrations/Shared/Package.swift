@@ -1,0 +1,72 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Framework-neutral pieces the Hummingbird and Vapor adapters share: the
+// async session machinery over the core's blocking stores, the example
+// nodes' options and API, and test helpers. No web framework here.
+let package = Package(
+    name: "SessionClusterIntegrationSupport",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "SessionClusterAsync", targets: ["SessionClusterAsync"]),
+        .library(name: "SessionClusterReplication", targets: ["SessionClusterReplication"]),
+        .library(name: "SessionClusterNodeKit", targets: ["SessionClusterNodeKit"]),
+        .library(name: "SessionClusterTestKit", targets: ["SessionClusterTestKit"]),
+    ],
+    dependencies: [
+        .package(name: "SessionCluster", path: "../.."),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // The core's Sources/SessionReplication, compiled here under another
+        // module name (Sources/SessionClusterReplication is a symlink to it)
+        // because the root package does not export it as a product. Remove
+        // this target and use the root's product once it does.
+        .target(
+            name: "SessionClusterReplication",
+            dependencies: [
+                .product(name: "SessionCore", package: "SessionCluster"),
+                .product(name: "MiniHTTP", package: "SessionCluster"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "SessionClusterAsync",
+            dependencies: [
+                .product(name: "SessionCore", package: "SessionCluster"),
+                .product(name: "SessionMiddleware", package: "SessionCluster"),
+                .product(name: "MiniHTTP", package: "SessionCluster"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "SessionClusterNodeKit",
+            dependencies: [
+                "SessionClusterAsync", "SessionClusterReplication",
+                .product(name: "SessionCore", package: "SessionCluster"),
+                .product(name: "SessionRedis", package: "SessionCluster"),
+                .product(name: "MiniHTTP", package: "SessionCluster"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "SessionClusterTestKit",
+            dependencies: [
+                "SessionClusterReplication",
+                .product(name: "SessionCore", package: "SessionCluster"),
+                .product(name: "SessionRedis", package: "SessionCluster"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "SessionClusterAsyncTests",
+            dependencies: [
+                "SessionClusterAsync", "SessionClusterTestKit",
+                .product(name: "SessionCore", package: "SessionCluster"),
+            ]),
+    ],
+    swiftLanguageModes: [.v6]
+)

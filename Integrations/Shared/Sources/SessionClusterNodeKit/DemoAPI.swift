@@ -1,0 +1,58 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import MiniHTTP
+import SessionClusterAsync
+
+/// The demo node's API (`GET /api/session`, `POST /api/counter`,
+/// `POST /api/login`, `POST /api/logout`, `GET /healthz`) as plain functions
+/// over a `ClusterSession`, so the Hummingbird and Vapor examples answer
+/// byte for byte like `session-cluster node`.
+public enum DemoAPI {
+    /// `{"node": ..., "count": N, "user": ... | null}`.
+    public static func sessionJSON(node: String, session: ClusterSession) throws -> String {
+        let count = try session.get("count", as: Int64.self) ?? 0
+        let user = try session.get("user", as: String.self).map(jsonQuoted) ?? "null"
+        return "{\"node\":\(jsonQuoted(node)),\"count\":\(count),\"user\":\(user)}"
+    }
+
+    /// `POST /api/counter`: increments `count` atomically; `{"node", "count"}`.
+    public static func counter(node: String, session: ClusterSession) async throws -> String {
+        let count = try await session.increment("count")
+        return "{\"node\":\(jsonQuoted(node)),\"count\":\(count)}"
+    }
+
+    /// `POST /api/login` with `{"user": "name"}`: new session ID, then the user.
+    /// Throws a 400 `SessionErrorResponse` for a bad body.
+    public static func login(node: String, body: [UInt8], session: () async throws -> ClusterSession) async throws
+        -> String
+    {
+        struct Login: Decodable { var user: String }
+        guard let login = try? JSONDecoder().decode(Login.self, from: Data(body)) else {
+            throw SessionErrorResponse(
+                status: 400, code: "bad_request", message: "expected a JSON body {\"user\": \"name\"}")
+        }
+        let user = String(login.user.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+        guard !user.isEmpty, user.utf8.count <= 64 else {
+            throw SessionErrorResponse(status: 400, code: "bad_request", message: "user must be 1 to 64 bytes")
+        }
+        let session = try await session()
+        try await session.regenerateID()
+        try session.set("user", user)
+        return try sessionJSON(node: node, session: session)
+    }
+
+    /// `POST /api/logout`: invalidates the session.
+    public static func logout(node: String, session: ClusterSession) async throws -> String {
+        try await session.invalidate()
+        return "{\"node\":\(jsonQuoted(node)),\"count\":0,\"user\":null}"
+    }
+
+    /// `GET /healthz`: status and body.
+    public static func health(node: String, problem: String?) -> (status: Int, body: String) {
+        guard let problem else { return (200, "{\"status\":\"ok\",\"node\":\(jsonQuoted(node))}") }
+        return (503, "{\"status\":\"unavailable\",\"node\":\(jsonQuoted(node)),\"reason\":\(jsonQuoted(problem))}")
+    }
+}

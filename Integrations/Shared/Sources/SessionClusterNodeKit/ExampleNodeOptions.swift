@@ -1,0 +1,172 @@
+import ArgumentParser
+import Logging
+import SessionClusterReplication
+import SessionCore
+import SessionRedis
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where an example node keeps its sessions.
+public enum ExampleStoreKind: String, Sendable, CaseIterable, ExpressibleByArgument {
+    /// This process's memory (the baseline that breaks under round robin).
+    case memory
+    /// Redis: any node serves any session.
+    case redis
+    /// Every node's memory, each change replicated to its peers.
+    case replicate
+}
+
+/// The command-line options of the example nodes (Hummingbird and Vapor),
+/// named like `session-cluster node`'s. Secrets come from the environment as
+/// for the core node: `SESSION_COOKIE_SECRET` (16+ bytes) signs cookies,
+/// `SESSION_CLUSTER_SECRET` (16+ bytes, the same on every node) authenticates
+/// replication frames.
+public struct ExampleNodeOptions: ParsableArguments, Sendable {
+    /// Address to listen on.
+    @Option(help: "Address to listen on.")
+    public var host = "127.0.0.1"
+
+    /// HTTP port.
+    @Option(help: "HTTP port to listen on.")
+    public var port = 9101
+
+    /// This node's name, sent in `X-Served-By`.
+    @Option(help: "This node's name, sent in X-Served-By and in every JSON answer.")
+    public var nodeId = "node-1"
+
+    /// Where sessions live.
+    @Option(help: "Where sessions live: memory, redis or replicate.")
+    public var store: ExampleStoreKind = .memory
+
+    /// Redis URL for `--store redis`.
+    @Option(help: "Redis for --store redis: redis://[[user]:password@]host:port/db.")
+    public var redis = "redis://127.0.0.1:6379/0"
+
+    /// Redis connections per node.
+    @Option(help: "Redis connections per node.")
+    public var redisPoolSize = 32
+
+    /// Redis connect and command timeout.
+    @Option(help: "Redis connect and command timeout, in milliseconds.")
+    public var redisTimeoutMs = 1000
+
+    /// Serialize each session's requests across the cluster (Redis lock).
+    @Flag(help: "Run each session's requests one at a time across the cluster (Redis lock; --store redis).")
+    public var exclusiveSessions = false
+
+    /// Replication addresses of every node.
+    @Option(help: "Replication addresses of the cluster's nodes, host:port,... (--store replicate; may include this node's own).")
+    public var peers: String?
+
+    /// Port for peers.
+    @Option(help: "Port to listen on for peers (--store replicate).")
+    public var replicationPort = 7501
+
+    /// sync or async replication.
+    @Option(help: "sync: answer after every live peer acknowledged; async: answer at once (--store replicate).")
+    public var replicationMode = "async"
+
+    /// Sync-mode peer timeout.
+    @Option(help: "Sync mode: how long to wait for a peer before marking it down, in milliseconds.")
+    public var syncTimeoutMs = 100
+
+    /// Replication secret; default `$SESSION_CLUSTER_SECRET`.
+    @Option(help: "Key of the replication frames' HMAC (16+ bytes, the same on every node). Default: $SESSION_CLUSTER_SECRET.")
+    public var clusterSecret: String?
+
+    /// Idle session timeout.
+    @Option(help: "Idle (sliding) session timeout, in seconds.")
+    public var idleTimeout = 1800
+
+    /// Absolute session timeout.
+    @Option(help: "Absolute session timeout, in seconds (0 for none).")
+    public var absoluteTimeout = 43_200
+
+    /// Memory bound of the memory and replicated stores.
+    @Option(help: "The most sessions a node holds in memory (memory, replicate); then new sessions get 503.")
+    public var maxSessions = 1_000_000
+
+    /// Threads for blocking store calls.
+    @Option(help: "Threads that run the blocking store calls (off the event loops).")
+    public var storeThreads = 64
+
+    /// Log level.
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    public var logLevel = "info"
+
+    /// Options with their defaults.
+    public init() {}
+
+    /// Checks the options and the environment.
+    public func validate() throws {
+        guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
+        guard !nodeId.isEmpty, nodeId.utf8.count <= 64 else { throw ValidationError("--node-id must be 1 to 64 bytes") }
+        guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
+        guard absoluteTimeout >= 0 else { throw ValidationError("--absolute-timeout must not be negative") }
+        guard maxSessions > 0 else { throw ValidationError("--max-sessions must be positive") }
+        guard (1...4096).contains(storeThreads) else { throw ValidationError("--store-threads must be 1...4096") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+        if exclusiveSessions && store != .redis { throw ValidationError("--exclusive-sessions needs --store redis") }
+        _ = try cookieSecret()
+    }
+
+    /// The session expiry the options describe.
+    public var expiry: SessionExpiry {
+        SessionExpiry(
+            idleTimeoutMillis: Int64(idleTimeout) * 1000,
+            absoluteTimeoutMillis: absoluteTimeout == 0 ? nil : Int64(absoluteTimeout) * 1000)
+    }
+
+    /// `SESSION_COOKIE_SECRET`, when set (16+ bytes).
+    public func cookieSecret() throws -> [UInt8]? {
+        guard let secret = getenv("SESSION_COOKIE_SECRET").map({ Array(String(cString: $0).utf8) }) else { return nil }
+        guard secret.count >= 16 else { throw ValidationError("SESSION_COOKIE_SECRET must be at least 16 bytes") }
+        return secret
+    }
+
+    /// The Redis settings of `--redis`, `--redis-pool-size` and `--redis-timeout-ms`.
+    public func redisConfiguration() throws -> RedisConfiguration {
+        var configuration = try RedisConfiguration(url: redis)
+        guard (1...1024).contains(redisPoolSize) else { throw ValidationError("--redis-pool-size must be 1...1024") }
+        guard (10...60_000).contains(redisTimeoutMs) else { throw ValidationError("--redis-timeout-ms must be 10...60000") }
+        configuration.poolSize = redisPoolSize
+        configuration.connectTimeoutMillis = redisTimeoutMs
+        configuration.commandTimeoutMillis = redisTimeoutMs
+        return configuration
+    }
+
+    /// The replication settings of `--peers`, `--replication-port`, `--replication-mode` and the cluster secret.
+    public func replicationConfiguration() throws -> ReplicationConfiguration {
+        guard let mode = ReplicationConfiguration.Mode(rawValue: replicationMode) else {
+            throw ValidationError("--replication-mode must be sync or async")
+        }
+        guard let secretText = clusterSecret ?? getenv("SESSION_CLUSTER_SECRET").map({ String(cString: $0) }) else {
+            throw ValidationError(
+                "--store replicate needs a cluster secret: --cluster-secret or SESSION_CLUSTER_SECRET (16+ bytes, the same on every node)")
+        }
+        guard secretText.utf8.count >= FrameCodec.minimumSecretByteCount else {
+            throw ValidationError("the cluster secret must be at least \(FrameCodec.minimumSecretByteCount) bytes")
+        }
+        guard (1...60_000).contains(syncTimeoutMs) else { throw ValidationError("--sync-timeout-ms must be 1...60000") }
+        guard (0...65535).contains(replicationPort) else { throw ValidationError("--replication-port must be 0...65535") }
+        let peerList: [PeerAddress]
+        do {
+            peerList = try PeerAddress.list(peers ?? "")
+        } catch {
+            throw ValidationError("--peers: \(error.message)")
+        }
+        return ReplicationConfiguration(
+            nodeName: nodeId, host: host, port: replicationPort, peers: peerList, secret: Array(secretText.utf8),
+            mode: mode, syncTimeoutMillis: syncTimeoutMs)
+    }
+
+    /// A logger at `--log-level`, to standard error (bootstraps swift-log once per process).
+    public func makeLogger(label: String) -> Logger {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: label)
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        return logger
+    }
+}

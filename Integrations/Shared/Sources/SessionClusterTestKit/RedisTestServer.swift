@@ -1,0 +1,143 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The Redis the integration tests use: `$REDIS_URL` when set (the root
+/// test script exports it), otherwise a private redis-server on a free
+/// loopback port, started here and stopped by its PID.
+public final class RedisTestServer: @unchecked Sendable {  // immutable after init; `stop` is idempotent under its lock
+    /// Where it is: `redis://127.0.0.1:PORT/0`.
+    public let url: String
+    private let process: Process?
+    private let directory: URL?
+    private let lock = NSLock()
+
+    /// The Redis of `$REDIS_URL`, or a new private one.
+    public static func start() throws -> RedisTestServer {
+        if let url = ProcessInfo.processInfo.environment["REDIS_URL"], !url.isEmpty {
+            return RedisTestServer(url: url)
+        }
+        return try RedisTestServer()
+    }
+
+    private init(url: String) {
+        self.url = url
+        process = nil
+        directory = nil
+    }
+
+    /// Starts redis-server on a free loopback port and waits until it answers PING.
+    public init() throws {
+        guard let executable = ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"]
+            .first(where: { FileManager.default.isExecutableFile(atPath: $0) })
+        else {
+            throw TestKitError("redis-server is not installed (apt-get install redis-server), and REDIS_URL is not set")
+        }
+        var lastError = TestKitError("redis-server did not start")
+        for _ in 0..<3 {  // a free port may be taken before redis-server binds it
+            let port = try freeLoopbackPort()
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = [
+                "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory.path,
+            ]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            if waitUntil(timeout: 10, { redisAnswersPing(port: port) }) {
+                self.process = process
+                self.directory = directory
+                url = "redis://127.0.0.1:\(port)/0"
+                return
+            }
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            try? FileManager.default.removeItem(at: directory)
+            lastError = TestKitError("redis-server on port \(port) did not answer PING")
+        }
+        throw lastError
+    }
+
+    /// The PID of the redis-server this started, if it started one.
+    public var pid: Int32? { process?.processIdentifier }
+
+    /// Stops the redis-server this started (SIGTERM, then SIGKILL after 5 s)
+    /// and removes its directory. A no-op for `$REDIS_URL`'s.
+    public func stop() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let process, process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        if !waitUntil(timeout: 5, { !process.isRunning }) {
+            kill(process.processIdentifier, SIGKILL)
+        }
+        process.waitUntilExit()
+        if let directory { try? FileManager.default.removeItem(at: directory) }
+    }
+
+    deinit { stop() }
+}
+
+/// A failure of a test helper.
+public struct TestKitError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong.
+    public var description: String
+    /// A failure with this text.
+    public init(_ description: String) { self.description = description }
+}
+
+/// A free loopback TCP port (bound once and released).
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw TestKitError("socket failed: \(errno)") }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else { throw TestKitError("bind failed: \(errno)") }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// Polls `check` every 20 ms until it is true or `timeout` seconds passed; returns its last answer.
+public func waitUntil(timeout: Double = 10, _ check: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if check() { return true }
+        usleep(20_000)
+    }
+    return check()
+}
+
+/// PING over a raw socket.
+func redisAnswersPing(port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var tv = timeval(tv_sec: 0, tv_usec: 300_000)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = UInt16(port).bigEndian
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else { return false }
+    let ping = Array("PING\r\n".utf8)
+    guard send(fd, ping, ping.count, Int32(MSG_NOSIGNAL)) == ping.count else { return false }
+    var buffer = [UInt8](repeating: 0, count: 64)
+    let n = recv(fd, &buffer, buffer.count, 0)
+    return n > 0 && String(decoding: buffer[0..<n], as: UTF8.self).hasPrefix("+PONG")
+}

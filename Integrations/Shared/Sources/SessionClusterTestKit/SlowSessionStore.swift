@@ -1,0 +1,67 @@
+import Foundation
+import SessionCore
+import Synchronization
+
+/// A store wrapper whose calls for chosen sessions block for a while, as a
+/// Redis or a peer that stalls would: for tests that show a slow store does
+/// not stall the requests of other sessions.
+public final class SlowSessionStore: SessionStore, IdempotencyStore {
+    /// The store underneath.
+    public let base: any SessionStore & IdempotencyStore
+    /// How long each call for a slow session blocks its thread.
+    public let delayMillis: Int
+    private let slowIDs = Mutex<Set<SessionID>>([])
+    private let slowCalls = Atomic<Int>(0)
+
+    /// Wraps `base`; calls for sessions marked slow block `delayMillis` first.
+    public init(_ base: any SessionStore & IdempotencyStore, delayMillis: Int = 500) {
+        self.base = base
+        self.delayMillis = delayMillis
+    }
+
+    /// Makes every call for `id` slow from now on.
+    public func makeSlow(_ id: SessionID) { slowIDs.withLock { _ = $0.insert(id) } }
+
+    /// How many calls were delayed so far.
+    public var delayedCalls: Int { slowCalls.load(ordering: .relaxed) }
+
+    private func delay(_ id: SessionID) {
+        guard slowIDs.withLock({ $0.contains(id) }) else { return }
+        slowCalls.add(1, ordering: .relaxed)
+        usleep(UInt32(delayMillis) * 1000)  // blocks the calling thread, like a slow network call
+    }
+
+    public var expiry: SessionExpiry { base.expiry }
+
+    public func load(_ id: SessionID) throws -> SessionSnapshot? {
+        delay(id)
+        return try base.load(id)
+    }
+
+    public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
+        delay(delta.id)
+        return try base.apply(delta)
+    }
+
+    public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
+        delay(id)
+        return try base.regenerate(id, to: newID)
+    }
+
+    public func invalidate(_ id: SessionID) throws {
+        delay(id)
+        try base.invalidate(id)
+    }
+
+    public func readToken(for id: SessionID) -> String? { base.readToken(for: id) }
+
+    public func catchUp(_ id: SessionID, to token: String) -> Bool { base.catchUp(id, to: token) }
+
+    public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
+        try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
+    }
+
+    public func complete(_ record: IdempotencyRecord) throws { try base.complete(record) }
+
+    public func abandon(key: String) throws { try base.abandon(key: key) }
+}

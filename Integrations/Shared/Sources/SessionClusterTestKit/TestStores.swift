@@ -1,0 +1,102 @@
+import Foundation
+import Logging
+import SessionClusterReplication
+import SessionCore
+import SessionRedis
+
+/// The stores the adapters are tested against, each torn down by `shutdown()`.
+public final class TestStores: Sendable {
+    /// A label for test names.
+    public let name: String
+    /// One store per node: one for memory and Redis (every node reads the
+    /// same state), two for the replicated cluster (node a, node b).
+    public let nodes: [any SessionStore & IdempotencyStore]
+    private let teardown: @Sendable () -> Void
+
+    private init(name: String, nodes: [any SessionStore & IdempotencyStore], teardown: @escaping @Sendable () -> Void) {
+        self.name = name
+        self.nodes = nodes
+        self.teardown = teardown
+    }
+
+    /// Stops what the stores started (replication nodes, redis-server, sweepers).
+    public func shutdown() { teardown() }
+
+    /// A memory store.
+    public static func memory(expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system) -> TestStores {
+        TestStores(name: "memory", nodes: [MemorySessionStore(expiry: expiry, clock: clock)], teardown: {})
+    }
+
+    /// Two `RedisSessionStore`s (two "nodes", each with its own client) over
+    /// one Redis: `$REDIS_URL` or a private redis-server. Each call uses its
+    /// own key prefix, so tests never see each other's sessions.
+    /// (Redis keeps time itself: its sessions expire in real time.)
+    public static func redis(expiry: SessionExpiry = SessionExpiry()) throws -> TestStores {
+        let server = try RedisTestServer.start()
+        let logger = quietLogger()
+        let prefix = "test-\(UUID().uuidString.prefix(8)):"
+        let clients = try (0..<2).map { _ in
+            RedisClient(configuration: try RedisConfiguration(url: server.url), logger: logger)
+        }
+        let stores = clients.map {
+            RedisSessionStore(client: $0, expiry: expiry, keyPrefix: prefix, logger: logger)
+        }
+        return TestStores(name: "redis", nodes: stores) {
+            for client in clients { client.close() }
+            server.stop()
+        }
+    }
+
+    /// Two `ReplicatedSessionStore`s, each behind its own `ReplicationNode`,
+    /// replicating to each other over loopback in sync mode; ready and
+    /// connected when this returns.
+    public static func replicated(
+        expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system,
+        mode: ReplicationConfiguration.Mode = .sync
+    ) throws -> TestStores {
+        let secret = Array("integration-tests-cluster-secret".utf8)
+        var lastError: any Error = TestKitError("no free loopback ports")
+        for _ in 0..<5 {  // a port picked free may be taken before it is bound again
+            let ports = try (0..<2).map { _ in try freeLoopbackPort() }
+            guard ports[0] != ports[1] else { continue }
+            let addresses = ports.map { PeerAddress(host: "127.0.0.1", port: $0) }
+            var nodes: [ReplicationNode] = []
+            do {
+                for (i, name) in ["a", "b"].enumerated() {
+                    let configuration = ReplicationConfiguration(
+                        nodeName: name, host: "127.0.0.1", port: ports[i], peers: addresses, secret: secret, mode: mode,
+                        syncTimeoutMillis: 2_000, joinTimeoutMillis: 300, connectTimeoutMillis: 500,
+                        reconnectBackoffMillis: (10, 200))
+                    let store = ReplicatedSessionStore(node: configuration.nodeID, expiry: expiry, clock: clock)
+                    nodes.append(try ReplicationNode(store: store, configuration: configuration, logger: quietLogger()))
+                }
+            } catch {
+                for node in nodes { node.shutdown() }
+                lastError = error
+                continue
+            }
+            for node in nodes { node.start() }
+            let settled = waitUntil(timeout: 10) {
+                nodes.allSatisfy { node in
+                    node.isReady && node.peers.count == 1 && node.peers.allSatisfy { $0.connected && !$0.lagging }
+                }
+            }
+            guard settled else {
+                for node in nodes { node.shutdown() }
+                throw TestKitError("the two replication nodes did not connect")
+            }
+            let started = nodes
+            return TestStores(name: "replicated", nodes: started.map(\.store)) {
+                for node in started { node.shutdown() }
+            }
+        }
+        throw lastError
+    }
+}
+
+/// A logger that only reports critical problems.
+public func quietLogger() -> Logger {
+    var logger = Logger(label: "integration-tests")
+    logger.logLevel = .critical
+    return logger
+}

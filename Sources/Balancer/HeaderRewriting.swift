@@ -8,17 +8,16 @@ import MiniHTTP
 /// again from the framing the balancer actually uses; `Expect` is answered by
 /// the balancer itself.
 enum HeaderRewriting {
-    /// Whether a field must not be forwarded as is.
+    /// Whether a field must not be forwarded as is (no allocation: this runs for every field).
     static func isHopByHop(_ name: String, connectionTokens: [String]) -> Bool {
-        let lower = name.lowercased()
-        switch lower {
-        case "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "expect":
-            return true
-        default:
-            if lower.hasPrefix("proxy-") { return true }
-            return connectionTokens.contains(lower)
-        }
+        for hop in hopByHopNames where asciiCaseInsensitiveEquals(name, hop) { return true }
+        if name.utf8.count > 6, name.utf8.prefix(6).lazy.map(lowerASCII).elementsEqual("proxy-".utf8) { return true }
+        return connectionTokens.contains { asciiCaseInsensitiveEquals(name, $0) }
     }
+
+    private static let hopByHopNames = [
+        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "expect",
+    ]
 
     /// The lowercased field names listed in `Connection`.
     static func connectionTokens(_ headers: HTTPHeaders) -> [String] {
@@ -67,12 +66,26 @@ enum HeaderRewriting {
             appendField(&out, field.name, field.value)
         }
         if !hasHost { appendField(&out, "Host", defaultHost) }
-        forwardedFor.append(clientAddress)
-        appendField(&out, "X-Forwarded-For", forwardedFor.joined(separator: ", "))
-        appendField(&out, "X-Forwarded-Proto", proto)
-        let node = clientAddress.contains(":") ? "\"[\(clientAddress)]\"" : clientAddress
-        forwarded.append("for=\(node);proto=\(proto)")
-        appendField(&out, "Forwarded", forwarded.joined(separator: ", "))
+        // Built in place: these run for every request.
+        out.append(contentsOf: "X-Forwarded-For: ".utf8)
+        for earlier in forwardedFor {
+            out.append(contentsOf: earlier.utf8)
+            out.append(contentsOf: ", ".utf8)
+        }
+        out.append(contentsOf: clientAddress.utf8)
+        out.append(contentsOf: "\r\nX-Forwarded-Proto: ".utf8)
+        out.append(contentsOf: proto.utf8)
+        out.append(contentsOf: "\r\nForwarded: ".utf8)
+        for earlier in forwarded {
+            out.append(contentsOf: earlier.utf8)
+            out.append(contentsOf: ", ".utf8)
+        }
+        let bracketed = clientAddress.utf8.contains(58)  // IPv6: for="[::1]"
+        out.append(contentsOf: (bracketed ? "for=\"[" : "for=").utf8)
+        out.append(contentsOf: clientAddress.utf8)
+        out.append(contentsOf: (bracketed ? "]\";proto=" : ";proto=").utf8)
+        out.append(contentsOf: proto.utf8)
+        out.append(contentsOf: "\r\n".utf8)
         appendField(&out, "X-Request-ID", requestID ?? makeRequestID())
         switch head.bodyFraming {
         case .none: break

@@ -69,9 +69,22 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence, ExpressibleByDictionar
     }
 }
 
-@inline(__always)
-func lowerASCII(_ byte: UInt8) -> UInt8 {
+/// The byte with ASCII A-Z lowercased.
+@inlinable
+public func lowerASCII(_ byte: UInt8) -> UInt8 {
     (byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte
+}
+
+/// Compares two strings ignoring ASCII case (the fast path for two `String`s: their UTF-8 bytes in place).
+public func asciiCaseInsensitiveEquals(_ a: String, _ b: String) -> Bool {
+    guard a.utf8.count == b.utf8.count else { return false }
+    var a = a, b = b  // withUTF8 is mutating; native strings are not copied
+    return a.withUTF8 { x in
+        b.withUTF8 { y in
+            for i in 0..<x.count where x[i] != y[i] && lowerASCII(x[i]) != lowerASCII(y[i]) { return false }
+            return true
+        }
+    }
 }
 
 /// Compares two strings ignoring ASCII case.

@@ -7,10 +7,25 @@ import SessionCore
 /// replicated store.
 ///
 /// Each key is one session, under the ID `base64url(SHA-256(namespace + key))`
-/// (the stores accept only IDs of the shape the core issues, so a key never
-/// is one). Its attributes: `value` (the JSON bytes), `expiresAt` (the
-/// per-key expiry, milliseconds since 1970, when one was set) and
-/// `persist.claim` (a counter written by `create`).
+/// (the stores accept only IDs of the shape the core issues). Its
+/// attributes: `value` (the JSON bytes), `expiresAt` (the per-key expiry,
+/// milliseconds since 1970, when one was set), `epoch` (a counter bumped by
+/// every successful `create`) and `create.<epoch>` (counters `create` races
+/// on). An entry without `value`, or past its `expiresAt`, is absent.
+///
+/// Entries are never invalidated: the replicated store keeps an invalidated
+/// ID as a tombstone that can never be used again, and a removed key must
+/// be usable again. `remove` clears the value instead; the store's own
+/// expiry reclaims the space.
+///
+/// `create` is a compare-and-set built from the stores' atomic increments:
+/// every creator that found the entry absent at epoch `e` increments
+/// `create.<e>`; only the one that gets 1 writes its value (and bumps the
+/// epoch). Exact on the memory and Redis stores; on the replicated store,
+/// creators on two nodes at the same instant may both see 1 (each node
+/// counts its own increments first), as with any concurrent write there.
+/// A creator that dies between its two steps leaves the key uncreatable
+/// until the store's idle timeout removes the entry.
 ///
 /// Lifetimes: an entry expires at its own `expiresAt` (checked on read) and,
 /// like every session, when the store's `SessionExpiry` says so (idle since
@@ -28,9 +43,8 @@ public struct SessionKeyValueStore: Sendable {
 
     static let valueAttribute = "value"
     static let expiresAtAttribute = "expiresAt"
-    static let claimAttribute = "persist.claim"
-    /// A claimed entry whose value never came (its writer died) counts as gone after this long.
-    static let abandonedClaimMillis: Int64 = 10_000
+    static let epochAttribute = "epoch"
+    static func createAttribute(_ epoch: Int64) -> String { "create.\(epoch)" }
 
     /// A key/value view of `store`.
     public init(
@@ -62,37 +76,33 @@ public struct SessionKeyValueStore: Sendable {
     }
 
     /// Stores `value` under `key` unless a live entry is there already.
-    /// Returns false (nothing written) when one is.
+    /// Returns false (nothing written) when one is, or when another
+    /// `create` of the same key is winning at the same time.
     public func create(key: String, value: [UInt8], expiresInMillis: Int64?) async throws -> Bool {
         let (store, id, clock) = (store, id(for: key), clock)
         return try await executor.run {
             for _ in 0..<4 {
-                // Atomic create-if-missing: `created` tells whether this call made the entry.
+                let snapshot = try store.load(id)
+                if let snapshot, Self.isLive(snapshot, now: clock.nowMillis()) { return false }
+                // Absent at this epoch: race the other creators for it.
+                let epoch = snapshot.flatMap { $0.attributes[Self.epochAttribute] }.flatMap(decodeCounter) ?? 0
+                let race = Self.createAttribute(epoch)
                 guard
                     let claim = try store.apply(
-                        SessionDelta(id: id, changes: [.increment(Self.claimAttribute, by: 1)], createIfMissing: true))
+                        SessionDelta(id: id, changes: [.increment(race, by: 1)], createIfMissing: true))
                 else { throw SessionStoreError(.unavailable, "store refused to create an entry") }
-                if claim.created {
-                    var changes: [SessionChange] = [.set(Self.valueAttribute, value)]
-                    if let expiresInMillis {
-                        changes.append(.set(Self.expiresAtAttribute, encodeCounter(clock.nowMillis() + expiresInMillis)))
-                    }
-                    if try store.apply(SessionDelta(id: id, changes: changes)) != nil { return true }
-                    continue  // expired between the two steps: start again
+                guard claim.counters[race] == 1 else { return false }
+                var changes: [SessionChange] = [.set(Self.valueAttribute, value), .increment(Self.epochAttribute, by: 1)]
+                if let expiresInMillis {
+                    changes.append(.set(Self.expiresAtAttribute, encodeCounter(clock.nowMillis() + expiresInMillis)))
+                } else {
+                    changes.append(.remove(Self.expiresAtAttribute))
                 }
-                guard let snapshot = try store.load(id) else { continue }  // gone meanwhile
-                let now = clock.nowMillis()
-                if Self.isLive(snapshot, now: now) { return false }
-                if snapshot.attributes[Self.valueAttribute] == nil
-                    && now - snapshot.createdAtMillis < Self.abandonedClaimMillis
-                {
-                    return false  // another create is between its two steps
-                }
-                // An expired leftover: take it away atomically (one caller wins the move), then create anew.
-                let leftover = SessionID.generate()
-                if try store.regenerate(id, to: leftover) { try store.invalidate(leftover) }
+                if epoch >= 2 { changes.append(.remove(Self.createAttribute(epoch - 2))) }  // long-finished races
+                if try store.apply(SessionDelta(id: id, changes: changes)) != nil { return true }
+                // The entry expired in the store between the two steps: start again.
             }
-            throw SessionStoreError(.unavailable, "could not create the entry: it kept changing")
+            throw SessionStoreError(.unavailable, "could not create the entry: it kept expiring")
         }
     }
 
@@ -106,8 +116,8 @@ public struct SessionKeyValueStore: Sendable {
             let now = clock.nowMillis()
             if let expiresInMillis {
                 changes.append(.set(Self.expiresAtAttribute, encodeCounter(now + expiresInMillis)))
-            } else if let snapshot = try store.load(id), let expiresAt = Self.expiresAt(snapshot), expiresAt <= now {
-                changes.append(.remove(Self.expiresAtAttribute))  // an expired entry's value starts a new life
+            } else if let snapshot = try store.load(id), !Self.isLive(snapshot, now: now) {
+                changes.append(.remove(Self.expiresAtAttribute))  // an absent entry's value starts a new life
             }
             guard try store.apply(SessionDelta(id: id, changes: changes, createIfMissing: true)) != nil else {
                 throw SessionStoreError(.unavailable, "store refused to write an entry")
@@ -134,10 +144,13 @@ public struct SessionKeyValueStore: Sendable {
         }
     }
 
-    /// Deletes the entry under `key` (a no-op when there is none).
+    /// Deletes the value under `key` (a no-op when there is none).
     public func remove(key: String) async throws {
         let (store, id) = (store, id(for: key))
-        try await executor.run { try store.invalidate(id) }
+        try await executor.run {
+            _ = try store.apply(
+                SessionDelta(id: id, changes: [.remove(Self.valueAttribute), .remove(Self.expiresAtAttribute)]))
+        }
     }
 
     static func expiresAt(_ snapshot: SessionSnapshot) -> Int64? {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -6,13 +7,14 @@ import Glibc
 
 /// The Redis the integration tests use: `$REDIS_URL` when set (the root
 /// test script exports it), otherwise a private redis-server on a free
-/// loopback port, started here and stopped by its PID.
-public final class RedisTestServer: @unchecked Sendable {  // immutable after init; `stop` is idempotent under its lock
+/// loopback port, started here (posix_spawn) and stopped by its PID.
+public final class RedisTestServer: Sendable {
     /// Where it is: `redis://127.0.0.1:PORT/0`.
     public let url: String
-    private let process: Process?
-    private let directory: URL?
-    private let lock = NSLock()
+    /// The PID of the redis-server this started, if it started one.
+    public let pid: Int32?
+    private let directory: String?
+    private let stopped = Mutex(false)
 
     /// The Redis of `$REDIS_URL`, or a new private one.
     public static func start() throws -> RedisTestServer {
@@ -24,7 +26,7 @@ public final class RedisTestServer: @unchecked Sendable {  // immutable after in
 
     private init(url: String) {
         self.url = url
-        process = nil
+        pid = nil
         directory = nil
     }
 
@@ -38,48 +40,76 @@ public final class RedisTestServer: @unchecked Sendable {  // immutable after in
         var lastError = TestKitError("redis-server did not start")
         for _ in 0..<3 {  // a free port may be taken before redis-server binds it
             let port = try freeLoopbackPort()
-            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)")
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = [
-                "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory.path,
-            ]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let pid = try spawn(
+                executable,
+                ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory])
             if waitUntil(timeout: 10, { redisAnswersPing(port: port) }) {
-                self.process = process
+                self.pid = pid
                 self.directory = directory
                 url = "redis://127.0.0.1:\(port)/0"
                 return
             }
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            try? FileManager.default.removeItem(at: directory)
+            terminate(pid, timeout: 0)
+            try? FileManager.default.removeItem(atPath: directory)
             lastError = TestKitError("redis-server on port \(port) did not answer PING")
         }
         throw lastError
     }
 
-    /// The PID of the redis-server this started, if it started one.
-    public var pid: Int32? { process?.processIdentifier }
-
-    /// Stops the redis-server this started (SIGTERM, then SIGKILL after 5 s)
-    /// and removes its directory. A no-op for `$REDIS_URL`'s.
+    /// Stops the redis-server this started (SIGTERM, SIGKILL after 5 s; reaped)
+    /// and removes its directory. A no-op for `$REDIS_URL`'s, and the second time.
     public func stop() {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let process, process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
-        if !waitUntil(timeout: 5, { !process.isRunning }) {
-            kill(process.processIdentifier, SIGKILL)
+        let first = stopped.withLock { wasStopped in
+            defer { wasStopped = true }
+            return !wasStopped
         }
-        process.waitUntilExit()
-        if let directory { try? FileManager.default.removeItem(at: directory) }
+        guard let pid, first else { return }
+        terminate(pid, timeout: 5)
+        if let directory { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     deinit { stop() }
+}
+
+/// Starts `executable` with `arguments`, its output to /dev/null; returns its PID.
+func spawn(_ executable: String, _ arguments: [String]) throws -> Int32 {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    // The test process may block or ignore signals (SIGTERM among them); the child starts with none of that.
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var noSignals = sigset_t()
+    sigemptyset(&noSignals)
+    posix_spawnattr_setsigmask(&attributes, &noSignals)
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for signal in [SIGTERM, SIGINT, SIGPIPE, SIGHUP] { sigaddset(&defaults, signal) }
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    defer { for arg in argv { free(arg) } }
+    var pid: Int32 = 0
+    let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+    guard rc == 0 else { throw TestKitError("posix_spawn \(executable) failed: \(rc)") }
+    return pid
+}
+
+/// SIGTERM, then SIGKILL after `timeout` seconds; waits for and reaps the child.
+func terminate(_ pid: Int32, timeout: Double) {
+    kill(pid, SIGTERM)
+    var status: Int32 = 0
+    let exited = waitUntil(timeout: timeout) { waitpid(pid, &status, WNOHANG) == pid }
+    if !exited {
+        kill(pid, SIGKILL)
+        _ = waitpid(pid, &status, 0)
+    }
 }
 
 /// A failure of a test helper.

@@ -1,0 +1,83 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import SessionClusterAsync
+import SessionClusterHummingbird
+import SessionClusterNodeKit
+import SessionCore
+import SessionMiddleware
+
+/// The demo node's routes on Hummingbird, over any store.
+struct DemoNodeApp {
+    typealias Context = BasicClusterSessionRequestContext
+
+    let router: Router<Context>
+    let manager: SessionRequestManager
+
+    /// - Parameter healthProblem: what keeps the node from serving (blocking; run on the executor), nil when ready.
+    init(
+        nodeID: String, store: any SessionStore & IdempotencyStore, executor: BlockingExecutor,
+        sessions: SessionConfiguration, healthProblem: @escaping @Sendable () -> String? = { nil }, logger: Logger
+    ) {
+        manager = SessionRequestManager(store: store, configuration: sessions, executor: executor, logger: logger)
+        let router = Router(context: Context.self)
+        router.add(middleware: ServedByMiddleware(nodeID: nodeID))
+        router.add(middleware: ClusterIdempotencyMiddleware(store: store, executor: executor, logger: logger))
+        router.add(middleware: ClusterSessionMiddleware(manager: manager))
+
+        router.get("/healthz") { _, _ in
+            let problem = try await executor.run { healthProblem() }
+            let (status, body) = DemoAPI.health(node: nodeID, problem: problem)
+            return Self.json(body, status: status)
+        }
+        router.get("/api/session") { _, context in
+            Self.json(try DemoAPI.sessionJSON(node: nodeID, session: try await context.session()))
+        }
+        router.post("/api/counter") { _, context in
+            Self.json(try await DemoAPI.counter(node: nodeID, session: try await context.session()))
+        }
+        router.post("/api/login") { request, context in
+            let body = try await request.body.collect(upTo: 16 * 1024)
+            return Self.json(
+                try await DemoAPI.login(node: nodeID, body: Array(body.readableBytesView)) {
+                    try await context.session()
+                })
+        }
+        router.post("/api/logout") { _, context in
+            Self.json(try await DemoAPI.logout(node: nodeID, session: try await context.session()))
+        }
+        self.router = router
+    }
+
+    /// Stops the exclusive mode's lock holders.
+    func shutdown() async throws {
+        try await manager.shutdown()
+    }
+
+    static func json(_ text: String, status: Int = 200) -> Response {
+        Response(
+            status: HTTPResponse.Status(code: status), headers: [.contentType: "application/json"],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+    }
+}
+
+/// Adds `X-Served-By` to every response, error answers included.
+struct ServedByMiddleware<Context: RequestContext>: RouterMiddleware {
+    let nodeID: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch let error as SessionErrorResponse {
+            response = error.hummingbirdResponse
+        } catch let error as any HTTPResponseError {
+            response = try error.response(from: request, context: context)
+        }
+        response.headers[HTTPField.Name("X-Served-By")!] = nodeID
+        return response
+    }
+}

@@ -1,0 +1,83 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import SessionClusterAsync
+import SessionCore
+
+/// Runs a POST carrying an `Idempotency-Key` once, as the core's
+/// `IdempotencyMiddleware` does: a retry (the balancer's or the client's)
+/// gets the stored response with `Idempotent-Replayed: true`, a concurrent
+/// duplicate waits then gets 409, a key reused for another request 422.
+///
+/// Install it in front of `ClusterSessionMiddleware`: the session changes
+/// and the record are then written in one atomic step, so a node that dies
+/// mid-request leaves both or neither, and a balancer may retry the POST on
+/// another node. The request body is read into memory to fingerprint it
+/// (up to the context's `maxUploadSize`).
+public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext>: RouterMiddleware {
+    /// Claims, records and replays.
+    public let gate: IdempotencyGate
+
+    /// A middleware over a gate.
+    public init(gate: IdempotencyGate) {
+        self.gate = gate
+    }
+
+    /// A middleware keeping records in `store` (usually the session store).
+    public init(store: any IdempotencyStore, executor: BlockingExecutor = .shared, logger: Logger) {
+        gate = IdempotencyGate(store: store, executor: executor, logger: logger)
+    }
+
+    public func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        let key = request.headers[HTTPField.Name("Idempotency-Key")!]
+        guard key != nil, ![.get, .head, .options].contains(request.method) else {
+            return try await next(request, context)
+        }
+        var request = request
+        let body = try await request.body.collect(upTo: context.maxUploadSize)
+        request.body = RequestBody(buffer: body)
+        let decision: IdempotencyGate.Decision
+        do {
+            decision = try await gate.begin(
+                key: key, method: request.method.rawValue, target: request.uri.description,
+                body: Array(body.readableBytesView))
+        } catch let error as SessionErrorResponse {
+            return error.hummingbirdResponse
+        }
+        switch decision {
+        case .replay(let stored):
+            var fields = HTTPFields()
+            for pair in stored.headers where pair.count == 2 {
+                if let name = HTTPField.Name(pair[0]) { fields.append(HTTPField(name: name, value: pair[1])) }
+            }
+            return Response(
+                status: HTTPResponse.Status(code: stored.status), headers: fields,
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: stored.body)))
+        case .run(nil):
+            return try await next(request, context)
+        case .run(let ticket?):
+            var context = context
+            context.clusterSessions.idempotency = ticket
+            var response: Response
+            do {
+                response = try await next(request, context)
+            } catch {
+                await gate.abandon(ticket)
+                throw error
+            }
+            if !ticket.isRecorded {
+                // The request changed no session: its record stands alone.
+                let bytes = try await response.collectBody()
+                await gate.finish(
+                    ticket,
+                    response: StoredResponse(
+                        status: response.status.code, headers: response.headers.map { [$0.name.rawName, $0.value] },
+                        body: bytes))
+            }
+            return response
+        }
+    }
+}

@@ -1,0 +1,231 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import SessionClusterAsync
+import SessionClusterHummingbird
+import SessionClusterTestKit
+import SessionCore
+import SessionMiddleware
+import SessionRedis
+import Testing
+
+@testable import HummingbirdNode
+
+/// The native middleware (our `Session` in Hummingbird handlers), through the
+/// example node's routes, on two nodes sharing a store: the same store for
+/// memory and Redis (two clients), two replicating stores for replicate.
+@Suite struct NativeSessionTests {
+    /// Runs `body` with clients of node "a" and node "b".
+    func withNodes(
+        _ kind: StoreKind, expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system,
+        sessions: SessionConfiguration = SessionConfiguration(),
+        _ body: @escaping @Sendable (any TestClientProtocol, any TestClientProtocol) async throws -> Void
+    ) async throws {
+        try await withExecutor(threads: 16) { executor in
+            try await withStores(kind, expiry: expiry, clock: clock) { stores in
+                let apps = ["a", "b"].enumerated().map { i, name in
+                    DemoNodeApp(
+                        nodeID: name, store: stores.nodes[min(i, stores.nodes.count - 1)], executor: executor,
+                        sessions: sessions, logger: quietLogger())
+                }
+                let responders = apps.map { $0.router.buildResponder() }
+                try await Application(responder: responders[0]).test(.router) { a in
+                    try await Application(responder: responders[1]).test(.router) { b in
+                        try await body(a, b)
+                    }
+                }
+                for app in apps { try await app.shutdown() }
+            }
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func sessionSurvivesARequestToTheOtherNode(_ kind: StoreKind) async throws {
+        try await withNodes(kind) { a, b in
+            let jar = CookieJar()
+            #expect(try await a.demo(.get, "/api/session", jar: jar) == DemoAnswer(node: "a", count: 0, user: nil))
+            #expect(jar["sid"] == nil, "a read creates no session")
+            #expect(try await a.demo(.post, "/api/counter", jar: jar) == DemoAnswer(node: "a", count: 1))
+            let cookie = try #require(jar["sid"])
+            #expect(try await b.demo(.post, "/api/counter", jar: jar) == DemoAnswer(node: "b", count: 2))
+            #expect(try await a.demo(.get, "/api/session", jar: jar) == DemoAnswer(node: "a", count: 2, user: nil))
+            #expect(try await b.demo(.get, "/api/session", jar: jar).count == 2)
+            #expect(jar["sid"] == cookie, "the ID stays while nothing regenerates it")
+            let response = try await b.call(.get, "/api/session", jar: jar)
+            #expect(response.headers[HTTPField.Name("X-Served-By")!] == "b")
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func concurrentIncrementsAreExact(_ kind: StoreKind) async throws {
+        try await withNodes(kind) { a, b in
+            let jar = CookieJar()
+            _ = try await a.demo(.post, "/api/counter", jar: jar)
+            let requests = 40
+            let counts = try await withThrowingTaskGroup(of: Int64.self) { group in
+                for i in 0..<requests {
+                    let node = i % 2 == 0 ? a : b
+                    let mine = jar.copy()
+                    group.addTask { try await node.demo(.post, "/api/counter", jar: mine).count }
+                }
+                return try await group.reduce(into: [Int64]()) { $0.append($1) }
+            }
+            if kind == .replicated {
+                // Each node answers with its own merged view (per-node counts): values may repeat, none is lost.
+                #expect(counts.allSatisfy { (2...Int64(requests + 1)).contains($0) })
+            } else {
+                #expect(counts.sorted() == Array(2...Int64(requests + 1)), "every increment got its own value")
+            }
+            #expect(try await b.demo(.get, "/api/session", jar: jar).count == Int64(requests + 1))
+            #expect(try await a.demo(.get, "/api/session", jar: jar).count == Int64(requests + 1))
+        }
+    }
+
+    @Test(arguments: [StoreKind.memory, .replicated])
+    func expiredSessionsAreGoneAndTheirIDNeverAdopted(_ kind: StoreKind) async throws {
+        let clock = ManualClock()
+        let expiry = SessionExpiry(idleTimeoutMillis: 60_000, absoluteTimeoutMillis: 600_000)
+        try await withNodes(kind, expiry: expiry, clock: clock.clock) { a, b in
+            try await expectExpiry(a, b) { clock.advance(millis: 60_000) }
+        }
+    }
+
+    @Test func expiredSessionsAreGoneInRedis() async throws {
+        try await withNodes(.redis, expiry: SessionExpiry(idleTimeoutMillis: 1_000)) { a, b in
+            try await expectExpiry(a, b) { try await Task.sleep(for: .milliseconds(1_500)) }
+        }
+    }
+
+    func expectExpiry(
+        _ a: any TestClientProtocol, _ b: any TestClientProtocol, passIdleTimeout: @Sendable () async throws -> Void
+    ) async throws {
+        let jar = CookieJar()
+        _ = try await a.demo(.post, "/api/counter", jar: jar)
+        let old = try #require(jar["sid"])
+        try await passIdleTimeout()
+        #expect(try await b.demo(.get, "/api/session", jar: jar).count == 0)
+        #expect(try await b.demo(.post, "/api/counter", jar: jar).count == 1, "a new session")
+        #expect(jar["sid"] != old, "the expired ID is not adopted")
+        #expect(try await a.demo(.get, "/api/session", jar: jar).count == 1)
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func loginRegeneratesTheIDAndTheOldOneStopsWorking(_ kind: StoreKind) async throws {
+        try await withNodes(kind) { a, b in
+            let jar = CookieJar()
+            _ = try await a.demo(.post, "/api/counter", jar: jar)
+            _ = try await b.demo(.post, "/api/counter", jar: jar)
+            let before = jar.copy()
+            let login = try await a.demo(.post, "/api/login", jar: jar, body: #"{"user": " ada "}"#)
+            #expect(login == DemoAnswer(node: "a", count: 2, user: "ada"))
+            #expect(jar["sid"] != before["sid"], "a new ID at login")
+            #expect(try await b.demo(.get, "/api/session", jar: jar) == DemoAnswer(node: "b", count: 2, user: "ada"))
+            #expect(try await b.demo(.get, "/api/session", jar: before) == DemoAnswer(node: "b", count: 0, user: nil))
+            #expect(try await a.demo(.get, "/api/session", jar: before).count == 0)
+            // Logout invalidates everywhere and expires the cookie.
+            #expect(try await b.demo(.post, "/api/logout", jar: jar) == DemoAnswer(node: "b", count: 0, user: nil))
+            #expect(jar["sid"] == nil)
+            let stale = jar.copy()
+            #expect(try await a.demo(.get, "/api/session", jar: stale).user == nil)
+            let bad = try await a.call(.post, "/api/login", jar: jar, body: "not json")
+            #expect(bad.status == .badRequest)
+            #expect(bad.headers[HTTPField.Name("X-Served-By")!] == "a")
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func idempotentRetriesRunOnce(_ kind: StoreKind) async throws {
+        try await withNodes(kind) { a, b in
+            let jar = CookieJar()
+            _ = try await a.demo(.post, "/api/counter", jar: jar)
+            let key: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "retry-\(UUID().uuidString)"]
+            let first = try await a.call(.post, "/api/counter", jar: jar, headers: key)
+            #expect(first.status == .ok)
+            #expect(String(buffer: first.body) == #"{"node":"a","count":2}"#)
+            // The balancer retries on the other node: the stored answer, not a second increment.
+            let retry = try await b.call(.post, "/api/counter", jar: jar, headers: key)
+            #expect(retry.status == .ok)
+            #expect(String(buffer: retry.body) == #"{"node":"a","count":2}"#)
+            #expect(retry.headers[HTTPField.Name("Idempotent-Replayed")!] == "true")
+            #expect(try await b.demo(.get, "/api/session", jar: jar).count == 2)
+            let reused = try await b.call(.post, "/api/login", jar: jar, body: #"{"user":"x"}"#, headers: key)
+            #expect(reused.status == .unprocessableContent)
+            // A new session made by an idempotent request: the replay carries its cookie.
+            let fresh = CookieJar()
+            let newKey: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "new-\(UUID().uuidString)"]
+            _ = try await b.call(.post, "/api/counter", jar: fresh, headers: newKey)
+            let replayJar = CookieJar()
+            let replay = try await a.call(.post, "/api/counter", jar: replayJar, headers: newKey)
+            #expect(replay.headers[HTTPField.Name("Idempotent-Replayed")!] == "true")
+            #expect(replayJar["sid"] == fresh["sid"] && fresh["sid"] != nil)
+            #expect(try await a.demo(.get, "/api/session", jar: fresh).count == 1)
+        }
+    }
+
+    @Test func signedCookiesRefuseForgedIDs() async throws {
+        let sessions = SessionConfiguration(signingKey: Array("a signing key of 32 bytes or more!!".utf8))
+        try await withNodes(.memory, sessions: sessions) { a, b in
+            let jar = CookieJar()
+            _ = try await a.demo(.post, "/api/counter", jar: jar)
+            let signed = try #require(jar["sid"])
+            #expect(signed.contains("."))
+            #expect(try await b.demo(.get, "/api/session", jar: jar).count == 1)
+            let id = String(signed.split(separator: ".")[0])
+            let forged = CookieJar(["sid": id + ".AAAA"])
+            #expect(try await b.demo(.get, "/api/session", jar: forged).count == 0)
+            let unsigned = CookieJar(["sid": id])
+            #expect(try await b.demo(.get, "/api/session", jar: unsigned).count == 0)
+        }
+    }
+
+    /// Exclusive mode (Redis lock): a handler's read-modify-write of one
+    /// attribute, which plain deltas can lose, is exact when every request
+    /// of the session holds the lock across the handler (async) and the commit.
+    @Test func exclusiveModeSerializesReadModifyWrite() async throws {
+        try await withExecutor(threads: 16) { executor in
+            try await withStores(.redis) { stores in
+                let server = try await onThread { try RedisTestServer.start() }
+                let client = RedisClient(configuration: try RedisConfiguration(url: server.url), logger: quietLogger())
+                let lock = RedisSessionLock(
+                    client: client, keyPrefix: "lock:\(UUID().uuidString):", logger: quietLogger())
+                let routers = stores.nodes.map { store in
+                    let manager = SessionRequestManager(
+                        store: store, configuration: SessionConfiguration(exclusive: lock), executor: executor,
+                        lockHolderThreads: 8, logger: quietLogger())
+                    let router = Router(context: BasicClusterSessionRequestContext.self)
+                    router.add(middleware: ClusterSessionMiddleware(manager: manager))
+                    router.post("/rmw") { _, context -> String in
+                        let session = try await context.session()
+                        let value = try session.get("n", as: Int.self) ?? 0
+                        try await Task.sleep(for: .milliseconds(5))  // widen the race
+                        try session.set("n", value + 1)
+                        return "\(value + 1)"
+                    }
+                    return (router, manager)
+                }
+                let responders = routers.map { $0.0.buildResponder() }
+                try await Application(responder: responders[0]).test(.router) { a in
+                    try await Application(responder: responders[1]).test(.router) { b in
+                        let jar = CookieJar()
+                        _ = try await a.call(.post, "/rmw", jar: jar)
+                        let results = try await withThrowingTaskGroup(of: String.self) { group in
+                            for i in 0..<16 {
+                                let node = i % 2 == 0 ? a : b
+                                let mine = jar.copy()
+                                group.addTask { String(buffer: try await node.call(.post, "/rmw", jar: mine).body) }
+                            }
+                            return try await group.reduce(into: [String]()) { $0.append($1) }
+                        }
+                        #expect(Set(results) == Set((2...17).map { "\($0)" }), "no update lost: \(results.sorted())")
+                    }
+                }
+                for (_, manager) in routers { try await manager.shutdown() }
+                client.close()
+                try await onThread { server.stop() }
+            }
+        }
+    }
+}

@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "SessionClusterTestKit",
             dependencies: [
-                "SessionClusterReplication",
+                "SessionClusterAsync", "SessionClusterReplication",
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionRedis", package: "SessionCluster"),
                 .product(name: "Logging", package: "swift-log"),

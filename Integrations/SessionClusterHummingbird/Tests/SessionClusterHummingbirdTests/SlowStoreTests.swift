@@ -73,20 +73,3 @@ import Testing
         }
     }
 }
-
-/// Polls `check` (every 10 ms, up to `seconds`) without blocking a thread.
-func eventually(seconds: Double = 10, _ check: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while ContinuousClock.now < deadline {
-        if check() { return true }
-        try? await Task.sleep(for: .milliseconds(10))
-    }
-    return check()
-}
-
-/// Names in the order their requests completed.
-final class CompletionLog: Sendable {
-    private let names = Mutex<[String]>([])
-    func append(_ name: String) { names.withLock { $0.append(name) } }
-    var entries: [String] { names.withLock { $0 } }
-}

@@ -1,0 +1,68 @@
+import SessionClusterAsync
+import SessionCore
+import Vapor
+
+/// Runs a POST carrying an `Idempotency-Key` once, as the core's
+/// `IdempotencyMiddleware` does: a retry (the balancer's or the client's)
+/// gets the stored response with `Idempotent-Replayed: true`, a concurrent
+/// duplicate waits then gets 409, a key reused for another request 422.
+///
+/// Install it in front of `ClusterSessionsMiddleware`: the session changes
+/// and the record are then written in one atomic step. The request body is
+/// collected (up to `maxBodyBytes`) to fingerprint the request.
+public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
+    /// Claims, records and replays.
+    public let gate: IdempotencyGate
+    /// The largest request body read for the fingerprint.
+    public var maxBodyBytes: Int
+
+    /// A middleware over a gate.
+    public init(gate: IdempotencyGate, maxBodyBytes: Int = 1 << 20) {
+        self.gate = gate
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    /// A middleware keeping records in `store` (usually the session store).
+    public init(store: any IdempotencyStore, executor: BlockingExecutor = .shared, logger: Logger) {
+        self.init(gate: IdempotencyGate(store: store, executor: executor, logger: logger))
+    }
+
+    public func respond(to request: Request, chainingTo next: any AsyncResponder) async throws -> Response {
+        let key = request.headers.first(name: "Idempotency-Key")
+        guard key != nil, ![.GET, .HEAD, .OPTIONS].contains(request.method) else {
+            return try await next.respond(to: request)
+        }
+        let body = try await request.body.collect(max: maxBodyBytes).get()
+        let decision: IdempotencyGate.Decision
+        do {
+            decision = try await gate.begin(
+                key: key, method: request.method.rawValue, target: request.url.string,
+                body: body.map { Array($0.readableBytesView) } ?? [])
+        } catch let error as SessionErrorResponse {
+            return error.vaporResponse
+        }
+        switch decision {
+        case .replay(let stored):
+            return Response(
+                status: HTTPResponseStatus(statusCode: stored.status),
+                headers: HTTPHeaders(stored.headers.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }),
+                body: Response.Body(buffer: ByteBuffer(bytes: stored.body)))
+        case .run(nil):
+            return try await next.respond(to: request)
+        case .run(let ticket?):
+            request.storage[IdempotencyTicketKey.self] = ticket
+            let response: Response
+            do {
+                response = try await next.respond(to: request)
+            } catch {
+                await gate.abandon(ticket)
+                throw error
+            }
+            if !ticket.isRecorded {
+                // The request changed no session: its record stands alone.
+                await gate.finish(ticket, response: try await response.storedResponse(on: request.eventLoop))
+            }
+            return response
+        }
+    }
+}

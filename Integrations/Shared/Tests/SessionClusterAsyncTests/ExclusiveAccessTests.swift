@@ -1,0 +1,99 @@
+import Foundation
+import SessionClusterAsync
+import SessionClusterTestKit
+import SessionCore
+import Synchronization
+import Testing
+
+/// Exclusive mode for async bodies: a synchronous `SessionRequestLock`
+/// holds the session on a parked thread while the async body runs.
+@Suite struct ExclusiveAccessTests {
+    /// An in-process lock that refuses at once when held (busy), or waits.
+    final class TestLock: SessionRequestLock {
+        private let held = Mutex<Set<SessionID>>([])
+        let grants = Atomic<Int>(0)
+
+        func withExclusiveAccess<T>(to id: SessionID, _ body: () throws -> T) throws -> T {
+            let acquired = held.withLock { $0.insert(id).inserted }
+            guard acquired else { throw SessionBusyError(waitedMillis: 0) }
+            grants.add(1, ordering: .relaxed)
+            defer { _ = held.withLock { $0.remove(id) } }
+            return try body()
+        }
+
+        func isHeld(_ id: SessionID) -> Bool { held.withLock { $0.contains(id) } }
+    }
+
+    @Test func theLockIsHeldAcrossTheAsyncBodyAndReleasedAfter() async throws {
+        let lock = TestLock()
+        let access = ExclusiveAccess(lock: lock, holderThreads: 2)
+        let id = SessionID.generate()
+        let value = try await access.run(id) { () async throws -> Int in
+            try await Task.sleep(for: .milliseconds(20))  // suspends: the lock stays held on the holder thread
+            #expect(lock.isHeld(id))
+            return 42
+        }
+        #expect(value == 42)
+        #expect(!lock.isHeld(id), "released before run returns")
+        try await access.shutdown()
+    }
+
+    @Test func aBusySessionIsAnswered503AndBodyErrorsPassThrough() async throws {
+        let lock = TestLock()
+        let access = ExclusiveAccess(lock: lock, holderThreads: 2)
+        let id = SessionID.generate()
+        try await access.run(id) {
+            do {
+                try await access.run(id) { _ = Issue.record("a second holder ran") }
+                Issue.record("no busy error")
+            } catch let answer as SessionErrorResponse {
+                #expect(answer.status == 503)
+                #expect(answer.code == "session_busy")
+                #expect(answer.headers.contains { $0.name == "Retry-After" && $0.value == "1" })
+            }
+        }
+        struct Oops: Error {}
+        await #expect(throws: Oops.self) { try await access.run(id) { throw Oops() } }
+        #expect(!lock.isHeld(id))
+        #expect(lock.grants.load(ordering: .relaxed) == 2)
+        try await access.shutdown()
+    }
+}
+
+/// `Idempotency-Key` handling as the core's middleware does it.
+@Suite struct IdempotencyGateTests {
+    @Test func claimRecordReplayAndMisuse() async throws {
+        try await withExecutor { executor in
+            let gate = IdempotencyGate(store: MemorySessionStore(), executor: executor, logger: quietLogger())
+            guard case .run(nil) = try await gate.begin(key: nil, method: "POST", target: "/x", body: []) else {
+                Issue.record("a request without a key runs as it is")
+                return
+            }
+            guard case .run(nil) = try await gate.begin(key: "k", method: "GET", target: "/x", body: []) else {
+                Issue.record("GET runs as it is")
+                return
+            }
+            guard case .run(let ticket?) = try await gate.begin(key: "k", method: "POST", target: "/x", body: [1]) else {
+                Issue.record("the first request claims the key")
+                return
+            }
+            await gate.finish(ticket, response: StoredResponse(status: 201, headers: [["X-A", "1"]], body: [7]))
+            guard case .replay(let stored) = try await gate.begin(key: "k", method: "POST", target: "/x", body: [1])
+            else {
+                Issue.record("a retry is replayed")
+                return
+            }
+            #expect(stored.status == 201 && stored.body == [7])
+            #expect(stored.headers.contains(["Idempotent-Replayed", "true"]))
+            await #expect(throws: SessionErrorResponse.self) {
+                try await gate.begin(key: "k", method: "POST", target: "/x", body: [2])  // 422: another body
+            }
+            do {
+                _ = try await gate.begin(key: "bad key", method: "POST", target: "/x", body: [])
+                Issue.record("a key with a space is refused")
+            } catch let answer as SessionErrorResponse {
+                #expect(answer.status == 400)
+            }
+        }
+    }
+}

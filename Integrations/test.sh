@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds and tests the framework adapter packages: Shared (the async layer
+# they share), SessionClusterHummingbird and SessionClusterVapor, each in its
+# own directory with its own .build (so the core package never compiles a
+# web framework). Fails on any compiler warning in this repository's code.
+#
+# Redis: the tests use $REDIS_URL when set (scripts/test.sh exports it);
+# otherwise each Redis test starts a private redis-server on a free loopback
+# port and stops it by its PID, so redis-server must be installed
+# (apt-get install redis-server). Extra arguments go to every `swift test`
+# (e.g. Integrations/test.sh --filter Slow). Exit code: the first failure's.
+set -euo pipefail
+
+here=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+packages=(Shared SessionClusterHummingbird SessionClusterVapor)
+
+log() { printf '==> %s\n' "$*"; }
+
+child_pid=""
+# SIGINT/SIGTERM (scripts/test.sh stops its children with SIGINT): stop the
+# running swift build/test with SIGINT, which it handles cleanly, then exit.
+on_signal() {
+    if [[ -n "$child_pid" ]]; then
+        kill -INT "$child_pid" 2>/dev/null || true
+        wait "$child_pid" 2>/dev/null || true
+    fi
+    exit 130
+}
+trap on_signal INT TERM
+
+# run LOG CMD... — runs CMD in the background (so a signal reaches this
+# script at once), its output to the terminal and to LOG.
+run() {
+    local log_file=$1 status=0
+    shift
+    "$@" </dev/null > >(tee "$log_file") 2>&1 &
+    child_pid=$!
+    wait "$child_pid" || status=$?
+    child_pid=""
+    return "$status"
+}
+
+if [[ -z "${REDIS_URL:-}" ]] && ! command -v redis-server >/dev/null 2>&1 && [[ ! -x /usr/bin/redis-server ]]; then
+    echo "error: REDIS_URL is not set and redis-server is not installed (apt-get install redis-server)" >&2
+    exit 1
+fi
+log "Redis for the integration tests: ${REDIS_URL:-a private redis-server per test}"
+
+logs=$(mktemp -d "${TMPDIR:-/tmp}/integrations-test.XXXXXX")
+trap 'rm -rf "$logs"' EXIT
+
+for package in "${packages[@]}"; do
+    cd "$here/$package"
+    log "$package: swift build --build-tests"
+    start=$SECONDS
+    run "$logs/$package-build.log" swift build --build-tests || {
+        log "$package: build failed"
+        exit 1
+    }
+    log "$package: built in $((SECONDS - start)) s"
+    # Warnings in this repository's code (dependencies' own are theirs).
+    if grep -E '^/[^ ]+\.swift:[0-9]+:[0-9]+: warning:' "$logs/$package-build.log" | grep -v '/\.build/' >"$logs/warnings"; then
+        log "$package: compiler warnings:"
+        sort -u "$logs/warnings"
+        exit 1
+    fi
+    log "$package: swift test${*:+ $*}"
+    run "$logs/$package-test.log" swift test "$@" || {
+        log "$package: tests failed"
+        exit 1
+    }
+done
+log "integration packages: all tests passed"

@@ -51,9 +51,10 @@ trap 'rm -rf "$logs"' EXIT
 
 for package in "${packages[@]}"; do
     cd "$here/$package"
-    log "$package: swift build --build-tests"
+    log "$package: swift build, then swift build --build-tests"
     start=$SECONDS
-    run "$logs/$package-build.log" swift build --build-tests || {
+    # Both: --build-tests alone does not link the example executables.
+    run "$logs/$package-build.log" bash -c 'swift build && swift build --build-tests' || {
         log "$package: build failed"
         exit 1
     }

@@ -95,9 +95,9 @@ extension SessionClusterCommand {
 
         static func expectation(_ strategy: ClusterConfiguration.Strategy) -> String {
             switch strategy {
-            case .replicate: "expect      sessions survive a killed node: every node holds a copy"
-            case .redis: "expect      sessions survive a killed node: they live in Redis"
-            case .local: "expect      sessions break: each node knows only its own (the control experiment)"
+            case .replicate: "expect     sessions survive a killed node: every node holds a copy"
+            case .redis: "expect     sessions survive a killed node: they live in Redis"
+            case .local: "expect     sessions break: each node knows only its own (the control experiment)"
             }
         }
     }

@@ -36,6 +36,11 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence, ExpressibleByDictionar
         storage.removeAll { asciiCaseInsensitiveEquals($0.name, name) }
     }
 
+    /// Removes the fields named `name` whose value satisfies `predicate`.
+    public mutating func remove(name: String, where predicate: (String) -> Bool) {
+        storage.removeAll { asciiCaseInsensitiveEquals($0.name, name) && predicate($0.value) }
+    }
+
     /// The first value of the field named `name`, if any.
     public subscript(name: String) -> String? {
         for field in storage where asciiCaseInsensitiveEquals(field.name, name) {

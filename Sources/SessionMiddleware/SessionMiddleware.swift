@@ -72,8 +72,10 @@ public struct SessionMiddleware: HTTPMiddleware {
                 let (action, recorded) = try session.commit(idempotencyRecord: idempotency?.record(for: response))
                 if recorded { idempotency?.markRecorded() }
                 if action != planned {
-                    // The session expired during the request and was started anew.
-                    response.headers.remove(name: "Set-Cookie")
+                    // The session expired during the request and was started anew: its cookie
+                    // changes; the handler's own cookies stay.
+                    let prefix = configuration.cookieName + "="
+                    response.headers.remove(name: "Set-Cookie") { $0.hasPrefix(prefix) }
                     setCookie(action, on: &response, request: request)
                 }
                 if session.wroteToStore, let id = session.id, let token = store.readToken(for: id) {

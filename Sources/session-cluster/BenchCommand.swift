@@ -239,6 +239,11 @@ struct ShellFaultInjector: FaultInjector {
         environment["FAULT_ACTION"] = action.rawValue
         environment["FAULT_NODE"] = node
         process.environment = environment
+        // Not the benchmark's own stdout/stderr: a command that leaves a process behind (a restarted
+        // node) would keep them open. Its exit status is what counts.
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
         try process.run()
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {

@@ -47,6 +47,16 @@ final class SessionTestServer {
             try request.session().invalidate()
             return .text("bye")
         }
+        router.post("/expire-midway") { request in
+            // The session ends in the store while the handler runs (another node, an expiry);
+            // the handler sets a cookie of its own.
+            let session = try request.session()
+            if let id = session.id { try store.invalidate(id) }
+            try session.set("note", "after")
+            var response = HTTPResponse.text("ok")
+            response.headers.add(name: "Set-Cookie", value: "theme=dark; Path=/")
+            return response
+        }
         server = HTTPServer(
             configuration: HTTPServerConfiguration(host: "127.0.0.1", port: 0, eventLoops: 1, handlerThreads: 4),
             logger: logger, middleware: [middleware], responder: router.responder)
@@ -165,6 +175,21 @@ final class SessionTestServer {
         #expect(expired.contains("Max-Age=0"))
         #expect(try memory.load(SessionID(rawValue: after)!) == nil)
         #expect(try t.curl("GET", "/read").body == "{\"count\":0}")
+    }
+
+    @Test func aSessionEndedDuringTheRequestGetsANewCookieAndTheHandlersCookiesStay() throws {
+        let memory = MemorySessionStore()
+        let t = try SessionTestServer(store: memory)
+        _ = try t.curl("POST", "/count")
+        let before = try #require(try t.jarCookie())
+        let response = try t.curl("POST", "/expire-midway")
+        #expect(response.status == 200)
+        let cookies = response.header("Set-Cookie")
+        #expect(cookies.contains { $0.hasPrefix("theme=dark") }, "the handler's cookie is kept: \(cookies)")
+        #expect(cookies.filter { $0.hasPrefix("sid=") }.count == 1, "\(cookies)")
+        let after = try #require(try t.jarCookie())
+        #expect(after != before, "an ended session's ID is never revived")
+        #expect(try memory.load(SessionID(rawValue: after)!)?.attributes["note"] != nil)
     }
 
     @Test func aStoreOutageIsA503WithAClearJSONError() throws {

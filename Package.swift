@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "MiniHTTP", targets: ["MiniHTTP"]),
         .library(name: "SessionMiddleware", targets: ["SessionMiddleware"]),
         .library(name: "SessionRedis", targets: ["SessionRedis"]),
+        .library(name: "SessionReplication", targets: ["SessionReplication"]),
         .library(name: "SessionStoreConformance", targets: ["SessionStoreConformance"]),
         .executable(name: "session-cluster", targets: ["session-cluster"]),
     ],

@@ -2,8 +2,10 @@
 # Run the whole test suite: starts a private redis-server on a free loopback
 # port, exports REDIS_URL for the integration tests, runs
 # `swift build --build-tests` then `swift test` (extra arguments go to
-# `swift test`, e.g. scripts/test.sh --filter MiniHTTPTests), and always
-# stops that redis-server by its PID. Exit code: swift test's.
+# `swift test`, e.g. scripts/test.sh --filter MiniHTTPTests), then, for the
+# whole suite (no arguments; SKIP_INTEGRATIONS=1 skips it), the framework
+# adapters' packages (Integrations/test.sh), and always stops that
+# redis-server by its PID. Exit code: the first failure's.
 # SCRATCH_PATH (default .build) is SwiftPM's build directory.
 set -euo pipefail
 
@@ -64,9 +66,21 @@ fi
 
 log "swift test${*:+ $*}"
 run swift test --scratch-path "$SCRATCH_PATH" "$@" || status=$?
-if ((status == 0)); then
-    log "tests passed"
-else
+if ((status != 0)); then
     log "tests failed (exit code $status)"
+    exit "$status"
+fi
+log "tests passed"
+
+# The framework adapters (their own packages, so the core never compiles a
+# web framework): part of the whole suite, not of a filtered run.
+if (($# == 0)) && [[ "${SKIP_INTEGRATIONS:-0}" != 1 ]]; then
+    log "framework adapters: Integrations/test.sh (Hummingbird, Vapor; the first build takes minutes)"
+    run bash Integrations/test.sh || status=$?
+    if ((status == 0)); then
+        log "adapter tests passed"
+    else
+        log "adapter tests failed (exit code $status)"
+    fi
 fi
 exit "$status"

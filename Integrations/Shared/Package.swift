@@ -9,7 +9,6 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SessionClusterAsync", targets: ["SessionClusterAsync"]),
-        .library(name: "SessionClusterReplication", targets: ["SessionClusterReplication"]),
         .library(name: "SessionClusterNodeKit", targets: ["SessionClusterNodeKit"]),
         .library(name: "SessionClusterTestKit", targets: ["SessionClusterTestKit"]),
     ],
@@ -21,18 +20,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
-        // The core's Sources/SessionReplication, compiled here under another
-        // module name (Sources/SessionClusterReplication is a symlink to it)
-        // because the root package does not export it as a product. Remove
-        // this target and use the root's product once it does.
-        .target(
-            name: "SessionClusterReplication",
-            dependencies: [
-                .product(name: "SessionCore", package: "SessionCluster"),
-                .product(name: "MiniHTTP", package: "SessionCluster"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-            ]),
         .target(
             name: "SessionClusterAsync",
             dependencies: [
@@ -46,7 +33,8 @@ let package = Package(
         .target(
             name: "SessionClusterNodeKit",
             dependencies: [
-                "SessionClusterAsync", "SessionClusterReplication",
+                "SessionClusterAsync",
+                .product(name: "SessionReplication", package: "SessionCluster"),
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionRedis", package: "SessionCluster"),
                 .product(name: "MiniHTTP", package: "SessionCluster"),
@@ -56,7 +44,8 @@ let package = Package(
         .target(
             name: "SessionClusterTestKit",
             dependencies: [
-                "SessionClusterAsync", "SessionClusterReplication",
+                "SessionClusterAsync",
+                .product(name: "SessionReplication", package: "SessionCluster"),
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionRedis", package: "SessionCluster"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Logging
-import SessionClusterReplication
+import SessionReplication
 import SessionCore
 import SessionRedis
 

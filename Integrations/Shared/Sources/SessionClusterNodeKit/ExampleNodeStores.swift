@@ -1,6 +1,6 @@
 import Logging
 import SessionClusterAsync
-import SessionClusterReplication
+import SessionReplication
 import SessionCore
 import SessionRedis
 

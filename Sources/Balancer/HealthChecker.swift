@@ -94,32 +94,11 @@ final class HealthChecker: Sendable {
 
     /// One `GET path`: true when a 2xx or 3xx head arrives in time.
     private func check(_ state: BackendState) -> Bool {
-        let deadline = monotonicMillis() + Int64(configuration.timeoutMillis)
-        let host = state.configuration.host
         guard
-            let fd = try? Sockets.connect(
-                host: host, port: state.configuration.port, timeoutMillis: Int32(configuration.timeoutMillis))
+            let answer = BlockingGET.fetch(
+                host: state.configuration.host, port: state.configuration.port, path: configuration.path,
+                timeoutMillis: configuration.timeoutMillis, userAgent: "session-cluster-balancer", readBody: false)
         else { return false }
-        defer { close(fd) }
-        let hostHeader = host.contains(":") ? "[\(host)]" : host
-        let request = "GET \(configuration.path) HTTP/1.1\r\nHost: \(hostHeader):\(state.configuration.port)\r\n"
-            + "User-Agent: session-cluster-balancer\r\nConnection: close\r\n\r\n"
-        Sockets.setSendTimeout(fd, millis: configuration.timeoutMillis)
-        guard Sockets.writeAll(fd, Array(request.utf8)) else { return false }
-        var parser = HTTPResponseParser()
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            switch try? parser.next() {
-            case .head(let head)? where !head.isInterim: return (200..<400).contains(head.status)
-            case nil: break
-            default: continue
-            }
-            let remaining = deadline - monotonicMillis()
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard remaining > 0, poll(&pfd, 1, Int32(remaining)) > 0 else { return false }
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { return false }
-            parser.append(buffer[0..<n])
-        }
+        return (200..<400).contains(answer.status)
     }
 }

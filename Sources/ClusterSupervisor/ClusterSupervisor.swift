@@ -329,7 +329,7 @@ public final class ClusterSupervisor: Sendable {
     /// One /healthz: a starting node that answers 200 becomes running.
     @discardableResult
     private func checkReady(_ node: NodeSlot) -> Bool {
-        guard let answer = NodeProbe.get(host: "127.0.0.1", port: node.port, path: "/healthz", timeoutMillis: 250),
+        guard let answer = NodeProbe.get(port: node.port, path: "/healthz", timeoutMillis: 250),
             answer.status == 200
         else { return false }
         let becameReady = node.update { slot -> Bool in
@@ -371,7 +371,7 @@ public final class ClusterSupervisor: Sendable {
                 } else if node.state == .starting, tick % 2 == 0 {
                     checkReady(node)
                 } else if node.state == .running, tick % 10 == 0,
-                    let answer = NodeProbe.get(host: "127.0.0.1", port: node.port, path: "/metrics", timeoutMillis: 250),
+                    let answer = NodeProbe.get(port: node.port, path: "/metrics", timeoutMillis: 250),
                     answer.status == 200
                 {
                     let sessions = NodeProbe.sample("session_store_sessions", in: String(decoding: answer.body, as: UTF8.self))

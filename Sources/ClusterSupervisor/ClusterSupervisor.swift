@@ -4,6 +4,7 @@ import Glibc
 import Balancer
 import Logging
 import MiniHTTP
+import SessionCore
 import Synchronization
 
 /// What `ClusterSupervisor` starts: N `session-cluster node` processes with one
@@ -125,8 +126,9 @@ public final class ClusterSupervisor: Sendable {
             if let value = getenv(key) { environment[key] = String(cString: value) }
         }
         // The same secrets on every node: cookies signed by one are accepted by all, and peers trust each other.
-        environment["SESSION_COOKIE_SECRET"] = randomHex(bytes: 32)
-        environment["SESSION_CLUSTER_SECRET"] = randomHex(bytes: 32)
+        // 256 random bits each, base64url (a session ID's recipe).
+        environment["SESSION_COOKIE_SECRET"] = SessionID.generate().rawValue
+        environment["SESSION_CLUSTER_SECRET"] = SessionID.generate().rawValue
         self.environment = environment
         var slots: [NodeSlot] = []
         do throws(SupervisorError) {
@@ -487,19 +489,6 @@ private func redisAnswers(port: Int) -> Bool {
     var reply = [UInt8](repeating: 0, count: 16)
     let n = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
     return n >= 5 && String(decoding: reply[0..<5], as: UTF8.self) == "+PONG"
-}
-
-private func randomHex(bytes: Int) -> String {
-    var generator = SystemRandomNumberGenerator()
-    return (0..<bytes).map { _ in String(format2: UInt8.random(in: 0...255, using: &generator)) }.joined()
-}
-
-extension String {
-    /// Two lowercase hex digits.
-    fileprivate init(format2 byte: UInt8) {
-        let digits = Array("0123456789abcdef")
-        self = String([digits[Int(byte >> 4)], digits[Int(byte & 0xf)]])
-    }
 }
 
 /// Removes the files of a flat directory, then the directory.

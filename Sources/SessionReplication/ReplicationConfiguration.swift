@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A peer's replication address, "host:port" or "[v6]:port".
 public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
     public var host: String
@@ -121,5 +125,36 @@ public struct ReplicationConfiguration: Sendable {
         var hash: UInt32 = 2_166_136_261
         for byte in name.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
         return hash == 0 ? 1 : hash
+    }
+}
+
+extension ReplicationConfiguration {
+    /// The settings a node's command line gives, validated, with errors that name the
+    /// option: `--peers` (host:port,...), `--replication-port`, `--replication-mode`
+    /// (sync or async), `--sync-timeout-ms`, and the cluster secret (`--cluster-secret`,
+    /// else `$SESSION_CLUSTER_SECRET`; 16+ bytes, the same on every node).
+    public static func fromCommandLine(
+        nodeName: String, host: String, port: Int, peers: String?, mode: String, syncTimeoutMillis: Int,
+        secret: String?
+    ) throws(ReplicationConfigurationError) -> ReplicationConfiguration {
+        guard let mode = Mode(rawValue: mode) else { throw ReplicationConfigurationError("--replication-mode must be sync or async") }
+        guard let secret = secret ?? getenv("SESSION_CLUSTER_SECRET").map({ String(cString: $0) }) else {
+            throw ReplicationConfigurationError(
+                "replication needs a cluster secret: --cluster-secret or SESSION_CLUSTER_SECRET (16+ bytes, the same on every node)")
+        }
+        guard secret.utf8.count >= FrameCodec.minimumSecretByteCount else {
+            throw ReplicationConfigurationError("the cluster secret must be at least \(FrameCodec.minimumSecretByteCount) bytes")
+        }
+        guard (1...60_000).contains(syncTimeoutMillis) else { throw ReplicationConfigurationError("--sync-timeout-ms must be 1...60000") }
+        guard (0...65535).contains(port) else { throw ReplicationConfigurationError("--replication-port must be 0...65535") }
+        let peerList: [PeerAddress]
+        do {
+            peerList = try PeerAddress.list(peers ?? "")
+        } catch {
+            throw ReplicationConfigurationError("--peers: \(error.message)")
+        }
+        return ReplicationConfiguration(
+            nodeName: nodeName, host: host, port: port, peers: peerList, secret: Array(secret.utf8), mode: mode,
+            syncTimeoutMillis: syncTimeoutMillis)
     }
 }

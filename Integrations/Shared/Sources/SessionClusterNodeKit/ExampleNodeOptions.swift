@@ -139,27 +139,13 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
 
     /// The replication settings of `--peers`, `--replication-port`, `--replication-mode` and the cluster secret.
     public func replicationConfiguration() throws -> ReplicationConfiguration {
-        guard let mode = ReplicationConfiguration.Mode(rawValue: replicationMode) else {
-            throw ValidationError("--replication-mode must be sync or async")
-        }
-        guard let secretText = clusterSecret ?? getenv("SESSION_CLUSTER_SECRET").map({ String(cString: $0) }) else {
-            throw ValidationError(
-                "--store replicate needs a cluster secret: --cluster-secret or SESSION_CLUSTER_SECRET (16+ bytes, the same on every node)")
-        }
-        guard secretText.utf8.count >= FrameCodec.minimumSecretByteCount else {
-            throw ValidationError("the cluster secret must be at least \(FrameCodec.minimumSecretByteCount) bytes")
-        }
-        guard (1...60_000).contains(syncTimeoutMs) else { throw ValidationError("--sync-timeout-ms must be 1...60000") }
-        guard (0...65535).contains(replicationPort) else { throw ValidationError("--replication-port must be 0...65535") }
-        let peerList: [PeerAddress]
         do {
-            peerList = try PeerAddress.list(peers ?? "")
+            return try ReplicationConfiguration.fromCommandLine(
+                nodeName: nodeId, host: host, port: replicationPort, peers: peers, mode: replicationMode,
+                syncTimeoutMillis: syncTimeoutMs, secret: clusterSecret)
         } catch {
-            throw ValidationError("--peers: \(error.message)")
+            throw ValidationError(error.message)
         }
-        return ReplicationConfiguration(
-            nodeName: nodeId, host: host, port: replicationPort, peers: peerList, secret: Array(secretText.utf8),
-            mode: mode, syncTimeoutMillis: syncTimeoutMs)
     }
 
     /// A logger at `--log-level`, to standard error (bootstraps swift-log once per process).

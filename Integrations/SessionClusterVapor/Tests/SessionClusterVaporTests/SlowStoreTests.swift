@@ -24,7 +24,7 @@ import Vapor
                     logger: quietLogger())
                 try await app.server.start(address: .hostname("127.0.0.1", port: 0))
                 let port = try #require(app.http.server.shared.localAddress?.port)
-                try await exercise(store: store, port: port)
+                try await exerciseSlowStore(store, port: port)
                 await app.server.shutdown()
                 try await routes.shutdown()
             } catch {
@@ -34,48 +34,5 @@ import Vapor
             }
             try await app.asyncShutdown()
         }
-    }
-
-    func exercise(store: SlowSessionStore, port: Int) async throws {
-        var slowCookies: [String] = []
-        for _ in 0..<2 {
-            let created = try await onThread { try rawHTTP(port: port, "POST", "/api/counter") }
-            let cookie = try #require(created.setCookies.first?.split(separator: ";").first.map(String.init))
-            store.makeSlow(try #require(SessionID(rawValue: String(cookie.dropFirst("sid=".count)))))
-            slowCookies.append(cookie)
-        }
-        let finished = CompletionLog()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for (i, cookie) in slowCookies.enumerated() {
-                group.addTask {
-                    let response = try await onThread {
-                        try rawHTTP(port: port, "GET", "/api/session", headers: ["Cookie": cookie])
-                    }
-                    #expect(response.status == 200)
-                    #expect(response.body.contains(#""count":1"#))
-                    finished.append("slow-\(i)")
-                }
-            }
-            let stuck = await eventually { store.blockedCalls == 2 }
-            #expect(stuck, "the slow requests reached the store")
-            try await withThrowingTaskGroup(of: Void.self) { fast in
-                for i in 0..<20 {
-                    fast.addTask {
-                        let response = try await onThread { try rawHTTP(port: port, "POST", "/api/counter") }
-                        #expect(response.status == 200)
-                        #expect(response.body.contains(#""count":1"#))
-                        finished.append("fast-\(i)")
-                    }
-                }
-                try await fast.waitForAll()
-            }
-            #expect(store.blockedCalls == 2, "the other sessions completed while the store was stuck")
-            store.release()
-            try await group.waitForAll()
-        }
-        let order = finished.entries
-        #expect(order.count == 22)
-        #expect(order.prefix(20).allSatisfy { $0.hasPrefix("fast-") }, "completion order: \(order)")
-        #expect(store.delayedCalls == 2)
     }
 }

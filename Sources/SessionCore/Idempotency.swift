@@ -57,10 +57,14 @@ public enum IdempotencyClaim: Sendable, Equatable {
 
 /// Keeps `Idempotency-Key` → outcome, next to the sessions (a store that
 /// supports it also writes `SessionDelta.idempotencyRecord` atomically).
+///
+/// The first completed outcome of a key wins: `complete` never replaces it,
+/// and `SessionStore.apply` refuses a delta whose record's key has one
+/// (`idempotencyKeyCompleted`), so a run whose claim was taken over changes nothing.
 public protocol IdempotencyStore: Sendable {
     /// Claims `key` for a request with `fingerprint` (in progress for at most `inProgressMillis`).
     func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim
-    /// Records the outcome of a request that changed no session.
+    /// Records the outcome of a request that changed no session (kept only if the key has none yet).
     func complete(_ record: IdempotencyRecord) throws
     /// Gives up a claim without an outcome, so a retry can run.
     func abandon(key: String) throws

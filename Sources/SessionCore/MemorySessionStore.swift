@@ -81,6 +81,11 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
         let now = clock.nowMillis()
         return try contents.withLock { contents throws(SessionStoreError) -> AppliedDelta? in
+            if let key = delta.idempotencyRecord?.key, let record = contents.records[key], record.expiresAt > now,
+                case .completed = record.state
+            {
+                throw .idempotencyKeyCompleted(key)
+            }
             var created = false
             var entry: Entry
             if let existing = contents.sessions[delta.id],
@@ -182,8 +187,9 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
 
     public func complete(_ record: IdempotencyRecord) throws {
         let now = clock.nowMillis()
-        contents.withLock {
-            $0.records[record.key] = Record(
+        contents.withLock { contents in
+            if let kept = contents.records[record.key], kept.expiresAt > now, case .completed = kept.state { return }
+            contents.records[record.key] = Record(
                 state: .completed(fingerprint: record.fingerprint, response: record.response),
                 expiresAt: now + record.ttlMillis)
         }

@@ -144,6 +144,10 @@ public struct SessionStoreError: Error, Sendable, Equatable, CustomStringConvert
         case sessionTooLarge
         /// An attribute could not be encoded or decoded.
         case invalidValue
+        /// The delta's idempotency record was completed by another run of the
+        /// same request (a retry that took over a claim); nothing was written.
+        /// `IdempotencyMiddleware` answers with that run's response instead.
+        case idempotencyKeyCompleted
     }
 
     public var code: Code
@@ -155,6 +159,12 @@ public struct SessionStoreError: Error, Sendable, Equatable, CustomStringConvert
     }
 
     public var description: String { "\(code.rawValue): \(message)" }
+
+    /// `idempotencyKeyCompleted` for `key`.
+    public static func idempotencyKeyCompleted(_ key: String) -> SessionStoreError {
+        SessionStoreError(
+            .idempotencyKeyCompleted, "Idempotency-Key '\(key)' was completed by another run of the request; nothing written")
+    }
 }
 
 /// Where sessions live. Every store behaves the same; the conformance suite

@@ -23,6 +23,12 @@ import Glibc
 /// - A key reused for a different request (method, target or body) gets 422.
 /// - A request that fails without a response (an error was thrown, the store
 ///   was down) leaves no record, so it can be retried.
+/// - A claim whose node died is taken over by the next retry as soon as the
+///   store can tell (Redis: the claiming connection is gone; memory and
+///   replicated stores: claims die with their node), else after
+///   `inProgressMillis`. Should the first run still finish, the store refuses
+///   its session changes once a record exists, and it answers with the
+///   recorded response: the session changes apply once.
 public struct IdempotencyMiddleware: HTTPMiddleware {
     public let store: any IdempotencyStore
     /// How long a completed response is kept.
@@ -54,8 +60,49 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
                 message: "Idempotency-Key must be 1 to 255 visible ASCII characters")
         }
         let fingerprint = Self.fingerprint(request)
+        var overtaken = false
+        while true {
+            if let stored = try claim(key: key, fingerprint: fingerprint) {
+                var response = HTTPResponse(
+                    status: stored.status, headers: HTTPHeaders(stored.headers.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }),
+                    body: stored.body)
+                response.headers.replaceOrAdd(name: "Idempotent-Replayed", value: "true")
+                return response
+            }
+            let context = IdempotencyContext(key: key, fingerprint: fingerprint, ttlMillis: recordTTLMillis)
+            var request = request
+            request.storage[IdempotencyContext.Key.self] = context
+            let response: HTTPResponse
+            do {
+                response = try next(request)
+            } catch let error as HTTPError where error.code == SessionMiddleware.idempotencyKeyCompletedCode && !overtaken {
+                // A retry took over this claim (its node thought this one dead) and finished
+                // first; nothing of this run was written. Answer with that run's response.
+                overtaken = true
+                logger.notice("another run of this request completed first", metadata: ["idempotency_key": "\(key)"])
+                continue
+            } catch {
+                try? store.abandon(key: key)
+                throw error
+            }
+            if !context.isRecorded {
+                // The request changed no session: its record stands alone.
+                do {
+                    try store.complete(context.record(for: response))
+                } catch {
+                    logger.error("idempotency record not written", metadata: ["error": "\(error)"])
+                    try? store.abandon(key: key)
+                }
+            }
+            return response
+        }
+    }
+
+    /// Claims `key`: nil when this request may run now, or the stored
+    /// response of an earlier run. Waits up to `waitMillis` for a run in progress.
+    private func claim(key: String, fingerprint: String) throws -> StoredResponse? {
         var waited = 0
-        claimLoop: while true {
+        while true {
             let claim: IdempotencyClaim
             do {
                 claim = try store.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
@@ -64,13 +111,9 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
             }
             switch claim {
             case .claimed:
-                break claimLoop
+                return nil
             case .completed(let stored):
-                var response = HTTPResponse(
-                    status: stored.status, headers: HTTPHeaders(stored.headers.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }),
-                    body: stored.body)
-                response.headers.replaceOrAdd(name: "Idempotent-Replayed", value: "true")
-                return response
+                return stored
             case .mismatch:
                 throw HTTPError(
                     status: 422, code: "idempotency_key_reused",
@@ -85,27 +128,6 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
                 waited += 25
             }
         }
-
-        let context = IdempotencyContext(key: key, fingerprint: fingerprint, ttlMillis: recordTTLMillis)
-        var request = request
-        request.storage[IdempotencyContext.Key.self] = context
-        let response: HTTPResponse
-        do {
-            response = try next(request)
-        } catch {
-            try? store.abandon(key: key)
-            throw error
-        }
-        if !context.isRecorded {
-            // The request changed no session: its record stands alone.
-            do {
-                try store.complete(context.record(for: response))
-            } catch {
-                logger.error("idempotency record not written", metadata: ["error": "\(error)"])
-                try? store.abandon(key: key)
-            }
-        }
-        return response
     }
 
     /// SHA-256 of method, target and body.

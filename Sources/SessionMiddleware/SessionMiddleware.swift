@@ -113,8 +113,14 @@ public struct SessionMiddleware: HTTPMiddleware {
             HTTPError(status: 413, code: "session_too_large", message: error.message)
         case .typeMismatch, .invalidValue:
             HTTPError(status: 500, code: "session_\(error.code.rawValue)", message: error.message)
+        case .idempotencyKeyCompleted:
+            HTTPError(
+                status: 409, code: idempotencyKeyCompletedCode, message: error.message, headers: ["Retry-After": "0"])
         }
     }
+
+    /// The `HTTPError.code` of a request whose Idempotency-Key another run completed first.
+    public static let idempotencyKeyCompletedCode = "idempotency_key_completed"
 
     private func cookie(
         name: String? = nil, value: String, request: HTTPRequest, maxAge: Int?

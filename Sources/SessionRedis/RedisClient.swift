@@ -96,15 +96,7 @@ public final class RedisClient: Sendable {
     /// Runs a Lua script by EVALSHA, loading it when Redis does not know it (NOSCRIPT).
     @discardableResult
     public func eval(_ script: RedisScript, keys: [[UInt8]], args: [[UInt8]]) throws -> RedisValue {
-        try withConnection { connection in
-            let tail = [keys.count.redisBytes] + keys + args
-            let reply = try connection.command([Array("EVALSHA".utf8), Array(script.sha1.utf8)] + tail)
-            if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
-                return try connection.command([Array("EVAL".utf8), Array(script.source.utf8)] + tail)
-                    .throwingServerError(context: "EVAL \(script.name)")
-            }
-            return try reply.throwingServerError(context: "EVALSHA \(script.name)")
-        }
+        try withConnection { try $0.eval(script, keys: keys, args: args) }
     }
 
     /// Whether Redis answers PING now.

@@ -13,6 +13,7 @@ public final class RedisConnection: @unchecked Sendable {
     public let port: Int
     /// Set once an error made the connection unusable.
     public private(set) var isBroken = false
+    private var cachedClientID: Int64?
 
     /// Connects, then authenticates and selects the database as configured.
     init(host: String, port: Int, configuration: RedisConfiguration, selectDatabase: Bool = true) throws {
@@ -72,6 +73,27 @@ public final class RedisConnection: @unchecked Sendable {
             return RedisError(.connection, "\(host):\(port) closed the connection")
         }
         return RedisError(.connection, "\(host):\(port): \(message.isEmpty ? "I/O error" : message)")
+    }
+
+    /// The server's `CLIENT ID` of this connection (asked once, then remembered):
+    /// `CLIENT LIST ID` on any connection shows whether it is still open.
+    public func clientID() throws -> Int64 {
+        if let cachedClientID { return cachedClientID }
+        guard let id = try command(["CLIENT".redisBytes, "ID".redisBytes]).throwingServerError(context: "CLIENT ID").int
+        else { throw RedisError(.protocolViolation, "CLIENT ID: not an integer reply") }
+        cachedClientID = id
+        return id
+    }
+
+    /// Runs a Lua script by EVALSHA, loading it when Redis does not know it (NOSCRIPT).
+    public func eval(_ script: RedisScript, keys: [[UInt8]], args: [[UInt8]]) throws -> RedisValue {
+        let tail = [keys.count.redisBytes] + keys + args
+        let reply = try command([Array("EVALSHA".utf8), Array(script.sha1.utf8)] + tail)
+        if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
+            return try command([Array("EVAL".utf8), Array(script.source.utf8)] + tail)
+                .throwingServerError(context: "EVAL \(script.name)")
+        }
+        return try reply.throwingServerError(context: "EVALSHA \(script.name)")
     }
 
     /// Sends one command and waits for its reply. Error replies are returned as `.error`.

@@ -124,6 +124,8 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         case -1:
             let field = items.count > 1 ? (items[1].string ?? "?") : "?"
             throw SessionStoreError(.typeMismatch, "attribute '\(field.dropFirst(5))' is not an integer")
+        case -3:
+            throw SessionStoreError.idempotencyKeyCompleted(delta.idempotencyRecord?.key ?? "?")
         case -2:
             let bytes = items.count > 1 ? (items[1].int ?? 0) : 0
             throw SessionStoreError(
@@ -169,43 +171,74 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
 
     // MARK: IdempotencyStore
 
+    /// Claims are `P|<fingerprint>|<CLIENT ID of the claiming connection>`.
+    /// A claim whose connection Redis no longer lists (its node died, and
+    /// the kernel closed its sockets) is taken over at once, not after
+    /// `inProgressMillis`; should its node still be alive after all, the
+    /// apply script's check on completed records keeps its changes out.
     public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
         try Self.checkFingerprint(fingerprint)
-        let reply = try run(
-            Self.beginScript, keys: [idempotencyKey(key)], args: [fingerprint.redisBytes, max(1, inProgressMillis).redisBytes])
-        guard let items = reply.array, let status = items.first?.int else {
-            throw SessionStoreError(.unavailable, "unexpected reply from the idempotency script: \(reply)")
-        }
-        switch status {
-        case 1: return .claimed
-        case 2: return .inProgress
-        case 3:
-            guard items.count > 1, let bytes = items[1].bytes, let response = StoredResponse.decode(bytes) else {
-                logger.warning("dropping a corrupt idempotency record", metadata: ["key": "\(key)"])
-                try? abandonAny(key: key)
-                return try begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
-            }
-            return .completed(response)
-        default: return .mismatch
-        }
-    }
-
-    public func complete(_ record: IdempotencyRecord) throws {
+        let record = idempotencyKey(key)
+        let lease = max(1, inProgressMillis).redisBytes
         do {
-            try client.send(
-                ["SET".redisBytes, idempotencyKey(record.key), try Self.completedValue(record), "PX".redisBytes,
-                 max(1, record.ttlMillis).redisBytes])
+            return try client.withConnection { connection throws -> IdempotencyClaim in
+                let me = try connection.clientID().redisBytes
+                for _ in 0..<3 {
+                    let reply = try connection.eval(Self.beginScript, keys: [record], args: [fingerprint.redisBytes, lease, me])
+                    guard let items = reply.array, let status = items.first?.int else {
+                        throw SessionStoreError(.unavailable, "unexpected reply from the idempotency script: \(reply)")
+                    }
+                    switch status {
+                    case 1:
+                        return .claimed
+                    case 2:
+                        guard items.count > 1, let owner = items[1].string, Int(owner) != nil,
+                            try isClosed(clientID: owner, asking: connection)
+                        else { return .inProgress }
+                        let taken = try connection.eval(
+                            Self.takeOverScript, keys: [record], args: [fingerprint.redisBytes, owner.redisBytes, me, lease])
+                        if taken.int == 1 {
+                            logger.notice(
+                                "took over an idempotency claim whose Redis connection is closed",
+                                metadata: ["idempotency_key": "\(key)", "redis_client": "\(owner)"])
+                            return .claimed
+                        }
+                    case 3:
+                        if items.count > 1, let bytes = items[1].bytes, let response = StoredResponse.decode(bytes) {
+                            return .completed(response)
+                        }
+                        logger.warning("dropping a corrupt idempotency record", metadata: ["key": "\(key)"])
+                        _ = try connection.command(["DEL".redisBytes, record]).throwingServerError(context: "DEL")
+                    default:
+                        return .mismatch
+                    }
+                }
+                return .inProgress
+            }
         } catch let error as RedisError {
             throw SessionStoreError(.unavailable, "Redis: \(error.message)")
         }
     }
 
-    public func abandon(key: String) throws {
-        _ = try run(Self.abandonScript, keys: [idempotencyKey(key)], args: [])
+    /// Whether Redis no longer lists connection `clientID`. An error (e.g.
+    /// an ACL without CLIENT) counts as open: the claim then lasts its lease.
+    private func isClosed(clientID: String, asking connection: RedisConnection) throws -> Bool {
+        let reply = try connection.command(["CLIENT".redisBytes, "LIST".redisBytes, "ID".redisBytes, clientID.redisBytes])
+        if case .error(let message) = reply {
+            logger.debug("CLIENT LIST failed; idempotency claims wait for their lease", metadata: ["error": "\(message)"])
+            return false
+        }
+        return reply.bytes?.isEmpty ?? false
     }
 
-    private func abandonAny(key: String) throws {
-        _ = try client.send(["DEL".redisBytes, idempotencyKey(key)])
+    public func complete(_ record: IdempotencyRecord) throws {
+        _ = try run(
+            Self.completeScript, keys: [idempotencyKey(record.key)],
+            args: [try Self.completedValue(record), max(1, record.ttlMillis).redisBytes])
+    }
+
+    public func abandon(key: String) throws {
+        _ = try run(Self.abandonScript, keys: [idempotencyKey(key)], args: [])
     }
 
     private static func checkFingerprint(_ fingerprint: String) throws {
@@ -278,6 +311,11 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     static let applyScript = RedisScript(name: "session-apply", source: prelude + """
         local key = KEYS[1]
         local create = ARGV[3] == '1'
+        -- Another run of the request completed it first (it took over this run's claim).
+        if tonumber(ARGV[5]) > 0 then
+          local record = redis.call('GET', KEYS[2])
+          if record and string.sub(record, 1, 2) == 'C|' then return {-3} end
+        end
         local maxBytes = tonumber(ARGV[4])
         -- One read: metadata and every field the delta touches.
         local fields = {'meta:created', 'meta:access', 'meta:bytes', 'meta:version'}
@@ -358,21 +396,42 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         return out
         """)
 
-    /// KEYS[1] record; ARGV fingerprint, in-progress TTL. 1 claimed, 2 in progress, 3 completed (+ response), 4 mismatch.
+    /// KEYS[1] record; ARGV fingerprint, in-progress TTL, owner (client id). 1 claimed,
+    /// 2 in progress (+ owner), 3 completed (+ response), 4 mismatch.
     static let beginScript = RedisScript(name: "idempotency-begin", source: """
         local v = redis.call('GET', KEYS[1])
         if not v then
-          redis.call('SET', KEYS[1], 'P|' .. ARGV[1], 'PX', ARGV[2])
+          redis.call('SET', KEYS[1], 'P|' .. ARGV[1] .. '|' .. ARGV[3], 'PX', ARGV[2])
           return {1}
         end
         local kind = string.sub(v, 1, 1)
         local rest = string.sub(v, 3)
         local sep = string.find(rest, '|', 1, true)
         local fp = rest
-        if sep then fp = string.sub(rest, 1, sep - 1) end
+        local tail = ''
+        if sep then
+          fp = string.sub(rest, 1, sep - 1)
+          tail = string.sub(rest, sep + 1)
+        end
         if fp ~= ARGV[1] then return {4} end
-        if kind == 'P' then return {2} end
-        return {3, string.sub(rest, sep + 1)}
+        if kind == 'P' then return {2, tail} end
+        return {3, tail}
+        """)
+
+    /// KEYS[1] record; ARGV fingerprint, old owner, new owner, in-progress TTL.
+    /// 1 when the old owner's claim became the new owner's, 0 when it had changed.
+    static let takeOverScript = RedisScript(name: "idempotency-take-over", source: """
+        if redis.call('GET', KEYS[1]) ~= 'P|' .. ARGV[1] .. '|' .. ARGV[2] then return 0 end
+        redis.call('SET', KEYS[1], 'P|' .. ARGV[1] .. '|' .. ARGV[3], 'PX', ARGV[4])
+        return 1
+        """)
+
+    /// KEYS[1] record; ARGV completed value, TTL. A completed record is never replaced.
+    static let completeScript = RedisScript(name: "idempotency-complete", source: """
+        local v = redis.call('GET', KEYS[1])
+        if v and string.sub(v, 1, 2) == 'C|' then return 0 end
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        return 1
         """)
 
     /// KEYS[1] record: deleted only while in progress.

@@ -40,6 +40,7 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
     case idempotencyAbandonLetsARetryRun
     case idempotencyRecordIsWrittenWithTheDelta
     case idempotencyRecordIsNotWrittenWhenTheDeltaFails
+    case deltaOfAKeyCompletedElsewhereIsRefused
     case idempotencyRecordsExpire
 
     public var testDescription: String { rawValue }
@@ -240,6 +241,27 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
             gone.idempotencyRecord = record(key2)
             #expect(try store.apply(gone) == nil)
             #expect(try records.begin(key: key2, fingerprint: "fp-\(key2)", inProgressMillis: 10_000) == .claimed)
+
+        case .deltaOfAKeyCompletedElsewhereIsRefused:
+            // A retry took over the claim and completed first: the first run's changes must not apply.
+            let records = try idempotent(store)
+            let key = "k-\(SessionID.generate().rawValue)"
+            let id = try newSession(store, [:])
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .claimed)
+            var retry = delta(id, [.increment("n", by: 1)])
+            retry.idempotencyRecord = record(key)
+            #expect(try store.apply(retry)?.counters == ["n": 1])
+            var first = delta(id, [.increment("n", by: 1), .set("late", json("1"))])
+            first.idempotencyRecord = record(key, status: 200)
+            let refused = #expect(throws: SessionStoreError.self) { _ = try store.apply(first) }
+            #expect(refused?.code == .idempotencyKeyCompleted)
+            let after = try store.load(id)
+            #expect(after?.attributes["n"] == json("1"))
+            #expect(after?.attributes["late"] == nil)
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .completed(record(key).response))
+            // Nor does a late record without a delta replace the first outcome.
+            try records.complete(record(key, status: 500))
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .completed(record(key).response))
 
         case .idempotencyRecordsExpire:
             let records = try idempotent(store)

@@ -7,14 +7,23 @@ import Synchronization
 import Testing
 import TestSupport
 
-/// A memory store whose `apply` can be made to fail, as a store whose backend went down.
+/// A memory store whose `apply` can be made to fail, as a store whose backend
+/// went down, or be beaten by another run of the same request.
 final class FlakyStore: SessionStore, IdempotencyStore {
     let base = MemorySessionStore()
     let failApply = Atomic<Bool>(false)
+    /// When set, the next keyed `apply` finds its key completed with this response
+    /// first, as when a retry took over the claim and finished before this run.
+    let overtakeWith = Mutex<StoredResponse?>(nil)
     var expiry: SessionExpiry { base.expiry }
     func load(_ id: SessionID) throws -> SessionSnapshot? { try base.load(id) }
     func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
         if failApply.load(ordering: .relaxed) { throw SessionStoreError(.unavailable, "backend is down") }
+        if let record = delta.idempotencyRecord, let other = overtakeWith.withLock({ $0.take() }) {
+            var winner = record
+            winner.response = other
+            try base.complete(winner)
+        }
         return try base.apply(delta)
     }
     func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool { try base.regenerate(id, to: newID) }
@@ -175,5 +184,20 @@ final class IdempotentServer {
         let replay = try t.post("/count", key: "retry-me", jar: false)
         #expect(replay.header("Idempotent-Replayed") == ["true"])
         #expect(replay.body == "{\"count\":1}")
+    }
+
+    @Test func aRunOvertakenByARetryAnswersWithTheRetrysResponseAndWritesNothing() throws {
+        let store = FlakyStore()
+        let t = try IdempotentServer(store: store)
+        #expect(try t.post("/count", key: "first").body == "{\"count\":1}")
+        let winner = StoredResponse(status: 201, headers: [["Content-Type", "application/json"]], body: Array("{\"count\":2}".utf8))
+        store.overtakeWith.withLock { $0 = winner }
+        let overtaken = try t.post("/count", key: "second")
+        #expect(overtaken.status == 201)
+        #expect(overtaken.body == "{\"count\":2}", "the answer of the run that completed")
+        #expect(overtaken.header("Idempotent-Replayed") == ["true"])
+        #expect(t.runs.current == 2)
+        let read = try t.client.request("GET", "http://127.0.0.1:\(t.server.port)/read", useJar: true)
+        #expect(read.body == "{\"count\":1}", "the overtaken run's increment was not written")
     }
 }

@@ -31,6 +31,39 @@ struct RedisSessionStoreTests {
         #expect(try stores[1].load(id)?.attributes["n"] == Array("8000".utf8))
     }
 
+    @Test func aClaimWhoseConnectionClosedIsTakenOverAtOnceAndTheLateRunIsRefused() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let dying = try store(prefix: prefix)  // a node that claims a key, then dies
+        let survivor = try store(prefix: prefix)
+        let key = "k-\(SessionID.generate().rawValue)"
+        let id = SessionID.generate()
+        _ = try survivor.apply(SessionDelta(id: id, changes: [], createIfMissing: true))
+        #expect(try dying.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .claimed)
+        // While the claiming connection is open, the claim holds.
+        #expect(try survivor.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .inProgress)
+        let claim = try #require(try survivor.client.send(["GET".redisBytes, survivor.idempotencyKey(key)]).string)
+        #expect(claim.hasPrefix("P|fp|"))
+        dying.client.close()  // its connections close, as the kernel closes a killed node's sockets
+        var claimed = false
+        for _ in 0..<100 where !claimed {  // Redis drops the closed connection within its next event loop turn
+            claimed = try survivor.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .claimed
+            if !claimed { usleep(2_000) }
+        }
+        #expect(claimed, "the claim of a closed connection is taken over long before its 60 s lease")
+        #expect(try survivor.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .inProgress)
+        // The retry completes; should the first run still commit, nothing of it is written.
+        let response = StoredResponse(status: 201, headers: [], body: Array("{\"n\":1}".utf8))
+        var retry = SessionDelta(id: id, changes: [.increment("n", by: 1)])
+        retry.idempotencyRecord = IdempotencyRecord(key: key, fingerprint: "fp", response: response, ttlMillis: 60_000)
+        #expect(try survivor.apply(retry)?.counters == ["n": 1])
+        var late = retry
+        late.idempotencyRecord?.response.status = 200
+        let refused = #expect(throws: SessionStoreError.self) { _ = try dying.apply(late) }
+        #expect(refused?.code == .idempotencyKeyCompleted)
+        #expect(try survivor.load(id)?.attributes["n"] == Array("1".utf8))
+        #expect(try dying.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .completed(response))
+    }
+
     @Test func aSessionIsOneReadableHash() throws {
         let prefix = TestRedis.uniquePrefix()
         let store = try store(prefix: prefix)

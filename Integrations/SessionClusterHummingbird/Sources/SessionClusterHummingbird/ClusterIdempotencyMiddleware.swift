@@ -47,8 +47,7 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
         } catch let error as SessionErrorResponse {
             return error.hummingbirdResponse
         }
-        switch decision {
-        case .replay(let stored):
+        func replay(_ stored: StoredResponse) -> Response {
             var fields = HTTPFields()
             for pair in stored.headers where pair.count == 2 {
                 if let name = HTTPField.Name(pair[0]) { fields.append(HTTPField(name: name, value: pair[1])) }
@@ -56,6 +55,10 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
             return Response(
                 status: HTTPResponse.Status(code: stored.status), headers: fields,
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: stored.body)))
+        }
+        switch decision {
+        case .replay(let stored):
+            return replay(stored)
         case .run(nil):
             return try await next(request, context)
         case .run(let ticket?):
@@ -67,6 +70,12 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
             } catch {
                 await gate.abandon(ticket)
                 throw error
+            }
+            if let stored = await gate.overtakingResponse(
+                for: ticket, method: request.method.rawValue, target: request.uri.description,
+                body: Array(body.readableBytesView))
+            {
+                return replay(stored)
             }
             if !ticket.isRecorded {
                 // The request changed no session: its record stands alone.

@@ -41,12 +41,15 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
         } catch let error as SessionErrorResponse {
             return error.vaporResponse
         }
-        switch decision {
-        case .replay(let stored):
-            return Response(
+        func replay(_ stored: StoredResponse) -> Response {
+            Response(
                 status: HTTPResponseStatus(statusCode: stored.status),
                 headers: HTTPHeaders(stored.headers.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }),
                 body: Response.Body(buffer: ByteBuffer(bytes: stored.body)))
+        }
+        switch decision {
+        case .replay(let stored):
+            return replay(stored)
         case .run(nil):
             return try await next.respond(to: request)
         case .run(let ticket?):
@@ -57,6 +60,12 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
             } catch {
                 await gate.abandon(ticket)
                 throw error
+            }
+            if let stored = await gate.overtakingResponse(
+                for: ticket, method: request.method.rawValue, target: request.url.string,
+                body: body.map { Array($0.readableBytesView) } ?? [])
+            {
+                return replay(stored)
             }
             if !ticket.isRecorded {
                 // The request changed no session: its record stands alone.

@@ -94,7 +94,7 @@ public struct IdempotencyGate: Sendable {
     /// Records the outcome of a request that ran, unless the session
     /// machinery already wrote it with the request's session changes.
     public func finish(_ ticket: IdempotencyTicket, response: StoredResponse) async {
-        guard !ticket.isRecorded else { return }
+        guard !ticket.isRecorded, !ticket.isOvertaken else { return }
         let store = store
         let record = ticket.record(for: response)
         do {
@@ -103,6 +103,18 @@ public struct IdempotencyGate: Sendable {
             logger.error("idempotency record not written", metadata: ["error": "\(error)"])
             await abandon(ticket)
         }
+    }
+
+    /// The recorded response of a run that overtook `ticket`'s (see
+    /// `IdempotencyTicket.isOvertaken`), or nil when there is none to replay.
+    public func overtakingResponse(
+        for ticket: IdempotencyTicket, method: String, target: String, body: [UInt8]
+    ) async -> StoredResponse? {
+        guard ticket.isOvertaken,
+            case .replay(let stored)? = try? await begin(key: ticket.key, method: method, target: target, body: body)
+        else { return nil }
+        logger.notice("another run of this request completed first", metadata: ["idempotency_key": "\(ticket.key)"])
+        return stored
     }
 
     /// Gives up a claim without an outcome (the request failed without a response), so a retry can run.
@@ -131,6 +143,7 @@ public final class IdempotencyTicket: Sendable {
     /// How long the record is kept.
     public let ttlMillis: Int64
     private let recorded = Atomic<Bool>(false)
+    private let overtaken = Atomic<Bool>(false)
 
     /// A ticket for a claimed key.
     public init(key: String, fingerprint: String, ttlMillis: Int64) {
@@ -144,6 +157,13 @@ public final class IdempotencyTicket: Sendable {
 
     /// Notes that the record was written with the session changes.
     public func markRecorded() { recorded.store(true, ordering: .relaxed) }
+
+    /// Whether another run of the request completed the key first, so this
+    /// run's session changes were refused: answer with `IdempotencyGate.begin`'s replay.
+    public var isOvertaken: Bool { overtaken.load(ordering: .relaxed) }
+
+    /// Notes that the store refused this run's changes (`idempotencyKeyCompleted`).
+    public func markOvertaken() { overtaken.store(true, ordering: .relaxed) }
 
     /// The record of a response.
     public func record(for response: StoredResponse) -> IdempotencyRecord {

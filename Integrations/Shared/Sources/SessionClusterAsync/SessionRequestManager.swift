@@ -105,7 +105,13 @@ public final class SessionRequestManager: Sendable {
         let (store, finalRecord) = (store, record)
         let (action, recorded, token) = try await executor.run {
             () throws -> (Session.CookieAction, Bool, String?) in
-            let (action, recorded) = try session.commit(idempotencyRecord: finalRecord)
+            let (action, recorded): (Session.CookieAction, Bool)
+            do {
+                (action, recorded) = try session.commit(idempotencyRecord: finalRecord)
+            } catch let error as SessionStoreError where error.code == .idempotencyKeyCompleted {
+                idempotency?.markOvertaken()
+                throw error
+            }
             let token = session.wroteToStore ? session.id.flatMap { store.readToken(for: $0) } : nil
             return (action, recorded, token)
         }

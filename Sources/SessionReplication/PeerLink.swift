@@ -40,6 +40,12 @@ final class PeerLink: Sendable {
         var bytes: [UInt8]
     }
 
+    /// A question sent to the peer whose answer a request thread waits for.
+    enum Question: Sendable {
+        case fetch(SessionID)
+        case lookup(String)
+    }
+
     struct State {
         var phase: Phase = .connecting
         /// Bumped by every connection; a reader only reports on its own.
@@ -65,6 +71,10 @@ final class PeerLink: Sendable {
         var unsent: [UInt8] = []
         /// Changes sent (resyncs included).
         var itemsSent = 0
+        /// Questions sent on this connection and not answered yet, by request number.
+        var questions: [UInt64: Question] = [:]
+        /// When the last connection was lost.
+        var lostAt: UInt64?
     }
 
     /// Condition 0: work for the writer; condition 1: acknowledgements (sync waiters).
@@ -81,6 +91,37 @@ final class PeerLink: Sendable {
     }
 
     var phase: Phase { state.withLock { $0.phase } }
+    /// The peer's node id, once it said hello.
+    var peerNodeID: UInt32? { state.withLock { $0.peer?.nodeID } }
+
+    /// Whether the peer may have died (see `ReplicationNode.mayHaveLostAPeer`):
+    /// not connected, lagging, its connection lost within `windowNanos`, or
+    /// its close already waiting on the socket for the reader.
+    func isInDoubt(now: UInt64, windowNanos: UInt64) -> Bool {
+        let (phase, lagging, lostAt, fd) = state.withLock { ($0.phase, $0.lagging, $0.lostAt, $0.fd) }
+        switch phase {
+        case .isSelf, .stopped: return false
+        case .connecting: return true
+        case .connected: break
+        }
+        if lagging { return true }
+        if let lostAt, now - lostAt < windowNanos { return true }
+        let readHangUp: Int16 = 0x2000  // POLLRDHUP (Linux; hidden behind _GNU_SOURCE in Glibc's module)
+        var poll = pollfd(fd: fd, events: readHangUp, revents: 0)
+        return Glibc.poll(&poll, 1, 0) > 0 && poll.revents & (readHangUp | Int16(POLLHUP | POLLERR | POLLNVAL)) != 0
+    }
+
+    /// Replaces whatever is queued by a full resync of this node's state.
+    func requestResync() {
+        let connected = state.withLock { s -> Bool in
+            guard s.phase == .connected else { return false }
+            s.queue = []
+            s.queuedBytes = 0
+            s.needsResync = true
+            return true
+        }
+        if connected { state.signal(Self.writerCondition) }
+    }
     var isConnected: Bool { state.withLock { $0.phase == .connected } }
     var transfer: Transfer { state.withLock { $0.transfer } }
 
@@ -150,13 +191,8 @@ final class PeerLink: Sendable {
             return (s.lastSequence, overflowed, nil)
         }
         if let fd = result.inline, let sequence = result.0 {
-            let frame = node.codec.encode(ReplicationFrame(
+            sendInline(fd, ReplicationFrame(
                 type: .update, payload: UpdateBatch.encode(sequence: sequence, itemCount: itemCount, encodedItems: bytes)))
-            let sent = sendWithoutBlocking(fd, frame)
-            state.withLock { s in
-                s.writing = false
-                if sent < frame.count { s.unsent = Array(frame[sent...]) }
-            }
         }
         if result.overflowed {
             node.counters.add(\.queueOverflows)
@@ -168,16 +204,54 @@ final class PeerLink: Sendable {
         return result.0
     }
 
-    /// Sends a control frame (fetch, snapshot request) when connected; false otherwise.
+    /// Asks the peer for a session's full state (read-your-writes); false when not connected.
+    func fetch(_ id: SessionID, request: UInt64) -> Bool {
+        send(
+            control: ReplicationFrame(type: .fetch, payload: FetchRequest(id: id, request: request).encode()),
+            question: (request, .fetch(id)))
+    }
+
+    /// Asks the peer what it knows of an idempotency key; false when not connected or lagging.
+    func lookUp(key: String, request: UInt64) -> Bool {
+        send(
+            control: ReplicationFrame(type: .keyLookup, payload: KeyLookup(key: key, request: request).encode()),
+            question: (request, .lookup(key)), unlessLagging: true)
+    }
+
+    /// Sends a control frame when connected — and, with `unlessLagging`, not
+    /// lagging; false otherwise. A `question` is remembered until answered:
+    /// if the connection is lost first, the store gets an empty answer at
+    /// once (`answerUnanswered`), so no one waits for a dead peer.
+    /// Like `enqueue`, the calling thread sends it itself when the socket is free.
     @discardableResult
-    func send(control frame: ReplicationFrame) -> Bool {
-        let queued = state.withLock { s -> Bool in
-            guard s.phase == .connected else { return false }
+    private func send(
+        control frame: ReplicationFrame, question: (UInt64, Question)? = nil, unlessLagging: Bool = false
+    ) -> Bool {
+        let result = state.withLock { s -> (queued: Bool, inline: Int32?) in
+            guard s.phase == .connected, !s.broken, !(unlessLagging && s.lagging) else { return (false, nil) }
+            if let (request, question) = question { s.questions[request] = question }
+            if !s.writing && !s.broken && !s.needsResync && s.queue.isEmpty && s.control.isEmpty && s.unsent.isEmpty {
+                s.writing = true
+                return (true, s.fd)
+            }
             s.control.append(frame)
-            return true
+            return (true, nil)
         }
-        if queued { state.signal(Self.writerCondition) }
-        return queued
+        if let fd = result.inline { sendInline(fd, frame) }
+        if result.queued { state.signal(Self.writerCondition) }
+        return result.queued
+    }
+
+    /// Sends a frame on the calling thread without blocking, after `enqueue`
+    /// or `send(control:)` set `writing`; what the socket does not take at
+    /// once is left for the writer.
+    private func sendInline(_ fd: Int32, _ frame: ReplicationFrame) {
+        let bytes = node.codec.encode(frame)
+        let sent = sendWithoutBlocking(fd, bytes)
+        state.withLock { s in
+            s.writing = false
+            if sent < bytes.count { s.unsent = Array(bytes[sent...]) }
+        }
     }
 
     /// Asks the peer for its full state (the reader records the outcome in `transfer`).
@@ -419,6 +493,7 @@ final class PeerLink: Sendable {
         let reason = state.withLock { s -> String? in
             if s.phase == .connected { s.phase = .connecting }
             s.fd = -1
+            s.lostAt = monotonicNanos()
             if s.transfer == .requested { s.transfer = .none }
             return s.lastError
         }
@@ -440,20 +515,33 @@ final class PeerLink: Sendable {
             end = error
         }
         if case .badFrame = end { node.counters.add(\.framesRejected) }
-        state.withLock { s in
-            guard s.generation == generation else { return }
+        let unanswered = state.withLock { s -> [UInt64: Question] in
+            guard s.generation == generation else { return [:] }
             s.broken = true
             s.readerDone = true
             if case .closed = end {} else { s.lastError = "\(end)" }
+            defer { s.questions = [:] }
+            return s.questions
         }
         state.broadcast(Self.writerCondition)
+        answerUnanswered(unanswered)
+    }
+
+    /// The peer is gone: its questions get empty answers, so their requests go on without it.
+    private func answerUnanswered(_ questions: [UInt64: Question]) {
+        for (request, question) in questions {
+            switch question {
+            case .fetch(let id): node.store.mergeFetchReply(id, request: request, nil)
+            case .lookup(let key): node.store.mergeLookupReply(KeyLookupReply(key: key, request: request, answer: .unknown))
+            }
+        }
     }
 
     private func handle(_ frame: ReplicationFrame) throws(ConnectionEnd) {
         switch frame.type {
-        case .hello, .update, .fetch, .snapshotRequest, .ping:
+        case .hello, .update, .fetch, .snapshotRequest, .ping, .keyLookup:
             throw .protocolViolation("unexpected \(frame.type) frame on an outbound connection")
-        case .ack, .fetchReply, .snapshotChunk, .snapshotEnd:
+        case .ack, .fetchReply, .snapshotChunk, .snapshotEnd, .keyLookupReply:
             break
         }
         do throws(WireError) {
@@ -470,13 +558,18 @@ final class PeerLink: Sendable {
                 if caughtUp { node.logger.notice("peer \(address) caught up; sync writes wait for it again") }
             case .fetchReply:
                 let reply = try FetchReply.decode(frame.payload)
+                guard state.withLock({ $0.questions.removeValue(forKey: reply.request) }) != nil else { return }
                 node.store.mergeFetchReply(reply.id, request: reply.request, reply.update)
+            case .keyLookupReply:
+                let reply = try KeyLookupReply.decode(frame.payload)
+                guard state.withLock({ $0.questions.removeValue(forKey: reply.request) }) != nil else { return }
+                node.store.mergeLookupReply(reply)
             case .snapshotChunk:
                 node.merge(try UpdateBatch.decode(frame.payload).items)
             case .snapshotEnd:
                 let end = try SnapshotEnd.decode(frame.payload)
                 state.withLock { $0.transfer = .done(senderReady: end.senderReady, items: end.itemCount) }
-            case .hello, .update, .fetch, .snapshotRequest, .ping:
+            case .hello, .update, .fetch, .snapshotRequest, .ping, .keyLookup:
                 break
             }
         } catch {

@@ -41,6 +41,10 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         /// nil while in progress.
         var response: StoredResponse?
         var expiresAt: Int64
+        /// While in progress: when it was claimed (concurrent claims on two nodes: the earlier wins).
+        var claimedAt: HLCStamp? = nil
+        /// Completed with a session change: that session, sent along to a peer's lookup.
+        var session: SessionID? = nil
     }
 
     struct Contents {
@@ -48,11 +52,11 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var records: [String: Record] = [:]
 
         /// Keeps a completed record, unless one expiring later is kept already.
-        mutating func keep(_ record: IdempotencyRecord, expiresAt: Int64, now: Int64) {
+        mutating func keep(_ record: IdempotencyRecord, expiresAt: Int64, now: Int64, session: SessionID? = nil) {
             guard expiresAt > now else { return }
             if let mine = records[record.key], mine.response != nil, mine.expiresAt >= expiresAt { return }
             records[record.key] = Record(
-                fingerprint: record.fingerprint, response: record.response, expiresAt: expiresAt)
+                fingerprint: record.fingerprint, response: record.response, expiresAt: expiresAt, session: session)
         }
     }
 
@@ -60,13 +64,15 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var onUpdate: (@Sendable ([SessionUpdate]) -> Void)?
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
         var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
+        var onLookup: (@Sendable (String, UInt64) -> Int)?
     }
 
     /// How `catchUp` waits for a session newer than this node's copy.
     public struct CatchUpPolicy: Sendable {
         /// Wait this long for the change to arrive by itself...
         public var waitMillis: Int64
-        /// ...then ask the peers for the session (`onFetch`) and wait this much longer.
+        /// ...then ask the peers for the session (`onFetch`) and wait this much
+        /// longer. Also the longest wait for the peers' answers to a key lookup (`onLookup`).
         public var fetchTimeoutMillis: Int64
         public init(waitMillis: Int64 = 5, fetchTimeoutMillis: Int64 = 100) {
             self.waitMillis = waitMillis
@@ -82,7 +88,20 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         public var gaveUp = 0
     }
 
+    /// How key lookups (`onLookup`) ended: nobody was asked (no peer needed
+    /// asking, or none was connected), no peer knew the key, a peer had
+    /// completed it (replayed), a peer held an earlier claim (deferred to it),
+    /// or not every peer answered in time (run anyway).
+    public struct KeyLookupCounts: Sendable, Equatable {
+        public var skipped = 0
+        public var unknown = 0
+        public var replayed = 0
+        public var deferred = 0
+        public var timedOut = 0
+    }
+
     public let catchUpPolicy: CatchUpPolicy
+    private let lookupCounts = FastLock(KeyLookupCounts())
     private let contents = FastLock(Contents())
     private let sinks = FastLock(Sinks())
     private let sweeper = RepeatingTimer()
@@ -96,6 +115,21 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var merges: UInt64 = 0
         var nextFetch: UInt64 = 0
         var fetchReplies: [UInt64: Int] = [:]
+        /// Key lookups under way, by request number.
+        var lookups: [UInt64: Lookup] = [:]
+    }
+
+    /// The answers to one key lookup so far.
+    struct Lookup {
+        /// The asking claim's stamp.
+        var claimedAt: HLCStamp
+        /// Signalled by every answer: only the asking thread wakes, not every waiter.
+        let wake = DispatchSemaphore(value: 0)
+        var replies = 0
+        /// A peer had completed the key (its record is merged).
+        var completed = false
+        /// A peer holds an earlier claim of the key.
+        var claimedEarlier = false
     }
 
     private let waiters = ConditionLock(Waiters())
@@ -134,6 +168,15 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     public var onFetch: (@Sendable (SessionID, UInt64) -> Int)? {
         get { sinks.withLock { $0.onFetch } }
         set { sinks.withLock { $0.onFetch = newValue } }
+    }
+
+    /// Asks the live peers what they know of an idempotency key before this
+    /// node's claim stands, with a request number; returns how many peers
+    /// were asked (0: none needed asking). Each reply comes back through
+    /// `mergeLookupReply`. Set by `ReplicationNode` unless its `keyLookups` is `never`.
+    public var onLookup: (@Sendable (String, UInt64) -> Int)? {
+        get { sinks.withLock { $0.onLookup } }
+        set { sinks.withLock { $0.onLookup = newValue } }
     }
 
     /// Merges a peer's answer to fetch `request` (`update` nil: the peer does not have the session).
@@ -260,6 +303,11 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         try checkReady()
         let now = clock.nowMillis()
         let result = try contents.withLock { contents throws(SessionStoreError) -> (AppliedDelta, SessionUpdate)? in
+            if let key = delta.idempotencyRecord?.key, let record = contents.records[key], record.expiresAt > now,
+                record.response != nil
+            {
+                throw .idempotencyKeyCompleted(key)
+            }
             var session: ReplicatedSession
             let created: Bool
             if let existing = live(&contents, delta.id, now: now) {
@@ -279,7 +327,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             }
             contents.sessions[delta.id] = session
             if let record = delta.idempotencyRecord {
-                contents.keep(record, expiresAt: now + record.ttlMillis, now: now)
+                contents.keep(record, expiresAt: now + record.ttlMillis, now: now, session: delta.id)
             }
             return (AppliedDelta(version: session.version.packedVersion, counters: counters, created: created), update)
         }
@@ -341,7 +389,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             }
             if let record = update.idempotencyRecord {
                 // The write that carried the record refreshed lastAccess to its time.
-                contents.keep(record, expiresAt: update.state.lastAccessMillis + record.ttlMillis, now: now)
+                contents.keep(
+                    record, expiresAt: update.state.lastAccessMillis + record.ttlMillis, now: now, session: update.id)
             }
         }
     }
@@ -390,26 +439,151 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     // MARK: IdempotencyStore (claims are local; completed records replicate)
 
+    /// With `onLookup` set, a key this node does not know is
+    /// claimed here, then looked up on the live peers before the claim
+    /// stands: a request whose node died after its change reached some peers
+    /// but before it answered is replayed from their record (and the
+    /// session's state merged here), not run twice.
+    ///
+    /// A replayed record's session is sent to the peers again (in sync mode:
+    /// acknowledged) before the replay is answered: the node that ran the
+    /// request may have died with its change on only some nodes, and the
+    /// client, taking the replay as confirmation, may read from any of them.
     public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
         try checkReady()
         let now = clock.nowMillis()
-        return contents.withLock { contents in
+        let claimedAt = hlc.now()
+        let (claim, session) = contents.withLock { contents -> (IdempotencyClaim, SessionID?) in
             if let record = contents.records[key], record.expiresAt > now {
-                guard record.fingerprint == fingerprint else { return .mismatch }
-                return record.response.map { .completed($0) } ?? .inProgress
+                guard record.fingerprint == fingerprint else { return (.mismatch, nil) }
+                return (record.response.map { .completed($0) } ?? .inProgress, record.session)
             }
-            contents.records[key] = Record(fingerprint: fingerprint, response: nil, expiresAt: now + inProgressMillis)
+            contents.records[key] = Record(
+                fingerprint: fingerprint, response: nil, expiresAt: now + inProgressMillis, claimedAt: claimedAt)
+            return (.claimed, nil)
+        }
+        if case .completed = claim {
+            spreadReplayed(session)
+            return claim
+        }
+        guard claim == .claimed, let ask = sinks.withLock({ $0.onLookup }) else { return claim }
+        return lookUpOnPeers(key: key, fingerprint: fingerprint, claimedAt: claimedAt, ask: ask)
+    }
+
+    /// Sends the full state of a replayed record's session to the peers.
+    private func spreadReplayed(_ session: SessionID?) {
+        if let session, let state = fullState(of: session) { emit([state]) }
+    }
+
+    /// Asks the peers about a key just claimed here and waits for every
+    /// answer (at most `fetchTimeoutMillis`), or for one that decides.
+    private func lookUpOnPeers(
+        key: String, fingerprint: String, claimedAt: HLCStamp, ask: (String, UInt64) -> Int
+    ) -> IdempotencyClaim {
+        let lookup = Lookup(claimedAt: claimedAt)
+        let request = waiters.withLock { w -> UInt64 in
+            w.nextFetch += 1
+            w.lookups[w.nextFetch] = lookup
+            return w.nextFetch
+        }
+        defer { waiters.withLock { _ = $0.lookups.removeValue(forKey: request) } }
+        let asked = ask(key, request)
+        guard asked > 0 else {
+            lookupCounts.withLock { $0.skipped += 1 }
             return .claimed
+        }
+        let deadline = DispatchTime.now() + .milliseconds(Int(clamping: max(0, catchUpPolicy.fetchTimeoutMillis)))
+        var answers = lookup
+        while true {
+            answers = waiters.withLock { $0.lookups[request] } ?? answers
+            if answers.replies >= asked || answers.completed || answers.claimedEarlier { break }
+            if lookup.wake.wait(timeout: deadline) == .timedOut {
+                answers = waiters.withLock { $0.lookups[request] } ?? answers
+                break
+            }
+        }
+        let now = clock.nowMillis()
+        var replayedSession: SessionID?
+        let (claim, outcome) = contents.withLock { contents -> (IdempotencyClaim, WritableKeyPath<KeyLookupCounts, Int>) in
+            let timedOut = answers.replies < asked
+            guard let record = contents.records[key], record.expiresAt > now else {
+                return (.claimed, timedOut ? \.timedOut : \.unknown)
+            }
+            if let response = record.response {
+                // A peer's record, merged by mergeLookupReply.
+                replayedSession = record.session
+                return (record.fingerprint == fingerprint ? .completed(response) : .mismatch, \.replayed)
+            }
+            if answers.claimedEarlier && record.claimedAt == claimedAt {
+                contents.records[key] = nil  // the earlier claim runs; this request waits for its record
+                return (.inProgress, \.deferred)
+            }
+            return (.claimed, timedOut ? \.timedOut : \.unknown)
+        }
+        lookupCounts.withLock { $0[keyPath: outcome] += 1 }
+        if case .completed = claim { spreadReplayed(replayedSession) }
+        return claim
+    }
+
+    /// How the key lookups so far ended.
+    public var keyLookupCounts: KeyLookupCounts { lookupCounts.withLock { $0 } }
+
+    /// What this node knows of an idempotency key, for a peer's lookup.
+    public func lookUp(key: String) -> KeyLookupReply.Answer {
+        let now = clock.nowMillis()
+        return contents.withLock { contents in
+            guard let record = contents.records[key], record.expiresAt > now else { return .unknown }
+            guard let response = record.response else {
+                return record.claimedAt.map { .inProgress(claimedAt: $0) } ?? .unknown
+            }
+            let completed = ReplicatedRecord(
+                record: IdempotencyRecord(
+                    key: key, fingerprint: record.fingerprint, response: response, ttlMillis: record.expiresAt - now),
+                expiresAtMillis: record.expiresAt)
+            let session = record.session.flatMap { id in
+                contents.sessions[id].flatMap { isExpired($0, now: now) ? nil : SessionUpdate(id: id, session: $0) }
+            }
+            return .completed(completed, session: session)
         }
     }
 
-    public func complete(_ record: IdempotencyRecord) throws {
-        let replicated = ReplicatedRecord(record: record, expiresAtMillis: clock.nowMillis() + record.ttlMillis)
-        contents.withLock {
-            $0.records[record.key] = Record(
-                fingerprint: record.fingerprint, response: record.response, expiresAt: replicated.expiresAtMillis)
+    /// Merges a peer's answer to key lookup `request`: a completed record and
+    /// its session's state go into the store.
+    public func mergeLookupReply(_ reply: KeyLookupReply) {
+        var completed = false
+        var claimedAt: HLCStamp?
+        switch reply.answer {
+        case .unknown:
+            break
+        case .inProgress(let stamp):
+            claimedAt = stamp
+        case .completed(let record, let session):
+            if let session { merge(session) }
+            let now = clock.nowMillis()
+            contents.withLock { $0.keep(record.record, expiresAt: record.expiresAtMillis, now: now, session: session?.id) }
+            completed = true
         }
-        sinks.withLock { $0.onRecord }?(replicated)
+        let wake = waiters.withLock { w -> DispatchSemaphore? in
+            guard var lookup = w.lookups[reply.request] else { return nil }
+            lookup.replies += 1
+            if completed { lookup.completed = true }
+            if let claimedAt, claimedAt < lookup.claimedAt { lookup.claimedEarlier = true }
+            w.lookups[reply.request] = lookup
+            return lookup.wake
+        }
+        wake?.signal()
+    }
+
+    public func complete(_ record: IdempotencyRecord) throws {
+        let now = clock.nowMillis()
+        let replicated = ReplicatedRecord(record: record, expiresAtMillis: now + record.ttlMillis)
+        let kept = contents.withLock { contents -> Bool in
+            if let kept = contents.records[record.key], kept.expiresAt > now, kept.response != nil { return false }
+            contents.records[record.key] = Record(
+                fingerprint: record.fingerprint, response: record.response, expiresAt: replicated.expiresAtMillis)
+            return true
+        }
+        if kept { sinks.withLock { $0.onRecord }?(replicated) }
     }
 
     public func abandon(key: String) throws {

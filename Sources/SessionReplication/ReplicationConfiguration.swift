@@ -61,6 +61,21 @@ public struct ReplicationConfiguration: Sendable {
         case sync
     }
 
+    /// When a request with an `Idempotency-Key` this node has not seen first
+    /// asks the peers about it (one round trip to every live peer).
+    public enum KeyLookups: String, Sendable, CaseIterable {
+        /// Every time: a key runs once across the cluster, also when a client
+        /// retries while the first attempt still runs on another node.
+        case always
+        /// Only while a peer may just have died (a connection down, lost in
+        /// the last `relayWindowMillis`, lagging or silent): covers a node
+        /// that dies with a change half replicated, at no cost otherwise; two
+        /// live nodes may each run a concurrent duplicate once.
+        case whenPeerInDoubt = "when-peer-in-doubt"
+        /// Never: claims are per node.
+        case never
+    }
+
     /// This node's name (logs, metrics, hello).
     public var nodeName: String
     /// This node's id in every HLC stamp: unique in the cluster. Default: a hash of `nodeName`.
@@ -94,13 +109,21 @@ public struct ReplicationConfiguration: Sendable {
     public var snapshotChunkBytes: Int
     /// The most inbound peer connections at once (more are closed at once).
     public var maxInboundConnections: Int
+    /// How long each peer's changes are kept to be passed on to the other
+    /// peers should that peer disconnect (a change of a dying node may have
+    /// reached only some); also how long after a peer loss sync-mode requests
+    /// look up their `Idempotency-Key` on the peers. 0 turns both off.
+    public var relayWindowMillis: Int
+    /// Default: `always` in sync mode, `never` in async mode.
+    public var keyLookups: KeyLookups
 
     public init(
         nodeName: String, nodeID: UInt32? = nil, host: String = "127.0.0.1", port: Int = 0, peers: [PeerAddress] = [],
         secret: [UInt8], mode: Mode = .async, syncTimeoutMillis: Int = 100, maxQueueBytes: Int = 64 << 20,
         joinTimeoutMillis: Int = 1_000, connectTimeoutMillis: Int = 1_000,
         reconnectBackoffMillis: (first: Int, max: Int) = (20, 1_000), pingIntervalMillis: Int = 1_000,
-        peerIdleTimeoutMillis: Int = 10_000, snapshotChunkBytes: Int = 256 << 10, maxInboundConnections: Int = 64
+        peerIdleTimeoutMillis: Int = 10_000, snapshotChunkBytes: Int = 256 << 10, maxInboundConnections: Int = 64,
+        relayWindowMillis: Int = 5_000, keyLookups: KeyLookups? = nil
     ) {
         self.nodeName = nodeName
         self.nodeID = nodeID ?? Self.nodeID(for: nodeName)
@@ -118,6 +141,8 @@ public struct ReplicationConfiguration: Sendable {
         self.peerIdleTimeoutMillis = peerIdleTimeoutMillis
         self.snapshotChunkBytes = snapshotChunkBytes
         self.maxInboundConnections = maxInboundConnections
+        self.relayWindowMillis = relayWindowMillis
+        self.keyLookups = keyLookups ?? (mode == .sync ? .always : .never)
     }
 
     /// FNV-1a of the name, never 0 (stamp node 0 is `HLCStamp.zero`'s).
@@ -135,9 +160,15 @@ extension ReplicationConfiguration {
     /// else `$SESSION_CLUSTER_SECRET`; 16+ bytes, the same on every node).
     public static func fromCommandLine(
         nodeName: String, host: String, port: Int, peers: String?, mode: String, syncTimeoutMillis: Int,
-        secret: String?
+        secret: String?, keyLookups: String? = nil
     ) throws(ReplicationConfigurationError) -> ReplicationConfiguration {
         guard let mode = Mode(rawValue: mode) else { throw ReplicationConfigurationError("--replication-mode must be sync or async") }
+        let lookups = try keyLookups.map { text throws(ReplicationConfigurationError) -> KeyLookups in
+            guard let lookups = KeyLookups(rawValue: text) else {
+                throw ReplicationConfigurationError("--key-lookups must be always, when-peer-in-doubt or never")
+            }
+            return lookups
+        }
         guard let secret = secret ?? getenv("SESSION_CLUSTER_SECRET").map({ String(cString: $0) }) else {
             throw ReplicationConfigurationError(
                 "replication needs a cluster secret: --cluster-secret or SESSION_CLUSTER_SECRET (16+ bytes, the same on every node)")
@@ -155,6 +186,6 @@ extension ReplicationConfiguration {
         }
         return ReplicationConfiguration(
             nodeName: nodeName, host: host, port: port, peers: peerList, secret: Array(secret.utf8), mode: mode,
-            syncTimeoutMillis: syncTimeoutMillis)
+            syncTimeoutMillis: syncTimeoutMillis, keyLookups: lookups)
     }
 }

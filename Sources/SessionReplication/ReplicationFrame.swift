@@ -24,6 +24,10 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case snapshotEnd = 8
     /// 9: keep-alive on an idle connection (empty payload, not answered).
     case ping = 9
+    /// 10: sync mode: asks what the peer knows of an `Idempotency-Key` (`KeyLookup`).
+    case keyLookup = 10
+    /// 11: the answer to a `keyLookup` (`KeyLookupReply`).
+    case keyLookupReply = 11
 }
 
 /// One authenticated message between two nodes: a type and opaque payload bytes.
@@ -222,7 +226,7 @@ public struct FrameDecoder: Sendable {
 /// The payload of the `hello` frame, the first frame each side sends.
 public struct HelloMessage: Sendable, Equatable {
     /// The protocol version this build speaks.
-    public static let currentProtocolVersion: UInt32 = 1
+    public static let currentProtocolVersion: UInt32 = 2
     /// The longest node name, in UTF-8 bytes.
     public static let maxNodeNameBytes = 255
     /// The longest replication address, in UTF-8 bytes.

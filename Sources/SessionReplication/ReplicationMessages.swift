@@ -180,3 +180,95 @@ public struct SnapshotEnd: Sendable, Equatable {
         return SnapshotEnd(itemCount: count, senderReady: ready)
     }
 }
+
+/// The payload of a `keyLookup` frame (sync mode): an `Idempotency-Key` a
+/// request is about to run with, and a request number the reply repeats.
+public struct KeyLookup: Sendable, Equatable {
+    public var key: String
+    public var request: UInt64
+
+    public init(key: String, request: UInt64) {
+        self.key = key
+        self.request = request
+    }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        w.string(key)
+        w.u64(request)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> KeyLookup {
+        var r = WireReader(payload)
+        let key = try r.string(limit: SessionUpdate.maxNameBytes)
+        let request = try r.u64()
+        try r.expectEnd()
+        return KeyLookup(key: key, request: request)
+    }
+}
+
+/// The payload of a `keyLookupReply` frame: what the answering node knows of
+/// the key.
+public struct KeyLookupReply: Sendable, Equatable {
+    public enum Answer: Sendable, Equatable {
+        /// Never seen, or expired.
+        case unknown
+        /// A request runs with it there, claimed at this stamp.
+        case inProgress(claimedAt: HLCStamp)
+        /// Completed: the record, and the full state of the session its request changed, if any.
+        case completed(ReplicatedRecord, session: SessionUpdate?)
+    }
+
+    public var key: String
+    public var request: UInt64
+    public var answer: Answer
+
+    public init(key: String, request: UInt64, answer: Answer) {
+        self.key = key
+        self.request = request
+        self.answer = answer
+    }
+
+    /// Key, request number, then a kind byte (0 unknown, 1 in progress + stamp,
+    /// 2 completed + record + optional session).
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        w.string(key)
+        w.u64(request)
+        switch answer {
+        case .unknown:
+            w.u8(0)
+        case .inProgress(let stamp):
+            w.u8(1)
+            stamp.encode(into: &w)
+        case .completed(let record, let session):
+            w.u8(2)
+            record.encode(into: &w)
+            w.bool(session != nil)
+            session?.encode(into: &w)
+        }
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> KeyLookupReply {
+        var r = WireReader(payload)
+        let key = try r.string(limit: SessionUpdate.maxNameBytes)
+        let request = try r.u64()
+        let answer: Answer
+        switch try r.u8() {
+        case 0:
+            answer = .unknown
+        case 1:
+            answer = .inProgress(claimedAt: try HLCStamp(from: &r))
+        case 2:
+            let record = try ReplicatedRecord(from: &r)
+            guard record.record.key == key else { throw WireError("lookup reply for '\(key)' carries another key") }
+            answer = .completed(record, session: try r.bool() ? try SessionUpdate(from: &r) : nil)
+        case let kind:
+            throw WireError("unknown lookup answer \(kind)")
+        }
+        try r.expectEnd()
+        return KeyLookupReply(key: key, request: request, answer: answer)
+    }
+}

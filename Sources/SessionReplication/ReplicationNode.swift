@@ -30,6 +30,12 @@ public final class ReplicationCounters: Sendable {
         /// Fetches (read-your-writes) and state transfers answered for peers.
         public var fetchesServed = 0
         public var snapshotsServed = 0
+        /// Sync mode: idempotency key lookups answered for peers.
+        public var keyLookupsServed = 0
+        /// Peers that disconnected whose recent changes this node passed on to
+        /// the others, and how many sessions and records (counted per peer sent to).
+        public var relays = 0
+        public var itemsRelayed = 0
         /// Inbound connections refused because `maxInboundConnections` were open.
         public var connectionsRefused = 0
     }
@@ -51,6 +57,7 @@ final class ReplicationNodeCore: Sendable {
     let logger: Logger
     let store: ReplicatedSessionStore
     let counters = ReplicationCounters()
+    let peerHealth = PeerHealth()
 
     init(
         configuration: ReplicationConfiguration, codec: FrameCodec, hello: HelloMessage, logger: Logger,
@@ -150,10 +157,28 @@ public final class ReplicationNode: Sendable {
         store.onRecord = { record in
             Self.replicate([.record(record)], to: links, wait: mode == .sync, timeout: timeout)
         }
-        store.onFetch = { id, number in
-            let request = ReplicationFrame(type: .fetch, payload: FetchRequest(id: id, request: number).encode())
-            return links.reduce(0) { $0 + ($1.send(control: request) ? 1 : 0) }
+        store.onFetch = { id, request in links.reduce(0) { $0 + ($1.fetch(id, request: request) ? 1 : 0) } }
+        let lookups = configuration.keyLookups
+        if lookups != .never {
+            // Exactly once across the cluster: a request looks for its key on the peers first
+            // (a dying node's change may have reached only some; a first attempt may still run).
+            store.onLookup = { key, request in
+                guard lookups == .always || Self.mayHaveLostAPeer(links: links, core: core) else { return 0 }
+                return links.reduce(0) { $0 + ($1.lookUp(key: key, request: request) ? 1 : 0) }
+            }
         }
+    }
+
+    /// Whether a peer may have died with a change that reached only some
+    /// nodes, not yet relayed: a link down, lagging, lost within the relay
+    /// window or already showing the peer's close; an inbound connection lost
+    /// within the window; or a peer silent for three ping intervals.
+    static func mayHaveLostAPeer(links: [PeerLink], core: ReplicationNodeCore) -> Bool {
+        let now = monotonicNanos()
+        let window = UInt64(core.configuration.relayWindowMillis) * 1_000_000
+        if links.contains(where: { $0.isInDoubt(now: now, windowNanos: window) }) { return true }
+        let silence = UInt64(core.configuration.pingIntervalMillis) * 3_000_000
+        return core.peerHealth.inDoubt(now: now, windowNanos: window, silenceNanos: silence)
     }
 
     /// Sends items to every connected peer; in sync mode waits for their acknowledgements.
@@ -209,6 +234,7 @@ public final class ReplicationNode: Sendable {
         store.onUpdate = nil
         store.onRecord = nil
         store.onFetch = nil
+        store.onLookup = nil
         for link in links { link.stop() }
         shutdownSocket(listener)
         for fd in inbound { shutdownSocket(fd) }
@@ -304,6 +330,9 @@ public final class ReplicationNode: Sendable {
         Sockets.setSendTimeout(fd, millis: configuration.peerIdleTimeoutMillis)
         var reader = FrameReader(fd: fd, codec: core.codec)
         var peerName = "unidentified peer at \(remote)"
+        var peerID: UInt32?
+        var recent = RecentChanges(
+            windowNanos: UInt64(configuration.relayWindowMillis) * 1_000_000, maxEntries: Self.maxRelayEntries)
         do throws(ConnectionEnd) {
             var frames = try reader.frames()
             guard frames[0].type == .hello else {
@@ -323,9 +352,11 @@ public final class ReplicationNode: Sendable {
                 throw .protocolViolation("protocol version \(hello.protocolVersion)")
             }
             peerName = "\(hello.nodeName) (\(remote))"
+            peerID = hello.nodeID
             while true {
-                try process(frames, fd: fd)
+                try process(frames, fd: fd, recent: &recent)
                 frames = try reader.frames()
+                core.peerHealth.heard(from: hello.nodeID, at: monotonicNanos())
             }
         } catch {
             switch error {
@@ -341,10 +372,45 @@ public final class ReplicationNode: Sendable {
         }
         state.withLock { _ = $0.inbound.remove(fd) }
         close(fd)
+        if let peerID, !isStopped {
+            core.peerHealth.lostInbound(at: monotonicNanos())
+            let (sessions, keys) = recent.current(now: monotonicNanos())
+            relay(sessions: sessions, keys: keys, complete: !recent.overflowed, of: peerID, name: peerName)
+        }
+    }
+
+    /// The most sessions and keys one peer's relay remembers; beyond, a loss resyncs the others.
+    static let maxRelayEntries = 200_000
+
+    /// Sends every other connected peer this node's state of the sessions and
+    /// records a lost peer changed lately (see `RecentChanges`); when it
+    /// changed more than is remembered, a full resync instead.
+    private func relay(sessions: [SessionID], keys: [String], complete: Bool, of origin: UInt32, name: String) {
+        let items: [[UInt8]] =
+            sessions.compactMap { store.fullState(of: $0).map { ReplicationItem.session($0).encoded } }
+            + keys.compactMap { key in
+                guard case .completed(let record, _) = store.lookUp(key: key) else { return nil }
+                return ReplicationItem.record(record).encoded
+            }
+        guard !items.isEmpty || !complete else { return }
+        var relayed = 0
+        for link in links where link.peerNodeID != origin && link.isConnected {
+            if complete {
+                for item in items where link.enqueue(item, itemCount: 1) != nil { relayed += 1 }
+            } else {
+                link.requestResync()
+            }
+        }
+        core.counters.add(\.relays)
+        core.counters.add(\.itemsRelayed, relayed)
+        core.logger.notice(
+            complete
+                ? "the connection from \(name) ended: sent the other peers the \(items.count) sessions and records it changed lately"
+                : "the connection from \(name) ended: it changed more than the relay remembers; resyncing the other peers")
     }
 
     /// Applies and answers a peer's frames; one acknowledgement for all updates among them.
-    private func process(_ frames: [ReplicationFrame], fd: Int32) throws(ConnectionEnd) {
+    private func process(_ frames: [ReplicationFrame], fd: Int32, recent: inout RecentChanges) throws(ConnectionEnd) {
         var replies: [ReplicationFrame] = []
         var acknowledge: UInt64?
         func flush() throws(ConnectionEnd) {
@@ -362,9 +428,9 @@ public final class ReplicationNode: Sendable {
                 try flush()
                 try sendSnapshot(fd: fd)
                 continue
-            case .hello, .ack, .fetchReply, .snapshotChunk, .snapshotEnd:
+            case .hello, .ack, .fetchReply, .snapshotChunk, .snapshotEnd, .keyLookupReply:
                 throw .protocolViolation("unexpected \(frame.type) frame on an inbound connection")
-            case .update, .fetch, .ping:
+            case .update, .fetch, .ping, .keyLookup:
                 break
             }
             do throws(WireError) {
@@ -372,6 +438,7 @@ public final class ReplicationNode: Sendable {
                 case .update:
                     let batch = try UpdateBatch.decode(frame.payload)  // all decoded before any is applied
                     core.merge(batch.items)
+                    recent.note(batch.items, now: monotonicNanos())
                     if batch.sequence > 0 { acknowledge = max(acknowledge ?? 0, batch.sequence) }
                 case .fetch:
                     let request = try FetchRequest.decode(frame.payload)
@@ -379,6 +446,11 @@ public final class ReplicationNode: Sendable {
                         id: request.id, request: request.request, update: store.fullState(of: request.id))
                     replies.append(ReplicationFrame(type: .fetchReply, payload: reply.encode()))
                     core.counters.add(\.fetchesServed)
+                case .keyLookup:
+                    let lookup = try KeyLookup.decode(frame.payload)
+                    let reply = KeyLookupReply(key: lookup.key, request: lookup.request, answer: store.lookUp(key: lookup.key))
+                    replies.append(ReplicationFrame(type: .keyLookupReply, payload: reply.encode()))
+                    core.counters.add(\.keyLookupsServed)
                 default:
                     break
                 }
@@ -466,6 +538,8 @@ public final class ReplicationNode: Sendable {
             ("frames_rejected", "Connections closed for bad frames.", c.framesRejected),
             ("protocol_violations", "Connections closed for protocol violations.", c.protocolViolations),
             ("sync_timeouts", "Sync writes a peer did not acknowledge in time.", c.syncTimeouts),
+            ("relays", "Disconnected peers whose recent changes were passed on to the others.", c.relays),
+            ("items_relayed", "Changes of disconnected peers passed on to the others.", c.itemsRelayed),
         ]
         for (name, help, value) in totals {
             metric("session_replication_\(name)_total", "counter", help, [("", "\(value)")])
@@ -477,6 +551,15 @@ public final class ReplicationNode: Sendable {
             [
                 (",outcome=\"current\"", "\(catchUp.current)"), (",outcome=\"waited\"", "\(catchUp.waited)"),
                 (",outcome=\"fetched\"", "\(catchUp.fetched)"), (",outcome=\"gave_up\"", "\(catchUp.gaveUp)"),
+            ])
+        let lookups = store.keyLookupCounts
+        metric(
+            "session_replication_key_lookup_total", "counter",
+            "Idempotency-Key lookups before a keyed request ran: skipped (no peer in doubt), unknown everywhere, replayed from a peer's record, deferred to a peer's earlier claim, timed out.",
+            [
+                (",outcome=\"skipped\"", "\(lookups.skipped)"),
+                (",outcome=\"unknown\"", "\(lookups.unknown)"), (",outcome=\"replayed\"", "\(lookups.replayed)"),
+                (",outcome=\"deferred\"", "\(lookups.deferred)"), (",outcome=\"timed_out\"", "\(lookups.timedOut)"),
             ])
         return out
     }

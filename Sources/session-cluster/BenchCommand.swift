@@ -74,6 +74,11 @@ extension SessionClusterCommand {
         @Option(help: "The nodes' log level.")
         var nodeLogLevel = "warning"
 
+        @Option(
+            name: .customLong("node-arg"), parsing: .unconditionalSingleValue,
+            help: "An extra argument for every node of the clusters the benchmark starts; repeatable (--node-arg --key-lookups --node-arg when-peer-in-doubt).")
+        var nodeArguments: [String] = []
+
         func run() throws {
             LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
             var logger = Logger(label: "bench")
@@ -162,7 +167,7 @@ extension SessionClusterCommand {
             var configuration = ClusterConfiguration(
                 strategy: strategy, replicationMode: mode, nodeCount: nodes, port: 0,
                 executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
-                nodeLogLevel: nodeLogLevel)
+                nodeLogLevel: nodeLogLevel, extraNodeArguments: nodeArguments)
             configuration.balancer.eventLoops = 1
             let supervisor: ClusterSupervisor
             do {

@@ -69,6 +69,9 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "Sync mode: how long to wait for a peer before marking it down, in milliseconds.")
     var syncTimeoutMs = 100
 
+    @Option(help: "When a request's unseen Idempotency-Key is first looked up on the peers: always, when-peer-in-doubt or never. Default: always in sync mode, never in async mode.")
+    var keyLookups: String?
+
     @Option(help: "Key of the replication frames' HMAC, the same on every node (16+ bytes). Default: $SESSION_CLUSTER_SECRET.")
     var clusterSecret: String?
 
@@ -93,7 +96,7 @@ struct NodeOptions: ParsableArguments {
         do {
             return try ReplicationConfiguration.fromCommandLine(
                 nodeName: nodeID, host: host, port: replicationPort, peers: peers, mode: replicationMode,
-                syncTimeoutMillis: syncTimeoutMs, secret: clusterSecret)
+                syncTimeoutMillis: syncTimeoutMs, secret: clusterSecret, keyLookups: keyLookups)
         } catch {
             throw ValidationError(error.message)
         }

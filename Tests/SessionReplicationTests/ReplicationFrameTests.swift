@@ -103,7 +103,7 @@ private func sampleFrames() -> [ReplicationFrame] {
     @Test func frameTypeRawValuesAreStable() {
         let expected: [FrameType: UInt8] = [
             .hello: 1, .update: 2, .ack: 3, .fetch: 4, .fetchReply: 5, .snapshotRequest: 6, .snapshotChunk: 7,
-            .snapshotEnd: 8, .ping: 9,
+            .snapshotEnd: 8, .ping: 9, .keyLookup: 10, .keyLookupReply: 11,
         ]
         #expect(FrameType.allCases.count == expected.count)
         for type in FrameType.allCases { #expect(type.rawValue == expected[type]) }

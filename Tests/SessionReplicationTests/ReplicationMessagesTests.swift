@@ -49,6 +49,49 @@ private func sampleRecord() -> ReplicatedRecord {
         #expect(try SnapshotEnd.decode(end.encode()) == end)
     }
 
+    @Test func keyLookupsAndEveryKindOfAnswerRoundTrip() throws {
+        let lookup = KeyLookup(key: "k-2", request: 77)
+        #expect(try KeyLookup.decode(lookup.encode()) == lookup)
+        let answers: [KeyLookupReply.Answer] = [
+            .unknown, .inProgress(claimedAt: HLCStamp(millis: 9, counter: 3, node: 4)),
+            .completed(sampleRecord(), session: nil), .completed(sampleRecord(), session: try sampleUpdate()),
+        ]
+        for answer in answers {
+            let reply = KeyLookupReply(key: "k-2", request: .max, answer: answer)
+            #expect(try KeyLookupReply.decode(reply.encode()) == reply)
+            #expect(throws: WireError.self) { try KeyLookupReply.decode(reply.encode() + [0]) }
+        }
+        // A record for another key is refused; so is an unknown answer kind, and a key over the limit.
+        let wrongKey = KeyLookupReply(key: "k-other", request: 1, answer: .completed(sampleRecord(), session: nil))
+        #expect(throws: WireError.self) { try KeyLookupReply.decode(wrongKey.encode()) }
+        var unknownKind = KeyLookupReply(key: "k", request: 1, answer: .unknown).encode()
+        unknownKind[unknownKind.count - 1] = 3
+        #expect(throws: WireError.self) { try KeyLookupReply.decode(unknownKind) }
+        let long = String(repeating: "k", count: SessionUpdate.maxNameBytes + 1)
+        #expect(throws: WireError.self) { try KeyLookup.decode(KeyLookup(key: long, request: 1).encode()) }
+    }
+
+    /// Mutated lookup replies decode to an error or to a reply that encodes back to itself.
+    @Test func fuzzedLookupRepliesDecodeToAnErrorOrAConsistentReply() throws {
+        let base = KeyLookupReply(key: "k-2", request: 5, answer: .completed(sampleRecord(), session: try sampleUpdate()))
+            .encode()
+        var rng = SplitMix64(seed: 11)
+        var decoded = 0
+        for _ in 0..<10_000 {
+            var bytes = base
+            if rng.below(2) == 0 {
+                for _ in 0...rng.below(4) { bytes[rng.below(bytes.count)] ^= UInt8(truncatingIfNeeded: rng.next() | 1) }
+            } else {
+                bytes = Array(bytes[..<rng.below(bytes.count)])
+            }
+            if let reply = try? KeyLookupReply.decode(bytes) {
+                decoded += 1
+                #expect(try KeyLookupReply.decode(reply.encode()) == reply)
+            }
+        }
+        #expect(decoded < 10_000)
+    }
+
     @Test func aFetchReplyForAnotherSessionIsRejected() throws {
         let reply = FetchReply(id: SessionID.generate(), request: 2, update: try sampleUpdate())
         #expect(throws: WireError.self) { try FetchReply.decode(reply.encode()) }

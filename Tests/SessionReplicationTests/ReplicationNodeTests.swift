@@ -49,7 +49,8 @@ private final class LoopbackCluster: Sendable {
         count: Int = 3, mode: ReplicationConfiguration.Mode = .async, syncTimeoutMillis: Int = 5_000,
         selfAsLocalhost: Bool = false, peerIndices: [[Int]]? = nil,
         catchUpPolicy: ReplicatedSessionStore.CatchUpPolicy = .init(), maxQueueBytes: Int = 64 << 20,
-        pingIntervalMillis: Int = 1_000
+        pingIntervalMillis: Int = 1_000, relayWindowMillis: Int = 5_000,
+        keyLookups: ReplicationConfiguration.KeyLookups? = nil
     ) throws {
         var lastError: (any Error)?
         for _ in 0..<5 {  // a port picked by freeLoopbackPort may be taken before it is bound again
@@ -69,7 +70,8 @@ private final class LoopbackCluster: Sendable {
                         mode: mode, syncTimeoutMillis: syncTimeoutMillis, maxQueueBytes: maxQueueBytes,
                         joinTimeoutMillis: 300,
                         connectTimeoutMillis: 500, reconnectBackoffMillis: (10, 200),
-                        pingIntervalMillis: pingIntervalMillis)
+                        pingIntervalMillis: pingIntervalMillis, relayWindowMillis: relayWindowMillis,
+                        keyLookups: keyLookups)
                     let store = ReplicatedSessionStore(node: configuration.nodeID, catchUpPolicy: catchUpPolicy)
                     nodes.append(try ReplicationNode(store: store, configuration: configuration, logger: quietLogger()))
                 }
@@ -644,6 +646,115 @@ struct ReplicationNodeTests {
         #expect(a.counters.fetchesServed == 1)
         let counts = b.store.catchUpCounts
         #expect((counts.current, counts.waited, counts.fetched, counts.gaveUp) == (1, 0, 1, 0))
+    }
+
+    /// A node died after its change reached one peer but before it answered; the client's
+    /// retry lands on a node the change never reached. That node must replay the peer's
+    /// record, with the session's state, instead of running the request a second time.
+    @Test func syncModeLooksUpAnUnknownKeyOnThePeersBeforeRunningIt() throws {
+        // a sends its changes to nobody (it holds what the dead node's change left behind); b lists a.
+        let cluster = try LoopbackCluster(count: 2, mode: .sync, peerIndices: [[0], [0, 1]])
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let (a, b) = (cluster[0], cluster[1])
+        let id = try cluster.create(on: 0, [:])
+        #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
+        #expect(try b.store.load(id) == nil, "b has not been told")
+
+        #expect(try b.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .completed(record("k1").response))
+        #expect(try b.store.load(id)?.attributes == ["n": json("1")], "the session came with the record")
+        #expect(try b.store.begin(key: "k1", fingerprint: "other", inProgressMillis: 10_000) == .mismatch)
+        // A key nobody knows is claimed.
+        #expect(try b.store.begin(key: "k2", fingerprint: "fp-k2", inProgressMillis: 10_000) == .claimed)
+        // A key running on a (claimed earlier) makes b wait for it, then replay a's outcome.
+        #expect(try a.store.begin(key: "k3", fingerprint: "fp-k3", inProgressMillis: 10_000) == .claimed)
+        #expect(try b.store.begin(key: "k3", fingerprint: "fp-k3", inProgressMillis: 10_000) == .inProgress)
+        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k3")))
+        #expect(try b.store.begin(key: "k3", fingerprint: "fp-k3", inProgressMillis: 10_000) == .completed(record("k3").response))
+        #expect(try b.store.load(id)?.attributes == ["n": json("2")])
+
+        let counts = b.store.keyLookupCounts
+        #expect((counts.skipped, counts.unknown, counts.replayed, counts.deferred, counts.timedOut) == (0, 1, 2, 1, 0))
+        #expect(a.counters.keyLookupsServed == 4)
+        #expect(a.renderMetrics().isEmpty == false)
+        #expect(b.renderMetrics().contains("session_replication_key_lookup_total{node=\"b\",outcome=\"replayed\"} 2"))
+    }
+
+    /// a's change reaches b but not c, then a dies: b passes it on to c.
+    @Test func aDeadPeersLastChangesArePassedOnBySurvivors() throws {
+        let cluster = try LoopbackCluster(mode: .sync, peerIndices: [[0, 1], [0, 1, 2], [0, 1, 2]])
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let (a, b, c) = (cluster[0], cluster[1], cluster[2])
+        let id = try cluster.create(on: 0, [:])
+        #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
+        #expect(try b.store.load(id)?.attributes == ["n": json("1")], "sync: b has it when apply returns")
+        #expect(try c.store.load(id) == nil, "a does not replicate to c")
+        a.shutdown()
+        #expect(cluster.eventually(id, on: [2]) { $0 == ["n": json("1")] }, "b relayed a's change to c")
+        #expect(c.store.recordSnapshot().map(\.record.key) == ["k1"])
+        #expect(b.counters.relays == 1)
+        #expect(b.counters.itemsRelayed >= 1)
+        #expect(c.counters.relays == 0, "c got nothing from a")
+    }
+
+    /// a's change reaches b only, then a dies; the client's retry lands on b, which has the
+    /// record: before answering with it, b makes sure c has the session the answer reports.
+    @Test func aReplayIsAnsweredOnlyOnceEveryPeerHasItsSession() throws {
+        let cluster = try LoopbackCluster(mode: .sync, peerIndices: [[0, 1], [0, 1, 2], [0, 1, 2]], relayWindowMillis: 0)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let (a, b, c) = (cluster[0], cluster[1], cluster[2])
+        let id = try cluster.create(on: 0, [:])
+        #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
+        a.shutdown()
+        #expect(try c.store.load(id) == nil)
+        #expect(try b.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .completed(record("k1").response))
+        #expect(try c.store.load(id)?.attributes == ["n": json("1")], "sync: c acknowledged the session before the replay")
+    }
+
+    @Test func whenPeerInDoubtLooksUpKeysOnlyAfterAPeerIsLost() throws {
+        // No relay here, so only the lookup can find a's change.
+        let cluster = try LoopbackCluster(
+            mode: .sync, peerIndices: [[0, 1], [0, 1, 2], [0, 1, 2]], relayWindowMillis: 0, keyLookups: .whenPeerInDoubt)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let (a, b, c) = (cluster[0], cluster[1], cluster[2])
+        #expect(try c.store.begin(key: "k0", fingerprint: "fp-k0", inProgressMillis: 10_000) == .claimed)
+        #expect(c.store.keyLookupCounts.skipped == 1, "every peer settled: nobody asked")
+        let id = try cluster.create(on: 0, [:])
+        #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
+        a.shutdown()
+        #expect(waitUntil(timeout: 5) { c.peers.contains { !$0.connected } }, "c saw a go")
+        #expect(try c.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .completed(record("k1").response))
+        #expect(try c.store.load(id)?.attributes == ["n": json("1")])
+        #expect(c.store.keyLookupCounts.replayed == 1)
+        #expect(b.counters.relays == 0)
+    }
+
+    @Test func asyncModeDoesNotLookUpKeys() throws {
+        let cluster = try LoopbackCluster(count: 2, mode: .async, peerIndices: [[0], [0, 1]])
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        #expect(try cluster[0].store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+        #expect(try cluster[1].store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+        #expect(cluster[0].counters.keyLookupsServed == 0)
+    }
+
+    @Test func aPeerThatDiesDoesNotHoldUpALookup() throws {
+        // Lookups would wait 30 s for a peer that never answers.
+        let cluster = try LoopbackCluster(
+            mode: .sync, catchUpPolicy: .init(waitMillis: 5, fetchTimeoutMillis: 30_000))
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        cluster[2].shutdown()  // its sockets close, as a killed node's do
+        #expect(try cluster[0].store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+        let counts = cluster[0].store.keyLookupCounts
+        #expect((counts.unknown, counts.timedOut) == (1, 0), "the dead peer's answer counted as 'unknown' at once")
     }
 
     @Test func syncWritesAreOnEveryPeerWhenTheyReturn() throws {

@@ -153,6 +153,16 @@ private func describe(_ snapshot: SessionSnapshot?) -> String {
         .map { "\($0.key)=\(String(decoding: $0.value, as: UTF8.self))" }.joined(separator: ",")
 }
 
+/// In a cluster where a (node 0) replicates to b only: a runs request "k1" (n += 1 on a new
+/// session), as a node that then dies with its change on some peers only. Returns the session.
+private func runK1OnAReachingOnlyB(_ cluster: LoopbackCluster) throws -> SessionID {
+    let a = cluster[0]
+    let id = try cluster.create(on: 0, [:])
+    #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
+    _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
+    return id
+}
+
 private func record(_ key: String) -> IdempotencyRecord {
     IdempotencyRecord(
         key: key, fingerprint: "fp-\(key)",
@@ -687,9 +697,7 @@ struct ReplicationNodeTests {
         defer { cluster.shutdown() }
         try #require(cluster.startAndSettle())
         let (a, b, c) = (cluster[0], cluster[1], cluster[2])
-        let id = try cluster.create(on: 0, [:])
-        #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
-        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
+        let id = try runK1OnAReachingOnlyB(cluster)
         #expect(try b.store.load(id)?.attributes == ["n": json("1")], "sync: b has it when apply returns")
         #expect(try c.store.load(id) == nil, "a does not replicate to c")
         a.shutdown()
@@ -707,9 +715,7 @@ struct ReplicationNodeTests {
         defer { cluster.shutdown() }
         try #require(cluster.startAndSettle())
         let (a, b, c) = (cluster[0], cluster[1], cluster[2])
-        let id = try cluster.create(on: 0, [:])
-        #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
-        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
+        let id = try runK1OnAReachingOnlyB(cluster)
         a.shutdown()
         #expect(try c.store.load(id) == nil)
         #expect(try b.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .completed(record("k1").response))
@@ -725,9 +731,7 @@ struct ReplicationNodeTests {
         let (a, b, c) = (cluster[0], cluster[1], cluster[2])
         #expect(try c.store.begin(key: "k0", fingerprint: "fp-k0", inProgressMillis: 10_000) == .claimed)
         #expect(c.store.keyLookupCounts.skipped == 1, "every peer settled: nobody asked")
-        let id = try cluster.create(on: 0, [:])
-        #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
-        _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
+        let id = try runK1OnAReachingOnlyB(cluster)
         a.shutdown()
         #expect(waitUntil(timeout: 5) { c.peers.contains { !$0.connected } }, "c saw a go")
         #expect(try c.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .completed(record("k1").response))

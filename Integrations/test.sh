@@ -17,8 +17,13 @@ packages=(Shared SessionClusterHummingbird SessionClusterVapor)
 log() { printf '==> %s\n' "$*"; }
 
 child_pid=""
-# SIGINT/SIGTERM (scripts/test.sh stops its children with SIGINT): stop the
-# running swift build/test with SIGINT, which it handles cleanly, then exit.
+# A background command ignores SIGINT, and swift build/test then ignore it
+# too; GNU env (coreutils 8.31+) starts them with SIGINT's default disposition.
+sigint_default=()
+if env --default-signal=INT true 2>/dev/null; then sigint_default=(env --default-signal=INT); fi
+# SIGINT/SIGTERM (scripts/test.sh, which runs this script in the background
+# where SIGINT is ignored, sends SIGTERM): stop the running swift build/test
+# with SIGINT, which it handles cleanly, then exit.
 on_signal() {
     if [[ -n "$child_pid" ]]; then
         kill -INT "$child_pid" 2>/dev/null || true
@@ -33,7 +38,7 @@ trap on_signal INT TERM
 run() {
     local log_file=$1 status=0
     shift
-    "$@" </dev/null > >(tee "$log_file") 2>&1 &
+    "${sigint_default[@]}" "$@" </dev/null > >(tee "$log_file") 2>&1 &
     child_pid=$!
     wait "$child_pid" || status=$?
     child_pid=""
@@ -53,14 +58,19 @@ for package in "${packages[@]}"; do
     cd "$here/$package"
     log "$package: swift build, then swift build --build-tests"
     start=$SECONDS
-    # Both: --build-tests alone does not link the example executables.
-    run "$logs/$package-build.log" bash -c 'swift build && swift build --build-tests' || {
-        log "$package: build failed"
-        exit 1
-    }
+    # Both: --build-tests alone does not link the example executables. Each runs as run's own
+    # child (no `bash -c` between): a background bash ignores SIGINT, swift does not.
+    for build in build build-tests; do
+        args=()
+        [[ $build == build-tests ]] && args=(--build-tests)
+        run "$logs/$package-$build.log" swift build "${args[@]}" || {
+            log "$package: build failed"
+            exit 1
+        }
+    done
     log "$package: built in $((SECONDS - start)) s"
     # Warnings in this repository's code (dependencies' own are theirs).
-    if grep -E '^/[^ ]+\.swift:[0-9]+:[0-9]+: warning:' "$logs/$package-build.log" | grep -v '/\.build/' >"$logs/warnings"; then
+    if cat "$logs/$package-build.log" "$logs/$package-build-tests.log" | grep -E '^/[^ ]+\.swift:[0-9]+:[0-9]+: warning:' | grep -v '/\.build/' >"$logs/warnings"; then
         log "$package: compiler warnings:"
         sort -u "$logs/warnings"
         exit 1

@@ -111,6 +111,12 @@ install_traps() {
     trap 'exit 143' TERM
 }
 
+# A background command of a script ignores SIGINT (bash sets it so without
+# job control), and swift build/test then ignore it too; GNU env (coreutils
+# 8.31+) starts them with the default disposition, so SIGINT stops them.
+sigint_default=()
+if env --default-signal=INT true 2>/dev/null; then sigint_default=(env --default-signal=INT); fi
+
 # run [--out OUTFILE] CMD... — run a long command as a background child and
 # wait for it, so that INT/TERM reach the traps at once instead of after the
 # command ends; meanwhile its PID is in child_pid and $tmp_dir/child.pid.
@@ -123,9 +129,9 @@ run() {
         shift 2
     fi
     if [[ -n "$out" ]]; then
-        "$@" </dev/null >"$out" 2>"$out.err" &
+        "${sigint_default[@]}" "$@" </dev/null >"$out" 2>"$out.err" &
     else
-        "$@" </dev/null &
+        "${sigint_default[@]}" "$@" </dev/null &
     fi
     child_pid=$!
     echo "$child_pid" >"$tmp_dir/child.pid"
@@ -177,14 +183,16 @@ start_redis() {
 }
 
 # start_watchdog SIGNAL — should the script be killed with SIGKILL (no trap
-# runs), still send SIGNAL to the command `run` runs, stop redis-server and
-# remove the temp dir. Sets watchdog_pid.
+# runs), still send SIGNAL (or the one in $tmp_dir/child.signal) to the
+# command `run` runs, stop redis-server and remove the temp dir. Sets watchdog_pid.
 start_watchdog() {
     local sig=$1
     (
         trap - INT TERM
         while kill -0 "$$" 2>/dev/null; do sleep 1; done
         if [[ -s "$tmp_dir/child.pid" ]]; then
+            # $tmp_dir/child.signal, when present, names the signal the current child needs.
+            [[ -s "$tmp_dir/child.signal" ]] && sig=$(<"$tmp_dir/child.signal")
             kill -"$sig" "$(<"$tmp_dir/child.pid")" 2>/dev/null || true
         fi
         kill -TERM "$redis_pid" 2>/dev/null || true

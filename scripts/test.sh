@@ -17,14 +17,17 @@ source "$script_dir/lib.sh"
 # shellcheck disable=SC2317  # called by cleanup (lib.sh), from the EXIT trap
 stop_children() {
     if [[ -n "$child_pid" ]]; then
-        # swift build/test stop cleanly on SIGINT (SIGTERM orphans the test runner).
-        kill -INT "$child_pid" 2>/dev/null || true
+        # swift build/test stop cleanly on SIGINT (SIGTERM orphans the test runner). Integrations/test.sh
+        # runs as a background bash, which ignores SIGINT: it gets SIGTERM, and stops its own swift
+        # build/test with SIGINT.
+        kill -"$child_signal" "$child_pid" 2>/dev/null || true
         wait_gone "$child_pid" || true
         kill -KILL "$child_pid" 2>/dev/null || true
         wait "$child_pid" 2>/dev/null || true
         child_pid=""
     fi
 }
+child_signal=INT
 install_traps
 
 log "checking packages and Swift"
@@ -76,6 +79,8 @@ log "tests passed"
 # web framework): part of the whole suite, not of a filtered run.
 if (($# == 0)) && [[ "${SKIP_INTEGRATIONS:-0}" != 1 ]]; then
     log "framework adapters: Integrations/test.sh (Hummingbird, Vapor; the first build takes minutes)"
+    child_signal=TERM
+    echo TERM >"$tmp_dir/child.signal"   # for the watchdog
     run bash Integrations/test.sh || status=$?
     if ((status == 0)); then
         log "adapter tests passed"

@@ -29,6 +29,7 @@ public final class RedisClient: Sendable {
 
     private let pool: FastLock<Pool>  // taken twice per command by every thread: see FastLock
     private let slots: DispatchSemaphore
+    private let presence = Mutex<(connection: RedisConnection, id: Int64, checkedAt: Int64)?>(nil)
 
     public init(configuration: RedisConfiguration, logger: Logger) {
         precondition(configuration.poolSize >= 1, "poolSize must be at least 1")
@@ -99,6 +100,31 @@ public final class RedisClient: Sendable {
         try withConnection { try $0.eval(script, keys: keys, args: args) }
     }
 
+    /// The `CLIENT ID` of a connection this client keeps open, outside the
+    /// pool and idle, for as long as the process lives: Redis's view of
+    /// whether this process is alive (`CLIENT LIST ID` on any connection).
+    /// Pooled connections are no such sign: a timeout or a failover drops
+    /// them while the process goes on. Checked with PING at most once a
+    /// second, and opened again (with a new ID) when it broke.
+    public func presenceID() throws -> Int64 {
+        try presence.withLock { presence throws -> Int64 in
+            let now = monotonicMillis()
+            if let current = presence {
+                if now - current.checkedAt < 1_000 { return current.id }
+                if (try? current.connection.command(["PING".redisBytes]))?.string == "PONG" {
+                    presence = (current.connection, current.id, now)
+                    return current.id
+                }
+                presence = nil
+            }
+            let connection = try connect()
+            let id = try connection.clientID()
+            _ = try? connection.command(["CLIENT".redisBytes, "SETNAME".redisBytes, "session-cluster-presence".redisBytes])
+            presence = (connection, id, now)
+            return id
+        }
+    }
+
     /// Whether Redis answers PING now.
     public func ping() -> Bool { healthProblem() == nil }
 
@@ -112,12 +138,13 @@ public final class RedisClient: Sendable {
         }
     }
 
-    /// Drops every idle connection (e.g. at shutdown).
+    /// Drops every idle connection and the presence connection (e.g. at shutdown).
     public func close() {
         pool.withLock {
             $0.open -= $0.idle.count
             $0.idle.removeAll()
         }
+        presence.withLock { $0 = nil }
     }
 
     private func checkOut() throws -> RedisConnection {

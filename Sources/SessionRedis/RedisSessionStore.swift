@@ -171,18 +171,19 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
 
     // MARK: IdempotencyStore
 
-    /// Claims are `P|<fingerprint>|<CLIENT ID of the claiming connection>`.
-    /// A claim whose connection Redis no longer lists (its node died, and
-    /// the kernel closed its sockets) is taken over at once, not after
-    /// `inProgressMillis`; should its node still be alive after all, the
+    /// Claims are `P|<fingerprint>|<owner>`, the owner being the claiming
+    /// process's `RedisClient.presenceID()`. A claim whose owner's connection
+    /// Redis no longer lists (its node died, and the kernel closed its
+    /// sockets) is taken over at once, not after `inProgressMillis`; should
+    /// its node still be alive after all (Redis dropped the connection), the
     /// apply script's check on completed records keeps its changes out.
     public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
         try Self.checkFingerprint(fingerprint)
         let record = idempotencyKey(key)
         let lease = max(1, inProgressMillis).redisBytes
         do {
+            let me = try client.presenceID().redisBytes
             return try client.withConnection { connection throws -> IdempotencyClaim in
-                let me = try connection.clientID().redisBytes
                 for _ in 0..<3 {
                     let reply = try connection.eval(Self.beginScript, keys: [record], args: [fingerprint.redisBytes, lease, me])
                     guard let items = reply.array, let status = items.first?.int else {
@@ -208,7 +209,8 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
                             return .completed(response)
                         }
                         logger.warning("dropping a corrupt idempotency record", metadata: ["key": "\(key)"])
-                        _ = try connection.command(["DEL".redisBytes, record]).throwingServerError(context: "DEL")
+                        _ = try connection.eval(
+                            Self.dropCorruptScript, keys: [record], args: [fingerprint.redisBytes, items.count > 1 ? (items[1].bytes ?? []) : []])
                     default:
                         return .mismatch
                     }
@@ -237,8 +239,15 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
             args: [try Self.completedValue(record), max(1, record.ttlMillis).redisBytes])
     }
 
+    /// Deletes this process's claim of `key`, not one a retry took over.
     public func abandon(key: String) throws {
-        _ = try run(Self.abandonScript, keys: [idempotencyKey(key)], args: [])
+        let owner: Int64
+        do {
+            owner = try client.presenceID()
+        } catch let error as RedisError {
+            throw SessionStoreError(.unavailable, "Redis: \(error.message)")
+        }
+        _ = try run(Self.abandonScript, keys: [idempotencyKey(key)], args: [owner.redisBytes])
     }
 
     private static func checkFingerprint(_ fingerprint: String) throws {
@@ -434,10 +443,17 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         return 1
         """)
 
-    /// KEYS[1] record: deleted only while in progress.
+    /// KEYS[1] record; ARGV owner. Deleted only while in progress and claimed by that owner.
     static let abandonScript = RedisScript(name: "idempotency-abandon", source: """
         local v = redis.call('GET', KEYS[1])
-        if v and string.sub(v, 1, 2) == 'P|' then redis.call('DEL', KEYS[1]) end
+        local suffix = '|' .. ARGV[1]
+        if v and string.sub(v, 1, 2) == 'P|' and string.sub(v, -#suffix) == suffix then redis.call('DEL', KEYS[1]) end
+        return 1
+        """)
+
+    /// KEYS[1] record; ARGV fingerprint, the completed value's tail that did not decode. Deleted only if unchanged.
+    static let dropCorruptScript = RedisScript(name: "idempotency-drop-corrupt", source: """
+        if redis.call('GET', KEYS[1]) == 'C|' .. ARGV[1] .. '|' .. ARGV[2] then redis.call('DEL', KEYS[1]) end
         return 1
         """)
 

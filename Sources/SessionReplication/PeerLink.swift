@@ -105,7 +105,7 @@ final class PeerLink: Sendable {
         case .connected: break
         }
         if lagging { return true }
-        if let lostAt, now - lostAt < windowNanos { return true }
+        if let lostAt, lostAt >= now || now - lostAt < windowNanos { return true }
         let readHangUp: Int16 = 0x2000  // POLLRDHUP (Linux; hidden behind _GNU_SOURCE in Glibc's module)
         var poll = pollfd(fd: fd, events: readHangUp, revents: 0)
         return Glibc.poll(&poll, 1, 0) > 0 && poll.revents & (readHangUp | Int16(POLLHUP | POLLERR | POLLNVAL)) != 0

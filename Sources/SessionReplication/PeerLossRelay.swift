@@ -20,9 +20,10 @@ struct RecentChanges {
     private var keys: [String: UInt64] = [:]
     private var order: [(at: UInt64, item: Item)] = []
     private var head = 0
-    /// More than `maxEntries` sessions and keys were touched within the window:
-    /// the oldest were forgotten, so what is kept is not every change.
-    private(set) var overflowed = false
+    /// When the last items were noted.
+    private var lastNoted: UInt64 = 0
+    /// When entries still within the window were last forgotten for `maxEntries`.
+    private var overflowedAt: UInt64?
 
     enum Item {
         case session(SessionID)
@@ -36,7 +37,8 @@ struct RecentChanges {
 
     /// Notes the sessions and keys of items received from the peer at `now`.
     mutating func note(_ items: [ReplicationItem], now: UInt64) {
-        guard windowNanos > 0 else { return }
+        guard windowNanos > 0, !items.isEmpty else { return }
+        lastNoted = now
         for item in items {
             switch item {
             case .session(let update):
@@ -54,16 +56,19 @@ struct RecentChanges {
         evict(now: now)
     }
 
-    /// The sessions and keys touched within the window.
-    mutating func current(now: UInt64) -> (sessions: [SessionID], keys: [String]) {
-        evict(now: now)
-        return (Array(sessions.keys), Array(keys.keys))
+    /// The sessions and keys touched within the window before the peer's
+    /// last change (a peer that dies silently is found out only at the idle
+    /// timeout, maybe after the window), and whether that is all of them.
+    mutating func lastChanges() -> (sessions: [SessionID], keys: [String], complete: Bool) {
+        evict(now: lastNoted)
+        let complete = overflowedAt.map { lastNoted - $0 > windowNanos } ?? true
+        return (Array(sessions.keys), Array(keys.keys), complete)
     }
 
     private mutating func evict(now: UInt64) {
         while head < order.count && (now - order[head].at > windowNanos || sessions.count + keys.count > maxEntries) {
             let (at, item) = order[head]
-            if now - at <= windowNanos { overflowed = true }
+            if now - at <= windowNanos { overflowedAt = now }
             switch item {
             case .session(let id): if sessions[id] == at { sessions[id] = nil }
             case .key(let key): if keys[key] == at { keys[key] = nil }
@@ -96,15 +101,21 @@ final class PeerHealth: Sendable {
         state.withLock { $0.lastHeard[node] = now }
     }
 
-    func lostInbound(at now: UInt64) {
-        state.withLock { $0.lastLossAt = now }
+    /// Peer `node`'s connection to this node ended (it is no longer
+    /// expected to speak; `lastLossAt` covers it for the window).
+    func lostInbound(from node: UInt32, at now: UInt64) {
+        state.withLock {
+            $0.lastLossAt = now
+            $0.lastHeard[node] = nil
+        }
     }
 
     /// Whether an inbound connection ended within `windowNanos`, or a peer
-    /// has said nothing (not even its pings) for `silenceNanos`.
+    /// has said nothing (not even its pings) for `silenceNanos`. Times
+    /// noted after `now` (by another thread meanwhile) count as recent.
     func inDoubt(now: UInt64, windowNanos: UInt64, silenceNanos: UInt64) -> Bool {
         state.withLock { s in
-            if let lost = s.lastLossAt, now - lost < windowNanos { return true }
+            if let lost = s.lastLossAt, lost >= now || now - lost < windowNanos { return true }
             return s.lastHeard.values.contains { now > $0 && now - $0 > silenceNanos }
         }
     }

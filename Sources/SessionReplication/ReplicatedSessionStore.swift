@@ -51,10 +51,14 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var sessions: [SessionID: ReplicatedSession] = [:]
         var records: [String: Record] = [:]
 
-        /// Keeps a completed record, unless one expiring later is kept already.
+        /// Keeps a completed record, unless one completed earlier (expiring
+        /// first) is kept already: should a request have run twice, every node
+        /// ends up replaying the same, first outcome.
         mutating func keep(_ record: IdempotencyRecord, expiresAt: Int64, now: Int64, session: SessionID? = nil) {
             guard expiresAt > now else { return }
-            if let mine = records[record.key], mine.response != nil, mine.expiresAt >= expiresAt { return }
+            if let mine = records[record.key], mine.response != nil, mine.expiresAt > now, mine.expiresAt <= expiresAt {
+                return
+            }
             records[record.key] = Record(
                 fingerprint: record.fingerprint, response: record.response, expiresAt: expiresAt, session: session)
         }

@@ -373,9 +373,9 @@ public final class ReplicationNode: Sendable {
         state.withLock { _ = $0.inbound.remove(fd) }
         close(fd)
         if let peerID, !isStopped {
-            core.peerHealth.lostInbound(at: monotonicNanos())
-            let (sessions, keys) = recent.current(now: monotonicNanos())
-            relay(sessions: sessions, keys: keys, complete: !recent.overflowed, of: peerID, name: peerName)
+            core.peerHealth.lostInbound(from: peerID, at: monotonicNanos())
+            let (sessions, keys, complete) = recent.lastChanges()
+            relay(sessions: sessions, keys: keys, complete: complete, of: peerID, name: peerName)
         }
     }
 

@@ -110,11 +110,17 @@ public struct IdempotencyGate: Sendable {
     public func overtakingResponse(
         for ticket: IdempotencyTicket, method: String, target: String, body: [UInt8]
     ) async -> StoredResponse? {
-        guard ticket.isOvertaken,
-            case .replay(let stored)? = try? await begin(key: ticket.key, method: method, target: target, body: body)
-        else { return nil }
-        logger.notice("another run of this request completed first", metadata: ["idempotency_key": "\(ticket.key)"])
-        return stored
+        guard ticket.isOvertaken else { return nil }
+        switch try? await begin(key: ticket.key, method: method, target: target, body: body) {
+        case .replay(let stored)?:
+            logger.notice("another run of this request completed first", metadata: ["idempotency_key": "\(ticket.key)"])
+            return stored
+        case .run(let claim?)?:
+            await abandon(claim)  // the record is gone again (expired): nothing to replay, and no claim left behind
+            return nil
+        default:
+            return nil
+        }
     }
 
     /// Gives up a claim without an outcome (the request failed without a response), so a retry can run.

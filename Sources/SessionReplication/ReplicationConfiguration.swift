@@ -145,6 +145,33 @@ public struct ReplicationConfiguration: Sendable {
         self.keyLookups = keyLookups ?? (mode == .sync ? .always : .never)
     }
 
+    /// Throws naming the first setting out of range (a negative or huge time
+    /// would otherwise trap when turned into nanoseconds). `ReplicationNode` checks it.
+    public func validate() throws(ReplicationConfigurationError) {
+        let hour = 3_600_000
+        let times: [(String, Int, ClosedRange<Int>)] = [
+            ("syncTimeoutMillis", syncTimeoutMillis, 1...hour),
+            ("joinTimeoutMillis", joinTimeoutMillis, 0...hour),
+            ("connectTimeoutMillis", connectTimeoutMillis, 1...hour),
+            ("reconnectBackoffMillis.first", reconnectBackoffMillis.first, 1...hour),
+            ("reconnectBackoffMillis.max", reconnectBackoffMillis.max, reconnectBackoffMillis.first...hour),
+            ("pingIntervalMillis", pingIntervalMillis, 1...hour),
+            ("peerIdleTimeoutMillis", peerIdleTimeoutMillis, 1...hour),
+            ("relayWindowMillis", relayWindowMillis, 0...hour),
+        ]
+        for (name, value, range) in times where !range.contains(value) {
+            throw ReplicationConfigurationError("\(name) must be \(range.lowerBound)...\(range.upperBound) ms, not \(value)")
+        }
+        let sizes: [(String, Int, ClosedRange<Int>)] = [
+            ("maxQueueBytes", maxQueueBytes, 1...(1 << 40)),
+            ("snapshotChunkBytes", snapshotChunkBytes, 1...(FrameCodec.defaultMaxPayloadBytes / 2)),
+            ("maxInboundConnections", maxInboundConnections, 1...65_536),
+        ]
+        for (name, value, range) in sizes where !range.contains(value) {
+            throw ReplicationConfigurationError("\(name) must be \(range.lowerBound)...\(range.upperBound), not \(value)")
+        }
+    }
+
     /// FNV-1a of the name, never 0 (stamp node 0 is `HLCStamp.zero`'s).
     public static func nodeID(for name: String) -> UInt32 {
         var hash: UInt32 = 2_166_136_261

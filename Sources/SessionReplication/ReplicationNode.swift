@@ -123,6 +123,7 @@ public final class ReplicationNode: Sendable {
     /// Binds the replication port (throws when taken) and takes over `store`'s
     /// replication hooks. Nothing is sent or accepted before `start()`.
     public init(store: ReplicatedSessionStore, configuration: ReplicationConfiguration, logger: Logger) throws {
+        try configuration.validate()
         guard store.hlc.node == configuration.nodeID else {
             throw ReplicationConfigurationError(
                 "the store's node id \(store.hlc.node) differs from the configuration's \(configuration.nodeID)")

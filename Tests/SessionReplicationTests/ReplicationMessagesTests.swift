@@ -1,3 +1,4 @@
+import Logging
 import MiniHTTP  // SplitMix64
 import SessionCore
 import SessionReplication
@@ -156,6 +157,29 @@ private func sampleRecord() -> ReplicatedRecord {
                 PeerAddress(host: "::1", port: 3),
             ])
         #expect(throws: ReplicationConfigurationError.self) { try PeerAddress.list("127.0.0.1:1,nope") }
+    }
+
+    @Test func settingsOutOfRangeAreRefusedWithTheirName() throws {
+        let secret = Array("sixteen-bytes-secret".utf8)
+        try ReplicationConfiguration(nodeName: "n", secret: secret).validate()
+        let bad: [(String, ReplicationConfiguration)] = [
+            ("relayWindowMillis", ReplicationConfiguration(nodeName: "n", secret: secret, relayWindowMillis: -1)),
+            ("syncTimeoutMillis", ReplicationConfiguration(nodeName: "n", secret: secret, syncTimeoutMillis: 0)),
+            ("pingIntervalMillis", ReplicationConfiguration(nodeName: "n", secret: secret, pingIntervalMillis: .max)),
+            ("reconnectBackoffMillis.max",
+             ReplicationConfiguration(nodeName: "n", secret: secret, reconnectBackoffMillis: (500, 100))),
+            ("snapshotChunkBytes", ReplicationConfiguration(nodeName: "n", secret: secret, snapshotChunkBytes: 8 << 20)),
+            ("maxQueueBytes", ReplicationConfiguration(nodeName: "n", secret: secret, maxQueueBytes: 0)),
+        ]
+        for (name, configuration) in bad {
+            let error = #expect(throws: ReplicationConfigurationError.self) { try configuration.validate() }
+            #expect(error?.message.hasPrefix(name + " must be") == true, "\(error?.message ?? "no error")")
+        }
+        // ReplicationNode refuses it before binding anything.
+        let store = ReplicatedSessionStore(node: ReplicationConfiguration.nodeID(for: "n"))
+        #expect(throws: ReplicationConfigurationError.self) {
+            _ = try ReplicationNode(store: store, configuration: bad[0].1, logger: Logger(label: "test"))
+        }
     }
 
     @Test func nodeIDsAreStableNonZeroHashesOfTheName() {

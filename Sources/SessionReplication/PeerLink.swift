@@ -75,6 +75,11 @@ final class PeerLink: Sendable {
         var questions: [UInt64: Question] = [:]
         /// When the last connection was lost.
         var lostAt: UInt64?
+
+        /// Nothing is queued or being written: a request thread may send its frame itself.
+        var socketIsFree: Bool {
+            !writing && !broken && !needsResync && queue.isEmpty && control.isEmpty && unsent.isEmpty
+        }
     }
 
     /// Condition 0: work for the writer; condition 1: acknowledgements (sync waiters).
@@ -173,7 +178,7 @@ final class PeerLink: Sendable {
         let result = state.withLock { s -> (UInt64?, overflowed: Bool, inline: Int32?) in
             guard s.phase == .connected else { return (nil, false, nil) }
             s.lastSequence += 1
-            if !s.writing && !s.broken && !s.needsResync && s.queue.isEmpty && s.control.isEmpty && s.unsent.isEmpty {
+            if s.socketIsFree {
                 s.writing = true
                 s.itemsSent += itemCount
                 return (s.lastSequence, false, s.fd)
@@ -230,7 +235,7 @@ final class PeerLink: Sendable {
         let result = state.withLock { s -> (queued: Bool, inline: Int32?) in
             guard s.phase == .connected, !s.broken, !(unlessLagging && s.lagging) else { return (false, nil) }
             if let (request, question) = question { s.questions[request] = question }
-            if !s.writing && !s.broken && !s.needsResync && s.queue.isEmpty && s.control.isEmpty && s.unsent.isEmpty {
+            if s.socketIsFree {
                 s.writing = true
                 return (true, s.fd)
             }

@@ -45,6 +45,15 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var claimedAt: HLCStamp? = nil
         /// Completed with a session change: that session, sent along to a peer's lookup.
         var session: SessionID? = nil
+
+        /// The completed record as peers get it; nil while in progress or once expired.
+        func replicated(key: String, now: Int64) -> ReplicatedRecord? {
+            guard let response, expiresAt > now else { return nil }
+            return ReplicatedRecord(
+                record: IdempotencyRecord(
+                    key: key, fingerprint: fingerprint, response: response, ttlMillis: expiresAt - now),
+                expiresAtMillis: expiresAt)
+        }
     }
 
     struct Contents {
@@ -117,7 +126,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var waiting: [SessionID: Int] = [:]
         /// Bumped by every merge of a session someone waits for.
         var merges: UInt64 = 0
-        var nextFetch: UInt64 = 0
+        /// Numbers fetches and key lookups alike.
+        var nextRequest: UInt64 = 0
         var fetchReplies: [UInt64: Int] = [:]
         /// Key lookups under way, by request number.
         var lookups: [UInt64: Lookup] = [:]
@@ -240,9 +250,9 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         }
         // Ask the peers; stop early once all of them answered without the changes.
         let request = waiters.withLock { w -> UInt64 in
-            w.nextFetch += 1
-            w.fetchReplies[w.nextFetch] = 0
-            return w.nextFetch
+            w.nextRequest += 1
+            w.fetchReplies[w.nextRequest] = 0
+            return w.nextRequest
         }
         defer { waiters.withLock { _ = $0.fetchReplies.removeValue(forKey: request) } }
         let asked = sinks.withLock { $0.onFetch }?(id, request) ?? 0
@@ -400,9 +410,17 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     /// Merges an idempotency record from a peer (kept unless already expired).
-    public func merge(record: ReplicatedRecord) {
+    public func merge(record: ReplicatedRecord) { merge(record: record, session: nil) }
+
+    private func merge(record: ReplicatedRecord, session: SessionID?) {
         let now = clock.nowMillis()
-        contents.withLock { $0.keep(record.record, expiresAt: record.expiresAtMillis, now: now) }
+        contents.withLock { $0.keep(record.record, expiresAt: record.expiresAtMillis, now: now, session: session) }
+    }
+
+    /// The completed record of `key`, if any (what a relay passes on).
+    func completedRecord(key: String) -> ReplicatedRecord? {
+        let now = clock.nowMillis()
+        return contents.withLock { $0.records[key]?.replicated(key: key, now: now) }
     }
 
     /// The full state of one session or tombstone (nil when unknown or expired), for a peer's fetch.
@@ -430,14 +448,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     public func recordSnapshot() -> [ReplicatedRecord] {
         let now = clock.nowMillis()
         return contents.withLock { contents in
-            contents.records.compactMap { key, record in
-                guard let response = record.response, record.expiresAt > now else { return nil }
-                let ttl = record.expiresAt - now
-                return ReplicatedRecord(
-                    record: IdempotencyRecord(
-                        key: key, fingerprint: record.fingerprint, response: response, ttlMillis: ttl),
-                    expiresAtMillis: record.expiresAt)
-            }
+            contents.records.compactMap { key, record in record.replicated(key: key, now: now) }
         }
     }
 
@@ -486,9 +497,9 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     ) -> IdempotencyClaim {
         let lookup = Lookup(claimedAt: claimedAt)
         let request = waiters.withLock { w -> UInt64 in
-            w.nextFetch += 1
-            w.lookups[w.nextFetch] = lookup
-            return w.nextFetch
+            w.nextRequest += 1
+            w.lookups[w.nextRequest] = lookup
+            return w.nextRequest
         }
         defer { waiters.withLock { _ = $0.lookups.removeValue(forKey: request) } }
         let asked = ask(key, request)
@@ -537,13 +548,9 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         let now = clock.nowMillis()
         return contents.withLock { contents in
             guard let record = contents.records[key], record.expiresAt > now else { return .unknown }
-            guard let response = record.response else {
+            guard let completed = record.replicated(key: key, now: now) else {
                 return record.claimedAt.map { .inProgress(claimedAt: $0) } ?? .unknown
             }
-            let completed = ReplicatedRecord(
-                record: IdempotencyRecord(
-                    key: key, fingerprint: record.fingerprint, response: response, ttlMillis: record.expiresAt - now),
-                expiresAtMillis: record.expiresAt)
             let session = record.session.flatMap { id in
                 contents.sessions[id].flatMap { isExpired($0, now: now) ? nil : SessionUpdate(id: id, session: $0) }
             }
@@ -563,8 +570,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             claimedAt = stamp
         case .completed(let record, let session):
             if let session { merge(session) }
-            let now = clock.nowMillis()
-            contents.withLock { $0.keep(record.record, expiresAt: record.expiresAtMillis, now: now, session: session?.id) }
+            merge(record: record, session: session?.id)
             completed = true
         }
         let wake = waiters.withLock { w -> DispatchSemaphore? in

@@ -389,10 +389,7 @@ public final class ReplicationNode: Sendable {
     private func relay(sessions: [SessionID], keys: [String], complete: Bool, of origin: UInt32, name: String) {
         let items: [[UInt8]] =
             sessions.compactMap { store.fullState(of: $0).map { ReplicationItem.session($0).encoded } }
-            + keys.compactMap { key in
-                guard case .completed(let record, _) = store.lookUp(key: key) else { return nil }
-                return ReplicationItem.record(record).encoded
-            }
+            + keys.compactMap { store.completedRecord(key: $0).map { ReplicationItem.record($0).encoded } }
         guard !items.isEmpty || !complete else { return }
         var relayed = 0
         for link in links where link.peerNodeID != origin && link.isConnected {

@@ -99,6 +99,17 @@ extension FrameCodec {
 /// `chunkBytes` each. Only the last carries `sequence` (the others 0): the
 /// peer's acknowledgement of it must mean that every chunk was applied.
 func chunkedBatches(_ items: [[UInt8]], chunkBytes: Int, sequence: UInt64) -> [[UInt8]] {
+    var chunks = chunked(items, chunkBytes: chunkBytes)
+    if chunks.isEmpty { chunks.append((0, [])) }  // an empty state still carries the sequence
+    return chunks.enumerated().map { i, chunk in
+        UpdateBatch.encode(
+            sequence: i == chunks.count - 1 ? sequence : 0, itemCount: chunk.count, encodedItems: chunk.bytes)
+    }
+}
+
+/// Encoded items concatenated into runs of about `chunkBytes` (an item larger
+/// than that is a run of its own), with each run's item count.
+func chunked(_ items: [[UInt8]], chunkBytes: Int) -> [(count: Int, bytes: [UInt8])] {
     var chunks: [(count: Int, bytes: [UInt8])] = []
     var current: [UInt8] = []
     var count = 0
@@ -111,9 +122,6 @@ func chunkedBatches(_ items: [[UInt8]], chunkBytes: Int, sequence: UInt64) -> [[
         current.append(contentsOf: item)
         count += 1
     }
-    if count > 0 || chunks.isEmpty { chunks.append((count, current)) }  // an empty state still carries the sequence
-    return chunks.enumerated().map { i, chunk in
-        UpdateBatch.encode(
-            sequence: i == chunks.count - 1 ? sequence : 0, itemCount: chunk.count, encodedItems: chunk.bytes)
-    }
+    if count > 0 { chunks.append((count, current)) }
+    return chunks
 }

@@ -332,6 +332,7 @@ public final class ReplicationNode: Sendable {
         var reader = FrameReader(fd: fd, codec: core.codec)
         var peerName = "unidentified peer at \(remote)"
         var peerID: UInt32?
+        let watchesSilence = configuration.keyLookups == .whenPeerInDoubt  // the only reader of peerHealth
         var recent = RecentChanges(
             windowNanos: UInt64(configuration.relayWindowMillis) * 1_000_000, maxEntries: Self.maxRelayEntries)
         do throws(ConnectionEnd) {
@@ -357,7 +358,7 @@ public final class ReplicationNode: Sendable {
             while true {
                 try process(frames, fd: fd, recent: &recent)
                 frames = try reader.frames()
-                core.peerHealth.heard(from: hello.nodeID, at: monotonicNanos())
+                if watchesSilence { core.peerHealth.heard(from: hello.nodeID, at: monotonicNanos()) }
             }
         } catch {
             switch error {
@@ -391,10 +392,11 @@ public final class ReplicationNode: Sendable {
             sessions.compactMap { store.fullState(of: $0).map { ReplicationItem.session($0).encoded } }
             + keys.compactMap { store.completedRecord(key: $0).map { ReplicationItem.record($0).encoded } }
         guard !items.isEmpty || !complete else { return }
+        let chunks = chunked(items, chunkBytes: configuration.snapshotChunkBytes)  // a frame each, not one per item
         var relayed = 0
         for link in links where link.peerNodeID != origin && link.isConnected {
             if complete {
-                for item in items where link.enqueue(item, itemCount: 1) != nil { relayed += 1 }
+                for chunk in chunks where link.enqueue(chunk.bytes, itemCount: chunk.count) != nil { relayed += chunk.count }
             } else {
                 link.requestResync()
             }

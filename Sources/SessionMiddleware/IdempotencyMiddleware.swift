@@ -75,7 +75,7 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
             let response: HTTPResponse
             do {
                 response = try next(request)
-            } catch let error as HTTPError where error.code == SessionMiddleware.idempotencyKeyCompletedCode && !overtaken {
+            } catch where context.isOvertaken && !overtaken {
                 // A retry took over this claim (its node thought this one dead) and finished
                 // first; nothing of this run was written. Answer with that run's response.
                 overtaken = true
@@ -147,6 +147,7 @@ final class IdempotencyContext: Sendable {
     let fingerprint: String
     let ttlMillis: Int64
     private let recorded = Atomic<Bool>(false)
+    private let overtaken = Atomic<Bool>(false)
 
     init(key: String, fingerprint: String, ttlMillis: Int64) {
         self.key = key
@@ -156,6 +157,9 @@ final class IdempotencyContext: Sendable {
 
     var isRecorded: Bool { recorded.load(ordering: .relaxed) }
     func markRecorded() { recorded.store(true, ordering: .relaxed) }
+    /// The store refused this run's changes: another run completed the key first.
+    var isOvertaken: Bool { overtaken.load(ordering: .relaxed) }
+    func markOvertaken() { overtaken.store(true, ordering: .relaxed) }
 
     func record(for response: HTTPResponse) -> IdempotencyRecord {
         IdempotencyRecord(

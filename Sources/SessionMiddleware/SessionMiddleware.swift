@@ -84,6 +84,9 @@ public struct SessionMiddleware: HTTPMiddleware {
                 }
                 return response
             }
+        } catch let error as SessionStoreError where error.code == .idempotencyKeyCompleted {
+            idempotency?.markOvertaken()  // IdempotencyMiddleware answers with the recorded response
+            throw Self.httpError(for: error)
         } catch let error as SessionStoreError {
             logger.error("session store failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
             throw Self.httpError(for: error)
@@ -115,12 +118,9 @@ public struct SessionMiddleware: HTTPMiddleware {
             HTTPError(status: 500, code: "session_\(error.code.rawValue)", message: error.message)
         case .idempotencyKeyCompleted:
             HTTPError(
-                status: 409, code: idempotencyKeyCompletedCode, message: error.message, headers: ["Retry-After": "0"])
+                status: 409, code: "idempotency_key_completed", message: error.message, headers: ["Retry-After": "0"])
         }
     }
-
-    /// The `HTTPError.code` of a request whose Idempotency-Key another run completed first.
-    public static let idempotencyKeyCompletedCode = "idempotency_key_completed"
 
     private func cookie(
         name: String? = nil, value: String, request: HTTPRequest, maxAge: Int?

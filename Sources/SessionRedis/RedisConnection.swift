@@ -13,7 +13,6 @@ public final class RedisConnection: @unchecked Sendable {
     public let port: Int
     /// Set once an error made the connection unusable.
     public private(set) var isBroken = false
-    private var cachedClientID: Int64?
 
     /// Connects, then authenticates and selects the database as configured.
     init(host: String, port: Int, configuration: RedisConfiguration, selectDatabase: Bool = true) throws {
@@ -75,13 +74,11 @@ public final class RedisConnection: @unchecked Sendable {
         return RedisError(.connection, "\(host):\(port): \(message.isEmpty ? "I/O error" : message)")
     }
 
-    /// The server's `CLIENT ID` of this connection (asked once, then remembered):
-    /// `CLIENT LIST ID` on any connection shows whether it is still open.
+    /// The server's `CLIENT ID` of this connection: `CLIENT LIST ID` on any
+    /// connection shows whether it is still open.
     public func clientID() throws -> Int64 {
-        if let cachedClientID { return cachedClientID }
         guard let id = try command(["CLIENT".redisBytes, "ID".redisBytes]).throwingServerError(context: "CLIENT ID").int
         else { throw RedisError(.protocolViolation, "CLIENT ID: not an integer reply") }
-        cachedClientID = id
         return id
     }
 

@@ -51,12 +51,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     /// measured: a script on every read cost Redis 4 times the CPU of the read.
     public func load(_ id: SessionID) throws -> SessionSnapshot? {
         let key = key(for: id)
-        var reply: RedisValue
-        do {
-            reply = try client.send(["HGETALL".redisBytes, key])
-        } catch let error as RedisError {
-            throw SessionStoreError(.unavailable, "Redis: \(error.message)")
-        }
+        var reply = try redis { try client.send(["HGETALL".redisBytes, key]) }
         if case .array(let fields) = reply, let access = Self.metaValue("meta:access", in: fields),
             SessionClock.system.nowMillis() - access >= expiry.touchIntervalMillis
         {
@@ -152,11 +147,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     }
 
     public func invalidate(_ id: SessionID) throws {
-        do {
-            try client.send(["DEL".redisBytes, key(for: id)])
-        } catch let error as RedisError {
-            throw SessionStoreError(.unavailable, "Redis: \(error.message)")
-        }
+        try redis { try client.send(["DEL".redisBytes, key(for: id)]) }
     }
 
     /// A metadata field's integer value in an HGETALL reply.
@@ -181,7 +172,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         try Self.checkFingerprint(fingerprint)
         let record = idempotencyKey(key)
         let lease = max(1, inProgressMillis).redisBytes
-        do {
+        return try redis {
             let me = try client.presenceID().redisBytes
             return try client.withConnection { connection throws -> IdempotencyClaim in
                 for _ in 0..<3 {
@@ -217,8 +208,6 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
                 }
                 return .inProgress
             }
-        } catch let error as RedisError {
-            throw SessionStoreError(.unavailable, "Redis: \(error.message)")
         }
     }
 
@@ -241,12 +230,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
 
     /// Deletes this process's claim of `key`, not one a retry took over.
     public func abandon(key: String) throws {
-        let owner: Int64
-        do {
-            owner = try client.presenceID()
-        } catch let error as RedisError {
-            throw SessionStoreError(.unavailable, "Redis: \(error.message)")
-        }
+        let owner = try redis { try client.presenceID() }
         _ = try run(Self.abandonScript, keys: [idempotencyKey(key)], args: [owner.redisBytes])
     }
 
@@ -263,8 +247,14 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     }
 
     private func run(_ script: RedisScript, keys: [[UInt8]], args: [[UInt8]]) throws -> RedisValue {
+        try redis { try client.eval(script, keys: keys, args: args) }
+    }
+
+    /// Runs `body`; a Redis failure becomes `unavailable` (503), other errors pass as they are.
+    @discardableResult
+    private func redis<T>(_ body: () throws -> T) throws -> T {
         do {
-            return try client.eval(script, keys: keys, args: args)
+            return try body()
         } catch let error as RedisError {
             throw SessionStoreError(.unavailable, "Redis: \(error.message)")
         }

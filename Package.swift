@@ -29,7 +29,7 @@ let package = Package(
         ),
         // epoll, eventfd and accept4, which Glibc does not export.
         .target(name: "CEpoll"),
-        .target(name: "SessionCore"),
+        .target(name: "SessionCore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "SessionRedis",
             dependencies: [

@@ -37,8 +37,8 @@ public struct DemoNodeConfiguration: Sendable {
     public var port: Int
     public var strategy: SessionStrategy
     public var expiry: SessionExpiry
-    /// HMAC key for signed session cookies; nil for unsigned.
-    public var cookieSecret: [UInt8]?
+    /// HMAC keys of signed session cookies (the first signs, all verify); none for unsigned.
+    public var cookieSecrets: [[UInt8]]
     /// Threads for handlers; nil picks by strategy (0, on the event loops, for `local`, whose store never blocks).
     public var handlerThreads: Int?
     /// Where Redis is, for the `redis` strategy.
@@ -52,7 +52,7 @@ public struct DemoNodeConfiguration: Sendable {
 
     public init(
         nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
-        expiry: SessionExpiry = SessionExpiry(), cookieSecret: [UInt8]? = nil, handlerThreads: Int? = nil,
+        expiry: SessionExpiry = SessionExpiry(), cookieSecrets: [[UInt8]] = [], handlerThreads: Int? = nil,
         redis: RedisConfiguration? = nil
     ) {
         self.redis = redis
@@ -61,7 +61,7 @@ public struct DemoNodeConfiguration: Sendable {
         self.port = port
         self.strategy = strategy
         self.expiry = expiry
-        self.cookieSecret = cookieSecret
+        self.cookieSecrets = cookieSecrets
         self.handlerThreads = handlerThreads
     }
 }
@@ -112,10 +112,9 @@ public final class DemoNode: Sendable {
         self.redisClient = redisClient
         self.replication = replication
         let store = InstrumentedSessionStore(base, metrics: metrics)
-        let sessions = SessionMiddleware(
-            store: store, configuration: SessionConfiguration(signingKey: configuration.cookieSecret, exclusive: exclusive),
-            logger: logger)
-        let idempotency = IdempotencyMiddleware(store: store, logger: logger)
+        let sessionConfiguration = try SessionConfiguration(signingKeys: configuration.cookieSecrets, exclusive: exclusive)
+        let sessions = SessionMiddleware(store: store, configuration: sessionConfiguration, logger: logger)
+        let idempotency = IdempotencyMiddleware(store: store, sessions: sessionConfiguration, logger: logger)
 
         var router = Router()
         let nodeID = configuration.nodeID
@@ -171,7 +170,9 @@ public final class DemoNode: Sendable {
         router.get("/metrics") { _ in
             HTTPResponse(
                 status: 200, contentType: "text/plain; version=0.0.4",
-                body: metrics.render(node: nodeID, sessions: memory?.count ?? replicated?.store.count)
+                body: metrics.render(
+                    node: nodeID, sessions: memory?.count ?? replicated?.store.count,
+                    idempotency: memory?.idempotencyStats ?? replicated?.store.idempotencyStats)
                     + (replicated?.renderMetrics() ?? ""))
         }
         router.get("/") { _ in

@@ -50,7 +50,7 @@ public final class NodeMetrics: Sendable {
     public var requestsServed: Int { requests.reduce(0) { $0 + $1.load(ordering: .relaxed) } }
 
     /// The Prometheus exposition text.
-    public func render(node: String, sessions: Int?) -> String {
+    public func render(node: String, sessions: Int?, idempotency: IdempotencyRecordStats? = nil) -> String {
         let nodeLabel = "node=\(jsonQuoted(node))"
         var out = ""
         out += "# HELP session_node_requests_total Requests served, by method, route and status.\n"
@@ -84,6 +84,18 @@ public final class NodeMetrics: Sendable {
             out += "# HELP session_store_sessions Sessions held by this node's store.\n"
             out += "# TYPE session_store_sessions gauge\n"
             out += "session_store_sessions{\(nodeLabel)} \(sessions)\n"
+        }
+        if let idempotency {
+            out += "# HELP session_idempotency_records Idempotency records (claims and kept responses) held, by scope.\n"
+            out += "# TYPE session_idempotency_records gauge\n"
+            out += "session_idempotency_records{\(nodeLabel),scope=\"session\"} \(idempotency.records - idempotency.anonymousRecords)\n"
+            out += "session_idempotency_records{\(nodeLabel),scope=\"anonymous\"} \(idempotency.anonymousRecords)\n"
+            out += "# HELP session_idempotency_record_bytes Bytes of the idempotency records held.\n"
+            out += "# TYPE session_idempotency_record_bytes gauge\n"
+            out += "session_idempotency_record_bytes{\(nodeLabel)} \(idempotency.bytes)\n"
+            out += "# HELP session_idempotency_evictions_total Idempotency records dropped to stay within the caps.\n"
+            out += "# TYPE session_idempotency_evictions_total counter\n"
+            out += "session_idempotency_evictions_total{\(nodeLabel)} \(idempotency.evictions)\n"
         }
         return out
     }

@@ -32,28 +32,39 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
         case completed(fingerprint: String, response: StoredResponse)
     }
 
-    struct Record {
+    struct Record: IdempotencyTableValue {
         var state: RecordState
         var expiresAt: Int64
+
+        var byteCount: Int {
+            switch state {
+            case .inProgress(let fingerprint): fingerprint.utf8.count
+            case .completed(let fingerprint, let response): fingerprint.utf8.count + response.byteCount
+            }
+        }
     }
 
     struct Contents {
         var sessions: [SessionID: Entry] = [:]
-        var records: [String: Record] = [:]
+        var records: IdempotencyRecordTable<Record>
     }
 
-    private let contents = Mutex(Contents())
+    private let contents: Mutex<Contents>
     private let sweeper = RepeatingTimer()
 
     public init(
         expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system, maxSessions: Int = 1_000_000,
-        maxSessionBytes: Int = 64 * 1024
+        maxSessionBytes: Int = 64 * 1024, idempotencyLimits: IdempotencyLimits = IdempotencyLimits()
     ) {
         self.expiry = expiry
         self.clock = clock
         self.maxSessions = maxSessions
         self.maxSessionBytes = maxSessionBytes
+        contents = Mutex(Contents(records: IdempotencyRecordTable(limits: idempotencyLimits)))
     }
+
+    /// The idempotency records held, for metrics.
+    public var idempotencyStats: IdempotencyRecordStats { contents.withLock { $0.records.stats } }
 
     deinit { stopSweeper() }
 
@@ -127,9 +138,11 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
             entry.lastAccess = now
             contents.sessions[delta.id] = entry
             if let record = delta.idempotencyRecord {
-                contents.records[record.key] = Record(
-                    state: .completed(fingerprint: record.fingerprint, response: record.response),
-                    expiresAt: now + record.ttlMillis)
+                contents.records.set(
+                    record.key,
+                    Record(
+                        state: .completed(fingerprint: record.fingerprint, response: record.response),
+                        expiresAt: now + record.ttlMillis))
             }
             return AppliedDelta(version: entry.version, counters: counters, created: created)
         }
@@ -165,7 +178,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
         contents.sessions = contents.sessions.filter {
             !expiry.isExpired(createdAt: $0.value.createdAt, lastAccess: $0.value.lastAccess, now: now)
         }
-        contents.records = contents.records.filter { $0.value.expiresAt > now }
+        contents.records.removeExpired(now: now)
         return before - contents.sessions.count
     }
 
@@ -180,7 +193,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
                 case .completed(let fp, let response): return fp == fingerprint ? .completed(response) : .mismatch
                 }
             }
-            contents.records[key] = Record(state: .inProgress(fingerprint: fingerprint), expiresAt: now + inProgressMillis)
+            contents.records.set(key, Record(state: .inProgress(fingerprint: fingerprint), expiresAt: now + inProgressMillis))
             return .claimed
         }
     }
@@ -189,15 +202,17 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
         let now = clock.nowMillis()
         contents.withLock { contents in
             if let kept = contents.records[record.key], kept.expiresAt > now, case .completed = kept.state { return }
-            contents.records[record.key] = Record(
-                state: .completed(fingerprint: record.fingerprint, response: record.response),
-                expiresAt: now + record.ttlMillis)
+            contents.records.set(
+                record.key,
+                Record(
+                    state: .completed(fingerprint: record.fingerprint, response: record.response),
+                    expiresAt: now + record.ttlMillis))
         }
     }
 
     public func abandon(key: String) throws {
         contents.withLock { contents in
-            if case .inProgress? = contents.records[key]?.state { contents.records[key] = nil }
+            if case .inProgress? = contents.records[key]?.state { contents.records.remove(key) }
         }
     }
 

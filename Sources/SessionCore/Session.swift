@@ -40,7 +40,10 @@ public final class Session: Sendable {
     public let deferWrites: Bool
 
     /// A session for a request that carried `snapshot` (nil: no valid session).
+    /// A key/value entry (`SessionSnapshot.isKeyValueEntry`) is no session: a
+    /// cookie naming one gets a new session.
     public init(store: any SessionStore, snapshot: SessionSnapshot?, deferWrites: Bool = false) {
+        let snapshot = snapshot?.isKeyValueEntry == true ? nil : snapshot
         self.store = store
         self.deferWrites = deferWrites
         state = Mutex(State(

@@ -67,6 +67,15 @@ public struct SessionSnapshot: Sendable, Equatable {
     /// Bumped by every applied delta.
     public var version: UInt64
 
+    /// The attribute that marks an entry of a key/value view over a store
+    /// (the adapters' `SessionKeyValueStore`), whose ID is derived from its
+    /// key: such an entry is never served as a session, so nobody who can
+    /// compute an entry's ID can use it as a session cookie.
+    public static let keyValueEntryMarker = "sessioncluster.kv-entry"
+
+    /// Whether this is a key/value entry, not a session.
+    public var isKeyValueEntry: Bool { attributes[Self.keyValueEntryMarker] != nil }
+
     public init(
         id: SessionID, attributes: [String: [UInt8]], createdAtMillis: Int64, lastAccessedAtMillis: Int64,
         version: UInt64
@@ -160,10 +169,12 @@ public struct SessionStoreError: Error, Sendable, Equatable, CustomStringConvert
 
     public var description: String { "\(code.rawValue): \(message)" }
 
-    /// `idempotencyKeyCompleted` for `key`.
-    public static func idempotencyKeyCompleted(_ key: String) -> SessionStoreError {
+    /// `idempotencyKeyCompleted` for the record stored under `storageKey` (named by its `IdempotentRequest.logID`).
+    public static func idempotencyKeyCompleted(_ storageKey: String) -> SessionStoreError {
         SessionStoreError(
-            .idempotencyKeyCompleted, "Idempotency-Key '\(key)' was completed by another run of the request; nothing written")
+            .idempotencyKeyCompleted,
+            "the Idempotency-Key (record \(IdempotentRequest.logID(storageKey: storageKey))) was completed by another run of the request; nothing written"
+        )
     }
 }
 

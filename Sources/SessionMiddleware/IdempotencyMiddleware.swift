@@ -1,4 +1,3 @@
-import Crypto
 import Logging
 import MiniHTTP
 import SessionCore
@@ -11,65 +10,76 @@ import Glibc
 /// Answers a retried request (same `Idempotency-Key`) from the stored
 /// response instead of running it twice.
 ///
-/// Install it in front of `SessionMiddleware`: the session middleware then
-/// writes the record in the same atomic step as the session changes the
-/// request made, so a node that dies mid-request leaves either both or
-/// neither, and a balancer may safely retry the POST on another node.
+/// Install it in front of `SessionMiddleware`, with the same
+/// `SessionConfiguration`: the session middleware then writes the record in
+/// the same atomic step as the session changes the request made, so a node
+/// that dies mid-request leaves either both or neither, and a balancer may
+/// safely retry the POST on another node.
 ///
+/// - Records are scoped to their caller (`IdempotencyScope`): a request with a
+///   verified session cookie sees only its session's records; a request
+///   without one sees only anonymous records, which never keep a
+///   `Set-Cookie`. No client can replay, probe or pre-empt another's key.
 /// - A request with a key that completed before gets its stored response,
 ///   with `Idempotent-Replayed: true`.
 /// - A duplicate that arrives while the first is still running waits up to
-///   `waitMillis`, then gets 409.
-/// - A key reused for a different request (method, target or body) gets 422.
+///   `policy.waitMillis`, then gets 409.
+/// - A key reused by the same session for a different request (method,
+///   target or body) gets 422.
+/// - A response over `policy.maxStoredResponseBytes` is answered, but its
+///   record keeps only that it completed: a retry gets 409
+///   `idempotency_response_not_kept`, never a second run.
 /// - A request that fails without a response (an error was thrown, the store
 ///   was down) leaves no record, so it can be retried.
 /// - A claim whose node died is taken over by the next retry as soon as the
 ///   store can tell (Redis: the claiming connection is gone; memory and
 ///   replicated stores: claims die with their node), else after
-///   `inProgressMillis`. Should the first run still finish, the store refuses
-///   its session changes once a record exists, and it answers with the
-///   recorded response: the session changes apply once.
+///   `policy.inProgressMillis`. Should the first run still finish, the store
+///   refuses its session changes once a record exists, and it answers with
+///   the recorded response: the session changes apply once.
+/// - Logs name a key by `IdempotentRequest.logID`, a short hash, never in clear.
 public struct IdempotencyMiddleware: HTTPMiddleware {
     public let store: any IdempotencyStore
-    /// How long a completed response is kept.
-    public var recordTTLMillis: Int64
-    /// How long a claim lasts if its node dies before completing.
-    public var inProgressMillis: Int64
-    /// How long a concurrent duplicate waits for the first to finish.
-    public var waitMillis: Int
+    /// TTLs, waits and the size cap of kept responses.
+    public var policy: IdempotencyPolicy
+    /// The session cookie's name and keys: a request's scope is its verified session ID.
+    public let sessions: SessionConfiguration
     let logger: Logger
 
+    /// - Parameter sessions: the configuration of the `SessionMiddleware` behind this one.
     public init(
-        store: any IdempotencyStore, recordTTLMillis: Int64 = 24 * 3_600_000, inProgressMillis: Int64 = 30_000,
-        waitMillis: Int = 3_000, logger: Logger
+        store: any IdempotencyStore, sessions: SessionConfiguration, policy: IdempotencyPolicy = IdempotencyPolicy(),
+        logger: Logger
     ) {
         self.store = store
-        self.recordTTLMillis = recordTTLMillis
-        self.inProgressMillis = inProgressMillis
-        self.waitMillis = waitMillis
+        self.sessions = sessions
+        self.policy = policy
         self.logger = logger
     }
 
     public func respond(to request: HTTPRequest, next: (HTTPRequest) throws -> HTTPResponse) throws -> HTTPResponse {
-        guard let key = request.headers["Idempotency-Key"], !["GET", "HEAD", "OPTIONS"].contains(request.method) else {
+        guard let key = request.headers["Idempotency-Key"], IdempotentRequest.appliesTo(method: request.method) else {
             return try next(request)
         }
-        guard (1...255).contains(key.utf8.count), key.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
-            throw HTTPError(
-                status: 400, code: "invalid_idempotency_key",
-                message: "Idempotency-Key must be 1 to 255 visible ASCII characters")
+        let scope = request.cookie(sessions.cookieName).flatMap(sessions.cookieCodec.verifiedID).map {
+            IdempotencyScope.session($0)
+        } ?? .anonymous
+        let keyed: IdempotentRequest
+        do {
+            keyed = try IdempotentRequest(
+                key: key, method: request.method, target: request.head.target, body: request.body, scope: scope)
+        } catch {
+            throw HTTPError(error)
         }
-        let fingerprint = Self.fingerprint(request)
         var overtaken = false
         while true {
-            if let stored = try claim(key: key, fingerprint: fingerprint) {
-                var response = HTTPResponse(
-                    status: stored.status, headers: HTTPHeaders(stored.headers.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }),
+            if let stored = try claim(keyed) {
+                return HTTPResponse(
+                    status: stored.status,
+                    headers: HTTPHeaders(stored.headers.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }),
                     body: stored.body)
-                response.headers.replaceOrAdd(name: "Idempotent-Replayed", value: "true")
-                return response
             }
-            let context = IdempotencyContext(key: key, fingerprint: fingerprint, ttlMillis: recordTTLMillis)
+            let context = IdempotencyContext(request: keyed, policy: policy)
             var request = request
             request.storage[IdempotencyContext.Key.self] = context
             let response: HTTPResponse
@@ -79,10 +89,10 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
                 // A retry took over this claim (its node thought this one dead) and finished
                 // first; nothing of this run was written. Answer with that run's response.
                 overtaken = true
-                logger.notice("another run of this request completed first", metadata: ["idempotency_key": "\(key)"])
+                logger.notice("another run of this request completed first", metadata: ["idempotency_record": "\(keyed.logID)"])
                 continue
             } catch {
-                try? store.abandon(key: key)
+                try? store.abandon(key: keyed.storageKey)
                 throw error
             }
             if !context.isRecorded {
@@ -90,52 +100,51 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
                 do {
                     try store.complete(context.record(for: response))
                 } catch {
-                    logger.error("idempotency record not written", metadata: ["error": "\(error)"])
-                    try? store.abandon(key: key)
+                    logger.error(
+                        "idempotency record not written",
+                        metadata: ["error": "\(error)", "idempotency_record": "\(keyed.logID)"])
+                    try? store.abandon(key: keyed.storageKey)
                 }
             }
             return response
         }
     }
 
-    /// Claims `key`: nil when this request may run now, or the stored
-    /// response of an earlier run. Waits up to `waitMillis` for a run in progress.
-    private func claim(key: String, fingerprint: String) throws -> StoredResponse? {
+    /// Claims the request's key: nil when it may run now, or the response to
+    /// replay. Waits up to `policy.waitMillis` for a run in progress.
+    private func claim(_ keyed: IdempotentRequest) throws -> StoredResponse? {
         var waited = 0
         while true {
             let claim: IdempotencyClaim
             do {
-                claim = try store.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
+                claim = try store.begin(
+                    key: keyed.storageKey, fingerprint: keyed.fingerprint, inProgressMillis: policy.inProgressMillis)
             } catch let error as SessionStoreError {
                 throw SessionMiddleware.httpError(for: error)
             }
-            switch claim {
-            case .claimed:
-                return nil
-            case .completed(let stored):
-                return stored
-            case .mismatch:
-                throw HTTPError(
-                    status: 422, code: "idempotency_key_reused",
-                    message: "this Idempotency-Key was used for a different request")
-            case .inProgress:
-                guard waited < waitMillis else {
-                    throw HTTPError(
-                        status: 409, code: "idempotency_key_in_progress",
-                        message: "a request with this Idempotency-Key is still running", headers: ["Retry-After": "1"])
-                }
-                usleep(25_000)
-                waited += 25
+            let step: IdempotencyStep
+            do {
+                step = try keyed.next(after: claim, waitedMillis: waited, policy: policy)
+            } catch {
+                throw HTTPError(error)
+            }
+            switch step {
+            case .run: return nil
+            case .replay(let stored): return stored
+            case .wait(let millis):
+                usleep(UInt32(millis) * 1000)
+                waited += millis
             }
         }
     }
+}
 
-    /// SHA-256 of method, target and body.
-    static func fingerprint(_ request: HTTPRequest) -> String {
-        var hasher = SHA256()
-        hasher.update(data: Array("\(request.method) \(request.head.target)\n".utf8))
-        hasher.update(data: request.body)
-        return hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+extension HTTPError {
+    /// The HTTP answer of an idempotency refusal.
+    init(_ refusal: IdempotencyRefusal) {
+        self.init(
+            status: refusal.status, code: refusal.code, message: refusal.message,
+            headers: refusal.retryAfterSeconds.map { ["Retry-After": String($0)] } ?? [:])
     }
 }
 
@@ -143,16 +152,14 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
 final class IdempotencyContext: Sendable {
     enum Key: RequestStorageKey { typealias Value = IdempotencyContext }
 
-    let key: String
-    let fingerprint: String
-    let ttlMillis: Int64
+    let request: IdempotentRequest
+    let policy: IdempotencyPolicy
     private let recorded = Atomic<Bool>(false)
     private let overtaken = Atomic<Bool>(false)
 
-    init(key: String, fingerprint: String, ttlMillis: Int64) {
-        self.key = key
-        self.fingerprint = fingerprint
-        self.ttlMillis = ttlMillis
+    init(request: IdempotentRequest, policy: IdempotencyPolicy) {
+        self.request = request
+        self.policy = policy
     }
 
     var isRecorded: Bool { recorded.load(ordering: .relaxed) }
@@ -161,11 +168,11 @@ final class IdempotencyContext: Sendable {
     var isOvertaken: Bool { overtaken.load(ordering: .relaxed) }
     func markOvertaken() { overtaken.store(true, ordering: .relaxed) }
 
+    /// The record of `response`, as the policy keeps it (anonymous: no `Set-Cookie`; size-capped).
     func record(for response: HTTPResponse) -> IdempotencyRecord {
-        IdempotencyRecord(
-            key: key, fingerprint: fingerprint,
-            response: StoredResponse(
+        request.record(
+            for: StoredResponse(
                 status: response.status, headers: response.headers.map { [$0.name, $0.value] }, body: response.body),
-            ttlMillis: ttlMillis)
+            policy: policy)
     }
 }

@@ -1,4 +1,3 @@
-import Crypto
 import Logging
 import MiniHTTP
 import SessionCore
@@ -12,9 +11,10 @@ public struct SessionConfiguration: Sendable {
     public var secureCookie: Bool
     /// Peer addresses whose `X-Forwarded-Proto` is believed (the balancers).
     public var trustedProxies: Set<String>
-    /// When set, cookie values are `<id>.<HMAC-SHA256(id)>`: forged or
-    /// tampered IDs are rejected without a store lookup.
-    public var signingKey: [UInt8]?
+    /// Signs and verifies cookie values. With signing keys, values are
+    /// `<id>.<HMAC-SHA256(id)>`: forged or tampered IDs are rejected without
+    /// a store lookup. Set through the throwing initializers or `setSigningKeys`.
+    public private(set) var cookieCodec: SessionCookieCodec
     /// Cookie `Domain`, if any.
     public var cookieDomain: String?
     /// Exclusive mode: when set, the requests of one session run one at a
@@ -25,16 +25,49 @@ public struct SessionConfiguration: Sendable {
     /// (`SessionStore.readToken`): `<cookieName>_rt`.
     public var readTokenCookieName: String { cookieName + "_rt" }
 
+    /// The signing keys (the first signs, all verify); empty for unsigned cookies.
+    public var signingKeys: [[UInt8]] { cookieCodec.signingKeys }
+
+    /// Unsigned cookies (see the `signingKeys:` initializer).
     public init(
         cookieName: String = "sid", secureCookie: Bool = false, trustedProxies: Set<String> = ["127.0.0.1", "::1"],
-        signingKey: [UInt8]? = nil, cookieDomain: String? = nil, exclusive: (any SessionRequestLock)? = nil
+        cookieDomain: String? = nil, exclusive: (any SessionRequestLock)? = nil
     ) {
         self.cookieName = cookieName
         self.secureCookie = secureCookie
         self.trustedProxies = trustedProxies
-        self.signingKey = signingKey
+        cookieCodec = try! SessionCookieCodec(signingKeys: [])  // no key: nothing to refuse
         self.cookieDomain = cookieDomain
         self.exclusive = exclusive
+    }
+
+    /// Signed cookies: the first of `signingKeys` signs, every one verifies
+    /// (rotation). Throws for a key shorter than 16 bytes.
+    public init(
+        signingKeys: [[UInt8]], cookieName: String = "sid", secureCookie: Bool = false,
+        trustedProxies: Set<String> = ["127.0.0.1", "::1"], cookieDomain: String? = nil,
+        exclusive: (any SessionRequestLock)? = nil
+    ) throws(SigningKeyError) {
+        self.init(
+            cookieName: cookieName, secureCookie: secureCookie, trustedProxies: trustedProxies,
+            cookieDomain: cookieDomain, exclusive: exclusive)
+        try setSigningKeys(signingKeys)
+    }
+
+    /// One signing key, or nil for unsigned cookies. Throws for a key shorter than 16 bytes.
+    public init(
+        signingKey: [UInt8]?, cookieName: String = "sid", secureCookie: Bool = false,
+        trustedProxies: Set<String> = ["127.0.0.1", "::1"], cookieDomain: String? = nil,
+        exclusive: (any SessionRequestLock)? = nil
+    ) throws(SigningKeyError) {
+        try self.init(
+            signingKeys: signingKey.map { [$0] } ?? [], cookieName: cookieName, secureCookie: secureCookie,
+            trustedProxies: trustedProxies, cookieDomain: cookieDomain, exclusive: exclusive)
+    }
+
+    /// Replaces the signing keys (the first signs, all verify).
+    public mutating func setSigningKeys(_ keys: [[UInt8]]) throws(SigningKeyError) {
+        cookieCodec = try SessionCookieCodec(signingKeys: keys)
     }
 }
 
@@ -141,23 +174,10 @@ public struct SessionMiddleware: HTTPMiddleware {
     }
 
     /// The cookie value for an ID: the ID, plus its HMAC when signing.
-    public func cookieValue(for id: SessionID) -> String {
-        guard let key = configuration.signingKey else { return id.rawValue }
-        let mac = HMAC<SHA256>.authenticationCode(for: Array(id.rawValue.utf8), using: SymmetricKey(data: key))
-        return id.rawValue + "." + base64URLEncode(Array(mac))
-    }
+    public func cookieValue(for id: SessionID) -> String { configuration.cookieCodec.value(for: id) }
 
-    /// The ID in a cookie value, or nil when malformed or wrongly signed.
-    public func verifiedID(_ value: String) -> SessionID? {
-        guard let key = configuration.signingKey else { return SessionID(rawValue: value) }
-        let parts = value.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 2, let id = SessionID(rawValue: String(parts[0])),
-            let mac = base64URLDecode(String(parts[1])), mac.count == 32
-        else { return nil }
-        let valid = HMAC<SHA256>.isValidAuthenticationCode(
-            mac, authenticating: Array(id.rawValue.utf8), using: SymmetricKey(data: key))
-        return valid ? id : nil
-    }
+    /// The ID in a cookie value, or nil when malformed or signed by none of the keys.
+    public func verifiedID(_ value: String) -> SessionID? { configuration.cookieCodec.verifiedID(value) }
 }
 
 extension String {

@@ -192,7 +192,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
                         if taken.int == 1 {
                             logger.notice(
                                 "took over an idempotency claim whose Redis connection is closed",
-                                metadata: ["idempotency_key": "\(key)", "redis_client": "\(owner)"])
+                                metadata: ["idempotency_record": "\(IdempotentRequest.logID(storageKey: key))", "redis_client": "\(owner)"])
                             return .claimed
                         }
                     case 3:

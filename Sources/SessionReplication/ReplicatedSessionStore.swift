@@ -36,7 +36,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     public let maxSessionBytes: Int
 
     /// An idempotency claim or outcome; only completed ones are replicated.
-    struct Record {
+    struct Record: IdempotencyTableValue {
         var fingerprint: String
         /// nil while in progress.
         var response: StoredResponse?
@@ -45,6 +45,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var claimedAt: HLCStamp? = nil
         /// Completed with a session change: that session, sent along to a peer's lookup.
         var session: SessionID? = nil
+
+        var byteCount: Int { fingerprint.utf8.count + (response?.byteCount ?? 0) }
 
         /// The completed record as peers get it; nil while in progress or once expired.
         func replicated(key: String, now: Int64) -> ReplicatedRecord? {
@@ -58,7 +60,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     struct Contents {
         var sessions: [SessionID: ReplicatedSession] = [:]
-        var records: [String: Record] = [:]
+        var records: IdempotencyRecordTable<Record>
 
         /// Keeps a completed record, unless one completed earlier (expiring
         /// first) is kept already: should a request have run twice, every node
@@ -115,7 +117,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     public let catchUpPolicy: CatchUpPolicy
     private let lookupCounts = FastLock(KeyLookupCounts())
-    private let contents = FastLock(Contents())
+    private let contents: FastLock<Contents>
     private let sinks = FastLock(Sinks())
     private let sweeper = RepeatingTimer()
     private let ready = Atomic<Bool>(true)
@@ -151,8 +153,10 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// A store for node `node` (the HLC's node id, unique in the cluster).
     public init(
         node: UInt32, expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system,
-        maxSessions: Int = 1_000_000, maxSessionBytes: Int = 64 * 1024, catchUpPolicy: CatchUpPolicy = CatchUpPolicy()
+        maxSessions: Int = 1_000_000, maxSessionBytes: Int = 64 * 1024, catchUpPolicy: CatchUpPolicy = CatchUpPolicy(),
+        idempotencyLimits: IdempotencyLimits = IdempotencyLimits()
     ) {
+        contents = FastLock(Contents(records: IdempotencyRecordTable(limits: idempotencyLimits)))
         self.catchUpPolicy = catchUpPolicy
         self.expiry = expiry
         self.clock = clock
@@ -162,6 +166,18 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     deinit { stopSweeper() }
+
+    /// The largest response an idempotency record carries; a larger one is
+    /// kept as a stand-in (`StoredResponse.capped`: a retry gets 409), so
+    /// that every replication frame stays within its 4 MiB limit.
+    public static let maxRecordResponseBytes = 1 << 20
+
+    /// The largest `maxSessionBytes` a replicated store may have: a session's
+    /// full state must fit one replication frame.
+    public static let maxSessionBytesLimit = 1 << 20
+
+    /// The idempotency records held (claims, local and merged records), for metrics.
+    public var idempotencyStats: IdempotencyRecordStats { contents.withLock { $0.records.stats } }
 
     /// Receives the updates of every local write, in order (regenerate: the
     /// new ID's state, then the old ID's tombstone). Called outside the lock.
@@ -315,6 +331,10 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// a tombstoned ID is never reused.
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
         try checkReady()
+        var delta = delta
+        if let record = delta.idempotencyRecord {
+            delta.idempotencyRecord?.response = record.response.capped(maxBytes: Self.maxRecordResponseBytes)
+        }
         let now = clock.nowMillis()
         let result = try contents.withLock { contents throws(SessionStoreError) -> (AppliedDelta, SessionUpdate)? in
             if let key = delta.idempotencyRecord?.key, let record = contents.records[key], record.expiresAt > now,
@@ -448,7 +468,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     public func recordSnapshot() -> [ReplicatedRecord] {
         let now = clock.nowMillis()
         return contents.withLock { contents in
-            contents.records.compactMap { key, record in record.replicated(key: key, now: now) }
+            contents.records.all.compactMap { key, record in record.replicated(key: key, now: now) }
         }
     }
 
@@ -585,6 +605,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     public func complete(_ record: IdempotencyRecord) throws {
+        var record = record
+        record.response = record.response.capped(maxBytes: Self.maxRecordResponseBytes)
         let now = clock.nowMillis()
         let replicated = ReplicatedRecord(record: record, expiresAtMillis: now + record.ttlMillis)
         let kept = contents.withLock { contents -> Bool in
@@ -648,7 +670,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     private func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
         let before = contents.sessions.count
         contents.sessions = contents.sessions.filter { !isExpired($0.value, now: now) }
-        contents.records = contents.records.filter { $0.value.expiresAt > now }
+        contents.records.removeExpired(now: now)
         return before - contents.sessions.count
     }
 

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import SessionCore
 
 /// A peer's replication address, "host:port" or "[v6]:port".
 public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
@@ -184,7 +185,8 @@ extension ReplicationConfiguration {
     /// The settings a node's command line gives, validated, with errors that name the
     /// option: `--peers` (host:port,...), `--replication-port`, `--replication-mode`
     /// (sync or async), `--sync-timeout-ms`, and the cluster secret (`--cluster-secret`,
-    /// else `$SESSION_CLUSTER_SECRET`; 16+ bytes, the same on every node).
+    /// else `$SESSION_CLUSTER_SECRET`, else the first line of the file `$SESSION_CLUSTER_SECRET_FILE`
+    /// names; 16+ bytes, the same on every node).
     public static func fromCommandLine(
         nodeName: String, host: String, port: Int, peers: String?, mode: String, syncTimeoutMillis: Int,
         secret: String?, keyLookups: String? = nil
@@ -196,11 +198,17 @@ extension ReplicationConfiguration {
             }
             return lookups
         }
-        guard let secret = secret ?? getenv("SESSION_CLUSTER_SECRET").map({ String(cString: $0) }) else {
-            throw ReplicationConfigurationError(
-                "replication needs a cluster secret: --cluster-secret or SESSION_CLUSTER_SECRET (16+ bytes, the same on every node)")
+        let fromEnvironment: [UInt8]?
+        do {
+            fromEnvironment = try SecretFromEnvironment.secrets("SESSION_CLUSTER_SECRET")?.first
+        } catch {
+            throw ReplicationConfigurationError(error.message)
         }
-        guard secret.utf8.count >= FrameCodec.minimumSecretByteCount else {
+        guard let secret = secret.map({ Array($0.utf8) }) ?? fromEnvironment else {
+            throw ReplicationConfigurationError(
+                "replication needs a cluster secret: SESSION_CLUSTER_SECRET, SESSION_CLUSTER_SECRET_FILE or --cluster-secret (16+ bytes, the same on every node)")
+        }
+        guard secret.count >= FrameCodec.minimumSecretByteCount else {
             throw ReplicationConfigurationError("the cluster secret must be at least \(FrameCodec.minimumSecretByteCount) bytes")
         }
         guard (1...60_000).contains(syncTimeoutMillis) else { throw ReplicationConfigurationError("--sync-timeout-ms must be 1...60000") }
@@ -212,7 +220,7 @@ extension ReplicationConfiguration {
             throw ReplicationConfigurationError("--peers: \(error.message)")
         }
         return ReplicationConfiguration(
-            nodeName: nodeName, host: host, port: port, peers: peerList, secret: Array(secret.utf8), mode: mode,
+            nodeName: nodeName, host: host, port: port, peers: peerList, secret: secret, mode: mode,
             syncTimeoutMillis: syncTimeoutMillis, keyLookups: lookups)
     }
 }

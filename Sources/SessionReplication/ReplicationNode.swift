@@ -128,6 +128,10 @@ public final class ReplicationNode: Sendable {
             throw ReplicationConfigurationError(
                 "the store's node id \(store.hlc.node) differs from the configuration's \(configuration.nodeID)")
         }
+        guard store.maxSessionBytes <= ReplicatedSessionStore.maxSessionBytesLimit else {
+            throw ReplicationConfigurationError(
+                "the store's maxSessionBytes is \(store.maxSessionBytes); a replicated session may hold at most \(ReplicatedSessionStore.maxSessionBytesLimit) (one replication frame)")
+        }
         let codec = try FrameCodec(secret: configuration.secret)
         let listener = try Sockets.listen(host: configuration.host, port: configuration.port)
         port = Sockets.localPort(listener)

@@ -72,7 +72,7 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "When a request's unseen Idempotency-Key is first looked up on the peers: always, when-peer-in-doubt or never. Default: always in sync mode, never in async mode.")
     var keyLookups: String?
 
-    @Option(help: "Key of the replication frames' HMAC, the same on every node (16+ bytes). Default: $SESSION_CLUSTER_SECRET.")
+    @Option(help: "The cluster secret every node shares (16+ bytes): peers authenticate with it and derive their encryption keys from it. Visible in `ps`: prefer $SESSION_CLUSTER_SECRET or $SESSION_CLUSTER_SECRET_FILE.")
     var clusterSecret: String?
 
     @Option(help: "Redis connect and command timeout, in milliseconds.")
@@ -113,9 +113,13 @@ struct NodeOptions: ParsableArguments {
         if let handlerThreads, !(0...4096).contains(handlerThreads) {
             throw ValidationError("--handler-threads must be 0...4096")
         }
-        let secret = getenv("SESSION_COOKIE_SECRET").map { Array(String(cString: $0).utf8) }
-        if let secret, secret.count < 16 {
-            throw ValidationError("SESSION_COOKIE_SECRET must be at least 16 bytes")
+        let secrets: [[UInt8]]
+        do {
+            // From the environment (one key) or a file (one per line: the first signs, all verify), never argv.
+            secrets = try SecretFromEnvironment.secrets("SESSION_COOKIE_SECRET") ?? []
+            _ = try SessionCookieCodec(signingKeys: secrets)
+        } catch {
+            throw ValidationError("SESSION_COOKIE_SECRET: \(error.message)")
         }
         if exclusiveSessions && strategy != .redis {
             throw ValidationError("--exclusive-sessions needs --strategy redis")
@@ -125,7 +129,7 @@ struct NodeOptions: ParsableArguments {
             expiry: SessionExpiry(
                 idleTimeoutMillis: Int64(idleTimeout) * 1000,
                 absoluteTimeoutMillis: absoluteTimeout == 0 ? nil : Int64(absoluteTimeout) * 1000),
-            cookieSecret: secret, handlerThreads: handlerThreads,
+            cookieSecrets: secrets, handlerThreads: handlerThreads,
             redis: strategy == .redis ? try redisConfiguration() : nil)
         configuration.exclusiveSessions = exclusiveSessions
         guard maxSessions > 0 else { throw ValidationError("--max-sessions must be positive") }

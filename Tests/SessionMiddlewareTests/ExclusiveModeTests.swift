@@ -144,7 +144,7 @@ private let redisAvailable = ProcessInfo.processInfo.environment["REDIS_URL"] !=
 
 @Suite struct ExclusiveModeMiddlewareTests {
     private func chain(_ lock: ScriptedLock, store: any SessionStore, signingKey: [UInt8]? = nil) -> MiddlewareChain {
-        let configuration = SessionConfiguration(signingKey: signingKey, exclusive: lock)
+        let configuration = try! SessionConfiguration(signingKey: signingKey, exclusive: lock)
         return MiddlewareChain(
             [SessionMiddleware(store: store, configuration: configuration, logger: quietLogger())],
             responder: counterRouter(log: lock.log).responder)

@@ -139,7 +139,7 @@ final class SessionTestServer {
         #expect(try memory.load(id)?.attributes["count"] == Array("2".utf8))
         // A signature made with another key is refused too.
         let other = SessionMiddleware(
-            store: memory, configuration: SessionConfiguration(signingKey: Array("another key, 32 bytes long.....!".utf8)),
+            store: memory, configuration: try SessionConfiguration(signingKey: Array("another key, 32 bytes long.....!".utf8)),
             logger: Logger(label: "x"))
         #expect(t.middleware.verifiedID(other.cookieValue(for: id)) == nil)
         #expect(t.middleware.verifiedID(t.middleware.cookieValue(for: id)) == id)

@@ -4,9 +4,11 @@ import Logging
 import NIOCore
 import SessionClusterAsync
 import SessionCore
+import SessionMiddleware
 
 /// Runs a POST carrying an `Idempotency-Key` once, as the core's
-/// `IdempotencyMiddleware` does: a retry (the balancer's or the client's)
+/// `IdempotencyMiddleware` does: records are scoped to the caller's session
+/// (anonymous ones keep no cookie); a retry (the balancer's or the client's)
 /// gets the stored response with `Idempotent-Replayed: true`, a concurrent
 /// duplicate waits then gets 409, a key reused for another request 422.
 ///
@@ -24,9 +26,13 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
         self.gate = gate
     }
 
-    /// A middleware keeping records in `store` (usually the session store).
-    public init(store: any IdempotencyStore, executor: BlockingExecutor = .shared, logger: Logger) {
-        gate = IdempotencyGate(store: store, executor: executor, logger: logger)
+    /// A middleware keeping records in `store` (usually the session store),
+    /// for the sessions of `sessions` (the session middleware's configuration).
+    public init(
+        store: any IdempotencyStore, sessions: SessionConfiguration, executor: BlockingExecutor = .shared,
+        logger: Logger
+    ) {
+        gate = IdempotencyGate(store: store, sessions: sessions, executor: executor, logger: logger)
     }
 
     public func handle(
@@ -43,7 +49,7 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
         do {
             decision = try await gate.begin(
                 key: key, method: request.method.rawValue, target: request.uri.description,
-                body: Array(body.readableBytesView))
+                body: Array(body.readableBytesView), cookie: { request.cookies[$0]?.value })
         } catch let error as SessionErrorResponse {
             return error.hummingbirdResponse
         }
@@ -71,10 +77,7 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
                 await gate.abandon(ticket)
                 throw error
             }
-            if let stored = await gate.overtakingResponse(
-                for: ticket, method: request.method.rawValue, target: request.uri.description,
-                body: Array(body.readableBytesView))
-            {
+            if let stored = await gate.overtakingResponse(for: ticket) {
                 return replay(stored)
             }
             if !ticket.isRecorded {

@@ -1,9 +1,11 @@
 import SessionClusterAsync
 import SessionCore
+import SessionMiddleware
 import Vapor
 
 /// Runs a POST carrying an `Idempotency-Key` once, as the core's
-/// `IdempotencyMiddleware` does: a retry (the balancer's or the client's)
+/// `IdempotencyMiddleware` does: records are scoped to the caller's session
+/// (anonymous ones keep no cookie); a retry (the balancer's or the client's)
 /// gets the stored response with `Idempotent-Replayed: true`, a concurrent
 /// duplicate waits then gets 409, a key reused for another request 422.
 ///
@@ -22,9 +24,13 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
         self.maxBodyBytes = maxBodyBytes
     }
 
-    /// A middleware keeping records in `store` (usually the session store).
-    public init(store: any IdempotencyStore, executor: BlockingExecutor = .shared, logger: Logger) {
-        self.init(gate: IdempotencyGate(store: store, executor: executor, logger: logger))
+    /// A middleware keeping records in `store` (usually the session store),
+    /// for the sessions of `sessions` (the session middleware's configuration).
+    public init(
+        store: any IdempotencyStore, sessions: SessionConfiguration, executor: BlockingExecutor = .shared,
+        logger: Logger
+    ) {
+        self.init(gate: IdempotencyGate(store: store, sessions: sessions, executor: executor, logger: logger))
     }
 
     public func respond(to request: Request, chainingTo next: any AsyncResponder) async throws -> Response {
@@ -37,7 +43,7 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
         do {
             decision = try await gate.begin(
                 key: key, method: request.method.rawValue, target: request.url.string,
-                body: body.map { Array($0.readableBytesView) } ?? [])
+                body: body.map { Array($0.readableBytesView) } ?? [], cookie: { request.cookies[$0]?.string })
         } catch let error as SessionErrorResponse {
             return error.vaporResponse
         }
@@ -61,10 +67,7 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
                 await gate.abandon(ticket)
                 throw error
             }
-            if let stored = await gate.overtakingResponse(
-                for: ticket, method: request.method.rawValue, target: request.url.string,
-                body: body.map { Array($0.readableBytesView) } ?? [])
-            {
+            if let stored = await gate.overtakingResponse(for: ticket) {
                 return replay(stored)
             }
             if !ticket.isRecorded {

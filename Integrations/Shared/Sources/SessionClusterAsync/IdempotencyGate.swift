@@ -1,38 +1,38 @@
-import Crypto
 import Logging
 import SessionCore
+import SessionMiddleware
 import Synchronization
 
 /// `Idempotency-Key` handling for async frameworks, with the semantics of
-/// the core's `IdempotencyMiddleware`: a retried POST is answered from the
-/// stored response (`Idempotent-Replayed: true`) instead of running twice; a
-/// duplicate that arrives while the first runs waits, then gets 409; a key
-/// reused for a different request gets 422. Combined with the session
+/// the core's `IdempotencyMiddleware` (the same `IdempotentRequest` decides):
+/// records scoped to the caller's verified session (or anonymous, without
+/// cookies); a retried POST is answered from the stored response
+/// (`Idempotent-Replayed: true`) instead of running twice; a duplicate that
+/// arrives while the first runs waits, then gets 409; a key reused by the
+/// same session for a different request gets 422. Combined with the session
 /// machinery (`SessionRequestManager`), the record is written in the same
 /// atomic step as the request's session changes.
 public struct IdempotencyGate: Sendable {
     /// Where claims and records live (the session store).
     public let store: any IdempotencyStore
+    /// The session cookie's name and keys: a request's scope is its verified session ID.
+    public let sessions: SessionConfiguration
     /// Where the blocking store calls run.
     public let executor: BlockingExecutor
-    /// How long a completed response is kept.
-    public var recordTTLMillis: Int64
-    /// How long a claim lasts if its node dies before completing.
-    public var inProgressMillis: Int64
-    /// How long a concurrent duplicate waits for the first to finish.
-    public var waitMillis: Int
+    /// TTLs, waits and the size cap of kept responses.
+    public var policy: IdempotencyPolicy
     let logger: Logger
 
-    /// A gate over `store` (usually the session store itself).
+    /// A gate over `store` (usually the session store itself), for the
+    /// sessions of `sessions` (the session middleware's configuration).
     public init(
-        store: any IdempotencyStore, executor: BlockingExecutor = .shared, recordTTLMillis: Int64 = 24 * 3_600_000,
-        inProgressMillis: Int64 = 30_000, waitMillis: Int = 3_000, logger: Logger
+        store: any IdempotencyStore, sessions: SessionConfiguration, executor: BlockingExecutor = .shared,
+        policy: IdempotencyPolicy = IdempotencyPolicy(), logger: Logger
     ) {
         self.store = store
+        self.sessions = sessions
         self.executor = executor
-        self.recordTTLMillis = recordTTLMillis
-        self.inProgressMillis = inProgressMillis
-        self.waitMillis = waitMillis
+        self.policy = policy
         self.logger = logger
     }
 
@@ -45,48 +45,53 @@ public struct IdempotencyGate: Sendable {
     }
 
     /// Claims the request's key. Requests without a key, and GET, HEAD and
-    /// OPTIONS, run as they are. Throws a `SessionErrorResponse` for 400
-    /// (malformed key), 409 (still running elsewhere), 422 (key reused) and
-    /// 503 (store down).
-    public func begin(key: String?, method: String, target: String, body: [UInt8]) async throws -> Decision {
-        guard let key, !["GET", "HEAD", "OPTIONS"].contains(method) else { return .run(nil) }
-        guard (1...255).contains(key.utf8.count), key.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
-            throw SessionErrorResponse(
-                status: 400, code: "invalid_idempotency_key",
-                message: "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    /// OPTIONS, run as they are. `cookie` gives the request's cookie of a
+    /// name (the session cookie decides the scope). Throws a
+    /// `SessionErrorResponse` for 400 (malformed key), 409 (still running
+    /// elsewhere, or a kept record without its response), 422 (key reused)
+    /// and 503 (store down).
+    public func begin(
+        key: String?, method: String, target: String, body: [UInt8], cookie: (String) -> String?
+    ) async throws -> Decision {
+        guard let key, IdempotentRequest.appliesTo(method: method) else { return .run(nil) }
+        let scope = cookie(sessions.cookieName).flatMap(sessions.cookieCodec.verifiedID).map {
+            IdempotencyScope.session($0)
+        } ?? .anonymous
+        let request: IdempotentRequest
+        do {
+            request = try IdempotentRequest(key: key, method: method, target: target, body: body, scope: scope)
+        } catch {
+            throw SessionErrorResponse(error)
         }
-        let fingerprint = Self.fingerprint(method: method, target: target, body: body)
-        let store = store
-        let inProgressMillis = inProgressMillis
+        return try await claim(request)
+    }
+
+    private func claim(_ request: IdempotentRequest) async throws -> Decision {
+        let (store, policy) = (store, policy)
         var waited = 0
         while true {
             let claim: IdempotencyClaim
             do {
                 claim = try await executor.run {
-                    try store.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
+                    try store.begin(
+                        key: request.storageKey, fingerprint: request.fingerprint,
+                        inProgressMillis: policy.inProgressMillis)
                 }
             } catch {
                 throw SessionErrorResponse.from(error) ?? error
             }
-            switch claim {
-            case .claimed:
-                return .run(IdempotencyTicket(key: key, fingerprint: fingerprint, ttlMillis: recordTTLMillis))
-            case .completed(var stored):
-                stored.headers.removeAll { $0.first?.lowercased() == "idempotent-replayed" }
-                stored.headers.append(["Idempotent-Replayed", "true"])
-                return .replay(stored)
-            case .mismatch:
-                throw SessionErrorResponse(
-                    status: 422, code: "idempotency_key_reused",
-                    message: "this Idempotency-Key was used for a different request")
-            case .inProgress:
-                guard waited < waitMillis else {
-                    throw SessionErrorResponse(
-                        status: 409, code: "idempotency_key_in_progress",
-                        message: "a request with this Idempotency-Key is still running", headers: [("Retry-After", "1")])
-                }
-                try await Task.sleep(for: .milliseconds(25))  // parks the task, not a thread
-                waited += 25
+            let step: IdempotencyStep
+            do {
+                step = try request.next(after: claim, waitedMillis: waited, policy: policy)
+            } catch {
+                throw SessionErrorResponse(error)
+            }
+            switch step {
+            case .run: return .run(IdempotencyTicket(request: request, policy: policy))
+            case .replay(let stored): return .replay(stored)
+            case .wait(let millis):
+                try await Task.sleep(for: .milliseconds(millis))  // parks the task, not a thread
+                waited += millis
             }
         }
     }
@@ -100,20 +105,21 @@ public struct IdempotencyGate: Sendable {
         do {
             try await executor.run { try store.complete(record) }
         } catch {
-            logger.error("idempotency record not written", metadata: ["error": "\(error)"])
+            logger.error(
+                "idempotency record not written",
+                metadata: ["error": "\(error)", "idempotency_record": "\(ticket.request.logID)"])
             await abandon(ticket)
         }
     }
 
     /// The recorded response of a run that overtook `ticket`'s (see
     /// `IdempotencyTicket.isOvertaken`), or nil when there is none to replay.
-    public func overtakingResponse(
-        for ticket: IdempotencyTicket, method: String, target: String, body: [UInt8]
-    ) async -> StoredResponse? {
+    public func overtakingResponse(for ticket: IdempotencyTicket) async -> StoredResponse? {
         guard ticket.isOvertaken else { return nil }
-        switch try? await begin(key: ticket.key, method: method, target: target, body: body) {
+        switch try? await claim(ticket.request) {
         case .replay(let stored)?:
-            logger.notice("another run of this request completed first", metadata: ["idempotency_key": "\(ticket.key)"])
+            logger.notice(
+                "another run of this request completed first", metadata: ["idempotency_record": "\(ticket.request.logID)"])
             return stored
         case .run(let claim?)?:
             await abandon(claim)  // the record is gone again (expired): nothing to replay, and no claim left behind
@@ -126,36 +132,25 @@ public struct IdempotencyGate: Sendable {
     /// Gives up a claim without an outcome (the request failed without a response), so a retry can run.
     public func abandon(_ ticket: IdempotencyTicket) async {
         let store = store
-        let key = ticket.key
+        let key = ticket.request.storageKey
         _ = try? await executor.run { try store.abandon(key: key) }
-    }
-
-    /// SHA-256 of method, target and body, as the core's middleware computes it.
-    public static func fingerprint(method: String, target: String, body: [UInt8]) -> String {
-        var hasher = SHA256()
-        hasher.update(data: Array("\(method) \(target)\n".utf8))
-        hasher.update(data: body)
-        return hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
     }
 }
 
 /// A claimed `Idempotency-Key`, handed from the idempotency middleware to
 /// the session middleware of the same request.
 public final class IdempotencyTicket: Sendable {
-    /// The key.
-    public let key: String
-    /// Identifies the request (method, target, body).
-    public let fingerprint: String
-    /// How long the record is kept.
-    public let ttlMillis: Int64
+    /// The keyed request (its scope, storage key and fingerprint).
+    public let request: IdempotentRequest
+    /// How its record is kept.
+    public let policy: IdempotencyPolicy
     private let recorded = Atomic<Bool>(false)
     private let overtaken = Atomic<Bool>(false)
 
     /// A ticket for a claimed key.
-    public init(key: String, fingerprint: String, ttlMillis: Int64) {
-        self.key = key
-        self.fingerprint = fingerprint
-        self.ttlMillis = ttlMillis
+    public init(request: IdempotentRequest, policy: IdempotencyPolicy) {
+        self.request = request
+        self.policy = policy
     }
 
     /// Whether the record was written with the session changes.
@@ -165,14 +160,14 @@ public final class IdempotencyTicket: Sendable {
     public func markRecorded() { recorded.store(true, ordering: .relaxed) }
 
     /// Whether another run of the request completed the key first, so this
-    /// run's session changes were refused: answer with `IdempotencyGate.begin`'s replay.
+    /// run's session changes were refused: answer with `IdempotencyGate.overtakingResponse`.
     public var isOvertaken: Bool { overtaken.load(ordering: .relaxed) }
 
     /// Notes that the store refused this run's changes (`idempotencyKeyCompleted`).
     public func markOvertaken() { overtaken.store(true, ordering: .relaxed) }
 
-    /// The record of a response.
+    /// The record of a response, as the policy keeps it (anonymous: no `Set-Cookie`; size-capped).
     public func record(for response: StoredResponse) -> IdempotencyRecord {
-        IdempotencyRecord(key: key, fingerprint: fingerprint, response: response, ttlMillis: ttlMillis)
+        request.record(for: response, policy: policy)
     }
 }

@@ -35,6 +35,13 @@ public struct SessionErrorResponse: Error, Sendable, CustomStringConvertible {
         body = response.body
     }
 
+    /// The answer for an idempotency refusal (400, 409, 422).
+    public init(_ refusal: IdempotencyRefusal) {
+        self.init(
+            status: refusal.status, code: refusal.code, message: refusal.message,
+            headers: refusal.retryAfterSeconds.map { [("Retry-After", String($0))] } ?? [])
+    }
+
     /// A new error answer.
     public init(status: Int, code: String, message: String, headers: [(String, String)] = []) {
         self.init(HTTPError(status: status, code: code, message: message, headers: HTTPHeaders(headers)))

@@ -11,7 +11,10 @@ import SessionCore
 /// attributes: `value` (the JSON bytes), `expiresAt` (the per-key expiry,
 /// milliseconds since 1970, when one was set), `epoch` (a counter bumped by
 /// every successful `create`) and `create.<epoch>` (counters `create` races
-/// on). An entry without `value`, or past its `expiresAt`, is absent.
+/// on), and `SessionSnapshot.keyValueEntryMarker`, so that the session
+/// middlewares never serve an entry as a session (its ID can be computed by
+/// anyone who knows the key). An entry without `value`, or past its
+/// `expiresAt`, is absent.
 ///
 /// Entries are never invalidated: the replicated store keeps an invalidated
 /// ID as a tombstone that can never be used again, and a removed key must
@@ -45,6 +48,8 @@ public struct SessionKeyValueStore: Sendable {
     static let expiresAtAttribute = "expiresAt"
     static let epochAttribute = "epoch"
     static func createAttribute(_ epoch: Int64) -> String { "create.\(epoch)" }
+    /// Marks every entry as one (`SessionSnapshot.keyValueEntryMarker`): never served as a session.
+    static let marker = SessionChange.set(SessionSnapshot.keyValueEntryMarker, Array("true".utf8))
 
     /// A key/value view of `store`.
     public init(
@@ -89,7 +94,7 @@ public struct SessionKeyValueStore: Sendable {
                 let race = Self.createAttribute(epoch)
                 guard
                     let claim = try store.apply(
-                        SessionDelta(id: id, changes: [.increment(race, by: 1)], createIfMissing: true))
+                        SessionDelta(id: id, changes: [.increment(race, by: 1), Self.marker], createIfMissing: true))
                 else { throw SessionStoreError(.unavailable, "store refused to create an entry") }
                 guard claim.counters[race] == 1 else { return false }
                 var changes: [SessionChange] = [.set(Self.valueAttribute, value), .increment(Self.epochAttribute, by: 1)]
@@ -112,7 +117,7 @@ public struct SessionKeyValueStore: Sendable {
     public func set(key: String, value: [UInt8], expiresInMillis: Int64?) async throws {
         let (store, id, clock) = (store, id(for: key), clock)
         try await executor.run {
-            var changes: [SessionChange] = [.set(Self.valueAttribute, value)]
+            var changes: [SessionChange] = [.set(Self.valueAttribute, value), Self.marker]
             let now = clock.nowMillis()
             if let expiresInMillis {
                 changes.append(.set(Self.expiresAtAttribute, encodeCounter(now + expiresInMillis)))

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import MiniHTTP
+import SessionCore
 
 /// Why a replication connection ended.
 enum ConnectionEnd: Error, CustomStringConvertible {
@@ -15,6 +16,8 @@ enum ConnectionEnd: Error, CustomStringConvertible {
     case badFrame(FrameError)
     /// A valid frame that breaks the protocol (wrong type here, undecodable payload).
     case protocolViolation(String)
+    /// The handshake did not finish within its deadline.
+    case handshakeTimeout
 
     var description: String {
         switch self {
@@ -22,6 +25,7 @@ enum ConnectionEnd: Error, CustomStringConvertible {
         case .failed(let e): e == EAGAIN || e == EWOULDBLOCK ? "idle timeout" : "recv failed: errno \(e)"
         case .badFrame(let error): "\(error)"
         case .protocolViolation(let message): "protocol violation: \(message)"
+        case .handshakeTimeout: "the handshake did not finish in time"
         }
     }
 }
@@ -29,24 +33,36 @@ enum ConnectionEnd: Error, CustomStringConvertible {
 /// The reading side of one blocking replication socket: frames out of bytes.
 struct FrameReader {
     let fd: Int32
-    private var decoder: FrameDecoder
+    private var decoder = FrameDecoder()
     private var buffer = [UInt8](repeating: 0, count: 64 * 1024)
 
-    init(fd: Int32, codec: FrameCodec) {
+    init(fd: Int32) {
         self.fd = fd
-        decoder = FrameDecoder(codec: codec)
     }
 
-    /// Blocks for at least one complete frame; returns every complete frame received.
-    mutating func frames() throws(ConnectionEnd) -> [ReplicationFrame] {
+    /// After the handshake: sealed frames only, opened with `opener`.
+    mutating func startOpening(with opener: FrameOpener) { decoder.startOpening(with: opener) }
+
+    /// Blocks for at least one complete frame; returns every complete frame
+    /// received. With a `deadline` (monotonic nanoseconds), gives up then
+    /// (`handshakeTimeout`), however slowly bytes keep arriving.
+    mutating func frames(deadline: UInt64? = nil) throws(ConnectionEnd) -> [ReplicationFrame] {
         while true {
             var frames: [ReplicationFrame] = []
             do {
-                while let frame = try decoder.next() { frames.append(frame) }
+                while let frame = try decoder.next() {
+                    frames.append(frame)
+                    if frame.type == .hello { break }  // the next frames need the keys this hello gives
+                }
             } catch {
                 throw .badFrame(error)
             }
             if !frames.isEmpty { return frames }
+            if let deadline {
+                let now = monotonicNanos()
+                guard now < deadline else { throw .handshakeTimeout }
+                Sockets.setReceiveTimeout(fd, millis: max(1, Int((deadline - now) / 1_000_000)))
+            }
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n == 0 {
                 let partial = decoder.bufferedByteCount
@@ -55,6 +71,7 @@ struct FrameReader {
             }
             if n < 0 {
                 if errno == EINTR { continue }
+                if deadline != nil && (errno == EAGAIN || errno == EWOULDBLOCK) { throw .handshakeTimeout }
                 throw .failed(errno)
             }
             buffer.withUnsafeBytes { decoder.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
@@ -83,15 +100,6 @@ func sendWithoutBlocking(_ fd: Int32, _ bytes: [UInt8]) -> Int {
             }
         }
         return offset
-    }
-}
-
-extension FrameCodec {
-    /// The frames' bytes, back to back, for one write.
-    func encode(_ frames: [ReplicationFrame]) -> [UInt8] {
-        var out: [UInt8] = []
-        for frame in frames { out.append(contentsOf: encode(frame)) }
-        return out
     }
 }
 

@@ -51,6 +51,8 @@ final class PeerLink: Sendable {
         /// Bumped by every connection; a reader only reports on its own.
         var generation = 0
         var fd: Int32 = -1
+        /// Seals what this connection sends (set by the handshake).
+        var sealer: FrameSealer?
         var readerDone = true
         var broken = false
         var peer: HelloMessage?
@@ -175,13 +177,13 @@ final class PeerLink: Sendable {
     /// the frame itself without blocking (what the socket does not take at
     /// once is left for the writer): no thread hand-off on the common path.
     func enqueue(_ bytes: [UInt8], itemCount: Int) -> UInt64? {
-        let result = state.withLock { s -> (UInt64?, overflowed: Bool, inline: Int32?) in
-            guard s.phase == .connected else { return (nil, false, nil) }
+        let result = state.withLock { s -> (UInt64?, overflowed: Bool, inline: (Int32, FrameSealer)?) in
+            guard s.phase == .connected, let sealer = s.sealer else { return (nil, false, nil) }
             s.lastSequence += 1
             if s.socketIsFree {
                 s.writing = true
                 s.itemsSent += itemCount
-                return (s.lastSequence, false, s.fd)
+                return (s.lastSequence, false, (s.fd, sealer))
             }
             var overflowed = false
             if s.queuedBytes + bytes.count > node.configuration.maxQueueBytes {
@@ -195,8 +197,8 @@ final class PeerLink: Sendable {
             }
             return (s.lastSequence, overflowed, nil)
         }
-        if let fd = result.inline, let sequence = result.0 {
-            sendInline(fd, ReplicationFrame(
+        if let (fd, sealer) = result.inline, let sequence = result.0 {
+            sendInline(fd, sealer, ReplicationFrame(
                 type: .update, payload: UpdateBatch.encode(sequence: sequence, itemCount: itemCount, encodedItems: bytes)))
         }
         if result.overflowed {
@@ -232,17 +234,19 @@ final class PeerLink: Sendable {
     private func send(
         control frame: ReplicationFrame, question: (UInt64, Question)? = nil, unlessLagging: Bool = false
     ) -> Bool {
-        let result = state.withLock { s -> (queued: Bool, inline: Int32?) in
-            guard s.phase == .connected, !s.broken, !(unlessLagging && s.lagging) else { return (false, nil) }
+        let result = state.withLock { s -> (queued: Bool, inline: (Int32, FrameSealer)?) in
+            guard s.phase == .connected, let sealer = s.sealer, !s.broken, !(unlessLagging && s.lagging) else {
+                return (false, nil)
+            }
             if let (request, question) = question { s.questions[request] = question }
             if s.socketIsFree {
                 s.writing = true
-                return (true, s.fd)
+                return (true, (s.fd, sealer))
             }
             s.control.append(frame)
             return (true, nil)
         }
-        if let fd = result.inline { sendInline(fd, frame) }
+        if let (fd, sealer) = result.inline { sendInline(fd, sealer, frame) }
         if result.queued { state.signal(Self.writerCondition) }
         return result.queued
     }
@@ -250,8 +254,8 @@ final class PeerLink: Sendable {
     /// Sends a frame on the calling thread without blocking, after `enqueue`
     /// or `send(control:)` set `writing`; what the socket does not take at
     /// once is left for the writer.
-    private func sendInline(_ fd: Int32, _ frame: ReplicationFrame) {
-        let bytes = node.codec.encode(frame)
+    private func sendInline(_ fd: Int32, _ sealer: FrameSealer, _ frame: ReplicationFrame) {
+        let bytes = sealer.seal(frame)  // sealed while this thread holds `writing`: in socket order
         let sent = sendWithoutBlocking(fd, bytes)
         state.withLock { s in
             s.writing = false
@@ -294,12 +298,12 @@ final class PeerLink: Sendable {
         while true {
             if case .stopped = phase { return }
             switch connect() {
-            case .connected(let fd, let generation):
+            case .connected(let connection, let generation):
                 backoff = node.configuration.reconnectBackoffMillis.first
-                let peerName = state.withLock { $0.peer?.nodeName ?? "?" }
-                node.logger.info("replicating to \(address) (\(peerName))")
-                startThread { [self] in runReader(fd: fd, generation: generation) }
-                writeUntilBroken(fd: fd, generation: generation)
+                node.logger.info("replicating to \(address) (\(connection.peer.nodeName))")
+                let fd = connection.reader.fd
+                startThread { [self] in runReader(connection, generation: generation) }
+                writeUntilBroken(fd: fd, sealer: connection.sealer, generation: generation)
                 closeConnection(fd: fd, generation: generation)
             case .isSelf:
                 node.logger.debug("peer address \(address) is this node; skipped")
@@ -318,12 +322,12 @@ final class PeerLink: Sendable {
     }
 
     private enum ConnectOutcome {
-        case connected(Int32, generation: Int)
+        case connected(SecureConnection, generation: Int)
         case isSelf
         case failed(String)
     }
 
-    /// Connects and exchanges hellos; on success the link is `connected` and a resync is due.
+    /// Connects and runs the handshake; on success the link is `connected` and a resync is due.
     private func connect() -> ConnectOutcome {
         let config = node.configuration
         let fd: Int32
@@ -334,24 +338,18 @@ final class PeerLink: Sendable {
             return .failed("\(error)")
         }
         Sockets.setNoDelay(fd)
-        Sockets.setReceiveTimeout(fd, millis: config.connectTimeoutMillis)
         Sockets.setSendTimeout(fd, millis: config.connectTimeoutMillis)
-        guard Sockets.writeAll(fd, node.codec.encode(node.hello.frame)) else {
-            close(fd)
-            return .failed("sending hello failed")
-        }
-        var reader = FrameReader(fd: fd, codec: node.codec)
-        let hello: HelloMessage
+        let connection: SecureConnection
         do {
-            let frames = try reader.frames()
-            guard frames.count == 1, frames[0].type == .hello else {
-                throw ConnectionEnd.protocolViolation("expected exactly a hello first")
-            }
-            hello = try HelloMessage.decode(frames[0].payload)
+            connection = try ReplicationHandshake.connect(
+                fd: fd, hello: node.hello, secret: node.secret,
+                deadline: monotonicNanos() + UInt64(config.handshakeTimeoutMillis) * 1_000_000)
         } catch {
             close(fd)
+            if case .badFrame = error { node.counters.add(\.framesRejected) }
             return .failed("handshake: \(error)")
         }
+        let hello = connection.peer
         if hello.nodeID == node.hello.nodeID {
             close(fd)
             if hello.incarnation == node.hello.incarnation {
@@ -362,11 +360,7 @@ final class PeerLink: Sendable {
                 "peer \(address) ('\(hello.nodeName)') has this node's id \(hello.nodeID): node ids must be unique")
             return .failed("duplicate node id \(hello.nodeID)")
         }
-        guard hello.protocolVersion == HelloMessage.currentProtocolVersion else {
-            close(fd)
-            return .failed("peer speaks protocol \(hello.protocolVersion), this node \(HelloMessage.currentProtocolVersion)")
-        }
-        // After the hello: no receive timeout (acks come only when we send), a send timeout against a stalled peer.
+        // After the handshake: no receive timeout (acks come only when we send), a send timeout against a stalled peer.
         Sockets.setReceiveTimeout(fd, millis: 0)
         Sockets.setSendTimeout(fd, millis: config.peerIdleTimeoutMillis)
         return state.withLock { s -> ConnectOutcome in
@@ -377,6 +371,7 @@ final class PeerLink: Sendable {
             s.phase = .connected
             s.generation += 1
             s.fd = fd
+            s.sealer = connection.sealer
             s.peer = hello
             s.broken = false
             s.readerDone = false
@@ -391,14 +386,14 @@ final class PeerLink: Sendable {
             s.lastError = nil
             s.writing = false
             s.unsent = []
-            return .connected(fd, generation: s.generation)
+            return .connected(connection, generation: s.generation)
         }
     }
 
     /// What the writer takes from the state in one go.
     private typealias Work = (unsent: [UInt8], control: [ReplicationFrame], queue: [Pending], resync: UInt64?)
 
-    private func writeUntilBroken(fd: Int32, generation: Int) {
+    private func writeUntilBroken(fd: Int32, sealer: FrameSealer, generation: Int) {
         let config = node.configuration
         let pingNanos = UInt64(config.pingIntervalMillis) * 1_000_000
         var lastSend = monotonicNanos()
@@ -443,7 +438,7 @@ final class PeerLink: Sendable {
             var frames = work.control
             frames += work.resync.map(resyncFrames) ?? batchFrames(work.queue)
             if frames.isEmpty && work.unsent.isEmpty { frames = [ReplicationFrame(type: .ping)] }
-            let sent = Sockets.writeAll(fd, work.unsent + node.codec.encode(frames))
+            let sent = Sockets.writeAll(fd, work.unsent + sealer.seal(frames))  // sealed while holding `writing`
             let error = errno
             state.withLock { s in
                 s.writing = false
@@ -498,6 +493,7 @@ final class PeerLink: Sendable {
         let reason = state.withLock { s -> String? in
             if s.phase == .connected { s.phase = .connecting }
             s.fd = -1
+            s.sealer = nil
             s.lostAt = monotonicNanos()
             if s.transfer == .requested { s.transfer = .none }
             return s.lastError
@@ -509,10 +505,11 @@ final class PeerLink: Sendable {
 
     // MARK: Reader thread
 
-    private func runReader(fd: Int32, generation: Int) {
-        var reader = FrameReader(fd: fd, codec: node.codec)
+    private func runReader(_ connection: SecureConnection, generation: Int) {
+        var reader = connection.reader
         var end: ConnectionEnd = .closed
         do {
+            for frame in connection.pending { try handle(frame) }
             while true {
                 for frame in try reader.frames() { try handle(frame) }
             }
@@ -544,7 +541,7 @@ final class PeerLink: Sendable {
 
     private func handle(_ frame: ReplicationFrame) throws(ConnectionEnd) {
         switch frame.type {
-        case .hello, .update, .fetch, .snapshotRequest, .ping, .keyLookup:
+        case .hello, .update, .fetch, .snapshotRequest, .ping, .keyLookup, .keyConfirmation:
             throw .protocolViolation("unexpected \(frame.type) frame on an outbound connection")
         case .ack, .fetchReply, .snapshotChunk, .snapshotEnd, .keyLookupReply:
             break
@@ -574,7 +571,7 @@ final class PeerLink: Sendable {
             case .snapshotEnd:
                 let end = try SnapshotEnd.decode(frame.payload)
                 state.withLock { $0.transfer = .done(senderReady: end.senderReady, items: end.itemCount) }
-            case .hello, .update, .fetch, .snapshotRequest, .ping, .keyLookup:
+            case .hello, .update, .fetch, .snapshotRequest, .ping, .keyLookup, .keyConfirmation:
                 break
             }
         } catch {

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Crypto
 import Dispatch
 import SessionCore
 import Synchronization
@@ -80,6 +81,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
         var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
         var onLookup: (@Sendable (String, UInt64) -> Int)?
+        var readTokenKey: [UInt8]?
     }
 
     /// How `catchUp` waits for a session newer than this node's copy.
@@ -97,6 +99,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     /// How many `catchUp` calls found the copy current, waited, fetched, or gave up.
     public struct CatchUpCounts: Sendable, Equatable {
+        /// Tokens whose MAC did not verify (forged or altered): nothing waited or fetched.
+        public var refused = 0
         public var current = 0
         public var waited = 0
         public var fetched = 0
@@ -131,6 +135,11 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         /// Numbers fetches and key lookups alike.
         var nextRequest: UInt64 = 0
         var fetchReplies: [UInt64: Int] = [:]
+        /// The fetch under way for a session: concurrent catch-ups of it share it.
+        var fetching: [SessionID: UInt64] = [:]
+        /// Per fetch: how many peers were asked (once known) and how many catch-ups wait for it.
+        var fetchAsked: [UInt64: Int] = [:]
+        var fetchUsers: [UInt64: Int] = [:]
         /// Key lookups under way, by request number.
         var lookups: [UInt64: Lookup] = [:]
     }
@@ -234,19 +243,56 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     // MARK: Read-your-writes
 
-    /// The session's `seen` vector on this node (a `ReadToken`).
+    /// The key of read tokens' MACs. `ReplicationNode` sets it from the
+    /// cluster secret; with it, a token is valid only for its session and
+    /// only as this cluster issued it, so a forged one costs no wait and no
+    /// fetch. nil: tokens carry no MAC (a store without peers fetches nothing).
+    public var readTokenKey: [UInt8]? {
+        get { sinks.withLock { $0.readTokenKey } }
+        set { sinks.withLock { $0.readTokenKey = newValue } }
+    }
+
+    /// The session's `seen` vector on this node (a `ReadToken`), with its MAC
+    /// (`~` and 22 characters) when the store has a `readTokenKey`.
     public func readToken(for id: SessionID) -> String? {
-        contents.withLock { $0.sessions[id]?.seen }.map { ReadToken($0).description }
+        guard let token = contents.withLock({ $0.sessions[id]?.seen }).map({ ReadToken($0).description }) else {
+            return nil
+        }
+        guard let key = readTokenKey else { return token }
+        return token + "~" + base64URLEncode(Self.tokenMAC(token, id: id, key: key))
+    }
+
+    /// The first 16 bytes of HMAC-SHA256(key, id · token).
+    private static func tokenMAC(_ token: String, id: SessionID, key: [UInt8]) -> [UInt8] {
+        let mac = HMAC<SHA256>.authenticationCode(
+            for: Array("\(id.rawValue)\n\(token)".utf8), using: SymmetricKey(data: key))
+        return Array(Array(mac).prefix(16))
+    }
+
+    /// The token text of a read-token cookie, nil when its MAC does not verify.
+    private func verifiedToken(_ value: String, id: SessionID) -> String? {
+        guard let key = readTokenKey else { return value }
+        guard let tilde = value.lastIndex(of: "~"), let mac = base64URLDecode(String(value[value.index(after: tilde)...])),
+            mac.count == 16
+        else { return nil }
+        let token = String(value[..<tilde])
+        let expected = Self.tokenMAC(token, id: id, key: key)
+        return zip(mac, expected).reduce(0) { $0 | ($1.0 ^ $1.1) } == 0 ? token : nil  // constant time
     }
 
     /// Waits for a copy holding every write `token` names: up to
     /// `catchUpPolicy.waitMillis` for the changes to arrive, then asks the
     /// peers (`onFetch`) and waits up to `fetchTimeoutMillis` more, or until
     /// every peer asked has answered. Woken by merges of this session, not
-    /// by polling. Malformed tokens and tokens from the future (beyond the
-    /// clock's drift limit: forged) are ignored at once.
+    /// by polling. Concurrent catch-ups of one session share one fetch.
+    /// Tokens whose MAC does not verify, malformed tokens and tokens from the
+    /// future (beyond the clock's drift limit) are refused at once.
     public func catchUp(_ id: SessionID, to token: String) -> Bool {
-        guard let wanted = ReadToken(token) else { return false }
+        guard let text = verifiedToken(token, id: id) else {
+            catchUps.withLock { $0.refused += 1 }
+            return false
+        }
+        guard let wanted = ReadToken(text) else { return false }
         let limit = clock.nowMillis() + hlc.maxForwardDriftMillis
         guard wanted.stamps.allSatisfy({ $0.millis <= limit }) else { return false }
         func isCurrent() -> Bool { contents.withLock { $0.sessions[id]?.contains(wanted) ?? false } }
@@ -264,18 +310,38 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             catchUps.withLock { $0.waited += 1 }
             return true
         }
-        // Ask the peers; stop early once all of them answered without the changes.
-        let request = waiters.withLock { w -> UInt64 in
+        // Ask the peers, or join the fetch of this session already under way; stop early once
+        // every peer asked answered without the changes.
+        let (request, leads) = waiters.withLock { w -> (UInt64, Bool) in
+            if let running = w.fetching[id] {
+                w.fetchUsers[running, default: 0] += 1
+                return (running, false)
+            }
             w.nextRequest += 1
             w.fetchReplies[w.nextRequest] = 0
-            return w.nextRequest
+            w.fetching[id] = w.nextRequest
+            w.fetchUsers[w.nextRequest] = 1
+            return (w.nextRequest, true)
         }
-        defer { waiters.withLock { _ = $0.fetchReplies.removeValue(forKey: request) } }
-        let asked = sinks.withLock { $0.onFetch }?(id, request) ?? 0
+        defer {
+            waiters.withLock { w in
+                let users = (w.fetchUsers[request] ?? 1) - 1
+                w.fetchUsers[request] = users > 0 ? users : nil
+                guard users == 0 else { return }
+                w.fetchReplies[request] = nil
+                w.fetchAsked[request] = nil
+                if w.fetching[id] == request { w.fetching[id] = nil }
+            }
+        }
+        if leads {
+            let asked = sinks.withLock { $0.onFetch }?(id, request) ?? 0
+            waiters.withLock { $0.fetchAsked[request] = asked }
+            notifyMerged(id)  // wakes the catch-ups that joined, should nobody have been asked
+        }
         let fetched =
-            asked > 0
-            && waitForMerge(of: id, millis: catchUpPolicy.fetchTimeoutMillis) {
-                isCurrent() || waiters.withLock { ($0.fetchReplies[request] ?? 0) >= asked }
+            waitForMerge(of: id, millis: catchUpPolicy.fetchTimeoutMillis) {
+                isCurrent()
+                    || waiters.withLock { w in w.fetchAsked[request].map { (w.fetchReplies[request] ?? 0) >= $0 } ?? false }
             } && isCurrent()
         catchUps.withLock { fetched ? ($0.fetched += 1) : ($0.gaveUp += 1) }
         return fetched

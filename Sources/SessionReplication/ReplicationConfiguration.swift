@@ -88,7 +88,13 @@ public struct ReplicationConfiguration: Sendable {
     /// Every node's replication address. It may include this node's own
     /// address (recognized and skipped), so every node can get the same list.
     public var peers: [PeerAddress]
-    /// The HMAC-SHA256 key of every frame: the same on every node, at least 16 bytes.
+    /// Only these may connect: the addresses peers announce in their hello
+    /// (their own `host:port`). nil: `peers`. Set it for one-way links (a node
+    /// that accepts peers it does not replicate to).
+    public var acceptedPeers: [PeerAddress]?
+    /// The cluster secret, the same on every node, at least 16 bytes: peers
+    /// prove they hold it in the handshake, and every connection derives its
+    /// encryption keys from it (docs/replication.md).
     public var secret: [UInt8]
     public var mode: Mode
     /// How long a sync-mode write waits for a peer's acknowledgement before marking it down.
@@ -108,8 +114,15 @@ public struct ReplicationConfiguration: Sendable {
     public var peerIdleTimeoutMillis: Int
     /// A state-transfer chunk holds about this many bytes.
     public var snapshotChunkBytes: Int
-    /// The most inbound peer connections at once (more are closed at once).
+    /// The most authenticated inbound peer connections at once (more are closed at once).
     public var maxInboundConnections: Int
+    /// How long a connection may take for its whole handshake (hello and key
+    /// confirmation), however slowly its bytes arrive.
+    public var handshakeTimeoutMillis: Int
+    /// The most inbound connections still in their handshake; past it, the
+    /// oldest is closed to make room, so unauthenticated connections never
+    /// keep a peer out.
+    public var maxPendingHandshakes: Int
     /// How long each peer's changes are kept to be passed on to the other
     /// peers should that peer disconnect (a change of a dying node may have
     /// reached only some); also how long after a peer loss sync-mode requests
@@ -124,7 +137,8 @@ public struct ReplicationConfiguration: Sendable {
         joinTimeoutMillis: Int = 1_000, connectTimeoutMillis: Int = 1_000,
         reconnectBackoffMillis: (first: Int, max: Int) = (20, 1_000), pingIntervalMillis: Int = 1_000,
         peerIdleTimeoutMillis: Int = 10_000, snapshotChunkBytes: Int = 256 << 10, maxInboundConnections: Int = 64,
-        relayWindowMillis: Int = 5_000, keyLookups: KeyLookups? = nil
+        relayWindowMillis: Int = 5_000, keyLookups: KeyLookups? = nil, acceptedPeers: [PeerAddress]? = nil,
+        handshakeTimeoutMillis: Int = 2_000, maxPendingHandshakes: Int = 16
     ) {
         self.nodeName = nodeName
         self.nodeID = nodeID ?? Self.nodeID(for: nodeName)
@@ -144,6 +158,9 @@ public struct ReplicationConfiguration: Sendable {
         self.maxInboundConnections = maxInboundConnections
         self.relayWindowMillis = relayWindowMillis
         self.keyLookups = keyLookups ?? (mode == .sync ? .always : .never)
+        self.acceptedPeers = acceptedPeers
+        self.handshakeTimeoutMillis = handshakeTimeoutMillis
+        self.maxPendingHandshakes = maxPendingHandshakes
     }
 
     /// Throws naming the first setting out of range (a negative or huge time
@@ -159,14 +176,16 @@ public struct ReplicationConfiguration: Sendable {
             ("pingIntervalMillis", pingIntervalMillis, 1...hour),
             ("peerIdleTimeoutMillis", peerIdleTimeoutMillis, 1...hour),
             ("relayWindowMillis", relayWindowMillis, 0...hour),
+            ("handshakeTimeoutMillis", handshakeTimeoutMillis, 1...hour),
         ]
         for (name, value, range) in times where !range.contains(value) {
             throw ReplicationConfigurationError("\(name) must be \(range.lowerBound)...\(range.upperBound) ms, not \(value)")
         }
         let sizes: [(String, Int, ClosedRange<Int>)] = [
             ("maxQueueBytes", maxQueueBytes, 1...(1 << 40)),
-            ("snapshotChunkBytes", snapshotChunkBytes, 1...(FrameCodec.defaultMaxPayloadBytes / 2)),
+            ("snapshotChunkBytes", snapshotChunkBytes, 1...(FrameFormat.defaultMaxPayloadBytes / 2)),
             ("maxInboundConnections", maxInboundConnections, 1...65_536),
+            ("maxPendingHandshakes", maxPendingHandshakes, 1...65_536),
         ]
         for (name, value, range) in sizes where !range.contains(value) {
             throw ReplicationConfigurationError("\(name) must be \(range.lowerBound)...\(range.upperBound), not \(value)")
@@ -208,8 +227,8 @@ extension ReplicationConfiguration {
             throw ReplicationConfigurationError(
                 "replication needs a cluster secret: SESSION_CLUSTER_SECRET, SESSION_CLUSTER_SECRET_FILE or --cluster-secret (16+ bytes, the same on every node)")
         }
-        guard secret.count >= FrameCodec.minimumSecretByteCount else {
-            throw ReplicationConfigurationError("the cluster secret must be at least \(FrameCodec.minimumSecretByteCount) bytes")
+        guard secret.count >= ClusterSecret.minimumByteCount else {
+            throw ReplicationConfigurationError("the cluster secret must be at least \(ClusterSecret.minimumByteCount) bytes")
         }
         guard (1...60_000).contains(syncTimeoutMillis) else { throw ReplicationConfigurationError("--sync-timeout-ms must be 1...60000") }
         guard (0...65535).contains(port) else { throw ReplicationConfigurationError("--replication-port must be 0...65535") }

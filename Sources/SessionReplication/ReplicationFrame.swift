@@ -6,7 +6,7 @@ import MiniHTTP
 /// append. 0 is reserved and never valid, so a run of zero bytes cannot pass
 /// for a frame header.
 public enum FrameType: UInt8, Sendable, CaseIterable {
-    /// 1: the first frame each side sends (`HelloMessage`).
+    /// 1: the first frame each side sends, in clear (`HelloMessage`); never sealed.
     case hello = 1
     /// 2: sessions' changed states and idempotency records, with a sequence number (`UpdateBatch`).
     case update = 2
@@ -28,9 +28,12 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case keyLookup = 10
     /// 11: the answer to a `keyLookup` (`KeyLookupReply`).
     case keyLookupReply = 11
+    /// 12: the first sealed frame each side sends (empty payload): proves it
+    /// holds the cluster secret and derived this connection's keys.
+    case keyConfirmation = 12
 }
 
-/// One authenticated message between two nodes: a type and opaque payload bytes.
+/// One message between two nodes: a type and opaque payload bytes.
 public struct ReplicationFrame: Sendable, Equatable {
     public var type: FrameType
     public var payload: [UInt8]
@@ -49,14 +52,17 @@ public struct FrameError: Error, Sendable, Equatable, CustomStringConvertible {
         case badMagic
         /// The frame's version byte is not one this node speaks.
         case unsupportedVersion
-        /// The frame's type byte is not a known `FrameType`.
+        /// The frame's kind byte, or its sealed message type, is not known.
         case unknownType
-        /// The announced payload length exceeds the limit.
+        /// The announced length exceeds the limit (a hello's limit before the handshake).
         case oversized
-        /// The HMAC does not match: a wrong cluster secret, or corrupted or forged bytes.
+        /// A sealed frame failed authentication: a wrong cluster secret, or
+        /// bytes tampered with, replayed, reordered or dropped.
         case badTag
         /// The stream ended inside a frame.
         case truncated
+        /// A plaintext frame after the handshake, or a sealed one before it.
+        case unexpectedKind
     }
 
     public var code: Code
@@ -77,80 +83,78 @@ public struct ClusterSecretError: Error, Sendable, Equatable, CustomStringConver
     public var description: String { "cluster secret error: \(message)" }
 }
 
-/// Encodes frames: magic "SCR1" · version (1 byte) · type (1 byte) ·
-/// payload length (4 bytes, big endian) · payload · HMAC-SHA256 (32 bytes)
-/// over everything before it, keyed with the cluster secret.
-public struct FrameCodec: Sendable {
+/// The frame layout (docs/replication.md, "Wire protocol"): magic "SCR1" ·
+/// format version (1 byte) · kind (1 byte) · body length (4 bytes, big
+/// endian) · body.
+///
+/// - kind 1, `hello`: the body is a `HelloMessage`, in clear (the handshake);
+/// - kind 2, sealed: the body is ChaCha20-Poly1305 ciphertext of the message
+///   type (1 byte) and payload, then the 16-byte tag; the header is the
+///   associated data and the nonce is the count of frames sealed before it
+///   in that direction (`FrameSealer`, `FrameOpener`).
+public enum FrameFormat {
     /// "SCR1".
     public static let magic: [UInt8] = Array("SCR1".utf8)
-    /// The frame format version this node writes and accepts.
-    public static let version: UInt8 = 1
-    /// Magic, version, type and length.
+    /// The format version this node writes and accepts (1 was HMAC-only).
+    public static let version: UInt8 = 2
+    /// Magic, version, kind and length.
     public static let headerByteCount = 10
-    /// The HMAC-SHA256 tag.
-    public static let tagByteCount = 32
-    /// The shortest accepted cluster secret.
-    public static let minimumSecretByteCount = 16
-    /// The default payload limit: 4 MiB.
+    /// The Poly1305 tag of a sealed frame.
+    public static let tagByteCount = 16
+    /// The default payload limit of a sealed frame: 4 MiB.
     public static let defaultMaxPayloadBytes = 4 << 20
+    /// A hello's body limit: every connection may send one before it is authenticated.
+    public static let maxHelloBytes = 2048
 
-    /// The largest payload encoded or accepted.
-    public let maxPayloadBytes: Int
-    private let secret: [UInt8]
-
-    /// A codec keyed with `secret` (at least 16 bytes; shorter throws).
-    /// `maxPayloadBytes` must lie in `0...UInt32.max`.
-    public init(secret: [UInt8], maxPayloadBytes: Int = FrameCodec.defaultMaxPayloadBytes) throws(ClusterSecretError) {
-        guard secret.count >= Self.minimumSecretByteCount else {
-            throw ClusterSecretError(
-                "the cluster secret has \(secret.count) bytes; at least \(Self.minimumSecretByteCount) are required")
-        }
-        precondition(maxPayloadBytes >= 0 && UInt64(maxPayloadBytes) <= UInt64(UInt32.max), "invalid payload limit")
-        self.secret = secret
-        self.maxPayloadBytes = maxPayloadBytes
+    /// The kind byte.
+    public enum Kind: UInt8, Sendable {
+        case hello = 1
+        case sealed = 2
     }
 
-    /// The frame's bytes, tag included. The payload must not exceed `maxPayloadBytes`
-    /// (a precondition: the peer would reject the frame and close the connection).
-    public func encode(_ frame: ReplicationFrame) -> [UInt8] {
-        precondition(
-            frame.payload.count <= maxPayloadBytes,
-            "frame payload of \(frame.payload.count) bytes exceeds the limit of \(maxPayloadBytes)")
+    /// The 10 header bytes of a frame of `kind` whose body has `length` bytes.
+    public static func header(kind: Kind, length: Int) -> [UInt8] {
         var w = WireWriter()
-        for b in Self.magic { w.u8(b) }
-        w.u8(Self.version)
-        w.u8(frame.type.rawValue)
-        w.u32(UInt32(frame.payload.count))
-        var out = w.bytes
-        out.reserveCapacity(Self.headerByteCount + frame.payload.count + Self.tagByteCount)
-        out.append(contentsOf: frame.payload)
-        let tag = HMAC<SHA256>.authenticationCode(for: out, using: SymmetricKey(data: secret))
-        out.append(contentsOf: tag)
-        return out
+        for b in magic { w.u8(b) }
+        w.u8(version)
+        w.u8(kind.rawValue)
+        w.u32(UInt32(length))
+        return w.bytes
     }
 
-    /// True when `tag` is the HMAC of `authenticated` (constant-time comparison).
-    func isValidTag(_ tag: UnsafeRawBufferPointer, for authenticated: UnsafeRawBufferPointer) -> Bool {
-        HMAC<SHA256>.isValidAuthenticationCode(tag, authenticating: authenticated, using: SymmetricKey(data: secret))
+    /// A hello frame's bytes (in clear: the handshake binds it to the keys).
+    public static func helloFrame(_ hello: HelloMessage) -> [UInt8] {
+        let body = hello.encode()
+        return header(kind: .hello, length: body.count) + body
     }
 }
 
 /// An incremental frame decoder for one connection.
 ///
 /// Feed it bytes as they arrive, in any split, with `append`; pull frames with
-/// `next()` until it returns nil (more input needed). The magic and version are
-/// checked as soon as their bytes arrive, the type and length limit as soon as
-/// the header is complete (before any payload is buffered), and the HMAC before
-/// a frame is returned. After an error every later call to `next()` throws the
+/// `next()` until it returns nil (more input needed). Until `startOpening` it
+/// accepts only `hello` frames (at most `FrameFormat.maxHelloBytes`: nothing
+/// larger is buffered for an unauthenticated peer); after it, only sealed
+/// frames, each opened (authenticated, decrypted, in order) before it is
+/// returned. The magic and version are checked as soon as their bytes arrive,
+/// the kind and length limit as soon as the header is complete (before any
+/// body is buffered). After an error every later call to `next()` throws the
 /// same error: close the connection.
 public struct FrameDecoder: Sendable {
-    public let codec: FrameCodec
+    /// The largest sealed payload accepted.
+    public let maxPayloadBytes: Int
+    private var opener: FrameOpener?
     private var buffer: [UInt8] = []
     private var readIndex = 0
     private var failure: FrameError?
 
-    public init(codec: FrameCodec) {
-        self.codec = codec
+    public init(maxPayloadBytes: Int = FrameFormat.defaultMaxPayloadBytes) {
+        self.maxPayloadBytes = maxPayloadBytes
+    }
+
+    /// From now on, frames are sealed with `opener`'s key (the handshake is done).
+    public mutating func startOpening(with opener: FrameOpener) {
+        self.opener = opener
     }
 
     /// Bytes received but not yet returned as frames. Non-zero at end of stream
@@ -169,7 +173,7 @@ public struct FrameDecoder: Sendable {
         readIndex -= compactConsumed(&buffer, readIndex: readIndex)
     }
 
-    /// The next authenticated frame, or nil when more input is needed.
+    /// The next frame, or nil when more input is needed.
     public mutating func next() throws(FrameError) -> ReplicationFrame? {
         if let failure { throw failure }
         do throws(FrameError) {
@@ -183,39 +187,41 @@ public struct FrameDecoder: Sendable {
     private mutating func parse() throws(FrameError) -> ReplicationFrame? {
         let start = readIndex
         let available = buffer.count - start
-        let magic = FrameCodec.magic
+        let magic = FrameFormat.magic
         for i in 0..<min(available, magic.count) where buffer[start + i] != magic[i] {
             let got = buffer[start..<start + min(available, magic.count)].map { hex($0) }.joined(separator: " ")
             throw FrameError(.badMagic, "expected \"SCR1\", got \(got)")
         }
         guard available > 4 else { return nil }
         let version = buffer[start + 4]
-        guard version == FrameCodec.version else {
-            throw FrameError(.unsupportedVersion, "frame version \(version); this node speaks \(FrameCodec.version)")
+        guard version == FrameFormat.version else {
+            throw FrameError(
+                .unsupportedVersion, "frame format \(version); this node speaks \(FrameFormat.version) (encrypted)")
         }
         guard available > 5 else { return nil }
-        guard let type = FrameType(rawValue: buffer[start + 5]) else {
-            throw FrameError(.unknownType, "unknown frame type \(buffer[start + 5])")
+        guard let kind = FrameFormat.Kind(rawValue: buffer[start + 5]) else {
+            throw FrameError(.unknownType, "unknown frame kind \(buffer[start + 5])")
         }
-        let header = FrameCodec.headerByteCount
+        switch (kind, opener) {
+        case (.hello, nil), (.sealed, _?): break
+        case (.hello, _?): throw FrameError(.unexpectedKind, "a hello after the handshake")
+        case (.sealed, nil): throw FrameError(.unexpectedKind, "a sealed frame before the handshake")
+        }
+        let header = FrameFormat.headerByteCount
         guard available >= header else { return nil }
         let length = Int(buffer[start + 6..<start + 10].reduce(0) { $0 << 8 | UInt32($1) })
-        guard length <= codec.maxPayloadBytes else {
-            throw FrameError(
-                .oversized, "\(type) frame announces \(length) payload bytes; the limit is \(codec.maxPayloadBytes)")
+        let limit = kind == .hello ? FrameFormat.maxHelloBytes : maxPayloadBytes + 1 + FrameFormat.tagByteCount
+        guard length <= limit else {
+            throw FrameError(.oversized, "a \(kind) frame announces \(length) bytes; the limit is \(limit)")
         }
-        let tagStart = start + header + length
-        let end = tagStart + FrameCodec.tagByteCount
+        let end = start + header + length
         guard buffer.count >= end else { return nil }
-        let valid = buffer.withUnsafeBytes { raw in
-            codec.isValidTag(
-                UnsafeRawBufferPointer(rebasing: raw[tagStart..<end]),
-                for: UnsafeRawBufferPointer(rebasing: raw[start..<tagStart]))
+        let frame: ReplicationFrame
+        if kind == .hello {
+            frame = ReplicationFrame(type: .hello, payload: Array(buffer[start + header..<end]))
+        } else {
+            frame = try opener!.open(header: buffer[start..<start + header], body: buffer[start + header..<end])
         }
-        guard valid else {
-            throw FrameError(.badTag, "HMAC mismatch on a \(type) frame (wrong cluster secret, or corrupted bytes)")
-        }
-        let frame = ReplicationFrame(type: type, payload: Array(buffer[start + header..<tagStart]))
         readIndex = end
         return frame
     }
@@ -223,10 +229,15 @@ public struct FrameDecoder: Sendable {
     private func hex(_ b: UInt8) -> String { (b < 16 ? "0x0" : "0x") + String(b, radix: 16) }
 }
 
-/// The payload of the `hello` frame, the first frame each side sends.
+/// The payload of the `hello` frame, the first frame each side sends, in
+/// clear. Both hellos (their nonces included) go into the connection's key
+/// derivation, so a hello that was changed, or replayed from another
+/// connection, leaves its sender unable to confirm the keys.
 public struct HelloMessage: Sendable, Equatable {
-    /// The protocol version this build speaks.
-    public static let currentProtocolVersion: UInt32 = 2
+    /// The protocol version this build speaks (3: authenticated handshake, encrypted frames).
+    public static let currentProtocolVersion: UInt32 = 3
+    /// The nonce's length.
+    public static let nonceByteCount = 32
     /// The longest node name, in UTF-8 bytes.
     public static let maxNodeNameBytes = 255
     /// The longest replication address, in UTF-8 bytes.
@@ -240,12 +251,17 @@ public struct HelloMessage: Sendable, Equatable {
     /// Random per process start: tells a node's own address in the peer list
     /// (same id, same incarnation) from another node misconfigured with its id.
     public var incarnation: UInt64
+    /// Fresh random bytes of this connection: they make its keys its own.
+    public var nonce: [UInt8]
 
-    /// Throws when the name or address is too long.
+    /// Throws when the name or address is too long, or the nonce is not 32 bytes.
     public init(
         nodeID: UInt32, nodeName: String, protocolVersion: UInt32 = HelloMessage.currentProtocolVersion,
-        address: String, incarnation: UInt64 = 0
+        address: String, incarnation: UInt64 = 0, nonce: [UInt8] = HelloMessage.freshNonce()
     ) throws(WireError) {
+        guard nonce.count == Self.nonceByteCount else {
+            throw WireError("a hello nonce of \(nonce.count) bytes; \(Self.nonceByteCount) required")
+        }
         guard nodeName.utf8.count <= Self.maxNodeNameBytes else {
             throw WireError("node name of \(nodeName.utf8.count) bytes exceeds \(Self.maxNodeNameBytes)")
         }
@@ -257,6 +273,20 @@ public struct HelloMessage: Sendable, Equatable {
         self.protocolVersion = protocolVersion
         self.address = address
         self.incarnation = incarnation
+        self.nonce = nonce
+    }
+
+    /// 32 bytes from the system CSPRNG.
+    public static func freshNonce() -> [UInt8] {
+        var rng = SystemRandomNumberGenerator()
+        return (0..<nonceByteCount / 8).flatMap { _ in withUnsafeBytes(of: rng.next()) { Array($0) } }
+    }
+
+    /// This hello with a fresh nonce (one per connection).
+    public func renewed() -> HelloMessage {
+        var hello = self
+        hello.nonce = Self.freshNonce()
+        return hello
     }
 
     public func encode() -> [UInt8] {
@@ -266,6 +296,7 @@ public struct HelloMessage: Sendable, Equatable {
         w.u32(protocolVersion)
         w.string(address)
         w.u64(incarnation)
+        for b in nonce { w.u8(b) }
         return w.bytes
     }
 
@@ -277,12 +308,10 @@ public struct HelloMessage: Sendable, Equatable {
         let protocolVersion = try r.u32()
         let address = try r.string(limit: maxAddressBytes)
         let incarnation = try r.u64()
+        let nonce = try (0..<nonceByteCount).map { _ throws(WireError) in try r.u8() }
         try r.expectEnd()
         return try HelloMessage(
             nodeID: nodeID, nodeName: nodeName, protocolVersion: protocolVersion, address: address,
-            incarnation: incarnation)
+            incarnation: incarnation, nonce: nonce)
     }
-
-    /// This message as a `hello` frame.
-    public var frame: ReplicationFrame { ReplicationFrame(type: .hello, payload: encode()) }
 }

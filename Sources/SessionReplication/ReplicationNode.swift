@@ -38,6 +38,13 @@ public final class ReplicationCounters: Sendable {
         public var itemsRelayed = 0
         /// Inbound connections refused because `maxInboundConnections` were open.
         public var connectionsRefused = 0
+        /// Inbound connections closed before they were authenticated: their
+        /// handshake took longer than `handshakeTimeoutMillis`, or they were
+        /// the oldest of `maxPendingHandshakes` when another one arrived.
+        public var handshakesTimedOut = 0
+        public var handshakesEvicted = 0
+        /// Authenticated connections from an address not in `acceptedPeers` (or `peers`).
+        public var unknownPeersRefused = 0
     }
 
     private let values = Mutex(Values())
@@ -52,7 +59,8 @@ public final class ReplicationCounters: Sendable {
 /// What the peer links share with the node: settings, keys, the store.
 final class ReplicationNodeCore: Sendable {
     let configuration: ReplicationConfiguration
-    let codec: FrameCodec
+    let secret: ClusterSecret
+    /// This node's hello; each connection sends it with a fresh nonce.
     let hello: HelloMessage
     let logger: Logger
     let store: ReplicatedSessionStore
@@ -60,11 +68,11 @@ final class ReplicationNodeCore: Sendable {
     let peerHealth = PeerHealth()
 
     init(
-        configuration: ReplicationConfiguration, codec: FrameCodec, hello: HelloMessage, logger: Logger,
+        configuration: ReplicationConfiguration, secret: ClusterSecret, hello: HelloMessage, logger: Logger,
         store: ReplicatedSessionStore
     ) {
         self.configuration = configuration
-        self.codec = codec
+        self.secret = secret
         self.hello = hello
         self.logger = logger
         self.store = store
@@ -108,7 +116,10 @@ public final class ReplicationNode: Sendable {
 
     struct State {
         var listener: Int32
+        /// Authenticated inbound connections.
         var inbound: Set<Int32> = []
+        /// Inbound connections in their handshake, oldest first.
+        var pending: [Int32] = []
         var started = false
         var stopped = false
         /// How the node became ready, for logs and metrics.
@@ -132,7 +143,7 @@ public final class ReplicationNode: Sendable {
             throw ReplicationConfigurationError(
                 "the store's maxSessionBytes is \(store.maxSessionBytes); a replicated session may hold at most \(ReplicatedSessionStore.maxSessionBytesLimit) (one replication frame)")
         }
-        let codec = try FrameCodec(secret: configuration.secret)
+        let secret = try ClusterSecret(configuration.secret)
         let listener = try Sockets.listen(host: configuration.host, port: configuration.port)
         port = Sockets.localPort(listener)
         let address = PeerAddress(host: configuration.host, port: port)
@@ -142,13 +153,14 @@ public final class ReplicationNode: Sendable {
         self.store = store
         self.configuration = configuration
         let core = ReplicationNodeCore(
-            configuration: configuration, codec: codec, hello: hello, logger: logger, store: store)
+            configuration: configuration, secret: secret, hello: hello, logger: logger, store: store)
         self.core = core
         // Our own address in the list needs no connection; other spellings of it are found by the hello.
         links = Array(Set(configuration.peers)).filter { $0 != address }.sorted { $0.description < $1.description }
             .map { PeerLink(address: $0, node: core) }
         state = Mutex(State(listener: listener))
         store.isReady = false
+        store.readTokenKey = secret.readTokenKey
         let links = links
         let mode = configuration.mode
         let timeout = UInt64(configuration.syncTimeoutMillis) * 1_000_000
@@ -234,7 +246,7 @@ public final class ReplicationNode: Sendable {
     public func shutdown() {
         let (listener, inbound) = state.withLock { s -> (Int32, Set<Int32>) in
             s.stopped = true
-            return (s.listener, s.inbound)
+            return (s.listener, s.inbound.union(s.pending))
         }
         store.onUpdate = nil
         store.onRecord = nil
@@ -308,16 +320,20 @@ public final class ReplicationNode: Sendable {
                 usleep(100_000)
                 continue
             }
-            let admitted = state.withLock { s -> Bool in
-                guard !s.stopped, s.inbound.count < configuration.maxInboundConnections else { return false }
-                s.inbound.insert(fd)
-                return true
+            // A new connection is unauthenticated: it waits in `pending`, apart from the peers' slots;
+            // when that is full, the oldest pending one goes (a peer's handshake takes a round trip).
+            let (admitted, evicted) = state.withLock { s -> (Bool, Int32?) in
+                guard !s.stopped else { return (false, nil) }
+                var evicted: Int32?
+                if s.pending.count >= configuration.maxPendingHandshakes { evicted = s.pending.removeFirst() }
+                s.pending.append(fd)
+                return (true, evicted)
+            }
+            if let evicted {
+                shutdownSocket(evicted)  // its thread sees the end, and closes it
+                core.counters.add(\.handshakesEvicted)
             }
             guard admitted else {
-                if !isStopped {
-                    core.counters.add(\.connectionsRefused)
-                    core.logger.warning("refused a replication connection: \(configuration.maxInboundConnections) are open")
-                }
                 close(fd)
                 continue
             }
@@ -326,48 +342,74 @@ public final class ReplicationNode: Sendable {
         close(listener)
     }
 
-    /// One peer's connection to this node: its hello, then its changes,
+    /// Moves an authenticated connection from `pending` to `inbound`; false
+    /// when it was evicted meanwhile or `maxInboundConnections` are open.
+    private func admit(_ fd: Int32) -> Bool {
+        let (admitted, full) = state.withLock { s -> (Bool, Bool) in
+            guard let index = s.pending.firstIndex(of: fd) else { return (false, false) }
+            s.pending.remove(at: index)
+            guard !s.stopped, s.inbound.count < configuration.maxInboundConnections else { return (false, !s.stopped) }
+            s.inbound.insert(fd)
+            return (true, false)
+        }
+        if full {
+            core.counters.add(\.connectionsRefused)
+            core.logger.warning("refused a replication connection: \(configuration.maxInboundConnections) are open")
+        }
+        return admitted
+    }
+
+    /// Whether a peer announcing `address` may connect (`acceptedPeers`, else `peers`; this node's own too).
+    private func accepts(_ address: String) -> Bool {
+        guard let address = PeerAddress(address) else { return false }
+        return (configuration.acceptedPeers ?? configuration.peers).contains(address)
+            || address == PeerAddress(host: configuration.host, port: port)
+    }
+
+    /// One peer's connection to this node: the handshake, then its changes,
     /// fetches and state-transfer requests, each answered on the same socket.
     private func serveInbound(_ fd: Int32) {
         let remote = Sockets.peerAddress(fd) ?? "?"
         Sockets.setNoDelay(fd)
-        Sockets.setReceiveTimeout(fd, millis: configuration.peerIdleTimeoutMillis)
         Sockets.setSendTimeout(fd, millis: configuration.peerIdleTimeoutMillis)
-        var reader = FrameReader(fd: fd, codec: core.codec)
         var peerName = "unidentified peer at \(remote)"
         var peerID: UInt32?
+        var admitted = false
         let watchesSilence = configuration.keyLookups == .whenPeerInDoubt  // the only reader of peerHealth
         var recent = RecentChanges(
             windowNanos: UInt64(configuration.relayWindowMillis) * 1_000_000, maxEntries: Self.maxRelayEntries)
         do throws(ConnectionEnd) {
-            var frames = try reader.frames()
-            guard frames[0].type == .hello else {
-                throw .protocolViolation("the first frame is \(frames[0].type), not hello")
-            }
-            let hello: HelloMessage
-            do {
-                hello = try HelloMessage.decode(frames.removeFirst().payload)
-            } catch {
-                throw .protocolViolation("hello: \(error)")
-            }
-            guard Sockets.writeAll(fd, core.codec.encode(core.hello.frame)) else { throw .failed(errno) }
+            var connection = try ReplicationHandshake.accept(
+                fd: fd, hello: core.hello, secret: core.secret,
+                deadline: monotonicNanos() + UInt64(configuration.handshakeTimeoutMillis) * 1_000_000)
+            let hello = connection.peer
             if hello.nodeID == core.hello.nodeID && hello.incarnation == core.hello.incarnation {
                 throw .closed  // this node connected to itself; its link learns it from our hello
             }
-            guard hello.protocolVersion == HelloMessage.currentProtocolVersion else {
-                throw .protocolViolation("protocol version \(hello.protocolVersion)")
+            guard accepts(hello.address) else {
+                core.counters.add(\.unknownPeersRefused)
+                core.logger.warning(
+                    "refused the replication connection from \(hello.nodeName) (\(remote)): \(hello.address) is not a configured peer")
+                throw .closed
             }
+            guard admit(fd) else { throw .closed }
+            admitted = true
+            Sockets.setReceiveTimeout(fd, millis: configuration.peerIdleTimeoutMillis)
             peerName = "\(hello.nodeName) (\(remote))"
             peerID = hello.nodeID
+            var frames = connection.pending
             while true {
-                try process(frames, fd: fd, recent: &recent)
-                frames = try reader.frames()
+                try process(frames, fd: fd, sealer: connection.sealer, recent: &recent)
+                frames = try connection.reader.frames()
                 if watchesSilence { core.peerHealth.heard(from: hello.nodeID, at: monotonicNanos()) }
             }
         } catch {
             switch error {
             case .closed: break
             case .failed: core.logger.notice("replication connection from \(peerName) ended: \(error)")
+            case .handshakeTimeout:
+                core.counters.add(\.handshakesTimedOut)
+                core.logger.notice("closed the replication connection from \(peerName): \(error)")
             case .badFrame:
                 core.counters.add(\.framesRejected)
                 core.logger.warning("closed the replication connection from \(peerName): \(error); nothing applied")
@@ -376,7 +418,13 @@ public final class ReplicationNode: Sendable {
                 core.logger.warning("closed the replication connection from \(peerName): \(error); nothing applied")
             }
         }
-        state.withLock { _ = $0.inbound.remove(fd) }
+        state.withLock { s in
+            if admitted {
+                s.inbound.remove(fd)
+            } else if let index = s.pending.firstIndex(of: fd) {
+                s.pending.remove(at: index)
+            }
+        }
         close(fd)
         if let peerID, !isStopped {
             core.peerHealth.lostInbound(from: peerID, at: monotonicNanos())
@@ -414,7 +462,9 @@ public final class ReplicationNode: Sendable {
     }
 
     /// Applies and answers a peer's frames; one acknowledgement for all updates among them.
-    private func process(_ frames: [ReplicationFrame], fd: Int32, recent: inout RecentChanges) throws(ConnectionEnd) {
+    private func process(_ frames: [ReplicationFrame], fd: Int32, sealer: FrameSealer, recent: inout RecentChanges)
+        throws(ConnectionEnd)
+    {
         var replies: [ReplicationFrame] = []
         var acknowledge: UInt64?
         func flush() throws(ConnectionEnd) {
@@ -423,16 +473,16 @@ public final class ReplicationNode: Sendable {
                 acknowledge = nil
             }
             guard !replies.isEmpty else { return }
-            guard Sockets.writeAll(fd, core.codec.encode(replies)) else { throw .failed(errno) }
+            guard Sockets.writeAll(fd, sealer.seal(replies)) else { throw .failed(errno) }
             replies = []
         }
         for frame in frames {
             switch frame.type {
             case .snapshotRequest:
                 try flush()
-                try sendSnapshot(fd: fd)
+                try sendSnapshot(fd: fd, sealer: sealer)
                 continue
-            case .hello, .ack, .fetchReply, .snapshotChunk, .snapshotEnd, .keyLookupReply:
+            case .hello, .ack, .fetchReply, .snapshotChunk, .snapshotEnd, .keyLookupReply, .keyConfirmation:
                 throw .protocolViolation("unexpected \(frame.type) frame on an inbound connection")
             case .update, .fetch, .ping, .keyLookup:
                 break
@@ -465,15 +515,15 @@ public final class ReplicationNode: Sendable {
         try flush()
     }
 
-    private func sendSnapshot(fd: Int32) throws(ConnectionEnd) {
+    private func sendSnapshot(fd: Int32, sealer: FrameSealer) throws(ConnectionEnd) {
         let senderReady = store.isReady
         let items = core.allItems()
         for payload in chunkedBatches(items, chunkBytes: configuration.snapshotChunkBytes, sequence: 0) {
-            guard Sockets.writeAll(fd, core.codec.encode(ReplicationFrame(type: .snapshotChunk, payload: payload)))
+            guard Sockets.writeAll(fd, sealer.seal(ReplicationFrame(type: .snapshotChunk, payload: payload)))
             else { throw .failed(errno) }
         }
         let end = SnapshotEnd(itemCount: UInt64(items.count), senderReady: senderReady)
-        guard Sockets.writeAll(fd, core.codec.encode(ReplicationFrame(type: .snapshotEnd, payload: end.encode())))
+        guard Sockets.writeAll(fd, sealer.seal(ReplicationFrame(type: .snapshotEnd, payload: end.encode())))
         else { throw .failed(errno) }
         core.counters.add(\.snapshotsServed)
     }
@@ -543,6 +593,10 @@ public final class ReplicationNode: Sendable {
             ("protocol_violations", "Connections closed for protocol violations.", c.protocolViolations),
             ("sync_timeouts", "Sync writes a peer did not acknowledge in time.", c.syncTimeouts),
             ("relays", "Disconnected peers whose recent changes were passed on to the others.", c.relays),
+            ("connections_refused", "Authenticated inbound connections refused: maxInboundConnections were open.", c.connectionsRefused),
+            ("handshakes_timed_out", "Inbound connections closed for not finishing the handshake in time.", c.handshakesTimedOut),
+            ("handshakes_evicted", "Unauthenticated inbound connections closed to make room for newer ones.", c.handshakesEvicted),
+            ("unknown_peers_refused", "Authenticated connections from addresses that are not configured peers.", c.unknownPeersRefused),
             ("items_relayed", "Changes of disconnected peers passed on to the others.", c.itemsRelayed),
         ]
         for (name, help, value) in totals {
@@ -551,8 +605,9 @@ public final class ReplicationNode: Sendable {
         let catchUp = store.catchUpCounts
         metric(
             "session_replication_catch_up_total", "counter",
-            "Requests with a read token: copy current, waited, fetched from peers, gave up.",
+            "Requests with a read token: refused (MAC did not verify), copy current, waited, fetched from peers, gave up.",
             [
+                (",outcome=\"refused\"", "\(catchUp.refused)"),
                 (",outcome=\"current\"", "\(catchUp.current)"), (",outcome=\"waited\"", "\(catchUp.waited)"),
                 (",outcome=\"fetched\"", "\(catchUp.fetched)"), (",outcome=\"gave_up\"", "\(catchUp.gaveUp)"),
             ])

@@ -28,12 +28,13 @@ public final class Balancer: Sendable {
 
     /// Requests whose path starts with `prefix` are answered by `respond` on the
     /// event loop (it must not block) instead of going to a backend; e.g. a
-    /// supervisor's control API next to the application it fronts.
+    /// supervisor's control API next to the application it fronts. `respond` gets
+    /// the request head as the client sent it (its `Host`, `Origin` and so on).
     public struct LocalRoute: Sendable {
         public var prefix: String
-        public var respond: @Sendable (_ method: String, _ path: String) -> HTTPResponse
+        public var respond: @Sendable (_ head: HTTPRequestHead) -> HTTPResponse
 
-        public init(prefix: String, respond: @escaping @Sendable (_ method: String, _ path: String) -> HTTPResponse) {
+        public init(prefix: String, respond: @escaping @Sendable (_ head: HTTPRequestHead) -> HTTPResponse) {
             self.prefix = prefix
             self.respond = respond
         }

@@ -440,7 +440,7 @@ final class ProxyLoop: @unchecked Sendable {
         } else if head.path.hasPrefix(Balancer.adminPrefix) {
             respond(ex, balancer.adminResponseOnClientPort(method: head.method, path: head.path))
         } else if !balancer.localRoutes.isEmpty, let route = balancer.localRoutes.first(where: { head.path.hasPrefix($0.prefix) }) {
-            respond(ex, route.respond(head.method, head.path))
+            respond(ex, route.respond(head))
         } else {
             startAttempt(ex)
         }

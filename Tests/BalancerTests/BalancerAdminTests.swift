@@ -20,8 +20,8 @@ func jsonObject(_ response: TestResponse) throws -> [String: Any] {
 @Suite("Balancer: admin endpoints")
 struct BalancerAdminTests {
     @Test func localRouteAnswersItsPrefixAndEverythingElseGoesToBackends() throws {
-        let route = Balancer.LocalRoute(prefix: "/_cluster/") { method, path in
-            .json("{\"method\":\"\(method)\",\"path\":\"\(path)\"}")
+        let route = Balancer.LocalRoute(prefix: "/_cluster/") { head in
+            .json("{\"method\":\"\(head.method)\",\"path\":\"\(head.path)\",\"host\":\"\(head.headers["Host"] ?? "")\"}")
         }
         try withBackends(2) { backends in
             try withBalancer(testBalancerConfiguration(backends: backends.map(\.configuration)), localRoutes: [route]) {
@@ -31,12 +31,13 @@ struct BalancerAdminTests {
                 let body = try jsonObject(local)
                 #expect(body["method"] as? String == "POST")
                 #expect(body["path"] as? String == "/_cluster/nodes/n1/kill")
+                #expect(body["host"] as? String == "t", "the route sees the client's own headers")
                 let forwarded = try request(balancer.port, "GET", "/name")
                 #expect(forwarded.status == 200)
                 #expect(backends.map(\.handled.current).reduce(0, +) == 1, "only the non-matching request reached a backend")
             }
         }
-        let bad = Balancer.LocalRoute(prefix: "/_balancer/x") { _, _ in .text("no") }
+        let bad = Balancer.LocalRoute(prefix: "/_balancer/x") { _ in .text("no") }
         #expect(throws: BalancerConfigurationError.self) {
             _ = try Balancer(
                 configuration: testBalancerConfiguration(backends: [BackendConfiguration(name: "b", host: "127.0.0.1", port: 1)]),

@@ -126,9 +126,11 @@ show() {
 }
 
 # control ACTION NODE — POST /_cluster/nodes/NODE/ACTION; prints the answer.
+# The control API refuses a POST without X-Cluster-Control: 1 (other web pages cannot send it).
 control() {
     local out
-    out=$(curl -sS --max-time "$MAX_TIME" -X POST -w ' (HTTP %{http_code})' "$base/_cluster/nodes/$2/$1" 2>&1) || true
+    out=$(curl -sS --max-time "$MAX_TIME" -X POST -H 'X-Cluster-Control: 1' -w ' (HTTP %{http_code})' \
+        "$base/_cluster/nodes/$2/$1" 2>&1) || true
     printf '  %-31s -> %s\n' "POST /_cluster/nodes/$2/$1" "$out"
 }
 

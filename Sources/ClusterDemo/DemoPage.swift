@@ -162,7 +162,7 @@ enum DemoPage {
         }
 
         // One request: never throws, never trusts the body to be JSON.
-        async function request(method, path, body) {
+        async function request(method, path, body, headers) {
           const started = performance.now();
           const ctl = new AbortController();
           const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
@@ -170,6 +170,7 @@ enum DemoPage {
           try {
             const init = {method, credentials: 'same-origin', cache: 'no-store', signal: ctl.signal, headers: {Accept: 'application/json'}};
             if (body !== undefined) { init.headers['Content-Type'] = 'application/json'; init.body = JSON.stringify(body); }
+            Object.assign(init.headers, headers);
             // A key makes the increment safe to repeat: the balancer may retry it on another node, which answers from the record.
             if (method === 'POST' && path === '/api/counter') { init.headers['Idempotency-Key'] = newKey(); }
             const r = await fetch(path, init);
@@ -426,7 +427,8 @@ enum DemoPage {
           const name = card.dataset.node, action = button.dataset.action;
           card.dataset.busy = '1';
           for (const b of card.querySelectorAll('button')) b.disabled = true;
-          const res = await request('POST', '/_cluster/nodes/' + encodeURIComponent(name) + '/' + action);
+          // The control API refuses a POST without this header (ControlAPI.controlHeader): other pages cannot send it.
+          const res = await request('POST', '/_cluster/nodes/' + encodeURIComponent(name) + '/' + action, undefined, {'X-Cluster-Control': '1'});
           delete card.dataset.busy;
           addLog(res, res.data && res.data.node, false);
           if (res.ok) setStatus(name + ': ' + action + ' → ' + (res.data.state ?? 'done'), 'ok');

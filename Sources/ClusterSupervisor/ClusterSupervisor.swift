@@ -151,6 +151,12 @@ public final class ClusterSupervisor: Sendable {
     /// The balancer's statistics and backends (after `start()`).
     public var balancer: Balancer? { balancerBox.withLock { $0 } }
 
+    /// The `Host` values the control API accepts (`ControlAPI.allowedHosts` for the balancer's address).
+    public var controlHosts: [String] {
+        // The configured port when there is one: known before the balancer is published in `balancerBox`.
+        ControlAPI.allowedHosts(listenHost: configuration.host, port: configuration.port != 0 ? configuration.port : port)
+    }
+
     /// The nodes' names, in order.
     public var nodeNames: [String] { nodes.map(\.name) }
 
@@ -194,9 +200,9 @@ public final class ClusterSupervisor: Sendable {
             do {
                 balancer = try Balancer(
                     configuration: balancerConfiguration, logger: logger,
-                    localRoutes: [Balancer.LocalRoute(prefix: ControlAPI.prefix) { [weak self] method, path in
+                    localRoutes: [Balancer.LocalRoute(prefix: ControlAPI.prefix) { [weak self] head in
                         guard let self else { return .error(status: 503, code: "stopping", message: "the demo is stopping") }
-                        return ControlAPI.respond(to: self, method: method, path: path)
+                        return ControlAPI.respond(to: self, head: head)
                     }])
                 try balancer.start()
             } catch {

@@ -9,11 +9,68 @@ import MiniHTTP
 ///   how its last process ended;
 /// - `POST /_cluster/nodes/NAME/kill|stop|resume|restart`: 200 with the node's new
 ///   state, 404 for an unknown node, 409 when the action does not fit its state.
+///
+/// Other web pages the operator has open must not drive it, so every control
+/// request is refused with 403 unless (see `refusal`):
+/// - its `Host` is one of the demo's own addresses (`allowedHosts`): a DNS
+///   rebinding page's requests carry its own host name;
+/// - its `Origin`, if sent, is `http://` and that `Host`: no cross-origin caller;
+/// - anything but a GET carries `X-Cluster-Control: 1`: a custom header, which a form, a beacon
+///   or a `no-cors` fetch cannot send, and a cross-origin `fetch` can only send after
+///   a CORS preflight that this API never grants.
 public enum ControlAPI {
     public static let prefix = "/_cluster/"
+    /// The header every state-changing (non-GET) control request must carry, and its value.
+    public static let controlHeader = (name: "X-Cluster-Control", value: "1")
+
+    /// The `Host` values control requests may carry: `127.0.0.1`, `localhost`, `[::1]` and
+    /// `listenHost`, each with `:port` (and also bare when `port` is 80, as browsers send it); lowercase.
+    public static func allowedHosts(listenHost: String, port: Int) -> [String] {
+        let listen = listenHost.contains(":") ? "[\(listenHost)]" : listenHost
+        var hosts: [String] = []
+        for name in ["127.0.0.1", "localhost", "[::1]", listen.lowercased()] {
+            for host in port == 80 ? ["\(name):80", name] : ["\(name):\(port)"] where !hosts.contains(host) {
+                hosts.append(host)
+            }
+        }
+        return hosts
+    }
+
+    /// A 403 answer when `head` is not a request the operator's own tools make (see the
+    /// type's documentation), nil when it may go on.
+    static func refusal(_ head: HTTPRequestHead, allowedHosts: [String]) -> HTTPResponse? {
+        guard let host = head.headers["Host"]?.lowercased(), allowedHosts.contains(host) else {
+            return .error(
+                status: 403, code: "unknown_host",
+                message: "control requests must be addressed to the demo itself (Host \(allowedHosts.joined(separator: ", "))); "
+                    + "got \(head.headers["Host"].map { "Host \($0)" } ?? "no Host")")
+        }
+        let origins = head.headers.values(of: "Origin")
+        if !origins.isEmpty, origins.map({ withoutDefaultPort($0.lowercased()) }) != [withoutDefaultPort("http://\(host)")] {
+            return .error(
+                status: 403, code: "cross_origin",
+                message: "control requests from other origins are refused: Origin \(origins.joined(separator: ", ")) is not http://\(host)")
+        }
+        if head.method != "GET" && head.method != "HEAD"
+            && !head.headers.values(of: controlHeader.name).contains(controlHeader.value)
+        {
+            return .error(
+                status: 403, code: "missing_control_header",
+                message: "\(head.method) on the control API needs the header '\(controlHeader.name): \(controlHeader.value)' "
+                    + "(curl -H '\(controlHeader.name): \(controlHeader.value)'); other web pages cannot send it")
+        }
+        return nil
+    }
+
+    /// `http://h:80` as browsers write it in `Origin`: `http://h`.
+    private static func withoutDefaultPort(_ origin: String) -> String {
+        origin.hasSuffix(":80") ? String(origin.dropLast(3)) : origin
+    }
 
     /// Answers one control request (called on a balancer loop: nothing here blocks for long).
-    public static func respond(to supervisor: ClusterSupervisor, method: String, path: String) -> HTTPResponse {
+    public static func respond(to supervisor: ClusterSupervisor, head: HTTPRequestHead) -> HTTPResponse {
+        if let refused = refusal(head, allowedHosts: supervisor.controlHosts) { return refused }
+        let (method, path) = (head.method, head.path)
         let parts = path.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
         switch (method, parts.count) {
         case ("GET", 1) where parts[0] == "status":

@@ -79,7 +79,7 @@ extension SessionClusterCommand {
                   dashboard  \(base)/
                   nodes      \(nodeList), logs in \(supervisor.logDirectoryPath)
                   try        curl -c /tmp/sc.jar -b /tmp/sc.jar -X POST \(base)/api/counter    (again: another node answers)
-                             curl -X POST \(base)/_cluster/nodes/node-1/kill                  (then count on)
+                             curl -X POST -H 'X-Cluster-Control: 1' \(base)/_cluster/nodes/node-1/kill    (then count on)
                              curl \(base)/_cluster/status
                   \(Self.expectation(strategy))
                 Ctrl-C stops everything.

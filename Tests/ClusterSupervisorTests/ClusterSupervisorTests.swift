@@ -1,4 +1,5 @@
 import Foundation
+import MiniHTTP
 import Testing
 
 @testable import ClusterSupervisor
@@ -35,6 +36,46 @@ struct ClusterSupervisorTests {
             """
         #expect(NodeProbe.sample("session_store_sessions", in: text) == 42)
         #expect(NodeProbe.sample("missing", in: text) == nil)
+    }
+
+    @Test func controlHostsDeriveFromTheListenAddress() {
+        #expect(
+            ControlAPI.allowedHosts(listenHost: "127.0.0.1", port: 8080) == ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"])
+        #expect(ControlAPI.allowedHosts(listenHost: "::1", port: 9000) == ["127.0.0.1:9000", "localhost:9000", "[::1]:9000"])
+        #expect(ControlAPI.allowedHosts(listenHost: "192.168.1.20", port: 8080).last == "192.168.1.20:8080")
+        #expect(ControlAPI.allowedHosts(listenHost: "FE80::1", port: 8080).last == "[fe80::1]:8080")
+        #expect(ControlAPI.allowedHosts(listenHost: "127.0.0.1", port: 80).contains("localhost"), "browsers leave out :80")
+    }
+
+    @Test func controlRequestsFromOtherPagesAreRefused() {
+        let hosts = ControlAPI.allowedHosts(listenHost: "127.0.0.1", port: 8080)
+        func code(_ method: String, _ headers: HTTPHeaders) -> String? {
+            guard let refused = ControlAPI.refusal(HTTPRequestHead(method: method, target: "/_cluster/status", headers: headers), allowedHosts: hosts)
+            else { return nil }
+            #expect(refused.status == 403)
+            let body = String(decoding: refused.body, as: UTF8.self)
+            return ["unknown_host", "cross_origin", "missing_control_header"].first { body.contains("\"\($0)\"") } ?? body
+        }
+        let control = ControlAPI.controlHeader
+        #expect(code("GET", ["Host": "127.0.0.1:8080"]) == nil)
+        #expect(code("GET", ["Host": "Localhost:8080", "Origin": "http://localhost:8080"]) == nil)
+        #expect(code("POST", ["Host": "[::1]:8080", control.name: control.value]) == nil)
+        #expect(code("POST", ["Host": "127.0.0.1:8080", "Origin": "http://127.0.0.1:8080", control.name: control.value]) == nil)
+        #expect(code("GET", [:]) == "unknown_host")
+        #expect(code("GET", ["Host": "evil.example:8080"]) == "unknown_host")
+        #expect(code("GET", ["Host": "127.0.0.1:8081"]) == "unknown_host")
+        #expect(code("GET", ["Host": "127.0.0.1:8080", "Origin": "http://evil.example"]) == "cross_origin")
+        #expect(code("POST", ["Host": "127.0.0.1:8080", "Origin": "http://localhost:8080", control.name: "1"]) == "cross_origin")
+        #expect(code("POST", ["Host": "127.0.0.1:8080", "Origin": "https://127.0.0.1:8080", control.name: "1"]) == "cross_origin")
+        #expect(code("POST", ["Host": "127.0.0.1:8080", "Origin": "null", control.name: "1"]) == "cross_origin")
+        #expect(code("POST", ["Host": "127.0.0.1:8080", "Content-Type": "text/plain"]) == "missing_control_header")
+        #expect(code("POST", ["Host": "127.0.0.1:8080", control.name: "0"]) == "missing_control_header")
+        #expect(code("DELETE", ["Host": "127.0.0.1:8080"]) == "missing_control_header")
+        let onPort80 = ControlAPI.allowedHosts(listenHost: "127.0.0.1", port: 80)
+        let head = HTTPRequestHead(
+            method: "POST", target: "/_cluster/nodes/node-1/kill",
+            headers: ["Host": "127.0.0.1:80", "Origin": "http://127.0.0.1", control.name: "1"])
+        #expect(ControlAPI.refusal(head, allowedHosts: onPort80) == nil, "an Origin without :80 is the same origin")
     }
 
     @Test func configurationIsValidated() {

@@ -28,7 +28,7 @@ struct DemoProcessTests {
         #expect(Set(servedBy) == ["node-1", "node-2", "node-3"], "round robin reaches every node")
 
         let victim = try #require(servedBy.last)
-        let killed = try client.request("POST", "\(demo.base)/_cluster/nodes/\(victim)/kill", useJar: false)
+        let killed = try demo.control(victim, "kill")
         #expect(killed.status == 200, "\(killed.body)")
         #expect(killed.body.contains("\"dead\""), "\(killed.body)")
         #expect(demo.waitForNode(victim, state: "dead"))
@@ -48,7 +48,7 @@ struct DemoProcessTests {
             #expect(counts == Array(1...12), "the session survives the kill: \(counts)")
         }
 
-        let restarted = try client.request("POST", "\(demo.base)/_cluster/nodes/\(victim)/restart", useJar: false)
+        let restarted = try demo.control(victim, "restart")
         #expect(restarted.status == 200, "\(restarted.body)")
         #expect(demo.waitForNode(victim, state: "running"))
         #expect(demo.output.contains("\(victim) killed by SIGKILL"), "the supervisor reports the death:\n\(demo.output)")
@@ -59,21 +59,85 @@ struct DemoProcessTests {
         defer { demo.stop() }
         let client = CurlClient()
         let base = "\(demo.base)/_cluster/nodes"
-        #expect(try client.request("POST", "\(base)/node-9/kill", useJar: false).status == 404)
-        #expect(try client.request("POST", "\(base)/node-1/explode", useJar: false).status == 404)
+        #expect(try demo.control("node-9", "kill").status == 404)
+        #expect(try demo.control("node-1", "explode").status == 404)
         #expect(try client.request("GET", "\(base)/node-1/kill", useJar: false).status == 405)
-        #expect(try client.request("POST", "\(base)/node-1/resume", useJar: false).status == 409, "not stopped")
-        #expect(try client.request("POST", "\(base)/node-1/stop", useJar: false).status == 200)
+        #expect(try demo.control("node-1", "resume").status == 409, "not stopped")
+        #expect(try demo.control("node-1", "stop").status == 200)
         #expect(demo.waitForNode("node-1", state: "stopped"))
-        #expect(try client.request("POST", "\(base)/node-1/stop", useJar: false).status == 409, "already stopped")
+        #expect(try demo.control("node-1", "stop").status == 409, "already stopped")
         // While node-1 is frozen, GETs still get answers (timeouts and health checks move them on).
         let answer = try client.request("GET", "\(demo.base)/api/session")
         #expect(answer.status == 200 || answer.status == 504, "\(answer.body)")
-        #expect(try client.request("POST", "\(base)/node-1/resume", useJar: false).status == 200)
+        #expect(try demo.control("node-1", "resume").status == 200)
         #expect(demo.waitForNode("node-1", state: "running"))
-        #expect(try client.request("POST", "\(base)/node-2/kill", useJar: false).status == 200)
+        #expect(try demo.control("node-2", "kill").status == 200)
         #expect(demo.waitForNode("node-2", state: "dead"))
-        #expect(try client.request("POST", "\(base)/node-2/kill", useJar: false).status == 409, "already dead")
+        #expect(try demo.control("node-2", "kill").status == 409, "already dead")
+    }
+
+    /// Finding 5 of issue 14: another web page must not drive the control API, neither by a
+    /// cross-origin "simple" POST (no preflight) nor through DNS rebinding (its own host name).
+    @Test func controlAPIRefusesOtherPagesAndHosts() throws {
+        // Listening on another loopback address: the allowed hosts follow --host.
+        let demo = try DemoProcess(["--strategy", "local", "--nodes", "2", "--host", "127.0.0.2"])
+        defer { demo.stop() }
+        #expect(demo.base.hasPrefix("http://127.0.0.2:"), "\(demo.base)")
+        let authority = String(demo.base.dropFirst("http://".count))
+        let port = try #require(authority.split(separator: ":").last.map(String.init))
+        let before = try #require(demo.node("node-1")?["pid"] as? Int, "node-1 has a PID")
+
+        /// Expects 403 with `code`, and node-1 still running as the same process.
+        func refused(
+            _ method: String, _ path: String, _ headers: [String], _ code: String, _ why: String,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) throws {
+            let answer = try CurlClient().request(
+                method, "\(demo.base)/_cluster/\(path)", headers: headers, body: method == "POST" ? "kill" : nil, useJar: false)
+            #expect(answer.status == 403, "\(why): \(answer.status) \(answer.body)", sourceLocation: sourceLocation)
+            #expect(answer.body.contains("\"error\":\"\(code)\""), "\(why): \(answer.body)", sourceLocation: sourceLocation)
+            let node = demo.node("node-1")
+            #expect(node?["state"] as? String == "running", "\(why): node-1 is \(node ?? [:])", sourceLocation: sourceLocation)
+            #expect(node?["pid"] as? Int == before && kill(pid_t(before), 0) == 0, "\(why): node-1's process lives on",
+                sourceLocation: sourceLocation)
+        }
+
+        // What fetch(url, {method: 'POST', mode: 'no-cors', body: 'kill'}) on another site sends.
+        try refused(
+            "POST", "nodes/node-1/kill", ["Origin: http://evil.example", "Content-Type: text/plain;charset=UTF-8"],
+            "cross_origin", "a cross-origin simple POST")
+        try refused(
+            "POST", "nodes/node-1/kill", ["Origin: http://evil.example", "X-Cluster-Control: 1"], "cross_origin",
+            "the control header from another origin")
+        try refused(
+            "POST", "nodes/node-1/stop", ["Origin: null", "X-Cluster-Control: 1"], "cross_origin", "an opaque origin")
+        try refused(
+            "POST", "nodes/node-1/kill", ["Content-Type: text/plain"], "missing_control_header", "a POST without the header")
+        // DNS rebinding: evil.example now resolves to 127.0.0.1, so the page is same-origin with itself.
+        try refused(
+            "POST", "nodes/node-1/kill",
+            ["Host: evil.example:\(port)", "Origin: http://evil.example:\(port)", "X-Cluster-Control: 1"],
+            "unknown_host", "a rebound host name")
+        try refused("GET", "status", ["Host: evil.example:\(port)"], "unknown_host", "status under a rebound host name")
+        try refused("GET", "status", ["Host: 127.0.0.1:1"], "unknown_host", "status for another port")
+        try refused("GET", "status", ["Host: 127.0.0.3:\(port)"], "unknown_host", "status for another address")
+        try refused("GET", "status", ["Origin: http://evil.example"], "cross_origin", "status read from another origin")
+
+        // The operator's own requests: every loopback name, same origin or none.
+        let client = CurlClient()
+        for host in ["127.0.0.1:\(port)", "localhost:\(port)", "[::1]:\(port)", "LOCALHOST:\(port)"] {
+            let answer = try client.request("GET", "\(demo.base)/_cluster/status", headers: ["Host: \(host)"], useJar: false)
+            #expect(answer.status == 200, "Host \(host): \(answer.body)")
+        }
+        let sameOrigin = try demo.control(
+            "node-1", "kill", headers: DemoProcess.controlHeaders + ["Origin: \(demo.base)", "Content-Type: text/plain"])
+        #expect(sameOrigin.status == 200, "the dashboard's request: \(sameOrigin.body)")
+        #expect(demo.waitForNode("node-1", state: "dead"))
+        #expect(waitUntil(timeout: 5) { kill(pid_t(before), 0) != 0 }, "node-1's process is gone")
+        let viaLocalhost = try demo.control(
+            "node-1", "restart", headers: DemoProcess.controlHeaders + ["Host: localhost:\(port)", "Origin: http://localhost:\(port)"])
+        #expect(viaLocalhost.status == 200, "\(viaLocalhost.body)")
+        #expect(demo.waitForNode("node-1", state: "running"))
     }
 
     @Test func refusesABadStrategyWithAClearMessage() throws {
@@ -119,14 +183,25 @@ final class DemoProcess: @unchecked Sendable {  // used by one test at a time
 
     var output: String { process.output }
 
-    /// The node's state in /_cluster/status.
-    func state(of node: String) -> String? {
+    /// What a POST to the control API must carry (`ControlAPI.controlHeader`).
+    static let controlHeaders = ["X-Cluster-Control: 1"]
+
+    /// `POST /_cluster/nodes/NODE/ACTION` with `headers`.
+    func control(_ node: String, _ action: String, headers: [String] = controlHeaders) throws -> CurlClient.Response {
+        try CurlClient().request("POST", "\(base)/_cluster/nodes/\(node)/\(action)", headers: headers, useJar: false)
+    }
+
+    /// The node's entry in /_cluster/status.
+    func node(_ name: String) -> [String: Any]? {
         guard let answer = try? CurlClient().request("GET", "\(base)/_cluster/status", useJar: false),
             let object = try? JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any],
             let nodes = object["nodes"] as? [[String: Any]]
         else { return nil }
-        return nodes.first { $0["name"] as? String == node }?["state"] as? String
+        return nodes.first { $0["name"] as? String == name }
     }
+
+    /// The node's state in /_cluster/status.
+    func state(of node: String) -> String? { self.node(node)?["state"] as? String }
 
     func waitForNode(_ node: String, state wanted: String, timeout: Double = 20) -> Bool {
         waitUntil(timeout: timeout) { state(of: node) == wanted }

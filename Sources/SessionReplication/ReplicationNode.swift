@@ -322,17 +322,18 @@ public final class ReplicationNode: Sendable {
             }
             // A new connection is unauthenticated: it waits in `pending`, apart from the peers' slots;
             // when that is full, the oldest pending one goes (a peer's handshake takes a round trip).
-            let (admitted, evicted) = state.withLock { s -> (Bool, Int32?) in
-                guard !s.stopped else { return (false, nil) }
-                var evicted: Int32?
-                if s.pending.count >= configuration.maxPendingHandshakes { evicted = s.pending.removeFirst() }
+            let (admitted, evicted) = state.withLock { s -> (Bool, Bool) in
+                guard !s.stopped else { return (false, false) }
+                var evicted = false
+                if s.pending.count >= configuration.maxPendingHandshakes {
+                    // Under the lock: its thread closes it only after taking the lock, so the number is still its own.
+                    shutdownSocket(s.pending.removeFirst())  // its thread sees the end, and closes it
+                    evicted = true
+                }
                 s.pending.append(fd)
                 return (true, evicted)
             }
-            if let evicted {
-                shutdownSocket(evicted)  // its thread sees the end, and closes it
-                core.counters.add(\.handshakesEvicted)
-            }
+            if evicted { core.counters.add(\.handshakesEvicted) }
             guard admitted else {
                 close(fd)
                 continue

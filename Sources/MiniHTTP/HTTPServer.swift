@@ -21,7 +21,8 @@ public struct HTTPServerConfiguration: Sendable {
     public var limits: HTTPParserLimits
     /// From the first byte of a request to the end of its headers (408 after).
     public var headerTimeoutMillis: Int
-    /// Longest wait for the next bytes of a body (408 after).
+    /// From the end of a request's head to the end of its body, however its
+    /// bytes trickle in (408 after, and the connection closes).
     public var bodyTimeoutMillis: Int
     /// Longest wait for the next request on a kept-alive connection.
     public var idleTimeoutMillis: Int
@@ -263,6 +264,8 @@ final class ServerConnection {
     var interest: UInt32
     /// Monotonic ms: the first byte of the current request (0 between requests).
     var messageStart: Int64 = 0
+    /// Monotonic ms: the end of the current request's head, where its body's time starts.
+    var bodyStart: Int64 = 0
     var lastRead: Int64
     var lastWrite: Int64
 
@@ -468,6 +471,7 @@ final class ServerLoop: @unchecked Sendable {
             switch event {
             case .head(let head):
                 conn.head = head
+                conn.bodyStart = monotonicMillis()
                 conn.body = []
                 conn.sentContinue = false
                 if case .contentLength(let n) = head.bodyFraming { conn.body.reserveCapacity(n) }
@@ -602,8 +606,14 @@ final class ServerLoop: @unchecked Sendable {
                     server.counters.timeouts.add(1, ordering: .relaxed)
                     closeConnection(conn)
                 }
-            } else if conn.head != nil {
-                if now - conn.lastRead > Int64(configuration.bodyTimeoutMillis) {
+            } else if let head = conn.head {
+                if now - conn.bodyStart > Int64(configuration.bodyTimeoutMillis) {
+                    server.logger.info(
+                        "request body not received in time",
+                        metadata: [
+                            "remote": "\(conn.remoteAddress ?? "unknown")", "method": "\(head.method)",
+                            "received": "\(conn.body.count)", "timeout_ms": "\(configuration.bodyTimeoutMillis)",
+                        ])
                     timeOut(conn, pool: pool)
                 }
             } else if conn.messageStart != 0 {

@@ -90,6 +90,9 @@ public final class HTTPServer: Sendable {
         public var timeouts = 0
         /// Readiness events handled on client connections: a diagnostic (a spinning loop shows as a fast-growing count).
         public var connectionEvents = 0
+        /// Bytes set aside now for request bodies still arriving: a diagnostic (it grows with the
+        /// bytes received, not with the lengths requests announce).
+        public var bodyBufferBytes = 0
     }
 
     final class Counters: Sendable {
@@ -99,6 +102,7 @@ public final class HTTPServer: Sendable {
         let parseErrors = Atomic<Int>(0)
         let timeouts = Atomic<Int>(0)
         let connectionEvents = Atomic<Int>(0)
+        let bodyBufferBytes = Atomic<Int>(0)
     }
 
     public init(configuration: HTTPServerConfiguration, logger: Logger, chain: MiddlewareChain) {
@@ -124,7 +128,8 @@ public final class HTTPServer: Sendable {
             requests: counters.requests.load(ordering: .relaxed),
             parseErrors: counters.parseErrors.load(ordering: .relaxed),
             timeouts: counters.timeouts.load(ordering: .relaxed),
-            connectionEvents: counters.connectionEvents.load(ordering: .relaxed))
+            connectionEvents: counters.connectionEvents.load(ordering: .relaxed),
+            bodyBufferBytes: counters.bodyBufferBytes.load(ordering: .relaxed))
     }
 
     /// Binds, listens and starts the threads. Returns once the port accepts connections.
@@ -253,7 +258,7 @@ final class ServerConnection {
     let remoteAddress: String?
     var parser: HTTPRequestParser
     var head: HTTPRequestHead?
-    var body: [UInt8] = []
+    var body = RequestBodyBuffer()
     var output: [UInt8] = []
     var outputOffset = 0
     /// A request of this connection is with the handler pool.
@@ -472,20 +477,29 @@ final class ServerLoop: @unchecked Sendable {
             case .head(let head):
                 conn.head = head
                 conn.bodyStart = monotonicMillis()
-                conn.body = []
                 conn.sentContinue = false
-                if case .contentLength(let n) = head.bodyFraming { conn.body.reserveCapacity(n) }
+                let announced: Int? = if case .contentLength(let n) = head.bodyFraming { n } else { nil }
+                changeBody(conn) { $0.start(announcedLength: announced, limit: configuration.limits.maxBodyBytes) }
             case .body(let bytes):
-                conn.body.append(contentsOf: bytes)
+                changeBody(conn) { $0.append(bytes) }
             case .end:
                 guard let head = conn.head else { break }
                 conn.head = nil
                 conn.messageStart = conn.parser.isAtMessageBoundary ? 0 : monotonicMillis()
-                dispatch(conn, HTTPRequest(head: head, body: conn.body, remoteAddress: conn.remoteAddress), pool: pool)
-                conn.body = []
+                var body: [UInt8] = []
+                changeBody(conn) { body = $0.take() }
+                dispatch(conn, HTTPRequest(head: head, body: body, remoteAddress: conn.remoteAddress), pool: pool)
             }
         }
         flush(conn, pool: pool)
+    }
+
+    /// Changes the connection's body buffer, keeping `Stats.bodyBufferBytes` up to date.
+    private func changeBody(_ conn: ServerConnection, _ change: (inout RequestBodyBuffer) -> Void) {
+        let before = conn.body.capacity
+        change(&conn.body)
+        let delta = conn.body.capacity - before
+        if delta != 0 { server.counters.bodyBufferBytes.add(delta, ordering: .relaxed) }
     }
 
     private func dispatch(_ conn: ServerConnection, _ request: HTTPRequest, pool: HandlerPool?) {
@@ -584,6 +598,7 @@ final class ServerLoop: @unchecked Sendable {
     private func closeConnection(_ conn: ServerConnection) {
         guard connections[conn.fd] === conn else { return }
         connections[conn.fd] = nil
+        changeBody(conn) { $0 = RequestBodyBuffer() }
         _ = cepoll_ctl(epollFD, 2, conn.fd, 0, 0)
         close(conn.fd)
         server.openConnections.subtract(1, ordering: .relaxed)
@@ -612,7 +627,7 @@ final class ServerLoop: @unchecked Sendable {
                         "request body not received in time",
                         metadata: [
                             "remote": "\(conn.remoteAddress ?? "unknown")", "method": "\(head.method)",
-                            "received": "\(conn.body.count)", "timeout_ms": "\(configuration.bodyTimeoutMillis)",
+                            "received": "\(conn.body.bytes.count)", "timeout_ms": "\(configuration.bodyTimeoutMillis)",
                         ])
                     timeOut(conn, pool: pool)
                 }

@@ -100,7 +100,9 @@ public struct BalancerConfiguration: Sendable {
 
     /// From the first byte of a request to the end of its head (408 after).
     public var clientHeaderTimeoutMillis: Int
-    /// Longest wait for the next bytes of a request body (408 after).
+    /// From the end of a request's head to the end of its body, however its bytes trickle in
+    /// (408 after, and the connection closes). Time the backend holds the body up (it does not
+    /// take the bytes already read) does not count.
     public var clientBodyTimeoutMillis: Int
     /// Longest wait for the next request on a kept-alive client connection.
     public var clientIdleTimeoutMillis: Int

@@ -165,6 +165,12 @@ final class Exchange {
     var replay: [UInt8]?
     /// The client parser reported the end of the request.
     var bodyDone = false
+    /// Monotonic ms where the body's time started (the end of the head), moved later by
+    /// the time reading it was held up by the backend: the client's body deadline counts from here.
+    var bodyStart: Int64
+    /// Since when reading the body has been held up because the backend does not take the
+    /// bytes already read (its upstream buffer is full); 0: not held up.
+    var bodyHeldSince: Int64 = 0
     /// When the last request byte was written to the backend (0: not yet).
     var requestSentAt: Int64 = 0
     var backend: BackendConnection?
@@ -198,8 +204,9 @@ final class Exchange {
         case untilClose
     }
 
-    init(client: ClientConnection, head: HTTPRequestHead, headBytes: [UInt8], replayLimit: Int) {
+    init(client: ClientConnection, head: HTTPRequestHead, headBytes: [UInt8], replayLimit: Int, now: Int64) {
         self.client = client
+        bodyStart = now
         method = head.method
         isHEAD = head.method == "HEAD"
         isSafeMethod = isHEAD || head.method == "GET" || head.method == "OPTIONS"
@@ -212,6 +219,23 @@ final class Exchange {
     }
 
     static let idempotentMethods: Set<String> = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+
+    /// Notes whether reading the body is held up by the backend now; the time it was does not
+    /// count against the client's body deadline.
+    func noteBodyHeldUp(_ heldUp: Bool) {
+        if heldUp && bodyHeldSince == 0 {
+            bodyHeldSince = monotonicMillis()
+        } else if !heldUp && bodyHeldSince != 0 {
+            bodyStart += monotonicMillis() - bodyHeldSince
+            bodyHeldSince = 0
+        }
+    }
+
+    /// The body is not complete `timeoutMillis` after its time started, not counting the time
+    /// the backend held it up (never while it is held up).
+    func bodyOverdue(now: Int64, timeoutMillis: Int) -> Bool {
+        !bodyDone && bodyHeldSince == 0 && now - bodyStart > Int64(timeoutMillis)
+    }
 
     /// Queues request body bytes for the backend (and for a replay while they fit).
     func appendUpstream(_ bytes: [UInt8], replayLimit: Int) {

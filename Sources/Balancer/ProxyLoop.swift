@@ -344,8 +344,9 @@ final class ProxyLoop: @unchecked Sendable {
             abortClient(c)
             return
         }
-        if let ex = c.exchange, let b = ex.backend {
-            if ex.requestSentAt == 0, ex.bodyDone, ex.upstream.isEmpty, b.isActive {
+        if let ex = c.exchange {
+            if !ex.bodyDone { ex.noteBodyHeldUp(ex.upstream.pending >= highWater) }
+            if let b = ex.backend, ex.requestSentAt == 0, ex.bodyDone, ex.upstream.isEmpty, b.isActive {
                 ex.requestSentAt = monotonicMillis()
             }
         }
@@ -422,7 +423,8 @@ final class ProxyLoop: @unchecked Sendable {
         let headBytes = HeaderRewriting.requestHead(
             head, clientAddress: c.remoteAddress, proto: configuration.forwardedProto, defaultHost: defaultHost,
             makeRequestID: { newRequestID() })
-        let ex = Exchange(client: c, head: head, headBytes: headBytes, replayLimit: configuration.replayBufferBytes)
+        let ex = Exchange(
+            client: c, head: head, headBytes: headBytes, replayLimit: configuration.replayBufferBytes, now: now)
         c.exchange = ex
         let hasBody: Bool
         switch head.bodyFraming {
@@ -948,10 +950,14 @@ final class ProxyLoop: @unchecked Sendable {
             return
         }
         if let ex = c.exchange {
-            if !ex.bodyDone && ex.upstream.pending < highWater
-                && now - c.lastRead > Int64(configuration.clientBodyTimeoutMillis)
-            {
+            if ex.bodyOverdue(now: now, timeoutMillis: configuration.clientBodyTimeoutMillis) {
                 counters.clientTimeouts.add(1, ordering: .relaxed)
+                logger.info(
+                    "request body not received in time",
+                    metadata: [
+                        "client": "\(c.remoteAddress)", "method": "\(ex.method)",
+                        "timeout_ms": "\(configuration.clientBodyTimeoutMillis)",
+                    ])
                 if ex.responseStarted {
                     counters.aborted.add(1, ordering: .relaxed)
                     abortClient(c)

@@ -34,7 +34,7 @@ extension SessionClusterCommand {
         @Option(help: "Client: from the first byte of a request to the end of its head, in milliseconds.")
         var clientHeaderTimeoutMs = 10_000
 
-        @Option(help: "Client: longest wait for the next bytes of a request body, in milliseconds.")
+        @Option(help: "Client: from the end of a request's head to the end of its body, in milliseconds (408 after; time a slow backend holds the body up does not count).")
         var clientBodyTimeoutMs = 30_000
 
         @Option(help: "Client: longest wait for the next request on a kept-alive connection, in milliseconds.")

@@ -100,6 +100,8 @@ final class ClientConnection: LoopSocket {
     var queued = false
     /// A hang-up or an error was reported (EPOLLHUP, EPOLLERR): once it no longer reads, it is closed.
     var hungUp = false
+    /// The rate limit bucket its requests count against.
+    lazy var rateLimitKey = RateLimitKey(address: remoteAddress)
 
     init(fd: Int32, id: UInt64, remoteAddress: String, limits: HTTPParserLimits, now: Int64) {
         self.remoteAddress = remoteAddress

@@ -434,7 +434,7 @@ final class ProxyLoop: @unchecked Sendable {
         if !hasBody, case .end? = try? c.parser.next() {
             ex.bodyDone = true
         }
-        if let limiter = balancer.rateLimiter, !limiter.allow(c.remoteAddress, now: now) {
+        if let limiter = balancer.rateLimiter, !limiter.allow(c.rateLimitKey, now: now) {
             counters.rateLimited.add(1, ordering: .relaxed)
             respondError(
                 ex, status: 429, code: "rate_limited", message: "too many requests from this address",

@@ -1,20 +1,28 @@
 import Synchronization
 
-/// Per-client-IP request rate limit settings.
+/// Per-client request rate limit settings (a client: an IPv4 address, or an IPv6 /64).
 public struct RateLimitConfiguration: Sendable, Equatable {
     /// Requests per second, sustained.
     public var ratePerSecond: Double
     /// Requests allowed at once after a quiet time.
     public var burst: Int
+    /// Clients whose buckets are kept at most (memory stays bounded whatever the number of
+    /// addresses); beyond, the client looked at least recently is forgotten and starts again
+    /// with a full bucket. Idle clients whose bucket refilled are forgotten anyway.
+    public var maxTrackedClients: Int
 
-    public init(ratePerSecond: Double, burst: Int) {
+    public init(ratePerSecond: Double, burst: Int, maxTrackedClients: Int = 100_000) {
         self.ratePerSecond = ratePerSecond
         self.burst = burst
+        self.maxTrackedClients = maxTrackedClients
     }
 
     func validate() throws(BalancerConfigurationError) {
         guard ratePerSecond >= 0.001, ratePerSecond <= 1e9, burst >= 1 else {
             throw BalancerConfigurationError("rate limit: rate must be 0.001...1e9 per second and burst ≥ 1")
+        }
+        guard maxTrackedClients >= 1 else {
+            throw BalancerConfigurationError("rate limit: maxTrackedClients must be ≥ 1")
         }
     }
 
@@ -22,37 +30,29 @@ public struct RateLimitConfiguration: Sendable, Equatable {
     var retryAfterSeconds: Int { max(1, Int((1 / ratePerSecond).rounded(.up))) }
 }
 
-/// One token bucket per client IP, shared by all loops.
+/// One token bucket per client (IPv4 address or IPv6 /64, see `RateLimitKey`), shared by all loops.
 final class RateLimiter: Sendable {
-    private struct Bucket {
-        var tokens: Double
-        var last: Int64
-    }
-
     let configuration: RateLimitConfiguration
-    private let buckets = Mutex([String: Bucket]())
-    /// Buckets kept before full ones are forgotten.
-    private let pruneAbove = 10_000
+    private let buckets: Mutex<TokenBuckets>
 
     init(configuration: RateLimitConfiguration) {
         self.configuration = configuration
+        buckets = Mutex(
+            TokenBuckets(
+                ratePerSecond: configuration.ratePerSecond, burst: configuration.burst,
+                capacity: configuration.maxTrackedClients))
     }
 
-    /// Takes a token for `ip`; false when its bucket is empty.
-    func allow(_ ip: String, now: Int64) -> Bool {
-        let rate = configuration.ratePerSecond / 1_000
-        let burst = Double(configuration.burst)
-        return buckets.withLock { buckets in
-            if buckets.count > pruneAbove {
-                buckets = buckets.filter { Double(now - $0.value.last) * rate + $0.value.tokens < burst }
-            }
-            var bucket = buckets[ip] ?? Bucket(tokens: burst, last: now)
-            bucket.tokens = min(burst, bucket.tokens + Double(now - bucket.last) * rate)
-            bucket.last = now
-            let allowed = bucket.tokens >= 1
-            if allowed { bucket.tokens -= 1 }
-            buckets[ip] = bucket
-            return allowed
-        }
+    /// Takes a token for `client`; false when its bucket is empty.
+    func allow(_ client: RateLimitKey, now: Int64) -> Bool {
+        buckets.withLock { $0.take(client, now: now) }
     }
+
+    /// Takes a token for the client at `address` (numeric); false when its bucket is empty.
+    func allow(_ address: String, now: Int64) -> Bool {
+        allow(RateLimitKey(address: address), now: now)
+    }
+
+    /// Clients with a bucket now (at most `configuration.maxTrackedClients`).
+    var trackedClients: Int { buckets.withLock { $0.count } }
 }

@@ -103,6 +103,9 @@ extension SessionClusterCommand {
         @Option(help: "Requests a client may send at once under --rate-limit (default: the rate, at least 1).")
         var rateLimitBurst: Int?
 
+        @Option(help: "Clients (IPv4 addresses, IPv6 /64s) tracked at most under --rate-limit (default: 100000); beyond, the one seen least recently is forgotten.")
+        var rateLimitMaxClients: Int?
+
         @Option(help: "Serve /_balancer/* on this HOST:PORT instead of the client port (there they answer 404).")
         var adminListen: String?
 
@@ -157,8 +160,9 @@ extension SessionClusterCommand {
                 }
                 let burst = rateLimitBurst ?? max(1, Int(rateLimit.rounded(.up)))
                 configuration.rateLimit = RateLimitConfiguration(ratePerSecond: rateLimit, burst: burst)
-            } else if rateLimitBurst != nil {
-                throw BalancerConfigurationError("--rate-limit-burst needs --rate-limit")
+                if let rateLimitMaxClients { configuration.rateLimit?.maxTrackedClients = rateLimitMaxClients }
+            } else if rateLimitBurst != nil || rateLimitMaxClients != nil {
+                throw BalancerConfigurationError("--rate-limit-burst and --rate-limit-max-clients need --rate-limit")
             }
             if let adminListen {
                 let (host, port) = try parseHostPort(adminListen, what: "--admin-listen")

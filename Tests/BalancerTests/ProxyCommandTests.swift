@@ -38,6 +38,7 @@ struct ProxyCommandTests {
     @Test(arguments: [
         ["--rate-limit-burst", "3"], ["--health-check-fall", "0"], ["--admin-listen", "example.com:80"],
         ["--retry-ratio", "1.5"], ["--max-queued-requests", "-1"], ["--rate-limit", "0"],
+        ["--rate-limit-max-clients", "10"], ["--rate-limit", "10", "--rate-limit-max-clients", "0"],
     ])
     func invalidOptionsAreRefusedWithAMessage(_ options: [String]) throws {
         let proxy = try ChildProcess(

@@ -243,18 +243,28 @@ public final class ReplicationNode: Sendable {
     }
 
     /// Stops replicating: closes every connection and the listener. The store keeps its sessions.
+    /// A second call does nothing.
     public func shutdown() {
-        let (listener, inbound) = state.withLock { s -> (Int32, Set<Int32>) in
-            s.stopped = true
-            return (s.listener, s.inbound.union(s.pending))
+        let first = state.withLock { s -> Bool in
+            defer { s.stopped = true }
+            return !s.stopped
         }
+        guard first else { return }
         store.onUpdate = nil
         store.onRecord = nil
         store.onFetch = nil
         store.onLookup = nil
         for link in links { link.stop() }
-        shutdownSocket(listener)
-        for fd in inbound { shutdownSocket(fd) }
+        // Under the lock: a socket's thread closes it only after taking it out of the state, so
+        // these numbers are still ours (not reused by another socket since).
+        state.withLock { s in
+            if s.started {
+                shutdownSocket(s.listener)  // the accept loop closes it
+            } else {
+                close(s.listener)
+            }
+            for fd in s.inbound.union(s.pending) { shutdownSocket(fd) }
+        }
     }
 
     private var isStopped: Bool { state.withLock { $0.stopped } }
@@ -326,8 +336,8 @@ public final class ReplicationNode: Sendable {
                 guard !s.stopped else { return (false, false) }
                 var evicted = false
                 if s.pending.count >= configuration.maxPendingHandshakes {
-                    // Under the lock: its thread closes it only after taking the lock, so the number is still its own.
-                    shutdownSocket(s.pending.removeFirst())  // its thread sees the end, and closes it
+                    // Under the lock, while its thread cannot have closed it: its thread sees the end, and closes it.
+                    shutdownSocket(s.pending.removeFirst())
                     evicted = true
                 }
                 s.pending.append(fd)

@@ -11,141 +11,10 @@ import Synchronization
 import TestSupport
 import Testing
 
-// In-process `ReplicationNode`s over real loopback sockets.
+// In-process `ReplicationNode`s over real loopback sockets (LoopbackCluster,
+// RawPeer: ReplicationTestSupport.swift).
 
 private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
-
-private let clusterSecret = Array("replication-node-tests-cluster-secret".utf8)
-private let goodCodec = try! FrameCodec(secret: clusterSecret)
-private let wrongCodec = try! FrameCodec(secret: Array("some-other-cluster-entirely-secret".utf8))
-
-/// Frames back to back, for one write.
-private func encode(_ codec: FrameCodec, _ frames: [ReplicationFrame]) -> [UInt8] {
-    frames.flatMap { codec.encode($0) }
-}
-
-private struct TestSetupError: Error, CustomStringConvertible {
-    var description: String
-}
-
-private func quietLogger() -> Logger {
-    var logger = Logger(label: "replication-node-tests")
-    logger.logLevel = .critical
-    return logger
-}
-
-/// Nodes "a", "b", "c"... on loopback. Every node is bound (its port taken)
-/// at once; `start` starts some or all. Each node's peer list holds every
-/// node's address, its own included: "127.0.0.1:port" (recognized by
-/// address), or "localhost:port" with `selfAsLocalhost` (recognized only
-/// by the hello it gets back from itself).
-private final class LoopbackCluster: Sendable {
-    let nodes: [ReplicationNode]
-    let addresses: [PeerAddress]
-    /// How many other nodes each node replicates to.
-    let expectedPeerCounts: [Int]
-
-    init(
-        count: Int = 3, mode: ReplicationConfiguration.Mode = .async, syncTimeoutMillis: Int = 5_000,
-        selfAsLocalhost: Bool = false, peerIndices: [[Int]]? = nil,
-        catchUpPolicy: ReplicatedSessionStore.CatchUpPolicy = .init(), maxQueueBytes: Int = 64 << 20,
-        pingIntervalMillis: Int = 1_000, relayWindowMillis: Int = 5_000,
-        keyLookups: ReplicationConfiguration.KeyLookups? = nil
-    ) throws {
-        var lastError: (any Error)?
-        for _ in 0..<5 {  // a port picked by freeLoopbackPort may be taken before it is bound again
-            let ports = try (0..<count).map { _ in try freeLoopbackPort() }
-            guard Set(ports).count == count else { continue }
-            let addresses = ports.map { PeerAddress(host: "127.0.0.1", port: $0) }
-            var nodes: [ReplicationNode] = []
-            do {
-                for i in 0..<count {
-                    var peers = (peerIndices?[i] ?? Array(0..<count)).map { addresses[$0] }
-                    if selfAsLocalhost, let own = peers.firstIndex(of: addresses[i]) {
-                        peers[own] = PeerAddress(host: "localhost", port: ports[i])
-                    }
-                    let name = ["a", "b", "c", "d", "e"][i]
-                    let configuration = ReplicationConfiguration(
-                        nodeName: name, host: "127.0.0.1", port: ports[i], peers: peers, secret: clusterSecret,
-                        mode: mode, syncTimeoutMillis: syncTimeoutMillis, maxQueueBytes: maxQueueBytes,
-                        joinTimeoutMillis: 300,
-                        connectTimeoutMillis: 500, reconnectBackoffMillis: (10, 200),
-                        pingIntervalMillis: pingIntervalMillis, relayWindowMillis: relayWindowMillis,
-                        keyLookups: keyLookups)
-                    let store = ReplicatedSessionStore(node: configuration.nodeID, catchUpPolicy: catchUpPolicy)
-                    nodes.append(try ReplicationNode(store: store, configuration: configuration, logger: quietLogger()))
-                }
-            } catch {
-                for node in nodes { node.shutdown() }
-                lastError = error
-                continue
-            }
-            self.nodes = nodes
-            self.addresses = addresses
-            expectedPeerCounts = (0..<count).map { i in Set(peerIndices?[i] ?? Array(0..<count)).subtracting([i]).count }
-            return
-        }
-        throw lastError ?? TestSetupError(description: "no free loopback ports")
-    }
-
-    subscript(_ i: Int) -> ReplicationNode { nodes[i] }
-
-    func start(_ indices: [Int]? = nil) {
-        for i in indices ?? Array(nodes.indices) { nodes[i].start() }
-    }
-
-    func shutdown() {
-        for node in nodes { node.shutdown() }
-    }
-
-    /// Starts every node; true once all are ready and every node's links to its peers are connected.
-    func startAndSettle(timeout: Double = 5) -> Bool {
-        start()
-        return waitUntil(timeout: timeout) { nodes.allSatisfy(\.isReady) && isFullyConnected }
-    }
-
-    /// Every node knows its own address (its self link is gone from `peers`) and is connected to all its peers.
-    var isFullyConnected: Bool {
-        zip(nodes, expectedPeerCounts).allSatisfy { node, expected in
-            let peers = node.peers
-            return peers.count == expected && peers.allSatisfy { $0.connected && !$0.lagging }
-        }
-    }
-
-    /// Creates a session on node `i` with these attributes (JSON texts).
-    func create(on i: Int, _ attributes: [String: String]) throws -> SessionID {
-        let id = SessionID.generate()
-        let changes = attributes.sorted { $0.key < $1.key }.map { SessionChange.set($0.key, json($0.value)) }
-        _ = try #require(try nodes[i].store.apply(SessionDelta(id: id, changes: changes, createIfMissing: true)))
-        return id
-    }
-
-    /// Waits until `check` holds for the attributes of `id` on every node in `indices` (nil: no such
-    /// session). A node that refuses the load (not ready) does not pass.
-    func eventually(
-        _ id: SessionID, on indices: [Int]? = nil, timeout: Double = 5,
-        _ check: ([String: [UInt8]]?) -> Bool
-    ) -> Bool {
-        waitUntil(timeout: timeout) {
-            (indices ?? Array(nodes.indices)).allSatisfy { i in
-                let loaded: SessionSnapshot?
-                do {
-                    loaded = try nodes[i].store.load(id)
-                } catch {
-                    return false
-                }
-                return check(loaded?.attributes)
-            }
-        }
-    }
-}
-
-/// Collects what failed on worker threads (no #expect off the test's own task).
-private final class ThreadFailures: Sendable {
-    private let messages = Mutex<[String]>([])
-    func add(_ message: String) { messages.withLock { $0.append(message) } }
-    var all: [String] { messages.withLock { $0 } }
-}
 
 private func describe(_ snapshot: SessionSnapshot?) -> String {
     guard let snapshot else { return "nil" }
@@ -170,78 +39,14 @@ private func record(_ key: String) -> IdempotencyRecord {
         ttlMillis: 60_000)
 }
 
-// MARK: - A raw TCP client that speaks (or breaks) the replication protocol
-
-private struct RawPeer {
-    let fd: Int32
-
-    init(port: Int) throws {
-        fd = try Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 1_000)
-        Sockets.setReceiveTimeout(fd, millis: 5_000)
-    }
-
-    @discardableResult
-    func send(_ bytes: [UInt8]) -> Bool { Sockets.writeAll(fd, bytes) }
-
-    /// Half-closes: the node sees the end of the stream.
-    func finishSending() { _ = shutdown(fd, Int32(SHUT_WR)) }
-
-    /// Reads until the node closes the connection (true) or 5 s pass (false); returns what it sent.
-    func readUntilClosed() -> (bytes: [UInt8], closed: Bool) {
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n > 0 {
-                out += buffer[0..<n]
-            } else if n == 0 {
-                return (out, true)
-            } else if errno == EINTR {
-                continue
-            } else {
-                return (out, errno == ECONNRESET)
-            }
-        }
-    }
-
-    /// Reads frames until `count` arrived (nil on error, close or timeout).
-    func readFrames(_ count: Int) -> [ReplicationFrame]? {
-        var decoder = FrameDecoder(codec: goodCodec)
-        var frames: [ReplicationFrame] = []
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-        while frames.count < count {
-            do {
-                while let frame = try decoder.next() { frames.append(frame) }
-            } catch {
-                return nil
-            }
-            if frames.count >= count { break }
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return nil }
-            decoder.append(buffer[0..<n])
-        }
-        return frames
-    }
-
-    func disconnect() { _ = close(fd) }
-}
-
-private func helloFrame(nodeID: UInt32 = 0xBAD_BEEF, protocolVersion: UInt32 = HelloMessage.currentProtocolVersion)
-    throws -> ReplicationFrame
-{
-    try HelloMessage(
-        nodeID: nodeID, nodeName: "raw-test-peer", protocolVersion: protocolVersion, address: "127.0.0.1:1",
-        incarnation: 77
-    ).frame
-}
-
-/// A well-formed update for a new session `id`, stamped by a store of its own.
-private func updateFrame(for id: SessionID, sequence: UInt64 = 1, type: FrameType = .update) throws -> ReplicationFrame {
-    let forger = ReplicatedSessionStore(node: 0xBAD_BEEF)
-    _ = try forger.apply(SessionDelta(id: id, changes: [.set("forged", json("true"))], createIfMissing: true))
-    let update = try #require(forger.fullState(of: id))
-    return ReplicationFrame(type: type, payload: UpdateBatch(sequence: sequence, items: [.session(update)]).encode())
+/// A frame header as anyone may write it.
+private func frameHeader(kind: UInt8, length: UInt32, version: UInt8 = FrameFormat.version) -> [UInt8] {
+    var w = WireWriter()
+    for b in FrameFormat.magic { w.u8(b) }
+    w.u8(version)
+    w.u8(kind)
+    w.u32(length)
+    return w.bytes
 }
 
 // MARK: - Tests
@@ -461,89 +266,144 @@ struct ReplicationNodeTests {
     }
 
     @Test func badFramesCloseTheConnectionAndApplyNothing() throws {
-        let cluster = try LoopbackCluster()
+        let cluster = try LoopbackCluster(alsoAccepting: [rawPeerAddress])
         defer { cluster.shutdown() }
         try #require(cluster.startAndSettle())
         let target = cluster[1]
         let countBefore = target.store.count
 
+        enum Opening {
+            /// The bytes are the first the node gets.
+            case none
+            /// A complete handshake with the cluster secret first.
+            case handshake
+            /// A handshake with another cluster's secret: the node's confirmation does not open,
+            /// the raw peer goes on with keys of its own.
+            case wrongSecret
+            /// Hellos exchanged with the cluster secret, but no key confirmation sent.
+            case unconfirmed
+        }
+        enum Reply {
+            /// Not a byte (no hello, no ack).
+            case nothing
+            /// Its hello only (so the peer can log what it met), then the close.
+            case hello
+        }
         struct Case {
             var name: String
-            /// Exchange hellos properly first, then send `bytes`.
-            var handshake: Bool
-            var bytes: (SessionID) throws -> [UInt8]
+            var opening: Opening
+            var bytes: (RawPeer, SessionID) throws -> [UInt8]
             /// The counter the case increments: protocolViolations (true) or framesRejected (false).
             var violation: Bool
-            /// Without a handshake: the node answers the (bad) hello with its own before it closes.
-            var answersHello = false
+            /// Before a handshake: what the node answers. After one: never anything beyond it.
+            var reply = Reply.nothing
         }
-        let update = { (id: SessionID) throws -> [UInt8] in goodCodec.encode(try updateFrame(for: id)) }
+        let update = { (peer: RawPeer, id: SessionID) throws -> [UInt8] in peer.seal([try forgedUpdateFrame(for: id)]) }
         let cases: [Case] = [
+            // Before the handshake: only a hello of at most 2048 bytes is even read.
             Case(
-                name: "hello and update with another cluster's secret", handshake: false,
-                bytes: { encode(wrongCodec, [try helloFrame(), try updateFrame(for: $0)]) }, violation: false),
+                name: "garbage (an HTTP request)", opening: .none,
+                bytes: { _, _ in json("GET / HTTP/1.1\r\nHost: x\r\n\r\n") }, violation: false),
+            Case(name: "zero bytes", opening: .none, bytes: { _, _ in [UInt8](repeating: 0, count: 64) }, violation: false),
             Case(
-                name: "update with another cluster's secret", handshake: true,
-                bytes: { wrongCodec.encode(try updateFrame(for: $0)) }, violation: false),
+                name: "a hello announcing 4 GiB", opening: .none,
+                bytes: { _, _ in frameHeader(kind: 1, length: .max) + [UInt8](repeating: 1, count: 100) }, violation: false),
             Case(
-                name: "one flipped bit in the tag", handshake: true,
-                bytes: { id in
-                    var frame = try update(id)
+                name: "a hello one byte over 2048 (refused from its header)", opening: .none,
+                bytes: { _, _ in frameHeader(kind: 1, length: UInt32(FrameFormat.maxHelloBytes + 1)) }, violation: false),
+            Case(
+                name: "unknown frame kind", opening: .none,
+                bytes: { _, _ in frameHeader(kind: 0x7F, length: 0) + [UInt8](repeating: 0, count: 32) }, violation: false),
+            Case(
+                name: "a hello of frame format 1 (an old node)", opening: .none,
+                bytes: { _, _ in
+                    let hello = try rawHello().encode()
+                    return frameHeader(kind: FrameType.hello.rawValue, length: UInt32(hello.count), version: 1) + hello
+                        + [UInt8](repeating: 0xAB, count: 32)
+                }, violation: false),
+            Case(
+                name: "a sealed update before the handshake", opening: .none,
+                bytes: { _, id in
+                    let hello = try rawHello()
+                    let keys = try ClusterSecret(replicationTestSecret).connectionKeys(
+                        clientHello: hello, serverHello: hello.renewed(), accepted: false)
+                    return keys.seal.seal(try forgedUpdateFrame(for: id))
+                }, violation: false),
+            Case(
+                name: "a hello that does not decode", opening: .none,
+                bytes: { _, _ in frameHeader(kind: 1, length: 3) + [1, 2, 3] }, violation: true),
+            Case(
+                name: "a hello of another protocol version", opening: .none,
+                bytes: { _, id in
+                    FrameFormat.helloFrame(try rawHello(protocolVersion: 2)) + frameHeader(kind: 2, length: 17)
+                        + [UInt8](repeating: 0, count: 17)
+                }, violation: true, reply: .hello),
+            // The handshake itself.
+            Case(
+                name: "a key confirmation and an update with another cluster's secret", opening: .wrongSecret,
+                bytes: update, violation: false),
+            Case(name: "an update instead of the key confirmation", opening: .unconfirmed, bytes: update, violation: true),
+            // After it: every frame sealed, in order.
+            Case(
+                name: "one flipped bit in the ciphertext", opening: .handshake,
+                bytes: { peer, id in
+                    var frame = try update(peer, id)
+                    frame[FrameFormat.headerByteCount + 3] ^= 0x10
+                    return frame
+                }, violation: false),
+            Case(
+                name: "one flipped bit in the tag", opening: .handshake,
+                bytes: { peer, id in
+                    var frame = try update(peer, id)
                     frame[frame.count - 1] ^= 1
                     return frame
                 }, violation: false),
             Case(
-                name: "one flipped bit in the payload", handshake: true,
-                bytes: { id in
-                    var frame = try update(id)
-                    frame[FrameCodec.headerByteCount + 3] ^= 0x10
+                name: "an update sealed under another connection's keys", opening: .handshake,
+                bytes: { peer, id in
+                    let other = try ClusterSecret(replicationTestSecret).connectionKeys(
+                        clientHello: try #require(peer.hello).renewed(), serverHello: try #require(peer.nodeHello),
+                        accepted: false
+                    ).seal
+                    _ = other.seal(ReplicationFrame(type: .keyConfirmation))  // at the same counter as this connection's
+                    return other.seal(try forgedUpdateFrame(for: id))
+                }, violation: false),
+            Case(
+                name: "garbage after the handshake", opening: .handshake,
+                bytes: { _, _ in (0..<200).map { UInt8(truncatingIfNeeded: $0 &* 37) } }, violation: false),
+            Case(
+                name: "a sealed frame announcing 4 GiB", opening: .handshake,
+                bytes: { _, _ in frameHeader(kind: 2, length: .max) + [UInt8](repeating: 1, count: 100) },
+                violation: false),
+            Case(
+                name: "one byte over the payload limit", opening: .handshake,
+                bytes: { _, _ in
+                    frameHeader(kind: 2, length: UInt32(FrameFormat.defaultMaxPayloadBytes + 1 + FrameFormat.tagByteCount + 1))
+                }, violation: false),
+            Case(
+                name: "unknown frame kind after the handshake", opening: .handshake,
+                bytes: { _, _ in frameHeader(kind: 0x7F, length: 17) + [UInt8](repeating: 0, count: 17) }, violation: false),
+            Case(
+                name: "unknown frame version after the handshake", opening: .handshake,
+                bytes: { peer, id in
+                    var frame = try update(peer, id)
+                    frame[4] = FrameFormat.version + 1
                     return frame
                 }, violation: false),
             Case(
-                name: "garbage (an HTTP request)", handshake: false,
-                bytes: { _ in json("GET / HTTP/1.1\r\nHost: x\r\n\r\n") }, violation: false),
+                name: "a second hello", opening: .handshake,
+                bytes: { peer, id in FrameFormat.helloFrame(try rawHello()) + (try update(peer, id)) }, violation: false),
             Case(
-                name: "zero bytes", handshake: false, bytes: { _ in [UInt8](repeating: 0, count: 64) },
-                violation: false),
-            Case(
-                name: "garbage after the handshake", handshake: true,
-                bytes: { _ in (0..<200).map { UInt8(truncatingIfNeeded: $0 &* 37) } }, violation: false),
-            Case(
-                name: "a length of 4 GiB", handshake: true,
-                bytes: { _ in
-                    FrameCodec.magic + [FrameCodec.version, FrameType.update.rawValue, 0xFF, 0xFF, 0xFF, 0xFF]
-                        + [UInt8](repeating: 1, count: 100)
-                }, violation: false),
-            Case(
-                name: "one byte over the payload limit", handshake: false,
-                bytes: { _ in
-                    let n = UInt32(FrameCodec.defaultMaxPayloadBytes + 1)
-                    return FrameCodec.magic
-                        + [FrameCodec.version, FrameType.hello.rawValue, UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
-                }, violation: false),
-            Case(
-                name: "unknown frame type", handshake: true,
-                bytes: { _ in FrameCodec.magic + [FrameCodec.version, 0x7F, 0, 0, 0, 0] + [UInt8](repeating: 0, count: 32) },
-                violation: false),
-            Case(
-                name: "unknown frame version", handshake: false,
-                bytes: { _ in FrameCodec.magic + [FrameCodec.version + 1, FrameType.hello.rawValue, 0, 0, 0, 0] },
-                violation: false),
-            Case(name: "a valid update before any hello", handshake: false, bytes: update, violation: true),
-            Case(
-                name: "a valid snapshot chunk (outbound-only type) with a session", handshake: true,
-                bytes: { goodCodec.encode(try updateFrame(for: $0, sequence: 0, type: .snapshotChunk)) },
+                name: "a valid snapshot chunk (outbound-only type) with a session", opening: .handshake,
+                bytes: { peer, id in peer.seal([try forgedUpdateFrame(for: id, sequence: 0, type: .snapshotChunk)]) },
                 violation: true),
             Case(
-                name: "a second hello", handshake: true,
-                bytes: { try goodCodec.encode(helloFrame()) + update($0) }, violation: true),
+                name: "a second key confirmation", opening: .handshake,
+                bytes: { peer, id in peer.seal([ReplicationFrame(type: .keyConfirmation), try forgedUpdateFrame(for: id)]) },
+                violation: true),
             Case(
-                name: "an update whose payload does not decode", handshake: true,
-                bytes: { _ in goodCodec.encode(ReplicationFrame(type: .update, payload: [1, 2, 3])) }, violation: true),
-            Case(
-                name: "a hello of another protocol version", handshake: false,
-                bytes: { encode(goodCodec, [try helloFrame(protocolVersion: 99), try updateFrame(for: $0)]) },
-                violation: true, answersHello: true),
+                name: "an update whose payload does not decode", opening: .handshake,
+                bytes: { peer, _ in peer.seal([ReplicationFrame(type: .update, payload: [1, 2, 3])]) }, violation: true),
         ]
 
         var ids: [SessionID] = []
@@ -553,20 +413,24 @@ struct ReplicationNodeTests {
             let before = target.counters
             let peer = try RawPeer(port: target.port)
             defer { peer.disconnect() }
-            if c.handshake {
-                #expect(peer.send(goodCodec.encode(try helloFrame())))
-                #expect(peer.readFrames(1)?.map(\.type) == [.hello], "\(c.name): handshake")
+            switch c.opening {
+            case .none: break
+            case .handshake: #expect(try peer.handshake(), "\(c.name): handshake")
+            case .wrongSecret:
+                #expect(try !peer.handshake(secret: otherClusterSecret), "\(c.name): the node's confirmation does not open")
+            case .unconfirmed: #expect(try peer.handshake(confirm: false), "\(c.name): handshake")
             }
-            peer.send(try c.bytes(id))
+            peer.send(try c.bytes(peer, id))
             let (received, closed) = peer.readUntilClosed()
             #expect(closed, "\(c.name): the node closes the connection")
-            if c.answersHello {
-                var decoder = FrameDecoder(codec: goodCodec)
+            switch (c.opening, c.reply) {
+            case (.none, .hello):
+                var decoder = FrameDecoder()
                 decoder.append(received)
-                #expect(try decoder.next()?.type == .hello, "\(c.name): the node answered the hello")
-                #expect(try decoder.next() == nil, "\(c.name): and sent nothing else")
-                #expect(decoder.isAtFrameBoundary)
-            } else {
+                let hello = try #require(try decoder.next(), "\(c.name): the node answered the hello")
+                #expect(hello.type == .hello && (try? HelloMessage.decode(hello.payload)) != nil)
+                #expect(decoder.isAtFrameBoundary, "\(c.name): and sent nothing else (no key confirmation)")
+            default:
                 #expect(received.isEmpty, "\(c.name): the node sends nothing (no hello, no ack)")
             }
             let expected = (
@@ -578,6 +442,7 @@ struct ReplicationNodeTests {
             #expect(target.counters.framesRejected == expected.rejected, "\(c.name)")
             #expect(target.counters.protocolViolations == expected.violations, "\(c.name)")
             #expect(target.counters.itemsReceived == before.itemsReceived, "\(c.name): nothing merged")
+            #expect(target.counters.unknownPeersRefused == 0, "\(c.name)")
             #expect(target.store.fullState(of: id) == nil, "\(c.name): nothing applied")
         }
         #expect(target.store.count == countBefore)
@@ -593,28 +458,30 @@ struct ReplicationNodeTests {
         let good = SessionID.generate()
         let peer = try RawPeer(port: target.port)
         defer { peer.disconnect() }
-        #expect(peer.send(encode(goodCodec, [try helloFrame(), try updateFrame(for: good, sequence: 41)])))
-        let replies = try #require(peer.readFrames(2))
-        #expect(replies.map(\.type) == [.hello, .ack])
-        #expect(try AckMessage.decode(replies[1].payload).sequence == 41)
+        #expect(try peer.handshake())
+        #expect(peer.sendSealed([try forgedUpdateFrame(for: good, sequence: 41)]))
+        let replies = try #require(peer.readFrames(1))
+        #expect(replies.map(\.type) == [.ack])
+        #expect(try AckMessage.decode(replies[0].payload).sequence == 41)
         #expect(try target.store.load(good)?.attributes == ["forged": json("true")])
         for bad in ids { #expect(target.store.fullState(of: bad) == nil) }
     }
 
     @Test func aStreamEndingMidFrameAppliesNothingAndIsCountedAsRejected() throws {
-        let cluster = try LoopbackCluster(count: 1)
+        let cluster = try LoopbackCluster(count: 1, alsoAccepting: [rawPeerAddress])
         defer { cluster.shutdown() }
         try #require(cluster.startAndSettle())
         let node = cluster[0]
         let id = SessionID.generate()
-        let frame = goodCodec.encode(try updateFrame(for: id))
         let peer = try RawPeer(port: node.port)
         defer { peer.disconnect() }
-        peer.send(goodCodec.encode(try helloFrame()) + frame.prefix(frame.count - 5))
+        #expect(try peer.handshake(), "the node answered the hello and confirmed the keys")
+        let frame = peer.seal([try forgedUpdateFrame(for: id)])
+        peer.send(Array(frame.prefix(frame.count - 5)))
         peer.finishSending()
         let (received, closed) = peer.readUntilClosed()
         #expect(closed)
-        #expect(received.count > 0, "the node answered the hello")
+        #expect(received.isEmpty, "no ack")
         #expect(node.store.fullState(of: id) == nil, "nothing applied")
         #expect(node.store.count == 0)
         // docs/replication.md and ReplicationCounters.framesRejected: a truncated frame is a rejected frame.

@@ -3,6 +3,8 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Dispatch
+import Foundation
 import Logging
 import MiniHTTP
 import SessionCore
@@ -12,8 +14,8 @@ import TestSupport
 import Testing
 
 // What ReplicationNodeTests and ReplicationAttackTests share: in-process
-// `ReplicationNode`s over real loopback sockets, and a raw client that plays
-// a peer (or an attacker).
+// `ReplicationNode`s over real loopback sockets, a raw client that plays a
+// peer (or an attacker), and a loopback relay that captures what passes.
 
 private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
@@ -184,6 +186,19 @@ func forgedUpdateFrame(
     return ReplicationFrame(type: type, payload: UpdateBatch(sequence: sequence, items: [.session(update)]).encode())
 }
 
+/// Whether `needle` occurs in `haystack`.
+func containsBytes(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard !needle.isEmpty, haystack.count >= needle.count else { return needle.isEmpty }
+    let first = needle[0]
+    var i = 0
+    let last = haystack.count - needle.count
+    while i <= last {
+        if haystack[i] == first && haystack[i..<i + needle.count].elementsEqual(needle) { return true }
+        i += 1
+    }
+    return false
+}
+
 // MARK: - A raw TCP client that plays a peer, or breaks the protocol
 
 /// One connection to a node's replication port. It can run the real client
@@ -299,4 +314,171 @@ final class RawPeer {
             }
         }
     }
+}
+
+// MARK: - A loopback relay that captures what passes
+
+/// A TCP relay on 127.0.0.1: every connection to `port` is forwarded to the
+/// target port, and the bytes of each direction are kept. It can hold the
+/// target's replies back. `stop()` closes everything and waits for its threads.
+final class LoopbackRelay: Sendable {
+    /// What passed through one connection.
+    struct Capture: Sendable {
+        /// From the connecting side (a node's link) to the target.
+        var toTarget: [UInt8] = []
+        /// From the target back.
+        var fromTarget: [UInt8] = []
+    }
+
+    private struct State {
+        var captures: [Capture] = []
+        /// Open sockets: shut down by `stop()` (each thread closes its own).
+        var sockets: Set<Int32> = []
+        var stopped = false
+    }
+
+    let port: Int
+    private let listener: Int32
+    private let target = Atomic<Int>(0)
+    private let holding = Atomic<Bool>(false)
+    private let state = Mutex(State())
+    private let threads = DispatchGroup()
+
+    /// Listens at once; forwards to `targetPort` (or the port `forward(to:)` sets before anyone connects).
+    init(targetPort: Int = 0) throws {
+        listener = try Sockets.listen(host: "127.0.0.1", port: 0)
+        port = Sockets.localPort(listener)
+        target.store(targetPort, ordering: .releasing)
+        spawn { [self] in acceptLoop() }
+    }
+
+    var address: PeerAddress { PeerAddress(host: "127.0.0.1", port: port) }
+
+    func forward(to port: Int) { target.store(port, ordering: .releasing) }
+
+    /// While true, nothing from the target is passed on (it waits in the socket buffers).
+    func holdReplies(_ hold: Bool) { holding.store(hold, ordering: .releasing) }
+
+    /// Every connection so far, in the order they were accepted.
+    var captures: [Capture] { state.withLock { $0.captures } }
+
+    /// Closes the listener and every connection; waits (at most 5 s) for the threads.
+    func stop() {
+        state.withLock { s in
+            s.stopped = true
+            for fd in s.sockets { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+        }
+        _ = shutdown(listener, Int32(SHUT_RDWR))
+        let finished = threads.wait(timeout: .now() + 5) == .success
+        if !finished { Issue.record("the relay's threads did not stop") }
+    }
+
+    private func spawn(_ body: @escaping @Sendable () -> Void) {
+        threads.enter()
+        let group = threads
+        Thread {
+            body()
+            group.leave()
+        }.start()
+    }
+
+    private func acceptLoop() {
+        defer { close(listener) }
+        while true {
+            let client = accept(listener, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            let server: Int32
+            do {
+                server = try Sockets.connect(host: "127.0.0.1", port: target.load(ordering: .acquiring))
+            } catch {
+                close(client)
+                continue
+            }
+            let index = state.withLock { s -> Int? in
+                guard !s.stopped else { return nil }
+                s.sockets.formUnion([client, server])
+                s.captures.append(Capture())
+                return s.captures.count - 1
+            }
+            guard let index else {
+                close(client)
+                close(server)
+                return
+            }
+            spawn { [self] in pump(client: client, server: server, index: index) }
+        }
+    }
+
+    /// Passes bytes both ways until either side ends, then closes both.
+    private func pump(client: Int32, server: Int32, index: Int) {
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        loop: while true {
+            let hold = holding.load(ordering: .acquiring)
+            var fds = [pollfd(fd: client, events: Int16(POLLIN), revents: 0)]
+            if !hold { fds.append(pollfd(fd: server, events: Int16(POLLIN), revents: 0)) }
+            let ready = Glibc.poll(&fds, nfds_t(fds.count), 20)
+            if ready < 0 && errno != EINTR { break }
+            if ready <= 0 { continue }
+            for entry in fds where entry.revents != 0 {
+                let from = entry.fd
+                let to = from == client ? server : client
+                let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, 0) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { break loop }
+                let bytes = Array(buffer[0..<n])
+                state.withLock { s in
+                    if from == client {
+                        s.captures[index].toTarget += bytes
+                    } else {
+                        s.captures[index].fromTarget += bytes
+                    }
+                }
+                guard Sockets.writeAll(to, bytes) else { break loop }
+            }
+        }
+        state.withLock { s in
+            s.sockets.remove(client)
+            s.sockets.remove(server)
+        }
+        close(client)
+        close(server)
+    }
+}
+
+/// Opens a captured connection with the cluster secret, as only a holder of
+/// it can: both hellos are in clear, the keys follow from them and the
+/// secret. The frames each side sent (their hello first), up to the first
+/// that does not open (or the end of the capture).
+func openCapture(_ capture: LoopbackRelay.Capture, secret: [UInt8] = replicationTestSecret) throws
+    -> (client: [ReplicationFrame], server: [ReplicationFrame])
+{
+    func helloIn(_ bytes: [UInt8]) throws -> HelloMessage {
+        var decoder = FrameDecoder()
+        decoder.append(bytes)
+        let frame = try #require(try decoder.next())
+        return try HelloMessage.decode(frame.payload)
+    }
+    func frames(_ bytes: [UInt8], opener: FrameOpener) -> [ReplicationFrame] {
+        var decoder = FrameDecoder()
+        decoder.append(bytes)
+        var out: [ReplicationFrame] = []
+        do {
+            guard let hello = try decoder.next() else { return [] }
+            out.append(hello)
+            decoder.startOpening(with: opener)
+            while let frame = try decoder.next() { out.append(frame) }
+        } catch {
+            return out
+        }
+        return out
+    }
+    let clientHello = try helloIn(capture.toTarget)
+    let serverHello = try helloIn(capture.fromTarget)
+    let secret = try ClusterSecret(secret)
+    let server = secret.connectionKeys(clientHello: clientHello, serverHello: serverHello, accepted: true)
+    let client = secret.connectionKeys(clientHello: clientHello, serverHello: serverHello, accepted: false)
+    return (frames(capture.toTarget, opener: server.open), frames(capture.fromTarget, opener: client.open))
 }

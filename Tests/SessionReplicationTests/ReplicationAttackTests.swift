@@ -41,7 +41,20 @@ private struct CapturedJoin {
     init(writeAfterJoining: Bool) throws {
         let relay = try LoopbackRelay()
         let relayAddress = relay.address
-        let cluster = try LoopbackCluster(count: 3, peerLists: { a in [[a[0]], [a[1], relayAddress], [a[2]]] })
+        let cluster: LoopbackCluster
+        do {
+            cluster = try LoopbackCluster(count: 3, peerLists: { a in [[a[0]], [a[1], relayAddress], [a[2]]] })
+        } catch {
+            relay.stop()
+            throw error
+        }
+        var complete = false
+        defer {
+            if !complete {
+                cluster.shutdown()
+                relay.stop()
+            }
+        }
         relay.forward(to: cluster.addresses[0].port)
         self.cluster = cluster
         self.relay = relay
@@ -78,6 +91,7 @@ private struct CapturedJoin {
                     if case .session(let update) = $0 { update.id == written } else { false }
                 }, "the capture carries J's update of the session it wrote")
         }
+        complete = true
     }
 
     func stop() {
@@ -109,13 +123,19 @@ private func replay(_ bytes: [UInt8], to node: ReplicationNode, name: String) th
 /// A one-way catch-up setup: a (node 0) and c (node 2) replicate to nobody; b
 /// (node 1) connects to c directly and to a through `relay`, so a's replies to b
 /// (fetch replies among them) can be held back.
-private func catchUpCluster(relay: LoopbackRelay) throws -> LoopbackCluster {
+private func catchUpCluster() throws -> (LoopbackCluster, LoopbackRelay) {
+    let relay = try LoopbackRelay()
     let relayAddress = relay.address
-    let cluster = try LoopbackCluster(
-        count: 3, peerLists: { a in [[a[0]], [a[1], relayAddress, a[2]], [a[2]]] },
-        catchUpPolicy: .init(waitMillis: 0, fetchTimeoutMillis: 5_000))
-    relay.forward(to: cluster.addresses[0].port)
-    return cluster
+    do {
+        let cluster = try LoopbackCluster(
+            count: 3, peerLists: { a in [[a[0]], [a[1], relayAddress, a[2]], [a[2]]] },
+            catchUpPolicy: .init(waitMillis: 0, fetchTimeoutMillis: 5_000))
+        relay.forward(to: cluster.addresses[0].port)
+        return (cluster, relay)
+    } catch {
+        relay.stop()
+        throw error
+    }
 }
 
 /// Starts `count` threads running `body(i)` at once; the group is done when they all returned.
@@ -320,14 +340,12 @@ struct ReplicationAttackTests {
     /// everything after the hellos is encrypted.
     @Test func aPassiveCaptureRevealsNoSessionIDs() throws {
         let toA = try LoopbackRelay()
+        defer { toA.stop() }
         let toB = try LoopbackRelay()
+        defer { toB.stop() }
         let (toAAddress, toBAddress) = (toA.address, toB.address)
         let cluster = try LoopbackCluster(count: 2, peerLists: { a in [[a[0], toBAddress], [a[1], toAAddress]] })
-        defer {
-            cluster.shutdown()
-            toA.stop()
-            toB.stop()
-        }
+        defer { cluster.shutdown() }
         toA.forward(to: cluster.addresses[0].port)
         toB.forward(to: cluster.addresses[1].port)
         try #require(cluster.startAndSettle())
@@ -492,8 +510,7 @@ struct ReplicationAttackTests {
     /// Also: concurrent catch-ups of one session share one fetch (protocol 2:
     /// one fetch per catch-up, per peer).
     @Test func aForgedReadTokenCostsNoFetch() throws {
-        let relay = try LoopbackRelay()
-        let cluster = try catchUpCluster(relay: relay)
+        let (cluster, relay) = try catchUpCluster()
         defer {
             cluster.shutdown()
             relay.stop()

@@ -332,8 +332,9 @@ final class LoopbackRelay: Sendable {
 
     private struct State {
         var captures: [Capture] = []
-        /// Open sockets: shut down by `stop()` (each thread closes its own).
+        /// Open sockets: shut down by `stop()` (each thread closes its own, after taking it out).
         var sockets: Set<Int32> = []
+        var listening = true
         var stopped = false
     }
 
@@ -362,13 +363,17 @@ final class LoopbackRelay: Sendable {
     /// Every connection so far, in the order they were accepted.
     var captures: [Capture] { state.withLock { $0.captures } }
 
-    /// Closes the listener and every connection; waits (at most 5 s) for the threads.
+    /// Closes the listener and every connection; waits (at most 5 s) for the threads. Again: nothing.
     func stop() {
-        state.withLock { s in
+        let first = state.withLock { s -> Bool in
+            guard !s.stopped else { return false }
             s.stopped = true
+            // Under the lock, where no thread has closed them yet.
             for fd in s.sockets { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+            if s.listening { _ = shutdown(listener, Int32(SHUT_RDWR)) }
+            return true
         }
-        _ = shutdown(listener, Int32(SHUT_RDWR))
+        guard first else { return }
         let finished = threads.wait(timeout: .now() + 5) == .success
         if !finished { Issue.record("the relay's threads did not stop") }
     }
@@ -383,7 +388,12 @@ final class LoopbackRelay: Sendable {
     }
 
     private func acceptLoop() {
-        defer { close(listener) }
+        defer {
+            state.withLock { s in
+                s.listening = false
+                close(listener)
+            }
+        }
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {

@@ -415,7 +415,10 @@ public final class ReplicationNode: Sendable {
                 if watchesSilence { core.peerHealth.heard(from: hello.nodeID, at: monotonicNanos()) }
             }
         } catch {
+            // An evicted connection (see acceptLoop) ends however its handshake stood: counted there only.
+            let evicted = !admitted && !state.withLock { $0.pending.contains(fd) }
             switch error {
+            case _ where evicted: break
             case .closed: break
             case .failed: core.logger.notice("replication connection from \(peerName) ended: \(error)")
             case .handshakeTimeout:

@@ -55,6 +55,7 @@ let package = Package(
             dependencies: [
                 "SessionClusterAsync", "SessionClusterTestKit",
                 .product(name: "SessionCore", package: "SessionCluster"),
+                .product(name: "SessionMiddleware", package: "SessionCluster"),
             ]),
     ],
     swiftLanguageModes: [.v6]

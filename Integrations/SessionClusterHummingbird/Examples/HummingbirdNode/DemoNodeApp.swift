@@ -23,7 +23,8 @@ struct DemoNodeApp {
         manager = SessionRequestManager(store: store, configuration: sessions, executor: executor, logger: logger)
         let router = Router(context: Context.self)
         router.add(middleware: ServedByMiddleware(nodeID: nodeID))
-        router.add(middleware: ClusterIdempotencyMiddleware(store: store, executor: executor, logger: logger))
+        router.add(middleware: 
+            ClusterIdempotencyMiddleware(store: store, sessions: sessions, executor: executor, logger: logger))
         router.add(middleware: ClusterSessionMiddleware(manager: manager))
 
         router.get("/healthz") { _, _ in

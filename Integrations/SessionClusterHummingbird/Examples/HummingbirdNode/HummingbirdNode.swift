@@ -21,7 +21,7 @@ struct HummingbirdNode: AsyncParsableCommand {
     func run() async throws {
         let logger = options.makeLogger(label: "hummingbird-node.\(options.nodeId)")
         let stores = try ExampleNodeStores(options: options, logger: logger)
-        let sessions = SessionConfiguration(signingKey: try options.cookieSecret(), exclusive: stores.exclusiveLock)
+        let sessions = try SessionConfiguration(signingKeys: options.cookieSecrets(), exclusive: stores.exclusiveLock)
         let node = DemoNodeApp(
             nodeID: options.nodeId, store: stores.store, executor: stores.executor, sessions: sessions,
             healthProblem: { stores.healthProblem() }, logger: logger)

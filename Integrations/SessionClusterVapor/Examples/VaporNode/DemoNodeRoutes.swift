@@ -20,7 +20,8 @@ struct DemoNodeRoutes: Sendable {
         app.middleware = Middlewares()
         app.middleware.use(ServedByMiddleware(nodeID: nodeID))  // outermost: error answers get it too
         app.middleware.use(ErrorMiddleware.default(environment: app.environment))
-        app.middleware.use(ClusterIdempotencyMiddleware(store: store, executor: executor, logger: logger))
+        app.middleware.use(
+            ClusterIdempotencyMiddleware(store: store, sessions: sessions, executor: executor, logger: logger))
         app.middleware.use(ClusterSessionsMiddleware(manager: manager))
 
         app.get("healthz") { _ async throws -> Response in

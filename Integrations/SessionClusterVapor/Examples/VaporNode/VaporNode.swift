@@ -21,7 +21,7 @@ struct VaporNode: AsyncParsableCommand {
     func run() async throws {
         let logger = options.makeLogger(label: "vapor-node.\(options.nodeId)")
         let stores = try ExampleNodeStores(options: options, logger: logger)
-        let sessions = SessionConfiguration(signingKey: try options.cookieSecret(), exclusive: stores.exclusiveLock)
+        let sessions = try SessionConfiguration(signingKeys: options.cookieSecrets(), exclusive: stores.exclusiveLock)
         // Vapor's own command line is not used: our options were parsed above.
         let app = try await Application.make(Environment(name: "production", arguments: ["vapor-node"]))
         app.logger = logger

@@ -12,14 +12,15 @@ import Vapor
 ///
 /// ```swift
 /// // app.sessions.use(.memory)
-/// app.sessions.use { _ in ClusterSessionDriver(store: store) }
+/// app.sessions.use(.cluster(store: store))  // or: try .cluster(store: store, signingKeys: keys)
 /// app.middleware.use(app.sessions.middleware)
 /// ```
 ///
 /// - IDs are the core's (32 random bytes, base64url); an ID the store does
-///   not know is never adopted (Vapor then starts a new session). With a
-///   `signingKey` the cookie carries an HMAC of the ID, so forged IDs are
-///   refused without a store lookup.
+///   not know is never adopted (Vapor then starts a new session). With
+///   signing keys (`SessionCookieCodec`: the first signs, all verify) the
+///   cookie carries an HMAC of the ID, so forged IDs are refused without a
+///   store lookup.
 /// - Each key of `SessionData` is one attribute, stored as a JSON string
 ///   (`redis-cli HGETALL` shows it). An update writes only the keys the
 ///   request changed or removed (compared with what it read), so two
@@ -39,20 +40,45 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
     public let store: any SessionStore
     /// Where the blocking store calls run.
     public let executor: BlockingExecutor
-    /// The core's cookie codec (signing).
-    let codec: SessionMiddleware
+    /// Signs and verifies the cookie's value (the core's codec).
+    public let cookieCodec: SessionCookieCodec
 
-    /// A driver over `store`.
+    /// A driver over `store`, with cookies signed and verified by `cookieCodec`.
     ///
     /// - Parameters:
     ///   - executor: where the blocking store calls run (default: the shared 64-thread pool).
-    ///   - signingKey: when set, session IDs carry an HMAC-SHA256 (16+ bytes recommended: 32).
-    public init(store: any SessionStore, executor: BlockingExecutor = .shared, signingKey: [UInt8]? = nil) {
+    ///   - cookieCodec: the signing keys (the first signs, all verify); none for unsigned IDs.
+    public init(store: any SessionStore, executor: BlockingExecutor = .shared, cookieCodec: SessionCookieCodec) {
         self.store = store
         self.executor = executor
-        codec = SessionMiddleware(
-            store: store, configuration: SessionConfiguration(signingKey: signingKey),
-            logger: Logger(label: "session-cluster.vapor"))
+        self.cookieCodec = cookieCodec
+    }
+
+    /// A driver over `store` with unsigned cookies (the bare session ID).
+    public init(store: any SessionStore, executor: BlockingExecutor = .shared) {
+        self.init(store: store, executor: executor, cookieCodec: SessionConfiguration().cookieCodec)
+    }
+
+    /// A driver over `store` whose session IDs carry an HMAC-SHA256 with
+    /// `signingKeys` (the first signs, all verify: rotation). Throws for a
+    /// key shorter than 16 bytes (32 recommended).
+    public init(store: any SessionStore, executor: BlockingExecutor = .shared, signingKeys: [[UInt8]])
+        throws(SigningKeyError)
+    {
+        self.init(store: store, executor: executor, cookieCodec: try SessionCookieCodec(signingKeys: signingKeys))
+    }
+
+    /// A driver over `store` whose session IDs carry an HMAC-SHA256 with
+    /// `signingKey` (nil: unsigned). Throws for a key shorter than 16 bytes (32 recommended).
+    public init(store: any SessionStore, executor: BlockingExecutor = .shared, signingKey: [UInt8]?)
+        throws(SigningKeyError)
+    {
+        try self.init(store: store, executor: executor, signingKeys: signingKey.map { [$0] } ?? [])
+    }
+
+    /// A driver over `store` with the cookie signing of `sessions` (the core's configuration).
+    public init(store: any SessionStore, executor: BlockingExecutor = .shared, sessions: SessionConfiguration) {
+        self.init(store: store, executor: executor, cookieCodec: sessions.cookieCodec)
     }
 
     public func createSession(_ data: SessionData, for request: Request) async throws -> Vapor.SessionID {
@@ -66,11 +92,11 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
             }
         }
         request.storage[LoadedSessionKey.self] = LoadedSession(id: id, attributes: attributes)
-        return Vapor.SessionID(string: codec.cookieValue(for: id))
+        return Vapor.SessionID(string: cookieCodec.value(for: id))
     }
 
     public func readSession(_ sessionID: Vapor.SessionID, for request: Request) async throws -> SessionData? {
-        guard let id = codec.verifiedID(sessionID.string) else { return nil }
+        guard let id = cookieCodec.verifiedID(sessionID.string) else { return nil }
         let store = store
         guard let snapshot = try await run({ try store.load(id) }) else { return nil }
         request.storage[LoadedSessionKey.self] = LoadedSession(id: id, attributes: snapshot.attributes)
@@ -80,7 +106,7 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
     public func updateSession(_ sessionID: Vapor.SessionID, to data: SessionData, for request: Request) async throws
         -> Vapor.SessionID
     {
-        guard let id = codec.verifiedID(sessionID.string) else { return try await createSession(data, for: request) }
+        guard let id = cookieCodec.verifiedID(sessionID.string) else { return try await createSession(data, for: request) }
         let loaded = request.storage[LoadedSessionKey.self].flatMap { $0.id == id ? $0 : nil }
         let current = data.snapshot
         var changes: [SessionChange] = []
@@ -108,7 +134,7 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
     }
 
     public func deleteSession(_ sessionID: Vapor.SessionID, for request: Request) async throws {
-        guard let id = codec.verifiedID(sessionID.string) else { return }
+        guard let id = cookieCodec.verifiedID(sessionID.string) else { return }
         let store = store
         try await run { try store.invalidate(id) }
         request.storage[LoadedSessionKey.self] = nil
@@ -166,13 +192,36 @@ public struct ClusterSessionAbort: AbortError, Sendable {
 }
 
 extension Application.Sessions.Provider {
-    /// Sessions in a SessionCluster store: `app.sessions.use(.cluster(store: store))`.
+    /// Sessions in a SessionCluster store, with unsigned cookies: `app.sessions.use(.cluster(store: store))`.
+    public static func cluster(store: any SessionStore, executor: BlockingExecutor = .shared) -> Self {
+        cluster(store: store, executor: executor, cookieCodec: SessionConfiguration().cookieCodec)
+    }
+
+    /// Sessions in a SessionCluster store, with cookies signed and verified by `cookieCodec`.
     public static func cluster(
-        store: any SessionStore, executor: BlockingExecutor = .shared, signingKey: [UInt8]? = nil
+        store: any SessionStore, executor: BlockingExecutor = .shared, cookieCodec: SessionCookieCodec
     ) -> Self {
         .init { app in
-            app.sessions.use { _ in ClusterSessionDriver(store: store, executor: executor, signingKey: signingKey) }
+            app.sessions.use { _ in ClusterSessionDriver(store: store, executor: executor, cookieCodec: cookieCodec) }
         }
+    }
+
+    /// Sessions in a SessionCluster store, with cookies signed by the first
+    /// of `signingKeys` and verified by all of them:
+    /// `app.sessions.use(try .cluster(store: store, signingKeys: keys))`.
+    /// Throws for a key shorter than 16 bytes.
+    public static func cluster(
+        store: any SessionStore, executor: BlockingExecutor = .shared, signingKeys: [[UInt8]]
+    ) throws(SigningKeyError) -> Self {
+        cluster(store: store, executor: executor, cookieCodec: try SessionCookieCodec(signingKeys: signingKeys))
+    }
+
+    /// Sessions in a SessionCluster store, with cookies signed by
+    /// `signingKey` (nil: unsigned). Throws for a key shorter than 16 bytes.
+    public static func cluster(
+        store: any SessionStore, executor: BlockingExecutor = .shared, signingKey: [UInt8]?
+    ) throws(SigningKeyError) -> Self {
+        try cluster(store: store, executor: executor, signingKeys: signingKey.map { [$0] } ?? [])
     }
 }
 

@@ -13,8 +13,8 @@ import VaporTesting
     static func configure(
         _ app: Application, node: String, store: any SessionStore, executor: BlockingExecutor,
         signingKey: [UInt8]? = nil
-    ) {
-        app.sessions.use(.cluster(store: store, executor: executor, signingKey: signingKey))  // ← the one line
+    ) throws {
+        app.sessions.use(try .cluster(store: store, executor: executor, signingKey: signingKey))  // ← the one line
         app.sessions.configuration = .cluster()
         app.middleware.use(app.sessions.middleware)
         app.post("login") { req -> String in
@@ -44,7 +44,7 @@ import VaporTesting
         try await withExecutor { executor in
             try await withStores(kind, expiry: expiry, clock: clock) { stores in
                 try await withApps(2) { i, app in
-                    Self.configure(
+                    try Self.configure(
                         app, node: ["a", "b"][i], store: stores.nodes[min(i, stores.nodes.count - 1)],
                         executor: executor, signingKey: signingKey)
                 } _: { nodes in
@@ -115,7 +115,7 @@ import VaporTesting
     @Test func aStoreThatIsDownAnswers503() async throws {
         try await withExecutor { executor in
             try await withApps(1) { _, app in
-                Self.configure(app, node: "a", store: FailingStore(), executor: executor)
+                try Self.configure(app, node: "a", store: FailingStore(), executor: executor)
             } _: { nodes in
                 let response = try await nodes[0].call(.POST, "/login", jar: CookieJar(), body: "ada")
                 #expect(response.status == .serviceUnavailable)

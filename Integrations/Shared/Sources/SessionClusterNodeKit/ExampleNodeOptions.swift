@@ -4,10 +4,6 @@ import SessionReplication
 import SessionCore
 import SessionRedis
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// Where an example node keeps its sessions.
 public enum ExampleStoreKind: String, Sendable, CaseIterable, ExpressibleByArgument {
     /// This process's memory (the baseline that breaks under round robin).
@@ -20,9 +16,10 @@ public enum ExampleStoreKind: String, Sendable, CaseIterable, ExpressibleByArgum
 
 /// The command-line options of the example nodes (Hummingbird and Vapor),
 /// named like `session-cluster node`'s. Secrets come from the environment as
-/// for the core node: `SESSION_COOKIE_SECRET` (16+ bytes) signs cookies,
-/// `SESSION_CLUSTER_SECRET` (16+ bytes, the same on every node) authenticates
-/// replication frames.
+/// for the core node: `SESSION_COOKIE_SECRET` (16+ bytes) signs cookies, or
+/// `SESSION_COOKIE_SECRET_FILE` names a file with one key per line (the
+/// first signs, all verify: rotation); `SESSION_CLUSTER_SECRET` (16+ bytes,
+/// the same on every node) authenticates replication frames.
 public struct ExampleNodeOptions: ParsableArguments, Sendable {
     /// Address to listen on.
     @Option(help: "Address to listen on.")
@@ -109,7 +106,7 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
         guard (1...4096).contains(storeThreads) else { throw ValidationError("--store-threads must be 1...4096") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
         if exclusiveSessions && store != .redis { throw ValidationError("--exclusive-sessions needs --store redis") }
-        _ = try cookieSecret()
+        _ = try cookieSecrets()
     }
 
     /// The session expiry the options describe.
@@ -119,11 +116,17 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
             absoluteTimeoutMillis: absoluteTimeout == 0 ? nil : Int64(absoluteTimeout) * 1000)
     }
 
-    /// `SESSION_COOKIE_SECRET`, when set (16+ bytes).
-    public func cookieSecret() throws -> [UInt8]? {
-        guard let secret = getenv("SESSION_COOKIE_SECRET").map({ Array(String(cString: $0).utf8) }) else { return nil }
-        guard secret.count >= 16 else { throw ValidationError("SESSION_COOKIE_SECRET must be at least 16 bytes") }
-        return secret
+    /// The cookie signing keys (the first signs, all verify): `SESSION_COOKIE_SECRET`
+    /// (one key) or the lines of the file `SESSION_COOKIE_SECRET_FILE` names;
+    /// empty (unsigned cookies) when neither is set. Each key has 16+ bytes.
+    public func cookieSecrets() throws -> [[UInt8]] {
+        do {
+            let secrets = try SecretFromEnvironment.secrets("SESSION_COOKIE_SECRET") ?? []
+            _ = try SessionCookieCodec(signingKeys: secrets)
+            return secrets
+        } catch {
+            throw ValidationError("SESSION_COOKIE_SECRET: \(error.message)")
+        }
     }
 
     /// The Redis settings of `--redis`, `--redis-pool-size` and `--redis-timeout-ms`.

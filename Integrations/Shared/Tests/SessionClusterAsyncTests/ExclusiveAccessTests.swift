@@ -2,6 +2,7 @@ import Foundation
 import SessionClusterAsync
 import SessionClusterTestKit
 import SessionCore
+import SessionMiddleware
 import Synchronization
 import Testing
 
@@ -62,38 +63,94 @@ import Testing
 
 /// `Idempotency-Key` handling as the core's middleware does it.
 @Suite struct IdempotencyGateTests {
+    /// The cookie lookup of a request carrying session `id` (nil: no cookie).
+    static func cookies(_ id: SessionID?) -> (String) -> String? {
+        { name in name == "sid" ? id?.rawValue : nil }
+    }
+
     @Test func claimRecordReplayAndMisuse() async throws {
         try await withExecutor { executor in
-            let gate = IdempotencyGate(store: MemorySessionStore(), executor: executor, logger: quietLogger())
-            guard case .run(nil) = try await gate.begin(key: nil, method: "POST", target: "/x", body: []) else {
+            let gate = IdempotencyGate(
+                store: MemorySessionStore(), sessions: SessionConfiguration(), executor: executor, logger: quietLogger())
+            let mine = Self.cookies(SessionID.generate())
+            guard case .run(nil) = try await gate.begin(key: nil, method: "POST", target: "/x", body: [], cookie: mine)
+            else {
                 Issue.record("a request without a key runs as it is")
                 return
             }
-            guard case .run(nil) = try await gate.begin(key: "k", method: "GET", target: "/x", body: []) else {
+            guard case .run(nil) = try await gate.begin(key: "k", method: "GET", target: "/x", body: [], cookie: mine)
+            else {
                 Issue.record("GET runs as it is")
                 return
             }
-            guard case .run(let ticket?) = try await gate.begin(key: "k", method: "POST", target: "/x", body: [1]) else {
+            guard case .run(let ticket?) = try await gate.begin(
+                key: "k", method: "POST", target: "/x", body: [1], cookie: mine)
+            else {
                 Issue.record("the first request claims the key")
                 return
             }
             await gate.finish(ticket, response: StoredResponse(status: 201, headers: [["X-A", "1"]], body: [7]))
-            guard case .replay(let stored) = try await gate.begin(key: "k", method: "POST", target: "/x", body: [1])
+            guard case .replay(let stored) = try await gate.begin(
+                key: "k", method: "POST", target: "/x", body: [1], cookie: mine)
             else {
                 Issue.record("a retry is replayed")
                 return
             }
             #expect(stored.status == 201 && stored.body == [7])
             #expect(stored.headers.contains(["Idempotent-Replayed", "true"]))
-            await #expect(throws: SessionErrorResponse.self) {
-                try await gate.begin(key: "k", method: "POST", target: "/x", body: [2])  // 422: another body
-            }
             do {
-                _ = try await gate.begin(key: "bad key", method: "POST", target: "/x", body: [])
+                _ = try await gate.begin(key: "k", method: "POST", target: "/x", body: [2], cookie: mine)
+                Issue.record("the same session reusing a key for another body gets 422")
+            } catch let answer as SessionErrorResponse {
+                #expect(answer.status == 422)
+            }
+            // Another session's same key is its own: it runs.
+            guard case .run(let other?) = try await gate.begin(
+                key: "k", method: "POST", target: "/x", body: [2], cookie: Self.cookies(SessionID.generate()))
+            else {
+                Issue.record("another session's same key runs its own request")
+                return
+            }
+            await gate.abandon(other)
+            do {
+                _ = try await gate.begin(key: "bad key", method: "POST", target: "/x", body: [], cookie: mine)
                 Issue.record("a key with a space is refused")
             } catch let answer as SessionErrorResponse {
                 #expect(answer.status == 400)
             }
+        }
+    }
+
+    @Test func anonymousRecordsKeepNoCookieAndAreBoundToTheBody() async throws {
+        try await withExecutor { executor in
+            let gate = IdempotencyGate(
+                store: MemorySessionStore(), sessions: SessionConfiguration(), executor: executor, logger: quietLogger())
+            let none = Self.cookies(nil)
+            guard case .run(let ticket?) = try await gate.begin(
+                key: "k", method: "POST", target: "/login", body: [1], cookie: none)
+            else {
+                Issue.record("the first request claims the key")
+                return
+            }
+            #expect(ticket.request.scope == .anonymous)
+            await gate.finish(
+                ticket, response: StoredResponse(status: 200, headers: [["Set-Cookie", "sid=secret"]], body: [7]))
+            guard case .replay(let stored) = try await gate.begin(
+                key: "k", method: "POST", target: "/login", body: [1], cookie: none)
+            else {
+                Issue.record("a cookieless retry is replayed")
+                return
+            }
+            #expect(stored.body == [7])
+            #expect(!stored.headers.contains { $0.first?.lowercased() == "set-cookie" }, "no cookie for another client")
+            // Another body under the same key is another record, not a 422.
+            guard case .run(let other?) = try await gate.begin(
+                key: "k", method: "POST", target: "/login", body: [2], cookie: none)
+            else {
+                Issue.record("an anonymous key with another body runs")
+                return
+            }
+            await gate.abandon(other)
         }
     }
 }

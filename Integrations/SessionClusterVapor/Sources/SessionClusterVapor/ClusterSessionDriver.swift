@@ -27,6 +27,10 @@ import Vapor
 ///   requests of one user on two nodes do not undo each other's changes to
 ///   different keys. Attributes written by `ClusterSession` with other JSON
 ///   types appear in `SessionData` as their JSON text.
+/// - Updates and deletes touch only the session the request read under its
+///   cookie; an entry of a key/value view over the same store
+///   (`SessionKeyValueStore`, e.g. Hummingbird's persist driver), whose ID
+///   anyone who knows its key can compute, is never read as a session.
 /// - A session that expired during the request is started anew under a new
 ///   ID (Vapor sets the new cookie).
 /// - Every store call runs on a `BlockingExecutor`, never on an event loop.
@@ -99,6 +103,8 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
         guard let id = cookieCodec.verifiedID(sessionID.string) else { return nil }
         let store = store
         guard let snapshot = try await run({ try store.load(id) }) else { return nil }
+        // A key/value entry's ID can be computed from its key: it is no session.
+        guard !snapshot.isKeyValueEntry else { return nil }
         request.storage[LoadedSessionKey.self] = LoadedSession(id: id, attributes: snapshot.attributes)
         return SessionData(initialData: snapshot.attributes.mapValues(Self.text))
     }
@@ -106,15 +112,17 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
     public func updateSession(_ sessionID: Vapor.SessionID, to data: SessionData, for request: Request) async throws
         -> Vapor.SessionID
     {
-        guard let id = cookieCodec.verifiedID(sessionID.string) else { return try await createSession(data, for: request) }
-        let loaded = request.storage[LoadedSessionKey.self].flatMap { $0.id == id ? $0 : nil }
+        // Only the session this request read under its cookie is written (never an ID set by other means).
+        guard let id = cookieCodec.verifiedID(sessionID.string),
+            let loaded = request.storage[LoadedSessionKey.self], loaded.id == id
+        else { return try await createSession(data, for: request) }
         let current = data.snapshot
         var changes: [SessionChange] = []
         for (key, value) in current.sorted(by: { $0.key < $1.key })
-        where loaded?.attributes[key].map(Self.text) != value {
+        where loaded.attributes[key].map(Self.text) != value {
             changes.append(.set(key, Self.jsonString(value)))
         }
-        for key in (loaded?.attributes.keys).map(Array.init) ?? [] where current[key] == nil {
+        for key in loaded.attributes.keys.sorted() where current[key] == nil {
             changes.append(.remove(key))
         }
         guard !changes.isEmpty else { return sessionID }  // nothing changed: the read already refreshed the idle timer
@@ -124,7 +132,7 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
             // Expired during the request: never revive the ID, start anew.
             return try await createSession(data, for: request)
         }
-        var attributes = loaded?.attributes ?? [:]
+        var attributes = loaded.attributes
         for change in changes {
             if case .set(let key, let bytes) = change { attributes[key] = bytes }
             if case .remove(let key) = change { attributes[key] = nil }
@@ -134,7 +142,11 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
     }
 
     public func deleteSession(_ sessionID: Vapor.SessionID, for request: Request) async throws {
-        guard let id = cookieCodec.verifiedID(sessionID.string) else { return }
+        // Only the session this request read under its cookie is deleted: Vapor deletes the
+        // cookie's ID even when no session was found under it.
+        guard let id = cookieCodec.verifiedID(sessionID.string),
+            let loaded = request.storage[LoadedSessionKey.self], loaded.id == id
+        else { return }
         let store = store
         try await run { try store.invalidate(id) }
         request.storage[LoadedSessionKey.self] = nil

@@ -112,6 +112,39 @@ import VaporTesting
         }
     }
 
+    /// An entry of a key/value view over the same store (Hummingbird's
+    /// persist driver, say) has an ID anyone who knows its key can compute:
+    /// it is no session, and the driver neither reads, writes nor deletes it.
+    @Test(arguments: StoreKind.allCases)
+    func keyValueEntriesAreNoSessions(_ kind: StoreKind) async throws {
+        try await withExecutor { executor in
+            try await withStores(kind) { stores in
+                let entries = SessionKeyValueStore(store: stores.nodes[0], executor: executor, namespace: "persist:")
+                let value = Array(#"{"user":"admin"}"#.utf8)
+                try await entries.set(key: "victim", value: value, expiresInMillis: nil)
+                let entryID = entries.id(for: "victim").rawValue
+                try await withApps(2) { i, app in
+                    try Self.configure(
+                        app, node: ["a", "b"][i], store: stores.nodes[min(i, stores.nodes.count - 1)],
+                        executor: executor)
+                } _: { nodes in
+                    let (a, b) = (nodes[0], nodes[1])
+                    let jar = CookieJar(["vapor-session": entryID])
+                    #expect(String(buffer: try await a.call(.GET, "/whoami", jar: jar).body) == "a: nobody - -")
+                    _ = try await b.call(.POST, "/logout", jar: CookieJar(["vapor-session": entryID]))
+                    _ = try await b.call(.POST, "/login", jar: jar, body: "eve")
+                    #expect(jar["vapor-session"] != entryID, "a new session, not the entry")
+                    #expect(String(buffer: try await a.call(.GET, "/whoami", jar: jar).body) == "a: eve - -")
+                }
+                let entry = try #require(try await entries.get(key: "victim"))
+                #expect(entry.value == value, "the entry is unchanged")
+                let (store, entryKey) = (stores.nodes[0], entries.id(for: "victim"))
+                let snapshot = try #require(try await executor.run { try store.load(entryKey) })
+                #expect(snapshot.attributes["user"] == nil, "the driver wrote nothing into the entry")
+            }
+        }
+    }
+
     @Test func aStoreThatIsDownAnswers503() async throws {
         try await withExecutor { executor in
             try await withApps(1) { _, app in

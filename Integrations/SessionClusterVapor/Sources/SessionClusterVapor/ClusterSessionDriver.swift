@@ -21,6 +21,15 @@ import Vapor
 ///   signing keys (`SessionCookieCodec`: the first signs, all verify) the
 ///   cookie carries an HMAC of the ID, so forged IDs are refused without a
 ///   store lookup.
+/// - A new ID at login and logout (no session fixation): Vapor's session
+///   authentication keeps the logged-in user under the data key
+///   `"_" + A.sessionName + "Session"` (`req.session.authenticate(user)`
+///   sets `_UserSession`). When a request adds, changes or removes such a
+///   key (compared with what it read), the update moves the session to a new
+///   ID (`SessionStore.regenerate`: the old ID stops working at once), then
+///   writes the request's changes under the new ID, and Vapor sets the new
+///   cookie. An app that logs users in without Vapor's authenticators asks
+///   for the same with `req.regenerateClusterSessionID()`.
 /// - Each key of `SessionData` is one attribute, stored as a JSON string
 ///   (`redis-cli HGETALL` shows it). An update writes only the keys the
 ///   request changed or removed (compared with what it read), so two
@@ -96,6 +105,7 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
             }
         }
         request.storage[LoadedSessionKey.self] = LoadedSession(id: id, attributes: attributes)
+        request.storage[RegenerateSessionIDKey.self] = nil  // a new ID already
         return Vapor.SessionID(string: cookieCodec.value(for: id))
     }
 
@@ -125,20 +135,37 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
         for key in loaded.attributes.keys.sorted() where current[key] == nil {
             changes.append(.remove(key))
         }
-        guard !changes.isEmpty else { return sessionID }  // nothing changed: the read already refreshed the idle timer
-        let (store, delta) = (store, SessionDelta(id: id, changes: changes))
-        let applied = try await run { try store.apply(delta) }
-        guard applied != nil else {
-            // Expired during the request: never revive the ID, start anew.
-            return try await createSession(data, for: request)
+        let rotate =
+            request.storage[RegenerateSessionIDKey.self] == true
+            || changes.contains { Self.isAuthenticationKey($0.attribute) }
+        request.storage[RegenerateSessionIDKey.self] = nil
+        // Nothing changed: the read already refreshed the idle timer.
+        guard !changes.isEmpty || rotate else { return sessionID }
+        var target = id
+        if rotate {
+            // Login or logout: the session moves to a new ID before the change is written, so
+            // an ID planted on (or leaked by) the client never carries the authenticated state.
+            let (store, newID) = (store, SessionCore.SessionID.generate())
+            guard try await run({ try store.regenerate(id, to: newID) }) else {
+                // Expired during the request: never revive the ID, start anew.
+                return try await createSession(data, for: request)
+            }
+            target = newID
+        }
+        if !changes.isEmpty {
+            let (store, delta) = (store, SessionDelta(id: target, changes: changes))
+            guard try await run({ try store.apply(delta) }) != nil else {
+                // Expired during the request: never revive the ID, start anew.
+                return try await createSession(data, for: request)
+            }
         }
         var attributes = loaded.attributes
         for change in changes {
             if case .set(let key, let bytes) = change { attributes[key] = bytes }
             if case .remove(let key) = change { attributes[key] = nil }
         }
-        request.storage[LoadedSessionKey.self] = LoadedSession(id: id, attributes: attributes)
-        return sessionID
+        request.storage[LoadedSessionKey.self] = LoadedSession(id: target, attributes: attributes)
+        return target == id ? sessionID : Vapor.SessionID(string: cookieCodec.value(for: target))
     }
 
     public func deleteSession(_ sessionID: Vapor.SessionID, for request: Request) async throws {
@@ -150,6 +177,12 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
         let store = store
         try await run { try store.invalidate(id) }
         request.storage[LoadedSessionKey.self] = nil
+    }
+
+    /// Whether a `SessionData` key is where Vapor's session authentication keeps a
+    /// logged-in user: `"_" + A.sessionName + "Session"` (`Session.authenticate(_:)`).
+    public static func isAuthenticationKey(_ key: String) -> Bool {
+        key.count > "_Session".count && key.hasPrefix("_") && key.hasSuffix("Session")
     }
 
     /// Runs a store call on the executor; store errors become `ClusterSessionAbort`.
@@ -184,6 +217,23 @@ struct LoadedSession: Sendable {
 
 enum LoadedSessionKey: StorageKey {
     typealias Value = LoadedSession
+}
+
+enum RegenerateSessionIDKey: StorageKey {
+    typealias Value = Bool
+}
+
+extension Request {
+    /// Asks `ClusterSessionDriver` for a new session ID when it saves this
+    /// request's session (`req.session`), as at login: the session's data
+    /// moves to the new ID, the old ID stops working, and Vapor sets the new
+    /// cookie. The driver does this by itself when Vapor's session
+    /// authentication (`req.session.authenticate(user)`, the session
+    /// authenticators) logs a user in or out; call this where an app logs
+    /// users in by other means (e.g. `req.session.data["user"] = name`).
+    public func regenerateClusterSessionID() {
+        storage[RegenerateSessionIDKey.self] = true
+    }
 }
 
 /// A store failure as a Vapor error: Vapor's `ErrorMiddleware` answers it

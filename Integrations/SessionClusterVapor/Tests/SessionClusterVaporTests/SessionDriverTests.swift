@@ -10,6 +10,12 @@ import VaporTesting
 /// Vapor's `SessionsMiddleware` with our driver (`req.session.data`): the
 /// one-line switch, on two nodes sharing a store.
 @Suite struct SessionDriverTests {
+    /// A user as Vapor's session authentication keeps it (`_TestUserSession`).
+    struct TestUser: SessionAuthenticatable {
+        var name: String
+        var sessionID: String { name }
+    }
+
     static func configure(
         _ app: Application, node: String, store: any SessionStore, executor: BlockingExecutor,
         signingKey: [UInt8]? = nil
@@ -34,6 +40,24 @@ import VaporTesting
         app.post("logout") { req -> String in
             req.session.destroy()
             return "\(node): bye"
+        }
+        // Vapor's session authentication: `_TestUserSession`.
+        app.post("auth", "login") { req -> String in
+            req.session.authenticate(TestUser(name: req.body.string ?? ""))
+            return "\(node): logged in"
+        }
+        app.post("auth", "logout") { req -> String in
+            req.session.unauthenticate(TestUser.self)
+            return "\(node): logged out"
+        }
+        app.get("auth", "whoami") { req -> String in
+            "\(node): \(req.session.authenticated(TestUser.self) ?? "nobody") \(req.session.data["color"] ?? "-")"
+        }
+        // A login without Vapor's authenticators: the app asks for the new ID.
+        app.post("manual-login") { req -> String in
+            req.session.data["user"] = req.body.string ?? ""
+            req.regenerateClusterSessionID()
+            return "\(node): welcome"
         }
     }
 
@@ -109,6 +133,68 @@ import VaporTesting
             #expect(String(buffer: try await b.call(.GET, "/whoami", jar: jar).body) == "b: ada - -")
             let bare = CookieJar(["vapor-session": String(signed.split(separator: ".")[0])])
             #expect(String(buffer: try await b.call(.GET, "/whoami", jar: bare).body) == "b: nobody - -")
+        }
+    }
+
+    /// Session fixation: an ID the client had before logging in (planted by
+    /// an attacker, or leaked) must not carry the logged-in session.
+    @Test(arguments: StoreKind.allCases)
+    func loginThroughVaporAuthenticationIssuesANewID(_ kind: StoreKind) async throws {
+        try await withNodes(kind) { a, b in
+            let jar = CookieJar()
+            _ = try await a.call(.POST, "/slow-set/color/red", jar: jar)
+            let before = try #require(jar["vapor-session"])
+            let planted = CookieJar(["vapor-session": before])  // what the attacker kept
+            let login = try await b.call(.POST, "/auth/login", jar: jar, body: "ada")
+            #expect(String(buffer: login.body) == "b: logged in")
+            let after = try #require(jar["vapor-session"])
+            #expect(after != before, "a new ID at login")
+            #expect(String(buffer: try await a.call(.GET, "/auth/whoami", jar: jar).body) == "a: ada red")
+            #expect(String(buffer: try await a.call(.GET, "/auth/whoami", jar: planted).body) == "a: nobody -")
+            #expect(String(buffer: try await b.call(.GET, "/auth/whoami", jar: planted).body) == "b: nobody -")
+            // The same user again changes nothing: the ID stays.
+            _ = try await a.call(.POST, "/auth/login", jar: jar, body: "ada")
+            #expect(jar["vapor-session"] == after)
+            // Another user, and logout, each get a new ID too.
+            _ = try await b.call(.POST, "/auth/login", jar: jar, body: "bob")
+            let bob = try #require(jar["vapor-session"])
+            #expect(bob != after)
+            #expect(String(buffer: try await a.call(.GET, "/auth/whoami", jar: jar).body) == "a: bob red")
+            let old = CookieJar(["vapor-session": after])
+            #expect(String(buffer: try await a.call(.GET, "/auth/whoami", jar: old).body) == "a: nobody -")
+            _ = try await a.call(.POST, "/auth/logout", jar: jar)
+            #expect(jar["vapor-session"] != bob)
+            #expect(String(buffer: try await b.call(.GET, "/auth/whoami", jar: jar).body) == "b: nobody red")
+            let loggedIn = CookieJar(["vapor-session": bob])
+            #expect(String(buffer: try await b.call(.GET, "/auth/whoami", jar: loggedIn).body) == "b: nobody -")
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func regenerateClusterSessionIDIssuesANewID(_ kind: StoreKind) async throws {
+        try await withNodes(kind) { a, b in
+            let jar = CookieJar()
+            _ = try await a.call(.POST, "/slow-set/color/red", jar: jar)
+            let before = try #require(jar["vapor-session"])
+            _ = try await b.call(.POST, "/manual-login", jar: jar, body: "ada")
+            #expect(jar["vapor-session"] != before, "a new ID at login")
+            #expect(String(buffer: try await a.call(.GET, "/whoami", jar: jar).body) == "a: ada red -")
+            let planted = CookieJar(["vapor-session": before])
+            #expect(String(buffer: try await a.call(.GET, "/whoami", jar: planted).body) == "a: nobody - -")
+        }
+    }
+
+    @Test func signedIDsRotateAtLogin() async throws {
+        try await withNodes(.memory, signingKey: Array("a signing key of 32 bytes or more!!".utf8)) { a, b in
+            let jar = CookieJar()
+            _ = try await a.call(.POST, "/slow-set/color/red", jar: jar)
+            let before = try #require(jar["vapor-session"])
+            _ = try await b.call(.POST, "/auth/login", jar: jar, body: "ada")
+            let after = try #require(jar["vapor-session"])
+            #expect(after.contains(".") && after != before)
+            #expect(String(buffer: try await a.call(.GET, "/auth/whoami", jar: jar).body) == "a: ada red")
+            let planted = CookieJar(["vapor-session": before])
+            #expect(String(buffer: try await a.call(.GET, "/auth/whoami", jar: planted).body) == "a: nobody -")
         }
     }
 

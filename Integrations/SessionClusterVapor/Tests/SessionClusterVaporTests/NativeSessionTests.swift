@@ -120,6 +120,51 @@ import VaporTesting
             #expect(reused.status == .unprocessableEntity)
         }
     }
+
+    /// Issue 14, finding 1: an idempotency record is its caller's. A second
+    /// client without a cookie that sends the same key and body as a first,
+    /// cookieless one that logged in gets the replay without the first
+    /// client's session cookie; another session's same key runs its own request.
+    @Test(arguments: StoreKind.allCases)
+    func idempotencyRecordsAreScopedToTheirCaller(_ kind: StoreKind) async throws {
+        try await withNodes(kind) { a, b in
+            let key: HTTPHeaders = ["Idempotency-Key": "shared-\(UUID().uuidString)"]
+            let login = #"{"user":"ada"}"#
+            let first = CookieJar()
+            let original = try await a.call(.POST, "/api/login", jar: first, body: login, headers: key)
+            #expect(original.status == .ok)
+            let firstCookie = try #require(first["sid"], "the login made a session")
+            // Another cookieless client, same key and body: the stored answer, no cookie.
+            let second = CookieJar()
+            let replay = try await b.call(.POST, "/api/login", jar: second, body: login, headers: key)
+            #expect(replay.status == .ok)
+            #expect(replay.headers.first(name: "Idempotent-Replayed") == "true")
+            #expect(replay.headers[.setCookie].isEmpty, "no Set-Cookie in the replay")
+            #expect(!String(buffer: replay.body).contains(firstCookie))
+            #expect(second["sid"] == nil)
+            #expect(try await a.demo(.GET, "/api/session", jar: second) == DemoAnswer(node: "a", count: 0))
+            #expect(try await b.demo(.GET, "/api/session", jar: first) == DemoAnswer(node: "b", count: 0, user: "ada"))
+            // Sessions: the same key in another session is that session's own request.
+            let third = CookieJar()
+            _ = try await a.demo(.POST, "/api/counter", jar: third)
+            let counted = try await a.call(.POST, "/api/counter", jar: third, headers: key)
+            #expect(counted.status == .ok && counted.headers.first(name: "Idempotent-Replayed") == nil)
+            #expect(String(buffer: counted.body) == #"{"node":"a","count":2}"#)
+            let fourth = CookieJar()
+            _ = try await b.demo(.POST, "/api/counter", jar: fourth)
+            let own = try await b.call(.POST, "/api/counter", jar: fourth, headers: key)
+            #expect(own.status == .ok, "no replay of another session's run")
+            #expect(own.headers.first(name: "Idempotent-Replayed") == nil)
+            #expect(String(buffer: own.body) == #"{"node":"b","count":2}"#)
+            let fifth = CookieJar()
+            _ = try await a.demo(.POST, "/api/counter", jar: fifth)
+            let other = try await b.call(.POST, "/api/login", jar: fifth, body: #"{"user":"bob"}"#, headers: key)
+            #expect(other.status == .ok, "no 422 for a key another session used for another request")
+            #expect(other.headers.first(name: "Idempotent-Replayed") == nil)
+            #expect(try await a.demo(.GET, "/api/session", jar: fifth) == DemoAnswer(node: "a", count: 1, user: "bob"))
+            #expect(try await a.demo(.GET, "/api/session", jar: third).count == 2)
+        }
+    }
 }
 
 /// The routes of each app, for shutting them down.

@@ -45,6 +45,11 @@ run() {
     return "$status"
 }
 
+# The core package the adapters build on links system libraries (hiredis, libsodium).
+# shellcheck source=../scripts/ensure-packages.sh
+source "$here/../scripts/ensure-packages.sh"
+ensure_packages "${build_packages[@]}"
+
 if [[ -z "${REDIS_URL:-}" ]] && ! command -v redis-server >/dev/null 2>&1 && [[ ! -x /usr/bin/redis-server ]]; then
     echo "error: REDIS_URL is not set and redis-server is not installed (apt-get install redis-server)" >&2
     exit 1

@@ -69,7 +69,7 @@ tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-tour.XXXXXX")
 jar="$tmp_dir/cookies"
 : >"$jar"
 
-packages=(libhiredis-dev curl jq)
+packages=("${build_packages[@]}" curl jq)
 [[ "$strategy" == redis ]] && packages+=(redis-server)
 log "checking packages${build:+ and Swift}"
 ensure_packages "${packages[@]}"

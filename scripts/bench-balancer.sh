@@ -187,7 +187,7 @@ bench() {
 }
 
 log "checking packages and Swift"
-packages=(libhiredis-dev wrk haproxy curl)
+packages=("${build_packages[@]}" wrk haproxy curl)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 ensure_packages "${packages[@]}"
 ensure_swift

@@ -79,7 +79,7 @@ bench() {
 }
 
 log "checking packages and Swift"
-ensure_packages libhiredis-dev wrk nginx curl
+ensure_packages "${build_packages[@]}" wrk nginx curl
 ensure_swift
 command -v nginx >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin"
 command -v nginx >/dev/null 2>&1 || die "nginx is installed but not on PATH"

@@ -78,7 +78,7 @@ json_field() {
 }
 
 log "checking packages and Swift"
-ensure_packages libhiredis-dev redis-server redis-tools
+ensure_packages "${build_packages[@]}" redis-server redis-tools
 ensure_swift
 
 build_release

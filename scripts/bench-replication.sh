@@ -173,7 +173,7 @@ bench() {
 }
 
 log "checking packages and Swift"
-ensure_packages libhiredis-dev curl python3
+ensure_packages "${build_packages[@]}" curl python3
 ensure_swift
 
 build_release

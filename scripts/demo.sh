@@ -14,7 +14,7 @@ source "$script_dir/ensure-packages.sh"
 SCRATCH_PATH=${SCRATCH_PATH:-.build}
 
 echo "==> checking packages and Swift"
-packages=(libhiredis-dev curl)
+packages=("${build_packages[@]}" curl)
 # --strategy redis starts a private redis-server.
 if [[ " $* " == *" redis "* || " $* " == *"--strategy=redis"* ]]; then
     packages+=(redis-server)

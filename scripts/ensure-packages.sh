@@ -12,6 +12,10 @@
 # Only the missing packages are installed; `apt-get update` runs once, and
 # only when something is missing; `sudo` is used when not root.
 
+# The Debian packages the Swift build itself needs: the system libraries
+# the package links (CHiredis, CSodium).
+build_packages=(libhiredis-dev libsodium-dev)
+
 # Print an error on stderr.
 ensure_packages_error() {
     printf 'error: %s\n' "$*" >&2

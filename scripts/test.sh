@@ -31,7 +31,7 @@ child_signal=INT
 install_traps
 
 log "checking packages and Swift"
-ensure_packages libhiredis-dev redis-server redis-tools curl
+ensure_packages "${build_packages[@]}" redis-server redis-tools curl
 ensure_packages redis-sentinel ||
     log "warning: redis-sentinel could not be installed; the Sentinel failover test will be skipped"
 # flask, flask-session and redis (Python) for the Flask-Session baseline of the

@@ -3,7 +3,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Crypto
 
 /// A signing key was unusable.
 public struct SigningKeyError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -24,6 +23,7 @@ public struct SessionCookieCodec: Sendable {
 
     /// The keys, the signing one first; empty for unsigned cookies.
     public let signingKeys: [[UInt8]]
+    private let keys: [HMACKey]
 
     /// A codec with `signingKeys` (each at least 16 bytes; none for unsigned cookies).
     public init(signingKeys: [[UInt8]]) throws(SigningKeyError) {
@@ -32,6 +32,7 @@ public struct SessionCookieCodec: Sendable {
                 "signing key \(index + 1) has \(key.count) bytes; at least \(Self.minimumKeyBytes) are required (32 recommended)")
         }
         self.signingKeys = signingKeys
+        keys = signingKeys.map(HMACKey.init)
     }
 
     /// Whether cookies are signed.
@@ -39,9 +40,8 @@ public struct SessionCookieCodec: Sendable {
 
     /// The cookie value for an ID: the ID, plus its HMAC with the first key when signing.
     public func value(for id: SessionID) -> String {
-        guard let key = signingKeys.first.map({ SymmetricKey(data: $0) }) else { return id.rawValue }
-        let mac = HMAC<SHA256>.authenticationCode(for: Array(id.rawValue.utf8), using: key)
-        return id.rawValue + "." + base64URLEncode(Array(mac))
+        guard let key = keys.first else { return id.rawValue }
+        return id.rawValue + "." + base64URLEncode(key.authenticationCode(for: Array(id.rawValue.utf8)))
     }
 
     /// The ID in a cookie value, or nil when malformed or signed by none of the keys.
@@ -52,12 +52,7 @@ public struct SessionCookieCodec: Sendable {
             let mac = base64URLDecode(String(parts[1])), mac.count == 32
         else { return nil }
         let message = Array(id.rawValue.utf8)
-        for key in signingKeys
-            where HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: message, using: SymmetricKey(data: key))
-        {
-            return id
-        }
-        return nil
+        return keys.contains { $0.isValid(mac, for: message) } ? id : nil
     }
 }
 

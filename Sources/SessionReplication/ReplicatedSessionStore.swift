@@ -3,7 +3,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Crypto
 import Dispatch
 import SessionCore
 import Synchronization
@@ -81,7 +80,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
         var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
         var onLookup: (@Sendable (String, UInt64) -> Int)?
-        var readTokenKey: [UInt8]?
+        var readTokenKey: SodiumHMAC?
     }
 
     /// How `catchUp` waits for a session newer than this node's copy.
@@ -247,7 +246,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// cluster secret; with it, a token is valid only for its session and
     /// only as this cluster issued it, so a forged one costs no wait and no
     /// fetch. nil: tokens carry no MAC (a store without peers fetches nothing).
-    public var readTokenKey: [UInt8]? {
+    var readTokenKey: SodiumHMAC? {
         get { sinks.withLock { $0.readTokenKey } }
         set { sinks.withLock { $0.readTokenKey = newValue } }
     }
@@ -259,25 +258,22 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             return nil
         }
         guard let key = readTokenKey else { return token }
-        return token + "~" + base64URLEncode(Self.tokenMAC(token, id: id, key: key))
+        return token + "~" + base64URLEncode(key.code(for: Self.tokenMessage(token, id: id), count: 16))
     }
 
-    /// The first 16 bytes of HMAC-SHA256(key, id · token).
-    private static func tokenMAC(_ token: String, id: SessionID, key: [UInt8]) -> [UInt8] {
-        let mac = HMAC<SHA256>.authenticationCode(
-            for: Array("\(id.rawValue)\n\(token)".utf8), using: SymmetricKey(data: key))
-        return Array(Array(mac).prefix(16))
+    private static func tokenMessage(_ token: Substring, id: SessionID) -> [UInt8] {
+        Array("\(id.rawValue)\n\(token)".utf8)
     }
 
-    /// The token text of a read-token cookie, nil when its MAC does not verify.
-    private func verifiedToken(_ value: String, id: SessionID) -> String? {
-        guard let key = readTokenKey else { return value }
+    private static func tokenMessage(_ token: String, id: SessionID) -> [UInt8] { tokenMessage(token[...], id: id) }
+
+    /// A read-token cookie's token text and MAC (nil without a key, or when malformed).
+    private func splitToken(_ value: String) -> (token: Substring, mac: [UInt8]?)? {
+        guard readTokenKey != nil else { return (value[...], nil) }
         guard let tilde = value.lastIndex(of: "~"), let mac = base64URLDecode(String(value[value.index(after: tilde)...])),
             mac.count == 16
         else { return nil }
-        let token = String(value[..<tilde])
-        let expected = Self.tokenMAC(token, id: id, key: key)
-        return zip(mac, expected).reduce(0) { $0 | ($1.0 ^ $1.1) } == 0 ? token : nil  // constant time
+        return (value[..<tilde], mac)
     }
 
     /// Waits for a copy holding every write `token` names: up to
@@ -288,17 +284,20 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// Tokens whose MAC does not verify, malformed tokens and tokens from the
     /// future (beyond the clock's drift limit) are refused at once.
     public func catchUp(_ id: SessionID, to token: String) -> Bool {
-        guard let text = verifiedToken(token, id: id) else {
+        guard let (text, mac) = splitToken(token), let wanted = ReadToken(String(text)) else {
             catchUps.withLock { $0.refused += 1 }
             return false
         }
-        guard let wanted = ReadToken(text) else { return false }
         let limit = clock.nowMillis() + hlc.maxForwardDriftMillis
         guard wanted.stamps.allSatisfy({ $0.millis <= limit }) else { return false }
         func isCurrent() -> Bool { contents.withLock { $0.sessions[id]?.contains(wanted) ?? false } }
-        if isCurrent() {
+        if isCurrent() {  // nothing to wait for: the MAC guards only the waits and fetches below
             catchUps.withLock { $0.current += 1 }
             return true
+        }
+        if let mac, let key = readTokenKey, !key.isValid(mac, for: Self.tokenMessage(text, id: id)) {
+            catchUps.withLock { $0.refused += 1 }
+            return false
         }
         waiters.withLock { $0.waiting[id, default: 0] += 1 }
         defer {

@@ -1,3 +1,4 @@
+import CSodium
 import Crypto
 import Synchronization
 
@@ -51,10 +52,19 @@ public struct ClusterSecret: Sendable {
     }
 }
 
-/// The sending half of a connection: seals frames with ChaCha20-Poly1305,
-/// the nonce counting the frames sealed before (so a replayed, reordered or
-/// dropped frame fails to open). Thread-safe; the caller must put the bytes
-/// on the socket in the order they were sealed (one writer at a time).
+/// libsodium is ready (CPU features detected); thread-safe, once per process.
+private let sodiumReady: Bool = sodium_init() >= 0
+
+/// The sending half of a connection: seals frames with ChaCha20-Poly1305
+/// (IETF, RFC 8439), the nonce counting the frames sealed before (so a
+/// replayed, reordered or dropped frame fails to open). Thread-safe; the
+/// caller must put the bytes on the socket in the order they were sealed
+/// (one writer at a time).
+///
+/// libsodium does the sealing in one C call into the frame's own buffer:
+/// swift-crypto's `ChaChaPoly` costs about 2 µs of wrappers per 200-byte
+/// frame (an AEAD context, `Data` objects, generic code) against 0.15 µs of
+/// cipher, and a sync-mode write seals and opens 8 frames across the cluster.
 public final class FrameSealer: Sendable {
     private let key: [UInt8]
     private let sealed = Mutex<UInt64>(0)
@@ -62,6 +72,7 @@ public final class FrameSealer: Sendable {
     public let maxPayloadBytes: Int
 
     init(key: [UInt8], maxPayloadBytes: Int = FrameFormat.defaultMaxPayloadBytes) {
+        precondition(sodiumReady && key.count == Int(crypto_aead_chacha20poly1305_ietf_KEYBYTES), "libsodium is unusable")
         self.key = key
         self.maxPayloadBytes = maxPayloadBytes
     }
@@ -77,6 +88,7 @@ public final class FrameSealer: Sendable {
     /// The frames' bytes, back to back, for one write.
     public func seal(_ frames: [ReplicationFrame]) -> [UInt8] {
         var out: [UInt8] = []
+        out.reserveCapacity(frames.reduce(0) { $0 + $1.payload.count + 27 })
         for frame in frames { seal(frame, into: &out) }
         return out
     }
@@ -86,19 +98,23 @@ public final class FrameSealer: Sendable {
             frame.type != .hello && frame.payload.count <= maxPayloadBytes,
             "a \(frame.type) frame of \(frame.payload.count) bytes cannot be sealed (limit \(maxPayloadBytes))")
         let header = FrameFormat.header(kind: .sealed, length: 1 + frame.payload.count + FrameFormat.tagByteCount)
-        var plaintext = [UInt8]()
-        plaintext.reserveCapacity(1 + frame.payload.count)
-        plaintext.append(frame.type.rawValue)
-        plaintext.append(contentsOf: frame.payload)
-        let box = sealed.withLock { counter -> ChaChaPoly.SealedBox in
-            defer { counter += 1 }
-            // A fresh key per connection and direction, a nonce never reused under it.
-            return try! ChaChaPoly.seal(
-                plaintext, using: SymmetricKey(data: key), nonce: FrameOpener.nonce(counter), authenticating: header)
-        }
+        let start = out.count
         out.append(contentsOf: header)
-        out.append(contentsOf: box.ciphertext)
-        out.append(contentsOf: box.tag)
+        out.append(frame.type.rawValue)  // the message, encrypted in place below
+        out.append(contentsOf: frame.payload)
+        out.append(contentsOf: [UInt8](repeating: 0, count: FrameFormat.tagByteCount))
+        let messageLength = 1 + frame.payload.count
+        sealed.withLock { counter in
+            defer { counter += 1 }  // a fresh key per connection and direction, a nonce never reused under it
+            let nonce = FrameOpener.nonce(counter)
+            out.withUnsafeMutableBufferPointer { buffer in
+                let base = buffer.baseAddress! + start
+                let message = base + FrameFormat.headerByteCount
+                _ = crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+                    message, message + messageLength, nil, message, UInt64(messageLength), base,
+                    UInt64(FrameFormat.headerByteCount), nil, nonce, key)
+            }
+        }
     }
 }
 
@@ -108,13 +124,15 @@ public struct FrameOpener: Sendable {
     private var opened: UInt64 = 0
 
     init(key: [UInt8]) {
+        precondition(sodiumReady && key.count == Int(crypto_aead_chacha20poly1305_ietf_KEYBYTES), "libsodium is unusable")
         self.key = key
     }
 
-    static func nonce(_ counter: UInt64) -> ChaChaPoly.Nonce {
+    /// The 12-byte IETF nonce of frame `counter`: 4 zero bytes, the counter big endian.
+    static func nonce(_ counter: UInt64) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 12)
         for i in 0..<8 { bytes[4 + i] = UInt8(truncatingIfNeeded: counter >> (56 - 8 * UInt64(i))) }
-        return try! ChaChaPoly.Nonce(data: bytes)  // 12 bytes: always valid
+        return bytes
     }
 
     /// The frame a sealed frame's `header` and `body` carry; throws `badTag`
@@ -123,21 +141,55 @@ public struct FrameOpener: Sendable {
         guard body.count >= 1 + FrameFormat.tagByteCount else {
             throw FrameError(.badTag, "a sealed frame of \(body.count) bytes is too short")
         }
-        let tagStart = body.endIndex - FrameFormat.tagByteCount
-        let plaintext: [UInt8]
-        do {
-            let box = try ChaChaPoly.SealedBox(
-                nonce: Self.nonce(opened), ciphertext: body[body.startIndex..<tagStart], tag: body[tagStart...])
-            plaintext = Array(try ChaChaPoly.open(box, using: SymmetricKey(data: key), authenticating: header))
-        } catch {
+        let messageLength = body.count - FrameFormat.tagByteCount
+        var message = [UInt8](repeating: 0, count: messageLength)
+        let nonce = Self.nonce(opened)
+        let rc = header.withUnsafeBufferPointer { header in
+            body.withUnsafeBufferPointer { body in
+                crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+                    &message, nil, body.baseAddress!, UInt64(messageLength), body.baseAddress! + messageLength,
+                    header.baseAddress!, UInt64(header.count), nonce, key)
+            }
+        }
+        guard rc == 0 else {
             throw FrameError(
                 .badTag,
                 "sealed frame \(opened) failed authentication (a wrong cluster secret, or bytes tampered with, replayed, reordered or dropped)")
         }
         opened += 1
-        guard let type = FrameType(rawValue: plaintext[0]), type != .hello else {
-            throw FrameError(.unknownType, "unknown sealed frame type \(plaintext[0])")
+        guard let type = FrameType(rawValue: message[0]), type != .hello else {
+            throw FrameError(.unknownType, "unknown sealed frame type \(message[0])")
         }
-        return ReplicationFrame(type: type, payload: Array(plaintext[1...]))
+        message.removeFirst()
+        return ReplicationFrame(type: type, payload: message)
+    }
+}
+
+/// HMAC-SHA256 with its key schedule done once (libsodium; each MAC starts
+/// from a copy of the keyed state): read tokens' MACs.
+struct SodiumHMAC: Sendable {
+    private let keyed: [UInt8]  // a crypto_auth_hmacsha256_state, as bytes
+
+    init(_ key: [UInt8]) {
+        precondition(sodiumReady, "libsodium is unusable")
+        var state = crypto_auth_hmacsha256_state()
+        _ = crypto_auth_hmacsha256_init(&state, key, key.count)
+        keyed = withUnsafeBytes(of: &state) { Array($0) }
+    }
+
+    /// The first `count` bytes of HMAC-SHA256 of `message`.
+    func code(for message: [UInt8], count: Int = 32) -> [UInt8] {
+        var state = crypto_auth_hmacsha256_state()
+        withUnsafeMutableBytes(of: &state) { $0.copyBytes(from: keyed) }
+        _ = crypto_auth_hmacsha256_update(&state, message, UInt64(message.count))
+        var out = [UInt8](repeating: 0, count: 32)
+        _ = crypto_auth_hmacsha256_final(&state, &out)
+        return Array(out.prefix(count))
+    }
+
+    /// Whether `code` is the first `code.count` (16 or more) bytes of the MAC of `message`, in constant time.
+    func isValid(_ code: [UInt8], for message: [UInt8]) -> Bool {
+        guard code.count >= 16, code.count <= 32 else { return false }
+        return sodium_memcmp(code, self.code(for: message, count: code.count), code.count) == 0
     }
 }

@@ -138,18 +138,6 @@ private func catchUpCluster() throws -> (LoopbackCluster, LoopbackRelay) {
     }
 }
 
-/// Starts `count` threads running `body(i)` at once; the group is done when they all returned.
-private func startThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) -> DispatchGroup {
-    let group = DispatchGroup()
-    for i in 0..<count {
-        group.enter()
-        Thread {
-            body(i)
-            group.leave()
-        }.start()
-    }
-    return group
-}
 
 /// Connections that start a hello and never finish it: each sends a header
 /// announcing `announced` body bytes, then a background thread trickles one

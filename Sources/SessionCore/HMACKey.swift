@@ -2,8 +2,8 @@ import Crypto
 
 /// An HMAC-SHA256 key with its key schedule done once: each MAC starts from
 /// a copy of the keyed state (swift-crypto's digests copy on write), which
-/// costs about 40% of a MAC from the raw key. For hot paths: signed cookies,
-/// read tokens.
+/// costs about 40% of a MAC from the raw key. For the hot paths: signed
+/// cookies, and the replicated store's read tokens.
 public struct HMACKey: @unchecked Sendable {  // immutable; every use mutates its own copy (copy on write)
     private let keyed: HMAC<SHA256>
 

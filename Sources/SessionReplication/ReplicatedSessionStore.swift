@@ -80,7 +80,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
         var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
         var onLookup: (@Sendable (String, UInt64) -> Int)?
-        var readTokenKey: SodiumHMAC?
+        var readTokenKey: HMACKey?
     }
 
     /// How `catchUp` waits for a session newer than this node's copy.
@@ -246,7 +246,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// cluster secret; with it, a token is valid only for its session and
     /// only as this cluster issued it, so a forged one costs no wait and no
     /// fetch. nil: tokens carry no MAC (a store without peers fetches nothing).
-    var readTokenKey: SodiumHMAC? {
+    var readTokenKey: HMACKey? {
         get { sinks.withLock { $0.readTokenKey } }
         set { sinks.withLock { $0.readTokenKey = newValue } }
     }
@@ -258,7 +258,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             return nil
         }
         guard let key = readTokenKey else { return token }
-        return token + "~" + base64URLEncode(key.code(for: Self.tokenMessage(token, id: id), count: 16))
+        return token + "~" + base64URLEncode(Array(key.authenticationCode(for: Self.tokenMessage(token, id: id)).prefix(16)))
     }
 
     private static func tokenMessage(_ token: Substring, id: SessionID) -> [UInt8] {

@@ -160,7 +160,7 @@ public final class ReplicationNode: Sendable {
             .map { PeerLink(address: $0, node: core) }
         state = Mutex(State(listener: listener))
         store.isReady = false
-        store.readTokenKey = SodiumHMAC(secret.readTokenKey)
+        store.readTokenKey = HMACKey(secret.readTokenKey)
         let links = links
         let mode = configuration.mode
         let timeout = UInt64(configuration.syncTimeoutMillis) * 1_000_000

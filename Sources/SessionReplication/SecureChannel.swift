@@ -164,32 +164,3 @@ public struct FrameOpener: Sendable {
         return ReplicationFrame(type: type, payload: message)
     }
 }
-
-/// HMAC-SHA256 with its key schedule done once (libsodium; each MAC starts
-/// from a copy of the keyed state): read tokens' MACs.
-struct SodiumHMAC: Sendable {
-    private let keyed: [UInt8]  // a crypto_auth_hmacsha256_state, as bytes
-
-    init(_ key: [UInt8]) {
-        precondition(sodiumReady, "libsodium is unusable")
-        var state = crypto_auth_hmacsha256_state()
-        _ = crypto_auth_hmacsha256_init(&state, key, key.count)
-        keyed = withUnsafeBytes(of: &state) { Array($0) }
-    }
-
-    /// The first `count` bytes of HMAC-SHA256 of `message`.
-    func code(for message: [UInt8], count: Int = 32) -> [UInt8] {
-        var state = crypto_auth_hmacsha256_state()
-        withUnsafeMutableBytes(of: &state) { $0.copyBytes(from: keyed) }
-        _ = crypto_auth_hmacsha256_update(&state, message, UInt64(message.count))
-        var out = [UInt8](repeating: 0, count: 32)
-        _ = crypto_auth_hmacsha256_final(&state, &out)
-        return Array(out.prefix(count))
-    }
-
-    /// Whether `code` is the first `code.count` (16 or more) bytes of the MAC of `message`, in constant time.
-    func isValid(_ code: [UInt8], for message: [UInt8]) -> Bool {
-        guard code.count >= 16, code.count <= 32 else { return false }
-        return sodium_memcmp(code, self.code(for: message, count: code.count), code.count) == 0
-    }
-}

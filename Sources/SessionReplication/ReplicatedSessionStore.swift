@@ -133,14 +133,22 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var merges: UInt64 = 0
         /// Numbers fetches and key lookups alike.
         var nextRequest: UInt64 = 0
-        var fetchReplies: [UInt64: Int] = [:]
+        /// Fetches under way, by request number.
+        var fetches: [UInt64: Fetch] = [:]
         /// The fetch under way for a session: concurrent catch-ups of it share it.
         var fetching: [SessionID: UInt64] = [:]
-        /// Per fetch: how many peers were asked (once known) and how many catch-ups wait for it.
-        var fetchAsked: [UInt64: Int] = [:]
-        var fetchUsers: [UInt64: Int] = [:]
         /// Key lookups under way, by request number.
         var lookups: [UInt64: Lookup] = [:]
+    }
+
+    /// One fetch of a session from the peers, and the catch-ups waiting for it.
+    struct Fetch {
+        /// How many peers were asked, once known.
+        var asked: Int?
+        var replies = 0
+        var users = 1
+        /// Every peer asked has answered.
+        var isAnswered: Bool { asked.map { replies >= $0 } ?? false }
     }
 
     /// The answers to one key lookup so far.
@@ -261,15 +269,14 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         return token + "~" + base64URLEncode(Array(key.authenticationCode(for: Self.tokenMessage(token, id: id)).prefix(16)))
     }
 
-    private static func tokenMessage(_ token: Substring, id: SessionID) -> [UInt8] {
+    /// What a read token's MAC covers: the session ID and the token.
+    private static func tokenMessage<Token: StringProtocol>(_ token: Token, id: SessionID) -> [UInt8] {
         Array("\(id.rawValue)\n\(token)".utf8)
     }
 
-    private static func tokenMessage(_ token: String, id: SessionID) -> [UInt8] { tokenMessage(token[...], id: id) }
-
-    /// A read-token cookie's token text and MAC (nil without a key, or when malformed).
-    private func splitToken(_ value: String) -> (token: Substring, mac: [UInt8]?)? {
-        guard readTokenKey != nil else { return (value[...], nil) }
+    /// A read-token cookie's token text and MAC (no MAC without a key; nil when malformed).
+    private static func splitToken(_ value: String, key: HMACKey?) -> (token: Substring, mac: [UInt8]?)? {
+        guard key != nil else { return (value[...], nil) }
         guard let tilde = value.lastIndex(of: "~"), let mac = base64URLDecode(String(value[value.index(after: tilde)...])),
             mac.count == 16
         else { return nil }
@@ -284,7 +291,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// Tokens whose MAC does not verify, malformed tokens and tokens from the
     /// future (beyond the clock's drift limit) are refused at once.
     public func catchUp(_ id: SessionID, to token: String) -> Bool {
-        guard let (text, mac) = splitToken(token), let wanted = ReadToken(String(text)) else {
+        let key = readTokenKey
+        guard let (text, mac) = Self.splitToken(token, key: key), let wanted = ReadToken(String(text)) else {
             catchUps.withLock { $0.refused += 1 }
             return false
         }
@@ -295,7 +303,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             catchUps.withLock { $0.current += 1 }
             return true
         }
-        if let mac, let key = readTokenKey, !key.isValid(mac, for: Self.tokenMessage(text, id: id)) {
+        if let mac, let key, !key.isValid(mac, for: Self.tokenMessage(text, id: id)) {
             catchUps.withLock { $0.refused += 1 }
             return false
         }
@@ -312,35 +320,31 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         // Ask the peers, or join the fetch of this session already under way; stop early once
         // every peer asked answered without the changes.
         let (request, leads) = waiters.withLock { w -> (UInt64, Bool) in
-            if let running = w.fetching[id] {
-                w.fetchUsers[running, default: 0] += 1
+            if let running = w.fetching[id], w.fetches[running]?.isAnswered == false {
+                w.fetches[running]?.users += 1
                 return (running, false)
             }
             w.nextRequest += 1
-            w.fetchReplies[w.nextRequest] = 0
+            w.fetches[w.nextRequest] = Fetch()
             w.fetching[id] = w.nextRequest
-            w.fetchUsers[w.nextRequest] = 1
             return (w.nextRequest, true)
         }
         defer {
             waiters.withLock { w in
-                let users = (w.fetchUsers[request] ?? 1) - 1
-                w.fetchUsers[request] = users > 0 ? users : nil
-                guard users == 0 else { return }
-                w.fetchReplies[request] = nil
-                w.fetchAsked[request] = nil
+                w.fetches[request]?.users -= 1
+                guard w.fetches[request]?.users == 0 else { return }
+                w.fetches[request] = nil
                 if w.fetching[id] == request { w.fetching[id] = nil }
             }
         }
         if leads {
             let asked = sinks.withLock { $0.onFetch }?(id, request) ?? 0
-            waiters.withLock { $0.fetchAsked[request] = asked }
+            waiters.withLock { $0.fetches[request]?.asked = asked }
             notifyMerged(id)  // wakes the catch-ups that joined, should nobody have been asked
         }
         let fetched =
             waitForMerge(of: id, millis: catchUpPolicy.fetchTimeoutMillis) {
-                isCurrent()
-                    || waiters.withLock { w in w.fetchAsked[request].map { (w.fetchReplies[request] ?? 0) >= $0 } ?? false }
+                isCurrent() || waiters.withLock { $0.fetches[request]?.isAnswered ?? false }
             } && isCurrent()
         catchUps.withLock { fetched ? ($0.fetched += 1) : ($0.gaveUp += 1) }
         return fetched
@@ -362,7 +366,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// Wakes the `catchUp` calls waiting for session `id`.
     private func notifyMerged(_ id: SessionID, fetchReply request: UInt64? = nil) {
         let wake = waiters.withLock { w -> Bool in
-            if let request, let n = w.fetchReplies[request] { w.fetchReplies[request] = n + 1 }
+            if let request { w.fetches[request]?.replies += 1 }
             guard w.waiting[id] != nil else { return false }
             w.merges &+= 1
             return true

@@ -61,9 +61,7 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
         guard let key = request.headers["Idempotency-Key"], IdempotentRequest.appliesTo(method: request.method) else {
             return try next(request)
         }
-        let scope = request.cookie(sessions.cookieName).flatMap(sessions.cookieCodec.verifiedID).map {
-            IdempotencyScope.session($0)
-        } ?? .anonymous
+        let scope = sessions.idempotencyScope(cookieValue: request.cookie(sessions.cookieName))
         let keyed: IdempotentRequest
         do {
             keyed = try IdempotentRequest(
@@ -141,7 +139,7 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
 
 extension HTTPError {
     /// The HTTP answer of an idempotency refusal.
-    init(_ refusal: IdempotencyRefusal) {
+    public init(_ refusal: IdempotencyRefusal) {
         self.init(
             status: refusal.status, code: refusal.code, message: refusal.message,
             headers: refusal.retryAfterSeconds.map { ["Retry-After": String($0)] } ?? [:])

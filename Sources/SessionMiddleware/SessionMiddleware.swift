@@ -69,6 +69,12 @@ public struct SessionConfiguration: Sendable {
     public mutating func setSigningKeys(_ keys: [[UInt8]]) throws(SigningKeyError) {
         cookieCodec = try SessionCookieCodec(signingKeys: keys)
     }
+
+    /// Whose idempotency records a request sees, from the value of its session
+    /// cookie (nil: none): its verified session, or nobody's.
+    public func idempotencyScope(cookieValue: String?) -> IdempotencyScope {
+        cookieValue.flatMap(cookieCodec.verifiedID).map { .session($0) } ?? .anonymous
+    }
 }
 
 /// Gives each request its `Session`: reads the cookie, loads the session the

@@ -54,9 +54,7 @@ public struct IdempotencyGate: Sendable {
         key: String?, method: String, target: String, body: [UInt8], cookie: (String) -> String?
     ) async throws -> Decision {
         guard let key, IdempotentRequest.appliesTo(method: method) else { return .run(nil) }
-        let scope = cookie(sessions.cookieName).flatMap(sessions.cookieCodec.verifiedID).map {
-            IdempotencyScope.session($0)
-        } ?? .anonymous
+        let scope = sessions.idempotencyScope(cookieValue: cookie(sessions.cookieName))
         let request: IdempotentRequest
         do {
             request = try IdempotentRequest(key: key, method: method, target: target, body: body, scope: scope)

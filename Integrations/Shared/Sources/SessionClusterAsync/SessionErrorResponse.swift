@@ -37,9 +37,7 @@ public struct SessionErrorResponse: Error, Sendable, CustomStringConvertible {
 
     /// The answer for an idempotency refusal (400, 409, 422).
     public init(_ refusal: IdempotencyRefusal) {
-        self.init(
-            status: refusal.status, code: refusal.code, message: refusal.message,
-            headers: refusal.retryAfterSeconds.map { [("Retry-After", String($0))] } ?? [])
+        self.init(HTTPError(refusal))
     }
 
     /// A new error answer.

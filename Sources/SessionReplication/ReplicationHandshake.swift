@@ -43,13 +43,9 @@ enum ReplicationHandshake {
                 "the peer speaks protocol \(theirs.protocolVersion), this node \(HelloMessage.currentProtocolVersion)")
         }
         let (sealer, opener) = secret.connectionKeys(clientHello: mine, serverHello: theirs, accepted: false)
-        reader.startOpening(with: opener)
-        var frames = try reader.frames(deadline: deadline)
-        guard frames.removeFirst().type == .keyConfirmation else {
-            throw .protocolViolation("the peer's first sealed frame is not its key confirmation")
-        }
+        let pending = try readConfirmation(&reader, opener: opener, deadline: deadline)
         guard Sockets.writeAll(fd, sealer.seal(ReplicationFrame(type: .keyConfirmation))) else { throw .failed(errno) }
-        return SecureConnection(peer: theirs, sealer: sealer, reader: reader, pending: frames)
+        return SecureConnection(peer: theirs, sealer: sealer, reader: reader, pending: pending)
     }
 
     /// The accepting side's part, on an accepted socket.
@@ -66,12 +62,21 @@ enum ReplicationHandshake {
         let (sealer, opener) = secret.connectionKeys(clientHello: theirs, serverHello: mine, accepted: true)
         guard Sockets.writeAll(fd, FrameFormat.helloFrame(mine) + sealer.seal(ReplicationFrame(type: .keyConfirmation)))
         else { throw .failed(errno) }
+        let pending = try readConfirmation(&reader, opener: opener, deadline: deadline)
+        return SecureConnection(peer: theirs, sealer: sealer, reader: reader, pending: pending)
+    }
+
+    /// Opens the peer's sealed frames from now on and reads its key
+    /// confirmation; returns the frames that came right behind it.
+    private static func readConfirmation(_ reader: inout FrameReader, opener: FrameOpener, deadline: UInt64)
+        throws(ConnectionEnd) -> [ReplicationFrame]
+    {
         reader.startOpening(with: opener)
         var frames = try reader.frames(deadline: deadline)
         guard frames.removeFirst().type == .keyConfirmation else {
             throw .protocolViolation("the peer's first sealed frame is not its key confirmation")
         }
-        return SecureConnection(peer: theirs, sealer: sealer, reader: reader, pending: frames)
+        return frames
     }
 
     private static func readHello(_ reader: inout FrameReader, deadline: UInt64) throws(ConnectionEnd) -> HelloMessage {

@@ -102,7 +102,7 @@ public final class FrameSealer: Sendable {
         out.append(contentsOf: header)
         out.append(frame.type.rawValue)  // the message, encrypted in place below
         out.append(contentsOf: frame.payload)
-        out.append(contentsOf: [UInt8](repeating: 0, count: FrameFormat.tagByteCount))
+        out.append(contentsOf: repeatElement(0, count: FrameFormat.tagByteCount))  // the tag's place
         let messageLength = 1 + frame.payload.count
         sealed.withLock { counter in
             defer { counter += 1 }  // a fresh key per connection and direction, a nonce never reused under it

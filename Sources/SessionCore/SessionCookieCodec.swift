@@ -25,8 +25,15 @@ public struct SessionCookieCodec: Sendable {
             throw SigningKeyError(
                 "signing key \(index + 1) has \(key.count) bytes; at least \(Self.minimumKeyBytes) are required (32 recommended)")
         }
-        self.signingKeys = signingKeys
-        keys = signingKeys.map(HMACKey.init)
+        self.init(uncheckedKeys: signingKeys)
+    }
+
+    /// Unsigned cookies: the bare session ID.
+    public static let unsigned = SessionCookieCodec(uncheckedKeys: [])
+
+    private init(uncheckedKeys: [[UInt8]]) {
+        signingKeys = uncheckedKeys
+        keys = uncheckedKeys.map(HMACKey.init)
     }
 
     /// Whether cookies are signed.

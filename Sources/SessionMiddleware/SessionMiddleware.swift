@@ -36,7 +36,7 @@ public struct SessionConfiguration: Sendable {
         self.cookieName = cookieName
         self.secureCookie = secureCookie
         self.trustedProxies = trustedProxies
-        cookieCodec = try! SessionCookieCodec(signingKeys: [])  // no key: nothing to refuse
+        cookieCodec = .unsigned
         self.cookieDomain = cookieDomain
         self.exclusive = exclusive
     }

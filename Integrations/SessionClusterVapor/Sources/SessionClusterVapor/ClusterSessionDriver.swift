@@ -60,33 +60,22 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
     ///
     /// - Parameters:
     ///   - executor: where the blocking store calls run (default: the shared 64-thread pool).
-    ///   - cookieCodec: the signing keys (the first signs, all verify); none for unsigned IDs.
-    public init(store: any SessionStore, executor: BlockingExecutor = .shared, cookieCodec: SessionCookieCodec) {
+    ///   - cookieCodec: the signing keys (the first signs, all verify); default: unsigned IDs.
+    public init(
+        store: any SessionStore, executor: BlockingExecutor = .shared, cookieCodec: SessionCookieCodec = .unsigned
+    ) {
         self.store = store
         self.executor = executor
         self.cookieCodec = cookieCodec
     }
 
-    /// A driver over `store` with unsigned cookies (the bare session ID).
-    public init(store: any SessionStore, executor: BlockingExecutor = .shared) {
-        self.init(store: store, executor: executor, cookieCodec: SessionConfiguration().cookieCodec)
-    }
-
     /// A driver over `store` whose session IDs carry an HMAC-SHA256 with
-    /// `signingKeys` (the first signs, all verify: rotation). Throws for a
-    /// key shorter than 16 bytes (32 recommended).
+    /// `signingKeys` (the first signs, all verify: rotation; none: unsigned).
+    /// Throws for a key shorter than 16 bytes (32 recommended).
     public init(store: any SessionStore, executor: BlockingExecutor = .shared, signingKeys: [[UInt8]])
         throws(SigningKeyError)
     {
         self.init(store: store, executor: executor, cookieCodec: try SessionCookieCodec(signingKeys: signingKeys))
-    }
-
-    /// A driver over `store` whose session IDs carry an HMAC-SHA256 with
-    /// `signingKey` (nil: unsigned). Throws for a key shorter than 16 bytes (32 recommended).
-    public init(store: any SessionStore, executor: BlockingExecutor = .shared, signingKey: [UInt8]?)
-        throws(SigningKeyError)
-    {
-        try self.init(store: store, executor: executor, signingKeys: signingKey.map { [$0] } ?? [])
     }
 
     /// A driver over `store` with the cookie signing of `sessions` (the core's configuration).
@@ -254,14 +243,10 @@ public struct ClusterSessionAbort: AbortError, Sendable {
 }
 
 extension Application.Sessions.Provider {
-    /// Sessions in a SessionCluster store, with unsigned cookies: `app.sessions.use(.cluster(store: store))`.
-    public static func cluster(store: any SessionStore, executor: BlockingExecutor = .shared) -> Self {
-        cluster(store: store, executor: executor, cookieCodec: SessionConfiguration().cookieCodec)
-    }
-
-    /// Sessions in a SessionCluster store, with cookies signed and verified by `cookieCodec`.
+    /// Sessions in a SessionCluster store, with cookies signed and verified by
+    /// `cookieCodec` (default: unsigned): `app.sessions.use(.cluster(store: store))`.
     public static func cluster(
-        store: any SessionStore, executor: BlockingExecutor = .shared, cookieCodec: SessionCookieCodec
+        store: any SessionStore, executor: BlockingExecutor = .shared, cookieCodec: SessionCookieCodec = .unsigned
     ) -> Self {
         .init { app in
             app.sessions.use { _ in ClusterSessionDriver(store: store, executor: executor, cookieCodec: cookieCodec) }
@@ -269,21 +254,13 @@ extension Application.Sessions.Provider {
     }
 
     /// Sessions in a SessionCluster store, with cookies signed by the first
-    /// of `signingKeys` and verified by all of them:
+    /// of `signingKeys` and verified by all of them (none: unsigned):
     /// `app.sessions.use(try .cluster(store: store, signingKeys: keys))`.
     /// Throws for a key shorter than 16 bytes.
     public static func cluster(
         store: any SessionStore, executor: BlockingExecutor = .shared, signingKeys: [[UInt8]]
     ) throws(SigningKeyError) -> Self {
         cluster(store: store, executor: executor, cookieCodec: try SessionCookieCodec(signingKeys: signingKeys))
-    }
-
-    /// Sessions in a SessionCluster store, with cookies signed by
-    /// `signingKey` (nil: unsigned). Throws for a key shorter than 16 bytes.
-    public static func cluster(
-        store: any SessionStore, executor: BlockingExecutor = .shared, signingKey: [UInt8]?
-    ) throws(SigningKeyError) -> Self {
-        try cluster(store: store, executor: executor, signingKeys: signingKey.map { [$0] } ?? [])
     }
 }
 

@@ -20,7 +20,7 @@ import VaporTesting
         _ app: Application, node: String, store: any SessionStore, executor: BlockingExecutor,
         signingKey: [UInt8]? = nil
     ) throws {
-        app.sessions.use(try .cluster(store: store, executor: executor, signingKey: signingKey))  // ← the one line
+        app.sessions.use(try .cluster(store: store, executor: executor, signingKeys: signingKey.map { [$0] } ?? []))  // ← the one line
         app.sessions.configuration = .cluster()
         app.middleware.use(app.sessions.middleware)
         app.post("login") { req -> String in

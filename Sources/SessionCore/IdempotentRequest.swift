@@ -20,6 +20,21 @@ public enum IdempotencyScope: Sendable, Hashable {
 
     /// Whether `storageKey` belongs to a record made without a session.
     public static func isAnonymous(storageKey: String) -> Bool { storageKey.hasPrefix(anonymousKeyPrefix) }
+
+    /// The slot tag of a storage key (`SessionID.slotTag`): the three
+    /// characters after the prefix — the session's tag for a session's
+    /// record, the digest's own first characters for an anonymous one. A
+    /// session the request creates gets an ID with this tag, so a sharded
+    /// store keeps the session and the record in one slot. nil for a key of
+    /// another shape.
+    public static func slotTag(ofStorageKey storageKey: String) -> String? {
+        let utf8 = storageKey.utf8
+        guard utf8.count >= 2 + SessionID.slotTagLength,
+            storageKey.hasPrefix(sessionKeyPrefix) || storageKey.hasPrefix(anonymousKeyPrefix)
+        else { return nil }
+        let tag = String(storageKey.dropFirst(2).prefix(SessionID.slotTagLength))
+        return SessionID.isSlotTag(tag) ? tag : nil
+    }
 }
 
 /// One request that carries an `Idempotency-Key`, as every transport sees it:
@@ -43,6 +58,9 @@ public struct IdempotentRequest: Sendable, Equatable {
     /// The key stores keep the claim and the record under.
     public let storageKey: String
 
+    /// The slot tag a session this request creates gets (see `IdempotencyScope.slotTag(ofStorageKey:)`).
+    public var slotTag: String? { IdempotencyScope.slotTag(ofStorageKey: storageKey) }
+
     /// The longest accepted key.
     public static let maxKeyBytes = 255
 
@@ -60,8 +78,9 @@ public struct IdempotentRequest: Sendable, Equatable {
         fingerprint = Self.fingerprint(method: method, target: target, body: body)
         switch scope {
         case .session(let id):
-            storageKey = IdempotencyScope.sessionKeyPrefix + Self.digest(["session", id.rawValue, key])
+            storageKey = IdempotencyScope.sessionKeyPrefix + id.slotTag + Self.digest(["session", id.rawValue, key])
         case .anonymous:
+            // The digest's first three characters are its slot tag.
             storageKey = IdempotencyScope.anonymousKeyPrefix + Self.digest(["anonymous", key, fingerprint])
         }
     }

@@ -34,6 +34,8 @@ public final class Session: Sendable {
         var expireCookie = false
         /// This request changed the session in the store (a write or a new ID).
         var wroteToStore = false
+        /// The slot tag of the IDs this session gets (nil: random).
+        var slotTag: String?
     }
 
     private let state: Mutex<State>
@@ -42,13 +44,18 @@ public final class Session: Sendable {
     /// A session for a request that carried `snapshot` (nil: no valid session).
     /// A key/value entry (`SessionSnapshot.isKeyValueEntry`) is no session: a
     /// cookie naming one gets a new session.
-    public init(store: any SessionStore, snapshot: SessionSnapshot?, deferWrites: Bool = false) {
+    ///
+    /// A new ID (a new session, or a regenerated one) keeps `slotTag`, or
+    /// else the tag of the ID it replaces (`SessionID.slotTag`): pass the
+    /// `IdempotentRequest.slotTag` of a request with an `Idempotency-Key`, so
+    /// a session it creates lands beside its record in a sharded store.
+    public init(store: any SessionStore, snapshot: SessionSnapshot?, deferWrites: Bool = false, slotTag: String? = nil) {
         let snapshot = snapshot?.isKeyValueEntry == true ? nil : snapshot
         self.store = store
         self.deferWrites = deferWrites
         state = Mutex(State(
             id: snapshot?.id, existsInStore: snapshot != nil, attributes: snapshot?.attributes ?? [:],
-            version: snapshot?.version ?? 0))
+            version: snapshot?.version ?? 0, slotTag: slotTag ?? snapshot?.id.slotTag))
     }
 
     /// The ID, or nil while no session exists for this client.
@@ -156,7 +163,7 @@ public final class Session: Sendable {
             }
             return
         }
-        let newID = SessionID.generate()
+        let newID = SessionID.generate(slotTag: old.slotTag)  // one slot: an atomic move in a sharded store
         if try store.regenerate(old, to: newID) {
             state.withLock { s in
                 s.id = newID
@@ -202,7 +209,7 @@ public final class Session: Sendable {
     public func prepareCommit() -> CookieAction {
         state.withLock { s in
             if !s.pending.isEmpty && !s.existsInStore && s.id == nil {
-                s.id = SessionID.generate()
+                s.id = SessionID.generate(slotTag: s.slotTag)
                 s.issueCookie = true
                 s.expireCookie = false
             }
@@ -230,8 +237,8 @@ public final class Session: Sendable {
 
     /// Applies pending changes plus `extra` in one atomic delta.
     private func save(extra: [SessionChange], record: IdempotencyRecord? = nil) throws -> AppliedDelta {
-        let (id, exists, changes) = state.withLock { s -> (SessionID?, Bool, [SessionChange]) in
-            (s.id, s.existsInStore, s.pendingOrder.compactMap { s.pending[$0] } + extra)
+        let (id, exists, changes, slotTag) = state.withLock { s -> (SessionID?, Bool, [SessionChange], String?) in
+            (s.id, s.existsInStore, s.pendingOrder.compactMap { s.pending[$0] } + extra, s.slotTag)
         }
         var applied: AppliedDelta? = nil
         var usedID: SessionID
@@ -240,11 +247,11 @@ public final class Session: Sendable {
             applied = try store.apply(
                 SessionDelta(id: id, changes: changes, createIfMissing: false, idempotencyRecord: record))
         } else {
-            usedID = id ?? SessionID.generate()  // an ID chosen by prepareCommit, or a fresh one
+            usedID = id ?? SessionID.generate(slotTag: slotTag)  // an ID chosen by prepareCommit, or a fresh one
         }
         if applied == nil {
             // New session, or the old one expired during the request: never revive an ID.
-            if exists { usedID = SessionID.generate() }
+            if exists { usedID = SessionID.generate(slotTag: slotTag) }
             applied = try store.apply(
                 SessionDelta(id: usedID, changes: changes, createIfMissing: true, idempotencyRecord: record))
         }

@@ -11,13 +11,43 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
 
     /// A new random ID.
     public static func generate() -> SessionID {
+        SessionID(uncheckedRawValue: base64URLEncode(randomBytes(32)))
+    }
+
+    /// How many leading characters form the slot tag.
+    public static let slotTagLength = 3
+
+    /// The first three characters: where a sharded store keeps the session
+    /// (a Redis Cluster hash tag). A new ID made at regeneration, or for a
+    /// request whose idempotency record already has a place, keeps the tag,
+    /// so the session, its record and its lock stay in one slot. 18 bits of
+    /// 64³ = 262,144 tags, spread evenly over Redis's 16,384 slots.
+    public var slotTag: String { String(rawValue.prefix(Self.slotTagLength)) }
+
+    /// A new random ID with `slotTag` as its first three characters (any
+    /// three base64url characters; otherwise a random one). The 40 other
+    /// characters are 240 fresh random bits: an attacker who knows the old
+    /// ID (session fixation) knows only the tag of the new one.
+    public static func generate(slotTag: String?) -> SessionID {
+        guard let slotTag, isSlotTag(slotTag) else { return generate() }
+        let random = base64URLEncode(randomBytes(30))  // 240 bits: 40 characters
+        return SessionID(uncheckedRawValue: slotTag + random)
+    }
+
+    /// Whether `text` has the shape of a slot tag: three base64url characters.
+    public static func isSlotTag(_ text: String) -> Bool {
+        text.utf8.count == slotTagLength && text.utf8.allSatisfy(isBase64URLByte)
+    }
+
+    private static func randomBytes(_ count: Int) -> [UInt8] {
         var rng = SystemRandomNumberGenerator()  // getrandom(2) on Linux: cryptographically secure
-        var bytes = [UInt8](repeating: 0, count: 32)
-        for i in stride(from: 0, to: 32, by: 8) {
-            let word = rng.next()
-            for j in 0..<8 { bytes[i + j] = UInt8(truncatingIfNeeded: word >> (8 * UInt64(j))) }
+        var bytes = [UInt8](repeating: 0, count: count)
+        var word: UInt64 = 0
+        for i in 0..<count {
+            if i % 8 == 0 { word = rng.next() }
+            bytes[i] = UInt8(truncatingIfNeeded: word >> (8 * UInt64(i % 8)))
         }
-        return SessionID(uncheckedRawValue: base64URLEncode(bytes))
+        return bytes
     }
 
     private init(uncheckedRawValue: String) { rawValue = uncheckedRawValue }

@@ -195,7 +195,8 @@ public protocol SessionStore: Sendable {
     func apply(_ delta: SessionDelta) throws -> AppliedDelta?
 
     /// Moves a session's data to `newID`; the old ID stops working. False when
-    /// `id` does not exist.
+    /// `id` does not exist. `newID` keeps the old ID's `slotTag` (as `Session`
+    /// makes it), so a sharded store may refuse one that does not.
     func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool
 
     /// Deletes the session (a no-op when it does not exist).

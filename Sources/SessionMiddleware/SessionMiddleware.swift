@@ -98,7 +98,9 @@ public struct SessionMiddleware: HTTPMiddleware {
         let cookieID = request.cookie(configuration.cookieName).flatMap(verifiedID)
         let idempotency = request.storage[IdempotencyContext.Key.self]
         let readToken = cookieID == nil ? nil : request.cookie(configuration.readTokenCookieName)
-        let handle = LazySession(store: store, id: cookieID, readToken: readToken, deferWrites: idempotency != nil)
+        let handle = LazySession(
+            store: store, id: cookieID, readToken: readToken, deferWrites: idempotency != nil,
+            slotTag: idempotency?.request.slotTag)
         var request = request
         request.storage[LazySession.Key.self] = handle
         do {
@@ -204,13 +206,16 @@ final class LazySession: Sendable {
     /// The read token the client last received, if any.
     let readToken: String?
     let deferWrites: Bool
+    /// The slot tag of a session this request creates (`Session.init`).
+    let slotTag: String?
     private let current = Mutex<Session?>(nil)
 
-    init(store: any SessionStore, id: SessionID?, readToken: String? = nil, deferWrites: Bool) {
+    init(store: any SessionStore, id: SessionID?, readToken: String? = nil, deferWrites: Bool, slotTag: String? = nil) {
         self.store = store
         self.id = id
         self.readToken = readToken
         self.deferWrites = deferWrites
+        self.slotTag = slotTag
     }
 
     /// The session, if a handler asked for it.
@@ -220,7 +225,7 @@ final class LazySession: Sendable {
         if let session = loaded { return session }
         if let id, let readToken { _ = store.catchUp(id, to: readToken) }
         let snapshot = try id.flatMap { try store.load($0) }
-        let session = Session(store: store, snapshot: snapshot, deferWrites: deferWrites)
+        let session = Session(store: store, snapshot: snapshot, deferWrites: deferWrites, slotTag: slotTag)
         return current.withLock { current in
             if let current { return current }
             current = session

@@ -7,65 +7,90 @@ import Synchronization
 import Glibc
 #endif
 
-/// A pool of Redis connections, shared by all threads.
+/// Redis connections, shared by all threads: one pool for a single server
+/// (found directly or through Sentinel), or one pool per primary of a Redis
+/// Cluster, each command routed by its key's slot (`RedisClusterRouter`).
 ///
 /// Broken connections are dropped and replaced on demand; after a failed
 /// connect, new attempts wait a backoff (doubling up to a cap) and callers in
 /// the meantime fail at once with `.connection` instead of hanging. With a
 /// Sentinel endpoint, every new connection asks the sentinels for the current
-/// master, so a failover is followed without a restart.
+/// master, so a failover is followed without a restart; a cluster's failover
+/// is followed through its slot map.
 public final class RedisClient: Sendable {
     public let configuration: RedisConfiguration
     let logger: Logger
 
-    private struct Pool {
-        var idle: [RedisConnection] = []
-        var open = 0
-        var nextConnectAllowed: Int64 = 0
-        var backoff: Int
-        var lastConnectError: RedisError?
-        var master: (host: String, port: Int)?
+    private enum Topology {
+        case single(RedisNodePool)
+        case cluster(RedisClusterRouter)
     }
 
-    private let pool: FastLock<Pool>  // taken twice per command by every thread: see FastLock
-    private let slots: DispatchSemaphore
-    private let presence = Mutex<(connection: RedisConnection, id: Int64, checkedAt: Int64)?>(nil)
+    private let topology: Topology
+    /// The master a sentinel named, until a connection shows it is no master any more.
+    private let sentinelMaster = Mutex<(host: String, port: Int)?>(nil)
 
     public init(configuration: RedisConfiguration, logger: Logger) {
         precondition(configuration.poolSize >= 1, "poolSize must be at least 1")
         self.configuration = configuration
         self.logger = logger
-        pool = FastLock(Pool(backoff: configuration.reconnectBackoffMillis))
-        slots = DispatchSemaphore(value: configuration.poolSize)
+        switch configuration.endpoint {
+        case .cluster(let seeds):
+            topology = .cluster(RedisClusterRouter(seeds: seeds, configuration: configuration, logger: logger))
+        case .direct(let host, let port):
+            topology = .single(RedisNodePool(configuration: configuration, logger: logger) {
+                try RedisConnection(host: host, port: port, configuration: configuration)
+            })
+        case .sentinel:
+            let box = Box()
+            topology = .single(RedisNodePool(configuration: configuration, logger: logger) {
+                guard let client = box.client else { throw RedisError(.connection, "the Redis client is gone") }
+                return try client.connectToSentinelMaster()
+            })
+            box.client = self
+        }
     }
 
-    /// Runs `body` with a connection of its own. A connection left broken by
-    /// `body` is dropped; a healthy one goes back to the pool.
+    /// Whether this client talks to a Redis Cluster.
+    public var isCluster: Bool {
+        if case .cluster = topology { return true }
+        return false
+    }
+
+    /// Runs `body` with a connection of its own (to any primary of a
+    /// cluster). A connection left broken by `body` is dropped; a healthy one
+    /// goes back to the pool.
     public func withConnection<T>(_ body: (RedisConnection) throws -> T) throws -> T {
-        guard slots.wait(timeout: .now() + .milliseconds(configuration.commandTimeoutMillis)) == .success else {
-            throw RedisError(.poolExhausted, "all \(configuration.poolSize) Redis connections busy")
-        }
-        defer { slots.signal() }
-        let connection = try checkOut()
-        do {
-            let result = try body(connection)
-            checkIn(connection)
-            return result
-        } catch let error as RedisError where error.code == .server && error.message.contains("READONLY") {
-            // Talking to a replica (the old master after a failover): find the master again.
-            connection.markBroken()
-            checkIn(connection)
-            forgetMaster()
-            throw error
-        } catch let error as RedisError where error.code == .connection {
-            // The server went away: its idle connections are dead too, and with
-            // Sentinel the master may have moved — ask again on the next connect.
-            checkIn(connection)
-            forgetMaster()
-            throw error
-        } catch {
-            checkIn(connection)
-            throw error
+        try withConnection(slot: nil, body)
+    }
+
+    /// Runs `body` with a connection to the server that holds `key` (the
+    /// primary of its slot, in a cluster, following redirections: `body` may
+    /// run again, and must send commands on keys of that one slot only).
+    public func withConnection<T>(forKey key: [UInt8], _ body: (RedisConnection) throws -> T) throws -> T {
+        try withConnection(slot: RedisClusterSlot.of(key: key), body)
+    }
+
+    private func withConnection<T>(slot: Int?, _ body: (RedisConnection) throws -> T) throws -> T {
+        switch topology {
+        case .cluster(let router):
+            return try router.withConnection(slot: slot, body)
+        case .single(let pool):
+            let connection = try pool.checkOut()
+            defer { pool.checkIn(connection) }
+            do {
+                return try body(connection)
+            } catch let error as RedisError where error.code == .server && error.message.contains("READONLY") {
+                // Talking to a replica (the old master after a failover): find the master again.
+                connection.markBroken()
+                forgetMaster(pool)
+                throw error
+            } catch let error as RedisError where error.code == .connection {
+                // The server went away: its idle connections are dead too, and with
+                // Sentinel the master may have moved — ask again on the next connect.
+                forgetMaster(pool)
+                throw error
+            }
         }
     }
 
@@ -75,29 +100,58 @@ public final class RedisClient: Sendable {
         try send([command.redisBytes] + args.map(\.redisBytes))
     }
 
-    /// One command from raw argv.
+    /// One command from raw argv, sent to the server of its key (see `routingKey`).
     @discardableResult
     public func send(_ argv: [[UInt8]]) throws -> RedisValue {
-        try withConnection { connection in
+        try withConnection(slot: Self.routingKey(argv).map { RedisClusterSlot.of(key: $0) }) { connection in
             try connection.command(argv).throwingServerError(context: String(decoding: argv.first ?? [], as: UTF8.self))
         }
     }
 
-    /// Several commands in one round trip; replies in order (error replies as `.error`).
+    /// Several commands in one round trip; replies in order (error replies as
+    /// `.error`). In a cluster, their keys must share one slot.
     public func pipeline(_ commands: [[[UInt8]]]) throws -> [RedisValue] {
-        try withConnection { connection in
+        let slots = Set(commands.compactMap(Self.routingKey).map { RedisClusterSlot.of(key: $0) })
+        guard !isCluster || slots.count <= 1 else {
+            throw RedisError(.configuration, "a pipeline on a Redis Cluster must use keys of one slot (got \(slots.count))")
+        }
+        return try withConnection(slot: slots.first) { connection in
             let replies = try connection.pipeline(commands)
-            for case .error(let message) in replies where message.hasPrefix("READONLY") {
-                throw RedisError(.server, "pipeline: \(message)")  // a demoted master: withConnection re-resolves
+            for case .error(let message) in replies
+            where message.hasPrefix("READONLY") || RedisRedirect(errorMessage: message) != nil {
+                // A demoted master (withConnection re-resolves), or a cluster redirection (followed).
+                throw RedisError(.server, "pipeline: \(message)")
             }
             return replies
         }
     }
 
-    /// Runs a Lua script by EVALSHA, loading it when Redis does not know it (NOSCRIPT).
+    /// Runs a Lua script by EVALSHA (loading it on NOSCRIPT) on the server of
+    /// its first key; with `durability`, `WAIT` follows in the same round trip.
     @discardableResult
-    public func eval(_ script: RedisScript, keys: [[UInt8]], args: [[UInt8]]) throws -> RedisValue {
-        try withConnection { try $0.eval(script, keys: keys, args: args) }
+    public func eval(
+        _ script: RedisScript, keys: [[UInt8]], args: [[UInt8]], durability: RedisDurability? = nil
+    ) throws -> RedisValue {
+        try withConnection(slot: keys.first.map { RedisClusterSlot.of(key: $0) }) {
+            try $0.eval(script, keys: keys, args: args, durability: durability)
+        }
+    }
+
+    /// The key that routes `argv` in a cluster: the first key of EVAL and
+    /// EVALSHA, the first argument of other commands, none for commands
+    /// without keys (PING, INFO, CLIENT, CLUSTER, …).
+    static func routingKey(_ argv: [[UInt8]]) -> [UInt8]? {
+        guard let name = argv.first.map({ String(decoding: $0, as: UTF8.self).uppercased() }) else { return nil }
+        if name == "EVAL" || name == "EVALSHA" {
+            guard argv.count > 3, let count = Int(String(decoding: argv[2], as: UTF8.self)), count > 0 else { return nil }
+            return argv[3]
+        }
+        let keyless: Set<String> = [
+            "PING", "INFO", "CLIENT", "CLUSTER", "ROLE", "DBSIZE", "WAIT", "SCRIPT", "FLUSHALL", "FLUSHDB", "CONFIG",
+            "TIME", "ECHO", "AUTH", "SELECT", "SCAN", "KEYS", "MEMORY", "ASKING", "READONLY", "HELLO", "COMMAND",
+        ]
+        guard argv.count > 1, !keyless.contains(name) else { return nil }
+        return argv[1]
     }
 
     /// The `CLIENT ID` of a connection this client keeps open, outside the
@@ -105,123 +159,86 @@ public final class RedisClient: Sendable {
     /// whether this process is alive (`CLIENT LIST ID` on any connection).
     /// Pooled connections are no such sign: a timeout or a failover drops
     /// them while the process goes on. Checked with PING at most once a
-    /// second, and opened again (with a new ID) when it broke.
-    public func presenceID() throws -> Int64 {
-        try presence.withLock { presence throws -> Int64 in
-            let now = monotonicMillis()
-            if let current = presence {
-                if now - current.checkedAt < 1_000 { return current.id }
-                if (try? current.connection.command(["PING".redisBytes]))?.string == "PONG" {
-                    presence = (current.connection, current.id, now)
-                    return current.id
-                }
-                presence = nil
-            }
-            let connection = try connect()
-            let id = try connection.clientID()
-            _ = try? connection.command(["CLIENT".redisBytes, "SETNAME".redisBytes, "session-cluster-presence".redisBytes])
-            presence = (connection, id, now)
-            return id
+    /// second, and opened again (with a new ID) when it broke. In a cluster,
+    /// IDs are per server: this is the one on the server that holds `key`.
+    public func presenceID(forKey key: [UInt8]? = nil) throws -> Int64 {
+        switch topology {
+        case .single(let pool):
+            return try pool.presenceID()
+        case .cluster(let router):
+            return try router.pool(forSlot: key.map { RedisClusterSlot.of(key: $0) }).presenceID()
+        }
+    }
+
+    /// `presenceID` on the server `connection` talks to (for a caller that holds one).
+    public func presenceID(onServerOf connection: RedisConnection) throws -> Int64 {
+        switch topology {
+        case .single(let pool):
+            return try pool.presenceID()
+        case .cluster(let router):
+            return try router.pool(for: RedisNodeAddress(host: connection.host, port: connection.port)).presenceID()
         }
     }
 
     /// Whether Redis answers PING now.
     public func ping() -> Bool { healthProblem() == nil }
 
-    /// nil when Redis answers PING; otherwise what is wrong, for health checks.
+    /// nil when Redis answers PING (every primary of a cluster, with every
+    /// slot assigned); otherwise what is wrong, for health checks.
     public func healthProblem() -> String? {
         do {
-            let reply = try send("PING")
-            return reply.string == "PONG" ? nil : "unexpected PING reply \(reply)"
+            switch topology {
+            case .single:
+                let reply = try send("PING")
+                return reply.string == "PONG" ? nil : "unexpected PING reply \(reply)"
+            case .cluster(let router):
+                let assigned = try router.assignedSlots()
+                guard assigned == RedisClusterSlot.count else {
+                    return "\(RedisClusterSlot.count - assigned) of \(RedisClusterSlot.count) cluster slots have no primary"
+                }
+                for primary in try router.primaries() {
+                    let reply = try router.pool(for: primary).withConnection { try $0.command(["PING".redisBytes]) }
+                    guard reply.string == "PONG" else { return "\(primary): unexpected PING reply \(reply)" }
+                }
+                return nil
+            }
         } catch {
             return "\(error)"
         }
     }
 
-    /// Drops every idle connection and the presence connection (e.g. at shutdown).
+    /// Drops every idle connection and the presence connections (e.g. at shutdown).
     public func close() {
-        pool.withLock {
-            $0.open -= $0.idle.count
-            $0.idle.removeAll()
-        }
-        presence.withLock { $0 = nil }
-    }
-
-    private func checkOut() throws -> RedisConnection {
-        let now = monotonicMillis()
-        let decision = pool.withLock { p -> Result<RedisConnection?, RedisError> in
-            if let connection = p.idle.popLast() { return .success(connection) }
-            if now < p.nextConnectAllowed, let error = p.lastConnectError {
-                return .failure(RedisError(
-                    error.code, "\(error.message) (next attempt in \(p.nextConnectAllowed - now) ms)"))
-            }
-            p.open += 1
-            return .success(nil)
-        }
-        switch decision {
-        case .success(let connection?):
-            return connection
-        case .failure(let error):
-            throw error
-        case .success(nil):
-            do {
-                let connection = try connect()
-                pool.withLock {
-                    $0.backoff = configuration.reconnectBackoffMillis
-                    $0.lastConnectError = nil
-                }
-                return connection
-            } catch {
-                let redisError = error as? RedisError ?? RedisError(.connection, "\(error)")
-                let wait = pool.withLock { p -> Int in
-                    p.open -= 1
-                    p.lastConnectError = redisError
-                    let wait = p.backoff
-                    p.nextConnectAllowed = monotonicMillis() + Int64(wait)
-                    p.backoff = min(p.backoff * 2, configuration.maxReconnectBackoffMillis)
-                    p.master = nil
-                    return wait
-                }
-                logger.warning("redis connect failed", metadata: ["error": "\(redisError)", "retry_in_ms": "\(wait)"])
-                throw redisError
-            }
-        }
-    }
-
-    private func checkIn(_ connection: RedisConnection) {
-        pool.withLock { p in
-            if connection.isBroken {
-                p.open -= 1
-            } else {
-                p.idle.append(connection)
-            }
+        switch topology {
+        case .single(let pool): pool.close()
+        case .cluster(let router): router.close()
         }
     }
 
     /// Drops the idle connections and the cached master address.
-    private func forgetMaster() {
-        pool.withLock { p in
-            p.open -= p.idle.count
-            p.idle.removeAll()
-            p.master = nil
-        }
+    private func forgetMaster(_ pool: RedisNodePool) {
+        pool.dropIdle()
+        sentinelMaster.withLock { $0 = nil }
     }
 
-    private func connect() throws -> RedisConnection {
-        switch configuration.endpoint {
-        case .direct(let host, let port):
-            return try RedisConnection(host: host, port: port, configuration: configuration)
-        case .sentinel(let sentinels, let masterName):
-            let master = try pool.withLock({ $0.master }) ?? resolveMaster(sentinels: sentinels, name: masterName)
+    /// A connection to the master the sentinels name (asking them when none is cached).
+    private func connectToSentinelMaster() throws -> RedisConnection {
+        guard case .sentinel(let sentinels, let masterName) = configuration.endpoint else {
+            throw RedisError(.configuration, "not a Sentinel endpoint")
+        }
+        do {
+            let master = try sentinelMaster.withLock({ $0 }) ?? resolveMaster(sentinels: sentinels, name: masterName)
             let connection = try RedisConnection(host: master.host, port: master.port, configuration: configuration)
             // A sentinel may still name a demoted master for a moment: insist on the master role.
             let role = try connection.command([Array("ROLE".utf8)])
             guard role.array?.first?.string == "master" else {
-                pool.withLock { $0.master = nil }
                 throw RedisError(.connection, "\(master.host):\(master.port) is not a master (\(role))")
             }
-            pool.withLock { $0.master = master }
+            sentinelMaster.withLock { $0 = master }
             return connection
+        } catch {
+            sentinelMaster.withLock { $0 = nil }
+            throw error
         }
     }
 
@@ -253,6 +270,11 @@ public final class RedisClient: Sendable {
         }
         throw RedisError(.connection, "no sentinel named a master: " + failures.joined(separator: "; "))
     }
+}
+
+/// Holds the client for the Sentinel connect closure, which the client's initializer makes before `self` exists.
+private final class Box: @unchecked Sendable {  // written once, in RedisClient.init, before any connect
+    weak var client: RedisClient?
 }
 
 /// Milliseconds on the monotonic clock.

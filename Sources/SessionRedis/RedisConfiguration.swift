@@ -5,6 +5,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         case direct(host: String, port: Int)
         /// Ask these sentinels for the current master of `masterName`.
         case sentinel(sentinels: [SentinelAddress], masterName: String)
+        /// A Redis Cluster: any of its nodes tells the slot map (`CLUSTER SLOTS`).
+        case cluster(seeds: [RedisNodeAddress])
     }
 
     public struct SentinelAddress: Sendable, Equatable, CustomStringConvertible {
@@ -29,11 +31,22 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// First wait before reconnecting after a failed connect; doubles up to `maxReconnectBackoffMillis`.
     public var reconnectBackoffMillis: Int
     public var maxReconnectBackoffMillis: Int
+    /// Replicas that must acknowledge each session write (`WAIT`) before it
+    /// counts as done; 0 (the default) is Redis's asynchronous replication.
+    public var waitReplicas: Int
+    /// The longest `WAIT` for them; less than the command timeout.
+    public var waitTimeoutMillis: Int
+
+    /// The `WAIT` to send after writes, when `waitReplicas` asks for one.
+    public var durability: RedisDurability? {
+        waitReplicas > 0 ? RedisDurability(replicas: waitReplicas, timeoutMillis: waitTimeoutMillis) : nil
+    }
 
     public init(
         endpoint: Endpoint = .direct(host: "127.0.0.1", port: 6379), username: String? = nil, password: String? = nil,
         database: Int = 0, poolSize: Int = 16, connectTimeoutMillis: Int = 1000, commandTimeoutMillis: Int = 1000,
-        reconnectBackoffMillis: Int = 50, maxReconnectBackoffMillis: Int = 1000
+        reconnectBackoffMillis: Int = 50, maxReconnectBackoffMillis: Int = 1000, waitReplicas: Int = 0,
+        waitTimeoutMillis: Int = 500
     ) {
         self.endpoint = endpoint
         self.username = username
@@ -44,6 +57,33 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.commandTimeoutMillis = commandTimeoutMillis
         self.reconnectBackoffMillis = reconnectBackoffMillis
         self.maxReconnectBackoffMillis = maxReconnectBackoffMillis
+        self.waitReplicas = waitReplicas
+        self.waitTimeoutMillis = waitTimeoutMillis
+    }
+
+    /// A Redis Cluster from its seeds: `host:port,host:port`, or
+    /// `redis://[[user]:password@]host:port,host:port` with credentials (a
+    /// cluster has database 0 only).
+    public init(clusterSeeds text: String) throws {
+        var hosts = text
+        if text.hasPrefix("redis://") {
+            let parsed = try RedisConfiguration(url: text.replacingFirstComma())
+            guard parsed.database == 0 else {
+                throw RedisError(.configuration, "a Redis Cluster has database 0 only (got /\(parsed.database))")
+            }
+            self = parsed
+            hosts = String(text.dropFirst("redis://".count))
+            if let at = hosts.lastIndex(of: "@") { hosts = String(hosts[hosts.index(after: at)...]) }
+            if let slash = hosts.firstIndex(of: "/") { hosts = String(hosts[..<slash]) }
+        } else {
+            self.init()
+        }
+        let seeds = try hosts.split(separator: ",").map { part -> RedisNodeAddress in
+            let (host, port) = try Self.hostAndPort(String(part).trimmingSpaces, defaultPort: 6379)
+            return RedisNodeAddress(host: host, port: port)
+        }
+        guard !seeds.isEmpty else { throw RedisError(.configuration, "no Redis Cluster seeds in '\(text)'") }
+        endpoint = .cluster(seeds: seeds)
     }
 
     /// Parses `redis://[[user]:password@]host[:port][/db]`.
@@ -145,5 +185,39 @@ extension String {
         while s.first == " " { s.removeFirst() }
         while s.last == " " { s.removeLast() }
         return String(s)
+    }
+}
+
+extension String {
+    /// The URL with its host list cut at the first comma (so `init(url:)` parses the credentials and the first seed).
+    fileprivate func replacingFirstComma() -> String {
+        guard let comma = firstIndex(of: ",") else { return self }
+        let tail = self[comma...]
+        return String(self[..<comma]) + (tail.firstIndex(of: "/").map { String(tail[$0...]) } ?? "")
+    }
+}
+
+/// `WAIT` after a write: how many replicas must acknowledge it, and for how long to wait.
+public struct RedisDurability: Sendable, Equatable {
+    public var replicas: Int
+    public var timeoutMillis: Int
+
+    public init(replicas: Int, timeoutMillis: Int) {
+        self.replicas = replicas
+        self.timeoutMillis = timeoutMillis
+    }
+
+    var waitCommand: [[UInt8]] { ["WAIT".redisBytes, replicas.redisBytes, timeoutMillis.redisBytes] }
+
+    /// Throws `.notReplicated` when fewer replicas than asked acknowledged the write.
+    func check(_ reply: RedisValue, after command: String) throws {
+        guard let acknowledged = reply.int else {
+            throw RedisError(.server, "WAIT after \(command): \(reply)")
+        }
+        guard acknowledged >= replicas else {
+            throw RedisError(
+                .notReplicated,
+                "\(command) reached the primary, but \(acknowledged) of \(replicas) replicas acknowledged it within \(timeoutMillis) ms; it may be lost if the primary fails")
+        }
     }
 }

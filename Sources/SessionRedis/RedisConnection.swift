@@ -13,6 +13,8 @@ public final class RedisConnection: @unchecked Sendable {
     public let port: Int
     /// Set once an error made the connection unusable.
     public private(set) var isBroken = false
+    /// Sends `ASKING` before each command (a Redis Cluster `ASK` redirection to this node).
+    var asking = false
 
     /// Connects, then authenticates and selects the database as configured.
     init(host: String, port: Int, configuration: RedisConfiguration, selectDatabase: Bool = true) throws {
@@ -82,15 +84,29 @@ public final class RedisConnection: @unchecked Sendable {
         return id
     }
 
-    /// Runs a Lua script by EVALSHA, loading it when Redis does not know it (NOSCRIPT).
-    public func eval(_ script: RedisScript, keys: [[UInt8]], args: [[UInt8]]) throws -> RedisValue {
+    /// Runs a Lua script by EVALSHA, loading it when Redis does not know it
+    /// (NOSCRIPT). With `durability`, `WAIT` follows in the same round trip.
+    public func eval(
+        _ script: RedisScript, keys: [[UInt8]], args: [[UInt8]], durability: RedisDurability? = nil
+    ) throws -> RedisValue {
         let tail = [keys.count.redisBytes] + keys + args
-        let reply = try command([Array("EVALSHA".utf8), Array(script.sha1.utf8)] + tail)
-        if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
-            return try command([Array("EVAL".utf8), Array(script.source.utf8)] + tail)
-                .throwingServerError(context: "EVAL \(script.name)")
+        let wait = durability.map { [$0.waitCommand] } ?? []
+        var replies = try pipeline([[Array("EVALSHA".utf8), Array(script.sha1.utf8)] + tail] + wait)
+        if case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") {
+            replies = try pipeline([[Array("EVAL".utf8), Array(script.source.utf8)] + tail] + wait)
         }
-        return try reply.throwingServerError(context: "EVALSHA \(script.name)")
+        let reply = try replies[0].throwingServerError(context: "EVALSHA \(script.name)")
+        if let durability { try durability.check(replies[1], after: script.name) }
+        return reply
+    }
+
+    /// Sends one command, then `WAIT` when `durability` asks for it, in one round trip.
+    public func command(_ args: [[UInt8]], durability: RedisDurability?) throws -> RedisValue {
+        guard let durability else { return try command(args) }
+        let replies = try pipeline([args, durability.waitCommand])
+        let reply = try replies[0].throwingServerError(context: String(decoding: args.first ?? [], as: UTF8.self))
+        try durability.check(replies[1], after: String(decoding: args.first ?? [], as: UTF8.self))
+        return reply
     }
 
     /// Sends one command and waits for its reply. Error replies are returned as `.error`.
@@ -101,22 +117,24 @@ public final class RedisConnection: @unchecked Sendable {
     /// Sends several commands in one write and reads their replies in order.
     public func pipeline(_ commands: [[[UInt8]]]) throws -> [RedisValue] {
         guard let context, !isBroken else { throw RedisError(.connection, "connection is broken") }
-        for args in commands {
+        let sent = asking ? commands.flatMap { [[Array("ASKING".utf8)], $0] } : commands
+        for args in sent {
             let rc = Self.withArgv(args) { argc, argv, lengths in
                 redisAppendCommandArgv(context, argc, argv, lengths)
             }
             if rc != REDIS_OK { throw ioError() }
         }
         var replies: [RedisValue] = []
-        replies.reserveCapacity(commands.count)
-        for _ in commands {
+        replies.reserveCapacity(sent.count)
+        for _ in sent {
             var raw: UnsafeMutableRawPointer? = nil
             if redisGetReply(context, &raw) != REDIS_OK || raw == nil { throw ioError() }
             let reply = raw!.assumingMemoryBound(to: redisReply.self)
             defer { freeReplyObject(raw) }
             replies.append(try Self.convert(reply))
         }
-        return replies
+        // ASKING's own replies are OK (or an error the command's reply repeats).
+        return asking ? stride(from: 1, to: replies.count, by: 2).map { replies[$0] } : replies
     }
 
     private static func withArgv<R>(

@@ -5,12 +5,22 @@ import SessionCore
 /// nothing, so any node can serve any request, and a node that dies loses no
 /// session.
 ///
-/// One hash per session under `<prefix>{<id>}` (a hash tag, so one session is
-/// one Redis Cluster slot): attributes as fields `attr:<name>` holding JSON
-/// (readable with `redis-cli HGETALL`), metadata as `meta:created`,
-/// `meta:access`, `meta:version` and `meta:bytes` (ms since 1970 on Redis's
-/// clock). Every write is one Lua script, so it is all-or-nothing; the key's
-/// TTL is min(idle, absolute remaining), so Redis itself expires sessions.
+/// One hash per session under `<prefix>{<tag>}:<id>`, the hash tag being the
+/// ID's `slotTag` (its first three characters): attributes as fields
+/// `attr:<name>` holding JSON (readable with `redis-cli HGETALL`), metadata
+/// as `meta:created`, `meta:access`, `meta:version` and `meta:bytes` (ms
+/// since 1970 on Redis's clock). Every write is one Lua script, so it is
+/// all-or-nothing; the key's TTL is min(idle, absolute remaining), so Redis
+/// itself expires sessions.
+///
+/// Made for Redis Cluster: every key one request touches shares the tag, so
+/// every script runs in one slot — the session, its idempotency records
+/// (`<prefix>{<tag>}:idem:<storage key>`, the tag from the storage key), a
+/// regenerated ID (which keeps the tag, so `RENAME` stays in the slot), and
+/// a session created by a request with an `Idempotency-Key` (its ID takes
+/// the record's tag). 262,144 random tags spread sessions evenly over the
+/// 16,384 slots. `waitReplicas` in the client's configuration makes every
+/// write wait (`WAIT`) for that many replicas.
 ///
 /// A write that times out has an unknown outcome (the script may have run):
 /// it is reported as `unavailable`. A retry with the same `Idempotency-Key`
@@ -35,11 +45,19 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         self.logger = logger
     }
 
-    /// The Redis key of a session.
-    public func key(for id: SessionID) -> [UInt8] { Array("\(keyPrefix){\(id.rawValue)}".utf8) }
+    /// The Redis key of a session: `<prefix>{<slot tag>}:<id>`.
+    public func key(for id: SessionID) -> [UInt8] { Array("\(keyPrefix){\(id.slotTag)}:\(id.rawValue)".utf8) }
 
-    /// The Redis key of an idempotency record.
-    public func idempotencyKey(_ key: String) -> [UInt8] { Array("\(keyPrefix)idem:{\(key)}".utf8) }
+    /// The Redis key of an idempotency record: `<prefix>{<slot tag>}:idem:<key>`,
+    /// in the slot of the session it belongs to (`IdempotencyScope.slotTag(ofStorageKey:)`);
+    /// a key of another shape is its own hash tag.
+    public func idempotencyKey(_ key: String) -> [UInt8] {
+        if let tag = IdempotencyScope.slotTag(ofStorageKey: key) { return Array("\(keyPrefix){\(tag)}:idem:\(key)".utf8) }
+        return Array("\(keyPrefix)idem:{\(key)}".utf8)
+    }
+
+    /// What `WAIT`s after each write (`RedisConfiguration.waitReplicas`).
+    private var durability: RedisDurability? { client.configuration.durability }
 
     private var timeArguments: [[UInt8]] {
         [expiry.idleTimeoutMillis.redisBytes, (expiry.absoluteTimeoutMillis ?? 0).redisBytes]
@@ -94,6 +112,11 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         var keys = [key(for: delta.id)]
         if let record = delta.idempotencyRecord {
             keys.append(idempotencyKey(record.key))
+            if client.isCluster && RedisClusterSlot.of(key: keys[0]) != RedisClusterSlot.of(key: keys[1]) {
+                throw SessionStoreError(
+                    .invalidValue,
+                    "the idempotency record and the session are in different Redis Cluster slots: a session created with a record needs an ID with the record's slot tag (Session does this; see SessionID.generate(slotTag:))")
+            }
             args.append(max(1, record.ttlMillis).redisBytes)
             args.append(try Self.completedValue(record))
         } else {
@@ -109,7 +132,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
                 args += ["i".redisBytes, Array("attr:\(name)".utf8), by.redisBytes]
             }
         }
-        let reply = try run(Self.applyScript, keys: keys, args: args)
+        let reply = try run(Self.applyScript, keys: keys, args: args, durability: durability)
         guard let items = reply.array, let status = items.first?.int else {
             throw SessionStoreError(.unavailable, "unexpected reply from the apply script: \(reply)")
         }
@@ -142,12 +165,21 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     }
 
     public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
-        let reply = try run(Self.regenerateScript, keys: [key(for: id), key(for: newID)], args: timeArguments)
+        let (old, new) = (key(for: id), key(for: newID))
+        if client.isCluster && RedisClusterSlot.of(key: old) != RedisClusterSlot.of(key: new) {
+            throw SessionStoreError(
+                .invalidValue,
+                "a regenerated ID must keep the old one's slot tag on a Redis Cluster (SessionID.generate(slotTag:))")
+        }
+        let reply = try run(Self.regenerateScript, keys: [old, new], args: timeArguments, durability: durability)
         return reply.int == 1
     }
 
     public func invalidate(_ id: SessionID) throws {
-        try redis { try client.send(["DEL".redisBytes, key(for: id)]) }
+        let key = key(for: id)
+        try redis {
+            try client.withConnection(forKey: key) { try $0.command(["DEL".redisBytes, key], durability: durability) }
+        }
     }
 
     /// A metadata field's integer value in an HGETALL reply.
@@ -173,8 +205,9 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         let record = idempotencyKey(key)
         let lease = max(1, inProgressMillis).redisBytes
         return try redis {
-            let me = try client.presenceID().redisBytes
-            return try client.withConnection { connection throws -> IdempotencyClaim in
+            try client.withConnection(forKey: record) { connection throws -> IdempotencyClaim in
+                // Client IDs are per server: the presence on the server that holds the record.
+                let me = try client.presenceID(onServerOf: connection).redisBytes
                 for _ in 0..<3 {
                     let reply = try connection.eval(Self.beginScript, keys: [record], args: [fingerprint.redisBytes, lease, me])
                     guard let items = reply.array, let status = items.first?.int else {
@@ -225,13 +258,14 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     public func complete(_ record: IdempotencyRecord) throws {
         _ = try run(
             Self.completeScript, keys: [idempotencyKey(record.key)],
-            args: [try Self.completedValue(record), max(1, record.ttlMillis).redisBytes])
+            args: [try Self.completedValue(record), max(1, record.ttlMillis).redisBytes], durability: durability)
     }
 
     /// Deletes this process's claim of `key`, not one a retry took over.
     public func abandon(key: String) throws {
-        let owner = try redis { try client.presenceID() }
-        _ = try run(Self.abandonScript, keys: [idempotencyKey(key)], args: [owner.redisBytes])
+        let record = idempotencyKey(key)
+        let owner = try redis { try client.presenceID(forKey: record) }
+        _ = try run(Self.abandonScript, keys: [record], args: [owner.redisBytes])
     }
 
     private static func checkFingerprint(_ fingerprint: String) throws {
@@ -246,8 +280,10 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         return Array("C|\(record.fingerprint)|".utf8) + record.response.encoded()
     }
 
-    private func run(_ script: RedisScript, keys: [[UInt8]], args: [[UInt8]]) throws -> RedisValue {
-        try redis { try client.eval(script, keys: keys, args: args) }
+    private func run(
+        _ script: RedisScript, keys: [[UInt8]], args: [[UInt8]], durability: RedisDurability? = nil
+    ) throws -> RedisValue {
+        try redis { try client.eval(script, keys: keys, args: args, durability: durability) }
     }
 
     /// Runs `body`; a Redis failure becomes `unavailable` (503), other errors pass as they are.

@@ -65,6 +65,8 @@ public struct RedisError: Error, Sendable, Equatable, CustomStringConvertible {
         case configuration
         /// A reply of an unexpected shape.
         case protocolViolation
+        /// A write reached the primary, but fewer replicas than `waitReplicas` acknowledged it in time.
+        case notReplicated
     }
 
     public var code: Code

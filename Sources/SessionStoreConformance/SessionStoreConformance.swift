@@ -65,7 +65,7 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
             #expect(try store.load(id) == nil)
             #expect(try store.apply(delta(id, [.set("a", json("1"))], create: false)) == nil)
             #expect(try store.load(id) == nil)
-            #expect(try store.regenerate(id, to: SessionID.generate()) == false)
+            #expect(try store.regenerate(id, to: SessionID.generate(slotTag: id.slotTag)) == false)
 
         case .deltasTouchOnlyTheirAttributes:
             let id = try newSession(store, ["a": "1", "b": "2"])
@@ -160,7 +160,7 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
 
         case .regenerateMovesDataAndKillsOldID:
             let old = try newSession(store, ["user": "\"ada\""])
-            let new = SessionID.generate()
+            let new = SessionID.generate(slotTag: old.slotTag)
             #expect(try store.regenerate(old, to: new))
             #expect(try store.load(old) == nil)
             #expect(try store.load(new)?.attributes == ["user": json("\"ada\"")])
@@ -213,31 +213,32 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
 
         case .idempotencyRecordIsWrittenWithTheDelta:
             let records = try idempotent(store)
-            let key = "k-\(SessionID.generate().rawValue)"
-            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .claimed)
             let id = try newSession(store, [:])
+            let key = try storageKey(.session(id))
+            #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .claimed)
             var d = delta(id, [.increment("n", by: 1)])
             d.idempotencyRecord = record(key)
             #expect(try store.apply(d)?.counters == ["n": 1])
             #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .completed(record(key).response))
-            // ...also when the delta creates the session.
-            let key2 = "k-\(SessionID.generate().rawValue)"
-            var d2 = delta(SessionID.generate(), [.set("a", json("1"))], create: true)
+            // ...also when the delta creates the session (an ID with the record's slot tag, as `Session` makes it).
+            let key2 = try storageKey(.anonymous)
+            var d2 = delta(SessionID.generate(slotTag: IdempotencyScope.slotTag(ofStorageKey: key2)), [.set("a", json("1"))], create: true)
             d2.idempotencyRecord = record(key2)
             _ = try store.apply(d2)
             #expect(try records.begin(key: key2, fingerprint: "fp-\(key2)", inProgressMillis: 10_000) == .completed(record(key2).response))
 
         case .idempotencyRecordIsNotWrittenWhenTheDeltaFails:
             let records = try idempotent(store)
-            let key = "k-\(SessionID.generate().rawValue)"
             let id = try newSession(store, ["name": "\"ada\""])
+            let key = try storageKey(.session(id))
             var d = delta(id, [.increment("name", by: 1)])
             d.idempotencyRecord = record(key)
             #expect(throws: SessionStoreError.self) { _ = try store.apply(d) }
             #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .claimed)
             // ...nor when the session is gone.
-            let key2 = "k-\(SessionID.generate().rawValue)"
-            var gone = delta(SessionID.generate(), [.set("a", json("1"))])
+            let goneID = SessionID.generate()
+            let key2 = try storageKey(.session(goneID))
+            var gone = delta(goneID, [.set("a", json("1"))])
             gone.idempotencyRecord = record(key2)
             #expect(try store.apply(gone) == nil)
             #expect(try records.begin(key: key2, fingerprint: "fp-\(key2)", inProgressMillis: 10_000) == .claimed)
@@ -245,8 +246,8 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
         case .deltaOfAKeyCompletedElsewhereIsRefused:
             // A retry took over the claim and completed first: the first run's changes must not apply.
             let records = try idempotent(store)
-            let key = "k-\(SessionID.generate().rawValue)"
             let id = try newSession(store, [:])
+            let key = try storageKey(.session(id))
             #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 10_000) == .claimed)
             var retry = delta(id, [.increment("n", by: 1)])
             retry.idempotencyRecord = record(key)
@@ -273,6 +274,13 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
             harness.advance(millis: 400)
             #expect(try records.begin(key: key, fingerprint: "fp-\(key)", inProgressMillis: 300) == .claimed, "in-progress claims expire too")
         }
+    }
+
+    /// A storage key as `IdempotentRequest` makes it for `scope` (a new random client key).
+    private func storageKey(_ scope: IdempotencyScope) throws -> String {
+        try IdempotentRequest(
+            key: "k-\(SessionID.generate().rawValue)", method: "POST", target: "/", body: [], scope: scope
+        ).storageKey
     }
 
     private func idempotent(_ store: any SessionStore) throws -> any IdempotencyStore {

@@ -75,11 +75,24 @@ import Testing
         let action = try login.commit()
         let newID = try #require(login.id)
         #expect(newID != oldID)
+        #expect(newID.slotTag == oldID.slotTag, "one slot in a sharded store")
         #expect(action == .set(newID))
         #expect(try store.load(oldID) == nil)
         let stored = try #require(try store.load(newID))
         #expect(stored.attributes["cart"] == Array("[1,2,3]".utf8))
         #expect(stored.attributes["user"] == Array("\"ada\"".utf8))
+    }
+
+    @Test func aNewSessionTakesTheSlotTagItIsGiven() throws {
+        let session = Session(store: store, snapshot: nil, deferWrites: true, slotTag: "xY-")
+        try session.set("a", 1)
+        guard case .set(let planned) = session.prepareCommit() else {
+            Issue.record("a new session gets a cookie")
+            return
+        }
+        #expect(planned.slotTag == "xY-")
+        _ = try session.commit()
+        #expect(session.id == planned)
     }
 
     @Test func invalidateDeletesAndExpiresTheCookie() throws {

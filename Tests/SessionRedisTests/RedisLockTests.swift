@@ -96,7 +96,11 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
 @Suite(.enabled(if: TestRedis.available, "needs REDIS_URL"), .serialized)
 struct RedisLockTests {
     @Test func eightContendersNeverOverlapAndFencingTokensIncrease() throws {
-        let client = try TestRedis.client(poolSize: 8)
+        try Self.eightContendersNeverOverlap(client: try TestRedis.client(poolSize: 8))
+    }
+
+    /// 8 threads take one lock 30 times each and race on an unguarded counter inside it.
+    static func eightContendersNeverOverlap(client: RedisClient) throws {
         let lock = makeLock(client, prefix: TestRedis.uniquePrefix())
         let threads = 8
         let rounds = 30

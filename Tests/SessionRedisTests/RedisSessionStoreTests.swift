@@ -79,7 +79,7 @@ struct RedisSessionStoreTests {
         #expect(map["attr:user"] == "\"ada\"")
         #expect(map["meta:version"] == "1")
         #expect(map["meta:created"] != nil && map["meta:access"] != nil)
-        #expect(String(decoding: store.key(for: id), as: UTF8.self) == "\(prefix){\(id.rawValue)}")
+        #expect(String(decoding: store.key(for: id), as: UTF8.self) == "\(prefix){\(id.slotTag)}:\(id.rawValue)")
         let ttl = try #require(try store.client.send(["PTTL".redisBytes, store.key(for: id)]).int)
         #expect(ttl > 0 && ttl <= store.expiry.idleTimeoutMillis, "TTL = min(idle, absolute remaining)")
     }

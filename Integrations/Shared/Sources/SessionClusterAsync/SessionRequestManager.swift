@@ -76,7 +76,8 @@ public final class SessionRequestManager: Sendable {
         let cookieID = cookie(configuration.cookieName).flatMap(core.verifiedID)
         let readToken = cookieID == nil ? nil : cookie(configuration.readTokenCookieName)
         let handle = RequestSession(
-            store: store, executor: executor, id: cookieID, readToken: readToken, deferWrites: idempotency != nil)
+            store: store, executor: executor, id: cookieID, readToken: readToken, deferWrites: idempotency != nil,
+            slotTag: idempotency?.request.slotTag)
         let secure = isSecure(remoteAddress: remoteAddress, forwardedProto: forwardedProto)
         do {
             if let exclusiveAccess, let cookieID {
@@ -176,14 +177,20 @@ public final class RequestSession: Sendable {
     public let cookieID: SessionID?
     let readToken: String?
     let deferWrites: Bool
+    /// The slot tag of a session this request creates (`Session.init`).
+    let slotTag: String?
     private let current = Mutex<ClusterSession?>(nil)
 
-    init(store: any SessionStore, executor: BlockingExecutor, id: SessionID?, readToken: String?, deferWrites: Bool) {
+    init(
+        store: any SessionStore, executor: BlockingExecutor, id: SessionID?, readToken: String?, deferWrites: Bool,
+        slotTag: String?
+    ) {
         self.store = store
         self.executor = executor
         cookieID = id
         self.readToken = readToken
         self.deferWrites = deferWrites
+        self.slotTag = slotTag
     }
 
     /// The session, if a handler asked for it.
@@ -199,7 +206,8 @@ public final class RequestSession: Sendable {
             return try id.flatMap { try store.load($0) }
         }
         let session = ClusterSession(
-            core: Session(store: store, snapshot: snapshot, deferWrites: deferWrites), executor: executor)
+            core: Session(store: store, snapshot: snapshot, deferWrites: deferWrites, slotTag: slotTag),
+            executor: executor)
         return current.withLock { current in
             if let current { return current }
             current = session

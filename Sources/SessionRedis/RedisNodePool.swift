@@ -1,0 +1,147 @@
+import Dispatch
+import Logging
+import SessionCore
+import Synchronization
+
+/// The connections to one Redis server, shared by all threads.
+///
+/// Connections are opened on demand up to `poolSize`; a broken one is
+/// dropped. After a failed connect, new attempts wait a backoff (doubling up
+/// to a cap) and callers in the meantime fail at once with the last connect
+/// error instead of hanging.
+final class RedisNodePool: Sendable {
+    let configuration: RedisConfiguration
+    let logger: Logger
+    /// Opens a new connection (to the server, or to the master a sentinel names).
+    private let connect: @Sendable () throws -> RedisConnection
+
+    private struct State {
+        var idle: [RedisConnection] = []
+        var open = 0
+        var nextConnectAllowed: Int64 = 0
+        var backoff: Int
+        var lastConnectError: RedisError?
+    }
+
+    private let state: FastLock<State>  // taken twice per command by every thread: see FastLock
+    private let slots: DispatchSemaphore
+    private let presence = Mutex<(connection: RedisConnection, id: Int64, checkedAt: Int64)?>(nil)
+
+    init(configuration: RedisConfiguration, logger: Logger, connect: @escaping @Sendable () throws -> RedisConnection) {
+        precondition(configuration.poolSize >= 1, "poolSize must be at least 1")
+        self.configuration = configuration
+        self.logger = logger
+        self.connect = connect
+        state = FastLock(State(backoff: configuration.reconnectBackoffMillis))
+        slots = DispatchSemaphore(value: configuration.poolSize)
+    }
+
+    /// A connection of the caller's own: an idle one, or a new one. Throws
+    /// `.poolExhausted` when all stay busy for the command timeout, or the
+    /// connect error (nothing was sent). Give it back with `checkIn`.
+    func checkOut() throws -> RedisConnection {
+        guard slots.wait(timeout: .now() + .milliseconds(configuration.commandTimeoutMillis)) == .success else {
+            throw RedisError(.poolExhausted, "all \(configuration.poolSize) Redis connections busy")
+        }
+        do {
+            return try idleOrNew()
+        } catch {
+            slots.signal()
+            throw error
+        }
+    }
+
+    /// Returns a connection from `checkOut`; a broken one is dropped.
+    func checkIn(_ connection: RedisConnection) {
+        state.withLock { p in
+            if connection.isBroken {
+                p.open -= 1
+            } else {
+                p.idle.append(connection)
+            }
+        }
+        slots.signal()
+    }
+
+    /// Runs `body` with a connection of its own (see `checkOut`).
+    func withConnection<T>(_ body: (RedisConnection) throws -> T) throws -> T {
+        let connection = try checkOut()
+        defer { checkIn(connection) }
+        return try body(connection)
+    }
+
+    /// Drops the idle connections (the server went away, or is no master any more).
+    func dropIdle() {
+        state.withLock { p in
+            p.open -= p.idle.count
+            p.idle.removeAll()
+        }
+    }
+
+    /// Drops every idle connection and the presence connection.
+    func close() {
+        dropIdle()
+        presence.withLock { $0 = nil }
+    }
+
+    /// The `CLIENT ID` of a connection kept open, outside the pool and idle,
+    /// for as long as the process lives (see `RedisClient.presenceID`).
+    func presenceID() throws -> Int64 {
+        try presence.withLock { presence throws -> Int64 in
+            let now = monotonicMillis()
+            if let current = presence {
+                if now - current.checkedAt < 1_000 { return current.id }
+                if (try? current.connection.command(["PING".redisBytes]))?.string == "PONG" {
+                    presence = (current.connection, current.id, now)
+                    return current.id
+                }
+                presence = nil
+            }
+            let connection = try connect()
+            let id = try connection.clientID()
+            _ = try? connection.command(["CLIENT".redisBytes, "SETNAME".redisBytes, "session-cluster-presence".redisBytes])
+            presence = (connection, id, now)
+            return id
+        }
+    }
+
+    private func idleOrNew() throws -> RedisConnection {
+        let now = monotonicMillis()
+        let decision = state.withLock { p -> Result<RedisConnection?, RedisError> in
+            if let connection = p.idle.popLast() { return .success(connection) }
+            if now < p.nextConnectAllowed, let error = p.lastConnectError {
+                return .failure(RedisError(
+                    error.code, "\(error.message) (next attempt in \(p.nextConnectAllowed - now) ms)"))
+            }
+            p.open += 1
+            return .success(nil)
+        }
+        switch decision {
+        case .success(let connection?):
+            return connection
+        case .failure(let error):
+            throw error
+        case .success(nil):
+            do {
+                let connection = try connect()
+                state.withLock {
+                    $0.backoff = configuration.reconnectBackoffMillis
+                    $0.lastConnectError = nil
+                }
+                return connection
+            } catch {
+                let redisError = error as? RedisError ?? RedisError(.connection, "\(error)")
+                let wait = state.withLock { p -> Int in
+                    p.open -= 1
+                    p.lastConnectError = redisError
+                    let wait = p.backoff
+                    p.nextConnectAllowed = monotonicMillis() + Int64(wait)
+                    p.backoff = min(p.backoff * 2, configuration.maxReconnectBackoffMillis)
+                    return wait
+                }
+                logger.warning("redis connect failed", metadata: ["error": "\(redisError)", "retry_in_ms": "\(wait)"])
+                throw redisError
+            }
+        }
+    }
+}

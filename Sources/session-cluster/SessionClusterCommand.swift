@@ -48,6 +48,14 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "The master's name at the sentinels.")
     var redisMaster = "mymaster"
 
+    @Option(help: ArgumentHelp(
+        "A Redis Cluster instead of --redis: seeds host:port,host:port (or redis://[[user]:password@]host:port,host:port).",
+        valueName: "seeds"))
+    var redisCluster: String?
+
+    @Option(help: "Replicas that must acknowledge each session write (Redis WAIT) before it counts as done; 0: asynchronous.")
+    var redisWaitReplicas = 0
+
     @Flag(help: "Run each session's requests one at a time across the cluster (Redis lock; --strategy redis).")
     var exclusiveSessions = false
 
@@ -79,7 +87,10 @@ struct NodeOptions: ParsableArguments {
     var redisTimeoutMs = 1000
 
     func redisConfiguration() throws -> RedisConfiguration {
-        var configuration = try RedisConfiguration(url: redis)
+        var configuration = try redisCluster.map(RedisConfiguration.init(clusterSeeds:)) ?? RedisConfiguration(url: redis)
+        if redisCluster != nil && redisSentinel != nil {
+            throw ValidationError("--redis-cluster and --redis-sentinel exclude each other (a cluster fails over by itself)")
+        }
         if let redisSentinel {
             configuration.endpoint = .sentinel(
                 sentinels: try RedisConfiguration.sentinels(redisSentinel), masterName: redisMaster)
@@ -89,6 +100,9 @@ struct NodeOptions: ParsableArguments {
         configuration.poolSize = redisPoolSize
         configuration.connectTimeoutMillis = redisTimeoutMs
         configuration.commandTimeoutMillis = redisTimeoutMs
+        guard (0...16).contains(redisWaitReplicas) else { throw ValidationError("--redis-wait-replicas must be 0...16") }
+        configuration.waitReplicas = redisWaitReplicas
+        configuration.waitTimeoutMillis = max(5, redisTimeoutMs / 2)  // WAIT ends well before the command times out
         return configuration
     }
 

@@ -61,28 +61,39 @@ public final class RedisClient: Sendable {
     /// cluster). A connection left broken by `body` is dropped; a healthy one
     /// goes back to the pool.
     public func withConnection<T>(_ body: (RedisConnection) throws -> T) throws -> T {
-        try withConnection(slot: nil, body)
+        try withChannel(slot: nil, shared: false) { try body($0 as! RedisConnection) }
     }
 
-    /// Runs `body` with a connection to the server that holds `key` (the
-    /// primary of its slot, in a cluster, following redirections: `body` may
-    /// run again, and must send commands on keys of that one slot only).
+    /// Runs `body` with a connection of its own to the server that holds
+    /// `key` (the primary of its slot, in a cluster, following redirections:
+    /// `body` may run again, and must send commands on keys of that one slot
+    /// only).
     public func withConnection<T>(forKey key: [UInt8], _ body: (RedisConnection) throws -> T) throws -> T {
-        try withConnection(slot: RedisClusterSlot.of(key: key), body)
+        try withChannel(slot: RedisClusterSlot.of(key: key), shared: false) { try body($0 as! RedisConnection) }
     }
 
-    private func withConnection<T>(slot: Int?, _ body: (RedisConnection) throws -> T) throws -> T {
+    /// Runs `body` on the server's shared, pipelined connections when
+    /// `shared` (single commands and scripts), else on a connection of the
+    /// caller's own (a `RedisConnection`, for a sequence of commands).
+    private func withChannel<T>(slot: Int?, shared: Bool, _ body: (any RedisChannel) throws -> T) throws -> T {
         switch topology {
         case .cluster(let router):
-            return try router.withConnection(slot: slot, body)
+            return try router.withChannel(slot: slot, shared: shared, body)
         case .single(let pool):
-            let connection = try pool.checkOut()
-            defer { pool.checkIn(connection) }
             do {
-                return try body(connection)
+                if shared { return try body(RedisSharedChannel(pool: pool, asking: false)) }
+                let connection = try pool.checkOut()
+                defer { pool.checkIn(connection) }
+                do {
+                    return try body(connection)
+                } catch let error as RedisError where error.code == .server && error.message.contains("READONLY") {
+                    connection.markBroken()
+                    throw error
+                }
+            } catch let notSent as RedisNotSent {
+                throw notSent.error
             } catch let error as RedisError where error.code == .server && error.message.contains("READONLY") {
                 // Talking to a replica (the old master after a failover): find the master again.
-                connection.markBroken()
                 forgetMaster(pool)
                 throw error
             } catch let error as RedisError where error.code == .connection {
@@ -103,7 +114,7 @@ public final class RedisClient: Sendable {
     /// One command from raw argv, sent to the server of its key (see `routingKey`).
     @discardableResult
     public func send(_ argv: [[UInt8]]) throws -> RedisValue {
-        try withConnection(slot: Self.routingKey(argv).map { RedisClusterSlot.of(key: $0) }) { connection in
+        try withChannel(slot: Self.routingKey(argv).map { RedisClusterSlot.of(key: $0) }, shared: true) { connection in
             try connection.command(argv).throwingServerError(context: String(decoding: argv.first ?? [], as: UTF8.self))
         }
     }
@@ -115,7 +126,7 @@ public final class RedisClient: Sendable {
         guard !isCluster || slots.count <= 1 else {
             throw RedisError(.configuration, "a pipeline on a Redis Cluster must use keys of one slot (got \(slots.count))")
         }
-        return try withConnection(slot: slots.first) { connection in
+        return try withChannel(slot: slots.first, shared: true) { connection in
             let replies = try connection.pipeline(commands)
             for case .error(let message) in replies
             where message.hasPrefix("READONLY") || RedisRedirect(errorMessage: message) != nil {
@@ -132,7 +143,7 @@ public final class RedisClient: Sendable {
     public func eval(
         _ script: RedisScript, keys: [[UInt8]], args: [[UInt8]], durability: RedisDurability? = nil
     ) throws -> RedisValue {
-        try withConnection(slot: keys.first.map { RedisClusterSlot.of(key: $0) }) {
+        try withChannel(slot: keys.first.map { RedisClusterSlot.of(key: $0) }, shared: true) {
             try $0.eval(script, keys: keys, args: args, durability: durability)
         }
     }

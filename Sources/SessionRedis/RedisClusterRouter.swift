@@ -76,14 +76,15 @@ final class RedisClusterRouter: Sendable {
     /// How many slots have a primary in the current map.
     func assignedSlots() throws -> Int { try knownMap().assignedSlots }
 
-    /// Runs `body` on a connection to the primary owning `slot` (any primary
-    /// when nil), following redirections as described above.
-    func withConnection<T>(slot: Int?, _ body: (RedisConnection) throws -> T) throws -> T {
+    /// Runs `body` on a channel to the primary owning `slot` (any primary
+    /// when nil), following redirections as described above: the server's
+    /// shared, pipelined connections when `shared`, else a connection of
+    /// the caller's own (a `RedisConnection`).
+    func withChannel<T>(slot: Int?, shared: Bool, _ body: (any RedisChannel) throws -> T) throws -> T {
         let deadline = monotonicMillis() + Int64(configuration.commandTimeoutMillis)
         var asking: RedisNodeAddress? = nil
         var backoff = 5
         var redirects = 0
-        var lastError = RedisError(.connection, "no Redis Cluster primary tried")
         while true {
             let target: RedisNodeAddress
             let version: Int
@@ -92,34 +93,36 @@ final class RedisClusterRouter: Sendable {
             } else {
                 let route = try primary(forSlot: slot)
                 guard let primary = route.primary else {
-                    lastError = RedisError(.server, "CLUSTERDOWN slot \(slot ?? -1) has no primary")
-                    try pause(&backoff, until: deadline, refreshingFrom: route.version, lastError: lastError)
+                    let error = RedisError(.server, "CLUSTERDOWN slot \(slot ?? -1) has no primary")
+                    try pause(&backoff, until: deadline, refreshingFrom: route.version, lastError: error)
                     continue
                 }
                 (target, version) = (primary, route.version)
             }
             let pool = pool(for: target)
-            let connection: RedisConnection
             do {
-                connection = try pool.checkOut()
-            } catch let error as RedisError where error.code != .poolExhausted {
+                if shared {
+                    return try body(RedisSharedChannel(pool: pool, asking: asking != nil))
+                }
+                let connection: RedisConnection
+                do {
+                    connection = try pool.checkOut()
+                } catch let error as RedisError where error.code != .poolExhausted {
+                    throw RedisNotSent(error: error)
+                }
+                defer {
+                    connection.asking = false
+                    pool.checkIn(connection)
+                }
+                connection.asking = asking != nil
+                return try body(connection)
+            } catch let notSent as RedisNotSent {
                 // Nothing was sent: a dead or unreachable primary. A failover may be under way.
-                lastError = RedisError(error.code, "\(target): \(error.message)")
                 asking = nil
-                try pause(&backoff, until: deadline, refreshingFrom: version, lastError: lastError)
-                continue
-            }
-            connection.asking = asking != nil
-            do {
-                let result = try body(connection)
-                connection.asking = false
-                pool.checkIn(connection)
-                return result
+                let error = RedisError(notSent.error.code, "\(target): \(notSent.error.message)")
+                try pause(&backoff, until: deadline, refreshingFrom: version, lastError: error)
             } catch let error as RedisError where error.code == .server {
-                connection.asking = false
-                pool.checkIn(connection)
                 guard let redirect = RedisRedirect(errorMessage: error.message) else { throw error }
-                lastError = error
                 redirects += 1
                 guard redirects <= Self.maxRedirects, monotonicMillis() < deadline else {
                     throw RedisError(.server, "gave up after \(redirects) cluster redirections: \(error.message)")
@@ -136,13 +139,9 @@ final class RedisClusterRouter: Sendable {
                     asking = nil
                     try pause(&backoff, until: deadline, refreshingFrom: version, lastError: error)
                 }
-            } catch {
-                connection.asking = false
-                pool.checkIn(connection)
-                if let error = error as? RedisError, error.code == .connection || error.code == .timeout {
-                    pool.dropIdle()  // the server went away: its idle connections are dead too
-                    topology.withLock { if $0.version == version { $0.known = false } }  // ask for the map next time
-                }
+            } catch let error as RedisError where error.code == .connection || error.code == .timeout {
+                pool.dropIdle()  // the server went away: its idle connections are dead too
+                topology.withLock { if $0.version == version { $0.known = false } }  // ask for the map next time
                 throw error
             }
         }

@@ -36,6 +36,10 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var waitReplicas: Int
     /// The longest `WAIT` for them; less than the command timeout.
     public var waitTimeoutMillis: Int
+    /// Shared connections per server that single commands and scripts are
+    /// pipelined on (see `RedisPipeline`); 0 sends each on a pooled
+    /// connection of its own. Taken from `poolSize`.
+    public var pipelineConnections: Int
 
     /// The `WAIT` to send after writes, when `waitReplicas` asks for one.
     public var durability: RedisDurability? {
@@ -46,7 +50,7 @@ public struct RedisConfiguration: Sendable, Equatable {
         endpoint: Endpoint = .direct(host: "127.0.0.1", port: 6379), username: String? = nil, password: String? = nil,
         database: Int = 0, poolSize: Int = 16, connectTimeoutMillis: Int = 1000, commandTimeoutMillis: Int = 1000,
         reconnectBackoffMillis: Int = 50, maxReconnectBackoffMillis: Int = 1000, waitReplicas: Int = 0,
-        waitTimeoutMillis: Int = 500
+        waitTimeoutMillis: Int = 500, pipelineConnections: Int = 2
     ) {
         self.endpoint = endpoint
         self.username = username
@@ -59,6 +63,7 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.maxReconnectBackoffMillis = maxReconnectBackoffMillis
         self.waitReplicas = waitReplicas
         self.waitTimeoutMillis = waitTimeoutMillis
+        self.pipelineConnections = pipelineConnections
     }
 
     /// A Redis Cluster from its seeds: `host:port,host:port`, or

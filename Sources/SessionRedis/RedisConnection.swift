@@ -7,7 +7,7 @@ import Glibc
 /// One hiredis connection. Used by one thread at a time: the pool hands it
 /// out exclusively. Any I/O error or timeout leaves it broken; the pool then
 /// drops it.
-public final class RedisConnection: @unchecked Sendable {
+public final class RedisConnection: RedisChannel, @unchecked Sendable {
     private var context: UnsafeMutablePointer<redisContext>?
     public let host: String
     public let port: Int
@@ -82,36 +82,6 @@ public final class RedisConnection: @unchecked Sendable {
         guard let id = try command(["CLIENT".redisBytes, "ID".redisBytes]).throwingServerError(context: "CLIENT ID").int
         else { throw RedisError(.protocolViolation, "CLIENT ID: not an integer reply") }
         return id
-    }
-
-    /// Runs a Lua script by EVALSHA, loading it when Redis does not know it
-    /// (NOSCRIPT). With `durability`, `WAIT` follows in the same round trip.
-    public func eval(
-        _ script: RedisScript, keys: [[UInt8]], args: [[UInt8]], durability: RedisDurability? = nil
-    ) throws -> RedisValue {
-        let tail = [keys.count.redisBytes] + keys + args
-        let wait = durability.map { [$0.waitCommand] } ?? []
-        var replies = try pipeline([[Array("EVALSHA".utf8), Array(script.sha1.utf8)] + tail] + wait)
-        if case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") {
-            replies = try pipeline([[Array("EVAL".utf8), Array(script.source.utf8)] + tail] + wait)
-        }
-        let reply = try replies[0].throwingServerError(context: "EVALSHA \(script.name)")
-        if let durability { try durability.check(replies[1], after: script.name) }
-        return reply
-    }
-
-    /// Sends one command, then `WAIT` when `durability` asks for it, in one round trip.
-    public func command(_ args: [[UInt8]], durability: RedisDurability?) throws -> RedisValue {
-        guard let durability else { return try command(args) }
-        let replies = try pipeline([args, durability.waitCommand])
-        let reply = try replies[0].throwingServerError(context: String(decoding: args.first ?? [], as: UTF8.self))
-        try durability.check(replies[1], after: String(decoding: args.first ?? [], as: UTF8.self))
-        return reply
-    }
-
-    /// Sends one command and waits for its reply. Error replies are returned as `.error`.
-    public func command(_ args: [[UInt8]]) throws -> RedisValue {
-        try pipeline([args])[0]
     }
 
     /// Sends several commands in one write and reads their replies in order.

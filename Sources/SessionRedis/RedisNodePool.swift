@@ -26,6 +26,9 @@ final class RedisNodePool: Sendable {
     private let state: FastLock<State>  // taken twice per command by every thread: see FastLock
     private let slots: DispatchSemaphore
     private let presence = Mutex<(connection: RedisConnection, id: Int64, checkedAt: Int64)?>(nil)
+    /// The shared connections (`RedisConfiguration.pipelineConnections`), taken in turn.
+    private let pipelines: [RedisPipeline]
+    private let nextPipeline = Atomic<Int>(0)
 
     init(configuration: RedisConfiguration, logger: Logger, connect: @escaping @Sendable () throws -> RedisConnection) {
         precondition(configuration.poolSize >= 1, "poolSize must be at least 1")
@@ -34,6 +37,34 @@ final class RedisNodePool: Sendable {
         self.connect = connect
         state = FastLock(State(backoff: configuration.reconnectBackoffMillis))
         slots = DispatchSemaphore(value: configuration.poolSize)
+        pipelines = (0..<min(configuration.pipelineConnections, configuration.poolSize)).map { _ in RedisPipeline() }
+    }
+
+    deinit {
+        // A semaphore must not die below its start value: give back the places the shared connections hold.
+        for pipeline in pipelines where pipeline.detach() != nil { slots.signal() }
+    }
+
+    /// Sends `commands` on a shared connection (automatic pipelining), or on
+    /// one of the caller's own when `pipelineConnections` is 0. Throws
+    /// `RedisNotSent` when no connection could be had.
+    func sendShared(_ commands: [[[UInt8]]], asking: Bool) throws -> [RedisValue] {
+        if !pipelines.isEmpty {
+            let turn = nextPipeline.wrappingAdd(1, ordering: .relaxed).oldValue
+            return try pipelines[turn % pipelines.count].send(commands, asking: asking, pool: self)
+        }
+        let connection: RedisConnection
+        do {
+            connection = try checkOut()
+        } catch let error as RedisError {
+            throw RedisNotSent(error: error)
+        }
+        defer {
+            connection.asking = false
+            checkIn(connection)
+        }
+        connection.asking = asking
+        return try connection.pipeline(commands)
     }
 
     /// A connection of the caller's own: an idle one, or a new one. Throws
@@ -70,12 +101,13 @@ final class RedisNodePool: Sendable {
         return try body(connection)
     }
 
-    /// Drops the idle connections (the server went away, or is no master any more).
+    /// Drops the idle and shared connections (the server went away, or is no master any more).
     func dropIdle() {
         state.withLock { p in
             p.open -= p.idle.count
             p.idle.removeAll()
         }
+        for pipeline in pipelines { pipeline.reset(self) }
     }
 
     /// Drops every idle connection and the presence connection.

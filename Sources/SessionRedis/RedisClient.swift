@@ -111,10 +111,14 @@ public final class RedisClient: Sendable {
         try send([command.redisBytes] + args.map(\.redisBytes))
     }
 
-    /// One command from raw argv, sent to the server of its key (see `routingKey`).
+    /// One command from raw argv, sent to the server of its key (see
+    /// `routingKey`): on the shared, pipelined connections, except commands
+    /// that block the connection (BLPOP, WAIT, …), which get one of their own.
     @discardableResult
     public func send(_ argv: [[UInt8]]) throws -> RedisValue {
-        try withChannel(slot: Self.routingKey(argv).map { RedisClusterSlot.of(key: $0) }, shared: true) { connection in
+        let name = String(decoding: argv.first ?? [], as: UTF8.self).uppercased()
+        let shared = !Self.blockingCommands.contains(name)
+        return try withChannel(slot: Self.routingKey(argv).map { RedisClusterSlot.of(key: $0) }, shared: shared) { connection in
             try connection.command(argv).throwingServerError(context: String(decoding: argv.first ?? [], as: UTF8.self))
         }
     }
@@ -147,6 +151,12 @@ public final class RedisClient: Sendable {
             try $0.eval(script, keys: keys, args: args, durability: durability)
         }
     }
+
+    /// Commands that hold their connection until something happens: never pipelined with others.
+    static let blockingCommands: Set<String> = [
+        "BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT", "WAITAOF",
+        "XREAD", "XREADGROUP", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR",
+    ]
 
     /// The key that routes `argv` in a cluster: the first key of EVAL and
     /// EVALSHA, the first argument of other commands, none for commands

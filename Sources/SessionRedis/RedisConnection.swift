@@ -84,6 +84,15 @@ public final class RedisConnection: RedisChannel, @unchecked Sendable {
         return id
     }
 
+    /// Sends several commands (then `WAIT`, with `durability`) in one write
+    /// and reads their replies in order.
+    public func pipeline(_ commands: [[[UInt8]]], durability: RedisDurability?) throws -> (replies: [RedisValue], waited: RedisValue?) {
+        guard let durability else { return (try pipeline(commands), nil) }
+        var replies = try pipeline(commands + [durability.waitCommand])
+        let waited = replies.removeLast()
+        return (replies, waited)
+    }
+
     /// Sends several commands in one write and reads their replies in order.
     public func pipeline(_ commands: [[[UInt8]]]) throws -> [RedisValue] {
         guard let context, !isBroken else { throw RedisError(.connection, "connection is broken") }

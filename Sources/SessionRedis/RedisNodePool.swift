@@ -48,10 +48,12 @@ final class RedisNodePool: Sendable {
     /// Sends `commands` on a shared connection (automatic pipelining), or on
     /// one of the caller's own when `pipelineConnections` is 0. Throws
     /// `RedisNotSent` when no connection could be had.
-    func sendShared(_ commands: [[[UInt8]]], asking: Bool) throws -> [RedisValue] {
+    func sendShared(
+        _ commands: [[[UInt8]]], asking: Bool, durability: RedisDurability?
+    ) throws -> (replies: [RedisValue], waited: RedisValue?) {
         if !pipelines.isEmpty {
             let turn = nextPipeline.wrappingAdd(1, ordering: .relaxed).oldValue
-            return try pipelines[turn % pipelines.count].send(commands, asking: asking, pool: self)
+            return try pipelines[turn % pipelines.count].send(commands, asking: asking, durability: durability, pool: self)
         }
         let connection: RedisConnection
         do {
@@ -64,7 +66,7 @@ final class RedisNodePool: Sendable {
             checkIn(connection)
         }
         connection.asking = asking
-        return try connection.pipeline(commands)
+        return try connection.pipeline(commands, durability: durability)
     }
 
     /// A connection of the caller's own: an idle one, or a new one. Throws

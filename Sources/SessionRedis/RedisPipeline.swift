@@ -21,13 +21,15 @@ final class RedisPipeline: Sendable {
     private final class Pending: @unchecked Sendable {  // `outcome` and `drives` are written before `wake` signals
         let commands: [[[UInt8]]]
         let asking: Bool
-        var outcome: Result<[RedisValue], any Error>?
+        let durability: RedisDurability?
+        var outcome: Result<(replies: [RedisValue], waited: RedisValue?), any Error>?
         var drives = false
         let wake = DispatchSemaphore(value: 0)
 
-        init(commands: [[[UInt8]]], asking: Bool) {
+        init(commands: [[[UInt8]]], asking: Bool, durability: RedisDurability?) {
             self.commands = commands
             self.asking = asking
+            self.durability = durability
         }
     }
 
@@ -40,11 +42,15 @@ final class RedisPipeline: Sendable {
     private let state = FastLock(State())
 
     /// Sends `commands` (after `ASKING` each, when `asking`) in the next
-    /// batch, on a connection from `pool`; their replies in order. Throws
-    /// `RedisNotSent` when no connection could be had (nothing was sent), or
-    /// the batch's I/O error.
-    func send(_ commands: [[[UInt8]]], asking: Bool, pool: RedisNodePool) throws -> [RedisValue] {
-        let me = Pending(commands: commands, asking: asking)
+    /// batch, on a connection from `pool`; their replies in order. With
+    /// `durability`, the batch ends with one `WAIT` for the most replicas any
+    /// of its callers asked for (group commit), and its reply is theirs.
+    /// Throws `RedisNotSent` when no connection could be had (nothing was
+    /// sent), or the batch's I/O error.
+    func send(
+        _ commands: [[[UInt8]]], asking: Bool, durability: RedisDurability?, pool: RedisNodePool
+    ) throws -> (replies: [RedisValue], waited: RedisValue?) {
+        let me = Pending(commands: commands, asking: asking, durability: durability)
         let drive = state.withLock { s -> Bool in
             s.queue.append(me)
             if s.driving { return false }
@@ -102,13 +108,19 @@ final class RedisPipeline: Sendable {
         if let connection, failure == nil {
             do {
                 var commands: [[[UInt8]]] = []
+                var wait: RedisDurability? = nil
                 for pending in batch {
                     for command in pending.commands {
                         if pending.asking { commands.append(["ASKING".redisBytes]) }
                         commands.append(command)
                     }
+                    if let asked = pending.durability {
+                        wait = RedisDurability(
+                            replicas: max(wait?.replicas ?? 0, asked.replicas),
+                            timeoutMillis: max(wait?.timeoutMillis ?? 0, asked.timeoutMillis))
+                    }
                 }
-                let replies = try connection.pipeline(commands)
+                let (replies, waited) = try connection.pipeline(commands, durability: wait)
                 var next = 0
                 for pending in batch {
                     var own: [RedisValue] = []
@@ -118,7 +130,7 @@ final class RedisPipeline: Sendable {
                         own.append(replies[next])
                         next += 1
                     }
-                    pending.outcome = .success(own)
+                    pending.outcome = .success((own, pending.durability == nil ? nil : waited))
                 }
             } catch {
                 failure = error

@@ -1,14 +1,16 @@
 /// The dashboard every node serves at `/`, reached through the balancer: this
 /// browser's session (which node answered, count, user, a log of the last
 /// requests) and, when a supervisor runs the cluster, a live panel of its nodes
-/// with buttons that kill, stop, resume and restart them.
+/// with buttons that kill, stop, resume and restart them, and of its private
+/// redis-servers (role, slots, keys) with buttons that kill and restart them.
 ///
 /// Plain HTML, CSS and JavaScript: no external fetches, usable at phone width.
 /// Element ids and `data-*` attributes are a contract with the browser test
 /// (Tests/ClusterDemoTests/DashboardBrowserTests.swift): `count`, `user`,
 /// `node`, `inc`, `name`, `login`, `logout`, `status`, `cluster`, and per node
 /// `[data-node=NAME]` holding `[data-field=state|health|requests|sessions]`
-/// and `[data-action=kill|stop|resume|restart]`.
+/// and `[data-action=kill|stop|resume|restart]`; per redis-server `[data-redis=NAME]`
+/// holding `[data-field=state|role|slots|keys|pid|port]` and `[data-action=kill|restart]`.
 enum DemoPage {
     static let html = #"""
         <!doctype html>
@@ -76,7 +78,11 @@ enum DemoPage {
         .b-running,.b-up{background:var(--ok-bg);color:var(--ok);border-color:transparent}
         .b-stopped,.b-draining{background:var(--warn-bg);color:var(--warn);border-color:transparent}
         .b-dead,.b-down{background:var(--bad-bg);color:var(--bad);border-color:transparent}
-        .b-restarting,.b-starting{background:var(--info-bg);color:var(--info);border-color:transparent}
+        .b-restarting,.b-starting,.b-master{background:var(--info-bg);color:var(--info);border-color:transparent}
+        #redis h3{font-size:.95rem;margin:1rem 0 .5rem}
+        #redis-nodes{display:grid;gap:.6rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,10rem),1fr))}
+        #redis-nodes .actions{grid-template-columns:repeat(2,1fr)}
+        #redis-nodes dl{grid-template-columns:repeat(2,1fr)}
         .counters{font-size:.85rem;color:var(--muted)}
         .counters b{color:var(--fg);font-variant-numeric:tabular-nums}
         #nodes{display:grid;gap:.7rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,13rem),1fr))}
@@ -140,6 +146,10 @@ enum DemoPage {
           </div>
           <p class="note" id="cluster-error" role="alert" hidden></p>
           <div id="nodes" aria-live="off"></div>
+          <div id="redis" hidden>
+            <h3 id="redis-h">Redis</h3>
+            <div id="redis-nodes" aria-labelledby="redis-h" aria-live="off"></div>
+          </div>
           <p id="hint"></p>
         </section>
         </div>
@@ -149,10 +159,11 @@ enum DemoPage {
         'use strict';
         const $ = id => document.getElementById(id);
         const TIMEOUT_MS = 5000, LOG_SIZE = 10, CLUSTER_EVERY_MS = 1000, SESSION_EVERY_MS = 2000, STANDALONE_EVERY_MS = 15000;
-        const ui = {epoch: 0, busy: 0, queue: Promise.resolve(), node: null, auto: false, cards: new Map(), clusterTimer: 0, clusterBusy: false, sessionTimer: 0};
+        const ui = {epoch: 0, busy: 0, queue: Promise.resolve(), node: null, auto: false, cards: new Map(), redisCards: new Map(), clusterTimer: 0, clusterBusy: false, sessionTimer: 0};
         const HINTS = {
           replicate: 'Every node keeps a copy of every session. Kill the node that answered you, then increment: the count goes on.',
-          redis: 'Sessions live in Redis; nodes keep nothing. Kill any node, then increment: the count goes on.',
+          redis: 'Sessions live in Redis; nodes keep nothing. Kill any node, then increment: the count goes on. Kill redis and they answer 503 until you restart it.',
+          'redis-cluster': 'Sessions live in a Redis Cluster. Kill a master: within a few seconds its replica becomes master (watch its role and slots) and the count goes on. Restart the killed one: it rejoins as a replica.',
           local: 'Each node keeps its own sessions, so round robin breaks them: watch the count change with the node.'
         };
 
@@ -391,6 +402,70 @@ enum DemoPage {
             updateCard(card, n);
           }
           for (const [name, card] of ui.cards) if (!seen.has(name)) { card.remove(); ui.cards.delete(name); }
+          renderRedis(Array.isArray(s.redisNodes) ? s.redisNodes : []);
+        }
+
+        // --- The private redis-servers ---
+        const REDIS_ACTIONS = [
+          ['kill', 'Kill', 'SIGKILL: redis-server dies at once', s => s === 'up'],
+          ['restart', 'Restart', 'Start it again on its port (a cluster node rejoins)', s => s !== 'restarting']
+        ];
+        const REDIS_FIELDS = [['slots', 'Slots'], ['keys', 'Keys'], ['pid', 'PID'], ['port', 'Port']];
+
+        function makeRedisCard(name) {
+          const card = document.createElement('article');
+          card.className = 'nodecard';
+          card.dataset.redis = name;
+          card.setAttribute('aria-label', 'Redis ' + name);
+          const head = document.createElement('header');
+          const h = document.createElement('h3'); h.className = 'mono'; h.textContent = name;
+          head.append(h);
+          const badges = document.createElement('div'); badges.className = 'meta';
+          for (const f of ['state', 'role']) {
+            const b = document.createElement('span'); b.dataset.field = f; b.className = 'badge'; b.title = f; badges.append(b);
+          }
+          const dl = document.createElement('dl');
+          for (const [f, label] of REDIS_FIELDS) {
+            const div = document.createElement('div');
+            const dt = document.createElement('dt'); dt.textContent = label;
+            const dd = document.createElement('dd'); dd.dataset.field = f; dd.textContent = '—';
+            div.append(dt, dd); dl.append(div);
+          }
+          const actions = document.createElement('div'); actions.className = 'actions';
+          for (const [action, label, title] of REDIS_ACTIONS) {
+            const b = document.createElement('button');
+            b.type = 'button'; b.dataset.action = action; b.textContent = label; b.title = title;
+            b.setAttribute('aria-label', label + ' ' + name);
+            if (action === 'kill') b.className = 'danger';
+            actions.append(b);
+          }
+          card.append(head, badges, dl, actions);
+          return card;
+        }
+
+        function updateRedisCard(card, n) {
+          const state = String(n.state ?? 'unknown'), role = n.role == null ? '—' : String(n.role);
+          const st = field(card, 'state'), ro = field(card, 'role');
+          st.textContent = state; st.className = badgeClass(state);
+          ro.textContent = role; ro.className = badgeClass(role);
+          ro.title = n.clusterState ? 'cluster state as it sees it: ' + n.clusterState : 'role';
+          for (const [f] of REDIS_FIELDS) field(card, f).textContent = n[f] == null ? '—' : String(n[f]);
+          card.classList.toggle('gone', state === 'down');
+          const busy = card.dataset.busy === '1';
+          for (const [action, , , allowed] of REDIS_ACTIONS) card.querySelector('[data-action="' + action + '"]').disabled = busy || !allowed(state);
+        }
+
+        function renderRedis(list) {
+          $('redis').hidden = list.length === 0;
+          const grid = $('redis-nodes'), seen = new Set();
+          for (const n of list) {
+            if (!n || typeof n.name !== 'string') continue;
+            seen.add(n.name);
+            let card = ui.redisCards.get(n.name);
+            if (!card) { card = makeRedisCard(n.name); ui.redisCards.set(n.name, card); grid.append(card); }
+            updateRedisCard(card, n);
+          }
+          for (const [name, card] of ui.redisCards) if (!seen.has(name)) { card.remove(); ui.redisCards.delete(name); }
         }
 
         async function pollCluster() {
@@ -420,21 +495,24 @@ enum DemoPage {
           }
         }
 
-        $('nodes').addEventListener('click', async e => {
+        // A kill/stop/resume/restart button of a node card (kind 'nodes') or a redis card (kind 'redis').
+        async function controlClick(e, kind) {
           const button = e.target.closest('button[data-action]');
-          const card = button && button.closest('[data-node]');
+          const card = button && button.closest(kind === 'redis' ? '[data-redis]' : '[data-node]');
           if (!card || button.disabled) return;
-          const name = card.dataset.node, action = button.dataset.action;
+          const name = kind === 'redis' ? card.dataset.redis : card.dataset.node, action = button.dataset.action;
           card.dataset.busy = '1';
           for (const b of card.querySelectorAll('button')) b.disabled = true;
           // The control API refuses a POST without this header (ControlAPI.controlHeader): other pages cannot send it.
-          const res = await request('POST', '/_cluster/nodes/' + encodeURIComponent(name) + '/' + action, undefined, {'X-Cluster-Control': '1'});
+          const res = await request('POST', '/_cluster/' + kind + '/' + encodeURIComponent(name) + '/' + action, undefined, {'X-Cluster-Control': '1'});
           delete card.dataset.busy;
-          addLog(res, res.data && res.data.node, false);
+          addLog(res, res.data && (res.data.node || res.data.redis), false);
           if (res.ok) setStatus(name + ': ' + action + ' → ' + (res.data.state ?? 'done'), 'ok');
           else setStatus(action + ' ' + name + ': ' + problem(res), 'error');
           pollCluster();
-        });
+        }
+        $('nodes').addEventListener('click', e => controlClick(e, 'nodes'));
+        $('redis-nodes').addEventListener('click', e => controlClick(e, 'redis'));
 
         sessionCall('GET', '/api/session', undefined, true).then(scheduleSession);
         pollCluster();

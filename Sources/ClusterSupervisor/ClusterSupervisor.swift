@@ -9,7 +9,7 @@ import Synchronization
 
 /// What `ClusterSupervisor` starts: N `session-cluster node` processes with one
 /// session strategy, the balancer in front of them (in the supervisor's own
-/// process) and, for the Redis strategy, a private redis-server.
+/// process) and, for the Redis strategies, a private redis-server or Redis Cluster.
 public struct ClusterConfiguration: Sendable {
     /// Where the nodes keep sessions.
     public enum Strategy: String, CaseIterable, Sendable {
@@ -17,6 +17,9 @@ public struct ClusterConfiguration: Sendable {
         case replicate
         /// Sessions live in a private redis-server the supervisor starts.
         case redis
+        /// Sessions live in a private Redis Cluster the supervisor starts (`PrivateRedisCluster`):
+        /// the nodes run `--strategy redis --redis-cluster SEEDS`.
+        case redisCluster = "redis-cluster"
         /// Each node keeps its own sessions: under round robin, users lose them (the control).
         case local
     }
@@ -32,6 +35,10 @@ public struct ClusterConfiguration: Sendable {
     public var executable: String
     /// redis-server; looked up in the usual places when nil.
     public var redisServer: String?
+    /// `redis-cluster`: primaries, replicas per primary and `--cluster-node-timeout` of the private cluster.
+    public var redisClusterPrimaries = 3
+    public var redisClusterReplicas = 1
+    public var redisClusterNodeTimeoutMillis = 1_000
     /// Logs of the nodes and Redis go here; a private temporary directory (removed at shutdown) when nil.
     public var logDirectory: String?
     public var nodeLogLevel: String
@@ -79,13 +86,14 @@ public struct ClusterConfiguration: Sendable {
 }
 
 /// Starts and watches a local cluster: nodes as child processes, the balancer
-/// in front, and for `redis` a private redis-server. Reports deaths through
+/// in front, and for `redis` a private redis-server (`PrivateRedisServer`), for
+/// `redis-cluster` a private Redis Cluster (`PrivateRedisCluster`). Reports deaths through
 /// `onEvent`, restarts a node only when asked, and on `shutdown()` stops
 /// everything it started, by PID.
 ///
 /// Its control API is served by the balancer under `/_cluster/` (see `ControlAPI`):
 /// the cluster's status, and kill (SIGKILL), stop (SIGSTOP), resume (SIGCONT)
-/// and restart of each node.
+/// and restart of each node; kill and restart of each redis-server.
 public final class ClusterSupervisor: Sendable {
     public let configuration: ClusterConfiguration
     let logger: Logger
@@ -94,7 +102,9 @@ public final class ClusterSupervisor: Sendable {
     let runDirectory: String
     private let ownsRunDirectory: Bool
     private let environment: [String: String]
-    private let redis = Mutex<(process: SpawnedProcess, port: Int)?>(nil)
+    private let redis = Mutex<RedisBackend?>(nil)
+    /// The last status read from each redis-server (by the monitor), and the ones being restarted.
+    private let redisState = Mutex<(status: [RedisNodeStatus], restarting: Set<String>)>(([], []))
     private let balancerBox = Mutex<Balancer?>(nil)
     private let stopping = Atomic<Bool>(false)
     private let monitorDone = Mutex<Bool>(false)
@@ -163,10 +173,24 @@ public final class ClusterSupervisor: Sendable {
     /// Each node's name and HTTP port, in order.
     public var nodePorts: [(name: String, port: Int)] { nodes.map { ($0.name, $0.port) } }
 
-    /// The PIDs of the processes running now (nodes and Redis).
+    /// The PIDs of the processes running now (nodes and redis-servers).
     public var childPIDs: [pid_t] {
-        nodes.compactMap { $0.process }.filter(\.isRunning).map(\.pid)
-            + [redis.withLock { $0?.process }].compactMap { $0 }.filter(\.isRunning).map(\.pid)
+        nodes.compactMap { $0.process }.filter(\.isRunning).map(\.pid) + redisServers.compactMap(\.pid)
+    }
+
+    /// The private redis-servers: one (`redis`) for the `redis` strategy, the cluster's nodes for
+    /// `redis-cluster`, none otherwise (and before `start()`).
+    public var redisServers: [PrivateRedisServer] { redis.withLock { $0?.servers ?? [] } }
+
+    /// The private Redis Cluster, for the `redis-cluster` strategy (after `start()`).
+    public var redisCluster: PrivateRedisCluster? {
+        redis.withLock { if case .cluster(let cluster) = $0 { cluster } else { nil } }
+    }
+
+    /// Each redis-server's status as the monitor last read it (about every half second), with
+    /// `restarting` true while the control API restarts it.
+    public var redisStatus: [(status: RedisNodeStatus, restarting: Bool)] {
+        redisState.withLock { state in state.status.map { ($0, state.restarting.contains($0.name)) } }
     }
 
     /// The directory with the logs of the nodes (and Redis).
@@ -176,7 +200,7 @@ public final class ClusterSupervisor: Sendable {
     /// then starts the balancer and the monitor thread. On failure, stops what it started.
     public func start() throws(SupervisorError) {
         do throws(SupervisorError) {
-            if configuration.strategy == .redis { try startRedis() }
+            try startRedis()
             for node in nodes { try spawn(node) }
             let deadline = monotonicMillis() + Int64(configuration.startTimeoutMillis)
             for node in nodes {
@@ -217,7 +241,7 @@ public final class ClusterSupervisor: Sendable {
     }
 
     /// Stops the balancer (letting requests in flight finish), the nodes (SIGTERM, then
-    /// SIGKILL after 5 s) and Redis, then removes the temporary log directory. Idempotent.
+    /// SIGKILL after 5 s) and the redis-servers, then removes the temporary log directory. Idempotent.
     public func shutdown() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         balancerBox.withLock { $0 }?.shutdown()
@@ -227,7 +251,7 @@ public final class ClusterSupervisor: Sendable {
                 logger.debug("node stopped", metadata: ["node": "\(node.name)", "status": "\(ended)"])
             }
         }
-        redis.withLock { $0 }?.process.terminate(graceMillis: 5_000)
+        for server in redisServers { server.shutdown(graceMillis: 5_000) }
         while !monitorDone.withLock({ $0 }) && balancerBox.withLock({ $0 }) != nil { usleep(10_000) }
         if ownsRunDirectory { removeTree(runDirectory) }
     }
@@ -285,7 +309,52 @@ public final class ClusterSupervisor: Sendable {
         }
     }
 
+    /// SIGKILL the redis-server `name` (`redis`, or `redis-1`... of the cluster), as in a crash.
+    public func killRedis(_ name: String) throws(SupervisorError) {
+        let server = try redisServer(name)
+        guard !redisState.withLock({ $0.restarting.contains(name) }) else {
+            throw SupervisorError(kind: .conflict, "\(name) is restarting")
+        }
+        try server.kill()
+        refreshRedisStatus()
+    }
+
+    /// Starts the redis-server `name` again on its port (after SIGKILL when it runs), in the
+    /// background; returns at once. A cluster node rejoins with its `nodes.conf`.
+    public func restartRedis(_ name: String) throws(SupervisorError) {
+        let server = try redisServer(name)
+        guard !stopping.load(ordering: .relaxed) else { throw SupervisorError(kind: .conflict, "the demo is stopping") }
+        guard redisState.withLock({ $0.restarting.insert(name).inserted }) else {
+            throw SupervisorError(kind: .conflict, "\(name) is already restarting")
+        }
+        startThread { [self] in
+            do throws(SupervisorError) {
+                try server.restart()
+                onEvent("\(name) restarted on 127.0.0.1:\(server.port) (pid \(server.pid ?? 0))")
+            } catch {
+                onEvent("\(name) could not restart: \(error)")
+            }
+            refreshRedisStatus()
+            redisState.withLock { _ = $0.restarting.remove(name) }
+        }
+    }
+
     // MARK: - Internals
+
+    func redisServer(_ name: String) throws(SupervisorError) -> PrivateRedisServer {
+        let servers = redisServers
+        guard let server = servers.first(where: { $0.name == name }) else {
+            let names = servers.isEmpty ? "none (the strategy is \(configuration.strategy.rawValue))" : servers.map(\.name).joined(separator: ", ")
+            throw SupervisorError(kind: .notFound, "no redis-server named '\(name)'; redis-servers: \(names)")
+        }
+        return server
+    }
+
+    /// Reads every redis-server's status into `redisState` (blocks: not on a balancer loop).
+    private func refreshRedisStatus() {
+        let status = redis.withLock { $0 }.map { backend in backend.servers.map { $0.status() } } ?? []
+        redisState.withLock { $0.status = status }
+    }
 
     func slot(_ name: String) throws(SupervisorError) -> NodeSlot {
         guard let node = nodes.first(where: { $0.name == name }) else {
@@ -306,9 +375,23 @@ public final class ClusterSupervisor: Sendable {
     private func logPath(_ name: String) -> String { "\(runDirectory)/\(name).log" }
 
     private func spawn(_ node: NodeSlot) throws(SupervisorError) {
+        let process = try SpawnedProcess(
+            executable: configuration.executable, arguments: try nodeArguments(node) + configuration.extraNodeArguments,
+            environment: environment, logPath: logPath(node.name))
+        node.update {
+            $0.process = process
+            $0.state = .starting
+            $0.sessions = nil
+        }
+        logger.debug("node started", metadata: ["node": "\(node.name)", "pid": "\(process.pid)"])
+    }
+
+    /// `session-cluster node ...` for `node` (its strategy's Redis must be running).
+    func nodeArguments(_ node: NodeSlot) throws(SupervisorError) -> [String] {
         var arguments = [
             "node", "--host", "127.0.0.1", "--port", "\(node.port)", "--node-id", node.name,
-            "--strategy", configuration.strategy.rawValue, "--log-level", configuration.nodeLogLevel,
+            "--strategy", configuration.strategy == .redisCluster ? "redis" : configuration.strategy.rawValue,
+            "--log-level", configuration.nodeLogLevel,
             "--parent-pid", "\(getpid())",
         ]
         switch configuration.strategy {
@@ -318,20 +401,15 @@ public final class ClusterSupervisor: Sendable {
                 "--replication-port", "\(node.replicationPort)", "--replication-mode", configuration.replicationMode,
             ]
         case .redis:
-            guard let port = redis.withLock({ $0?.port }) else { throw SupervisorError("redis-server is not running") }
-            arguments += ["--redis", "redis://127.0.0.1:\(port)/0"]
+            guard let server = redisServers.first else { throw SupervisorError("redis-server is not running") }
+            arguments += ["--redis", "redis://\(server.address)/0"]
+        case .redisCluster:
+            guard let cluster = redisCluster else { throw SupervisorError("the Redis Cluster is not running") }
+            arguments += ["--redis-cluster", cluster.seeds.joined(separator: ",")]
         case .local:
             break
         }
-        let process = try SpawnedProcess(
-            executable: configuration.executable, arguments: arguments + configuration.extraNodeArguments,
-            environment: environment, logPath: logPath(node.name))
-        node.update {
-            $0.process = process
-            $0.state = .starting
-            $0.sessions = nil
-        }
-        logger.debug("node started", metadata: ["node": "\(node.name)", "pid": "\(process.pid)"])
+        return arguments
     }
 
     /// One /healthz: a starting node that answers 200 becomes running.
@@ -365,12 +443,13 @@ public final class ClusterSupervisor: Sendable {
         if let report, !stopping.load(ordering: .relaxed) { onEvent(report) }
     }
 
-    /// Every 100 ms: reaps dead nodes and reports them; every ~250 ms checks starting
-    /// nodes; every second reads each running node's session count from /metrics.
+    /// Every 100 ms: reaps dead nodes and redis-servers and reports them; every ~250 ms checks
+    /// starting nodes; every ~500 ms reads the redis-servers' status; every second reads each
+    /// running node's session count from /metrics.
     private func monitor() {
         defer { monitorDone.withLock { $0 = true } }
         var tick = 0
-        var redisDeathReported = false
+        var redisDeathsReported = Set<pid_t>()
         while !stopping.load(ordering: .relaxed) {
             for node in nodes {
                 guard let process = node.process else { continue }
@@ -386,43 +465,60 @@ public final class ClusterSupervisor: Sendable {
                     node.update { $0.sessions = sessions }
                 }
             }
-            if !redisDeathReported, let process = redis.withLock({ $0?.process }), let ended = process.exitStatus,
-                !stopping.load(ordering: .relaxed)
-            {
-                redisDeathReported = true
-                onEvent("redis-server \(ended); the nodes answer 503 without it (restart the demo to get it back)")
+            for server in redisServers {
+                guard let process = server.process, let ended = process.exitStatus, !stopping.load(ordering: .relaxed),
+                    redisDeathsReported.insert(process.pid).inserted,
+                    !redisState.withLock({ $0.restarting.contains(server.name) })  // a restart's own kill
+                else { continue }
+                let consequence =
+                    configuration.strategy == .redis
+                    ? "the nodes answer 503 without it" : "its replica takes over its slots if it was a primary"
+                onEvent(
+                    "\(server.name) (redis-server, pid \(process.pid)) \(ended); \(consequence) "
+                        + "(restart it from the dashboard or: curl -X POST -H 'X-Cluster-Control: 1' "
+                        + "http://\(controlHosts.first ?? "127.0.0.1")/_cluster/redis/\(server.name)/restart)")
             }
+            if tick % 5 == 0 { refreshRedisStatus() }
             tick += 1
             usleep(100_000)
         }
     }
 
-    private func startRedis() throws(SupervisorError) {
-        guard let executable = configuration.redisServer ?? findRedisServer() else {
-            throw SupervisorError(
-                "redis-server is not installed: sudo apt-get install redis-server (or use --strategy replicate, which needs nothing)")
+    /// Starts the strategy's private redis-server or Redis Cluster (none for the others).
+    func startRedis() throws(SupervisorError) {
+        let backend: RedisBackend
+        switch configuration.strategy {
+        case .redis:
+            let server = try PrivateRedisServer(name: "redis", directory: runDirectory, executable: configuration.redisServer)
+            backend = .single(server)
+            onEvent("redis-server on \(server.address) (pid \(server.pid ?? 0))")
+        case .redisCluster:
+            let cluster = try PrivateRedisCluster(
+                primaries: configuration.redisClusterPrimaries, replicasPerPrimary: configuration.redisClusterReplicas,
+                nodeTimeoutMillis: configuration.redisClusterNodeTimeoutMillis, directory: runDirectory,
+                redisServer: configuration.redisServer)
+            backend = .cluster(cluster)
+            let servers = cluster.servers.map { "\($0.name) :\($0.port) (pid \($0.pid ?? 0))" }
+            onEvent("Redis Cluster of \(cluster.servers.count) redis-servers: \(servers.joined(separator: ", "))")
+        case .replicate, .local:
+            return
         }
-        let port = try freeLoopbackPort()
-        let process = try SpawnedProcess(
-            executable: executable,
-            arguments: [
-                "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", runDirectory,
-            ],
-            environment: environment, logPath: "\(runDirectory)/redis.log")
-        redis.withLock { $0 = (process, port) }
-        let deadline = monotonicMillis() + 10_000
-        while !redisAnswers(port: port) {
-            if let ended = process.exitStatus {
-                throw SupervisorError("redis-server \(ended) while starting; see \(runDirectory)/redis.log")
-            }
-            guard monotonicMillis() < deadline else { throw SupervisorError("redis-server did not answer PING in 10 s") }
-            usleep(20_000)
-        }
-        onEvent("redis-server on 127.0.0.1:\(port) (pid \(process.pid))")
+        redis.withLock { $0 = backend }
+        refreshRedisStatus()
     }
+}
 
-    /// The private redis-server's port and PID, when the strategy is `redis`.
-    public var redisServerInfo: (port: Int, pid: pid_t)? { redis.withLock { $0.map { ($0.port, $0.process.pid) } } }
+/// The private Redis of the `redis` and `redis-cluster` strategies.
+enum RedisBackend: Sendable {
+    case single(PrivateRedisServer)
+    case cluster(PrivateRedisCluster)
+
+    var servers: [PrivateRedisServer] {
+        switch self {
+        case .single(let server): [server]
+        case .cluster(let cluster): cluster.servers
+        }
+    }
 }
 
 /// One node's place in the cluster: fixed name and ports, and what runs there now.
@@ -478,23 +574,6 @@ func freeLoopbackPort() throws(SupervisorError) -> Int {
     } catch {
         throw SupervisorError("cannot find a free port: \(error)")
     }
-}
-
-private func findRedisServer() -> String? {
-    let path = getenv("PATH").map { String(cString: $0) } ?? ""
-    let dirs = path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
-    return dirs.map { "\($0)/redis-server" }.first { access($0, X_OK) == 0 }
-}
-
-/// PING → +PONG over a raw socket.
-private func redisAnswers(port: Int) -> Bool {
-    guard let fd = try? Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 200) else { return false }
-    defer { close(fd) }
-    Sockets.setReceiveTimeout(fd, millis: 200)
-    guard Sockets.writeAll(fd, Array("PING\r\n".utf8)) else { return false }
-    var reply = [UInt8](repeating: 0, count: 16)
-    let n = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-    return n >= 5 && String(decoding: reply[0..<5], as: UTF8.self) == "+PONG"
 }
 
 /// Removes the files of a flat directory, then the directory.

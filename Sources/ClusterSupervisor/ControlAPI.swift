@@ -8,7 +8,15 @@ import MiniHTTP
 ///   health, requests the balancer sent it, sessions it holds, PID, restarts and
 ///   how its last process ended;
 /// - `POST /_cluster/nodes/NAME/kill|stop|resume|restart`: 200 with the node's new
-///   state, 404 for an unknown node, 409 when the action does not fit its state.
+///   state, 404 for an unknown node, 409 when the action does not fit its state;
+/// - `POST /_cluster/redis/NAME/kill|restart`: the same for a private redis-server
+///   (`redis` for the `redis` strategy, `redis-1`... for `redis-cluster`); a restart
+///   answers at once with state `restarting`.
+///
+/// The status lists the redis-servers in `redisNodes`: name, port, PID, state
+/// (`up`, `down` or `restarting`), role (`master` or `replica`), slots served, keys
+/// held and, in a cluster, the cluster state each sees (`ok` or `fail`); null where
+/// unknown. `redis` has the single redis-server's port and PID (`redis` strategy).
 ///
 /// Other web pages the operator has open must not drive it, so every control
 /// request is refused with 403 unless (see `refusal`):
@@ -77,6 +85,8 @@ public enum ControlAPI {
             var response = HTTPResponse.json(statusJSON(supervisor))
             response.headers.add(name: "Cache-Control", value: "no-store")
             return response
+        case ("POST", 3) where parts[0] == "redis":
+            return redisAction(supervisor, name: String(parts[1]), action: String(parts[2]))
         case ("POST", 3) where parts[0] == "nodes":
             let name = String(parts[1])
             do throws(SupervisorError) {
@@ -95,13 +105,40 @@ public enum ControlAPI {
             }
             let node = try? supervisor.slot(name)
             return .json("{\"node\":\(jsonQuoted(name)),\"state\":\(jsonQuoted(node?.state.rawValue ?? "unknown"))}")
-        case (_, 1) where parts[0] == "status", (_, 3) where parts[0] == "nodes":
+        case (_, 1) where parts[0] == "status", (_, 3) where parts[0] == "nodes" || parts[0] == "redis":
             var response = HTTPResponse.error(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on \(path)")
             response.headers.add(name: "Allow", value: parts.count == 1 ? "GET" : "POST")
             return response
         default:
             return .error(status: 404, code: "not_found", message: "no control endpoint \(method) \(path)")
         }
+    }
+
+    /// `POST /_cluster/redis/NAME/kill|restart`.
+    private static func redisAction(_ supervisor: ClusterSupervisor, name: String, action: String) -> HTTPResponse {
+        do throws(SupervisorError) {
+            switch action {
+            case "kill": try supervisor.killRedis(name)
+            case "restart": try supervisor.restartRedis(name)
+            default:
+                return .error(status: 404, code: "not_found", message: "unknown action '\(action)'; use kill or restart")
+            }
+        } catch {
+            let status = error.kind == .notFound ? 404 : error.kind == .conflict ? 409 : 500
+            return .error(status: status, code: error.kind.rawValue, message: error.message)
+        }
+        let state = action == "restart" ? "restarting" : "down"
+        return .json("{\"redis\":\(jsonQuoted(name)),\"state\":\(jsonQuoted(state))}")
+    }
+
+    /// One redis-server in the status JSON.
+    static func redisNodeJSON(_ status: RedisNodeStatus, restarting: Bool) -> String {
+        let state = restarting ? "restarting" : status.up ? "up" : "down"
+        func number(_ value: Int?) -> String { value.map(String.init) ?? "null" }
+        return "{\"name\":\(jsonQuoted(status.name)),\"port\":\(status.port),\"pid\":\(number(status.pid.map(Int.init))),"
+            + "\"state\":\(jsonQuoted(state)),\"role\":\(status.role.map(jsonQuoted) ?? "null"),"
+            + "\"slots\":\(number(status.slots)),\"keys\":\(number(status.keys)),"
+            + "\"clusterState\":\(status.clusterState.map(jsonQuoted) ?? "null")}"
     }
 
     /// The cluster as JSON (see the type's documentation).
@@ -120,7 +157,9 @@ public enum ControlAPI {
         }
         let strategy = jsonQuoted(configuration.strategy.rawValue)
         let mode = configuration.strategy == .replicate ? jsonQuoted(configuration.replicationMode) : "null"
-        let redis = supervisor.redisServerInfo.map { "{\"port\":\($0.port),\"pid\":\($0.pid)}" } ?? "null"
+        let single = configuration.strategy == .redis ? supervisor.redisServers.first : nil
+        let redis = single.map { "{\"port\":\($0.port),\"pid\":\($0.pid.map { "\($0)" } ?? "null")}" } ?? "null"
+        let redisNodes = supervisor.redisStatus.map { redisNodeJSON($0.status, restarting: $0.restarting) }
         var totals = "null"
         if let stats = balancer?.statistics {
             let fields: [(String, Int)] = [
@@ -131,6 +170,6 @@ public enum ControlAPI {
         }
         let head: String = "{\"strategy\":\(strategy),\"replicationMode\":\(mode),\"redis\":\(redis),\"balancer\":\(totals),"
         return head
-            + "\"nodes\":[\(nodes.joined(separator: ","))]}"
+            + "\"nodes\":[\(nodes.joined(separator: ","))],\"redisNodes\":[\(redisNodes.joined(separator: ","))]}"
     }
 }

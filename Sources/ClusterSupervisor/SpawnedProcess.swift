@@ -56,7 +56,7 @@ public struct SupervisorError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// A child process started with `posix_spawn`: stdin from /dev/null, stdout and
+/// A child process started with `posix_spawn`: stdin from /dev/null (or a given descriptor), stdout and
 /// stderr appended to a log file, default signal dispositions, its own process
 /// group (a Ctrl-C at the terminal reaches only the supervisor, which then stops
 /// its children in order).
@@ -68,12 +68,21 @@ public final class SpawnedProcess: Sendable {
     public let logPath: String
     private let status = Mutex<ExitStatus?>(nil)
 
-    public init(executable: String, arguments: [String], environment: [String: String], logPath: String) throws(SupervisorError) {
+    /// - Parameter standardInput: a descriptor of this process the child gets as its stdin
+    ///   (the caller keeps and closes its own); /dev/null when nil.
+    public init(
+        executable: String, arguments: [String], environment: [String: String], logPath: String,
+        standardInput: Int32? = nil
+    ) throws(SupervisorError) {
         self.logPath = logPath
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let standardInput {
+            posix_spawn_file_actions_adddup2(&actions, standardInput, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
 

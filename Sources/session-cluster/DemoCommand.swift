@@ -11,13 +11,15 @@ extension SessionClusterCommand {
             abstract: "Run the cluster demo: nodes behind the balancer, with a dashboard at http://127.0.0.1:8080/.",
             discussion: """
                 Starts --nodes node processes with one session strategy, the round-robin balancer in \
-                front of them and, for --strategy redis, a private redis-server on a free loopback port. \
+                front of them and, for --strategy redis, a private redis-server on a free loopback port \
+                (for --strategy redis-cluster, a private Redis Cluster: 3 primaries, 1 replica each). \
                 The dashboard (served by the nodes through the balancer) shows your session and the \
-                cluster, and kills, stops, resumes and restarts nodes; so does the control API under \
-                /_cluster/. Ctrl-C or SIGTERM stops everything the demo started.
+                cluster, and kills, stops, resumes and restarts nodes, and kills and restarts the \
+                redis-servers; so does the control API under /_cluster/. Ctrl-C or SIGTERM stops \
+                everything the demo started.
                 """)
 
-        @Option(help: "Where sessions live: replicate (peers copy each change; needs nothing), redis (a private redis-server), local (each node its own: sessions break under round robin).")
+        @Option(help: "Where sessions live: replicate (peers copy each change; needs nothing), redis (a private redis-server), redis-cluster (a private Redis Cluster, 3 primaries and 3 replicas), local (each node its own: sessions break under round robin).")
         var strategy = "replicate"
 
         @Option(help: "Number of nodes (1...16).")
@@ -87,7 +89,8 @@ extension SessionClusterCommand {
                 """)
             fflush(nil)
             let signal = waitForTerminationSignal()
-            print("[\(clock())] signal \(signal): stopping the balancer, the nodes\(strategy == .redis ? " and redis-server" : "")")
+            let redis = strategy == .redis ? " and redis-server" : strategy == .redisCluster ? " and the Redis Cluster" : ""
+            print("[\(clock())] signal \(signal): stopping the balancer, the nodes\(redis)")
             fflush(nil)
             supervisor.shutdown()
             print("[\(clock())] stopped")
@@ -97,6 +100,8 @@ extension SessionClusterCommand {
             switch strategy {
             case .replicate: "expect     sessions survive a killed node: every node holds a copy"
             case .redis: "expect     sessions survive a killed node: they live in Redis"
+            case .redisCluster:
+                "expect     sessions survive a killed node, and a killed Redis primary once its replica took over"
             case .local: "expect     sessions break: each node knows only its own (the control experiment)"
             }
         }

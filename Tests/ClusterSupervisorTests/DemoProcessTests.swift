@@ -207,6 +207,18 @@ final class DemoProcess: @unchecked Sendable {  // used by one test at a time
         waitUntil(timeout: timeout) { state(of: node) == wanted }
     }
 
+    /// The demo's status JSON (`GET /_cluster/status`).
+    func status() -> [String: Any]? {
+        guard let answer = try? CurlClient().request("GET", "\(base)/_cluster/status", useJar: false) else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]
+    }
+
+    /// SIGKILL, as when the user kills the demo outright: no cleanup of its own runs.
+    func killOutright() {
+        stopped = true
+        process.stop(signal: SIGKILL, timeout: 10)
+    }
+
     /// SIGTERM; expects exit status 0 and every child it had gone.
     func stop() {
         guard !stopped else { return }

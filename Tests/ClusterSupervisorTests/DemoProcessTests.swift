@@ -213,10 +213,12 @@ final class DemoProcess: @unchecked Sendable {  // used by one test at a time
         return try? JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]
     }
 
-    /// SIGKILL, as when the user kills the demo outright: no cleanup of its own runs.
+    /// SIGKILL, as when the user kills the demo outright: no cleanup of its own runs. Returns at once:
+    /// Foundation notices the end only once every descendant closed an inherited descriptor, so a
+    /// leftover child would make `Process.waitUntilExit` hang instead of a test fail.
     func killOutright() {
         stopped = true
-        process.stop(signal: SIGKILL, timeout: 10)
+        kill(process.pid, SIGKILL)
     }
 
     /// SIGTERM; expects exit status 0 and every child it had gone.

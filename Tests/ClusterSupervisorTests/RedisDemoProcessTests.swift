@@ -89,10 +89,11 @@ struct RedisDemoProcessTests {
         let children = childPIDs(of: demo.process.pid)
         #expect(Set(pids).isSubset(of: Set(children)), "the redis-servers are the demo's children")
         demo.killOutright()
+        #expect(waitUntil(timeout: 10) { !isRunning(demo.process.pid) }, "the demo died")
         for pid in Set(pids + children) {
             let gone = waitUntil(timeout: 10) { !isRunning(pid) }
             #expect(gone, "pid \(pid) outlived the SIGKILLed demo")
-            if !gone { kill(pid, SIGKILL) }
+            if !gone { kill(pid, SIGKILL) }  // by PID: only what the demo started
         }
     }
 }

@@ -13,9 +13,13 @@
 #   stop_children  a function the script may define, to stop its own children
 #   watchdog_pid   the process start_watchdog started: stopped
 #   redis_pid      the redis-server start_redis started: stopped by its PID
+#   redis_cluster_pids  the redis-servers start_redis_cluster started: stopped by PID
 #   tmp_dir        the script's temp dir: removed
 # Also: child_pid, the command `run` is waiting for (the script's
-# stop_children stops it); redis_port, the port of that redis-server.
+# stop_children stops it); redis_port, the port of that redis-server;
+# redis_cluster_seeds, the cluster's nodes as 127.0.0.1:port,...
+# start_watchdog copies these when it starts: call it after start_redis and
+# start_redis_cluster.
 
 lib_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$lib_dir/.." || exit
@@ -30,6 +34,8 @@ child_pid=""
 watchdog_pid=""
 redis_pid=""
 redis_port=""
+redis_cluster_pids=()
+redis_cluster_seeds=""
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -98,6 +104,11 @@ cleanup() {
         stop_pid redis-server "$redis_pid"
         redis_pid=""
     fi
+    local pid
+    for pid in "${redis_cluster_pids[@]}"; do
+        stop_pid "redis-server (cluster)" "$pid"
+    done
+    redis_cluster_pids=()
     if [[ -n "$tmp_dir" ]]; then
         rm -rf "$tmp_dir"
         tmp_dir=""
@@ -182,9 +193,71 @@ start_redis() {
     [[ -n "$started" ]] || die "redis-server could not be started (see its log above)"
 }
 
+# start_redis_cluster — a private Redis Cluster of 3 primaries and 3 replicas
+# (one each), every node on a free loopback port with its cluster bus on another
+# (--cluster-port: Redis 7.0 or later), no persistence, its nodes-PORT.conf and
+# log in $tmp_dir/redis-cluster; created with redis-cli --cluster create, and
+# waited for (up to 30 s) until every node reports cluster_state:ok, 16384 slots
+# assigned and 6 known nodes. --cluster-node-timeout 1000: a replica takes over a
+# killed primary within seconds. Sets redis_cluster_pids and redis_cluster_seeds.
+start_redis_cluster() {
+    local dir="$tmp_dir/redis-cluster" i j port bus info ready="" addresses=() used=()
+    mkdir -p "$dir"
+    for ((i = 1; i <= 6; i++)); do
+        port=""
+        bus=""
+        while [[ -z "$port" || " ${used[*]} " == *" $port "* ]]; do
+            port=$(free_port) || die "no free loopback port found for the Redis Cluster"
+        done
+        used+=("$port")
+        while [[ -z "$bus" || " ${used[*]} " == *" $bus "* ]]; do
+            bus=$(free_port) || die "no free loopback port found for the Redis Cluster"
+        done
+        used+=("$bus")
+        redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 1000 \
+            --save '' --appendonly no --dbfilename "dump-$port.rdb" --daemonize no \
+            --dir "$dir" --logfile "$dir/redis-$port.log" </dev/null >"$dir/redis-$port.out" 2>&1 &
+        redis_cluster_pids+=($!)
+        addresses+=("127.0.0.1:$port")
+    done
+    log "starting a Redis Cluster (3 primaries, 3 replicas) on ${addresses[*]}"
+    for ((i = 0; i < 6; i++)); do
+        port=${addresses[i]#127.0.0.1:}
+        for ((j = 0; j < 100; j++)); do     # up to 10 s
+            [[ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)" == PONG ]] && continue 2
+            kill -0 "${redis_cluster_pids[i]}" 2>/dev/null || break
+            sleep 0.1
+        done
+        tail -n 20 "$dir/redis-$port.log" "$dir/redis-$port.out" >&2 || true
+        die "redis-server (pid ${redis_cluster_pids[i]}) of the Redis Cluster did not answer PING on port $port within 10 s (logs in $dir)"
+    done
+    if ! redis-cli --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes \
+        </dev/null >"$dir/create.log" 2>&1; then
+        tail -n 20 "$dir/create.log" >&2 || true
+        die "redis-cli --cluster create failed (see $dir/create.log)"
+    fi
+    for ((i = 0; i < 300; i++)); do     # up to 30 s
+        ready=1
+        for port in "${addresses[@]#127.0.0.1:}"; do
+            info=$(redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | tr -d '\r' || true)
+            if [[ "$info" != *cluster_state:ok* || "$info" != *cluster_slots_assigned:16384* ||
+                "$info" != *cluster_known_nodes:6* ]]; then
+                ready=""
+                break
+            fi
+        done
+        [[ -n "$ready" ]] && break
+        sleep 0.1
+    done
+    [[ -n "$ready" ]] || die "the Redis Cluster did not reach cluster_state:ok within 30 s (logs in $dir)"
+    redis_cluster_seeds=$(IFS=,; echo "${addresses[*]}")
+}
+
 # start_watchdog SIGNAL — should the script be killed with SIGKILL (no trap
 # runs), still send SIGNAL (or the one in $tmp_dir/child.signal) to the
-# command `run` runs, stop redis-server and remove the temp dir. Sets watchdog_pid.
+# command `run` runs, stop redis-server and the Redis Cluster, and remove the
+# temp dir. Sets watchdog_pid.
 start_watchdog() {
     local sig=$1
     (
@@ -195,8 +268,12 @@ start_watchdog() {
             [[ -s "$tmp_dir/child.signal" ]] && sig=$(<"$tmp_dir/child.signal")
             kill -"$sig" "$(<"$tmp_dir/child.pid")" 2>/dev/null || true
         fi
-        kill -TERM "$redis_pid" 2>/dev/null || true
-        wait_gone "$redis_pid" || true
+        for redis in ${redis_pid:+"$redis_pid"} "${redis_cluster_pids[@]}"; do
+            kill -TERM "$redis" 2>/dev/null || true
+        done
+        for redis in ${redis_pid:+"$redis_pid"} "${redis_cluster_pids[@]}"; do
+            wait_gone "$redis" || true
+        done
         rm -rf "$tmp_dir"
     ) </dev/null >/dev/null 2>&1 &
     watchdog_pid=$!

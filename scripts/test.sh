@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Run the whole test suite: starts a private redis-server on a free loopback
-# port, exports REDIS_URL for the integration tests, runs
+# port and a private Redis Cluster (3 primaries, 3 replicas), exports REDIS_URL
+# and REDIS_CLUSTER_SEEDS (127.0.0.1:port,... of every cluster node) for the
+# integration tests, runs
 # `swift build --build-tests` then `swift test` (extra arguments go to
 # `swift test`, e.g. scripts/test.sh --filter MiniHTTPTests), then, for the
 # whole suite (no arguments; SKIP_INTEGRATIONS=1 skips it), the framework
-# adapters' packages (Integrations/test.sh), and always stops that
-# redis-server by its PID. Exit code: the first failure's.
+# adapters' packages (Integrations/test.sh), and always stops those
+# redis-servers by their PIDs. Exit code: the first failure's.
 # SCRATCH_PATH (default .build) is SwiftPM's build directory.
 set -euo pipefail
 
@@ -51,13 +53,16 @@ ensure_swift
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-test.XXXXXX")
 
 start_redis
+start_redis_cluster
 
 # Should this script be killed with SIGKILL (no trap runs), still stop
-# swift build/test, stop redis and remove the temp dir.
+# swift build/test, stop redis and the cluster, and remove the temp dir.
 start_watchdog INT
 
 export REDIS_URL="redis://127.0.0.1:$redis_port/0"
 log "redis-server ready (pid $redis_pid), REDIS_URL=$REDIS_URL"
+export REDIS_CLUSTER_SEEDS="$redis_cluster_seeds"
+log "Redis Cluster ready (pids ${redis_cluster_pids[*]}), REDIS_CLUSTER_SEEDS=$REDIS_CLUSTER_SEEDS"
 
 log "swift build --build-tests (scratch path $SCRATCH_PATH)"
 status=0

@@ -15,9 +15,12 @@ SCRATCH_PATH=${SCRATCH_PATH:-.build}
 
 echo "==> checking packages and Swift"
 packages=("${build_packages[@]}" curl)
-# --strategy redis starts a private redis-server.
-if [[ " $* " == *" redis "* || " $* " == *"--strategy=redis"* ]]; then
+# --strategy redis starts a private redis-server; redis-cluster also needs redis-cli (redis-tools).
+if [[ " $* " == *" redis "* || " $* " == *"--strategy=redis"* || " $* " == *" redis-cluster "* ]]; then
     packages+=(redis-server)
+fi
+if [[ " $* " == *"redis-cluster"* ]]; then
+    packages+=(redis-tools)
 fi
 ensure_packages "${packages[@]}"
 ensure_swift

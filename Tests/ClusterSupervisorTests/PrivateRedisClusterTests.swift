@@ -128,6 +128,7 @@ struct PrivateRedisClusterTests {
         let supervisor = try ClusterSupervisor(
             configuration: ClusterConfiguration(strategy: .redisCluster, nodeCount: 2, port: 8080, executable: "/bin/sh"),
             logger: .init(label: "test"))
+        defer { supervisor.shutdown() }  // also when startRedis throws: removes its run directory
         try supervisor.startRedis()
         let cluster = try #require(supervisor.redisCluster)
         let pids = cluster.pids

@@ -95,6 +95,12 @@ struct RedisDemoProcessTests {
             #expect(gone, "pid \(pid) outlived the SIGKILLed demo")
             if !gone { kill(pid, SIGKILL) }  // by PID: only what the demo started
         }
+        // A demo killed outright leaves its temporary log directory (printed as "logs in DIR").
+        if let line = demo.output.split(separator: "\n").first(where: { $0.contains("logs in /tmp/session-cluster-demo-") }),
+            let directory = line.split(separator: " ").last
+        {
+            try? FileManager.default.removeItem(atPath: String(directory))
+        }
     }
 }
 

@@ -104,7 +104,7 @@ let package = Package(
         .testTarget(name: "CHiredisTests", dependencies: ["CHiredis"]),
         .testTarget(
             name: "SessionRedisTests",
-            dependencies: ["SessionRedis", "SessionCore", "SessionStoreConformance", "TestSupport"]),
+            dependencies: ["SessionRedis", "SessionCore", "SessionStoreConformance", "TestSupport", "ClusterSupervisor"]),
         .testTarget(
             name: "SessionReplicationTests",
             dependencies: ["SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport"]),

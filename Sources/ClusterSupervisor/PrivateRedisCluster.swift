@@ -108,7 +108,8 @@ public final class PrivateRedisCluster: Sendable {
     }
 
     /// Waits until every running node reports `cluster_state:ok`, 16384 slots assigned
-    /// and every node known; throws after `timeoutMillis` with what was missing.
+    /// and every node known, and every replica's link to its primary is up;
+    /// throws after `timeoutMillis` with what was missing.
     public func waitUntilHealthy(timeoutMillis: Int) throws(SupervisorError) {
         let deadline = monotonicMillis() + Int64(timeoutMillis)
         while true {
@@ -123,6 +124,14 @@ public final class PrivateRedisCluster: Sendable {
                 }
                 guard info["cluster_known_nodes"] == "\(servers.count)" else {
                     return "\(server.name): cluster_known_nodes:\(info["cluster_known_nodes"] ?? "?") of \(servers.count)"
+                }
+                // A replica still in its first sync would lose what its primary took meanwhile, and acknowledge no WAIT.
+                guard let replication = RedisProbe.command(port: server.port, ["INFO", "replication"])?.text else {
+                    return "\(server.name) does not answer INFO replication"
+                }
+                let role = RedisProbe.fields(replication)
+                if role["role"] == "slave" && role["master_link_status"] != "up" {
+                    return "\(server.name): replica link \(role["master_link_status"] ?? "?")"
                 }
                 return nil
             }

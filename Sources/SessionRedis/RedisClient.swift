@@ -204,8 +204,11 @@ public final class RedisClient: Sendable {
     /// Whether Redis answers PING now.
     public func ping() -> Bool { healthProblem() == nil }
 
-    /// nil when Redis answers PING (every primary of a cluster, with every
-    /// slot assigned); otherwise what is wrong, for health checks.
+    /// nil when Redis answers PING; otherwise what is wrong, for health
+    /// checks. A cluster is healthy while any primary answers: a primary
+    /// that died fails only the requests for its slots, and only until its
+    /// replica takes over — taking every node out of rotation meanwhile
+    /// would fail them all.
     public func healthProblem() -> String? {
         do {
             switch topology {
@@ -213,15 +216,20 @@ public final class RedisClient: Sendable {
                 let reply = try send("PING")
                 return reply.string == "PONG" ? nil : "unexpected PING reply \(reply)"
             case .cluster(let router):
-                let assigned = try router.assignedSlots()
-                guard assigned == RedisClusterSlot.count else {
-                    return "\(RedisClusterSlot.count - assigned) of \(RedisClusterSlot.count) cluster slots have no primary"
-                }
+                var problems: [String] = []
                 for primary in try router.primaries() {
-                    let reply = try router.pool(for: primary).withConnection { try $0.command(["PING".redisBytes]) }
-                    guard reply.string == "PONG" else { return "\(primary): unexpected PING reply \(reply)" }
+                    do {
+                        let reply = try router.pool(for: primary).sendShared([["PING".redisBytes]], asking: false, durability: nil)
+                        if reply.replies.first?.string == "PONG" { return nil }
+                        problems.append("\(primary): unexpected PING reply \(reply.replies)")
+                    } catch let notSent as RedisNotSent {
+                        problems.append("\(primary): \(notSent.error.message)")
+                    } catch {
+                        problems.append("\(primary): \(error)")
+                    }
                 }
-                return nil
+                router.forgetMap()  // no primary answers: ask for the map again next time
+                return "no Redis Cluster primary answers: " + problems.joined(separator: "; ")
             }
         } catch {
             return "\(error)"

@@ -73,8 +73,10 @@ final class RedisClusterRouter: Sendable {
         try knownMap().primaries
     }
 
-    /// How many slots have a primary in the current map.
-    func assignedSlots() throws -> Int { try knownMap().assignedSlots }
+    /// Makes the next command ask for the slot map first.
+    func forgetMap() {
+        topology.withLock { $0.known = false }
+    }
 
     /// Runs `body` on a channel to the primary owning `slot` (any primary
     /// when nil), following redirections as described above: the server's

@@ -7,7 +7,8 @@
 # Redis: the tests use $REDIS_URL when set (scripts/test.sh exports it);
 # otherwise each Redis test starts a private redis-server on a free loopback
 # port and stops it by its PID, so redis-server must be installed
-# (apt-get install redis-server). Extra arguments go to every `swift test`
+# (apt-get install redis-server). The Redis Cluster cases run when
+# $REDIS_CLUSTER_SEEDS names one (scripts/test.sh starts one and exports it). Extra arguments go to every `swift test`
 # (e.g. Integrations/test.sh --filter Slow). Exit code: the first failure's.
 set -euo pipefail
 
@@ -55,6 +56,7 @@ if [[ -z "${REDIS_URL:-}" ]] && ! command -v redis-server >/dev/null 2>&1 && [[ 
     exit 1
 fi
 log "Redis for the integration tests: ${REDIS_URL:-a private redis-server per test}"
+log "Redis Cluster for the integration tests: ${REDIS_CLUSTER_SEEDS:-none (its cases are skipped; scripts/test.sh starts one)}"
 
 logs=$(mktemp -d "${TMPDIR:-/tmp}/integrations-test.XXXXXX")
 trap 'rm -rf "$logs"' EXIT

@@ -41,6 +41,10 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
     @Option(help: "Redis for --store redis: redis://[[user]:password@]host:port/db.")
     public var redis = "redis://127.0.0.1:6379/0"
 
+    /// A Redis Cluster instead of `--redis`.
+    @Option(help: "A Redis Cluster instead of --redis: seeds host:port,host:port.")
+    public var redisCluster: String?
+
     /// Redis connections per node.
     @Option(help: "Redis connections per node.")
     public var redisPoolSize = 32
@@ -129,9 +133,9 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
         }
     }
 
-    /// The Redis settings of `--redis`, `--redis-pool-size` and `--redis-timeout-ms`.
+    /// The Redis settings of `--redis` (or `--redis-cluster`), `--redis-pool-size` and `--redis-timeout-ms`.
     public func redisConfiguration() throws -> RedisConfiguration {
-        var configuration = try RedisConfiguration(url: redis)
+        var configuration = try redisCluster.map(RedisConfiguration.init(clusterSeeds:)) ?? RedisConfiguration(url: redis)
         guard (1...1024).contains(redisPoolSize) else { throw ValidationError("--redis-pool-size must be 1...1024") }
         guard (10...60_000).contains(redisTimeoutMs) else { throw ValidationError("--redis-timeout-ms must be 10...60000") }
         configuration.poolSize = redisPoolSize

@@ -71,8 +71,16 @@ public enum StoreKind: String, CaseIterable, Sendable, CustomStringConvertible {
     case redis
     /// `ReplicatedSessionStore`: two nodes replicating over loopback.
     case replicated
+    /// `RedisSessionStore`: two clients of the Redis Cluster of `$REDIS_CLUSTER_SEEDS`.
+    case redisCluster
 
     public var description: String { rawValue }
+
+    /// Every kind; `redisCluster` only when `$REDIS_CLUSTER_SEEDS` names a cluster
+    /// (scripts/test.sh starts one and sets it).
+    public static var allCases: [StoreKind] {
+        [.memory, .redis, .replicated] + (TestStores.redisClusterSeeds == nil ? [] : [.redisCluster])
+    }
 
     /// The stores (Redis ignores `clock`: it keeps time itself).
     public func make(expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system) throws -> TestStores {
@@ -80,6 +88,7 @@ public enum StoreKind: String, CaseIterable, Sendable, CustomStringConvertible {
         case .memory: TestStores.memory(expiry: expiry, clock: clock)
         case .redis: try TestStores.redis(expiry: expiry)
         case .replicated: try TestStores.replicated(expiry: expiry, clock: clock)
+        case .redisCluster: try TestStores.redisCluster(expiry: expiry)
         }
     }
 }

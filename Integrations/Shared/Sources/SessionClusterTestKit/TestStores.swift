@@ -33,17 +33,37 @@ public final class TestStores: Sendable {
     /// (Redis keeps time itself: its sessions expire in real time.)
     public static func redis(expiry: SessionExpiry = SessionExpiry()) throws -> TestStores {
         let server = try RedisTestServer.start()
+        return try redisStores(name: "redis", configuration: try RedisConfiguration(url: server.url), expiry: expiry) {
+            server.stop()
+        }
+    }
+
+    /// The seeds of the Redis Cluster the tests may use (`$REDIS_CLUSTER_SEEDS`), if any.
+    public static var redisClusterSeeds: String? {
+        ProcessInfo.processInfo.environment["REDIS_CLUSTER_SEEDS"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// Two `RedisSessionStore`s over the Redis Cluster of `$REDIS_CLUSTER_SEEDS`.
+    public static func redisCluster(expiry: SessionExpiry = SessionExpiry()) throws -> TestStores {
+        guard let seeds = redisClusterSeeds else {
+            throw TestKitError("REDIS_CLUSTER_SEEDS is not set (scripts/test.sh starts a Redis Cluster and sets it)")
+        }
+        return try redisStores(name: "redisCluster", configuration: try RedisConfiguration(clusterSeeds: seeds), expiry: expiry) {}
+    }
+
+    /// Two stores, each with a client of its own, under one new key prefix.
+    private static func redisStores(
+        name: String, configuration: RedisConfiguration, expiry: SessionExpiry, stop: @escaping @Sendable () -> Void
+    ) throws -> TestStores {
         let logger = quietLogger()
         let prefix = "test-\(UUID().uuidString.prefix(8)):"
-        let clients = try (0..<2).map { _ in
-            RedisClient(configuration: try RedisConfiguration(url: server.url), logger: logger)
-        }
+        let clients = (0..<2).map { _ in RedisClient(configuration: configuration, logger: logger) }
         let stores = clients.map {
             RedisSessionStore(client: $0, expiry: expiry, keyPrefix: prefix, logger: logger)
         }
-        return TestStores(name: "redis", nodes: stores) {
+        return TestStores(name: name, nodes: stores) {
             for client in clients { client.close() }
-            server.stop()
+            stop()
         }
     }
 

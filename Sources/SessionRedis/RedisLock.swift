@@ -81,9 +81,16 @@ public final class RedisLock: Sendable {
     /// (afterwards they start again at 1), but names used once (session IDs)
     /// do not leave a key behind forever.
     public let fenceRetentionMillis: Int?
+    /// The hash tag of a lock name (its Redis Cluster slot): the name itself by default.
+    let hashTag: @Sendable (String) -> String
     let logger: Logger
 
-    public init(client: RedisClient, keyPrefix: String = "lock:", fenceRetentionMillis: Int? = nil, logger: Logger) {
+    /// - Parameter hashTag: the hash tag of a name's keys, when not the name
+    ///   itself: `RedisSessionLock` puts a session's lock in its session's slot.
+    public init(
+        client: RedisClient, keyPrefix: String = "lock:", fenceRetentionMillis: Int? = nil,
+        hashTag: @escaping @Sendable (String) -> String = { $0 }, logger: Logger
+    ) {
         precondition(
             !keyPrefix.contains("{") && !keyPrefix.contains("}"),
             "the key prefix must not contain braces: the lock name is the hash tag")
@@ -91,14 +98,20 @@ public final class RedisLock: Sendable {
         self.client = client
         self.keyPrefix = keyPrefix
         self.fenceRetentionMillis = fenceRetentionMillis
+        self.hashTag = hashTag
         self.logger = logger
     }
 
-    /// The key holding the owner's token: `<prefix>{name}`.
-    public func lockKey(_ name: String) -> [UInt8] { Array("\(keyPrefix){\(name)}".utf8) }
+    /// The key holding the owner's token: `<prefix>{name}` (`<prefix>{tag}:name` with another hash tag).
+    public func lockKey(_ name: String) -> [UInt8] { Array((keyPrefix + tagged(name)).utf8) }
 
-    /// The key counting acquisitions: `<prefix>fence:{name}`.
-    public func fenceKey(_ name: String) -> [UInt8] { Array("\(keyPrefix)fence:{\(name)}".utf8) }
+    /// The key counting acquisitions: `<prefix>fence:{name}` (`<prefix>fence:{tag}:name`).
+    public func fenceKey(_ name: String) -> [UInt8] { Array((keyPrefix + "fence:" + tagged(name)).utf8) }
+
+    private func tagged(_ name: String) -> String {
+        let tag = hashTag(name)
+        return tag == name ? "{\(name)}" : "{\(tag)}:\(name)"
+    }
 
     /// One attempt: the lease, or nil when someone else holds the lock.
     /// Throws `RedisError` when Redis cannot be reached or fails.
@@ -362,14 +375,16 @@ public final class RedisSessionLock: SessionRequestLock {
         self.logger = logger
     }
 
-    /// Locks under `<keyPrefix>{<session id>}`, next to the session's own
-    /// `{<session id>}` slot; fence counters are kept 10 minutes.
+    /// Locks under `<keyPrefix>{<slot tag>}:<session id>`, in the session's
+    /// own slot (`SessionID.slotTag`); fence counters are kept 10 minutes.
     public convenience init(
         client: RedisClient, keyPrefix: String = "lock:session:", leaseMillis: Int = 3_000, waitMillis: Int = 5_000,
         maxHoldMillis: Int = 60_000, logger: Logger
     ) {
         self.init(
-            lock: RedisLock(client: client, keyPrefix: keyPrefix, fenceRetentionMillis: 600_000, logger: logger),
+            lock: RedisLock(
+                client: client, keyPrefix: keyPrefix, fenceRetentionMillis: 600_000,
+                hashTag: { String($0.prefix(SessionID.slotTagLength)) }, logger: logger),
             leaseMillis: leaseMillis, waitMillis: waitMillis, maxHoldMillis: maxHoldMillis, logger: logger)
     }
 

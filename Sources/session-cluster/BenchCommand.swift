@@ -4,6 +4,7 @@ import FailoverBench
 import Foundation
 import Logging
 import MiniHTTP
+import Synchronization
 
 extension SessionClusterCommand {
     /// `session-cluster bench`: what users lose when an instance dies, per strategy.
@@ -20,8 +21,14 @@ extension SessionClusterCommand {
                 read. Without --fault, node-2 is killed at a third of the run and restarted at two thirds.
                 """)
 
-        @Option(help: "Strategies to measure, in order: replicate-async, replicate-sync, redis, local.")
+        @Option(help: "Strategies to measure, in order: replicate-async, replicate-sync, redis, redis-cluster, local.")
         var strategies = "replicate-async,replicate-sync,redis,local"
+
+        @Option(help: "redis, redis-cluster: replicas that must acknowledge each session write (Redis WAIT); 0: asynchronous.")
+        var redisWaitReplicas = 0
+
+        @Option(help: "redis-cluster: replicas per primary of the private cluster (3 primaries).")
+        var redisClusterReplicas = 1
 
         @Option(help: "Nodes per cluster.")
         var nodes = 3
@@ -32,7 +39,9 @@ extension SessionClusterCommand {
         @Option(help: "Length of each strategy's run: 30s, 1.5m, 500ms.")
         var duration = "30s"
 
-        @Option(name: .customLong("fault"), help: "kill:NODE@T, restart:NODE@T or stop:NODE@T1-T2 (SIGSTOP, then SIGCONT); repeatable.")
+        @Option(
+            name: .customLong("fault"),
+            help: "kill:NODE@T, restart:NODE@T or stop:NODE@T1-T2 (SIGSTOP, then SIGCONT); repeatable. NODE: node-N, or a redis-server: redis (--strategy redis), redis-N, or redis-primary-N (the Nth primary at that moment; redis-cluster).")
         var faults: [String] = []
 
         @Flag(help: "No faults at all (a baseline run).")
@@ -144,7 +153,7 @@ extension SessionClusterCommand {
             let names = strategies.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
             guard !names.isEmpty else { throw ValidationError("--strategies is empty") }
             for name in names where Self.clusterStrategy(name) == nil {
-                throw ValidationError("unknown strategy '\(name)'; available: replicate-async, replicate-sync, redis, local")
+                throw ValidationError("unknown strategy '\(name)'; available: replicate-async, replicate-sync, redis, redis-cluster, local")
             }
             return names
         }
@@ -154,6 +163,7 @@ extension SessionClusterCommand {
             case "replicate-async", "replicate": (.replicate, "async")
             case "replicate-sync": (.replicate, "sync")
             case "redis": (.redis, "async")
+            case "redis-cluster": (.redisCluster, "async")
             case "local": (.local, "async")
             default: nil
             }
@@ -164,10 +174,14 @@ extension SessionClusterCommand {
             _ name: String, plan: FaultPlan, pacing: Pacing, durationMillis: Int, logger: Logger
         ) throws -> StrategyResult {
             let (strategy, mode) = Self.clusterStrategy(name)!
+            let usesRedis = strategy == .redis || strategy == .redisCluster
             var configuration = ClusterConfiguration(
                 strategy: strategy, replicationMode: mode, nodeCount: nodes, port: 0,
                 executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
-                nodeLogLevel: nodeLogLevel, extraNodeArguments: nodeArguments)
+                nodeLogLevel: nodeLogLevel,
+                extraNodeArguments: nodeArguments
+                    + (usesRedis && redisWaitReplicas > 0 ? ["--redis-wait-replicas", "\(redisWaitReplicas)"] : []))
+            configuration.redisClusterReplicas = redisClusterReplicas
             configuration.balancer.eventLoops = 1
             let supervisor: ClusterSupervisor
             do {
@@ -180,8 +194,16 @@ extension SessionClusterCommand {
                 throw ValidationError("\(name): \(error)")
             }
             defer { supervisor.shutdown() }
-            for fault in plan.faults where !supervisor.nodeNames.contains(Self.nodeName(fault.node)) {
-                throw ValidationError("fault on '\(fault.node)': the cluster has \(supervisor.nodeNames.joined(separator: ", "))")
+            let redisNames = supervisor.redisServers.map(\.name)
+            for fault in plan.faults {
+                let node = Self.nodeName(fault.node)
+                if supervisor.nodeNames.contains(node) || redisNames.contains(node) { continue }
+                if strategy == .redisCluster, node.hasPrefix("redis-primary-"), let n = Int(node.dropFirst(14)),
+                    (1...configuration.redisClusterPrimaries).contains(n)
+                { continue }
+                throw ValidationError(
+                    "fault on '\(fault.node)': the cluster has \((supervisor.nodeNames + redisNames).joined(separator: ", "))"
+                        + (strategy == .redisCluster ? ", redis-primary-1..\(configuration.redisClusterPrimaries)" : ""))
             }
             let target = try BenchTarget(baseURL: "http://127.0.0.1:\(supervisor.port)")
             return try measure(
@@ -217,12 +239,27 @@ extension SessionClusterCommand {
     }
 }
 
-/// Faults carried out by the cluster supervisor on its own nodes.
-struct SupervisorFaultInjector: FaultInjector {
+/// Faults carried out by the cluster supervisor on its own nodes and redis-servers.
+final class SupervisorFaultInjector: FaultInjector {
     let supervisor: ClusterSupervisor
+    /// Which server each `redis-primary-N` named when first used (so `restart:redis-primary-1` restarts the one killed).
+    private let primaryNames = Mutex<[String: String]>([:])
+
+    init(supervisor: ClusterSupervisor) {
+        self.supervisor = supervisor
+    }
 
     func apply(_ action: FaultAction, node: String) throws {
         let name = SessionClusterCommand.Bench.nodeName(node)
+        if name.hasPrefix("redis") {
+            let server = try redisServer(name)
+            switch action {
+            case .kill: try supervisor.killRedis(server)
+            case .restart: try supervisor.restartRedis(server)
+            case .stop, .resume: throw ValidationError("stop windows are for nodes; a redis-server can be killed and restarted")
+            }
+            return
+        }
         switch action {
         case .kill: try supervisor.kill(name)
         case .stop: try supervisor.stop(name)
@@ -254,5 +291,21 @@ struct ShellFaultInjector: FaultInjector {
         guard process.terminationStatus == 0 else {
             throw ValidationError("fault command exited with status \(process.terminationStatus) for \(action.rawValue) \(node)")
         }
+    }
+}
+
+extension SupervisorFaultInjector {
+    /// `redis-primary-N`: the Nth of the redis-servers that are primaries now (in name order); other names as they are.
+    private func redisServer(_ name: String) throws -> String {
+        guard name.hasPrefix("redis-primary-"), let n = Int(name.dropFirst("redis-primary-".count)) else { return name }
+        if let named = primaryNames.withLock({ $0[name] }) { return named }
+        func number(_ status: RedisNodeStatus) -> Int { Int(status.name.dropFirst("redis-".count)) ?? 0 }
+        let up: [RedisNodeStatus] = supervisor.redisStatus.map(\.status).filter { $0.up && $0.role == "master" }
+        let primaries: [String] = up.sorted { number($0) < number($1) }.map(\.name)
+        guard n >= 1, n <= primaries.count else {
+            throw ValidationError("\(name): there are \(primaries.count) primaries up (\(primaries.joined(separator: ", ")))")
+        }
+        primaryNames.withLock { $0[name] = primaries[n - 1] }
+        return primaries[n - 1]
     }
 }

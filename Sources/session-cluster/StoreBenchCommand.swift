@@ -20,10 +20,12 @@ extension SessionClusterCommand {
             abstract: "Measure session load+save round trips per second through the Redis session store.",
             discussion: """
                 Creates --sessions sessions (a counter and a string of about --attribute-bytes \
-                bytes each) under a key prefix of its own, then runs --concurrency threads (one \
-                pooled connection each) for --duration seconds. Each iteration picks a random \
-                session, loads it, and applies a delta (set 'last', increment 'count'): one round \
-                trip. Prints a JSON line and a summary, then deletes its keys.
+                bytes each) under a key prefix of its own, then runs --concurrency threads for \
+                --duration seconds, their commands pipelined on --pipeline-connections shared \
+                connections (0: a pooled connection each). Each iteration picks a random session, \
+                loads it, and applies a delta (set 'last', increment 'count'): one round trip. Prints \
+                a JSON line and a summary — with Redis's CPU time per round trip over the measured \
+                window (INFO cpu) — then deletes its keys.
                 """)
 
         @Option(help: "Redis URL: redis://[[user]:password@]host[:port][/db].")
@@ -31,6 +33,9 @@ extension SessionClusterCommand {
 
         @Option(help: "Threads, and pooled Redis connections.")
         var concurrency = 50
+
+        @Option(help: "Shared connections the threads' commands are pipelined on (0: none, a connection per command).")
+        var pipelineConnections = RedisConfiguration().pipelineConnections
 
         @OptionGroup var window: MeasurementWindow
 
@@ -62,6 +67,7 @@ extension SessionClusterCommand {
                 throw ValidationError("--redis: \(error.message)")
             }
             configuration.poolSize = concurrency
+            configuration.pipelineConnections = pipelineConnections
             let client = RedisClient(configuration: configuration, logger: logger)
             defer { client.close() }
             guard client.ping() else {
@@ -79,7 +85,7 @@ extension SessionClusterCommand {
             do {
                 defer { cleanUp(client: client, prefix: prefix) }
                 let created = try prepare(store: store, ids: ids, stop: stop)
-                outcome = measure(store: store, ids: created, stop: stop)
+                outcome = measure(store: store, client: client, ids: created, stop: stop)
             }
             report(outcome, interrupted: stop.isSet)
         }
@@ -122,10 +128,25 @@ extension SessionClusterCommand {
         }
 
         /// Runs the load+save loop on `concurrency` threads: warm-up, then the measured window.
-        private func measure(store: RedisSessionStore, ids: [SessionID], stop: StopFlag) -> Outcome {
+        private func measure(store: RedisSessionStore, client: RedisClient, ids: [SessionID], stop: StopFlag) -> Outcome {
             let results = Mutex(Outcome())
             let start = monotonicNanos()
             let (measureFrom, measureUntil) = window.bounds(startingAt: start)
+            // Redis's CPU time at both ends of the window, read beside the load.
+            let redisCPU = Mutex<(from: Double?, until: Double?)>((nil, nil))
+            let sampler = DispatchGroup()
+            sampler.enter()
+            startThread {
+                defer { sampler.leave() }
+                func sleep(until deadline: UInt64) {
+                    while !stop.isSet, monotonicNanos() < deadline { usleep(1_000) }
+                }
+                sleep(until: measureFrom)
+                let from = Self.redisCPUSeconds(client)
+                sleep(until: measureUntil)
+                let until = Self.redisCPUSeconds(client)
+                redisCPU.withLock { $0 = (from, until) }
+            }
             runThreads(concurrency) { t in
                 var rng = SplitMix64(seed: UInt64.random(in: .min ... .max) &+ UInt64(t))
                 var histogram = Histogram<UInt64>(
@@ -170,12 +191,22 @@ extension SessionClusterCommand {
                 local.histogram = histogram
                 results.withLock { $0.merge(local) }
             }
+            sampler.wait()
             var outcome = results.withLock { $0 }
+            if case (let from?, let until?) = redisCPU.withLock({ $0 }), !stop.isSet { outcome.redisCPUSeconds = until - from }
             let finished = monotonicNanos()
             // Only round trips that ended inside the window count; interrupted early, the window is what ran.
             outcome.seconds = finished <= measureFrom ? 0 : Double(min(finished, measureUntil) - measureFrom) / 1e9
             outcome.sessions = ids.count
             return outcome
+        }
+
+        /// Redis's CPU seconds so far (INFO cpu: used_cpu_sys + used_cpu_user); nil when it cannot be read.
+        private static func redisCPUSeconds(_ client: RedisClient) -> Double? {
+            guard let info = try? client.send("INFO", "cpu").string else { return nil }
+            let fields = info.split(separator: "\r\n").filter { $0.hasPrefix("used_cpu_sys:") || $0.hasPrefix("used_cpu_user:") }
+            guard fields.count == 2 else { return nil }
+            return fields.compactMap { Double($0.split(separator: ":").last ?? "") }.reduce(0, +)
         }
 
         /// Deletes every key under `prefix` (SCAN + UNLINK).
@@ -225,7 +256,11 @@ extension SessionClusterCommand {
                 "\"sessions\":\(outcome.sessions)",
                 "\"attribute_bytes\":\(attributeBytes)",
                 "\"error_kinds\":{\(kinds)}",
+                "\"pipeline_connections\":\(pipelineConnections)",
             ]
+            if let cpu = outcome.redisCPUSeconds, outcome.roundTrips > 0 {
+                fields.append("\"redis_cpu_us_per_round_trip\":\(fixed(cpu * 1e6 / Double(outcome.roundTrips), 2))")
+            }
             if let first = outcome.firstError { fields.append("\"first_error\":\(jsonQuoted(first))") }
             if interrupted { fields.append("\"interrupted\":true") }
             print("{" + fields.joined(separator: ",") + "}")
@@ -261,6 +296,8 @@ private struct Outcome: Sendable {
         lowestDiscernibleValue: 1, highestTrackableValue: highestMicros, numberOfSignificantValueDigits: .three)
     var seconds: Double = 0
     var sessions = 0
+    /// Redis's CPU time over the measured window.
+    var redisCPUSeconds: Double?
 
     mutating func merge(_ other: Outcome) {
         roundTrips += other.roundTrips

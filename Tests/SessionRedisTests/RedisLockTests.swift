@@ -62,6 +62,16 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
         #expect(clusterSlot(Array("lock:a".utf8)) != clusterSlot(Array("lock:fence:a".utf8)))
     }
 
+    @Test func aSessionsLockIsInTheSessionsSlot() {
+        let client = Self.unreachableClient()
+        let lock = RedisSessionLock(client: client, logger: TestRedis.quietLogger()).lock
+        let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())
+        let id = SessionID.generate()
+        #expect(lock.lockKey(id.rawValue) == Array("lock:session:{\(id.slotTag)}:\(id.rawValue)".utf8))
+        #expect(clusterSlot(lock.lockKey(id.rawValue)) == clusterSlot(store.key(for: id)))
+        #expect(clusterSlot(lock.fenceKey(id.rawValue)) == clusterSlot(store.key(for: id)))
+    }
+
     @Test func anUnreachableRedisIsAnErrorNotATimeout() throws {
         let lock = makeLock(Self.unreachableClient(), prefix: "lock:")
         let start = ContinuousClock.now

@@ -61,7 +61,7 @@ public final class RedisClient: Sendable {
     /// cluster). A connection left broken by `body` is dropped; a healthy one
     /// goes back to the pool.
     public func withConnection<T>(_ body: (RedisConnection) throws -> T) throws -> T {
-        try withChannel(slot: nil, shared: false) { try body($0 as! RedisConnection) }
+        try withOwnConnection(slot: nil, body)
     }
 
     /// Runs `body` with a connection of its own to the server that holds
@@ -69,27 +69,37 @@ public final class RedisClient: Sendable {
     /// `body` may run again, and must send commands on keys of that one slot
     /// only).
     public func withConnection<T>(forKey key: [UInt8], _ body: (RedisConnection) throws -> T) throws -> T {
-        try withChannel(slot: RedisClusterSlot.of(key: key), shared: false) { try body($0 as! RedisConnection) }
+        try withOwnConnection(slot: RedisClusterSlot.of(key: key), body)
     }
 
-    /// Runs `body` on the server's shared, pipelined connections when
-    /// `shared` (single commands and scripts), else on a connection of the
-    /// caller's own (a `RedisConnection`, for a sequence of commands).
-    private func withChannel<T>(slot: Int?, shared: Bool, _ body: (any RedisChannel) throws -> T) throws -> T {
-        switch topology {
-        case .cluster(let router):
-            return try router.withChannel(slot: slot, shared: shared, body)
-        case .single(let pool):
-            do {
-                if shared { return try body(RedisSharedChannel(pool: pool, asking: false)) }
-                let connection = try pool.checkOut()
-                defer { pool.checkIn(connection) }
+    private func withOwnConnection<T>(slot: Int?, _ body: (RedisConnection) throws -> T) throws -> T {
+        try onServer(slot: slot) { pool, asking in
+            try pool.withOwnConnection(asking: asking) { connection in
                 do {
                     return try body(connection)
                 } catch let error as RedisError where error.code == .server && error.message.contains("READONLY") {
-                    connection.markBroken()
+                    connection.markBroken()  // a demoted master: never reuse this connection
                     throw error
                 }
+            }
+        }
+    }
+
+    /// Runs `body` on the server's shared, pipelined connections (single commands and scripts).
+    private func withSharedChannel<T>(slot: Int?, _ body: (any RedisChannel) throws -> T) throws -> T {
+        try onServer(slot: slot) { pool, asking in try body(RedisSharedChannel(pool: pool, asking: asking)) }
+    }
+
+    /// Runs `attempt` with the pool of the server for `slot`: the cluster's
+    /// router follows redirections; a single server's pool forgets a
+    /// demoted or vanished master (Sentinel then names the new one).
+    private func onServer<T>(slot: Int?, _ attempt: (RedisNodePool, _ asking: Bool) throws -> T) throws -> T {
+        switch topology {
+        case .cluster(let router):
+            return try router.route(slot: slot, attempt)
+        case .single(let pool):
+            do {
+                return try attempt(pool, false)
             } catch let notSent as RedisNotSent {
                 throw notSent.error
             } catch let error as RedisError where error.code == .server && error.message.contains("READONLY") {
@@ -118,9 +128,11 @@ public final class RedisClient: Sendable {
     public func send(_ argv: [[UInt8]]) throws -> RedisValue {
         let name = String(decoding: argv.first ?? [], as: UTF8.self).uppercased()
         let shared = !Self.blockingCommands.contains(name)
-        return try withChannel(slot: Self.routingKey(argv).map { RedisClusterSlot.of(key: $0) }, shared: shared) { connection in
-            try connection.command(argv).throwingServerError(context: String(decoding: argv.first ?? [], as: UTF8.self))
+        let slot = Self.routingKey(argv).map { RedisClusterSlot.of(key: $0) }
+        let run = { (channel: any RedisChannel) throws -> RedisValue in
+            try channel.command(argv).throwingServerError(context: name)
         }
+        return try shared ? withSharedChannel(slot: slot, run) : withOwnConnection(slot: slot, run)
     }
 
     /// Several commands in one round trip; replies in order (error replies as
@@ -130,7 +142,7 @@ public final class RedisClient: Sendable {
         guard !isCluster || slots.count <= 1 else {
             throw RedisError(.configuration, "a pipeline on a Redis Cluster must use keys of one slot (got \(slots.count))")
         }
-        return try withChannel(slot: slots.first, shared: true) { connection in
+        return try withSharedChannel(slot: slots.first) { connection in
             let replies = try connection.pipeline(commands)
             for case .error(let message) in replies
             where message.hasPrefix("READONLY") || RedisRedirect(errorMessage: message) != nil {
@@ -147,7 +159,7 @@ public final class RedisClient: Sendable {
     public func eval(
         _ script: RedisScript, keys: [[UInt8]], args: [[UInt8]], durability: RedisDurability? = nil
     ) throws -> RedisValue {
-        try withChannel(slot: keys.first.map { RedisClusterSlot.of(key: $0) }, shared: true) {
+        try withSharedChannel(slot: keys.first.map { RedisClusterSlot.of(key: $0) }) {
             try $0.eval(script, keys: keys, args: args, durability: durability)
         }
     }
@@ -219,9 +231,9 @@ public final class RedisClient: Sendable {
                 var problems: [String] = []
                 for primary in try router.primaries() {
                     do {
-                        let reply = try router.pool(for: primary).sendShared([["PING".redisBytes]], asking: false, durability: nil)
-                        if reply.replies.first?.string == "PONG" { return nil }
-                        problems.append("\(primary): unexpected PING reply \(reply.replies)")
+                        let reply = try RedisSharedChannel(pool: router.pool(for: primary), asking: false).command(["PING".redisBytes])
+                        if reply.string == "PONG" { return nil }
+                        problems.append("\(primary): unexpected PING reply \(reply)")
                     } catch let notSent as RedisNotSent {
                         problems.append("\(primary): \(notSent.error.message)")
                     } catch {

@@ -78,11 +78,10 @@ final class RedisClusterRouter: Sendable {
         topology.withLock { $0.known = false }
     }
 
-    /// Runs `body` on a channel to the primary owning `slot` (any primary
-    /// when nil), following redirections as described above: the server's
-    /// shared, pipelined connections when `shared`, else a connection of
-    /// the caller's own (a `RedisConnection`).
-    func withChannel<T>(slot: Int?, shared: Bool, _ body: (any RedisChannel) throws -> T) throws -> T {
+    /// Runs `attempt` with the pool of the primary owning `slot` (any
+    /// primary when nil) and whether to send `ASKING`, following
+    /// redirections as described above: `attempt` runs again after one.
+    func route<T>(slot: Int?, _ attempt: (RedisNodePool, _ asking: Bool) throws -> T) throws -> T {
         let deadline = monotonicMillis() + Int64(configuration.commandTimeoutMillis)
         var asking: RedisNodeAddress? = nil
         var backoff = 5
@@ -103,21 +102,7 @@ final class RedisClusterRouter: Sendable {
             }
             let pool = pool(for: target)
             do {
-                if shared {
-                    return try body(RedisSharedChannel(pool: pool, asking: asking != nil))
-                }
-                let connection: RedisConnection
-                do {
-                    connection = try pool.checkOut()
-                } catch let error as RedisError where error.code != .poolExhausted {
-                    throw RedisNotSent(error: error)
-                }
-                defer {
-                    connection.asking = false
-                    pool.checkIn(connection)
-                }
-                connection.asking = asking != nil
-                return try body(connection)
+                return try attempt(pool, asking != nil)
             } catch let notSent as RedisNotSent {
                 // Nothing was sent: a dead or unreachable primary. A failover may be under way.
                 asking = nil

@@ -55,10 +55,17 @@ final class RedisNodePool: Sendable {
             let turn = nextPipeline.wrappingAdd(1, ordering: .relaxed).oldValue
             return try pipelines[turn % pipelines.count].send(commands, asking: asking, durability: durability, pool: self)
         }
+        return try withOwnConnection(asking: asking) { try $0.pipeline(commands, durability: durability) }
+    }
+
+    /// Runs `body` with a connection of the caller's own (`ASKING` before
+    /// each command when `asking`). A failed connect throws `RedisNotSent`
+    /// (nothing was sent); a connection `body` left broken is dropped.
+    func withOwnConnection<T>(asking: Bool = false, _ body: (RedisConnection) throws -> T) throws -> T {
         let connection: RedisConnection
         do {
             connection = try checkOut()
-        } catch let error as RedisError {
+        } catch let error as RedisError where error.code != .poolExhausted {
             throw RedisNotSent(error: error)
         }
         defer {
@@ -66,7 +73,7 @@ final class RedisNodePool: Sendable {
             checkIn(connection)
         }
         connection.asking = asking
-        return try connection.pipeline(commands, durability: durability)
+        return try body(connection)
     }
 
     /// A connection of the caller's own: an idle one, or a new one. Throws
@@ -94,13 +101,6 @@ final class RedisNodePool: Sendable {
             }
         }
         slots.signal()
-    }
-
-    /// Runs `body` with a connection of its own (see `checkOut`).
-    func withConnection<T>(_ body: (RedisConnection) throws -> T) throws -> T {
-        let connection = try checkOut()
-        defer { checkIn(connection) }
-        return try body(connection)
     }
 
     /// Drops the idle and shared connections (the server went away, or is no master any more).

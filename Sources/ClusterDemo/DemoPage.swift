@@ -320,37 +320,42 @@ enum DemoPage {
 
         function badgeClass(v) { return 'badge b-' + String(v).toLowerCase().replace(/[^a-z]/g, ''); }
 
-        function makeCard(name) {
+        // A card: a title, badges, a list of fields, and action buttons ('kill' and 'stop' in red).
+        function makeCardOf(kind, name, label, badges, fields, actions, extras) {
           const card = document.createElement('article');
           card.className = 'nodecard';
-          card.dataset.node = name;
-          card.setAttribute('aria-label', 'Node ' + name);
+          card.dataset[kind] = name;
+          card.setAttribute('aria-label', label + ' ' + name);
           const head = document.createElement('header');
           const h = document.createElement('h3'); h.className = 'mono'; h.textContent = name;
-          const tag = document.createElement('span'); tag.className = 'youtag'; tag.textContent = 'answered you'; tag.hidden = true;
-          head.append(h, tag);
-          const badges = document.createElement('div'); badges.className = 'meta';
-          for (const f of ['state', 'health']) {
-            const b = document.createElement('span'); b.dataset.field = f; b.className = 'badge'; b.title = f; badges.append(b);
+          head.append(h, ...extras.head);
+          const meta = document.createElement('div'); meta.className = 'meta';
+          for (const f of badges) {
+            const b = document.createElement('span'); b.dataset.field = f; b.className = 'badge'; b.title = f; meta.append(b);
           }
           const dl = document.createElement('dl');
-          for (const [f, label] of FIELDS) {
+          for (const [f, text] of fields) {
             const div = document.createElement('div');
-            const dt = document.createElement('dt'); dt.textContent = label;
+            const dt = document.createElement('dt'); dt.textContent = text;
             const dd = document.createElement('dd'); dd.dataset.field = f; dd.textContent = '—';
             div.append(dt, dd); dl.append(div);
           }
-          const exit = document.createElement('p'); exit.className = 'exit'; exit.dataset.field = 'lastExit'; exit.hidden = true;
-          const actions = document.createElement('div'); actions.className = 'actions';
-          for (const [action, label, title] of ACTIONS) {
+          const buttons = document.createElement('div'); buttons.className = 'actions';
+          for (const [action, text, title] of actions) {
             const b = document.createElement('button');
-            b.type = 'button'; b.dataset.action = action; b.textContent = label; b.title = title;
-            b.setAttribute('aria-label', label + ' ' + name);
+            b.type = 'button'; b.dataset.action = action; b.textContent = text; b.title = title;
+            b.setAttribute('aria-label', text + ' ' + name);
             if (action === 'kill' || action === 'stop') b.className = 'danger';
-            actions.append(b);
+            buttons.append(b);
           }
-          card.append(head, badges, dl, exit, actions);
+          card.append(head, meta, dl, ...extras.body, buttons);
           return card;
+        }
+
+        function makeCard(name) {
+          const tag = document.createElement('span'); tag.className = 'youtag'; tag.textContent = 'answered you'; tag.hidden = true;
+          const exit = document.createElement('p'); exit.className = 'exit'; exit.dataset.field = 'lastExit'; exit.hidden = true;
+          return makeCardOf('node', name, 'Node', ['state', 'health'], FIELDS, ACTIONS, { head: [tag], body: [exit] });
         }
 
         function markYou(card, yes) {
@@ -413,34 +418,7 @@ enum DemoPage {
         const REDIS_FIELDS = [['slots', 'Slots'], ['keys', 'Keys'], ['pid', 'PID'], ['port', 'Port']];
 
         function makeRedisCard(name) {
-          const card = document.createElement('article');
-          card.className = 'nodecard';
-          card.dataset.redis = name;
-          card.setAttribute('aria-label', 'Redis ' + name);
-          const head = document.createElement('header');
-          const h = document.createElement('h3'); h.className = 'mono'; h.textContent = name;
-          head.append(h);
-          const badges = document.createElement('div'); badges.className = 'meta';
-          for (const f of ['state', 'role']) {
-            const b = document.createElement('span'); b.dataset.field = f; b.className = 'badge'; b.title = f; badges.append(b);
-          }
-          const dl = document.createElement('dl');
-          for (const [f, label] of REDIS_FIELDS) {
-            const div = document.createElement('div');
-            const dt = document.createElement('dt'); dt.textContent = label;
-            const dd = document.createElement('dd'); dd.dataset.field = f; dd.textContent = '—';
-            div.append(dt, dd); dl.append(div);
-          }
-          const actions = document.createElement('div'); actions.className = 'actions';
-          for (const [action, label, title] of REDIS_ACTIONS) {
-            const b = document.createElement('button');
-            b.type = 'button'; b.dataset.action = action; b.textContent = label; b.title = title;
-            b.setAttribute('aria-label', label + ' ' + name);
-            if (action === 'kill') b.className = 'danger';
-            actions.append(b);
-          }
-          card.append(head, badges, dl, actions);
-          return card;
+          return makeCardOf('redis', name, 'Redis', ['state', 'role'], REDIS_FIELDS, REDIS_ACTIONS, { head: [], body: [] });
         }
 
         function updateRedisCard(card, n) {

@@ -9,15 +9,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         case cluster(seeds: [RedisNodeAddress])
     }
 
-    public struct SentinelAddress: Sendable, Equatable, CustomStringConvertible {
-        public var host: String
-        public var port: Int
-        public init(host: String, port: Int) {
-            self.host = host
-            self.port = port
-        }
-        public var description: String { "\(host):\(port)" }
-    }
+    /// A sentinel's address.
+    public typealias SentinelAddress = RedisNodeAddress
 
     public var endpoint: Endpoint
     public var username: String?

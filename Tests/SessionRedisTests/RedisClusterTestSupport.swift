@@ -3,23 +3,6 @@ import Logging
 import SessionCore
 @testable import SessionRedis
 
-/// The Redis Cluster that scripts/test.sh started (3 primaries, 3 replicas), from `REDIS_CLUSTER_SEEDS`.
-enum TestRedisCluster {
-    static let seeds = ProcessInfo.processInfo.environment["REDIS_CLUSTER_SEEDS"]
-    static let available = seeds != nil
-
-    static func configuration(poolSize: Int = 8, commandTimeoutMillis: Int = 2000) throws -> RedisConfiguration {
-        var configuration = try RedisConfiguration(clusterSeeds: seeds ?? "127.0.0.1:7000")
-        configuration.poolSize = poolSize
-        configuration.commandTimeoutMillis = commandTimeoutMillis
-        return configuration
-    }
-
-    static func client(poolSize: Int = 8) throws -> RedisClient {
-        RedisClient(configuration: try configuration(poolSize: poolSize), logger: TestRedis.quietLogger())
-    }
-}
-
 /// Raw commands to one cluster node, for tests that look under the client (roles, slots, migrations).
 struct ClusterNodeConnection {
     let address: RedisNodeAddress

@@ -95,28 +95,18 @@ import TestSupport
     }
 }
 
-/// Redis keeps its own time: the harness sleeps for real.
-struct RedisClusterHarness: SessionStoreHarness {
-    func makeStore(expiry: SessionExpiry) throws -> any SessionStore {
-        RedisSessionStore(
-            client: try TestRedisCluster.client(), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
-            logger: TestRedis.quietLogger())
-    }
-    func advance(millis: Int64) { usleep(UInt32(millis) * 1000) }
-}
-
-@Test(.enabled(if: TestRedisCluster.available, "needs REDIS_CLUSTER_SEEDS (scripts/test.sh starts a Redis Cluster)"),
+@Test(.enabled(if: TestRedis.clusterAvailable, "needs REDIS_CLUSTER_SEEDS (scripts/test.sh starts a Redis Cluster)"),
       arguments: SessionStoreConformance.allCases)
 func redisClusterStoreConforms(_ check: SessionStoreConformance) throws {
-    try check.run(RedisClusterHarness())
+    try check.run(RedisHarness(cluster: true))
 }
 
-@Suite(.enabled(if: TestRedisCluster.available, "needs REDIS_CLUSTER_SEEDS"), .serialized)
+@Suite(.enabled(if: TestRedis.clusterAvailable, "needs REDIS_CLUSTER_SEEDS"), .serialized)
 struct RedisClusterStoreTests {
     let expiry = SessionExpiry(idleTimeoutMillis: 120_000, absoluteTimeoutMillis: nil)
 
     func primaries() throws -> [ClusterNodeConnection] {
-        let seed = try #require(TestRedisCluster.seeds?.split(separator: ",").first)
+        let seed = try #require(TestRedis.clusterSeeds?.split(separator: ",").first)
         let (host, port) = try RedisConfiguration.hostAndPort(String(seed), defaultPort: 6379)
         return try ClusterNodeConnection(.init(host: host, port: port)).slotMap().primaries.map(ClusterNodeConnection.init)
     }
@@ -124,7 +114,7 @@ struct RedisClusterStoreTests {
     @Test func thirtyThousandSessionsSpreadEvenlyOverThePrimaries() throws {
         let prefix = TestRedis.uniquePrefix()
         let store = RedisSessionStore(
-            client: try TestRedisCluster.client(poolSize: 8), expiry: expiry, keyPrefix: prefix, logger: TestRedis.quietLogger())
+            client: try TestRedis.client(poolSize: 8, cluster: true), expiry: expiry, keyPrefix: prefix, logger: TestRedis.quietLogger())
         let total = 30_000
         let failures = Mutex<[String]>([])
         let finished = onThreads(8, seconds: 120) { thread in
@@ -158,7 +148,7 @@ struct RedisClusterStoreTests {
 
     @Test func aRecordInAnotherSlotIsRefusedClearly() throws {
         let store = RedisSessionStore(
-            client: try TestRedisCluster.client(), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(), logger: TestRedis.quietLogger())
+            client: try TestRedis.client(cluster: true), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(), logger: TestRedis.quietLogger())
         let id = SessionID.generate(slotTag: "AAA")
         let other = try IdempotentRequest(key: "k", method: "POST", target: "/", body: [], scope: .session(SessionID.generate(slotTag: "zzz")))
         var delta = SessionDelta(id: id, changes: [.set("a", [0x31])], createIfMissing: true)
@@ -172,7 +162,7 @@ struct RedisClusterStoreTests {
     }
 
     @Test func theLockKeepsMutualExclusionAndIncreasingTokens() throws {
-        try RedisLockTests.eightContendersNeverOverlap(client: try TestRedisCluster.client(poolSize: 8))
+        try RedisLockTests.eightContendersNeverOverlap(client: try TestRedis.client(poolSize: 8, cluster: true))
     }
 
     /// 8 threads increment counters in sessions whose slots move (ASK, then
@@ -184,7 +174,7 @@ struct RedisClusterStoreTests {
         let target = try #require(nodes.first { $0.address != source.address })
         let others = nodes.filter { $0.address != source.address && $0.address != target.address }
         let store = RedisSessionStore(
-            client: try TestRedisCluster.client(poolSize: 8), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
+            client: try TestRedis.client(poolSize: 8, cluster: true), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
             logger: TestRedis.quietLogger())
         // 32 sessions on the source, and 128 of its slots that include theirs.
         var sessions: [SessionID] = []

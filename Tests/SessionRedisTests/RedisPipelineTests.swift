@@ -8,6 +8,16 @@ import TestSupport
 /// Automatic pipelining, on a private redis-server (its statistics are the test's own).
 @Suite(.enabled(if: RedisServerProcess.isInstalled, "needs redis-server"), .serialized)
 struct RedisPipelineTests {
+    /// A private redis-server and a client of it, configured by `configure`.
+    private func privateClient(
+        _ configure: (inout RedisConfiguration) -> Void
+    ) throws -> (server: RedisServerProcess, client: RedisClient) {
+        let server = try RedisServerProcess()
+        var configuration = try RedisConfiguration(url: server.url)
+        configure(&configuration)
+        return (server, RedisClient(configuration: configuration, logger: TestRedis.quietLogger()))
+    }
+
     /// Reads Redis made to receive commands (`total_reads_processed`), and clients connected.
     private func stats(_ admin: RedisConnection) throws -> (reads: Int, clients: Int) {
         let info = try admin.command(["INFO".redisBytes, "all".redisBytes]).string ?? ""
@@ -18,11 +28,8 @@ struct RedisPipelineTests {
     }
 
     @Test func manyThreadsShareTwoConnectionsInBatchesAndEachGetsItsOwnReplies() throws {
-        let server = try RedisServerProcess()
+        let (server, client) = try privateClient { $0.pipelineConnections = 2 }
         defer { server.kill() }
-        var configuration = try RedisConfiguration(url: server.url)
-        configuration.pipelineConnections = 2
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
         let admin = try RedisConnection(host: "127.0.0.1", port: server.port, configuration: RedisConfiguration())
         let before = try stats(admin)
         let threads = 32
@@ -56,12 +63,11 @@ struct RedisPipelineTests {
     }
 
     @Test func aServerThatDiesFailsTheWholeBatchAtOnceThenTheClientRecovers() throws {
-        let server = try RedisServerProcess()
-        var configuration = try RedisConfiguration(url: server.url)
-        configuration.commandTimeoutMillis = 500
-        configuration.reconnectBackoffMillis = 20
-        configuration.maxReconnectBackoffMillis = 50
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
+        let (server, client) = try privateClient {
+            $0.commandTimeoutMillis = 500
+            $0.reconnectBackoffMillis = 20
+            $0.maxReconnectBackoffMillis = 50
+        }
         #expect(try client.send("PING") == .status("PONG"))
         server.kill()
         let outcomes = Mutex<[Bool]>([])
@@ -77,12 +83,11 @@ struct RedisPipelineTests {
     }
 
     @Test func aWriteNoReplicaAcknowledgesIsAnErrorNotASuccess() throws {
-        let server = try RedisServerProcess()
+        let (server, client) = try privateClient {
+            $0.waitReplicas = 1
+            $0.waitTimeoutMillis = 50
+        }
         defer { server.kill() }
-        var configuration = try RedisConfiguration(url: server.url)
-        configuration.waitReplicas = 1
-        configuration.waitTimeoutMillis = 50
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
         let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())
         let error = #expect(throws: SessionStoreError.self) {
             _ = try store.apply(SessionDelta(id: SessionID.generate(), changes: [.set("a", [0x31])], createIfMissing: true))
@@ -92,12 +97,11 @@ struct RedisPipelineTests {
     }
 
     @Test func blockingCommandsGetAConnectionOfTheirOwn() throws {
-        let server = try RedisServerProcess()
+        let (server, client) = try privateClient {
+            $0.pipelineConnections = 1
+            $0.commandTimeoutMillis = 3_000
+        }
         defer { server.kill() }
-        var configuration = try RedisConfiguration(url: server.url)
-        configuration.pipelineConnections = 1
-        configuration.commandTimeoutMillis = 3_000
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
         #expect(try client.send("PING") == .status("PONG"))  // the shared connection is open
         let popped = Mutex<RedisValue?>(nil)
         let blocked = startThreads(1) { _ in

@@ -6,9 +6,12 @@ import Testing
 
 /// Redis keeps its own time: the harness sleeps for real.
 struct RedisHarness: SessionStoreHarness {
+    /// The test Redis Cluster instead of the test redis-server.
+    var cluster = false
+
     func makeStore(expiry: SessionExpiry) throws -> any SessionStore {
         RedisSessionStore(
-            client: try TestRedis.client(), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
+            client: try TestRedis.client(cluster: cluster), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
             logger: TestRedis.quietLogger())
     }
     func advance(millis: Int64) { usleep(UInt32(millis) * 1000) }

@@ -134,7 +134,7 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
         if rotate {
             // Login or logout: the session moves to a new ID before the change is written, so
             // an ID planted on (or leaked by) the client never carries the authenticated state.
-            let (store, newID) = (store, SessionCore.SessionID.generate())
+            let (store, newID) = (store, SessionCore.SessionID.generate(slotTag: id.slotTag))  // one slot: an atomic move
             guard try await run({ try store.regenerate(id, to: newID) }) else {
                 // Expired during the request: never revive the ID, start anew.
                 return try await createSession(data, for: request)

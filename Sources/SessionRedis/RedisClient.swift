@@ -126,11 +126,11 @@ public final class RedisClient: Sendable {
     /// that block the connection (BLPOP, WAIT, …), which get one of their own.
     @discardableResult
     public func send(_ argv: [[UInt8]]) throws -> RedisValue {
-        let name = String(decoding: argv.first ?? [], as: UTF8.self).uppercased()
+        let name = Self.commandName(argv)
         let shared = !Self.blockingCommands.contains(name)
-        let slot = Self.routingKey(argv).map { RedisClusterSlot.of(key: $0) }
+        let slot = isCluster ? Self.routingKey(argv, name: name).map { RedisClusterSlot.of(key: $0) } : nil
         let run = { (channel: any RedisChannel) throws -> RedisValue in
-            try channel.command(argv).throwingServerError(context: name)
+            try channel.command(argv).throwingServerError(context: String(decoding: name, as: UTF8.self))
         }
         return try shared ? withSharedChannel(slot: slot, run) : withOwnConnection(slot: slot, run)
     }
@@ -138,7 +138,7 @@ public final class RedisClient: Sendable {
     /// Several commands in one round trip; replies in order (error replies as
     /// `.error`). In a cluster, their keys must share one slot.
     public func pipeline(_ commands: [[[UInt8]]]) throws -> [RedisValue] {
-        let slots = Set(commands.compactMap(Self.routingKey).map { RedisClusterSlot.of(key: $0) })
+        let slots = Set(commands.compactMap { Self.routingKey($0, name: Self.commandName($0)) }.map { RedisClusterSlot.of(key: $0) })
         guard !isCluster || slots.count <= 1 else {
             throw RedisError(.configuration, "a pipeline on a Redis Cluster must use keys of one slot (got \(slots.count))")
         }
@@ -165,25 +165,31 @@ public final class RedisClient: Sendable {
     }
 
     /// Commands that hold their connection until something happens: never pipelined with others.
-    static let blockingCommands: Set<String> = [
+    static let blockingCommands: Set<[UInt8]> = Set([
         "BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT", "WAITAOF",
         "XREAD", "XREADGROUP", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR",
-    ]
+    ].map { Array($0.utf8) })
 
-    /// The key that routes `argv` in a cluster: the first key of EVAL and
-    /// EVALSHA, the first argument of other commands, none for commands
-    /// without keys (PING, INFO, CLIENT, CLUSTER, …).
-    static func routingKey(_ argv: [[UInt8]]) -> [UInt8]? {
-        guard let name = argv.first.map({ String(decoding: $0, as: UTF8.self).uppercased() }) else { return nil }
-        if name == "EVAL" || name == "EVALSHA" {
+    /// Commands without keys: sent to any primary of a cluster.
+    static let keylessCommands: Set<[UInt8]> = Set([
+        "PING", "INFO", "CLIENT", "CLUSTER", "ROLE", "DBSIZE", "WAIT", "SCRIPT", "FLUSHALL", "FLUSHDB", "CONFIG",
+        "TIME", "ECHO", "AUTH", "SELECT", "SCAN", "KEYS", "MEMORY", "ASKING", "READONLY", "HELLO", "COMMAND",
+    ].map { Array($0.utf8) })
+
+    /// A command's name in upper case (ASCII), as the sets above hold it.
+    static func commandName(_ argv: [[UInt8]]) -> [UInt8] {
+        (argv.first ?? []).map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }
+    }
+
+    /// The key that routes `argv` (named `name`) in a cluster: the first key
+    /// of EVAL and EVALSHA, the first argument of other commands, none for
+    /// commands without keys (PING, INFO, CLIENT, CLUSTER, …).
+    static func routingKey(_ argv: [[UInt8]], name: [UInt8]) -> [UInt8]? {
+        if name == Array("EVAL".utf8) || name == Array("EVALSHA".utf8) {
             guard argv.count > 3, let count = Int(String(decoding: argv[2], as: UTF8.self)), count > 0 else { return nil }
             return argv[3]
         }
-        let keyless: Set<String> = [
-            "PING", "INFO", "CLIENT", "CLUSTER", "ROLE", "DBSIZE", "WAIT", "SCRIPT", "FLUSHALL", "FLUSHDB", "CONFIG",
-            "TIME", "ECHO", "AUTH", "SELECT", "SCAN", "KEYS", "MEMORY", "ASKING", "READONLY", "HELLO", "COMMAND",
-        ]
-        guard argv.count > 1, !keyless.contains(name) else { return nil }
+        guard argv.count > 1, !keylessCommands.contains(name) else { return nil }
         return argv[1]
     }
 

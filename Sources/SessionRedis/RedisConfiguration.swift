@@ -31,7 +31,9 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var waitTimeoutMillis: Int
     /// Shared connections per server that single commands and scripts are
     /// pipelined on (see `RedisPipeline`); 0 sends each on a pooled
-    /// connection of its own. Taken from `poolSize`.
+    /// connection of its own. Taken from `poolSize`, which keeps at least one
+    /// connection for sequences that need one of their own (so a pool of 1 is
+    /// not pipelined).
     public var pipelineConnections: Int
 
     /// The `WAIT` to send after writes, when `waitReplicas` asks for one.

@@ -37,7 +37,8 @@ final class RedisNodePool: Sendable {
         self.connect = connect
         state = FastLock(State(backoff: configuration.reconnectBackoffMillis))
         slots = DispatchSemaphore(value: configuration.poolSize)
-        pipelines = (0..<min(configuration.pipelineConnections, configuration.poolSize)).map { _ in RedisPipeline() }
+        // At least one place stays for sequences that need a connection of their own (withOwnConnection).
+        pipelines = (0..<max(0, min(configuration.pipelineConnections, configuration.poolSize - 1))).map { _ in RedisPipeline() }
     }
 
     deinit {

@@ -96,6 +96,18 @@ struct RedisPipelineTests {
         #expect(error?.message.contains("0 of 1 replicas acknowledged") == true)
     }
 
+    @Test func aPoolOfOneIsNotTakenByThePipeline() throws {
+        let (server, client) = try privateClient {
+            $0.poolSize = 1
+            $0.commandTimeoutMillis = 300
+        }
+        defer { server.kill() }
+        #expect(try client.send("PING") == .status("PONG"))
+        // A sequence that needs a connection of its own still gets the only one.
+        #expect(try client.withConnection { try $0.command(["PING".redisBytes]) } == .status("PONG"))
+        #expect(try client.send("PING") == .status("PONG"))
+    }
+
     @Test func blockingCommandsGetAConnectionOfTheirOwn() throws {
         let (server, client) = try privateClient {
             $0.pipelineConnections = 1

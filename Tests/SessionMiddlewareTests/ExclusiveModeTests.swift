@@ -300,7 +300,7 @@ struct ExclusiveModeTests {
 
         // Another node holds this session's lock (same key layout).
         let client = RedisClient(configuration: try RedisConfiguration(url: ProcessInfo.processInfo.environment["REDIS_URL"]!), logger: quietLogger())
-        let otherNode = RedisLock(client: client, keyPrefix: prefix + "lock:", logger: quietLogger())
+        let otherNode = RedisSessionLock(client: client, keyPrefix: prefix + "lock:", logger: quietLogger()).lock
         let lease = try #require(try otherNode.tryAcquire(id.rawValue, ttlMillis: 10_000))
         let start = ContinuousClock.now
         let busy = try curl.request("POST", node.url + "/bump")

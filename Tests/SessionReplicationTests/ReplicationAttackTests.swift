@@ -446,10 +446,11 @@ struct ReplicationAttackTests {
         #expect(
             underAttack < 3_000 && underAttack <= normal + 1_500,
             "ready after \(underAttack) ms with slow hellos open, \(normal) ms without")
-        // The junk is closed by the handshake deadline (1 s), however it trickles.
-        #expect(waitUntil(timeout: 4) { junk.openCount == 0 }, "\(junk.openCount) junk connections still open")
+        // The junk is closed by the handshake deadline (1 s), however it trickles (it would trickle
+        // on forever). The bounds leave a loaded 2-core machine 4 s of slack past the deadline.
+        #expect(waitUntil(timeout: 10) { junk.openCount == 0 }, "\(junk.openCount) junk connections still open")
         let latest = junk.closedAt.compactMap { $0 }.max() ?? .max
-        #expect(latest - junk.openedAt < 1_000 + 1_500, "the last junk connection closed after \(latest - junk.openedAt) ms")
+        #expect(latest - junk.openedAt < 1_000 + 4_000, "the last junk connection closed after \(latest - junk.openedAt) ms")
         #expect(waitUntil(timeout: 2) { x.counters.handshakesEvicted + x.counters.handshakesTimedOut >= 100 }, "\(x.counters)")
         #expect(x.counters.handshakesTimedOut >= 1)
         #expect(x.counters.connectionsRefused == 0)

@@ -101,4 +101,30 @@ struct RedisClusterFailoverTests {
         #expect(outcome.acknowledged > 100, "the writers wrote")
         #expect(outcome.recoverySeconds < 6)
     }
+
+    @Test func aClusterThatWentDownIsFoundAgainWithoutARestart() throws {
+        var template = Array("/tmp/redis-cluster-down-XXXXXX".utf8CString)
+        let directory = String(cString: try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }))
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let cluster = try PrivateRedisCluster(nodeTimeoutMillis: 1_000, directory: directory)
+        defer { cluster.shutdown(graceMillis: 0) }
+        var configuration = try RedisConfiguration(clusterSeeds: cluster.seeds.joined(separator: ","))
+        configuration.commandTimeoutMillis = 500
+        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
+        let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())
+        let id = SessionID.generate()
+        #expect(try store.apply(SessionDelta(id: id, changes: [.set("a", [0x31])], createIfMissing: true)) != nil)
+
+        for name in cluster.nodeNames { try cluster.kill(name) }
+        let down = #expect(throws: SessionStoreError.self) { _ = try store.load(id) }
+        #expect(down?.code == .unavailable)
+        #expect(client.healthProblem() != nil)
+
+        // Every node comes back (empty: no persistence) and finds the others through its nodes.conf.
+        for name in cluster.nodeNames { try cluster.restart(name) }
+        #expect(waitUntil(timeout: 30) {
+            (try? store.apply(SessionDelta(id: SessionID.generate(), changes: [.set("a", [0x31])], createIfMissing: true))) != nil
+        }, "the same client works again")
+        #expect(client.healthProblem() == nil)
+    }
 }

@@ -6,20 +6,22 @@ import MiniHTTP
 /// What the supervisor asks its private redis-servers, over a raw loopback socket:
 /// one RESP command, one reply (no client library: the supervisor does not link one).
 enum RedisProbe {
-    /// A reply of the kinds these commands return (arrays are not needed, nor parsed).
-    enum Reply: Equatable, Sendable {
+    /// A reply of the kinds these commands return (RESP2).
+    indirect enum Reply: Equatable, Sendable {
         case simple(String)
         case error(String)
         case integer(Int)
         /// nil: the null bulk string.
         case bulk(String?)
+        /// nil: the null array (e.g. `SENTINEL get-master-addr-by-name` for an unknown name).
+        case array([Reply]?)
 
         /// The text of a simple or bulk string.
         var text: String? {
             switch self {
             case .simple(let text): text
             case .bulk(let text): text
-            case .error, .integer: nil
+            case .error, .integer, .array: nil
             }
         }
     }
@@ -69,26 +71,59 @@ enum RedisProbe {
 
     /// One reply from the start of `bytes`.
     static func parse(_ bytes: [UInt8]) -> Parsed {
-        guard let lineEnd = firstCRLF(bytes) else { return bytes.count > 64 * 1024 ? .invalid : .incomplete }
-        guard let kind = bytes.first else { return .incomplete }
-        let line = String(decoding: bytes[1..<lineEnd], as: UTF8.self)
-        switch kind {
-        case UInt8(ascii: "+"): return .complete(.simple(line))
-        case UInt8(ascii: "-"): return .complete(.error(line))
-        case UInt8(ascii: ":"): return Int(line).map { .complete(.integer($0)) } ?? .invalid
+        switch parse(bytes, from: 0, depth: 0) {
+        case .complete(let reply, _): .complete(reply)
+        case .incomplete: bytes.count > 64 * 1024 ? .invalid : .incomplete
+        case .invalid: .invalid
+        }
+    }
+
+    /// A reply parsed from `bytes[start...]`, and where the next one begins.
+    private enum Step {
+        case complete(Reply, next: Int)
+        case incomplete
+        case invalid
+    }
+
+    /// The most nested arrays accepted (the commands used return one level).
+    private static let maxDepth = 4
+
+    private static func parse(_ bytes: [UInt8], from start: Int, depth: Int) -> Step {
+        guard start < bytes.count else { return .incomplete }
+        guard let lineEnd = firstCRLF(bytes, from: start) else { return .incomplete }
+        let line = String(decoding: bytes[(start + 1)..<lineEnd], as: UTF8.self)
+        let next = lineEnd + 2
+        switch bytes[start] {
+        case UInt8(ascii: "+"): return .complete(.simple(line), next: next)
+        case UInt8(ascii: "-"): return .complete(.error(line), next: next)
+        case UInt8(ascii: ":"): return Int(line).map { .complete(.integer($0), next: next) } ?? .invalid
         case UInt8(ascii: "$"):
             guard let length = Int(line), length >= -1 else { return .invalid }
-            if length == -1 { return .complete(.bulk(nil)) }
-            let start = lineEnd + 2
-            guard bytes.count >= start + length + 2 else { return .incomplete }
-            return .complete(.bulk(String(decoding: bytes[start..<start + length], as: UTF8.self)))
+            if length == -1 { return .complete(.bulk(nil), next: next) }
+            guard bytes.count >= next + length + 2 else { return .incomplete }
+            return .complete(.bulk(String(decoding: bytes[next..<next + length], as: UTF8.self)), next: next + length + 2)
+        case UInt8(ascii: "*"):
+            guard let count = Int(line), count >= -1, depth < maxDepth else { return .invalid }
+            if count == -1 { return .complete(.array(nil), next: next) }
+            var elements: [Reply] = []
+            var position = next
+            for _ in 0..<count {
+                switch parse(bytes, from: position, depth: depth + 1) {
+                case .complete(let element, let after):
+                    elements.append(element)
+                    position = after
+                case .incomplete: return .incomplete
+                case .invalid: return .invalid
+                }
+            }
+            return .complete(.array(elements), next: position)
         default:
             return .invalid
         }
     }
 
-    private static func firstCRLF(_ bytes: [UInt8]) -> Int? {
-        var index = 0
+    private static func firstCRLF(_ bytes: [UInt8], from start: Int) -> Int? {
+        var index = start
         while index + 1 < bytes.count {
             if bytes[index] == 13 && bytes[index + 1] == 10 { return index }
             index += 1

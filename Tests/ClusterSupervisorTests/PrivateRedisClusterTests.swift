@@ -23,7 +23,15 @@ struct PrivateRedisClusterTests {
         #expect(RedisProbe.parse(Array("$5\r\nhel".utf8)) == .incomplete)
         #expect(RedisProbe.parse(Array("$-1\r\n".utf8)) == .complete(.bulk(nil)))
         #expect(RedisProbe.parse(Array("-ERR no\r\n".utf8)) == .complete(.error("ERR no")))
-        #expect(RedisProbe.parse(Array("*1\r\n".utf8)) == .invalid)
+        #expect(RedisProbe.parse(Array("*1\r\n".utf8)) == .incomplete)
+        #expect(
+            RedisProbe.parse(Array("*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n".utf8))
+                == .complete(.array([.bulk("127.0.0.1"), .bulk("6379")])), "SENTINEL get-master-addr-by-name")
+        #expect(RedisProbe.parse(Array("*-1\r\n".utf8)) == .complete(.array(nil)))
+        #expect(RedisProbe.parse(Array("*2\r\n*1\r\n:1\r\n+x\r\n".utf8)) == .complete(.array([.array([.integer(1)]), .simple("x")])))
+        #expect(RedisProbe.parse(Array("*1\r\n$3\r\nab".utf8)) == .incomplete)
+        #expect(RedisProbe.parse(Array("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n".utf8)) == .invalid, "nested too deep")
+        #expect(RedisProbe.parse(Array("*x\r\n".utf8)) == .invalid)
         let nodes = """
             0c04 127.0.0.1:23002@24002 master - 0 1 2 connected 5461-10922
             2570 127.0.0.1:23001@24001 myself,master - 0 1 1 connected 0-5460 7 [8->-abc]

@@ -11,9 +11,23 @@ import Synchronization
 ///
 /// It dies with the process that started it, even when that process is killed
 /// with SIGKILL (see `ParentDeathGuard`); `shutdown()` stops it by PID.
+///
+/// It can also run a Sentinel (`Kind.sentinel`): started from its configuration
+/// file (which Sentinel rewrites, so a restart keeps what it learnt).
 public final class PrivateRedisServer: Sendable {
+    /// What the process is.
+    public enum Kind: Sendable, Equatable {
+        /// A redis-server holding data.
+        case server
+        /// A Sentinel (`<configPath> --sentinel`) watching the master it knows as `masterName`; its port and
+        /// address are set in its configuration file, which must be writable.
+        case sentinel(configPath: String, masterName: String)
+    }
+
     /// The name shown in status and used by the control API (`redis`, or `redis-1`... in a cluster).
     public let name: String
+    /// A redis-server or a Sentinel.
+    public let kind: Kind
     public let port: Int
     /// The redis-server executable.
     public let executable: String
@@ -34,29 +48,43 @@ public final class PrivateRedisServer: Sendable {
 
     /// Starts redis-server on 127.0.0.1:`port` (a free one when nil) and waits until it answers PING.
     /// - Parameters:
-    ///   - executable: redis-server; looked up in `PATH` and the usual places when nil.
-    ///   - extraArguments: more `--option value` pairs (e.g. cluster mode), after the defaults.
+    ///   - port: for a Sentinel, the port its configuration file sets (it cannot be nil then).
+    ///   - executable: redis-server; looked up in `PATH` and the usual places when nil (for a Sentinel,
+    ///     redis-sentinel, else redis-server: both run it with `--sentinel`).
+    ///   - extraArguments: more `--option value` pairs (e.g. cluster mode), after the defaults (a data server only).
+    ///   - kind: a data server, or a Sentinel.
     ///   - startTimeoutMillis: longest wait for the first PONG, at every (re)start.
     public init(
         name: String = "redis", port: Int? = nil, directory: String, executable: String? = nil,
-        extraArguments: [String] = [], startTimeoutMillis: Int = 10_000
+        extraArguments: [String] = [], kind: Kind = .server, startTimeoutMillis: Int = 10_000
     ) throws(SupervisorError) {
-        guard let executable = executable ?? Self.findExecutable("redis-server") else {
+        var found = executable
+        if found == nil, case .sentinel = kind { found = Self.findExecutable("redis-sentinel") }
+        guard let executable = found ?? Self.findExecutable("redis-server") else {
             throw SupervisorError(
                 "redis-server is not installed: sudo apt-get install redis-server (or use --strategy replicate, which needs nothing)")
         }
+        if case .sentinel = kind, port == nil || !extraArguments.isEmpty {
+            throw SupervisorError("a Sentinel takes its port and options from its configuration file")
+        }
         self.name = name
+        self.kind = kind
         if let port { self.port = port } else { self.port = try freeLoopbackPort() }
         self.executable = executable
         self.directory = directory
         self.logPath = "\(directory)/\(name).log"
         self.clusterEnabled = extraArguments.contains("--cluster-enabled")
         self.startTimeoutMillis = startTimeoutMillis
-        self.arguments =
-            [
-                "--port", "\(self.port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory,
-                "--dbfilename", "dump-\(self.port).rdb",  // a replica's full sync writes one: not shared with others
-            ] + extraArguments
+        switch kind {
+        case .server:
+            self.arguments =
+                [
+                    "--port", "\(self.port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory,
+                    "--dbfilename", "dump-\(self.port).rdb",  // a replica's full sync writes one: not shared with others
+                ] + extraArguments
+        case .sentinel(let configPath, _):
+            self.arguments = [configPath, "--sentinel"]
+        }
         try start()
     }
 
@@ -97,6 +125,12 @@ public final class PrivateRedisServer: Sendable {
     public func status(timeoutMillis: Int = 250) -> RedisNodeStatus {
         var status = RedisNodeStatus(name: name, port: port, pid: pid)
         guard status.pid != nil else { return status }
+        if case .sentinel(_, let masterName) = kind {
+            status.up = RedisProbe.answersPing(port: port, timeoutMillis: timeoutMillis)
+            status.role = status.up ? "sentinel" : nil
+            status.master = Self.masterAddress(sentinelPort: port, masterName: masterName, timeoutMillis: timeoutMillis)
+            return status
+        }
         if clusterEnabled {
             guard let nodes = RedisProbe.command(port: port, ["CLUSTER", "NODES"], timeoutMillis: timeoutMillis)?.text,
                 let myself = RedisNodeStatus.ownLine(clusterNodes: nodes)
@@ -108,13 +142,28 @@ public final class PrivateRedisServer: Sendable {
         } else {
             guard let info = RedisProbe.command(port: port, ["INFO", "replication"], timeoutMillis: timeoutMillis)?.text
             else { return status }
-            status.role = RedisProbe.fields(info)["role"] == "slave" ? "replica" : "master"
+            let fields = RedisProbe.fields(info)
+            status.role = fields["role"] == "slave" ? "replica" : "master"
+            if status.role == "replica", let host = fields["master_host"], let masterPort = fields["master_port"] {
+                status.master = "\(host):\(masterPort)"
+            }
         }
         if case .integer(let keys) = RedisProbe.command(port: port, ["DBSIZE"], timeoutMillis: timeoutMillis) {
             status.keys = keys
             status.up = true
         }
         return status
+    }
+
+    /// `host:port` of the master a Sentinel on `sentinelPort` names for `masterName`
+    /// (`SENTINEL get-master-addr-by-name`); nil when it does not answer or knows no such master.
+    public static func masterAddress(sentinelPort: Int, masterName: String, timeoutMillis: Int = 250) -> String? {
+        guard
+            case .array(let parts?) = RedisProbe.command(
+                port: sentinelPort, ["SENTINEL", "get-master-addr-by-name", masterName], timeoutMillis: timeoutMillis),
+            parts.count == 2, let host = parts[0].text, let port = parts[1].text
+        else { return nil }
+        return "\(host):\(port)"
     }
 
     /// redis-server, redis-cli...: the first executable of that name in `PATH`, /usr/bin, /usr/sbin or /usr/local/bin.
@@ -143,12 +192,12 @@ public final class PrivateRedisServer: Sendable {
         while !RedisProbe.answersPing(port: port) {
             if let ended = process.exitStatus {
                 guardian.dismiss()
-                throw SupervisorError("\(name) (redis-server on port \(port)) \(ended) while starting; see \(logPath)")
+                throw SupervisorError("\(name) (\(kind == .server ? "redis-server" : "Sentinel") on port \(port)) \(ended) while starting; see \(logPath)")
             }
             guard monotonicMillis() < deadline else {
                 stop(running, graceMillis: 0)
                 throw SupervisorError(
-                    "\(name) (redis-server on port \(port)) did not answer PING in \(startTimeoutMillis) ms; see \(logPath)")
+                    "\(name) (\(kind == .server ? "redis-server" : "Sentinel") on port \(port)) did not answer PING in \(startTimeoutMillis) ms; see \(logPath)")
             }
             usleep(20_000)
         }
@@ -182,8 +231,10 @@ public struct RedisNodeStatus: Sendable, Equatable {
     public var pid: pid_t?
     /// Whether it answered (DBSIZE).
     public var up = false
-    /// `master` or `replica`; nil when down.
+    /// `master`, `replica` or `sentinel`; nil when down.
     public var role: String?
+    /// `host:port` of the master: a replica's (INFO replication), or the one a Sentinel names; nil otherwise.
+    public var master: String?
     /// Hash slots it serves (cluster mode; nil otherwise or when down).
     public var slots: Int?
     /// Keys it holds (DBSIZE); nil when down.

@@ -39,6 +39,12 @@ public struct ClusterConfiguration: Sendable {
     public var redisClusterPrimaries = 3
     public var redisClusterReplicas = 1
     public var redisClusterNodeTimeoutMillis = 1_000
+    /// `redis`: replicas of the private redis-server (0...3; `--replicaof` its primary). With none and no
+    /// Sentinel the server is named `redis`, otherwise `redis-1`, `redis-2`...
+    public var redisReplicas = 0
+    /// `redis`: a Sentinel (`sentinel-1`) watching the primary, which promotes a replica when it dies; the
+    /// nodes then find the master through it (`--redis-sentinel`). Needs `redisReplicas` ≥ 1.
+    public var redisSentinel = false
     /// Logs of the nodes and Redis go here; a private temporary directory (removed at shutdown) when nil.
     public var logDirectory: String?
     public var nodeLogLevel: String
@@ -82,6 +88,15 @@ public struct ClusterConfiguration: Sendable {
         }
         guard (0...65535).contains(port) else { throw SupervisorError("--port must be 0...65535") }
         guard access(executable, X_OK) == 0 else { throw SupervisorError("cannot run \(executable)") }
+        guard (0...3).contains(redisReplicas) else { throw SupervisorError("--redis-replicas must be 0...3") }
+        if strategy != .redis && (redisReplicas != 0 || redisSentinel) {
+            throw SupervisorError(
+                "--redis-replicas and --sentinel go with --strategy redis (not \(strategy.rawValue))"
+                    + (strategy == .redisCluster ? "; a Redis Cluster has its own replicas and fails over by itself" : ""))
+        }
+        if redisSentinel && redisReplicas == 0 {
+            throw SupervisorError("--sentinel needs a replica to promote: add --redis-replicas 1 (or more)")
+        }
     }
 }
 
@@ -178,9 +193,21 @@ public final class ClusterSupervisor: Sendable {
         nodes.compactMap { $0.process }.filter(\.isRunning).map(\.pid) + redisServers.compactMap(\.pid)
     }
 
-    /// The private redis-servers: one (`redis`) for the `redis` strategy, the cluster's nodes for
+    /// The private redis-servers: one (`redis`) for the `redis` strategy (or `redis-1`, its replicas
+    /// `redis-2`... and `sentinel-1` with `redisReplicas` or `redisSentinel`), the cluster's nodes for
     /// `redis-cluster`, none otherwise (and before `start()`).
     public var redisServers: [PrivateRedisServer] { redis.withLock { $0?.servers ?? [] } }
+
+    /// The private primary, replicas and Sentinel, for the `redis` strategy with `redisReplicas` or
+    /// `redisSentinel` (after `start()`).
+    public var redisReplicaSet: PrivateRedisReplicaSet? {
+        redis.withLock { if case .replicaSet(let set) = $0 { set } else { nil } }
+    }
+
+    /// The private Redis (after `start()`).
+    var redisBackend: RedisBackend? { redis.withLock { $0 } }
+
+    func setRedisBackend(_ backend: RedisBackend) { redis.withLock { $0 = backend } }
 
     /// The private Redis Cluster, for the `redis-cluster` strategy (after `start()`).
     public var redisCluster: PrivateRedisCluster? {
@@ -309,7 +336,8 @@ public final class ClusterSupervisor: Sendable {
         }
     }
 
-    /// SIGKILL the redis-server `name` (`redis`, or `redis-1`... of the cluster), as in a crash.
+    /// SIGKILL the redis-server `name` (`redis`, or `redis-1`... of a replica set or cluster, or
+    /// `sentinel-1`), as in a crash.
     public func killRedis(_ name: String) throws(SupervisorError) {
         let server = try redisServer(name)
         guard !redisState.withLock({ $0.restarting.contains(name) }) else {
@@ -320,7 +348,9 @@ public final class ClusterSupervisor: Sendable {
     }
 
     /// Starts the redis-server `name` again on its port (after SIGKILL when it runs), in the
-    /// background; returns at once. A cluster node rejoins with its `nodes.conf`.
+    /// background; returns at once. A cluster node rejoins with its `nodes.conf`; an old primary
+    /// comes back empty and the Sentinel makes it a replica of the new master; a Sentinel reads
+    /// back its rewritten configuration.
     public func restartRedis(_ name: String) throws(SupervisorError) {
         let server = try redisServer(name)
         guard !stopping.load(ordering: .relaxed) else { throw SupervisorError(kind: .conflict, "the demo is stopping") }
@@ -351,7 +381,7 @@ public final class ClusterSupervisor: Sendable {
     }
 
     /// Reads every redis-server's status into `redisState` (blocks: not on a balancer loop).
-    private func refreshRedisStatus() {
+    func refreshRedisStatus() {
         let status = redis.withLock { $0 }.map { backend in backend.servers.map { $0.status() } } ?? []
         redisState.withLock { $0.status = status }
     }
@@ -400,12 +430,8 @@ public final class ClusterSupervisor: Sendable {
                 "--peers", nodes.map { "127.0.0.1:\($0.replicationPort)" }.joined(separator: ","),
                 "--replication-port", "\(node.replicationPort)", "--replication-mode", configuration.replicationMode,
             ]
-        case .redis:
-            guard let server = redisServers.first else { throw SupervisorError("redis-server is not running") }
-            arguments += ["--redis", "redis://\(server.address)/0"]
-        case .redisCluster:
-            guard let cluster = redisCluster else { throw SupervisorError("the Redis Cluster is not running") }
-            arguments += ["--redis-cluster", cluster.seeds.joined(separator: ",")]
+        case .redis, .redisCluster:
+            arguments += try redisNodeArguments()
         case .local:
             break
         }
@@ -470,11 +496,9 @@ public final class ClusterSupervisor: Sendable {
                     redisDeathsReported.insert(process.pid).inserted,
                     !redisState.withLock({ $0.restarting.contains(server.name) })  // a restart's own kill
                 else { continue }
-                let consequence =
-                    configuration.strategy == .redis
-                    ? "the nodes answer 503 without it" : "its replica takes over its slots if it was a primary"
+                let consequence = redisDeathConsequence(server)
                 onEvent(
-                    "\(server.name) (redis-server, pid \(process.pid)) \(ended); \(consequence) "
+                    "\(server.name) (\(server.kind == .server ? "redis-server" : "Sentinel"), pid \(process.pid)) \(ended); \(consequence) "
                         + "(restart it from the dashboard or: curl -X POST -H 'X-Cluster-Control: 1' "
                         + "http://\(controlHosts.first ?? "127.0.0.1")/_cluster/redis/\(server.name)/restart)")
             }
@@ -482,97 +506,6 @@ public final class ClusterSupervisor: Sendable {
             tick += 1
             usleep(100_000)
         }
-    }
-
-    /// Starts the strategy's private redis-server or Redis Cluster (none for the others).
-    func startRedis() throws(SupervisorError) {
-        let backend: RedisBackend
-        switch configuration.strategy {
-        case .redis:
-            let server = try PrivateRedisServer(name: "redis", directory: runDirectory, executable: configuration.redisServer)
-            backend = .single(server)
-            onEvent("redis-server on \(server.address) (pid \(server.pid ?? 0))")
-        case .redisCluster:
-            let cluster = try PrivateRedisCluster(
-                primaries: configuration.redisClusterPrimaries, replicasPerPrimary: configuration.redisClusterReplicas,
-                nodeTimeoutMillis: configuration.redisClusterNodeTimeoutMillis, directory: runDirectory,
-                redisServer: configuration.redisServer)
-            backend = .cluster(cluster)
-            let servers = cluster.servers.map { "\($0.name) :\($0.port) (pid \($0.pid ?? 0))" }
-            onEvent("Redis Cluster of \(cluster.servers.count) redis-servers: \(servers.joined(separator: ", "))")
-        case .replicate, .local:
-            return
-        }
-        redis.withLock { $0 = backend }
-        refreshRedisStatus()
-    }
-}
-
-/// The private Redis of the `redis` and `redis-cluster` strategies.
-enum RedisBackend: Sendable {
-    case single(PrivateRedisServer)
-    case cluster(PrivateRedisCluster)
-
-    var servers: [PrivateRedisServer] {
-        switch self {
-        case .single(let server): [server]
-        case .cluster(let cluster): cluster.servers
-        }
-    }
-}
-
-/// One node's place in the cluster: fixed name and ports, and what runs there now.
-final class NodeSlot: Sendable {
-    enum State: String, Sendable {
-        /// Started, not yet answering /healthz.
-        case starting
-        case running
-        /// Frozen by SIGSTOP.
-        case stopped
-        /// Ended; stays so until restarted.
-        case dead
-        /// The old process is being stopped before a new one starts.
-        case restarting
-    }
-
-    struct Current {
-        var process: SpawnedProcess?
-        var state = State.starting
-        var restarts = 0
-        var lastExit: String?
-        var lastExitPID: pid_t?
-        /// The supervisor itself ended this PID (kill, restart): not reported as unexpected.
-        var expectedExit: pid_t?
-        var sessions: Int?
-    }
-
-    let name: String
-    let port: Int
-    let replicationPort: Int
-    private let current = Mutex(Current())
-
-    init(name: String, port: Int, replicationPort: Int) {
-        self.name = name
-        self.port = port
-        self.replicationPort = replicationPort
-    }
-
-    var process: SpawnedProcess? { current.withLock { $0.process } }
-    var state: State { current.withLock { $0.state } }
-    var snapshot: Current { current.withLock { $0 } }
-
-    @discardableResult
-    func update<R>(_ body: (inout Current) -> R) -> R { current.withLock { body(&$0) } }
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released; the node binds it right after).
-func freeLoopbackPort() throws(SupervisorError) -> Int {
-    do {
-        let fd = try Sockets.listen(host: "127.0.0.1", port: 0)
-        defer { close(fd) }
-        return Sockets.localPort(fd)
-    } catch {
-        throw SupervisorError("cannot find a free port: \(error)")
     }
 }
 

@@ -10,13 +10,15 @@ import MiniHTTP
 /// - `POST /_cluster/nodes/NAME/kill|stop|resume|restart`: 200 with the node's new
 ///   state, 404 for an unknown node, 409 when the action does not fit its state;
 /// - `POST /_cluster/redis/NAME/kill|restart`: the same for a private redis-server
-///   (`redis` for the `redis` strategy, `redis-1`... for `redis-cluster`); a restart
-///   answers at once with state `restarting`.
+///   (`redis` for the `redis` strategy, `redis-1`... and `sentinel-1` with replicas or a
+///   Sentinel, `redis-1`... for `redis-cluster`); a restart answers at once with state `restarting`.
 ///
 /// The status lists the redis-servers in `redisNodes`: name, port, PID, state
-/// (`up`, `down` or `restarting`), role (`master` or `replica`), slots served, keys
+/// (`up`, `down` or `restarting`), role (`master`, `replica` or `sentinel`), the master
+/// (`host:port`: a replica's, or the one a Sentinel names), slots served, keys
 /// held and, in a cluster, the cluster state each sees (`ok` or `fail`); null where
-/// unknown. `redis` has the single redis-server's port and PID (`redis` strategy).
+/// unknown. `redis` has the first redis-server's port and PID (`redis` strategy);
+/// `redisSentinel` is true when a Sentinel fails the master over.
 ///
 /// Other web pages the operator has open must not drive it, so every control
 /// request is refused with 403 unless (see `refusal`):
@@ -137,6 +139,7 @@ public enum ControlAPI {
         func number(_ value: Int?) -> String { value.map(String.init) ?? "null" }
         return "{\"name\":\(jsonQuoted(status.name)),\"port\":\(status.port),\"pid\":\(number(status.pid.map(Int.init))),"
             + "\"state\":\(jsonQuoted(state)),\"role\":\(status.role.map(jsonQuoted) ?? "null"),"
+            + "\"master\":\(status.master.map(jsonQuoted) ?? "null"),"
             + "\"slots\":\(number(status.slots)),\"keys\":\(number(status.keys)),"
             + "\"clusterState\":\(status.clusterState.map(jsonQuoted) ?? "null")}"
     }
@@ -168,7 +171,10 @@ public enum ControlAPI {
             ]
             totals = "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
         }
-        let head: String = "{\"strategy\":\(strategy),\"replicationMode\":\(mode),\"redis\":\(redis),\"balancer\":\(totals),"
+        let sentinel = supervisor.redisReplicaSet?.sentinel != nil
+        let head: String =
+            "{\"strategy\":\(strategy),\"replicationMode\":\(mode),\"redis\":\(redis),\"redisSentinel\":\(sentinel),"
+            + "\"balancer\":\(totals),"
         return head
             + "\"nodes\":[\(nodes.joined(separator: ","))],\"redisNodes\":[\(redisNodes.joined(separator: ","))]}"
     }

@@ -2,7 +2,7 @@
 /// browser's session (which node answered, count, user, a log of the last
 /// requests) and, when a supervisor runs the cluster, a live panel of its nodes
 /// with buttons that kill, stop, resume and restart them, and of its private
-/// redis-servers (role, slots, keys) with buttons that kill and restart them.
+/// redis-servers and Sentinel (role, master, slots, keys) with buttons that kill and restart them.
 ///
 /// Plain HTML, CSS and JavaScript: no external fetches, usable at phone width.
 /// Element ids and `data-*` attributes are a contract with the browser test
@@ -10,7 +10,7 @@
 /// `node`, `inc`, `name`, `login`, `logout`, `status`, `cluster`, and per node
 /// `[data-node=NAME]` holding `[data-field=state|health|requests|sessions]`
 /// and `[data-action=kill|stop|resume|restart]`; per redis-server `[data-redis=NAME]`
-/// holding `[data-field=state|role|slots|keys|pid|port]` and `[data-action=kill|restart]`.
+/// holding `[data-field=state|role|slots|keys|pid|port|master]` and `[data-action=kill|restart]`.
 enum DemoPage {
     static let html = #"""
         <!doctype html>
@@ -83,6 +83,7 @@ enum DemoPage {
         #redis-nodes{display:grid;gap:.6rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,10rem),1fr))}
         #redis-nodes .actions{grid-template-columns:repeat(2,1fr)}
         #redis-nodes dl{grid-template-columns:repeat(2,1fr)}
+        #redis-nodes dl div:last-child{grid-column:1/-1}
         .counters{font-size:.85rem;color:var(--muted)}
         .counters b{color:var(--fg);font-variant-numeric:tabular-nums}
         #nodes{display:grid;gap:.7rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,13rem),1fr))}
@@ -163,6 +164,7 @@ enum DemoPage {
         const HINTS = {
           replicate: 'Every node keeps a copy of every session. Kill the node that answered you, then increment: the count goes on.',
           redis: 'Sessions live in Redis; nodes keep nothing. Kill any node, then increment: the count goes on. Kill redis and they answer 503 until you restart it.',
+          'redis-sentinel': 'Sessions live in Redis: redis-1 is the master, the others its replicas, and sentinel-1 watches them; the nodes ask it where the master is. Kill redis-1: within a few seconds the Sentinel promotes a replica (watch its role and sentinel-1\'s master) and the count goes on. Restart redis-1: it comes back empty and the Sentinel makes it a replica about 10 s later.',
           'redis-cluster': 'Sessions live in a Redis Cluster. Kill a master: within a few seconds its replica becomes master (watch its role and slots) and the count goes on. Restart the killed one: it rejoins as a replica.',
           local: 'Each node keeps its own sessions, so round robin breaks them: watch the count change with the node.'
         };
@@ -397,7 +399,7 @@ enum DemoPage {
             const strong = document.createElement('b'); strong.textContent = b[k];
             counters.append(strong, ' ' + label + '  ');
           }
-          $('hint').textContent = HINTS[s.strategy] || '';
+          $('hint').textContent = HINTS[s.redisSentinel === true ? 'redis-sentinel' : s.strategy] || '';
           const grid = $('nodes'), seen = new Set();
           for (const n of s.nodes) {
             if (!n || typeof n.name !== 'string') continue;
@@ -413,9 +415,9 @@ enum DemoPage {
         // --- The private redis-servers ---
         const REDIS_ACTIONS = [
           ['kill', 'Kill', 'SIGKILL: redis-server dies at once', s => s === 'up'],
-          ['restart', 'Restart', 'Start it again on its port (a cluster node rejoins)', s => s !== 'restarting']
+          ['restart', 'Restart', 'Start it again on its port (a cluster node rejoins; an old master becomes a replica)', s => s !== 'restarting']
         ];
-        const REDIS_FIELDS = [['slots', 'Slots'], ['keys', 'Keys'], ['pid', 'PID'], ['port', 'Port']];
+        const REDIS_FIELDS = [['slots', 'Slots'], ['keys', 'Keys'], ['pid', 'PID'], ['port', 'Port'], ['master', 'Master']];
 
         function makeRedisCard(name) {
           return makeCardOf('redis', name, 'Redis', ['state', 'role'], REDIS_FIELDS, REDIS_ACTIONS, { head: [], body: [] });

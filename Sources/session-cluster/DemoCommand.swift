@@ -12,7 +12,9 @@ extension SessionClusterCommand {
             discussion: """
                 Starts --nodes node processes with one session strategy, the round-robin balancer in \
                 front of them and, for --strategy redis, a private redis-server on a free loopback port \
-                (for --strategy redis-cluster, a private Redis Cluster: 3 primaries, 1 replica each). \
+                (for --strategy redis-cluster, a private Redis Cluster: 3 primaries, 1 replica each; \
+                --strategy redis --redis-replicas 1 --sentinel gives the redis-server a replica and a \
+                Sentinel, which promotes the replica when the primary dies, and the nodes follow it). \
                 The dashboard (served by the nodes through the balancer) shows your session and the \
                 cluster, and kills, stops, resumes and restarts nodes, and kills and restarts the \
                 redis-servers; so does the control API under /_cluster/. Ctrl-C or SIGTERM stops \
@@ -21,6 +23,12 @@ extension SessionClusterCommand {
 
         @Option(help: "Where sessions live: replicate (peers copy each change; needs nothing), redis (a private redis-server), redis-cluster (a private Redis Cluster, 3 primaries and 3 replicas), local (each node its own: sessions break under round robin).")
         var strategy = "replicate"
+
+        @Option(help: "--strategy redis: replicas of the private redis-server (0...3); they are only copies unless --sentinel is given.")
+        var redisReplicas = 0
+
+        @Flag(help: "--strategy redis: start a Redis Sentinel that promotes a replica when the primary dies; the nodes find the master through it (needs --redis-replicas 1 or more).")
+        var sentinel = false
 
         @Option(help: "Number of nodes (1...16).")
         var nodes = 3
@@ -57,10 +65,12 @@ extension SessionClusterCommand {
             var logger = Logger(label: "demo")
             logger.logLevel = level
 
-            let configuration = ClusterConfiguration(
+            var configuration = ClusterConfiguration(
                 strategy: strategy, replicationMode: replicationMode, nodeCount: nodes, host: host, port: port,
                 executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path, logDirectory: logDir,
                 nodeLogLevel: nodeLogLevel)
+            configuration.redisReplicas = redisReplicas
+            configuration.redisSentinel = sentinel
             let supervisor: ClusterSupervisor
             do throws(SupervisorError) {
                 supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
@@ -83,18 +93,28 @@ extension SessionClusterCommand {
                   try        curl -c /tmp/sc.jar -b /tmp/sc.jar -X POST \(base)/api/counter    (again: another node answers)
                              curl -X POST -H 'X-Cluster-Control: 1' \(base)/_cluster/nodes/node-1/kill    (then count on)
                              curl \(base)/_cluster/status
-                  \(Self.expectation(strategy))
+                  \(sentinel ? Self.sentinelExpectation : Self.expectation(strategy))
                 Ctrl-C stops everything.
 
                 """)
             fflush(nil)
             let signal = waitForTerminationSignal()
-            let redis = strategy == .redis ? " and redis-server" : strategy == .redisCluster ? " and the Redis Cluster" : ""
+            let redis =
+                switch strategy {
+                case .redis: redisReplicas > 0 || sentinel ? " and the redis-servers" : " and redis-server"
+                case .redisCluster: " and the Redis Cluster"
+                case .replicate, .local: ""
+                }
             print("[\(clock())] signal \(signal): stopping the balancer, the nodes\(redis)")
             fflush(nil)
             supervisor.shutdown()
             print("[\(clock())] stopped")
         }
+
+        static let sentinelExpectation = """
+            expect     sessions survive a killed node, and a killed Redis primary (redis-1) once the Sentinel \
+            promoted its replica (a few seconds)
+            """
 
         static func expectation(_ strategy: ClusterConfiguration.Strategy) -> String {
             switch strategy {

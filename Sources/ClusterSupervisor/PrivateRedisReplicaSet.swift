@@ -16,8 +16,9 @@ import MiniHTTP
 /// an empty master and the Sentinel turns it into a replica of the new master about 8–10 s
 /// later (Sentinel waits that long before it reconfigures an instance).
 ///
-/// `init` returns once every replica's link to its primary is up and the Sentinel names the
-/// master and knows every replica. Every process dies with the process that started it,
+/// `init` returns once every replica's link to its primary is up (the primary streams to it) and
+/// the Sentinel names the master and knows every replica. Replication stays asynchronous: a write
+/// the primary acknowledged just before it died may be missing on the promoted replica. Every process dies with the process that started it,
 /// even on SIGKILL (`ParentDeathGuard`); `shutdown()` stops them by PID.
 public final class PrivateRedisReplicaSet: Sendable {
     /// The name the Sentinel knows the master by (`--redis-master` of the nodes).
@@ -58,16 +59,19 @@ public final class PrivateRedisReplicaSet: Sendable {
         self.directory = directory
         var started: [PrivateRedisServer] = []
         do throws(SupervisorError) {
-            let primary = try PrivateRedisServer(name: "redis-1", directory: directory, executable: redisServer)
+            // Any of them may become a master whose replicas sync: at once, not after the default 5 s wait for more.
+            let syncAtOnce = ["--repl-diskless-sync-delay", "0"]
+            let primary = try PrivateRedisServer(
+                name: "redis-1", directory: directory, executable: redisServer, extraArguments: syncAtOnce)
             started.append(primary)
             for index in 0..<replicas {
                 started.append(
                     try PrivateRedisServer(
                         name: "redis-\(index + 2)", directory: directory, executable: redisServer,
-                        extraArguments: ["--replicaof", "127.0.0.1", "\(primary.port)"]))
+                        extraArguments: syncAtOnce + ["--replicaof", "127.0.0.1", "\(primary.port)"]))
             }
             // Before the Sentinel: its first INFO of the master then lists every replica.
-            try Self.waitForReplicaLinks(Array(started.dropFirst()), timeoutMillis: startTimeoutMillis)
+            try Self.waitForReplicaLinks(Array(started.dropFirst()), of: primary, timeoutMillis: startTimeoutMillis)
             if sentinel {
                 let port = try freeLoopbackPort()
                 let configPath = "\(directory)/sentinel-\(port).conf"
@@ -117,21 +121,39 @@ public final class PrivateRedisReplicaSet: Sendable {
 
     // MARK: - Internals
 
-    /// Waits until every replica reports `master_link_status:up` (its first sync is done).
-    private static func waitForReplicaLinks(_ replicas: [PrivateRedisServer], timeoutMillis: Int) throws(SupervisorError) {
+    /// Waits until every replica reports `master_link_status:up` (its first sync is done), then
+    /// until each has received a message published on the primary after that: after a diskless
+    /// sync the primary holds back its command stream until the replica's first acknowledgement (up
+    /// to a second later), and writes held back would be lost were it killed meanwhile.
+    private static func waitForReplicaLinks(
+        _ replicas: [PrivateRedisServer], of primary: PrivateRedisServer, timeoutMillis: Int
+    ) throws(SupervisorError) {
+        guard !replicas.isEmpty else { return }
         let deadline = monotonicMillis() + Int64(timeoutMillis)
-        for replica in replicas {
-            while true {
-                let info = RedisProbe.command(port: replica.port, ["INFO", "replication"])?.text.map(RedisProbe.fields)
-                let link = info?["master_link_status"]
-                if link == "up" { break }
-                guard monotonicMillis() < deadline else {
-                    throw SupervisorError(
-                        "\(replica.name) (replica on port \(replica.port)) did not sync with its primary in \(timeoutMillis) ms "
-                            + "(master_link_status:\(link ?? "?")); see \(replica.logPath)")
-                }
-                usleep(50_000)
+        func replication(_ server: PrivateRedisServer) -> [String: String] {
+            RedisProbe.command(port: server.port, ["INFO", "replication"])?.text.map(RedisProbe.fields) ?? [:]
+        }
+        var streamedOffset: Int?  // the primary's offset after the check message
+        while true {
+            let lagging = replicas.first { replica in
+                let info = replication(replica)
+                guard info["master_link_status"] == "up" else { return true }
+                guard let streamedOffset else { return false }
+                return (info["slave_repl_offset"].flatMap { Int($0) } ?? -1) < streamedOffset
             }
+            if lagging == nil {
+                if streamedOffset != nil { return }
+                // PUBLISH travels in the replication stream and stores nothing.
+                _ = RedisProbe.command(port: primary.port, ["PUBLISH", "session-cluster:replica-check", "1"])
+                streamedOffset = replication(primary)["master_repl_offset"].flatMap { Int($0) }
+                continue
+            }
+            guard monotonicMillis() < deadline else {
+                let name = lagging.map { "\($0.name) on port \($0.port)" } ?? "a replica"
+                throw SupervisorError(
+                    "\(name) did not sync with its primary in \(timeoutMillis) ms; see \(lagging?.logPath ?? primary.logPath)")
+            }
+            usleep(50_000)
         }
     }
 

@@ -183,12 +183,6 @@ struct PrivateRedisClusterTests {
 
     // MARK: - Helpers
 
-    private func temporaryDirectory() throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("private-redis-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
-
     /// `shutdown()`, then none of `pids` may run any more.
     private func stopAndCheck(_ cluster: PrivateRedisCluster, _ pids: [pid_t]) {
         cluster.shutdown(graceMillis: 2_000)
@@ -226,6 +220,13 @@ struct PrivateRedisClusterTests {
     }
 
     private func body(_ response: HTTPResponse) -> String { String(decoding: response.body, as: UTF8.self) }
+}
+
+/// A new directory for a private Redis's files (the caller removes it).
+func temporaryDirectory() throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("private-redis-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
 }
 
 /// Whether `pid` runs and is a redis-server on `port` (redis-server sets its title to `redis-server 127.0.0.1:PORT`).

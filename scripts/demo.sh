@@ -22,6 +22,10 @@ fi
 if [[ " $* " == *"redis-cluster"* ]]; then
     packages+=(redis-tools)
 fi
+# --sentinel also starts a private Sentinel (redis-sentinel; redis-server --sentinel would do too).
+if [[ " $* " == *" --sentinel "* ]]; then
+    packages+=(redis-sentinel)
+fi
 ensure_packages "${packages[@]}"
 ensure_swift
 

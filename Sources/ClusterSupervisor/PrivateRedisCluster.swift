@@ -70,6 +70,7 @@ public final class PrivateRedisCluster: Sendable {
         self.servers = servers
         do throws(SupervisorError) {
             try waitUntilHealthy(timeoutMillis: startTimeoutMillis)
+            try waitUntilReplicating(timeoutMillis: startTimeoutMillis)
         } catch {
             shutdown()
             throw error
@@ -142,6 +143,45 @@ public final class PrivateRedisCluster: Sendable {
                         + "see the logs in \(directory)")
             }
             usleep(50_000)
+        }
+    }
+
+    /// Waits until every replica has applied a write made on its primary after
+    /// the cluster came up. A replica reports its link up after its first sync,
+    /// but its primary streams writes to it only after the replica's first
+    /// acknowledgement, up to a second later: a primary killed in between would
+    /// take what it was sent meanwhile with it.
+    private func waitUntilReplicating(timeoutMillis: Int) throws(SupervisorError) {
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
+        let replicas = servers.compactMap { server -> (replica: PrivateRedisServer, primaryPort: Int)? in
+            guard let text = RedisProbe.command(port: server.port, ["INFO", "replication"])?.text else { return nil }
+            let info = RedisProbe.fields(text)
+            guard info["role"] == "slave", let port = info["master_port"].flatMap(Int.init) else { return nil }
+            return (server, port)
+        }
+        for primaryPort in Set(replicas.map(\.primaryPort)) {
+            // A write in one of this primary's slots (a key of another slot is MOVED: try the next).
+            var key = 0
+            while RedisProbe.command(port: primaryPort, ["SET", "session-cluster:probe:\(key)", "1", "PX", "5000"]) != .simple("OK") {
+                key += 1
+                guard key < 10_000, monotonicMillis() < deadline else {
+                    throw SupervisorError("the primary on port \(primaryPort) took no write; see the logs in \(directory)")
+                }
+            }
+            guard let text = RedisProbe.command(port: primaryPort, ["INFO", "replication"])?.text,
+                let written = RedisProbe.fields(text)["master_repl_offset"].flatMap(Int.init)
+            else { throw SupervisorError("the primary on port \(primaryPort) does not answer INFO replication") }
+            for (replica, port) in replicas where port == primaryPort {
+                while (RedisProbe.command(port: replica.port, ["INFO", "replication"])?.text)
+                    .flatMap({ RedisProbe.fields($0)["slave_repl_offset"] }).flatMap(Int.init) ?? -1 < written
+                {
+                    guard monotonicMillis() < deadline else {
+                        throw SupervisorError(
+                            "\(replica.name) did not receive its primary's writes in \(timeoutMillis) ms; see the logs in \(directory)")
+                    }
+                    usleep(20_000)
+                }
+            }
         }
     }
 

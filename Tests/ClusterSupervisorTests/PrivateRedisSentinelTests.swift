@@ -55,6 +55,11 @@ struct PrivateRedisSentinelTests {
         #expect(RedisProbe.command(port: replica.port, ["GET", "k"]) == .bulk("v"), "the new master has the data")
         #expect(RedisProbe.command(port: replica.port, ["SET", "k2", "v2"]) == .simple("OK"), "and takes writes")
 
+        // The failover is over once the Sentinel's view of the master carries no failover flag; a
+        // primary back during the failover's own steps may be left alone until the failover timeout.
+        #expect(
+            waitUntil(timeout: Self.failoverBound) { Self.sentinelFlags(port: sentinel.port) == "master" },
+            "the failover ends: flags \(Self.sentinelFlags(port: sentinel.port) ?? "?")")
         try set.primary.restart()
         pids += set.primary.pid.map { [$0] } ?? []
         let rejoined = waitUntil(timeout: Self.rejoinBound) {
@@ -72,6 +77,14 @@ struct PrivateRedisSentinelTests {
         #expect(
             waitUntil(timeout: 10) { set.currentMaster() == replica.address },
             "a restarted Sentinel reads back its rewritten configuration")
+    }
+
+    /// The `flags` of `SENTINEL MASTER mymaster` ("master" when nothing is under way).
+    static func sentinelFlags(port: Int) -> String? {
+        guard case .array(let fields?) = RedisProbe.command(port: port, ["SENTINEL", "MASTER", "mymaster"]) else { return nil }
+        let texts = fields.map(\.text)
+        guard let index = texts.firstIndex(of: "flags"), index + 1 < texts.count else { return nil }
+        return texts[index + 1]
     }
 
     @Test func replicasWithoutSentinelAreCopies() throws {

@@ -35,7 +35,6 @@ THREADS=2
 RSS_TARGET_MB=100
 BACKENDS=3
 
-positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 must be a positive integer, got '$2'" >&2; exit 2; }; }
 positive DURATION "$DURATION"
 positive ROUNDS "$ROUNDS"
 positive IDLE_CLIENTS "$IDLE_CLIENTS"

@@ -27,7 +27,6 @@ ATTRIBUTE_BYTES=${ATTRIBUTE_BYTES:-100}
 TARGET=1.0       # round trips/s over the mean of GET and SET requests/s
 CPU_TARGET=1.5   # Redis CPU per round trip over Redis CPU per GET, at most
 
-positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 must be a positive integer, got '$2'" >&2; exit 2; }; }
 positive DURATION "$DURATION"
 positive CONCURRENCY "$CONCURRENCY"
 positive SESSIONS "$SESSIONS"

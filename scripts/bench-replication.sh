@@ -33,7 +33,6 @@ WARMUP=1
 LAG_TARGET_US=1000
 READY_TARGET_MS=1000
 
-positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 must be a positive integer, got '$2'" >&2; exit 2; }; }
 positive DURATION "$DURATION"
 positive CONNECTIONS "$CONNECTIONS"
 positive SESSIONS "$SESSIONS"

@@ -24,9 +24,9 @@ DURATION=${DURATION:-16}
 ROUNDS=${ROUNDS:-2}
 NODES=${NODES:-2 3 5}
 
-for name in RATE DURATION ROUNDS; do
-    [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || { echo "error: $name must be a positive integer, got '${!name}'" >&2; exit 2; }
-done
+positive RATE "$RATE"
+positive DURATION "$DURATION"
+positive ROUNDS "$ROUNDS"
 ((DURATION >= 8)) || { echo "error: DURATION must be at least 8 (seconds)" >&2; exit 2; }
 
 stop_children() {

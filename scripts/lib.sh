@@ -38,6 +38,9 @@ redis_cluster_pids=()
 redis_cluster_seeds=""
 
 log() { printf '==> %s\n' "$*"; }
+
+# positive NAME VALUE — exit 2 with a clear message unless VALUE is a positive integer.
+positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 must be a positive integer, got '$2'" >&2; exit 2; }; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # A free TCP port on 127.0.0.1 (python3 if present, else a bash probe).

@@ -35,50 +35,21 @@ struct RedisClusterFailoverTests {
         let store = RedisSessionStore(
             client: RedisClient(configuration: configuration, logger: TestRedis.quietLogger()),
             expiry: SessionExpiry(idleTimeoutMillis: 600_000, absoluteTimeoutMillis: nil), logger: TestRedis.quietLogger())
-        let sessions = (0..<60).map { _ in SessionID.generate() }
-        for id in sessions { _ = try store.apply(SessionDelta(id: id, changes: [.set("n", [0x30])], createIfMissing: true)) }
-
-        let stop = Atomic<Bool>(false)
-        let acknowledged = Mutex([SessionID: Int64]())
-        let failed = Mutex(0)
-        let lastFailure = Mutex<Date?>(nil)
-        let writers = startThreads(4) { thread in
-            var i = thread
-            while !stop.load(ordering: .relaxed) {
-                let id = sessions[i % sessions.count]
-                i += 4
-                do {
-                    if try store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)])) != nil {
-                        acknowledged.withLock { $0[id, default: 0] += 1 }
-                    }
-                } catch {
-                    failed.withLock { $0 += 1 }
-                    lastFailure.withLock { $0 = Date() }
-                }
-            }
-        }
+        let writers = try IncrementWriters(threads: 4, store: store, sessions: (0..<60).map { _ in SessionID.generate() })
         usleep(500_000)
         let killedAt = Date()
         try cluster.kill("redis-1")
         // Run on until the replica took over and every session answered for 2 s in a row.
         let recovered = waitUntil(timeout: 20) {
-            guard let last = lastFailure.withLock({ $0 }) else { return Date().timeIntervalSince(killedAt) > 2 }
+            guard let last = writers.lastFailure else { return Date().timeIntervalSince(killedAt) > 2 }
             return Date().timeIntervalSince(last) > 2
         }
-        stop.store(true, ordering: .relaxed)
-        try #require(writers.wait(timeout: .now() + 10) == .success)
+        try #require(writers.stop(seconds: 10))
         try #require(recovered, "requests never succeeded again")
-        let last = lastFailure.withLock { $0 } ?? killedAt
-        let counts = acknowledged.withLock { $0 }
-        var lost: Int64 = 0
-        for id in sessions {
-            let stored = try #require(try store.load(id), "session lost").attributes["n"]
-                .flatMap { Int64(String(decoding: $0, as: UTF8.self)) } ?? 0
-            lost += max(0, counts[id, default: 0] - stored)
-        }
+        let last = writers.lastFailure ?? killedAt
         return Outcome(
-            recoverySeconds: last.timeIntervalSince(killedAt), lost: lost, failed: failed.withLock { $0 },
-            acknowledged: counts.values.reduce(0, +))
+            recoverySeconds: last.timeIntervalSince(killedAt), lost: try writers.lost(in: store),
+            failed: writers.failures.count, acknowledged: writers.total)
     }
 
     /// Two replicas per primary: after the failover the new primary still has

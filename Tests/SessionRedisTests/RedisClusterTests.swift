@@ -182,43 +182,23 @@ struct RedisClusterStoreTests {
             let id = SessionID.generate()
             if map.primary(forSlot: RedisClusterSlot.of(key: store.key(for: id))) == source.address { sessions.append(id) }
         }
-        for id in sessions { _ = try store.apply(SessionDelta(id: id, changes: [.set("n", [0x30])], createIfMissing: true)) }
         var slots = Set(sessions.map { RedisClusterSlot.of(key: store.key(for: $0)) })
         for slot in 0..<RedisClusterSlot.count where slots.count < 128 && map.primary(forSlot: slot) == source.address {
             slots.insert(slot)
         }
         let moving = slots.sorted()
-        let sessionList = sessions
-        let stop = Atomic<Bool>(false)
-        let acknowledged = Mutex([SessionID: Int64]())
-        let failures = Mutex<[String]>([])
-        let writers = startThreads(8) { thread in
-            var i = thread
-            while !stop.load(ordering: .relaxed) {
-                let id = sessionList[i % sessionList.count]
-                i += 8
-                do {
-                    guard try store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)])) != nil else {
-                        failures.withLock { $0.append("session \(id) missing") }
-                        continue
-                    }
-                    acknowledged.withLock { $0[id, default: 0] += 1 }
-                } catch {
-                    failures.withLock { $0.append("\(error)") }
-                }
-            }
-        }
+        let writers = try IncrementWriters(threads: 8, store: store, sessions: sessions)
         usleep(200_000)
         try migrate(slots: moving, from: source, to: target, others: others)
         let moved = try nodes[0].slotMap()
         #expect(moving.allSatisfy { moved.primary(forSlot: $0) == target.address })
         try migrate(slots: moving, from: target, to: source, others: others)
         usleep(200_000)
-        stop.store(true, ordering: .relaxed)
-        try #require(writers.wait(timeout: .now() + 30) == .success)
-        #expect(failures.withLock { $0 } == [])
-        let counts = acknowledged.withLock { $0 }
-        #expect(counts.values.reduce(0, +) > 100, "the writers wrote during the migration")
+        try #require(writers.stop())
+        #expect(writers.failures == [])
+        #expect(writers.total > 100, "the writers wrote during the migration")
+        // Nor applied twice: every counter holds exactly its acknowledged increments.
+        let counts = writers.acknowledged
         for id in sessions {
             let value = try store.load(id)?.attributes["n"].map { Int64(String(decoding: $0, as: UTF8.self)) ?? -1 }
             #expect(value == counts[id, default: 0], "increments of \(id)")

@@ -37,6 +37,8 @@ final class RedisPipeline: Sendable {
         var connection: RedisConnection?
         var queue: [Pending] = []
         var driving = false
+        /// `reset` came while a batch was on the wire: its driver drops the connection after it.
+        var dropRequested = false
     }
 
     private let state = FastLock(State())
@@ -69,7 +71,10 @@ final class RedisPipeline: Sendable {
     /// Drops the connection (the server went away, or is no master any more).
     func reset(_ pool: RedisNodePool) {
         let dropped = state.withLock { s -> RedisConnection? in
-            guard !s.driving else { return nil }  // the driver replaces a broken one itself
+            guard !s.driving else {
+                s.dropRequested = true
+                return nil
+            }
             defer { s.connection = nil }
             return s.connection
         }
@@ -139,17 +144,21 @@ final class RedisPipeline: Sendable {
         if let failure {
             for pending in batch { pending.outcome = .failure(failure) }
         }
-        let broken = connection?.isBroken ?? false
-        let successor = state.withLock { s -> Pending? in
+        let (broken, successor) = state.withLock { s -> (Bool, Pending?) in
+            let broken = (connection?.isBroken ?? false) || s.dropRequested
+            s.dropRequested = false
             s.connection = broken ? nil : connection
             guard let first = s.queue.first else {
                 s.driving = false
-                return nil
+                return (broken, nil)
             }
             first.drives = true
-            return first
+            return (broken, first)
         }
-        if broken, let connection { pool.checkIn(connection) }  // dropped: frees its place in the pool
+        if broken, let connection {
+            connection.markBroken()
+            pool.checkIn(connection)  // dropped: frees its place in the pool
+        }
         // The driver's own semaphore is signalled too, unread: a semaphore above its start value is harmless.
         for pending in batch { pending.wake.signal() }
         successor?.wake.signal()

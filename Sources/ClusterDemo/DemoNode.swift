@@ -125,6 +125,9 @@ public final class DemoNode: Sendable {
         let replicated = replication
         let healthyBody = Array("{\"status\":\"ok\",\"node\":\(jsonQuoted(nodeID))}".utf8)  // built once
         router.get("/healthz") { _ in
+            if readyFlag.isDraining {
+                return .json("{\"status\":\"draining\",\"node\":\(jsonQuoted(nodeID))}", status: 503)
+            }
             guard readyFlag.isReady else {
                 return .json("{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID))}", status: 503)
             }
@@ -205,10 +208,19 @@ public final class DemoNode: Sendable {
     /// The bound port.
     public var port: Int { server.port }
 
-    /// Graceful stop: `/healthz` turns 503, in-flight requests finish.
-    public func shutdown() {
+    /// Graceful stop. With a `drainDelayMillis` the node is first a lame duck:
+    /// `/healthz` answers 503 `draining` and every response closes its connection,
+    /// until no connection is left open (the balancer took the node out and closed
+    /// its pooled connections) or the delay has passed; then in-flight requests
+    /// finish and the node stops (see `HTTPServer.drainAndShutdown`).
+    public func shutdown(drainDelayMillis: Int = 0) {
+        ready.setDraining()
+        if drainDelayMillis > 0 {
+            server.drainAndShutdown(delayMillis: drainDelayMillis)
+        } else {
+            server.shutdown()
+        }
         ready.set(false)
-        server.shutdown()
         replication?.shutdown()
         replication?.store.stopSweeper()
         memoryStore?.stopSweeper()
@@ -238,6 +250,10 @@ struct ServedByMiddleware: HTTPMiddleware {
 /// Whether the node answers `/healthz` with 200.
 final class ReadinessFlag: Sendable {
     private let value = Atomic<Bool>(false)
+    private let draining = Atomic<Bool>(false)
     var isReady: Bool { value.load(ordering: .relaxed) }
+    /// Set for good once a graceful stop begins.
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
     func set(_ ready: Bool) { value.store(ready, ordering: .relaxed) }
+    func setDraining() { draining.store(true, ordering: .relaxed) }
 }

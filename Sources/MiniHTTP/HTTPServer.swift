@@ -76,6 +76,8 @@ public final class HTTPServer: Sendable {
 
     private let state = Mutex(State())
     let stopping = Atomic<Bool>(false)
+    /// Lame duck (see `HTTPServer+Draining.swift`): every response closes its connection.
+    let draining = Atomic<Bool>(false)
     let openConnections = Atomic<Int>(0)
     let counters = Counters()
     private let stopped = DispatchSemaphore(value: 0)
@@ -529,7 +531,7 @@ final class ServerLoop: @unchecked Sendable {
         let response = server.chain.respond(to: request) { error in
             server.logger.error("handler failed", metadata: ["path": "\(request.path)", "error": "\(error)"])
         }
-        let keep = keepAlive && !server.stopping.load(ordering: .relaxed)
+        let keep = keepAlive && !server.stopping.load(ordering: .relaxed) && !server.draining.load(ordering: .relaxed)
         let bytes = HTTPResponseSerializer.serialize(
             response, keepAlive: keep, headOnly: request.method == "HEAD", version: request.head.version)
         return (bytes, keep)

@@ -177,16 +177,25 @@ extension SessionClusterCommand {
         @Option(help: "Exit, as on SIGTERM, once the process with this PID is no longer the parent (set by `demo`).")
         var parentPid: Int32?
 
+        @Option(
+            help: ArgumentHelp(
+                "On SIGTERM, stay a lame duck for up to this long before closing connections: /healthz answers 503 and every response closes its connection, until no connection is left open.",
+                discussion:
+                    "Give the balancer time to take the node out (about fall × interval of its health checks) so no kept-alive connection is closed while a request may be on its way. 0: close idle connections at once."
+            ))
+        var drainDelayMs = 5_000
+
         @OptionGroup var options: NodeOptions
 
         func run() throws {
+            guard (0...600_000).contains(drainDelayMs) else { throw ValidationError("--drain-delay-ms must be 0...600000") }
             let logger = try options.makeLogger(label: "node.\(nodeId)")
             if let parentPid { exitWithParent(parentPid) }
             let node = try DemoNode(configuration: try options.nodeConfiguration(nodeID: nodeId, port: port), logger: logger)
             try node.start()
             let signal = waitForTerminationSignal()
-            logger.info("signal received, draining", metadata: ["signal": "\(signal)"])
-            node.shutdown()
+            logger.info("signal received, draining", metadata: ["signal": "\(signal)", "drain_delay_ms": "\(drainDelayMs)"])
+            node.shutdown(drainDelayMillis: drainDelayMs)
         }
     }
 }

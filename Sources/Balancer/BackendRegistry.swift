@@ -63,6 +63,30 @@ final class BackendState: Sendable {
     }
 }
 
+extension BackendRegistry {
+    /// Why backend `index` gets fewer requests than its weight's share now, in words; nil when it does not.
+    func reducedShareReason(_ index: Int, now: Int64) -> String? {
+        let state = states[index]
+        if state.draining.load(ordering: .relaxed) { return "draining: taken out through the admin API" }
+        if !state.healthy.load(ordering: .relaxed) { return "down: its health checks fail" }
+        let until = state.ejectedUntil.load(ordering: .relaxed)
+        if until > now {
+            let failures = state.consecutiveFailures.load(ordering: .relaxed)
+            return "ejected for \(until - now) ms more after \(failures) connection failure\(failures == 1 ? "" : "s") in a row"
+        }
+        if let percent = slowStartPercent(index, now: now) { return "slow start: \(percent)% of its share" }
+        if cap > 0 && state.active.load(ordering: .relaxed) >= cap { return "at its cap of \(cap) requests in flight" }
+        return nil
+    }
+
+    /// The share of its turns a backend in slow start takes now (0...99), nil when not in slow start.
+    func slowStartPercent(_ index: Int, now: Int64) -> Int? {
+        let up = states[index].upSince.load(ordering: .relaxed)
+        guard slowStartMillis > 0, up != 0, now - up < slowStartMillis else { return nil }
+        return Int((now - up) * 100 / slowStartMillis)
+    }
+}
+
 /// What `BackendRegistry.pick` found.
 enum Pick: Equatable {
     /// This backend, with a request slot taken for the caller.
@@ -166,13 +190,29 @@ final class BackendRegistry: Sendable {
     }
 
     /// A connection to the backend could not be made (or broke at once): leave it out for a while.
+    ///
+    /// The time out doubles with each failure in a row, but only with failures of attempts made
+    /// after the last ejection ended: the other loops' connects that were already under way when
+    /// the backend was ejected fail too, and must not push a restarting node out for half a minute.
     func connectFailed(_ index: Int, now: Int64) {
         let state = states[index]
         state.failures.add(1, ordering: .relaxed)
+        guard state.ejectedUntil.load(ordering: .relaxed) <= now else { return }
         let n = state.consecutiveFailures.add(1, ordering: .relaxed).newValue
         let backoff = min(ejectMaxMillis, ejectBaseMillis << Int64(min(n - 1, 20)))
         state.ejectedUntil.store(now + backoff, ordering: .relaxed)
         state.ejections.add(1, ordering: .relaxed)
+    }
+
+    /// The health checks see a passively ejected backend answer again: it is back at once
+    /// (with a slow start, if configured), instead of waiting out a backoff that may have
+    /// grown while it restarted.
+    func endEjection(_ index: Int, now: Int64) {
+        let state = states[index]
+        guard state.ejectedUntil.load(ordering: .relaxed) > now else { return }
+        state.ejectedUntil.store(0, ordering: .relaxed)
+        state.consecutiveFailures.store(0, ordering: .relaxed)
+        state.upSince.store(now, ordering: .relaxed)
     }
 
     /// A connection to the backend was made: it is healthy again.
@@ -202,6 +242,9 @@ public struct BackendStatus: Sendable, Equatable {
     public var retries: Int
     public var connectionsOpened: Int
     public var active: Int
+    /// Why it gets fewer requests than its share now (draining, down, ejected until…, slow start,
+    /// at its cap); nil when it gets its share.
+    public var reducedShareReason: String? = nil
 }
 
 /// Balancer-wide counters since start.
@@ -211,6 +254,8 @@ public struct BalancerStatistics: Sendable, Equatable {
     public var requests = 0
     public var badRequests = 0
     public var retries = 0
+    /// Retries of requests (of any method) that a backend closed its connection on without reading them.
+    public var unreadRetries = 0
     /// Retries refused because the retry budget was spent (the client got the error).
     public var retryBudgetRefusals = 0
     /// 503 answers because the backends were at their cap and the queue was full or waited too long.
@@ -234,6 +279,7 @@ final class BalancerCounters: Sendable {
     let requests = Atomic<Int>(0)
     let badRequests = Atomic<Int>(0)
     let retries = Atomic<Int>(0)
+    let unreadRetries = Atomic<Int>(0)
     let retryBudgetRefusals = Atomic<Int>(0)
     let queueRejections = Atomic<Int>(0)
     let rateLimited = Atomic<Int>(0)
@@ -250,6 +296,7 @@ final class BalancerCounters: Sendable {
             requests: requests.load(ordering: .relaxed),
             badRequests: badRequests.load(ordering: .relaxed),
             retries: retries.load(ordering: .relaxed),
+            unreadRetries: unreadRetries.load(ordering: .relaxed),
             retryBudgetRefusals: retryBudgetRefusals.load(ordering: .relaxed),
             queueRejections: queueRejections.load(ordering: .relaxed),
             rateLimited: rateLimited.load(ordering: .relaxed),

@@ -87,7 +87,7 @@ public final class Balancer: Sendable {
     /// A snapshot of every backend, in configuration order.
     public var backends: [BackendStatus] {
         let now = monotonicMillis()
-        return registry.states.map { s in
+        return registry.states.enumerated().map { index, s in
             BackendStatus(
                 name: s.configuration.name, host: s.configuration.host, port: s.configuration.port,
                 weight: s.configuration.weight, health: s.health(now: now), ejected: s.ejectedUntil.load(ordering: .relaxed) > now,
@@ -96,7 +96,8 @@ public final class Balancer: Sendable {
                 requests: s.requests.load(ordering: .relaxed), responses: s.responses.load(ordering: .relaxed),
                 failures: s.failures.load(ordering: .relaxed), ejections: s.ejections.load(ordering: .relaxed),
                 retries: s.retries.load(ordering: .relaxed),
-                connectionsOpened: s.connectionsOpened.load(ordering: .relaxed), active: s.active.load(ordering: .relaxed))
+                connectionsOpened: s.connectionsOpened.load(ordering: .relaxed), active: s.active.load(ordering: .relaxed),
+                reducedShareReason: registry.reducedShareReason(index, now: now))
         }
     }
 

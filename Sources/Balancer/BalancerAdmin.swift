@@ -24,17 +24,32 @@ extension Balancer {
         }
     }
 
-    /// On the client port: the admin endpoints, unless they have an address of their own.
-    func adminResponseOnClientPort(method: String, path: String) -> HTTPResponse {
-        guard configuration.adminListen == nil else {
-            return .error(status: 404, code: "not_found", message: "the admin endpoints are on a separate address")
+    /// Who may use the admin endpoints (see `OperatorAccess`): the admin token when there is
+    /// one, else (on `adminListen` only) requests from no other web page.
+    var adminAccess: OperatorAccess {
+        OperatorAccess(
+            token: configuration.adminToken.map { Array($0.utf8) },
+            requiredHeader: nil)
+    }
+
+    /// On the client port: 404, unless `adminOnClientPort` (then the token decides).
+    func adminResponseOnClientPort(_ head: HTTPRequestHead) -> HTTPResponse {
+        guard configuration.adminOnClientPort else {
+            return .error(
+                status: 404, code: "not_found",
+                message: "the admin endpoints are not served on this port"
+                    + (configuration.adminListen == nil ? "" : "; they are on the admin address"))
         }
-        return adminResponse(method: method, path: path)
+        if let refused = adminAccess.refusal(method: head.method, headers: head.headers, what: "admin requests") {
+            return refused
+        }
+        return adminResponse(method: head.method, path: head.path)
     }
 
     /// Starts the separate admin listener, if configured.
     func startAdminServer() throws -> HTTPServer? {
         guard let address = configuration.adminListen else { return nil }
+        let access = adminAccess
         let server = HTTPServer(
             configuration: HTTPServerConfiguration(
                 host: address.host, port: address.port, eventLoops: 1, handlerThreads: 0, maxConnections: 64,
@@ -43,6 +58,9 @@ extension Balancer {
             logger: logger
         ) { [weak self] request in
             guard let self else { return .error(status: 503, code: "stopping", message: "the balancer is stopping") }
+            if let refused = access.refusal(method: request.method, headers: request.headers, what: "admin requests") {
+                return refused
+            }
             return adminResponse(method: request.method, path: request.path)
         }
         try server.start()
@@ -59,7 +77,8 @@ extension Balancer {
             "{\"name\":\(jsonQuoted(b.name)),\"address\":\(jsonQuoted(b.host.contains(":") ? "[\(b.host)]:\(b.port)" : "\(b.host):\(b.port)")),"
                 + "\"weight\":\(b.weight),\"health\":\(jsonQuoted(b.health)),\"inFlight\":\(b.active),"
                 + "\"requests\":\(b.requests),\"responses\":\(b.responses),\"failures\":\(b.failures),"
-                + "\"retries\":\(b.retries),\"ejections\":\(b.ejections),\"connectionsOpened\":\(b.connectionsOpened)}"
+                + "\"retries\":\(b.retries),\"ejections\":\(b.ejections),\"connectionsOpened\":\(b.connectionsOpened),"
+                + "\"reducedShareReason\":\(b.reducedShareReason.map(jsonQuoted) ?? "null")}"
         }
         let totals = Self.totals(statistics).map { "\(jsonQuoted($0.name)):\($0.value)" }
         return "{\"backends\":[\(backendsJSON.joined(separator: ","))],\"totals\":{\(totals.joined(separator: ","))}}"
@@ -93,6 +112,7 @@ extension Balancer {
         [
             ("connections_accepted", s.connectionsAccepted), ("connections_rejected", s.connectionsRejected),
             ("requests", s.requests), ("bad_requests", s.badRequests), ("retries", s.retries),
+            ("unread_retries", s.unreadRetries),
             ("retry_budget_refusals", s.retryBudgetRefusals), ("queue_rejections", s.queueRejections),
             ("rate_limited", s.rateLimited), ("bad_gateway", s.badGateway), ("no_backend", s.noBackend),
             ("gateway_timeouts", s.gatewayTimeouts), ("aborted", s.aborted), ("client_timeouts", s.clientTimeouts),

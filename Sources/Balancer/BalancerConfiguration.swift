@@ -148,8 +148,15 @@ public struct BalancerConfiguration: Sendable {
     public var queueTimeoutMillis: Int = 5_000
     /// Per-client-IP request rate limit (429 beyond); nil: off.
     public var rateLimit: RateLimitConfiguration?
-    /// Serve `/_balancer/*` on this separate address instead of the client port (where it then answers 404).
+    /// Serve the admin endpoints (`/_balancer/*`) on this separate address. Without it (and without
+    /// `adminOnClientPort`) they are not served over HTTP at all; on the client port they answer 404.
     public var adminListen: (host: String, port: Int)?
+    /// Bearer token every admin request must carry (`Authorization: Bearer TOKEN`); nil: none
+    /// (then only `adminListen`, best on loopback, serves them).
+    public var adminToken: String?
+    /// Serve the admin endpoints on the client port too, to requests with `adminToken` (needed);
+    /// every other request under `/_balancer/` answers 404 or 401 there.
+    public var adminOnClientPort = false
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, backends: [BackendConfiguration],
@@ -227,6 +234,15 @@ public struct BalancerConfiguration: Sendable {
         }
         if let admin = adminListen, SocketAddress(host: admin.host, port: admin.port) == nil {
             throw BalancerConfigurationError("admin address '\(admin.host)' is not a numeric address")
+        }
+        if let token = adminToken, token.utf8.count < 16 || !token.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) {
+            throw BalancerConfigurationError("the admin token must be at least 16 printable ASCII characters, no spaces")
+        }
+        if adminOnClientPort && adminToken == nil {
+            throw BalancerConfigurationError("admin endpoints on the client port need an admin token")
+        }
+        if adminOnClientPort && adminListen != nil {
+            throw BalancerConfigurationError("admin endpoints go either on the client port or on a separate address, not both")
         }
     }
 }

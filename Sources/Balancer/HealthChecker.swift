@@ -65,6 +65,7 @@ final class HealthChecker: Sendable {
             while !stopping() {
                 for (index, state) in registry.states.enumerated() where !stopping() {
                     record(check(state), state, &streaks[index])
+                    if streaks[index] >= configuration.rise { registry.endEjection(index, now: monotonicMillis()) }
                 }
                 _ = wakeUp.wait(timeout: .now() + .milliseconds(configuration.intervalMillis))
             }

@@ -46,7 +46,7 @@ struct OutputBuffer {
             } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                 break
             } else {
-                return (written, true)
+                return (written, true)  // errno tells why
             }
         }
         return (written, false)
@@ -131,6 +131,14 @@ final class BackendConnection: LoopSocket {
     var reused = false
     /// The backend closed (or reset) its side; what it sent is still parsed.
     var eof = false
+    /// A read returned 0: the backend's FIN came.
+    var finReceived = false
+    /// A read or write failed with ECONNRESET (a reset while the connection was open).
+    var resetWithoutFIN = false
+    /// A write failed with EPIPE (a reset after the backend's FIN).
+    var resetAfterFIN = false
+    /// Bytes received for the current exchange.
+    var bytesReceived = 0
     /// The current response's interim (1xx) message is being skipped.
     var skippingInterim = false
     /// The current response allows another request on this connection.
@@ -149,6 +157,36 @@ final class BackendConnection: LoopSocket {
 
     var isActive: Bool { if case .active = state { true } else { false } }
     var isIdle: Bool { if case .idle = state { true } else { false } }
+
+    /// Whether the backend's application provably closed this connection before the bytes of
+    /// the current request arrived: then it cannot have read them, and any method may go
+    /// elsewhere. Asked before the descriptor is closed, when the connection ended before
+    /// a response byte.
+    ///
+    /// TCP tells: a server that closes an idle keep-alive connection sends a FIN, and that
+    /// FIN acknowledges every byte it received; so a FIN that leaves bytes of ours
+    /// unacknowledged was sent before they arrived, and the bytes that then reach the
+    /// closed socket are answered with a reset, which after a FIN shows as EPIPE. A reset
+    /// without a FIN proves nothing: a server that read the request may abort its connection
+    /// (SO_LINGER 0) as well as one that had not. (HTTP servers do not half-close a
+    /// connection before they have read a request.)
+    var closedBeforeRequestArrived: Bool {
+        if resetWithoutFIN { return false }
+        if resetAfterFIN { return true }
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0, error != 0 { return error == EPIPE }
+        guard finReceived else { return false }
+        var unacknowledged: Int32 = 0  // bytes written and not acknowledged, sent or not (SIOCOUTQ)
+        guard ioctl(fd, UInt(TIOCOUTQ), &unacknowledged) == 0 else { return false }
+        return unacknowledged > 0
+    }
+
+    /// Notes why a read or write failed (`errno`), for `closedBeforeRequestArrived`.
+    func noteFailure(errno code: Int32) {
+        if code == ECONNRESET { resetWithoutFIN = true }
+        if code == EPIPE { resetAfterFIN = true }
+    }
 }
 
 /// One request of a client and its response, across retries.
@@ -163,7 +201,9 @@ final class Exchange {
     let requestFraming: HTTPRequestHead.BodyFraming
     /// Request bytes (rewritten head, re-framed body) not yet written to the backend.
     var upstream: OutputBuffer
-    /// Every request byte produced so far, while they fit the replay limit; nil after.
+    /// Every request byte produced so far, while they fit the replay limit; nil after. Kept for
+    /// every method: even a request that may not be repeated is sent again when the backend
+    /// provably did not read it (see `BackendConnection.closedBeforeRequestArrived`).
     var replay: [UInt8]?
     /// The client parser reported the end of the request.
     var bodyDone = false
@@ -215,7 +255,7 @@ final class Exchange {
         retriable = Self.idempotentMethods.contains(head.method) || head.headers.contains(name: "Idempotency-Key")
         requestFraming = head.bodyFraming
         upstream = OutputBuffer(headBytes)
-        replay = retriable && headBytes.count <= replayLimit ? headBytes : nil
+        replay = headBytes.count <= replayLimit ? headBytes : nil
         clientKeepAlive = head.keepAlive
         clientVersion = head.version
     }

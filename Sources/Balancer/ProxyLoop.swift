@@ -16,7 +16,7 @@ import MiniHTTP
 /// ```
 /// idle ─head─► exchange: connecting ─► sending request ─► response streaming ─► idle (keep-alive)
 ///                  │ connect failure: next backend     │ failure before a response byte:
-///                  ▼                                    ▼ retry if nothing was sent, or if retriable
+///                  ▼                                    ▼ retry if nothing was sent or read, or if retriable
 ///              503 when none is left                  502 / 504 otherwise; after the first byte: close
 /// ```
 final class ProxyLoop: @unchecked Sendable {
@@ -283,6 +283,7 @@ final class ProxyLoop: @unchecked Sendable {
         }
         if count <= 0 {
             // Closed or reset: what arrived before is still parsed; no more events are needed.
+            if count == 0 { b.finReceived = true } else { b.noteFailure(errno: errno) }
             b.readable = false
             b.eof = true
             if b.registered {
@@ -291,6 +292,7 @@ final class ProxyLoop: @unchecked Sendable {
             }
         } else {
             afterRead(b, count)
+            b.bytesReceived += count
             b.lastRead = monotonicMillis()
             readBuffer.withUnsafeBytes { b.parser.append(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
         }
@@ -440,7 +442,7 @@ final class ProxyLoop: @unchecked Sendable {
                 ex, status: 429, code: "rate_limited", message: "too many requests from this address",
                 retryAfter: limiter.configuration.retryAfterSeconds)
         } else if head.path.hasPrefix(Balancer.adminPrefix) {
-            respond(ex, balancer.adminResponseOnClientPort(method: head.method, path: head.path))
+            respond(ex, balancer.adminResponseOnClientPort(head))
         } else if !balancer.localRoutes.isEmpty, let route = balancer.localRoutes.first(where: { head.path.hasPrefix($0.prefix) }) {
             respond(ex, route.respond(head))
         } else {
@@ -549,6 +551,7 @@ final class ProxyLoop: @unchecked Sendable {
         b.parser.expectResponse(toHEAD: ex.isHEAD)
         b.skippingInterim = false
         b.responseKeepAlive = false
+        b.bytesReceived = 0
         b.lastRead = now
         b.lastWrite = now
         registry.states[b.backend].requests.add(1, ordering: .relaxed)
@@ -572,6 +575,7 @@ final class ProxyLoop: @unchecked Sendable {
             ex.everSent = true
         }
         if failed {
+            b.noteFailure(errno: errno)
             backendFailed(b, .broken)
             return true
         }
@@ -734,6 +738,8 @@ final class ProxyLoop: @unchecked Sendable {
         let ex = b.exchange
         let reused = b.reused
         let backend = b.backend
+        // Asked of the socket before it is closed; only a request with no response byte yet can be unread.
+        let unread = failure == .broken && ex?.sentOnAttempt == true && b.bytesReceived == 0 && b.closedBeforeRequestArrived
         detach(b)
         closeBackend(b)
         guard let ex, ex.client.isOpen, ex.client.exchange === ex else { return }
@@ -769,9 +775,17 @@ final class ProxyLoop: @unchecked Sendable {
                 // Nothing of this request reached the backend: any method may go elsewhere.
                 if !reused { leaveOut(backend, of: ex, now: now) }
                 startAttempt(ex)
-            } else if ex.retriable, let replay = ex.replay {
-                // Sent, no answer: only a request that is safe to repeat is sent again.
+            } else if unread || ex.retriable, let replay = ex.replay {
+                // Sent, no answer: sent again when the backend provably did not read it (it closed the
+                // connection, e.g. at the end of a drain, while the request was on its way), or when it is
+                // safe to repeat.
                 if !reused { leaveOut(backend, of: ex, now: now) }
+                if unread {
+                    counters.unreadRetries.add(1, ordering: .relaxed)
+                    logger.debug(
+                        "backend closed the connection without reading the request; sending it again",
+                        metadata: ["backend": "\(registry.states[backend].configuration.name)", "method": "\(ex.method)"])
+                }
                 ex.upstream = OutputBuffer(replay)
                 startAttempt(ex)
             } else {
@@ -991,7 +1005,11 @@ final class ProxyLoop: @unchecked Sendable {
                 backendFailed(b, .connect)
             }
         case .idle(let since):
-            if now - since > Int64(configuration.poolIdleTimeoutMillis) { closeBackend(b) }
+            // A backend taken out (health checks, drain, ejection) gets its pooled connections back: a
+            // draining node waits for them to close, and they would be stale when it returns.
+            if now - since > Int64(configuration.poolIdleTimeoutMillis) || !registry.states[b.backend].isAvailable(now: now) {
+                closeBackend(b)
+            }
         case .active:
             guard let ex = b.exchange else { return }
             if !ex.responseStarted {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Balancer
 import Logging
 import MiniHTTP
+import SessionCore
 
 extension SessionClusterCommand {
     /// The round-robin balancer in front of the nodes.
@@ -17,7 +18,9 @@ extension SessionClusterCommand {
                 A backend is used while its active health checks (GET /healthz) say up and it is \
                 not ejected after connection failures. Admin endpoints: GET /_balancer/status (JSON), \
                 GET /_balancer/metrics (Prometheus), POST /_balancer/backends/NAME/drain and \
-                .../enable; on the client port unless --admin-listen gives them their own.
+                .../enable; served only on --admin-listen (refused from other web pages, and needing \
+                the token when BALANCER_ADMIN_TOKEN is set), or with --admin-on-client-port and the \
+                token on the client port. Anywhere else they answer 404: no client can drain the cluster.
                 """)
 
         @Option(help: "Address to listen on, HOST:PORT (numeric; [v6]:PORT).")
@@ -106,14 +109,18 @@ extension SessionClusterCommand {
         @Option(help: "Clients (IPv4 addresses, IPv6 /64s) tracked at most under --rate-limit (default: 100000); beyond, the one seen least recently is forgotten.")
         var rateLimitMaxClients: Int?
 
-        @Option(help: "Serve /_balancer/* on this HOST:PORT instead of the client port (there they answer 404).")
+        @Option(help: "Serve the admin endpoints (/_balancer/*) on this HOST:PORT, e.g. 127.0.0.1:9090. Without it they are not served (404 on the client port).")
         var adminListen: String?
+
+        @Flag(help: "Also serve the admin endpoints on the client port, to requests with 'Authorization: Bearer TOKEN' (the token from BALANCER_ADMIN_TOKEN or the file named by BALANCER_ADMIN_TOKEN_FILE).")
+        var adminOnClientPort = false
 
         @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
         var logLevel = "info"
 
         func makeConfiguration() throws -> BalancerConfiguration {
             guard !backends.isEmpty else { throw ValidationError("at least one --backend NAME=HOST:PORT is needed") }
+            let token = try Self.adminToken()
             do throws(BalancerConfigurationError) {
                 let (host, port) = try parseHostPort(listen, what: "--listen")
                 var parsed: [BackendConfiguration] = []
@@ -131,6 +138,7 @@ extension SessionClusterCommand {
                 configuration.forwardedProto = forwardedProto
                 configuration.shutdownGraceMillis = shutdownGraceMs
                 try applyPolicies(to: &configuration)
+                configuration.adminToken = token
                 try configuration.validate()
                 return configuration
             } catch {
@@ -167,6 +175,17 @@ extension SessionClusterCommand {
             if let adminListen {
                 let (host, port) = try parseHostPort(adminListen, what: "--admin-listen")
                 configuration.adminListen = (host, port)
+            }
+            configuration.adminOnClientPort = adminOnClientPort
+        }
+
+        /// The admin token from BALANCER_ADMIN_TOKEN or BALANCER_ADMIN_TOKEN_FILE (first line), never from argv.
+        static func adminToken() throws -> String? {
+            do {
+                guard let token = try SecretFromEnvironment.secrets("BALANCER_ADMIN_TOKEN")?.first else { return nil }
+                return String(decoding: token, as: UTF8.self)
+            } catch {
+                throw ValidationError("BALANCER_ADMIN_TOKEN: \(error.message)")
             }
         }
 

@@ -54,6 +54,16 @@ public struct ClusterConfiguration: Sendable {
     public var startTimeoutMillis: Int
     /// The balancer in front of the nodes (backends, host and port are filled in).
     public var balancer: BalancerConfiguration
+    /// Bearer token the control API (`ControlAPI`) requires; needed when `host` is not a loopback
+    /// address, since anyone on the network then reaches it.
+    public var controlToken: String?
+
+    /// A node's lame-duck period on SIGTERM (`--drain-delay-ms`): long enough for the balancer's
+    /// health checks to take it out (fall × interval, plus a check's timeout and a margin).
+    public var nodeDrainDelayMillis: Int {
+        guard let check = balancer.healthCheck else { return 1_000 }
+        return check.fall * check.intervalMillis + check.timeoutMillis + 500
+    }
 
     public init(
         strategy: Strategy = .replicate, replicationMode: String = "async", nodeCount: Int = 3, host: String = "127.0.0.1",
@@ -73,12 +83,19 @@ public struct ClusterConfiguration: Sendable {
         self.startTimeoutMillis = startTimeoutMillis
         var balancer = BalancerConfiguration(host: host, port: port, backends: [], eventLoops: 1)
         // Quick to notice a stopped or dead node, so the demo shows failover in about a second.
-        balancer.healthCheck = HealthCheckConfiguration(intervalMillis: 250, timeoutMillis: 250, rise: 2, fall: 2)
+        // A node that comes back gets its full share over one second (slow start).
+        balancer.healthCheck = HealthCheckConfiguration(
+            intervalMillis: 250, timeoutMillis: 250, rise: 2, fall: 2, slowStartMillis: 1_000)
         balancer.backendConnectTimeoutMillis = 500
         balancer.backendResponseTimeoutMillis = 2_000
         balancer.ejectBaseMillis = 500
         balancer.shutdownGraceMillis = 2_000
         self.balancer = balancer
+    }
+
+    /// 127.0.0.0/8 or ::1.
+    public static func isLoopback(_ host: String) -> Bool {
+        host == "::1" || host.hasPrefix("127.")
     }
 
     func validate() throws(SupervisorError) {
@@ -87,6 +104,12 @@ public struct ClusterConfiguration: Sendable {
             throw SupervisorError("--replication-mode must be async or sync")
         }
         guard (0...65535).contains(port) else { throw SupervisorError("--port must be 0...65535") }
+        if controlToken == nil && !Self.isLoopback(host) {
+            throw SupervisorError("listening on \(host), beyond loopback: the control API needs a token (controlToken)")
+        }
+        if let token = controlToken, token.utf8.count < 16 {
+            throw SupervisorError("the control token must be at least 16 characters")
+        }
         guard access(executable, X_OK) == 0 else { throw SupervisorError("cannot run \(executable)") }
         guard (0...3).contains(redisReplicas) else { throw SupervisorError("--redis-replicas must be 0...3") }
         if strategy != .redis && (redisReplicas != 0 || redisSentinel) {
@@ -422,7 +445,7 @@ public final class ClusterSupervisor: Sendable {
             "node", "--host", "127.0.0.1", "--port", "\(node.port)", "--node-id", node.name,
             "--strategy", configuration.strategy == .redisCluster ? "redis" : configuration.strategy.rawValue,
             "--log-level", configuration.nodeLogLevel,
-            "--parent-pid", "\(getpid())",
+            "--parent-pid", "\(getpid())", "--drain-delay-ms", "\(configuration.nodeDrainDelayMillis)",
         ]
         switch configuration.strategy {
         case .replicate:

@@ -21,13 +21,17 @@ import MiniHTTP
 /// `redisSentinel` is true when a Sentinel fails the master over.
 ///
 /// Other web pages the operator has open must not drive it, so every control
-/// request is refused with 403 unless (see `refusal`):
+/// request is refused with 403 unless (see `OperatorAccess`):
 /// - its `Host` is one of the demo's own addresses (`allowedHosts`): a DNS
 ///   rebinding page's requests carry its own host name;
 /// - its `Origin`, if sent, is `http://` and that `Host`: no cross-origin caller;
 /// - anything but a GET carries `X-Cluster-Control: 1`: a custom header, which a form, a beacon
 ///   or a `no-cors` fetch cannot send, and a cross-origin `fetch` can only send after
 ///   a CORS preflight that this API never grants.
+///
+/// When the demo listens beyond loopback, anyone on the network reaches this API too: then
+/// every control request needs `Authorization: Bearer TOKEN` (`ClusterConfiguration.controlToken`,
+/// 401 without it); the dashboard takes the token from its address's `#token=` fragment.
 public enum ControlAPI {
     public static let prefix = "/_cluster/"
     /// The header every state-changing (non-GET) control request must carry, and its value.
@@ -36,50 +40,21 @@ public enum ControlAPI {
     /// The `Host` values control requests may carry: `127.0.0.1`, `localhost`, `[::1]` and
     /// `listenHost`, each with `:port` (and also bare when `port` is 80, as browsers send it); lowercase.
     public static func allowedHosts(listenHost: String, port: Int) -> [String] {
-        let listen = listenHost.contains(":") ? "[\(listenHost)]" : listenHost
-        var hosts: [String] = []
-        for name in ["127.0.0.1", "localhost", "[::1]", listen.lowercased()] {
-            for host in port == 80 ? ["\(name):80", name] : ["\(name):\(port)"] where !hosts.contains(host) {
-                hosts.append(host)
-            }
-        }
-        return hosts
+        OperatorAccess.localHosts(listenHost: listenHost, port: port)
     }
 
-    /// A 403 answer when `head` is not a request the operator's own tools make (see the
+    /// A 403 (or 401) answer when `head` is not a request the operator's own tools make (see the
     /// type's documentation), nil when it may go on.
-    static func refusal(_ head: HTTPRequestHead, allowedHosts: [String]) -> HTTPResponse? {
-        guard let host = head.headers["Host"]?.lowercased(), allowedHosts.contains(host) else {
-            return .error(
-                status: 403, code: "unknown_host",
-                message: "control requests must be addressed to the demo itself (Host \(allowedHosts.joined(separator: ", "))); "
-                    + "got \(head.headers["Host"].map { "Host \($0)" } ?? "no Host")")
-        }
-        let origins = head.headers.values(of: "Origin")
-        if !origins.isEmpty, origins.map({ withoutDefaultPort($0.lowercased()) }) != [withoutDefaultPort("http://\(host)")] {
-            return .error(
-                status: 403, code: "cross_origin",
-                message: "control requests from other origins are refused: Origin \(origins.joined(separator: ", ")) is not http://\(host)")
-        }
-        if head.method != "GET" && head.method != "HEAD"
-            && !head.headers.values(of: controlHeader.name).contains(controlHeader.value)
-        {
-            return .error(
-                status: 403, code: "missing_control_header",
-                message: "\(head.method) on the control API needs the header '\(controlHeader.name): \(controlHeader.value)' "
-                    + "(curl -H '\(controlHeader.name): \(controlHeader.value)'); other web pages cannot send it")
-        }
-        return nil
-    }
-
-    /// `http://h:80` as browsers write it in `Origin`: `http://h`.
-    private static func withoutDefaultPort(_ origin: String) -> String {
-        origin.hasSuffix(":80") ? String(origin.dropLast(3)) : origin
+    static func refusal(_ head: HTTPRequestHead, allowedHosts: [String], token: String? = nil) -> HTTPResponse? {
+        OperatorAccess(allowedHosts: allowedHosts, token: token.map { Array($0.utf8) }, requiredHeader: controlHeader)
+            .refusal(method: head.method, headers: head.headers, what: "control requests")
     }
 
     /// Answers one control request (called on a balancer loop: nothing here blocks for long).
     public static func respond(to supervisor: ClusterSupervisor, head: HTTPRequestHead) -> HTTPResponse {
-        if let refused = refusal(head, allowedHosts: supervisor.controlHosts) { return refused }
+        if let refused = refusal(head, allowedHosts: supervisor.controlHosts, token: supervisor.configuration.controlToken) {
+            return refused
+        }
         let (method, path) = (head.method, head.path)
         let parts = path.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
         switch (method, parts.count) {

@@ -71,6 +71,10 @@ extension SessionClusterCommand {
                 nodeLogLevel: nodeLogLevel)
             configuration.redisReplicas = redisReplicas
             configuration.redisSentinel = sentinel
+            // Beyond loopback anyone on the network reaches the control API: it then needs a token,
+            // made here and shown once (the dashboard's address carries it in its #fragment, never sent).
+            let token = ClusterConfiguration.isLoopback(host) ? nil : Self.randomToken()
+            configuration.controlToken = token
             let supervisor: ClusterSupervisor
             do throws(SupervisorError) {
                 supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
@@ -84,15 +88,17 @@ extension SessionClusterCommand {
                 throw ValidationError(error.message)
             }
             let base = "http://\(host.contains(":") ? "[\(host)]" : host):\(supervisor.port)"
+            let dashboard = token.map { "\(base)/#token=\($0)" } ?? "\(base)/"
+            let auth = token.map { " -H 'Authorization: Bearer \($0)'" } ?? ""
             let nodeList = supervisor.nodePorts.map { "\($0.name) :\($0.port)" }.joined(separator: ", ")
             print("""
 
                 SessionCluster demo — \(nodes) nodes, strategy '\(strategy.rawValue)'\(strategy == .replicate ? " (\(replicationMode))" : "")
-                  dashboard  \(base)/
+                  dashboard  \(dashboard)
                   nodes      \(nodeList), logs in \(supervisor.logDirectoryPath)
                   try        curl -c /tmp/sc.jar -b /tmp/sc.jar -X POST \(base)/api/counter    (again: another node answers)
-                             curl -X POST -H 'X-Cluster-Control: 1' \(base)/_cluster/nodes/node-1/kill    (then count on)
-                             curl \(base)/_cluster/status
+                             curl -X POST -H 'X-Cluster-Control: 1'\(auth) \(base)/_cluster/nodes/node-1/kill    (then count on)
+                             curl\(auth) \(base)/_cluster/status
                   \(sentinel ? Self.sentinelExpectation : Self.expectation(strategy))
                 Ctrl-C stops everything.
 
@@ -109,6 +115,15 @@ extension SessionClusterCommand {
             fflush(nil)
             supervisor.shutdown()
             print("[\(clock())] stopped")
+        }
+
+        /// 128 random bits (the system's CSPRNG), in hex.
+        static func randomToken() -> String {
+            var generator = SystemRandomNumberGenerator()
+            return (0..<4).map { _ in
+                let word = String(generator.next() as UInt32, radix: 16)
+                return String(repeating: "0", count: 8 - word.count) + word
+            }.joined()
         }
 
         static let sentinelExpectation = """

@@ -11,20 +11,43 @@ import Testing
 /// go elsewhere: TCP tells (see `BackendConnection.closedBeforeRequestArrived`).
 @Suite("Balancer: a request on a connection the backend closes")
 struct BalancerDrainRaceTests {
-    /// One balancer loop, so every request of the client reuses that loop's pooled backend connections.
-    func oneLoop(_ backends: [BackendConfiguration]) -> BalancerConfiguration {
-        var configuration = testBalancerConfiguration(backends: backends)
+    /// `scripted` (named `closing`) and an in-process backend `other` behind a balancer with one loop,
+    /// so every request of the client reuses that loop's pooled backend connections; `body` gets a
+    /// client whose first GET went to `closing` and second to `other`: the next request goes to
+    /// `closing`, on the connection of the first.
+    func afterOneRequestEach(
+        _ scripted: ScriptedBackend, _ body: (Balancer, TestClient, TestBackend) throws -> Void
+    ) throws {
+        defer { scripted.stop() }
+        let other = try TestBackend(name: "other")
+        defer { other.stop() }
+        var configuration = testBalancerConfiguration(backends: [scripted.configuration("closing"), other.configuration])
         configuration.eventLoops = 1
-        return configuration
+        try withBalancer(configuration) { balancer in
+            let client = try TestClient(port: balancer.port)
+            defer { client.close() }
+            for expected in ["closing", "other"] {
+                client.send("GET /name HTTP/1.1\r\nHost: t\r\n\r\n")
+                #expect(client.readResponse()?.header("X-Backend") == expected)
+            }
+            try body(balancer, client, other)
+        }
+    }
+
+    /// Answers the first request of its connection, then does `then`.
+    func scripted(then: @escaping @Sendable (ScriptedConnection) -> Void) throws -> ScriptedBackend {
+        try ScriptedBackend { conn in
+            guard conn.readRequest() != nil else { return }
+            conn.write("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nX-Backend: closing\r\n\r\nclosing")
+            then(conn)
+        }
     }
 
     @Test func aPOSTTheBackendClosedOnBeforeReadingItGoesToAnotherBackend() throws {
-        // Answers a first request on its connection; then, as a server closing what it takes for an idle
-        // connection, sends its FIN while the next request is arriving, never reading it. Its receive
-        // buffer is tiny, so most of that request is still on its way when the FIN leaves.
-        let closing = try ScriptedBackend { conn in
-            guard conn.readRequest() != nil else { return }
-            conn.write("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nX-Backend: closing\r\n\r\nclosing")
+        // As a server closing what it takes for an idle connection: its FIN leaves while the next
+        // request is arriving, which it never reads. Its receive buffer is tiny, so most of that
+        // request is still on its way when the FIN leaves.
+        let closing = try scripted { conn in
             guard waitReadable(conn.fd, timeoutMillis: 5_000) else { return }
             usleep(50_000)
             shutdown(conn.fd, Int32(SHUT_WR))
@@ -32,16 +55,7 @@ struct BalancerDrainRaceTests {
         }
         var tiny: Int32 = 1
         setsockopt(closing.listenFD, SOL_SOCKET, SO_RCVBUF, &tiny, socklen_t(MemoryLayout<Int32>.size))
-        defer { closing.stop() }
-        let other = try TestBackend(name: "other")
-        defer { other.stop() }
-        try withBalancer(oneLoop([closing.configuration("closing"), other.configuration])) { balancer in
-            let client = try TestClient(port: balancer.port)
-            defer { client.close() }
-            for expected in ["closing", "other"] {
-                client.send("GET /name HTTP/1.1\r\nHost: t\r\n\r\n")
-                #expect(client.readResponse()?.header("X-Backend") == expected)
-            }
+        try afterOneRequestEach(closing) { balancer, client, _ in
             let body = pattern(32 * 1024, seed: 3)
             client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: \(body.count)\r\n\r\n")
             client.send(body)
@@ -58,21 +72,8 @@ struct BalancerDrainRaceTests {
 
     @Test func aPOSTTheBackendReadBeforeClosingIsNotSentAgain() throws {
         // Reads the second request whole, then closes without answering (as a crash would).
-        let closing = try ScriptedBackend { conn in
-            guard conn.readRequest() != nil else { return }
-            conn.write("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nX-Backend: closing\r\n\r\nclosing")
-            _ = conn.readRequest()
-        }
-        defer { closing.stop() }
-        let other = try TestBackend(name: "other")
-        defer { other.stop() }
-        try withBalancer(oneLoop([closing.configuration("closing"), other.configuration])) { balancer in
-            let client = try TestClient(port: balancer.port)
-            defer { client.close() }
-            for expected in ["closing", "other"] {
-                client.send("GET /name HTTP/1.1\r\nHost: t\r\n\r\n")
-                #expect(client.readResponse()?.header("X-Backend") == expected)
-            }
+        let closing = try scripted { conn in _ = conn.readRequest() }
+        try afterOneRequestEach(closing) { balancer, client, other in
             let handledBefore = other.handled.current
             client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody")
             let response = try #require(client.readResponse(timeoutMillis: 5_000))
@@ -85,26 +86,16 @@ struct BalancerDrainRaceTests {
 
     @Test func aResetWithoutAFINProvesNothing() throws {
         // Reads the second request, then aborts the connection (SO_LINGER 0): a reset, as when it had not read it.
-        let aborting = try ScriptedBackend { conn in
-            guard conn.readRequest() != nil else { return }
-            conn.write("HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Backend: aborting\r\n\r\naborting")
+        let aborting = try scripted { conn in
             _ = conn.readRequest()
             conn.reset()
         }
-        defer { aborting.stop() }
-        let other = try TestBackend(name: "other")
-        defer { other.stop() }
-        try withBalancer(oneLoop([aborting.configuration("aborting"), other.configuration])) { balancer in
-            let client = try TestClient(port: balancer.port)
-            defer { client.close() }
-            for _ in 0..<2 {
-                client.send("GET /name HTTP/1.1\r\nHost: t\r\n\r\n")
-                #expect(client.readResponse()?.status == 200)
-            }
+        try afterOneRequestEach(aborting) { balancer, client, other in
             let handledBefore = other.handled.current
             client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody")
             #expect(client.readResponse(timeoutMillis: 5_000)?.status == 502)
             #expect(other.handled.current == handledBefore)
+            #expect(balancer.statistics.unreadRetries == 0)
         }
     }
 }

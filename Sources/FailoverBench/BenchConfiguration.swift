@@ -73,6 +73,11 @@ public struct BenchConfiguration: Sendable {
         try check((1...64).contains(threads), "threads must be 1...64")
         try check((10...60_000).contains(bucketMillis), "the bucket must be 10...60000 ms")
         try check(progressIntervalMillis >= 10, "the progress interval must be at least 10 ms")
+        if let rolling = faults.unresolvedRolling.first {
+            throw BenchConfigurationError(
+                "fault '\(rolling)': the nodes to restart are not known; name them (rolling:node1,node2,node3@...) "
+                    + "or let the benchmark start the cluster")
+        }
         if let d = durationSeconds {
             do throws(FaultPlanError) {
                 try faults.validate(durationMillis: Int(d * 1000))

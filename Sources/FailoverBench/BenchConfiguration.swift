@@ -33,12 +33,16 @@ public struct BenchConfiguration: Sendable {
     public var faults: FaultPlan
     /// How often the progress callback is called.
     public var progressIntervalMillis: Int
+    /// Whether each write carries an `Idempotency-Key` (and a failed write is retried once with it).
+    /// Without keys a failed write is not retried: whether the server applied it is unknown, and
+    /// the checker allows for both (see `SessionChecker`).
+    public var idempotencyKeys: Bool
 
     public init(
         target: BenchTarget, users: Int = 50, durationSeconds: Double? = 10, maxRequests: Int? = nil,
         pacing: Pacing = .closedLoop(thinkTimeMillis: 0), readEvery: Int = 4, requestTimeoutMillis: Int = 2_000,
         retryBackoffMillis: Int = 10, threads: Int = 1, bucketMillis: Int = 250, faults: FaultPlan = FaultPlan(),
-        progressIntervalMillis: Int = 1_000
+        progressIntervalMillis: Int = 1_000, idempotencyKeys: Bool = true
     ) {
         self.target = target
         self.users = users
@@ -52,6 +56,7 @@ public struct BenchConfiguration: Sendable {
         self.bucketMillis = bucketMillis
         self.faults = faults
         self.progressIntervalMillis = progressIntervalMillis
+        self.idempotencyKeys = idempotencyKeys
     }
 
     /// Throws when a setting is out of range or a fault falls outside the run.
@@ -97,7 +102,8 @@ public struct BenchConfiguration: Sendable {
         return RunSettings(
             users: users, durationSeconds: durationSeconds, maxRequests: maxRequests, rate: rate, thinkTimeMillis: think,
             readEvery: readEvery, requestTimeoutMillis: requestTimeoutMillis, bucketMillis: bucketMillis,
-            write: target.write.description, read: target.read.description, faults: faults.faults.map(\.description))
+            write: target.write.description, read: target.read.description, faults: faults.faults.map(\.description),
+            idempotencyKeys: idempotencyKeys)
     }
 }
 

@@ -56,6 +56,7 @@ extension BenchReport {
         out += " · \(fixed(s.summary.seconds, 1)) s · \(s.summary.retries) retries · \(s.summary.connections) connections"
         let nodes = s.summary.nodes.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }
         if !nodes.isEmpty { out += " · served by " + escape(nodes.joined(separator: ", ")) }
+        if s.settings.idempotencyKeys == false { out += " · writes without Idempotency-Key, not retried" }
         out += "</p>\n"
         for f in s.faults {
             out += "<p class=\"note\">\(escape(f.label)) at \(fixed(Double(f.atMillis) / 1000, 2)) s: detect "

@@ -183,6 +183,8 @@ public struct RunSettings: Sendable, Codable, Equatable {
     public var write: String
     public var read: String
     public var faults: [String]
+    /// Whether writes carried an `Idempotency-Key` (nil in reports made before the switch existed: they did).
+    public var idempotencyKeys: Bool?
 }
 
 /// Everything measured for one strategy (or one target).

@@ -247,6 +247,29 @@ struct SessionCheckerTests {
         #expect(check("w1 wx r2 w3") == [.success, nil, .success, .success])
     }
 
+    /// A write whose outcome is unknown (sent without a key and failed) may be applied later than
+    /// the next write's answer: it allows one extra increment, once, whenever it shows.
+    @Test func anUnknownWriteAllowsOneExtraIncrementWheneverItShows() {
+        // Applied late: after w2 (which did not include it), w4 includes it.
+        #expect(check("w1 wx w2 w4") == [.success, nil, .success, .success])
+        #expect(check("w1 wx w2 w3 r3 w5 w6") == [.success, nil, .success, .success, .success, .success, .success])
+        // ...but only once: a second extra increment is a real duplicate.
+        #expect(check("w1 wx w2 w4 w6") == [.success, nil, .success, .success, .duplicate])
+        #expect(check("w1 wx w3 w5") == [.success, nil, .success, .duplicate])
+        // A read that shows it accounts for it.
+        #expect(check("w1 wx r2 w4") == [.success, nil, .success, .duplicate])
+        #expect(check("w1 wx w2 r3 w4 w6") == [.success, nil, .success, .success, .success, .duplicate])
+        // Two unknown writes, one shown by each later write.
+        #expect(check("w1 wx wx w3 w5 w7") == [.success, nil, nil, .success, .success, .duplicate])
+        // It never excuses a missing increment, a fresh session, or a stale read.
+        #expect(check("w1 w2 wx w2") == [.success, .success, nil, .lostUpdate])
+        #expect(check("w1 w2 w3 wx w3 w5") == [.success, .success, .success, nil, .lostUpdate, .success])
+        #expect(check("w1 w2 wx w1") == [.success, .success, nil, .lostSession])
+        #expect(check("w1 w2 w3 wx r2") == [.success, .success, .success, nil, .staleRead])
+        // A duplicate takes every unknown write as applied: nothing is left to excuse the next one.
+        #expect(check("w1 wx w4 w6") == [.success, nil, .duplicate, .duplicate])
+    }
+
     @Test func aReadBelowTheLastWriteIsStaleAndChangesNothing() {
         #expect(check("w1 w2 w3 r2 w4 r1 r4") == [.success, .success, .success, .staleRead, .success, .staleRead, .success])
         // A stale read that was real data loss shows as a lost update on the next write.

@@ -44,6 +44,7 @@ public struct BenchReport: Sendable, Codable {
         }
         for s in strategies {
             if s.settings.idempotencyKeys == false { out += "\nwrites (\(s.name)): without Idempotency-Key, not retried" }
+            if let share = s.settledShare { out += "\nshare after settling (\(s.name)): " + share.summary }
         }
         return out + "\n"
     }

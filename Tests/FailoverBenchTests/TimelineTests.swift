@@ -113,6 +113,7 @@ struct TimelineTests {
         #expect(result.faults.map(\.label) == ["restart n1", "restart n2", "restart n3"])
         #expect(result.faults.map(\.plannedMillis) == [200, 450, 700])
         #expect(result.settings.faults == ["rolling:n1,n2,n3@0.2s:0.25s"])
+        #expect(result.settledShare == nil, "n1...n3 never answered (the test server's nodes are node-a and node-b)")
     }
 
     @Test func detectIsTheFirstIssueAfterTheFault() {

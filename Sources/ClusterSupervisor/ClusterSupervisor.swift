@@ -123,6 +123,9 @@ public final class ClusterSupervisor: Sendable {
     private let balancerBox = Mutex<Balancer?>(nil)
     private let stopping = Atomic<Bool>(false)
     private let monitorDone = Mutex<Bool>(false)
+    /// Held while a restart starts a node's new process, so that `shutdown()` either sees that
+    /// process or the restart sees `stopping` and starts none.
+    private let spawnGate = Mutex<Void>(())
 
     /// - Parameter onEvent: one-line reports (a node died, came up, was restarted), from any thread.
     public init(
@@ -267,16 +270,17 @@ public final class ClusterSupervisor: Sendable {
         startThread { [self] in monitor() }
     }
 
-    /// Stops the balancer (letting requests in flight finish), the nodes (SIGTERM, then
-    /// SIGKILL after 5 s) and the redis-servers, then removes the temporary log directory. Idempotent.
+    /// Stops the balancer (letting requests in flight finish), the nodes (SIGTERM to all of them
+    /// at once, then SIGKILL to those still running after 5 s) and the redis-servers, then removes
+    /// the temporary log directory. Idempotent.
     public func shutdown() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         balancerBox.withLock { $0 }?.shutdown()
-        for node in nodes {
-            if let process = node.process {
-                let ended = process.terminate(graceMillis: 5_000)
-                logger.debug("node stopped", metadata: ["node": "\(node.name)", "status": "\(ended)"])
-            }
+        spawnGate.withLock { _ in }  // a restart starting a node now finishes first; later ones start none
+        let running = nodes.compactMap { node in node.process.map { (node, $0) } }
+        let ended = SpawnedProcess.terminateAll(running.map(\.1), graceMillis: 5_000)
+        for ((node, _), status) in zip(running, ended) {
+            logger.debug("node stopped", metadata: ["node": "\(node.name)", "status": "\(status)"])
         }
         for server in redisServers { server.shutdown(graceMillis: 5_000) }
         while !monitorDone.withLock({ $0 }) && balancerBox.withLock({ $0 }) != nil { usleep(10_000) }
@@ -312,9 +316,17 @@ public final class ClusterSupervisor: Sendable {
         onEvent("\(name) resumed (SIGCONT)")
     }
 
-    /// Starts the node again, on the same ports (after SIGTERM when it still runs); returns at once.
+    /// Starts the node again, on the same ports (after SIGTERM when it still runs, SIGKILL after
+    /// 5 s); returns at once.
     public func restart(_ name: String) throws(SupervisorError) {
         let node = try slot(name)
+        let previous = try beginRestart(node)
+        startThread { [self] in finishRestart(node, previous) }
+    }
+
+    /// Marks `node` restarting; the process to end first. Refused while stopping, and while the
+    /// node is starting or restarting already.
+    private func beginRestart(_ node: NodeSlot) throws(SupervisorError) -> SpawnedProcess? {
         guard !stopping.load(ordering: .relaxed) else { throw SupervisorError(kind: .conflict, "the demo is stopping") }
         let (allowed, previous) = node.update { slot -> (Bool, SpawnedProcess?) in
             guard slot.state != .starting, slot.state != .restarting else { return (false, nil) }
@@ -322,18 +334,32 @@ public final class ClusterSupervisor: Sendable {
             slot.expectedExit = slot.process?.pid
             return (true, slot.process)
         }
-        guard allowed else { throw SupervisorError(kind: .conflict, "\(name) is already starting") }
-        startThread { [self] in
-            if let previous { noteExit(node, previous, previous.terminate(graceMillis: 5_000)) }
+        guard allowed else { throw SupervisorError(kind: .conflict, "\(node.name) is already starting") }
+        return previous
+    }
+
+    /// Ends `previous` (SIGTERM, SIGKILL after 5 s) and starts the node again, unless the
+    /// supervisor is stopping by then; true when the new process started.
+    @discardableResult
+    private func finishRestart(_ node: NodeSlot, _ previous: SpawnedProcess?) -> Bool {
+        if let previous { noteExit(node, previous, previous.terminate(graceMillis: 5_000)) }
+        let failure = spawnGate.withLock { _ -> SupervisorError? in
+            guard !stopping.load(ordering: .relaxed) else { return SupervisorError(kind: .conflict, "the demo is stopping") }
             do throws(SupervisorError) {
                 try spawn(node)
-                node.update { $0.restarts += 1 }
-                onEvent("\(name) restarting (pid \(node.process?.pid ?? 0))")
+                return nil
             } catch {
-                node.update { $0.state = .dead }
-                onEvent("\(name) could not restart: \(error)")
+                return error
             }
         }
+        if let failure {
+            node.update { $0.state = .dead }
+            if !stopping.load(ordering: .relaxed) { onEvent("\(node.name) could not restart: \(failure)") }
+            return false
+        }
+        node.update { $0.restarts += 1 }
+        onEvent("\(node.name) restarting (pid \(node.process?.pid ?? 0))")
+        return true
     }
 
     /// SIGKILL the redis-server `name` (`redis`, or `redis-1`... of a replica set or cluster, or

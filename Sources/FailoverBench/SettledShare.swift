@@ -128,7 +128,10 @@ public struct SettledShare: Sendable, Codable, Equatable {
     }
 }
 
-/// `12.5 s`, `3 s`.
+/// `12.5 s`, `3 s`, `3.25 s` (to the hundredth, no trailing zeros: a run's end at 30,004 ms is `30 s`).
 private func seconds(_ millis: Int) -> String {
-    millis % 1000 == 0 ? "\(millis / 1000) s" : "\(fixed(Double(millis) / 1000, millis % 100 == 0 ? 1 : 2)) s"
+    var text = fixed(Double(millis) / 1000, 2)
+    while text.hasSuffix("0") { text.removeLast() }
+    if text.hasSuffix(".") { text.removeLast() }
+    return text + " s"
 }

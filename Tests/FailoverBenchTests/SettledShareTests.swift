@@ -39,6 +39,11 @@ struct SettledShareTests {
         #expect(share.shares == ["a": 0.5, "b": 0.25, "c": 0.25])
         #expect(share.maxDeviation == 0.5)
         #expect(share.note == nil)
+        // The end of a run that lasted a few milliseconds more than planned reads as the planned end.
+        let late = SettledShare.compute(
+            buckets: buckets(rows), markers: [restart("b", at: 2_200)], nodes: nodes, bucketMillis: 500,
+            runMillis: 10_004, slowStartMillis: 1_000)
+        #expect(late?.summary.contains("(4.5 s–10 s; ") == true, "\(late?.summary ?? "")")
         #expect(
             share.summary
                 == "a 50.0%, b 25.0%, c 25.0%; at most 50.0% off an even share (4.5 s–10 s; restart b served again at 3.5 s, slow start 1 s)")

@@ -1,13 +1,14 @@
 /// The dashboard every node serves at `/`, reached through the balancer: this
 /// browser's session (which node answered, count, user, a log of the last
 /// requests) and, when a supervisor runs the cluster, a live panel of its nodes
-/// with buttons that kill, stop, resume and restart them, and of its private
+/// with buttons that kill, stop, resume and restart them (or all of them in turn: Rolling restart), and of its private
 /// redis-servers and Sentinel (role, master, slots, keys) with buttons that kill and restart them.
 ///
 /// Plain HTML, CSS and JavaScript: no external fetches, usable at phone width.
 /// Element ids and `data-*` attributes are a contract with the browser test
 /// (Tests/ClusterDemoTests/DashboardBrowserTests.swift): `count`, `user`,
-/// `node`, `inc`, `name`, `login`, `logout`, `status`, `cluster`, and per node
+/// `node`, `inc`, `name`, `login`, `logout`, `status`, `cluster`, `rolling` (the Rolling restart
+/// button) and `rolling-status` (its progress), and per node
 /// `[data-node=NAME]` holding `[data-field=state|health|requests|sessions]`
 /// and `[data-action=kill|stop|resume|restart]`; per redis-server `[data-redis=NAME]`
 /// holding `[data-field=state|role|slots|keys|pid|port|master]` and `[data-action=kill|restart]`.
@@ -147,6 +148,10 @@ enum DemoPage {
           </div>
           <p class="note" id="cluster-error" role="alert" hidden></p>
           <div id="nodes" aria-live="off"></div>
+          <div class="row">
+            <button id="rolling" type="button" title="Restart every node in turn (SIGTERM, then start it again), each once the one before is back up">Rolling restart</button>
+            <span id="rolling-status" class="note" aria-live="polite"></span>
+          </div>
           <div id="redis" hidden>
             <h3 id="redis-h">Redis</h3>
             <div id="redis-nodes" aria-labelledby="redis-h" aria-live="off"></div>
@@ -160,7 +165,7 @@ enum DemoPage {
         'use strict';
         const $ = id => document.getElementById(id);
         const TIMEOUT_MS = 5000, LOG_SIZE = 10, CLUSTER_EVERY_MS = 1000, SESSION_EVERY_MS = 2000, STANDALONE_EVERY_MS = 15000;
-        const ui = {epoch: 0, busy: 0, queue: Promise.resolve(), node: null, auto: false, cards: new Map(), redisCards: new Map(), clusterTimer: 0, clusterBusy: false, sessionTimer: 0};
+        const ui = {epoch: 0, busy: 0, queue: Promise.resolve(), node: null, auto: false, cards: new Map(), redisCards: new Map(), clusterTimer: 0, clusterBusy: false, sessionTimer: 0, rollingBusy: false};
         const HINTS = {
           replicate: 'Every node keeps a copy of every session. Kill the node that answered you, then increment: the count goes on.',
           redis: 'Sessions live in Redis; nodes keep nothing. Kill any node, then increment: the count goes on. Kill redis and they answer 503 until you restart it.',
@@ -410,6 +415,18 @@ enum DemoPage {
           }
           for (const [name, card] of ui.cards) if (!seen.has(name)) { card.remove(); ui.cards.delete(name); }
           renderRedis(Array.isArray(s.redisNodes) ? s.redisNodes : []);
+          renderRolling(s.rollingRestart && typeof s.rollingRestart === 'object' ? s.rollingRestart : null);
+        }
+
+        // The rolling restart: which node it is at, or how the last one ended.
+        function renderRolling(r) {
+          const running = !!(r && r.inProgress);
+          $('rolling').disabled = running || ui.rollingBusy;
+          const order = r && Array.isArray(r.order) ? r.order : [];
+          let text = '';
+          if (running) text = 'Rolling restart: restarting ' + (r.node ?? '…') + (r.step ? ' (' + r.step + ' of ' + order.length + ')' : '');
+          else if (r && r.result) text = 'Last rolling restart: ' + r.result;
+          $('rolling-status').textContent = text;
         }
 
         // --- The private redis-servers ---
@@ -492,6 +509,18 @@ enum DemoPage {
           pollCluster();
         }
         $('nodes').addEventListener('click', e => controlClick(e, 'nodes'));
+        $('rolling').addEventListener('click', async () => {
+          if ($('rolling').disabled) return;
+          ui.rollingBusy = true;
+          $('rolling').disabled = true;
+          // Like every control POST: the API refuses one without this header (ControlAPI.controlHeader).
+          const res = await request('POST', '/_cluster/rolling-restart', undefined, {'X-Cluster-Control': '1'});
+          ui.rollingBusy = false;
+          addLog(res, null, false);
+          if (res.ok) setStatus('Rolling restart started: ' + (Array.isArray(res.data.order) ? res.data.order.join(', ') : ''), 'ok');
+          else setStatus('Rolling restart: ' + problem(res), 'error');
+          pollCluster();
+        });
         $('redis-nodes').addEventListener('click', e => controlClick(e, 'redis'));
 
         sessionCall('GET', '/api/session', undefined, true).then(scheduleSession);

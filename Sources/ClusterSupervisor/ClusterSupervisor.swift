@@ -52,6 +52,9 @@ public struct ClusterConfiguration: Sendable {
     public var extraNodeArguments: [String]
     /// Longest wait for a node to answer /healthz after it started.
     public var startTimeoutMillis: Int
+    /// A rolling restart (`ClusterSupervisor.rollingRestart()`) stops when a restarted node is not
+    /// running and `up` at the balancer within this time.
+    public var rollingRestartTimeoutMillis = 30_000
     /// The balancer in front of the nodes (backends, host and port are filled in).
     public var balancer: BalancerConfiguration
     /// Bearer token the control API (`ControlAPI`) requires; needed when `host` is not a loopback
@@ -146,6 +149,10 @@ public final class ClusterSupervisor: Sendable {
     private let balancerBox = Mutex<Balancer?>(nil)
     private let stopping = Atomic<Bool>(false)
     private let monitorDone = Mutex<Bool>(false)
+    /// Held while a restart starts a node's new process, so that `shutdown()` either sees that
+    /// process or the restart sees `stopping` and starts none.
+    private let spawnGate = Mutex<Void>(())
+    private let rolling = Mutex(RollingRestartStatus())
 
     /// - Parameter onEvent: one-line reports (a node died, came up, was restarted), from any thread.
     public init(
@@ -290,16 +297,17 @@ public final class ClusterSupervisor: Sendable {
         startThread { [self] in monitor() }
     }
 
-    /// Stops the balancer (letting requests in flight finish), the nodes (SIGTERM, then
-    /// SIGKILL after 5 s) and the redis-servers, then removes the temporary log directory. Idempotent.
+    /// Stops the balancer (letting requests in flight finish), the nodes (SIGTERM to all of them
+    /// at once, then SIGKILL to those still running after 5 s) and the redis-servers, then removes
+    /// the temporary log directory. A rolling restart in progress stops. Idempotent.
     public func shutdown() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         balancerBox.withLock { $0 }?.shutdown()
-        for node in nodes {
-            if let process = node.process {
-                let ended = process.terminate(graceMillis: 5_000)
-                logger.debug("node stopped", metadata: ["node": "\(node.name)", "status": "\(ended)"])
-            }
+        spawnGate.withLock { _ in }  // a restart starting a node now finishes first; later ones start none
+        let running = nodes.compactMap { node in node.process.map { (node, $0) } }
+        let ended = SpawnedProcess.terminateAll(running.map(\.1), graceMillis: 5_000)
+        for ((node, _), status) in zip(running, ended) {
+            logger.debug("node stopped", metadata: ["node": "\(node.name)", "status": "\(status)"])
         }
         for server in redisServers { server.shutdown(graceMillis: 5_000) }
         while !monitorDone.withLock({ $0 }) && balancerBox.withLock({ $0 }) != nil { usleep(10_000) }
@@ -335,9 +343,17 @@ public final class ClusterSupervisor: Sendable {
         onEvent("\(name) resumed (SIGCONT)")
     }
 
-    /// Starts the node again, on the same ports (after SIGTERM when it still runs); returns at once.
+    /// Starts the node again, on the same ports (after SIGTERM when it still runs, SIGKILL after
+    /// 5 s); returns at once.
     public func restart(_ name: String) throws(SupervisorError) {
         let node = try slot(name)
+        let previous = try beginRestart(node)
+        startThread { [self] in finishRestart(node, previous) }
+    }
+
+    /// Marks `node` restarting; the process to end first. Refused while stopping, and while the
+    /// node is starting or restarting already.
+    private func beginRestart(_ node: NodeSlot) throws(SupervisorError) -> SpawnedProcess? {
         guard !stopping.load(ordering: .relaxed) else { throw SupervisorError(kind: .conflict, "the demo is stopping") }
         let (allowed, previous) = node.update { slot -> (Bool, SpawnedProcess?) in
             guard slot.state != .starting, slot.state != .restarting else { return (false, nil) }
@@ -345,18 +361,125 @@ public final class ClusterSupervisor: Sendable {
             slot.expectedExit = slot.process?.pid
             return (true, slot.process)
         }
-        guard allowed else { throw SupervisorError(kind: .conflict, "\(name) is already starting") }
-        startThread { [self] in
-            if let previous { noteExit(node, previous, previous.terminate(graceMillis: 5_000)) }
+        guard allowed else { throw SupervisorError(kind: .conflict, "\(node.name) is already starting") }
+        return previous
+    }
+
+    /// Ends `previous` (SIGTERM, SIGKILL after 5 s) and starts the node again, unless the
+    /// supervisor is stopping by then; true when the new process started.
+    @discardableResult
+    private func finishRestart(_ node: NodeSlot, _ previous: SpawnedProcess?) -> Bool {
+        if let previous { noteExit(node, previous, previous.terminate(graceMillis: 5_000)) }
+        let failure = spawnGate.withLock { _ -> SupervisorError? in
+            guard !stopping.load(ordering: .relaxed) else { return SupervisorError(kind: .conflict, "the demo is stopping") }
             do throws(SupervisorError) {
                 try spawn(node)
-                node.update { $0.restarts += 1 }
-                onEvent("\(name) restarting (pid \(node.process?.pid ?? 0))")
+                return nil
             } catch {
-                node.update { $0.state = .dead }
-                onEvent("\(name) could not restart: \(error)")
+                return error
             }
         }
+        if let failure {
+            node.update { $0.state = .dead }
+            if !stopping.load(ordering: .relaxed) { onEvent("\(node.name) could not restart: \(failure)") }
+            return false
+        }
+        node.update { $0.restarts += 1 }
+        onEvent("\(node.name) restarting (pid \(node.process?.pid ?? 0))")
+        return true
+    }
+
+    /// Restarts every node in turn, in the order of `nodeNames`, in the background: each one
+    /// as `restart` does (SIGTERM, wait for the exit, start again), then waits until it answers
+    /// /healthz and the balancer has it `up` before the next. Stops, and says why through
+    /// `onEvent` and `rollingRestartStatus`, when a node is not back within
+    /// `rollingRestartTimeoutMillis`, cannot be restarted, or the supervisor stops.
+    /// Returns the order at once; refused (conflict) while one runs or while stopping.
+    public func rollingRestart() throws(SupervisorError) -> [String] {
+        guard !stopping.load(ordering: .relaxed) else { throw SupervisorError(kind: .conflict, "the demo is stopping") }
+        let order = nodeNames
+        let busy = rolling.withLock { status -> String? in
+            guard !status.inProgress else { return status.node ?? "starting" }
+            status = RollingRestartStatus(inProgress: true, order: order)
+            return nil
+        }
+        if let busy { throw SupervisorError(kind: .conflict, "a rolling restart is already running (now at \(busy))") }
+        onEvent("rolling restart of \(order.joined(separator: ", ")), one after another")
+        startThread { [self] in runRollingRestart(order) }
+        return order
+    }
+
+    /// The rolling restart in progress, or how the last one ended.
+    public var rollingRestartStatus: RollingRestartStatus { rolling.withLock { $0 } }
+
+    private func runRollingRestart(_ order: [String]) {
+        let timeout = configuration.rollingRestartTimeoutMillis
+        var failure: String?
+        for (index, name) in order.enumerated() {
+            let step = "rolling restart \(index + 1)/\(order.count)"
+            rolling.withLock {
+                $0.node = name
+                $0.step = index + 1
+            }
+            guard !stopping.load(ordering: .relaxed) else {
+                failure = "the demo is stopping"
+                break
+            }
+            let node: NodeSlot
+            let previous: SpawnedProcess?
+            do throws(SupervisorError) {
+                node = try slot(name)
+                // A node that someone else is (re)starting now: its start is awaited, then it is restarted too.
+                let busyUntil = monotonicMillis() + Int64(timeout)
+                while [.starting, .restarting].contains(node.state) && monotonicMillis() < busyUntil
+                    && !stopping.load(ordering: .relaxed)
+                {
+                    usleep(20_000)
+                }
+                previous = try beginRestart(node)
+            } catch {
+                failure = "cannot restart \(name): \(error)"
+                break
+            }
+            onEvent("\(step): restarting \(name)")
+            guard finishRestart(node, previous) else {
+                failure = stopping.load(ordering: .relaxed) ? "the demo is stopping" : "\(name) could not be started again"
+                break
+            }
+            let deadline = monotonicMillis() + Int64(timeout)
+            var back = false
+            while !stopping.load(ordering: .relaxed) && monotonicMillis() < deadline {
+                let state = node.state
+                if state == .running && balancerHealth(of: name) == "up" {
+                    back = true
+                    break
+                }
+                if state == .dead { break }
+                usleep(20_000)
+            }
+            guard back else {
+                failure =
+                    stopping.load(ordering: .relaxed) ? "the demo is stopping"
+                    : node.state == .dead ? "\(name) ended while starting; see \(logPath(name))"
+                    : "\(name) was not running and up at the balancer within \(timeout / 1000) s "
+                        + "(state \(node.state.rawValue), balancer: \(balancerHealth(of: name)))"
+                break
+            }
+            onEvent("\(step): \(name) is up again")
+        }
+        rolling.withLock {
+            $0.inProgress = false
+            $0.result = failure.map { "stopped: \($0)" } ?? "done"
+        }
+        if !stopping.load(ordering: .relaxed) {
+            onEvent(failure.map { "rolling restart stopped: \($0)" } ?? "rolling restart done: \(order.joined(separator: ", ")) restarted")
+        }
+    }
+
+    /// The balancer's view of a node (`up`, `down`, `ejected`, `draining`); `up` without a balancer.
+    private func balancerHealth(of name: String) -> String {
+        guard let balancer else { return "up" }
+        return balancer.backends.first { $0.name == name }?.health ?? "unknown"
     }
 
     /// SIGKILL the redis-server `name` (`redis`, or `redis-1`... of a replica set or cluster, or
@@ -529,6 +652,26 @@ public final class ClusterSupervisor: Sendable {
             tick += 1
             usleep(100_000)
         }
+    }
+}
+
+/// A rolling restart in progress (`inProgress`, at `node`, the `step`-th of `order`), or how the
+/// last one ended (`result`: `done`, or `stopped: why`); all empty before the first.
+public struct RollingRestartStatus: Sendable, Equatable {
+    public var inProgress = false
+    public var order: [String] = []
+    /// The node being restarted (or the last one tried).
+    public var node: String?
+    /// 1-based position of `node` in `order`.
+    public var step: Int?
+    public var result: String?
+
+    public init(inProgress: Bool = false, order: [String] = [], node: String? = nil, step: Int? = nil, result: String? = nil) {
+        self.inProgress = inProgress
+        self.order = order
+        self.node = node
+        self.step = step
+        self.result = result
     }
 }
 

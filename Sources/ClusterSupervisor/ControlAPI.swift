@@ -62,6 +62,8 @@ public enum ControlAPI {
             var response = HTTPResponse.json(statusJSON(supervisor))
             response.headers.add(name: "Cache-Control", value: "no-store")
             return response
+        case (_, 1) where parts[0] == "rolling-restart":
+            return rollingRestart(supervisor, method: method)
         case ("POST", 3) where parts[0] == "redis":
             return redisAction(supervisor, name: String(parts[1]), action: String(parts[2]))
         case ("POST", 3) where parts[0] == "nodes":
@@ -149,7 +151,7 @@ public enum ControlAPI {
         let sentinel = supervisor.redisReplicaSet?.sentinel != nil
         let head: String =
             "{\"strategy\":\(strategy),\"replicationMode\":\(mode),\"redis\":\(redis),\"redisSentinel\":\(sentinel),"
-            + "\"balancer\":\(totals),"
+            + "\"balancer\":\(totals),\"rollingRestart\":\(rollingRestartJSON(supervisor.rollingRestartStatus)),"
         return head
             + "\"nodes\":[\(nodes.joined(separator: ","))],\"redisNodes\":[\(redisNodes.joined(separator: ","))]}"
     }

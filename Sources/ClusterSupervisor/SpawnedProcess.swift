@@ -155,6 +155,23 @@ public final class SpawnedProcess: Sendable {
         }
     }
 
+    /// SIGTERM (and SIGCONT) to every process at once, then waits for all of them together;
+    /// SIGKILL to those still running after `graceMillis`. Their statuses, in order.
+    @discardableResult
+    public static func terminateAll(_ processes: [SpawnedProcess], graceMillis: Int) -> [ExitStatus] {
+        for process in processes where process.send(SIGTERM) { process.send(SIGCONT) }
+        let deadline = monotonicMillis() + Int64(graceMillis)
+        var statuses = [ExitStatus?](repeating: nil, count: processes.count)
+        while true {
+            for (index, process) in processes.enumerated() where statuses[index] == nil {
+                statuses[index] = process.exitStatus
+            }
+            if !statuses.contains(nil) || monotonicMillis() >= deadline { break }
+            usleep(2_000)
+        }
+        return processes.enumerated().map { index, process in statuses[index] ?? process.terminate(graceMillis: 0) }
+    }
+
     private static func reap(_ pid: pid_t, block: Bool) -> ExitStatus? {
         var raw: Int32 = 0
         while true {

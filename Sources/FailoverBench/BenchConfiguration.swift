@@ -33,12 +33,19 @@ public struct BenchConfiguration: Sendable {
     public var faults: FaultPlan
     /// How often the progress callback is called.
     public var progressIntervalMillis: Int
+    /// Whether each write carries an `Idempotency-Key` (and a failed write is retried once with it).
+    /// Without keys a failed write is not retried: whether the server applied it is unknown, and
+    /// the checker allows for both (see `SessionChecker`).
+    public var idempotencyKeys: Bool
+    /// The balancer's slow-start window, if it has one: a node back from a restart gets its full
+    /// share of the requests only after it. Where `SettledShare` starts counting (0: none).
+    public var slowStartMillis: Int
 
     public init(
         target: BenchTarget, users: Int = 50, durationSeconds: Double? = 10, maxRequests: Int? = nil,
         pacing: Pacing = .closedLoop(thinkTimeMillis: 0), readEvery: Int = 4, requestTimeoutMillis: Int = 2_000,
         retryBackoffMillis: Int = 10, threads: Int = 1, bucketMillis: Int = 250, faults: FaultPlan = FaultPlan(),
-        progressIntervalMillis: Int = 1_000
+        progressIntervalMillis: Int = 1_000, idempotencyKeys: Bool = true, slowStartMillis: Int = 0
     ) {
         self.target = target
         self.users = users
@@ -52,6 +59,8 @@ public struct BenchConfiguration: Sendable {
         self.bucketMillis = bucketMillis
         self.faults = faults
         self.progressIntervalMillis = progressIntervalMillis
+        self.idempotencyKeys = idempotencyKeys
+        self.slowStartMillis = slowStartMillis
     }
 
     /// Throws when a setting is out of range or a fault falls outside the run.
@@ -73,6 +82,12 @@ public struct BenchConfiguration: Sendable {
         try check((1...64).contains(threads), "threads must be 1...64")
         try check((10...60_000).contains(bucketMillis), "the bucket must be 10...60000 ms")
         try check(progressIntervalMillis >= 10, "the progress interval must be at least 10 ms")
+        try check((0...3_600_000).contains(slowStartMillis), "the slow-start window must be 0...3600000 ms")
+        if let rolling = faults.unresolvedRolling.first {
+            throw BenchConfigurationError(
+                "fault '\(rolling)': the nodes to restart are not known; name them (rolling:node1,node2,node3@...) "
+                    + "or let the benchmark start the cluster")
+        }
         if let d = durationSeconds {
             do throws(FaultPlanError) {
                 try faults.validate(durationMillis: Int(d * 1000))
@@ -92,7 +107,8 @@ public struct BenchConfiguration: Sendable {
         return RunSettings(
             users: users, durationSeconds: durationSeconds, maxRequests: maxRequests, rate: rate, thinkTimeMillis: think,
             readEvery: readEvery, requestTimeoutMillis: requestTimeoutMillis, bucketMillis: bucketMillis,
-            write: target.write.description, read: target.read.description, faults: faults.faults.map(\.description))
+            write: target.write.description, read: target.read.description, faults: faults.faults.map(\.description),
+            idempotencyKeys: idempotencyKeys, slowStartMillis: slowStartMillis)
     }
 }
 

@@ -45,7 +45,9 @@ extension BenchReport {
         confirmed write). Latency: 2xx answers, from the first send (closed loop) or the intended send time \
         (fixed rate), a retried write from its first attempt; max: the longest any user waited for an answer. Longest gap: the longest time a user went without a 2xx answer. Detect: from a fault to \
         the first error or anomaly before the next fault. Recover: from a fault to the first bucket after which buckets have no errors \
-        and at least 90% of the pre-fault median throughput.</p>
+        and at least 90% of the pre-fault median throughput. Share after settling (runs with restarts): each node's \
+        share of the 2xx answers from when the last restarted node served again plus the balancer's slow-start \
+        window, to the end of the run, and the largest deviation from an even share, |share − 1/n| / (1/n).</p>
 
         """
     }
@@ -56,7 +58,11 @@ extension BenchReport {
         out += " · \(fixed(s.summary.seconds, 1)) s · \(s.summary.retries) retries · \(s.summary.connections) connections"
         let nodes = s.summary.nodes.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }
         if !nodes.isEmpty { out += " · served by " + escape(nodes.joined(separator: ", ")) }
+        if s.settings.idempotencyKeys == false { out += " · writes without Idempotency-Key, not retried" }
         out += "</p>\n"
+        if let share = s.settledShare {
+            out += "<p class=\"note\">Share of 2xx answers after settling: " + escape(share.summary) + "</p>\n"
+        }
         for f in s.faults {
             out += "<p class=\"note\">\(escape(f.label)) at \(fixed(Double(f.atMillis) / 1000, 2)) s: detect "
                 + (f.detectMillis.map { "\($0) ms" } ?? "none") + ", recover "

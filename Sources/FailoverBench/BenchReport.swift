@@ -42,6 +42,10 @@ public struct BenchReport: Sendable, Codable {
         for s in strategies where !s.settings.faults.isEmpty {
             out += "\nfaults (\(s.name)): " + s.settings.faults.joined(separator: ", ")
         }
+        for s in strategies {
+            if s.settings.idempotencyKeys == false { out += "\nwrites (\(s.name)): without Idempotency-Key, not retried" }
+            if let share = s.settledShare { out += "\nshare after settling (\(s.name)): " + share.summary }
+        }
         return out + "\n"
     }
 

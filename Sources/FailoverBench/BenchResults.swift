@@ -183,6 +183,10 @@ public struct RunSettings: Sendable, Codable, Equatable {
     public var write: String
     public var read: String
     public var faults: [String]
+    /// Whether writes carried an `Idempotency-Key` (nil in reports made before the switch existed: they did).
+    public var idempotencyKeys: Bool?
+    /// The balancer's slow-start window the run was told of (see `SettledShare`).
+    public var slowStartMillis: Int?
 }
 
 /// Everything measured for one strategy (or one target).
@@ -194,15 +198,18 @@ public struct StrategyResult: Sendable, Codable {
     public var buckets: [TimelineBucket]
     /// The faults as applied, with their detect and recover times.
     public var faults: [FaultMarker]
+    /// Each node's share of the 2xx answers once the cluster settled after its restarts (nil: no restart).
+    public var settledShare: SettledShare?
     /// Every 2xx latency in microseconds (not written to report.json).
     public var latencyHistogram: Histogram<UInt64>
 
     private enum CodingKeys: String, CodingKey {
-        case name, target, settings, summary, buckets, faults
+        case name, target, settings, summary, buckets, faults, settledShare
     }
 
     public init(name: String, target: String, settings: RunSettings, summary: RunSummary, buckets: [TimelineBucket],
-        faults: [FaultMarker], latencyHistogram: Histogram<UInt64> = StrategyResult.emptyHistogram())
+        faults: [FaultMarker], settledShare: SettledShare? = nil,
+        latencyHistogram: Histogram<UInt64> = StrategyResult.emptyHistogram())
     {
         self.name = name
         self.target = target
@@ -210,6 +217,7 @@ public struct StrategyResult: Sendable, Codable {
         self.summary = summary
         self.buckets = buckets
         self.faults = faults
+        self.settledShare = settledShare
         self.latencyHistogram = latencyHistogram
     }
 
@@ -220,7 +228,8 @@ public struct StrategyResult: Sendable, Codable {
             settings: try c.decode(RunSettings.self, forKey: .settings),
             summary: try c.decode(RunSummary.self, forKey: .summary),
             buckets: try c.decode([TimelineBucket].self, forKey: .buckets),
-            faults: try c.decode([FaultMarker].self, forKey: .faults))
+            faults: try c.decode([FaultMarker].self, forKey: .faults),
+            settledShare: try c.decodeIfPresent(SettledShare.self, forKey: .settledShare))
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -231,6 +240,7 @@ public struct StrategyResult: Sendable, Codable {
         try c.encode(summary, forKey: .summary)
         try c.encode(buckets, forKey: .buckets)
         try c.encode(faults, forKey: .faults)
+        try c.encodeIfPresent(settledShare, forKey: .settledShare)
     }
 
     /// Latencies up to 60 s, in microseconds, three significant digits.

@@ -79,9 +79,13 @@ public final class BenchRunner: Sendable {
             "bench run finished",
             metadata: ["strategy": "\(name)", "requests": "\(outcome.summary.counts.requests)",
                 "errors": "\(outcome.summary.counts.errors)", "anomalies": "\(outcome.summary.counts.anomalies)"])
+        let share = SettledShare.compute(
+            buckets: outcome.buckets, markers: outcome.markers, nodes: outcome.summary.nodes.keys.sorted(),
+            bucketMillis: configuration.bucketMillis, runMillis: Int((end - start) / 1_000_000),
+            slowStartMillis: configuration.slowStartMillis)
         return StrategyResult(
             name: name, target: configuration.target.baseURL, settings: configuration.settings, summary: outcome.summary,
-            buckets: outcome.buckets, faults: outcome.markers, latencyHistogram: outcome.latency)
+            buckets: outcome.buckets, faults: outcome.markers, settledShare: share, latencyHistogram: outcome.latency)
     }
 
     /// Applies each step of the plan on time, then resumes nodes left stopped.

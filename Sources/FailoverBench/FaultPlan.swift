@@ -18,7 +18,9 @@ public protocol FaultInjector: Sendable {
 }
 
 /// One fault as written on the command line: `kill:node2@10s`,
-/// `restart:node2@20s`, or `stop:node3@12s-15s` (SIGSTOP at 12 s, SIGCONT at 15 s).
+/// `restart:node2@20s`, `stop:node3@12s-15s` (SIGSTOP at 12 s, SIGCONT at 15 s), or
+/// `rolling@10s:6s` (a rolling restart: every node of the cluster restarted in turn, the
+/// first at 10 s, each next one 6 s later; `rolling:node1,node3@10s:6s` names the nodes and their order).
 ///
 /// Times are offsets from the start of the run: a number with `s` (default),
 /// `ms` or `m`, e.g. `10s`, `1.5s`, `500ms`. Node names are letters, digits,
@@ -26,13 +28,21 @@ public protocol FaultInjector: Sendable {
 public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
     public enum Kind: String, Sendable, Codable, CaseIterable {
         case kill, restart, stop
+        /// A restart of each of `nodes` in turn, `gapMillis` apart (see `FaultPlan.resolvingRolling(nodes:)`).
+        case rolling
     }
 
     public var kind: Kind
+    /// The node; empty for `rolling` (see `nodes`).
     public var node: String
     public var atMillis: Int
     /// The end of a `stop` window (when SIGCONT is sent); nil for other kinds.
     public var untilMillis: Int?
+    /// `rolling`: the time from one restart to the next (more than 0); nil for other kinds.
+    public var gapMillis: Int?
+    /// `rolling`: the nodes restarted, in order; nil until known (`rolling@10s:6s` means every node
+    /// of the cluster, filled in by `FaultPlan.resolvingRolling(nodes:)`). Nil for other kinds.
+    public var nodes: [String]?
 
     public init(kind: Kind, node: String, atMillis: Int, untilMillis: Int? = nil) {
         self.kind = kind
@@ -41,21 +51,31 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
         self.untilMillis = untilMillis
     }
 
+    /// A rolling restart of `nodes` (nil: every node of the cluster, once known), the first at
+    /// `atMillis`, each next one `gapMillis` later.
+    public static func rolling(atMillis: Int, gapMillis: Int, nodes: [String]? = nil) -> Fault {
+        var fault = Fault(kind: .rolling, node: "", atMillis: atMillis)
+        fault.gapMillis = gapMillis
+        fault.nodes = nodes
+        return fault
+    }
+
     /// Parses one fault; the error says what is wrong with it.
     public static func parse(_ spec: String) throws(FaultPlanError) -> Fault {
         func fail(_ reason: String) -> FaultPlanError { FaultPlanError(spec: spec, reason: reason) }
+        if spec.hasPrefix("rolling") { return try parseRolling(spec) }
         guard let colon = spec.firstIndex(of: ":") else {
-            throw fail("expected ACTION:NODE@TIME, e.g. kill:node2@10s")
+            throw fail("expected ACTION:NODE@TIME, e.g. kill:node2@10s, or rolling@START:GAP, e.g. rolling@10s:6s")
         }
         let name = String(spec[..<colon])
         guard let kind = Kind(rawValue: name) else {
-            throw fail("unknown action '\(name)' (expected kill, restart or stop)")
+            throw fail("unknown action '\(name)' (expected kill, restart, stop or rolling)")
         }
         let rest = spec[spec.index(after: colon)...]
         guard let at = rest.firstIndex(of: "@") else { throw fail("missing @TIME after the node name") }
         let node = String(rest[..<at])
         guard !node.isEmpty else { throw fail("missing node name") }
-        guard node.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }) else {
+        guard isNodeName(node) else {
             throw fail("node name '\(node)' may only hold letters, digits, '.', '_' and '-'")
         }
         let times = rest[rest.index(after: at)...].split(separator: "-", omittingEmptySubsequences: false)
@@ -76,9 +96,54 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// The canonical spelling, e.g. `stop:node3@12s-15s`.
+    /// `rolling@START:GAP` or `rolling:NODE,NODE...@START:GAP`.
+    private static func parseRolling(_ spec: String) throws(FaultPlanError) -> Fault {
+        func fail(_ reason: String) -> FaultPlanError { FaultPlanError(spec: spec, reason: reason) }
+        let rest = spec.dropFirst("rolling".count)
+        guard let at = rest.firstIndex(of: "@") else {
+            throw fail("missing @START:GAP, e.g. rolling@10s:6s (the first restart at 10 s, each next one 6 s later)")
+        }
+        var nodes: [String]?
+        if rest.first == ":" {
+            let list = rest[rest.index(after: rest.startIndex)..<at]
+            guard !list.isEmpty else { throw fail("missing node names after 'rolling:' (or leave them out: rolling@10s:6s)") }
+            var names: [String] = []
+            for name in list.split(separator: ",", omittingEmptySubsequences: false).map(String.init) {
+                guard !name.isEmpty else { throw fail("an empty node name in '\(list)'") }
+                guard isNodeName(name) else { throw fail("node name '\(name)' may only hold letters, digits, '.', '_' and '-'") }
+                guard !names.contains(name) else { throw fail("node '\(name)' is listed twice") }
+                names.append(name)
+            }
+            nodes = names
+        } else if rest.first != "@" {
+            throw fail("expected rolling@START:GAP, e.g. rolling@10s:6s")
+        }
+        let times = rest[rest.index(after: at)...].split(separator: ":", omittingEmptySubsequences: false)
+        guard times.count >= 2 else {
+            throw fail("missing the gap between two restarts: rolling@START:GAP, e.g. rolling@\(times[0]):6s")
+        }
+        guard times.count == 2 else { throw fail("expected rolling@START:GAP, e.g. rolling@10s:6s") }
+        guard let start = parseMillis(times[0]) else { throw fail("'\(times[0])' is not a time such as 10s or 500ms") }
+        guard let gap = parseMillis(times[1]) else { throw fail("'\(times[1])' is not a time such as 6s or 500ms") }
+        guard gap > 0 else { throw fail("the gap between two restarts must be more than 0") }
+        return .rolling(atMillis: start, gapMillis: gap, nodes: nodes)
+    }
+
+    /// Letters, digits, `.`, `_` and `-`.
+    static func isNodeName(_ name: String) -> Bool {
+        !name.isEmpty && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
+    }
+
+    /// `rolling`: the time of the restart of the `index`-th node (0-based).
+    func rollingMillis(_ index: Int) -> Int { atMillis + index * (gapMillis ?? 0) }
+
+    /// The canonical spelling, e.g. `stop:node3@12s-15s`, `rolling@10s:6s`, `rolling:node-1,node-2@10s:6s`.
     public var description: String {
-        "\(kind.rawValue):\(node)@\(formatSeconds(atMillis))" + (untilMillis.map { "-\(formatSeconds($0))" } ?? "")
+        if kind == .rolling {
+            return "rolling" + (nodes.map { ":" + $0.joined(separator: ",") } ?? "") + "@\(formatSeconds(atMillis)):"
+                + formatSeconds(gapMillis ?? 0)
+        }
+        return "\(kind.rawValue):\(node)@\(formatSeconds(atMillis))" + (untilMillis.map { "-\(formatSeconds($0))" } ?? "")
     }
 
     /// A time offset in milliseconds, or nil when malformed, negative or beyond 24 hours.
@@ -148,7 +213,32 @@ public struct FaultPlan: Sendable, Codable, Equatable {
 
     public var isEmpty: Bool { faults.isEmpty }
 
-    /// Every action in time order (a stop gives a stop and a resume); ties keep the plan's order.
+    /// The plan with every `rolling` fault that names no nodes given `nodes` (the cluster's
+    /// nodes, in the order they restart); the others as they are.
+    public func resolvingRolling(nodes: [String]) -> FaultPlan {
+        FaultPlan(faults.map { fault in
+            guard fault.kind == .rolling, fault.nodes == nil else { return fault }
+            var resolved = fault
+            resolved.nodes = nodes
+            return resolved
+        })
+    }
+
+    /// The plan with every node name passed through `canonical` (e.g. `node2` → `node-2`).
+    public func mappingNodes(_ canonical: (String) -> String) -> FaultPlan {
+        FaultPlan(faults.map { fault in
+            var mapped = fault
+            if !fault.node.isEmpty { mapped.node = canonical(fault.node) }
+            mapped.nodes = fault.nodes?.map(canonical)
+            return mapped
+        })
+    }
+
+    /// The `rolling` faults whose nodes are not known yet (see `resolvingRolling(nodes:)`).
+    public var unresolvedRolling: [Fault] { faults.filter { $0.kind == .rolling && $0.nodes == nil } }
+
+    /// Every action in time order (a stop gives a stop and a resume, a rolling fault a restart per
+    /// node); ties keep the plan's order. A rolling fault whose nodes are not known gives none.
     public var steps: [FaultStep] {
         var steps: [FaultStep] = []
         for fault in faults {
@@ -158,17 +248,33 @@ public struct FaultPlan: Sendable, Codable, Equatable {
             case .stop:
                 steps.append(FaultStep(atMillis: fault.atMillis, action: .stop, node: fault.node))
                 steps.append(FaultStep(atMillis: fault.untilMillis ?? fault.atMillis, action: .resume, node: fault.node))
+            case .rolling:
+                for (index, node) in (fault.nodes ?? []).enumerated() {
+                    steps.append(FaultStep(atMillis: fault.rollingMillis(index), action: .restart, node: node))
+                }
             }
         }
         return steps.enumerated().sorted { ($0.element.atMillis, $0.offset) < ($1.element.atMillis, $1.offset) }
             .map(\.element)
     }
 
-    /// Throws when an action falls at or after the end of a run of `durationMillis`.
-    public func validate(durationMillis: Int) throws(FaultPlanError) {
-        for fault in faults where max(fault.atMillis, fault.untilMillis ?? 0) >= durationMillis {
-            throw FaultPlanError(
-                spec: fault.description, reason: "falls outside the run of \(formatSeconds(durationMillis))")
+    /// Throws when an action falls at or after the end of a run of `durationMillis`. A rolling
+    /// fault's last restart counts: with its nodes, or, when they are not known yet, with
+    /// `clusterSize` nodes (only its first restart when that is nil too).
+    public func validate(durationMillis: Int, clusterSize: Int? = nil) throws(FaultPlanError) {
+        for fault in faults {
+            var last = max(fault.atMillis, fault.untilMillis ?? 0)
+            if fault.kind == .rolling, let count = fault.nodes?.count ?? clusterSize {
+                guard count > 0 else { throw FaultPlanError(spec: fault.description, reason: "there is no node to restart") }
+                last = fault.rollingMillis(count - 1)
+            }
+            guard last >= durationMillis else { continue }
+            var reason = "falls outside the run of \(formatSeconds(durationMillis))"
+            if fault.kind == .rolling && last > fault.atMillis {
+                let count = fault.nodes?.count ?? clusterSize ?? 1
+                reason += ": the last of its \(count) restarts would come at \(formatSeconds(last))"
+            }
+            throw FaultPlanError(spec: fault.description, reason: reason)
         }
     }
 }

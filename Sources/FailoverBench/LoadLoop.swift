@@ -230,7 +230,7 @@ final class LoadLoop {
         var text = "\(endpoint.method) \(target.requestTarget(endpoint)) HTTP/1.1\r\nHost: \(target.host):\(target.port)\r\n"
         text += "Accept: application/json\r\n"
         if let cookie = user.jar.cookieHeader() { text += "Cookie: \(cookie)\r\n" }
-        if request.isWrite { text += "\(target.idempotencyHeader): \(request.key)\r\n" }
+        if request.isWrite && configuration.idempotencyKeys { text += "\(target.idempotencyHeader): \(request.key)\r\n" }
         if endpoint.method != "GET" && endpoint.method != "HEAD" { text += "Content-Length: 0\r\n" }
         text += "\r\n"
         return Array(text.utf8)
@@ -363,22 +363,24 @@ final class LoadLoop {
         scheduleNext(i, now: now, afterError: false)
     }
 
-    /// Counts a failed attempt; a write's first attempt is retried (same key)
-    /// after a transport error or a 5xx, anything else ends the request.
+    /// Counts a failed attempt; with idempotency keys, a write's first attempt is retried (same key)
+    /// after a transport error or a 5xx, anything else ends the request. Without keys a write is
+    /// never retried; the checker takes it as maybe applied unless not a byte of it was sent.
     private func fail(
         _ i: Int, _ cause: String, now: Int64, transport: Bool, retryable: Bool = true, counted: Bool = false
     ) {
+        let sent = users[i].written > 0
         if transport { closeConnection(i) }
         guard var request = users[i].request else { return }
         context.recorder.record(RecordedAnswer(
             atNanos: now, kind: .error, latencyMicros: nil, node: nil, errorKind: cause, isRetry: request.attempt > 1))
-        if request.isWrite && request.attempt == 1 && retryable {
+        if request.isWrite && request.attempt == 1 && retryable && configuration.idempotencyKeys {
             request.attempt = 2
             users[i].request = request
             users[i].phase = .waiting(until: now + backoffNanos)
             return
         }
-        if request.isWrite && !counted { users[i].checker.writeFailed() }
+        if request.isWrite && !counted && (configuration.idempotencyKeys || sent) { users[i].checker.writeFailed() }
         context.recorder.requestFailed()
         users[i].failedSinceAnswer = true
         scheduleNext(i, now: now, afterError: true)

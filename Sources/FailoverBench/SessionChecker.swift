@@ -22,26 +22,34 @@ public enum AnswerKind: String, Sendable, Codable, CaseIterable {
 /// Judges one user's answers against what the server confirmed before.
 ///
 /// State: the expectation `e`, the last count the server confirmed (0 before
-/// the first answer); `u`, the writes since then whose every attempt failed
-/// (the server may or may not have applied them); and whether a read already
-/// reported the session lost. With `c` the count in a 2xx answer:
+/// the first answer); `u`, the writes whose every attempt failed and that no
+/// count has accounted for yet (the server may or may not have applied each,
+/// now or later: a write that timed out may still be running on a node); and
+/// whether a read already reported the session lost. With `c` the count in a 2xx answer:
 ///
 /// A **write** (the increment) answering
 /// - no count, or a count below 1: **error** (u grows by one);
-/// - `e+1 ≤ c ≤ e+1+u`: **success**;
+/// - `e+1 ≤ c ≤ e+1+u`: **success**; `c−e−1` of the `u` writes are now
+///   accounted for, the others may still come;
 /// - after a read reported the session lost: `c = 1` is **success** (the loss
 ///   was already counted), `c ≥ 2` a **duplicate**;
 /// - otherwise `c = 1` (with `e ≥ 1`): **lost session** — a fresh session;
 /// - `2 ≤ c ≤ e`: **lost update** — e.g. e = 5, the increment answers 5;
-/// - `c > e+1+u` (so `c ≥ e+2`): **duplicate** — an increment applied twice.
+/// - `c > e+1+u` (so `c ≥ e+2`): **duplicate** — an increment applied twice
+///   (all `u` writes are then taken as applied).
 ///   An idempotent retry that the server de-duplicates answers the same count
 ///   as the lost first attempt would have, so it is a success, not a duplicate.
 ///
+/// So a write whose outcome is unknown (sent without an Idempotency-Key and
+/// failed, or failed on every attempt) allows one more increment, once, whenever
+/// it shows: a count of n or n+1 where n was expected. It never excuses a
+/// count below the expectation (a lost update), nor a second extra increment.
+///
 /// After every write with a count, the expectation becomes what the server
-/// said (`e = c`, `u = 0`): each divergence is counted once, where it shows.
+/// said (`e = c`): each divergence is counted once, where it shows.
 ///
 /// A **read** answering (a missing count reads as 0)
-/// - `e ≤ c ≤ e+u`: **success** (`c > e` confirms failed writes: `e = c`, `u = 0`);
+/// - `e ≤ c ≤ e+u`: **success** (`c > e` accounts for `c−e` failed writes: `e = c`);
 /// - `c = 0` with `e ≥ 1`: **lost session**, reported once: further empty
 ///   reads are successes until a write answers (the expectation stays, so a
 ///   session that comes back is not mistaken for a duplicate);
@@ -54,7 +62,7 @@ public enum AnswerKind: String, Sendable, Codable, CaseIterable {
 public struct SessionChecker: Sendable, Equatable {
     /// The last count the server confirmed.
     public private(set) var expected = 0
-    /// Writes since then that failed on every attempt.
+    /// Writes that failed on every attempt and that no count has accounted for yet.
     public private(set) var unconfirmedWrites = 0
     /// A read reported this session lost and no write has answered since.
     public private(set) var lossReported = false
@@ -71,6 +79,7 @@ public struct SessionChecker: Sendable, Equatable {
         let kind: AnswerKind
         if c >= e + 1 && c <= e + 1 + unconfirmedWrites {
             kind = .success
+            unconfirmedWrites -= c - e - 1
         } else if lossReported {
             kind = c == 1 ? .success : .duplicate
         } else if c == 1 {
@@ -80,8 +89,8 @@ public struct SessionChecker: Sendable, Equatable {
         } else {
             kind = .duplicate
         }
+        if kind == .duplicate { unconfirmedWrites = 0 }
         expected = c
-        unconfirmedWrites = 0
         lossReported = false
         return kind
     }
@@ -94,7 +103,7 @@ public struct SessionChecker: Sendable, Equatable {
         if c >= e && c <= e + unconfirmedWrites {
             if c > e {
                 expected = c
-                unconfirmedWrites = 0
+                unconfirmedWrites -= c - e
             }
             lossReported = false
             return .success

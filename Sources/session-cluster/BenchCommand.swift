@@ -16,9 +16,11 @@ extension SessionClusterCommand {
                 measured and stopped, one after another, with the faults applied by the supervisor. With \
                 --target, a running cluster is measured; faults are then carried out by --fault-command, if given. \
                 Every user has its own cookie jar and keep-alive connection, sends POST /api/counter with an \
-                Idempotency-Key (a failed write is retried once with the same key) and every 4th request GET \
-                /api/session, and every answer is classified: error, lost session, lost update, duplicate, stale \
-                read. Without --fault, node-2 is killed at a third of the run and restarted at two thirds.
+                Idempotency-Key (a failed write is retried once with the same key; with --no-idempotency-key \
+                neither) and every 4th request GET /api/session, and every answer is classified: error, lost \
+                session, lost update, duplicate, stale read. Without --fault, node-2 is killed at a third of the \
+                run and restarted at two thirds. With --fault rolling@10s:6s every node is restarted in turn \
+                (SIGTERM, wait for the exit, start again): node-1 at 10 s, node-2 at 16 s, and so on.
                 """)
 
         @Option(help: "Strategies to measure, in order: replicate-async, replicate-sync, redis, redis-cluster, local.")
@@ -41,8 +43,11 @@ extension SessionClusterCommand {
 
         @Option(
             name: .customLong("fault"),
-            help: "kill:NODE@T, restart:NODE@T or stop:NODE@T1-T2 (SIGSTOP, then SIGCONT); repeatable. NODE: node-N, or a redis-server: redis (--strategy redis), redis-N, or redis-primary-N (the Nth primary at that moment; redis-cluster).")
+            help: "kill:NODE@T, restart:NODE@T, stop:NODE@T1-T2 (SIGSTOP, then SIGCONT), or rolling@T:GAP (every node restarted in turn, the first at T, each next one GAP later; rolling:NODE,NODE@T:GAP for some nodes, in that order, and with --target); repeatable. NODE: node-N, or a redis-server: redis (--strategy redis), redis-N, or redis-primary-N (the Nth primary at that moment; redis-cluster).")
         var faults: [String] = []
+
+        @Flag(help: "Send writes without an Idempotency-Key: a failed write is then not retried, and the checker allows for it having been applied or not.")
+        var noIdempotencyKey = false
 
         @Flag(help: "No faults at all (a baseline run).")
         var noFaults = false
@@ -142,7 +147,12 @@ extension SessionClusterCommand {
                 ? ["kill:node-2@\(durationMillis / 3)ms", "restart:node-2@\(2 * durationMillis / 3)ms"] : faults
             do {
                 let plan = try FaultPlan(parsing: specs)
-                try plan.validate(durationMillis: durationMillis)
+                // A rolling restart of the whole cluster restarts --nodes nodes (named by the supervisor at its start).
+                try plan.validate(durationMillis: durationMillis, clusterSize: target == nil ? nodes : nil)
+                if target != nil, let rolling = plan.unresolvedRolling.first {
+                    throw ValidationError(
+                        "fault '\(rolling)': with --target, name the nodes to restart, in order: rolling:NODE,NODE,...@T:GAP")
+                }
                 return plan
             } catch {
                 throw ValidationError("\(error)")
@@ -195,29 +205,35 @@ extension SessionClusterCommand {
             }
             defer { supervisor.shutdown() }
             let redisNames = supervisor.redisServers.map(\.name)
-            for fault in plan.faults {
-                let node = Self.nodeName(fault.node)
-                if supervisor.nodeNames.contains(node) || redisNames.contains(node) { continue }
-                if strategy == .redisCluster, node.hasPrefix("redis-primary-"), let n = Int(node.dropFirst(14)),
-                    (1...configuration.redisClusterPrimaries).contains(n)
-                { continue }
-                throw ValidationError(
-                    "fault on '\(fault.node)': the cluster has \((supervisor.nodeNames + redisNames).joined(separator: ", "))"
-                        + (strategy == .redisCluster ? ", redis-primary-1..\(configuration.redisClusterPrimaries)" : ""))
+            // The supervisor's names (node-2 for node2), as the nodes report them in X-Served-By; a
+            // rolling restart of the whole cluster restarts its nodes in their order.
+            let resolved = plan.mappingNodes(Self.nodeName).resolvingRolling(nodes: supervisor.nodeNames)
+            for fault in resolved.faults {
+                for node in fault.kind == .rolling ? fault.nodes ?? [] : [fault.node] {
+                    if supervisor.nodeNames.contains(node) || redisNames.contains(node) { continue }
+                    if strategy == .redisCluster, node.hasPrefix("redis-primary-"), let n = Int(node.dropFirst(14)),
+                        (1...configuration.redisClusterPrimaries).contains(n)
+                    { continue }
+                    throw ValidationError(
+                        "fault on '\(node)': the cluster has \((supervisor.nodeNames + redisNames).joined(separator: ", "))"
+                            + (strategy == .redisCluster ? ", redis-primary-1..\(configuration.redisClusterPrimaries)" : ""))
+                }
             }
             let target = try BenchTarget(baseURL: "http://127.0.0.1:\(supervisor.port)")
             return try measure(
-                name: name, target: target, plan: plan, pacing: pacing, durationMillis: durationMillis,
-                injector: SupervisorFaultInjector(supervisor: supervisor), logger: logger)
+                name: name, target: target, plan: resolved, pacing: pacing, durationMillis: durationMillis,
+                injector: SupervisorFaultInjector(supervisor: supervisor),
+                slowStartMillis: configuration.balancer.healthCheck?.slowStartMillis ?? 0, logger: logger)
         }
 
         private func measure(
             name: String, target: BenchTarget, plan: FaultPlan, pacing: Pacing, durationMillis: Int,
-            injector: (any FaultInjector)?, logger: Logger
+            injector: (any FaultInjector)?, slowStartMillis: Int = 0, logger: Logger
         ) throws -> StrategyResult {
             let configuration = BenchConfiguration(
                 target: target, users: users, durationSeconds: Double(durationMillis) / 1000, pacing: pacing,
-                requestTimeoutMillis: timeoutMs, threads: threads, faults: plan)
+                requestTimeoutMillis: timeoutMs, threads: threads, faults: plan, idempotencyKeys: !noIdempotencyKey,
+                slowStartMillis: slowStartMillis)
             let runner: BenchRunner
             do {
                 runner = try BenchRunner(configuration: configuration, injector: injector, logger: logger) { progress in

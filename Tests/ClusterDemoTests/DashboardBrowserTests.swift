@@ -196,4 +196,51 @@ import TestSupport
         let left = (children + before).filter { ProcessTable.isAlive($0) }
         #expect(left.isEmpty, "no child process of the demo outlives it: \(left)")
     }
+
+    /// The Rolling restart button: the control API takes its request (so it carries the header the
+    /// other buttons send), every node gets a new process in turn, the page follows it, the session survives.
+    @Test func theRollingRestartButtonRestartsEveryNodeInTurn() throws {
+        let browser = try Self.launchBrowser()
+        defer { browser.close() }
+        let port = try freeLoopbackPort()
+        let base = "http://127.0.0.1:\(port)"
+        let demo = try ChildProcess(
+            try ChildProcess.sessionClusterBinary(), ["demo", "--strategy", "replicate", "--nodes", "3", "--port", "\(port)"])
+        defer { demo.stop(signal: SIGTERM, timeout: 20) }  // SIGKILL would orphan its nodes
+        let client = CurlClient()
+        func pids() -> [String: Int] {
+            let nodes = Self.clusterStatus(client, base)?["nodes"] as? [[String: Any]] ?? []
+            var pids: [String: Int] = [:]
+            for node in nodes where node["state"] as? String == "running" && node["health"] as? String == "up" {
+                if let name = node["name"] as? String, let pid = node["pid"] as? Int { pids[name] = pid }
+            }
+            return pids
+        }
+        let up = waitUntil(timeout: 30) { !demo.process.isRunning || pids().count == 3 }
+        try #require(up && demo.process.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
+        let before = pids()
+
+        let page = try browser.open("\(base)/")
+        #expect(try page.waitFor("!document.getElementById('cluster').hidden && document.getElementById('rolling').disabled === false"))
+        try Self.click(page, "inc")
+        try Self.expectCount(page, 1)
+
+        try Self.click(page, "rolling")
+        let started = try page.waitFor("document.getElementById('status').textContent.startsWith('Rolling restart started')")
+        let statusLine = try Self.text(page, "#status") ?? ""
+        #expect(started, "status line: \(statusLine)")
+        #expect(try Self.text(page, "#status") == "Rolling restart started: node-1, node-2, node-3")
+        let done = try page.waitFor(
+            "document.getElementById('rolling-status').textContent === 'Last rolling restart: done'", timeout: 90)
+        let rollingLine = try Self.text(page, "#rolling-status") ?? ""
+        #expect(done, "the page shows the end: \(rollingLine); the demo's output:\n\(demo.output)")
+        #expect(try page.waitFor("document.getElementById('rolling').disabled === false"), "the button is enabled again")
+        let after = pids()
+        for (name, pid) in before { #expect(after[name] != nil && after[name] != pid, "\(name) runs a new process: \(after)") }
+        #expect(demo.output.contains("rolling restart done"), "\(demo.output)")
+
+        // The session lived through it.
+        try Self.click(page, "inc")
+        try Self.expectCount(page, 2)
+    }
 }

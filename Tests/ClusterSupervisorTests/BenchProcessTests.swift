@@ -44,6 +44,61 @@ struct BenchProcessTests {
         #expect(process.output.contains("replicate-sync") && process.output.contains("report:"))
     }
 
+    /// `--fault rolling@T:GAP`: every node restarted in turn, marked one by one; with
+    /// `--no-idempotency-key`, writes carry no key and are not retried.
+    @Test func aRollingRestartWithoutKeysIsMarkedNodeByNode() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let process = try ChildProcess(
+            try ChildProcess.sessionClusterBinary(),
+            [
+                "bench", "--strategies", "replicate-sync", "--nodes", "3", "--users", "20", "--rate", "400",
+                "--duration", "9s", "--fault", "rolling@1s:1.5s", "--no-idempotency-key", "--report", directory.path,
+            ])
+        let finished = waitUntil(timeout: 120) { !process.process.isRunning }
+        let status = process.stop(signal: SIGKILL, timeout: 1)
+        #expect(finished && status == 0, "\(process.output)")
+
+        let data = try Data(contentsOf: directory.appendingPathComponent("report.json"))
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let strategy = try #require((report["strategies"] as? [[String: Any]])?.first)
+        let settings = try #require(strategy["settings"] as? [String: Any])
+        #expect(settings["faults"] as? [String] == ["rolling:node-1,node-2,node-3@1s:1.5s"])
+        #expect(settings["idempotencyKeys"] as? Bool == false)
+        let faults = try #require(strategy["faults"] as? [[String: Any]])
+        #expect(faults.compactMap { $0["action"] as? String } == ["restart", "restart", "restart"])
+        #expect(faults.compactMap { $0["node"] as? String } == ["node-1", "node-2", "node-3"])
+        #expect(faults.compactMap { $0["plannedMillis"] as? Int } == [1_000, 2_500, 4_000])
+        #expect(faults.allSatisfy { $0["error"] == nil }, "the supervisor restarted every node: \(faults)")
+        let summary = try #require(strategy["summary"] as? [String: Any])
+        #expect(summary["retries"] as? Int == 0, "no write is retried without a key")
+        #expect(try #require(summary["nodes"] as? [String: Int]).keys.sorted() == ["node-1", "node-2", "node-3"])
+        // The last restart at 4 s: the share of each node over the last seconds of the run.
+        let share = try #require(strategy["settledShare"] as? [String: Any], "\(strategy.keys)")
+        #expect(share["lastRestart"] as? String == "restart node-3", "\(share)")
+        #expect(share["maxDeviation"] is Double || share["note"] is String, "\(share)")
+        #expect(process.output.contains("share after settling (replicate-sync): "), "\(process.output)")
+        #expect(process.output.contains("writes (replicate-sync): without Idempotency-Key, not retried"))
+    }
+
+    @Test func badRollingSpecsAreClearErrors() throws {
+        for (arguments, message) in [
+            (["--fault", "rolling@1s", "--duration", "5s"], "missing the gap"),
+            (["--fault", "rolling@1s:0s", "--duration", "5s"], "must be more than 0"),
+            // 3 nodes: restarts at 1, 2 and 3 s, in a run of 3 s.
+            (["--fault", "rolling@1s:1s", "--duration", "3s"], "the last of its 3 restarts would come at 3s"),
+            (["--fault", "rolling:node-1,node-9@1s:1s", "--duration", "5s"], "fault on 'node-9'"),
+            (["--fault", "rolling@1s:1s", "--duration", "5s", "--target", "http://127.0.0.1:9"], "with --target, name the nodes"),
+        ] {
+            let process = try ChildProcess(
+                try ChildProcess.sessionClusterBinary(),
+                ["bench", "--strategies", "local", "--nodes", "3"] + arguments)
+            #expect(waitUntil(timeout: 60) { !process.process.isRunning }, "\(arguments)")
+            #expect(process.stop(signal: SIGKILL, timeout: 1) != 0, "\(arguments)")
+            #expect(process.output.contains(message), "\(arguments): \(process.output)")
+        }
+    }
+
     @Test func badFaultSpecIsAClearError() throws {
         let process = try ChildProcess(
             try ChildProcess.sessionClusterBinary(), ["bench", "--fault", "explode:node2@1s", "--duration", "2s"])

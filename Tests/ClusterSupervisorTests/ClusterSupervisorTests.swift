@@ -1,5 +1,6 @@
 import Foundation
 import MiniHTTP
+import TestSupport
 import Testing
 
 @testable import ClusterSupervisor
@@ -20,6 +21,32 @@ struct ClusterSupervisorTests {
         #expect(sleeper.send(SIGSTOP))
         #expect(sleeper.terminate(graceMillis: 5_000) == .signaled(signal: SIGTERM), "SIGTERM reaches a stopped process too")
         #expect(ExitStatus.signaled(signal: SIGKILL).description == "killed by SIGKILL")
+    }
+
+    /// Nodes that take a while to drain on SIGTERM are waited for together, not one after another.
+    @Test func terminateAllSignalsEveryProcessFirstThenWaitsForAllTogether() throws {
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("drain-\(UUID().uuidString).log").path
+        defer { unlink(log) }
+        // Each takes about a second to exit after SIGTERM; the last one ignores it.
+        let script = "trap 'sleep 1; exit 0' TERM; echo ready; while :; do sleep 0.05; done"
+        var processes = try (0..<3).map { _ in
+            try SpawnedProcess(executable: "/bin/sh", arguments: ["-c", script], environment: [:], logPath: log)
+        }
+        processes.append(
+            try SpawnedProcess(
+                executable: "/bin/sh", arguments: ["-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
+                environment: [:], logPath: log))
+        // Every shell has set its trap.
+        #expect(waitUntil(timeout: 10) {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").count == 4
+        })
+        let started = Date()
+        let statuses = SpawnedProcess.terminateAll(processes, graceMillis: 2_500)
+        let elapsed = Date().timeIntervalSince(started)
+        #expect(statuses == [.exited(code: 0), .exited(code: 0), .exited(code: 0), .signaled(signal: SIGKILL)])
+        // One grace period in all (three drains of 1 s each, in parallel, and the SIGKILL at 2.5 s).
+        #expect(elapsed >= 2.4 && elapsed < 4, "took \(elapsed) s")
+        #expect(processes.allSatisfy { !$0.isRunning })
     }
 
     @Test func spawnFailureIsAClearError() {

@@ -71,6 +71,47 @@ struct CheckerEndToEndTests {
         #expect(s.counts.anomalies == s.counts.duplicates)
     }
 
+    /// A write applied only after the user's next write was answered (as one still running on a node
+    /// whose client gave up): with keys the bench retried it, so it is applied twice — a real duplicate;
+    /// without keys it was sent once and may land any time, so it is no anomaly.
+    @Test(arguments: [true, false])
+    func aWriteAppliedLateIsADuplicateOnlyWhenItWasRetried(keys: Bool) throws {
+        let server = try CounterServer(Misbehavior(applyLateAt: [9, 30, 31, 100, 150]))
+        defer { server.shutdown() }
+        let s = try runBench(against: server, idempotencyKeys: keys).summary
+        #expect(server.fired(.applyLate) == 5)
+        #expect(s.counts.errors == 5)
+        #expect(s.retries == (keys ? 5 : 0) && s.failedRequests == (keys ? 0 : 5))
+        #expect(s.counts.duplicates == (keys ? 5 : 0))
+        #expect(s.counts.anomalies == s.counts.duplicates)
+        #expect((server.keyedRequests > 0) == keys)
+    }
+
+    /// Without keys: no key is sent, no write retried, a failed write (applied or not, now or
+    /// later) is no anomaly, and the anomalies the server really makes are each counted once.
+    @Test func withoutKeysUnknownWritesAreNotAnomaliesAndRealOnesAreStillCounted() throws {
+        let unknown = try CounterServer(
+            Misbehavior(unavailableAt: [5, 60], unavailableAfterApplyAt: [20, 90], applyLateAt: [30, 31, 120]))
+        defer { unknown.shutdown() }
+        let s = try runBench(against: unknown, idempotencyKeys: false).summary
+        #expect(unknown.fired(.unavailable) == 2 && unknown.fired(.unavailableAfterApply) == 2 && unknown.fired(.applyLate) == 3)
+        #expect(unknown.keyedRequests == 0, "no Idempotency-Key was sent")
+        #expect(s.retries == 0 && s.counts.requests == 240 && unknown.requests == 240)
+        #expect(s.counts.errors == 7 && s.failedRequests == 7)
+        #expect(s.counts.anomalies == 0, "\(s.counts)")
+
+        let bad = try CounterServer(Misbehavior(
+            resetAt: [20, 21, 130], doubleApplyAt: [25, 140], loseUpdateAt: [33, 34, 150], staleReadAt: [40, 160, 161]))
+        defer { bad.shutdown() }
+        let c = try runBench(against: bad, users: 8, maxRequests: 400, threads: 2, idempotencyKeys: false).summary.counts
+        #expect(bad.fired(.reset) == 3 && c.lostSessions == 3)
+        #expect(bad.fired(.doubleApply) == 2 && c.duplicates == 2)
+        #expect(bad.fired(.loseUpdate) == 3 && c.lostUpdates == 3)
+        #expect(bad.fired(.staleRead) == 3 && c.staleReads == 3)
+        #expect(c.errors == 0 && c.successes == 400 - 11)
+        #expect(bad.keyedRequests == 0)
+    }
+
     @Test func everyMisbehaviourAtOnceIsCountedExactly() throws {
         let server = try CounterServer(Misbehavior(
             unavailableAt: [7, 95], unavailableAfterApplyAt: [15], resetAt: [20, 21, 130], doubleApplyAt: [25, 140],

@@ -29,13 +29,17 @@ struct Misbehavior: Sendable {
     var loseUpdateAt: [Int] = []
     /// A read (counter ≥ 2) answers one less.
     var staleReadAt: [Int] = []
+    /// A write of a session that exists answers 503 without applying; its increment is applied
+    /// when the session's second write after it arrives (as a write still running on a node
+    /// that timed out would be), before that write's own.
+    var applyLateAt: [Int] = []
     /// Whether a repeated `Idempotency-Key` gets the stored answer.
     var dedup = true
     /// Request number and milliseconds: that request waits before it is answered.
     var stall: (request: Int, millis: Int)?
 
     enum Kind: CaseIterable {
-        case unavailable, unavailableAfterApply, reset, doubleApply, loseUpdate, staleRead
+        case unavailable, unavailableAfterApply, reset, doubleApply, loseUpdate, staleRead, applyLate
     }
 
     func requests(_ kind: Kind) -> [Int] {
@@ -46,6 +50,7 @@ struct Misbehavior: Sendable {
         case .doubleApply: doubleApplyAt
         case .loseUpdate: loseUpdateAt
         case .staleRead: staleReadAt
+        case .applyLate: applyLateAt
         }
     }
 }
@@ -65,6 +70,9 @@ final class CounterServer: Sendable {
         var fired: [Misbehavior.Kind: Int] = [:]
         var unavailableWrites = 0
         var down = false
+        /// Sessions with a late increment (`applyLate`): the writes still to arrive before it is applied.
+        var late: [String: Int] = [:]
+        var keyedRequests = 0
     }
 
     static let nodes = ["node-a", "node-b"]
@@ -92,6 +100,8 @@ final class CounterServer: Sendable {
     /// How many 503s (of either kind) answered writes, which the client retries.
     var unavailableWrites: Int { state.withLock { $0.unavailableWrites } }
     var requests: Int { state.withLock { $0.requests } }
+    /// Requests that carried an `Idempotency-Key`.
+    var keyedRequests: Int { state.withLock { $0.keyedRequests } }
     /// While down, every request gets a 503 (for fault-injection tests).
     func setDown(_ down: Bool) { state.withLock { $0.down = down } }
 
@@ -123,7 +133,10 @@ final class CounterServer: Sendable {
         var sid = request.cookie("sid")
         let key = request.headers["Idempotency-Key"]
         let isRetry = key.map { s.seenKeys.contains($0) } ?? false
-        if let key { s.seenKeys.insert(key) }
+        if let key {
+            s.seenKeys.insert(key)
+            s.keyedRequests += 1
+        }
         var firedOne = false
         func fire(_ kind: Misbehavior.Kind, when eligible: Bool) -> Bool {
             guard !firedOne, !isRetry, eligible, s.armed[kind, default: 0] > 0 else { return false }
@@ -133,7 +146,15 @@ final class CounterServer: Sendable {
             return true
         }
         if fire(.unavailable, when: true) { return unavailable(&s, write: isWrite, cookie: nil) }
+        if isWrite, let id = sid, let wait = s.late[id] {
+            s.late[id] = wait > 1 ? wait - 1 : nil
+            if wait == 1, let value = s.sessions[id] { s.sessions[id] = value + 1 }
+        }
         var current = sid.flatMap { s.sessions[$0] }
+        if isWrite, let id = sid, current != nil, fire(.applyLate, when: s.late[id] == nil) {
+            s.late[id] = 2
+            return unavailable(&s, write: true, cookie: nil)
+        }
         if fire(.reset, when: (current ?? 0) >= 1) {
             s.sessions[sid!] = nil
             current = nil
@@ -188,12 +209,12 @@ func quietLogger() -> Logger {
 func runBench(
     against server: CounterServer, users: Int = 4, maxRequests: Int? = 240, durationSeconds: Double? = 30,
     pacing: Pacing = .closedLoop(thinkTimeMillis: 0), faults: FaultPlan = FaultPlan(),
-    injector: (any FaultInjector)? = nil, threads: Int = 1, bucketMillis: Int = 250
+    injector: (any FaultInjector)? = nil, threads: Int = 1, bucketMillis: Int = 250, idempotencyKeys: Bool = true
 ) throws -> StrategyResult {
     let configuration = BenchConfiguration(
         target: try BenchTarget(baseURL: server.url), users: users, durationSeconds: durationSeconds,
         maxRequests: maxRequests, pacing: pacing, readEvery: 4, requestTimeoutMillis: 2_000, retryBackoffMillis: 1,
-        threads: threads, bucketMillis: bucketMillis, faults: faults)
+        threads: threads, bucketMillis: bucketMillis, faults: faults, idempotencyKeys: idempotencyKeys)
     let runner = try BenchRunner(configuration: configuration, injector: injector, logger: quietLogger())
     return runner.run(name: "test")
 }

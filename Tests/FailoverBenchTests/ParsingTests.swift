@@ -75,6 +75,121 @@ struct FaultPlanTests {
     }
 }
 
+struct RollingFaultTests {
+    @Test(arguments: [
+        ("rolling@10s:6s", Fault.rolling(atMillis: 10_000, gapMillis: 6_000)),
+        ("rolling@0:500ms", Fault.rolling(atMillis: 0, gapMillis: 500)),
+        ("rolling@1.5s:2.25s", Fault.rolling(atMillis: 1_500, gapMillis: 2_250)),
+        ("rolling:node3,node1@1m:30s", Fault.rolling(atMillis: 60_000, gapMillis: 30_000, nodes: ["node3", "node1"])),
+        ("rolling:a.b_c-1@2s:1s", Fault.rolling(atMillis: 2_000, gapMillis: 1_000, nodes: ["a.b_c-1"])),
+    ])
+    func goodRollingSpecsParse(spec: String, expected: Fault) throws {
+        let fault = try Fault.parse(spec)
+        #expect(fault == expected)
+        #expect(fault.kind == .rolling && fault.node == "" && fault.untilMillis == nil)
+        #expect(try Fault.parse(fault.description) == fault, "\(fault.description) parses back")
+    }
+
+    @Test(arguments: [
+        ("rolling", "missing @START:GAP"),
+        ("rolling@10s", "missing the gap between two restarts"),
+        ("rolling@10s:", "'' is not a time"),
+        ("rolling@10s:0s", "must be more than 0"),
+        ("rolling@10s:0ms", "must be more than 0"),
+        ("rolling@10s:-6s", "is not a time"),
+        ("rolling@10s:six", "'six' is not a time"),
+        ("rolling@ten:6s", "'ten' is not a time"),
+        ("rolling@10s-12s:6s", "is not a time"),
+        ("rolling@10s:6s:2s", "expected rolling@START:GAP"),
+        ("rolling:@10s:6s", "missing node names"),
+        ("rolling:node1,,node2@10s:6s", "an empty node name"),
+        ("rolling:node1,node1@10s:6s", "'node1' is listed twice"),
+        ("rolling:node 1@10s:6s", "may only hold"),
+        ("rolling:node1", "missing @START:GAP"),
+        ("rollingnode1@10s:6s", "expected rolling@START:GAP"),
+        ("roll:node1@10s", "unknown action 'roll' (expected kill, restart, stop or rolling)"),
+    ])
+    func badRollingSpecsSayWhy(spec: String, reason: String) {
+        #expect {
+            _ = try Fault.parse(spec)
+        } throws: { error in
+            guard let error = error as? FaultPlanError else { return false }
+            return error.spec == spec && error.reason.contains(reason)
+        }
+    }
+
+    @Test func aRollingRestartExpandsIntoOneRestartPerNodeInTheClustersOrder() throws {
+        let plan = try FaultPlan(parsing: ["kill:node-2@2s", "rolling@10s:6s", "restart:node-2@5s"])
+        // Before the nodes are known there is nothing to restart.
+        #expect(plan.unresolvedRolling == [Fault.rolling(atMillis: 10_000, gapMillis: 6_000)])
+        #expect(plan.steps.map(\.atMillis) == [2_000, 5_000])
+        let resolved = plan.resolvingRolling(nodes: ["node-1", "node-2", "node-3"])
+        #expect(resolved.unresolvedRolling.isEmpty)
+        #expect(resolved.faults.map(\.description) == [
+            "kill:node-2@2s", "rolling:node-1,node-2,node-3@10s:6s", "restart:node-2@5s",
+        ])
+        #expect(resolved.steps == [
+            FaultStep(atMillis: 2_000, action: .kill, node: "node-2"),
+            FaultStep(atMillis: 5_000, action: .restart, node: "node-2"),
+            FaultStep(atMillis: 10_000, action: .restart, node: "node-1"),
+            FaultStep(atMillis: 16_000, action: .restart, node: "node-2"),
+            FaultStep(atMillis: 22_000, action: .restart, node: "node-3"),
+        ])
+        // Named nodes keep their order, and are not replaced by the cluster's.
+        let named = try FaultPlan(parsing: ["rolling:node3,node1@1s:500ms"]).resolvingRolling(nodes: ["x", "y"])
+        #expect(named.steps == [
+            FaultStep(atMillis: 1_000, action: .restart, node: "node3"),
+            FaultStep(atMillis: 1_500, action: .restart, node: "node1"),
+        ])
+        // The CLI's node names (node3 → node-3) reach the listed nodes too.
+        let mapped = named.mappingNodes { "node-" + $0.dropFirst(4) }
+        #expect(mapped.steps.map(\.node) == ["node-3", "node-1"])
+        #expect(mapped.faults.map(\.description) == ["rolling:node-3,node-1@1s:0.5s"])
+        // Interleaved with another plan's steps in time order; ties keep the plan's order.
+        let tied = try FaultPlan(parsing: ["rolling:a,b@1s:1s", "stop:c@2s-3s"])
+        #expect(tied.steps.map { "\($0.action.rawValue) \($0.node)@\($0.atMillis)" } == [
+            "restart a@1000", "restart b@2000", "stop c@2000", "resume c@3000",
+        ])
+    }
+
+    @Test func aRollingRestartMustEndInsideTheRun() throws {
+        func reason(_ plan: FaultPlan, _ duration: Int, clusterSize: Int? = nil) -> String? {
+            do {
+                try plan.validate(durationMillis: duration, clusterSize: clusterSize)
+                return nil
+            } catch {
+                return error.reason
+            }
+        }
+        let rolling = try FaultPlan(parsing: ["rolling@10s:6s"])
+        // 3 nodes: restarts at 10, 16 and 22 s.
+        #expect(reason(rolling, 23_000, clusterSize: 3) == nil)
+        #expect(reason(rolling, 22_000, clusterSize: 3)?.contains("the last of its 3 restarts would come at 22s") == true)
+        #expect(reason(rolling.resolvingRolling(nodes: ["a", "b", "c"]), 22_000) != nil)
+        #expect(reason(rolling.resolvingRolling(nodes: ["a", "b", "c"]), 22_001) == nil)
+        #expect(reason(rolling.resolvingRolling(nodes: ["a", "b"]), 17_000) == nil)
+        // Without the nodes: only the first restart can be checked.
+        #expect(reason(rolling, 10_001) == nil)
+        #expect(reason(rolling, 10_000) != nil)
+        #expect(reason(rolling, 30_000, clusterSize: 0)?.contains("no node to restart") == true)
+        #expect(reason(rolling.resolvingRolling(nodes: []), 30_000)?.contains("no node to restart") == true)
+
+        // The runner refuses a rolling restart whose nodes it does not know, and one that overruns.
+        let target = try BenchTarget(baseURL: "http://127.0.0.1:8080")
+        #expect {
+            try BenchConfiguration(target: target, durationSeconds: 30, faults: rolling).validate()
+        } throws: { error in
+            "\(error)".contains("the nodes to restart are not known")
+        }
+        try BenchConfiguration(target: target, durationSeconds: 30, faults: rolling.resolvingRolling(nodes: ["a", "b", "c"]))
+            .validate()
+        #expect(throws: BenchConfigurationError.self) {
+            try BenchConfiguration(target: target, durationSeconds: 22, faults: rolling.resolvingRolling(nodes: ["a", "b", "c"]))
+                .validate()
+        }
+    }
+}
+
 struct SessionCheckerTests {
     /// Feeds writes (`w5`: a write answered 5; `w?`: a write without a count; `wx`: a write that failed),
     /// and reads (`r5`, `r?`) and returns the kinds.
@@ -130,6 +245,29 @@ struct SessionCheckerTests {
         #expect(check("w1 wx wx w5") == [.success, nil, nil, .duplicate])
         // A read that shows a failed write confirms it.
         #expect(check("w1 wx r2 w3") == [.success, nil, .success, .success])
+    }
+
+    /// A write whose outcome is unknown (sent without a key and failed) may be applied later than
+    /// the next write's answer: it allows one extra increment, once, whenever it shows.
+    @Test func anUnknownWriteAllowsOneExtraIncrementWheneverItShows() {
+        // Applied late: after w2 (which did not include it), w4 includes it.
+        #expect(check("w1 wx w2 w4") == [.success, nil, .success, .success])
+        #expect(check("w1 wx w2 w3 r3 w5 w6") == [.success, nil, .success, .success, .success, .success, .success])
+        // ...but only once: a second extra increment is a real duplicate.
+        #expect(check("w1 wx w2 w4 w6") == [.success, nil, .success, .success, .duplicate])
+        #expect(check("w1 wx w3 w5") == [.success, nil, .success, .duplicate])
+        // A read that shows it accounts for it.
+        #expect(check("w1 wx r2 w4") == [.success, nil, .success, .duplicate])
+        #expect(check("w1 wx w2 r3 w4 w6") == [.success, nil, .success, .success, .success, .duplicate])
+        // Two unknown writes, one shown by each later write.
+        #expect(check("w1 wx wx w3 w5 w7") == [.success, nil, nil, .success, .success, .duplicate])
+        // It never excuses a missing increment, a fresh session, or a stale read.
+        #expect(check("w1 w2 wx w2") == [.success, .success, nil, .lostUpdate])
+        #expect(check("w1 w2 w3 wx w3 w5") == [.success, .success, .success, nil, .lostUpdate, .success])
+        #expect(check("w1 w2 wx w1") == [.success, .success, nil, .lostSession])
+        #expect(check("w1 w2 w3 wx r2") == [.success, .success, .success, nil, .staleRead])
+        // A duplicate takes every unknown write as applied: nothing is left to excuse the next one.
+        #expect(check("w1 wx w4 w6") == [.success, nil, .duplicate, .duplicate])
     }
 
     @Test func aReadBelowTheLastWriteIsStaleAndChangesNothing() {

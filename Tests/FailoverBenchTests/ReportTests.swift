@@ -79,6 +79,42 @@ struct ReportTests {
         #expect(table.contains("faults (faulty): kill:n2@0.3s"))
     }
 
+    /// A real run with a restart of one of the test server's nodes: the share of each node from then on.
+    @Test func theShareAfterSettlingIsInTheTableTheHTMLAndTheJSON() throws {
+        let server = try CounterServer()
+        defer { server.shutdown() }
+        var result = try runBench(
+            against: server, users: 4, maxRequests: nil, durationSeconds: 4, pacing: .closedLoop(thinkTimeMillis: 5),
+            faults: try FaultPlan(parsing: ["restart:node-a@500ms"]), injector: RecordingInjector(server: server),
+            idempotencyKeys: false)
+        result.name = "keyless"
+        let share = try #require(result.settledShare)
+        let restartAt = try #require(result.faults.first?.atMillis)
+        // node-a never stopped answering: it served again at its restart.
+        #expect(share.lastRestart == "restart node-a" && share.servedAgainMillis == restartAt)
+        #expect(share.fromMillis == (restartAt + 249) / 250 * 250)
+        #expect(Set(share.answers.keys) == ["node-a", "node-b"])
+        let window = result.buckets.filter { $0.startMillis >= share.fromMillis! }
+        #expect(share.answers.values.reduce(0, +) == window.map(\.counts.answered).reduce(0, +))
+        // The test server alternates the node with each user's count: about half each.
+        let deviation = try #require(share.maxDeviation, "\(share)")
+        #expect(deviation < 0.2, "\(share)")
+        #expect(abs(share.shares.values.reduce(0, +) - 1) < 1e-9)
+
+        let report = BenchReport(strategies: [result])
+        let table = report.table()
+        #expect(table.contains("share after settling (keyless): node-a "), "\(table)")
+        #expect(table.contains("off an even share"))
+        #expect(table.contains("writes (keyless): without Idempotency-Key, not retried"))
+        let html = report.html()
+        #expect(html.contains("Share of 2xx answers after settling: node-a "))
+        #expect(html.contains("writes without Idempotency-Key"))
+        let decoded = try JSONDecoder().decode(BenchReport.self, from: report.json())
+        #expect(decoded.strategies[0].settledShare == share)
+        #expect(decoded.strategies[0].settings.idempotencyKeys == false)
+        #expect(decoded.strategies[0].settings.slowStartMillis == 0)
+    }
+
     private func svgs(in html: String) -> [String] {
         html.components(separatedBy: "<svg").dropFirst().map { "<svg" + $0.components(separatedBy: "</svg>")[0] + "</svg>" }
     }

@@ -98,6 +98,24 @@ struct TimelineTests {
         #expect(result.faults[2].atMillis >= 300)
     }
 
+    @Test func aRollingRestartRestartsEachNodeInTurnOnTime() throws {
+        let server = try CounterServer()
+        defer { server.shutdown() }
+        let injector = RecordingInjector(server: server)
+        let plan = try FaultPlan(parsing: ["rolling@200ms:250ms"]).resolvingRolling(nodes: ["n1", "n2", "n3"])
+        let result = try runBench(
+            against: server, users: 2, maxRequests: nil, durationSeconds: 1.0, pacing: .closedLoop(thinkTimeMillis: 5),
+            faults: plan, injector: injector)
+        #expect(injector.applied.map(\.label) == ["restart n1", "restart n2", "restart n3"])
+        for (planned, (_, at)) in zip([200, 450, 700], injector.applied) {
+            #expect(at >= planned && at < planned + 150, "planned at \(planned) ms, applied at \(at) ms")
+        }
+        #expect(result.faults.map(\.label) == ["restart n1", "restart n2", "restart n3"])
+        #expect(result.faults.map(\.plannedMillis) == [200, 450, 700])
+        #expect(result.settings.faults == ["rolling:n1,n2,n3@0.2s:0.25s"])
+        #expect(result.settledShare == nil, "n1...n3 never answered (the test server's nodes are node-a and node-b)")
+    }
+
     @Test func detectIsTheFirstIssueAfterTheFault() {
         #expect(FailoverAnalysis.detectMillis(faultAtMillis: 1_000, issueMillis: [200, 900, 1_040, 1_500]) == 40)
         #expect(FailoverAnalysis.detectMillis(faultAtMillis: 1_000, issueMillis: [1_000]) == 0)

@@ -174,6 +174,14 @@ enum DemoPage {
           local: 'Each node keeps its own sessions, so round robin breaks them: watch the count change with the node.'
         };
 
+        // Beyond loopback the control API needs the token the demo printed in this page's address
+        // (#token=...); the fragment never leaves the browser. Taken once, then out of the address bar.
+        const CONTROL_TOKEN = (() => {
+          const m = /(?:^#|&)token=([0-9A-Za-z._~-]+)/.exec(location.hash);
+          if (m && history.replaceState) history.replaceState(null, '', location.pathname + location.search);
+          return m ? m[1] : null;
+        })();
+
         function newKey() {
           if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
           return Date.now().toString(36) + '-' + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
@@ -189,6 +197,7 @@ enum DemoPage {
             const init = {method, credentials: 'same-origin', cache: 'no-store', signal: ctl.signal, headers: {Accept: 'application/json'}};
             if (body !== undefined) { init.headers['Content-Type'] = 'application/json'; init.body = JSON.stringify(body); }
             Object.assign(init.headers, headers);
+            if (CONTROL_TOKEN && path.startsWith('/_cluster/')) init.headers['Authorization'] = 'Bearer ' + CONTROL_TOKEN;
             // A key makes the increment safe to repeat: the balancer may retry it on another node, which answers from the record.
             if (method === 'POST' && path === '/api/counter') { init.headers['Idempotency-Key'] = newKey(); }
             const r = await fetch(path, init);
@@ -362,7 +371,8 @@ enum DemoPage {
         function makeCard(name) {
           const tag = document.createElement('span'); tag.className = 'youtag'; tag.textContent = 'answered you'; tag.hidden = true;
           const exit = document.createElement('p'); exit.className = 'exit'; exit.dataset.field = 'lastExit'; exit.hidden = true;
-          return makeCardOf('node', name, 'Node', ['state', 'health'], FIELDS, ACTIONS, { head: [tag], body: [exit] });
+          const share = document.createElement('p'); share.className = 'exit'; share.dataset.field = 'balancerNote'; share.hidden = true;
+          return makeCardOf('node', name, 'Node', ['state', 'health'], FIELDS, ACTIONS, { head: [tag], body: [share, exit] });
         }
 
         function markYou(card, yes) {
@@ -381,6 +391,9 @@ enum DemoPage {
           const exit = field(card, 'lastExit');
           exit.textContent = n.lastExit ? 'Last exit: ' + n.lastExit : '';
           exit.hidden = !n.lastExit;
+          const note = field(card, 'balancerNote');  // why the balancer sends it fewer requests now
+          note.textContent = n.balancerNote ? 'Balancer: ' + n.balancerNote : '';
+          note.hidden = !n.balancerNote;
           card.classList.toggle('gone', state === 'dead');
           const busy = card.dataset.busy === '1';
           for (const [action, , , allowed] of ACTIONS) card.querySelector('[data-action="' + action + '"]').disabled = busy || !allowed(state);

@@ -5,8 +5,8 @@ import MiniHTTP
 ///
 /// - `GET /_cluster/status`: strategy, balancer totals and, per node, its state
 ///   (starting, running, stopped, dead, restarting), the balancer's view of its
-///   health, requests the balancer sent it, sessions it holds, PID, restarts and
-///   how its last process ended;
+///   health and why it gets fewer requests now (`balancerNote`), requests the balancer
+///   sent it, sessions it holds, PID, restarts and how its last process ended;
 /// - `POST /_cluster/nodes/NAME/kill|stop|resume|restart`: 200 with the node's new
 ///   state, 404 for an unknown node, 409 when the action does not fit its state;
 /// - `POST /_cluster/redis/NAME/kill|restart`: the same for a private redis-server
@@ -133,7 +133,8 @@ public enum ControlAPI {
             return "{\"name\":\(jsonQuoted(node.name)),\"port\":\(node.port),\"pid\":\(now.process.map { "\($0.pid)" } ?? "null"),"
                 + "\"state\":\(jsonQuoted(now.state.rawValue)),\"health\":\(jsonQuoted(backend?.health ?? "unknown")),"
                 + "\"requests\":\(backend?.responses ?? 0),\"sessions\":\(sessions),\"restarts\":\(now.restarts),"
-                + "\"lastExit\":\(now.lastExit.map(jsonQuoted) ?? "null")}"
+                + "\"lastExit\":\(now.lastExit.map(jsonQuoted) ?? "null"),"
+                + "\"balancerNote\":\(backend?.reducedShareReason.map(jsonQuoted) ?? "null")}"
         }
         let strategy = jsonQuoted(configuration.strategy.rawValue)
         let mode = configuration.strategy == .replicate ? jsonQuoted(configuration.replicationMode) : "null"

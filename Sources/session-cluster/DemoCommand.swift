@@ -36,8 +36,11 @@ extension SessionClusterCommand {
         @Option(help: "The balancer's port (0: a free one).")
         var port = 8080
 
-        @Option(help: "The balancer's address (numeric).")
+        @Option(help: "The balancer's address (numeric). Beyond loopback the control API needs a token (see --control-token).")
         var host = "127.0.0.1"
+
+        @Flag(help: "Require a bearer token on the control API (/_cluster/) also on loopback, e.g. on a machine shared with other users; it is always required beyond loopback. The token is made at start and printed with the dashboard's address.")
+        var controlToken = false
 
         @Option(help: "--strategy replicate: async (answer at once) or sync (answer after the peers acknowledged).")
         var replicationMode = "async"
@@ -73,7 +76,7 @@ extension SessionClusterCommand {
             configuration.redisSentinel = sentinel
             // Beyond loopback anyone on the network reaches the control API: it then needs a token,
             // made here and shown once (the dashboard's address carries it in its #fragment, never sent).
-            let token = ClusterConfiguration.isLoopback(host) ? nil : Self.randomToken()
+            let token = ClusterConfiguration.isLoopback(host) && !controlToken ? nil : Self.randomToken()
             configuration.controlToken = token
             let supervisor: ClusterSupervisor
             do throws(SupervisorError) {

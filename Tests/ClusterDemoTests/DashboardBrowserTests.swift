@@ -244,3 +244,46 @@ import TestSupport
         try Self.expectCount(page, 2)
     }
 }
+
+extension DashboardBrowserTests {
+    /// Attack: someone who reaches the demo's port (beyond loopback, or another user of the machine)
+    /// kills its nodes. With a control token only its bearer can; the dashboard opened at the address
+    /// the demo printed (`#token=`) sends it, and takes it out of the address bar.
+    @Test func withAControlTokenOnlyItsBearerDrivesTheCluster() throws {
+        let browser = try Self.launchBrowser()
+        defer { browser.close() }
+        let port = try freeLoopbackPort()
+        let base = "http://127.0.0.1:\(port)"
+        let demo = try ChildProcess(
+            try ChildProcess.sessionClusterBinary(),
+            ["demo", "--strategy", "local", "--nodes", "2", "--port", "\(port)", "--control-token"])
+        defer { demo.stop(signal: SIGTERM, timeout: 20) }  // SIGKILL would orphan its nodes
+        var address = ""
+        let printed = waitUntil(timeout: 30) {
+            guard demo.process.isRunning else { return true }
+            guard let line = demo.output.split(separator: "\n").first(where: { $0.contains("dashboard") && $0.contains("#token=") })
+            else { return false }
+            address = String(line.split(separator: " ").last ?? "")
+            return true
+        }
+        try #require(printed && demo.process.isRunning && address.hasPrefix("\(base)/#token="), "the demo's output:\n\(demo.output)")
+        let token = String(address.dropFirst("\(base)/#token=".count))
+        #expect(token.count == 32)
+
+        let client = CurlClient()
+        let anonymous = try client.request("GET", "\(base)/_cluster/status", useJar: false)
+        #expect(anonymous.status == 401, "no token, no status")
+        let kill = try client.request(
+            "POST", "\(base)/_cluster/nodes/node-1/kill", headers: ["X-Cluster-Control: 1"], useJar: false)
+        #expect(kill.status == 401, "the control header alone kills nothing")
+
+        let page = try browser.open(address)
+        #expect(
+            try page.waitFor("!document.getElementById('cluster').hidden && document.querySelectorAll('[data-node]').length === 2"),
+            "the page read the status with the token")
+        #expect(try page.evaluate("location.hash") as? String == "", "the token left the address bar")
+        try page.evaluate("document.querySelector('[data-node=\"node-1\"] [data-action=kill]').click()")
+        let dead = try page.waitFor("document.querySelector('[data-node=\"node-1\"] [data-field=state]')?.textContent === 'dead'")
+        #expect(dead, "the page's kill went through; the demo's output:\n\(demo.output)")
+    }
+}

@@ -42,6 +42,7 @@ let package = Package(
                 .product(name: "SessionMiddleware", package: "SessionCluster"),
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionClusterAsync", package: "SessionClusterIntegrationSupport"),
+                .product(name: "SessionClusterNodeKit", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterTestKit", package: "SessionClusterIntegrationSupport"),
                 .product(name: "Vapor", package: "vapor"),
                 .product(name: "VaporTesting", package: "vapor"),

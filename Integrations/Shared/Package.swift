@@ -53,9 +53,10 @@ let package = Package(
         .testTarget(
             name: "SessionClusterAsyncTests",
             dependencies: [
-                "SessionClusterAsync", "SessionClusterTestKit",
+                "SessionClusterAsync", "SessionClusterNodeKit", "SessionClusterTestKit",
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionMiddleware", package: "SessionCluster"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
     ],
     swiftLanguageModes: [.v6]

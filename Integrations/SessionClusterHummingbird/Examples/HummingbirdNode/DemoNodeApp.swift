@@ -15,21 +15,26 @@ struct DemoNodeApp {
     let router: Router<Context>
     let manager: SessionRequestManager
 
-    /// - Parameter healthProblem: what keeps the node from serving (blocking; run on the executor), nil when ready.
+    /// - Parameters:
+    ///   - healthProblem: what keeps the node from serving (blocking; run on the executor), nil when ready.
+    ///   - lameDuck: while it drains, `/healthz` answers 503 `draining` and every response carries `Connection: close`.
     init(
         nodeID: String, store: any SessionStore & IdempotencyStore, executor: BlockingExecutor,
-        sessions: SessionConfiguration, healthProblem: @escaping @Sendable () -> String? = { nil }, logger: Logger
+        sessions: SessionConfiguration, healthProblem: @escaping @Sendable () -> String? = { nil },
+        lameDuck: LameDuck = LameDuck(delayMillis: 0), logger: Logger
     ) {
         manager = SessionRequestManager(store: store, configuration: sessions, executor: executor, logger: logger)
         let router = Router(context: Context.self)
+        router.add(middleware: LameDuckMiddleware(lameDuck: lameDuck))  // outermost: every answer, errors included
         router.add(middleware: ServedByMiddleware(nodeID: nodeID))
         router.add(middleware: 
             ClusterIdempotencyMiddleware(store: store, sessions: sessions, executor: executor, logger: logger))
         router.add(middleware: ClusterSessionMiddleware(manager: manager))
 
         router.get("/healthz") { _, _ in
-            let problem = try await executor.run { healthProblem() }
-            let (status, body) = DemoAPI.health(node: nodeID, problem: problem)
+            let draining = lameDuck.isDraining
+            let problem = draining ? nil : try await executor.run { healthProblem() }
+            let (status, body) = DemoAPI.health(node: nodeID, problem: problem, draining: draining)
             return Self.json(body, status: status)
         }
         router.get("/api/session") { _, context in

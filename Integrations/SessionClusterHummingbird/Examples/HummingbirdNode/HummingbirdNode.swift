@@ -1,6 +1,7 @@
 import ArgumentParser
 import Hummingbird
 import Logging
+import ServiceLifecycle
 import SessionClusterNodeKit
 import SessionMiddleware
 
@@ -22,18 +23,26 @@ struct HummingbirdNode: AsyncParsableCommand {
         let logger = options.makeLogger(label: "hummingbird-node.\(options.nodeId)")
         let stores = try ExampleNodeStores(options: options, logger: logger)
         let sessions = try SessionConfiguration(signingKeys: options.cookieSecrets(), exclusive: stores.exclusiveLock)
+        let lameDuck = LameDuck(delayMillis: options.drainDelayMs)
         let node = DemoNodeApp(
             nodeID: options.nodeId, store: stores.store, executor: stores.executor, sessions: sessions,
-            healthProblem: { stores.healthProblem() }, logger: logger)
+            healthProblem: { stores.healthProblem() }, lameDuck: lameDuck, logger: logger)
         let app = Application(
             router: node.router,
+            server: .http1(configuration: .init(additionalChannelHandlers: [CloseAfterConnectionCloseHandler()])),
             configuration: ApplicationConfiguration(address: .hostname(options.host, port: options.port)),
             logger: logger)
         stores.start()
         logger.info(
             "hummingbird node listening",
             metadata: ["node": "\(options.nodeId)", "port": "\(options.port)", "store": "\(options.store.rawValue)"])
-        try await app.runService()  // SIGTERM/SIGINT: stops accepting, finishes in-flight requests
+        // SIGTERM/SIGINT: the group shuts its services down in reverse order, each after
+        // the previous one finished: first the lame duck (--drain-delay-ms, the app serving
+        // on), then the app (stops accepting, finishes in-flight requests).
+        let group = ServiceGroup(
+            services: [app, LameDuckService(lameDuck: lameDuck, logger: logger)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
         try await node.shutdown()
         await stores.shutdown()
     }

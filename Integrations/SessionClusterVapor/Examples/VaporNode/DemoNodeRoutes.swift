@@ -10,23 +10,29 @@ import Vapor
 struct DemoNodeRoutes: Sendable {
     let manager: SessionRequestManager
 
-    /// Installs `X-Served-By`, error answers, idempotency, sessions and the routes on `app`.
-    /// - Parameter healthProblem: what keeps the node from serving (blocking; run on the executor), nil when ready.
+    /// Installs the lame duck's `Connection: close`, `X-Served-By`, error answers, idempotency,
+    /// sessions and the routes on `app`.
+    /// - Parameters:
+    ///   - healthProblem: what keeps the node from serving (blocking; run on the executor), nil when ready.
+    ///   - lameDuck: while it drains, `/healthz` answers 503 `draining` and every response carries `Connection: close`.
     init(
         app: Application, nodeID: String, store: any SessionStore & IdempotencyStore, executor: BlockingExecutor,
-        sessions: SessionConfiguration, healthProblem: @escaping @Sendable () -> String? = { nil }, logger: Logger
+        sessions: SessionConfiguration, healthProblem: @escaping @Sendable () -> String? = { nil },
+        lameDuck: LameDuck = LameDuck(delayMillis: 0), logger: Logger
     ) throws {
         manager = SessionRequestManager(store: store, configuration: sessions, executor: executor, logger: logger)
         app.middleware = Middlewares()
-        app.middleware.use(ServedByMiddleware(nodeID: nodeID))  // outermost: error answers get it too
+        app.middleware.use(LameDuckMiddleware(lameDuck: lameDuck))  // outermost: every answer
+        app.middleware.use(ServedByMiddleware(nodeID: nodeID))  // error answers get it too
         app.middleware.use(ErrorMiddleware.default(environment: app.environment))
         app.middleware.use(
             ClusterIdempotencyMiddleware(store: store, sessions: sessions, executor: executor, logger: logger))
         app.middleware.use(ClusterSessionsMiddleware(manager: manager))
 
         app.get("healthz") { _ async throws -> Response in
-            let problem = try await executor.run { healthProblem() }
-            let (status, body) = DemoAPI.health(node: nodeID, problem: problem)
+            let draining = lameDuck.isDraining
+            let problem = draining ? nil : try await executor.run { healthProblem() }
+            let (status, body) = DemoAPI.health(node: nodeID, problem: problem, draining: draining)
             return Self.json(body, status: status)
         }
         app.get("api", "session") { req async throws -> Response in

@@ -22,23 +22,44 @@ struct VaporNode: AsyncParsableCommand {
         let logger = options.makeLogger(label: "vapor-node.\(options.nodeId)")
         let stores = try ExampleNodeStores(options: options, logger: logger)
         let sessions = try SessionConfiguration(signingKeys: options.cookieSecrets(), exclusive: stores.exclusiveLock)
-        // Vapor's own command line is not used: our options were parsed above.
+        // Vapor's own command line is not used: our options were parsed above. Nor is its
+        // `serve` command, which stops the server at once on SIGTERM/SIGINT: the signals
+        // are ours, so that the node is a lame duck first.
+        let signals = TerminationSignals()
+        let lameDuck = LameDuck(delayMillis: options.drainDelayMs)
         let app = try await Application.make(Environment(name: "production", arguments: ["vapor-node"]))
         app.logger = logger
         app.http.server.configuration.hostname = options.host
         app.http.server.configuration.port = options.port
-        let node = try DemoNodeRoutes(
-            app: app, nodeID: options.nodeId, store: stores.store, executor: stores.executor, sessions: sessions,
-            healthProblem: { stores.healthProblem() }, logger: logger)
+        let node: DemoNodeRoutes
+        do {
+            node = try DemoNodeRoutes(
+                app: app, nodeID: options.nodeId, store: stores.store, executor: stores.executor, sessions: sessions,
+                healthProblem: { stores.healthProblem() }, lameDuck: lameDuck, logger: logger)
+        } catch {
+            try? await app.asyncShutdown()
+            await stores.shutdown()
+            throw error
+        }
         stores.start()
         do {
-            try await app.execute()  // `serve`: SIGTERM/SIGINT stop accepting and finish in-flight requests
+            try await app.asyncBoot()
+            try await app.server.start(address: .hostname(options.host, port: options.port))
         } catch {
+            await app.server.shutdown()
             try? await node.shutdown()
             try? await app.asyncShutdown()
             await stores.shutdown()
             throw error
         }
+        logger.info(
+            "vapor node listening",
+            metadata: ["node": "\(options.nodeId)", "port": "\(options.port)", "store": "\(options.store.rawValue)"])
+        let signal = await signals.next()
+        logger.info("signal received, draining", metadata: ["signal": "\(signal)", "drain_delay_ms": "\(lameDuck.delayMillis)"])
+        await lameDuck.drain()  // the server keeps listening and serving meanwhile
+        logger.info("drained, stopping the server")
+        await app.server.shutdown()  // stops accepting, finishes in-flight requests
         try await node.shutdown()
         try await app.asyncShutdown()
         await stores.shutdown()

@@ -50,8 +50,11 @@ public enum DemoAPI {
         return "{\"node\":\(jsonQuoted(node)),\"count\":0,\"user\":null}"
     }
 
-    /// `GET /healthz`: status and body.
-    public static func health(node: String, problem: String?) -> (status: Int, body: String) {
+    /// `GET /healthz`: status and body. A draining node (a lame duck, see `LameDuck`)
+    /// answers 503 `{"status":"draining","node":...}` whatever its `problem`, as
+    /// `session-cluster node` does during its `--drain-delay-ms`.
+    public static func health(node: String, problem: String?, draining: Bool = false) -> (status: Int, body: String) {
+        if draining { return (503, "{\"status\":\"draining\",\"node\":\(jsonQuoted(node))}") }
         guard let problem else { return (200, "{\"status\":\"ok\",\"node\":\(jsonQuoted(node))}") }
         return (503, "{\"status\":\"unavailable\",\"node\":\(jsonQuoted(node)),\"reason\":\(jsonQuoted(problem))}")
     }

@@ -97,6 +97,15 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     public var logLevel = "info"
 
+    /// The lame-duck period on SIGTERM (see `LameDuck`).
+    @Option(
+        help: ArgumentHelp(
+            "On SIGTERM (or SIGINT), stay a lame duck for this long before stopping: /healthz answers 503 draining, every response carries Connection: close, and the listener stays open.",
+            discussion:
+                "Give the balancer time to take the node out (about fall × interval of its health checks) so no kept-alive connection is closed while a request may be on its way. 0: stop at once. At most 600000."
+        ))
+    public var drainDelayMs = 5_000
+
     /// Options with their defaults.
     public init() {}
 
@@ -108,6 +117,7 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
         guard absoluteTimeout >= 0 else { throw ValidationError("--absolute-timeout must not be negative") }
         guard maxSessions > 0 else { throw ValidationError("--max-sessions must be positive") }
         guard (1...4096).contains(storeThreads) else { throw ValidationError("--store-threads must be 1...4096") }
+        guard (0...600_000).contains(drainDelayMs) else { throw ValidationError("--drain-delay-ms must be 0...600000") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
         if exclusiveSessions && store != .redis { throw ValidationError("--exclusive-sessions needs --store redis") }
         _ = try cookieSecrets()

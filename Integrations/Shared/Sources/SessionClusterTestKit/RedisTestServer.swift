@@ -73,14 +73,15 @@ public final class RedisTestServer: Sendable {
     deinit { stop() }
 }
 
-/// Starts `executable` with `arguments`, its output to /dev/null; returns its PID.
-func spawn(_ executable: String, _ arguments: [String]) throws -> Int32 {
+/// Starts `executable` with `arguments`, its output (stdout and stderr) to
+/// `outputPath` (created or truncated) or /dev/null; returns its PID.
+func spawn(_ executable: String, _ arguments: [String], outputPath: String = "/dev/null") throws -> Int32 {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
     // The test process may block or ignore signals (SIGTERM among them); the child starts with none of that.
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)

@@ -1,0 +1,87 @@
+import Foundation
+import SessionClusterAsync
+import SessionClusterNodeKit
+import SessionClusterTestKit
+import SessionCore
+import SessionMiddleware
+import Testing
+import Vapor
+
+@testable import VaporNode
+
+/// The lame duck of `vapor-node` (`--drain-delay-ms`): on SIGTERM it keeps
+/// listening and serving for the delay, `/healthz` answers 503 draining, every
+/// response carries `Connection: close`; then it stops and exits 0.
+@Suite struct LameDuckTests {
+    /// The real executable (linked by `swift build`, as Integrations/test.sh does
+    /// before the tests), as a balancer sees it.
+    @Test func sigtermMakesTheNodeALameDuckThenItExits() async throws {
+        let executable = try ExampleNodeProcess.executable(named: "vapor-node")
+        let port = try freeLoopbackPort()
+        let node = try ExampleNodeProcess(
+            executable: executable,
+            arguments: [
+                "--host", "127.0.0.1", "--port", "\(port)", "--node-id", "vapor-lame", "--store", "memory",
+                "--store-threads", "4", "--drain-delay-ms", "1500",
+            ],
+            port: port)
+        defer { node.kill() }  // SIGKILL by its PID unless it exited
+        let run = try await onThread { try LameDuckRun.observe(node, drainDelayMillis: 1500) }
+
+        #expect(run.keptBefore.status == 200)
+        #expect(!run.keptBefore.lists("close", in: "Connection"), "kept alive before the signal")
+        #expect(run.healthAfterSignal.status == 503, "a new connection is accepted and told draining")
+        #expect(run.healthAfterSignal.body == "{\"status\":\"draining\",\"node\":\"vapor-lame\"}")
+        #expect(run.healthAfterSignalSeconds < 1.5, "within the delay")
+        #expect(run.keptDuring.status == 200, "the kept connection is still served")
+        #expect(run.keptDuring.lists("close", in: "Connection"))
+        // Vapor appends its own field after the middleware's: the client sees `close, keep-alive`.
+        #expect(run.keptDuring.values("Connection").first == "close")
+        #expect(run.keptDuring.header("X-Served-By") == "vapor-lame")
+        #expect(run.exit == .exited(0), "\(node.output)")
+        #expect(run.exitSeconds >= 1.5, "not before the delay ended")
+        #expect(run.exitSeconds < 30)
+        #expect(node.output.contains("signal received, draining"))
+    }
+
+    /// The pieces in-process, on a live server: `/healthz` and the middleware.
+    @Test func aDrainingNodeAnswersWithConnectionClose() async throws {
+        try await withExecutor(threads: 4) { executor in
+            let lameDuck = LameDuck(delayMillis: 0)
+            let app = try await Application.make(.testing)
+            app.logger.logLevel = .critical
+            do {
+                let routes = try DemoNodeRoutes(
+                    app: app, nodeID: "v", store: MemorySessionStore(), executor: executor,
+                    sessions: SessionConfiguration(), lameDuck: lameDuck, logger: quietLogger())
+                try await app.server.start(address: .hostname("127.0.0.1", port: 0))
+                let port = try #require(app.http.server.shared.localAddress?.port)
+                // Blocking socket I/O on a thread of its own; the checks on this task (Swift Testing
+                // attributes an issue to the test through the task).
+                let (healthy, health, missing) = try await onThread {
+                    let kept = try RawHTTPConnection(port: port)
+                    let healthy = try kept.request("GET", "/healthz")
+                    lameDuck.beginDraining()
+                    let health = try kept.request("GET", "/healthz")
+                    let missing = try kept.request("GET", "/no-such-route")  // the client ignores close here
+                    return (healthy, health, missing)
+                }
+                #expect(healthy.status == 200)
+                #expect(!healthy.lists("close", in: "Connection"))
+                #expect(health.status == 503)
+                #expect(health.body == "{\"status\":\"draining\",\"node\":\"v\"}")
+                #expect(health.values("Connection") == ["close", "keep-alive"], "Vapor appends its own field")
+                #expect(health.lists("close", in: "Connection"))
+                #expect(missing.status == 404)
+                #expect(missing.values("Connection").first == "close", "error answers too")
+                await app.server.shutdown()
+                try await routes.shutdown()
+            } catch {
+                await app.server.shutdown()
+                try? await app.asyncShutdown()
+                throw error
+            }
+            try await app.asyncShutdown()
+        }
+    }
+}

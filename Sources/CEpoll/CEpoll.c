@@ -37,3 +37,5 @@ int cepoll_wait(int epfd, cepoll_ready *out, int max, int timeout_ms) {
 int cepoll_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 
 int cepoll_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+
+int cepoll_accept_blocking(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }

@@ -191,7 +191,7 @@ public final class PrivateRedisReplicaSet: Sendable {
             sentinel failover-timeout \(masterName) \(failoverTimeoutMillis)
 
             """
-        guard let file = fopen(path, "w") else {
+        guard let file = fopen(path, "we") else {
             throw SupervisorError("cannot create \(path): \(String(cString: strerror(errno)))")
         }
         let written = fputs(text, file)

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CEpoll
 
 /// An error from a socket call, with the call's name and errno text.
 public struct SocketError: Error, Sendable, CustomStringConvertible {
@@ -37,6 +38,10 @@ public enum Sockets {
         }
         return fd
     }
+
+    /// Accepts one connection as a blocking, close-on-exec socket (a child process spawned meanwhile
+    /// must not inherit it: closing our copy would then never reach the peer). -1 with `errno` set on failure.
+    public static func accept(_ listener: Int32) -> Int32 { cepoll_accept_blocking(listener) }
 
     /// Connects to `host:port` with a timeout; the returned socket is blocking.
     public static func connect(host: String, port: Int, timeoutMillis: Int32 = 2000) throws -> Int32 {

@@ -322,7 +322,7 @@ public final class ReplicationNode: Sendable {
 
     private func acceptLoop(_ listener: Int32) {
         while true {
-            let fd = accept(listener, nil, nil)
+            let fd = Sockets.accept(listener)
             if fd < 0 {
                 if errno == EINTR || errno == ECONNABORTED { continue }
                 if isStopped { break }

@@ -247,7 +247,7 @@ final class ScriptedBackend: Sendable {
         port = Sockets.localPort(listenFD)
         startThread { [self] in
             while true {
-                let fd = accept(listenFD, nil, nil)
+                let fd = Sockets.accept(listenFD)
                 if fd < 0 {
                     if errno == EINTR { continue }
                     return

@@ -459,6 +459,37 @@ struct ReplicationAttackTests {
         #expect(waitUntil(timeout: 5) { (try? current.store.load(id)) != nil })
     }
 
+    /// A process started while a connection waits in its handshake must not inherit the node's end
+    /// of it: the close at the handshake deadline has to reach the peer. Before accepted sockets
+    /// were close-on-exec, a child the supervisor started meanwhile (a demo test running alongside)
+    /// kept junk connections open for its whole life: the CI flake of the test above.
+    @Test func aDroppedHandshakeIsClosedThoughAChildProcessStartedMeanwhile() throws {
+        let cluster = try LoopbackCluster(count: 2, handshakeTimeoutMillis: 300)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let fd = try Sockets.connect(host: "127.0.0.1", port: cluster[0].port, timeoutMillis: 1_000)
+        defer { close(fd) }
+        _ = Sockets.writeAll(fd, FrameFormat.header(kind: .hello, length: 2_000))  // and never the rest
+        usleep(100_000)  // accepted, waiting in its handshake
+        // posix_spawn with no file actions, as the demo's supervisor starts its nodes and servers: the
+        // child inherits every descriptor that is not close-on-exec (Foundation's Process closes them).
+        var child: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sleep"), strdup("30"), nil]
+        defer { for arg in argv { free(arg) } }
+        try #require(posix_spawn(&child, "/bin/sleep", nil, nil, argv, environ) == 0)
+        defer {
+            kill(child, SIGKILL)
+            var status: Int32 = 0
+            waitpid(child, &status, 0)
+        }
+        Sockets.setReceiveTimeout(fd, millis: 8_000)
+        var byte: UInt8 = 0
+        let started = monotonicMillis()
+        let n = recv(fd, &byte, 1, 0)
+        #expect(n == 0, "the node's close reached us (recv \(n), errno \(errno)) after \(monotonicMillis() - started) ms")
+        #expect(kill(child, 0) == 0, "the child lived on meanwhile, so it cannot have been its exit that closed it")
+    }
+
     /// Attack: a holder of the cluster secret (a decommissioned node, a leaked
     /// secret on another host) connects from an address that is not a peer.
     /// Protocol 2 admitted whoever had the secret. Now the hello's address

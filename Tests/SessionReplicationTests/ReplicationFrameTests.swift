@@ -701,7 +701,7 @@ private func exchange(
     defer { close(client) }
     #expect(Sockets.writeAll(client, bytes))
     shutdown(client, Int32(SHUT_WR))
-    let server = accept(listener, nil, nil)
+    let server = Sockets.accept(listener)
     #expect(server >= 0)
     defer { close(server) }
     var timeout = timeval(tv_sec: 5, tv_usec: 0)

@@ -395,7 +395,7 @@ final class LoopbackRelay: Sendable {
             }
         }
         while true {
-            let client = accept(listener, nil, nil)
+            let client = Sockets.accept(listener)
             if client < 0 {
                 if errno == EINTR { continue }
                 return

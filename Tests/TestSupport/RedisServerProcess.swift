@@ -57,7 +57,7 @@ public final class RedisServerProcess: @unchecked Sendable {  // used by one tes
 
     /// PING over a raw socket.
     static func answersPing(port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         var tv = timeval(tv_sec: 0, tv_usec: 300_000)

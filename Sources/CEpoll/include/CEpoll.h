@@ -29,5 +29,7 @@ int cepoll_wait(int epfd, cepoll_ready *out, int max, int timeout_ms);
 int cepoll_eventfd(void);
 /// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
 int cepoll_accept(int fd);
+/// accept4 with SOCK_CLOEXEC only: a blocking socket for a thread of its own.
+int cepoll_accept_blocking(int fd);
 
 #endif

@@ -31,6 +31,8 @@ public final class RedisConnection: RedisChannel, @unchecked Sendable {
             self.context = nil
             throw RedisError(.connection, "connect to \(host):\(port): \(message)")
         }
+        // hiredis 0.14 opens its socket without close-on-exec; a process spawned later must not inherit it.
+        _ = fcntl(context.pointee.fd, F_SETFD, FD_CLOEXEC)
         redisSetTimeout(context, Self.timeval(millis: configuration.commandTimeoutMillis))
         _ = redisEnableKeepAlive(context)
         if selectDatabase {

@@ -99,6 +99,14 @@ import TestSupport
 
     // MARK: The demo: three replicating nodes behind the balancer
 
+    /// `session-cluster demo` with `arguments` on a free loopback port, and its address; the
+    /// caller stops it with SIGTERM (SIGKILL would orphan its nodes).
+    static func startDemo(_ arguments: [String]) throws -> (demo: ChildProcess, base: String) {
+        let port = try freeLoopbackPort()
+        let demo = try ChildProcess(try ChildProcess.sessionClusterBinary(), ["demo"] + arguments + ["--port", "\(port)"])
+        return (demo, "http://127.0.0.1:\(port)")
+    }
+
     /// `GET /_cluster/status` as JSON, or nil.
     static func clusterStatus(_ client: CurlClient, _ base: String) -> [String: Any]? {
         guard let response = try? client.request("GET", "\(base)/_cluster/status", useJar: false), response.status == 200
@@ -109,10 +117,7 @@ import TestSupport
     @Test func dashboardShowsTheSessionSurvivingAKilledNode() throws {
         let browser = try Self.launchBrowser()
         defer { browser.close() }
-        let port = try freeLoopbackPort()
-        let base = "http://127.0.0.1:\(port)"
-        let demo = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(), ["demo", "--strategy", "replicate", "--nodes", "3", "--port", "\(port)"])
+        let (demo, base) = try Self.startDemo(["--strategy", "replicate", "--nodes", "3"])
         defer { demo.stop(signal: SIGTERM, timeout: 20) }  // SIGKILL would orphan its nodes
         let client = CurlClient()
         var nodeNames: [String] = []
@@ -202,10 +207,7 @@ import TestSupport
     @Test func theRollingRestartButtonRestartsEveryNodeInTurn() throws {
         let browser = try Self.launchBrowser()
         defer { browser.close() }
-        let port = try freeLoopbackPort()
-        let base = "http://127.0.0.1:\(port)"
-        let demo = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(), ["demo", "--strategy", "replicate", "--nodes", "3", "--port", "\(port)"])
+        let (demo, base) = try Self.startDemo(["--strategy", "replicate", "--nodes", "3"])
         defer { demo.stop(signal: SIGTERM, timeout: 20) }  // SIGKILL would orphan its nodes
         let client = CurlClient()
         func pids() -> [String: Int] {
@@ -252,11 +254,7 @@ extension DashboardBrowserTests {
     @Test func withAControlTokenOnlyItsBearerDrivesTheCluster() throws {
         let browser = try Self.launchBrowser()
         defer { browser.close() }
-        let port = try freeLoopbackPort()
-        let base = "http://127.0.0.1:\(port)"
-        let demo = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            ["demo", "--strategy", "local", "--nodes", "2", "--port", "\(port)", "--control-token"])
+        let (demo, base) = try Self.startDemo(["--strategy", "local", "--nodes", "2", "--control-token"])
         defer { demo.stop(signal: SIGTERM, timeout: 20) }  // SIGKILL would orphan its nodes
         var address = ""
         let printed = waitUntil(timeout: 30) {

@@ -18,31 +18,9 @@ import Testing
     /// The real executable (linked by `swift build`, as Integrations/test.sh does
     /// before the tests), as a balancer sees it.
     @Test func sigtermMakesTheNodeALameDuckThenItExits() async throws {
-        let executable = try ExampleNodeProcess.executable(named: "hummingbird-node")
-        let port = try freeLoopbackPort()
-        let node = try ExampleNodeProcess(
-            executable: executable,
-            arguments: [
-                "--host", "127.0.0.1", "--port", "\(port)", "--node-id", "hb-lame", "--store", "memory",
-                "--store-threads", "4", "--drain-delay-ms", "1500",
-            ],
-            port: port)
-        defer { node.kill() }  // SIGKILL by its PID unless it exited
-        let run = try await onThread { try LameDuckRun.observe(node, drainDelayMillis: 1500) }
-
-        #expect(run.keptBefore.status == 200)
-        #expect(!run.keptBefore.lists("close", in: "Connection"), "kept alive before the signal")
-        #expect(run.healthAfterSignal.status == 503, "a new connection is accepted and told draining")
-        #expect(run.healthAfterSignal.body == "{\"status\":\"draining\",\"node\":\"hb-lame\"}")
-        #expect(run.healthAfterSignalSeconds < 1.5, "within the delay")
-        #expect(run.keptDuring.status == 200, "the kept connection is still served")
+        let run = try await exerciseLameDuck(executable: "hummingbird-node", nodeID: "hb-lame")
         #expect(run.keptDuring.values("Connection") == ["close"])
-        #expect(run.keptDuring.header("X-Served-By") == "hb-lame")
         #expect(run.keptClosedAfterSeconds != nil, "the server closes the connection after its close answer")
-        #expect(run.exit == .exited(0), "\(node.output)")
-        #expect(run.exitSeconds >= 1.5, "not before the delay ended")
-        #expect(run.exitSeconds < 30)
-        #expect(node.output.contains("signal received, draining"))
     }
 
     /// The pieces in-process, on a live server: `/healthz`, the middleware and the channel handler.

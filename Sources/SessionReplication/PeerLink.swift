@@ -218,11 +218,12 @@ final class PeerLink: Sendable {
             question: (request, .fetch(id)))
     }
 
-    /// Asks the peer what it knows of an idempotency key; false when not connected or lagging.
-    func lookUp(key: String, request: UInt64) -> Bool {
+    /// Asks the peer what it knows of an idempotency key; false when not connected, or
+    /// lagging unless `evenIfLagging` (after this node was frozen, when its lagging marks are its own doing).
+    func lookUp(key: String, request: UInt64, evenIfLagging: Bool = false) -> Bool {
         send(
             control: ReplicationFrame(type: .keyLookup, payload: KeyLookup(key: key, request: request).encode()),
-            question: (request, .lookup(key)), unlessLagging: true)
+            question: (request, .lookup(key)), unlessLagging: !evenIfLagging)
     }
 
     /// Sends a control frame when connected — and, with `unlessLagging`, not

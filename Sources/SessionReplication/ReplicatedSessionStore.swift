@@ -43,6 +43,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var expiresAt: Int64
         /// While in progress: when it was claimed (concurrent claims on two nodes: the earlier wins).
         var claimedAt: HLCStamp? = nil
+        /// While in progress: when it was claimed here, on the monotonic clock (`pausedSince`).
+        var claimedAtNanos: UInt64? = nil
         /// Completed with a session change: that session, sent along to a peer's lookup.
         var session: SessionID? = nil
 
@@ -80,6 +82,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
         var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
         var onLookup: (@Sendable (String, UInt64) -> Int)?
+        var pausedSince: (@Sendable (UInt64) -> Bool)?
         var readTokenKey: HMACKey?
     }
 
@@ -109,13 +112,16 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// How key lookups (`onLookup`) ended: nobody was asked (no peer needed
     /// asking, or none was connected), no peer knew the key, a peer had
     /// completed it (replayed), a peer held an earlier claim (deferred to it),
-    /// or not every peer answered in time (run anyway).
+    /// or not every peer answered in time (run anyway). `recheckedAfterPause` counts the keyed
+    /// changes looked up again before their write because this node was frozen since their
+    /// claim (each also counts under its outcome; `replayed` there means not written twice).
     public struct KeyLookupCounts: Sendable, Equatable {
         public var skipped = 0
         public var unknown = 0
         public var replayed = 0
         public var deferred = 0
         public var timedOut = 0
+        public var recheckedAfterPause = 0
     }
 
     public let catchUpPolicy: CatchUpPolicy
@@ -223,6 +229,15 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     public var onLookup: (@Sendable (String, UInt64) -> Int)? {
         get { sinks.withLock { $0.onLookup } }
         set { sinks.withLock { $0.onLookup = newValue } }
+    }
+
+    /// Whether this node was itself frozen (SIGSTOP, a stalled VM) at some point since the given
+    /// monotonic time. A keyed change whose claim is older than a pause looks its key up on the
+    /// peers again before it is written: the client's retry may have run on one of them meanwhile.
+    /// Set by `ReplicationNode`.
+    public var pausedSince: (@Sendable (UInt64) -> Bool)? {
+        get { sinks.withLock { $0.pausedSince } }
+        set { sinks.withLock { $0.pausedSince = newValue } }
     }
 
     /// Merges a peer's answer to fetch `request` (`update` nil: the peer does not have the session).
@@ -404,6 +419,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         if let record = delta.idempotencyRecord {
             delta.idempotencyRecord?.response = record.response.capped(maxBytes: Self.maxRecordResponseBytes)
         }
+        if let record = delta.idempotencyRecord { recheckAfterPause(record) }
         let now = clock.nowMillis()
         let result = try contents.withLock { contents throws(SessionStoreError) -> (AppliedDelta, SessionUpdate)? in
             if let key = delta.idempotencyRecord?.key, let record = contents.records[key], record.expiresAt > now,
@@ -563,7 +579,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
                 return (record.response.map { .completed($0) } ?? .inProgress, record.session)
             }
             contents.records[key] = Record(
-                fingerprint: fingerprint, response: nil, expiresAt: now + inProgressMillis, claimedAt: claimedAt)
+                fingerprint: fingerprint, response: nil, expiresAt: now + inProgressMillis, claimedAt: claimedAt,
+                claimedAtNanos: monotonicNanos())
             return (.claimed, nil)
         }
         if case .completed = claim {
@@ -574,6 +591,26 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         return lookUpOnPeers(key: key, fingerprint: fingerprint, claimedAt: claimedAt, ask: ask)
     }
 
+    /// Before a keyed change is written: if this node was frozen since the key was claimed here,
+    /// asks the peers about the key again (every connected one, see `ReplicationNode`). A peer's
+    /// completed record is merged, and `apply` then refuses the change (`idempotencyKeyCompleted`):
+    /// the middleware answers with that record instead of counting the request twice.
+    private func recheckAfterPause(_ record: IdempotencyRecord) {
+        guard let pausedSince = sinks.withLock({ $0.pausedSince }), let ask = sinks.withLock({ $0.onLookup }) else {
+            return
+        }
+        let claim = contents.withLock { contents -> (UInt64, HLCStamp)? in
+            guard let local = contents.records[record.key], local.response == nil,
+                let nanos = local.claimedAtNanos, let stamp = local.claimedAt
+            else { return nil }
+            return (nanos, stamp)
+        }
+        guard let (claimedAtNanos, claimedAt) = claim, pausedSince(claimedAtNanos) else { return }
+        lookupCounts.withLock { $0.recheckedAfterPause += 1 }
+        _ = lookUpOnPeers(
+            key: record.key, fingerprint: record.fingerprint, claimedAt: claimedAt, ask: ask, yieldsToEarlierClaims: false)
+    }
+
     /// Sends the full state of a replayed record's session to the peers.
     private func spreadReplayed(_ session: SessionID?) {
         if let session, let state = fullState(of: session) { emit([state]) }
@@ -581,8 +618,11 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     /// Asks the peers about a key just claimed here and waits for every
     /// answer (at most `fetchTimeoutMillis`), or for one that decides.
+    /// With `yieldsToEarlierClaims` false (a recheck of a claim already running), a peer's
+    /// earlier claim does not withdraw this one.
     private func lookUpOnPeers(
-        key: String, fingerprint: String, claimedAt: HLCStamp, ask: (String, UInt64) -> Int
+        key: String, fingerprint: String, claimedAt: HLCStamp, ask: (String, UInt64) -> Int,
+        yieldsToEarlierClaims: Bool = true
     ) -> IdempotencyClaim {
         let lookup = Lookup(claimedAt: claimedAt)
         let request = waiters.withLock { w -> UInt64 in
@@ -618,7 +658,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
                 replayedSession = record.session
                 return (record.fingerprint == fingerprint ? .completed(response) : .mismatch, \.replayed)
             }
-            if answers.claimedEarlier && record.claimedAt == claimedAt {
+            if yieldsToEarlierClaims && answers.claimedEarlier && record.claimedAt == claimedAt {
                 contents.records[key] = nil  // the earlier claim runs; this request waits for its record
                 return (.inProgress, \.deferred)
             }

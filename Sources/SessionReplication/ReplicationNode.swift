@@ -30,8 +30,12 @@ public final class ReplicationCounters: Sendable {
         /// Fetches (read-your-writes) and state transfers answered for peers.
         public var fetchesServed = 0
         public var snapshotsServed = 0
-        /// Sync mode: idempotency key lookups answered for peers.
+        /// Idempotency key lookups answered for peers.
         public var keyLookupsServed = 0
+        /// Times this node noticed it had itself been frozen (SIGSTOP, a stalled VM; `PauseDetector`).
+        public var pausesDetected = 0
+        /// Requests that looked their key up on every peer because this node had just been frozen.
+        public var keyLookupsAfterPause = 0
         /// Peers that disconnected whose recent changes this node passed on to
         /// the others, and how many sessions and records (counted per peer sent to).
         public var relays = 0
@@ -113,6 +117,8 @@ public final class ReplicationNode: Sendable {
     public let configuration: ReplicationConfiguration
     let core: ReplicationNodeCore
     let links: [PeerLink]
+    /// Notices when this node itself was frozen (SIGSTOP, a stalled VM).
+    let pauseDetector: PauseDetector
 
     struct State {
         var listener: Int32
@@ -159,6 +165,13 @@ public final class ReplicationNode: Sendable {
         links = Array(Set(configuration.peers)).filter { $0 != address }.sorted { $0.description < $1.description }
             .map { PeerLink(address: $0, node: core) }
         state = Mutex(State(listener: listener))
+        pauseDetector = PauseDetector(
+            windowNanos: UInt64(configuration.relayWindowMillis) * 1_000_000,
+            onPause: { nanos in
+                core.counters.add(\.pausesDetected)
+                core.logger.warning(
+                    "this node was frozen for \(nanos / 1_000_000) ms (SIGSTOP, a stalled VM): for \(configuration.relayWindowMillis) ms every idempotency key is looked up on every connected peer")
+            })
         store.isReady = false
         store.readTokenKey = HMACKey(secret.readTokenKey)
         let links = links
@@ -176,13 +189,23 @@ public final class ReplicationNode: Sendable {
         }
         store.onFetch = { id, request in links.reduce(0) { $0 + ($1.fetch(id, request: request) ? 1 : 0) } }
         let lookups = configuration.keyLookups
-        if lookups != .never {
-            // Exactly once across the cluster: a request looks for its key on the peers first
-            // (a dying node's change may have reached only some; a first attempt may still run).
-            store.onLookup = { key, request in
-                guard lookups == .always || Self.mayHaveLostAPeer(links: links, core: core) else { return 0 }
-                return links.reduce(0) { $0 + ($1.lookUp(key: key, request: request) ? 1 : 0) }
+        let pause = pauseDetector
+        // Exactly once across the cluster: a request looks for its key on the peers first
+        // (a dying node's change may have reached only some; a first attempt may still run).
+        // After this node was itself frozen, every connected peer is asked, lagging or not,
+        // whatever `keyLookups` says: its clients' retries ran on them meanwhile (PauseDetector).
+        store.pausedSince = { since in pause.paused(since: since, now: monotonicNanos()) }
+        store.onLookup = { key, request in
+            if pause.pausedRecently(now: monotonicNanos()) {
+                core.counters.add(\.keyLookupsAfterPause)
+                return links.reduce(0) { $0 + ($1.lookUp(key: key, request: request, evenIfLagging: true) ? 1 : 0) }
             }
+            switch lookups {
+            case .never: return 0
+            case .whenPeerInDoubt: guard Self.mayHaveLostAPeer(links: links, core: core) else { return 0 }
+            case .always: break
+            }
+            return links.reduce(0) { $0 + ($1.lookUp(key: key, request: request) ? 1 : 0) }
         }
     }
 
@@ -224,6 +247,7 @@ public final class ReplicationNode: Sendable {
                 "node": "\(configuration.nodeName)", "node_id": "\(configuration.nodeID)",
                 "mode": "\(configuration.mode.rawValue)", "peers": "\(links.map(\.address.description))",
             ])
+        pauseDetector.start()
         startThread { [self] in acceptLoop(listener) }
         for link in links { link.start() }
         startThread { [self] in join() }
@@ -254,6 +278,8 @@ public final class ReplicationNode: Sendable {
         store.onRecord = nil
         store.onFetch = nil
         store.onLookup = nil
+        store.pausedSince = nil
+        pauseDetector.stop()
         for link in links { link.stop() }
         // Under the lock: a socket's thread closes it only after taking it out of the state, so
         // these numbers are still ours (not reused by another socket since).
@@ -612,6 +638,8 @@ public final class ReplicationNode: Sendable {
             ("handshakes_evicted", "Unauthenticated inbound connections closed to make room for newer ones.", c.handshakesEvicted),
             ("unknown_peers_refused", "Authenticated connections from addresses that are not configured peers.", c.unknownPeersRefused),
             ("items_relayed", "Changes of disconnected peers passed on to the others.", c.itemsRelayed),
+            ("pauses_detected", "Times this node noticed it had been frozen (SIGSTOP, a stalled VM).", c.pausesDetected),
+            ("key_lookups_after_pause", "Requests that asked every peer for their key because this node had just been frozen.", c.keyLookupsAfterPause),
         ]
         for (name, help, value) in totals {
             metric("session_replication_\(name)_total", "counter", help, [("", "\(value)")])
@@ -628,11 +656,12 @@ public final class ReplicationNode: Sendable {
         let lookups = store.keyLookupCounts
         metric(
             "session_replication_key_lookup_total", "counter",
-            "Idempotency-Key lookups before a keyed request ran: skipped (no peer in doubt), unknown everywhere, replayed from a peer's record, deferred to a peer's earlier claim, timed out.",
+            "Idempotency-Key lookups before a keyed request ran: skipped (no peer in doubt), unknown everywhere, replayed from a peer's record, deferred to a peer's earlier claim, timed out; rechecked_after_pause: asked again before the write, this node having been frozen since the claim.",
             [
                 (",outcome=\"skipped\"", "\(lookups.skipped)"),
                 (",outcome=\"unknown\"", "\(lookups.unknown)"), (",outcome=\"replayed\"", "\(lookups.replayed)"),
                 (",outcome=\"deferred\"", "\(lookups.deferred)"), (",outcome=\"timed_out\"", "\(lookups.timedOut)"),
+                (",outcome=\"rechecked_after_pause\"", "\(lookups.recheckedAfterPause)"),
             ])
         return out
     }

@@ -227,6 +227,40 @@ private final class Failures: Sendable {
         try r.expectEnd()
     }
 
+    /// A keyed change claimed on a before a pause of a (SIGSTOP), while the client's retry ran on b:
+    /// before its write, a asks the peers again, merges b's record, and refuses the change, so
+    /// the middleware replays b's answer. Without the pause the same change is written: the
+    /// count then holds both runs (the duplicate the recheck prevents).
+    @Test(arguments: [true, false])
+    func aClaimOlderThanAPauseIsLookedUpAgainBeforeItsWrite(paused: Bool) throws {
+        let cluster = Cluster()
+        let id = try cluster.create(on: 0)
+        cluster.deliver()
+        let (a, b) = (cluster.stores[0], cluster.stores[1])
+        let delta = SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k"))
+        #expect(try a.begin(key: "k", fingerprint: "fp-k", inProgressMillis: 10_000) == .claimed)  // then a froze
+        #expect(try b.begin(key: "k", fingerprint: "fp-k", inProgressMillis: 10_000) == .claimed)  // the retry
+        _ = try #require(try b.apply(delta))
+        // a's lookups reach b, as ReplicationNode's do over the network.
+        a.onLookup = { key, request in
+            a.mergeLookupReply(KeyLookupReply(key: key, request: request, answer: b.lookUp(key: key)))
+            return 1
+        }
+        a.pausedSince = { _ in paused }
+        if paused {
+            #expect(throws: SessionStoreError.idempotencyKeyCompleted("k")) { try a.apply(delta) }
+            #expect(try a.begin(key: "k", fingerprint: "fp-k", inProgressMillis: 10_000) == .completed(record("k").response))
+            #expect(a.keyLookupCounts.recheckedAfterPause == 1)
+        } else {
+            _ = try #require(try a.apply(delta))
+            #expect(a.keyLookupCounts.recheckedAfterPause == 0)
+        }
+        cluster.deliver()
+        for store in cluster.stores {
+            #expect(try store.load(id)?.attributes["n"] == json(paused ? "1" : "2"))
+        }
+    }
+
     @Test func stateTransferWhileUpdatesKeepArriving() throws {
         let cluster = Cluster(connected: [0, 1])  // store 2 joins late
         var rng = SplitMix64(seed: 42)

@@ -60,6 +60,9 @@ public struct ClusterConfiguration: Sendable {
     /// Bearer token the control API (`ControlAPI`) requires; needed when `host` is not a loopback
     /// address, since anyone on the network then reaches it.
     public var controlToken: String?
+    /// `replicate`: every replication link (node A → node B) goes through a `LinkRelay`, so
+    /// `ClusterSupervisor.partition(_:)` can cut the cluster in groups.
+    public var relayedLinks = false
 
     /// A node's lame-duck period on SIGTERM (`--drain-delay-ms`): long enough for the balancer's
     /// health checks to take it out (fall × interval, plus a check's timeout and a margin).
@@ -115,6 +118,9 @@ public struct ClusterConfiguration: Sendable {
         }
         guard access(executable, X_OK) == 0 else { throw SupervisorError("cannot run \(executable)") }
         guard (0...3).contains(redisReplicas) else { throw SupervisorError("--redis-replicas must be 0...3") }
+        if relayedLinks && strategy != .replicate {
+            throw SupervisorError("relayed links (partitions) are for --strategy replicate; \(strategy.rawValue) nodes have no links to each other")
+        }
         if strategy != .redis && (redisReplicas != 0 || redisSentinel) {
             throw SupervisorError(
                 "--redis-replicas and --sentinel go with --strategy redis (not \(strategy.rawValue))"
@@ -153,6 +159,8 @@ public final class ClusterSupervisor: Sendable {
     /// process or the restart sees `stopping` and starts none.
     private let spawnGate = Mutex<Void>(())
     private let rolling = Mutex(RollingRestartStatus())
+    /// `relayedLinks`: the relay of each link, by "from>to" node names.
+    let linkRelays: [String: LinkRelay]
 
     /// - Parameter onEvent: one-line reports (a node died, came up, was restarted), from any thread.
     public init(
@@ -198,6 +206,12 @@ public final class ClusterSupervisor: Sendable {
             throw error
         }
         nodes = slots
+        do throws(SupervisorError) {
+            linkRelays = configuration.relayedLinks ? try Self.makeLinkRelays(slots) : [:]
+        } catch {
+            if ownsRunDirectory { rmdir(runDirectory) }
+            throw error
+        }
     }
 
     /// The balancer's port (after `start()`).
@@ -310,6 +324,7 @@ public final class ClusterSupervisor: Sendable {
             logger.debug("node stopped", metadata: ["node": "\(node.name)", "status": "\(status)"])
         }
         for server in redisServers { server.shutdown(graceMillis: 5_000) }
+        for relay in linkRelays.values { relay.stop() }
         while !monitorDone.withLock({ $0 }) && balancerBox.withLock({ $0 }) != nil { usleep(10_000) }
         if ownsRunDirectory { removeTree(runDirectory) }
     }
@@ -572,8 +587,7 @@ public final class ClusterSupervisor: Sendable {
         ]
         switch configuration.strategy {
         case .replicate:
-            arguments += [
-                "--peers", nodes.map { "127.0.0.1:\($0.replicationPort)" }.joined(separator: ","),
+            arguments += replicationPeerArguments(node) + [
                 "--replication-port", "\(node.replicationPort)", "--replication-mode", configuration.replicationMode,
             ]
         case .redis, .redisCluster:

@@ -8,6 +8,11 @@ public enum FaultAction: String, Sendable, Codable, CaseIterable {
     case stop
     /// SIGCONT: a stopped process runs again (the end of a `stop:` window).
     case resume
+    /// The groups named by the step's `node` (`node-1|node-2,node-3`; one group alone: it and the
+    /// rest) cannot reach each other over their replication links; the balancer reaches every node.
+    case partition
+    /// Every link cut by `partition` works again (the end of a `partition:` or `isolate:` window).
+    case heal
 }
 
 /// Carries out fault actions on the cluster's nodes (the cluster supervisor
@@ -30,6 +35,10 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
         case kill, restart, stop
         /// A restart of each of `nodes` in turn, `gapMillis` apart (see `FaultPlan.resolvingRolling(nodes:)`).
         case rolling
+        /// `groups` cannot reach each other from `atMillis` to `untilMillis` (`Fault+Partition.swift`).
+        case partition
+        /// `node` cannot reach the other nodes from `atMillis` to `untilMillis`.
+        case isolate
     }
 
     public var kind: Kind
@@ -43,6 +52,8 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
     /// `rolling`: the nodes restarted, in order; nil until known (`rolling@10s:6s` means every node
     /// of the cluster, filled in by `FaultPlan.resolvingRolling(nodes:)`). Nil for other kinds.
     public var nodes: [String]?
+    /// `partition`: the groups, each a list of nodes; nil for other kinds.
+    public var groups: [[String]]?
 
     public init(kind: Kind, node: String, atMillis: Int, untilMillis: Int? = nil) {
         self.kind = kind
@@ -64,12 +75,13 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
     public static func parse(_ spec: String) throws(FaultPlanError) -> Fault {
         func fail(_ reason: String) -> FaultPlanError { FaultPlanError(spec: spec, reason: reason) }
         if spec.hasPrefix("rolling") { return try parseRolling(spec) }
+        if spec.hasPrefix("partition:") || spec.hasPrefix("isolate:") { return try parsePartition(spec) }
         guard let colon = spec.firstIndex(of: ":") else {
             throw fail("expected ACTION:NODE@TIME, e.g. kill:node2@10s, or rolling@START:GAP, e.g. rolling@10s:6s")
         }
         let name = String(spec[..<colon])
         guard let kind = Kind(rawValue: name) else {
-            throw fail("unknown action '\(name)' (expected kill, restart, stop or rolling)")
+            throw fail("unknown action '\(name)' (expected kill, restart, stop, rolling, partition or isolate)")
         }
         let rest = spec[spec.index(after: colon)...]
         guard let at = rest.firstIndex(of: "@") else { throw fail("missing @TIME after the node name") }
@@ -143,6 +155,9 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
             return "rolling" + (nodes.map { ":" + $0.joined(separator: ",") } ?? "") + "@\(formatSeconds(atMillis)):"
                 + formatSeconds(gapMillis ?? 0)
         }
+        if kind == .partition, let groups {
+            return "partition:\(Self.groupsText(groups))@\(formatSeconds(atMillis))-\(formatSeconds(untilMillis ?? atMillis))"
+        }
         return "\(kind.rawValue):\(node)@\(formatSeconds(atMillis))" + (untilMillis.map { "-\(formatSeconds($0))" } ?? "")
     }
 
@@ -197,7 +212,7 @@ public struct FaultPlan: Sendable, Codable, Equatable {
 
     public init(_ faults: [Fault] = []) { self.faults = faults }
 
-    /// Parses each spec (see `Fault`); two stop windows of one node must not overlap.
+    /// Parses each spec (see `Fault`); two stop windows of one node must not overlap, nor two partitions.
     public init(parsing specs: [String]) throws(FaultPlanError) {
         var faults: [Fault] = []
         for spec in specs { faults.append(try Fault.parse(spec)) }
@@ -206,6 +221,13 @@ public struct FaultPlan: Sendable, Codable, Equatable {
                 if a.atMillis < b.untilMillis! && b.atMillis < a.untilMillis! {
                     throw FaultPlanError(spec: b.description, reason: "overlaps \(a) on the same node")
                 }
+            }
+        }
+        // A heal ends every partition: two windows may not overlap.
+        let partitions = faults.filter { $0.kind == .partition || $0.kind == .isolate }
+        for (i, a) in partitions.enumerated() {
+            for b in partitions[(i + 1)...] where a.atMillis < b.untilMillis! && b.atMillis < a.untilMillis! {
+                throw FaultPlanError(spec: b.description, reason: "overlaps \(a): one partition at a time")
             }
         }
         self.init(faults)
@@ -230,6 +252,7 @@ public struct FaultPlan: Sendable, Codable, Equatable {
             var mapped = fault
             if !fault.node.isEmpty { mapped.node = canonical(fault.node) }
             mapped.nodes = fault.nodes?.map(canonical)
+            mapped.groups = fault.groups?.map { $0.map(canonical) }
             return mapped
         })
     }
@@ -252,6 +275,10 @@ public struct FaultPlan: Sendable, Codable, Equatable {
                 for (index, node) in (fault.nodes ?? []).enumerated() {
                     steps.append(FaultStep(atMillis: fault.rollingMillis(index), action: .restart, node: node))
                 }
+            case .partition, .isolate:
+                let target = fault.partitionTarget
+                steps.append(FaultStep(atMillis: fault.atMillis, action: .partition, node: target))
+                steps.append(FaultStep(atMillis: fault.untilMillis ?? fault.atMillis, action: .heal, node: target))
             }
         }
         return steps.enumerated().sorted { ($0.element.atMillis, $0.offset) < ($1.element.atMillis, $1.offset) }

@@ -208,7 +208,7 @@ extension ReplicationConfiguration {
     /// names; 16+ bytes, the same on every node).
     public static func fromCommandLine(
         nodeName: String, host: String, port: Int, peers: String?, mode: String, syncTimeoutMillis: Int,
-        secret: String?, keyLookups: String? = nil
+        secret: String?, keyLookups: String? = nil, acceptPeers: String? = nil
     ) throws(ReplicationConfigurationError) -> ReplicationConfiguration {
         guard let mode = Mode(rawValue: mode) else { throw ReplicationConfigurationError("--replication-mode must be sync or async") }
         let lookups = try keyLookups.map { text throws(ReplicationConfigurationError) -> KeyLookups in
@@ -238,8 +238,14 @@ extension ReplicationConfiguration {
         } catch {
             throw ReplicationConfigurationError("--peers: \(error.message)")
         }
+        var accepted: [PeerAddress]?
+        do {
+            if let acceptPeers { accepted = try PeerAddress.list(acceptPeers) }
+        } catch {
+            throw ReplicationConfigurationError("--accept-peers: \(error.message)")
+        }
         return ReplicationConfiguration(
             nodeName: nodeName, host: host, port: port, peers: peerList, secret: secret, mode: mode,
-            syncTimeoutMillis: syncTimeoutMillis, keyLookups: lookups)
+            syncTimeoutMillis: syncTimeoutMillis, keyLookups: lookups, acceptedPeers: accepted)
     }
 }

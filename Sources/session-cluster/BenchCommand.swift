@@ -193,6 +193,12 @@ extension SessionClusterCommand {
                     + (usesRedis && redisWaitReplicas > 0 ? ["--redis-wait-replicas", "\(redisWaitReplicas)"] : []))
             configuration.redisClusterReplicas = redisClusterReplicas
             configuration.balancer.eventLoops = 1
+            let partitions = plan.faults.contains { $0.kind == .partition || $0.kind == .isolate }
+            if partitions && strategy != .replicate {
+                throw ValidationError(
+                    "\(name): partition and isolate faults cut replication links, which only replicate-* strategies have (a store's links are not relayed yet)")
+            }
+            configuration.relayedLinks = partitions
             let supervisor: ClusterSupervisor
             do {
                 supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
@@ -209,7 +215,13 @@ extension SessionClusterCommand {
             // rolling restart of the whole cluster restarts its nodes in their order.
             let resolved = plan.mappingNodes(Self.nodeName).resolvingRolling(nodes: supervisor.nodeNames)
             for fault in resolved.faults {
-                for node in fault.kind == .rolling ? fault.nodes ?? [] : [fault.node] {
+                let named: [String]
+                switch fault.kind {
+                case .rolling: named = fault.nodes ?? []
+                case .partition: named = Array((fault.groups ?? []).joined())
+                default: named = [fault.node]
+                }
+                for node in named {
                     if supervisor.nodeNames.contains(node) || redisNames.contains(node) { continue }
                     if strategy == .redisCluster, node.hasPrefix("redis-primary-"), let n = Int(node.dropFirst(14)),
                         (1...configuration.redisClusterPrimaries).contains(n)
@@ -266,6 +278,17 @@ final class SupervisorFaultInjector: FaultInjector {
     }
 
     func apply(_ action: FaultAction, node: String) throws {
+        switch action {
+        case .partition:
+            guard let groups = Fault.partitionGroups(node) else { throw ValidationError("malformed partition '\(node)'") }
+            try supervisor.partition(groups.map { $0.map(SessionClusterCommand.Bench.nodeName) })
+            return
+        case .heal:
+            supervisor.healPartition()
+            return
+        case .kill, .restart, .stop, .resume:
+            break
+        }
         let name = SessionClusterCommand.Bench.nodeName(node)
         if name.hasPrefix("redis") {
             let server = try redisServer(name)
@@ -273,6 +296,7 @@ final class SupervisorFaultInjector: FaultInjector {
             case .kill: try supervisor.killRedis(server)
             case .restart: try supervisor.restartRedis(server)
             case .stop, .resume: throw ValidationError("stop windows are for nodes; a redis-server can be killed and restarted")
+            case .partition, .heal: break  // handled above
             }
             return
         }
@@ -281,6 +305,7 @@ final class SupervisorFaultInjector: FaultInjector {
         case .stop: try supervisor.stop(name)
         case .resume: try supervisor.resume(name)
         case .restart: try supervisor.restart(name)
+        case .partition, .heal: break  // handled above
         }
     }
 }

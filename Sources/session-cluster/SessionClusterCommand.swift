@@ -71,6 +71,9 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "Port to listen on for peers (--strategy replicate).")
     var replicationPort = 7401
 
+    @Option(help: "The addresses peers may announce in their hello, host:port,... (default: --peers). Set it when --peers names relays or proxies in front of the peers.")
+    var acceptPeers: String?
+
     @Option(help: "sync: answer after every live peer acknowledged; async: answer at once (--strategy replicate).")
     var replicationMode = "async"
 
@@ -110,7 +113,7 @@ struct NodeOptions: ParsableArguments {
         do {
             return try ReplicationConfiguration.fromCommandLine(
                 nodeName: nodeID, host: host, port: replicationPort, peers: peers, mode: replicationMode,
-                syncTimeoutMillis: syncTimeoutMs, secret: clusterSecret, keyLookups: keyLookups)
+                syncTimeoutMillis: syncTimeoutMs, secret: clusterSecret, keyLookups: keyLookups, acceptPeers: acceptPeers)
         } catch {
             throw ValidationError(error.message)
         }

@@ -107,7 +107,7 @@ struct RollingFaultTests {
         ("rolling:node 1@10s:6s", "may only hold"),
         ("rolling:node1", "missing @START:GAP"),
         ("rollingnode1@10s:6s", "expected rolling@START:GAP"),
-        ("roll:node1@10s", "unknown action 'roll' (expected kill, restart, stop or rolling)"),
+        ("roll:node1@10s", "unknown action 'roll' (expected kill, restart, stop, rolling, partition or isolate)"),
     ])
     func badRollingSpecsSayWhy(spec: String, reason: String) {
         #expect {

@@ -1,0 +1,65 @@
+extension ClusterSupervisor {
+    /// One relay per directed link: node A's connection to node B goes through "A>B".
+    static func makeLinkRelays(_ nodes: [NodeSlot]) throws(SupervisorError) -> [String: LinkRelay] {
+        var relays: [String: LinkRelay] = [:]
+        for from in nodes {
+            for to in nodes where to.name != from.name {
+                do {
+                    relays["\(from.name)>\(to.name)"] = try LinkRelay(targetPort: to.replicationPort)
+                } catch {
+                    for relay in relays.values { relay.stop() }
+                    throw SupervisorError("cannot start the relay of \(from.name) → \(to.name): \(error)")
+                }
+            }
+        }
+        return relays
+    }
+
+    /// `--peers` (through the relays when links are relayed) and, then, `--accept-peers` with the
+    /// nodes' own addresses, which their hellos announce.
+    func replicationPeerArguments(_ node: NodeSlot) -> [String] {
+        let direct = nodes.map { "127.0.0.1:\($0.replicationPort)" }.joined(separator: ",")
+        guard !linkRelays.isEmpty else { return ["--peers", direct] }
+        let peers = nodes.map { peer in
+            peer.name == node.name ? "127.0.0.1:\(peer.replicationPort)" : "127.0.0.1:\(linkRelays["\(node.name)>\(peer.name)"]!.port)"
+        }
+        return ["--peers", peers.joined(separator: ","), "--accept-peers", direct]
+    }
+
+    /// Cuts the replication links between `groups` (node names); one group alone is cut from every
+    /// other node. Links within a group, and the balancer's to every node, stay up. Needs
+    /// `relayedLinks`; a partition already in place is healed first.
+    public func partition(_ groups: [[String]]) throws(SupervisorError) {
+        guard !linkRelays.isEmpty else {
+            throw SupervisorError("partitions need relayed links (ClusterConfiguration.relayedLinks, --strategy replicate)")
+        }
+        let names = nodeNames
+        for name in groups.joined() where !names.contains(name) {
+            throw SupervisorError("no node named \(name); the nodes are \(names.joined(separator: ", "))")
+        }
+        var sides = groups
+        if sides.count == 1 { sides.append(names.filter { !groups[0].contains($0) }) }
+        healPartition()
+        for (i, a) in sides.enumerated() {
+            for b in sides[(i + 1)...] {
+                for x in a {
+                    for y in b {
+                        linkRelays["\(x)>\(y)"]?.cut()
+                        linkRelays["\(y)>\(x)"]?.cut()
+                    }
+                }
+            }
+        }
+        onEvent("partition: " + sides.map { $0.joined(separator: ",") }.joined(separator: " | "))
+    }
+
+    /// Every cut link works again.
+    public func healPartition() {
+        let cut = linkRelays.values.filter(\.isCut)
+        for relay in cut { relay.heal() }
+        if !cut.isEmpty { onEvent("partition healed") }
+    }
+
+    /// The links cut now, as "from>to" (sorted).
+    public var cutLinks: [String] { linkRelays.filter { $0.value.isCut }.map(\.key).sorted() }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import Synchronization
+import TestSupport
+import Testing
+
+@testable import ClusterSupervisor
+
+/// `ClusterSupervisor.partition(_:)` on real replicating nodes whose links run through `LinkRelay`s.
+@Suite("Partitions", .serialized, .timeLimit(.minutes(3)))
+struct PartitionTests {
+    private static func count(_ client: CurlClient, port: Int, sid: String) -> Int? {
+        guard let response = try? client.request(
+            "GET", "http://127.0.0.1:\(port)/api/session", headers: ["Cookie: sid=\(sid)"], useJar: false),
+            response.status == 200,
+            let range = response.body.range(of: #""count":[0-9]+"#, options: .regularExpression)
+        else { return nil }
+        return Int(response.body[range].dropFirst(8))
+    }
+
+    @Test func anIsolatedNodeMissesTheOthersChangesUntilHealedThenCatchesUp() throws {
+        var configuration = ClusterConfiguration(
+            strategy: .replicate, replicationMode: "async", nodeCount: 3, port: 0,
+            executable: try ChildProcess.sessionClusterBinary().path)
+        configuration.relayedLinks = true
+        let events = EventLog()
+        let supervisor = try ClusterSupervisor(configuration: configuration, logger: .init(label: "test")) { event in
+            events.append(event)
+        }
+        try supervisor.start()
+        defer { supervisor.shutdown() }
+        let ports = Dictionary(uniqueKeysWithValues: supervisor.nodePorts.map { ($0.name, $0.port) })
+        let (one, two, three) = (ports["node-1"]!, ports["node-2"]!, ports["node-3"]!)
+        let client = CurlClient()
+        #expect(try client.request("POST", "http://127.0.0.1:\(one)/api/counter").body.contains(#""count":1"#))
+        let sid = try #require(client.cookie("sid"))
+        #expect(waitUntil(timeout: 10) { Self.count(client, port: three, sid: sid) == 1 }, "replicated through the relays")
+
+        try supervisor.partition([["node-3"]])
+        #expect(supervisor.cutLinks == ["node-1>node-3", "node-2>node-3", "node-3>node-1", "node-3>node-2"])
+        #expect(events.lines.contains("partition: node-3 | node-1,node-2"), "\(events.lines)")
+        #expect(try client.request("POST", "http://127.0.0.1:\(one)/api/counter").body.contains(#""count":2"#))
+        #expect(waitUntil(timeout: 10) { Self.count(client, port: two, sid: sid) == 2 }, "node-2 is on node-1's side")
+        usleep(1_000_000)
+        #expect(Self.count(client, port: three, sid: sid) == 1, "node-3 is cut off: it still holds the old count")
+
+        supervisor.healPartition()
+        #expect(supervisor.cutLinks.isEmpty)
+        #expect(waitUntil(timeout: 15) { Self.count(client, port: three, sid: sid) == 2 }, "node-3 catches up once healed")
+    }
+
+    @Test func aPartitionNeedsRelayedLinksAndKnownNodes() throws {
+        let executable = try ChildProcess.sessionClusterBinary().path
+        let plain = try ClusterSupervisor(
+            configuration: ClusterConfiguration(strategy: .replicate, nodeCount: 2, port: 0, executable: executable),
+            logger: .init(label: "test"))
+        defer { plain.shutdown() }
+        #expect(throws: SupervisorError.self) { try plain.partition([["node-1"]]) }
+
+        var configuration = ClusterConfiguration(strategy: .replicate, nodeCount: 2, port: 0, executable: executable)
+        configuration.relayedLinks = true
+        let relayed = try ClusterSupervisor(configuration: configuration, logger: .init(label: "test"))
+        defer { relayed.shutdown() }
+        #expect(relayed.linkRelays.keys.sorted() == ["node-1>node-2", "node-2>node-1"])
+        #expect(throws: SupervisorError.self) { try relayed.partition([["node-9"]]) }
+        #expect(relayed.cutLinks.isEmpty)
+
+        configuration.strategy = .local
+        #expect(throws: SupervisorError.self) {
+            try ClusterSupervisor(configuration: configuration, logger: .init(label: "test"))
+        }
+    }
+}
+
+/// The supervisor's events, from any thread.
+private final class EventLog: Sendable {
+    private let storage = Mutex<[String]>([])
+    func append(_ line: String) { storage.withLock { $0.append(line) } }
+    var lines: [String] { storage.withLock { $0 } }
+}

@@ -1,0 +1,58 @@
+import FailoverBench
+import Testing
+
+@Suite struct PartitionFaultTests {
+    @Test func aPartitionIsACutAndAHealAtItsWindowsEnds() throws {
+        let plan = try FaultPlan(parsing: ["partition:node1|node2,node3@10s-15s", "kill:node2@20s"])
+        var fault = Fault(kind: .partition, node: "", atMillis: 10_000, untilMillis: 15_000)
+        fault.groups = [["node1"], ["node2", "node3"]]
+        #expect(plan.faults[0] == fault)
+        #expect(plan.faults[0].description == "partition:node1|node2,node3@10s-15s")
+        #expect(
+            plan.steps == [
+                FaultStep(atMillis: 10_000, action: .partition, node: "node1|node2,node3"),
+                FaultStep(atMillis: 15_000, action: .heal, node: "node1|node2,node3"),
+                FaultStep(atMillis: 20_000, action: .kill, node: "node2"),
+            ])
+        #expect(Fault.partitionGroups("node1|node2,node3") == [["node1"], ["node2", "node3"]])
+        // The supervisor's names, as for every other fault.
+        let mapped = plan.mappingNodes { $0.replacingOccurrences(of: "node", with: "node-") }
+        #expect(mapped.faults[0].groups == [["node-1"], ["node-2", "node-3"]])
+        #expect(mapped.steps[0].node == "node-1|node-2,node-3")
+    }
+
+    @Test func isolateCutsOneNodeFromTheRest() throws {
+        let plan = try FaultPlan(parsing: ["isolate:node2@1.5s-4s"])
+        #expect(plan.faults[0] == Fault(kind: .isolate, node: "node2", atMillis: 1_500, untilMillis: 4_000))
+        #expect(plan.faults[0].description == "isolate:node2@1.5s-4s")
+        #expect(plan.steps.map(\.action) == [.partition, .heal])
+        #expect(plan.steps.map(\.node) == ["node2", "node2"])
+        #expect(Fault.partitionGroups("node2") == [["node2"]], "one group: it and every other node")
+    }
+
+    @Test(arguments: [
+        ("partition:node1|node2", "missing @START-END"),
+        ("partition:node1|node2@10s", "needs a window START-END"),
+        ("partition:node1|node2@15s-10s", "must end after it starts"),
+        ("partition:node1||node2@10s-15s", "an empty node name"),
+        ("partition:node1|node1@10s-15s", "'node1' is named twice"),
+        ("partition:node 1|node2@10s-15s", "may only hold"),
+        ("isolate:node1,node2@10s-15s", "isolate takes one node"),
+        ("isolate:node1@ten-15s", "'ten' is not a time"),
+    ])
+    func badPartitionSpecsSayWhy(spec: String, reason: String) {
+        #expect {
+            _ = try Fault.parse(spec)
+        } throws: { error in
+            guard let error = error as? FaultPlanError else { return false }
+            return error.spec == spec && error.reason.contains(reason)
+        }
+    }
+
+    @Test func twoPartitionsMayNotOverlap() {
+        #expect(throws: FaultPlanError.self) {
+            try FaultPlan(parsing: ["isolate:node1@10s-15s", "partition:node2|node3@12s-20s"])
+        }
+        #expect(throws: Never.self) { try FaultPlan(parsing: ["isolate:node1@10s-15s", "isolate:node2@15s-20s"]) }
+    }
+}

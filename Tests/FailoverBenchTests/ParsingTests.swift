@@ -33,6 +33,14 @@ struct FaultPlanTests {
         ("stop:node3@15s-12s", "must end after it starts"),
         ("stop:node3@12s-x", "is not a time"),
         ("kill:node2@99999s", "is not a time"),
+        ("partition:node1|node2", "missing @START-END"),
+        ("partition:node1|node2@10s", "needs a window START-END"),
+        ("partition:node1|node2@15s-10s", "must end after it starts"),
+        ("partition:node1||node2@10s-15s", "an empty node name"),
+        ("partition:node1|node1@10s-15s", "'node1' is named twice"),
+        ("partition:node 1|node2@10s-15s", "may only hold"),
+        ("isolate:node1,node2@10s-15s", "isolate takes one node"),
+        ("isolate:node1@ten-15s", "'ten' is not a time"),
     ])
     func badFaultsSayWhy(spec: String, reason: String) {
         #expect {

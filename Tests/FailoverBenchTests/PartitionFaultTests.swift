@@ -1,6 +1,7 @@
 import FailoverBench
 import Testing
 
+/// `partition:` and `isolate:` faults (their malformed forms: `ParsingTests.badFaultsSayWhy`).
 @Suite struct PartitionFaultTests {
     @Test func aPartitionIsACutAndAHealAtItsWindowsEnds() throws {
         let plan = try FaultPlan(parsing: ["partition:node1|node2,node3@10s-15s", "kill:node2@20s"])
@@ -28,25 +29,6 @@ import Testing
         #expect(plan.steps.map(\.action) == [.partition, .heal])
         #expect(plan.steps.map(\.node) == ["node2", "node2"])
         #expect(Fault.partitionGroups("node2") == [["node2"]], "one group: it and every other node")
-    }
-
-    @Test(arguments: [
-        ("partition:node1|node2", "missing @START-END"),
-        ("partition:node1|node2@10s", "needs a window START-END"),
-        ("partition:node1|node2@15s-10s", "must end after it starts"),
-        ("partition:node1||node2@10s-15s", "an empty node name"),
-        ("partition:node1|node1@10s-15s", "'node1' is named twice"),
-        ("partition:node 1|node2@10s-15s", "may only hold"),
-        ("isolate:node1,node2@10s-15s", "isolate takes one node"),
-        ("isolate:node1@ten-15s", "'ten' is not a time"),
-    ])
-    func badPartitionSpecsSayWhy(spec: String, reason: String) {
-        #expect {
-            _ = try Fault.parse(spec)
-        } throws: { error in
-            guard let error = error as? FaultPlanError else { return false }
-            return error.spec == spec && error.reason.contains(reason)
-        }
     }
 
     @Test func twoPartitionsMayNotOverlap() {

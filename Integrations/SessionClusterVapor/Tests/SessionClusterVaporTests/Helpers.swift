@@ -1,8 +1,14 @@
 import Foundation
 import NIOCore
+import SessionClusterAsync
+import SessionClusterNodeKit
 import SessionClusterTestKit
+import SessionCore
+import SessionMiddleware
 import Vapor
 import VaporTesting
+
+@testable import VaporNode
 
 extension TestingApplicationTester {
     /// Sends a request with the jar's cookies, updates the jar from the answer.
@@ -53,4 +59,29 @@ func withApps(
         throw error
     }
     for app in apps { try await app.asyncShutdown() }
+}
+
+/// The example node's routes on a live Vapor server on a loopback port: runs `body` with the port,
+/// then shuts the server, the routes and the application down (also when `body` throws).
+func withLiveDemoNode(
+    nodeID: String, store: any SessionStore & IdempotencyStore, executor: BlockingExecutor,
+    lameDuck: LameDuck = LameDuck(delayMillis: 0), _ body: (Int) async throws -> Void
+) async throws {
+    let app = try await Application.make(.testing)
+    app.logger.logLevel = .critical
+    do {
+        let routes = try DemoNodeRoutes(
+            app: app, nodeID: nodeID, store: store, executor: executor, sessions: SessionConfiguration(),
+            lameDuck: lameDuck, logger: quietLogger())
+        try await app.server.start(address: .hostname("127.0.0.1", port: 0))
+        guard let port = app.http.server.shared.localAddress?.port else { throw TestKitError("the server has no port") }
+        try await body(port)
+        await app.server.shutdown()
+        try await routes.shutdown()
+    } catch {
+        await app.server.shutdown()
+        try? await app.asyncShutdown()
+        throw error
+    }
+    try await app.asyncShutdown()
 }

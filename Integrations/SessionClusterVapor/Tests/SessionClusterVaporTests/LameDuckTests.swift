@@ -26,14 +26,7 @@ import Vapor
     @Test func aDrainingNodeAnswersWithConnectionClose() async throws {
         try await withExecutor(threads: 4) { executor in
             let lameDuck = LameDuck(delayMillis: 0)
-            let app = try await Application.make(.testing)
-            app.logger.logLevel = .critical
-            do {
-                let routes = try DemoNodeRoutes(
-                    app: app, nodeID: "v", store: MemorySessionStore(), executor: executor,
-                    sessions: SessionConfiguration(), lameDuck: lameDuck, logger: quietLogger())
-                try await app.server.start(address: .hostname("127.0.0.1", port: 0))
-                let port = try #require(app.http.server.shared.localAddress?.port)
+            try await withLiveDemoNode(nodeID: "v", store: MemorySessionStore(), executor: executor, lameDuck: lameDuck) { port in
                 // Blocking socket I/O on a thread of its own; the checks on this task (Swift Testing
                 // attributes an issue to the test through the task).
                 let (healthy, health, missing) = try await onThread {
@@ -52,14 +45,7 @@ import Vapor
                 #expect(health.lists("close", in: "Connection"))
                 #expect(missing.status == 404)
                 #expect(missing.values("Connection").first == "close", "error answers too")
-                await app.server.shutdown()
-                try await routes.shutdown()
-            } catch {
-                await app.server.shutdown()
-                try? await app.asyncShutdown()
-                throw error
             }
-            try await app.asyncShutdown()
         }
     }
 }

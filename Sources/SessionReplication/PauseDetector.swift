@@ -70,25 +70,19 @@ final class PauseDetector: Sendable {
 
     /// Whether the node was paused within the last `windowNanos` (noticing a pause that ended
     /// just now, before the ticker ran).
-    func pausedRecently(now: UInt64) -> Bool {
-        check(now: now) { resumedAt in now &- resumedAt < windowNanos }
-    }
+    func pausedRecently(now: UInt64) -> Bool { lastResume(now: now) != nil }
 
-    /// Whether a pause ended after `since` (both on the monotonic clock), noticing one that
-    /// ended just now: a claim taken before it may have been run meanwhile by a peer.
-    func paused(since: UInt64, now: UInt64) -> Bool {
-        check(now: now) { resumedAt in resumedAt > since }
-    }
-
-    /// Notices a pause that ended by `now`, then asks `condition` of the last resume.
-    private func check(now: UInt64, _ condition: (UInt64) -> Bool) -> Bool {
-        let (result, pause) = state.withLock { s -> (Bool, UInt64?) in
+    /// When the node last resumed from a pause (monotonic), if that was within the last
+    /// `windowNanos`; nil otherwise. Notices a pause that ended just now. A claim taken before
+    /// that time may have been run meanwhile by a peer.
+    func lastResume(now: UInt64) -> UInt64? {
+        let (resumed, pause) = state.withLock { s -> (UInt64?, UInt64?) in
             let pause = Self.notice(&s, now: now, threshold: thresholdNanos)
-            guard let resumedAt = s.resumedAt else { return (false, pause) }
-            return (condition(resumedAt), pause)
+            guard let resumedAt = s.resumedAt, now &- resumedAt < windowNanos else { return (nil, pause) }
+            return (resumedAt, pause)
         }
         if let pause { onPause(pause) }
-        return result
+        return resumed
     }
 
     /// Pauses noticed so far, and the longest.

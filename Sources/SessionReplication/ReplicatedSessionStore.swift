@@ -43,7 +43,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var expiresAt: Int64
         /// While in progress: when it was claimed (concurrent claims on two nodes: the earlier wins).
         var claimedAt: HLCStamp? = nil
-        /// While in progress: when it was claimed here, on the monotonic clock (`pausedSince`).
+        /// While in progress: when it was claimed here, on the monotonic clock (`lastPauseEnded`).
         var claimedAtNanos: UInt64? = nil
         /// Completed with a session change: that session, sent along to a peer's lookup.
         var session: SessionID? = nil
@@ -82,7 +82,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
         var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
         var onLookup: (@Sendable (String, UInt64) -> Int)?
-        var pausedSince: (@Sendable (UInt64) -> Bool)?
+        var lastPauseEnded: (@Sendable () -> UInt64?)?
         var readTokenKey: HMACKey?
     }
 
@@ -231,13 +231,13 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         set { sinks.withLock { $0.onLookup = newValue } }
     }
 
-    /// Whether this node was itself frozen (SIGSTOP, a stalled VM) at some point since the given
-    /// monotonic time. A keyed change whose claim is older than a pause looks its key up on the
-    /// peers again before it is written: the client's retry may have run on one of them meanwhile.
-    /// Set by `ReplicationNode`.
-    public var pausedSince: (@Sendable (UInt64) -> Bool)? {
-        get { sinks.withLock { $0.pausedSince } }
-        set { sinks.withLock { $0.pausedSince = newValue } }
+    /// When this node last resumed from being frozen (SIGSTOP, a stalled VM), on the monotonic
+    /// clock, if that was recently; nil otherwise. A keyed change whose claim is older than that
+    /// looks its key up on the peers again before it is written: the client's retry may have run
+    /// on one of them meanwhile. Set by `ReplicationNode`.
+    public var lastPauseEnded: (@Sendable () -> UInt64?)? {
+        get { sinks.withLock { $0.lastPauseEnded } }
+        set { sinks.withLock { $0.lastPauseEnded = newValue } }
     }
 
     /// Merges a peer's answer to fetch `request` (`update` nil: the peer does not have the session).
@@ -595,17 +595,17 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// asks the peers about the key again (every connected one, see `ReplicationNode`). A peer's
     /// completed record is merged, and `apply` then refuses the change (`idempotencyKeyCompleted`):
     /// the middleware answers with that record instead of counting the request twice.
+    /// Without a recent pause it costs one uncontended lock (the detector's), not the store's.
     private func recheckAfterPause(_ record: IdempotencyRecord) {
-        guard let pausedSince = sinks.withLock({ $0.pausedSince }), let ask = sinks.withLock({ $0.onLookup }) else {
-            return
-        }
-        let claim = contents.withLock { contents -> (UInt64, HLCStamp)? in
+        let (lastPauseEnded, ask) = sinks.withLock { ($0.lastPauseEnded, $0.onLookup) }
+        guard let ask, let resumedAt = lastPauseEnded?() else { return }
+        let claimedAt = contents.withLock { contents -> HLCStamp? in
             guard let local = contents.records[record.key], local.response == nil,
-                let nanos = local.claimedAtNanos, let stamp = local.claimedAt
+                let nanos = local.claimedAtNanos, nanos < resumedAt
             else { return nil }
-            return (nanos, stamp)
+            return local.claimedAt
         }
-        guard let (claimedAtNanos, claimedAt) = claim, pausedSince(claimedAtNanos) else { return }
+        guard let claimedAt else { return }
         lookupCounts.withLock { $0.recheckedAfterPause += 1 }
         _ = lookUpOnPeers(
             key: record.key, fingerprint: record.fingerprint, claimedAt: claimedAt, ask: ask, yieldsToEarlierClaims: false)

@@ -194,7 +194,7 @@ public final class ReplicationNode: Sendable {
         // (a dying node's change may have reached only some; a first attempt may still run).
         // After this node was itself frozen, every connected peer is asked, lagging or not,
         // whatever `keyLookups` says: its clients' retries ran on them meanwhile (PauseDetector).
-        store.pausedSince = { since in pause.paused(since: since, now: monotonicNanos()) }
+        store.lastPauseEnded = { pause.lastResume(now: monotonicNanos()) }
         store.onLookup = { key, request in
             if pause.pausedRecently(now: monotonicNanos()) {
                 core.counters.add(\.keyLookupsAfterPause)
@@ -278,7 +278,7 @@ public final class ReplicationNode: Sendable {
         store.onRecord = nil
         store.onFetch = nil
         store.onLookup = nil
-        store.pausedSince = nil
+        store.lastPauseEnded = nil
         pauseDetector.stop()
         for link in links { link.stop() }
         // Under the lock: a socket's thread closes it only after taking it out of the state, so

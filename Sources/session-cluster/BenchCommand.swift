@@ -278,34 +278,21 @@ final class SupervisorFaultInjector: FaultInjector {
     }
 
     func apply(_ action: FaultAction, node: String) throws {
-        switch action {
-        case .partition:
-            guard let groups = Fault.partitionGroups(node) else { throw ValidationError("malformed partition '\(node)'") }
-            try supervisor.partition(groups.map { $0.map(SessionClusterCommand.Bench.nodeName) })
-            return
-        case .heal:
-            supervisor.healPartition()
-            return
-        case .kill, .restart, .stop, .resume:
-            break
-        }
         let name = SessionClusterCommand.Bench.nodeName(node)
-        if name.hasPrefix("redis") {
-            let server = try redisServer(name)
-            switch action {
-            case .kill: try supervisor.killRedis(server)
-            case .restart: try supervisor.restartRedis(server)
-            case .stop, .resume: throw ValidationError("stop windows are for nodes; a redis-server can be killed and restarted")
-            case .partition, .heal: break  // handled above
-            }
-            return
-        }
-        switch action {
-        case .kill: try supervisor.kill(name)
-        case .stop: try supervisor.stop(name)
-        case .resume: try supervisor.resume(name)
-        case .restart: try supervisor.restart(name)
-        case .partition, .heal: break  // handled above
+        switch (action, name.hasPrefix("redis")) {
+        case (.partition, _):
+            // The plan's names are the supervisor's already (`FaultPlan.mappingNodes`).
+            guard let groups = Fault.partitionGroups(node) else { throw ValidationError("malformed partition '\(node)'") }
+            try supervisor.partition(groups)
+        case (.heal, _): supervisor.healPartition()
+        case (.kill, true): try supervisor.killRedis(try redisServer(name))
+        case (.restart, true): try supervisor.restartRedis(try redisServer(name))
+        case (.stop, true), (.resume, true):
+            throw ValidationError("stop windows are for nodes; a redis-server can be killed and restarted")
+        case (.kill, false): try supervisor.kill(name)
+        case (.stop, false): try supervisor.stop(name)
+        case (.resume, false): try supervisor.resume(name)
+        case (.restart, false): try supervisor.restart(name)
         }
     }
 }

@@ -53,13 +53,13 @@ struct PauseDetectorTests {
     }
 
     /// A claim taken before a pause is rechecked; one taken after it is not.
-    @Test func pausedSinceTellsWhetherAPauseEndedAfterAGivenTime() {
+    @Test func lastResumeTellsWhetherAPauseEndedAfterAClaim() {
         let pause = detector()
         pause.start(now: 1_000 * ms, ticker: false)
         pause.tick(now: 1_025 * ms)
-        #expect(!pause.paused(since: 1_010 * ms, now: 1_040 * ms))
-        #expect(pause.paused(since: 1_030 * ms, now: 4_000 * ms), "claimed at 1.03 s, frozen until 4 s")
-        #expect(!pause.paused(since: 4_010 * ms, now: 4_020 * ms), "claimed after the resume")
+        #expect(pause.lastResume(now: 1_040 * ms) == nil, "no pause yet: a claim at 1.01 s is not rechecked")
+        #expect(pause.lastResume(now: 4_000 * ms).map { $0 > 1_030 * ms } == true, "claimed at 1.03 s, frozen until 4 s")
+        #expect(pause.lastResume(now: 4_020 * ms).map { $0 > 4_010 * ms } == false, "claimed after the resume")
         #expect(pause.pauses.count == 1)
     }
 

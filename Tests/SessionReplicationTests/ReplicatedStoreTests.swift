@@ -246,7 +246,7 @@ private final class Failures: Sendable {
             a.mergeLookupReply(KeyLookupReply(key: key, request: request, answer: b.lookUp(key: key)))
             return 1
         }
-        a.pausedSince = { _ in paused }
+        a.lastPauseEnded = { paused ? monotonicNanos() : nil }
         if paused {
             #expect(throws: SessionStoreError.idempotencyKeyCompleted("k")) { try a.apply(delta) }
             #expect(try a.begin(key: "k", fingerprint: "fp-k", inProgressMillis: 10_000) == .completed(record("k").response))

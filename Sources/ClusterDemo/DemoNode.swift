@@ -132,8 +132,9 @@ public final class DemoNode: Sendable {
                 return .json("{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID))}", status: 503)
             }
             if let replicated, !replicated.isReady {
+                let status = replicated.isRejoining ? "rejoining" : "starting"
                 return .json(
-                    "{\"status\":\"starting\",\"node\":\(jsonQuoted(nodeID)),\"reason\":\"receiving sessions from peers\"}",
+                    "{\"status\":\"\(status)\",\"node\":\(jsonQuoted(nodeID)),\"reason\":\(jsonQuoted(replicated.store.unavailableReason))}",
                     status: 503)
             }
             if let redis, let problem = redis.healthProblem() {

@@ -18,6 +18,8 @@ enum ConnectionEnd: Error, CustomStringConvertible {
     case protocolViolation(String)
     /// The handshake did not finish within its deadline.
     case handshakeTimeout
+    /// The peer's incarnation was declared dead (`Membership`): nothing more of it is applied.
+    case fenced
 
     var description: String {
         switch self {
@@ -26,6 +28,7 @@ enum ConnectionEnd: Error, CustomStringConvertible {
         case .badFrame(let error): "\(error)"
         case .protocolViolation(let message): "protocol violation: \(message)"
         case .handshakeTimeout: "the handshake did not finish in time"
+        case .fenced: "the peer's incarnation was declared dead"
         }
     }
 }

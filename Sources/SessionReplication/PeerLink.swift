@@ -29,7 +29,9 @@ final class PeerLink: Sendable {
     /// Where a state transfer requested from this peer stands.
     enum Transfer: Sendable, Equatable {
         case none
-        case requested
+        /// Asked for; with `replacingState`, this node's state is dropped
+        /// when the first of it arrives (a rejoin: only a ready peer sends any).
+        case requested(replacingState: Bool)
         /// Done; `senderReady` tells whether the peer had its full state itself.
         case done(senderReady: Bool, items: UInt64)
     }
@@ -56,6 +58,8 @@ final class PeerLink: Sendable {
         var readerDone = true
         var broken = false
         var peer: HelloMessage?
+        /// The incarnation this node's hello announced on the current connection.
+        var ownIncarnation: UInt64?
         var queue: [Pending] = []
         var queuedBytes = 0
         var control: [ReplicationFrame] = []
@@ -65,6 +69,10 @@ final class PeerLink: Sendable {
         var ackedSequence: UInt64 = 0
         /// Sync mode: missed an acknowledgement deadline; not waited on until it catches up.
         var lagging = false
+        /// When it missed the deadline (nil when lagging only because it is catching up after connecting).
+        var laggingSince: UInt64?
+        /// Whether this connection's peer was declared dead already.
+        var declaredDead = false
         var transfer: Transfer = .none
         var lastError: String?
         /// A thread is writing to the socket (the writer, or a request sending its change inline).
@@ -81,6 +89,12 @@ final class PeerLink: Sendable {
         /// Nothing is queued or being written: a request thread may send its frame itself.
         var socketIsFree: Bool {
             !writing && !broken && !needsResync && queue.isEmpty && control.isEmpty && unsent.isEmpty
+        }
+
+        /// Whether the writer has something to send; while this node rejoins (`muted`), only
+        /// control frames go out: its state is not to be replicated until replaced by a peer's.
+        func hasWork(muted: Bool) -> Bool {
+            !control.isEmpty || !unsent.isEmpty || (!muted && (needsResync || !queue.isEmpty))
         }
     }
 
@@ -100,6 +114,9 @@ final class PeerLink: Sendable {
     var phase: Phase { state.withLock { $0.phase } }
     /// The peer's node id, once it said hello.
     var peerNodeID: UInt32? { state.withLock { $0.peer?.nodeID } }
+
+    /// Whether this node is rejoining: its changes wait (see `State.hasWork`).
+    private var muted: Bool { node.membership.isRejoining }
 
     /// Whether the peer may have died (see `ReplicationNode.mayHaveLostAPeer`):
     /// not connected, lagging, its connection lost within `windowNanos`, or
@@ -180,7 +197,7 @@ final class PeerLink: Sendable {
         let result = state.withLock { s -> (UInt64?, overflowed: Bool, inline: (Int32, FrameSealer)?) in
             guard s.phase == .connected, let sealer = s.sealer else { return (nil, false, nil) }
             s.lastSequence += 1
-            if s.socketIsFree {
+            if s.socketIsFree && !muted {
                 s.writing = true
                 s.itemsSent += itemCount
                 return (s.lastSequence, false, (s.fd, sealer))
@@ -265,31 +282,90 @@ final class PeerLink: Sendable {
     }
 
     /// Asks the peer for its full state (the reader records the outcome in `transfer`).
-    func requestSnapshot() -> Bool {
-        state.withLock { $0.transfer = .requested }
-        return send(control: ReplicationFrame(type: .snapshotRequest))
+    /// With `replacingState` (a rejoin), only a ready peer sends its state, and this
+    /// node's own is dropped when it arrives.
+    func requestSnapshot(replacingState: Bool = false) -> Bool {
+        state.withLock { $0.transfer = .requested(replacingState: replacingState) }
+        return send(
+            control: ReplicationFrame(
+                type: .snapshotRequest, payload: SnapshotRequest(onlyIfReady: replacingState).encode()))
     }
 
-    /// Sync mode: waits until the peer acknowledged `sequence`. Returns
-    /// true at once for a peer marked lagging or disconnected; false when the
-    /// deadline passed (the peer is then marked lagging).
-    func waitForAck(_ sequence: UInt64, until deadlineNanos: UInt64) -> Bool {
-        let acknowledged = state.wait(
+    /// Whether a state transfer was asked of this peer and is not done.
+    var transferPending: Bool {
+        if case .requested = transfer { return true }
+        return false
+    }
+
+    /// Closes the current connection (the writer connects again, with this node's
+    /// current hello): a rejoining node's peers must see its new incarnation.
+    func reconnect() {
+        state.withLock { s in
+            if s.phase == .connected, s.fd >= 0 { shutdownSocket(s.fd) }
+        }
+    }
+
+    /// Wakes the writer (a rejoin ended: what waited may go).
+    func wakeWriter() { state.signal(Self.writerCondition) }
+
+    /// Tells the peer that its incarnation was declared dead (sent when connected, else dropped:
+    /// its next connection is refused with the same notice).
+    func sendFencedNotice(_ notice: FencedNotice) {
+        send(control: ReplicationFrame(type: .fenced, payload: notice.encode()))
+    }
+
+    /// The incarnation this node announced on the current connection (nil when not connected).
+    var connectedAs: UInt64? { state.withLock { $0.phase == .connected ? $0.ownIncarnation : nil } }
+
+    /// The peer that answered on this connection, once connected.
+    var peerIdentity: PeerIdentity? { state.withLock { $0.peer.map(PeerIdentity.init) } }
+
+    /// How a sync write's wait for this peer ended.
+    enum AckOutcome: Equatable {
+        case acknowledged
+        /// Not waited for: lagging (unless asked to) or not connected.
+        case skipped
+        /// The deadline passed (the peer is then marked lagging).
+        case timedOut
+    }
+
+    /// Sync mode: waits until the peer acknowledged `sequence`, the deadline,
+    /// or — unless `evenIfLagging` — the peer lagging or disconnected.
+    func waitForAck(_ sequence: UInt64, until deadlineNanos: UInt64, evenIfLagging: Bool = false) -> AckOutcome {
+        let (outcome, markedLagging) = state.wait(
             on: Self.ackCondition, until: deadlineNanos,
-            for: { $0.ackedSequence >= sequence || $0.lagging || $0.phase != .connected },
-            then: { s, done -> Bool in
-                if !done && !s.lagging {
-                    s.lagging = true
-                    return false
-                }
-                return true
+            for: { $0.ackedSequence >= sequence || ($0.lagging && !evenIfLagging) || $0.phase != .connected },
+            then: { s, done -> (AckOutcome, Bool) in
+                if s.ackedSequence >= sequence { return (.acknowledged, false) }
+                if done { return (.skipped, false) }
+                if s.lagging { return (.timedOut, false) }  // marked by another write meanwhile
+                s.lagging = true
+                s.laggingSince = monotonicNanos()
+                return (.timedOut, true)
             })
-        if !acknowledged {
+        if markedLagging {
             node.counters.add(\.syncTimeouts)
             node.logger.warning(
                 "peer \(address) did not acknowledge within \(node.configuration.syncTimeoutMillis) ms; not waiting for it until it catches up")
         }
-        return acknowledged
+        return outcome
+    }
+
+    /// With fencing on: declares the peer dead once it has lagged since a missed deadline for
+    /// `fenceAfterMillis` (frozen or cut off; the node fences its incarnation).
+    private func checkUnresponsive(now: UInt64) {
+        let fenceNanos = UInt64(node.configuration.fenceAfterMillis) * 1_000_000
+        let peer = state.withLock { s -> PeerIdentity? in
+            guard s.lagging, !s.declaredDead, let since = s.laggingSince, now >= since + fenceNanos,
+                let peer = s.peer
+            else { return nil }
+            s.declaredDead = true
+            return PeerIdentity(peer)
+        }
+        if let peer {
+            node.owner?.declareDead(
+                peer, reason: "it acknowledged nothing for \(node.configuration.fenceAfterMillis) ms")
+        }
     }
 
     // MARK: Writer thread
@@ -341,9 +417,10 @@ final class PeerLink: Sendable {
         Sockets.setNoDelay(fd)
         Sockets.setSendTimeout(fd, millis: config.connectTimeoutMillis)
         let connection: SecureConnection
+        let mine = node.hello
         do {
             connection = try ReplicationHandshake.connect(
-                fd: fd, hello: node.hello, secret: node.secret,
+                fd: fd, hello: mine, secret: node.secret,
                 deadline: monotonicNanos() + UInt64(config.handshakeTimeoutMillis) * 1_000_000)
         } catch {
             close(fd)
@@ -351,9 +428,9 @@ final class PeerLink: Sendable {
             return .failed("handshake: \(error)")
         }
         let hello = connection.peer
-        if hello.nodeID == node.hello.nodeID {
+        if hello.nodeID == mine.nodeID {
             close(fd)
-            if hello.incarnation == node.hello.incarnation {
+            if hello.incarnation == mine.incarnation {
                 state.withLock { $0.phase = .isSelf }
                 return .isSelf
             }
@@ -374,6 +451,7 @@ final class PeerLink: Sendable {
             s.fd = fd
             s.sealer = connection.sealer
             s.peer = hello
+            s.ownIncarnation = mine.incarnation
             s.broken = false
             s.readerDone = false
             s.queue = []
@@ -384,6 +462,8 @@ final class PeerLink: Sendable {
             // A peer that (re)joins is busy taking in the resync: sync writes wait for it only once it
             // acknowledged everything sent so far (see the ack handler), not on its first, slow answers.
             s.lagging = true
+            s.laggingSince = nil
+            s.declaredDead = false
             s.lastError = nil
             s.writing = false
             s.unsent = []
@@ -398,18 +478,26 @@ final class PeerLink: Sendable {
         let config = node.configuration
         let pingNanos = UInt64(config.pingIntervalMillis) * 1_000_000
         var lastSend = monotonicNanos()
+        let fences = config.fences
         while true {
+            if fences { checkUnresponsive(now: monotonicNanos()) }
+            let muted = self.muted
             let work = state.wait(
                 on: Self.writerCondition, until: lastSend + pingNanos,
-                for: { s in
-                    s.broken || s.phase != .connected
-                        || (!s.writing
-                            && (s.needsResync || !s.queue.isEmpty || !s.control.isEmpty || !s.unsent.isEmpty))
-                },
+                for: { s in s.broken || s.phase != .connected || (!s.writing && s.hasWork(muted: muted)) },
                 then: { s, _ -> Work?? in
                     guard !s.broken, s.phase == .connected else { return nil }
                     // The ping deadline passed while a request sends its change: busy, not idle.
                     if s.writing { return .some(nil) }
+                    if muted {
+                        // Rejoining: control frames only (or a ping); the changes and resync wait.
+                        s.writing = true
+                        defer {
+                            s.unsent = []
+                            s.control = []
+                        }
+                        return (s.unsent, s.control, [], nil)
+                    }
                     s.writing = true
                     // A resync's number is taken before its snapshot: every change numbered
                     // below it is in the store by then, so its ack may release them all.
@@ -496,7 +584,7 @@ final class PeerLink: Sendable {
             s.fd = -1
             s.sealer = nil
             s.lostAt = monotonicNanos()
-            if s.transfer == .requested { s.transfer = .none }
+            if case .requested = s.transfer { s.transfer = .none }
             return s.lastError
         }
         state.broadcast(Self.ackCondition)
@@ -530,6 +618,15 @@ final class PeerLink: Sendable {
         answerUnanswered(unanswered)
     }
 
+    /// Whether the transfer under way is to replace this node's state and has not yet; clears it.
+    private func takeReplacingState() -> Bool {
+        state.withLock { s in
+            guard case .requested(true) = s.transfer else { return false }
+            s.transfer = .requested(replacingState: false)
+            return true
+        }
+    }
+
     /// The peer is gone: its questions get empty answers, so their requests go on without it.
     private func answerUnanswered(_ questions: [UInt64: Question]) {
         for (request, question) in questions {
@@ -544,7 +641,7 @@ final class PeerLink: Sendable {
         switch frame.type {
         case .hello, .update, .fetch, .snapshotRequest, .ping, .keyLookup, .keyConfirmation:
             throw .protocolViolation("unexpected \(frame.type) frame on an outbound connection")
-        case .ack, .fetchReply, .snapshotChunk, .snapshotEnd, .keyLookupReply:
+        case .ack, .fetchReply, .snapshotChunk, .snapshotEnd, .keyLookupReply, .fenced:
             break
         }
         do throws(WireError) {
@@ -555,6 +652,7 @@ final class PeerLink: Sendable {
                     s.ackedSequence = max(s.ackedSequence, min(ack.sequence, s.lastSequence))
                     guard s.lagging, s.ackedSequence == s.lastSequence else { return false }
                     s.lagging = false
+                    s.laggingSince = nil
                     return true
                 }
                 state.broadcast(Self.ackCondition)
@@ -568,10 +666,15 @@ final class PeerLink: Sendable {
                 guard state.withLock({ $0.questions.removeValue(forKey: reply.request) }) != nil else { return }
                 node.store.mergeLookupReply(reply)
             case .snapshotChunk:
-                node.merge(try UpdateBatch.decode(frame.payload).items)
+                let items = try UpdateBatch.decode(frame.payload).items
+                if takeReplacingState() { node.owner?.replaceState(from: address) }
+                node.merge(items)
             case .snapshotEnd:
                 let end = try SnapshotEnd.decode(frame.payload)
+                if end.senderReady && takeReplacingState() { node.owner?.replaceState(from: address) }
                 state.withLock { $0.transfer = .done(senderReady: end.senderReady, items: end.itemCount) }
+            case .fenced:
+                node.owner?.receivedFencedNotice(try FencedNotice.decode(frame.payload), from: address.description)
             case .hello, .update, .fetch, .snapshotRequest, .ping, .keyLookup, .keyConfirmation:
                 break
             }

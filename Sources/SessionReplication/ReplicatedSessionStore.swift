@@ -78,12 +78,14 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     struct Sinks {
-        var onUpdate: (@Sendable ([SessionUpdate]) -> Void)?
-        var onRecord: (@Sendable (ReplicatedRecord) -> Void)?
+        var onUpdate: (@Sendable ([SessionUpdate]) -> Bool)?
+        var onRecord: (@Sendable (ReplicatedRecord) -> Bool)?
         var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
         var onLookup: (@Sendable (String, UInt64) -> Int)?
         var lastPauseEnded: (@Sendable () -> UInt64?)?
         var readTokenKey: HMACKey?
+        /// Why the store does not serve, while `isReady` is false.
+        var unavailableReason = ReplicatedSessionStore.receivingReason
     }
 
     /// How `catchUp` waits for a session newer than this node's copy.
@@ -203,13 +205,16 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     /// Receives the updates of every local write, in order (regenerate: the
     /// new ID's state, then the old ID's tombstone). Called outside the lock.
-    public var onUpdate: (@Sendable ([SessionUpdate]) -> Void)? {
+    /// Returns false when the write was not confirmed as it must be (sync mode
+    /// without a majority): the write then fails with `unavailable` and the
+    /// store's `unavailableReason` (set by whoever stopped it serving).
+    public var onUpdate: (@Sendable ([SessionUpdate]) -> Bool)? {
         get { sinks.withLock { $0.onUpdate } }
         set { sinks.withLock { $0.onUpdate = newValue } }
     }
 
-    /// Receives each record completed by `complete(_:)` (without a delta).
-    public var onRecord: (@Sendable (ReplicatedRecord) -> Void)? {
+    /// Receives each record completed by `complete(_:)` (without a delta); returns false like `onUpdate`.
+    public var onRecord: (@Sendable (ReplicatedRecord) -> Bool)? {
         get { sinks.withLock { $0.onRecord } }
         set { sinks.withLock { $0.onRecord = newValue } }
     }
@@ -257,11 +262,31 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         set { ready.store(newValue, ordering: .releasing) }
     }
 
-    private func checkReady() throws(SessionStoreError) {
-        guard isReady else {
-            throw SessionStoreError(.unavailable, "this node is still receiving the sessions from its peers")
+    static let receivingReason = "this node is still receiving the sessions from its peers"
+
+    /// Why the store refuses requests while not ready (what `unavailable` errors and `/healthz` say).
+    public var unavailableReason: String { sinks.withLock { $0.unavailableReason } }
+
+    /// Stops serving: every request fails with `unavailable` and `reason` until `isReady` turns true again.
+    public func stopServing(reason: String) {
+        sinks.withLock { $0.unavailableReason = reason }
+        isReady = false
+    }
+
+    /// Forgets every session, tombstone, claim and record: a rejoining node's
+    /// state is replaced by a ready peer's (`ReplicationNode`).
+    public func removeAll() {
+        contents.withLock { contents in
+            contents.sessions = [:]
+            contents.records = IdempotencyRecordTable(limits: contents.records.limits)
         }
     }
+
+    private func checkReady() throws(SessionStoreError) {
+        guard isReady else { throw notServing() }
+    }
+
+    private func notServing() -> SessionStoreError { SessionStoreError(.unavailable, unavailableReason) }
 
     // MARK: Read-your-writes
 
@@ -451,7 +476,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             return (AppliedDelta(version: session.version.packedVersion, counters: counters, created: created), update)
         }
         guard let (applied, update) = result else { return nil }
-        emit([update])
+        guard emit([update]) else { throw notServing() }
         return applied
     }
 
@@ -467,7 +492,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             return updates
         }
         guard let updates else { return false }
-        emit(updates)
+        guard emit(updates) else { throw notServing() }
         return true
     }
 
@@ -481,7 +506,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             contents.sessions[id] = session
             return SessionUpdate(id: id, session: session)
         }
-        if let update { emit([update]) }
+        if let update, !emit([update]) { throw notServing() }
     }
 
     // MARK: Replication
@@ -724,7 +749,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
                 fingerprint: record.fingerprint, response: record.response, expiresAt: replicated.expiresAtMillis)
             return true
         }
-        if kept { sinks.withLock { $0.onRecord }?(replicated) }
+        if kept, sinks.withLock({ $0.onRecord })?(replicated) == false { throw notServing() }
     }
 
     public func abandon(key: String) throws {
@@ -791,8 +816,10 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         }
     }
 
-    private func emit(_ updates: [SessionUpdate]) {
-        sinks.withLock { $0.onUpdate }?(updates)
+    /// Hands the updates to `onUpdate`; false when they were not confirmed.
+    @discardableResult
+    private func emit(_ updates: [SessionUpdate]) -> Bool {
+        sinks.withLock { $0.onUpdate }?(updates) ?? true
     }
 }
 

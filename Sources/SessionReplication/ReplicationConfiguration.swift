@@ -77,6 +77,19 @@ public struct ReplicationConfiguration: Sendable {
         case never
     }
 
+    /// Whether a sync-mode write needs a majority of the cluster (docs/replication.md, *Membership*).
+    public enum Quorum: String, Sendable, CaseIterable {
+        /// A write that fewer than a majority of the nodes (this one included)
+        /// acknowledged within `syncTimeoutMillis` is answered 503: the node
+        /// stops serving and rejoins (CP). Peers silent or lagging for
+        /// `fenceAfterMillis` are declared dead: their changes are refused
+        /// until they rejoin under a new incarnation.
+        case majority
+        /// Every write goes on with the peers that answered, none at all
+        /// included (each side of a partition serves and diverges; AP).
+        case none
+    }
+
     /// This node's name (logs, metrics, hello).
     public var nodeName: String
     /// This node's id in every HLC stamp: unique in the cluster. Default: a hash of `nodeName`.
@@ -109,7 +122,8 @@ public struct ReplicationConfiguration: Sendable {
     public var connectTimeoutMillis: Int
     /// Reconnect backoff: from the first value, doubling, up to the second.
     public var reconnectBackoffMillis: (first: Int, max: Int)
-    /// Idle connections send a ping this often; a peer silent for `peerIdleTimeoutMillis` is dropped.
+    /// Idle connections send a ping this often; a peer silent for `peerIdleTimeoutMillis` is dropped
+    /// (for `fenceAfterMillis` with a `majority` quorum: declared dead).
     public var pingIntervalMillis: Int
     public var peerIdleTimeoutMillis: Int
     /// A state-transfer chunk holds about this many bytes.
@@ -130,15 +144,22 @@ public struct ReplicationConfiguration: Sendable {
     public var relayWindowMillis: Int
     /// Default: `always` in sync mode, `never` in async mode.
     public var keyLookups: KeyLookups
+    /// Default: `majority` in sync mode, `none` in async mode (which never waits for peers).
+    public var quorum: Quorum
+    /// With `quorum` `majority`: a peer that sent nothing (its pings included)
+    /// for this long, or has not acknowledged a change for this long, is
+    /// declared dead, and its incarnation fenced.
+    public var fenceAfterMillis: Int
 
     public init(
         nodeName: String, nodeID: UInt32? = nil, host: String = "127.0.0.1", port: Int = 0, peers: [PeerAddress] = [],
         secret: [UInt8], mode: Mode = .async, syncTimeoutMillis: Int = 100, maxQueueBytes: Int = 64 << 20,
         joinTimeoutMillis: Int = 1_000, connectTimeoutMillis: Int = 1_000,
-        reconnectBackoffMillis: (first: Int, max: Int) = (20, 1_000), pingIntervalMillis: Int = 1_000,
+        reconnectBackoffMillis: (first: Int, max: Int) = (20, 1_000), pingIntervalMillis: Int = 250,
         peerIdleTimeoutMillis: Int = 10_000, snapshotChunkBytes: Int = 256 << 10, maxInboundConnections: Int = 64,
         relayWindowMillis: Int = 5_000, keyLookups: KeyLookups? = nil, acceptedPeers: [PeerAddress]? = nil,
-        handshakeTimeoutMillis: Int = 2_000, maxPendingHandshakes: Int = 16
+        handshakeTimeoutMillis: Int = 2_000, maxPendingHandshakes: Int = 16, quorum: Quorum? = nil,
+        fenceAfterMillis: Int = 1_000
     ) {
         self.nodeName = nodeName
         self.nodeID = nodeID ?? Self.nodeID(for: nodeName)
@@ -161,7 +182,12 @@ public struct ReplicationConfiguration: Sendable {
         self.acceptedPeers = acceptedPeers
         self.handshakeTimeoutMillis = handshakeTimeoutMillis
         self.maxPendingHandshakes = maxPendingHandshakes
+        self.quorum = quorum ?? (mode == .sync ? .majority : .none)
+        self.fenceAfterMillis = fenceAfterMillis
     }
+
+    /// Whether this node fences peers and needs a majority for its writes.
+    var fences: Bool { mode == .sync && quorum == .majority }
 
     /// Throws naming the first setting out of range (a negative or huge time
     /// would otherwise trap when turned into nanoseconds). `ReplicationNode` checks it.
@@ -177,9 +203,14 @@ public struct ReplicationConfiguration: Sendable {
             ("peerIdleTimeoutMillis", peerIdleTimeoutMillis, 1...hour),
             ("relayWindowMillis", relayWindowMillis, 0...hour),
             ("handshakeTimeoutMillis", handshakeTimeoutMillis, 1...hour),
+            ("fenceAfterMillis", fenceAfterMillis, 1...hour),
         ]
         for (name, value, range) in times where !range.contains(value) {
             throw ReplicationConfigurationError("\(name) must be \(range.lowerBound)...\(range.upperBound) ms, not \(value)")
+        }
+        if fences && fenceAfterMillis < 2 * pingIntervalMillis {
+            throw ReplicationConfigurationError(
+                "fenceAfterMillis (\(fenceAfterMillis)) must be at least twice pingIntervalMillis (\(pingIntervalMillis)): an idle peer would be declared dead")
         }
         let sizes: [(String, Int, ClosedRange<Int>)] = [
             ("maxQueueBytes", maxQueueBytes, 1...(1 << 40)),
@@ -208,9 +239,13 @@ extension ReplicationConfiguration {
     /// names; 16+ bytes, the same on every node).
     public static func fromCommandLine(
         nodeName: String, host: String, port: Int, peers: String?, mode: String, syncTimeoutMillis: Int,
-        secret: String?, keyLookups: String? = nil, acceptPeers: String? = nil
+        secret: String?, keyLookups: String? = nil, acceptPeers: String? = nil, quorum: String? = nil
     ) throws(ReplicationConfigurationError) -> ReplicationConfiguration {
         guard let mode = Mode(rawValue: mode) else { throw ReplicationConfigurationError("--replication-mode must be sync or async") }
+        let quorum = try quorum.map { text throws(ReplicationConfigurationError) -> Quorum in
+            guard let quorum = Quorum(rawValue: text) else { throw ReplicationConfigurationError("--quorum must be majority or none") }
+            return quorum
+        }
         let lookups = try keyLookups.map { text throws(ReplicationConfigurationError) -> KeyLookups in
             guard let lookups = KeyLookups(rawValue: text) else {
                 throw ReplicationConfigurationError("--key-lookups must be always, when-peer-in-doubt or never")
@@ -246,6 +281,6 @@ extension ReplicationConfiguration {
         }
         return ReplicationConfiguration(
             nodeName: nodeName, host: host, port: port, peers: peerList, secret: secret, mode: mode,
-            syncTimeoutMillis: syncTimeoutMillis, keyLookups: lookups, acceptedPeers: accepted)
+            syncTimeoutMillis: syncTimeoutMillis, keyLookups: lookups, acceptedPeers: accepted, quorum: quorum)
     }
 }

@@ -16,7 +16,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case fetch = 4
     /// 5: the answer to a `fetch` (`FetchReply`).
     case fetchReply = 5
-    /// 6: asks for a full state transfer (empty payload).
+    /// 6: asks for a full state transfer (`SnapshotRequest`).
     case snapshotRequest = 6
     /// 7: one chunk of a state transfer (`UpdateBatch`, sequence number 0).
     case snapshotChunk = 7
@@ -31,6 +31,9 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     /// 12: the first sealed frame each side sends (empty payload): proves it
     /// holds the cluster secret and derived this connection's keys.
     case keyConfirmation = 12
+    /// 13: the receiver's incarnation was declared dead by the sender (`FencedNotice`):
+    /// its changes are refused until it rejoins under a new one (docs/replication.md, *Membership*).
+    case fenced = 13
 }
 
 /// One message between two nodes: a type and opaque payload bytes.
@@ -234,8 +237,9 @@ public struct FrameDecoder: Sendable {
 /// derivation, so a hello that was changed, or replayed from another
 /// connection, leaves its sender unable to confirm the keys.
 public struct HelloMessage: Sendable, Equatable {
-    /// The protocol version this build speaks (3: authenticated handshake, encrypted frames).
-    public static let currentProtocolVersion: UInt32 = 3
+    /// The protocol version this build speaks (3: authenticated handshake, encrypted frames;
+    /// 4: membership fencing, the `fenced` frame and `SnapshotRequest.onlyIfReady`).
+    public static let currentProtocolVersion: UInt32 = 4
     /// The nonce's length.
     public static let nonceByteCount = 32
     /// The longest node name, in UTF-8 bytes.
@@ -248,8 +252,10 @@ public struct HelloMessage: Sendable, Equatable {
     public var protocolVersion: UInt32
     /// The replication address the sender listens on, e.g. "10.0.0.5:7400".
     public var address: String
-    /// Random per process start: tells a node's own address in the peer list
-    /// (same id, same incarnation) from another node misconfigured with its id.
+    /// Random per process start, and new at every rejoin: the node's membership
+    /// epoch (peers fence an incarnation they declared dead), and what tells a
+    /// node's own address in the peer list (same id, same incarnation) from
+    /// another node misconfigured with its id.
     public var incarnation: UInt64
     /// Fresh random bytes of this connection: they make its keys its own.
     public var nonce: [UInt8]

@@ -156,6 +156,57 @@ public struct FetchReply: Sendable, Equatable {
 /// The payload of a `snapshotEnd` frame: how many items the transfer sent,
 /// and whether the sender had its own full state (it had finished its own
 /// state transfer, or started alone).
+/// The payload of a `snapshotRequest` frame. With `onlyIfReady`, a sender
+/// that is not ready itself sends no chunks, only its `SnapshotEnd` (a
+/// rejoining node replaces its state only by a ready peer's).
+public struct SnapshotRequest: Sendable, Equatable {
+    public var onlyIfReady: Bool
+    public init(onlyIfReady: Bool) { self.onlyIfReady = onlyIfReady }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        w.bool(onlyIfReady)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> SnapshotRequest {
+        var r = WireReader(payload)
+        let onlyIfReady = try r.bool()
+        try r.expectEnd()
+        return SnapshotRequest(onlyIfReady: onlyIfReady)
+    }
+}
+
+/// The payload of a `fenced` frame: the receiver's incarnation that the
+/// sender declared dead, and why. A notice naming an older incarnation than
+/// the receiver's current one is stale and ignored.
+public struct FencedNotice: Sendable, Equatable {
+    public static let maxReasonBytes = 512
+    public var incarnation: UInt64
+    public var reason: String
+    public init(incarnation: UInt64, reason: String) {
+        self.incarnation = incarnation
+        var reason = Substring(reason)
+        while reason.utf8.count > Self.maxReasonBytes { reason = reason.dropLast() }
+        self.reason = String(reason)
+    }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        w.u64(incarnation)
+        w.string(reason)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(WireError) -> FencedNotice {
+        var r = WireReader(payload)
+        let incarnation = try r.u64()
+        let reason = try r.string(limit: maxReasonBytes)
+        try r.expectEnd()
+        return FencedNotice(incarnation: incarnation, reason: reason)
+    }
+}
+
 public struct SnapshotEnd: Sendable, Equatable {
     public var itemCount: UInt64
     public var senderReady: Bool

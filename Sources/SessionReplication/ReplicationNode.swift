@@ -49,6 +49,13 @@ public final class ReplicationCounters: Sendable {
         public var handshakesEvicted = 0
         /// Authenticated connections from an address not in `acceptedPeers` (or `peers`).
         public var unknownPeersRefused = 0
+        /// Membership (sync mode, `majority` quorum; docs/replication.md, *Membership*): peer
+        /// incarnations declared dead; connections refused or closed because their incarnation
+        /// was; writes refused because fewer than a majority acknowledged them; rejoins.
+        public var peersDeclaredDead = 0
+        public var fencedConnectionsRefused = 0
+        public var writesWithoutMajority = 0
+        public var rejoins = 0
     }
 
     private let values = Mutex(Values())
@@ -64,8 +71,8 @@ public final class ReplicationCounters: Sendable {
 final class ReplicationNodeCore: Sendable {
     let configuration: ReplicationConfiguration
     let secret: ClusterSecret
-    /// This node's hello; each connection sends it with a fresh nonce.
-    let hello: HelloMessage
+    /// This node's incarnation and the peers it fenced.
+    let membership: Membership
     let logger: Logger
     let store: ReplicatedSessionStore
     let counters = ReplicationCounters()
@@ -77,9 +84,24 @@ final class ReplicationNodeCore: Sendable {
     ) {
         self.configuration = configuration
         self.secret = secret
-        self.hello = hello
+        self.membership = Membership(hello: hello)
         self.logger = logger
         self.store = store
+    }
+
+    /// This node's hello (its current incarnation); each connection sends it with a fresh nonce.
+    var hello: HelloMessage { membership.hello }
+
+    private struct Owner: Sendable {
+        weak var node: ReplicationNode?
+    }
+
+    private let ownerBox = Mutex(Owner())
+
+    /// The node these links and connections belong to (membership events go to it).
+    var owner: ReplicationNode? {
+        get { ownerBox.withLock { $0.node } }
+        set { ownerBox.withLock { $0.node = newValue } }
     }
 
     /// Merges items from a peer into the store.
@@ -96,6 +118,15 @@ final class ReplicationNodeCore: Sendable {
             counters.add(\.itemsRefused, refused)
             logger.warning("refused \(refused) changes stamped too far in the future (a peer's clock is wrong)")
         }
+    }
+
+    /// A sync write that fewer than a majority acknowledged: counted, and the node
+    /// stops serving and rejoins (`ReplicationNode.rejoin`). Returns false.
+    func refuseWithoutMajority(acknowledged: Int, needed: Int) -> Bool {
+        counters.add(\.writesWithoutMajority)
+        owner?.rejoin(
+            reason: "a write reached \(acknowledged + 1) nodes, fewer than a majority (\(needed + 1)): this node may be cut off from its peers")
+        return false
     }
 
     /// This node's whole state, encoded: every session, tombstone and record.
@@ -122,8 +153,8 @@ public final class ReplicationNode: Sendable {
 
     struct State {
         var listener: Int32
-        /// Authenticated inbound connections.
-        var inbound: Set<Int32> = []
+        /// Authenticated inbound connections, and the peer run on each.
+        var inbound: [Int32: PeerIdentity] = [:]
         /// Inbound connections in their handshake, oldest first.
         var pending: [Int32] = []
         var started = false
@@ -131,9 +162,11 @@ public final class ReplicationNode: Sendable {
         /// How the node became ready, for logs and metrics.
         var readyAfterMillis: Int64?
         var transferredItems: UInt64 = 0
+        /// A rejoin is under way (`rejoin(reason:)`).
+        var rejoining = false
     }
 
-    private let state: Mutex<State>
+    let state: Mutex<State>
     /// The bound replication port.
     public let port: Int
 
@@ -171,21 +204,34 @@ public final class ReplicationNode: Sendable {
                 core.counters.add(\.pausesDetected)
                 core.logger.warning(
                     "this node was frozen for \(nanos / 1_000_000) ms (SIGSTOP, a stalled VM): for \(configuration.relayWindowMillis) ms every idempotency key is looked up on every connected peer")
+                // Frozen longer than peers wait before declaring a node dead: they have fenced this run.
+                if configuration.fences && nanos >= UInt64(configuration.fenceAfterMillis) * 1_000_000 {
+                    core.owner?.rejoin(reason: "this node was frozen for \(nanos / 1_000_000) ms; its peers have declared it dead")
+                }
             })
         store.isReady = false
         store.readTokenKey = HMACKey(secret.readTokenKey)
         let links = links
         let mode = configuration.mode
         let timeout = UInt64(configuration.syncTimeoutMillis) * 1_000_000
+        // Sync mode with a majority quorum: a write confirmed by fewer than a majority fails, and the node rejoins.
+        let fences = configuration.fences
         store.onUpdate = { updates in
             // Idle-timer refreshes never make a request wait.
             let touchOnly = updates.allSatisfy {
                 $0.state.attributes.isEmpty && !$0.state.isInvalidated && $0.idempotencyRecord == nil
             }
-            Self.replicate(updates.map { .session($0) }, to: links, wait: mode == .sync && !touchOnly, timeout: timeout)
+            let wait = mode == .sync && !touchOnly
+            let needed = wait && fences ? Self.othersNeeded(links) : 0
+            let acknowledged = Self.replicate(
+                updates.map { .session($0) }, to: links, wait: wait, timeout: timeout, othersNeeded: needed)
+            return acknowledged >= needed || core.refuseWithoutMajority(acknowledged: acknowledged, needed: needed)
         }
         store.onRecord = { record in
-            Self.replicate([.record(record)], to: links, wait: mode == .sync, timeout: timeout)
+            let needed = mode == .sync && fences ? Self.othersNeeded(links) : 0
+            let acknowledged = Self.replicate(
+                [.record(record)], to: links, wait: mode == .sync, timeout: timeout, othersNeeded: needed)
+            return acknowledged >= needed || core.refuseWithoutMajority(acknowledged: acknowledged, needed: needed)
         }
         store.onFetch = { id, request in links.reduce(0) { $0 + ($1.fetch(id, request: request) ? 1 : 0) } }
         let lookups = configuration.keyLookups
@@ -207,6 +253,7 @@ public final class ReplicationNode: Sendable {
             }
             return links.reduce(0) { $0 + ($1.lookUp(key: key, request: request) ? 1 : 0) }
         }
+        core.owner = self
     }
 
     /// Whether a peer may have died with a change that reached only some
@@ -221,16 +268,42 @@ public final class ReplicationNode: Sendable {
         return core.peerHealth.inDoubt(now: now, windowNanos: window, silenceNanos: silence)
     }
 
-    /// Sends items to every connected peer; in sync mode waits for their acknowledgements.
-    private static func replicate(_ items: [ReplicationItem], to links: [PeerLink], wait: Bool, timeout: UInt64) {
+    /// The fewest nodes of `size` that make a majority.
+    static func majority(of size: Int) -> Int { size / 2 + 1 }
+
+    /// How many peers must acknowledge a write for a majority with this node:
+    /// the cluster is this node and every peer address that is not its own.
+    static func othersNeeded(_ links: [PeerLink]) -> Int {
+        majority(of: 1 + links.reduce(0) { $0 + ($1.phase == .isSelf ? 0 : 1) }) - 1
+    }
+
+    /// Sends items to every connected peer; in sync mode waits for their
+    /// acknowledgements, and returns how many acknowledged. When the peers
+    /// not lagging are fewer than `othersNeeded`, lagging ones are waited
+    /// for too, until the same deadline.
+    private static func replicate(
+        _ items: [ReplicationItem], to links: [PeerLink], wait: Bool, timeout: UInt64, othersNeeded: Int
+    ) -> Int {
         let bytes = items.count == 1 ? items[0].encoded : items.flatMap(\.encoded)
         var sequences: [(PeerLink, UInt64)] = []
         for link in links {
             if let sequence = link.enqueue(bytes, itemCount: items.count) { sequences.append((link, sequence)) }
         }
-        guard wait, !sequences.isEmpty else { return }
+        guard wait, !sequences.isEmpty else { return 0 }
         let deadline = monotonicNanos() + timeout
-        for (link, sequence) in sequences { _ = link.waitForAck(sequence, until: deadline) }
+        var acknowledged = 0
+        var skipped: [(PeerLink, UInt64)] = []
+        for (link, sequence) in sequences {
+            switch link.waitForAck(sequence, until: deadline) {
+            case .acknowledged: acknowledged += 1
+            case .skipped: skipped.append((link, sequence))
+            case .timedOut: break
+            }
+        }
+        for (link, sequence) in skipped where acknowledged < othersNeeded {
+            if link.waitForAck(sequence, until: deadline, evenIfLagging: true) == .acknowledged { acknowledged += 1 }
+        }
+        return acknowledged
     }
 
     /// Starts accepting peers, connecting to them, and the state transfer.
@@ -289,11 +362,11 @@ public final class ReplicationNode: Sendable {
             } else {
                 close(s.listener)
             }
-            for fd in s.inbound.union(s.pending) { shutdownSocket(fd) }
+            for fd in Array(s.inbound.keys) + s.pending { shutdownSocket(fd) }
         }
     }
 
-    private var isStopped: Bool { state.withLock { $0.stopped } }
+    var isStopped: Bool { state.withLock { $0.stopped } }
 
     // MARK: State transfer
 
@@ -309,7 +382,7 @@ public final class ReplicationNode: Sendable {
             for link in links where link.isConnected {
                 guard link.requestSnapshot() else { continue }
                 let transferStarted = monotonicNanos()
-                while link.transfer == .requested && link.isConnected && !isStopped
+                while link.transferPending && link.isConnected && !isStopped
                     && monotonicNanos() - transferStarted < 60_000_000_000
                 {
                     usleep(500)
@@ -381,12 +454,12 @@ public final class ReplicationNode: Sendable {
 
     /// Moves an authenticated connection from `pending` to `inbound`; false
     /// when it was evicted meanwhile or `maxInboundConnections` are open.
-    private func admit(_ fd: Int32) -> Bool {
+    private func admit(_ fd: Int32, _ peer: PeerIdentity) -> Bool {
         let (admitted, full) = state.withLock { s -> (Bool, Bool) in
             guard let index = s.pending.firstIndex(of: fd) else { return (false, false) }
             s.pending.remove(at: index)
             guard !s.stopped, s.inbound.count < configuration.maxInboundConnections else { return (false, !s.stopped) }
-            s.inbound.insert(fd)
+            s.inbound[fd] = peer
             return (true, false)
         }
         if full {
@@ -411,6 +484,8 @@ public final class ReplicationNode: Sendable {
         Sockets.setSendTimeout(fd, millis: configuration.peerIdleTimeoutMillis)
         var peerName = "unidentified peer at \(remote)"
         var peerID: UInt32?
+        var peer: PeerIdentity?
+        let fences = configuration.fences
         var admitted = false
         let watchesSilence = configuration.keyLookups == .whenPeerInDoubt  // the only reader of peerHealth
         var recent = RecentChanges(
@@ -429,13 +504,25 @@ public final class ReplicationNode: Sendable {
                     "refused the replication connection from \(hello.nodeName) (\(remote)): \(hello.address) is not a configured peer")
                 throw .closed
             }
-            guard admit(fd) else { throw .closed }
-            admitted = true
-            Sockets.setReceiveTimeout(fd, millis: configuration.peerIdleTimeoutMillis)
+            let identity = PeerIdentity(hello)
             peerName = "\(hello.nodeName) (\(remote))"
+            if fences && core.membership.isFenced(identity) {
+                refuseFenced(fd, sealer: connection.sealer, identity, name: peerName)
+                throw .closed
+            }
+            guard admit(fd, identity) else { throw .closed }
+            admitted = true
+            peer = identity
+            if fences { supersede(identity) }
+            // With fencing, a peer silent for fenceAfterMillis is declared dead (see the catch below).
+            let silenceMillis = fences
+                ? min(configuration.peerIdleTimeoutMillis, configuration.fenceAfterMillis)
+                : configuration.peerIdleTimeoutMillis
+            Sockets.setReceiveTimeout(fd, millis: silenceMillis)
             peerID = hello.nodeID
             var frames = connection.pending
             while true {
+                if fences && core.membership.isFenced(identity) { throw .fenced }
                 try process(frames, fd: fd, sealer: connection.sealer, recent: &recent)
                 frames = try connection.reader.frames()
                 if watchesSilence { core.peerHealth.heard(from: hello.nodeID, at: monotonicNanos()) }
@@ -446,9 +533,16 @@ public final class ReplicationNode: Sendable {
             switch error {
             case _ where evicted: break
             case .closed: break
+            case .failed(let code) where fences && (code == EAGAIN || code == EWOULDBLOCK):
+                if let peer {
+                    declareDead(peer, reason: "it sent nothing for \(configuration.fenceAfterMillis) ms")
+                }
             case .failed: core.logger.notice("replication connection from \(peerName) ended: \(error)")
             case .handshakeTimeout:
                 core.counters.add(\.handshakesTimedOut)
+                core.logger.notice("closed the replication connection from \(peerName): \(error)")
+            case .fenced:
+                core.counters.add(\.fencedConnectionsRefused)
                 core.logger.notice("closed the replication connection from \(peerName): \(error)")
             case .badFrame:
                 core.counters.add(\.framesRejected)
@@ -460,7 +554,7 @@ public final class ReplicationNode: Sendable {
         }
         state.withLock { s in
             if admitted {
-                s.inbound.remove(fd)
+                s.inbound[fd] = nil
             } else if let index = s.pending.firstIndex(of: fd) {
                 s.pending.remove(at: index)
             }
@@ -520,7 +614,20 @@ public final class ReplicationNode: Sendable {
             switch frame.type {
             case .snapshotRequest:
                 try flush()
-                try sendSnapshot(fd: fd, sealer: sealer)
+                let request: SnapshotRequest
+                do throws(WireError) {
+                    request = try frame.payload.isEmpty ? SnapshotRequest(onlyIfReady: false) : SnapshotRequest.decode(frame.payload)
+                } catch {
+                    throw .protocolViolation("snapshotRequest: \(error.reason)")
+                }
+                try sendSnapshot(fd: fd, sealer: sealer, onlyIfReady: request.onlyIfReady)
+                continue
+            case .fenced:
+                do throws(WireError) {
+                    receivedFencedNotice(try FencedNotice.decode(frame.payload), from: "the peer at \(Sockets.peerAddress(fd) ?? "?")")
+                } catch {
+                    throw .protocolViolation("fenced: \(error.reason)")
+                }
                 continue
             case .hello, .ack, .fetchReply, .snapshotChunk, .snapshotEnd, .keyLookupReply, .keyConfirmation:
                 throw .protocolViolation("unexpected \(frame.type) frame on an inbound connection")
@@ -555,9 +662,9 @@ public final class ReplicationNode: Sendable {
         try flush()
     }
 
-    private func sendSnapshot(fd: Int32, sealer: FrameSealer) throws(ConnectionEnd) {
+    private func sendSnapshot(fd: Int32, sealer: FrameSealer, onlyIfReady: Bool) throws(ConnectionEnd) {
         let senderReady = store.isReady
-        let items = core.allItems()
+        let items = onlyIfReady && !senderReady ? [] : core.allItems()
         for payload in chunkedBatches(items, chunkBytes: configuration.snapshotChunkBytes, sequence: 0) {
             guard Sockets.writeAll(fd, sealer.seal(ReplicationFrame(type: .snapshotChunk, payload: payload)))
             else { throw .failed(errno) }
@@ -611,6 +718,9 @@ public final class ReplicationNode: Sendable {
             for (labels, value) in samples { out += "\(name){\(node)\(labels)} \(value)\n" }
         }
         metric("session_replication_ready", "gauge", "1 once the state transfer is done.", [("", isReady ? "1" : "0")])
+        metric(
+            "session_replication_rejoining", "gauge", "1 while this node rejoins the cluster (not serving).",
+            [("", isRejoining ? "1" : "0")])
         metric("session_replication_sessions", "gauge", "Sessions and tombstones held.", [("", "\(store.count)")])
         let peers = peers
         metric(
@@ -640,6 +750,10 @@ public final class ReplicationNode: Sendable {
             ("items_relayed", "Changes of disconnected peers passed on to the others.", c.itemsRelayed),
             ("pauses_detected", "Times this node noticed it had been frozen (SIGSTOP, a stalled VM).", c.pausesDetected),
             ("key_lookups_after_pause", "Requests that asked every peer for their key because this node had just been frozen.", c.keyLookupsAfterPause),
+            ("peers_declared_dead", "Peer incarnations this node declared dead and fenced (sync mode, majority quorum).", c.peersDeclaredDead),
+            ("fenced_connections_refused", "Connections refused or closed because their peer's incarnation was fenced.", c.fencedConnectionsRefused),
+            ("writes_without_majority", "Writes refused because fewer than a majority of the nodes acknowledged them.", c.writesWithoutMajority),
+            ("rejoins", "Times this node stopped serving and rejoined (fenced, or a write without a majority).", c.rejoins),
         ]
         for (name, help, value) in totals {
             metric("session_replication_\(name)_total", "counter", help, [("", "\(value)")])

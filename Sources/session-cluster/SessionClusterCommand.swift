@@ -83,6 +83,9 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "When a request's unseen Idempotency-Key is first looked up on the peers: always, when-peer-in-doubt or never. Default: always in sync mode, never in async mode.")
     var keyLookups: String?
 
+    @Option(help: "Sync mode: majority (a write fewer than a majority of the nodes acknowledged is refused with 503 and the node rejoins; peers silent for a second are fenced) or none (go on with whoever answers). Default: majority in sync mode.")
+    var quorum: String?
+
     @Option(help: "The cluster secret every node shares (16+ bytes): peers authenticate with it and derive their encryption keys from it. Visible in `ps`: prefer $SESSION_CLUSTER_SECRET or $SESSION_CLUSTER_SECRET_FILE.")
     var clusterSecret: String?
 
@@ -113,7 +116,8 @@ struct NodeOptions: ParsableArguments {
         do {
             return try ReplicationConfiguration.fromCommandLine(
                 nodeName: nodeID, host: host, port: replicationPort, peers: peers, mode: replicationMode,
-                syncTimeoutMillis: syncTimeoutMs, secret: clusterSecret, keyLookups: keyLookups, acceptPeers: acceptPeers)
+                syncTimeoutMillis: syncTimeoutMs, secret: clusterSecret, keyLookups: keyLookups, acceptPeers: acceptPeers,
+                quorum: quorum)
         } catch {
             throw ValidationError(error.message)
         }

@@ -15,7 +15,6 @@ private final class TestWall: Sendable {
     func advance(_ millis: Int64) { now.withLock { $0 += millis } }
 }
 
-private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 private func stamp(_ millis: Int64, _ counter: UInt32 = 0, node: UInt32) -> HLCStamp {
     HLCStamp(millis: millis, counter: counter, node: node)

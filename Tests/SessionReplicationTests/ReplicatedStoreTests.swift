@@ -6,7 +6,6 @@ import Synchronization
 import TestSupport
 import Testing
 
-private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 /// One message from a store to its peers.
 private enum Message: Sendable {
@@ -49,8 +48,14 @@ private final class Cluster: Sendable {
         queues = async ? (0..<count).map { DispatchQueue(label: "store-\($0)") } : nil
         receivers = Mutex(connected ?? Set(0..<count))
         for i in 0..<count {
-            stores[i].onUpdate = { [weak self] updates in self?.send(from: i, updates.map(Message.update)) }
-            stores[i].onRecord = { [weak self] record in self?.send(from: i, [.record(record)]) }
+            stores[i].onUpdate = { [weak self] updates in
+                self?.send(from: i, updates.map(Message.update))
+                return true
+            }
+            stores[i].onRecord = { [weak self] record in
+                self?.send(from: i, [.record(record)])
+                return true
+            }
         }
     }
 

@@ -21,7 +21,6 @@ import Testing
 // the secret admitted, unauthenticated connections sharing the peers'
 // slots, read tokens without a MAC, records of any size).
 
-private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 /// The number of bytes of the key confirmation the node sends: header, type byte, tag.
 private let keyConfirmationBytes = FrameFormat.headerByteCount + 1 + FrameFormat.tagByteCount

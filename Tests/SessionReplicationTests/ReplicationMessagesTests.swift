@@ -4,7 +4,6 @@ import SessionCore
 import SessionReplication
 import Testing
 
-private func json(_ s: String) -> [UInt8] { Array(s.utf8) }
 
 private func sampleUpdate(_ node: UInt32 = 1) throws -> SessionUpdate {
     var session = ReplicatedSession(createdAtMillis: 1_000, at: HLCStamp(millis: 1_000, node: node))
@@ -48,7 +47,29 @@ private func sampleRecord() -> ReplicatedRecord {
         #expect(try FetchReply.decode(present.encode()) == present)
         let end = SnapshotEnd(itemCount: 10_000, senderReady: true)
         #expect(try SnapshotEnd.decode(end.encode()) == end)
+        for onlyIfReady in [false, true] {
+            #expect(try SnapshotRequest.decode(SnapshotRequest(onlyIfReady: onlyIfReady).encode()).onlyIfReady == onlyIfReady)
+        }
+        let notice = FencedNotice(incarnation: .max, reason: "silent for 1000 ms")
+        #expect(try FencedNotice.decode(notice.encode()) == notice)
     }
+
+    @Test func aFencedNoticeKeepsItsReasonShortAndItsBytesChecked() throws {
+        // A long reason is cut at a character boundary, within the limit the decoder enforces.
+        let long = FencedNotice(incarnation: 1, reason: String(repeating: "é", count: 400))
+        #expect(long.reason.utf8.count <= FencedNotice.maxReasonBytes && long.reason.utf8.count >= FencedNotice.maxReasonBytes - 1)
+        #expect(try FencedNotice.decode(long.encode()) == long)
+        var w = WireWriter()
+        w.u64(1)
+        w.string(String(repeating: "x", count: FencedNotice.maxReasonBytes + 1))
+        #expect(throws: WireError.self) { try FencedNotice.decode(w.bytes) }
+        #expect(throws: WireError.self) { try FencedNotice.decode(Array(notice(1).prefix(7))) }
+        #expect(throws: WireError.self) { try FencedNotice.decode(notice(1) + [0]) }
+        #expect(throws: WireError.self) { try SnapshotRequest.decode([2]) }
+        #expect(throws: WireError.self) { try SnapshotRequest.decode([]) }
+    }
+
+    private func notice(_ incarnation: UInt64) -> [UInt8] { FencedNotice(incarnation: incarnation, reason: "r").encode() }
 
     @Test func keyLookupsAndEveryKindOfAnswerRoundTrip() throws {
         let lookup = KeyLookup(key: "k-2", request: 77)

@@ -14,7 +14,6 @@ import Testing
 // In-process `ReplicationNode`s over real loopback sockets (LoopbackCluster,
 // RawPeer: ReplicationTestSupport.swift).
 
-private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 private func describe(_ snapshot: SessionSnapshot?) -> String {
     guard let snapshot else { return "nil" }

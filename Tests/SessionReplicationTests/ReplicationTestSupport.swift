@@ -17,7 +17,8 @@ import Testing
 // `ReplicationNode`s over real loopback sockets, a raw client that plays a
 // peer (or an attacker), and a loopback relay that captures what passes.
 
-private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
+/// JSON text as the bytes a session attribute holds.
+func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 /// The secret of every test cluster.
 let replicationTestSecret = Array("replication-node-tests-cluster-secret".utf8)
@@ -58,9 +59,9 @@ final class LoopbackCluster: Sendable {
         selfAsLocalhost: Bool = false, peerIndices: [[Int]]? = nil,
         peerLists: (@Sendable ([PeerAddress]) -> [[PeerAddress]])? = nil, alsoAccepting: [PeerAddress] = [],
         catchUpPolicy: ReplicatedSessionStore.CatchUpPolicy = .init(), maxQueueBytes: Int = 64 << 20,
-        pingIntervalMillis: Int = 1_000, relayWindowMillis: Int = 5_000,
+        pingIntervalMillis: Int = 250, relayWindowMillis: Int = 5_000,
         keyLookups: ReplicationConfiguration.KeyLookups? = nil, handshakeTimeoutMillis: Int = 2_000,
-        maxPendingHandshakes: Int = 16
+        maxPendingHandshakes: Int = 16, quorum: ReplicationConfiguration.Quorum? = nil, fenceAfterMillis: Int = 1_000
     ) throws {
         var lastError: (any Error)?
         for _ in 0..<5 {  // a port picked by freeLoopbackPort may be taken before it is bound again
@@ -86,7 +87,8 @@ final class LoopbackCluster: Sendable {
                         connectTimeoutMillis: 500, reconnectBackoffMillis: (10, 200),
                         pingIntervalMillis: pingIntervalMillis, relayWindowMillis: relayWindowMillis,
                         keyLookups: keyLookups, acceptedPeers: oneWay ? addresses + alsoAccepting : nil,
-                        handshakeTimeoutMillis: handshakeTimeoutMillis, maxPendingHandshakes: maxPendingHandshakes)
+                        handshakeTimeoutMillis: handshakeTimeoutMillis, maxPendingHandshakes: maxPendingHandshakes,
+                        quorum: quorum, fenceAfterMillis: fenceAfterMillis)
                     let store = ReplicatedSessionStore(node: configuration.nodeID, catchUpPolicy: catchUpPolicy)
                     nodes.append(
                         try ReplicationNode(store: store, configuration: configuration, logger: quietReplicationLogger()))
@@ -168,11 +170,11 @@ final class ThreadFailures: Sendable {
 /// A hello as a raw peer sends it, with a fresh nonce.
 func rawHello(
     nodeID: UInt32 = 0xBAD_BEEF, address: PeerAddress = rawPeerAddress,
-    protocolVersion: UInt32 = HelloMessage.currentProtocolVersion
+    protocolVersion: UInt32 = HelloMessage.currentProtocolVersion, incarnation: UInt64 = 77
 ) throws -> HelloMessage {
     try HelloMessage(
         nodeID: nodeID, nodeName: "raw-test-peer", protocolVersion: protocolVersion, address: address.description,
-        incarnation: 77)
+        incarnation: incarnation)
 }
 
 /// A well-formed update for a new session `id`, stamped by a store of its own.

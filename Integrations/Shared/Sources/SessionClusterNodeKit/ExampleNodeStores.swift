@@ -62,7 +62,7 @@ public final class ExampleNodeStores: Sendable {
     /// What keeps the node from serving, for `/healthz`: nil when ready.
     /// Blocking (PINGs Redis): call it on the executor.
     public func healthProblem() -> String? {
-        if let replication, !replication.isReady { return "receiving sessions from peers" }
+        if let replication, !replication.isReady { return replication.store.unavailableReason }
         if let redisClient, let problem = redisClient.healthProblem() { return problem }
         return nil
     }

@@ -282,13 +282,13 @@ final class PeerLink: Sendable {
     }
 
     /// Asks the peer for its full state (the reader records the outcome in `transfer`).
-    /// With `replacingState` (a rejoin), only a ready peer sends its state, and this
-    /// node's own is dropped when it arrives.
-    func requestSnapshot(replacingState: Bool = false) -> Bool {
+    /// With `onlyIfReady`, a peer that is not ready sends none; with `replacingState`
+    /// (a rejoin; implies `onlyIfReady`), this node's own state is dropped when it arrives.
+    func requestSnapshot(onlyIfReady: Bool = false, replacingState: Bool = false) -> Bool {
         state.withLock { $0.transfer = .requested(replacingState: replacingState) }
         return send(
             control: ReplicationFrame(
-                type: .snapshotRequest, payload: SnapshotRequest(onlyIfReady: replacingState).encode()))
+                type: .snapshotRequest, payload: SnapshotRequest(onlyIfReady: onlyIfReady || replacingState).encode()))
     }
 
     /// Whether a state transfer was asked of this peer and is not done.

@@ -110,6 +110,13 @@ final class PeerHealth: Sendable {
         }
     }
 
+    /// How many peers other than `node` delivered frames within `windowNanos` of `now`.
+    func heardRecently(excluding node: UInt32, now: UInt64, windowNanos: UInt64) -> Int {
+        state.withLock { s in
+            s.lastHeard.filter { $0.key != node && ($0.value >= now || now - $0.value < windowNanos) }.count
+        }
+    }
+
     /// Whether an inbound connection ended within `windowNanos`, or a peer
     /// has said nothing (not even its pings) for `silenceNanos`. Times
     /// noted after `now` (by another thread meanwhile) count as recent.

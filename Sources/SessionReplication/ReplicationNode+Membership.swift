@@ -16,8 +16,20 @@ extension ReplicationNode {
     /// Declares `peer`'s incarnation dead: nothing more of it is applied here —
     /// its connections are closed, later ones refused with a `fenced` notice —
     /// and it is told so on this node's link to it, should that still reach it.
+    ///
+    /// Only a node that still hears a majority without that peer may: one that
+    /// does not is on the minority side itself, and rejoins instead.
     func declareDead(_ peer: PeerIdentity, reason: String) {
-        guard configuration.fences, core.membership.fence(peer) else { return }
+        guard configuration.fences, !isRejoining else { return }
+        let heard = core.peerHealth.heardRecently(
+            excluding: peer.nodeID, now: monotonicNanos(),
+            windowNanos: UInt64(configuration.fenceAfterMillis) * 500_000)
+        let majority = Self.othersNeeded(links) + 1
+        guard heard + 1 >= majority else {
+            return rejoin(
+                reason: "\(reason) of \(peer), and it hears from only \(heard + 1) of the nodes (itself included), fewer than a majority (\(majority))")
+        }
+        guard core.membership.fence(peer) else { return }
         core.counters.add(\.peersDeclaredDead)
         core.logger.warning("declared \(peer) dead: \(reason); its changes are refused until it rejoins")
         state.withLock { s in
@@ -93,7 +105,10 @@ extension ReplicationNode {
                 }
                 switch link.transfer {
                 case .done(senderReady: true, let items):
-                    return finishRejoin(started: started, "received \(items) sessions and records from \(link.address)")
+                    let others = mergeOtherPeersStates(besides: link, incarnation: incarnation, answerNanos: answerNanos)
+                    return finishRejoin(
+                        started: started,
+                        "received \(items) sessions and records from \(link.address)\(others.isEmpty ? "" : ", then the states of \(others)")")
                 case .done(senderReady: false, _):
                     notReady += 1
                 case .none, .requested:
@@ -111,15 +126,28 @@ extension ReplicationNode {
     }
 
     /// Called by the link whose peer's state arrives for a rejoin, before merging it:
-    /// drops this node's state, and makes every peer resync it (what they sent
-    /// before comes again on their next connection).
+    /// drops this node's state and what its links had queued. (What other peers
+    /// had sent comes back with their own state, which `runRejoin` asks for next.)
     func replaceState(from address: PeerAddress) {
         store.removeAll()
-        state.withLock { s in
-            for fd in s.inbound.keys { shutdownSocket(fd) }
-        }
         for link in links { link.requestResync() }
         core.logger.notice("dropped this node's state; taking \(address)'s")
+    }
+
+    /// After the state was replaced by one peer's: merges every other reachable ready
+    /// peer's too — changes they had sent this node before the replacement, and not
+    /// yet to that peer, would otherwise be missing here. Returns the peers that answered.
+    private func mergeOtherPeersStates(besides first: PeerLink, incarnation: UInt64, answerNanos: UInt64) -> [String] {
+        var answered: [String] = []
+        for link in links where link !== first && link.connectedAs == incarnation {
+            guard link.requestSnapshot(onlyIfReady: true) else { continue }
+            let asked = monotonicNanos()
+            while link.transferPending && link.isConnected && !isStopped && monotonicNanos() - asked < answerNanos {
+                usleep(500)
+            }
+            if case .done(senderReady: true, _) = link.transfer { answered.append(link.address.description) }
+        }
+        return answered
     }
 
     private func finishRejoin(started: UInt64, _ detail: String) {

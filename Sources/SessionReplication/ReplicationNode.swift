@@ -216,6 +216,7 @@ public final class ReplicationNode: Sendable {
         let timeout = UInt64(configuration.syncTimeoutMillis) * 1_000_000
         // Sync mode with a majority quorum: a write confirmed by fewer than a majority fails, and the node rejoins.
         let fences = configuration.fences
+        let quorumTimeout = max(timeout, UInt64(configuration.fenceAfterMillis) * 1_000_000)
         store.onUpdate = { updates in
             // Idle-timer refreshes never make a request wait.
             let touchOnly = updates.allSatisfy {
@@ -224,13 +225,15 @@ public final class ReplicationNode: Sendable {
             let wait = mode == .sync && !touchOnly
             let needed = wait && fences ? Self.othersNeeded(links) : 0
             let acknowledged = Self.replicate(
-                updates.map { .session($0) }, to: links, wait: wait, timeout: timeout, othersNeeded: needed)
+                updates.map { .session($0) }, to: links, wait: wait, timeout: timeout, quorumTimeout: quorumTimeout,
+                othersNeeded: needed)
             return acknowledged >= needed || core.refuseWithoutMajority(acknowledged: acknowledged, needed: needed)
         }
         store.onRecord = { record in
             let needed = mode == .sync && fences ? Self.othersNeeded(links) : 0
             let acknowledged = Self.replicate(
-                [.record(record)], to: links, wait: mode == .sync, timeout: timeout, othersNeeded: needed)
+                [.record(record)], to: links, wait: mode == .sync, timeout: timeout, quorumTimeout: quorumTimeout,
+                othersNeeded: needed)
             return acknowledged >= needed || core.refuseWithoutMajority(acknowledged: acknowledged, needed: needed)
         }
         store.onFetch = { id, request in links.reduce(0) { $0 + ($1.fetch(id, request: request) ? 1 : 0) } }
@@ -278,11 +281,14 @@ public final class ReplicationNode: Sendable {
     }
 
     /// Sends items to every connected peer; in sync mode waits for their
-    /// acknowledgements, and returns how many acknowledged. When the peers
-    /// not lagging are fewer than `othersNeeded`, lagging ones are waited
-    /// for too, until the same deadline.
+    /// acknowledgements, and returns how many acknowledged. When fewer than
+    /// `othersNeeded` did within `timeout`, the others — lagging ones too —
+    /// are waited for until `quorumTimeout`: a write is refused for want of a
+    /// majority only after as long as peers wait before declaring a node dead,
+    /// never for one slow acknowledgement.
     private static func replicate(
-        _ items: [ReplicationItem], to links: [PeerLink], wait: Bool, timeout: UInt64, othersNeeded: Int
+        _ items: [ReplicationItem], to links: [PeerLink], wait: Bool, timeout: UInt64, quorumTimeout: UInt64,
+        othersNeeded: Int
     ) -> Int {
         let bytes = items.count == 1 ? items[0].encoded : items.flatMap(\.encoded)
         var sequences: [(PeerLink, UInt64)] = []
@@ -290,18 +296,20 @@ public final class ReplicationNode: Sendable {
             if let sequence = link.enqueue(bytes, itemCount: items.count) { sequences.append((link, sequence)) }
         }
         guard wait, !sequences.isEmpty else { return 0 }
-        let deadline = monotonicNanos() + timeout
+        let started = monotonicNanos()
         var acknowledged = 0
-        var skipped: [(PeerLink, UInt64)] = []
+        var unacknowledged: [(PeerLink, UInt64)] = []
         for (link, sequence) in sequences {
-            switch link.waitForAck(sequence, until: deadline) {
-            case .acknowledged: acknowledged += 1
-            case .skipped: skipped.append((link, sequence))
-            case .timedOut: break
+            if link.waitForAck(sequence, until: started + timeout) == .acknowledged {
+                acknowledged += 1
+            } else {
+                unacknowledged.append((link, sequence))
             }
         }
-        for (link, sequence) in skipped where acknowledged < othersNeeded {
-            if link.waitForAck(sequence, until: deadline, evenIfLagging: true) == .acknowledged { acknowledged += 1 }
+        for (link, sequence) in unacknowledged where acknowledged < othersNeeded {
+            if link.waitForAck(sequence, until: started + quorumTimeout, evenIfLagging: true) == .acknowledged {
+                acknowledged += 1
+            }
         }
         return acknowledged
     }
@@ -487,7 +495,8 @@ public final class ReplicationNode: Sendable {
         var peer: PeerIdentity?
         let fences = configuration.fences
         var admitted = false
-        let watchesSilence = configuration.keyLookups == .whenPeerInDoubt  // the only reader of peerHealth
+        // peerHealth's readers: key lookups when a peer is in doubt, and fencing (who is still heard).
+        let watchesSilence = configuration.keyLookups == .whenPeerInDoubt || configuration.fences
         var recent = RecentChanges(
             windowNanos: UInt64(configuration.relayWindowMillis) * 1_000_000, maxEntries: Self.maxRelayEntries)
         do throws(ConnectionEnd) {

@@ -88,6 +88,9 @@ extension SessionClusterCommand {
         @Option(help: "The nodes' log level.")
         var nodeLogLevel = "warning"
 
+        @Option(help: "Keep the nodes' logs in this directory, one folder per strategy (default: removed after the run).")
+        var nodeLogs: String?
+
         @Option(
             name: .customLong("node-arg"), parsing: .unconditionalSingleValue,
             help: "An extra argument for every node of the clusters the benchmark starts; repeatable (--node-arg --key-lookups --node-arg when-peer-in-doubt).")
@@ -193,6 +196,12 @@ extension SessionClusterCommand {
                     + (usesRedis && redisWaitReplicas > 0 ? ["--redis-wait-replicas", "\(redisWaitReplicas)"] : []))
             configuration.redisClusterReplicas = redisClusterReplicas
             configuration.balancer.eventLoops = 1
+            if let nodeLogs {
+                guard mkdir(nodeLogs, 0o755) == 0 || errno == EEXIST else {
+                    throw ValidationError("--node-logs: cannot create \(nodeLogs): \(String(cString: strerror(errno)))")
+                }
+                configuration.logDirectory = "\(nodeLogs)/\(name)"
+            }
             let partitions = plan.faults.contains { $0.kind == .partition || $0.kind == .isolate }
             if partitions && strategy != .replicate {
                 throw ValidationError(

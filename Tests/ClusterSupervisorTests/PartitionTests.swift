@@ -48,6 +48,44 @@ struct PartitionTests {
         #expect(waitUntil(timeout: 15) { Self.count(client, port: three, sid: sid) == 2 }, "node-3 catches up once healed")
     }
 
+    /// Sync mode is CP: the node on the minority side refuses (503, `/healthz` says why) instead of
+    /// diverging, and what it wrote without a majority is gone once it rejoins with the others' state.
+    @Test func aSyncNodeCutOffFromTheMajorityRefusesThenRejoinsWithTheMajoritysState() throws {
+        var configuration = ClusterConfiguration(
+            strategy: .replicate, replicationMode: "sync", nodeCount: 3, port: 0,
+            executable: try ChildProcess.sessionClusterBinary().path)
+        configuration.relayedLinks = true
+        let supervisor = try ClusterSupervisor(configuration: configuration, logger: .init(label: "test"))
+        try supervisor.start()
+        defer { supervisor.shutdown() }
+        let ports = Dictionary(uniqueKeysWithValues: supervisor.nodePorts.map { ($0.name, $0.port) })
+        let (one, two, three) = (ports["node-1"]!, ports["node-2"]!, ports["node-3"]!)
+        let client = CurlClient()
+        #expect(try client.request("POST", "http://127.0.0.1:\(one)/api/counter").body.contains(#""count":1"#))
+        let sid = try #require(client.cookie("sid"))
+        #expect(waitUntil(timeout: 10) { Self.count(client, port: three, sid: sid) == 1 })
+
+        try supervisor.partition([["node-3"]])
+        // node-3 applies this increment but cannot get it acknowledged by a majority: refused.
+        let cutOff = try client.request(
+            "POST", "http://127.0.0.1:\(three)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false)
+        #expect(cutOff.status == 503, "\(cutOff.status) \(cutOff.body)")
+        let health = try client.request("GET", "http://127.0.0.1:\(three)/healthz", useJar: false)
+        #expect(health.status == 503 && health.body.contains("rejoining") && health.body.contains("majority"), "\(health.body)")
+        // The majority side goes on.
+        #expect(try client.request(
+            "POST", "http://127.0.0.1:\(one)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false
+        ).body.contains(#""count":2"#))
+        #expect(Self.count(client, port: three, sid: sid) == nil, "node-3 serves no stale count")
+
+        supervisor.healPartition()
+        #expect(waitUntil(timeout: 20) { Self.count(client, port: three, sid: sid) == 2 }, "rejoined with the majority's count")
+        #expect(Self.count(client, port: two, sid: sid) == 2, "node-3's refused increment never reached the others")
+        #expect(try client.request(
+            "POST", "http://127.0.0.1:\(three)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false
+        ).body.contains(#""count":3"#), "node-3 is a member again")
+    }
+
     @Test func aPartitionNeedsRelayedLinksAndKnownNodes() throws {
         let executable = try ChildProcess.sessionClusterBinary().path
         let plain = try ClusterSupervisor(

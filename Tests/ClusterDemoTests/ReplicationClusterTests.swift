@@ -233,7 +233,9 @@ struct ReplicationClusterTests {
     /// thousands of changes waiting in its replication socket and lost: async mode asks no peer
     /// (this test then fails: the count ends at 3), and in sync mode a node frozen during a sync
     /// write marks every peer lagging and asks none (the bench's `stop:node3@4s-7s`: 153
-    /// duplicates in async, 1 in sync). Here c is frozen between writes, so sync asks anyway.
+    /// duplicates in async, 1 in sync). In sync mode (majority quorum) c is frozen longer than its
+    /// peers wait before declaring it dead: it notices, refuses (503, rejoining) and rejoins with
+    /// their state — the write it was sent never runs there either.
     @Test(arguments: ["async", "sync"])
     func aResumedNodeReplaysAKeyItsPeerRanWhileItWasFrozen(mode: String) throws {
         try Self.withCluster(mode: mode) { nodes in
@@ -244,6 +246,7 @@ struct ReplicationClusterTests {
                 #expect(waitUntil(timeout: 5) { nodes.sessionWithoutReadToken(i, sid: sid)?.count == 1 })
             }
             let key = "frozen-\(mode)-1"
+            let frozenAt = monotonicMillis()
             nodes.signal(2, SIGSTOP)
             defer { nodes.signal(2, SIGCONT) }
             // The kernel takes the connection and the request; c runs nothing until it resumes.
@@ -258,6 +261,9 @@ struct ReplicationClusterTests {
             let retried = try client.request("POST", nodes.url(0, "/api/counter"), headers: ["Idempotency-Key: \(key)"])
             #expect(decode(retried) == SessionBody(node: "a", count: 2), "\(retried.body)")
 
+            // Frozen for at least 1.5 s: longer than the peers' fenceAfterMillis (1 s).
+            let frozenFor = monotonicMillis() - frozenAt
+            if frozenFor < 1_500 { usleep(UInt32(1_500 - frozenFor) * 1_000) }
             nodes.signal(2, SIGCONT)
             var answer: [UInt8] = []
             let deadline = monotonicMillis() + 10_000
@@ -268,15 +274,30 @@ struct ReplicationClusterTests {
                 }
             }
             let text = String(decoding: answer, as: UTF8.self)
-            #expect(text.hasPrefix("HTTP/1.1 200"), "\(text)")
-            #expect(text.contains(#""count":2"#), "c replays a's answer instead of running the write again: \(text)")
+            if mode == "sync" {
+                #expect(text.hasPrefix("HTTP/1.1 503"), "c refuses while it rejoins: \(text)")
+            } else {
+                #expect(text.hasPrefix("HTTP/1.1 200"), "\(text)")
+                #expect(text.contains(#""count":2"#), "c replays a's answer instead of running the write again: \(text)")
+            }
             for i in nodes.names.indices {
                 #expect(
                     waitUntil(timeout: 5) { nodes.sessionWithoutReadToken(i, sid: sid)?.count == 2 },
                     "\(nodes.names[i]) holds \(String(describing: nodes.sessionWithoutReadToken(i, sid: sid)))")
             }
             #expect((metric(nodes.metrics(2), "session_replication_pauses_detected_total{node=\"c\"}") ?? 0) >= 1)
-            #expect((metric(nodes.metrics(2), "session_replication_key_lookups_after_pause_total{node=\"c\"}") ?? 0) >= 1)
+            if mode == "sync" {
+                #expect((metric(nodes.metrics(2), "session_replication_rejoins_total{node=\"c\"}") ?? 0) >= 1)
+                for i in [0, 1] {
+                    let name = nodes.names[i]
+                    #expect(
+                        (metric(nodes.metrics(i), "session_replication_peers_declared_dead_total{node=\"\(name)\"}") ?? 0) >= 1,
+                        "\(name) declared c's frozen incarnation dead")
+                }
+            } else {
+                #expect(
+                    (metric(nodes.metrics(2), "session_replication_key_lookups_after_pause_total{node=\"c\"}") ?? 0) >= 1)
+            }
         }
     }
 

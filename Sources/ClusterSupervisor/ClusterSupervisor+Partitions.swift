@@ -15,6 +15,20 @@ extension ClusterSupervisor {
         return relays
     }
 
+    /// One relay per node to the single redis-server: "node-1>redis".
+    func makeStoreRelays(to port: Int) throws(SupervisorError) {
+        var relays: [String: LinkRelay] = [:]
+        for node in nodes {
+            do {
+                relays["\(node.name)>redis"] = try LinkRelay(targetPort: port)
+            } catch {
+                for relay in relays.values { relay.stop() }
+                throw SupervisorError("cannot start the relay of \(node.name) → redis: \(error)")
+            }
+        }
+        storeRelays.withLock { $0 = relays }
+    }
+
     /// `--peers` (through the relays when links are relayed) and, then, `--accept-peers` with the
     /// nodes' own addresses, which their hellos announce.
     func replicationPeerArguments(_ node: NodeSlot) -> [String] {
@@ -26,26 +40,32 @@ extension ClusterSupervisor {
         return ["--peers", peers.joined(separator: ","), "--accept-peers", direct]
     }
 
-    /// Cuts the replication links between `groups` (node names); one group alone is cut from every
-    /// other node. Links within a group, and the balancer's to every node, stay up. Needs
-    /// `relayedLinks`; a partition already in place is healed first.
+    /// Cuts the links between `groups` (node names, and `redis` for the store of the `redis`
+    /// strategy); one group alone is cut from every other node. Redis, unless named, is on the
+    /// side of the last group (with `isolate`, the rest). Links within a group, and the
+    /// balancer's to every node, stay up. Needs `relayedLinks`; a partition already in place is
+    /// healed first.
     public func partition(_ groups: [[String]]) throws(SupervisorError) {
-        guard !linkRelays.isEmpty else {
-            throw SupervisorError("partitions need relayed links (ClusterConfiguration.relayedLinks, --strategy replicate)")
+        let stores = storeRelays.withLock { $0 }
+        guard !linkRelays.isEmpty || !stores.isEmpty else {
+            throw SupervisorError(
+                "partitions need relayed links (ClusterConfiguration.relayedLinks; --strategy replicate, or redis with one server)")
         }
-        let names = nodeNames
+        let names = nodeNames + (stores.isEmpty ? [] : ["redis"])
         for name in groups.joined() where !names.contains(name) {
             throw SupervisorError("no node named \(name); the nodes are \(names.joined(separator: ", "))")
         }
         var sides = groups
         if sides.count == 1 { sides.append(names.filter { !groups[0].contains($0) }) }
+        if !stores.isEmpty && !sides.contains(where: { $0.contains("redis") }) { sides[sides.count - 1].append("redis") }
         healPartition()
+        let relays = allRelays
         for (i, a) in sides.enumerated() {
             for b in sides[(i + 1)...] {
                 for x in a {
                     for y in b {
-                        linkRelays["\(x)>\(y)"]?.cut()
-                        linkRelays["\(y)>\(x)"]?.cut()
+                        relays["\(x)>\(y)"]?.cut()
+                        relays["\(y)>\(x)"]?.cut()
                     }
                 }
             }
@@ -55,11 +75,16 @@ extension ClusterSupervisor {
 
     /// Every cut link works again.
     public func healPartition() {
-        let cut = linkRelays.values.filter(\.isCut)
+        let cut = allRelays.values.filter(\.isCut)
         for relay in cut { relay.heal() }
         if !cut.isEmpty { onEvent("partition healed") }
     }
 
     /// The links cut now, as "from>to" (sorted).
-    public var cutLinks: [String] { linkRelays.filter { $0.value.isCut }.map(\.key).sorted() }
+    public var cutLinks: [String] { allRelays.filter { $0.value.isCut }.map(\.key).sorted() }
+
+    /// The replication links' relays and the store links'.
+    private var allRelays: [String: LinkRelay] {
+        linkRelays.merging(storeRelays.withLock { $0 }) { first, _ in first }
+    }
 }

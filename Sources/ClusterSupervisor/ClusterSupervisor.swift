@@ -118,8 +118,10 @@ public struct ClusterConfiguration: Sendable {
         }
         guard access(executable, X_OK) == 0 else { throw SupervisorError("cannot run \(executable)") }
         guard (0...3).contains(redisReplicas) else { throw SupervisorError("--redis-replicas must be 0...3") }
-        if relayedLinks && strategy != .replicate {
-            throw SupervisorError("relayed links (partitions) are for --strategy replicate; \(strategy.rawValue) nodes have no links to each other")
+        if relayedLinks && (strategy == .local || strategy == .redisCluster || redisReplicas > 0 || redisSentinel) {
+            throw SupervisorError(
+                "relayed links (partitions) are for --strategy replicate and for redis with one server; \(strategy.rawValue)"
+                    + (strategy == .local ? " nodes have no links" : " with replicas, a Sentinel or a cluster is not relayed yet"))
         }
         if strategy != .redis && (redisReplicas != 0 || redisSentinel) {
             throw SupervisorError(
@@ -161,6 +163,9 @@ public final class ClusterSupervisor: Sendable {
     let rolling = Mutex(RollingRestartStatus())
     /// `relayedLinks`: the relay of each link, by "from>to" node names.
     let linkRelays: [String: LinkRelay]
+    /// `relayedLinks` with the `redis` strategy: each node's link to its store, by "node>redis"
+    /// (made once the server runs).
+    let storeRelays = Mutex<[String: LinkRelay]>([:])
 
     /// - Parameter onEvent: one-line reports (a node died, came up, was restarted), from any thread.
     public init(
@@ -207,7 +212,7 @@ public final class ClusterSupervisor: Sendable {
         }
         nodes = slots
         do throws(SupervisorError) {
-            linkRelays = configuration.relayedLinks ? try Self.makeLinkRelays(slots) : [:]
+            linkRelays = configuration.relayedLinks && configuration.strategy == .replicate ? try Self.makeLinkRelays(slots) : [:]
         } catch {
             if ownsRunDirectory { rmdir(runDirectory) }
             throw error
@@ -325,6 +330,7 @@ public final class ClusterSupervisor: Sendable {
         }
         for server in redisServers { server.shutdown(graceMillis: 5_000) }
         for relay in linkRelays.values { relay.stop() }
+        for relay in storeRelays.withLock({ Array($0.values) }) { relay.stop() }
         while !monitorDone.withLock({ $0 }) && balancerBox.withLock({ $0 }) != nil { usleep(10_000) }
         if ownsRunDirectory { removeTree(runDirectory) }
     }
@@ -498,7 +504,7 @@ public final class ClusterSupervisor: Sendable {
                 "--replication-port", "\(node.replicationPort)", "--replication-mode", configuration.replicationMode,
             ]
         case .redis, .redisCluster:
-            arguments += try redisNodeArguments()
+            arguments += try redisNodeArguments(for: node.name)
         case .local:
             break
         }

@@ -50,15 +50,20 @@ extension ClusterSupervisor {
             return
         }
         setRedisBackend(backend)
+        if configuration.relayedLinks, case .single(let server) = backend {
+            try makeStoreRelays(to: server.port)
+        }
         refreshRedisStatus()
     }
 
-    /// How a node reaches the private Redis: `--redis URL`, `--redis-sentinel ADDRESS --redis-master NAME`
-    /// or `--redis-cluster SEEDS`; none for the strategies without Redis.
-    func redisNodeArguments() throws(SupervisorError) -> [String] {
+    /// How node `name` reaches the private Redis: `--redis URL` (through its store relay when links
+    /// are relayed), `--redis-sentinel ADDRESS --redis-master NAME` or `--redis-cluster SEEDS`; none
+    /// for the strategies without Redis.
+    func redisNodeArguments(for name: String) throws(SupervisorError) -> [String] {
         guard configuration.strategy == .redis || configuration.strategy == .redisCluster else { return [] }
         switch redisBackend {
         case .single(let server):
+            if let relay = storeRelays.withLock({ $0["\(name)>redis"] }) { return ["--redis", "redis://127.0.0.1:\(relay.port)/0"] }
             return ["--redis", "redis://\(server.address)/0"]
         case .replicaSet(let set):
             if let sentinel = set.sentinel {

@@ -40,6 +40,9 @@ public struct BenchConfiguration: Sendable {
     /// The balancer's slow-start window, if it has one: a node back from a restart gets its full
     /// share of the requests only after it. Where `SettledShare` starts counting (0: none).
     public var slowStartMillis: Int
+    /// The nodes behind the target, read directly after the load by `ConvergenceCheck`
+    /// (empty: no check; where each node has sessions of its own, there is nothing to agree on).
+    public var convergenceNodes: [BenchNode] = []
 
     public init(
         target: BenchTarget, users: Int = 50, durationSeconds: Double? = 10, maxRequests: Int? = nil,

@@ -45,6 +45,7 @@ public struct BenchReport: Sendable, Codable {
         for s in strategies {
             if s.settings.idempotencyKeys == false { out += "\nwrites (\(s.name)): without Idempotency-Key, not retried" }
             if let share = s.settledShare { out += "\nshare after settling (\(s.name)): " + share.summary }
+            if let convergence = s.convergence { out += "\nafter the load (\(s.name)): " + convergence.summary }
         }
         return out + "\n"
     }

@@ -200,15 +200,17 @@ public struct StrategyResult: Sendable, Codable {
     public var faults: [FaultMarker]
     /// Each node's share of the 2xx answers once the cluster settled after its restarts (nil: no restart).
     public var settledShare: SettledShare?
+    /// Whether every node agreed on every session after the load, and with what the users were told (nil: not checked).
+    public var convergence: ConvergenceResult?
     /// Every 2xx latency in microseconds (not written to report.json).
     public var latencyHistogram: Histogram<UInt64>
 
     private enum CodingKeys: String, CodingKey {
-        case name, target, settings, summary, buckets, faults, settledShare
+        case name, target, settings, summary, buckets, faults, settledShare, convergence
     }
 
     public init(name: String, target: String, settings: RunSettings, summary: RunSummary, buckets: [TimelineBucket],
-        faults: [FaultMarker], settledShare: SettledShare? = nil,
+        faults: [FaultMarker], settledShare: SettledShare? = nil, convergence: ConvergenceResult? = nil,
         latencyHistogram: Histogram<UInt64> = StrategyResult.emptyHistogram())
     {
         self.name = name
@@ -218,6 +220,7 @@ public struct StrategyResult: Sendable, Codable {
         self.buckets = buckets
         self.faults = faults
         self.settledShare = settledShare
+        self.convergence = convergence
         self.latencyHistogram = latencyHistogram
     }
 
@@ -229,7 +232,8 @@ public struct StrategyResult: Sendable, Codable {
             summary: try c.decode(RunSummary.self, forKey: .summary),
             buckets: try c.decode([TimelineBucket].self, forKey: .buckets),
             faults: try c.decode([FaultMarker].self, forKey: .faults),
-            settledShare: try c.decodeIfPresent(SettledShare.self, forKey: .settledShare))
+            settledShare: try c.decodeIfPresent(SettledShare.self, forKey: .settledShare),
+            convergence: try c.decodeIfPresent(ConvergenceResult.self, forKey: .convergence))
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -241,6 +245,7 @@ public struct StrategyResult: Sendable, Codable {
         try c.encode(buckets, forKey: .buckets)
         try c.encode(faults, forKey: .faults)
         try c.encodeIfPresent(settledShare, forKey: .settledShare)
+        try c.encodeIfPresent(convergence, forKey: .convergence)
     }
 
     /// Latencies up to 60 s, in microseconds, three significant digits.

@@ -65,14 +65,22 @@ public final class BenchRunner: Sendable {
         }
         let loops = DispatchGroup()
         let threads = min(configuration.threads, configuration.users)
+        let sessions = Mutex<[ConvergenceCheck.UserSession]>([])
         for t in 0..<threads {
             let share = Array(stride(from: t, to: configuration.users, by: threads))
-            spawn(loops) { LoadLoop(context: context, userIndices: share).run() }
+            spawn(loops) {
+                let ended = LoadLoop(context: context, userIndices: share).run()
+                sessions.withLock { $0 += ended }
+            }
         }
         loops.wait()
         let end = monotonicNanos()
         finished.open()
         helpers.wait()
+        let convergence = configuration.convergenceNodes.isEmpty
+            ? nil
+            : ConvergenceCheck(nodes: configuration.convergenceNodes, target: configuration.target)
+                .run(sessions.withLock { $0 }, loadEndedNanos: end)
 
         let outcome = context.recorder.finish(durationNanos: end - start)
         logger.info(
@@ -85,12 +93,15 @@ public final class BenchRunner: Sendable {
             slowStartMillis: configuration.slowStartMillis)
         return StrategyResult(
             name: name, target: configuration.target.baseURL, settings: configuration.settings, summary: outcome.summary,
-            buckets: outcome.buckets, faults: outcome.markers, settledShare: share, latencyHistogram: outcome.latency)
+            buckets: outcome.buckets, faults: outcome.markers, settledShare: share, convergence: convergence,
+            latencyHistogram: outcome.latency)
     }
 
-    /// Applies each step of the plan on time, then resumes nodes left stopped.
+    /// Applies each step of the plan on time, then resumes nodes left stopped and heals a
+    /// partition left in place (a window ending with the run), before the convergence check.
     private func applyFaults(context: RunContext, finished: Latch) {
         var stopped: [String] = []
+        var partitioned: (node: String, until: Int)?
         func apply(_ action: FaultAction, node: String, plannedMillis: Int) {
             var marker = FaultMarker(
                 action: action, node: node, plannedMillis: plannedMillis,
@@ -104,6 +115,8 @@ public final class BenchRunner: Sendable {
             }
             if action == .stop { stopped.append(node) }
             if action == .resume { stopped.removeAll { $0 == node } }
+            if action == .partition { partitioned = (node, plannedMillis) }
+            if action == .heal { partitioned = nil }
             context.recorder.addMarker(marker)
             context.lastFault.withLock { $0 = marker.label }
         }
@@ -115,6 +128,10 @@ public final class BenchRunner: Sendable {
         let plannedEnds = Dictionary(
             configuration.faults.faults.compactMap { f in f.untilMillis.map { (f.node, $0) } }, uniquingKeysWith: max)
         for node in stopped { apply(.resume, node: node, plannedMillis: plannedEnds[node] ?? 0) }
+        if let (node, _) = partitioned {
+            let end = configuration.faults.steps.first { $0.action == .heal && $0.node == node }?.atMillis ?? 0
+            apply(.heal, node: node, plannedMillis: end)
+        }
     }
 
     /// Calls `progress` every interval until the run ends.

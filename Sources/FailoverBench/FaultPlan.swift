@@ -285,9 +285,11 @@ public struct FaultPlan: Sendable, Codable, Equatable {
             .map(\.element)
     }
 
-    /// Throws when an action falls at or after the end of a run of `durationMillis`. A rolling
-    /// fault's last restart counts: with its nodes, or, when they are not known yet, with
-    /// `clusterSize` nodes (only its first restart when that is nil too).
+    /// Throws when an action falls at or after the end of a run of `durationMillis` — except the
+    /// end of a `stop:`, `partition:` or `isolate:` window, which may fall at the end itself: the
+    /// node is then resumed, or the partition healed, as the load stops (so the convergence
+    /// check measures from the heal). A rolling fault's last restart counts: with its nodes, or,
+    /// when they are not known yet, with `clusterSize` nodes (only its first restart when that is nil too).
     public func validate(durationMillis: Int, clusterSize: Int? = nil) throws(FaultPlanError) {
         for fault in faults {
             var last = max(fault.atMillis, fault.untilMillis ?? 0)
@@ -295,7 +297,8 @@ public struct FaultPlan: Sendable, Codable, Equatable {
                 guard count > 0 else { throw FaultPlanError(spec: fault.description, reason: "there is no node to restart") }
                 last = fault.rollingMillis(count - 1)
             }
-            guard last >= durationMillis else { continue }
+            let endsWithTheRun = fault.kind != .rolling && fault.untilMillis == durationMillis && fault.atMillis < durationMillis
+            guard last >= durationMillis, !endsWithTheRun else { continue }
             var reason = "falls outside the run of \(formatSeconds(durationMillis))"
             if fault.kind == .rolling && last > fault.atMillis {
                 let count = fault.nodes?.count ?? clusterSize ?? 1

@@ -118,7 +118,8 @@ final class LoadLoop {
     }
 
     /// Runs until every user is finished or the run stops; then closes every connection.
-    func run() {
+    /// Returns each user's session as it ended (users without a cookie left out).
+    func run() -> [ConvergenceCheck.UserSession] {
         var pollfds: [pollfd] = []
         var owners: [Int] = []
         while true {
@@ -170,6 +171,12 @@ final class LoadLoop {
             if gap.nanos > 0 {
                 context.recorder.gap(user: users[i].index, fromNanos: gap.end - gap.nanos, endNanos: gap.end)
             }
+        }
+        return users.compactMap { user in
+            var checker = user.checker
+            // A write cut short by the end of the run may still be applied: its outcome is unknown.
+            if let request = user.request, request.isWrite, user.written > 0 || request.attempt > 1 { checker.writeFailed() }
+            return user.jar.cookieHeader().map { ConvergenceCheck.UserSession(cookie: $0, checker: checker) }
         }
     }
 

@@ -66,6 +66,12 @@ public struct SessionChecker: Sendable, Equatable {
     public private(set) var unconfirmedWrites = 0
     /// A read reported this session lost and no write has answered since.
     public private(set) var lossReported = false
+    /// Since the session began (a lost session starts a new one): the writes the server
+    /// answered with a count, and those whose outcome is unknown. Once every node agrees,
+    /// the session's count must lie in `confirmedIncrements...confirmedIncrements + unknownIncrements`
+    /// (`ConvergenceCheck`).
+    public private(set) var confirmedIncrements = 0
+    public private(set) var unknownIncrements = 0
 
     public init() {}
 
@@ -73,6 +79,7 @@ public struct SessionChecker: Sendable, Equatable {
     public mutating func checkWrite(count: Int?) -> AnswerKind {
         guard let c = count, c >= 1 else {
             unconfirmedWrites += 1
+            unknownIncrements += 1
             return .error
         }
         let e = expected
@@ -90,6 +97,11 @@ public struct SessionChecker: Sendable, Equatable {
             kind = .duplicate
         }
         if kind == .duplicate { unconfirmedWrites = 0 }
+        if kind == .lostSession || (lossReported && c == 1) {
+            (confirmedIncrements, unknownIncrements) = (1, 0)  // a new session, holding this write
+        } else {
+            confirmedIncrements += 1
+        }
         expected = c
         lossReported = false
         return kind
@@ -117,5 +129,8 @@ public struct SessionChecker: Sendable, Equatable {
     }
 
     /// A write failed on every attempt: the server may or may not have applied it.
-    public mutating func writeFailed() { unconfirmedWrites += 1 }
+    public mutating func writeFailed() {
+        unconfirmedWrites += 1
+        unknownIncrements += 1
+    }
 }

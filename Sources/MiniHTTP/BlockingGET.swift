@@ -16,14 +16,16 @@ public enum BlockingGET {
     /// `maxBodyBytes`, or when `timeoutMillis` passed.
     public static func fetch(
         host: String, port: Int, path: String, timeoutMillis: Int, userAgent: String, readBody: Bool = true,
-        maxBodyBytes: Int = 1 << 20
+        maxBodyBytes: Int = 1 << 20, headers: [(name: String, value: String)] = []
     ) -> Answer? {
         let deadline = monotonicMillis() + Int64(timeoutMillis)
         guard let fd = try? Sockets.connect(host: host, port: port, timeoutMillis: Int32(timeoutMillis)) else { return nil }
         defer { close(fd) }
         Sockets.setSendTimeout(fd, millis: timeoutMillis)
         let hostHeader = host.contains(":") ? "[\(host)]" : host
-        let request = "GET \(path) HTTP/1.1\r\nHost: \(hostHeader):\(port)\r\nUser-Agent: \(userAgent)\r\nConnection: close\r\n\r\n"
+        let extra = headers.map { "\($0.name): \($0.value)\r\n" }.joined()
+        let request =
+            "GET \(path) HTTP/1.1\r\nHost: \(hostHeader):\(port)\r\nUser-Agent: \(userAgent)\r\n\(extra)Connection: close\r\n\r\n"
         guard Sockets.writeAll(fd, Array(request.utf8)) else { return nil }
         var parser = HTTPResponseParser()
         var answer: Answer? = nil

@@ -203,9 +203,10 @@ extension SessionClusterCommand {
                 configuration.logDirectory = "\(nodeLogs)/\(name)"
             }
             let partitions = plan.faults.contains { $0.kind == .partition || $0.kind == .isolate }
-            if partitions && strategy != .replicate {
+            if partitions && (strategy == .local || strategy == .redisCluster) {
                 throw ValidationError(
-                    "\(name): partition and isolate faults cut replication links, which only replicate-* strategies have (a store's links are not relayed yet)")
+                    "\(name): partition and isolate faults cut the links between nodes (replicate-*) and to the store (redis, one server); "
+                        + (strategy == .local ? "local nodes have none" : "a Redis Cluster's own bus cannot be cut per link yet"))
             }
             configuration.relayedLinks = partitions
             let supervisor: ClusterSupervisor
@@ -241,20 +242,24 @@ extension SessionClusterCommand {
                 }
             }
             let target = try BenchTarget(baseURL: "http://127.0.0.1:\(supervisor.port)")
+            // Every node should hold every session once the load stops: read each from each (`local` keeps its own).
+            let nodesToCompare = strategy == .local ? [] : supervisor.nodePorts.map { BenchNode(name: $0.name, port: $0.port) }
             return try measure(
                 name: name, target: target, plan: resolved, pacing: pacing, durationMillis: durationMillis,
                 injector: SupervisorFaultInjector(supervisor: supervisor),
-                slowStartMillis: configuration.balancer.healthCheck?.slowStartMillis ?? 0, logger: logger)
+                slowStartMillis: configuration.balancer.healthCheck?.slowStartMillis ?? 0,
+                convergenceNodes: nodesToCompare, logger: logger)
         }
 
         private func measure(
             name: String, target: BenchTarget, plan: FaultPlan, pacing: Pacing, durationMillis: Int,
-            injector: (any FaultInjector)?, slowStartMillis: Int = 0, logger: Logger
+            injector: (any FaultInjector)?, slowStartMillis: Int = 0, convergenceNodes: [BenchNode] = [], logger: Logger
         ) throws -> StrategyResult {
-            let configuration = BenchConfiguration(
+            var configuration = BenchConfiguration(
                 target: target, users: users, durationSeconds: Double(durationMillis) / 1000, pacing: pacing,
                 requestTimeoutMillis: timeoutMs, threads: threads, faults: plan, idempotencyKeys: !noIdempotencyKey,
                 slowStartMillis: slowStartMillis)
+            configuration.convergenceNodes = convergenceNodes
             let runner: BenchRunner
             do {
                 runner = try BenchRunner(configuration: configuration, injector: injector, logger: logger) { progress in

@@ -233,6 +233,27 @@ struct SessionCheckerTests {
         #expect(check("w1 w2 r0 w2") == [.success, .success, .lostSession, .duplicate])
     }
 
+    @Test func confirmedAndUnknownIncrementsCountSinceTheSessionBegan() {
+        var checker = SessionChecker()
+        for count in [1, 2, 3] { _ = checker.checkWrite(count: count) }
+        checker.writeFailed()
+        _ = checker.checkWrite(count: nil)  // a 2xx without a count: outcome unknown too
+        _ = checker.checkRead(count: 3)
+        #expect(checker.confirmedIncrements == 3 && checker.unknownIncrements == 2)
+        _ = checker.checkWrite(count: 5)  // one of the unknown ones showed up
+        #expect(checker.confirmedIncrements == 4 && checker.unknownIncrements == 2)
+        // A lost session starts over: the new one holds only the write that created it.
+        #expect(checker.checkWrite(count: 1) == .lostSession)
+        #expect(checker.confirmedIncrements == 1 && checker.unknownIncrements == 0)
+        // So does a fresh session after a read found none.
+        var reread = SessionChecker()
+        _ = reread.checkWrite(count: 1)
+        _ = reread.checkWrite(count: 2)
+        #expect(reread.checkRead(count: 0) == .lostSession)
+        #expect(reread.checkWrite(count: 1) == .success)
+        #expect(reread.confirmedIncrements == 1)
+    }
+
     @Test func aMissingIncrementIsALostUpdate() {
         #expect(check("w1 w2 w3 w4 w5 w5 w6") == [.success, .success, .success, .success, .success, .lostUpdate, .success])
         #expect(check("w1 w2 w3 w4 w5 w3 w4") == [.success, .success, .success, .success, .success, .lostUpdate, .success])

@@ -31,6 +31,29 @@ import Testing
         #expect(Fault.partitionGroups("node2") == [["node2"]], "one group: it and every other node")
     }
 
+    @Test func aWindowMayEndWithTheRunAndIsEndedWhenTheLoadStops() throws {
+        #expect(throws: Never.self) { try FaultPlan(parsing: ["isolate:node1@1s-4s"]).validate(durationMillis: 4_000) }
+        #expect(throws: Never.self) { try FaultPlan(parsing: ["stop:node1@1s-4s"]).validate(durationMillis: 4_000) }
+        #expect(throws: FaultPlanError.self) { try FaultPlan(parsing: ["isolate:node1@1s-5s"]).validate(durationMillis: 4_000) }
+        #expect(throws: FaultPlanError.self) { try FaultPlan(parsing: ["kill:node1@4s"]).validate(durationMillis: 4_000) }
+        #expect(throws: FaultPlanError.self) { try FaultPlan(parsing: ["isolate:node1@4s-4s"]).validate(durationMillis: 4_000) }
+
+        // The runner heals it (and resumes a stopped node) as the load stops, before the convergence check.
+        let server = try CounterServer()
+        defer { server.shutdown() }
+        let injector = RecordingInjector(server: server)
+        let plan = try FaultPlan(parsing: ["isolate:node-a@200ms-800ms", "stop:node-b@300ms-800ms"])
+        let runner = try BenchRunner(
+            configuration: BenchConfiguration(
+                target: try BenchTarget(baseURL: server.url), users: 2, durationSeconds: 0.8, faults: plan),
+            injector: injector, logger: .init(label: "test"))
+        _ = runner.run(name: "ends-with-the-run")
+        let labels = injector.applied.map(\.label)
+        // At 800 ms, on time or as the load stops: both end either way, each once.
+        #expect(labels.count == 4 && Array(labels.prefix(2)) == ["partition node-a", "stop node-b"], "\(labels)")
+        #expect(Set(labels.suffix(2)) == ["resume node-b", "heal node-a"], "\(labels)")
+    }
+
     @Test func twoPartitionsMayNotOverlap() {
         #expect(throws: FaultPlanError.self) {
             try FaultPlan(parsing: ["isolate:node1@10s-15s", "partition:node2|node3@12s-20s"])

@@ -86,6 +86,48 @@ struct PartitionTests {
         ).body.contains(#""count":3"#), "node-3 is a member again")
     }
 
+    /// With the redis strategy a partition cuts a node's link to its store: that node answers 503
+    /// (its `/healthz` says why) and the others, on Redis's side, go on; healed, it serves again.
+    @Test func aRedisNodeCutOffFromItsStoreRefusesWhileTheOthersGoOn() throws {
+        guard RedisServerProcess.isInstalled else {
+            Issue.record("redis-server is not installed; scripts/test.sh installs it")
+            return
+        }
+        var configuration = ClusterConfiguration(
+            strategy: .redis, nodeCount: 3, port: 0, executable: try ChildProcess.sessionClusterBinary().path)
+        configuration.relayedLinks = true
+        let events = EventLog()
+        let supervisor = try ClusterSupervisor(configuration: configuration, logger: .init(label: "test")) { event in
+            events.append(event)
+        }
+        try supervisor.start()
+        defer { supervisor.shutdown() }
+        #expect(supervisor.linkRelays.isEmpty, "redis nodes have no links to each other")
+        let ports = Dictionary(uniqueKeysWithValues: supervisor.nodePorts.map { ($0.name, $0.port) })
+        let (one, three) = (ports["node-1"]!, ports["node-3"]!)
+        let client = CurlClient()
+        #expect(try client.request("POST", "http://127.0.0.1:\(one)/api/counter").body.contains(#""count":1"#))
+        let sid = try #require(client.cookie("sid"))
+        #expect(Self.count(client, port: three, sid: sid) == 1, "one store: every node sees it")
+
+        try supervisor.partition([["node-3"]])
+        #expect(supervisor.cutLinks == ["node-3>redis"])
+        #expect(events.lines.contains("partition: node-3 | node-1,node-2,redis"), "\(events.lines)")
+        let cutOff = try client.request(
+            "POST", "http://127.0.0.1:\(three)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false)
+        #expect(cutOff.status == 503, "\(cutOff.status) \(cutOff.body)")
+        #expect(waitUntil(timeout: 10) {
+            (try? client.request("GET", "http://127.0.0.1:\(three)/healthz", useJar: false).status) == 503
+        })
+        #expect(try client.request(
+            "POST", "http://127.0.0.1:\(one)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false
+        ).body.contains(#""count":2"#), "the nodes on Redis's side go on")
+
+        supervisor.healPartition()
+        #expect(supervisor.cutLinks.isEmpty)
+        #expect(waitUntil(timeout: 15) { Self.count(client, port: three, sid: sid) == 2 }, "node-3 serves again, the same count")
+    }
+
     @Test func aPartitionNeedsRelayedLinksAndKnownNodes() throws {
         let executable = try ChildProcess.sessionClusterBinary().path
         let plain = try ClusterSupervisor(

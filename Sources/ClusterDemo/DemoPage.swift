@@ -1,16 +1,17 @@
 /// The dashboard every node serves at `/`, reached through the balancer: this
 /// browser's session (which node answered, count, user, a log of the last
 /// requests) and, when a supervisor runs the cluster, a live panel of its nodes
-/// with buttons that kill, stop, resume and restart them (or all of them in turn: Rolling restart), and of its private
-/// redis-servers and Sentinel (role, master, slots, keys) with buttons that kill and restart them.
+/// with buttons that kill, stop, resume and restart them (or all of them in turn: Rolling restart) or cut
+/// one off in a network partition (Cut off / Heal partition, with which node reaches which), and of its
+/// private redis-servers and Sentinel (role, master, slots, keys) with buttons that kill and restart them.
 ///
 /// Plain HTML, CSS and JavaScript: no external fetches, usable at phone width.
 /// Element ids and `data-*` attributes are a contract with the browser test
 /// (Tests/ClusterDemoTests/DashboardBrowserTests.swift): `count`, `user`,
 /// `node`, `inc`, `name`, `login`, `logout`, `status`, `cluster`, `rolling` (the Rolling restart
-/// button) and `rolling-status` (its progress), and per node
-/// `[data-node=NAME]` holding `[data-field=state|health|requests|sessions]`
-/// and `[data-action=kill|stop|resume|restart]`; per redis-server `[data-redis=NAME]`
+/// button) and `rolling-status` (its progress), `heal` and `reach` (the partition row), and per node
+/// `[data-node=NAME]` holding `[data-field=state|health|requests|sessions|refusing]`
+/// and `[data-action=kill|stop|resume|restart|isolate]`; per redis-server `[data-redis=NAME]`
 /// holding `[data-field=state|role|slots|keys|pid|port|master]` and `[data-action=kill|restart]`.
 enum DemoPage {
     static let html = #"""
@@ -151,6 +152,10 @@ enum DemoPage {
           <div class="row">
             <button id="rolling" type="button" title="Restart every node in turn (SIGTERM, then start it again), each once the one before is back up">Rolling restart</button>
             <span id="rolling-status" class="note" aria-live="polite"></span>
+          </div>
+          <div class="row" id="partition" hidden>
+            <button id="heal" type="button" title="Every cut link works again">Heal partition</button>
+            <span id="reach" class="note mono" aria-live="polite" title="Which nodes (and redis) each node reaches over its links"></span>
           </div>
           <div id="redis" hidden>
             <h3 id="redis-h">Redis</h3>
@@ -330,7 +335,8 @@ enum DemoPage {
           ['kill', 'Kill', 'SIGKILL: the process dies at once', s => s === 'running' || s === 'stopped'],
           ['stop', 'Stop', 'SIGSTOP: the process freezes, its connections hang', s => s === 'running'],
           ['resume', 'Resume', 'SIGCONT: a stopped process goes on', s => s === 'stopped'],
-          ['restart', 'Restart', 'Start the node again (kills it first if it runs)', s => s !== 'restarting']
+          ['restart', 'Restart', 'Start the node again (kills it first if it runs)', s => s !== 'restarting'],
+          ['isolate', 'Cut off', 'A network partition: its links to the other nodes (and to redis) go silent until healed; the balancer still reaches it', (s, n) => s === 'running' && Array.isArray(n.reaches) && n.reaches.length > 0]
         ];
         const FIELDS = [['requests', 'Requests'], ['sessions', 'Sessions'], ['pid', 'PID'], ['port', 'Port'], ['restarts', 'Restarts']];
 
@@ -361,7 +367,7 @@ enum DemoPage {
             const b = document.createElement('button');
             b.type = 'button'; b.dataset.action = action; b.textContent = text; b.title = title;
             b.setAttribute('aria-label', text + ' ' + name);
-            if (action === 'kill' || action === 'stop') b.className = 'danger';
+            if (action === 'kill' || action === 'stop' || action === 'isolate') b.className = 'danger';
             buttons.append(b);
           }
           card.append(head, meta, dl, ...extras.body, buttons);
@@ -372,7 +378,8 @@ enum DemoPage {
           const tag = document.createElement('span'); tag.className = 'youtag'; tag.textContent = 'answered you'; tag.hidden = true;
           const exit = document.createElement('p'); exit.className = 'exit'; exit.dataset.field = 'lastExit'; exit.hidden = true;
           const share = document.createElement('p'); share.className = 'exit'; share.dataset.field = 'balancerNote'; share.hidden = true;
-          return makeCardOf('node', name, 'Node', ['state', 'health'], FIELDS, ACTIONS, { head: [tag], body: [share, exit] });
+          const refusing = document.createElement('p'); refusing.className = 'exit'; refusing.dataset.field = 'refusing'; refusing.hidden = true;
+          return makeCardOf('node', name, 'Node', ['state', 'health'], FIELDS, ACTIONS, { head: [tag], body: [refusing, share, exit] });
         }
 
         function markYou(card, yes) {
@@ -394,9 +401,16 @@ enum DemoPage {
           const note = field(card, 'balancerNote');  // why the balancer sends it fewer requests now
           note.textContent = n.balancerNote ? 'Balancer: ' + n.balancerNote : '';
           note.hidden = !n.balancerNote;
+          const refusing = field(card, 'refusing');  // why it answers 503: rejoining without a majority, its store cut off
+          refusing.textContent = n.refusing ? 'Refuses to serve: ' + n.refusing : '';
+          refusing.hidden = !n.refusing;
           card.classList.toggle('gone', state === 'dead');
           const busy = card.dataset.busy === '1';
-          for (const [action, , , allowed] of ACTIONS) card.querySelector('[data-action="' + action + '"]').disabled = busy || !allowed(state);
+          for (const [action, , , allowed] of ACTIONS) {
+            const b = card.querySelector('[data-action="' + action + '"]');
+            b.disabled = busy || !allowed(state, n);
+            if (action === 'isolate') b.hidden = !Array.isArray(n.reaches);
+          }
           markYou(card, n.name === ui.node);
         }
 
@@ -429,6 +443,24 @@ enum DemoPage {
           for (const [name, card] of ui.cards) if (!seen.has(name)) { card.remove(); ui.cards.delete(name); }
           renderRedis(Array.isArray(s.redisNodes) ? s.redisNodes : []);
           renderRolling(s.rollingRestart && typeof s.rollingRestart === 'object' ? s.rollingRestart : null);
+          renderPartition(s);
+        }
+
+        // Which node reaches which over its links: "node-1 → node-2 ✓ node-3 ✗ redis ✓".
+        function renderPartition(s) {
+          const p = s.partitions && typeof s.partitions === 'object' ? s.partitions : null;
+          $('partition').hidden = !(p && p.available);
+          if (!p || !p.available) return;
+          const cut = Array.isArray(p.cutLinks) ? p.cutLinks : [];
+          $('heal').disabled = cut.length === 0;
+          const names = s.nodes.map(n => n && n.name).filter(n => typeof n === 'string');
+          const lines = [];
+          for (const n of s.nodes) {
+            if (!n || !Array.isArray(n.reaches)) continue;
+            const targets = names.filter(m => m !== n.name).concat(s.strategy === 'redis' ? ['redis'] : []);
+            lines.push(n.name + ' → ' + targets.map(t => t + (n.reaches.includes(t) ? ' ✓' : ' ✗')).join('  '));
+          }
+          $('reach').textContent = cut.length === 0 ? 'No partition: every node reaches every other.' : lines.join('   |   ');
         }
 
         // The rolling restart: which node it is at, or how the last one ended.
@@ -535,6 +567,15 @@ enum DemoPage {
           pollCluster();
         });
         $('redis-nodes').addEventListener('click', e => controlClick(e, 'redis'));
+        $('heal').addEventListener('click', async () => {
+          if ($('heal').disabled) return;
+          $('heal').disabled = true;
+          const res = await request('POST', '/_cluster/heal', undefined, {'X-Cluster-Control': '1'});
+          addLog(res, null, false);
+          if (res.ok) setStatus('Partition healed', 'ok');
+          else setStatus('Heal: ' + problem(res), 'error');
+          pollCluster();
+        });
 
         sessionCall('GET', '/api/session', undefined, true).then(scheduleSession);
         pollCluster();

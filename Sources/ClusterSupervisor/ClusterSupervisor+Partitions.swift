@@ -83,6 +83,15 @@ extension ClusterSupervisor {
     /// The links cut now, as "from>to" (sorted).
     public var cutLinks: [String] { allRelays.filter { $0.value.isCut }.map(\.key).sorted() }
 
+    /// Whether `partition(_:)` can cut anything (links are relayed).
+    public var partitionsAvailable: Bool { !linkRelays.isEmpty || !storeRelays.withLock { $0.isEmpty } }
+
+    /// What node `name` reaches now over relayed links: the other nodes and `redis`, as "name>X" is not cut.
+    public func reachable(from name: String) -> [String] {
+        allRelays.filter { $0.key.hasPrefix(name + ">") && !$0.value.isCut }.map { String($0.key.dropFirst(name.count + 1)) }
+            .sorted()
+    }
+
     /// The replication links' relays and the store links'.
     private var allRelays: [String: LinkRelay] {
         linkRelays.merging(storeRelays.withLock { $0 }) { first, _ in first }

@@ -561,7 +561,11 @@ public final class ClusterSupervisor: Sendable {
                     answer.status == 200
                 {
                     let sessions = NodeProbe.sample("session_store_sessions", in: String(decoding: answer.body, as: UTF8.self))
-                    node.update { $0.sessions = sessions }
+                    let refusing = NodeProbe.get(port: node.port, path: "/healthz", timeoutMillis: 250).flatMap(NodeProbe.refusal)
+                    node.update {
+                        $0.sessions = sessions
+                        $0.refusing = refusing
+                    }
                 }
             }
             for server in redisServers {

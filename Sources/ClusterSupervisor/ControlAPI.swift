@@ -9,9 +9,17 @@ import MiniHTTP
 ///   sent it, sessions it holds, PID, restarts and how its last process ended;
 /// - `POST /_cluster/nodes/NAME/kill|stop|resume|restart`: 200 with the node's new
 ///   state, 404 for an unknown node, 409 when the action does not fit its state;
+/// - `POST /_cluster/nodes/NAME/isolate`: cuts the node off from the other nodes and its
+///   store (`ClusterSupervisor.partition`; 409 when links are not relayed); `POST /_cluster/heal`
+///   heals every cut link;
 /// - `POST /_cluster/redis/NAME/kill|restart`: the same for a private redis-server
 ///   (`redis` for the `redis` strategy, `redis-1`... and `sentinel-1` with replicas or a
 ///   Sentinel, `redis-1`... for `redis-cluster`); a restart answers at once with state `restarting`.
+///
+/// Per node, the status also gives `refusing` (why its `/healthz` answers 503 while it runs:
+/// rejoining without a majority, its store unreachable; null otherwise) and, with relayed links,
+/// `reaches` (the nodes and `redis` its links reach now); `partitions` says whether links are
+/// relayed and which are cut.
 ///
 /// The status lists the redis-servers in `redisNodes`: name, port, PID, state
 /// (`up`, `down` or `restarting`), role (`master`, `replica` or `sentinel`), the master
@@ -64,6 +72,9 @@ public enum ControlAPI {
             return response
         case (_, 1) where parts[0] == "rolling-restart":
             return rollingRestart(supervisor, method: method)
+        case ("POST", 1) where parts[0] == "heal":
+            supervisor.healPartition()
+            return .json("{\"cutLinks\":[]}")
         case ("POST", 3) where parts[0] == "redis":
             return redisAction(supervisor, name: String(parts[1]), action: String(parts[2]))
         case ("POST", 3) where parts[0] == "nodes":
@@ -74,9 +85,16 @@ public enum ControlAPI {
                 case "stop": try supervisor.stop(name)
                 case "resume": try supervisor.resume(name)
                 case "restart": try supervisor.restart(name)
+                case "isolate":
+                    guard supervisor.partitionsAvailable else {
+                        throw SupervisorError(kind: .conflict, "this cluster's links are not relayed: no partitions")
+                    }
+                    _ = try supervisor.slot(name)
+                    try supervisor.partition([[name]])
                 default:
                     return .error(
-                        status: 404, code: "not_found", message: "unknown action '\(parts[2])'; use kill, stop, resume or restart")
+                        status: 404, code: "not_found",
+                        message: "unknown action '\(parts[2])'; use kill, stop, resume, restart or isolate")
                 }
             } catch {
                 let status = error.kind == .notFound ? 404 : error.kind == .conflict ? 409 : 500
@@ -84,9 +102,9 @@ public enum ControlAPI {
             }
             let node = try? supervisor.slot(name)
             return .json("{\"node\":\(jsonQuoted(name)),\"state\":\(jsonQuoted(node?.state.rawValue ?? "unknown"))}")
-        case (_, 1) where parts[0] == "status", (_, 3) where parts[0] == "nodes" || parts[0] == "redis":
+        case (_, 1) where parts[0] == "status" || parts[0] == "heal", (_, 3) where parts[0] == "nodes" || parts[0] == "redis":
             var response = HTTPResponse.error(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on \(path)")
-            response.headers.add(name: "Allow", value: parts.count == 1 ? "GET" : "POST")
+            response.headers.add(name: "Allow", value: parts.count == 1 && parts[0] == "status" ? "GET" : "POST")
             return response
         default:
             return .error(status: 404, code: "not_found", message: "no control endpoint \(method) \(path)")
@@ -126,15 +144,18 @@ public enum ControlAPI {
         let configuration = supervisor.configuration
         let balancer = supervisor.balancer
         let backends = balancer?.backends ?? []
+        let partitions = supervisor.partitionsAvailable
         let nodes = supervisor.nodes.map { node -> String in
             let now = node.snapshot
             let backend = backends.first { $0.name == node.name }
             let sessions = now.sessions.map(String.init) ?? "null"
+            let reaches = partitions ? "[" + supervisor.reachable(from: node.name).map(jsonQuoted).joined(separator: ",") + "]" : "null"
             return "{\"name\":\(jsonQuoted(node.name)),\"port\":\(node.port),\"pid\":\(now.process.map { "\($0.pid)" } ?? "null"),"
                 + "\"state\":\(jsonQuoted(now.state.rawValue)),\"health\":\(jsonQuoted(backend?.health ?? "unknown")),"
                 + "\"requests\":\(backend?.responses ?? 0),\"sessions\":\(sessions),\"restarts\":\(now.restarts),"
                 + "\"lastExit\":\(now.lastExit.map(jsonQuoted) ?? "null"),"
-                + "\"balancerNote\":\(backend?.reducedShareReason.map(jsonQuoted) ?? "null")}"
+                + "\"balancerNote\":\(backend?.reducedShareReason.map(jsonQuoted) ?? "null"),"
+                + "\"refusing\":\(now.refusing.map(jsonQuoted) ?? "null"),\"reaches\":\(reaches)}"
         }
         let strategy = jsonQuoted(configuration.strategy.rawValue)
         let mode = configuration.strategy == .replicate ? jsonQuoted(configuration.replicationMode) : "null"
@@ -153,6 +174,8 @@ public enum ControlAPI {
         let head: String =
             "{\"strategy\":\(strategy),\"replicationMode\":\(mode),\"redis\":\(redis),\"redisSentinel\":\(sentinel),"
             + "\"balancer\":\(totals),\"rollingRestart\":\(rollingRestartJSON(supervisor.rollingRestartStatus)),"
+            + "\"partitions\":{\"available\":\(partitions),\"cutLinks\":["
+            + supervisor.cutLinks.map(jsonQuoted).joined(separator: ",") + "]},"
         return head
             + "\"nodes\":[\(nodes.joined(separator: ","))],\"redisNodes\":[\(redisNodes.joined(separator: ","))]}"
     }

@@ -1,3 +1,4 @@
+import Foundation
 import MiniHTTP
 
 /// What the supervisor asks its nodes on loopback: readiness and metrics.
@@ -10,6 +11,14 @@ enum NodeProbe {
     }
 
     /// The value of the first sample of `metric` in Prometheus text, if any.
+    /// The `reason` (else the `status`) of a `/healthz` answered 503; nil for any other answer.
+    static func refusal(_ answer: BlockingGET.Answer) -> String? {
+        guard answer.status == 503,
+            let json = try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any]
+        else { return nil }
+        return (json["reason"] as? String) ?? (json["status"] as? String) ?? "unavailable"
+    }
+
     static func sample(_ metric: String, in text: String) -> Int? {
         for line in text.split(separator: "\n") where line.hasPrefix(metric) {
             let rest = line.dropFirst(metric.count)

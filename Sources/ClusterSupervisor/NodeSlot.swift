@@ -27,6 +27,8 @@ final class NodeSlot: Sendable {
         /// The supervisor itself ended this PID (kill, restart): not reported as unexpected.
         var expectedExit: pid_t?
         var sessions: Int?
+        /// Why the node answers `/healthz` with 503 while running (rejoining, its store unreachable), if it does.
+        var refusing: String?
     }
 
     let name: String

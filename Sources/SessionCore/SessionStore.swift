@@ -212,8 +212,10 @@ public protocol SessionStore: Sendable {
     /// Waits, bounded, until this node's copy of `id` is at least as new as
     /// `token` (from `readToken` on any node), fetching it from peers when
     /// needed. Returns false when it gave up: the request then sees what this
-    /// node has. The default does nothing and returns true.
-    func catchUp(_ id: SessionID, to token: String) -> Bool
+    /// node has — unless the store must never serve an older state than a
+    /// client saw (replication in sync mode with a majority quorum): then it
+    /// throws `unavailable` instead. The default does nothing and returns true.
+    func catchUp(_ id: SessionID, to token: String) throws -> Bool
 }
 
 extension SessionStore {

@@ -223,7 +223,7 @@ final class LazySession: Sendable {
 
     func session() throws -> Session {
         if let session = loaded { return session }
-        if let id, let readToken { _ = store.catchUp(id, to: readToken) }
+        if let id, let readToken { _ = try store.catchUp(id, to: readToken) }
         let snapshot = try id.flatMap { try store.load($0) }
         let session = Session(store: store, snapshot: snapshot, deferWrites: deferWrites, slotTag: slotTag)
         return current.withLock { current in

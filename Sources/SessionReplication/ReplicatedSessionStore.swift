@@ -84,6 +84,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var onLookup: (@Sendable (String, UInt64) -> Int)?
         var lastPauseEnded: (@Sendable () -> UInt64?)?
         var readTokenKey: HMACKey?
+        var refusesStaleReads = false
         /// Why the store does not serve, while `isReady` is false.
         var unavailableReason = ReplicatedSessionStore.receivingReason
     }
@@ -330,7 +331,14 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// by polling. Concurrent catch-ups of one session share one fetch.
     /// Tokens whose MAC does not verify, malformed tokens and tokens from the
     /// future (beyond the clock's drift limit) are refused at once.
-    public func catchUp(_ id: SessionID, to token: String) -> Bool {
+    /// Whether a catch-up that gives up throws `unavailable` instead of letting the request see
+    /// an older state than its client saw (`ReplicationNode` sets it in sync mode with a majority quorum: CP).
+    public var refusesStaleReads: Bool {
+        get { sinks.withLock { $0.refusesStaleReads } }
+        set { sinks.withLock { $0.refusesStaleReads = newValue } }
+    }
+
+    public func catchUp(_ id: SessionID, to token: String) throws -> Bool {
         let key = readTokenKey
         guard let (text, mac) = Self.splitToken(token, key: key), let wanted = ReadToken(String(text)) else {
             catchUps.withLock { $0.refused += 1 }
@@ -387,6 +395,11 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
                 isCurrent() || waiters.withLock { $0.fetches[request]?.isAnswered ?? false }
             } && isCurrent()
         catchUps.withLock { fetched ? ($0.fetched += 1) : ($0.gaveUp += 1) }
+        if !fetched && refusesStaleReads {
+            throw SessionStoreError(
+                .unavailable,
+                "this node does not have the session as the client last saw it, and no peer sent it within \(catchUpPolicy.fetchTimeoutMillis) ms")
+        }
         return fetched
     }
 

@@ -211,6 +211,7 @@ public final class ReplicationNode: Sendable {
             })
         store.isReady = false
         store.readTokenKey = HMACKey(secret.readTokenKey)
+        store.refusesStaleReads = configuration.fences
         let links = links
         let mode = configuration.mode
         let timeout = UInt64(configuration.syncTimeoutMillis) * 1_000_000

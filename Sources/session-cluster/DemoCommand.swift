@@ -74,6 +74,9 @@ extension SessionClusterCommand {
                 nodeLogLevel: nodeLogLevel)
             configuration.redisReplicas = redisReplicas
             configuration.redisSentinel = sentinel
+            // The dashboard's "Cut off" control: every link (to a peer, or to the one redis-server) through a relay.
+            configuration.relayedLinks =
+                strategy == .replicate || (strategy == .redis && redisReplicas == 0 && !sentinel)
             // Beyond loopback anyone on the network reaches the control API: it then needs a token,
             // made here and shown once (the dashboard's address carries it in its #fragment, never sent).
             let token = ClusterConfiguration.isLoopback(host) && !controlToken ? nil : Self.randomToken()

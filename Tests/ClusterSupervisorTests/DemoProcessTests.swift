@@ -76,6 +76,40 @@ struct DemoProcessTests {
         #expect(try demo.control("node-2", "kill").status == 409, "already dead")
     }
 
+    /// The dashboard's Cut off / Heal partition: in sync mode the cut-off node says why it refuses,
+    /// the count goes on through the others, and once healed every node reaches every other again.
+    @Test func aNodeCutOffFromTheDashboardRefusesUntilHealed() throws {
+        let demo = try DemoProcess(["--strategy", "replicate", "--replication-mode", "sync", "--nodes", "3"])
+        defer { demo.stop() }
+        let client = CurlClient()
+        #expect(try client.request("POST", "\(demo.base)/api/counter").status == 200)
+        let partitions = try #require(demo.status()?["partitions"] as? [String: Any])
+        #expect(partitions["available"] as? Bool == true && (partitions["cutLinks"] as? [String])?.isEmpty == true)
+        #expect(demo.node("node-3")?["reaches"] as? [String] == ["node-1", "node-2"])
+
+        let cut = try demo.control("node-3", "isolate")
+        #expect(cut.status == 200, "\(cut.body)")
+        #expect(demo.node("node-3")?["reaches"] as? [String] == [])
+        #expect(demo.node("node-1")?["reaches"] as? [String] == ["node-2"])
+        #expect(try demo.control("node-9", "isolate").status == 404)
+        // Writes go on (through node-1 and node-2 once the balancer took node-3 out); node-3 says why it refuses.
+        var counts: [Int] = []
+        for _ in 0..<6 {
+            let answer = try client.request("POST", "\(demo.base)/api/counter")
+            if answer.status == 200 { counts.append(try count(answer)) }
+        }
+        #expect(counts == counts.sorted() && Set(counts).count == counts.count && !counts.isEmpty, "\(counts)")
+        #expect(waitUntil(timeout: 15) { (demo.node("node-3")?["refusing"] as? String)?.contains("majority") == true },
+            "\(demo.node("node-3") ?? [:])")
+
+        let healed = try CurlClient().request(
+            "POST", "\(demo.base)/_cluster/heal", headers: DemoProcess.controlHeaders, useJar: false)
+        #expect(healed.status == 200, "\(healed.body)")
+        #expect(try CurlClient().request("POST", "\(demo.base)/_cluster/heal", useJar: false).status == 403, "needs the control header")
+        #expect(demo.node("node-3")?["reaches"] as? [String] == ["node-1", "node-2"])
+        #expect(waitUntil(timeout: 20) { demo.node("node-3")?["refusing"] is NSNull }, "node-3 rejoined")
+    }
+
     /// Finding 5 of issue 14: another web page must not drive the control API, neither by a
     /// cross-origin "simple" POST (no preflight) nor through DNS rebinding (its own host name).
     @Test func controlAPIRefusesOtherPagesAndHosts() throws {

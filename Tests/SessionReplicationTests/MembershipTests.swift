@@ -109,6 +109,24 @@ struct MembershipTests {
         #expect(cluster[2].counters.rejoins == 1)
     }
 
+    /// CP reads: a node that cannot get the state its client last saw refuses instead of serving an older one.
+    @Test(arguments: [ReplicationConfiguration.Quorum.majority, .none])
+    func aCatchUpThatGivesUpRefusesWithAMajorityQuorum(quorum: ReplicationConfiguration.Quorum) throws {
+        // Two nodes that replicate to nobody: b never gets a's write, and has no peer to fetch it from.
+        let cluster = try LoopbackCluster(count: 2, mode: .sync, peerIndices: [[0], [1]], quorum: quorum)
+        defer { cluster.shutdown() }
+        #expect(cluster.startAndSettle())
+        let id = try cluster.create(on: 0, ["n": "1"])
+        let token = try #require(cluster[0].store.readToken(for: id))
+        switch quorum {
+        case .majority:
+            #expect(throws: SessionStoreError.self) { try cluster[1].store.catchUp(id, to: token) }
+        case .none:
+            #expect(try !cluster[1].store.catchUp(id, to: token), "gives up; the request sees what b has")
+        }
+        #expect(cluster[1].store.catchUpCounts.gaveUp == 1)
+    }
+
     @Test(arguments: [ReplicationConfiguration.Quorum.majority, .none])
     func aSyncNodeWithoutAMajorityRefusesWritesAndStopsServing(quorum: ReplicationConfiguration.Quorum) throws {
         let cluster = try LoopbackCluster(count: 3, mode: .sync, syncTimeoutMillis: 200, quorum: quorum)

@@ -503,21 +503,21 @@ struct ReplicationNodeTests {
         usleep(50_000)
         #expect(try b.store.load(id) == nil, "b has not been told")
 
-        #expect(b.store.catchUp(id, to: token))
+        #expect(try b.store.catchUp(id, to: token))
         #expect(try b.store.load(id)?.attributes == ["user": json("\"ada\""), "n": json("5")])
         #expect(b.store.readToken(for: id) == token)
         #expect(b.store.catchUpCounts.fetched == 1)
         #expect(a.counters.fetchesServed == 1)
         // Now current: no wait.
-        #expect(b.store.catchUp(id, to: token))
+        #expect(try b.store.catchUp(id, to: token))
         #expect(b.store.catchUpCounts.current == 1)
 
         // A forged token from the far future is refused at once, without a fetch.
         let future = "\(SessionClock.system.nowMillis() + 86_400_000).0.\(a.configuration.nodeID)"
         let started = monotonicMillis()
-        #expect(!b.store.catchUp(id, to: future))
-        #expect(!b.store.catchUp(id, to: token + "_" + future), "one forged stamp in a vector")
-        #expect(!b.store.catchUp(id, to: "not-a-token"))
+        #expect(try !b.store.catchUp(id, to: future))
+        #expect(try !b.store.catchUp(id, to: token + "_" + future), "one forged stamp in a vector")
+        #expect(try !b.store.catchUp(id, to: "not-a-token"))
         #expect(monotonicMillis() - started < 500, "no polling for the fetch timeout (3 s)")
         #expect(a.counters.fetchesServed == 1)
         let counts = b.store.catchUpCounts

@@ -202,7 +202,7 @@ public final class RequestSession: Sendable {
         if let session = loaded { return session }
         let (store, id, readToken) = (store, cookieID, readToken)
         let snapshot = try await executor.run { () throws -> SessionSnapshot? in
-            if let id, let readToken { _ = store.catchUp(id, to: readToken) }
+            if let id, let readToken { _ = try store.catchUp(id, to: readToken) }
             return try id.flatMap { try store.load($0) }
         }
         let session = ClusterSession(

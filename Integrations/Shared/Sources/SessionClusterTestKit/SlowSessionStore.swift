@@ -68,7 +68,7 @@ public final class SlowSessionStore: SessionStore, IdempotencyStore {
 
     public func readToken(for id: SessionID) -> String? { base.readToken(for: id) }
 
-    public func catchUp(_ id: SessionID, to token: String) -> Bool { base.catchUp(id, to: token) }
+    public func catchUp(_ id: SessionID, to token: String) throws -> Bool { try base.catchUp(id, to: token) }
 
     public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
         try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)

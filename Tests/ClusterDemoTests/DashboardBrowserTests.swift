@@ -245,6 +245,38 @@ import TestSupport
         try Self.click(page, "inc")
         try Self.expectCount(page, 2)
     }
+
+    /// Issue 17: the Cut off button partitions a node away; in sync mode the page shows which node
+    /// reaches which and why the cut-off node refuses, the count goes on, and Heal partition ends it.
+    @Test func theCutOffButtonPartitionsANodeAndHealEndsIt() throws {
+        let browser = try Self.launchBrowser()
+        defer { browser.close() }
+        let (demo, base) = try Self.startDemo(["--strategy", "replicate", "--replication-mode", "sync", "--nodes", "3"])
+        defer { demo.stop(signal: SIGTERM, timeout: 20) }
+        let page = try browser.open("\(base)/")
+        let card = "document.querySelector('[data-node=\"node-3\"]')"
+        #expect(try page.waitFor("!document.getElementById('partition').hidden && \(card) !== null"
+            + " && \(card).querySelector('[data-action=isolate]').disabled === false", timeout: 30))
+        try Self.click(page, "inc")
+        try Self.expectCount(page, 1)
+
+        try page.evaluate("\(card).querySelector('[data-action=isolate]').click()")
+        let reach = try page.waitFor("document.getElementById('reach').textContent.includes('node-3 → node-1 ✗')")
+        #expect(reach, "\((try? Self.text(page, "#reach")) ?? nil ?? "")")
+        #expect(try page.waitFor("document.getElementById('heal').disabled === false"))
+        // Writes go on through the majority; the count never goes back.
+        try Self.click(page, "inc")
+        #expect(try page.waitFor("['2', '3'].includes(document.getElementById('count').textContent.trim())", timeout: 15))
+        // Within a few seconds node-3 has tried a write or heard no one: it says why it refuses.
+        let refusing = "\(card).querySelector('[data-field=refusing]')"
+        _ = try? CurlClient().request("GET", "\(base)/api/session", useJar: false)
+        let says = try page.waitFor("!\(refusing).hidden && \(refusing).textContent.includes('majority')", timeout: 20)
+        #expect(says, "\((try? Self.text(page, "[data-node=\"node-3\"] [data-field=refusing]")) ?? nil ?? "")")
+
+        try Self.click(page, "heal")
+        #expect(try page.waitFor("document.getElementById('reach').textContent.startsWith('No partition')"))
+        #expect(try page.waitFor("\(refusing).hidden", timeout: 30), "node-3 rejoined")
+    }
 }
 
 extension DashboardBrowserTests {

@@ -118,15 +118,15 @@ public struct ClusterConfiguration: Sendable {
         }
         guard access(executable, X_OK) == 0 else { throw SupervisorError("cannot run \(executable)") }
         guard (0...3).contains(redisReplicas) else { throw SupervisorError("--redis-replicas must be 0...3") }
-        if relayedLinks && (strategy == .local || strategy == .redisCluster || redisReplicas > 0 || redisSentinel) {
-            throw SupervisorError(
-                "relayed links (partitions) are for --strategy replicate and for redis with one server; \(strategy.rawValue)"
-                    + (strategy == .local ? " nodes have no links" : " with replicas, a Sentinel or a cluster is not relayed yet"))
-        }
         if strategy != .redis && (redisReplicas != 0 || redisSentinel) {
             throw SupervisorError(
                 "--redis-replicas and --sentinel go with --strategy redis (not \(strategy.rawValue))"
                     + (strategy == .redisCluster ? "; a Redis Cluster has its own replicas and fails over by itself" : ""))
+        }
+        if relayedLinks && (strategy == .local || strategy == .redisCluster || redisReplicas > 0 || redisSentinel) {
+            throw SupervisorError(
+                "relayed links (partitions) are for --strategy replicate and for redis with one server; "
+                    + (strategy == .local ? "local nodes have no links" : "replicas, a Sentinel or a cluster are not relayed yet"))
         }
         if redisSentinel && redisReplicas == 0 {
             throw SupervisorError("--sentinel needs a replica to promote: add --redis-replicas 1 (or more)")

@@ -206,7 +206,9 @@ final class IdempotentServer: Sendable {
     }
 
     @Test func aDuplicateThatWaitsTooLongGets409() throws {
-        let t = try IdempotentServer(store: MemorySessionStore(), waitMillis: 100, handlerDelayMillis: 600)
+        // The duplicate must arrive while the first still runs: the first runs 3 s, long enough for the
+        // second's curl to start on a loaded 2-core machine (600 ms was not, once, under the full suite).
+        let t = try IdempotentServer(store: MemorySessionStore(), waitMillis: 100, handlerDelayMillis: 3_000)
         let second = Mutex<CurlClient.Response?>(nil)
         let port = t.server.port
         DispatchQueue.concurrentPerform(iterations: 2) { i in

@@ -43,6 +43,11 @@ public struct BenchReport: Sendable, Codable {
             out += "\nfaults (\(s.name)): " + s.settings.faults.joined(separator: ", ")
         }
         for s in strategies {
+            for marker in s.faults {
+                if let error = marker.error { out += "\nFAULT NOT APPLIED (\(s.name)): \(marker.label): \(error)" }
+            }
+        }
+        for s in strategies {
             if s.settings.idempotencyKeys == false { out += "\nwrites (\(s.name)): without Idempotency-Key, not retried" }
             if let share = s.settledShare { out += "\nshare after settling (\(s.name)): " + share.summary }
             if let convergence = s.convergence { out += "\nafter the load (\(s.name)): " + convergence.summary }

@@ -305,6 +305,13 @@ final class PeerLink: Sendable {
         }
     }
 
+    /// Drops the full resync this connection would start with: after a rejoin this node's state
+    /// is its peers' own, and sending it back (often the whole store) would only delay the
+    /// acknowledgements its next writes wait for. Changes queued since still go.
+    func skipPendingResync() {
+        state.withLock { $0.needsResync = false }
+    }
+
     /// Wakes the writer (a rejoin ended: what waited may go).
     func wakeWriter() { state.signal(Self.writerCondition) }
 

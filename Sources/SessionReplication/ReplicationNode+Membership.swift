@@ -107,7 +107,7 @@ extension ReplicationNode {
                 case .done(senderReady: true, let items):
                     let others = mergeOtherPeersStates(besides: link, incarnation: incarnation, answerNanos: answerNanos)
                     return finishRejoin(
-                        started: started,
+                        started: started, replaced: true,
                         "received \(items) sessions and records from \(link.address)\(others.isEmpty ? "" : ", then the states of \(others)")")
                 case .done(senderReady: false, _):
                     notReady += 1
@@ -118,7 +118,7 @@ extension ReplicationNode {
             let needed = Self.othersNeeded(links)
             if notReady >= needed && monotonicNanos() - started >= joinNanos {
                 return finishRejoin(
-                    started: started,
+                    started: started, replaced: false,
                     "no ready peer: the \(notReady) reachable peers are rejoining or starting too; serving this node's own state")
             }
             usleep(20_000)
@@ -150,8 +150,13 @@ extension ReplicationNode {
         return answered
     }
 
-    private func finishRejoin(started: UInt64, _ detail: String) {
+    /// Serves again. With `replaced`, this node's state is its peers': the links skip the full
+    /// resync each new connection would start with (the peers have all of it).
+    private func finishRejoin(started: UInt64, replaced: Bool, _ detail: String) {
         guard !isStopped else { return }
+        if replaced {
+            for link in links where link.connectedAs == core.membership.incarnation { link.skipPendingResync() }
+        }
         core.membership.isRejoining = false
         for link in links { link.wakeWriter() }
         state.withLock { $0.rejoining = false }

@@ -232,6 +232,9 @@ extension SessionClusterCommand {
                 default: named = [fault.node]
                 }
                 for node in named {
+                    if fault.kind == .stop && !supervisor.nodeNames.contains(node) && node.hasPrefix("redis") {
+                        throw ValidationError("fault '\(fault)': stop windows are for nodes; a redis-server can be killed and restarted")
+                    }
                     if supervisor.nodeNames.contains(node) || redisNames.contains(node) { continue }
                     if strategy == .redisCluster, node.hasPrefix("redis-primary-"), let n = Int(node.dropFirst(14)),
                         (1...configuration.redisClusterPrimaries).contains(n)

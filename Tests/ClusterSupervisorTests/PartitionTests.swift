@@ -17,28 +17,47 @@ struct PartitionTests {
         return Int(response.body[range].dropFirst(8))
     }
 
-    @Test func anIsolatedNodeMissesTheOthersChangesUntilHealedThenCatchesUp() throws {
+    /// Three nodes with relayed links, started; the first increment (count 1) made on node-1 and
+    /// seen on node-3. The caller shuts the supervisor down.
+    private static func startCluster(_ strategy: ClusterConfiguration.Strategy, mode: String = "async") throws
+        -> (supervisor: ClusterSupervisor, events: EventLog, ports: [Int], client: CurlClient, sid: String)
+    {
         var configuration = ClusterConfiguration(
-            strategy: .replicate, replicationMode: "async", nodeCount: 3, port: 0,
+            strategy: strategy, replicationMode: mode, nodeCount: 3, port: 0,
             executable: try ChildProcess.sessionClusterBinary().path)
         configuration.relayedLinks = true
         let events = EventLog()
         let supervisor = try ClusterSupervisor(configuration: configuration, logger: .init(label: "test")) { event in
             events.append(event)
         }
-        try supervisor.start()
+        do {
+            try supervisor.start()
+            let ports = supervisor.nodePorts.map(\.port)
+            let client = CurlClient()
+            #expect(try client.request("POST", "http://127.0.0.1:\(ports[0])/api/counter").body.contains(#""count":1"#))
+            let sid = try #require(client.cookie("sid"))
+            #expect(waitUntil(timeout: 10) { count(client, port: ports[2], sid: sid) == 1 }, "node-3 has it")
+            return (supervisor, events, ports, client, sid)
+        } catch {
+            supervisor.shutdown()
+            throw error
+        }
+    }
+
+    /// `POST /api/counter` on the node at `port` for the session `sid`.
+    private static func increment(_ client: CurlClient, port: Int, sid: String) throws -> CurlClient.Response {
+        try client.request("POST", "http://127.0.0.1:\(port)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false)
+    }
+
+    @Test func anIsolatedNodeMissesTheOthersChangesUntilHealedThenCatchesUp() throws {
+        let (supervisor, events, ports, client, sid) = try Self.startCluster(.replicate)
         defer { supervisor.shutdown() }
-        let ports = Dictionary(uniqueKeysWithValues: supervisor.nodePorts.map { ($0.name, $0.port) })
-        let (one, two, three) = (ports["node-1"]!, ports["node-2"]!, ports["node-3"]!)
-        let client = CurlClient()
-        #expect(try client.request("POST", "http://127.0.0.1:\(one)/api/counter").body.contains(#""count":1"#))
-        let sid = try #require(client.cookie("sid"))
-        #expect(waitUntil(timeout: 10) { Self.count(client, port: three, sid: sid) == 1 }, "replicated through the relays")
+        let (one, two, three) = (ports[0], ports[1], ports[2])
 
         try supervisor.partition([["node-3"]])
         #expect(supervisor.cutLinks == ["node-1>node-3", "node-2>node-3", "node-3>node-1", "node-3>node-2"])
         #expect(events.lines.contains("partition: node-3 | node-1,node-2"), "\(events.lines)")
-        #expect(try client.request("POST", "http://127.0.0.1:\(one)/api/counter").body.contains(#""count":2"#))
+        #expect(try Self.increment(client, port: one, sid: sid).body.contains(#""count":2"#))
         #expect(waitUntil(timeout: 10) { Self.count(client, port: two, sid: sid) == 2 }, "node-2 is on node-1's side")
         usleep(1_000_000)
         #expect(Self.count(client, port: three, sid: sid) == 1, "node-3 is cut off: it still holds the old count")
@@ -51,39 +70,24 @@ struct PartitionTests {
     /// Sync mode is CP: the node on the minority side refuses (503, `/healthz` says why) instead of
     /// diverging, and what it wrote without a majority is gone once it rejoins with the others' state.
     @Test func aSyncNodeCutOffFromTheMajorityRefusesThenRejoinsWithTheMajoritysState() throws {
-        var configuration = ClusterConfiguration(
-            strategy: .replicate, replicationMode: "sync", nodeCount: 3, port: 0,
-            executable: try ChildProcess.sessionClusterBinary().path)
-        configuration.relayedLinks = true
-        let supervisor = try ClusterSupervisor(configuration: configuration, logger: .init(label: "test"))
-        try supervisor.start()
+        let (supervisor, _, ports, client, sid) = try Self.startCluster(.replicate, mode: "sync")
         defer { supervisor.shutdown() }
-        let ports = Dictionary(uniqueKeysWithValues: supervisor.nodePorts.map { ($0.name, $0.port) })
-        let (one, two, three) = (ports["node-1"]!, ports["node-2"]!, ports["node-3"]!)
-        let client = CurlClient()
-        #expect(try client.request("POST", "http://127.0.0.1:\(one)/api/counter").body.contains(#""count":1"#))
-        let sid = try #require(client.cookie("sid"))
-        #expect(waitUntil(timeout: 10) { Self.count(client, port: three, sid: sid) == 1 })
+        let (one, two, three) = (ports[0], ports[1], ports[2])
 
         try supervisor.partition([["node-3"]])
         // node-3 applies this increment but cannot get it acknowledged by a majority: refused.
-        let cutOff = try client.request(
-            "POST", "http://127.0.0.1:\(three)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false)
+        let cutOff = try Self.increment(client, port: three, sid: sid)
         #expect(cutOff.status == 503, "\(cutOff.status) \(cutOff.body)")
         let health = try client.request("GET", "http://127.0.0.1:\(three)/healthz", useJar: false)
         #expect(health.status == 503 && health.body.contains("rejoining") && health.body.contains("majority"), "\(health.body)")
         // The majority side goes on.
-        #expect(try client.request(
-            "POST", "http://127.0.0.1:\(one)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false
-        ).body.contains(#""count":2"#))
+        #expect(try Self.increment(client, port: one, sid: sid).body.contains(#""count":2"#))
         #expect(Self.count(client, port: three, sid: sid) == nil, "node-3 serves no stale count")
 
         supervisor.healPartition()
         #expect(waitUntil(timeout: 20) { Self.count(client, port: three, sid: sid) == 2 }, "rejoined with the majority's count")
         #expect(Self.count(client, port: two, sid: sid) == 2, "node-3's refused increment never reached the others")
-        #expect(try client.request(
-            "POST", "http://127.0.0.1:\(three)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false
-        ).body.contains(#""count":3"#), "node-3 is a member again")
+        #expect(try Self.increment(client, port: three, sid: sid).body.contains(#""count":3"#), "node-3 is a member again")
     }
 
     /// With the redis strategy a partition cuts a node's link to its store: that node answers 503
@@ -93,35 +97,20 @@ struct PartitionTests {
             Issue.record("redis-server is not installed; scripts/test.sh installs it")
             return
         }
-        var configuration = ClusterConfiguration(
-            strategy: .redis, nodeCount: 3, port: 0, executable: try ChildProcess.sessionClusterBinary().path)
-        configuration.relayedLinks = true
-        let events = EventLog()
-        let supervisor = try ClusterSupervisor(configuration: configuration, logger: .init(label: "test")) { event in
-            events.append(event)
-        }
-        try supervisor.start()
+        let (supervisor, events, ports, client, sid) = try Self.startCluster(.redis)
         defer { supervisor.shutdown() }
         #expect(supervisor.linkRelays.isEmpty, "redis nodes have no links to each other")
-        let ports = Dictionary(uniqueKeysWithValues: supervisor.nodePorts.map { ($0.name, $0.port) })
-        let (one, three) = (ports["node-1"]!, ports["node-3"]!)
-        let client = CurlClient()
-        #expect(try client.request("POST", "http://127.0.0.1:\(one)/api/counter").body.contains(#""count":1"#))
-        let sid = try #require(client.cookie("sid"))
-        #expect(Self.count(client, port: three, sid: sid) == 1, "one store: every node sees it")
+        let (one, three) = (ports[0], ports[2])
 
         try supervisor.partition([["node-3"]])
         #expect(supervisor.cutLinks == ["node-3>redis"])
         #expect(events.lines.contains("partition: node-3 | node-1,node-2,redis"), "\(events.lines)")
-        let cutOff = try client.request(
-            "POST", "http://127.0.0.1:\(three)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false)
+        let cutOff = try Self.increment(client, port: three, sid: sid)
         #expect(cutOff.status == 503, "\(cutOff.status) \(cutOff.body)")
         #expect(waitUntil(timeout: 10) {
             (try? client.request("GET", "http://127.0.0.1:\(three)/healthz", useJar: false).status) == 503
         })
-        #expect(try client.request(
-            "POST", "http://127.0.0.1:\(one)/api/counter", headers: ["Cookie: sid=\(sid)"], useJar: false
-        ).body.contains(#""count":2"#), "the nodes on Redis's side go on")
+        #expect(try Self.increment(client, port: one, sid: sid).body.contains(#""count":2"#), "the nodes on Redis's side go on")
 
         supervisor.healPartition()
         #expect(supervisor.cutLinks.isEmpty)

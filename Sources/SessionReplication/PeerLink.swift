@@ -67,6 +67,10 @@ final class PeerLink: Sendable {
         /// The last sequence number given out, and the highest the peer acknowledged.
         var lastSequence: UInt64 = 0
         var ackedSequence: UInt64 = 0
+        /// `lastSequence` when the current connection was made: changes numbered up to it went
+        /// out on an earlier one, and count as acknowledged only once the peer acknowledged
+        /// something sent on this one (its resync first, which holds them).
+        var connectFloor: UInt64 = 0
         /// Sync mode: missed an acknowledgement deadline; not waited on until it catches up.
         var lagging = false
         /// When it missed the deadline (nil when lagging only because it is catching up after connecting).
@@ -343,7 +347,11 @@ final class PeerLink: Sendable {
             on: Self.ackCondition, until: deadlineNanos,
             for: { $0.ackedSequence >= sequence || ($0.lagging && !evenIfLagging) || $0.phase != .connected },
             then: { s, done -> (AckOutcome, Bool) in
-                if s.ackedSequence >= sequence { return (.acknowledged, false) }
+                if s.ackedSequence >= sequence {
+                    // Released by a reconnection, not by the peer: not an acknowledgement.
+                    let confirmed = sequence > s.connectFloor || s.ackedSequence > s.connectFloor
+                    return (confirmed ? .acknowledged : .skipped, false)
+                }
                 if done { return (.skipped, false) }
                 if s.lagging { return (.timedOut, false) }  // marked by another write meanwhile
                 s.lagging = true
@@ -466,6 +474,7 @@ final class PeerLink: Sendable {
             s.control = []
             s.needsResync = true
             s.ackedSequence = s.lastSequence  // nothing of an earlier connection is awaited any more
+            s.connectFloor = s.lastSequence
             // A peer that (re)joins is busy taking in the resync: sync writes wait for it only once it
             // acknowledged everything sent so far (see the ack handler), not on its first, slow answers.
             s.lagging = true

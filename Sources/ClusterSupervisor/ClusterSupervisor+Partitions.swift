@@ -73,6 +73,25 @@ extension ClusterSupervisor {
         onEvent("partition: " + sides.map { $0.joined(separator: ",") }.joined(separator: " | "))
     }
 
+    /// Makes the link between `a` and `b` (two nodes, or a node and `redis`) slow both ways: every
+    /// chunk waits `latencyMillis`, and `lossPercent` of them a retransmission timeout more
+    /// (`LinkRelay.setLoss`); 0 and 0 make it fast again. Needs `relayedLinks`.
+    public func slowLink(_ a: String, _ b: String, latencyMillis: Int, lossPercent: Int) throws(SupervisorError) {
+        let relays = allRelays
+        let link = [relays["\(a)>\(b)"], relays["\(b)>\(a)"]].compactMap { $0 }
+        guard !link.isEmpty else {
+            throw SupervisorError(
+                "no relayed link between \(a) and \(b) (relayed links: \(relays.keys.sorted().joined(separator: ", ")))")
+        }
+        for relay in link {
+            relay.setLatency(millis: latencyMillis)
+            relay.setLoss(percent: lossPercent)
+        }
+        onEvent(latencyMillis == 0 && lossPercent == 0
+            ? "link \(a) ⇄ \(b) fast again"
+            : "link \(a) ⇄ \(b) slow: \(latencyMillis) ms each way, \(lossPercent)% of chunks held \(LinkRelay.retransmissionMillis) ms more")
+    }
+
     /// Every cut link works again.
     public func healPartition() {
         let cut = allRelays.values.filter(\.isCut)

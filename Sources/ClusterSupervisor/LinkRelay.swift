@@ -15,11 +15,14 @@ import Synchronization
 /// not refused: the ends see silence, not a reset), and a new connection is
 /// accepted but not connected onward until the link heals (a SYN that goes
 /// unanswered). Healed, what waited flows on in order. `latencyMillis` delays
-/// every chunk one way.
+/// every chunk one way; `lossPercent` holds that share of the chunks a retransmission timeout
+/// (`retransmissionMillis`) more — what a lost segment costs a TCP connection, whose bytes still
+/// arrive, in order, late.
 public final class LinkRelay: Sendable {
     struct State {
         var cut = false
         var latencyMillis = 0
+        var lossPercent = 0
         var stopped = false
         /// Every socket of the relay's connections, both ends, to shut at `stop()`.
         var sockets: Set<Int32> = []
@@ -64,6 +67,12 @@ public final class LinkRelay: Sendable {
 
     /// Delays each chunk by `millis` (0: none), one way, from now on.
     public func setLatency(millis: Int) { state.withLock { $0.latencyMillis = max(0, millis) } }
+
+    /// Linux's shortest TCP retransmission timeout: what a lost segment delays the stream by.
+    public static let retransmissionMillis = 200
+
+    /// Holds `percent` of the chunks (0: none, 100: all) `retransmissionMillis` more, from now on.
+    public func setLoss(percent: Int) { state.withLock { $0.lossPercent = min(100, max(0, percent)) } }
 
     /// Closes the listener and every relayed connection; its threads end. Call it once done:
     /// the threads keep the relay alive until then.
@@ -129,8 +138,10 @@ public final class LinkRelay: Sendable {
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { break }
             guard waitUntilOpen() else { break }
-            let latency = state.withLock { $0.latencyMillis }
-            if latency > 0 { usleep(UInt32(min(latency, 60_000)) * 1_000) }
+            let (latency, loss) = state.withLock { ($0.latencyMillis, $0.lossPercent) }
+            let lost = loss > 0 && Int.random(in: 0..<100) < loss
+            let delay = latency + (lost ? Self.retransmissionMillis : 0)
+            if delay > 0 { usleep(UInt32(min(delay, 60_000)) * 1_000) }
             guard waitUntilOpen(), Sockets.writeAll(to, Array(buffer[0..<n])) else { break }
             state.withLock { $0.bytesForwarded += n }
         }

@@ -102,6 +102,7 @@ public final class BenchRunner: Sendable {
     private func applyFaults(context: RunContext, finished: Latch) {
         var stopped: [String] = []
         var partitioned: (node: String, until: Int)?
+        var slowed: Set<String> = []
         func apply(_ action: FaultAction, node: String, plannedMillis: Int) {
             var marker = FaultMarker(
                 action: action, node: node, plannedMillis: plannedMillis,
@@ -117,6 +118,8 @@ public final class BenchRunner: Sendable {
             if action == .resume { stopped.removeAll { $0 == node } }
             if action == .partition { partitioned = (node, plannedMillis) }
             if action == .heal { partitioned = nil }
+            if action == .slow { slowed.insert(node) }
+            if action == .unslow { slowed.remove(node) }
             context.recorder.addMarker(marker)
             context.lastFault.withLock { $0 = marker.label }
         }
@@ -128,6 +131,10 @@ public final class BenchRunner: Sendable {
         let plannedEnds = Dictionary(
             configuration.faults.faults.compactMap { f in f.untilMillis.map { (f.node, $0) } }, uniquingKeysWith: max)
         for node in stopped { apply(.resume, node: node, plannedMillis: plannedEnds[node] ?? 0) }
+        for node in slowed.sorted() {
+            let end = configuration.faults.steps.first { $0.action == .unslow && $0.node == node }?.atMillis ?? 0
+            apply(.unslow, node: node, plannedMillis: end)
+        }
         if let (node, _) = partitioned {
             let end = configuration.faults.steps.first { $0.action == .heal && $0.node == node }?.atMillis ?? 0
             apply(.heal, node: node, plannedMillis: end)

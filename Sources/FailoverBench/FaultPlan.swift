@@ -13,6 +13,10 @@ public enum FaultAction: String, Sendable, Codable, CaseIterable {
     case partition
     /// Every link cut by `partition` works again (the end of a `partition:` or `isolate:` window).
     case heal
+    /// The link named by the step's `node` (`A,B:200ms/5%`) delays and loses as given (`slow-link:`).
+    case slow
+    /// That link is fast again (the end of a `slow-link:` window).
+    case unslow
 }
 
 /// Carries out fault actions on the cluster's nodes (the cluster supervisor
@@ -39,6 +43,9 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
         case partition
         /// `node` cannot reach the other nodes from `atMillis` to `untilMillis`.
         case isolate
+        /// The link between the two nodes of `groups[0]` is slow from `atMillis` to `untilMillis`
+        /// (`Fault+SlowLink.swift`).
+        case slowLink = "slow-link"
     }
 
     public var kind: Kind
@@ -52,8 +59,11 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
     /// `rolling`: the nodes restarted, in order; nil until known (`rolling@10s:6s` means every node
     /// of the cluster, filled in by `FaultPlan.resolvingRolling(nodes:)`). Nil for other kinds.
     public var nodes: [String]?
-    /// `partition`: the groups, each a list of nodes; nil for other kinds.
+    /// `partition`: the groups, each a list of nodes; `slow-link`: one group, the link's two ends; nil for other kinds.
     public var groups: [[String]]?
+    /// `slow-link`: the delay each way, and the share of chunks held one retransmission timeout more.
+    public var latencyMillis: Int?
+    public var lossPercent: Int?
 
     public init(kind: Kind, node: String, atMillis: Int, untilMillis: Int? = nil) {
         self.kind = kind
@@ -76,12 +86,13 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
         func fail(_ reason: String) -> FaultPlanError { FaultPlanError(spec: spec, reason: reason) }
         if spec.hasPrefix("rolling") { return try parseRolling(spec) }
         if spec.hasPrefix("partition:") || spec.hasPrefix("isolate:") { return try parsePartition(spec) }
+        if spec.hasPrefix("slow-link:") { return try parseSlowLink(spec) }
         guard let colon = spec.firstIndex(of: ":") else {
             throw fail("expected ACTION:NODE@TIME, e.g. kill:node2@10s, or rolling@START:GAP, e.g. rolling@10s:6s")
         }
         let name = String(spec[..<colon])
         guard let kind = Kind(rawValue: name) else {
-            throw fail("unknown action '\(name)' (expected kill, restart, stop, rolling, partition or isolate)")
+            throw fail("unknown action '\(name)' (expected kill, restart, stop, rolling, partition, isolate or slow-link)")
         }
         let rest = spec[spec.index(after: colon)...]
         guard let at = rest.firstIndex(of: "@") else { throw fail("missing @TIME after the node name") }
@@ -158,6 +169,7 @@ public struct Fault: Sendable, Codable, Equatable, CustomStringConvertible {
         if kind == .partition, let groups {
             return "partition:\(Self.groupsText(groups))@\(formatSeconds(atMillis))-\(formatSeconds(untilMillis ?? atMillis))"
         }
+        if kind == .slowLink { return slowLinkDescription }
         return "\(kind.rawValue):\(node)@\(formatSeconds(atMillis))" + (untilMillis.map { "-\(formatSeconds($0))" } ?? "")
     }
 
@@ -275,6 +287,9 @@ public struct FaultPlan: Sendable, Codable, Equatable {
                 for (index, node) in (fault.nodes ?? []).enumerated() {
                     steps.append(FaultStep(atMillis: fault.rollingMillis(index), action: .restart, node: node))
                 }
+            case .slowLink:
+                steps.append(FaultStep(atMillis: fault.atMillis, action: .slow, node: fault.slowLinkTarget))
+                steps.append(FaultStep(atMillis: fault.untilMillis ?? fault.atMillis, action: .unslow, node: fault.slowLinkTarget))
             case .partition, .isolate:
                 let target = fault.partitionTarget
                 steps.append(FaultStep(atMillis: fault.atMillis, action: .partition, node: target))

@@ -395,7 +395,13 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
                 isCurrent() || waiters.withLock { $0.fetches[request]?.isAnswered ?? false }
             } && isCurrent()
         catchUps.withLock { fetched ? ($0.fetched += 1) : ($0.gaveUp += 1) }
-        if !fetched && refusesStaleReads {
+        // Every peer asked answered without it: the session is gone everywhere (expired, invalidated),
+        // not out of reach. Refuse only when some did not answer, or none could be asked.
+        let unanswered = waiters.withLock { w in
+            guard let fetch = w.fetches[request] else { return true }
+            return !fetch.isAnswered || fetch.asked == 0
+        }
+        if !fetched && refusesStaleReads && unanswered {
             throw SessionStoreError(
                 .unavailable,
                 "this node does not have the session as the client last saw it, and no peer sent it within \(catchUpPolicy.fetchTimeoutMillis) ms")

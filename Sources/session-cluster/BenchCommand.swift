@@ -202,13 +202,13 @@ extension SessionClusterCommand {
                 }
                 configuration.logDirectory = "\(nodeLogs)/\(name)"
             }
-            let partitions = plan.faults.contains { $0.kind == .partition || $0.kind == .isolate }
-            if partitions && (strategy == .local || strategy == .redisCluster) {
+            let linkFaults = plan.faults.contains { [.partition, .isolate, .slowLink].contains($0.kind) }
+            if linkFaults && (strategy == .local || strategy == .redisCluster) {
                 throw ValidationError(
-                    "\(name): partition and isolate faults cut the links between nodes (replicate-*) and to the store (redis, one server); "
+                    "\(name): partition, isolate and slow-link faults act on the links between nodes (replicate-*) and to the store (redis, one server); "
                         + (strategy == .local ? "local nodes have none" : "a Redis Cluster's own bus cannot be cut per link yet"))
             }
-            configuration.relayedLinks = partitions
+            configuration.relayedLinks = linkFaults
             let supervisor: ClusterSupervisor
             do {
                 supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
@@ -228,7 +228,7 @@ extension SessionClusterCommand {
                 let named: [String]
                 switch fault.kind {
                 case .rolling: named = fault.nodes ?? []
-                case .partition: named = Array((fault.groups ?? []).joined())
+                case .partition, .slowLink: named = Array((fault.groups ?? []).joined())
                 default: named = [fault.node]
                 }
                 for node in named {
@@ -302,6 +302,11 @@ final class SupervisorFaultInjector: FaultInjector {
             guard let groups = Fault.partitionGroups(node) else { throw ValidationError("malformed partition '\(node)'") }
             try supervisor.partition(groups)
         case (.heal, _): supervisor.healPartition()
+        case (.slow, _), (.unslow, _):
+            guard let link = Fault.slowLink(node) else { throw ValidationError("malformed slow link '\(node)'") }
+            let slow = action == .slow
+            try supervisor.slowLink(
+                link.a, link.b, latencyMillis: slow ? link.latencyMillis : 0, lossPercent: slow ? link.lossPercent : 0)
         case (.kill, true): try supervisor.killRedis(try redisServer(name))
         case (.restart, true): try supervisor.restartRedis(try redisServer(name))
         case (.stop, true), (.resume, true):

@@ -95,6 +95,22 @@ private func read(_ fd: Int32, within millis: Int64) -> String {
         #expect(monotonicMillis() - started >= 300)
     }
 
+    @Test func aLostChunkArrivesARetransmissionTimeoutLateAndInOrder() throws {
+        let echo = try EchoServer()
+        defer { echo.stop() }
+        let relay = try LinkRelay(targetPort: echo.port)
+        defer { relay.stop() }
+        relay.setLoss(percent: 100)  // every chunk: deterministic
+        let connection = try TestConnection(port: relay.port)
+        let started = monotonicMillis()
+        connection.send("lost")
+        #expect(read(connection.fd, within: 5_000) == "lost", "late, not gone")
+        #expect(monotonicMillis() - started >= 2 * Int64(LinkRelay.retransmissionMillis), "held one timeout each way")
+        relay.setLoss(percent: 0)
+        connection.send("again")
+        #expect(read(connection.fd, within: 5_000) == "again")
+    }
+
     @Test func stopClosesItsConnections() throws {
         let echo = try EchoServer()
         defer { echo.stop() }

@@ -132,6 +132,9 @@ struct PartitionTests {
         #expect(relayed.linkRelays.keys.sorted() == ["node-1>node-2", "node-2>node-1"])
         #expect(throws: SupervisorError.self) { try relayed.partition([["node-9"]]) }
         #expect(relayed.cutLinks.isEmpty)
+        #expect(throws: Never.self) { try relayed.slowLink("node-1", "node-2", latencyMillis: 100, lossPercent: 5) }
+        #expect(throws: SupervisorError.self) { try relayed.slowLink("node-1", "node-9", latencyMillis: 100, lossPercent: 0) }
+        #expect(throws: SupervisorError.self) { try plain.slowLink("node-1", "node-2", latencyMillis: 100, lossPercent: 0) }
 
         configuration.strategy = .local
         #expect(throws: SupervisorError.self) {

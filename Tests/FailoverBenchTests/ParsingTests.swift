@@ -41,6 +41,17 @@ struct FaultPlanTests {
         ("partition:node 1|node2@10s-15s", "may only hold"),
         ("isolate:node1,node2@10s-15s", "isolate takes one node"),
         ("isolate:node1@ten-15s", "'ten' is not a time"),
+        ("slow-link:node1-node2@10s-15s", "expected @START-END:LATENCY"),
+        ("slow-link:node1@10s-15s:200ms", "is not two nodes"),
+        ("slow-link:node1-node2-node3@10s-15s:200ms", "is not two nodes"),
+        ("slow-link:node1-node1@10s-15s:200ms", "two different nodes"),
+        ("slow-link:node1-node2@10s:200ms", "needs a window START-END"),
+        ("slow-link:node1-node2@15s-10s:200ms", "must end after it starts"),
+        ("slow-link:node1-node2@10s-15s:fast", "is not a latency"),
+        ("slow-link:node1-node2@10s-15s:11s", "is not a latency"),
+        ("slow-link:node1-node2@10s-15s:200ms/5", "is not a loss"),
+        ("slow-link:node1-node2@10s-15s:200ms/101%", "is not a loss"),
+        ("slow-link:node1-node2@10s-15s:0ms", "a latency or a loss above 0"),
     ])
     func badFaultsSayWhy(spec: String, reason: String) {
         #expect {
@@ -115,7 +126,7 @@ struct RollingFaultTests {
         ("rolling:node 1@10s:6s", "may only hold"),
         ("rolling:node1", "missing @START:GAP"),
         ("rollingnode1@10s:6s", "expected rolling@START:GAP"),
-        ("roll:node1@10s", "unknown action 'roll' (expected kill, restart, stop, rolling, partition or isolate)"),
+        ("roll:node1@10s", "unknown action 'roll' (expected kill, restart, stop, rolling, partition, isolate or slow-link)"),
     ])
     func badRollingSpecsSayWhy(spec: String, reason: String) {
         #expect {

@@ -42,16 +42,44 @@ import Testing
         let server = try CounterServer()
         defer { server.shutdown() }
         let injector = RecordingInjector(server: server)
-        let plan = try FaultPlan(parsing: ["isolate:node-a@200ms-800ms", "stop:node-b@300ms-800ms"])
+        let plan = try FaultPlan(
+            parsing: ["isolate:node-a@200ms-800ms", "stop:node-b@300ms-800ms", "slow-link:node-a,node-b@400ms-800ms:10ms"])
         let runner = try BenchRunner(
             configuration: BenchConfiguration(
                 target: try BenchTarget(baseURL: server.url), users: 2, durationSeconds: 0.8, faults: plan),
             injector: injector, logger: .init(label: "test"))
         _ = runner.run(name: "ends-with-the-run")
         let labels = injector.applied.map(\.label)
-        // At 800 ms, on time or as the load stops: both end either way, each once.
-        #expect(labels.count == 4 && Array(labels.prefix(2)) == ["partition node-a", "stop node-b"], "\(labels)")
-        #expect(Set(labels.suffix(2)) == ["resume node-b", "heal node-a"], "\(labels)")
+        // At 800 ms, on time or as the load stops: each ends either way, once.
+        #expect(
+            labels.count == 6 && Array(labels.prefix(3)) == ["partition node-a", "stop node-b", "slow node-a,node-b:10ms/0%"],
+            "\(labels)")
+        #expect(Set(labels.suffix(3)) == ["resume node-b", "heal node-a", "unslow node-a,node-b:10ms/0%"], "\(labels)")
+    }
+
+    @Test func aSlowLinkIsASlowAndAnUnslowAtItsWindowsEnds() throws {
+        let plan = try FaultPlan(parsing: ["slow-link:node1-node2@10s-15s:200ms", "slow-link:node-1,redis@1s-2s:50ms/5%"])
+        var fault = Fault(kind: .slowLink, node: "", atMillis: 10_000, untilMillis: 15_000)
+        fault.groups = [["node1", "node2"]]
+        fault.latencyMillis = 200
+        fault.lossPercent = 0
+        #expect(plan.faults[0] == fault)
+        #expect(plan.faults[0].description == "slow-link:node1-node2@10s-15s:200ms")
+        #expect(plan.faults[1].description == "slow-link:node-1,redis@1s-2s:50ms/5%", "',' when a name holds '-'")
+        #expect(try Fault.parse(plan.faults[1].description) == plan.faults[1])
+        #expect(
+            plan.steps == [
+                FaultStep(atMillis: 1_000, action: .slow, node: "node-1,redis:50ms/5%"),
+                FaultStep(atMillis: 2_000, action: .unslow, node: "node-1,redis:50ms/5%"),
+                FaultStep(atMillis: 10_000, action: .slow, node: "node1,node2:200ms/0%"),
+                FaultStep(atMillis: 15_000, action: .unslow, node: "node1,node2:200ms/0%"),
+            ])
+        let link = try #require(Fault.slowLink("node-1,redis:50ms/5%"))
+        #expect(link.a == "node-1" && link.b == "redis" && link.latencyMillis == 50 && link.lossPercent == 5)
+        #expect(Fault.slowLink("node-1:50ms/5%") == nil && Fault.slowLink("a,b:50/5%") == nil)
+        // The supervisor's names, as for every other fault.
+        let mapped = plan.mappingNodes { $0.replacingOccurrences(of: "node", with: "node-") }
+        #expect(mapped.steps[2].node == "node-1,node-2:200ms/0%")
     }
 
     @Test func twoPartitionsMayNotOverlap() {

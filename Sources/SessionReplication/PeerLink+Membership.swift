@@ -84,12 +84,14 @@ extension PeerLink {
         return outcome
     }
 
-    /// With fencing on: declares the peer dead once it has lagged since a missed deadline for
-    /// `fenceAfterMillis` (frozen or cut off; the node fences its incarnation).
+    /// With fencing on: declares the peer dead once it has lagged since a missed deadline, with no
+    /// acknowledgement moving on, for `fenceAfterMillis` (frozen or cut off; the node fences its
+    /// incarnation). A peer behind a slow link keeps acknowledging: lagging, never declared dead.
     func checkUnresponsive(now: UInt64) {
         let fenceNanos = UInt64(node.configuration.fenceAfterMillis) * 1_000_000
         let peer = state.withLock { s -> PeerIdentity? in
-            guard s.lagging, !s.declaredDead, let since = s.laggingSince, now >= since + fenceNanos,
+            guard s.lagging, !s.declaredDead, let since = s.laggingSince,
+                now >= max(since, s.lastAckProgress) + fenceNanos,
                 let peer = s.peer
             else { return nil }
             s.declaredDead = true

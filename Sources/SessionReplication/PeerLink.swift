@@ -75,6 +75,9 @@ final class PeerLink: Sendable {
         var lagging = false
         /// When it missed the deadline (nil when lagging only because it is catching up after connecting).
         var laggingSince: UInt64?
+        /// When an acknowledgement last moved `ackedSequence` on: a slow peer that keeps
+        /// acknowledging is lagging, not dead.
+        var lastAckProgress: UInt64 = 0
         /// Whether this connection's peer was declared dead already.
         var declaredDead = false
         var transfer: Transfer = .none
@@ -558,7 +561,9 @@ final class PeerLink: Sendable {
             case .ack:
                 let ack = try AckMessage.decode(frame.payload)
                 let caughtUp = state.withLock { s -> Bool in
-                    s.ackedSequence = max(s.ackedSequence, min(ack.sequence, s.lastSequence))
+                    let acked = max(s.ackedSequence, min(ack.sequence, s.lastSequence))
+                    if acked > s.ackedSequence { s.lastAckProgress = monotonicNanos() }
+                    s.ackedSequence = acked
                     guard s.lagging, s.ackedSequence == s.lastSequence else { return false }
                     s.lagging = false
                     s.laggingSince = nil

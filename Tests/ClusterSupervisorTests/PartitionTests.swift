@@ -90,6 +90,26 @@ struct PartitionTests {
         #expect(try Self.increment(client, port: three, sid: sid).body.contains(#""count":3"#), "node-3 is a member again")
     }
 
+    /// A slow link is no partition: a peer that keeps acknowledging, late, is lagging, not dead —
+    /// it is never declared dead nor made to rejoin, however long the writes keep it behind.
+    @Test func aSlowLinkInSyncModeIsLaggingNotDead() throws {
+        let (supervisor, _, ports, client, sid) = try Self.startCluster(.replicate, mode: "sync")
+        defer { supervisor.shutdown() }
+        try supervisor.slowLink("node-1", "node-3", latencyMillis: 150, lossPercent: 0)
+        let until = Date().addingTimeInterval(2.5)  // well past fenceAfterMillis (1 s)
+        var count = 1
+        while Date() < until {
+            let answer = try Self.increment(client, port: ports[0], sid: sid)
+            #expect(answer.status == 200, "\(answer.body)")
+            count += 1
+        }
+        let metrics = try client.request("GET", "http://127.0.0.1:\(ports[0])/metrics", useJar: false).body
+        #expect(metrics.contains("session_replication_peers_declared_dead_total{node=\"node-1\"} 0"), "\(metrics)")
+        #expect(try client.request("GET", "http://127.0.0.1:\(ports[2])/healthz", useJar: false).status == 200)
+        try supervisor.slowLink("node-1", "node-3", latencyMillis: 0, lossPercent: 0)
+        #expect(waitUntil(timeout: 10) { Self.count(client, port: ports[2], sid: sid) == count }, "node-3 has every write")
+    }
+
     /// With the redis strategy a partition cuts a node's link to its store: that node answers 503
     /// (its `/healthz` says why) and the others, on Redis's side, go on; healed, it serves again.
     @Test func aRedisNodeCutOffFromItsStoreRefusesWhileTheOthersGoOn() throws {

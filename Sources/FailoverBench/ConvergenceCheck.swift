@@ -29,6 +29,9 @@ public struct ConvergenceResult: Sendable, Codable, Equatable {
     /// outcome: an increment applied twice, and how many extra.
     public var sessionsWithExtraIncrements: Int
     public var extraIncrements: Int
+    /// Sets the nodes resolved against concurrent ones (last writer wins), summed over the nodes'
+    /// `session_replication_concurrent_sets_overwritten_total`; nil when no node reports it.
+    public var concurrentSetsOverwritten: Int?
 
     /// One line for the text report.
     public var summary: String {
@@ -36,6 +39,7 @@ public struct ConvergenceResult: Sendable, Codable, Equatable {
             ?? "\(diverged) of \(sessions) sessions still differed between nodes"
         return "\(agreed); \(missingIncrements) acknowledged increments missing (\(sessionsMissingIncrements) sessions), "
             + "\(extraIncrements) applied twice (\(sessionsWithExtraIncrements) sessions), \(sessions) sessions read"
+            + (concurrentSetsOverwritten.map { "; \($0) concurrent sets overwritten (summed over the nodes)" } ?? "")
     }
 }
 
@@ -87,6 +91,7 @@ public struct ConvergenceCheck: Sendable {
             sessions: sessions.count, diverged: counts.filter { !Self.agree($0) }.count,
             agreedAfterMillis: agreedAt.map { Int(max(0, $0 - loadEndedNanos) / 1_000_000) },
             sessionsMissingIncrements: 0, missingIncrements: 0, sessionsWithExtraIncrements: 0, extraIncrements: 0)
+        result.concurrentSetsOverwritten = overwrittenSets()
         for (session, seen) in zip(sessions, counts) where Self.agree(seen) {
             let count = seen.first.flatMap { $0 } ?? 0
             let confirmed = session.checker.confirmedIncrements
@@ -100,6 +105,30 @@ public struct ConvergenceCheck: Sendable {
             }
         }
         return result
+    }
+
+    static let overwrittenSetsMetric = "session_replication_concurrent_sets_overwritten_total"
+
+    /// The sum of every node's count of concurrent sets overwritten (nil when none reports one).
+    private func overwrittenSets() -> Int? {
+        let counts = nodes.compactMap { node -> Int? in
+            guard let answer = BlockingGET.fetch(
+                host: "127.0.0.1", port: node.port, path: "/metrics", timeoutMillis: 1_000, userAgent: "session-cluster-bench"),
+                answer.status == 200
+            else { return nil }
+            return Self.sample(Self.overwrittenSetsMetric, in: String(decoding: answer.body, as: UTF8.self))
+        }
+        return counts.isEmpty ? nil : counts.reduce(0, +)
+    }
+
+    /// The value of the first sample of `metric` in Prometheus text.
+    static func sample(_ metric: String, in text: String) -> Int? {
+        for line in text.split(separator: "\n") where line.hasPrefix(metric) {
+            let rest = line.dropFirst(metric.count)
+            guard rest.first == "{" || rest.first == " ", let value = rest.split(separator: " ").last else { continue }
+            return Int(value)
+        }
+        return nil
     }
 
     /// Every node served a count, the same one.

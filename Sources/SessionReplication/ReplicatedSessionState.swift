@@ -35,11 +35,16 @@ public struct AttributeState: Sendable, Hashable {
     public private(set) var epoch: HLCStamp
     /// Node id → that node's increments in this epoch.
     public private(set) var counts: [UInt32: NodeCount]
+    /// The epoch the write that set `base` replaced on its node (`HLCStamp.zero`: none): when a
+    /// merge lets one set win over another that it had not seen, the loser was a concurrent set,
+    /// overwritten (last writer wins), and `merge` says so.
+    public private(set) var overwrote: HLCStamp
 
-    init(base: [UInt8]?, epoch: HLCStamp, counts: [UInt32: NodeCount] = [:]) {
+    init(base: [UInt8]?, epoch: HLCStamp, counts: [UInt32: NodeCount] = [:], overwrote: HLCStamp = .zero) {
         self.base = base
         self.epoch = epoch
         self.counts = counts
+        self.overwrote = overwrote
     }
 
     /// The attribute's JSON bytes: when increments exist, the integer base
@@ -62,23 +67,32 @@ public struct AttributeState: Sendable, Hashable {
     /// counts (a set or remove discards older increments); within one epoch,
     /// each node's later count wins. Equal stamps with different contents
     /// (only from a faulty peer) are still resolved the same everywhere.
-    public mutating func merge(_ other: AttributeState) {
-        if other.epoch != epoch || other.base != base {
-            if Self.precedes(self, other) { self = other }
-            return
+    /// Returns whether a set (or remove) was overwritten by one written
+    /// concurrently — without its writer having seen it (`overwrote`).
+    @discardableResult
+    public mutating func merge(_ other: AttributeState) -> Bool {
+        if other.epoch != epoch || other.base != base || other.overwrote != overwrote {
+            let otherWins = Self.precedes(self, other)
+            let (winner, loser) = otherWins ? (other, self) : (self, other)
+            if otherWins { self = other }
+            return loser.epoch != .zero && winner.overwrote < loser.epoch
         }
         for (node, theirs) in other.counts {
             if let mine = counts[node], (theirs.stamp, theirs.sum) <= (mine.stamp, mine.sum) { continue }
             counts[node] = theirs
         }
+        return false
     }
 
-    /// Orders epochs: by stamp, then by base bytes (nil first).
+    /// Orders epochs: by stamp, then by base bytes (nil first), then by what they overwrote.
     private static func precedes(_ a: AttributeState, _ b: AttributeState) -> Bool {
         if a.epoch != b.epoch { return a.epoch < b.epoch }
-        guard let bBase = b.base else { return false }
-        guard let aBase = a.base else { return true }
-        return aBase.lexicographicallyPrecedes(bBase)
+        if a.base != b.base {
+            guard let bBase = b.base else { return false }
+            guard let aBase = a.base else { return true }
+            return aBase.lexicographicallyPrecedes(bBase)
+        }
+        return a.overwrote < b.overwrote
     }
 
     /// The largest stamp the state carries.
@@ -139,23 +153,28 @@ public struct ReplicatedSession: Sendable, Hashable {
     public var isInvalidated: Bool { invalidated != nil }
 
     /// Joins another copy of this session, or an update of it, into this one.
-    public mutating func merge(_ other: ReplicatedSession) {
+    /// Returns how many sets of this copy or of `other` were overwritten by
+    /// concurrent ones (see `AttributeState.merge`).
+    @discardableResult
+    public mutating func merge(_ other: ReplicatedSession) -> Int {
         createdAtMillis = min(createdAtMillis, other.createdAtMillis)
         lastAccessMillis = max(lastAccessMillis, other.lastAccessMillis)
         version = max(version, other.version)
         for stamp in other.seen.values { see(stamp) }
         if let theirs = other.invalidated { invalidate(at: theirs) }
-        for (name, state) in other.attributes { mergeAttribute(name, state) }
+        return other.attributes.reduce(0) { $0 + (mergeAttribute($1.key, $1.value) ? 1 : 0) }
     }
 
-    private mutating func mergeAttribute(_ name: String, _ state: AttributeState) {
-        guard invalidated == nil else { return }
-        if var mine = attributes[name] {
-            mine.merge(state)
-            attributes[name] = mine
-        } else {
+    @discardableResult
+    private mutating func mergeAttribute(_ name: String, _ state: AttributeState) -> Bool {
+        guard invalidated == nil else { return false }
+        guard var mine = attributes[name] else {
             attributes[name] = state
+            return false
         }
+        let overwritten = mine.merge(state)
+        attributes[name] = mine
+        return overwritten
     }
 
     /// Applies a local write's attribute state stamped `stamp`; returns it.
@@ -171,12 +190,12 @@ public struct ReplicatedSession: Sendable, Hashable {
 
     /// Sets an attribute to JSON bytes: a new epoch.
     public mutating func set(_ name: String, _ bytes: [UInt8], at stamp: HLCStamp) -> AttributeState {
-        write(name, AttributeState(base: bytes, epoch: stamp), at: stamp)
+        write(name, AttributeState(base: bytes, epoch: stamp, overwrote: attributes[name]?.epoch ?? .zero), at: stamp)
     }
 
     /// Removes an attribute: a new epoch with a tombstone.
     public mutating func remove(_ name: String, at stamp: HLCStamp) -> AttributeState {
-        write(name, AttributeState(base: nil, epoch: stamp), at: stamp)
+        write(name, AttributeState(base: nil, epoch: stamp, overwrote: attributes[name]?.epoch ?? .zero), at: stamp)
     }
 
     /// Adds `amount` to an integer attribute (absent counts as 0), as node
@@ -198,7 +217,8 @@ public struct ReplicatedSession: Sendable, Hashable {
             throw SessionStoreError(.typeMismatch, "attribute '\(name)' would overflow")
         }
         let state = AttributeState(
-            base: current.base, epoch: current.epoch, counts: [stamp.node: NodeCount(sum: sum, stamp: stamp)])
+            base: current.base, epoch: current.epoch, counts: [stamp.node: NodeCount(sum: sum, stamp: stamp)],
+            overwrote: current.overwrote)
         return write(name, state, at: stamp)
     }
 
@@ -341,6 +361,7 @@ public struct SessionUpdate: Sendable, Equatable {
             w.bool(attribute.base != nil)
             if let base = attribute.base { w.data(base) }
             attribute.epoch.encode(into: &w)
+            attribute.overwrote.encode(into: &w)
             w.u32(UInt32(attribute.counts.count))
             for (node, count) in attribute.counts.sorted(by: { $0.key < $1.key }) {
                 w.u32(node)
@@ -367,6 +388,8 @@ public struct SessionUpdate: Sendable, Equatable {
             let name = try r.string(limit: Self.maxNameBytes)
             let base = try r.bool() ? try r.data(limit: Self.maxValueBytes) : nil
             let epoch = try HLCStamp(from: &r)
+            let overwrote = try HLCStamp(from: &r)
+            guard overwrote <= epoch else { throw WireError("attribute '\(name)' overwrote a later epoch") }
             var counts: [UInt32: NodeCount] = [:]
             for _ in 0..<(try r.count(limit: Self.maxNodesPerAttribute)) {
                 let node = try r.u32()
@@ -375,7 +398,7 @@ public struct SessionUpdate: Sendable, Equatable {
                     throw WireError("attribute '\(name)' counts node \(node) twice")
                 }
             }
-            let attribute = AttributeState(base: base, epoch: epoch, counts: counts)
+            let attribute = AttributeState(base: base, epoch: epoch, counts: counts, overwrote: overwrote)
             guard attribute.maxStamp <= version else { throw WireError("attribute '\(name)' is newer than the version") }
             guard attributes.updateValue(attribute, forKey: name) == nil else {
                 throw WireError("attribute '\(name)' appears twice")

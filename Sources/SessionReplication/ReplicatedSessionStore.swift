@@ -133,6 +133,12 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     private let sinks = FastLock(Sinks())
     private let sweeper = RepeatingTimer()
     private let ready = Atomic<Bool>(true)
+    private let overwrittenSets = Atomic<Int>(0)
+
+    /// Sets (and removes) that merges resolved against a concurrent one — written on another node
+    /// that had not seen it, typically on the other side of a partition: the later one won
+    /// everywhere (last writer wins), the other is gone. Counted on each node that merged the pair.
+    public var concurrentSetsOverwritten: Int { overwrittenSets.load(ordering: .relaxed) }
     private let catchUps = FastLock(CatchUpCounts())  // taken by every request that carries a read token
 
     /// Who waits in `catchUp`, for which session, and the fetch replies they count.
@@ -545,7 +551,8 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         let now = clock.nowMillis()
         contents.withLock { contents in
             if var session = contents.sessions[update.id] {
-                session.merge(update.state)
+                let overwritten = session.merge(update.state)
+                if overwritten > 0 { overwrittenSets.add(overwritten, ordering: .relaxed) }
                 contents.sessions[update.id] = session
             } else if !isExpired(update.state, now: now) {
                 contents.sessions[update.id] = update.state

@@ -85,6 +85,10 @@ extension ReplicationNode {
         for (name, help, value) in totals {
             metric("session_replication_\(name)_total", "counter", help, [("", "\(value)")])
         }
+        metric(
+            "session_replication_concurrent_sets_overwritten_total", "counter",
+            "Sets a merge resolved against a concurrent one written on a node that had not seen it (last writer wins; the other is gone).",
+            [("", "\(store.concurrentSetsOverwritten)")])
         let catchUp = store.catchUpCounts
         metric(
             "session_replication_catch_up_total", "counter",

@@ -5,7 +5,8 @@ import Synchronization
 import Testing
 
 /// A node of the convergence check's tests: answers `GET /api/session` with the count it holds
-/// for the request's `sid`, and 500 when a read-token cookie (`sid_rt`) comes along.
+/// for the request's `sid`, and 500 when a read-token cookie (`sid_rt`) comes along; `/metrics`
+/// with its count of concurrent sets overwritten, if given one.
 private final class CountingNode: Sendable {
     private final class Counts: Sendable {
         let value: Mutex<[String: Int]>
@@ -15,13 +16,19 @@ private final class CountingNode: Sendable {
     private let counts: Counts
     private let server: HTTPServer
 
-    init(_ counts: [String: Int]) throws {
+    init(_ counts: [String: Int], overwrittenSets: Int? = nil) throws {
         let held = Counts(counts)
         self.counts = held
         server = HTTPServer(
             configuration: HTTPServerConfiguration(host: "127.0.0.1", port: 0, eventLoops: 1, handlerThreads: 2),
             logger: Logger(label: "node", factory: { _ in SwiftLogNoOpLogHandler() })
         ) { request in
+            if request.path == "/metrics" {
+                guard let overwrittenSets else { return HTTPResponse(status: 404) }
+                return HTTPResponse(
+                    status: 200, headers: ["Content-Type": "text/plain"],
+                    body: Array("# TYPE x counter\nsession_replication_concurrent_sets_overwritten_total{node=\"n\"} \(overwrittenSets)\n".utf8))
+            }
             if request.cookie("sid_rt") != nil { return HTTPResponse(status: 500) }
             guard let sid = request.cookie("sid"), let count = held.value.withLock({ $0[sid] }) else {
                 return .json("{\"node\":\"n\",\"count\":0}")
@@ -58,12 +65,16 @@ struct ConvergenceCheckTests {
     }
 
     @Test func nodesThatAgreeOnWhatUsersWereToldPass() throws {
-        let nodes = try [CountingNode(["a": 3, "b": 5]), CountingNode(["a": 3, "b": 5])]
+        let nodes = try [
+            CountingNode(["a": 3, "b": 5], overwrittenSets: 2), CountingNode(["a": 3, "b": 5], overwrittenSets: 1),
+        ]
         defer { nodes.forEach { $0.shutdown() } }
         // b: 4 confirmed and one write of unknown outcome that was applied.
         let result = try check(nodes, [user("a", confirmed: 3), user("b", confirmed: 4, unknown: 1)])
         #expect(result.sessions == 2 && result.diverged == 0 && result.agreedAfterMillis != nil)
         #expect(result.missingIncrements == 0 && result.extraIncrements == 0)
+        #expect(result.concurrentSetsOverwritten == 3, "summed over the nodes")
+        #expect(result.summary.contains("3 concurrent sets overwritten"))
     }
 
     @Test func missingAndDoubledIncrementsAreCountedOnceTheNodesAgree() throws {
@@ -80,6 +91,7 @@ struct ConvergenceCheckTests {
         defer { nodes.forEach { $0.shutdown() } }
         let diverged = try check(nodes, [user("a", confirmed: 3), user("b", confirmed: 1)])
         #expect(diverged.diverged == 1 && diverged.agreedAfterMillis == nil)
+        #expect(diverged.concurrentSetsOverwritten == nil, "no node reports the metric")
         #expect(diverged.missingIncrements == 0, "a session the nodes disagree on is not judged")
 
         nodes[1].set("a", 3)  // the lagging node caught up

@@ -153,6 +153,31 @@ private final class Failures: Sendable {
         #expect(cluster.state(0) == cluster.state(1) && cluster.state(1) == cluster.state(2))
     }
 
+    @Test func aConcurrentSetOverwrittenIsCountedASequentialOneIsNot() throws {
+        let cluster = Cluster(count: 3)
+        let id = try cluster.create(on: 0, ["color": "\"grey\""])
+        cluster.deliver()
+        // Sequential: node 1 has seen node 0's set when it writes its own.
+        try cluster.set(on: 0, id, "color", "\"red\"")
+        cluster.deliver()
+        try cluster.set(on: 1, id, "color", "\"blue\"")
+        cluster.deliver()
+        #expect(cluster.stores.map(\.concurrentSetsOverwritten) == [0, 0, 0])
+        // Concurrent: nodes 0 and 2 set it before either hears of the other's (a partition).
+        try cluster.set(on: 0, id, "color", "\"green\"")
+        try cluster.set(on: 2, id, "color", "\"white\"")
+        cluster.deliver()
+        let values = try cluster.stores.map { try $0.load(id)?.attributes["color"] }
+        #expect(Set(values).count == 1 && values[0] == json("\"white\""), "the later one everywhere: \(values)")
+        // Each node that merged the pair counts it once: node 1 merged both, 0 and 2 the other's.
+        #expect(cluster.stores.map(\.concurrentSetsOverwritten) == [1, 1, 1])
+        // Delivered again (a resync): counted no more.
+        for store in cluster.stores {
+            for other in cluster.stores where other !== store { _ = store.merge(other.fullState(of: id)!) }
+        }
+        #expect(cluster.stores.map(\.concurrentSetsOverwritten) == [1, 1, 1])
+    }
+
     @Test func concurrentIncrementsOnThreeNodesConverge() throws {
         let cluster = Cluster(async: true)
         let id = try cluster.create(on: 0, [:])

@@ -41,6 +41,8 @@ final class PauseDetector: Sendable {
     let thresholdNanos: UInt64
     let windowNanos: UInt64
     private let state: Mutex<State>
+    /// `State.lastTick`, readable without the lock (0 before `start()`).
+    private let lastTickSeen = Atomic<UInt64>(0)
     /// Called (outside the lock) with the length of each pause noticed.
     private let onPause: @Sendable (UInt64) -> Void
 
@@ -61,11 +63,23 @@ final class PauseDetector: Sendable {
     func tick(now: UInt64) -> Bool {
         let pause = state.withLock { s -> UInt64? in
             guard let last = s.lastTick else { return nil }
-            defer { s.lastTick = max(last, now) }
-            return Self.notice(&s, now: now, threshold: thresholdNanos)
+            defer {
+                s.lastTick = max(last, now)
+                lastTickSeen.store(s.lastTick ?? 0, ordering: .relaxed)
+            }
+            return notice(&s, now: now, threshold: thresholdNanos)
         }
         if let pause { onPause(pause) }
         return pause != nil
+    }
+
+    /// Before sending what was queued before a pause: notices a pause that ended just now (the
+    /// ticker has not run since), so that `onPause` runs first, on the calling thread. One atomic
+    /// load when the ticker is on time.
+    func noticeIfOverdue(now: UInt64) {
+        let last = lastTickSeen.load(ordering: .relaxed)
+        guard last != 0, now > last, now - last > thresholdNanos else { return }
+        _ = lastResume(now: now)
     }
 
     /// Whether the node was paused within the last `windowNanos` (noticing a pause that ended
@@ -77,7 +91,7 @@ final class PauseDetector: Sendable {
     /// that time may have been run meanwhile by a peer.
     func lastResume(now: UInt64) -> UInt64? {
         let (resumed, pause) = state.withLock { s -> (UInt64?, UInt64?) in
-            let pause = Self.notice(&s, now: now, threshold: thresholdNanos)
+            let pause = notice(&s, now: now, threshold: thresholdNanos)
             guard let resumedAt = s.resumedAt, now &- resumedAt < windowNanos else { return (nil, pause) }
             return (resumedAt, pause)
         }
@@ -92,6 +106,7 @@ final class PauseDetector: Sendable {
     /// themselves); the thread ends after `stop()`.
     func start(now: UInt64 = monotonicNanos(), ticker: Bool = true) {
         state.withLock { $0.lastTick = now }
+        lastTickSeen.store(now, ordering: .relaxed)
         guard ticker else { return }
         startThread { [self] in
             while !state.withLock({ $0.stopped }) {
@@ -103,10 +118,11 @@ final class PauseDetector: Sendable {
 
     func stop() { state.withLock { $0.stopped = true } }
 
-    private static func notice(_ s: inout State, now: UInt64, threshold: UInt64) -> UInt64? {
+    private func notice(_ s: inout State, now: UInt64, threshold: UInt64) -> UInt64? {
         guard let last = s.lastTick, now > last, now - last > threshold else { return nil }
         let pause = now - last
         s.lastTick = now  // noticed once: the next check measures from here
+        lastTickSeen.store(now, ordering: .relaxed)
         s.resumedAt = now
         s.pauses += 1
         s.longestPauseNanos = max(s.longestPauseNanos, pause)

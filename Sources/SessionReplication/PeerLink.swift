@@ -67,6 +67,9 @@ final class PeerLink: Sendable {
         /// The last sequence number given out, and the highest the peer acknowledged.
         var lastSequence: UInt64 = 0
         var ackedSequence: UInt64 = 0
+        /// The highest sequence handed to the kernel whole (async mode answers after it: see
+        /// `waitUntilWritten`).
+        var writtenSequence: UInt64 = 0
         /// `lastSequence` when the current connection was made: changes numbered up to it went
         /// out on an earlier one, and count as acknowledged only once the peer acknowledged
         /// something sent on this one (its resync first, which holds them).
@@ -86,6 +89,8 @@ final class PeerLink: Sendable {
         var writing = false
         /// The rest of a frame a request thread could not send at once: it goes first.
         var unsent: [UInt8] = []
+        /// The sequence of the change in `unsent`, if it is one.
+        var unsentSequence: UInt64 = 0
         /// Changes sent (resyncs included).
         var itemsSent = 0
         /// Questions sent on this connection and not answered yet, by request number.
@@ -113,9 +118,13 @@ final class PeerLink: Sendable {
     let node: ReplicationNodeCore
     let state = ConditionLock(State(), conditions: 2)
 
-    init(address: PeerAddress, node: ReplicationNodeCore) {
+    /// Noticing a pause before sending what was queued before it (see `writeUntilBroken`).
+    let pauseDetector: PauseDetector?
+
+    init(address: PeerAddress, node: ReplicationNodeCore, pauseDetector: PauseDetector? = nil) {
         self.address = address
         self.node = node
+        self.pauseDetector = pauseDetector
     }
 
     var phase: Phase { state.withLock { $0.phase } }
@@ -222,8 +231,11 @@ final class PeerLink: Sendable {
             return (s.lastSequence, overflowed, nil)
         }
         if let (fd, sealer) = result.inline, let sequence = result.0 {
-            sendInline(fd, sealer, ReplicationFrame(
-                type: .update, payload: UpdateBatch.encode(sequence: sequence, itemCount: itemCount, encodedItems: bytes)))
+            sendInline(
+                fd, sealer,
+                ReplicationFrame(
+                    type: .update, payload: UpdateBatch.encode(sequence: sequence, itemCount: itemCount, encodedItems: bytes)),
+                sequence: sequence)
         }
         if result.overflowed {
             node.counters.add(\.queueOverflows)
@@ -279,13 +291,28 @@ final class PeerLink: Sendable {
     /// Sends a frame on the calling thread without blocking, after `enqueue`
     /// or `send(control:)` set `writing`; what the socket does not take at
     /// once is left for the writer.
-    private func sendInline(_ fd: Int32, _ sealer: FrameSealer, _ frame: ReplicationFrame) {
+    private func sendInline(_ fd: Int32, _ sealer: FrameSealer, _ frame: ReplicationFrame, sequence: UInt64? = nil) {
         let bytes = sealer.seal(frame)  // sealed while this thread holds `writing`: in socket order
         let sent = sendWithoutBlocking(fd, bytes)
         state.withLock { s in
             s.writing = false
-            if sent < bytes.count { s.unsent = Array(bytes[sent...]) }
+            if sent < bytes.count {
+                s.unsent = Array(bytes[sent...])
+                s.unsentSequence = sequence ?? 0
+            } else if let sequence {
+                s.writtenSequence = max(s.writtenSequence, sequence)
+            }
         }
+    }
+
+    /// Async mode: waits until the change numbered `sequence` was handed to the kernel whole, or
+    /// the deadline, or the connection ended; true when it was. A change that is answered only
+    /// once written reaches the peer even if this process freezes right after answering.
+    func waitUntilWritten(_ sequence: UInt64, until deadlineNanos: UInt64) -> Bool {
+        state.wait(
+            on: Self.ackCondition, until: deadlineNanos,
+            for: { $0.writtenSequence >= sequence || $0.phase != .connected || $0.broken },
+            then: { s, _ in s.writtenSequence >= sequence })
     }
 
     // MARK: Writer thread
@@ -392,8 +419,10 @@ final class PeerLink: Sendable {
         }
     }
 
-    /// What the writer takes from the state in one go.
-    private typealias Work = (unsent: [UInt8], control: [ReplicationFrame], queue: [Pending], resync: UInt64?)
+    /// What the writer takes from the state in one go (`unsentSequence`: the change `unsent` ends).
+    private typealias Work = (
+        unsent: [UInt8], unsentSequence: UInt64, control: [ReplicationFrame], queue: [Pending], resync: UInt64?
+    )
 
     private func writeUntilBroken(fd: Int32, sealer: FrameSealer, generation: Int) {
         let config = node.configuration
@@ -402,6 +431,9 @@ final class PeerLink: Sendable {
         let fences = config.fences
         while true {
             if fences { checkUnresponsive(now: monotonicNanos()) }
+            // Woken from a pause (SIGSTOP)? Then the node rejoins (PauseDetector's onPause, on
+            // this thread) and mutes its links before anything queued before the pause goes out.
+            pauseDetector?.noticeIfOverdue(now: monotonicNanos())
             let muted = self.muted
             let work = state.wait(
                 on: Self.writerCondition, until: lastSend + pingNanos,
@@ -415,9 +447,10 @@ final class PeerLink: Sendable {
                         s.writing = true
                         defer {
                             s.unsent = []
+                            s.unsentSequence = 0
                             s.control = []
                         }
-                        return (s.unsent, s.control, [], nil)
+                        return (s.unsent, s.unsentSequence, s.control, [], nil)
                     }
                     s.writing = true
                     // A resync's number is taken before its snapshot: every change numbered
@@ -429,13 +462,14 @@ final class PeerLink: Sendable {
                     }
                     defer {
                         s.unsent = []
+                        s.unsentSequence = 0
                         s.control = []
                         s.queue = []
                         s.queuedBytes = 0
                         s.needsResync = false
                     }
                     s.itemsSent += s.needsResync ? 0 : s.queue.reduce(0) { $0 + $1.itemCount }
-                    return (s.unsent, s.control, s.queue, resync)
+                    return (s.unsent, s.unsentSequence, s.control, s.queue, resync)
                 })
             guard let claimed = work else { return }
             guard let work = claimed else {
@@ -450,10 +484,13 @@ final class PeerLink: Sendable {
             if frames.isEmpty && work.unsent.isEmpty { frames = [ReplicationFrame(type: .ping)] }
             let sent = Sockets.writeAll(fd, work.unsent + sealer.seal(frames))  // sealed while holding `writing`
             let error = errno
+            let written = max(work.unsentSequence, work.resync ?? 0, work.queue.last?.sequence ?? 0)
             state.withLock { s in
                 s.writing = false
                 if !sent { s.lastError = "send failed: errno \(error)" }
+                if sent { s.writtenSequence = max(s.writtenSequence, written) }
             }
+            if sent && written > 0 { state.broadcast(Self.ackCondition) }
             guard sent else { return }
             lastSend = monotonicNanos()
         }

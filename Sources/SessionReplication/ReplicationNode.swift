@@ -135,48 +135,45 @@ public final class ReplicationNode: Sendable {
         let core = ReplicationNodeCore(
             configuration: configuration, secret: secret, hello: hello, logger: logger, store: store)
         self.core = core
-        // Our own address in the list needs no connection; other spellings of it are found by the hello.
-        links = Array(Set(configuration.peers)).filter { $0 != address }.sorted { $0.description < $1.description }
-            .map { PeerLink(address: $0, node: core) }
-        state = Mutex(State(listener: listener))
-        pauseDetector = PauseDetector(
+        let pauseDetector = PauseDetector(
             windowNanos: UInt64(configuration.relayWindowMillis) * 1_000_000,
             onPause: { nanos in
                 core.counters.add(\.pausesDetected)
                 core.logger.warning(
                     "this node was frozen for \(nanos / 1_000_000) ms (SIGSTOP, a stalled VM): for \(configuration.relayWindowMillis) ms every idempotency key is looked up on every connected peer")
-                // Frozen longer than peers wait before declaring a node dead: they have fenced this run.
-                if configuration.fences && nanos >= UInt64(configuration.fenceAfterMillis) * 1_000_000 {
-                    core.owner?.rejoin(reason: "this node was frozen for \(nanos / 1_000_000) ms; its peers have declared it dead")
+                // Frozen longer than peers wait before declaring a node dead: with a majority quorum
+                // they have fenced this run; in async mode its clients have retried elsewhere what it
+                // had applied and not sent. Either way it takes its peers' state again (see `rejoin`).
+                if (configuration.fences || configuration.mode == .async)
+                    && nanos >= UInt64(configuration.fenceAfterMillis) * 1_000_000
+                {
+                    core.owner?.rejoin(
+                        reason: "this node was frozen for \(nanos / 1_000_000) ms; what it had not sent was retried elsewhere")
                 }
             })
+        self.pauseDetector = pauseDetector
+        // Our own address in the list needs no connection; other spellings of it are found by the hello.
+        links = Array(Set(configuration.peers)).filter { $0 != address }.sorted { $0.description < $1.description }
+            .map { PeerLink(address: $0, node: core, pauseDetector: pauseDetector) }
+        state = Mutex(State(listener: listener))
         store.isReady = false
         store.readTokenKey = HMACKey(secret.readTokenKey)
         store.refusesStaleReads = configuration.fences
         let links = links
         let mode = configuration.mode
-        let timeout = UInt64(configuration.syncTimeoutMillis) * 1_000_000
-        // Sync mode with a majority quorum: a write confirmed by fewer than a majority fails, and the node rejoins.
-        let fences = configuration.fences
-        let quorumTimeout = max(timeout, UInt64(configuration.fenceAfterMillis) * 1_000_000)
         store.onUpdate = { updates in
             // Idle-timer refreshes never make a request wait.
             let touchOnly = updates.allSatisfy {
                 $0.state.attributes.isEmpty && !$0.state.isInvalidated && $0.idempotencyRecord == nil
             }
-            let wait = mode == .sync && !touchOnly
-            let needed = wait && fences ? Self.othersNeeded(links) : 0
-            let acknowledged = Self.replicate(
-                updates.map { .session($0) }, to: links, wait: wait, timeout: timeout, quorumTimeout: quorumTimeout,
-                othersNeeded: needed)
-            return acknowledged >= needed || core.refuseWithoutMajority(acknowledged: acknowledged, needed: needed)
+            if touchOnly {
+                _ = Self.replicate(updates.map { .session($0) }, to: links, mode: nil, core: core, pause: pauseDetector)
+                return true
+            }
+            return Self.replicate(updates.map { .session($0) }, to: links, mode: mode, core: core, pause: pauseDetector)
         }
         store.onRecord = { record in
-            let needed = mode == .sync && fences ? Self.othersNeeded(links) : 0
-            let acknowledged = Self.replicate(
-                [.record(record)], to: links, wait: mode == .sync, timeout: timeout, quorumTimeout: quorumTimeout,
-                othersNeeded: needed)
-            return acknowledged >= needed || core.refuseWithoutMajority(acknowledged: acknowledged, needed: needed)
+            Self.replicate([.record(record)], to: links, mode: mode, core: core, pause: pauseDetector)
         }
         store.onFetch = { id, request in links.reduce(0) { $0 + ($1.fetch(id, request: request) ? 1 : 0) } }
         let lookups = configuration.keyLookups
@@ -222,22 +219,60 @@ public final class ReplicationNode: Sendable {
         majority(of: 1 + links.reduce(0) { $0 + ($1.phase == .isSelf ? 0 : 1) }) - 1
     }
 
-    /// Sends items to every connected peer; in sync mode waits for their
-    /// acknowledgements, and returns how many acknowledged. When fewer than
-    /// `othersNeeded` did within `timeout`, the others — lagging ones too —
-    /// are waited for until `quorumTimeout`: a write is refused for want of a
-    /// majority only after as long as peers wait before declaring a node dead,
-    /// never for one slow acknowledgement.
+    /// Sends a local write's items to every connected peer and says whether it may be answered.
+    ///
+    /// - sync: after every live peer acknowledged it, or `syncTimeoutMillis`; with a majority
+    ///   quorum, a write fewer than a majority acknowledged is refused and the node rejoins.
+    /// - async: once it was handed to the kernel for every connected peer (or the sync timeout
+    ///   passed): a node that freezes right after answering still delivers what it answered.
+    /// - nil (an idle-timer refresh): sent, never waited for.
+    ///
+    /// A write that meets a rejoin (this node was frozen, or lost its majority) is refused:
+    /// its change is about to be dropped with this node's state.
     private static func replicate(
-        _ items: [ReplicationItem], to links: [PeerLink], wait: Bool, timeout: UInt64, quorumTimeout: UInt64,
-        othersNeeded: Int
-    ) -> Int {
+        _ items: [ReplicationItem], to links: [PeerLink], mode: ReplicationConfiguration.Mode?,
+        core: ReplicationNodeCore, pause: PauseDetector
+    ) -> Bool {
+        pause.noticeIfOverdue(now: monotonicNanos())  // woken from a freeze: rejoin before sending
+        let configuration = core.configuration
+        let timeout = UInt64(configuration.syncTimeoutMillis) * 1_000_000
+        switch mode {
+        case nil:
+            _ = send(items, to: links)
+            return true
+        case .async:
+            let sequences = send(items, to: links)
+            let deadline = monotonicNanos() + timeout
+            let written = sequences.allSatisfy { $0.0.waitUntilWritten($0.1, until: deadline) }
+            return written || !core.membership.isRejoining
+        case .sync:
+            let needed = configuration.fences ? othersNeeded(links) : 0
+            let quorumTimeout = max(timeout, UInt64(configuration.fenceAfterMillis) * 1_000_000)
+            let acknowledged = waitForAcks(
+                send(items, to: links), timeout: timeout, quorumTimeout: quorumTimeout, othersNeeded: needed)
+            guard acknowledged >= needed else { return core.refuseWithoutMajority(acknowledged: acknowledged, needed: needed) }
+            return !core.membership.isRejoining
+        }
+    }
+
+    /// Enqueues the items on every connected link; their sequence numbers.
+    private static func send(_ items: [ReplicationItem], to links: [PeerLink]) -> [(PeerLink, UInt64)] {
         let bytes = items.count == 1 ? items[0].encoded : items.flatMap(\.encoded)
         var sequences: [(PeerLink, UInt64)] = []
         for link in links {
             if let sequence = link.enqueue(bytes, itemCount: items.count) { sequences.append((link, sequence)) }
         }
-        guard wait, !sequences.isEmpty else { return 0 }
+        return sequences
+    }
+
+    /// Sync mode: waits for the peers' acknowledgements and returns how many acknowledged. When
+    /// fewer than `othersNeeded` did within `timeout`, the others — lagging ones too — are waited
+    /// for until `quorumTimeout`: a write is refused for want of a majority only after as long as
+    /// peers wait before declaring a node dead, never for one slow acknowledgement.
+    private static func waitForAcks(
+        _ sequences: [(PeerLink, UInt64)], timeout: UInt64, quorumTimeout: UInt64, othersNeeded: Int
+    ) -> Int {
+        guard !sequences.isEmpty else { return 0 }
         let started = monotonicNanos()
         var acknowledged = 0
         var unacknowledged: [(PeerLink, UInt64)] = []

@@ -124,6 +124,15 @@ extension ReplicationNode {
         } catch {
             // An evicted connection (see acceptLoop) ends however its handshake stood: counted there only.
             let evicted = !admitted && !state.withLock { $0.pending.contains(fd) }
+            func closed(counting counter: WritableKeyPath<ReplicationCounters.Values, Int>, nothingApplied: Bool = false) {
+                core.counters.add(counter)
+                let message = "closed the replication connection from \(peerName): \(error)"
+                if nothingApplied {
+                    core.logger.warning("\(message); nothing applied")
+                } else {
+                    core.logger.notice("\(message)")
+                }
+            }
             switch error {
             case _ where evicted: break
             case .closed: break
@@ -132,18 +141,10 @@ extension ReplicationNode {
                     declareDead(peer, reason: "it sent nothing for \(configuration.fenceAfterMillis) ms")
                 }
             case .failed: core.logger.notice("replication connection from \(peerName) ended: \(error)")
-            case .handshakeTimeout:
-                core.counters.add(\.handshakesTimedOut)
-                core.logger.notice("closed the replication connection from \(peerName): \(error)")
-            case .fenced:
-                core.counters.add(\.fencedConnectionsRefused)
-                core.logger.notice("closed the replication connection from \(peerName): \(error)")
-            case .badFrame:
-                core.counters.add(\.framesRejected)
-                core.logger.warning("closed the replication connection from \(peerName): \(error); nothing applied")
-            case .protocolViolation:
-                core.counters.add(\.protocolViolations)
-                core.logger.warning("closed the replication connection from \(peerName): \(error); nothing applied")
+            case .handshakeTimeout: closed(counting: \.handshakesTimedOut)
+            case .fenced: closed(counting: \.fencedConnectionsRefused)
+            case .badFrame: closed(counting: \.framesRejected, nothingApplied: true)
+            case .protocolViolation: closed(counting: \.protocolViolations, nothingApplied: true)
             }
         }
         state.withLock { s in

@@ -82,13 +82,14 @@ extension ReplicationNode {
             ("writes_without_majority", "Writes refused because fewer than a majority of the nodes acknowledged them.", c.writesWithoutMajority),
             ("rejoins", "Times this node stopped serving and rejoined (fenced, or a write without a majority).", c.rejoins),
         ]
-        for (name, help, value) in totals {
+        let overwritten = (
+            "concurrent_sets_overwritten",
+            "Sets a merge resolved against a concurrent one written on a node that had not seen it (last writer wins; the other is gone).",
+            store.concurrentSetsOverwritten
+        )
+        for (name, help, value) in totals + [overwritten] {
             metric("session_replication_\(name)_total", "counter", help, [("", "\(value)")])
         }
-        metric(
-            "session_replication_concurrent_sets_overwritten_total", "counter",
-            "Sets a merge resolved against a concurrent one written on a node that had not seen it (last writer wins; the other is gone).",
-            [("", "\(store.concurrentSetsOverwritten)")])
         let catchUp = store.catchUpCounts
         metric(
             "session_replication_catch_up_total", "counter",

@@ -560,7 +560,7 @@ public final class ClusterSupervisor: Sendable {
                     let answer = NodeProbe.get(port: node.port, path: "/metrics", timeoutMillis: 250),
                     answer.status == 200
                 {
-                    let sessions = NodeProbe.sample("session_store_sessions", in: String(decoding: answer.body, as: UTF8.self))
+                    let sessions = PrometheusText.sample("session_store_sessions", in: String(decoding: answer.body, as: UTF8.self))
                     let refusing = NodeProbe.get(port: node.port, path: "/healthz", timeoutMillis: 250).flatMap(NodeProbe.refusal)
                     node.update {
                         $0.sessions = sessions

@@ -10,21 +10,11 @@ enum NodeProbe {
             userAgent: "session-cluster-supervisor")
     }
 
-    /// The value of the first sample of `metric` in Prometheus text, if any.
     /// The `reason` (else the `status`) of a `/healthz` answered 503; nil for any other answer.
     static func refusal(_ answer: BlockingGET.Answer) -> String? {
         guard answer.status == 503,
             let json = try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any]
         else { return nil }
         return (json["reason"] as? String) ?? (json["status"] as? String) ?? "unavailable"
-    }
-
-    static func sample(_ metric: String, in text: String) -> Int? {
-        for line in text.split(separator: "\n") where line.hasPrefix(metric) {
-            let rest = line.dropFirst(metric.count)
-            guard rest.first == "{" || rest.first == " " else { continue }
-            if let value = line.split(separator: " ").last, let number = Double(value) { return Int(number) }
-        }
-        return nil
     }
 }

@@ -116,19 +116,9 @@ public struct ConvergenceCheck: Sendable {
                 host: "127.0.0.1", port: node.port, path: "/metrics", timeoutMillis: 1_000, userAgent: "session-cluster-bench"),
                 answer.status == 200
             else { return nil }
-            return Self.sample(Self.overwrittenSetsMetric, in: String(decoding: answer.body, as: UTF8.self))
+            return PrometheusText.sample(Self.overwrittenSetsMetric, in: String(decoding: answer.body, as: UTF8.self))
         }
         return counts.isEmpty ? nil : counts.reduce(0, +)
-    }
-
-    /// The value of the first sample of `metric` in Prometheus text.
-    static func sample(_ metric: String, in text: String) -> Int? {
-        for line in text.split(separator: "\n") where line.hasPrefix(metric) {
-            let rest = line.dropFirst(metric.count)
-            guard rest.first == "{" || rest.first == " ", let value = rest.split(separator: " ").last else { continue }
-            return Int(value)
-        }
-        return nil
     }
 
     /// Every node served a count, the same one.

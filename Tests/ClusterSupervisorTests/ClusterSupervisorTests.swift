@@ -61,8 +61,8 @@ struct ClusterSupervisorTests {
             session_store_sessions_total 99
             session_store_sessions{node="n1"} 42
             """
-        #expect(NodeProbe.sample("session_store_sessions", in: text) == 42)
-        #expect(NodeProbe.sample("missing", in: text) == nil)
+        #expect(PrometheusText.sample("session_store_sessions", in: text) == 42)
+        #expect(PrometheusText.sample("missing", in: text) == nil)
     }
 
     @Test func controlHostsDeriveFromTheListenAddress() {

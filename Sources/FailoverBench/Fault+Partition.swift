@@ -23,14 +23,23 @@ extension Fault {
         if isolate {
             guard groups.count == 1, groups[0].count == 1 else { throw fail("isolate takes one node, e.g. isolate:node2@10s-15s") }
         }
-        let times = rest[rest.index(after: at)...].split(separator: "-", omittingEmptySubsequences: false)
-        guard times.count == 2 else { throw fail("a partition needs a window START-END, e.g. @10s-15s") }
-        guard let start = parseMillis(times[0]) else { throw fail("'\(times[0])' is not a time such as 10s or 500ms") }
-        guard let end = parseMillis(times[1]) else { throw fail("'\(times[1])' is not a time such as 15s or 500ms") }
-        guard end > start else { throw fail("the window must end after it starts") }
+        let (start, end) = try parseWindow(
+            rest[rest.index(after: at)...], missing: "a partition needs a window START-END, e.g. @10s-15s", fail)
         var fault = Fault(kind: isolate ? .isolate : .partition, node: isolate ? groups[0][0] : "", atMillis: start, untilMillis: end)
         if !isolate { fault.groups = groups }
         return fault
+    }
+
+    /// `START-END`: two times, the end after the start; `missing` says why when it is not two.
+    static func parseWindow(
+        _ text: Substring, missing: String, _ fail: (String) -> FaultPlanError
+    ) throws(FaultPlanError) -> (start: Int, end: Int) {
+        let times = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard times.count == 2 else { throw fail(missing) }
+        guard let start = parseMillis(times[0]) else { throw fail("'\(times[0])' is not a time such as 10s or 500ms") }
+        guard let end = parseMillis(times[1]) else { throw fail("'\(times[1])' is not a time such as 15s or 500ms") }
+        guard end > start else { throw fail("the window must end after it starts") }
+        return (start, end)
     }
 
     /// What a `partition` step names: the groups as `a|b,c`, or the isolated node alone.

@@ -16,11 +16,7 @@ extension Fault {
         guard pair[0] != pair[1] else { throw fail("a link joins two different nodes") }
         let window = rest[rest.index(after: at)...].split(separator: ":", omittingEmptySubsequences: false)
         guard window.count == 2 else { throw fail("expected @START-END:LATENCY, \(example)") }
-        let times = window[0].split(separator: "-", omittingEmptySubsequences: false)
-        guard times.count == 2 else { throw fail("a slow link needs a window START-END, \(example)") }
-        guard let start = parseMillis(times[0]) else { throw fail("'\(times[0])' is not a time such as 10s or 500ms") }
-        guard let end = parseMillis(times[1]) else { throw fail("'\(times[1])' is not a time such as 15s or 500ms") }
-        guard end > start else { throw fail("the window must end after it starts") }
+        let (start, end) = try parseWindow(window[0], missing: "a slow link needs a window START-END, \(example)", fail)
         let quality = window[1].split(separator: "/", omittingEmptySubsequences: false)
         guard quality.count <= 2, let latency = parseMillis(quality[0]), latency <= 10_000 else {
             throw fail("'\(window[1])' is not a latency of at most 10s (such as 200ms), optionally /LOSS% (such as /5%)")

@@ -98,12 +98,8 @@ extension ReplicationNode {
         while !isStopped {
             var notReady = 0
             for link in links where link.connectedAs == incarnation {
-                guard link.requestSnapshot(replacingState: true) else { continue }
-                let asked = monotonicNanos()
-                while link.transferPending && link.isConnected && !isStopped && monotonicNanos() - asked < answerNanos {
-                    usleep(500)
-                }
-                switch link.transfer {
+                guard let transfer = transfer(from: link, replacingState: true, limitNanos: answerNanos) else { continue }
+                switch transfer {
                 case .done(senderReady: true, let items):
                     let others = mergeOtherPeersStates(besides: link, incarnation: incarnation, answerNanos: answerNanos)
                     return finishRejoin(
@@ -140,12 +136,9 @@ extension ReplicationNode {
     private func mergeOtherPeersStates(besides first: PeerLink, incarnation: UInt64, answerNanos: UInt64) -> [String] {
         var answered: [String] = []
         for link in links where link !== first && link.connectedAs == incarnation {
-            guard link.requestSnapshot(onlyIfReady: true) else { continue }
-            let asked = monotonicNanos()
-            while link.transferPending && link.isConnected && !isStopped && monotonicNanos() - asked < answerNanos {
-                usleep(500)
+            if case .done(senderReady: true, _) = transfer(from: link, onlyIfReady: true, limitNanos: answerNanos) {
+                answered.append(link.address.description)
             }
-            if case .done(senderReady: true, _) = link.transfer { answered.append(link.address.description) }
         }
         return answered
     }

@@ -365,19 +365,13 @@ public final class ReplicationNode: Sendable {
             if links.allSatisfy({ $0.phase == .isSelf }) { break }
             var startingPeers = 0
             for link in links where link.isConnected {
-                guard link.requestSnapshot() else { continue }
-                let transferStarted = monotonicNanos()
-                while link.transferPending && link.isConnected && !isStopped
-                    && monotonicNanos() - transferStarted < 60_000_000_000
-                {
-                    usleep(500)
-                }
-                if case .done(let senderReady, let items) = link.transfer, senderReady {
+                guard let transfer = transfer(from: link, limitNanos: 60_000_000_000) else { continue }
+                if case .done(let senderReady, let items) = transfer, senderReady {
                     state.withLock { $0.transferredItems = items }
                     reason = "received \(items) sessions and records from \(link.address)"
                     return becomeReady(started: started, reason: reason)
                 }
-                if case .done(false, _) = link.transfer { startingPeers += 1 }
+                if case .done(false, _) = transfer { startingPeers += 1 }
             }
             let others = links.filter { $0.phase != .isSelf }.count
             if startingPeers == others {
@@ -392,6 +386,19 @@ public final class ReplicationNode: Sendable {
             usleep(5_000)
         }
         becomeReady(started: started, reason: reason)
+    }
+
+    /// Asks `link`'s peer for its state (see `PeerLink.requestSnapshot`) and waits while it comes,
+    /// up to `limitNanos`; the transfer as it then stands, or nil when it could not be asked.
+    func transfer(from link: PeerLink, onlyIfReady: Bool = false, replacingState: Bool = false, limitNanos: UInt64)
+        -> PeerLink.Transfer?
+    {
+        guard link.requestSnapshot(onlyIfReady: onlyIfReady, replacingState: replacingState) else { return nil }
+        let asked = monotonicNanos()
+        while link.transferPending && link.isConnected && !isStopped && monotonicNanos() - asked < limitNanos {
+            usleep(500)
+        }
+        return link.transfer
     }
 
     private func becomeReady(started: UInt64, reason: String) {

@@ -81,34 +81,37 @@ private func read(_ fd: Int32, within millis: Int64) -> String {
         #expect(read(connection.fd, within: 5_000) == "after")
     }
 
-    @Test func latencyDelaysEachChunk() throws {
+    /// Through a relay to an echo server set up by `configure`: sends `text`, expects it back;
+    /// returns the milliseconds it took, the relay and the connection (for more).
+    private func echoThroughRelay(
+        _ text: String, configure: (LinkRelay) -> Void, _ body: (Int64, LinkRelay, TestConnection) throws -> Void
+    ) throws {
         let echo = try EchoServer()
         defer { echo.stop() }
         let relay = try LinkRelay(targetPort: echo.port)
         defer { relay.stop() }
-        relay.setLatency(millis: 150)
+        configure(relay)
         let connection = try TestConnection(port: relay.port)
         let started = monotonicMillis()
-        connection.send("slow")
-        #expect(read(connection.fd, within: 5_000) == "slow")
-        // Both ways go through the relay: at least twice the latency (a lower bound only).
-        #expect(monotonicMillis() - started >= 300)
+        connection.send(text)
+        #expect(read(connection.fd, within: 5_000) == text, "late, not gone")
+        try body(monotonicMillis() - started, relay, connection)
+    }
+
+    @Test func latencyDelaysEachChunk() throws {
+        try echoThroughRelay("slow", configure: { $0.setLatency(millis: 150) }) { millis, _, _ in
+            // Both ways go through the relay: at least twice the latency (a lower bound only).
+            #expect(millis >= 300)
+        }
     }
 
     @Test func aLostChunkArrivesARetransmissionTimeoutLateAndInOrder() throws {
-        let echo = try EchoServer()
-        defer { echo.stop() }
-        let relay = try LinkRelay(targetPort: echo.port)
-        defer { relay.stop() }
-        relay.setLoss(percent: 100)  // every chunk: deterministic
-        let connection = try TestConnection(port: relay.port)
-        let started = monotonicMillis()
-        connection.send("lost")
-        #expect(read(connection.fd, within: 5_000) == "lost", "late, not gone")
-        #expect(monotonicMillis() - started >= 2 * Int64(LinkRelay.retransmissionMillis), "held one timeout each way")
-        relay.setLoss(percent: 0)
-        connection.send("again")
-        #expect(read(connection.fd, within: 5_000) == "again")
+        try echoThroughRelay("lost", configure: { $0.setLoss(percent: 100) }) { millis, relay, connection in  // every chunk
+            #expect(millis >= 2 * Int64(LinkRelay.retransmissionMillis), "held one timeout each way")
+            relay.setLoss(percent: 0)
+            connection.send("again")
+            #expect(read(connection.fd, within: 5_000) == "again")
+        }
     }
 
     @Test func stopClosesItsConnections() throws {

@@ -133,6 +133,9 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     private let sinks = FastLock(Sinks())
     private let sweeper = RepeatingTimer()
     private let ready = Atomic<Bool>(true)
+    /// Bumped by every `stopServing`: a write that began in an earlier epoch met a rejoin, and
+    /// is refused even when its change was sent (its own state is about to be replaced).
+    private let servingEpoch = Atomic<UInt64>(0)
     private let overwrittenSets = Atomic<Int>(0)
 
     /// Sets (and removes) that merges resolved against a concurrent one — written on another node
@@ -277,6 +280,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// Stops serving: every request fails with `unavailable` and `reason` until `isReady` turns true again.
     public func stopServing(reason: String) {
         sinks.withLock { $0.unavailableReason = reason }
+        servingEpoch.add(1, ordering: .sequentiallyConsistent)
         isReady = false
     }
 
@@ -289,8 +293,12 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         }
     }
 
-    private func checkReady() throws(SessionStoreError) {
+    /// Throws while not serving; otherwise returns the serving epoch, for `emit(_:servedSince:)`.
+    @discardableResult
+    private func checkReady() throws(SessionStoreError) -> UInt64 {
+        let epoch = servingEpoch.load(ordering: .sequentiallyConsistent)
         guard isReady else { throw notServing() }
+        return epoch
     }
 
     private func notServing() -> SessionStoreError { SessionStoreError(.unavailable, unavailableReason) }
@@ -464,7 +472,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     /// Also returns nil for an invalidated ID, even with `createIfMissing`:
     /// a tombstoned ID is never reused.
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
-        try checkReady()
+        let epoch = try checkReady()
         var delta = delta
         if let record = delta.idempotencyRecord {
             delta.idempotencyRecord?.response = record.response.capped(maxBytes: Self.maxRecordResponseBytes)
@@ -501,12 +509,12 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             return (AppliedDelta(version: session.version.packedVersion, counters: counters, created: created), update)
         }
         guard let (applied, update) = result else { return nil }
-        guard emit([update]) else { throw notServing() }
+        guard emit([update], servedSince: epoch) else { throw notServing() }
         return applied
     }
 
     public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
-        try checkReady()
+        let epoch = try checkReady()
         let now = clock.nowMillis()
         let updates = contents.withLock { contents -> [SessionUpdate]? in
             guard var session = live(&contents, id, now: now) else { return nil }
@@ -517,12 +525,12 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             return updates
         }
         guard let updates else { return false }
-        guard emit(updates) else { throw notServing() }
+        guard emit(updates, servedSince: epoch) else { throw notServing() }
         return true
     }
 
     public func invalidate(_ id: SessionID) throws {
-        try checkReady()
+        let epoch = try checkReady()
         let now = clock.nowMillis()
         let update = contents.withLock { contents -> SessionUpdate? in
             guard var session = live(&contents, id, now: now) else { return nil }
@@ -531,7 +539,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
             contents.sessions[id] = session
             return SessionUpdate(id: id, session: session)
         }
-        if let update, !emit([update]) { throw notServing() }
+        if let update, !emit([update], servedSince: epoch) { throw notServing() }
     }
 
     // MARK: Replication
@@ -846,6 +854,13 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     @discardableResult
     private func emit(_ updates: [SessionUpdate]) -> Bool {
         sinks.withLock { $0.onUpdate }?(updates) ?? true
+    }
+
+    /// Sends a local write's updates; whether it may be answered: the peers took it (`onUpdate`)
+    /// and this node served throughout — no rejoin began since `epoch` (its state is dropped for
+    /// its peers'; in async mode its links may have had no connection to send on).
+    private func emit(_ updates: [SessionUpdate], servedSince epoch: UInt64) -> Bool {
+        emit(updates) && servingEpoch.load(ordering: .sequentiallyConsistent) == epoch
     }
 }
 

@@ -326,6 +326,41 @@ private final class Failures: Sendable {
         #expect(cluster.records(2).count == 2)
     }
 
+    /// A rejoin that begins while a write runs (the node noticed, mid-request, that it had been
+    /// frozen) refuses that write, even where its sink said it was sent: the node's state is
+    /// about to be replaced, and a key it ran may have run on a peer meanwhile. (CI once saw an
+    /// async node answer 200 here: its links were reconnecting, so "sent to every connected
+    /// peer" was vacuously true.) Each write path: apply, regenerate, invalidate.
+    @Test func aRejoinBegunDuringAWriteRefusesThatWrite() throws {
+        let store = ReplicatedSessionStore(node: 1, expiry: SessionExpiry(idleTimeoutMillis: 60_000, absoluteTimeoutMillis: nil))
+        let reason = "this node is rejoining the cluster: frozen"
+        let writes: [(String, (SessionID) throws -> Void)] = [
+            ("apply", { _ = try store.apply(SessionDelta(id: $0, changes: [.set("n", json("2"))])) }),
+            ("regenerate", { _ = try store.regenerate($0, to: SessionID.generate()) }),
+            ("invalidate", { try store.invalidate($0) }),
+        ]
+        for (name, write) in writes {
+            // A live session, written while the node serves throughout: answered.
+            store.isReady = true
+            store.onUpdate = { _ in true }
+            let id = SessionID.generate()
+            _ = try #require(try store.apply(SessionDelta(id: id, changes: [.set("n", json("1"))], createIfMissing: true)))
+            // The rejoin begins while the write is being sent.
+            store.onUpdate = { _ in
+                store.stopServing(reason: reason)
+                return true  // sent, as far as the sink knows
+            }
+            #expect(throws: SessionStoreError(.unavailable, reason), "\(name)") { try write(id) }
+            store.onUpdate = { _ in
+                Issue.record("\(name) ran while the node was not serving")
+                return true
+            }
+            #expect(throws: SessionStoreError(.unavailable, reason), "\(name): the next one is refused before it runs") {
+                try write(id)
+            }
+        }
+    }
+
     @Test func sessionCapRefusesNewSessionsOnlyWhileFull() throws {
         let cluster = Cluster(
             count: 2, expiry: SessionExpiry(idleTimeoutMillis: 1000, absoluteTimeoutMillis: nil), maxSessions: 2)

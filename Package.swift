@@ -5,6 +5,7 @@ let package = Package(
     name: "SessionCluster",
     platforms: [.macOS(.v15)],
     products: [
+        .library(name: "SystemSupport", targets: ["SystemSupport"]),
         .library(name: "SessionCore", targets: ["SessionCore"]),
         .library(name: "MiniHTTP", targets: ["MiniHTTP"]),
         .library(name: "SessionMiddleware", targets: ["SessionMiddleware"]),
@@ -35,11 +36,17 @@ let package = Package(
         ),
         // epoll, eventfd and accept4, which Glibc does not export.
         .target(name: "CEpoll"),
-        .target(name: "SessionCore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // Under every other module: sockets, threads, clocks, locks, a timer, epoll behind Swift
+        // types, signals, secure random bytes and base64url. Nothing of sessions or HTTP.
+        .target(
+            name: "SystemSupport",
+            dependencies: ["CEpoll", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(name: "SessionCore", dependencies: ["SystemSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "SessionRedis",
             dependencies: [
-                "CHiredis", "SessionCore",
+                "CHiredis", "SessionCore", "SystemSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -47,7 +54,7 @@ let package = Package(
         .target(
             name: "SessionReplication",
             dependencies: [
-                "CSodium", "SessionCore", "MiniHTTP",
+                "CSodium", "SessionCore", "SystemSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -58,7 +65,7 @@ let package = Package(
         ),
         .target(
             name: "MiniHTTP",
-            dependencies: ["CEpoll", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["SystemSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "SessionMiddleware",
@@ -71,23 +78,23 @@ let package = Package(
         .target(
             name: "ClusterDemo",
             dependencies: [
-                "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis", "SessionReplication",
+                "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis", "SessionReplication", "SystemSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(
             name: "Balancer",
-            dependencies: ["MiniHTTP", "CEpoll", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["MiniHTTP", "SystemSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "ClusterSupervisor",
-            dependencies: ["Balancer", "MiniHTTP", "SessionCore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Balancer", "MiniHTTP", "SystemSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "FailoverBench",
             dependencies: [
-                "MiniHTTP", "SessionCore",
+                "MiniHTTP", "SessionCore", "SystemSupport",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -95,7 +102,8 @@ let package = Package(
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "Balancer", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
+                "Balancer", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore", "SessionRedis",
+                "SessionReplication", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -110,7 +118,7 @@ let package = Package(
             dependencies: ["SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport"]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
-        .target(name: "TestSupport", dependencies: ["MiniHTTP"], path: "Tests/TestSupport"),  // test-only helpers
+        .target(name: "TestSupport", dependencies: ["MiniHTTP", "SystemSupport"], path: "Tests/TestSupport"),  // test-only helpers
         .testTarget(
             name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "SessionRedis", "TestSupport"]),
         .testTarget(

@@ -26,6 +26,7 @@ let package = Package(
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionMiddleware", package: "SessionCluster"),
                 .product(name: "MiniHTTP", package: "SessionCluster"),
+                .product(name: "SystemSupport", package: "SessionCluster"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -45,6 +46,7 @@ let package = Package(
             name: "SessionClusterTestKit",
             dependencies: [
                 "SessionClusterAsync",
+                .product(name: "SystemSupport", package: "SessionCluster"),
                 .product(name: "SessionReplication", package: "SessionCluster"),
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionRedis", package: "SessionCluster"),

@@ -1,5 +1,6 @@
 import MiniHTTP
 import Synchronization
+import SystemSupport
 
 /// What every event loop shares about one backend: availability and counters.
 final class BackendState: Sendable {

@@ -5,6 +5,7 @@ import Dispatch
 import Logging
 import MiniHTTP
 import Synchronization
+import SystemSupport
 
 /// A round-robin reverse proxy for HTTP/1.1 on epoll event loops.
 ///

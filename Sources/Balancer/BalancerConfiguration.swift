@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MiniHTTP
+import SystemSupport
 
 /// One backend of the balancer.
 public struct BackendConfiguration: Sendable, Equatable {

@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import Logging
 import MiniHTTP
+import SystemSupport
 
 /// Settings of the active health checks. Times are in milliseconds.
 public struct HealthCheckConfiguration: Sendable, Equatable {

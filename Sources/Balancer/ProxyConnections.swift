@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CEpoll
 import MiniHTTP
+import SystemSupport
 
 /// Bytes waiting to be written to a socket, consumed from the front.
 struct OutputBuffer {

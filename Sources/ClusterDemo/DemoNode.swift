@@ -10,6 +10,7 @@ import SessionMiddleware
 import SessionRedis
 import SessionReplication
 import Synchronization
+import SystemSupport
 
 /// Where a node keeps its sessions.
 public enum SessionStrategy: String, Sendable, CaseIterable {

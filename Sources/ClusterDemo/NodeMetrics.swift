@@ -2,6 +2,7 @@ import Atomics
 import Dispatch
 import MiniHTTP
 import SessionCore
+import SystemSupport
 
 /// Counters and latency histograms of a node, in Prometheus text format.
 ///

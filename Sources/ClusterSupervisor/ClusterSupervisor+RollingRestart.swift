@@ -4,8 +4,8 @@ import Glibc
 import Balancer
 import Logging
 import MiniHTTP
-import SessionCore
 import Synchronization
+import SystemSupport
 
 /// Rolling restarts: every node restarted in turn, each once the one before is back.
 extension ClusterSupervisor {

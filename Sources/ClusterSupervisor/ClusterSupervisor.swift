@@ -4,8 +4,8 @@ import Glibc
 import Balancer
 import Logging
 import MiniHTTP
-import SessionCore
 import Synchronization
+import SystemSupport
 
 /// What `ClusterSupervisor` starts: N `session-cluster node` processes with one
 /// session strategy, the balancer in front of them (in the supervisor's own
@@ -195,8 +195,8 @@ public final class ClusterSupervisor: Sendable {
         }
         // The same secrets on every node: cookies signed by one are accepted by all, and peers trust each other.
         // 256 random bits each, base64url (a session ID's recipe).
-        environment["SESSION_COOKIE_SECRET"] = SessionID.generate().rawValue
-        environment["SESSION_CLUSTER_SECRET"] = SessionID.generate().rawValue
+        environment["SESSION_COOKIE_SECRET"] = secureRandomToken(byteCount: 32)
+        environment["SESSION_CLUSTER_SECRET"] = secureRandomToken(byteCount: 32)
         self.environment = environment
         var slots: [NodeSlot] = []
         do throws(SupervisorError) {

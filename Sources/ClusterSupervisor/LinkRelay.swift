@@ -2,8 +2,8 @@
 import Glibc
 #endif
 import MiniHTTP
-import SessionCore
 import Synchronization
+import SystemSupport
 
 /// A TCP relay on a loopback port in front of one network link — a node's
 /// connection to a peer, or to its store — that the benchmark and the demo

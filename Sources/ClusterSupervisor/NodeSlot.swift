@@ -3,6 +3,7 @@ import Glibc
 #endif
 import MiniHTTP
 import Synchronization
+import SystemSupport
 
 /// One node's place in the cluster: fixed name and ports, and what runs there now.
 final class NodeSlot: Sendable {
@@ -53,9 +54,7 @@ final class NodeSlot: Sendable {
 /// A free TCP port on 127.0.0.1 (bound and released; the node binds it right after).
 func freeLoopbackPort() throws(SupervisorError) -> Int {
     do {
-        let fd = try Sockets.listen(host: "127.0.0.1", port: 0)
-        defer { close(fd) }
-        return Sockets.localPort(fd)
+        return try Sockets.freeLoopbackPort()
     } catch {
         throw SupervisorError("cannot find a free port: \(error)")
     }

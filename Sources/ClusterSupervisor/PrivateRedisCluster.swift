@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MiniHTTP
+import SystemSupport
 
 /// A private Redis Cluster on loopback: `primaries` × (1 + `replicasPerPrimary`)
 /// redis-servers (default 3 × 2: three primaries, one replica each), named

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MiniHTTP
+import SystemSupport
 
 /// A private primary with replicas and, optionally, a Sentinel to fail over to them, on
 /// loopback: `redis-1` (the first primary), `redis-2`... (each started with

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import MiniHTTP
 import Synchronization
+import SystemSupport
 
 /// One private redis-server on a loopback port: no persistence, its files in a
 /// run directory, its output in `<directory>/<name>.log`. It can be killed

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MiniHTTP
+import SystemSupport
 
 /// What the supervisor asks its private redis-servers, over a raw loopback socket:
 /// one RESP command, one reply (no client library: the supervisor does not link one).

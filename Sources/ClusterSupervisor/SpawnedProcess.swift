@@ -3,6 +3,7 @@ import Glibc
 #endif
 import MiniHTTP
 import Synchronization
+import SystemSupport
 
 /// How a child process ended.
 public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {

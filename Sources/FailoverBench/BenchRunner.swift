@@ -5,6 +5,7 @@ import Dispatch
 import Logging
 import MiniHTTP
 import Synchronization
+import SystemSupport
 
 /// Runs the failover benchmark against one target: the simulated users, the
 /// checker, the fault schedule and the progress callback.
@@ -49,7 +50,7 @@ public final class BenchRunner: Sendable {
 
     /// Runs once and returns the results under `name` (a strategy's name).
     public func run(name: String) -> StrategyResult {
-        let start = monotonicNanos()
+        let start = Int64(monotonicNanos())
         let context = RunContext(configuration: configuration, startNanos: start)
         current.withLock { $0 = context }
         defer { current.withLock { $0 = nil } }
@@ -74,7 +75,7 @@ public final class BenchRunner: Sendable {
             }
         }
         loops.wait()
-        let end = monotonicNanos()
+        let end = Int64(monotonicNanos())
         finished.open()
         helpers.wait()
         let convergence = configuration.convergenceNodes.isEmpty
@@ -106,7 +107,7 @@ public final class BenchRunner: Sendable {
         func apply(_ action: FaultAction, node: String, plannedMillis: Int) {
             var marker = FaultMarker(
                 action: action, node: node, plannedMillis: plannedMillis,
-                atMillis: context.recorder.offsetMillis(monotonicNanos()))
+                atMillis: context.recorder.offsetMillis(Int64(monotonicNanos())))
             do {
                 guard let injector else { throw BenchConfigurationError("no fault injector") }
                 try injector.apply(action, node: node)
@@ -149,7 +150,7 @@ public final class BenchRunner: Sendable {
         var previous = (at: context.startNanos, answered: 0)
         var next = context.startNanos + interval
         while !finished.wait(untilNanos: next) {
-            let now = monotonicNanos()
+            let now = Int64(monotonicNanos())
             let counts = context.recorder.counts
             let rate = Double(counts.answered - previous.answered) * 1e9 / Double(max(1, now - previous.at))
             previous = (now, counts.answered)
@@ -180,7 +181,7 @@ final class Latch: Sendable {
     @discardableResult
     func wait(untilNanos deadline: Int64) -> Bool {
         while !isOpen.load(ordering: .acquiring) {
-            let left = deadline - monotonicNanos()
+            let left = deadline - Int64(monotonicNanos())
             if left <= 0 { return false }
             usleep(UInt32(min(left / 1000, 2_000)))
         }

@@ -1,5 +1,6 @@
 import Foundation
 import MiniHTTP
+import SystemSupport
 
 /// One node the convergence check reads from directly (not through the balancer).
 public struct BenchNode: Sendable, Codable, Equatable {
@@ -78,13 +79,13 @@ public struct ConvergenceCheck: Sendable {
         var agreedAt: Int64?
         let deadline = loadEndedNanos + Int64(deadlineMillis) * 1_000_000
         while true {
-            let round = monotonicNanos()
+            let round = Int64(monotonicNanos())
             counts = sessions.map { session in nodes.map { read(cookie(session.cookie), from: $0) } }
             if counts.allSatisfy(Self.agree) {
                 agreedAt = round  // the round that found them agreeing began then
                 break
             }
-            if monotonicNanos() >= deadline { break }
+            if Int64(monotonicNanos()) >= deadline { break }
             usleep(UInt32(pollMillis) * 1_000)
         }
         var result = ConvergenceResult(

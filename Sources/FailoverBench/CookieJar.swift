@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import SystemSupport
 
 /// One simulated user's cookies: the minimum a browser does for one origin.
 ///
@@ -24,7 +25,7 @@ public struct CookieJar: Sendable, Equatable {
 
     /// Stores one `Set-Cookie` header value received at `now` (seconds since 1970).
     /// A header without `name=` is ignored.
-    public mutating func store(setCookie header: String, now: Int64 = wallClockSeconds()) {
+    public mutating func store(setCookie header: String, now: Int64 = wallClockMillis() / 1000) {
         var parts = header.split(separator: ";", omittingEmptySubsequences: false).makeIterator()
         guard let pair = parts.next(), let eq = pair.firstIndex(of: "=") else { return }
         let name = pair[..<eq].strippingOWS
@@ -48,13 +49,13 @@ public struct CookieJar: Sendable, Equatable {
     }
 
     /// The `Cookie` header to send at `now`, or nil when the jar has nothing to send.
-    public func cookieHeader(now: Int64 = wallClockSeconds()) -> String? {
+    public func cookieHeader(now: Int64 = wallClockMillis() / 1000) -> String? {
         let live = entries.filter { $0.expires.map { $0 > now } ?? true }
         return live.isEmpty ? nil : live.map { "\($0.name)=\($0.value)" }.joined(separator: "; ")
     }
 
     /// The current value of cookie `name`, if stored and not expired.
-    public func value(of name: String, now: Int64 = wallClockSeconds()) -> String? {
+    public func value(of name: String, now: Int64 = wallClockMillis() / 1000) -> String? {
         entries.first { $0.name == name && ($0.expires.map { $0 > now } ?? true) }?.value
     }
 
@@ -65,13 +66,6 @@ public struct CookieJar: Sendable, Equatable {
         guard let eq = attribute.firstIndex(of: "=") else { return (attribute.strippingOWS.lowercased(), "") }
         return (attribute[..<eq].strippingOWS.lowercased(), attribute[attribute.index(after: eq)...].strippingOWS)
     }
-}
-
-/// Seconds since 1970 on the wall clock.
-public func wallClockSeconds() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec)
 }
 
 /// Parses an HTTP date in the preferred IMF-fixdate form (`Sun, 06 Nov 1994 08:49:37 GMT`)

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import MiniHTTP
 import Synchronization
+import SystemSupport
 
 /// What the load loops of one run share.
 final class RunContext: Sendable {
@@ -34,13 +35,6 @@ final class RunContext: Sendable {
     func shouldStop(_ now: Int64) -> Bool {
         cancelled.load(ordering: .relaxed) || (endNanos.map { now >= $0 } ?? false)
     }
-}
-
-/// Nanoseconds on the monotonic clock.
-func monotonicNanos() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
 /// One simulated user: its cookies, its checker, its connection and its request in flight.
@@ -123,7 +117,7 @@ final class LoadLoop {
         var pollfds: [pollfd] = []
         var owners: [Int] = []
         while true {
-            let now = monotonicNanos()
+            let now = Int64(monotonicNanos())
             if context.shouldStop(now) { break }
             var wake = now + 20_000_000
             var active = false
@@ -157,13 +151,13 @@ final class LoadLoop {
                 case .finished: break
                 }
             }
-            let timeout = Int32(max(0, min(20, (wake - monotonicNanos() + 999_999) / 1_000_000)))
+            let timeout = Int32(max(0, min(20, (wake - Int64(monotonicNanos()) + 999_999) / 1_000_000)))
             let n = pollfds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), timeout) }
             guard n > 0 else { continue }
-            let after = monotonicNanos()
+            let after = Int64(monotonicNanos())
             for (k, p) in pollfds.enumerated() where p.revents != 0 { handle(owners[k], now: after) }
         }
-        let end = monotonicNanos()
+        let end = Int64(monotonicNanos())
         for i in users.indices {
             closeConnection(i)
             if users[i].failedSinceAnswer { noteGap(i, until: end) }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import SystemSupport
 
 /// A one-shot `GET` over a blocking socket, bounded by a timeout from connect to
 /// the last byte read: for health checks and probes on loopback, not for traffic.

@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// What `HTTPRequestParser` and `HTTPResponseParser` share (RFC 9112): the
 /// input buffer and its read positions, finding lines and the end of a head,
 /// field lines, the framing fields, and reading a body (Content-Length or
@@ -367,21 +369,6 @@ protocol HTTPMessageEvent {
 
 extension HTTPRequestParser.Event: HTTPMessageEvent {}
 extension HTTPResponseParser.Event: HTTPMessageEvent {}
-
-/// Drops the consumed front of an input buffer (everything before `readIndex`)
-/// when that pays: at once when all is consumed, else once it is over half.
-/// Returns how many bytes were dropped; read positions move down by as many.
-public func compactConsumed(_ buffer: inout [UInt8], readIndex: Int) -> Int {
-    if readIndex == buffer.count {
-        buffer.removeAll(keepingCapacity: true)
-        return readIndex
-    }
-    if readIndex > 8192 && readIndex * 2 > buffer.count {
-        buffer.removeFirst(readIndex)
-        return readIndex
-    }
-    return 0
-}
 
 @inline(__always) func isDigit(_ b: UInt8) -> Bool { b >= 48 && b <= 57 }
 

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import SystemSupport
 
 /// Who may use an operator API: a balancer's admin endpoints, the demo's control API.
 ///

@@ -1,4 +1,5 @@
 import Crypto
+import SystemSupport
 
 /// Whose idempotency records a request may see.
 ///

@@ -5,6 +5,7 @@ import Darwin
 #endif
 import Dispatch
 import Synchronization
+import SystemSupport
 
 /// Sessions in this process's memory: the store of a single node, and the
 /// building block of the replicated store.

@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// A signing key was unusable.
 public struct SigningKeyError: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Synchronization
+import SystemSupport
 
 /// How long sessions live. Times are in milliseconds.
 public struct SessionExpiry: Sendable, Equatable {
@@ -41,11 +42,7 @@ public struct SessionClock: Sendable {
     public let nowMillis: @Sendable () -> Int64
     public init(nowMillis: @escaping @Sendable () -> Int64) { self.nowMillis = nowMillis }
 
-    public static let system = SessionClock {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
+    public static let system = SessionClock { wallClockMillis() }
 }
 
 /// A clock that only moves when told to.

@@ -1,7 +1,7 @@
 import Dispatch
 import Logging
-import SessionCore
 import Synchronization
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -324,9 +324,3 @@ private final class Box: @unchecked Sendable {  // written once, in RedisClient.
     weak var client: RedisClient?
 }
 
-/// Milliseconds on the monotonic clock.
-func monotonicMillis() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-}

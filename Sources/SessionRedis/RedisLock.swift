@@ -2,6 +2,7 @@ import Dispatch
 import Logging
 import SessionCore
 import Synchronization
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -235,16 +236,7 @@ public final class RedisLock: Sendable {
         return (nil, value)
     }
 
-    static func newToken() -> String {
-        var rng = SystemRandomNumberGenerator()  // getrandom(2) on Linux
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(18)
-        for _ in 0..<3 {
-            let word = rng.next()
-            for j in 0..<6 { bytes.append(UInt8(truncatingIfNeeded: word >> (8 * UInt64(j)))) }
-        }
-        return base64URLEncode(bytes)
-    }
+    static func newToken() -> String { secureRandomToken(byteCount: 18) }
 
     static func loggable(_ name: String) -> String {
         name.count > 16 ? String(name.prefix(6)) + "…" : name

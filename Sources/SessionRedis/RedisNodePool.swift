@@ -1,7 +1,7 @@
 import Dispatch
 import Logging
-import SessionCore
 import Synchronization
+import SystemSupport
 
 /// The connections to one Redis server, shared by all threads.
 ///

@@ -1,5 +1,5 @@
 import Dispatch
-import SessionCore
+import SystemSupport
 
 /// One connection that many threads send on at once (automatic pipelining,
 /// as ioredis, StackExchange.Redis and valkey-swift do): commands that

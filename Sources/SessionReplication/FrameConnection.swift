@@ -3,8 +3,8 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import MiniHTTP
 import SessionCore
+import SystemSupport
 
 /// Why a replication connection ended.
 enum ConnectionEnd: Error, CustomStringConvertible {

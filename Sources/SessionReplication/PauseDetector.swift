@@ -3,9 +3,9 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import MiniHTTP
 import SessionCore
 import Synchronization
+import SystemSupport
 
 /// Tells a node that it was itself frozen — SIGSTOP, a stalled VM, a pause
 /// of the whole process — and for how long after that it must not trust what

@@ -1,4 +1,5 @@
 import SessionCore
+import SystemSupport
 
 // A link's part in sync writes and membership: waiting for acknowledgements (and declaring a
 // peer dead that stops giving them), state transfers for joins and rejoins, fencing notices.

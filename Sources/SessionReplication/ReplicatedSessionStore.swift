@@ -6,6 +6,7 @@ import Darwin
 import Dispatch
 import SessionCore
 import Synchronization
+import SystemSupport
 
 /// The node-local half of the replicated store (docs/replication.md): every
 /// session as a merge-able `ReplicatedSession`, with no networking.
@@ -128,21 +129,21 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     public let catchUpPolicy: CatchUpPolicy
-    private let lookupCounts = FastLock(KeyLookupCounts())
-    private let contents: FastLock<Contents>
-    private let sinks = FastLock(Sinks())
-    private let sweeper = RepeatingTimer()
-    private let ready = Atomic<Bool>(true)
+    let lookupCounts = FastLock(KeyLookupCounts())
+    let contents: FastLock<Contents>
+    let sinks = FastLock(Sinks())
+    let sweeper = RepeatingTimer()
+    let ready = Atomic<Bool>(true)
     /// Bumped by every `stopServing`: a write that began in an earlier epoch met a rejoin, and
     /// is refused even when its change was sent (its own state is about to be replaced).
-    private let servingEpoch = Atomic<UInt64>(0)
-    private let overwrittenSets = Atomic<Int>(0)
+    let servingEpoch = Atomic<UInt64>(0)
+    let overwrittenSets = Atomic<Int>(0)
 
     /// Sets (and removes) that merges resolved against a concurrent one — written on another node
     /// that had not seen it, typically on the other side of a partition: the later one won
     /// everywhere (last writer wins), the other is gone. Counted on each node that merged the pair.
     public var concurrentSetsOverwritten: Int { overwrittenSets.load(ordering: .relaxed) }
-    private let catchUps = FastLock(CatchUpCounts())  // taken by every request that carries a read token
+    let catchUps = FastLock(CatchUpCounts())  // taken by every request that carries a read token
 
     /// Who waits in `catchUp`, for which session, and the fetch replies they count.
     struct Waiters {
@@ -182,7 +183,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         var claimedEarlier = false
     }
 
-    private let waiters = ConditionLock(Waiters())
+    let waiters = ConditionLock(Waiters())
 
     /// A store for node `node` (the HLC's node id, unique in the cluster).
     public init(
@@ -295,160 +296,13 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     /// Throws while not serving; otherwise returns the serving epoch, for `emit(_:servedSince:)`.
     @discardableResult
-    private func checkReady() throws(SessionStoreError) -> UInt64 {
+    func checkReady() throws(SessionStoreError) -> UInt64 {
         let epoch = servingEpoch.load(ordering: .sequentiallyConsistent)
         guard isReady else { throw notServing() }
         return epoch
     }
 
-    private func notServing() -> SessionStoreError { SessionStoreError(.unavailable, unavailableReason) }
-
-    // MARK: Read-your-writes
-
-    /// The key of read tokens' MACs. `ReplicationNode` sets it from the
-    /// cluster secret; with it, a token is valid only for its session and
-    /// only as this cluster issued it, so a forged one costs no wait and no
-    /// fetch. nil: tokens carry no MAC (a store without peers fetches nothing).
-    var readTokenKey: HMACKey? {
-        get { sinks.withLock { $0.readTokenKey } }
-        set { sinks.withLock { $0.readTokenKey = newValue } }
-    }
-
-    /// The session's `seen` vector on this node (a `ReadToken`), with its MAC
-    /// (`~` and 22 characters) when the store has a `readTokenKey`.
-    public func readToken(for id: SessionID) -> String? {
-        guard let token = contents.withLock({ $0.sessions[id]?.seen }).map({ ReadToken($0).description }) else {
-            return nil
-        }
-        guard let key = readTokenKey else { return token }
-        return token + "~" + base64URLEncode(Array(key.authenticationCode(for: Self.tokenMessage(token, id: id)).prefix(16)))
-    }
-
-    /// What a read token's MAC covers: the session ID and the token.
-    private static func tokenMessage<Token: StringProtocol>(_ token: Token, id: SessionID) -> [UInt8] {
-        Array("\(id.rawValue)\n\(token)".utf8)
-    }
-
-    /// A read-token cookie's token text and MAC (no MAC without a key; nil when malformed).
-    private static func splitToken(_ value: String, key: HMACKey?) -> (token: Substring, mac: [UInt8]?)? {
-        guard key != nil else { return (value[...], nil) }
-        guard let tilde = value.lastIndex(of: "~"), let mac = base64URLDecode(String(value[value.index(after: tilde)...])),
-            mac.count == 16
-        else { return nil }
-        return (value[..<tilde], mac)
-    }
-
-    /// Waits for a copy holding every write `token` names: up to
-    /// `catchUpPolicy.waitMillis` for the changes to arrive, then asks the
-    /// peers (`onFetch`) and waits up to `fetchTimeoutMillis` more, or until
-    /// every peer asked has answered. Woken by merges of this session, not
-    /// by polling. Concurrent catch-ups of one session share one fetch.
-    /// Tokens whose MAC does not verify, malformed tokens and tokens from the
-    /// future (beyond the clock's drift limit) are refused at once.
-    /// Whether a catch-up that gives up throws `unavailable` instead of letting the request see
-    /// an older state than its client saw (`ReplicationNode` sets it in sync mode with a majority quorum: CP).
-    public var refusesStaleReads: Bool {
-        get { sinks.withLock { $0.refusesStaleReads } }
-        set { sinks.withLock { $0.refusesStaleReads = newValue } }
-    }
-
-    public func catchUp(_ id: SessionID, to token: String) throws -> Bool {
-        let key = readTokenKey
-        guard let (text, mac) = Self.splitToken(token, key: key), let wanted = ReadToken(String(text)) else {
-            catchUps.withLock { $0.refused += 1 }
-            return false
-        }
-        let limit = clock.nowMillis() + hlc.maxForwardDriftMillis
-        guard wanted.stamps.allSatisfy({ $0.millis <= limit }) else { return false }
-        func isCurrent() -> Bool { contents.withLock { $0.sessions[id]?.contains(wanted) ?? false } }
-        if isCurrent() {  // nothing to wait for: the MAC guards only the waits and fetches below
-            catchUps.withLock { $0.current += 1 }
-            return true
-        }
-        if let mac, let key, !key.isValid(mac, for: Self.tokenMessage(text, id: id)) {
-            catchUps.withLock { $0.refused += 1 }
-            return false
-        }
-        waiters.withLock { $0.waiting[id, default: 0] += 1 }
-        defer {
-            waiters.withLock { w in
-                w.waiting[id] = w.waiting[id].flatMap { $0 > 1 ? $0 - 1 : nil }
-            }
-        }
-        if waitForMerge(of: id, millis: catchUpPolicy.waitMillis, until: isCurrent) {
-            catchUps.withLock { $0.waited += 1 }
-            return true
-        }
-        // Ask the peers, or join the fetch of this session already under way; stop early once
-        // every peer asked answered without the changes.
-        let (request, leads) = waiters.withLock { w -> (UInt64, Bool) in
-            if let running = w.fetching[id], w.fetches[running]?.isAnswered == false {
-                w.fetches[running]?.users += 1
-                return (running, false)
-            }
-            w.nextRequest += 1
-            w.fetches[w.nextRequest] = Fetch()
-            w.fetching[id] = w.nextRequest
-            return (w.nextRequest, true)
-        }
-        defer {
-            waiters.withLock { w in
-                w.fetches[request]?.users -= 1
-                guard w.fetches[request]?.users == 0 else { return }
-                w.fetches[request] = nil
-                if w.fetching[id] == request { w.fetching[id] = nil }
-            }
-        }
-        if leads {
-            let asked = sinks.withLock { $0.onFetch }?(id, request) ?? 0
-            waiters.withLock { $0.fetches[request]?.asked = asked }
-            notifyMerged(id)  // wakes the catch-ups that joined, should nobody have been asked
-        }
-        let fetched =
-            waitForMerge(of: id, millis: catchUpPolicy.fetchTimeoutMillis) {
-                isCurrent() || waiters.withLock { $0.fetches[request]?.isAnswered ?? false }
-            } && isCurrent()
-        catchUps.withLock { fetched ? ($0.fetched += 1) : ($0.gaveUp += 1) }
-        // Every peer asked answered without it: the session is gone everywhere (expired, invalidated),
-        // not out of reach. Refuse only when some did not answer, or none could be asked.
-        let unanswered = waiters.withLock { w in
-            guard let fetch = w.fetches[request] else { return true }
-            return !fetch.isAnswered || fetch.asked == 0
-        }
-        if !fetched && refusesStaleReads && unanswered {
-            throw SessionStoreError(
-                .unavailable,
-                "this node does not have the session as the client last saw it, and no peer sent it within \(catchUpPolicy.fetchTimeoutMillis) ms")
-        }
-        return fetched
-    }
-
-    /// Sleeps until `done()` or the deadline, re-checking after each merge of session `id`.
-    private func waitForMerge(of id: SessionID, millis: Int64, until done: () -> Bool) -> Bool {
-        let deadline = monotonicNanos() + UInt64(max(0, millis)) * 1_000_000
-        var seenMerges = waiters.withLock { $0.merges }
-        while true {
-            if done() { return true }
-            let (woken, merges) = waiters.wait(
-                until: deadline, for: { $0.merges != seenMerges }, then: { w, woken in (woken, w.merges) })
-            if !woken { return done() }
-            seenMerges = merges
-        }
-    }
-
-    /// Wakes the `catchUp` calls waiting for session `id`.
-    private func notifyMerged(_ id: SessionID, fetchReply request: UInt64? = nil) {
-        let wake = waiters.withLock { w -> Bool in
-            if let request { w.fetches[request]?.replies += 1 }
-            guard w.waiting[id] != nil else { return false }
-            w.merges &+= 1
-            return true
-        }
-        if wake { waiters.broadcast() }
-    }
-
-    /// What `catchUp` has done so far.
-    public var catchUpCounts: CatchUpCounts { catchUps.withLock { $0 } }
+    func notServing() -> SessionStoreError { SessionStoreError(.unavailable, unavailableReason) }
 
     // MARK: SessionStore
 
@@ -542,256 +396,6 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
         if let update, !emit([update], servedSince: epoch) { throw notServing() }
     }
 
-    // MARK: Replication
-
-    /// Merges an update from a peer. Returns false, changing nothing, when
-    /// its stamp is too far ahead of this node's clock (a broken peer clock).
-    /// An unknown session is created only when the update is not expired.
-    @discardableResult
-    public func merge(_ update: SessionUpdate) -> Bool {
-        guard hlc.observe(update.state.version) else { return false }
-        mergeLocked(update)
-        notifyMerged(update.id)
-        return true
-    }
-
-    private func mergeLocked(_ update: SessionUpdate) {
-        let now = clock.nowMillis()
-        contents.withLock { contents in
-            if var session = contents.sessions[update.id] {
-                let overwritten = session.merge(update.state)
-                if overwritten > 0 { overwrittenSets.add(overwritten, ordering: .relaxed) }
-                contents.sessions[update.id] = session
-            } else if !isExpired(update.state, now: now) {
-                contents.sessions[update.id] = update.state
-            }
-            if let record = update.idempotencyRecord {
-                // The write that carried the record refreshed lastAccess to its time.
-                contents.keep(
-                    record, expiresAt: update.state.lastAccessMillis + record.ttlMillis, now: now, session: update.id)
-            }
-        }
-    }
-
-    /// Merges an idempotency record from a peer (kept unless already expired).
-    public func merge(record: ReplicatedRecord) { merge(record: record, session: nil) }
-
-    private func merge(record: ReplicatedRecord, session: SessionID?) {
-        let now = clock.nowMillis()
-        contents.withLock { $0.keep(record.record, expiresAt: record.expiresAtMillis, now: now, session: session) }
-    }
-
-    /// The completed record of `key`, if any (what a relay passes on).
-    func completedRecord(key: String) -> ReplicatedRecord? {
-        let now = clock.nowMillis()
-        return contents.withLock { $0.records[key]?.replicated(key: key, now: now) }
-    }
-
-    /// The full state of one session or tombstone (nil when unknown or expired), for a peer's fetch.
-    public func fullState(of id: SessionID) -> SessionUpdate? {
-        let now = clock.nowMillis()
-        return contents.withLock { contents in
-            guard let session = contents.sessions[id], !isExpired(session, now: now) else { return nil }
-            return SessionUpdate(id: id, session: session)
-        }
-    }
-
-    /// Every unexpired session and tombstone as a full-state update, in chunks
-    /// of at most `chunkSize`, for a state transfer.
-    public func snapshot(chunkSize: Int) -> [[SessionUpdate]] {
-        precondition(chunkSize > 0, "chunk size must be positive")
-        let now = clock.nowMillis()
-        let sessions = contents.withLock { $0.sessions }
-        let all = sessions.filter { !isExpired($0.value, now: now) }
-            .map { SessionUpdate(id: $0.key, session: $0.value) }
-        return stride(from: 0, to: all.count, by: chunkSize)
-            .map { Array(all[$0..<$0 + min(chunkSize, all.count - $0)]) }
-    }
-
-    /// Every unexpired completed idempotency record, for a state transfer.
-    public func recordSnapshot() -> [ReplicatedRecord] {
-        let now = clock.nowMillis()
-        return contents.withLock { contents in
-            contents.records.all.compactMap { key, record in record.replicated(key: key, now: now) }
-        }
-    }
-
-    // MARK: IdempotencyStore (claims are local; completed records replicate)
-
-    /// With `onLookup` set, a key this node does not know is
-    /// claimed here, then looked up on the live peers before the claim
-    /// stands: a request whose node died after its change reached some peers
-    /// but before it answered is replayed from their record (and the
-    /// session's state merged here), not run twice.
-    ///
-    /// A replayed record's session is sent to the peers again (in sync mode:
-    /// acknowledged) before the replay is answered: the node that ran the
-    /// request may have died with its change on only some nodes, and the
-    /// client, taking the replay as confirmation, may read from any of them.
-    public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
-        try checkReady()
-        let now = clock.nowMillis()
-        let claimedAt = hlc.now()
-        let (claim, session) = contents.withLock { contents -> (IdempotencyClaim, SessionID?) in
-            if let record = contents.records[key], record.expiresAt > now {
-                guard record.fingerprint == fingerprint else { return (.mismatch, nil) }
-                return (record.response.map { .completed($0) } ?? .inProgress, record.session)
-            }
-            contents.records[key] = Record(
-                fingerprint: fingerprint, response: nil, expiresAt: now + inProgressMillis, claimedAt: claimedAt,
-                claimedAtNanos: monotonicNanos())
-            return (.claimed, nil)
-        }
-        if case .completed = claim {
-            spreadReplayed(session)
-            return claim
-        }
-        guard claim == .claimed, let ask = sinks.withLock({ $0.onLookup }) else { return claim }
-        return lookUpOnPeers(key: key, fingerprint: fingerprint, claimedAt: claimedAt, ask: ask)
-    }
-
-    /// Before a keyed change is written: if this node was frozen since the key was claimed here,
-    /// asks the peers about the key again (every connected one, see `ReplicationNode`). A peer's
-    /// completed record is merged, and `apply` then refuses the change (`idempotencyKeyCompleted`):
-    /// the middleware answers with that record instead of counting the request twice.
-    /// Without a recent pause it costs one uncontended lock (the detector's), not the store's.
-    private func recheckAfterPause(_ record: IdempotencyRecord) {
-        let (lastPauseEnded, ask) = sinks.withLock { ($0.lastPauseEnded, $0.onLookup) }
-        guard let ask, let resumedAt = lastPauseEnded?() else { return }
-        let claimedAt = contents.withLock { contents -> HLCStamp? in
-            guard let local = contents.records[record.key], local.response == nil,
-                let nanos = local.claimedAtNanos, nanos < resumedAt
-            else { return nil }
-            return local.claimedAt
-        }
-        guard let claimedAt else { return }
-        lookupCounts.withLock { $0.recheckedAfterPause += 1 }
-        _ = lookUpOnPeers(
-            key: record.key, fingerprint: record.fingerprint, claimedAt: claimedAt, ask: ask, yieldsToEarlierClaims: false)
-    }
-
-    /// Sends the full state of a replayed record's session to the peers.
-    private func spreadReplayed(_ session: SessionID?) {
-        if let session, let state = fullState(of: session) { emit([state]) }
-    }
-
-    /// Asks the peers about a key just claimed here and waits for every
-    /// answer (at most `fetchTimeoutMillis`), or for one that decides.
-    /// With `yieldsToEarlierClaims` false (a recheck of a claim already running), a peer's
-    /// earlier claim does not withdraw this one.
-    private func lookUpOnPeers(
-        key: String, fingerprint: String, claimedAt: HLCStamp, ask: (String, UInt64) -> Int,
-        yieldsToEarlierClaims: Bool = true
-    ) -> IdempotencyClaim {
-        let lookup = Lookup(claimedAt: claimedAt)
-        let request = waiters.withLock { w -> UInt64 in
-            w.nextRequest += 1
-            w.lookups[w.nextRequest] = lookup
-            return w.nextRequest
-        }
-        defer { waiters.withLock { _ = $0.lookups.removeValue(forKey: request) } }
-        let asked = ask(key, request)
-        guard asked > 0 else {
-            lookupCounts.withLock { $0.skipped += 1 }
-            return .claimed
-        }
-        let deadline = DispatchTime.now() + .milliseconds(Int(clamping: max(0, catchUpPolicy.fetchTimeoutMillis)))
-        var answers = lookup
-        while true {
-            answers = waiters.withLock { $0.lookups[request] } ?? answers
-            if answers.replies >= asked || answers.completed || answers.claimedEarlier { break }
-            if lookup.wake.wait(timeout: deadline) == .timedOut {
-                answers = waiters.withLock { $0.lookups[request] } ?? answers
-                break
-            }
-        }
-        let now = clock.nowMillis()
-        var replayedSession: SessionID?
-        let (claim, outcome) = contents.withLock { contents -> (IdempotencyClaim, WritableKeyPath<KeyLookupCounts, Int>) in
-            let timedOut = answers.replies < asked
-            guard let record = contents.records[key], record.expiresAt > now else {
-                return (.claimed, timedOut ? \.timedOut : \.unknown)
-            }
-            if let response = record.response {
-                // A peer's record, merged by mergeLookupReply.
-                replayedSession = record.session
-                return (record.fingerprint == fingerprint ? .completed(response) : .mismatch, \.replayed)
-            }
-            if yieldsToEarlierClaims && answers.claimedEarlier && record.claimedAt == claimedAt {
-                contents.records[key] = nil  // the earlier claim runs; this request waits for its record
-                return (.inProgress, \.deferred)
-            }
-            return (.claimed, timedOut ? \.timedOut : \.unknown)
-        }
-        lookupCounts.withLock { $0[keyPath: outcome] += 1 }
-        if case .completed = claim { spreadReplayed(replayedSession) }
-        return claim
-    }
-
-    /// How the key lookups so far ended.
-    public var keyLookupCounts: KeyLookupCounts { lookupCounts.withLock { $0 } }
-
-    /// What this node knows of an idempotency key, for a peer's lookup.
-    public func lookUp(key: String) -> KeyLookupReply.Answer {
-        let now = clock.nowMillis()
-        return contents.withLock { contents in
-            guard let record = contents.records[key], record.expiresAt > now else { return .unknown }
-            guard let completed = record.replicated(key: key, now: now) else {
-                return record.claimedAt.map { .inProgress(claimedAt: $0) } ?? .unknown
-            }
-            let session = record.session.flatMap { id in
-                contents.sessions[id].flatMap { isExpired($0, now: now) ? nil : SessionUpdate(id: id, session: $0) }
-            }
-            return .completed(completed, session: session)
-        }
-    }
-
-    /// Merges a peer's answer to key lookup `request`: a completed record and
-    /// its session's state go into the store.
-    public func mergeLookupReply(_ reply: KeyLookupReply) {
-        var completed = false
-        var claimedAt: HLCStamp?
-        switch reply.answer {
-        case .unknown:
-            break
-        case .inProgress(let stamp):
-            claimedAt = stamp
-        case .completed(let record, let session):
-            if let session { merge(session) }
-            merge(record: record, session: session?.id)
-            completed = true
-        }
-        let wake = waiters.withLock { w -> DispatchSemaphore? in
-            guard var lookup = w.lookups[reply.request] else { return nil }
-            lookup.replies += 1
-            if completed { lookup.completed = true }
-            if let claimedAt, claimedAt < lookup.claimedAt { lookup.claimedEarlier = true }
-            w.lookups[reply.request] = lookup
-            return lookup.wake
-        }
-        wake?.signal()
-    }
-
-    public func complete(_ record: IdempotencyRecord) throws {
-        var record = record
-        record.response = record.response.capped(maxBytes: Self.maxRecordResponseBytes)
-        let now = clock.nowMillis()
-        let replicated = ReplicatedRecord(record: record, expiresAtMillis: now + record.ttlMillis)
-        let kept = contents.withLock { contents -> Bool in
-            if let kept = contents.records[record.key], kept.expiresAt > now, kept.response != nil { return false }
-            contents.records[record.key] = Record(
-                fingerprint: record.fingerprint, response: record.response, expiresAt: replicated.expiresAtMillis)
-            return true
-        }
-        if kept, sinks.withLock({ $0.onRecord })?(replicated) == false { throw notServing() }
-    }
-
-    public func abandon(key: String) throws {
-        contents.withLock { contents in
-            if let record = contents.records[key], record.response == nil { contents.records[key] = nil }
-        }
-    }
-
     // MARK: Expiry
 
     /// Removes expired sessions, tombstones and idempotency records; returns how many sessions and tombstones.
@@ -811,12 +415,12 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     // MARK: Helpers
 
-    private func isExpired(_ session: ReplicatedSession, now: Int64) -> Bool {
+    func isExpired(_ session: ReplicatedSession, now: Int64) -> Bool {
         expiry.isExpired(createdAt: session.createdAtMillis, lastAccess: session.lastAccessMillis, now: now)
     }
 
     /// The live session at `id`, or nil when unknown, invalidated or expired (then removed).
-    private func live(_ contents: inout Contents, _ id: SessionID, now: Int64) -> ReplicatedSession? {
+    func live(_ contents: inout Contents, _ id: SessionID, now: Int64) -> ReplicatedSession? {
         guard let session = contents.sessions[id] else { return nil }
         if isExpired(session, now: now) {
             contents.sessions[id] = nil
@@ -826,7 +430,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     /// Throws `capacityExceeded` when no session can be added, even after removing expired ones.
-    private func makeRoom(_ contents: inout Contents, now: Int64) throws(SessionStoreError) {
+    func makeRoom(_ contents: inout Contents, now: Int64) throws(SessionStoreError) {
         guard contents.sessions.count >= maxSessions else { return }
         removeExpired(&contents, now: now)
         guard contents.sessions.count < maxSessions else {
@@ -835,7 +439,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     @discardableResult
-    private func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
+    func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
         let before = contents.sessions.count
         contents.sessions = contents.sessions.filter { !isExpired($0.value, now: now) }
         contents.records.removeExpired(now: now)
@@ -843,7 +447,7 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
     }
 
     /// Attribute names and values, as `MemorySessionStore` counts them.
-    private static func byteCount(_ session: ReplicatedSession) -> Int {
+    static func byteCount(_ session: ReplicatedSession) -> Int {
         session.attributes.reduce(0) { total, attribute in
             guard let value = attribute.value.value else { return total }
             return total + attribute.key.utf8.count + value.count
@@ -852,44 +456,14 @@ public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
 
     /// Hands the updates to `onUpdate`; false when they were not confirmed.
     @discardableResult
-    private func emit(_ updates: [SessionUpdate]) -> Bool {
+    func emit(_ updates: [SessionUpdate]) -> Bool {
         sinks.withLock { $0.onUpdate }?(updates) ?? true
     }
 
     /// Sends a local write's updates; whether it may be answered: the peers took it (`onUpdate`)
     /// and this node served throughout — no rejoin began since `epoch` (its state is dropped for
     /// its peers'; in async mode its links may have had no connection to send on).
-    private func emit(_ updates: [SessionUpdate], servedSince epoch: UInt64) -> Bool {
+    func emit(_ updates: [SessionUpdate], servedSince epoch: UInt64) -> Bool {
         emit(updates) && servingEpoch.load(ordering: .sequentiallyConsistent) == epoch
-    }
-}
-
-/// An idempotency record completed without a session change
-/// (`IdempotencyStore.complete`), replicated on its own. (A record written
-/// with a delta rides in that delta's `SessionUpdate` instead.)
-///
-/// Wire form (`encode(into:)`): expiry (i64 ms since 1970), key, fingerprint,
-/// status (u32), header count (u32) and each header as a count of strings,
-/// body (length-prefixed), TTL (i64 ms) — the record in the same layout as
-/// inside a `SessionUpdate`.
-public struct ReplicatedRecord: Sendable, Equatable {
-    public var record: IdempotencyRecord
-    /// When peers forget the record (ms since 1970): the same instant on every node.
-    public var expiresAtMillis: Int64
-
-    public init(record: IdempotencyRecord, expiresAtMillis: Int64) {
-        self.record = record
-        self.expiresAtMillis = expiresAtMillis
-    }
-
-    public func encode(into w: inout WireWriter) {
-        w.i64(expiresAtMillis)
-        record.encode(into: &w)
-    }
-
-    /// Reads what `encode(into:)` wrote, with `SessionUpdate`'s limits; does not require the end of input.
-    public init(from r: inout WireReader) throws(WireError) {
-        let expiresAt = try r.i64()
-        self.init(record: try IdempotencyRecord(from: &r), expiresAtMillis: expiresAt)
     }
 }

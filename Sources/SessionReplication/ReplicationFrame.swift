@@ -1,5 +1,5 @@
 import Crypto
-import MiniHTTP
+import SystemSupport
 
 /// What a replication frame carries (payloads in ReplicationMessages.swift).
 /// The raw values are part of the wire protocol: never renumber them, only

@@ -3,7 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import MiniHTTP
+import SystemSupport
 
 /// A replication connection after its handshake: the peer's hello, and the
 /// two halves of its secure channel.

@@ -4,9 +4,9 @@ import Glibc
 import Darwin
 #endif
 import Logging
-import MiniHTTP
 import SessionCore
 import Synchronization
+import SystemSupport
 
 // The inbound side of a replication node: accepting peers, their handshake and admission,
 // merging and answering what they send, and passing a lost peer's last changes on.

@@ -3,8 +3,8 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import MiniHTTP
 import SessionCore
+import SystemSupport
 
 // Membership and fencing (docs/replication.md, *Membership*), sync mode with a
 // `majority` quorum: peers that stay silent or unacknowledging are declared

@@ -1,4 +1,3 @@
-import MiniHTTP
 import SessionCore
 
 // What a replication node shows: its peers, its counters, its Prometheus metrics.
@@ -38,7 +37,7 @@ extension ReplicationNode {
 
     /// Prometheus text for `/metrics`.
     public func renderMetrics() -> String {
-        let node = "node=\(jsonQuoted(configuration.nodeName))"
+        let node = "node=\(prometheusLabelValue(configuration.nodeName))"
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String)]) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -52,13 +51,13 @@ extension ReplicationNode {
         let peers = peers
         metric(
             "session_replication_peer_connected", "gauge", "1 while the connection to the peer is up.",
-            peers.map { (",peer=\(jsonQuoted($0.address))", $0.connected ? "1" : "0") })
+            peers.map { (",peer=\(prometheusLabelValue($0.address))", $0.connected ? "1" : "0") })
         metric(
             "session_replication_peer_lagging", "gauge", "1 while sync writes do not wait for the peer.",
-            peers.map { (",peer=\(jsonQuoted($0.address))", $0.lagging ? "1" : "0") })
+            peers.map { (",peer=\(prometheusLabelValue($0.address))", $0.lagging ? "1" : "0") })
         metric(
             "session_replication_peer_queue_bytes", "gauge", "Bytes queued for the peer.",
-            peers.map { (",peer=\(jsonQuoted($0.address))", "\($0.queuedBytes)") })
+            peers.map { (",peer=\(prometheusLabelValue($0.address))", "\($0.queuedBytes)") })
         let c = counters
         let totals: [(String, String, Int)] = [
             ("items_sent", "Changes sent to peers.", c.itemsSent),
@@ -111,4 +110,18 @@ extension ReplicationNode {
             ])
         return out
     }
+}
+
+/// A Prometheus label value, quoted: backslash, double quote and newline escaped (the text format's rules).
+private func prometheusLabelValue(_ value: String) -> String {
+    var out = "\""
+    for c in value {
+        switch c {
+        case "\\": out += "\\\\"
+        case "\"": out += "\\\""
+        case "\n": out += "\\n"
+        default: out.append(c)
+        }
+    }
+    return out + "\""
 }

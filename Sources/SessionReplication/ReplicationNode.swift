@@ -4,9 +4,9 @@ import Glibc
 import Darwin
 #endif
 import Logging
-import MiniHTTP
 import SessionCore
 import Synchronization
+import SystemSupport
 
 /// What the peer links share with the node: settings, keys, the store.
 final class ReplicationNodeCore: Sendable {

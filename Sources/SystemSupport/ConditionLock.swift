@@ -81,10 +81,3 @@ public final class ConditionLock<Value>: @unchecked Sendable {  // the mutex gua
         pthread_cond_signal(conditions + condition)
     }
 }
-
-/// Nanoseconds on the monotonic clock (the clock `ConditionLock` waits use).
-public func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}

@@ -7,8 +7,8 @@ import Logging
 /// What every epoll event loop starts with: an epoll instance watching a
 /// listening socket shared by all loops (EPOLLEXCLUSIVE: one loop is woken
 /// per new connection) and an eventfd that other threads use to wake it.
-/// Other sockets are registered with `cepoll_ctl` on `epollFD`, with tokens
-/// other than `listenToken` and `wakeToken`.
+/// Other sockets are registered with `add`, with tokens other than
+/// `listenToken` and `wakeToken`.
 public struct EpollPoller: Sendable {
     /// The token of events of the listening socket.
     public static let listenToken: UInt64 = UInt64.max
@@ -31,8 +31,8 @@ public struct EpollPoller: Sendable {
             close(epollFD)
             throw SocketError("eventfd", errno: errno)
         }
-        guard cepoll_ctl(epollFD, 1, listenFD, CEPOLL_IN | CEPOLL_EXCLUSIVE, Self.listenToken) == 0,
-            cepoll_ctl(epollFD, 1, wakeFD, CEPOLL_IN, Self.wakeToken) == 0
+        guard add(listenFD, [.readable, .exclusive], token: Self.listenToken),
+            add(wakeFD, .readable, token: Self.wakeToken)
         else {
             let e = errno
             closeDescriptors()
@@ -59,14 +59,28 @@ public struct EpollPoller: Sendable {
     }
 
     /// Stops watching the listening socket (at shutdown).
-    public func stopListening() {
-        _ = cepoll_ctl(epollFD, 2, listenFD, 0, 0)
+    public func stopListening() { remove(listenFD) }
+
+    /// Watches `fd` for `events`, reported with `token`; false (errno set) on failure.
+    public func add(_ fd: Int32, _ events: EpollEvents, token: UInt64) -> Bool {
+        cepoll_ctl(epollFD, 1, fd, events.rawValue, token) == 0
+    }
+
+    /// Changes what `fd` is watched for.
+    @discardableResult
+    public func modify(_ fd: Int32, _ events: EpollEvents, token: UInt64) -> Bool {
+        cepoll_ctl(epollFD, 3, fd, events.rawValue, token) == 0
+    }
+
+    /// Stops watching `fd` (before it is closed).
+    public func remove(_ fd: Int32) {
+        _ = cepoll_ctl(epollFD, 2, fd, 0, 0)
     }
 
     /// Waits up to `timeoutMillis` for events into `ready`; returns how many
     /// arrived (0 on a timeout or an error, which is logged unless EINTR).
-    public func wait(_ ready: inout [cepoll_ready], timeoutMillis: Int32) -> Int {
-        let n = ready.withUnsafeMutableBufferPointer {
+    public func wait(_ ready: inout ReadyEvents, timeoutMillis: Int32) -> Int {
+        let n = ready.storage.withUnsafeMutableBufferPointer {
             cepoll_wait(epollFD, $0.baseAddress, Int32($0.count), timeoutMillis)
         }
         if n < 0 && errno != EINTR {
@@ -90,5 +104,45 @@ public struct EpollPoller: Sendable {
             }
             body(fd)
         }
+    }
+}
+
+/// What a descriptor is watched for, and what an event reports (epoll's bits).
+public struct EpollEvents: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// EPOLLIN: data (or a connection) to read.
+    public static let readable = EpollEvents(rawValue: CEPOLL_IN)
+    /// EPOLLOUT: room to write.
+    public static let writable = EpollEvents(rawValue: CEPOLL_OUT)
+    /// EPOLLERR (always reported).
+    public static let error = EpollEvents(rawValue: CEPOLL_ERR)
+    /// EPOLLHUP (always reported).
+    public static let hangUp = EpollEvents(rawValue: CEPOLL_HUP)
+    /// EPOLLRDHUP: the peer closed its side.
+    public static let peerClosed = EpollEvents(rawValue: CEPOLL_RDHUP)
+    /// EPOLLEXCLUSIVE: one of the waiting loops is woken.
+    public static let exclusive = EpollEvents(rawValue: CEPOLL_EXCLUSIVE)
+    /// EPOLLET: reported on a change only.
+    public static let edgeTriggered = EpollEvents(rawValue: CEPOLL_ET)
+}
+
+/// One ready descriptor: what happened and the token it was added with.
+public struct ReadyEvent: Sendable {
+    public var events: EpollEvents
+    public var token: UInt64
+}
+
+/// The buffer `EpollPoller.wait` fills: up to `capacity` ready descriptors.
+public struct ReadyEvents {
+    fileprivate var storage: [cepoll_ready]
+
+    public init(capacity: Int = 256) { storage = [cepoll_ready](repeating: cepoll_ready(), count: capacity) }
+
+    /// The `index`th event of the last `wait` (below the count it returned).
+    public subscript(index: Int) -> ReadyEvent {
+        let raw = storage[index]
+        return ReadyEvent(events: EpollEvents(rawValue: raw.events), token: raw.token)
     }
 }

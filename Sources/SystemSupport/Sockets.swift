@@ -77,6 +77,13 @@ public enum Sockets {
     }
 
     /// The local port a socket is bound to.
+    /// A free TCP port on 127.0.0.1: bound, read and released (the caller binds it right after).
+    public static func freeLoopbackPort() throws -> Int {
+        let fd = try listen(host: "127.0.0.1", port: 0)
+        defer { close(fd) }
+        return localPort(fd)
+    }
+
     public static func localPort(_ fd: Int32) -> Int {
         var addr = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -214,32 +221,4 @@ extension String {
     fileprivate var trimmingBrackets: String {
         hasPrefix("[") && hasSuffix("]") ? String(dropFirst().dropLast()) : self
     }
-}
-
-/// Starts a detached POSIX thread running `body`.
-public func startThread(_ body: @escaping @Sendable () -> Void) {
-    final class Box: @unchecked Sendable {  // handed to exactly one new thread
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    var thread = pthread_t()
-    var attr = pthread_attr_t()
-    pthread_attr_init(&attr)
-    pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-    pthread_attr_setstacksize(&attr, 1024 * 1024)
-    let rc = pthread_create(&thread, &attr, { arg in
-        let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-        box.body()
-        return nil
-    }, box)
-    pthread_attr_destroy(&attr)
-    precondition(rc == 0, "pthread_create failed: \(rc)")
-}
-
-/// Milliseconds on the monotonic clock.
-public func monotonicMillis() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
 }

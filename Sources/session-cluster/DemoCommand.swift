@@ -3,6 +3,7 @@ import ClusterSupervisor
 import Foundation
 import Logging
 import MiniHTTP
+import SystemSupport
 
 extension SessionClusterCommand {
     /// `session-cluster demo`: a local cluster behind the balancer, with a dashboard.

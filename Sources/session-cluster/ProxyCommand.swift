@@ -3,6 +3,7 @@ import Balancer
 import Logging
 import MiniHTTP
 import SessionCore
+import SystemSupport
 
 extension SessionClusterCommand {
     /// The round-robin balancer in front of the nodes.

@@ -6,6 +6,7 @@ import MiniHTTP
 import SessionCore
 import SessionReplication
 import Synchronization
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -139,7 +140,7 @@ extension SessionClusterCommand {
             // Peers must be known before the nodes bind: reserve free ports, then let the nodes bind them.
             var replicationNodes: [ReplicationNode] = []
             for attempt in 1...5 {
-                let ports = try names.map { _ in try reserveLoopbackPort() }
+                let ports = try names.map { _ in try Sockets.freeLoopbackPort() }
                 let peers = ports.map { PeerAddress(host: "127.0.0.1", port: $0) }
                 do {
                     replicationNodes = try zip(names, ports).map { name, port in
@@ -396,7 +397,7 @@ extension SessionClusterCommand {
         // MARK: - Wait ready
 
         private func waitUntilReady(endpoint: BenchEndpoint) throws {
-            let origin = sinceEpochMicros.map { UInt64(max(0, $0)) * 1_000 } ?? realtimeNanos()
+            let origin = sinceEpochMicros.map { UInt64(max(0, $0)) * 1_000 } ?? wallClockNanos()
             let deadline = monotonicNanos() + UInt64(timeout * 1e9)
             var connection = BenchHTTPConnection(endpoint: endpoint, timeoutMillis: 1_000)
             let request = Array("GET /healthz HTTP/1.1\r\nHost: \(endpoint)\r\n\r\n".utf8)
@@ -418,7 +419,7 @@ extension SessionClusterCommand {
                 }
                 usleep(2_000)
             }
-            let now = realtimeNanos()
+            let now = wallClockNanos()
             let millis = now > origin ? Double(now - origin) / 1e6 : 0
             print(
                 "{\"measurement\":\"wait_ready\",\"millis\":\(fixed(millis, 1)),\"polls\":\(polls),"
@@ -760,15 +761,4 @@ private struct BenchReplicationFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// A free port on 127.0.0.1 (bound, read, released).
-private func reserveLoopbackPort() throws -> Int {
-    let fd = try Sockets.listen(host: "127.0.0.1", port: 0)
-    defer { close(fd) }
-    return Sockets.localPort(fd)
-}
 
-private func realtimeNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}

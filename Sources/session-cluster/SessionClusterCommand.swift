@@ -5,6 +5,7 @@ import MiniHTTP
 import SessionCore
 import SessionRedis
 import SessionReplication
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -6,6 +6,7 @@ import MiniHTTP
 import SessionCore
 import SessionRedis
 import Synchronization
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc

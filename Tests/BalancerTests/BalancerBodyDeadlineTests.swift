@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Balancer
 import MiniHTTP
+import SystemSupport
 import TestSupport
 import Testing
 

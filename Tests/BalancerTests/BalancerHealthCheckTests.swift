@@ -2,6 +2,7 @@ import Balancer
 import MiniHTTP
 import TestSupport
 import Testing
+import SystemSupport
 
 /// Fast checks, so that the tests take a fraction of a second per transition.
 func fastHealthChecks() -> HealthCheckConfiguration {
@@ -48,7 +49,7 @@ struct BalancerHealthCheckTests {
 
     @Test func backendStartedLaterEntersRotation() throws {
         try withBackends(1) { backends in
-            let latePort = try freeLoopbackPort()
+            let latePort = try Sockets.freeLoopbackPort()
             var configuration = testBalancerConfiguration(
                 backends: [backends[0].configuration, BackendConfiguration(name: "late", host: "127.0.0.1", port: latePort)])
             configuration.healthCheck = fastHealthChecks()

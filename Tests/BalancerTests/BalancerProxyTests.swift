@@ -4,6 +4,7 @@ import Glibc
 import Balancer
 import MiniHTTP
 import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 

@@ -5,6 +5,7 @@ import Balancer
 import Logging
 import MiniHTTP
 import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 
@@ -149,12 +150,7 @@ func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
 }
 
 /// A port nothing listens on (bound, then closed).
-func closedPort() throws -> Int {
-    let fd = try Sockets.listen(host: "127.0.0.1", port: 0)
-    let port = Sockets.localPort(fd)
-    close(fd)
-    return port
-}
+func closedPort() throws -> Int { try Sockets.freeLoopbackPort() }
 
 /// A response as read by `TestClient`.
 struct TestResponse {

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import MiniHTTP
 import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 
@@ -89,7 +90,7 @@ struct IdleClientsProcessTests {
         let backend = try TestBackend(name: "b0", idleTimeoutMillis: 30_000)
         defer { backend.stop() }
 
-        let port = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
         let proxy = try ChildProcess(
             try ChildProcess.sessionClusterBinary(),
             [

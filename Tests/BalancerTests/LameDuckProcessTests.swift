@@ -4,6 +4,7 @@ import Glibc
 import Balancer
 import Foundation
 import MiniHTTP
+import SystemSupport
 import TestSupport
 import Testing
 
@@ -11,7 +12,7 @@ import Testing
 @Suite("Node process: the lame duck of a graceful stop", .serialized)
 struct LameDuckProcessTests {
     func startNode(_ name: String, drainDelayMillis: Int) throws -> (ChildProcess, Int) {
-        let port = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
         let node = try ChildProcess(
             try ChildProcess.sessionClusterBinary(),
             [

@@ -2,6 +2,7 @@ import Foundation
 import MiniHTTP
 import TestSupport
 import Testing
+import SystemSupport
 
 /// `session-cluster proxy` as a process: the policy options reach the balancer.
 @Suite("Balancer process: proxy command options")
@@ -9,8 +10,8 @@ struct ProxyCommandTests {
     @Test func healthChecksAndSeparateAdminAddressFromTheCommandLine() throws {
         let backend = try TestBackend(name: "b0")
         defer { backend.stop() }
-        let port = try freeLoopbackPort()
-        let adminPort = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
+        let adminPort = try Sockets.freeLoopbackPort()
         let proxy = try ChildProcess(
             try ChildProcess.sessionClusterBinary(),
             [

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
+import SystemSupport
 
 /// The dashboard in headless Chromium: the page each node serves at `/`,
 /// driven through its DOM (element ids and data attributes documented in
@@ -55,7 +56,7 @@ import TestSupport
     @Test func sessionPanelOnOneNodeWithoutSupervisor() throws {
         let browser = try Self.launchBrowser()
         defer { browser.close() }
-        let port = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
         let node = try ChildProcess(
             try ChildProcess.sessionClusterBinary(),
             ["node", "--port", "\(port)", "--node-id", "solo-1", "--strategy", "local"])
@@ -102,7 +103,7 @@ import TestSupport
     /// `session-cluster demo` with `arguments` on a free loopback port, and its address; the
     /// caller stops it with SIGTERM (SIGKILL would orphan its nodes).
     static func startDemo(_ arguments: [String]) throws -> (demo: ChildProcess, base: String) {
-        let port = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
         let demo = try ChildProcess(try ChildProcess.sessionClusterBinary(), ["demo"] + arguments + ["--port", "\(port)"])
         return (demo, "http://127.0.0.1:\(port)")
     }

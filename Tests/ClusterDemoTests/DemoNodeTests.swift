@@ -4,6 +4,7 @@ import Logging
 import SessionCore
 import Testing
 import TestSupport
+import SystemSupport
 
 @Suite(.serialized) struct DemoNodeTests {
     static func quietLogger() -> Logger {
@@ -52,7 +53,7 @@ import TestSupport
     }
 
     @Test func nodeProcessServesAndExitsCleanlyOnSIGTERM() throws {
-        let port = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
         let child = try ChildProcess(
             try ChildProcess.sessionClusterBinary(),
             ["node", "--port", "\(port)", "--node-id", "proc-1", "--strategy", "local"])

@@ -5,6 +5,7 @@ import SessionCore
 import SessionRedis
 import Testing
 import TestSupport
+import SystemSupport
 
 /// Nodes with the Redis strategy, on a private redis-server each test starts and stops.
 @Suite(.serialized, .enabled(if: RedisServerProcess.isInstalled, "needs redis-server (scripts/test.sh installs it)"))
@@ -67,7 +68,7 @@ struct RedisNodeTests {
     }
 
     @Test func aNodeStartsWithoutRedisAndRecoversWhenItComes() throws {
-        let port = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
         let node = try Self.node("lonely", redisPort: port)
         defer { node.shutdown() }
         let base = "http://127.0.0.1:\(node.port)"

@@ -1,7 +1,8 @@
 import Foundation
 import MiniHTTP
-import Testing
+import SystemSupport
 import TestSupport
+import Testing
 
 // Three real `session-cluster node --strategy replicate` processes on loopback,
 // driven with curl like a browser behind a round-robin balancer.
@@ -73,7 +74,7 @@ private final class NodeProcesses {
     init(mode: String) throws {
         var ports: [Int] = []
         while ports.count < 6 {
-            let port = try freeLoopbackPort()
+            let port = try Sockets.freeLoopbackPort()
             if !ports.contains(port) { ports.append(port) }
         }
         self.mode = mode

@@ -4,6 +4,7 @@ import Glibc
 import ClusterSupervisor
 import MiniHTTP
 import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 

@@ -1,5 +1,6 @@
 import FailoverBench
 import Testing
+import SystemSupport
 
 /// The checker against a real server on a loopback socket that misbehaves
 /// at chosen requests: the report must show exactly what the server did.
@@ -139,7 +140,7 @@ struct CheckerEndToEndTests {
     }
 
     @Test func anUnreachableTargetGivesConnectErrorsOnly() throws {
-        let port = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
         let configuration = BenchConfiguration(
             target: try BenchTarget(baseURL: "http://127.0.0.1:\(port)"), users: 1, durationSeconds: 5,
             maxRequests: 10, retryBackoffMillis: 1)

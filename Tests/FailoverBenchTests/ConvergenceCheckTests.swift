@@ -2,6 +2,7 @@ import FailoverBench
 import Logging
 import MiniHTTP
 import Synchronization
+import SystemSupport
 import Testing
 
 /// A node of the convergence check's tests: answers `GET /api/session` with the count it holds

@@ -4,6 +4,7 @@ import Glibc
 import FailoverBench
 import MiniHTTP
 import Synchronization
+import SystemSupport
 import Testing
 
 @Suite(.timeLimit(.minutes(1)))

@@ -1,6 +1,7 @@
 import Testing
 
 @testable import MiniHTTP
+import SystemSupport
 
 @Suite("Cookies")
 struct CookieTests {

@@ -1,6 +1,7 @@
 import Testing
 
 @testable import MiniHTTP
+import SystemSupport
 
 /// Every event of `bytes` fed in `chunks`, `finish()` included; stops at an error.
 private func parseResponses(

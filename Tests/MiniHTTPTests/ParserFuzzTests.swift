@@ -1,6 +1,7 @@
 import Testing
 
 @testable import MiniHTTP
+import SystemSupport
 
 /// Generates valid requests, mutates them, and feeds them to the parser whole
 /// and in random splits, checking invariants that must hold for any input.

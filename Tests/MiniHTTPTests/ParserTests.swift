@@ -1,6 +1,7 @@
 import Testing
 
 @testable import MiniHTTP
+import SystemSupport
 
 @Suite("HTTPRequestParser: valid requests")
 struct ParserTests {

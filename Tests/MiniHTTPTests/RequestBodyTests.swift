@@ -4,6 +4,7 @@ import Glibc
 import Testing
 
 @testable import MiniHTTP
+import SystemSupport
 
 @Suite("HTTPServer: request bodies (deadline, buffer growth)")
 struct RequestBodyTests {

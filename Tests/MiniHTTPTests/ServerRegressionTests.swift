@@ -4,6 +4,7 @@ import Glibc
 import Testing
 
 @testable import MiniHTTP
+import SystemSupport
 
 /// Regression tests for bugs found in `HTTPServer` while writing this suite
 /// (all present at commit 9903f6a). Each comment describes the bug as it was.

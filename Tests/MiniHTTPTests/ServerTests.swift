@@ -5,6 +5,7 @@ import Synchronization
 import Testing
 
 @testable import MiniHTTP
+import SystemSupport
 
 /// A thread-safe counter handlers can bump.
 final class Counter: Sendable {

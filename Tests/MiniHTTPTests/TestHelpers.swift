@@ -6,6 +6,7 @@ import Synchronization
 import Testing
 
 @testable import MiniHTTP
+import SystemSupport
 // Re-exported so that every file of these tests sees the shared helpers (`poll`, ...).
 @_exported import TestSupport
 

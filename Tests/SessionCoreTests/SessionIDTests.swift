@@ -1,4 +1,5 @@
 @testable import SessionCore
+import SystemSupport
 import Testing
 
 @Suite struct SessionIDTests {

@@ -5,6 +5,7 @@ import SessionRedis
 import Synchronization
 import Testing
 import TestSupport
+import SystemSupport
 
 @Suite struct RedisURLTests {
     @Test func parsesEveryPart() throws {
@@ -97,7 +98,7 @@ struct RedisClientTests {
     }
 
     @Test func anUnreachableRedisFailsFastWithBackoffThenRecovers() throws {
-        let port = try freeLoopbackPort()
+        let port = try Sockets.freeLoopbackPort()
         var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(port)/0")
         configuration.connectTimeoutMillis = 200
         configuration.commandTimeoutMillis = 200

@@ -5,6 +5,7 @@ import SessionStoreConformance
 import Synchronization
 import Testing
 import TestSupport
+import SystemSupport
 
 @Suite struct RedisClusterSlotTests {
     @Test func crc16AndSlotsMatchRedis() {
@@ -83,7 +84,7 @@ import TestSupport
     }
 
     @Test func anUnreachableClusterIsAClearUnavailableError() throws {
-        let port = try freeLoopbackPort()  // nothing listens there
+        let port = try Sockets.freeLoopbackPort()  // nothing listens there
         var configuration = try RedisConfiguration(clusterSeeds: "127.0.0.1:\(port)")
         configuration.commandTimeoutMillis = 300
         let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())

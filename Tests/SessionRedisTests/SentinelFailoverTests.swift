@@ -5,6 +5,7 @@ import SessionRedis
 import Synchronization
 import Testing
 import TestSupport
+import SystemSupport
 
 /// Redis Sentinel failover under traffic, started and killed by the test:
 /// one master, one replica, one sentinel, each a private process on a free
@@ -424,7 +425,7 @@ enum FailoverTools {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         var lastOutput = ""
         for _ in 0..<(fixedPort == nil ? 3 : 1) {
-            let port = try fixedPort ?? freeLoopbackPort()
+            let port = try fixedPort ?? Sockets.freeLoopbackPort()
             let process = try ChildProcess(
                 binary,
                 [
@@ -448,7 +449,7 @@ enum FailoverTools {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         var lastOutput = ""
         for _ in 0..<3 {
-            let port = try freeLoopbackPort()
+            let port = try Sockets.freeLoopbackPort()
             // The sentinel rewrites its config file, so it lives in the temp dir.
             let conf = dir.appendingPathComponent("sentinel-\(port).conf")
             try """
@@ -477,7 +478,7 @@ enum FailoverTools {
         let script = packageRoot.appendingPathComponent("scripts/flask_session_app.py")
         var lastOutput = ""
         for _ in 0..<3 {
-            let port = try freeLoopbackPort()
+            let port = try Sockets.freeLoopbackPort()
             let process = try ChildProcess(python, [script.path, "\(port)", "\(redisPort)"])
             let probe = CurlClient()
             let up = waitUntil(timeout: 20) {

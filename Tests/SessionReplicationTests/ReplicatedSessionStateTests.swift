@@ -2,6 +2,7 @@ import MiniHTTP  // SplitMix64
 import SessionCore
 import SessionReplication
 import Synchronization
+import SystemSupport
 import Testing
 
 // MARK: Helpers

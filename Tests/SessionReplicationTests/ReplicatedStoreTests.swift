@@ -3,6 +3,7 @@ import MiniHTTP  // SplitMix64
 import SessionCore
 import SessionReplication
 import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 

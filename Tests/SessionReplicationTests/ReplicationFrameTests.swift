@@ -3,6 +3,7 @@ import Glibc
 #endif
 import MiniHTTP
 import SessionReplication
+import SystemSupport
 import Testing
 
 /// SplitMix64: a tiny seedable generator so every random test is reproducible.

@@ -2,6 +2,7 @@ import Logging
 import MiniHTTP  // SplitMix64
 import SessionCore
 import SessionReplication
+import SystemSupport
 import Testing
 
 

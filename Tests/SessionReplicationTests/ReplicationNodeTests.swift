@@ -8,6 +8,7 @@ import MiniHTTP
 import SessionCore
 import SessionReplication
 import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 

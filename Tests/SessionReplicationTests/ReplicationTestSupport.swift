@@ -10,6 +10,7 @@ import MiniHTTP
 import SessionCore
 import SessionReplication
 import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 
@@ -65,7 +66,7 @@ final class LoopbackCluster: Sendable {
     ) throws {
         var lastError: (any Error)?
         for _ in 0..<5 {  // a port picked by freeLoopbackPort may be taken before it is bound again
-            let ports = try (0..<count).map { _ in try freeLoopbackPort() }
+            let ports = try (0..<count).map { _ in try Sockets.freeLoopbackPort() }
             guard Set(ports).count == count else { continue }
             let addresses = ports.map { PeerAddress(host: "127.0.0.1", port: $0) }
             let lists =

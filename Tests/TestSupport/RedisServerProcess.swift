@@ -1,4 +1,5 @@
 import Foundation
+import SystemSupport
 
 /// A private redis-server on a loopback port, for tests that stop and start Redis.
 public final class RedisServerProcess: @unchecked Sendable {  // used by one test at a time
@@ -19,7 +20,7 @@ public final class RedisServerProcess: @unchecked Sendable {  // used by one tes
 
     /// Starts redis-server on `port` (a free one when nil) and waits until it answers.
     public init(port: Int? = nil) throws {
-        self.port = try port ?? freeLoopbackPort()
+        self.port = try port ?? Sockets.freeLoopbackPort()
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try start()

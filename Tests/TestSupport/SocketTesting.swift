@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MiniHTTP
+import SystemSupport
 
 /// What `receiveSome` got from a socket.
 public enum Received {

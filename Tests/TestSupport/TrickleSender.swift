@@ -3,6 +3,7 @@ import Glibc
 #endif
 import MiniHTTP
 import Synchronization
+import SystemSupport
 
 /// Sends bytes one at a time, `intervalMillis` apart, on a thread of its own:
 /// a client that keeps a connection busy without ever finishing a body.

@@ -1,5 +1,6 @@
 import Crypto
 import SessionCore
+import SystemSupport
 
 /// A key/value store with per-key expiry on top of any `SessionStore`: the
 /// ground the frameworks' generic storage APIs (Hummingbird's

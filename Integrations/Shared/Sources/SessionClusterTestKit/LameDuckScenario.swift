@@ -1,4 +1,5 @@
 import Testing
+import SystemSupport
 
 /// The lame-duck scenario on an example node's real executable, whatever the framework:
 /// starts `executable` with an in-memory store and a 1.5 s `--drain-delay-ms`, observes
@@ -9,7 +10,7 @@ import Testing
 /// the caller checks it on the returned run.
 public func exerciseLameDuck(executable name: String, nodeID: String) async throws -> LameDuckRun {
     let executable = try ExampleNodeProcess.executable(named: name)
-    let port = try freeLoopbackPort()
+    let port = try Sockets.freeLoopbackPort()
     let node = try ExampleNodeProcess(
         executable: executable,
         arguments: [

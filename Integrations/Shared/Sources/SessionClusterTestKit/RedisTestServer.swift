@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -39,7 +40,7 @@ public final class RedisTestServer: Sendable {
         }
         var lastError = TestKitError("redis-server did not start")
         for _ in 0..<3 {  // a free port may be taken before redis-server binds it
-            let port = try freeLoopbackPort()
+            let port = try Sockets.freeLoopbackPort()
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let pid = try spawn(
@@ -119,26 +120,6 @@ public struct TestKitError: Error, CustomStringConvertible, Sendable {
     public var description: String
     /// A failure with this text.
     public init(_ description: String) { self.description = description }
-}
-
-/// A free loopback TCP port (bound once and released).
-public func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestKitError("socket failed: \(errno)") }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    let rc = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard rc == 0 else { throw TestKitError("bind failed: \(errno)") }
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-    }
-    return Int(UInt16(bigEndian: addr.sin_port))
 }
 
 /// Polls `check` every 20 ms until it is true or `timeout` seconds passed; returns its last answer.

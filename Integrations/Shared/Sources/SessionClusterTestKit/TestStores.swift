@@ -3,6 +3,7 @@ import Logging
 import SessionReplication
 import SessionCore
 import SessionRedis
+import SystemSupport
 
 /// The stores the adapters are tested against, each torn down by `shutdown()`.
 public final class TestStores: Sendable {
@@ -77,7 +78,7 @@ public final class TestStores: Sendable {
         let secret = Array("integration-tests-cluster-secret".utf8)
         var lastError: any Error = TestKitError("no free loopback ports")
         for _ in 0..<5 {  // a port picked free may be taken before it is bound again
-            let ports = try (0..<2).map { _ in try freeLoopbackPort() }
+            let ports = try (0..<2).map { _ in try Sockets.freeLoopbackPort() }
             guard ports[0] != ports[1] else { continue }
             let addresses = ports.map { PeerAddress(host: "127.0.0.1", port: $0) }
             var nodes: [ReplicationNode] = []

@@ -42,7 +42,12 @@ let package = Package(
             name: "SystemSupport",
             dependencies: ["CEpoll", .product(name: "Logging", package: "swift-log")]
         ),
-        .target(name: "SessionCore", dependencies: ["SystemSupport", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(
+            name: "SessionCore",
+            dependencies: [
+                "SystemSupport", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .target(
             name: "SessionRedis",
             dependencies: [
@@ -94,7 +99,7 @@ let package = Package(
         .target(
             name: "FailoverBench",
             dependencies: [
-                "MiniHTTP", "SessionCore", "SystemSupport",
+                "MiniHTTP", "SystemSupport",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -118,7 +123,9 @@ let package = Package(
             dependencies: ["SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport"]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
-        .target(name: "TestSupport", dependencies: ["MiniHTTP", "SystemSupport"], path: "Tests/TestSupport"),  // test-only helpers
+        .target(
+            name: "TestSupport", dependencies: ["MiniHTTP", "SystemSupport", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/TestSupport"),  // test-only helpers
         .testTarget(
             name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "SessionRedis", "TestSupport"]),
         .testTarget(

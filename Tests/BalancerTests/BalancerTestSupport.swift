@@ -9,10 +9,6 @@ import SystemSupport
 import TestSupport
 import Testing
 
-func quietLogger() -> Logger {
-    Logger(label: "balancer-tests", factory: { _ in SwiftLogNoOpLogHandler() })
-}
-
 /// Balancer settings for tests: ephemeral port, short timeouts so a failing
 /// test cannot keep `shutdown()` waiting for long.
 func testBalancerConfiguration(backends: [BackendConfiguration]) -> BalancerConfiguration {

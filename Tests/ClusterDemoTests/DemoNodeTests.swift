@@ -7,14 +7,8 @@ import TestSupport
 import SystemSupport
 
 @Suite(.serialized) struct DemoNodeTests {
-    static func quietLogger() -> Logger {
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        return logger
-    }
-
     @Test func endpointsDoWhatTheyPromise() throws {
-        let node = try DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0), logger: Self.quietLogger())
+        let node = try DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0), logger: quietLogger())
         try node.start()
         defer { node.shutdown() }
         let base = "http://127.0.0.1:\(node.port)"

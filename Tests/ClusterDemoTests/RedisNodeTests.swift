@@ -18,7 +18,7 @@ struct RedisNodeTests {
         redis.maxReconnectBackoffMillis = 100
         let node = try DemoNode(
             configuration: DemoNodeConfiguration(nodeID: id, port: 0, strategy: .redis, handlerThreads: 8, redis: redis),
-            logger: DemoNodeTests.quietLogger())
+            logger: quietLogger())
         try node.start()
         return node
     }

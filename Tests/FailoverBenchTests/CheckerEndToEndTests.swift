@@ -1,6 +1,7 @@
 import FailoverBench
-import Testing
 import SystemSupport
+import TestSupport
+import Testing
 
 /// The checker against a real server on a loopback socket that misbehaves
 /// at chosen requests: the report must show exactly what the server did.

@@ -5,6 +5,7 @@ import FailoverBench
 import MiniHTTP
 import Synchronization
 import SystemSupport
+import TestSupport
 import Testing
 
 @Suite(.timeLimit(.minutes(1)))

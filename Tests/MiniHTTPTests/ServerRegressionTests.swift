@@ -5,6 +5,7 @@ import Testing
 
 @testable import MiniHTTP
 import SystemSupport
+import TestSupport
 
 /// Regression tests for bugs found in `HTTPServer` while writing this suite
 /// (all present at commit 9903f6a). Each comment describes the bug as it was.

@@ -6,6 +6,7 @@ import Testing
 
 @testable import MiniHTTP
 import SystemSupport
+import TestSupport
 
 /// A thread-safe counter handlers can bump.
 final class Counter: Sendable {

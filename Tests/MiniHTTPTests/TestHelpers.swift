@@ -127,10 +127,6 @@ func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 
 // MARK: - Server helpers
 
-func quietLogger() -> Logger {
-    Logger(label: "minihttp-tests", factory: { _ in SwiftLogNoOpLogHandler() })
-}
-
 /// Server settings for tests: ephemeral port, few threads, short timeouts so a
 /// failing test cannot keep `shutdown()` waiting for long.
 func testConfiguration(

@@ -10,12 +10,6 @@ import TestSupport
 
 // MARK: - Helpers (file-private: other files of this target define their own)
 
-private func quietLogger() -> Logger {
-    var logger = Logger(label: "exclusive-test")
-    logger.logLevel = .critical
-    return logger
-}
-
 /// What happened, in order, across the lock, the store and the handler.
 private final class EventLog: Sendable {
     private let events = Mutex<[String]>([])

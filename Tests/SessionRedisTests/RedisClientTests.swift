@@ -87,7 +87,7 @@ struct RedisClientTests {
     @Test func aSlowReplyTimesOutAndTheConnectionIsReplaced() throws {
         var configuration = try TestRedis.configuration(poolSize: 1, commandTimeoutMillis: 200)
         configuration.reconnectBackoffMillis = 10
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
+        let client = RedisClient(configuration: configuration, logger: quietLogger())
         let start = Date()
         let error = #expect(throws: RedisError.self) {
             try client.send("BLPOP", TestRedis.uniquePrefix() + "empty", 2)  // blocks for 2 s server-side
@@ -104,7 +104,7 @@ struct RedisClientTests {
         configuration.commandTimeoutMillis = 200
         configuration.reconnectBackoffMillis = 100
         configuration.maxReconnectBackoffMillis = 200
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
+        let client = RedisClient(configuration: configuration, logger: quietLogger())
         let first = #expect(throws: RedisError.self) { try client.send("PING") }
         #expect(first?.code == .connection)
         // Within the backoff, callers fail at once instead of reconnecting.
@@ -121,16 +121,16 @@ struct RedisClientTests {
 
     @Test func authAndDatabaseSelectionFromTheURL() throws {
         let server = try RedisServerProcess()
-        let admin = RedisClient(configuration: try RedisConfiguration(url: server.url), logger: TestRedis.quietLogger())
+        let admin = RedisClient(configuration: try RedisConfiguration(url: server.url), logger: quietLogger())
         try admin.send("CONFIG", "SET", "requirepass", "s3cret")
         let wrong = RedisClient(
-            configuration: try RedisConfiguration(url: "redis://:nope@127.0.0.1:\(server.port)/0"), logger: TestRedis.quietLogger())
+            configuration: try RedisConfiguration(url: "redis://:nope@127.0.0.1:\(server.port)/0"), logger: quietLogger())
         #expect(throws: RedisError.self) { try wrong.send("PING") }
         let right = RedisClient(
-            configuration: try RedisConfiguration(url: "redis://:s3cret@127.0.0.1:\(server.port)/3"), logger: TestRedis.quietLogger())
+            configuration: try RedisConfiguration(url: "redis://:s3cret@127.0.0.1:\(server.port)/3"), logger: quietLogger())
         try right.send("SET", "k", "in-db-3")
         let db0 = RedisClient(
-            configuration: try RedisConfiguration(url: "redis://:s3cret@127.0.0.1:\(server.port)/0"), logger: TestRedis.quietLogger())
+            configuration: try RedisConfiguration(url: "redis://:s3cret@127.0.0.1:\(server.port)/0"), logger: quietLogger())
         #expect(try db0.send("GET", "k") == .null)
         #expect(try right.send("GET", "k").string == "in-db-3")
         server.kill()

@@ -33,8 +33,8 @@ struct RedisClusterFailoverTests {
         configuration.waitReplicas = waitReplicas
         configuration.waitTimeoutMillis = 500
         let store = RedisSessionStore(
-            client: RedisClient(configuration: configuration, logger: TestRedis.quietLogger()),
-            expiry: SessionExpiry(idleTimeoutMillis: 600_000, absoluteTimeoutMillis: nil), logger: TestRedis.quietLogger())
+            client: RedisClient(configuration: configuration, logger: quietLogger()),
+            expiry: SessionExpiry(idleTimeoutMillis: 600_000, absoluteTimeoutMillis: nil), logger: quietLogger())
         let writers = try IncrementWriters(threads: 4, store: store, sessions: (0..<60).map { _ in SessionID.generate() })
         usleep(500_000)
         let killedAt = Date()
@@ -81,8 +81,8 @@ struct RedisClusterFailoverTests {
         defer { cluster.shutdown(graceMillis: 0) }
         var configuration = try RedisConfiguration(clusterSeeds: cluster.seeds.joined(separator: ","))
         configuration.commandTimeoutMillis = 500
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
-        let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())
+        let client = RedisClient(configuration: configuration, logger: quietLogger())
+        let store = RedisSessionStore(client: client, logger: quietLogger())
         let id = SessionID.generate()
         #expect(try store.apply(SessionDelta(id: id, changes: [.set("a", [0x31])], createIfMissing: true)) != nil)
 

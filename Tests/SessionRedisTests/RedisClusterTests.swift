@@ -28,8 +28,8 @@ import SystemSupport
 
     @Test func sessionKeysAndTheirRecordsShareASlot() throws {
         let store = RedisSessionStore(
-            client: RedisClient(configuration: RedisConfiguration(), logger: TestRedis.quietLogger()),
-            logger: TestRedis.quietLogger())
+            client: RedisClient(configuration: RedisConfiguration(), logger: quietLogger()),
+            logger: quietLogger())
         let id = SessionID.generate()
         let slot = RedisClusterSlot.of(key: store.key(for: id))
         let request = try IdempotentRequest(key: "k", method: "POST", target: "/", body: [], scope: .session(id))
@@ -87,8 +87,8 @@ import SystemSupport
         let port = try Sockets.freeLoopbackPort()  // nothing listens there
         var configuration = try RedisConfiguration(clusterSeeds: "127.0.0.1:\(port)")
         configuration.commandTimeoutMillis = 300
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
-        let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())
+        let client = RedisClient(configuration: configuration, logger: quietLogger())
+        let store = RedisSessionStore(client: client, logger: quietLogger())
         let error = #expect(throws: SessionStoreError.self) { _ = try store.load(SessionID.generate()) }
         #expect(error?.code == .unavailable)
         #expect(error?.message.contains("no Redis Cluster node answered CLUSTER SLOTS") == true)
@@ -115,7 +115,7 @@ struct RedisClusterStoreTests {
     @Test func thirtyThousandSessionsSpreadEvenlyOverThePrimaries() throws {
         let prefix = TestRedis.uniquePrefix()
         let store = RedisSessionStore(
-            client: try TestRedis.client(poolSize: 8, cluster: true), expiry: expiry, keyPrefix: prefix, logger: TestRedis.quietLogger())
+            client: try TestRedis.client(poolSize: 8, cluster: true), expiry: expiry, keyPrefix: prefix, logger: quietLogger())
         let total = 30_000
         let failures = Mutex<[String]>([])
         let finished = onThreads(8, seconds: 120) { thread in
@@ -149,7 +149,7 @@ struct RedisClusterStoreTests {
 
     @Test func aRecordInAnotherSlotIsRefusedClearly() throws {
         let store = RedisSessionStore(
-            client: try TestRedis.client(cluster: true), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(), logger: TestRedis.quietLogger())
+            client: try TestRedis.client(cluster: true), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(), logger: quietLogger())
         let id = SessionID.generate(slotTag: "AAA")
         let other = try IdempotentRequest(key: "k", method: "POST", target: "/", body: [], scope: .session(SessionID.generate(slotTag: "zzz")))
         var delta = SessionDelta(id: id, changes: [.set("a", [0x31])], createIfMissing: true)
@@ -176,7 +176,7 @@ struct RedisClusterStoreTests {
         let others = nodes.filter { $0.address != source.address && $0.address != target.address }
         let store = RedisSessionStore(
             client: try TestRedis.client(poolSize: 8, cluster: true), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
-            logger: TestRedis.quietLogger())
+            logger: quietLogger())
         // 32 sessions on the source, and 128 of its slots that include theirs.
         var sessions: [SessionID] = []
         while sessions.count < 32 {

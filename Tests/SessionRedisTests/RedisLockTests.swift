@@ -20,7 +20,7 @@ private func millisSince(_ start: ContinuousClock.Instant) -> Int {
 private func sleepMillis(_ ms: Int) { usleep(UInt32(ms * 1000)) }
 
 private func makeLock(_ client: RedisClient, prefix: String, fenceRetentionMillis: Int? = nil) -> RedisLock {
-    RedisLock(client: client, keyPrefix: prefix, fenceRetentionMillis: fenceRetentionMillis, logger: TestRedis.quietLogger())
+    RedisLock(client: client, keyPrefix: prefix, fenceRetentionMillis: fenceRetentionMillis, logger: quietLogger())
 }
 
 /// The Redis Cluster slot of a key: CRC16-XMODEM of its hash tag (or of the key) mod 16384.
@@ -45,7 +45,7 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
     static func unreachableClient() -> RedisClient {
         RedisClient(
             configuration: RedisConfiguration(endpoint: .direct(host: "127.0.0.1", port: 1), connectTimeoutMillis: 200),
-            logger: TestRedis.quietLogger())
+            logger: quietLogger())
     }
 
     @Test func lockAndFenceKeysShareAClusterSlot() {
@@ -64,8 +64,8 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
 
     @Test func aSessionsLockIsInTheSessionsSlot() {
         let client = Self.unreachableClient()
-        let lock = RedisSessionLock(client: client, logger: TestRedis.quietLogger()).lock
-        let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())
+        let lock = RedisSessionLock(client: client, logger: quietLogger()).lock
+        let store = RedisSessionStore(client: client, logger: quietLogger())
         let id = SessionID.generate()
         #expect(lock.lockKey(id.rawValue) == Array("lock:session:{\(id.slotTag)}:\(id.rawValue)".utf8))
         #expect(clusterSlot(lock.lockKey(id.rawValue)) == clusterSlot(store.key(for: id)))
@@ -91,7 +91,7 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
     }
 
     @Test func theSessionLockReportsAnUnreachableRedisAsUnavailable() {
-        let sessionLock = RedisSessionLock(client: Self.unreachableClient(), logger: TestRedis.quietLogger())
+        let sessionLock = RedisSessionLock(client: Self.unreachableClient(), logger: quietLogger())
         do {
             try sessionLock.withExclusiveAccess(to: SessionID.generate()) { Issue.record("body ran without the lock"); return }
             Issue.record("no error")
@@ -355,7 +355,7 @@ struct RedisLockTests {
         let client = try TestRedis.client(poolSize: 8)
         let prefix = TestRedis.uniquePrefix()
         let sessionLock = RedisSessionLock(
-            client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 10_000, logger: TestRedis.quietLogger())
+            client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 10_000, logger: quietLogger())
         let id = SessionID.generate()
         let counter = UnguardedCounter()
         let failures = Mutex<[String]>([])
@@ -382,7 +382,7 @@ struct RedisLockTests {
 
         // Held elsewhere for longer than the wait: busy, and the body never runs.
         let impatient = RedisSessionLock(
-            client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 200, logger: TestRedis.quietLogger())
+            client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 200, logger: quietLogger())
         let other = try #require(try sessionLock.lock.tryAcquire(id.rawValue, ttlMillis: 5000))
         let start = ContinuousClock.now
         do {

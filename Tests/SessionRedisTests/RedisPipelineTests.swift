@@ -15,7 +15,7 @@ struct RedisPipelineTests {
         let server = try RedisServerProcess()
         var configuration = try RedisConfiguration(url: server.url)
         configure(&configuration)
-        return (server, RedisClient(configuration: configuration, logger: TestRedis.quietLogger()))
+        return (server, RedisClient(configuration: configuration, logger: quietLogger()))
     }
 
     /// Reads Redis made to receive commands (`total_reads_processed`), and clients connected.
@@ -88,7 +88,7 @@ struct RedisPipelineTests {
             $0.waitTimeoutMillis = 50
         }
         defer { server.kill() }
-        let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())
+        let store = RedisSessionStore(client: client, logger: quietLogger())
         let error = #expect(throws: SessionStoreError.self) {
             _ = try store.apply(SessionDelta(id: SessionID.generate(), changes: [.set("a", [0x31])], createIfMissing: true))
         }

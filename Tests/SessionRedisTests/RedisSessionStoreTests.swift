@@ -10,7 +10,7 @@ struct RedisSessionStoreTests {
     func store(prefix: String, maxSessionBytes: Int = 64 * 1024) throws -> RedisSessionStore {
         RedisSessionStore(
             client: try TestRedis.client(), keyPrefix: prefix, maxSessionBytes: maxSessionBytes,
-            logger: TestRedis.quietLogger())
+            logger: quietLogger())
     }
 
     @Test func twoStoresTimesEightThreadsNeverLoseAnIncrement() throws {
@@ -121,7 +121,7 @@ struct RedisSessionStoreTests {
         configuration.reconnectBackoffMillis = 20
         configuration.maxReconnectBackoffMillis = 100
         let store = RedisSessionStore(
-            client: RedisClient(configuration: configuration, logger: TestRedis.quietLogger()), logger: TestRedis.quietLogger())
+            client: RedisClient(configuration: configuration, logger: quietLogger()), logger: quietLogger())
         let id = SessionID.generate()
         _ = try store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], createIfMissing: true))
 

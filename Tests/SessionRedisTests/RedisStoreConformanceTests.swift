@@ -2,6 +2,7 @@ import Foundation
 import SessionCore
 import SessionRedis
 import SessionStoreConformance
+import TestSupport
 import Testing
 
 /// Redis keeps its own time: the harness sleeps for real.
@@ -12,7 +13,7 @@ struct RedisHarness: SessionStoreHarness {
     func makeStore(expiry: SessionExpiry) throws -> any SessionStore {
         RedisSessionStore(
             client: try TestRedis.client(cluster: cluster), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
-            logger: TestRedis.quietLogger())
+            logger: quietLogger())
     }
     func advance(millis: Int64) { usleep(UInt32(millis) * 1000) }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SessionCore
 import SessionRedis
+import TestSupport
 
 /// The redis-server that scripts/test.sh started, from `REDIS_URL`.
 enum TestRedis {
@@ -30,10 +31,4 @@ enum TestRedis {
 
     /// A key prefix no other test uses.
     static func uniquePrefix() -> String { "test:\(UUID().uuidString.prefix(8)):" }
-
-    static func quietLogger() -> Logger {
-        var logger = Logger(label: "redis-test")
-        logger.logLevel = .critical
-        return logger
-    }
 }

@@ -69,9 +69,9 @@ import SystemSupport
                 masterName: "mymaster"),
             poolSize: 8, connectTimeoutMillis: 300, commandTimeoutMillis: 300,
             reconnectBackoffMillis: 20, maxReconnectBackoffMillis: 80)
-        let client = RedisClient(configuration: configuration, logger: TestRedis.quietLogger())
+        let client = RedisClient(configuration: configuration, logger: quietLogger())
         defer { client.close() }
-        let store = RedisSessionStore(client: client, logger: TestRedis.quietLogger())
+        let store = RedisSessionStore(client: client, logger: quietLogger())
 
         let ids = (0..<sessionCount).map { _ in SessionID.generate() }
         for (i, id) in ids.enumerated() {
@@ -407,7 +407,7 @@ enum FailoverTools {
             configuration: RedisConfiguration(
                 endpoint: .direct(host: "127.0.0.1", port: port), poolSize: 1, connectTimeoutMillis: 500,
                 commandTimeoutMillis: 2000, reconnectBackoffMillis: 10, maxReconnectBackoffMillis: 50),
-            logger: TestRedis.quietLogger())
+            logger: quietLogger())
     }
 
     struct Server {

@@ -416,7 +416,7 @@ struct ReplicationAttackTests {
                 do {
                     node = try ReplicationNode(
                         store: ReplicatedSessionStore(node: configuration.nodeID), configuration: configuration,
-                        logger: quietReplicationLogger())
+                        logger: quietLogger())
                 } catch {
                     guard monotonicMillis() < bindDeadline else { throw error }  // the old listener closing
                     usleep(10_000)
@@ -660,11 +660,11 @@ struct ReplicationAttackTests {
         #expect(throws: ReplicationConfigurationError.self) {
             _ = try ReplicationNode(
                 store: ReplicatedSessionStore(node: configuration.nodeID, maxSessionBytes: 2 << 20),
-                configuration: configuration, logger: quietReplicationLogger())
+                configuration: configuration, logger: quietLogger())
         }
         let fits = try ReplicationNode(
             store: ReplicatedSessionStore(node: configuration.nodeID, maxSessionBytes: 1 << 20),
-            configuration: configuration, logger: quietReplicationLogger())
+            configuration: configuration, logger: quietLogger())
         fits.shutdown()
     }
 }

@@ -34,12 +34,6 @@ struct TestSetupError: Error, CustomStringConvertible {
     var description: String
 }
 
-func quietReplicationLogger() -> Logger {
-    var logger = Logger(label: "replication-node-tests")
-    logger.logLevel = .critical
-    return logger
-}
-
 /// Nodes "a", "b", "c"... on loopback. Every node is bound (its port taken)
 /// at once; `start` starts some or all. Each node's peer list holds every
 /// node's address, its own included: "127.0.0.1:port" (recognized by
@@ -92,7 +86,7 @@ final class LoopbackCluster: Sendable {
                         quorum: quorum, fenceAfterMillis: fenceAfterMillis)
                     let store = ReplicatedSessionStore(node: configuration.nodeID, catchUpPolicy: catchUpPolicy)
                     nodes.append(
-                        try ReplicationNode(store: store, configuration: configuration, logger: quietReplicationLogger()))
+                        try ReplicationNode(store: store, configuration: configuration, logger: quietLogger()))
                     configurations.append(configuration)
                 }
             } catch {

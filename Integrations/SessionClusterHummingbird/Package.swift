@@ -25,7 +25,6 @@ let package = Package(
             dependencies: [
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionClusterAsync", package: "SessionClusterIntegrationSupport"),
-                .product(name: "SessionMiddleware", package: "SessionCluster"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ]),
         .executableTarget(
@@ -33,7 +32,6 @@ let package = Package(
             dependencies: [
                 "SessionClusterHummingbird",
                 .product(name: "SessionCore", package: "SessionCluster"),
-                .product(name: "SessionMiddleware", package: "SessionCluster"),
                 .product(name: "SessionClusterAsync", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterNodeKit", package: "SessionClusterIntegrationSupport"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -49,7 +47,6 @@ let package = Package(
             dependencies: [
                 "SessionClusterHummingbird", "HummingbirdNode",
                 .product(name: "SessionCore", package: "SessionCluster"),
-                .product(name: "SessionMiddleware", package: "SessionCluster"),
                 .product(name: "SessionClusterAsync", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterNodeKit", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterTestKit", package: "SessionClusterIntegrationSupport"),

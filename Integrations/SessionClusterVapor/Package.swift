@@ -20,7 +20,6 @@ let package = Package(
             name: "SessionClusterVapor",
             dependencies: [
                 .product(name: "SessionCore", package: "SessionCluster"),
-                .product(name: "SessionMiddleware", package: "SessionCluster"),
                 .product(name: "SessionClusterAsync", package: "SessionClusterIntegrationSupport"),
                 .product(name: "Vapor", package: "vapor"),
             ]),
@@ -39,7 +38,6 @@ let package = Package(
             name: "SessionClusterVaporTests",
             dependencies: [
                 "SessionClusterVapor", "VaporNode",
-                .product(name: "SessionMiddleware", package: "SessionCluster"),
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionClusterAsync", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterNodeKit", package: "SessionClusterIntegrationSupport"),

@@ -24,8 +24,6 @@ let package = Package(
             name: "SessionClusterAsync",
             dependencies: [
                 .product(name: "SessionCore", package: "SessionCluster"),
-                .product(name: "SessionMiddleware", package: "SessionCluster"),
-                .product(name: "MiniHTTP", package: "SessionCluster"),
                 .product(name: "SystemSupport", package: "SessionCluster"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -38,7 +36,6 @@ let package = Package(
                 .product(name: "SessionReplication", package: "SessionCluster"),
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionRedis", package: "SessionCluster"),
-                .product(name: "MiniHTTP", package: "SessionCluster"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -57,7 +54,6 @@ let package = Package(
             dependencies: [
                 "SessionClusterAsync", "SessionClusterNodeKit", "SessionClusterTestKit",
                 .product(name: "SessionCore", package: "SessionCluster"),
-                .product(name: "SessionMiddleware", package: "SessionCluster"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
     ],

@@ -1,4 +1,5 @@
 import MiniHTTP
+import SystemSupport
 
 /// The admin endpoints: `GET /_balancer/status` (JSON), `GET /_balancer/metrics`
 /// (Prometheus text), `POST /_balancer/backends/NAME/drain` and `.../enable`.

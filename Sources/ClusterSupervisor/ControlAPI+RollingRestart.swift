@@ -1,4 +1,5 @@
 import MiniHTTP
+import SystemSupport
 
 /// `POST /_cluster/rolling-restart` (like every POST of the control API, with `X-Cluster-Control: 1`):
 /// the supervisor restarts every node in turn (`ClusterSupervisor.rollingRestart()`). Answers 202

@@ -1,5 +1,6 @@
 import Balancer
 import MiniHTTP
+import SystemSupport
 
 /// The supervisor's control API, served by the balancer on the cluster's own port:
 ///

@@ -139,21 +139,27 @@ public struct AppliedDelta: Sendable, Equatable {
 
 /// A failure of a session store, with a stable code.
 public struct SessionStoreError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Code: String, Sendable {
+    /// What went wrong. New codes may be added: switch over them with a `default`.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        /// The code's stable name, e.g. `unavailable` (in error answers and logs).
+        public let rawValue: String
+        private init(_ rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
         /// The backend (Redis, peers) cannot be reached; try again later (503).
-        case unavailable
+        public static let unavailable = Code("unavailable")
         /// `increment` on an attribute that is not an integer.
-        case typeMismatch
+        public static let typeMismatch = Code("typeMismatch")
         /// The store holds as many sessions as it may (503).
-        case capacityExceeded
+        public static let capacityExceeded = Code("capacityExceeded")
         /// The session would exceed the size cap; nothing was written.
-        case sessionTooLarge
+        public static let sessionTooLarge = Code("sessionTooLarge")
         /// An attribute could not be encoded or decoded.
-        case invalidValue
+        public static let invalidValue = Code("invalidValue")
         /// The delta's idempotency record was completed by another run of the
         /// same request (a retry that took over a claim); nothing was written.
         /// `IdempotencyMiddleware` answers with that run's response instead.
-        case idempotencyKeyCompleted
+        public static let idempotencyKeyCompleted = Code("idempotencyKeyCompleted")
     }
 
     public var code: Code

@@ -32,15 +32,7 @@ extension SessionMiddleware {
             }
         } catch let busy as SessionBusyError where !bodyRan {
             logger.info("session busy", metadata: ["session": "\(id)", "waited_ms": "\(busy.waitedMillis)"])
-            throw Self.httpError(for: busy)
+            throw HTTPError(SessionErrorAnswer(busy))
         }
-    }
-
-    /// The HTTP error for a session whose lock was not granted in time.
-    public static func httpError(for error: SessionBusyError) -> HTTPError {
-        HTTPError(
-            status: 503, code: "session_busy",
-            message: "another request of this session is still running; retry shortly",
-            headers: ["Retry-After": "1"])
     }
 }

@@ -181,7 +181,7 @@ final class CounterServer: Sendable {
         if let key { s.answers[key] = value }
         if fire(.unavailableAfterApply, when: true) { return unavailable(&s, write: true, cookie: newCookie) }
         var response = counter(value)
-        if let newCookie { response.setCookie(SetCookie(name: "sid", value: newCookie)) }
+        if let newCookie { response.headers.add(name: "Set-Cookie", value: "sid=\(newCookie); Path=/; HttpOnly") }
         return response
     }
 
@@ -195,16 +195,12 @@ final class CounterServer: Sendable {
     private func unavailable(_ s: inout State, write: Bool, cookie: String?) -> HTTPResponse {
         if write { s.unavailableWrites += 1 }
         var response = HTTPResponse.error(status: 503, code: "unavailable", message: "misbehaving on purpose")
-        if let cookie { response.setCookie(SetCookie(name: "sid", value: cookie)) }
+        if let cookie { response.headers.add(name: "Set-Cookie", value: "sid=\(cookie); Path=/; HttpOnly") }
         return response
     }
 }
 
 /// A quiet logger for the runner.
-func quietLogger() -> Logger {
-    Logger(label: "failover-bench-tests", factory: { _ in SwiftLogNoOpLogHandler() })
-}
-
 /// Runs the benchmark against `server` and returns its result.
 func runBench(
     against server: CounterServer, users: Int = 4, maxRequests: Int? = 240, durationSeconds: Double? = 30,

@@ -58,56 +58,6 @@ struct CookieTests {
         #expect(request.cookie("sid") == "xyz")
         #expect(request.cookie("theme") == "dark")
     }
-
-    @Test func setCookieDefaults() {
-        let cookie = SetCookie(name: "sid", value: "abc123")
-        #expect(cookie.headerValue == "sid=abc123; Path=/; HttpOnly; SameSite=Lax")
-    }
-
-    @Test func setCookieWithEveryAttribute() {
-        let cookie = SetCookie(
-            name: "sid", value: "v-1_2.3", path: "/app", domain: "example.test", maxAge: 3600, secure: true,
-            httpOnly: true, sameSite: .strict)
-        #expect(
-            cookie.headerValue == "sid=v-1_2.3; Path=/app; Domain=example.test; Max-Age=3600; Secure; HttpOnly; SameSite=Strict")
-    }
-
-    @Test func setCookieWithoutOptionalAttributes() {
-        let cookie = SetCookie(name: "a", value: "", path: nil, httpOnly: false, sameSite: nil)
-        #expect(cookie.headerValue == "a=")
-        let none = SetCookie(name: "x", value: "1", path: nil, secure: true, httpOnly: false, sameSite: SetCookie.SameSite.none)
-        #expect(none.headerValue == "x=1; Secure; SameSite=None")
-    }
-
-    @Test(arguments: [0, -1, -3600])
-    func setCookieExpiryForNonPositiveMaxAge(maxAge: Int) {
-        let cookie = SetCookie(name: "sid", value: "", maxAge: maxAge)
-        #expect(cookie.headerValue == "sid=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax")
-    }
-
-    @Test func positiveMaxAgeHasNoExpires() {
-        let value = SetCookie(name: "sid", value: "x", maxAge: 1).headerValue
-        #expect(value.contains("Max-Age=1"))
-        #expect(!value.contains("Expires"))
-    }
-
-    @Test func validValueCharacters() {
-        #expect(SetCookie.isValidValue("abcXYZ019!#$%&'()*+-./:<=>?@[]^_`{|}~"))
-        #expect(SetCookie.isValidValue(""))
-        for bad in [" ", "\"", ",", ";", "\\", "\u{7F}", "\u{1}", "é", "a b"] {
-            #expect(!SetCookie.isValidValue(bad), "\(bad.debugDescription) is not a cookie-octet")
-        }
-    }
-
-    @Test func responseSetCookieAddsOneHeaderPerCookie() {
-        var response = HTTPResponse.text("ok")
-        response.setCookie(SetCookie(name: "a", value: "1"))
-        response.setCookie(SetCookie(name: "b", value: "2", maxAge: 0))
-        let values = response.headers.values(of: "set-cookie")
-        #expect(values.count == 2)
-        #expect(values.first?.hasPrefix("a=1;") == true)
-        #expect(values.last?.contains("Max-Age=0") == true)
-    }
 }
 
 @Suite("HTTPResponseSerializer")

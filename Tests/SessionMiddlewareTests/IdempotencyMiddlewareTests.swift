@@ -4,8 +4,9 @@ import MiniHTTP
 import SessionCore
 import SessionMiddleware
 import Synchronization
-import Testing
+import SystemSupport
 import TestSupport
+import Testing
 
 /// A memory store whose `apply` can be made to fail, as a store whose backend
 /// went down, or be beaten by another run of the same request.

@@ -6,7 +6,6 @@ import SessionClusterAsync
 import SessionClusterHummingbird
 import SessionClusterNodeKit
 import SessionCore
-import SessionMiddleware
 
 /// The demo node's routes on Hummingbird, over any store.
 struct DemoNodeApp {
@@ -78,7 +77,7 @@ struct ServedByMiddleware<Context: RequestContext>: RouterMiddleware {
         var response: Response
         do {
             response = try await next(request, context)
-        } catch let error as SessionErrorResponse {
+        } catch let error as SessionErrorAnswer {
             response = error.hummingbirdResponse
         } catch let error as any HTTPResponseError {
             response = try error.response(from: request, context: context)

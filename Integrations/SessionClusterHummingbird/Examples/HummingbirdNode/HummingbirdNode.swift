@@ -3,7 +3,7 @@ import Hummingbird
 import Logging
 import ServiceLifecycle
 import SessionClusterNodeKit
-import SessionMiddleware
+import SessionCore
 
 /// The demo node on Hummingbird: the same endpoints as `session-cluster node`,
 /// runnable behind `session-cluster proxy`.

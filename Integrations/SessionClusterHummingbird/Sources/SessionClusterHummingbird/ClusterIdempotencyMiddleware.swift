@@ -4,7 +4,6 @@ import Logging
 import NIOCore
 import SessionClusterAsync
 import SessionCore
-import SessionMiddleware
 
 /// Runs a POST carrying an `Idempotency-Key` once, as the core's
 /// `IdempotencyMiddleware` does: records are scoped to the caller's session
@@ -19,10 +18,10 @@ import SessionMiddleware
 /// (up to the context's `maxUploadSize`).
 public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext>: RouterMiddleware {
     /// Claims, records and replays.
-    public let gate: IdempotencyGate
+    public let gate: AsyncIdempotencyGate
 
     /// A middleware over a gate.
-    public init(gate: IdempotencyGate) {
+    public init(gate: AsyncIdempotencyGate) {
         self.gate = gate
     }
 
@@ -32,7 +31,7 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
         store: any IdempotencyStore, sessions: SessionConfiguration, executor: BlockingExecutor = .shared,
         logger: Logger
     ) {
-        gate = IdempotencyGate(store: store, sessions: sessions, executor: executor, logger: logger)
+        gate = AsyncIdempotencyGate(store: store, sessions: sessions, executor: executor, logger: logger)
     }
 
     public func handle(
@@ -45,12 +44,12 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
         var request = request
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         request.body = RequestBody(buffer: body)
-        let decision: IdempotencyGate.Decision
+        let decision: AsyncIdempotencyGate.Decision
         do {
             decision = try await gate.begin(
                 key: key, method: request.method.rawValue, target: request.uri.description,
                 body: Array(body.readableBytesView), cookie: { request.cookies[$0]?.value })
-        } catch let error as SessionErrorResponse {
+        } catch let error as SessionErrorAnswer {
             return error.hummingbirdResponse
         }
         func replay(_ stored: StoredResponse) -> Response {

@@ -4,7 +4,6 @@ import Logging
 import NIOCore
 import SessionClusterAsync
 import SessionCore
-import SessionMiddleware
 
 /// Gives Hummingbird handlers a SessionCluster `ClusterSession`: typed
 /// attributes saved as per-attribute deltas, atomic `increment`,
@@ -57,7 +56,7 @@ public struct ClusterSessionMiddleware<Context: ClusterSessionRequestContext>: R
                 return HummingbirdSessionResponse(try await next(request, context))
             }
             return boxed.response
-        } catch let error as SessionErrorResponse {
+        } catch let error as SessionErrorAnswer {
             context.logger.debug("session error answered", metadata: ["error": "\(error)"])
             return error.hummingbirdResponse
         }
@@ -76,7 +75,7 @@ struct HummingbirdSessionResponse: SessionCookieResponse {
 
     mutating func removeSetCookies(named name: String) {
         let kept = response.headers.filter {
-            $0.name != .setCookie || !SetCookieHeader.sets($0.value, cookieNamed: name)
+            $0.name != .setCookie || !SetCookie.sets($0.value, cookieNamed: name)
         }
         response.headers = HTTPFields(kept)
     }
@@ -116,7 +115,7 @@ final class BodyCollector: ResponseBodyWriter, @unchecked Sendable {  // used by
     func finish(_ trailingHeaders: HTTPFields?) async throws {}
 }
 
-extension SessionErrorResponse {
+extension SessionErrorAnswer {
     /// This answer as a Hummingbird response.
     public var hummingbirdResponse: Response {
         var fields = HTTPFields()

@@ -1,6 +1,7 @@
 import Hummingbird
 import NIOCore
 import SessionClusterAsync
+import SessionCore
 
 /// What `ClusterSessionMiddleware` and `ClusterIdempotencyMiddleware` keep
 /// in a request's context.
@@ -31,12 +32,12 @@ public protocol ClusterSessionRequestContext: RequestContext {
 
 extension ClusterSessionRequestContext {
     /// This request's session, loaded from the store (off the event loop) on
-    /// first use. Throws a 500 `SessionErrorResponse` when
+    /// first use. Throws a 500 `SessionErrorAnswer` when
     /// `ClusterSessionMiddleware` is not installed in front of the handler,
     /// and `SessionStoreError` when the store fails (the middleware answers 503).
     public func session() async throws -> ClusterSession {
         guard let handle = clusterSessions.session else {
-            throw SessionErrorResponse(
+            throw SessionErrorAnswer(
                 status: 500, code: "session_middleware_missing",
                 message: "ClusterSessionMiddleware is not installed in front of this handler")
         }

@@ -5,7 +5,6 @@ import SessionClusterAsync
 import SessionClusterNodeKit
 import SessionClusterTestKit
 import SessionCore
-import SessionMiddleware
 import Testing
 
 @testable import HummingbirdNode

@@ -8,7 +8,6 @@ import SessionClusterAsync
 import SessionClusterHummingbird
 import SessionClusterTestKit
 import SessionCore
-import SessionMiddleware
 import SessionRedis
 import Testing
 

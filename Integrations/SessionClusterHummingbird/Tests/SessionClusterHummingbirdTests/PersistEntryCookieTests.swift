@@ -5,7 +5,6 @@ import SessionClusterAsync
 import SessionClusterHummingbird
 import SessionClusterTestKit
 import SessionCore
-import SessionMiddleware
 import Testing
 
 /// Issue 14, finding 10b: an entry of the persist driver has an ID anyone

@@ -4,7 +4,6 @@ import HummingbirdTesting
 import SessionClusterAsync
 import SessionClusterTestKit
 import SessionCore
-import SessionMiddleware
 import Synchronization
 import Testing
 

@@ -3,7 +3,6 @@ import SessionClusterAsync
 import SessionClusterNodeKit
 import SessionClusterVapor
 import SessionCore
-import SessionMiddleware
 import Vapor
 
 /// The demo node's middleware and routes on a Vapor application, over any store.
@@ -70,7 +69,7 @@ struct ServedByMiddleware: AsyncMiddleware {
         let response: Response
         do {
             response = try await next.respond(to: request)
-        } catch let error as SessionErrorResponse {
+        } catch let error as SessionErrorAnswer {
             response = error.vaporResponse
         }
         response.headers.replaceOrAdd(name: "X-Served-By", value: nodeID)

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Logging
 import SessionClusterNodeKit
-import SessionMiddleware
+import SessionCore
 import Vapor
 
 /// The demo node on Vapor: the same endpoints as `session-cluster node`,

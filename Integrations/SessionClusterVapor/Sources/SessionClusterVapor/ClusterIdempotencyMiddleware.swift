@@ -1,6 +1,5 @@
 import SessionClusterAsync
 import SessionCore
-import SessionMiddleware
 import Vapor
 
 /// Runs a POST carrying an `Idempotency-Key` once, as the core's
@@ -14,12 +13,12 @@ import Vapor
 /// collected (up to `maxBodyBytes`) to fingerprint the request.
 public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
     /// Claims, records and replays.
-    public let gate: IdempotencyGate
+    public let gate: AsyncIdempotencyGate
     /// The largest request body read for the fingerprint.
     public var maxBodyBytes: Int
 
     /// A middleware over a gate.
-    public init(gate: IdempotencyGate, maxBodyBytes: Int = 1 << 20) {
+    public init(gate: AsyncIdempotencyGate, maxBodyBytes: Int = 1 << 20) {
         self.gate = gate
         self.maxBodyBytes = maxBodyBytes
     }
@@ -30,7 +29,7 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
         store: any IdempotencyStore, sessions: SessionConfiguration, executor: BlockingExecutor = .shared,
         logger: Logger
     ) {
-        self.init(gate: IdempotencyGate(store: store, sessions: sessions, executor: executor, logger: logger))
+        self.init(gate: AsyncIdempotencyGate(store: store, sessions: sessions, executor: executor, logger: logger))
     }
 
     public func respond(to request: Request, chainingTo next: any AsyncResponder) async throws -> Response {
@@ -39,12 +38,12 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
             return try await next.respond(to: request)
         }
         let body = try await request.body.collect(max: maxBodyBytes).get()
-        let decision: IdempotencyGate.Decision
+        let decision: AsyncIdempotencyGate.Decision
         do {
             decision = try await gate.begin(
                 key: key, method: request.method.rawValue, target: request.url.string,
                 body: body.map { Array($0.readableBytesView) } ?? [], cookie: { request.cookies[$0]?.string })
-        } catch let error as SessionErrorResponse {
+        } catch let error as SessionErrorAnswer {
             return error.vaporResponse
         }
         func replay(_ stored: StoredResponse) -> Response {

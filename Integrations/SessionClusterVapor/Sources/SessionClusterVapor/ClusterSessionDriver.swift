@@ -1,7 +1,6 @@
 import NIOConcurrencyHelpers
 import SessionClusterAsync
 import SessionCore
-import SessionMiddleware
 import Vapor
 
 /// A Vapor `SessionDriver` backed by a SessionCluster store: memory, Redis
@@ -179,7 +178,7 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
         do {
             return try await executor.run(body)
         } catch {
-            if let answer = SessionErrorResponse.from(error) { throw ClusterSessionAbort(answer) }
+            if let answer = SessionErrorAnswer.from(error) { throw ClusterSessionAbort(answer) }
             throw error
         }
     }
@@ -230,10 +229,10 @@ extension Request {
 /// a session over the size cap) and its message.
 public struct ClusterSessionAbort: AbortError, Sendable {
     /// The core's answer.
-    public let answer: SessionErrorResponse
+    public let answer: SessionErrorAnswer
 
     /// Wraps an answer.
-    public init(_ answer: SessionErrorResponse) { self.answer = answer }
+    public init(_ answer: SessionErrorAnswer) { self.answer = answer }
 
     public var status: HTTPResponseStatus { HTTPResponseStatus(statusCode: answer.status) }
     public var reason: String { "\(answer.code): \(answer.message)" }

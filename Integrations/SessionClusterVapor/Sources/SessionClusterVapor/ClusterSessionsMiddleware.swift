@@ -1,6 +1,5 @@
 import SessionClusterAsync
 import SessionCore
-import SessionMiddleware
 import Vapor
 
 /// Gives Vapor handlers a SessionCluster `ClusterSession` (`req.clusterSession()`):
@@ -49,7 +48,7 @@ public struct ClusterSessionsMiddleware: AsyncMiddleware {
                 return VaporSessionResponse(try await next.respond(to: request), eventLoop: request.eventLoop)
             }
             return boxed.response
-        } catch let error as SessionErrorResponse {
+        } catch let error as SessionErrorAnswer {
             request.logger.debug("session error answered", metadata: ["error": "\(error)"])
             return error.vaporResponse
         }
@@ -66,12 +65,12 @@ enum IdempotencyTicketKey: StorageKey {
 
 extension Request {
     /// This request's SessionCluster session, loaded from the store (off the
-    /// event loop) on first use. Throws a 500 `SessionErrorResponse` when
+    /// event loop) on first use. Throws a 500 `SessionErrorAnswer` when
     /// `ClusterSessionsMiddleware` is not installed in front of the handler,
     /// and `SessionStoreError` when the store fails (the middleware answers 503).
     public func clusterSession() async throws -> ClusterSession {
         guard let handle = storage[RequestSessionKey.self] else {
-            throw SessionErrorResponse(
+            throw SessionErrorAnswer(
                 status: 500, code: "session_middleware_missing",
                 message: "ClusterSessionsMiddleware is not installed in front of this handler")
         }
@@ -94,7 +93,7 @@ struct VaporSessionResponse: SessionCookieResponse {
     }
 
     mutating func removeSetCookies(named name: String) {
-        let kept = response.headers[.setCookie].filter { !SetCookieHeader.sets($0, cookieNamed: name) }
+        let kept = response.headers[.setCookie].filter { !SetCookie.sets($0, cookieNamed: name) }
         response.headers.remove(name: .setCookie)
         for value in kept { response.headers.add(name: .setCookie, value: value) }
     }
@@ -123,7 +122,7 @@ extension Response {
     }
 }
 
-extension SessionErrorResponse {
+extension SessionErrorAnswer {
     /// This answer as a Vapor response: the core's JSON body and headers.
     public var vaporResponse: Response {
         Response(

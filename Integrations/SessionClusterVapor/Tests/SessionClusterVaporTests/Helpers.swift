@@ -4,7 +4,6 @@ import SessionClusterAsync
 import SessionClusterNodeKit
 import SessionClusterTestKit
 import SessionCore
-import SessionMiddleware
 import Vapor
 import VaporTesting
 

@@ -3,7 +3,6 @@ import SessionClusterAsync
 import SessionClusterNodeKit
 import SessionClusterTestKit
 import SessionCore
-import SessionMiddleware
 import Testing
 import Vapor
 

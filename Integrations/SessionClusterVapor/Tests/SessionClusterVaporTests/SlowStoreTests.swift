@@ -2,7 +2,6 @@ import Foundation
 import SessionClusterAsync
 import SessionClusterTestKit
 import SessionCore
-import SessionMiddleware
 import Testing
 import Vapor
 

@@ -1,7 +1,6 @@
 import Dispatch
 import NIOPosix
 import SessionCore
-import SessionMiddleware
 import Synchronization
 
 /// Exclusive mode for async handlers: runs an async body while a
@@ -37,7 +36,7 @@ public final class ExclusiveAccess: Sendable {
 
     /// Runs `body` holding session `id`'s lock. When the lock is not granted
     /// in time this throws the core's 503 `session_busy` answer (as a
-    /// `SessionErrorResponse`); when its backend is down, the lock's
+    /// `SessionErrorAnswer`); when its backend is down, the lock's
     /// `SessionStoreError(.unavailable)`. Errors of `body` pass through.
     public func run<T>(_ id: SessionID, _ body: () async throws -> T) async throws -> T {
         let granted = OneShot()
@@ -65,7 +64,7 @@ public final class ExclusiveAccess: Sendable {
         do {
             try await granted.wait()
         } catch let busy as SessionBusyError {
-            throw SessionErrorResponse(SessionMiddleware.httpError(for: busy))
+            throw SessionErrorAnswer(busy)
         }
         let result: T
         do {

@@ -1,22 +1,11 @@
 import Logging
-import MiniHTTP
 import SessionCore
-import SessionMiddleware
 import Synchronization
 
-/// The session middleware's work for one request, for async frameworks:
-/// what the core's `SessionMiddleware` does around a MiniHTTP handler, done
-/// around any framework's handler, with every store call on a
-/// `BlockingExecutor`.
-///
-/// The cookie (signed or not), the `Session` semantics (lazy load, deltas,
-/// increments, `regenerateID`, `invalidate`, commit) and the store error
-/// answers are the core's own: this type calls `Session`,
-/// `SessionMiddleware.verifiedID`, `cookieValue(for:)` and `httpError(for:)`.
-/// What it repeats of `SessionMiddleware.respond` is the order of the steps
-/// after the handler (prepare the commit, set the cookie, commit with the
-/// idempotency record, replace the cookie if the session was started anew,
-/// add the read token), because that method takes MiniHTTP types.
+/// The session middleware's work for one request, for async frameworks: the
+/// core's `SessionRequest` steps (cookie, lazy load, commit, cookies of the
+/// response) around any framework's handler, with every store call on a
+/// `BlockingExecutor`. Nothing of the cycle is repeated here.
 public final class SessionRequestManager: Sendable {
     /// Where sessions live.
     public let store: any SessionStore
@@ -26,8 +15,6 @@ public final class SessionRequestManager: Sendable {
     public let executor: BlockingExecutor
     /// Exclusive mode, when `configuration.exclusive` is set.
     public let exclusiveAccess: ExclusiveAccess?
-    /// The core middleware, for its cookie codec and error answers.
-    let core: SessionMiddleware
     let logger: Logger
 
     /// A manager for `store`. With `configuration.exclusive` set, each
@@ -41,7 +28,6 @@ public final class SessionRequestManager: Sendable {
         self.configuration = configuration
         self.executor = executor
         self.logger = logger
-        core = SessionMiddleware(store: store, configuration: configuration, logger: logger)
         exclusiveAccess = configuration.exclusive.map { ExclusiveAccess(lock: $0, holderThreads: lockHolderThreads) }
     }
 
@@ -51,10 +37,10 @@ public final class SessionRequestManager: Sendable {
     }
 
     /// The cookie value for an ID: the ID, plus its HMAC when signing.
-    public func cookieValue(for id: SessionID) -> String { core.cookieValue(for: id) }
+    public func cookieValue(for id: SessionID) -> String { configuration.cookieCodec.value(for: id) }
 
     /// The ID in a cookie value, or nil when malformed or wrongly signed.
-    public func verifiedID(_ value: String) -> SessionID? { core.verifiedID(value) }
+    public func verifiedID(_ value: String) -> SessionID? { configuration.cookieCodec.verifiedID(value) }
 
     /// Runs `next` with the request's (lazily loaded) session, then saves what
     /// changed and sets, replaces or expires the cookie on its response.
@@ -65,7 +51,7 @@ public final class SessionRequestManager: Sendable {
     ///   - forwardedProto: the request's `X-Forwarded-Proto`, if any.
     ///   - idempotency: the ticket of a claimed `Idempotency-Key`: changes
     ///     are then deferred and written with its record in one atomic step.
-    /// - Throws: a `SessionErrorResponse` for store failures (503), a busy
+    /// - Throws: a `SessionErrorAnswer` for store failures (503), a busy
     ///   session (503) or a session over the size cap (413), also when a
     ///   handler's own session call failed; other errors of `next` unchanged.
     public func respond<Response: SessionCookieResponse>(
@@ -73,125 +59,56 @@ public final class SessionRequestManager: Sendable {
         idempotency: IdempotencyTicket? = nil,
         next: (RequestSession) async throws -> Response
     ) async throws -> Response {
-        let cookieID = cookie(configuration.cookieName).flatMap(core.verifiedID)
-        let readToken = cookieID == nil ? nil : cookie(configuration.readTokenCookieName)
-        let handle = RequestSession(
-            store: store, executor: executor, id: cookieID, readToken: readToken, deferWrites: idempotency != nil,
-            slotTag: idempotency?.request.slotTag)
-        let secure = isSecure(remoteAddress: remoteAddress, forwardedProto: forwardedProto)
+        let request = SessionRequest(
+            store: store, configuration: configuration, cookie: cookie, remoteAddress: remoteAddress,
+            forwardedProto: forwardedProto, idempotency: idempotency)
+        let handle = RequestSession(request, executor: executor)
         do {
-            if let exclusiveAccess, let cookieID {
-                return try await exclusiveAccess.run(cookieID) {
-                    try await handleRequest(handle, secure: secure, idempotency: idempotency, next: next)
-                }
+            if let exclusiveAccess, let cookieID = request.cookieID {
+                return try await exclusiveAccess.run(cookieID) { try await commit(handle, next: next) }
             }
-            return try await handleRequest(handle, secure: secure, idempotency: idempotency, next: next)
+            return try await commit(handle, next: next)
         } catch let error as SessionStoreError {
-            logger.error("session store failed", metadata: ["error": "\(error)"])
-            throw SessionErrorResponse(SessionMiddleware.httpError(for: error))
+            if error.code != .idempotencyKeyCompleted {  // the idempotency middleware answers with the recorded response
+                logger.error("session store failed", metadata: ["error": "\(error)"])
+            }
+            throw SessionErrorAnswer(error)
         }
     }
 
-    private func handleRequest<Response: SessionCookieResponse>(
-        _ handle: RequestSession, secure: Bool, idempotency: IdempotencyTicket?,
-        next: (RequestSession) async throws -> Response
+    private func commit<Response: SessionCookieResponse>(
+        _ handle: RequestSession, next: (RequestSession) async throws -> Response
     ) async throws -> Response {
         var response = try await next(handle)
-        guard let session = handle.loaded?.core else { return response }
-        // The cookie is decided first, so an idempotency record holds the final response.
-        let planned = session.prepareCommit()
-        setCookie(planned, on: &response, secure: secure)
+        guard let commit = handle.request.prepareCommit(on: &response) else { return response }
         var record: IdempotencyRecord? = nil
-        if let idempotency { record = idempotency.record(for: try await response.storedResponse()) }
-        let (store, finalRecord) = (store, record)
-        let (action, recorded, token) = try await executor.run {
-            () throws -> (Session.CookieAction, Bool, String?) in
-            let (action, recorded): (Session.CookieAction, Bool)
-            do {
-                (action, recorded) = try session.commit(idempotencyRecord: finalRecord)
-            } catch let error as SessionStoreError where error.code == .idempotencyKeyCompleted {
-                idempotency?.markOvertaken()
-                throw error
-            }
-            let token = session.wroteToStore ? session.id.flatMap { store.readToken(for: $0) } : nil
-            return (action, recorded, token)
-        }
-        if recorded { idempotency?.markRecorded() }
-        if action != planned {
-            // The session expired during the request and was started anew.
-            response.removeSetCookies(named: configuration.cookieName)
-            setCookie(action, on: &response, secure: secure)
-        }
-        if let token {
-            response.appendSetCookie(
-                cookie(name: configuration.readTokenCookieName, value: token, secure: secure, maxAge: nil).headerValue)
-        }
+        if let ticket = handle.request.idempotency { record = ticket.record(for: try await response.storedResponse()) }
+        let finalRecord = record
+        let outcome = try await executor.run { try commit.run(record: finalRecord) }
+        outcome.apply(to: &response)
         return response
-    }
-
-    private func setCookie<Response: SessionCookieResponse>(
-        _ action: Session.CookieAction, on response: inout Response, secure: Bool
-    ) {
-        switch action {
-        case .none:
-            break
-        case .set(let id):
-            response.appendSetCookie(
-                cookie(name: configuration.cookieName, value: core.cookieValue(for: id), secure: secure, maxAge: nil)
-                    .headerValue)
-            response.setNoStore()
-        case .expire:
-            response.appendSetCookie(
-                cookie(name: configuration.cookieName, value: "", secure: secure, maxAge: 0).headerValue)
-        }
-    }
-
-    private func cookie(name: String, value: String, secure: Bool, maxAge: Int?) -> SetCookie {
-        SetCookie(
-            name: name, value: value, path: "/", domain: configuration.cookieDomain, maxAge: maxAge, secure: secure,
-            httpOnly: true, sameSite: .lax)
-    }
-
-    /// `Secure` when configured, or when a trusted balancer says the client came over HTTPS.
-    func isSecure(remoteAddress: String?, forwardedProto: String?) -> Bool {
-        if configuration.secureCookie { return true }
-        guard let remoteAddress, configuration.trustedProxies.contains(remoteAddress), let forwardedProto else {
-            return false
-        }
-        // With several proxies the first value is the client's.
-        var first = Substring(forwardedProto.split(separator: ",").first ?? "")
-        while first.first == " " { first.removeFirst() }
-        while first.last == " " { first.removeLast() }
-        return first.lowercased() == "https"
     }
 }
 
 /// A request's session, loaded from the store (on the executor) the first
 /// time a handler asks for it.
 public final class RequestSession: Sendable {
-    /// Where sessions live.
-    public let store: any SessionStore
+    /// The request's session cycle (`SessionRequest`).
+    public let request: SessionRequest
     /// Where the blocking store calls run.
     public let executor: BlockingExecutor
-    /// The (verified) ID the request's cookie carried.
-    public let cookieID: SessionID?
-    let readToken: String?
-    let deferWrites: Bool
-    /// The slot tag of a session this request creates (`Session.init`).
-    let slotTag: String?
     private let current = Mutex<ClusterSession?>(nil)
 
-    init(
-        store: any SessionStore, executor: BlockingExecutor, id: SessionID?, readToken: String?, deferWrites: Bool,
-        slotTag: String?
-    ) {
-        self.store = store
+    init(_ request: SessionRequest, executor: BlockingExecutor) {
+        self.request = request
         self.executor = executor
-        cookieID = id
-        self.readToken = readToken
-        self.deferWrites = deferWrites
-        self.slotTag = slotTag
     }
+
+    /// Where sessions live.
+    public var store: any SessionStore { request.store }
+
+    /// The (verified) ID the request's cookie carried.
+    public var cookieID: SessionID? { request.cookieID }
 
     /// The session, if a handler asked for it.
     public var loaded: ClusterSession? { current.withLock { $0 } }
@@ -200,16 +117,11 @@ public final class RequestSession: Sendable {
     /// read token, with the replicated store). Throws `SessionStoreError`.
     public func session() async throws -> ClusterSession {
         if let session = loaded { return session }
-        let (store, id, readToken) = (store, cookieID, readToken)
-        let snapshot = try await executor.run { () throws -> SessionSnapshot? in
-            if let id, let readToken { _ = try store.catchUp(id, to: readToken) }
-            return try id.flatMap { try store.load($0) }
-        }
-        let session = ClusterSession(
-            core: Session(store: store, snapshot: snapshot, deferWrites: deferWrites, slotTag: slotTag),
-            executor: executor)
+        let request = request
+        let core = try await executor.run { try request.session() }
         return current.withLock { current in
             if let current { return current }
+            let session = ClusterSession(core: core, executor: executor)
             current = session
             return session
         }

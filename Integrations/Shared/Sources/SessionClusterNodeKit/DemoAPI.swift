@@ -3,8 +3,9 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import MiniHTTP
 import SessionClusterAsync
+import SessionCore
+import SystemSupport
 
 /// The demo node's API (`GET /api/session`, `POST /api/counter`,
 /// `POST /api/login`, `POST /api/logout`, `GET /healthz`) as plain functions
@@ -25,18 +26,18 @@ public enum DemoAPI {
     }
 
     /// `POST /api/login` with `{"user": "name"}`: new session ID, then the user.
-    /// Throws a 400 `SessionErrorResponse` for a bad body.
+    /// Throws a 400 `SessionErrorAnswer` for a bad body.
     public static func login(node: String, body: [UInt8], session: () async throws -> ClusterSession) async throws
         -> String
     {
         struct Login: Decodable { var user: String }
         guard let login = try? JSONDecoder().decode(Login.self, from: Data(body)) else {
-            throw SessionErrorResponse(
+            throw SessionErrorAnswer(
                 status: 400, code: "bad_request", message: "expected a JSON body {\"user\": \"name\"}")
         }
         let user = String(login.user.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
         guard !user.isEmpty, user.utf8.count <= 64 else {
-            throw SessionErrorResponse(status: 400, code: "bad_request", message: "user must be 1 to 64 bytes")
+            throw SessionErrorAnswer(status: 400, code: "bad_request", message: "user must be 1 to 64 bytes")
         }
         let session = try await session()
         try await session.regenerateID()

@@ -2,7 +2,6 @@ import Foundation
 import SessionClusterAsync
 import SessionClusterTestKit
 import SessionCore
-import SessionMiddleware
 import Synchronization
 import Testing
 
@@ -47,7 +46,7 @@ import Testing
             do {
                 try await access.run(id) { _ = Issue.record("a second holder ran") }
                 Issue.record("no busy error")
-            } catch let answer as SessionErrorResponse {
+            } catch let answer as SessionErrorAnswer {
                 #expect(answer.status == 503)
                 #expect(answer.code == "session_busy")
                 #expect(answer.headers.contains { $0.name == "Retry-After" && $0.value == "1" })
@@ -70,7 +69,7 @@ import Testing
 
     @Test func claimRecordReplayAndMisuse() async throws {
         try await withExecutor { executor in
-            let gate = IdempotencyGate(
+            let gate = AsyncIdempotencyGate(
                 store: MemorySessionStore(), sessions: SessionConfiguration(), executor: executor, logger: quietLogger())
             let mine = Self.cookies(SessionID.generate())
             guard case .run(nil) = try await gate.begin(key: nil, method: "POST", target: "/x", body: [], cookie: mine)
@@ -101,7 +100,7 @@ import Testing
             do {
                 _ = try await gate.begin(key: "k", method: "POST", target: "/x", body: [2], cookie: mine)
                 Issue.record("the same session reusing a key for another body gets 422")
-            } catch let answer as SessionErrorResponse {
+            } catch let answer as SessionErrorAnswer {
                 #expect(answer.status == 422)
             }
             // Another session's same key is its own: it runs.
@@ -115,7 +114,7 @@ import Testing
             do {
                 _ = try await gate.begin(key: "bad key", method: "POST", target: "/x", body: [], cookie: mine)
                 Issue.record("a key with a space is refused")
-            } catch let answer as SessionErrorResponse {
+            } catch let answer as SessionErrorAnswer {
                 #expect(answer.status == 400)
             }
         }
@@ -123,7 +122,7 @@ import Testing
 
     @Test func anonymousRecordsKeepNoCookieAndAreBoundToTheBody() async throws {
         try await withExecutor { executor in
-            let gate = IdempotencyGate(
+            let gate = AsyncIdempotencyGate(
                 store: MemorySessionStore(), sessions: SessionConfiguration(), executor: executor, logger: quietLogger())
             let none = Self.cookies(nil)
             guard case .run(let ticket?) = try await gate.begin(

@@ -138,7 +138,7 @@ final class AtomicHistogram: Sendable {
 }
 
 /// A store wrapper that times every call into `NodeMetrics`.
-public struct InstrumentedSessionStore: SessionStore, IdempotencyStore {
+public struct InstrumentedSessionStore: ReadYourWritesStore, IdempotencyStore {
     public let base: any SessionStore & IdempotencyStore
     let metrics: NodeMetrics
 
@@ -167,8 +167,10 @@ public struct InstrumentedSessionStore: SessionStore, IdempotencyStore {
         try timed("regenerate") { try base.regenerate(id, to: newID) }
     }
     public func invalidate(_ id: SessionID) throws { try timed("invalidate") { try base.invalidate(id) } }
-    public func readToken(for id: SessionID) -> String? { base.readToken(for: id) }
-    public func catchUp(_ id: SessionID, to token: String) throws -> Bool { try base.catchUp(id, to: token) }
+    public func readToken(for id: SessionID) -> String? { (base as? any ReadYourWritesStore)?.readToken(for: id) }
+    public func catchUp(_ id: SessionID, to token: String) throws -> Bool {
+        try (base as? any ReadYourWritesStore)?.catchUp(id, to: token) ?? true
+    }
     public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
         try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
     }

@@ -51,11 +51,7 @@ public struct IdempotencyGate: Sendable {
     ) throws(SessionErrorAnswer) -> IdempotentRequest? {
         guard let key, IdempotentRequest.appliesTo(method: method) else { return nil }
         let scope = sessions.idempotencyScope(cookieValue: cookie(sessions.cookieName))
-        do {
-            return try IdempotentRequest(key: key, method: method, target: target, body: body, scope: scope)
-        } catch {
-            throw SessionErrorAnswer(error)
-        }
+        return try IdempotentRequest(key: key, method: method, target: target, body: body, scope: scope)
     }
 
     /// Claims the request's key once (blocking). Throws 409 (still running after
@@ -70,13 +66,7 @@ public struct IdempotencyGate: Sendable {
             throw SessionErrorAnswer.from(error)
                 ?? SessionErrorAnswer(status: 503, code: "session_store_unavailable", message: "\(error)", retryAfterSeconds: 1)
         }
-        let step: IdempotencyStep
-        do {
-            step = try request.next(after: claim, waitedMillis: waitedMillis, policy: policy)
-        } catch {
-            throw SessionErrorAnswer(error)
-        }
-        switch step {
+        switch try request.next(after: claim, waitedMillis: waitedMillis, policy: policy) {
         case .run: return .run(IdempotencyTicket(request: request, policy: policy))
         case .replay(let stored): return .replay(stored)
         case .wait(let millis): return .wait(millis: millis)

@@ -170,25 +170,10 @@ public enum IdempotencyStep: Sendable, Equatable {
     case wait(millis: Int)
 }
 
-/// An answer the idempotency machinery gives instead of running a request:
-/// a status, a stable code and a message (every transport renders it as its
-/// JSON error).
-public struct IdempotencyRefusal: Error, Sendable, Equatable, CustomStringConvertible {
-    public var status: Int
-    public var code: String
-    public var message: String
-    /// `Retry-After`, when a retry may succeed.
-    public var retryAfterSeconds: Int?
-
-    public init(status: Int, code: String, message: String, retryAfterSeconds: Int? = nil) {
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retryAfterSeconds = retryAfterSeconds
-    }
-
-    public var description: String { "\(status) \(code): \(message)" }
-}
+/// An answer the idempotency machinery gives instead of running a request
+/// (400, 409, 422): the session machinery's error answer, which every
+/// transport renders as its JSON error.
+public typealias IdempotencyRefusal = SessionErrorAnswer
 
 /// How idempotency records are kept: for how long, and how large.
 public struct IdempotencyPolicy: Sendable, Equatable {

@@ -17,7 +17,7 @@ public struct SessionConfiguration: Sendable {
     public var exclusive: (any SessionRequestLock)?
 
     /// The cookie carrying the read token of stores with read-your-writes
-    /// (`SessionStore.readToken`): `<cookieName>_rt`.
+    /// (`ReadYourWritesStore.readToken`): `<cookieName>_rt`.
     public var readTokenCookieName: String { cookieName + "_rt" }
 
     /// The signing keys (the first signs, all verify); empty for unsigned cookies.

@@ -64,13 +64,6 @@ public struct SessionErrorAnswer: Error, Sendable, Equatable, CustomStringConver
             retryAfterSeconds: 1)
     }
 
-    /// The answer to an idempotency refusal (400, 409, 422).
-    public init(_ refusal: IdempotencyRefusal) {
-        self.init(
-            status: refusal.status, code: refusal.code, message: refusal.message,
-            retryAfterSeconds: refusal.retryAfterSeconds)
-    }
-
     /// The answer to an error thrown by a store, a session lock, an idempotency check or a
     /// handler's session call; nil for any other error, which the transport handles as usual.
     public static func from(_ error: any Error) -> SessionErrorAnswer? {
@@ -78,7 +71,6 @@ public struct SessionErrorAnswer: Error, Sendable, Equatable, CustomStringConver
         case let error as SessionErrorAnswer: error
         case let error as SessionStoreError: SessionErrorAnswer(error)
         case let error as SessionBusyError: SessionErrorAnswer(error)
-        case let error as IdempotencyRefusal: SessionErrorAnswer(error)
         default: nil
         }
     }

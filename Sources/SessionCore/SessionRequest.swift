@@ -38,6 +38,8 @@ public final class SessionRequest: Sendable {
     public let secure: Bool
     /// The claimed `Idempotency-Key` of the request: changes are then written with its record.
     public let idempotency: IdempotencyTicket?
+    /// The store, when its copies may lag behind (read tokens).
+    let readYourWrites: (any ReadYourWritesStore)?
     private let current = Mutex<Session?>(nil)
 
     /// - Parameters:
@@ -52,9 +54,10 @@ public final class SessionRequest: Sendable {
         self.configuration = configuration
         let id = cookie(configuration.cookieName).flatMap(configuration.cookieCodec.verifiedID)
         cookieID = id
-        readToken = id == nil ? nil : cookie(configuration.readTokenCookieName)
+        readToken = id == nil || !(store is any ReadYourWritesStore) ? nil : cookie(configuration.readTokenCookieName)
         secure = configuration.isSecure(remoteAddress: remoteAddress, forwardedProto: forwardedProto)
         self.idempotency = idempotency
+        readYourWrites = store as? any ReadYourWritesStore
     }
 
     /// The session, if a handler asked for it.
@@ -64,7 +67,7 @@ public final class SessionRequest: Sendable {
     /// (replicated store). Blocking; throws `SessionStoreError`.
     public func session() throws -> Session {
         if let session = loaded { return session }
-        if let id = cookieID, let readToken { _ = try store.catchUp(id, to: readToken) }
+        if let id = cookieID, let readToken, let readYourWrites { _ = try readYourWrites.catchUp(id, to: readToken) }
         let snapshot = try cookieID.flatMap { try store.load($0) }
         let session = Session(
             store: store, snapshot: snapshot, deferWrites: idempotency != nil, slotTag: idempotency?.request.slotTag)
@@ -118,7 +121,7 @@ public struct SessionCommit: Sendable {
             throw error
         }
         if recorded { request.idempotency?.markRecorded() }
-        let token = session.wroteToStore ? session.id.flatMap { request.store.readToken(for: $0) } : nil
+        let token = session.wroteToStore ? session.id.flatMap { request.readYourWrites?.readToken(for: $0) } : nil
         return SessionCommitOutcome(request: request, replaced: action != planned ? action : nil, readToken: token)
     }
 }

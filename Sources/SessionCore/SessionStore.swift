@@ -204,12 +204,16 @@ public protocol SessionStore: Sendable {
 
     /// Deletes the session (a no-op when it does not exist).
     func invalidate(_ id: SessionID) throws
+}
 
-    /// Read-your-writes, for stores whose copies on other nodes may lag
-    /// behind (replication). After a request wrote to session `id`, the
-    /// session middleware asks for a token naming this node's state of it
-    /// and gives it to the client in a cookie. nil (the default): every node
-    /// reads the same state (Redis, a single node's memory).
+/// Read-your-writes, for stores whose copies on other nodes may lag behind
+/// (replication). After a request wrote to a session, the request cycle
+/// (`SessionRequest`) asks for a token naming this node's state of it and
+/// gives it to the client in a cookie; the client's next request, on any
+/// node, catches up to it first. Stores where every node reads the same state
+/// (Redis, a single node's memory) do not adopt this protocol.
+public protocol ReadYourWritesStore: SessionStore {
+    /// A token naming this node's state of session `id`, or nil.
     func readToken(for id: SessionID) -> String?
 
     /// Waits, bounded, until this node's copy of `id` is at least as new as
@@ -217,13 +221,8 @@ public protocol SessionStore: Sendable {
     /// needed. Returns false when it gave up: the request then sees what this
     /// node has — unless the store must never serve an older state than a
     /// client saw (replication in sync mode with a majority quorum): then it
-    /// throws `unavailable` instead. The default does nothing and returns true.
+    /// throws `unavailable` instead.
     func catchUp(_ id: SessionID, to token: String) throws -> Bool
-}
-
-extension SessionStore {
-    public func readToken(for id: SessionID) -> String? { nil }
-    public func catchUp(_ id: SessionID, to token: String) -> Bool { true }
 }
 
 /// Reads a JSON integer (as written for counters) from attribute bytes.

@@ -26,7 +26,7 @@ import SystemSupport
 /// live sessions are never dropped. `maxSessionBytes` caps a local write
 /// (`sessionTooLarge`, nothing written). Merges ignore both caps: the peer
 /// already admitted the write, and refusing it would make the nodes diverge.
-public final class ReplicatedSessionStore: SessionStore, IdempotencyStore {
+public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore {
     public let expiry: SessionExpiry
     public let clock: SessionClock
     /// Stamps every local change; moved past every merged update.

@@ -6,7 +6,7 @@ import Synchronization
 /// while (`delayMillis`, or until `release()`), as a Redis or a peer that
 /// stalls would: for tests that show a slow store does not stall the
 /// requests of other sessions.
-public final class SlowSessionStore: SessionStore, IdempotencyStore {
+public final class SlowSessionStore: ReadYourWritesStore, IdempotencyStore {
     /// The store underneath.
     public let base: any SessionStore & IdempotencyStore
     /// How long each call for a slow session blocks its thread.
@@ -66,9 +66,11 @@ public final class SlowSessionStore: SessionStore, IdempotencyStore {
         try base.invalidate(id)
     }
 
-    public func readToken(for id: SessionID) -> String? { base.readToken(for: id) }
+    public func readToken(for id: SessionID) -> String? { (base as? any ReadYourWritesStore)?.readToken(for: id) }
 
-    public func catchUp(_ id: SessionID, to token: String) throws -> Bool { try base.catchUp(id, to: token) }
+    public func catchUp(_ id: SessionID, to token: String) throws -> Bool {
+        try (base as? any ReadYourWritesStore)?.catchUp(id, to: token) ?? true
+    }
 
     public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
         try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)

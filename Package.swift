@@ -104,11 +104,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The benchmarks the CLI runs: failover per strategy (clusters it starts), replication, the store.
+        .target(
+            name: "Benchmarks",
+            dependencies: [
+                "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
+                "SystemSupport", .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "Balancer", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore", "SessionRedis",
-                "SessionReplication", "SystemSupport",
+                "Balancer", "Benchmarks", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore",
+                "SessionRedis", "SessionReplication", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,10 +1,10 @@
 import ArgumentParser
+import Benchmarks
 import ClusterSupervisor
 import FailoverBench
 import Foundation
 import Logging
 import MiniHTTP
-import Synchronization
 
 extension SessionClusterCommand {
     /// `session-cluster bench`: what users lose when an instance dies, per strategy.
@@ -107,6 +107,17 @@ extension SessionClusterCommand {
             let plan = try faultPlan(durationMillis: durationMillis)
             let pacing: Pacing = rate.map { .fixedRate(requestsPerSecond: $0) } ?? .closedLoop(thinkTimeMillis: thinkMs)
             let command = "session-cluster bench " + CommandLine.arguments.dropFirst(2).joined(separator: " ")
+            var bench = ClusterBench(durationMillis: durationMillis, pacing: pacing)
+            bench.users = users
+            bench.nodes = nodes
+            bench.threads = threads
+            bench.timeoutMillis = timeoutMs
+            bench.idempotencyKeys = !noIdempotencyKey
+            bench.redisWaitReplicas = redisWaitReplicas
+            bench.redisClusterReplicas = redisClusterReplicas
+            bench.nodeLogLevel = nodeLogLevel
+            bench.nodeLogs = nodeLogs
+            bench.nodeArguments = nodeArguments
             var results: [StrategyResult] = []
 
             if let target {
@@ -123,12 +134,9 @@ extension SessionClusterCommand {
                     throw ValidationError("--target: \(error)")
                 }
                 results.append(
-                    try measure(name: "target", target: benchTarget, plan: plan, pacing: pacing, durationMillis: durationMillis,
-                                injector: injector, logger: logger))
+                    try bench.measure(name: "target", target: benchTarget, plan: plan, injector: injector, logger: logger))
             } else {
-                for name in try strategyList() {
-                    results.append(try measureCluster(name, plan: plan, pacing: pacing, durationMillis: durationMillis, logger: logger))
-                }
+                for name in try strategyList() { results.append(try bench.measureCluster(name, plan: plan, logger: logger)) }
             }
 
             let benchReport = BenchReport(command: command, strategies: results)
@@ -165,197 +173,11 @@ extension SessionClusterCommand {
         private func strategyList() throws -> [String] {
             let names = strategies.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
             guard !names.isEmpty else { throw ValidationError("--strategies is empty") }
-            for name in names where Self.clusterStrategy(name) == nil {
+            for name in names where ClusterBench.clusterStrategy(name) == nil {
                 throw ValidationError("unknown strategy '\(name)'; available: replicate-async, replicate-sync, redis, redis-cluster, local")
             }
             return names
         }
 
-        static func clusterStrategy(_ name: String) -> (ClusterConfiguration.Strategy, String)? {
-            switch name {
-            case "replicate-async", "replicate": (.replicate, "async")
-            case "replicate-sync": (.replicate, "sync")
-            case "redis": (.redis, "async")
-            case "redis-cluster": (.redisCluster, "async")
-            case "local": (.local, "async")
-            default: nil
-            }
-        }
-
-        /// Starts the strategy's cluster, measures it, stops it.
-        private func measureCluster(
-            _ name: String, plan: FaultPlan, pacing: Pacing, durationMillis: Int, logger: Logger
-        ) throws -> StrategyResult {
-            let (strategy, mode) = Self.clusterStrategy(name)!
-            let usesRedis = strategy == .redis || strategy == .redisCluster
-            var configuration = ClusterConfiguration(
-                strategy: strategy, replicationMode: mode, nodeCount: nodes, port: 0,
-                executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
-                nodeLogLevel: nodeLogLevel,
-                extraNodeArguments: nodeArguments
-                    + (usesRedis && redisWaitReplicas > 0 ? ["--redis-wait-replicas", "\(redisWaitReplicas)"] : []))
-            configuration.redisClusterReplicas = redisClusterReplicas
-            configuration.balancer.eventLoops = 1
-            if let nodeLogs {
-                guard mkdir(nodeLogs, 0o755) == 0 || errno == EEXIST else {
-                    throw ValidationError("--node-logs: cannot create \(nodeLogs): \(String(cString: strerror(errno)))")
-                }
-                configuration.logDirectory = "\(nodeLogs)/\(name)"
-            }
-            let linkFaults = plan.faults.contains { [.partition, .isolate, .slowLink].contains($0.kind) }
-            if linkFaults && (strategy == .local || strategy == .redisCluster) {
-                throw ValidationError(
-                    "\(name): partition, isolate and slow-link faults act on the links between nodes (replicate-*) and to the store (redis, one server); "
-                        + (strategy == .local ? "local nodes have none" : "a Redis Cluster's own bus cannot be cut per link yet"))
-            }
-            configuration.relayedLinks = linkFaults
-            let supervisor: ClusterSupervisor
-            do {
-                supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
-                    FileHandle.standardError.write(Data("\r\u{1B}[K  [\(name)] \(event)\n".utf8))
-                }
-                FileHandle.standardError.write(Data("== \(name): starting \(nodes) nodes\n".utf8))
-                try supervisor.start()
-            } catch {
-                throw ValidationError("\(name): \(error)")
-            }
-            defer { supervisor.shutdown() }
-            let redisNames = supervisor.redisServers.map(\.name)
-            // The supervisor's names (node-2 for node2), as the nodes report them in X-Served-By; a
-            // rolling restart of the whole cluster restarts its nodes in their order.
-            let resolved = plan.mappingNodes(Self.nodeName).resolvingRolling(nodes: supervisor.nodeNames)
-            for fault in resolved.faults {
-                let named: [String]
-                switch fault.kind {
-                case .rolling: named = fault.nodes ?? []
-                case .partition, .slowLink: named = Array((fault.groups ?? []).joined())
-                default: named = [fault.node]
-                }
-                for node in named {
-                    if fault.kind == .stop && !supervisor.nodeNames.contains(node) && node.hasPrefix("redis") {
-                        throw ValidationError("fault '\(fault)': stop windows are for nodes; a redis-server can be killed and restarted")
-                    }
-                    if supervisor.nodeNames.contains(node) || redisNames.contains(node) { continue }
-                    if strategy == .redisCluster, node.hasPrefix("redis-primary-"), let n = Int(node.dropFirst(14)),
-                        (1...configuration.redisClusterPrimaries).contains(n)
-                    { continue }
-                    throw ValidationError(
-                        "fault on '\(node)': the cluster has \((supervisor.nodeNames + redisNames).joined(separator: ", "))"
-                            + (strategy == .redisCluster ? ", redis-primary-1..\(configuration.redisClusterPrimaries)" : ""))
-                }
-            }
-            let target = try BenchTarget(baseURL: "http://127.0.0.1:\(supervisor.port)")
-            // Every node should hold every session once the load stops: read each from each (`local` keeps its own).
-            let nodesToCompare = strategy == .local ? [] : supervisor.nodePorts.map { BenchNode(name: $0.name, port: $0.port) }
-            return try measure(
-                name: name, target: target, plan: resolved, pacing: pacing, durationMillis: durationMillis,
-                injector: SupervisorFaultInjector(supervisor: supervisor),
-                slowStartMillis: configuration.balancer.healthCheck?.slowStartMillis ?? 0,
-                convergenceNodes: nodesToCompare, logger: logger)
-        }
-
-        private func measure(
-            name: String, target: BenchTarget, plan: FaultPlan, pacing: Pacing, durationMillis: Int,
-            injector: (any FaultInjector)?, slowStartMillis: Int = 0, convergenceNodes: [BenchNode] = [], logger: Logger
-        ) throws -> StrategyResult {
-            var configuration = BenchConfiguration(
-                target: target, users: users, durationSeconds: Double(durationMillis) / 1000, pacing: pacing,
-                requestTimeoutMillis: timeoutMs, threads: threads, faults: plan, idempotencyKeys: !noIdempotencyKey,
-                slowStartMillis: slowStartMillis)
-            configuration.convergenceNodes = convergenceNodes
-            let runner: BenchRunner
-            do {
-                runner = try BenchRunner(configuration: configuration, injector: injector, logger: logger) { progress in
-                    FileHandle.standardError.write(Data("\r\u{1B}[K  \(progress.line)".utf8))
-                }
-            } catch {
-                throw ValidationError("\(error)")
-            }
-            let result = runner.run(name: name)
-            FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
-            return result
-        }
-
-        /// `node2` is accepted for `node-2`.
-        static func nodeName(_ name: String) -> String {
-            guard name.hasPrefix("node"), !name.hasPrefix("node-"), Int(name.dropFirst(4)) != nil else { return name }
-            return "node-" + name.dropFirst(4)
-        }
-    }
-}
-
-/// Faults carried out by the cluster supervisor on its own nodes and redis-servers.
-final class SupervisorFaultInjector: FaultInjector {
-    let supervisor: ClusterSupervisor
-    /// Which server each `redis-primary-N` named when first used (so `restart:redis-primary-1` restarts the one killed).
-    private let primaryNames = Mutex<[String: String]>([:])
-
-    init(supervisor: ClusterSupervisor) {
-        self.supervisor = supervisor
-    }
-
-    func apply(_ action: FaultAction, node: String) throws {
-        let name = SessionClusterCommand.Bench.nodeName(node)
-        switch (action, name.hasPrefix("redis")) {
-        case (.partition, _):
-            // The plan's names are the supervisor's already (`FaultPlan.mappingNodes`).
-            guard let groups = Fault.partitionGroups(node) else { throw ValidationError("malformed partition '\(node)'") }
-            try supervisor.partition(groups)
-        case (.heal, _): supervisor.healPartition()
-        case (.slow, _), (.unslow, _):
-            guard let link = Fault.slowLink(node) else { throw ValidationError("malformed slow link '\(node)'") }
-            let slow = action == .slow
-            try supervisor.slowLink(
-                link.a, link.b, latencyMillis: slow ? link.latencyMillis : 0, lossPercent: slow ? link.lossPercent : 0)
-        case (.kill, true): try supervisor.killRedis(try redisServer(name))
-        case (.restart, true): try supervisor.restartRedis(try redisServer(name))
-        case (.stop, true), (.resume, true):
-            throw ValidationError("stop windows are for nodes; a redis-server can be killed and restarted")
-        case (.kill, false): try supervisor.kill(name)
-        case (.stop, false): try supervisor.stop(name)
-        case (.resume, false): try supervisor.resume(name)
-        case (.restart, false): try supervisor.restart(name)
-        }
-    }
-}
-
-/// Faults carried out by a shell command (for clusters the benchmark did not start).
-struct ShellFaultInjector: FaultInjector {
-    let command: String
-
-    func apply(_ action: FaultAction, node: String) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", command]
-        var environment = ProcessInfo.processInfo.environment
-        environment["FAULT_ACTION"] = action.rawValue
-        environment["FAULT_NODE"] = node
-        process.environment = environment
-        // Not the benchmark's own stdout/stderr: a command that leaves a process behind (a restarted
-        // node) would keep them open. Its exit status is what counts.
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw ValidationError("fault command exited with status \(process.terminationStatus) for \(action.rawValue) \(node)")
-        }
-    }
-}
-
-extension SupervisorFaultInjector {
-    /// `redis-primary-N`: the Nth of the redis-servers that are primaries now (in name order); other names as they are.
-    private func redisServer(_ name: String) throws -> String {
-        guard name.hasPrefix("redis-primary-"), let n = Int(name.dropFirst("redis-primary-".count)) else { return name }
-        if let named = primaryNames.withLock({ $0[name] }) { return named }
-        func number(_ status: RedisNodeStatus) -> Int { Int(status.name.dropFirst("redis-".count)) ?? 0 }
-        let up: [RedisNodeStatus] = supervisor.redisStatus.map(\.status).filter { $0.up && $0.role == "master" }
-        let primaries: [String] = up.sorted { number($0) < number($1) }.map(\.name)
-        guard n >= 1, n <= primaries.count else {
-            throw ValidationError("\(name): there are \(primaries.count) primaries up (\(primaries.joined(separator: ", ")))")
-        }
-        primaryNames.withLock { $0[name] = primaries[n - 1] }
-        return primaries[n - 1]
     }
 }

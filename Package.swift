@@ -139,13 +139,13 @@ let package = Package(
             name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "SessionRedis", "TestSupport"]),
         .testTarget(
             name: "ClusterDemoTests",
-            dependencies: ["ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication", "TestSupport"]),
+            dependencies: ["session-cluster", "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication", "TestSupport"]),
         .testTarget(
             name: "BalancerTests",
-            dependencies: ["Balancer", "MiniHTTP", "TestSupport", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["session-cluster", "Balancer", "MiniHTTP", "TestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "ClusterSupervisorTests",
-            dependencies: ["ClusterSupervisor", "Balancer", "MiniHTTP", "TestSupport"]),
+            dependencies: ["session-cluster", "ClusterSupervisor", "Balancer", "MiniHTTP", "TestSupport"]),
         .testTarget(
             name: "FailoverBenchTests",
             dependencies: ["FailoverBench", "MiniHTTP", "TestSupport"]),

@@ -30,3 +30,15 @@ public func wallClockNanos() -> UInt64 {
 public func wallClockMillis() -> Int64 {
     Int64(wallClockNanos() / 1_000_000)
 }
+
+/// The wall clock's local time of day, `HH:MM:SS.mmm` (for lines people read).
+public func localTimeOfDay() -> String {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    var parts = tm()
+    var seconds = now.tv_sec
+    localtime_r(&seconds, &parts)
+    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    let millis = String(Int(now.tv_nsec / 1_000_000))
+    return "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(String(repeating: "0", count: 3 - millis.count))\(millis)"
+}

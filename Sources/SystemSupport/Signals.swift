@@ -26,3 +26,13 @@ public func waitForTerminationSignal() -> Int32 {
     for source in sources { source.cancel() }
     return which.withLock { $0 }
 }
+
+/// Watches the parent: when `parent` is gone (this process was re-parented), raises SIGTERM,
+/// so the process stops as it does on a normal stop. A supervisor killed with SIGKILL thus
+/// leaves no child behind.
+public func terminateWhenOrphaned(parent: Int32) {
+    startThread {
+        while getppid() == parent { usleep(200_000) }
+        kill(getpid(), SIGTERM)
+    }
+}

@@ -80,12 +80,12 @@ extension SessionClusterCommand {
                 strategy == .replicate || (strategy == .redis && redisReplicas == 0 && !sentinel)
             // Beyond loopback anyone on the network reaches the control API: it then needs a token,
             // made here and shown once (the dashboard's address carries it in its #fragment, never sent).
-            let token = ClusterConfiguration.isLoopback(host) && !controlToken ? nil : Self.randomToken()
+            let token = ClusterConfiguration.isLoopback(host) && !controlToken ? nil : secureRandomToken(byteCount: 16)
             configuration.controlToken = token
             let supervisor: ClusterSupervisor
             do throws(SupervisorError) {
                 supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
-                    print("[\(clock())] \(event)")
+                    print("[\(localTimeOfDay())] \(event)")
                     fflush(nil)
                 }
                 print("starting \(nodes) node\(nodes == 1 ? "" : "s") (strategy \(strategy.rawValue)) ...")
@@ -94,22 +94,7 @@ extension SessionClusterCommand {
             } catch {
                 throw ValidationError(error.message)
             }
-            let base = "http://\(host.contains(":") ? "[\(host)]" : host):\(supervisor.port)"
-            let dashboard = token.map { "\(base)/#token=\($0)" } ?? "\(base)/"
-            let auth = token.map { " -H 'Authorization: Bearer \($0)'" } ?? ""
-            let nodeList = supervisor.nodePorts.map { "\($0.name) :\($0.port)" }.joined(separator: ", ")
-            print("""
-
-                SessionCluster demo — \(nodes) nodes, strategy '\(strategy.rawValue)'\(strategy == .replicate ? " (\(replicationMode))" : "")
-                  dashboard  \(dashboard)
-                  nodes      \(nodeList), logs in \(supervisor.logDirectoryPath)
-                  try        curl -c /tmp/sc.jar -b /tmp/sc.jar -X POST \(base)/api/counter    (again: another node answers)
-                             curl -X POST -H 'X-Cluster-Control: 1'\(auth) \(base)/_cluster/nodes/node-1/kill    (then count on)
-                             curl\(auth) \(base)/_cluster/status
-                  \(sentinel ? Self.sentinelExpectation : Self.expectation(strategy))
-                Ctrl-C stops everything.
-
-                """)
+            print(supervisor.welcome)
             fflush(nil)
             let signal = waitForTerminationSignal()
             let redis =
@@ -118,46 +103,10 @@ extension SessionClusterCommand {
                 case .redisCluster: " and the Redis Cluster"
                 case .replicate, .local: ""
                 }
-            print("[\(clock())] signal \(signal): stopping the balancer, the nodes\(redis)")
+            print("[\(localTimeOfDay())] signal \(signal): stopping the balancer, the nodes\(redis)")
             fflush(nil)
             supervisor.shutdown()
-            print("[\(clock())] stopped")
-        }
-
-        /// 128 random bits (the system's CSPRNG), in hex.
-        static func randomToken() -> String {
-            var generator = SystemRandomNumberGenerator()
-            return (0..<4).map { _ in
-                let word = String(generator.next() as UInt32, radix: 16)
-                return String(repeating: "0", count: 8 - word.count) + word
-            }.joined()
-        }
-
-        static let sentinelExpectation = """
-            expect     sessions survive a killed node, and a killed Redis primary (redis-1) once the Sentinel \
-            promoted its replica (a few seconds)
-            """
-
-        static func expectation(_ strategy: ClusterConfiguration.Strategy) -> String {
-            switch strategy {
-            case .replicate: "expect     sessions survive a killed node: every node holds a copy"
-            case .redis: "expect     sessions survive a killed node: they live in Redis"
-            case .redisCluster:
-                "expect     sessions survive a killed node, and a killed Redis primary once its replica took over"
-            case .local: "expect     sessions break: each node knows only its own (the control experiment)"
-            }
+            print("[\(localTimeOfDay())] stopped")
         }
     }
-}
-
-/// Wall-clock time of day, HH:MM:SS.mmm.
-private func clock() -> String {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    var parts = tm()
-    var seconds = now.tv_sec
-    localtime_r(&seconds, &parts)
-    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-    let millis = Int(now.tv_nsec / 1_000_000)
-    return "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(String(repeating: "0", count: 3 - String(millis).count))\(millis)"
 }

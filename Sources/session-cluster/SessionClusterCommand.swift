@@ -198,22 +198,12 @@ extension SessionClusterCommand {
         func run() throws {
             guard (0...600_000).contains(drainDelayMs) else { throw ValidationError("--drain-delay-ms must be 0...600000") }
             let logger = try options.makeLogger(label: "node.\(nodeId)")
-            if let parentPid { exitWithParent(parentPid) }
+            if let parentPid { terminateWhenOrphaned(parent: parentPid) }
             let node = try DemoNode(configuration: try options.nodeConfiguration(nodeID: nodeId, port: port), logger: logger)
             try node.start()
             let signal = waitForTerminationSignal()
             logger.info("signal received, draining", metadata: ["signal": "\(signal)", "drain_delay_ms": "\(drainDelayMs)"])
             node.shutdown(drainDelayMillis: drainDelayMs)
         }
-    }
-}
-
-/// Watches the parent: when `parent` is gone (this process was re-parented), raises
-/// SIGTERM so the node drains and exits like on a normal stop. A supervisor killed
-/// with SIGKILL thus leaves no node behind.
-func exitWithParent(_ parent: Int32) {
-    startThread {
-        while getppid() == parent { usleep(200_000) }
-        kill(getpid(), SIGTERM)
     }
 }

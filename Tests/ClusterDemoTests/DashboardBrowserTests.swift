@@ -299,7 +299,7 @@ extension DashboardBrowserTests {
         }
         try #require(printed && demo.process.isRunning && address.hasPrefix("\(base)/#token="), "the demo's output:\n\(demo.output)")
         let token = String(address.dropFirst("\(base)/#token=".count))
-        #expect(token.count == 32)
+        #expect(base64URLDecode(token)?.count == 16, "128 random bits: \(token)")
 
         let client = CurlClient()
         let anonymous = try client.request("GET", "\(base)/_cluster/status", useJar: false)

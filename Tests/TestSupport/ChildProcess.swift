@@ -5,7 +5,8 @@ public final class ChildProcess: @unchecked Sendable {  // used by one test at a
     public let process: Process
     public let logFile: URL
 
-    /// The `session-cluster` binary built next to the test bundle.
+    /// The `session-cluster` binary built next to the test bundle (the test targets that spawn it
+    /// declare it as a dependency, so `swift build --build-tests` builds it).
     public static func sessionClusterBinary() throws -> URL {
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         var dir = exe.deletingLastPathComponent()

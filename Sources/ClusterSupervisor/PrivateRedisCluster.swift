@@ -50,8 +50,7 @@ public final class PrivateRedisCluster: Sendable {
         do throws(SupervisorError) {
             for index in 1...(primaries * (1 + replicasPerPrimary)) {
                 let port = try freeLoopbackPort()
-                var busPort = try freeLoopbackPort()
-                while busPort == port { busPort = try freeLoopbackPort() }
+                let busPort = try freeLoopbackPort()
                 servers.append(
                     try PrivateRedisServer(
                         name: "redis-\(index)", port: port, directory: directory, executable: redisServer,

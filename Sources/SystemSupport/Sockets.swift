@@ -76,14 +76,23 @@ public enum Sockets {
         return fd
     }
 
-    /// The local port a socket is bound to.
     /// A free TCP port on 127.0.0.1: bound, read and released (the caller binds it right after).
+    /// Never one this process was handed in its last 4,096 calls: the kernel may give a port just
+    /// released again at once, and two nodes started side by side would then get the same one.
     public static func freeLoopbackPort() throws -> Int {
-        let fd = try listen(host: "127.0.0.1", port: 0)
-        defer { close(fd) }
-        return localPort(fd)
+        for _ in 0..<64 {
+            let fd = try listen(host: "127.0.0.1", port: 0)
+            let port = localPort(fd)
+            close(fd)
+            if recentPorts.withLock({ $0.insert(port) }) { return port }
+        }
+        throw SocketError("bind 127.0.0.1:0 (only recently handed-out ports came back)", errno: EADDRINUSE)
     }
 
+    /// The ports `freeLoopbackPort` handed out lately.
+    private static let recentPorts = FastLock(RecentPorts())
+
+    /// The local port a socket is bound to.
     public static func localPort(_ fd: Int32) -> Int {
         var addr = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -220,5 +229,20 @@ public struct SocketAddress: Sendable {
 extension String {
     fileprivate var trimmingBrackets: String {
         hasPrefix("[") && hasSuffix("]") ? String(dropFirst().dropLast()) : self
+    }
+}
+
+/// The last `capacity` ports handed out, oldest first out.
+private struct RecentPorts {
+    let capacity = 4_096
+    var order: [Int] = []
+    var members: Set<Int> = []
+
+    /// Records `port`; false when it is among the recent ones already.
+    mutating func insert(_ port: Int) -> Bool {
+        guard members.insert(port).inserted else { return false }
+        order.append(port)
+        if order.count > capacity { members.remove(order.removeFirst()) }
+        return true
     }
 }

@@ -72,3 +72,17 @@ import TestSupport
         }
     }
 }
+
+/// `Sockets.freeLoopbackPort` never hands out the same port twice in a row (CI once saw two demo
+/// nodes given one port, the kernel having returned a port just released).
+@Suite struct FreePortTests {
+    @Test func portsHandedOutAreDistinctAndBindable() throws {
+        var seen = Set<Int>()
+        for _ in 0..<500 {
+            let port = try Sockets.freeLoopbackPort()
+            #expect(seen.insert(port).inserted, "port \(port) handed out twice")
+        }
+        let fd = try Sockets.listen(host: "127.0.0.1", port: try Sockets.freeLoopbackPort())
+        close(fd)
+    }
+}

@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // hiredis, from the system (apt: libhiredis-dev). No pkgConfig: its
@@ -47,6 +48,7 @@ let package = Package(
             dependencies: [
                 "SystemSupport", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         .target(
             name: "SessionRedis",
@@ -54,6 +56,7 @@ let package = Package(
                 "CHiredis", "SessionCore", "SystemSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -62,6 +65,7 @@ let package = Package(
                 "CSodium", "SessionCore", "SystemSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -126,10 +130,16 @@ let package = Package(
         .testTarget(name: "CHiredisTests", dependencies: ["CHiredis"]),
         .testTarget(
             name: "SessionRedisTests",
-            dependencies: ["SessionRedis", "SessionCore", "SessionStoreConformance", "TestSupport", "ClusterSupervisor"]),
+            dependencies: [
+                "SessionRedis", "SessionCore", "SessionStoreConformance", "TestSupport", "ClusterSupervisor",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
         .testTarget(
             name: "SessionReplicationTests",
-            dependencies: ["SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport"]),
+            dependencies: [
+                "SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
         .target(

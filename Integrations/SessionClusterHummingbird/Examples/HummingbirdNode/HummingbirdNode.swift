@@ -32,18 +32,18 @@ struct HummingbirdNode: AsyncParsableCommand {
             server: .http1(configuration: .init(additionalChannelHandlers: [CloseAfterConnectionCloseHandler()])),
             configuration: ApplicationConfiguration(address: .hostname(options.host, port: options.port)),
             logger: logger)
-        stores.start()
         logger.info(
             "hummingbird node listening",
             metadata: ["node": "\(options.nodeId)", "port": "\(options.port)", "store": "\(options.store.rawValue)"])
         // SIGTERM/SIGINT: the group shuts its services down in reverse order, each after
         // the previous one finished: first the lame duck (--drain-delay-ms, the app serving
-        // on), then the app (stops accepting, finishes in-flight requests).
+        // on), then the app (stops accepting, finishes in-flight requests), then the store's
+        // services (the replication node or the Redis client, the sweeper), which it started.
         let group = ServiceGroup(
-            services: [app, LameDuckService(lameDuck: lameDuck, logger: logger)],
+            services: stores.services + [app, LameDuckService(lameDuck: lameDuck, logger: logger)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         try await node.shutdown()
-        await stores.shutdown()
+        try? await stores.executor.shutdown()
     }
 }

@@ -3,6 +3,7 @@ import SessionClusterAsync
 import SessionReplication
 import SessionCore
 import SessionRedis
+import ServiceLifecycle
 
 /// The store of an example node, built from its options, with what it needs
 /// around it: the Redis client or the replication node, the sweeper, the
@@ -57,6 +58,20 @@ public final class ExampleNodeStores: Sendable {
         memory?.startSweeper(intervalMillis: 30_000)
         replication?.store.startSweeper(intervalMillis: 30_000)
         replication?.start()
+    }
+
+    /// The same, as swift-service-lifecycle services for an application's `ServiceGroup` (put them
+    /// before the HTTP server: the group stops them after it): the sweeper, the replication node,
+    /// the Redis client. Use either these or `start()` and `shutdown()`.
+    public var services: [any Service] {
+        var services: [any Service] = []
+        if let memory { services.append(SweeperService(store: memory, intervalMillis: 30_000)) }
+        if let replication {
+            services.append(SweeperService(store: replication.store, intervalMillis: 30_000))
+            services.append(replication)
+        }
+        if let redisClient { services.append(redisClient) }
+        return services
     }
 
     /// What keeps the node from serving, for `/healthz`: nil when ready.

@@ -1,4 +1,3 @@
-import Dispatch
 import SystemSupport
 
 /// A benchmark that could not run or measure, with what went wrong.
@@ -24,19 +23,6 @@ public struct BenchWindow: Sendable {
         let from = start + UInt64(warmup * 1e9)
         return (from, from + UInt64(duration * 1e9))
     }
-}
-
-/// Runs `body(0..<count)` on `count` threads and waits for all of them (the benchmarks' load generators).
-func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    let group = DispatchGroup()
-    for t in 0..<count {
-        group.enter()
-        startThread {
-            body(t)
-            group.leave()
-        }
-    }
-    group.wait()
 }
 
 /// `value` with exactly `digits` decimals (no exponent form; "null" when not finite): the benchmarks' JSON lines.

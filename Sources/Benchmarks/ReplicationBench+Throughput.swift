@@ -327,9 +327,6 @@ private struct ThroughputOutcome: Sendable {
     }
 }
 
-// MARK: - A minimal HTTP/1.1 client
-
-/// A node's base URL: http://host:port (IPv4, or [IPv6]); any path is ignored.
 /// A node's address, from `http://host:port` (a path is ignored).
 public struct BenchEndpoint: Sendable, CustomStringConvertible {
     public var host: String

@@ -86,7 +86,8 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
             throw error
         }
         if let stored = gate.overtakingResponse(for: ticket) { return HTTPResponse(stored) }
-        gate.finish(ticket, response: StoredResponse(response))
+        // The request changed no session: its record stands alone.
+        if ticket.needsStandaloneRecord { gate.finish(ticket, response: StoredResponse(response)) }
         return response
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Dispatch
 
 /// Starts a detached POSIX thread running `body`.
 public func startThread(_ body: @escaping @Sendable () -> Void) {
@@ -23,4 +24,22 @@ public func startThread(_ body: @escaping @Sendable () -> Void) {
     }, box)
     pthread_attr_destroy(&attr)
     precondition(rc == 0, "pthread_create failed: \(rc)")
+}
+
+/// Starts `count` threads running `body(i)` at once; the group is done when they all returned.
+public func startThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) -> DispatchGroup {
+    let group = DispatchGroup()
+    for i in 0..<count {
+        group.enter()
+        startThread {
+            body(i)
+            group.leave()
+        }
+    }
+    return group
+}
+
+/// Runs `body(i)` for i in 0..<count, each on its own thread, and waits for all of them.
+public func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    startThreads(count, body).wait()
 }

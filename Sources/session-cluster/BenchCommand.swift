@@ -97,9 +97,7 @@ extension SessionClusterCommand {
         var nodeArguments: [String] = []
 
         func run() throws {
-            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-            var logger = Logger(label: "bench")
-            logger.logLevel = .notice
+            let logger = try standardErrorLogger(label: "bench", level: "notice")
 
             guard let durationMillis = parseBenchTimeMillis(duration), durationMillis >= 1_000 else {
                 throw ValidationError("--duration: expected a time such as 30s, 1.5m or 500ms, at least 1s")

@@ -61,13 +61,10 @@ extension SessionClusterCommand {
                     "unknown strategy '\(self.strategy)'; available: "
                         + ClusterConfiguration.Strategy.allCases.map(\.rawValue).joined(separator: ", "))
             }
-            guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
             guard Logger.Level(rawValue: nodeLogLevel) != nil else {
                 throw ValidationError("unknown log level '\(nodeLogLevel)'")
             }
-            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-            var logger = Logger(label: "demo")
-            logger.logLevel = level
+            let logger = try standardErrorLogger(label: "demo", level: logLevel)
 
             var configuration = ClusterConfiguration(
                 strategy: strategy, replicationMode: replicationMode, nodeCount: nodes, host: host, port: port,

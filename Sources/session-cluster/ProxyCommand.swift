@@ -191,14 +191,10 @@ extension SessionClusterCommand {
         }
 
         func run() throws {
-            guard let level = Logger.Level(rawValue: logLevel) else {
-                throw ValidationError("unknown log level '\(logLevel)'")
-            }
+            guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
             let configuration = try makeConfiguration()
             guard configuration.limits.maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
-            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-            var logger = Logger(label: "balancer")
-            logger.logLevel = level
+            let logger = try standardErrorLogger(label: "balancer", level: logLevel)
             let balancer = try Balancer(configuration: configuration, logger: logger)
             try balancer.start()
             let signal = waitForTerminationSignal()

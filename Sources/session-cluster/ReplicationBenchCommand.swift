@@ -128,9 +128,7 @@ extension SessionClusterCommand {
         }
 
         func run() throws {
-            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-            var logger = Logger(label: "bench-replication")
-            logger.logLevel = Logger.Level(rawValue: logLevel) ?? .warning
+            let logger = try standardErrorLogger(label: "bench-replication", level: logLevel)
             var bench = ReplicationBench()
             bench.samples = samples
             bench.warmupSamples = warmupSamples

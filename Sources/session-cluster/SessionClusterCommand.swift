@@ -160,15 +160,17 @@ struct NodeOptions: ParsableArguments {
         return configuration
     }
 
-    func makeLogger(label: String) throws -> Logger {
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            throw ValidationError("unknown log level '\(logLevel)'")
-        }
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-        var logger = Logger(label: label)
-        logger.logLevel = level
-        return logger
-    }
+    func makeLogger(label: String) throws -> Logger { try standardErrorLogger(label: label, level: logLevel) }
+}
+
+/// Sends the process's logs to standard error and returns a logger at `level` (a
+/// `Logger.Level` name; anything else is a usage error). Once per process.
+func standardErrorLogger(label: String, level: String) throws -> Logger {
+    guard let level = Logger.Level(rawValue: level) else { throw ValidationError("unknown log level '\(level)'") }
+    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+    var logger = Logger(label: label)
+    logger.logLevel = level
+    return logger
 }
 
 extension SessionClusterCommand {

@@ -57,9 +57,7 @@ extension SessionClusterCommand {
             guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
         }
         func run() throws {
-            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-            var logger = Logger(label: "bench-store")
-            logger.logLevel = Logger.Level(rawValue: logLevel) ?? .warning
+            let logger = try standardErrorLogger(label: "bench-store", level: logLevel)
             var bench = StoreBench()
             bench.redis = redis
             bench.concurrency = concurrency

@@ -1,9 +1,10 @@
 import Foundation
-import Synchronization
-import TestSupport
 import Logging
 import SessionCore
 @testable import SessionRedis
+import Synchronization
+import SystemSupport
+import TestSupport
 
 /// Raw commands to one cluster node, for tests that look under the client (roles, slots, migrations).
 struct ClusterNodeConnection {

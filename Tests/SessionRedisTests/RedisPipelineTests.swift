@@ -2,8 +2,9 @@ import Foundation
 import SessionCore
 @testable import SessionRedis
 import Synchronization
-import Testing
+import SystemSupport
 import TestSupport
+import Testing
 
 /// Automatic pipelining, on a private redis-server (its statistics are the test's own).
 @Suite(.enabled(if: RedisServerProcess.isInstalled, "needs redis-server"), .serialized)

@@ -79,7 +79,7 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
             if let stored = await gate.overtakingResponse(for: ticket) {
                 return replay(stored)
             }
-            if !ticket.isRecorded {
+            if ticket.needsStandaloneRecord {
                 // The request changed no session: its record stands alone.
                 let bytes = try await response.collectBody()
                 await gate.finish(

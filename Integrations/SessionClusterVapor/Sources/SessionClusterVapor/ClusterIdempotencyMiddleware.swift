@@ -69,7 +69,7 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
             if let stored = await gate.overtakingResponse(for: ticket) {
                 return replay(stored)
             }
-            if !ticket.isRecorded {
+            if ticket.needsStandaloneRecord {
                 // The request changed no session: its record stands alone.
                 await gate.finish(ticket, response: try await response.storedResponse(on: request.eventLoop))
             }

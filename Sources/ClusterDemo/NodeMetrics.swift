@@ -137,8 +137,8 @@ final class AtomicHistogram: Sendable {
     }
 }
 
-/// A store wrapper that times every call into `NodeMetrics`.
-public struct InstrumentedSessionStore: ReadYourWritesStore, IdempotencyStore {
+/// A store wrapper that times every session call into `NodeMetrics`.
+public struct InstrumentedSessionStore: WrappingSessionStore {
     public let base: any SessionStore & IdempotencyStore
     let metrics: NodeMetrics
 
@@ -147,9 +147,7 @@ public struct InstrumentedSessionStore: ReadYourWritesStore, IdempotencyStore {
         self.metrics = metrics
     }
 
-    public var expiry: SessionExpiry { base.expiry }
-
-    private func timed<T>(_ operation: String, _ body: () throws -> T) throws -> T {
+    public func around<T>(_ operation: String, session id: SessionID, _ body: () throws -> T) throws -> T {
         let start = monotonicNanos()
         do {
             let result = try body()
@@ -160,21 +158,4 @@ public struct InstrumentedSessionStore: ReadYourWritesStore, IdempotencyStore {
             throw error
         }
     }
-
-    public func load(_ id: SessionID) throws -> SessionSnapshot? { try timed("load") { try base.load(id) } }
-    public func apply(_ delta: SessionDelta) throws -> AppliedDelta? { try timed("apply") { try base.apply(delta) } }
-    public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
-        try timed("regenerate") { try base.regenerate(id, to: newID) }
-    }
-    public func invalidate(_ id: SessionID) throws { try timed("invalidate") { try base.invalidate(id) } }
-    public func readToken(for id: SessionID) -> String? { (base as? any ReadYourWritesStore)?.readToken(for: id) }
-    public func catchUp(_ id: SessionID, to token: String) throws -> Bool {
-        try (base as? any ReadYourWritesStore)?.catchUp(id, to: token) ?? true
-    }
-    public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
-        try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
-    }
-    public func complete(_ record: IdempotencyRecord) throws { try base.complete(record) }
-    public func abandon(key: String) throws { try base.abandon(key: key) }
 }
-

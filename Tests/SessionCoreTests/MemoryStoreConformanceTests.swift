@@ -1,5 +1,6 @@
 import SessionCore
 import SessionStoreConformance
+import Synchronization
 import Testing
 
 /// A memory store on a manual clock: time moves only when the suite says.
@@ -14,4 +15,43 @@ struct MemoryHarness: SessionStoreHarness {
 @Test(arguments: SessionStoreConformance.allCases)
 func memoryStoreConforms(_ check: SessionStoreConformance) throws {
     try check.run(MemoryHarness())
+}
+
+/// A wrapper that counts the session calls it passes on: it must behave as the store it wraps.
+private final class CountingStore: WrappingSessionStore {
+    let base: any SessionStore & IdempotencyStore
+    let calls = Mutex<[String: Int]>([:])
+
+    init(base: any SessionStore & IdempotencyStore) { self.base = base }
+
+    func around<T>(_ operation: String, session id: SessionID, _ body: () throws -> T) throws -> T {
+        calls.withLock { $0[operation, default: 0] += 1 }
+        return try body()
+    }
+}
+
+/// A memory store inside a `WrappingSessionStore`.
+struct WrappedMemoryHarness: SessionStoreHarness {
+    let clock = ManualClock()
+    func makeStore(expiry: SessionExpiry) throws -> any SessionStore {
+        CountingStore(base: MemorySessionStore(expiry: expiry, clock: clock.clock))
+    }
+    func advance(millis: Int64) { clock.advance(millis: millis) }
+}
+
+@Test(arguments: SessionStoreConformance.allCases)
+func aWrappedStoreConformsAndEverySessionCallPassesItsHook(_ check: SessionStoreConformance) throws {
+    try check.run(WrappedMemoryHarness())
+}
+
+@Test func theHookSeesEachSessionCall() throws {
+    let store = CountingStore(base: MemorySessionStore())
+    let id = SessionID.generate()
+    _ = try store.apply(SessionDelta(id: id, changes: [.set("a", encodeCounter(1))], createIfMissing: true))
+    _ = try store.load(id)
+    _ = try store.regenerate(id, to: SessionID.generate(slotTag: id.slotTag))
+    try store.invalidate(id)
+    #expect(store.calls.withLock { $0 } == ["apply": 1, "load": 1, "regenerate": 1, "invalidate": 1])
+    #expect(store.readToken(for: id) == nil, "a memory store has no read tokens")
+    #expect(try store.catchUp(id, to: "anything"))
 }

@@ -6,7 +6,7 @@ import Synchronization
 /// while (`delayMillis`, or until `release()`), as a Redis or a peer that
 /// stalls would: for tests that show a slow store does not stall the
 /// requests of other sessions.
-public final class SlowSessionStore: ReadYourWritesStore, IdempotencyStore {
+public final class SlowSessionStore: WrappingSessionStore {
     /// The store underneath.
     public let base: any SessionStore & IdempotencyStore
     /// How long each call for a slow session blocks its thread.
@@ -44,39 +44,8 @@ public final class SlowSessionStore: ReadYourWritesStore, IdempotencyStore {
         while !released.load(ordering: .relaxed) && Date() < deadline { usleep(2_000) }
     }
 
-    public var expiry: SessionExpiry { base.expiry }
-
-    public func load(_ id: SessionID) throws -> SessionSnapshot? {
+    public func around<T>(_ operation: String, session id: SessionID, _ body: () throws -> T) throws -> T {
         delay(id)
-        return try base.load(id)
+        return try body()
     }
-
-    public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
-        delay(delta.id)
-        return try base.apply(delta)
-    }
-
-    public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
-        delay(id)
-        return try base.regenerate(id, to: newID)
-    }
-
-    public func invalidate(_ id: SessionID) throws {
-        delay(id)
-        try base.invalidate(id)
-    }
-
-    public func readToken(for id: SessionID) -> String? { (base as? any ReadYourWritesStore)?.readToken(for: id) }
-
-    public func catchUp(_ id: SessionID, to token: String) throws -> Bool {
-        try (base as? any ReadYourWritesStore)?.catchUp(id, to: token) ?? true
-    }
-
-    public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
-        try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
-    }
-
-    public func complete(_ record: IdempotencyRecord) throws { try base.complete(record) }
-
-    public func abandon(key: String) throws { try base.abandon(key: key) }
 }

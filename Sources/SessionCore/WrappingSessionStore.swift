@@ -1,0 +1,41 @@
+/// A store that passes every call to `base`, with a hook around the session
+/// calls (`load`, `apply`, `regenerate`, `invalidate`): a wrapper that times
+/// them, or delays them in a test, implements only `around`. Read tokens and
+/// idempotency calls go straight through.
+public protocol WrappingSessionStore: ReadYourWritesStore, IdempotencyStore {
+    /// The store underneath.
+    var base: any SessionStore & IdempotencyStore { get }
+
+    /// Runs `body` — the call `operation` (e.g. "load") on session `id` in `base` — and returns its result.
+    func around<T>(_ operation: String, session id: SessionID, _ body: () throws -> T) throws -> T
+}
+
+extension WrappingSessionStore {
+    public var expiry: SessionExpiry { base.expiry }
+
+    public func load(_ id: SessionID) throws -> SessionSnapshot? { try around("load", session: id) { try base.load(id) } }
+
+    public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
+        try around("apply", session: delta.id) { try base.apply(delta) }
+    }
+
+    public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
+        try around("regenerate", session: id) { try base.regenerate(id, to: newID) }
+    }
+
+    public func invalidate(_ id: SessionID) throws { try around("invalidate", session: id) { try base.invalidate(id) } }
+
+    public func readToken(for id: SessionID) -> String? { (base as? any ReadYourWritesStore)?.readToken(for: id) }
+
+    public func catchUp(_ id: SessionID, to token: String) throws -> Bool {
+        try (base as? any ReadYourWritesStore)?.catchUp(id, to: token) ?? true
+    }
+
+    public func begin(key: String, fingerprint: String, inProgressMillis: Int64) throws -> IdempotencyClaim {
+        try base.begin(key: key, fingerprint: fingerprint, inProgressMillis: inProgressMillis)
+    }
+
+    public func complete(_ record: IdempotencyRecord) throws { try base.complete(record) }
+
+    public func abandon(key: String) throws { try base.abandon(key: key) }
+}

@@ -54,17 +54,17 @@ public struct IdempotencyGate: Sendable {
         return try IdempotentRequest(key: key, method: method, target: target, body: body, scope: scope)
     }
 
-    /// Claims the request's key once (blocking). Throws 409 (still running after
-    /// `policy.waitMillis`, or a kept record without its response), 422 (the key reused for
-    /// another request) and 503 (store down).
-    public func claim(_ request: IdempotentRequest, waitedMillis: Int) throws(SessionErrorAnswer) -> Step {
+    /// Claims the request's key once (blocking). Throws a `SessionErrorAnswer`: 409 (still
+    /// running after `policy.waitMillis`, or a kept record without its response), 422 (the key
+    /// reused for another request) and 503 (store down). Any other error of the store passes
+    /// through as it is, for the transport to handle as usual.
+    public func claim(_ request: IdempotentRequest, waitedMillis: Int) throws -> Step {
         let claim: IdempotencyClaim
         do {
             claim = try store.begin(
                 key: request.storageKey, fingerprint: request.fingerprint, inProgressMillis: policy.inProgressMillis)
         } catch {
-            throw SessionErrorAnswer.from(error)
-                ?? SessionErrorAnswer(status: 503, code: "session_store_unavailable", message: "\(error)", retryAfterSeconds: 1)
+            throw SessionErrorAnswer.from(error) ?? error
         }
         switch try request.next(after: claim, waitedMillis: waitedMillis, policy: policy) {
         case .run: return .run(IdempotencyTicket(request: request, policy: policy))

@@ -63,7 +63,9 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
         var waited = 0
         claiming: while true {
             let step: IdempotencyGate.Step
-            do { step = try gate.claim(keyed, waitedMillis: waited) } catch { throw HTTPError(error) }
+            do { step = try gate.claim(keyed, waitedMillis: waited) } catch let answer as SessionErrorAnswer {
+                throw HTTPError(answer)
+            }
             switch step {
             case .run(let claimed):
                 ticket = claimed
@@ -82,7 +84,7 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
             response = try next(request)
         } catch {
             if let stored = gate.overtakingResponse(for: ticket) { return HTTPResponse(stored) }
-            gate.abandon(ticket)
+            if !ticket.isOvertaken { gate.abandon(ticket) }  // an overtaken run has no claim of its own left
             throw error
         }
         if let stored = gate.overtakingResponse(for: ticket) { return HTTPResponse(stored) }

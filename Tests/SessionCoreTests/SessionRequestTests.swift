@@ -116,7 +116,7 @@ private func cookies(_ pairs: [String: String]) -> (String) -> String? { { pairs
         do {
             _ = try gate.claim(reused, waitedMillis: 0)
             Issue.record("a reused key is refused")
-        } catch {
+        } catch let error as SessionErrorAnswer {
             #expect(error.status == 422)
         }
     }

@@ -73,7 +73,7 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
             do {
                 response = try await next(request, context)
             } catch {
-                await gate.abandon(ticket)
+                if !ticket.isOvertaken { await gate.abandon(ticket) }
                 throw error
             }
             if let stored = await gate.overtakingResponse(for: ticket) {

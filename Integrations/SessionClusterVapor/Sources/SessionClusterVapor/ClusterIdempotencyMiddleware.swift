@@ -63,7 +63,7 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
             do {
                 response = try await next.respond(to: request)
             } catch {
-                await gate.abandon(ticket)
+                if !ticket.isOvertaken { await gate.abandon(ticket) }
                 throw error
             }
             if let stored = await gate.overtakingResponse(for: ticket) {

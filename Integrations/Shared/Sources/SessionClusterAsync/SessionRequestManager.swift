@@ -93,8 +93,8 @@ public final class SessionRequestManager: Sendable {
 /// A request's session, loaded from the store (on the executor) the first
 /// time a handler asks for it.
 public final class RequestSession: Sendable {
-    /// The request's session cycle (`SessionRequest`).
-    public let request: SessionRequest
+    /// The request's session cycle (`SessionRequest`; its calls block: the manager runs them on the executor).
+    let request: SessionRequest
     /// Where the blocking store calls run.
     public let executor: BlockingExecutor
     private let current = Mutex<ClusterSession?>(nil)

@@ -38,8 +38,9 @@ public final class SessionRequest: Sendable {
     public let secure: Bool
     /// The claimed `Idempotency-Key` of the request: changes are then written with its record.
     public let idempotency: IdempotencyTicket?
-    /// The store, when its copies may lag behind (read tokens).
-    let readYourWrites: (any ReadYourWritesStore)?
+    /// The store, when its copies may lag behind (read tokens). Cast when needed, not per
+    /// request: a request without a read token or a write never pays for it.
+    var readYourWrites: (any ReadYourWritesStore)? { store as? any ReadYourWritesStore }
     private let current = Mutex<Session?>(nil)
 
     /// - Parameters:
@@ -54,10 +55,9 @@ public final class SessionRequest: Sendable {
         self.configuration = configuration
         let id = cookie(configuration.cookieName).flatMap(configuration.cookieCodec.verifiedID)
         cookieID = id
-        readToken = id == nil || !(store is any ReadYourWritesStore) ? nil : cookie(configuration.readTokenCookieName)
+        readToken = id == nil ? nil : cookie(configuration.readTokenCookieName)
         secure = configuration.isSecure(remoteAddress: remoteAddress, forwardedProto: forwardedProto)
         self.idempotency = idempotency
-        readYourWrites = store as? any ReadYourWritesStore
     }
 
     /// The session, if a handler asked for it.

@@ -22,6 +22,7 @@ public struct EpollPoller: Sendable {
     public let logger: Logger
 
     public init(listenFD: Int32, logger: Logger) throws {
+        assert(EpollEvents.matchHeaders, "epoll's bits differ from the C headers'")
         self.listenFD = listenFD
         self.logger = logger
         epollFD = cepoll_create()
@@ -86,7 +87,9 @@ public struct EpollPoller: Sendable {
         if n < 0 && errno != EINTR {
             logger.error("epoll_wait failed", metadata: ["error": "\(SocketError("epoll_wait", errno: errno))"])
         }
-        return max(0, Int(n))
+        let count = max(0, Int(n))
+        ready.publish(count)
+        return count
     }
 
     /// Accepts up to `limit` pending connections (non-blocking, close-on-exec)
@@ -107,42 +110,70 @@ public struct EpollPoller: Sendable {
     }
 }
 
-/// What a descriptor is watched for, and what an event reports (epoll's bits).
+/// What a descriptor is watched for, and what an event reports (epoll's bits: the Linux ABI's
+/// values, checked against the C headers' in `EpollPoller.init`). Inlinable, so a set written
+/// as a literal in an event loop costs nothing at run time.
+@frozen
 public struct EpollEvents: OptionSet, Sendable {
     public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// EPOLLIN: data (or a connection) to read.
-    public static let readable = EpollEvents(rawValue: CEPOLL_IN)
+    @inlinable public static var readable: EpollEvents { EpollEvents(rawValue: 0x001) }
     /// EPOLLOUT: room to write.
-    public static let writable = EpollEvents(rawValue: CEPOLL_OUT)
+    @inlinable public static var writable: EpollEvents { EpollEvents(rawValue: 0x004) }
     /// EPOLLERR (always reported).
-    public static let error = EpollEvents(rawValue: CEPOLL_ERR)
+    @inlinable public static var error: EpollEvents { EpollEvents(rawValue: 0x008) }
     /// EPOLLHUP (always reported).
-    public static let hangUp = EpollEvents(rawValue: CEPOLL_HUP)
+    @inlinable public static var hangUp: EpollEvents { EpollEvents(rawValue: 0x010) }
     /// EPOLLRDHUP: the peer closed its side.
-    public static let peerClosed = EpollEvents(rawValue: CEPOLL_RDHUP)
+    @inlinable public static var peerClosed: EpollEvents { EpollEvents(rawValue: 0x2000) }
     /// EPOLLEXCLUSIVE: one of the waiting loops is woken.
-    public static let exclusive = EpollEvents(rawValue: CEPOLL_EXCLUSIVE)
+    @inlinable public static var exclusive: EpollEvents { EpollEvents(rawValue: 1 << 28) }
     /// EPOLLET: reported on a change only.
-    public static let edgeTriggered = EpollEvents(rawValue: CEPOLL_ET)
+    @inlinable public static var edgeTriggered: EpollEvents { EpollEvents(rawValue: 1 << 31) }
+
+    /// Whether these values are the C headers' (they are the kernel ABI's; checked once).
+    static var matchHeaders: Bool {
+        readable.rawValue == CEPOLL_IN && writable.rawValue == CEPOLL_OUT && error.rawValue == CEPOLL_ERR
+            && hangUp.rawValue == CEPOLL_HUP && peerClosed.rawValue == CEPOLL_RDHUP
+            && exclusive.rawValue == CEPOLL_EXCLUSIVE && edgeTriggered.rawValue == CEPOLL_ET
+    }
 }
 
 /// One ready descriptor: what happened and the token it was added with.
+@frozen
 public struct ReadyEvent: Sendable {
     public var events: EpollEvents
     public var token: UInt64
+    @inlinable public init(events: EpollEvents, token: UInt64) {
+        self.events = events
+        self.token = token
+    }
 }
 
 /// The buffer `EpollPoller.wait` fills: up to `capacity` ready descriptors.
 public struct ReadyEvents {
+    @usableFromInline var events: [UInt32]
+    @usableFromInline var tokens: [UInt64]
     fileprivate var storage: [cepoll_ready]
 
-    public init(capacity: Int = 256) { storage = [cepoll_ready](repeating: cepoll_ready(), count: capacity) }
+    public init(capacity: Int = 256) {
+        storage = [cepoll_ready](repeating: cepoll_ready(), count: capacity)
+        events = [UInt32](repeating: 0, count: capacity)
+        tokens = [UInt64](repeating: 0, count: capacity)
+    }
 
     /// The `index`th event of the last `wait` (below the count it returned).
-    public subscript(index: Int) -> ReadyEvent {
-        let raw = storage[index]
-        return ReadyEvent(events: EpollEvents(rawValue: raw.events), token: raw.token)
+    @inlinable public subscript(index: Int) -> ReadyEvent {
+        ReadyEvent(events: EpollEvents(rawValue: events[index]), token: tokens[index])
+    }
+
+    /// Copies the first `count` raw events into Swift arrays the inlinable subscript reads.
+    fileprivate mutating func publish(_ count: Int) {
+        for i in 0..<count {
+            events[i] = storage[i].events
+            tokens[i] = storage[i].token
+        }
     }
 }

@@ -8,6 +8,7 @@ import Darwin
 // (it never jumps), the wall clock for what crosses machines (expiry times).
 
 /// Nanoseconds on the monotonic clock (the clock `ConditionLock` waits use).
+@inlinable
 public func monotonicNanos() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -15,6 +16,7 @@ public func monotonicNanos() -> UInt64 {
 }
 
 /// Milliseconds on the monotonic clock.
+@inlinable
 public func monotonicMillis() -> Int64 {
     Int64(monotonicNanos() / 1_000_000)
 }

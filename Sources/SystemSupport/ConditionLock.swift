@@ -10,8 +10,8 @@ import Darwin
 /// Waits use the monotonic clock, so a wall-clock jump neither shortens nor
 /// stretches a timeout.
 public final class ConditionLock<Value>: @unchecked Sendable {  // the mutex guards every access to `value`
-    private var value: Value
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    @usableFromInline var value: Value
+    @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let conditions: UnsafeMutablePointer<pthread_cond_t>
     private let conditionCount: Int
 
@@ -40,6 +40,7 @@ public final class ConditionLock<Value>: @unchecked Sendable {  // the mutex gua
     }
 
     /// Runs `body` with the value, holding the lock.
+    @inlinable
     public func withLock<Result>(_ body: (inout Value) throws -> Result) rethrows -> Result {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }

@@ -18,8 +18,19 @@ public struct SocketError: Error, Sendable, CustomStringConvertible {
 
 /// Thin helpers over POSIX sockets (IPv4 and IPv6 numeric hosts).
 public enum Sockets {
-    /// Opens a listening TCP socket on `host:port` (`port` 0 picks a free port).
+    /// Opens a listening TCP socket on `host:port` (`port` 0 picks a free port: never one that
+    /// `freeLoopbackPort` handed out lately, which a child process may be about to bind).
     public static func listen(host: String, port: Int, backlog: Int32 = 1024) throws -> Int32 {
+        guard port == 0 else { return try bindAndListen(host: host, port: port, backlog: backlog) }
+        for _ in 0..<64 {
+            let fd = try bindAndListen(host: host, port: 0, backlog: backlog)
+            if recentPorts.withLock({ $0.insert(localPort(fd)) }) { return fd }
+            close(fd)
+        }
+        throw SocketError("bind \(host):0 (only recently handed-out ports came back)", errno: EADDRINUSE)
+    }
+
+    private static func bindAndListen(host: String, port: Int, backlog: Int32) throws -> Int32 {
         let addr = try makeAddress(host: host, port: port)
         let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SocketError("socket", errno: errno) }
@@ -77,16 +88,13 @@ public enum Sockets {
     }
 
     /// A free TCP port on 127.0.0.1: bound, read and released (the caller binds it right after).
-    /// Never one this process was handed in its last 4,096 calls: the kernel may give a port just
-    /// released again at once, and two nodes started side by side would then get the same one.
+    /// Never one of the last 4,096 ports this process bound with port 0 or handed out: the kernel
+    /// may give a port just released again at once, to a second node or to a relay's listener
+    /// while the first node is still starting.
     public static func freeLoopbackPort() throws -> Int {
-        for _ in 0..<64 {
-            let fd = try listen(host: "127.0.0.1", port: 0)
-            let port = localPort(fd)
-            close(fd)
-            if recentPorts.withLock({ $0.insert(port) }) { return port }
-        }
-        throw SocketError("bind 127.0.0.1:0 (only recently handed-out ports came back)", errno: EADDRINUSE)
+        let fd = try listen(host: "127.0.0.1", port: 0)  // a port not handed out lately, now recorded
+        defer { close(fd) }
+        return localPort(fd)
     }
 
     /// The ports `freeLoopbackPort` handed out lately.

@@ -8,8 +8,8 @@ import SessionCore
 /// other's changes to *different* attributes, and `increment` is atomic, but
 /// a handler's read-modify-write of one attribute (read, compute, `set`) can
 /// be overwritten by a concurrent one. With it, the handler and the commit of
-/// a request that carries a session ID run inside
-/// `SessionRequestLock.withExclusiveAccess`, so such updates are never lost.
+/// a request that carries a session ID run while the request holds the
+/// session's `SessionLockLease`, so such updates are never lost.
 ///
 /// - A request without a (well-formed, correctly signed) session ID takes no
 ///   lock: it has no session to race on yet.
@@ -24,15 +24,14 @@ extension SessionMiddleware {
     /// on and the request carries a session ID; runs it directly otherwise.
     func exclusively<T>(_ id: SessionID?, _ body: () throws -> T) throws -> T {
         guard let lock = configuration.exclusive, let id else { return try body() }
-        var bodyRan = false
+        let lease: SessionLockLease
         do {
-            return try lock.withExclusiveAccess(to: id) {
-                bodyRan = true
-                return try body()
-            }
-        } catch let busy as SessionBusyError where !bodyRan {
+            lease = try lock.acquire(id)
+        } catch let busy as SessionBusyError {
             logger.info("session busy", metadata: ["session": "\(id)", "waited_ms": "\(busy.waitedMillis)"])
             throw HTTPError(SessionErrorAnswer(busy))
         }
+        defer { lease.release() }  // after the commit, before the response goes out
+        return try body()
     }
 }

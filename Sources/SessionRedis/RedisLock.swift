@@ -193,13 +193,20 @@ public final class RedisLock: Sendable {
     func holding<T>(
         _ lease: RedisLockLease, ttlMillis: Int, keepAliveMillis: Int, _ body: (RedisLockLease) throws -> T
     ) rethrows -> T {
+        let giveBack = hold(lease, ttlMillis: ttlMillis, keepAliveMillis: keepAliveMillis)
+        defer { giveBack() }
+        return try body(lease)
+    }
+
+    /// Keeps an acquired lease alive (as in `withLock`) until the returned
+    /// function is called, which stops renewing it and releases it.
+    func hold(_ lease: RedisLockLease, ttlMillis: Int, keepAliveMillis: Int) -> @Sendable () -> Void {
         let keeper = keepAliveMillis > 0
             ? LeaseKeeper(lock: self, lease: lease, ttlMillis: ttlMillis, forMillis: keepAliveMillis) : nil
-        defer {
+        return { [self] in
             keeper?.stop()
             releaseAfterUse(lease)
         }
-        return try body(lease)
     }
 
     private func releaseAfterUse(_ lease: RedisLockLease) {
@@ -337,62 +344,4 @@ private final class LeaseKeeper: @unchecked Sendable {  // timer: set once in in
     }
 
     deinit { timer.cancel() }
-}
-
-/// Serializes one session's requests across nodes (the session middleware's
-/// exclusive mode) with a `RedisLock` named by the session ID.
-///
-/// The lease is short (`leaseMillis`, so a node that dies holding it blocks
-/// the session only that long) and renewed while the request runs, for at
-/// most `maxHoldMillis`. A request that waits longer than `waitMillis` fails
-/// with `SessionBusyError` (503 `session_busy`); when Redis cannot be reached
-/// it fails with `SessionStoreError(.unavailable)`.
-///
-/// Every well-formed session ID a client sends takes a lock (that is what
-/// makes it exclusive), so sign cookies (`SessionConfiguration.signingKey`)
-/// to keep forged IDs from creating lock keys.
-public final class RedisSessionLock: SessionRequestLock {
-    public let lock: RedisLock
-    public let leaseMillis: Int
-    public let waitMillis: Int
-    public let maxHoldMillis: Int
-    let logger: Logger
-
-    public init(lock: RedisLock, leaseMillis: Int = 3_000, waitMillis: Int = 5_000, maxHoldMillis: Int = 60_000, logger: Logger) {
-        precondition(leaseMillis > 0 && waitMillis >= 0 && maxHoldMillis >= 0, "bad session lock timings")
-        self.lock = lock
-        self.leaseMillis = leaseMillis
-        self.waitMillis = waitMillis
-        self.maxHoldMillis = maxHoldMillis
-        self.logger = logger
-    }
-
-    /// Locks under `<keyPrefix>{<slot tag>}:<session id>`, in the session's
-    /// own slot (`SessionID.slotTag`); fence counters are kept 10 minutes.
-    public convenience init(
-        client: RedisClient, keyPrefix: String = "lock:session:", leaseMillis: Int = 3_000, waitMillis: Int = 5_000,
-        maxHoldMillis: Int = 60_000, logger: Logger
-    ) {
-        self.init(
-            lock: RedisLock(
-                client: client, keyPrefix: keyPrefix, fenceRetentionMillis: 600_000,
-                hashTag: { String($0.prefix(SessionID.slotTagLength)) }, logger: logger),
-            leaseMillis: leaseMillis, waitMillis: waitMillis, maxHoldMillis: maxHoldMillis, logger: logger)
-    }
-
-    public func withExclusiveAccess<T>(to id: SessionID, _ body: () throws -> T) throws -> T {
-        let start = monotonicMillis()
-        let lease: RedisLockLease?
-        do {
-            lease = try lock.acquire(id.rawValue, ttlMillis: leaseMillis, timeoutMillis: waitMillis)
-        } catch let error as RedisError {
-            throw SessionStoreError(.unavailable, "Redis (session lock): \(error.message)")
-        }
-        guard let lease else {
-            let waited = Int(monotonicMillis() - start)
-            logger.debug("session lock wait timed out", metadata: ["session": "\(id)", "waited_ms": "\(waited)"])
-            throw SessionBusyError(waitedMillis: waited)
-        }
-        return try lock.holding(lease, ttlMillis: leaseMillis, keepAliveMillis: maxHoldMillis) { _ in try body() }
-    }
 }

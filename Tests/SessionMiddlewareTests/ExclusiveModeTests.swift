@@ -29,15 +29,14 @@ private final class ScriptedLock: SessionRequestLock {
         self.behavior = behavior
     }
 
-    func withExclusiveAccess<T>(to id: SessionID, _ body: () throws -> T) throws -> T {
+    func acquire(_ id: SessionID) throws -> SessionLockLease {
         log.add("lock \(id.rawValue)")
         switch behavior {
         case .grant: break
         case .busy: throw SessionBusyError(waitedMillis: 7)
         case .down: throw SessionStoreError(.unavailable, "lock backend is down")
         }
-        defer { log.add("unlock") }
-        return try body()
+        return SessionLockLease(sessionID: id) { [log] in log.add("unlock") }
     }
 }
 

@@ -396,4 +396,25 @@ struct RedisLockTests {
         // Another session is not blocked by this one.
         try impatient.withExclusiveAccess(to: SessionID.generate()) {}
     }
+
+    @Test func aSessionLeaseIsRenewedWithoutItsHolderAndReleasedOnce() throws {
+        let client = try TestRedis.client(poolSize: 4)
+        let prefix = TestRedis.uniquePrefix()
+        let sessionLock = RedisSessionLock(
+            client: client, keyPrefix: prefix, leaseMillis: 300, waitMillis: 100, logger: quietLogger())
+        let id = SessionID.generate()
+        let lease = try sessionLock.acquire(id)
+        #expect(lease.sessionID == id)
+        // Three lease times later, with no thread inside the lock, it is still held: renewed in the background.
+        sleepMillis(900)
+        #expect(try client.send(["EXISTS".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int == 1)
+        #expect(throws: SessionBusyError.self) { _ = try sessionLock.acquire(id) }
+        lease.release()
+        #expect(lease.isReleased)
+        #expect(try client.send(["EXISTS".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int == 0)
+        let next = try sessionLock.acquire(id)
+        lease.release()  // a second release of the old lease must not free the next holder's lock
+        #expect(try client.send(["EXISTS".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int == 1)
+        next.release()
+    }
 }

@@ -239,7 +239,7 @@ import Testing
                 let routers = stores.nodes.map { store in
                     let manager = SessionRequestManager(
                         store: store, configuration: SessionConfiguration(exclusive: lock), executor: executor,
-                        lockHolderThreads: 8, logger: quietLogger())
+                        lockThreads: 8, logger: quietLogger())
                     let router = Router(context: BasicClusterSessionRequestContext.self)
                     router.add(middleware: ClusterSessionMiddleware(manager: manager))
                     router.post("/rmw") { _, context -> String in

@@ -18,20 +18,20 @@ public final class SessionRequestManager: Sendable {
     let logger: Logger
 
     /// A manager for `store`. With `configuration.exclusive` set, each
-    /// session's requests run one at a time (see `ExclusiveAccess`; its
-    /// holder threads are `lockHolderThreads`).
+    /// session's requests run one at a time (see `ExclusiveAccess`; the
+    /// lock's calls run on `lockThreads` threads of their own).
     public init(
         store: any SessionStore, configuration: SessionConfiguration = SessionConfiguration(),
-        executor: BlockingExecutor = .shared, lockHolderThreads: Int = 64, logger: Logger
+        executor: BlockingExecutor = .shared, lockThreads: Int = 64, logger: Logger
     ) {
         self.store = store
         self.configuration = configuration
         self.executor = executor
         self.logger = logger
-        exclusiveAccess = configuration.exclusive.map { ExclusiveAccess(lock: $0, holderThreads: lockHolderThreads) }
+        exclusiveAccess = configuration.exclusive.map { ExclusiveAccess(lock: $0, lockThreads: lockThreads) }
     }
 
-    /// Stops the exclusive mode's holder threads (the executor belongs to the caller).
+    /// Stops the exclusive mode's lock threads (the executor belongs to the caller).
     public func shutdown() async throws {
         try await exclusiveAccess?.shutdown()
     }

@@ -5,20 +5,19 @@ import SessionCore
 import Synchronization
 import Testing
 
-/// Exclusive mode for async bodies: a synchronous `SessionRequestLock`
-/// holds the session on a parked thread while the async body runs.
+/// Exclusive mode for async bodies: a `SessionRequestLock`'s lease is held
+/// while the async body runs, without holding a thread.
 @Suite struct ExclusiveAccessTests {
-    /// An in-process lock that refuses at once when held (busy), or waits.
+    /// An in-process lock that refuses at once when held (busy).
     final class TestLock: SessionRequestLock {
         private let held = Mutex<Set<SessionID>>([])
         let grants = Atomic<Int>(0)
 
-        func withExclusiveAccess<T>(to id: SessionID, _ body: () throws -> T) throws -> T {
+        func acquire(_ id: SessionID) throws -> SessionLockLease {
             let acquired = held.withLock { $0.insert(id).inserted }
             guard acquired else { throw SessionBusyError(waitedMillis: 0) }
             grants.add(1, ordering: .relaxed)
-            defer { _ = held.withLock { $0.remove(id) } }
-            return try body()
+            return SessionLockLease(sessionID: id) { [self] in _ = held.withLock { $0.remove(id) } }
         }
 
         func isHeld(_ id: SessionID) -> Bool { held.withLock { $0.contains(id) } }
@@ -26,7 +25,7 @@ import Testing
 
     @Test func theLockIsHeldAcrossTheAsyncBodyAndReleasedAfter() async throws {
         let lock = TestLock()
-        let access = ExclusiveAccess(lock: lock, holderThreads: 2)
+        let access = ExclusiveAccess(lock: lock, lockThreads: 2)
         let id = SessionID.generate()
         let value = try await access.run(id) { () async throws -> Int in
             try await Task.sleep(for: .milliseconds(20))  // suspends: the lock stays held on the holder thread
@@ -38,9 +37,36 @@ import Testing
         try await access.shutdown()
     }
 
+    @Test func heldLeasesTakeNoThread() async throws {
+        // One lock thread, eight sessions held at once: with a thread parked per
+        // held session (the old design) the second acquire would wait for the
+        // first body to end, which waits for all eight to be held: a deadlock.
+        let lock = TestLock()
+        let access = ExclusiveAccess(lock: lock, lockThreads: 1)
+        let ids = (0..<8).map { _ in SessionID.generate() }
+        let inside = Atomic<Int>(0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for id in ids {
+                group.addTask {
+                    try await access.run(id) {
+                        inside.add(1, ordering: .relaxed)
+                        for _ in 0..<500 where inside.load(ordering: .relaxed) < ids.count {
+                            try await Task.sleep(for: .milliseconds(10))
+                        }
+                        #expect(lock.isHeld(id))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(inside.load(ordering: .relaxed) == ids.count)
+        #expect(ids.allSatisfy { !lock.isHeld($0) })
+        try await access.shutdown()
+    }
+
     @Test func aBusySessionIsAnswered503AndBodyErrorsPassThrough() async throws {
         let lock = TestLock()
-        let access = ExclusiveAccess(lock: lock, holderThreads: 2)
+        let access = ExclusiveAccess(lock: lock, lockThreads: 2)
         let id = SessionID.generate()
         try await access.run(id) {
             do {

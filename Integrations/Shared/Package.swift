@@ -34,6 +34,7 @@ let package = Package(
             name: "SessionClusterNodeKit",
             dependencies: [
                 "SessionClusterAsync",
+                .product(name: "SystemSupport", package: "SessionCluster"),
                 .product(name: "SessionReplication", package: "SessionCluster"),
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionRedis", package: "SessionCluster"),

@@ -18,10 +18,23 @@ public struct BenchWindow: Sendable {
         self.warmup = warmup
     }
 
+    /// Throws when the window is out of range (the messages name the CLI's options).
+    public func validate() throws(BenchFailure) {
+        guard duration > 0, duration <= 86_400 else { throw BenchFailure("--duration must be in (0, 86400] seconds") }
+        guard warmup >= 0, warmup <= 3_600 else { throw BenchFailure("--warmup must be in [0, 3600] seconds") }
+    }
+
     /// When measuring starts and ends (monotonic nanoseconds), for a load started at `start`.
     func bounds(startingAt start: UInt64) -> (from: UInt64, until: UInt64) {
         let from = start + UInt64(warmup * 1e9)
         return (from, from + UInt64(duration * 1e9))
+    }
+}
+
+/// Throws "`option` must be a...b" unless `value` is in `range`.
+func checkRange(_ value: Int, _ range: ClosedRange<Int>, _ option: String) throws(BenchFailure) {
+    guard range.contains(value) else {
+        throw BenchFailure("\(option) must be \(range.lowerBound)...\(range.upperBound)")
     }
 }
 

@@ -38,6 +38,19 @@ public struct ReplicationBench: Sendable {
     public var timeout: Double = 60
 
     public init() {}
+
+    /// Throws when a setting is out of range (the messages name the CLI's options).
+    public func validate() throws(BenchFailure) {
+        try window.validate()
+        try checkRange(samples, 1...10_000_000, "--samples")
+        try checkRange(warmupSamples, 0...10_000_000, "--warmup-samples")
+        try checkRange(intervalMicros, 0...1_000_000, "--interval-us")
+        try checkRange(lagNodes, 2...3, "--lag-nodes")
+        try checkRange(connections, 1...4096, "--connections")
+        try checkRange(sessions, 1...10_000_000, "--sessions")
+        try checkRange(samplePosts, 1...1_000_000, "--sample-posts")
+        guard timeout > 0, timeout <= 3_600 else { throw BenchFailure("--timeout must be in (0, 3600]") }
+    }
 }
 
 extension ReplicationBench {

@@ -27,6 +27,14 @@ public struct StoreBench: Sendable {
     public var attributeBytes = 100
 
     public init() {}
+
+    /// Throws when a setting is out of range (the messages name the CLI's options).
+    public func validate() throws(BenchFailure) {
+        try window.validate()
+        try checkRange(concurrency, 1...4096, "--concurrency")
+        try checkRange(sessions, 1...10_000_000, "--sessions")
+        try checkRange(attributeBytes, 0...60_000, "--attribute-bytes")
+    }
 }
 
 extension StoreBench {

@@ -31,42 +31,6 @@ public enum SessionStrategy: String, Sendable, CaseIterable {
     }
 }
 
-/// Settings of a demo node.
-public struct DemoNodeConfiguration: Sendable {
-    public var nodeID: String
-    public var host: String
-    public var port: Int
-    public var strategy: SessionStrategy
-    public var expiry: SessionExpiry
-    /// HMAC keys of signed session cookies (the first signs, all verify); none for unsigned.
-    public var cookieSecrets: [[UInt8]]
-    /// Threads for handlers; nil picks by strategy (0, on the event loops, for `local`, whose store never blocks).
-    public var handlerThreads: Int?
-    /// Where Redis is, for the `redis` strategy.
-    public var redis: RedisConfiguration?
-    /// Serialize each session's requests across the cluster with the Redis lock (`redis` strategy only).
-    public var exclusiveSessions = false
-    /// Peers, secret and mode, for the `replicate` strategy (its node id is also the stores').
-    public var replication: ReplicationConfiguration?
-    /// The most sessions a node holds in memory (`local`, `replicate`); then new ones get 503.
-    public var maxSessions = 1_000_000
-
-    public init(
-        nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
-        expiry: SessionExpiry = SessionExpiry(), cookieSecrets: [[UInt8]] = [], handlerThreads: Int? = nil,
-        redis: RedisConfiguration? = nil
-    ) {
-        self.redis = redis
-        self.nodeID = nodeID
-        self.host = host
-        self.port = port
-        self.strategy = strategy
-        self.expiry = expiry
-        self.cookieSecrets = cookieSecrets
-        self.handlerThreads = handlerThreads
-    }
-}
-
 /// The application every cluster node serves: a session counter, login and
 /// logout, health and metrics. Every response names the node in `X-Served-By`.
 public final class DemoNode: Sendable {

@@ -30,6 +30,20 @@ public enum SecretFromEnvironment {
         }
     }
 
+    /// The cookie signing keys of `SESSION_COOKIE_SECRET` (one key) or the
+    /// lines of the file `SESSION_COOKIE_SECRET_FILE` names (the first signs,
+    /// all verify), each checked by `SessionCookieCodec`; empty (unsigned
+    /// cookies) when neither is set. Errors name the variable.
+    public static func cookieSigningKeys() throws(SigningKeyError) -> [[UInt8]] {
+        do {
+            let keys = try secrets("SESSION_COOKIE_SECRET") ?? []
+            _ = try SessionCookieCodec(signingKeys: keys)
+            return keys
+        } catch {
+            throw SigningKeyError("SESSION_COOKIE_SECRET: \(error.message)")
+        }
+    }
+
     private static func readSmallFile(_ path: String) -> String? {
         guard let file = fopen(path, "re") else { return nil }
         defer { fclose(file) }

@@ -61,6 +61,44 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.pipelineConnections = pipelineConnections
     }
 
+    /// The settings a node's command line gives, validated, with errors that
+    /// name the option: `--redis` (a URL) or `--redis-cluster` (seeds),
+    /// `--redis-sentinel` (host:port,...) with `--redis-master`,
+    /// `--redis-pool-size` (1...1024), `--redis-timeout-ms` (10...60000, for
+    /// connects and commands) and `--redis-wait-replicas` (0...16; WAIT then
+    /// ends at half the command timeout).
+    public static func fromCommandLine(
+        url: String, clusterSeeds: String? = nil, sentinels: String? = nil, masterName: String = "mymaster",
+        poolSize: Int, timeoutMillis: Int, waitReplicas: Int = 0
+    ) throws(RedisError) -> RedisConfiguration {
+        guard clusterSeeds == nil || sentinels == nil else {
+            throw RedisError(
+                .configuration, "--redis-cluster and --redis-sentinel exclude each other (a cluster fails over by itself)")
+        }
+        var configuration: RedisConfiguration
+        do {
+            configuration = try clusterSeeds.map(RedisConfiguration.init(clusterSeeds:)) ?? RedisConfiguration(url: url)
+            if let sentinels {
+                configuration.endpoint = .sentinel(sentinels: try Self.sentinels(sentinels), masterName: masterName)
+            }
+        } catch let error as RedisError {
+            throw error
+        } catch {
+            throw RedisError(.configuration, "\(error)")
+        }
+        guard (1...1024).contains(poolSize) else { throw RedisError(.configuration, "--redis-pool-size must be 1...1024") }
+        guard (10...60_000).contains(timeoutMillis) else {
+            throw RedisError(.configuration, "--redis-timeout-ms must be 10...60000")
+        }
+        guard (0...16).contains(waitReplicas) else { throw RedisError(.configuration, "--redis-wait-replicas must be 0...16") }
+        configuration.poolSize = poolSize
+        configuration.connectTimeoutMillis = timeoutMillis
+        configuration.commandTimeoutMillis = timeoutMillis
+        configuration.waitReplicas = waitReplicas
+        configuration.waitTimeoutMillis = max(5, timeoutMillis / 2)  // WAIT ends well before the command times out
+        return configuration
+    }
+
     /// A Redis Cluster from its seeds: `host:port,host:port`, or
     /// `redis://[[user]:password@]host:port,host:port` with credentials (a
     /// cluster has database 0 only).

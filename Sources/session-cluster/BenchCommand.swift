@@ -102,7 +102,6 @@ extension SessionClusterCommand {
             guard let durationMillis = parseBenchTimeMillis(duration), durationMillis >= 1_000 else {
                 throw ValidationError("--duration: expected a time such as 30s, 1.5m or 500ms, at least 1s")
             }
-            let plan = try faultPlan(durationMillis: durationMillis)
             let pacing: Pacing = rate.map { .fixedRate(requestsPerSecond: $0) } ?? .closedLoop(thinkTimeMillis: thinkMs)
             let command = "session-cluster bench " + CommandLine.arguments.dropFirst(2).joined(separator: " ")
             var bench = ClusterBench(durationMillis: durationMillis, pacing: pacing)
@@ -116,25 +115,21 @@ extension SessionClusterCommand {
             bench.nodeLogLevel = nodeLogLevel
             bench.nodeLogs = nodeLogs
             bench.nodeArguments = nodeArguments
+            let plan: FaultPlan
+            do { plan = try bench.faultPlan(faults, noFaults: noFaults, againstTarget: target != nil) } catch {
+                throw ValidationError(error.description)
+            }
             var results: [StrategyResult] = []
 
             if let target {
-                let injector = faultCommand.map { ShellFaultInjector(command: $0) }
-                if injector == nil && !plan.isEmpty {
-                    print("note: --target without --fault-command: the faults are marked on the timeline but not carried out")
-                }
-                let benchTarget: BenchTarget
-                do {
-                    benchTarget = try BenchTarget(
-                        baseURL: target, write: try BenchTarget.Endpoint(write), read: try BenchTarget.Endpoint(read),
-                        countField: countField, nodeField: nodeField)
-                } catch {
-                    throw ValidationError("--target: \(error)")
-                }
                 results.append(
-                    try bench.measure(name: "target", target: benchTarget, plan: plan, injector: injector, logger: logger))
+                    try bench.measureTarget(
+                        baseURL: target, write: write, read: read, countField: countField, nodeField: nodeField,
+                        faultCommand: faultCommand, plan: plan, logger: logger))
             } else {
-                for name in try strategyList() { results.append(try bench.measureCluster(name, plan: plan, logger: logger)) }
+                let names: [String]
+                do { names = try ClusterBench.strategyNames(strategies) } catch { throw ValidationError(error.description) }
+                for name in names { results.append(try bench.measureCluster(name, plan: plan, logger: logger)) }
             }
 
             let benchReport = BenchReport(command: command, strategies: results)
@@ -144,38 +139,5 @@ extension SessionClusterCommand {
             let files = try benchReport.write(to: directory)
             print("report: \(files.html.path)  (and \(files.json.lastPathComponent))")
         }
-
-        /// The faults: as given, none with --no-faults, else kill node-2 at a third and restart it at two thirds.
-        private func faultPlan(durationMillis: Int) throws -> FaultPlan {
-            if noFaults {
-                guard faults.isEmpty else { throw ValidationError("--no-faults and --fault exclude each other") }
-                return FaultPlan()
-            }
-            let specs =
-                faults.isEmpty
-                ? ["kill:node-2@\(durationMillis / 3)ms", "restart:node-2@\(2 * durationMillis / 3)ms"] : faults
-            do {
-                let plan = try FaultPlan(parsing: specs)
-                // A rolling restart of the whole cluster restarts --nodes nodes (named by the supervisor at its start).
-                try plan.validate(durationMillis: durationMillis, clusterSize: target == nil ? nodes : nil)
-                if target != nil, let rolling = plan.unresolvedRolling.first {
-                    throw ValidationError(
-                        "fault '\(rolling)': with --target, name the nodes to restart, in order: rolling:NODE,NODE,...@T:GAP")
-                }
-                return plan
-            } catch {
-                throw ValidationError("\(error)")
-            }
-        }
-
-        private func strategyList() throws -> [String] {
-            let names = strategies.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-            guard !names.isEmpty else { throw ValidationError("--strategies is empty") }
-            for name in names where ClusterBench.clusterStrategy(name) == nil {
-                throw ValidationError("unknown strategy '\(name)'; available: replicate-async, replicate-sync, redis, redis-cluster, local")
-            }
-            return names
-        }
-
     }
 }

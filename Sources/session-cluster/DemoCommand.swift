@@ -79,31 +79,11 @@ extension SessionClusterCommand {
             // made here and shown once (the dashboard's address carries it in its #fragment, never sent).
             let token = ClusterConfiguration.isLoopback(host) && !controlToken ? nil : secureRandomToken(byteCount: 16)
             configuration.controlToken = token
-            let supervisor: ClusterSupervisor
             do throws(SupervisorError) {
-                supervisor = try ClusterSupervisor(configuration: configuration, logger: logger) { event in
-                    print("[\(localTimeOfDay())] \(event)")
-                    fflush(nil)
-                }
-                print("starting \(nodes) node\(nodes == 1 ? "" : "s") (strategy \(strategy.rawValue)) ...")
-                fflush(nil)
-                try supervisor.start()
+                try ClusterSupervisor.runInForeground(configuration: configuration, logger: logger)
             } catch {
                 throw ValidationError(error.message)
             }
-            print(supervisor.welcome)
-            fflush(nil)
-            let signal = waitForTerminationSignal()
-            let redis =
-                switch strategy {
-                case .redis: redisReplicas > 0 || sentinel ? " and the redis-servers" : " and redis-server"
-                case .redisCluster: " and the Redis Cluster"
-                case .replicate, .local: ""
-                }
-            print("[\(localTimeOfDay())] signal \(signal): stopping the balancer, the nodes\(redis)")
-            fflush(nil)
-            supervisor.shutdown()
-            print("[\(localTimeOfDay())] stopped")
         }
     }
 }

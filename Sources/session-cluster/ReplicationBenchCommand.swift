@@ -97,38 +97,8 @@ extension SessionClusterCommand {
         @Option(help: "Log level of the in-process nodes: trace, debug, info, notice, warning, error, critical.")
         var logLevel = "warning"
 
-        func validate() throws {
-            guard lag || throughput || populate != nil || waitReady != nil else {
-                throw ValidationError("choose at least one of --lag, --throughput, --populate URL, --wait-ready URL")
-            }
-            guard (1...10_000_000).contains(samples) else { throw ValidationError("--samples must be 1...10000000") }
-            guard (0...10_000_000).contains(warmupSamples) else {
-                throw ValidationError("--warmup-samples must be 0...10000000")
-            }
-            guard (0...1_000_000).contains(intervalMicros) else {
-                throw ValidationError("--interval-us must be 0...1000000")
-            }
-            guard (2...3).contains(lagNodes) else { throw ValidationError("--lag-nodes must be 2 or 3") }
-            guard (1...4096).contains(connections) else { throw ValidationError("--connections must be 1...4096") }
-            guard (1...10_000_000).contains(sessions) else { throw ValidationError("--sessions must be 1...10000000") }
-            guard (1...1_000_000).contains(samplePosts) else { throw ValidationError("--sample-posts must be 1...1000000") }
-            guard timeout > 0, timeout <= 3_600 else { throw ValidationError("--timeout must be in (0, 3600]") }
-            guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
-            do {
-                if throughput {
-                    guard let nodes, !(try BenchEndpoint.list(nodes)).isEmpty else {
-                        throw ValidationError("--throughput needs --nodes URL,URL,...")
-                    }
-                }
-                if let populate { _ = try BenchEndpoint(populate) }
-                if let waitReady { _ = try BenchEndpoint(waitReady) }
-            } catch let failure as BenchFailure {
-                throw ValidationError(failure.description)
-            }
-        }
-
-        func run() throws {
-            let logger = try standardErrorLogger(label: "bench-replication", level: logLevel)
+        /// The benchmark's settings from the options.
+        var bench: ReplicationBench {
             var bench = ReplicationBench()
             bench.samples = samples
             bench.warmupSamples = warmupSamples
@@ -140,6 +110,31 @@ extension SessionClusterCommand {
             bench.samplePosts = samplePosts
             bench.sinceEpochMicros = sinceEpochMicros
             bench.timeout = timeout
+            return bench
+        }
+
+        func validate() throws {
+            guard lag || throughput || populate != nil || waitReady != nil else {
+                throw ValidationError("choose at least one of --lag, --throughput, --populate URL, --wait-ready URL")
+            }
+            guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+            do {
+                try bench.validate()
+                if throughput {
+                    guard let nodes, !(try BenchEndpoint.list(nodes)).isEmpty else {
+                        throw BenchFailure("--throughput needs --nodes URL,URL,...")
+                    }
+                }
+                if let populate { _ = try BenchEndpoint(populate) }
+                if let waitReady { _ = try BenchEndpoint(waitReady) }
+            } catch let failure as BenchFailure {
+                throw ValidationError(failure.description)
+            }
+        }
+
+        func run() throws {
+            let logger = try standardErrorLogger(label: "bench-replication", level: logLevel)
+            let bench = bench
             if lag { try bench.measureLag(logger: logger) }
             if throughput, let nodes { try bench.measureThroughput(endpoints: try BenchEndpoint.list(nodes)) }
             if let populate { try bench.populateSessions(endpoint: try BenchEndpoint(populate)) }

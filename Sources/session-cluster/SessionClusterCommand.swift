@@ -94,23 +94,13 @@ struct NodeOptions: ParsableArguments {
     var redisTimeoutMs = 1000
 
     func redisConfiguration() throws -> RedisConfiguration {
-        var configuration = try redisCluster.map(RedisConfiguration.init(clusterSeeds:)) ?? RedisConfiguration(url: redis)
-        if redisCluster != nil && redisSentinel != nil {
-            throw ValidationError("--redis-cluster and --redis-sentinel exclude each other (a cluster fails over by itself)")
+        do {
+            return try RedisConfiguration.fromCommandLine(
+                url: redis, clusterSeeds: redisCluster, sentinels: redisSentinel, masterName: redisMaster,
+                poolSize: redisPoolSize, timeoutMillis: redisTimeoutMs, waitReplicas: redisWaitReplicas)
+        } catch {
+            throw ValidationError(error.message)
         }
-        if let redisSentinel {
-            configuration.endpoint = .sentinel(
-                sentinels: try RedisConfiguration.sentinels(redisSentinel), masterName: redisMaster)
-        }
-        guard (1...1024).contains(redisPoolSize) else { throw ValidationError("--redis-pool-size must be 1...1024") }
-        guard (10...60_000).contains(redisTimeoutMs) else { throw ValidationError("--redis-timeout-ms must be 10...60000") }
-        configuration.poolSize = redisPoolSize
-        configuration.connectTimeoutMillis = redisTimeoutMs
-        configuration.commandTimeoutMillis = redisTimeoutMs
-        guard (0...16).contains(redisWaitReplicas) else { throw ValidationError("--redis-wait-replicas must be 0...16") }
-        configuration.waitReplicas = redisWaitReplicas
-        configuration.waitTimeoutMillis = max(5, redisTimeoutMs / 2)  // WAIT ends well before the command times out
-        return configuration
     }
 
     func replicationConfiguration(nodeID: String) throws -> ReplicationConfiguration {
@@ -130,22 +120,8 @@ struct NodeOptions: ParsableArguments {
                 "unknown strategy '\(self.strategy)'; available: "
                     + SessionStrategy.allCases.map(\.rawValue).joined(separator: ", "))
         }
-        guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
-        guard absoluteTimeout >= 0 else { throw ValidationError("--absolute-timeout must not be negative") }
-        if let handlerThreads, !(0...4096).contains(handlerThreads) {
-            throw ValidationError("--handler-threads must be 0...4096")
-        }
-        let secrets: [[UInt8]]
-        do {
-            // From the environment (one key) or a file (one per line: the first signs, all verify), never argv.
-            secrets = try SecretFromEnvironment.secrets("SESSION_COOKIE_SECRET") ?? []
-            _ = try SessionCookieCodec(signingKeys: secrets)
-        } catch {
-            throw ValidationError("SESSION_COOKIE_SECRET: \(error.message)")
-        }
-        if exclusiveSessions && strategy != .redis {
-            throw ValidationError("--exclusive-sessions needs --strategy redis")
-        }
+        let secrets: [[UInt8]]  // from the environment, never argv
+        do { secrets = try SecretFromEnvironment.cookieSigningKeys() } catch { throw ValidationError(error.message) }
         var configuration = DemoNodeConfiguration(
             nodeID: nodeID, host: host, port: port, strategy: strategy,
             expiry: SessionExpiry(
@@ -154,8 +130,8 @@ struct NodeOptions: ParsableArguments {
             cookieSecrets: secrets, handlerThreads: handlerThreads,
             redis: strategy == .redis ? try redisConfiguration() : nil)
         configuration.exclusiveSessions = exclusiveSessions
-        guard maxSessions > 0 else { throw ValidationError("--max-sessions must be positive") }
         configuration.maxSessions = maxSessions
+        do { try configuration.validate() } catch { throw ValidationError(error.message) }
         if strategy == .replicate { configuration.replication = try replicationConfiguration(nodeID: nodeID) }
         return configuration
     }
@@ -167,10 +143,7 @@ struct NodeOptions: ParsableArguments {
 /// `Logger.Level` name; anything else is a usage error). Once per process.
 func standardErrorLogger(label: String, level: String) throws -> Logger {
     guard let level = Logger.Level(rawValue: level) else { throw ValidationError("unknown log level '\(level)'") }
-    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-    var logger = Logger(label: label)
-    logger.logLevel = level
-    return logger
+    return Logger.bootstrappingStandardError(label: label, level: level)
 }
 
 extension SessionClusterCommand {

@@ -51,13 +51,12 @@ extension SessionClusterCommand {
         var logLevel = "warning"
 
         func validate() throws {
-            guard (1...4096).contains(concurrency) else { throw ValidationError("--concurrency must be 1...4096") }
-            guard (1...10_000_000).contains(sessions) else { throw ValidationError("--sessions must be 1...10000000") }
-            guard (0...60_000).contains(attributeBytes) else { throw ValidationError("--attribute-bytes must be 0...60000") }
             guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+            do { try bench.validate() } catch { throw ValidationError(error.description) }
         }
-        func run() throws {
-            let logger = try standardErrorLogger(label: "bench-store", level: logLevel)
+
+        /// The benchmark's settings from the options.
+        var bench: StoreBench {
             var bench = StoreBench()
             bench.redis = redis
             bench.concurrency = concurrency
@@ -65,23 +64,22 @@ extension SessionClusterCommand {
             bench.window = window.value
             bench.sessions = sessions
             bench.attributeBytes = attributeBytes
-            try bench.run(logger: logger)
+            return bench
+        }
+
+        func run() throws {
+            try bench.run(logger: try standardErrorLogger(label: "bench-store", level: logLevel))
         }
     }
 }
 
-/// `--duration` and `--warmup` of the load benchmarks.
+/// `--duration` and `--warmup` of the load benchmarks (checked by the benchmarks' `validate()`).
 struct MeasurementWindow: ParsableArguments {
     @Option(help: "Seconds to measure.")
     var duration: Double = 10
 
     @Option(help: "Seconds of unmeasured warm-up before the measurement.")
     var warmup: Double = 1
-
-    func validate() throws {
-        guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be in (0, 86400] seconds") }
-        guard warmup >= 0, warmup <= 3_600 else { throw ValidationError("--warmup must be in [0, 3600] seconds") }
-    }
 
     var value: BenchWindow { BenchWindow(duration: duration, warmup: warmup) }
 }

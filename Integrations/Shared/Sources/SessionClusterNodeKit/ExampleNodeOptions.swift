@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import SessionReplication
 import SessionCore
+import SystemSupport
 import SessionRedis
 
 /// Where an example node keeps its sessions.
@@ -134,24 +135,17 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
     /// (one key) or the lines of the file `SESSION_COOKIE_SECRET_FILE` names;
     /// empty (unsigned cookies) when neither is set. Each key has 16+ bytes.
     public func cookieSecrets() throws -> [[UInt8]] {
-        do {
-            let secrets = try SecretFromEnvironment.secrets("SESSION_COOKIE_SECRET") ?? []
-            _ = try SessionCookieCodec(signingKeys: secrets)
-            return secrets
-        } catch {
-            throw ValidationError("SESSION_COOKIE_SECRET: \(error.message)")
-        }
+        do { return try SecretFromEnvironment.cookieSigningKeys() } catch { throw ValidationError(error.message) }
     }
 
     /// The Redis settings of `--redis` (or `--redis-cluster`), `--redis-pool-size` and `--redis-timeout-ms`.
     public func redisConfiguration() throws -> RedisConfiguration {
-        var configuration = try redisCluster.map(RedisConfiguration.init(clusterSeeds:)) ?? RedisConfiguration(url: redis)
-        guard (1...1024).contains(redisPoolSize) else { throw ValidationError("--redis-pool-size must be 1...1024") }
-        guard (10...60_000).contains(redisTimeoutMs) else { throw ValidationError("--redis-timeout-ms must be 10...60000") }
-        configuration.poolSize = redisPoolSize
-        configuration.connectTimeoutMillis = redisTimeoutMs
-        configuration.commandTimeoutMillis = redisTimeoutMs
-        return configuration
+        do {
+            return try RedisConfiguration.fromCommandLine(
+                url: redis, clusterSeeds: redisCluster, poolSize: redisPoolSize, timeoutMillis: redisTimeoutMs)
+        } catch {
+            throw ValidationError(error.message)
+        }
     }
 
     /// The replication settings of `--peers`, `--replication-port`, `--replication-mode` and the cluster secret.
@@ -167,9 +161,6 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
 
     /// A logger at `--log-level`, to standard error (bootstraps swift-log once per process).
     public func makeLogger(label: String) -> Logger {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-        var logger = Logger(label: label)
-        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
-        return logger
+        Logger.bootstrappingStandardError(label: label, level: Logger.Level(rawValue: logLevel) ?? .info)
     }
 }

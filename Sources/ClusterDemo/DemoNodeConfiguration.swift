@@ -1,0 +1,63 @@
+import SessionCore
+import SessionRedis
+import SessionReplication
+
+/// Settings of a demo node.
+public struct DemoNodeConfiguration: Sendable {
+    public var nodeID: String
+    public var host: String
+    public var port: Int
+    public var strategy: SessionStrategy
+    public var expiry: SessionExpiry
+    /// HMAC keys of signed session cookies (the first signs, all verify); none for unsigned.
+    public var cookieSecrets: [[UInt8]]
+    /// Threads for handlers; nil picks by strategy (0, on the event loops, for `local`, whose store never blocks).
+    public var handlerThreads: Int?
+    /// Where Redis is, for the `redis` strategy.
+    public var redis: RedisConfiguration?
+    /// Serialize each session's requests across the cluster with the Redis lock (`redis` strategy only).
+    public var exclusiveSessions = false
+    /// Peers, secret and mode, for the `replicate` strategy (its node id is also the stores').
+    public var replication: ReplicationConfiguration?
+    /// The most sessions a node holds in memory (`local`, `replicate`); then new ones get 503.
+    public var maxSessions = 1_000_000
+
+    public init(
+        nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
+        expiry: SessionExpiry = SessionExpiry(), cookieSecrets: [[UInt8]] = [], handlerThreads: Int? = nil,
+        redis: RedisConfiguration? = nil
+    ) {
+        self.redis = redis
+        self.nodeID = nodeID
+        self.host = host
+        self.port = port
+        self.strategy = strategy
+        self.expiry = expiry
+        self.cookieSecrets = cookieSecrets
+        self.handlerThreads = handlerThreads
+    }
+}
+
+/// Settings a demo node cannot work with.
+public struct DemoNodeConfigurationError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+extension DemoNodeConfiguration {
+    /// Throws when a setting cannot work (the messages name the node's command-line options).
+    public func validate() throws(DemoNodeConfigurationError) {
+        guard expiry.idleTimeoutMillis > 0 else { throw DemoNodeConfigurationError("--idle-timeout must be positive") }
+        guard (expiry.absoluteTimeoutMillis ?? 0) >= 0 else {
+            throw DemoNodeConfigurationError("--absolute-timeout must not be negative")
+        }
+        if let handlerThreads, !(0...4096).contains(handlerThreads) {
+            throw DemoNodeConfigurationError("--handler-threads must be 0...4096")
+        }
+        guard maxSessions > 0 else { throw DemoNodeConfigurationError("--max-sessions must be positive") }
+        if exclusiveSessions && strategy != .redis {
+            throw DemoNodeConfigurationError("--exclusive-sessions needs --strategy redis")
+        }
+    }
+}

@@ -44,22 +44,24 @@ import Testing
         let lock = TestLock()
         let access = ExclusiveAccess(lock: lock, lockThreads: 1)
         let ids = (0..<8).map { _ in SessionID.generate() }
-        let inside = Atomic<Int>(0)
+        final class Entered: Sendable { let count = Atomic<Int>(0) }
+        let entered = Entered()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for id in ids {
                 group.addTask {
                     try await access.run(id) {
-                        inside.add(1, ordering: .relaxed)
-                        for _ in 0..<500 where inside.load(ordering: .relaxed) < ids.count {
+                        entered.count.add(1, ordering: .relaxed)
+                        for _ in 0..<500 where entered.count.load(ordering: .relaxed) < ids.count {
                             try await Task.sleep(for: .milliseconds(10))
                         }
+                        #expect(entered.count.load(ordering: .relaxed) == ids.count, "all eight held at once")
                         #expect(lock.isHeld(id))
                     }
                 }
             }
             try await group.waitForAll()
         }
-        #expect(inside.load(ordering: .relaxed) == ids.count)
+        #expect(entered.count.load(ordering: .relaxed) == ids.count)
         #expect(ids.allSatisfy { !lock.isHeld($0) })
         try await access.shutdown()
     }

@@ -5,7 +5,7 @@ import Synchronization
 ///
 /// Every change a node makes carries a stamp from its `HybridLogicalClock`;
 /// no two changes anywhere in the cluster share one (the node id breaks ties).
-public struct HLCStamp: Sendable, Hashable, Comparable, CustomStringConvertible {
+package struct HLCStamp: Sendable, Hashable, Comparable, CustomStringConvertible {
     /// Wall-clock milliseconds since 1970 (or the largest seen, when the wall clock lags).
     public var millis: Int64
     /// Orders stamps within one millisecond.
@@ -62,7 +62,7 @@ public struct HLCStamp: Sendable, Hashable, Comparable, CustomStringConvertible 
 /// One node's hybrid logical clock: `now()` follows the wall clock but never
 /// repeats or goes backwards, even when the wall clock stalls or jumps back,
 /// and `observe(_:)` moves it past stamps received from peers.
-public final class HybridLogicalClock: Sendable {
+package final class HybridLogicalClock: Sendable {
     /// This node's id, part of every stamp it issues.
     public let node: UInt32
     /// Observed stamps further ahead of the wall clock than this are refused.

@@ -8,7 +8,7 @@ import SessionCore
 /// status (u32), header count (u32) and each header as a count of strings,
 /// body (length-prefixed), TTL (i64 ms) — the record in the same layout as
 /// inside a `SessionUpdate`.
-public struct ReplicatedRecord: Sendable, Equatable {
+package struct ReplicatedRecord: Sendable, Equatable {
     public var record: IdempotencyRecord
     /// When peers forget the record (ms since 1970): the same instant on every node.
     public var expiresAtMillis: Int64

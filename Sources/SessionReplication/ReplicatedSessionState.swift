@@ -13,7 +13,7 @@ import SessionCore
 // its latest increment, and the later stamp wins (not the larger sum).
 
 /// One node's increments on top of an attribute's epoch.
-public struct NodeCount: Sendable, Hashable {
+package struct NodeCount: Sendable, Hashable {
     /// The node's cumulative sum of increments in the epoch.
     public var sum: Int64
     /// The stamp of the node's latest increment; a later one replaces an earlier one.
@@ -28,7 +28,7 @@ public struct NodeCount: Sendable, Hashable {
 
 /// The replicated state of one attribute: the last `set` or `remove` (its
 /// epoch) and the increments made on top of it, per node.
-public struct AttributeState: Sendable, Hashable {
+package struct AttributeState: Sendable, Hashable {
     /// JSON bytes of the last `set`; nil for a `remove` (a tombstone) or when never set.
     public private(set) var base: [UInt8]?
     /// The stamp of the write that set `base`; `HLCStamp.zero` when never set.
@@ -100,7 +100,7 @@ public struct AttributeState: Sendable, Hashable {
 }
 
 /// One session as every node holds it: merge-able with any other copy or update of it.
-public struct ReplicatedSession: Sendable, Hashable {
+package struct ReplicatedSession: Sendable, Hashable {
     /// Creation time (ms); merged by min.
     public private(set) var createdAtMillis: Int64
     /// Last access (ms), for the idle timeout; merged by max.
@@ -308,7 +308,7 @@ public struct ReplicatedSession: Sendable, Hashable {
 ///
 /// A regenerated ID is two updates (see `ReplicatedSession.regenerate`):
 /// the new ID's full state, then the old ID's tombstone.
-public struct SessionUpdate: Sendable, Equatable {
+package struct SessionUpdate: Sendable, Equatable {
     /// The session the update is about.
     public var id: SessionID
     /// The session's times, version and invalidation, with only the attributes that changed.
@@ -425,7 +425,7 @@ public struct SessionUpdate: Sendable, Equatable {
 
 extension IdempotencyRecord {
     /// The record on the wire (inside a `SessionUpdate` or a `ReplicatedRecord`).
-    public func encode(into w: inout WireWriter) {
+    package func encode(into w: inout WireWriter) {
         w.string(key)
         w.string(fingerprint)
         w.u32(UInt32(truncatingIfNeeded: response.status))
@@ -439,7 +439,7 @@ extension IdempotencyRecord {
     }
 
     /// Reads what `encode(into:)` wrote, with `SessionUpdate`'s limits.
-    public init(from r: inout WireReader) throws(WireError) {
+    package init(from r: inout WireReader) throws(WireError) {
         let key = try r.string(limit: SessionUpdate.maxNameBytes)
         let fingerprint = try r.string(limit: SessionUpdate.maxNameBytes)
         let status = try r.u32()
@@ -462,7 +462,7 @@ extension IdempotencyRecord {
 /// What a client shows to read its own writes on any node: the writer's
 /// `seen` vector after the write, as "millis.counter.node" stamps joined by
 /// "_" (cookie-safe). A node serves the client once its copy `contains` it.
-public struct ReadToken: Sendable, Equatable, CustomStringConvertible {
+package struct ReadToken: Sendable, Equatable, CustomStringConvertible {
     /// The most stamps a token may carry (one per node that wrote the session).
     public static let maxStamps = 64
 

@@ -127,7 +127,7 @@ extension ReplicatedSessionStore {
     public var keyLookupCounts: KeyLookupCounts { lookupCounts.withLock { $0 } }
 
     /// What this node knows of an idempotency key, for a peer's lookup.
-    public func lookUp(key: String) -> KeyLookupReply.Answer {
+    package func lookUp(key: String) -> KeyLookupReply.Answer {
         let now = clock.nowMillis()
         return contents.withLock { contents in
             guard let record = contents.records[key], record.expiresAt > now else { return .unknown }
@@ -143,7 +143,7 @@ extension ReplicatedSessionStore {
 
     /// Merges a peer's answer to key lookup `request`: a completed record and
     /// its session's state go into the store.
-    public func mergeLookupReply(_ reply: KeyLookupReply) {
+    package func mergeLookupReply(_ reply: KeyLookupReply) {
         var completed = false
         var claimedAt: HLCStamp?
         switch reply.answer {

@@ -17,7 +17,7 @@ extension ReplicatedSessionStore {
     /// its stamp is too far ahead of this node's clock (a broken peer clock).
     /// An unknown session is created only when the update is not expired.
     @discardableResult
-    public func merge(_ update: SessionUpdate) -> Bool {
+    package func merge(_ update: SessionUpdate) -> Bool {
         guard hlc.observe(update.state.version) else { return false }
         mergeLocked(update)
         notifyMerged(update.id)
@@ -43,7 +43,7 @@ extension ReplicatedSessionStore {
     }
 
     /// Merges an idempotency record from a peer (kept unless already expired).
-    public func merge(record: ReplicatedRecord) { merge(record: record, session: nil) }
+    package func merge(record: ReplicatedRecord) { merge(record: record, session: nil) }
 
     func merge(record: ReplicatedRecord, session: SessionID?) {
         let now = clock.nowMillis()
@@ -57,7 +57,7 @@ extension ReplicatedSessionStore {
     }
 
     /// The full state of one session or tombstone (nil when unknown or expired), for a peer's fetch.
-    public func fullState(of id: SessionID) -> SessionUpdate? {
+    package func fullState(of id: SessionID) -> SessionUpdate? {
         let now = clock.nowMillis()
         return contents.withLock { contents in
             guard let session = contents.sessions[id], !isExpired(session, now: now) else { return nil }
@@ -67,7 +67,7 @@ extension ReplicatedSessionStore {
 
     /// Every unexpired session and tombstone as a full-state update, in chunks
     /// of at most `chunkSize`, for a state transfer.
-    public func snapshot(chunkSize: Int) -> [[SessionUpdate]] {
+    package func snapshot(chunkSize: Int) -> [[SessionUpdate]] {
         precondition(chunkSize > 0, "chunk size must be positive")
         let now = clock.nowMillis()
         let sessions = contents.withLock { $0.sessions }
@@ -78,7 +78,7 @@ extension ReplicatedSessionStore {
     }
 
     /// Every unexpired completed idempotency record, for a state transfer.
-    public func recordSnapshot() -> [ReplicatedRecord] {
+    package func recordSnapshot() -> [ReplicatedRecord] {
         let now = clock.nowMillis()
         return contents.withLock { contents in
             contents.records.all.compactMap { key, record in record.replicated(key: key, now: now) }

@@ -30,7 +30,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     public let expiry: SessionExpiry
     public let clock: SessionClock
     /// Stamps every local change; moved past every merged update.
-    public let hlc: HybridLogicalClock
+    package let hlc: HybridLogicalClock
     /// At most this many sessions and tombstones for new local sessions.
     public let maxSessions: Int
     /// At most this many bytes of attribute names and values per session.
@@ -219,13 +219,13 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     /// Returns false when the write was not confirmed as it must be (sync mode
     /// without a majority): the write then fails with `unavailable` and the
     /// store's `unavailableReason` (set by whoever stopped it serving).
-    public var onUpdate: (@Sendable ([SessionUpdate]) -> Bool)? {
+    package var onUpdate: (@Sendable ([SessionUpdate]) -> Bool)? {
         get { sinks.withLock { $0.onUpdate } }
         set { sinks.withLock { $0.onUpdate = newValue } }
     }
 
     /// Receives each record completed by `complete(_:)` (without a delta); returns false like `onUpdate`.
-    public var onRecord: (@Sendable (ReplicatedRecord) -> Bool)? {
+    package var onRecord: (@Sendable (ReplicatedRecord) -> Bool)? {
         get { sinks.withLock { $0.onRecord } }
         set { sinks.withLock { $0.onRecord = newValue } }
     }
@@ -257,7 +257,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     }
 
     /// Merges a peer's answer to fetch `request` (`update` nil: the peer does not have the session).
-    public func mergeFetchReply(_ id: SessionID, request: UInt64, _ update: SessionUpdate?) {
+    package func mergeFetchReply(_ id: SessionID, request: UInt64, _ update: SessionUpdate?) {
         if let update, hlc.observe(update.state.version) { mergeLocked(update) }
         notifyMerged(id, fetchReply: request)
     }

@@ -1,7 +1,7 @@
 import Synchronization
 
 /// Monotonic counters of a replication node, for `/metrics`.
-public final class ReplicationCounters: Sendable {
+package final class ReplicationCounters: Sendable {
     public struct Values: Sendable, Equatable {
         /// Changes sent to peers (a change sent to two peers counts twice), resyncs included.
         public var itemsSent = 0

@@ -5,7 +5,7 @@ import SystemSupport
 /// The raw values are part of the wire protocol: never renumber them, only
 /// append. 0 is reserved and never valid, so a run of zero bytes cannot pass
 /// for a frame header.
-public enum FrameType: UInt8, Sendable, CaseIterable {
+package enum FrameType: UInt8, Sendable, CaseIterable {
     /// 1: the first frame each side sends, in clear (`HelloMessage`); never sealed.
     case hello = 1
     /// 2: sessions' changed states and idempotency records, with a sequence number (`UpdateBatch`).
@@ -37,7 +37,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
 }
 
 /// One message between two nodes: a type and opaque payload bytes.
-public struct ReplicationFrame: Sendable, Equatable {
+package struct ReplicationFrame: Sendable, Equatable {
     public var type: FrameType
     public var payload: [UInt8]
 
@@ -49,7 +49,7 @@ public struct ReplicationFrame: Sendable, Equatable {
 
 /// Why a peer's byte stream was rejected. The connection must be closed:
 /// nothing after the error can be trusted, and nothing in the bad frame is applied.
-public struct FrameError: Error, Sendable, Equatable, CustomStringConvertible {
+package struct FrameError: Error, Sendable, Equatable, CustomStringConvertible {
     public enum Code: Sendable, Equatable {
         /// The stream does not start with "SCR1" (not a replication peer, or out of sync).
         case badMagic
@@ -80,7 +80,7 @@ public struct FrameError: Error, Sendable, Equatable, CustomStringConvertible {
 }
 
 /// The cluster secret was unusable.
-public struct ClusterSecretError: Error, Sendable, Equatable, CustomStringConvertible {
+package struct ClusterSecretError: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String
     public init(_ message: String) { self.message = message }
     public var description: String { "cluster secret error: \(message)" }
@@ -95,7 +95,7 @@ public struct ClusterSecretError: Error, Sendable, Equatable, CustomStringConver
 ///   type (1 byte) and payload, then the 16-byte tag; the header is the
 ///   associated data and the nonce is the count of frames sealed before it
 ///   in that direction (`FrameSealer`, `FrameOpener`).
-public enum FrameFormat {
+package enum FrameFormat {
     /// "SCR1".
     public static let magic: [UInt8] = Array("SCR1".utf8)
     /// The format version this node writes and accepts (1 was HMAC-only).
@@ -143,7 +143,7 @@ public enum FrameFormat {
 /// the kind and length limit as soon as the header is complete (before any
 /// body is buffered). After an error every later call to `next()` throws the
 /// same error: close the connection.
-public struct FrameDecoder: Sendable {
+package struct FrameDecoder: Sendable {
     /// The largest sealed payload accepted.
     public let maxPayloadBytes: Int
     private var opener: FrameOpener?
@@ -236,7 +236,7 @@ public struct FrameDecoder: Sendable {
 /// clear. Both hellos (their nonces included) go into the connection's key
 /// derivation, so a hello that was changed, or replayed from another
 /// connection, leaves its sender unable to confirm the keys.
-public struct HelloMessage: Sendable, Equatable {
+package struct HelloMessage: Sendable, Equatable {
     /// The protocol version this build speaks (3: authenticated handshake, encrypted frames;
     /// 4: membership fencing, the `fenced` frame and `SnapshotRequest.onlyIfReady`).
     public static let currentProtocolVersion: UInt32 = 4

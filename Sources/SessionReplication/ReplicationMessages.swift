@@ -2,7 +2,7 @@ import SessionCore
 
 /// One thing a node replicates: a session's (partial or full) state, or an
 /// idempotency record completed without a session change.
-public enum ReplicationItem: Sendable, Equatable {
+package enum ReplicationItem: Sendable, Equatable {
     case session(SessionUpdate)
     case record(ReplicatedRecord)
 
@@ -38,7 +38,7 @@ public enum ReplicationItem: Sendable, Equatable {
 /// (for acknowledgements; 0 in state transfers) and items.
 ///
 /// Wire form: sequence (u64), item count (u32), the items back to back.
-public struct UpdateBatch: Sendable, Equatable {
+package struct UpdateBatch: Sendable, Equatable {
     /// The most items one batch may carry.
     public static let maxItems = 1 << 20
 
@@ -76,7 +76,7 @@ public struct UpdateBatch: Sendable, Equatable {
 }
 
 /// The payload of an `ack` frame: every update up to `sequence` was applied.
-public struct AckMessage: Sendable, Equatable {
+package struct AckMessage: Sendable, Equatable {
     public var sequence: UInt64
     public init(sequence: UInt64) { self.sequence = sequence }
 
@@ -96,7 +96,7 @@ public struct AckMessage: Sendable, Equatable {
 
 /// The payload of a `fetch` frame: the session whose full state is wanted,
 /// and a request number the reply repeats.
-public struct FetchRequest: Sendable, Equatable {
+package struct FetchRequest: Sendable, Equatable {
     public var id: SessionID
     public var request: UInt64
     public init(id: SessionID, request: UInt64) {
@@ -122,7 +122,7 @@ public struct FetchRequest: Sendable, Equatable {
 
 /// The payload of a `fetchReply` frame: the session's full state, or its
 /// absence (unknown or expired on the answering node).
-public struct FetchReply: Sendable, Equatable {
+package struct FetchReply: Sendable, Equatable {
     public var id: SessionID
     public var request: UInt64
     public var update: SessionUpdate?
@@ -159,7 +159,7 @@ public struct FetchReply: Sendable, Equatable {
 /// The payload of a `snapshotRequest` frame. With `onlyIfReady`, a sender
 /// that is not ready itself sends no chunks, only its `SnapshotEnd` (a
 /// rejoining node replaces its state only by a ready peer's).
-public struct SnapshotRequest: Sendable, Equatable {
+package struct SnapshotRequest: Sendable, Equatable {
     public var onlyIfReady: Bool
     public init(onlyIfReady: Bool) { self.onlyIfReady = onlyIfReady }
 
@@ -180,7 +180,7 @@ public struct SnapshotRequest: Sendable, Equatable {
 /// The payload of a `fenced` frame: the receiver's incarnation that the
 /// sender declared dead, and why. A notice naming an older incarnation than
 /// the receiver's current one is stale and ignored.
-public struct FencedNotice: Sendable, Equatable {
+package struct FencedNotice: Sendable, Equatable {
     public static let maxReasonBytes = 512
     public var incarnation: UInt64
     public var reason: String
@@ -207,7 +207,7 @@ public struct FencedNotice: Sendable, Equatable {
     }
 }
 
-public struct SnapshotEnd: Sendable, Equatable {
+package struct SnapshotEnd: Sendable, Equatable {
     public var itemCount: UInt64
     public var senderReady: Bool
 
@@ -234,7 +234,7 @@ public struct SnapshotEnd: Sendable, Equatable {
 
 /// The payload of a `keyLookup` frame (sync mode): an `Idempotency-Key` a
 /// request is about to run with, and a request number the reply repeats.
-public struct KeyLookup: Sendable, Equatable {
+package struct KeyLookup: Sendable, Equatable {
     public var key: String
     public var request: UInt64
 
@@ -261,7 +261,7 @@ public struct KeyLookup: Sendable, Equatable {
 
 /// The payload of a `keyLookupReply` frame: what the answering node knows of
 /// the key.
-public struct KeyLookupReply: Sendable, Equatable {
+package struct KeyLookupReply: Sendable, Equatable {
     public enum Answer: Sendable, Equatable {
         /// Never seen, or expired.
         case unknown

@@ -26,7 +26,7 @@ extension ReplicationNode {
         }
     }
 
-    public var counters: ReplicationCounters.Values {
+    package var counters: ReplicationCounters.Values {
         var values = core.counters.snapshot
         values.itemsSent = links.reduce(0) { $0 + $1.status.itemsSent }
         return values

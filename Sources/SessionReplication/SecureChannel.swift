@@ -5,7 +5,7 @@ import Synchronization
 /// The secret every node of a cluster shares. Nothing is ever keyed with it
 /// directly: each connection derives its own keys from it and both hellos
 /// (HKDF-SHA256), and read tokens get a key of their own.
-public struct ClusterSecret: Sendable {
+package struct ClusterSecret: Sendable {
     /// The shortest accepted secret.
     public static let minimumByteCount = 16
 
@@ -65,7 +65,7 @@ private let sodiumReady: Bool = sodium_init() >= 0
 /// swift-crypto's `ChaChaPoly` costs about 2 µs of wrappers per 200-byte
 /// frame (an AEAD context, `Data` objects, generic code) against 0.15 µs of
 /// cipher, and a sync-mode write seals and opens 8 frames across the cluster.
-public final class FrameSealer: Sendable {
+package final class FrameSealer: Sendable {
     private let key: [UInt8]
     private let sealed = Mutex<UInt64>(0)
     /// The largest payload sealed.
@@ -119,7 +119,7 @@ public final class FrameSealer: Sendable {
 }
 
 /// The receiving half of a connection: opens sealed frames in order.
-public struct FrameOpener: Sendable {
+package struct FrameOpener: Sendable {
     private let key: [UInt8]
     private var opened: UInt64 = 0
 

@@ -1,12 +1,12 @@
 /// Why bytes from a peer could not be decoded. The connection is closed; nothing is applied.
-public struct WireError: Error, Sendable, Equatable, CustomStringConvertible {
+package struct WireError: Error, Sendable, Equatable, CustomStringConvertible {
     public var reason: String
     public init(_ reason: String) { self.reason = reason }
     public var description: String { "replication wire error: \(reason)" }
 }
 
 /// Appends big-endian integers and length-prefixed bytes.
-public struct WireWriter: Sendable {
+package struct WireWriter: Sendable {
     public private(set) var bytes: [UInt8] = []
 
     public init() {}
@@ -35,7 +35,7 @@ public struct WireWriter: Sendable {
 }
 
 /// Reads what `WireWriter` wrote; every read is bounds-checked and throws `WireError`.
-public struct WireReader: Sendable {
+package struct WireReader: Sendable {
     private let bytes: [UInt8]
     public private(set) var offset = 0
 

@@ -88,6 +88,7 @@ let package = Package(
             name: "ClusterDemo",
             dependencies: [
                 "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis", "SessionReplication", "SystemSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -120,10 +121,9 @@ let package = Package(
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "Balancer", "Benchmarks", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore",
-                "SessionRedis", "SessionReplication", "SystemSupport",
+                "Balancer", "Benchmarks", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "SessionCore",
+                "SessionRedis", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

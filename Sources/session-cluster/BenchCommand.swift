@@ -1,10 +1,7 @@
 import ArgumentParser
 import Benchmarks
-import ClusterSupervisor
 import FailoverBench
 import Foundation
-import Logging
-import MiniHTTP
 
 extension SessionClusterCommand {
     /// `session-cluster bench`: what users lose when an instance dies, per strategy.

@@ -2,7 +2,6 @@ import ArgumentParser
 import ClusterSupervisor
 import Foundation
 import Logging
-import MiniHTTP
 import SystemSupport
 
 extension SessionClusterCommand {

@@ -1,13 +1,6 @@
 import ArgumentParser
 import Benchmarks
-import Dispatch
-import Histogram
 import Logging
-import MiniHTTP
-import SessionCore
-import SessionReplication
-import Synchronization
-import SystemSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -1,13 +1,7 @@
 import ArgumentParser
 import Benchmarks
-import Dispatch
-import Histogram
 import Logging
-import MiniHTTP
-import SessionCore
 import SessionRedis
-import Synchronization
-import SystemSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -5,29 +5,36 @@ import SessionCore
 /// (for example `RedisSessionLock`'s) while an async body runs.
 ///
 /// Acquiring may wait (another request of the session holds it) and calls
-/// the lock's backend, so it runs on `lockCalls`, a pool of its own apart
+/// the lock's backend, so it runs on `acquires`, a pool of its own apart
 /// from the store executor: a request waiting for a session never takes the
-/// thread that the session's holder needs for its store calls. Once granted,
-/// no thread is held while the body runs (the lock renews the lease in the
-/// background); the lease is released when the body returns or throws.
+/// thread that the session's holder needs for its store calls. Releases run
+/// on `releases`, so a holder's release never queues behind requests that
+/// wait for that very release. Once granted, no thread is held while the
+/// body runs (the lock renews the lease in the background); the lease is
+/// released when the body returns or throws.
 public final class ExclusiveAccess: Sendable {
     /// The lock that serializes a session's requests.
     public let lock: any SessionRequestLock
-    /// Where `acquire` and `release` run.
-    public let lockCalls: BlockingExecutor
+    /// Where `acquire` runs (and waits).
+    public let acquires: BlockingExecutor
+    /// Where `release` runs.
+    public let releases: BlockingExecutor
 
-    /// A lock whose calls run on `lockThreads` threads of their own (started
-    /// at once, stopped by `shutdown()`). At most that many requests wait for
-    /// a session at once; further ones queue for a thread.
+    /// A lock whose acquires run on `lockThreads` threads of their own and
+    /// whose releases on two more (started at once, stopped by `shutdown()`).
+    /// At most `lockThreads` requests wait for a session at once; further
+    /// ones queue for a thread.
     public init(lock: any SessionRequestLock, lockThreads: Int = 64) {
         precondition(lockThreads > 0, "exclusive access needs at least one lock thread")
         self.lock = lock
-        lockCalls = BlockingExecutor(threads: lockThreads)
+        acquires = BlockingExecutor(threads: lockThreads)
+        releases = BlockingExecutor(threads: 2)
     }
 
     /// Stops the lock threads.
     public func shutdown() async throws {
-        try await lockCalls.shutdown()
+        try await acquires.shutdown()
+        try await releases.shutdown()
     }
 
     /// Runs `body` holding session `id`'s lease. When the lock is not granted
@@ -38,7 +45,7 @@ public final class ExclusiveAccess: Sendable {
         let lock = lock
         let lease: SessionLockLease
         do {
-            lease = try await lockCalls.run { try lock.acquire(id) }
+            lease = try await acquires.run { try lock.acquire(id) }
         } catch let busy as SessionBusyError {
             throw SessionErrorAnswer(busy)
         } catch is NIOThreadPoolError.ThreadPoolInactive {
@@ -57,7 +64,7 @@ public final class ExclusiveAccess: Sendable {
 
     private func release(_ lease: SessionLockLease) async {
         do {
-            try await lockCalls.run { lease.release() }
+            try await releases.run { lease.release() }
         } catch {
             lease.release()  // the threads are shut down: release here
         }

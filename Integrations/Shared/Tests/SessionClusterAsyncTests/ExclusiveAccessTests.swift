@@ -28,7 +28,7 @@ import Testing
         let access = ExclusiveAccess(lock: lock, lockThreads: 2)
         let id = SessionID.generate()
         let value = try await access.run(id) { () async throws -> Int in
-            try await Task.sleep(for: .milliseconds(20))  // suspends: the lock stays held on the holder thread
+            try await Task.sleep(for: .milliseconds(20))  // suspends: the lease stays held, no thread with it
             #expect(lock.isHeld(id))
             return 42
         }
@@ -63,6 +63,57 @@ import Testing
         }
         #expect(entered.count.load(ordering: .relaxed) == ids.count)
         #expect(ids.allSatisfy { !lock.isHeld($0) })
+        try await access.shutdown()
+    }
+
+    /// A lock whose acquire blocks (polls) until the session is free, for up to `waitMillis`.
+    final class WaitingLock: SessionRequestLock {
+        let held = Mutex<Set<SessionID>>([])
+        let waiting = Atomic<Int>(0)
+        let waitMillis: Int
+        init(waitMillis: Int) { self.waitMillis = waitMillis }
+
+        func acquire(_ id: SessionID) throws -> SessionLockLease {
+            waiting.add(1, ordering: .relaxed)
+            defer { waiting.subtract(1, ordering: .relaxed) }
+            for _ in 0..<waitMillis {
+                if held.withLock({ $0.insert(id).inserted }) {
+                    return SessionLockLease(sessionID: id) { [self] in _ = held.withLock { $0.remove(id) } }
+                }
+                usleep(1000)
+            }
+            throw SessionBusyError(waitedMillis: waitMillis)
+        }
+    }
+
+    @Test func aReleaseDoesNotQueueBehindRequestsWaitingForIt() async throws {
+        // Two lock threads, both taken by requests waiting for the session that a
+        // third holds: its release must still run, else both wait the full 3 s and get 503.
+        let lock = WaitingLock(waitMillis: 3_000)
+        let access = ExclusiveAccess(lock: lock, lockThreads: 2)
+        let id = SessionID.generate()
+        final class Outcomes: Sendable { let busy = Atomic<Int>(0), ran = Atomic<Int>(0) }
+        let outcomes = Outcomes()
+        var waiters: [Task<Void, Never>] = []
+        try await access.run(id) {
+            for _ in 0..<2 {
+                waiters.append(
+                    Task {
+                        do {
+                            try await access.run(id) { outcomes.ran.add(1, ordering: .relaxed) }
+                        } catch {
+                            outcomes.busy.add(1, ordering: .relaxed)
+                        }
+                    })
+            }
+            for _ in 0..<1_000 where lock.waiting.load(ordering: .relaxed) < 2 {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(lock.waiting.load(ordering: .relaxed) == 2, "both waiters block a lock thread")
+        }  // released here, while both waiters still block their threads
+        for waiter in waiters { await waiter.value }
+        #expect(outcomes.busy.load(ordering: .relaxed) == 0)
+        #expect(outcomes.ran.load(ordering: .relaxed) == 2)
         try await access.shutdown()
     }
 

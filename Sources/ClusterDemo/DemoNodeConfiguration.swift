@@ -48,7 +48,6 @@ public struct DemoNodeConfigurationError: Error, Sendable, CustomStringConvertib
 extension DemoNodeConfiguration {
     /// Throws when a setting cannot work (the messages name the node's command-line options).
     public func validate() throws(DemoNodeConfigurationError) {
-        guard expiry.idleTimeoutMillis > 0 else { throw DemoNodeConfigurationError("--idle-timeout must be positive") }
         guard (expiry.absoluteTimeoutMillis ?? 0) >= 0 else {
             throw DemoNodeConfigurationError("--absolute-timeout must not be negative")
         }

@@ -82,6 +82,12 @@ public struct DemoNodeOptions: ParsableArguments {
     @Option(help: "Redis connect and command timeout, in milliseconds.")
     public var redisTimeoutMs = 1000
 
+    /// Checks what the settings' own types would trap on.
+    public func validate() throws {
+        guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
+        guard absoluteTimeout >= 0 else { throw ValidationError("--absolute-timeout must not be negative") }
+    }
+
     /// The Redis settings of the `--redis*` options.
     public func redisConfiguration() throws -> RedisConfiguration {
         do {

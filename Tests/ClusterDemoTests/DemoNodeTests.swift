@@ -61,6 +61,20 @@ import SystemSupport
         #expect(child.output.contains("stopped"))
     }
 
+    @Test(arguments: [
+        (["--idle-timeout", "0"], "--idle-timeout must be positive"),
+        (["--absolute-timeout=-1"], "--absolute-timeout must not be negative"),
+        (["--handler-threads", "5000"], "--handler-threads must be 0...4096"),
+        (["--exclusive-sessions"], "--exclusive-sessions needs --strategy redis"),
+    ])
+    func badNodeOptionsAreClearErrorsNotCrashes(arguments: [String], message: String) throws {
+        let child = try ChildProcess(try ChildProcess.sessionClusterBinary(), ["node"] + arguments)
+        defer { child.stop(signal: SIGKILL, timeout: 2) }
+        child.process.waitUntilExit()
+        #expect(child.process.terminationStatus == 64, "a usage error, not a trap: \(child.output)")
+        #expect(child.output.contains(message), "\(child.output)")
+    }
+
     @Test func unknownStrategyIsAClearError() throws {
         let child = try ChildProcess(try ChildProcess.sessionClusterBinary(), ["node", "--strategy", "bogus"])
         defer { child.stop(signal: SIGKILL, timeout: 2) }

@@ -168,6 +168,7 @@ extension ReplicatedSessionStore {
     }
 
     public func complete(_ record: IdempotencyRecord) throws {
+        let epoch = try checkReady()
         var record = record
         record.response = record.response.capped(maxBytes: Self.maxRecordResponseBytes)
         let now = clock.nowMillis()
@@ -178,7 +179,10 @@ extension ReplicatedSessionStore {
                 fingerprint: record.fingerprint, response: record.response, expiresAt: replicated.expiresAtMillis)
             return true
         }
-        if kept, sinks.withLock({ $0.onRecord })?(replicated) == false { throw notServing() }
+        guard kept else { return }
+        // Answered only if sent and no rejoin began meanwhile (which drops what this node holds).
+        let sent = sinks.withLock({ $0.onRecord })?(replicated) ?? true
+        guard sent && servingEpoch.load(ordering: .sequentiallyConsistent) == epoch else { throw notServing() }
     }
 
     public func abandon(key: String) throws {

@@ -360,6 +360,20 @@ private final class Failures: Sendable {
                 try write(id)
             }
         }
+        // A standalone idempotency record (a keyed request that changed no session): the same.
+        store.isReady = true
+        store.onRecord = { _ in
+            store.stopServing(reason: reason)
+            return true
+        }
+        #expect(throws: SessionStoreError(.unavailable, reason), "complete") { try store.complete(record("k1")) }
+        store.onRecord = { _ in
+            Issue.record("complete ran while the node was not serving")
+            return true
+        }
+        #expect(throws: SessionStoreError(.unavailable, reason), "complete: refused before it runs") {
+            try store.complete(record("k2"))
+        }
     }
 
     @Test func sessionCapRefusesNewSessionsOnlyWhileFull() throws {

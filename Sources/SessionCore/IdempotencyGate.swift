@@ -7,11 +7,12 @@ import Synchronization
 /// 1. `keyedRequest` — nil for a request without a key, or a GET, HEAD or OPTIONS.
 /// 2. `claim` until it says `run` (with a ticket) or `replay` (a stored
 ///    response); on `wait`, the binding sleeps (a thread or a task) and claims again.
-/// 3. The request runs with the ticket (the session machinery writes the record
-///    with the session changes, `SessionCommit`).
-/// 4. `overtakingResponse` — the response of a run that completed the key first,
-///    to answer instead; then `finish` (a request that changed no session: its
-///    record stands alone) or `abandon` (it failed without a response).
+/// 3. `run` — the request runs with the ticket (the session machinery writes the
+///    record with the session changes, `SessionCommit`); then the response of a
+///    run that completed the key first answers instead (`overtakingResponse`), a
+///    request that changed no session gets its record (`finish`), and one that
+///    failed gives up its claim (`abandon`). An async binding drives the same
+///    steps around an async body.
 ///
 /// Store calls block: an async binding runs them on its executor.
 public struct IdempotencyGate: Sendable {
@@ -76,20 +77,51 @@ public struct IdempotencyGate: Sendable {
     /// After the request ran: the recorded response of a run that overtook this one (a retry
     /// took over the claim, its node thought this one dead, and finished first; nothing of this
     /// run was written), to answer instead. Nil when not overtaken, or when that record is gone
-    /// again — then no claim is left behind, and the request is never run a second time.
-    public func overtakingResponse(for ticket: IdempotencyTicket) -> StoredResponse? {
+    /// again — then no claim is left behind, and the request is never run a second time. Throws
+    /// the `SessionErrorAnswer` of a record that cannot be replayed (409: its response was not
+    /// kept, or another run holds the key now).
+    public func overtakingResponse(for ticket: IdempotencyTicket) throws(SessionErrorAnswer) -> StoredResponse? {
         guard ticket.isOvertaken else { return nil }
-        switch try? claim(ticket.request, waitedMillis: policy.waitMillis) {
-        case .replay(let stored)?:
+        let step: Step
+        do {
+            step = try claim(ticket.request, waitedMillis: policy.waitMillis)
+        } catch let answer as SessionErrorAnswer {
+            throw answer
+        } catch {
+            return nil
+        }
+        switch step {
+        case .replay(let stored):
             logger.notice(
                 "another run of this request completed first", metadata: ["idempotency_record": "\(ticket.request.logID)"])
             return stored
-        case .run(let claim)?:
+        case .run(let claim):
             abandon(claim)
             return nil
-        default:
+        case .wait:
             return nil
         }
+    }
+
+    /// Runs a claimed request (`body`, with `ticket` handed to its session machinery) and settles
+    /// the ticket: a run that overtook this one answers instead (`replay`); a request that
+    /// changed no session gets its record now (`record` makes it from the response); one that
+    /// failed gives up its claim, so a retry can run. Errors of `body` pass through.
+    public func run<Response>(
+        _ ticket: IdempotencyTicket, replay: (StoredResponse) -> Response, record: (Response) throws -> StoredResponse,
+        _ body: () throws -> Response
+    ) throws -> Response {
+        let response: Response
+        do {
+            response = try body()
+        } catch {
+            if let stored = try overtakingResponse(for: ticket) { return replay(stored) }
+            if !ticket.isOvertaken { abandon(ticket) }  // an overtaken run has no claim of its own left
+            throw error
+        }
+        if let stored = try overtakingResponse(for: ticket) { return replay(stored) }
+        if ticket.needsStandaloneRecord { finish(ticket, response: try record(response)) }
+        return response
     }
 
     /// Records the response of a request whose record was not written with session changes

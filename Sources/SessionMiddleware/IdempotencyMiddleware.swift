@@ -79,18 +79,11 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
         }
         var request = request
         request.storage[IdempotencyTicketKey.self] = ticket
-        let response: HTTPResponse
         do {
-            response = try next(request)
-        } catch {
-            if let stored = gate.overtakingResponse(for: ticket) { return HTTPResponse(stored) }
-            if !ticket.isOvertaken { gate.abandon(ticket) }  // an overtaken run has no claim of its own left
-            throw error
+            return try gate.run(ticket, replay: HTTPResponse.init, record: StoredResponse.init) { try next(request) }
+        } catch let answer as SessionErrorAnswer {
+            throw HTTPError(answer)
         }
-        if let stored = gate.overtakingResponse(for: ticket) { return HTTPResponse(stored) }
-        // The request changed no session: its record stands alone.
-        if ticket.needsStandaloneRecord { gate.finish(ticket, response: StoredResponse(response)) }
-        return response
     }
 }
 

@@ -69,26 +69,17 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
         case .run(let ticket?):
             var context = context
             context.clusterSessions.idempotency = ticket
-            var response: Response
             do {
-                response = try await next(request, context)
-            } catch {
-                if !ticket.isOvertaken { await gate.abandon(ticket) }
-                throw error
+                return try await gate.run(
+                    ticket, replay: replay,
+                    record: { response in
+                        StoredResponse(
+                            status: response.status.code, headers: response.headers.map { [$0.name.rawName, $0.value] },
+                            body: try await response.collectBody())
+                    }) { try await next(request, context) }
+            } catch let answer as SessionErrorAnswer {
+                return answer.hummingbirdResponse
             }
-            if let stored = await gate.overtakingResponse(for: ticket) {
-                return replay(stored)
-            }
-            if ticket.needsStandaloneRecord {
-                // The request changed no session: its record stands alone.
-                let bytes = try await response.collectBody()
-                await gate.finish(
-                    ticket,
-                    response: StoredResponse(
-                        status: response.status.code, headers: response.headers.map { [$0.name.rawName, $0.value] },
-                        body: bytes))
-            }
-            return response
         }
     }
 }

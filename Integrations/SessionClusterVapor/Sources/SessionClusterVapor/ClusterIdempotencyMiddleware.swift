@@ -59,21 +59,13 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
             return try await next.respond(to: request)
         case .run(let ticket?):
             request.storage[IdempotencyTicketKey.self] = ticket
-            let response: Response
             do {
-                response = try await next.respond(to: request)
-            } catch {
-                if !ticket.isOvertaken { await gate.abandon(ticket) }
-                throw error
+                return try await gate.run(
+                    ticket, replay: replay, record: { response in try await response.storedResponse(on: request.eventLoop) }
+                ) { try await next.respond(to: request) }
+            } catch let answer as SessionErrorAnswer {
+                return answer.vaporResponse
             }
-            if let stored = await gate.overtakingResponse(for: ticket) {
-                return replay(stored)
-            }
-            if ticket.needsStandaloneRecord {
-                // The request changed no session: its record stands alone.
-                await gate.finish(ticket, response: try await response.storedResponse(on: request.eventLoop))
-            }
-            return response
         }
     }
 }

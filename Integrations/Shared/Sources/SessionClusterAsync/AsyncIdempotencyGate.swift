@@ -58,6 +58,29 @@ public struct AsyncIdempotencyGate: Sendable {
         }
     }
 
+    /// Runs a claimed request (`body`, with `ticket` handed to its session machinery) and
+    /// settles the ticket, as `IdempotencyGate.run` does: a run that overtook this one answers
+    /// instead (`replay`); a request that changed no session gets its record now (`record` makes
+    /// it from the response, which it may update, e.g. to a collected body); one that failed
+    /// gives up its claim. Errors of `body` pass through;
+    /// a record that cannot be replayed throws its `SessionErrorAnswer` (409).
+    public func run<Response>(
+        _ ticket: IdempotencyTicket, replay: (StoredResponse) -> Response,
+        record: (inout Response) async throws -> StoredResponse, _ body: () async throws -> Response
+    ) async throws -> Response {
+        var response: Response
+        do {
+            response = try await body()
+        } catch {
+            if let stored = try await overtakingResponse(for: ticket) { return replay(stored) }
+            if !ticket.isOvertaken { await abandon(ticket) }  // an overtaken run has no claim of its own left
+            throw error
+        }
+        if let stored = try await overtakingResponse(for: ticket) { return replay(stored) }
+        if ticket.needsStandaloneRecord { await finish(ticket, response: try await record(&response)) }
+        return response
+    }
+
     /// Records the outcome of a request that ran, unless the session machinery already wrote it.
     public func finish(_ ticket: IdempotencyTicket, response: StoredResponse) async {
         let core = core
@@ -65,10 +88,16 @@ public struct AsyncIdempotencyGate: Sendable {
     }
 
     /// The recorded response of a run that overtook `ticket`'s, or nil (`IdempotencyGate.overtakingResponse`).
-    public func overtakingResponse(for ticket: IdempotencyTicket) async -> StoredResponse? {
+    public func overtakingResponse(for ticket: IdempotencyTicket) async throws(SessionErrorAnswer) -> StoredResponse? {
         guard ticket.isOvertaken else { return nil }
         let core = core
-        return try? await executor.run { core.overtakingResponse(for: ticket) }
+        do {
+            return try await executor.run { try core.overtakingResponse(for: ticket) }
+        } catch let answer as SessionErrorAnswer {
+            throw answer
+        } catch {
+            return nil
+        }
     }
 
     /// Gives up a claim without an outcome (the request failed without a response), so a retry can run.

@@ -36,12 +36,16 @@ public struct ClusterBench: Sendable {
     public var nodeLogs: String?
     /// Extra arguments for every node.
     public var nodeArguments: [String] = []
+    /// The `session-cluster` executable the clusters' nodes run (`node` subcommand):
+    /// this process's own, by default.
+    public var executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
 
     public init(durationMillis: Int, pacing: Pacing) {
         self.durationMillis = durationMillis
         self.pacing = pacing
     }
 
+    /// The cluster strategy and replication mode of a strategy name of `--strategies`, or nil.
     public static func clusterStrategy(_ name: String) -> (ClusterConfiguration.Strategy, String)? {
         switch name {
         case "replicate-async", "replicate": (.replicate, "async")
@@ -57,12 +61,11 @@ public struct ClusterBench: Sendable {
     public func measureCluster(
         _ name: String, plan: FaultPlan, logger: Logger
     ) throws -> StrategyResult {
-        let (strategy, mode) = Self.clusterStrategy(name)!
+        guard let (strategy, mode) = Self.clusterStrategy(name) else { throw BenchFailure("unknown strategy '\(name)'") }
         let usesRedis = strategy == .redis || strategy == .redisCluster
         var configuration = ClusterConfiguration(
             strategy: strategy, replicationMode: mode, nodeCount: nodes, port: 0,
-            executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
-            nodeLogLevel: nodeLogLevel,
+            executable: executable, nodeLogLevel: nodeLogLevel,
             extraNodeArguments: nodeArguments
                 + (usesRedis && redisWaitReplicas > 0 ? ["--redis-wait-replicas", "\(redisWaitReplicas)"] : []))
         configuration.redisClusterReplicas = redisClusterReplicas
@@ -124,6 +127,7 @@ public struct ClusterBench: Sendable {
             convergenceNodes: nodesToCompare, logger: logger)
     }
 
+    /// Measures `target` under `plan`, carrying out the faults with `injector` (nil: only marked).
     public func measure(
         name: String, target: BenchTarget, plan: FaultPlan, injector: (any FaultInjector)?, slowStartMillis: Int = 0,
         convergenceNodes: [BenchNode] = [], logger: Logger

@@ -91,7 +91,7 @@ extension ReplicationBench {
         let samplePosts = samplePosts
         let began = monotonicNanos()
         runThreads(threads) { t in
-            var connection = HTTPClientConnection(host: endpoint.host, port: endpoint.port)
+            let connection = HTTPClientConnection(host: endpoint.host, port: endpoint.port)
             var created = 0
             var failed = 0
             var firstError: String?
@@ -161,7 +161,7 @@ extension ReplicationBench {
     public func waitUntilReady(endpoint: BenchEndpoint) throws {
         let origin = sinceEpochMicros.map { UInt64(max(0, $0)) * 1_000 } ?? wallClockNanos()
         let deadline = monotonicNanos() + UInt64(timeout * 1e9)
-        var connection = HTTPClientConnection(host: endpoint.host, port: endpoint.port, timeoutMillis: 1_000)
+        let connection = HTTPClientConnection(host: endpoint.host, port: endpoint.port, timeoutMillis: 1_000)
         var polls = 0
         var refused = 0
         var lastStatus = 0
@@ -202,7 +202,7 @@ private struct BenchUser {
         case failed(String)
     }
 
-    var connections: [HTTPClientConnection]
+    let connections: [HTTPClientConnection]
     let endpoints: [BenchEndpoint]
     var cookies: [String: String] = [:]
     /// POSTs answered 200: what the session's count must be.
@@ -356,7 +356,7 @@ public struct BenchEndpoint: Sendable, CustomStringConvertible {
 
 extension HTTPClientConnection {
     /// POST /api/counter with these cookies (none: a new session).
-    fileprivate mutating func postCounter(cookies: [String: String]) throws(HTTPClientError) -> Response {
+    fileprivate func postCounter(cookies: [String: String]) throws(HTTPClientError) -> Response {
         let cookie = cookies.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")
         return try request("POST", "/api/counter", headers: cookies.isEmpty ? [] : [("Cookie", cookie)])
     }

@@ -5,19 +5,27 @@ import SystemSupport
 
 /// One blocking HTTP/1.1 client connection to `host:port`: opened on first
 /// use and again after any failure or a response that closes it; each
-/// exchange bounded by `timeoutMillis` from send to the last byte read.
-/// Responses are read with `HTTPResponseParser` (any framing). For probes,
-/// benchmarks and tests on loopback, not for traffic.
-public struct HTTPClientConnection {
-    /// A complete response.
+/// exchange bounded by `timeoutMillis` from the connect (or the send, on an
+/// open connection) to the last byte read. Responses are read with
+/// `HTTPResponseParser` (any framing). For probes, benchmarks and tests on
+/// loopback, not for traffic. One thread at a time; the socket is closed by
+/// `disconnect()` or when the connection is freed.
+public final class HTTPClientConnection {
+    /// A response: its final head, and its body (empty when only the head was asked for).
     public struct Response: Sendable {
+        /// The final (non-1xx) head.
         public var head: HTTPResponseHead
+        /// The body, whatever its framing was.
         public var body: [UInt8]
+        /// The head's status code.
         public var status: Int { head.status }
     }
 
+    /// The server's numeric address.
     public let host: String
+    /// The server's port.
     public let port: Int
+    /// The bound of one exchange, in milliseconds.
     public let timeoutMillis: Int
     /// Responses with a larger body fail (and close the connection).
     public let maxBodyBytes: Int
@@ -32,11 +40,15 @@ public struct HTTPClientConnection {
         self.maxBodyBytes = maxBodyBytes
     }
 
+    deinit {
+        if fd >= 0 { close(fd) }
+    }
+
     /// Whether a connection is open now.
     public var isConnected: Bool { fd >= 0 }
 
     /// Closes the connection (the next request opens a new one).
-    public mutating func disconnect() {
+    public func disconnect() {
         if fd >= 0 { close(fd) }
         fd = -1
         parser.reset()
@@ -46,24 +58,27 @@ public struct HTTPClientConnection {
     public var hostHeader: String { (host.contains(":") ? "[\(host)]" : host) + ":\(port)" }
 
     /// Sends `method target` with `headers` (plus `Host` and `Content-Length`) and `body`, and
-    /// reads the final response. On any failure the connection is closed and the error thrown.
-    public mutating func request(
-        _ method: String, _ target: String, headers: [(name: String, value: String)] = [], body: [UInt8] = []
+    /// reads the final response (with `headOnly`, only its head: the connection is then closed).
+    /// On any failure the connection is closed and the error thrown.
+    public func request(
+        _ method: String, _ target: String, headers: [(name: String, value: String)] = [], body: [UInt8] = [],
+        headOnly: Bool = false
     ) throws(HTTPClientError) -> Response {
         var head = "\(method) \(target) HTTP/1.1\r\nHost: \(hostHeader)\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         if !body.isEmpty || method == "POST" || method == "PUT" { head += "Content-Length: \(body.count)\r\n" }
-        return try send(Array((head + "\r\n").utf8) + body, toHEAD: method == "HEAD")
+        return try send(Array((head + "\r\n").utf8) + body, toHEAD: method == "HEAD", headOnly: headOnly)
     }
 
-    /// Sends a whole serialized request and reads the final response.
-    public mutating func send(_ request: [UInt8], toHEAD: Bool = false) throws(HTTPClientError) -> Response {
+    /// Sends a whole serialized request and reads the final response (see `request`).
+    public func send(_ request: [UInt8], toHEAD: Bool = false, headOnly: Bool = false) throws(HTTPClientError) -> Response {
+        let deadline = monotonicMillis() + Int64(timeoutMillis)
         do throws(HTTPClientError) {
             if fd < 0 { try connect() }
             guard Sockets.writeAll(fd, request) else { throw HTTPClientError("send failed: errno \(errno)") }
             parser.expectResponse(toHEAD: toHEAD)
-            let response = try readResponse(deadline: monotonicMillis() + Int64(timeoutMillis))
-            if !response.head.keepAlive { disconnect() }
+            let response = try readResponse(deadline: deadline, headOnly: headOnly)
+            if headOnly || !response.head.keepAlive { disconnect() }
             return response
         } catch {
             disconnect()
@@ -71,7 +86,7 @@ public struct HTTPClientConnection {
         }
     }
 
-    private mutating func connect() throws(HTTPClientError) {
+    private func connect() throws(HTTPClientError) {
         do {
             fd = try Sockets.connect(host: host, port: port, timeoutMillis: Int32(timeoutMillis))
         } catch {
@@ -81,7 +96,7 @@ public struct HTTPClientConnection {
         parser.reset()
     }
 
-    private mutating func readResponse(deadline: Int64) throws(HTTPClientError) -> Response {
+    private func readResponse(deadline: Int64, headOnly: Bool) throws(HTTPClientError) -> Response {
         var head: HTTPResponseHead?
         var body: [UInt8] = []
         var closed = false
@@ -92,7 +107,9 @@ public struct HTTPClientConnection {
             }
             switch event {
             case .head(let h)?:
-                if !h.isInterim { head = h }
+                guard !h.isInterim else { continue }
+                if headOnly { return Response(head: h, body: []) }
+                head = h
                 continue
             case .body(let bytes)?:
                 body += bytes

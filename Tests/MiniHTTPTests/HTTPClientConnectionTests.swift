@@ -10,7 +10,7 @@ import TestSupport
 @Suite struct HTTPClientConnectionTests {
     @Test func keepsOneConnectionForManyRequestsAndSendsTheBody() throws {
         try withServer(responder: echoResponder) { server in
-            var client = HTTPClientConnection(host: "127.0.0.1", port: server.port)
+            let client = HTTPClientConnection(host: "127.0.0.1", port: server.port)
             for i in 0..<20 {
                 let response = try client.request("POST", "/n/\(i)", headers: [("X-A", "1")], body: Array("body \(i)".utf8))
                 #expect(response.status == 200)
@@ -47,7 +47,7 @@ import TestSupport
             _ = recv(second, &buffer, buffer.count, 0)  // the third request: never answered
             usleep(600_000)
         }
-        var client = HTTPClientConnection(host: "127.0.0.1", port: port, timeoutMillis: 300)
+        let client = HTTPClientConnection(host: "127.0.0.1", port: port, timeoutMillis: 300)
         let closing = try client.request("GET", "/close")
         #expect(closing.status == 200 && closing.body == Array("ok".utf8))
         let reopened = !client.isConnected
@@ -63,7 +63,7 @@ import TestSupport
     }
 
     @Test func aPortNobodyListensOnIsAClearError() throws {
-        var client = HTTPClientConnection(host: "127.0.0.1", port: try Sockets.freeLoopbackPort(), timeoutMillis: 500)
+        let client = HTTPClientConnection(host: "127.0.0.1", port: try Sockets.freeLoopbackPort(), timeoutMillis: 500)
         do {
             _ = try client.request("GET", "/")
             Issue.record("no error")

@@ -59,6 +59,10 @@ public final class SessionLockLease: Sendable {
     /// Whether `release()` has been called.
     public var isReleased: Bool { onRelease.withLock { $0 == nil } }
 
+    /// A lease dropped without `release()` (a caller's bug) is released here, so
+    /// the session is not locked until the lock's TTL runs out.
+    deinit { release() }
+
     /// Gives the session back. Only the first call does anything.
     public func release() {
         let action = onRelease.withLock { action -> (@Sendable () -> Void)? in

@@ -34,6 +34,14 @@ import Testing
         again.release()
     }
 
+    @Test func aLeaseDroppedWithoutReleaseIsReleased() throws {
+        let lock = CountingLock()
+        let id = SessionID.generate()
+        _ = try lock.acquire(id)  // dropped at once: a caller's bug
+        #expect(lock.releases.load(ordering: .relaxed) == 1)
+        #expect(!lock.held.withLock { $0.contains(id) })
+    }
+
     @Test func withExclusiveAccessReleasesAfterTheBodyAlsoWhenItThrows() throws {
         let lock = CountingLock()
         let id = SessionID.generate()

@@ -121,8 +121,8 @@ let package = Package(
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "Balancer", "Benchmarks", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "SessionCore",
-                "SessionRedis", "SystemSupport",
+                "Balancer", "Benchmarks", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "SessionRedis",
+                "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -140,7 +140,7 @@ let package = Package(
                 "SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
-        .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance"]),
+        .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance", "SystemSupport"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
         .target(
             name: "TestSupport", dependencies: ["MiniHTTP", "SystemSupport", .product(name: "Logging", package: "swift-log")],

@@ -1,59 +1,18 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SystemSupport
 
-/// Secrets from the environment, so they never show in `ps`: `NAME` holds one
-/// secret; `NAME_FILE` names a file with one secret per line (the first is the
-/// current one; the others are older ones still accepted, for rotation).
-public enum SecretFromEnvironment {
-    /// The secrets of `name`, or nil when neither `name` nor `name_FILE` is set.
-    /// Throws when both are set, the file cannot be read, or it holds no secret.
-    public static func secrets(_ name: String) throws(SigningKeyError) -> [[UInt8]]? {
-        let direct = getenv(name).map { String(cString: $0) }
-        let path = getenv(name + "_FILE").map { String(cString: $0) }
-        switch (direct, path) {
-        case (nil, nil):
-            return nil
-        case (let value?, nil):
-            return [Array(value.utf8)]
-        case (nil, let path?):
-            guard let text = readSmallFile(path) else {
-                throw SigningKeyError("\(name)_FILE: cannot read \(path): \(String(cString: strerror(errno)))")
-            }
-            let lines = text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).map { Array($0.utf8) }
-            guard !lines.isEmpty else { throw SigningKeyError("\(name)_FILE: \(path) holds no secret") }
-            return lines
-        case (_?, _?):
-            throw SigningKeyError("both \(name) and \(name)_FILE are set; set one")
-        }
-    }
-
+extension SecretFromEnvironment {
     /// The cookie signing keys of `SESSION_COOKIE_SECRET` (one key) or the
     /// lines of the file `SESSION_COOKIE_SECRET_FILE` names (the first signs,
     /// all verify), each checked by `SessionCookieCodec`; empty (unsigned
     /// cookies) when neither is set. Errors name the variable.
     public static func cookieSigningKeys() throws(SigningKeyError) -> [[UInt8]] {
+        let keys: [[UInt8]]
+        do { keys = try secrets("SESSION_COOKIE_SECRET") ?? [] } catch { throw SigningKeyError(error.message) }
         do {
-            let keys = try secrets("SESSION_COOKIE_SECRET") ?? []
             _ = try SessionCookieCodec(signingKeys: keys)
-            return keys
         } catch {
             throw SigningKeyError("SESSION_COOKIE_SECRET: \(error.message)")
         }
-    }
-
-    private static func readSmallFile(_ path: String) -> String? {
-        guard let file = fopen(path, "re") else { return nil }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while bytes.count <= 1 << 20 {
-            let n = fread(&buffer, 1, buffer.count, file)
-            if n <= 0 { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        return keys
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import SessionCore
+import SystemSupport
 
 /// A peer's replication address, "host:port" or "[v6]:port".
 public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {

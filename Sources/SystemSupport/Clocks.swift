@@ -44,3 +44,11 @@ public func localTimeOfDay() -> String {
     let millis = String(Int(now.tv_nsec / 1_000_000))
     return "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(String(repeating: "0", count: 3 - millis.count))\(millis)"
 }
+
+/// Sleeps `millis` milliseconds (nothing for 0 or less), resuming after signals.
+public func sleepMillis(_ millis: Int64) {
+    guard millis > 0 else { return }
+    var request = timespec(tv_sec: Int(millis / 1000), tv_nsec: Int(millis % 1000) * 1_000_000)
+    var remaining = timespec()
+    while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
+}

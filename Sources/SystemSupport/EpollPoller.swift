@@ -22,7 +22,7 @@ public struct EpollPoller: Sendable {
     public let logger: Logger
 
     public init(listenFD: Int32, logger: Logger) throws {
-        assert(EpollEvents.matchHeaders, "epoll's bits differ from the C headers'")
+        precondition(EpollEvents.matchHeaders, "epoll's bits differ from the C headers'")
         self.listenFD = listenFD
         self.logger = logger
         epollFD = cepoll_create()

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Balancer
 import Logging
-import SessionCore
 import SystemSupport
 
 extension SessionClusterCommand {

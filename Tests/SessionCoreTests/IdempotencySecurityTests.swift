@@ -1,5 +1,6 @@
 import Foundation
 import SessionCore
+import SystemSupport
 import Testing
 
 /// Limits on idempotency records, the scope of their storage keys, cookie
@@ -141,11 +142,11 @@ import Testing
         try "current\nprevious\n".write(to: file, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: file) }
         setenv(name + "_FILE", file.path, 1)
-        #expect(throws: SigningKeyError.self) { try SecretFromEnvironment.secrets(name) }  // both set
+        #expect(throws: SecretError.self) { try SecretFromEnvironment.secrets(name) }  // both set
         unsetenv(name)
         #expect(try SecretFromEnvironment.secrets(name) == [Array("current".utf8), Array("previous".utf8)])
         setenv(name + "_FILE", file.path + ".missing", 1)
-        #expect(throws: SigningKeyError.self) { try SecretFromEnvironment.secrets(name) }
+        #expect(throws: SecretError.self) { try SecretFromEnvironment.secrets(name) }
         unsetenv(name + "_FILE")
     }
 }

@@ -229,11 +229,3 @@ final class RedisClusterRouter: Sendable {
         }
     }
 }
-
-/// Sleeps `millis` (monotonic), resuming after signals.
-func sleepMillis(_ millis: Int64) {
-    guard millis > 0 else { return }
-    var request = timespec(tv_sec: Int(millis / 1000), tv_nsec: Int(millis % 1000) * 1_000_000)
-    var remaining = timespec()
-    while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
-}

@@ -139,7 +139,7 @@ public final class RedisLock: Sendable {
             attempts += 1
             var pause = Int64(Int.random(in: 5...min(50, 10 + 5 * attempts)))
             if holderTTL >= 0 { pause = min(pause, holderTTL + 1) }  // about to expire: try right then
-            Self.sleep(millis: min(pause, left))
+            sleepMillis(min(pause, left))
         }
     }
 
@@ -247,13 +247,6 @@ public final class RedisLock: Sendable {
 
     static func loggable(_ name: String) -> String {
         name.count > 16 ? String(name.prefix(6)) + "…" : name
-    }
-
-    private static func sleep(millis: Int64) {
-        guard millis > 0 else { return }
-        var request = timespec(tv_sec: Int(millis / 1000), tv_nsec: Int(millis % 1000) * 1_000_000)
-        var remaining = timespec()
-        while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
     }
 
     // MARK: - Scripts

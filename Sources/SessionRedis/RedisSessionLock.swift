@@ -12,7 +12,7 @@ import SystemSupport
 /// it fails with `SessionStoreError(.unavailable)`.
 ///
 /// Every well-formed session ID a client sends takes a lock (that is what
-/// makes it exclusive), so sign cookies (`SessionConfiguration.signingKey`)
+/// makes it exclusive), so sign cookies (`SessionConfiguration.signingKeys`)
 /// to keep forged IDs from creating lock keys.
 public final class RedisSessionLock: SessionRequestLock {
     public let lock: RedisLock

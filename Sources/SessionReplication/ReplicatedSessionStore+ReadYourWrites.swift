@@ -55,7 +55,7 @@ extension ReplicatedSessionStore {
     /// future (beyond the clock's drift limit) are refused at once.
     /// Whether a catch-up that gives up throws `unavailable` instead of letting the request see
     /// an older state than its client saw (`ReplicationNode` sets it in sync mode with a majority quorum: CP).
-    public var refusesStaleReads: Bool {
+    package var refusesStaleReads: Bool {
         get { sinks.withLock { $0.refusesStaleReads } }
         set { sinks.withLock { $0.refusesStaleReads = newValue } }
     }

@@ -13,7 +13,7 @@ import SystemSupport
 ///
 /// Every local write hands what peers need to `onUpdate` (sessions) or
 /// `onRecord` (idempotency records completed without a delta), outside the
-/// lock; peers feed them to `merge(_:)` and `merge(record:)`, in any order,
+/// lock; peers feed them (through `ReplicationNode`) to the store's merges, in any order,
 /// duplicated or not. `snapshot(chunkSize:)` and `recordSnapshot()` give the
 /// full state for a state transfer.
 ///
@@ -233,7 +233,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     /// Asks the peers for a session's full state, for `catchUp`, with a
     /// request number; returns how many peers were asked. Each reply comes
     /// back through `mergeFetchReply`.
-    public var onFetch: (@Sendable (SessionID, UInt64) -> Int)? {
+    package var onFetch: (@Sendable (SessionID, UInt64) -> Int)? {
         get { sinks.withLock { $0.onFetch } }
         set { sinks.withLock { $0.onFetch = newValue } }
     }
@@ -242,7 +242,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     /// node's claim stands, with a request number; returns how many peers
     /// were asked (0: none needed asking). Each reply comes back through
     /// `mergeLookupReply`. Set by `ReplicationNode` unless its `keyLookups` is `never`.
-    public var onLookup: (@Sendable (String, UInt64) -> Int)? {
+    package var onLookup: (@Sendable (String, UInt64) -> Int)? {
         get { sinks.withLock { $0.onLookup } }
         set { sinks.withLock { $0.onLookup = newValue } }
     }
@@ -251,7 +251,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     /// clock, if that was recently; nil otherwise. A keyed change whose claim is older than that
     /// looks its key up on the peers again before it is written: the client's retry may have run
     /// on one of them meanwhile. Set by `ReplicationNode`.
-    public var lastPauseEnded: (@Sendable () -> UInt64?)? {
+    package var lastPauseEnded: (@Sendable () -> UInt64?)? {
         get { sinks.withLock { $0.lastPauseEnded } }
         set { sinks.withLock { $0.lastPauseEnded = newValue } }
     }
@@ -268,7 +268,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     /// Whether the store serves requests. A replication node keeps it false
     /// until its state transfer is done: until then every request fails with
     /// `unavailable` (503) instead of seeing sessions that have not arrived.
-    public var isReady: Bool {
+    public package(set) var isReady: Bool {
         get { ready.load(ordering: .acquiring) }
         set { ready.store(newValue, ordering: .releasing) }
     }
@@ -279,7 +279,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     public var unavailableReason: String { sinks.withLock { $0.unavailableReason } }
 
     /// Stops serving: every request fails with `unavailable` and `reason` until `isReady` turns true again.
-    public func stopServing(reason: String) {
+    package func stopServing(reason: String) {
         sinks.withLock { $0.unavailableReason = reason }
         servingEpoch.add(1, ordering: .sequentiallyConsistent)
         isReady = false
@@ -287,7 +287,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
 
     /// Forgets every session, tombstone, claim and record: a rejoining node's
     /// state is replaced by a ready peer's (`ReplicationNode`).
-    public func removeAll() {
+    package func removeAll() {
         contents.withLock { contents in
             contents.sessions = [:]
             contents.records = IdempotencyRecordTable(limits: contents.records.limits)

@@ -283,10 +283,7 @@ package struct HelloMessage: Sendable, Equatable {
     }
 
     /// 32 bytes from the system CSPRNG.
-    public static func freshNonce() -> [UInt8] {
-        var rng = SystemRandomNumberGenerator()
-        return (0..<nonceByteCount / 8).flatMap { _ in withUnsafeBytes(of: rng.next()) { Array($0) } }
-    }
+    public static func freshNonce() -> [UInt8] { secureRandomBytes(nonceByteCount) }
 
     /// This hello with a fresh nonce (one per connection).
     public func renewed() -> HelloMessage {

@@ -129,9 +129,7 @@ extension ProxyLoop {
         }
         if let limiter = balancer.rateLimiter, !limiter.allow(c.rateLimitKey, now: now) {
             counters.rateLimited.add(1, ordering: .relaxed)
-            respondError(
-                ex, status: 429, code: "rate_limited", message: "too many requests from this address",
-                retryAfter: limiter.configuration.retryAfterSeconds)
+            respondError(ex, .rateLimited(retryAfterSeconds: limiter.configuration.retryAfterSeconds))
         } else if head.path.hasPrefix(Balancer.adminPrefix) {
             respond(ex, balancer.adminResponseOnClientPort(head))
         } else if !balancer.localRoutes.isEmpty, let route = balancer.localRoutes.first(where: { head.path.hasPrefix($0.prefix) }) {
@@ -179,13 +177,13 @@ extension ProxyLoop {
     func giveUp(_ ex: Exchange) {
         if ex.timedOut {
             counters.gatewayTimeouts.add(1, ordering: .relaxed)
-            respondError(ex, status: 504, code: "gateway_timeout", message: "no backend answered in time")
+            respondError(ex, .gatewayTimeout)
         } else if ex.everSent {
             counters.badGateway.add(1, ordering: .relaxed)
-            respondError(ex, status: 502, code: "bad_gateway", message: "the backend failed before answering")
+            respondError(ex, .badGateway)
         } else {
             counters.noBackend.add(1, ordering: .relaxed)
-            respondError(ex, status: 503, code: "no_backend", message: "no backend is available")
+            respondError(ex, .noBackend)
         }
     }
 
@@ -318,10 +316,8 @@ extension ProxyLoop {
     }
 
     /// Answers the exchange with an error of the balancer's own (only before any response byte).
-    func respondError(_ ex: Exchange, status: Int, code: String, message: String, retryAfter: Int? = nil) {
-        var response = HTTPResponse.error(status: status, code: code, message: message)
-        if let retryAfter { response.headers.add(name: "Retry-After", value: "\(retryAfter)") }
-        respond(ex, response)
+    func respondError(_ ex: Exchange, _ answer: ProxyErrorAnswer) {
+        respond(ex, answer.response)
     }
 
     /// Answers the exchange with a response of the balancer's own (only before any response byte).
@@ -349,23 +345,11 @@ extension ProxyLoop {
                 return
             }
             ex.clientKeepAlive = false
-            respondError(ex, status: error.status, code: Self.errorCode(error.status), message: error.reason)
+            respondError(ex, .badRequest(error))
             return
         }
-        let response = HTTPResponse.error(status: error.status, code: Self.errorCode(error.status), message: error.reason)
-        c.output.append(HTTPResponseSerializer.serialize(response, keepAlive: false))
+        c.output.append(HTTPResponseSerializer.serialize(ProxyErrorAnswer.badRequest(error).response, keepAlive: false))
         c.closeAfterWrite = true
-    }
-
-    static func errorCode(_ status: Int) -> String {
-        switch status {
-        case 408: "request_timeout"
-        case 413: "body_too_large"
-        case 431: "headers_too_large"
-        case 501: "not_implemented"
-        case 505: "version_not_supported"
-        default: "bad_request"
-        }
     }
 
     enum Failure {
@@ -413,7 +397,7 @@ extension ProxyLoop {
             state.failures.add(1, ordering: .relaxed)
             counters.gatewayTimeouts.add(1, ordering: .relaxed)
             ex.clientKeepAlive = ex.clientKeepAlive && ex.bodyDone
-            respondError(ex, status: 504, code: "gateway_timeout", message: "the backend did not answer in time")
+            respondError(ex, .backendTimeout)
         case .broken:
             if !ex.sentOnAttempt {
                 // Nothing of this request reached the backend: any method may go elsewhere.
@@ -435,9 +419,7 @@ extension ProxyLoop {
             } else {
                 if !reused { registry.connectFailed(backend, now: now) }
                 counters.badGateway.add(1, ordering: .relaxed)
-                respondError(
-                    ex, status: 502, code: "bad_gateway",
-                    message: "the backend closed the connection before answering; the request was not repeated")
+                respondError(ex, .notRepeated)
             }
         }
     }
@@ -457,7 +439,7 @@ extension ProxyLoop {
             return
         }
         counters.badGateway.add(1, ordering: .relaxed)
-        respondError(ex, status: 502, code: "bad_gateway", message: "the backend sent an invalid response")
+        respondError(ex, .invalidResponse)
     }
 
     /// Writes what it can to the client; closes when done and the connection must close.

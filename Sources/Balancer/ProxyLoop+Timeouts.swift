@@ -40,7 +40,7 @@ extension ProxyLoop {
                     abortClient(c)
                 } else {
                     ex.clientKeepAlive = false
-                    respondError(ex, status: 408, code: "request_timeout", message: "request body not received in time")
+                    respondError(ex, .bodyTimeout)
                 }
             }
         } else if c.messageStart != 0 {

@@ -28,7 +28,7 @@ extension ProxyLoop {
 
     func rejectBusy(_ ex: Exchange) {
         counters.queueRejections.add(1, ordering: .relaxed)
-        respondError(ex, status: 503, code: "backends_busy", message: "all backends are busy", retryAfter: 1)
+        respondError(ex, .backendsBusy)
     }
 
     /// Tries the waiting exchanges again, oldest first; those that waited too long get 503.

@@ -105,8 +105,8 @@ enum HeaderRewriting {
     /// The head to send to the client, and how its body is framed.
     static func responseHead(
         _ head: HTTPResponseHead, clientVersion: HTTPVersion, keepAlive: Bool
-    ) -> (bytes: [UInt8], framing: Exchange.ClientFraming, keepAlive: Bool) {
-        var framing = Exchange.ClientFraming.asIs
+    ) -> (bytes: [UInt8], framing: ProxyExchangeStateMachine.ClientFraming, keepAlive: Bool) {
+        var framing = ProxyExchangeStateMachine.ClientFraming.asIs
         var keep = keepAlive
         var lengthField: String? = nil
         switch head.bodyFraming {

@@ -5,10 +5,11 @@ import Logging
 import MiniHTTP
 import SystemSupport
 
-// The exchange state machine: a request read, sent to a backend (with retries),
-// its response streamed back; errors answered.
+// Exchanges on the loop: the parsers' events go to each exchange's state machine
+// (`ProxyExchangeStateMachine`), and its actions are performed here: bytes moved,
+// backends picked and connected, answers written, connections closed.
 extension ProxyLoop {
-    // MARK: - The state machine
+    // MARK: - Progress
 
     /// Advances a client connection and its exchange as far as the buffers allow.
     func progress(_ c: ClientConnection) {
@@ -38,9 +39,10 @@ extension ProxyLoop {
             return
         }
         if let ex = c.exchange {
-            if !ex.bodyDone { ex.noteBodyHeldUp(ex.upstream.pending >= highWater) }
-            if let b = ex.backend, ex.requestSentAt == 0, ex.bodyDone, ex.upstream.isEmpty, b.isActive {
-                ex.requestSentAt = monotonicMillis()
+            let heldUp = ex.upstream.pending >= highWater
+            if ex.machine.bodyHoldChanges(heldUp: heldUp) { ex.machine.bodyHeldUp(heldUp, now: monotonicMillis()) }
+            if let b = ex.backend, b.isActive, ex.machine.awaitsRequestSentTime(upstreamEmpty: ex.upstream.isEmpty) {
+                ex.machine.requestSent(at: monotonicMillis())
             }
         }
         if (c.readable && canRead(c)) || (c.exchange?.backend.map { $0.readable && canRead($0) } ?? false) {
@@ -48,11 +50,13 @@ extension ProxyLoop {
         }
     }
 
+    // MARK: - The request
+
     /// Pulls the next client parser event, if the buffers have room. True when something changed.
     func pumpRequest(_ c: ClientConnection) -> Bool {
         guard !c.closeAfterWrite else { return false }
         if let ex = c.exchange {
-            guard !ex.bodyDone, ex.upstream.pending < highWater else { return false }
+            guard !ex.machine.bodyDone, ex.upstream.pending < highWater else { return false }
         } else {
             guard c.output.pending < highWater else { return false }
         }
@@ -79,32 +83,34 @@ extension ProxyLoop {
         }
     }
 
-    /// Passes an event of the request body on to the exchange's upstream buffer. True when something changed.
+    /// Passes an event of the request body to the exchange. True when something changed.
     func forwardRequestBody(_ c: ClientConnection, _ ex: Exchange, _ event: HTTPRequestParser.Event?) -> Bool {
         switch event {
         case nil:
-            if c.peerClosed {
-                abortClient(c)  // the request can never be completed
-                return true
-            }
-            return false
+            return perform(ex.machine.requestBodyStalled(clientClosed: c.peerClosed), ex)
         case .body(let bytes):
-            if ex.requestFraming == .chunked {
-                var framed = OutputBuffer()
-                HeaderRewriting.appendChunk(&framed, bytes)
-                ex.appendUpstream(framed.bytes, replayLimit: configuration.replayBufferBytes)
-            } else {
-                ex.appendUpstream(bytes, replayLimit: configuration.replayBufferBytes)
-            }
+            perform(ex.machine.requestBody(bytes, limits: exchangeLimits), ex)
             return true
         case .end:
-            if ex.requestFraming == .chunked {
-                ex.appendUpstream(HeaderRewriting.lastChunk, replayLimit: configuration.replayBufferBytes)
-            }
-            ex.bodyDone = true
+            perform(ex.machine.requestEnded(limits: exchangeLimits), ex)
             return true
         case .head:
             return false  // cannot happen: a head comes only after .end
+        }
+    }
+
+    /// Performs a request action. True when it did something.
+    @discardableResult
+    func perform(_ action: ProxyExchangeStateMachine.RequestAction, _ ex: Exchange) -> Bool {
+        switch action {
+        case .none:
+            return false
+        case .sendUpstream(let bytes):
+            ex.upstream.append(bytes)
+            return true
+        case .closeClient:
+            abortClient(ex.client)  // the request can never be completed
+            return true
         }
     }
 
@@ -116,22 +122,14 @@ extension ProxyLoop {
         let headBytes = HeaderRewriting.requestHead(
             head, clientAddress: c.remoteAddress, proto: configuration.forwardedProto, defaultHost: defaultHost,
             makeRequestID: { newRequestID() })
-        let ex = Exchange(
-            client: c, head: head, headBytes: headBytes, replayLimit: configuration.replayBufferBytes, now: now)
+        let ex = Exchange(client: c, head: head, headBytes: headBytes, limits: exchangeLimits, now: now)
         c.exchange = ex
-        let hasBody: Bool
-        switch head.bodyFraming {
-        case .none, .contentLength(0): hasBody = false
-        default: hasBody = true
-        }
-        if !hasBody, case .end? = try? c.parser.next() {
-            ex.bodyDone = true
+        if !ex.machine.hasBody, case .end? = try? c.parser.next() {
+            perform(ex.machine.requestEnded(limits: exchangeLimits), ex)
         }
         if let limiter = balancer.rateLimiter, !limiter.allow(c.rateLimitKey, now: now) {
             counters.rateLimited.add(1, ordering: .relaxed)
-            respondError(
-                ex, status: 429, code: "rate_limited", message: "too many requests from this address",
-                retryAfter: limiter.configuration.retryAfterSeconds)
+            respondError(ex, .rateLimited(retryAfterSeconds: limiter.configuration.retryAfterSeconds))
         } else if head.path.hasPrefix(Balancer.adminPrefix) {
             respond(ex, balancer.adminResponseOnClientPort(head))
         } else if !balancer.localRoutes.isEmpty, let route = balancer.localRoutes.first(where: { head.path.hasPrefix($0.prefix) }) {
@@ -139,34 +137,39 @@ extension ProxyLoop {
         } else {
             startAttempt(ex)
         }
-        if hasBody, head.expectsContinue, c.exchange === ex {
+        if c.exchange === ex, ex.machine.sendsContinue {
             c.output.append(contentsOf: "HTTP/1.1 100 Continue\r\n\r\n".utf8)
         }
     }
 
+    // MARK: - Attempts
+
     /// Sends the exchange to the next backend that can take it, queues it when
-    /// all are at their cap, or answers 503/502.
+    /// all are at their cap, or answers 503/502/504.
     func startAttempt(_ ex: Exchange) {
         while true {
             let now = monotonicMillis()
-            guard ex.attempts < maxAttempts else { return giveUp(ex) }
-            let picked = registry.pick(excluding: ex.tried, now: now)
-            guard case .backend(let backend) = picked else {
-                return picked == .busy ? enqueue(ex, now: now) : giveUp(ex)
+            let excluding: UInt64
+            let isRetry: Bool
+            switch ex.machine.nextAttempt(limits: exchangeLimits) {
+            case .respond(let answer): return giveUp(ex, answer)
+            case .pickBackend(let tried, let retry): (excluding, isRetry) = (tried, retry)
             }
-            if ex.attempts > 0 && !balancer.retryBudget.tryRetry(now: now) {
+            let picked = registry.pick(excluding: excluding, now: now)
+            guard case .backend(let backend) = picked else {
+                return picked == .busy ? enqueue(ex, now: now) : giveUp(ex, ex.machine.giveUpAnswer)
+            }
+            if isRetry && !balancer.retryBudget.tryRetry(now: now) {
                 registry.release(backend)
                 counters.retryBudgetRefusals.add(1, ordering: .relaxed)
-                return giveUp(ex)
+                return giveUp(ex, ex.machine.giveUpAnswer)
             }
-            ex.attempts += 1
-            if ex.attempts > 1 {
+            let attempt = ex.machine.attemptStarted()
+            if attempt.isRetry {
                 counters.retries.add(1, ordering: .relaxed)
                 registry.states[backend].retries.add(1, ordering: .relaxed)
             }
-            ex.sentOnAttempt = false
-            ex.requestSentAt = 0
-            if let b = takeIdle(backend, probe: !(ex.retriable && ex.replay != nil)) ?? connect(backend, now: now) {
+            if let b = takeIdle(backend, probe: attempt.probesIdleConnection) ?? connect(backend, now: now) {
                 attach(b, ex, now: now)
                 return
             }
@@ -175,26 +178,20 @@ extension ProxyLoop {
         }
     }
 
-    /// No backend (or no retry) is left for the exchange: 502 when a backend had the request, else 503.
-    func giveUp(_ ex: Exchange) {
-        if ex.timedOut {
-            counters.gatewayTimeouts.add(1, ordering: .relaxed)
-            respondError(ex, status: 504, code: "gateway_timeout", message: "no backend answered in time")
-        } else if ex.everSent {
-            counters.badGateway.add(1, ordering: .relaxed)
-            respondError(ex, status: 502, code: "bad_gateway", message: "the backend failed before answering")
-        } else {
-            counters.noBackend.add(1, ordering: .relaxed)
-            respondError(ex, status: 503, code: "no_backend", message: "no backend is available")
+    /// No backend (or no retry) is left for the exchange.
+    func giveUp(_ ex: Exchange, _ answer: ProxyErrorAnswer) {
+        switch answer {
+        case .gatewayTimeout: counters.gatewayTimeouts.add(1, ordering: .relaxed)
+        case .badGateway: counters.badGateway.add(1, ordering: .relaxed)
+        default: counters.noBackend.add(1, ordering: .relaxed)
         }
+        respondError(ex, answer)
     }
 
     func attach(_ b: BackendConnection, _ ex: Exchange, now: Int64) {
         b.exchange = ex
         ex.backend = b
-        b.parser.expectResponse(toHEAD: ex.isHEAD)
-        b.skippingInterim = false
-        b.responseKeepAlive = false
+        b.parser.expectResponse(toHEAD: ex.machine.isHEAD)
         b.bytesReceived = 0
         b.lastRead = now
         b.lastWrite = now
@@ -214,10 +211,7 @@ extension ProxyLoop {
     func flushBackend(_ b: BackendConnection) -> Bool {
         guard b.isActive, let ex = b.exchange, ex.upstream.pending > 0 else { return false }
         let (written, failed) = ex.upstream.send(to: b.fd)
-        if written > 0 {
-            ex.sentOnAttempt = true
-            ex.everSent = true
-        }
+        if written > 0 { ex.machine.requestBytesWritten() }
         if failed {
             b.noteFailure(errno: errno)
             backendFailed(b, .broken)
@@ -226,6 +220,8 @@ extension ProxyLoop {
         if written > 0 { b.lastWrite = monotonicMillis() }
         return written > 0
     }
+
+    // MARK: - The response
 
     /// Moves response events from the backend's parser to the client's output. True when something changed.
     func pumpResponse(_ b: BackendConnection) -> Bool {
@@ -256,53 +252,37 @@ extension ProxyLoop {
             moved = true
             switch event {
             case .head(let head):
-                if head.isInterim {
-                    if head.status == 101 {
-                        badResponse(b, ex, HTTPParseError(status: 502, reason: "protocol switch not supported"))
-                        return true
-                    }
-                    b.skippingInterim = true
-                } else {
-                    startResponse(ex, b, head)
+                switch ex.machine.responseHead(head, clientClosed: c.peerClosed, stopping: isStopping) {
+                case .skip:
+                    break
+                case .reject(let error):
+                    badResponse(b, ex, error)
+                    return true
+                case .send(let bytes):
+                    registry.states[b.backend].responses.add(1, ordering: .relaxed)
+                    c.output.append(bytes)
                 }
             case .body(let bytes):
-                if b.skippingInterim { continue }
-                switch ex.clientFraming {
-                case .chunked: HeaderRewriting.appendChunk(&c.output, bytes)
-                case .asIs, .untilClose: c.output.append(bytes)
+                switch ex.machine.responseBody() {
+                case .drop: continue
+                case .send: c.output.append(bytes)
+                case .sendChunk: HeaderRewriting.appendChunk(&c.output, bytes)
                 }
             case .end:
-                if b.skippingInterim {
-                    b.skippingInterim = false
+                let clean = ex.upstream.isEmpty && !b.eof && !b.hangup && b.parser.bufferedByteCount == 0 && !isStopping
+                switch ex.machine.responseEnded(connectionClean: clean) {
+                case .readOn:
                     continue
+                case .finish(let lastChunk, let reuseBackend, let keepClient):
+                    if lastChunk { c.output.append(HeaderRewriting.lastChunk) }
+                    detach(b)
+                    if reuseBackend { release(b) } else { closeBackend(b) }
+                    endExchange(c, keepAlive: keepClient)
+                    return true
                 }
-                finishExchange(ex, b)
-                return true
             }
         }
         return moved
-    }
-
-    func startResponse(_ ex: Exchange, _ b: BackendConnection, _ head: HTTPResponseHead) {
-        let c = ex.client
-        ex.responseStarted = true
-        b.responseKeepAlive = head.keepAlive
-        registry.states[b.backend].responses.add(1, ordering: .relaxed)
-        let keep = ex.clientKeepAlive && ex.bodyDone && !c.peerClosed && !isStopping
-        let rewritten = HeaderRewriting.responseHead(head, clientVersion: ex.clientVersion, keepAlive: keep)
-        ex.clientFraming = rewritten.framing
-        ex.clientKeepAlive = rewritten.keepAlive
-        c.output.append(rewritten.bytes)
-    }
-
-    func finishExchange(_ ex: Exchange, _ b: BackendConnection) {
-        let c = ex.client
-        if ex.clientFraming == .chunked { c.output.append(HeaderRewriting.lastChunk) }
-        let reusable = b.responseKeepAlive && ex.bodyDone && ex.upstream.isEmpty && !b.eof && !b.hangup
-            && b.parser.bufferedByteCount == 0 && !isStopping
-        detach(b)
-        if reusable { release(b) } else { closeBackend(b) }
-        endExchange(c, keepAlive: ex.clientKeepAlive && ex.clientFraming != .untilClose)
     }
 
     /// The exchange is over (answered); the connection goes on with the next request or closes.
@@ -317,25 +297,26 @@ extension ProxyLoop {
         schedule(c)
     }
 
+    // MARK: - Answers and failures
+
     /// Answers the exchange with an error of the balancer's own (only before any response byte).
-    func respondError(_ ex: Exchange, status: Int, code: String, message: String, retryAfter: Int? = nil) {
-        var response = HTTPResponse.error(status: status, code: code, message: message)
-        if let retryAfter { response.headers.add(name: "Retry-After", value: "\(retryAfter)") }
-        respond(ex, response)
+    func respondError(_ ex: Exchange, _ answer: ProxyErrorAnswer) {
+        respond(ex, answer.response)
     }
 
     /// Answers the exchange with a response of the balancer's own (only before any response byte).
     func respond(_ ex: Exchange, _ response: HTTPResponse) {
         let c = ex.client
-        guard c.isOpen, c.exchange === ex, !ex.responseStarted else { return }
+        guard c.isOpen, c.exchange === ex, let answer = ex.machine.answer(clientClosed: c.peerClosed, stopping: isStopping)
+        else { return }
         if let b = ex.backend {
             detach(b)
             closeBackend(b)
         }
-        let keep = ex.clientKeepAlive && ex.bodyDone && !c.peerClosed && !isStopping
         c.output.append(
-            HTTPResponseSerializer.serialize(response, keepAlive: keep, headOnly: ex.isHEAD, version: ex.clientVersion))
-        endExchange(c, keepAlive: keep)
+            HTTPResponseSerializer.serialize(
+                response, keepAlive: answer.keepAlive, headOnly: answer.headOnly, version: answer.version))
+        endExchange(c, keepAlive: answer.keepAlive)
     }
 
     /// The client's request is malformed or over a limit.
@@ -343,102 +324,65 @@ extension ProxyLoop {
         counters.badRequests.add(1, ordering: .relaxed)
         logger.debug("bad request", metadata: ["status": "\(error.status)", "reason": "\(error.reason)"])
         if let ex = c.exchange {
-            if ex.responseStarted {
+            switch ex.machine.requestInvalid(error) {
+            case .closeClient:
                 counters.aborted.add(1, ordering: .relaxed)
                 abortClient(c)
-                return
+            case .respond(let answer):
+                respondError(ex, answer)
             }
-            ex.clientKeepAlive = false
-            respondError(ex, status: error.status, code: Self.errorCode(error.status), message: error.reason)
             return
         }
-        let response = HTTPResponse.error(status: error.status, code: Self.errorCode(error.status), message: error.reason)
-        c.output.append(HTTPResponseSerializer.serialize(response, keepAlive: false))
+        c.output.append(HTTPResponseSerializer.serialize(ProxyErrorAnswer.badRequest(error).response, keepAlive: false))
         c.closeAfterWrite = true
     }
 
-    static func errorCode(_ status: Int) -> String {
-        switch status {
-        case 408: "request_timeout"
-        case 413: "body_too_large"
-        case 431: "headers_too_large"
-        case 501: "not_implemented"
-        case 505: "version_not_supported"
-        default: "bad_request"
-        }
-    }
-
-    enum Failure {
-        /// The connection could not be made.
-        case connect
-        /// Written to or read from, the connection broke or closed.
-        case broken
-        /// The backend did not answer or read in time.
-        case timeout
-    }
-
     /// A backend connection failed while carrying an exchange: retry, answer, or cut the client off.
-    func backendFailed(_ b: BackendConnection, _ failure: Failure) {
+    func backendFailed(_ b: BackendConnection, _ failure: ProxyExchangeStateMachine.Failure) {
         let ex = b.exchange
         let reused = b.reused
         let backend = b.backend
         // Asked of the socket before it is closed; only a request with no response byte yet can be unread.
-        let unread = failure == .broken && ex?.sentOnAttempt == true && b.bytesReceived == 0 && b.closedBeforeRequestArrived
+        let unread =
+            ex?.machine.asksWhetherUnread(failure, responseBytes: b.bytesReceived) == true && b.closedBeforeRequestArrived
         detach(b)
         closeBackend(b)
         guard let ex, ex.client.isOpen, ex.client.exchange === ex else { return }
         let c = ex.client
-        let state = registry.states[backend]
         let now = monotonicMillis()
         defer { schedule(c) }
-        if ex.responseStarted {
-            state.failures.add(1, ordering: .relaxed)
+        switch ex.machine.backendFailed(failure, backend: backend, reused: reused, unread: unread) {
+        case .closeClient(let verdict):
+            judge(backend, verdict, now: now)
             counters.aborted.add(1, ordering: .relaxed)
             abortClient(c)
-            return
-        }
-        switch failure {
-        case .connect:
-            leaveOut(backend, of: ex, now: now)
-            startAttempt(ex)
-        case .timeout where ex.isSafeMethod && ex.bodyDone && ex.replay != nil:
-            // A safe method (GET, HEAD, OPTIONS) changes nothing: a stalled backend's request is asked elsewhere.
-            // Not ejected for it (a slow endpoint is not a dead backend); left out for this request only.
-            state.failures.add(1, ordering: .relaxed)
-            ex.tried |= 1 << UInt64(backend)
-            ex.timedOut = true
-            ex.upstream = OutputBuffer(ex.replay!)
-            startAttempt(ex)
-        case .timeout:
-            state.failures.add(1, ordering: .relaxed)
-            counters.gatewayTimeouts.add(1, ordering: .relaxed)
-            ex.clientKeepAlive = ex.clientKeepAlive && ex.bodyDone
-            respondError(ex, status: 504, code: "gateway_timeout", message: "the backend did not answer in time")
-        case .broken:
-            if !ex.sentOnAttempt {
-                // Nothing of this request reached the backend: any method may go elsewhere.
-                if !reused { leaveOut(backend, of: ex, now: now) }
-                startAttempt(ex)
-            } else if unread || ex.retriable, let replay = ex.replay {
-                // Sent, no answer: sent again when the backend provably did not read it (it closed the
-                // connection, e.g. at the end of a drain, while the request was on its way), or when it is
-                // safe to repeat.
-                if !reused { leaveOut(backend, of: ex, now: now) }
-                if unread {
-                    counters.unreadRetries.add(1, ordering: .relaxed)
-                    logger.debug(
-                        "backend closed the connection without reading the request; sending it again",
-                        metadata: ["backend": "\(registry.states[backend].configuration.name)", "method": "\(ex.method)"])
-                }
-                ex.upstream = OutputBuffer(replay)
-                startAttempt(ex)
-            } else {
-                if !reused { registry.connectFailed(backend, now: now) }
-                counters.badGateway.add(1, ordering: .relaxed)
-                respondError(
-                    ex, status: 502, code: "bad_gateway",
-                    message: "the backend closed the connection before answering; the request was not repeated")
+        case .retry(let resend, let verdict, let unreadRetry):
+            judge(backend, verdict, now: now)
+            if unreadRetry {
+                counters.unreadRetries.add(1, ordering: .relaxed)
+                logger.debug(
+                    "backend closed the connection without reading the request; sending it again",
+                    metadata: ["backend": "\(registry.states[backend].configuration.name)", "method": "\(ex.method)"])
             }
+            if let resend { ex.upstream = OutputBuffer(resend) }
+            startAttempt(ex)
+        case .respond(let answer, let verdict):
+            judge(backend, verdict, now: now)
+            if answer == .backendTimeout {
+                counters.gatewayTimeouts.add(1, ordering: .relaxed)
+            } else {
+                counters.badGateway.add(1, ordering: .relaxed)
+            }
+            respondError(ex, answer)
+        }
+    }
+
+    /// Records what a failure says about a backend.
+    func judge(_ backend: Int, _ verdict: ProxyExchangeStateMachine.BackendVerdict, now: Int64) {
+        switch verdict {
+        case .none: break
+        case .failed: registry.states[backend].failures.add(1, ordering: .relaxed)
+        case .down: registry.connectFailed(backend, now: now)
         }
     }
 
@@ -450,21 +394,21 @@ extension ProxyLoop {
         registry.states[b.backend].failures.add(1, ordering: .relaxed)
         detach(b)
         closeBackend(b)
-        let c = ex.client
-        if ex.responseStarted {
+        switch ex.machine.invalidResponse() {
+        case .closeClient:
             counters.aborted.add(1, ordering: .relaxed)
-            abortClient(c)
-            return
+            abortClient(ex.client)
+        case .respond(let answer):
+            counters.badGateway.add(1, ordering: .relaxed)
+            respondError(ex, answer)
         }
-        counters.badGateway.add(1, ordering: .relaxed)
-        respondError(ex, status: 502, code: "bad_gateway", message: "the backend sent an invalid response")
     }
 
     /// Writes what it can to the client; closes when done and the connection must close.
     func flushClient(_ c: ClientConnection) -> Bool {
         let (written, failed) = c.output.send(to: c.fd)
         if failed {
-            if c.exchange?.responseStarted == true { counters.aborted.add(1, ordering: .relaxed) }
+            if c.exchange?.machine.responseStarted == true { counters.aborted.add(1, ordering: .relaxed) }
             abortClient(c)
             return true
         }

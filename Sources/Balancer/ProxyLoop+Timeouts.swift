@@ -22,12 +22,12 @@ extension ProxyLoop {
     func sweepClient(_ c: ClientConnection, now: Int64) {
         if c.output.pending > 0 && now - c.lastWrite > Int64(configuration.clientWriteTimeoutMillis) {
             counters.clientTimeouts.add(1, ordering: .relaxed)
-            if c.exchange?.responseStarted == true { counters.aborted.add(1, ordering: .relaxed) }
+            if c.exchange?.machine.responseStarted == true { counters.aborted.add(1, ordering: .relaxed) }
             abortClient(c)
             return
         }
         if let ex = c.exchange {
-            if ex.bodyOverdue(now: now, timeoutMillis: configuration.clientBodyTimeoutMillis) {
+            if let action = ex.machine.bodyDeadline(now: now, limits: exchangeLimits) {
                 counters.clientTimeouts.add(1, ordering: .relaxed)
                 logger.info(
                     "request body not received in time",
@@ -35,12 +35,12 @@ extension ProxyLoop {
                         "client": "\(c.remoteAddress)", "method": "\(ex.method)",
                         "timeout_ms": "\(configuration.clientBodyTimeoutMillis)",
                     ])
-                if ex.responseStarted {
+                switch action {
+                case .closeClient:
                     counters.aborted.add(1, ordering: .relaxed)
                     abortClient(c)
-                } else {
-                    ex.clientKeepAlive = false
-                    respondError(ex, status: 408, code: "request_timeout", message: "request body not received in time")
+                case .respond(let answer):
+                    respondError(ex, answer)
                 }
             }
         } else if c.messageStart != 0 {
@@ -75,17 +75,10 @@ extension ProxyLoop {
             }
         case .active:
             guard let ex = b.exchange else { return }
-            if !ex.responseStarted {
-                if ex.requestSentAt != 0 && now - ex.requestSentAt > Int64(configuration.backendResponseTimeoutMillis) {
-                    backendFailed(b, .timeout)
-                } else if ex.upstream.pending > 0 && now - b.lastWrite > Int64(configuration.backendIdleTimeoutMillis) {
-                    backendFailed(b, .timeout)
-                }
-            } else if ex.client.output.pending < highWater
-                && now - b.lastRead > Int64(configuration.backendIdleTimeoutMillis)
-            {
-                backendFailed(b, .timeout)
-            }
+            let overdue = ex.machine.backendOverdue(
+                now: now, lastRead: b.lastRead, lastWrite: b.lastWrite, upstreamPending: ex.upstream.pending > 0,
+                clientHasRoom: ex.client.output.pending < highWater, limits: exchangeLimits)
+            if overdue { backendFailed(b, .timeout) }
         }
     }
 

@@ -15,7 +15,7 @@ extension ProxyLoop {
             return rejectBusy(ex)
         }
         ex.isQueued = true
-        if ex.queuedSince == 0 { ex.queuedSince = now }
+        ex.machine.enqueued(now: now)
         waiting.append(ex)
     }
 
@@ -28,7 +28,7 @@ extension ProxyLoop {
 
     func rejectBusy(_ ex: Exchange) {
         counters.queueRejections.add(1, ordering: .relaxed)
-        respondError(ex, status: 503, code: "backends_busy", message: "all backends are busy", retryAfter: 1)
+        respondError(ex, .backendsBusy)
     }
 
     /// Tries the waiting exchanges again, oldest first; those that waited too long get 503.
@@ -38,10 +38,9 @@ extension ProxyLoop {
         for ex in list where ex.isQueued {
             ex.isQueued = false
             registry.queued.subtract(1, ordering: .relaxed)
-            if now - ex.queuedSince > Int64(configuration.queueTimeoutMillis) {
-                rejectBusy(ex)
-            } else {
-                startAttempt(ex)
+            switch ex.machine.queueTurn(now: now, limits: exchangeLimits) {
+            case .respond: rejectBusy(ex)
+            case .tryAgain: startAttempt(ex)
             }
             schedule(ex.client)
         }
@@ -51,6 +50,6 @@ extension ProxyLoop {
     /// for a while, and for good by this exchange.
     func leaveOut(_ backend: Int, of ex: Exchange, now: Int64) {
         registry.connectFailed(backend, now: now)
-        ex.tried |= 1 << UInt64(backend)
+        ex.machine.leaveOut(backend)
     }
 }

@@ -11,7 +11,8 @@ import SystemSupport
 ///
 /// Event handlers only move bytes between sockets and parsers and put the
 /// client connection concerned on the run queue; `progress(_:)` then advances
-/// that connection's state machine as far as the buffers allow:
+/// that connection as far as the buffers allow, its exchange's decisions made by
+/// a `ProxyExchangeStateMachine` (a value, tested without sockets):
 ///
 /// ```
 /// idle ─head─► exchange: connecting ─► sending request ─► response streaming ─► idle (keep-alive)
@@ -40,7 +41,8 @@ final class ProxyLoop: @unchecked Sendable {
     var listening = true
     var random: SplitMix64
     let highWater: Int
-    let maxAttempts: Int
+    /// The limits the exchanges' state machines decide by.
+    let exchangeLimits: ProxyExchangeStateMachine.Limits
     let defaultHost: String
 
     init(balancer: Balancer, index: Int, listenFD: Int32) throws {
@@ -52,7 +54,12 @@ final class ProxyLoop: @unchecked Sendable {
         idle = Array(repeating: [], count: configuration.backends.count)
         random = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
         highWater = configuration.bufferHighWater
-        maxAttempts = configuration.backends.count + 2
+        exchangeLimits = ProxyExchangeStateMachine.Limits(
+            replayBytes: configuration.replayBufferBytes, maxAttempts: configuration.backends.count + 2,
+            clientBodyTimeoutMillis: Int64(configuration.clientBodyTimeoutMillis),
+            backendResponseTimeoutMillis: Int64(configuration.backendResponseTimeoutMillis),
+            backendIdleTimeoutMillis: Int64(configuration.backendIdleTimeoutMillis),
+            queueTimeoutMillis: Int64(configuration.queueTimeoutMillis))
         defaultHost = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
         poller = try EpollPoller(listenFD: listenFD, logger: balancer.logger)
     }
@@ -196,7 +203,7 @@ final class ProxyLoop: @unchecked Sendable {
     /// while its request waits for the response, and once it closed or will close.
     func canRead(_ c: ClientConnection) -> Bool {
         guard c.isOpen, !c.peerClosed, !c.closeAfterWrite, c.output.pending < highWater else { return false }
-        if let ex = c.exchange { return !ex.bodyDone && ex.upstream.pending < highWater }
+        if let ex = c.exchange { return !ex.machine.bodyDone && ex.upstream.pending < highWater }
         return true
     }
 

@@ -253,7 +253,7 @@ if ! haproxy -c -q -f "$tmp_dir/haproxy.cfg" >"$tmp_dir/haproxy-c.log" 2>&1; the
     cat "$tmp_dir/haproxy-c.log" >&2
     die "the generated HAProxy configuration is invalid"
 fi
-haproxy_version=$(haproxy -v 2>/dev/null | head -n 1 | awk '{ print $3 }')
+haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')
 log "starting HAProxy $haproxy_version on 127.0.0.1:$haproxy_port (nbthread $cpus)"
 haproxy -db -f "$tmp_dir/haproxy.cfg" </dev/null >"$tmp_dir/haproxy.log" 2>&1 &
 haproxy_pid=$!

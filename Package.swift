@@ -21,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // hiredis, from the system (apt: libhiredis-dev). No pkgConfig: its
@@ -63,8 +65,10 @@ let package = Package(
             name: "SessionReplication",
             dependencies: [
                 "CSodium", "SessionCore", "SystemSupport",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -90,12 +94,17 @@ let package = Package(
                 "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis", "SessionReplication", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .target(
             name: "Balancer",
-            dependencies: ["MiniHTTP", "SystemSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "MiniHTTP", "SystemSupport", .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"), .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
         ),
         .target(
             name: "ClusterSupervisor",
@@ -138,6 +147,7 @@ let package = Package(
             name: "SessionReplicationTests",
             dependencies: [
                 "SessionReplication", "SessionCore", "SessionStoreConformance", "TestSupport",
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance", "SystemSupport"]),
@@ -149,10 +159,16 @@ let package = Package(
             name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "SessionRedis", "TestSupport"]),
         .testTarget(
             name: "ClusterDemoTests",
-            dependencies: ["session-cluster", "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication", "TestSupport"]),
+            dependencies: [
+                "session-cluster", "ClusterDemo", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication", "TestSupport",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         .testTarget(
             name: "BalancerTests",
-            dependencies: ["session-cluster", "Balancer", "MiniHTTP", "TestSupport", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "session-cluster", "Balancer", "MiniHTTP", "TestSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         .testTarget(
             name: "ClusterSupervisorTests",
             dependencies: ["session-cluster", "ClusterSupervisor", "Balancer", "MiniHTTP", "TestSupport"]),

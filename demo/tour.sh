@@ -362,7 +362,7 @@ fi
 node_line "$victim"
 port=$(field "$victim" port)
 held=$(curl -fsS --max-time "$MAX_TIME" "http://127.0.0.1:$port/metrics" 2>/dev/null |
-    awk '$1 ~ /^session_store_sessions/ { print $2; exit }' || true)
+    awk '$1 ~ /^session_store_sessions/ { print $2 + 0; exit }' || true)
 case "$strategy" in
     replicate) say "  $victim holds ${held:-?} session(s) right after its start: it received them from its peers (state transfer) before answering /healthz." ;;
     redis) say "  $victim holds no sessions itself (its /metrics has ${held:-no} session count): it reads them from Redis." ;;

@@ -100,7 +100,7 @@ metric() {
 node_metric() {
     local text
     text=$(curl -fsS --max-time 2 "http://127.0.0.1:${http_port[$1]}/metrics" 2>/dev/null) || return 0
-    awk -v n="$2" 'index($0, n "{") == 1 && !done { print $NF; done = 1 }' <<<"$text"
+    awk -v n="$2" 'index($0, n "{") == 1 && !done { print $NF + 0; done = 1 }' <<<"$text"  # gauges print as 1.0
 }
 
 pick_ports() {

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CoreMetrics
 import Dispatch
 import Logging
 import MiniHTTP
@@ -20,6 +21,8 @@ public final class Balancer: Sendable {
     let logger: Logger
     let registry: BackendRegistry
     let counters = BalancerCounters()
+    /// Its series (`/_balancer/metrics`), through swift-metrics.
+    let metrics: BalancerMetrics
     let stopping = Atomic<Bool>(false)
     let openClients = Atomic<Int>(0)
     let retryBudget: RetryBudget
@@ -53,8 +56,13 @@ public final class Balancer: Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private let liveLoops = Atomic<Int>(0)
 
+    /// `metricsFactory` receives the balancer's series through swift-metrics (e.g. `MetricsSystem.factory`
+    /// after bootstrapping a backend of one's own; they are passed on every few seconds, and
+    /// `/_balancer/metrics` answers 404); nil keeps them in a Prometheus registry of the balancer's
+    /// own, which `/_balancer/metrics` renders.
     public init(
-        configuration: BalancerConfiguration, logger: Logger, localRoutes: [LocalRoute] = []
+        configuration: BalancerConfiguration, logger: Logger, localRoutes: [LocalRoute] = [],
+        metricsFactory: (any MetricsFactory)? = nil
     ) throws(BalancerConfigurationError) {
         try configuration.validate()
         for route in localRoutes where !route.prefix.hasPrefix("/") || route.prefix.hasPrefix(Self.adminPrefix) {
@@ -63,6 +71,7 @@ public final class Balancer: Sendable {
         self.localRoutes = localRoutes
         self.configuration = configuration
         self.logger = logger
+        metrics = BalancerMetrics(factory: metricsFactory, backends: configuration.backends.map(\.name))
         let registry = BackendRegistry(configuration: configuration)
         self.registry = registry
         retryBudget = RetryBudget(
@@ -151,6 +160,7 @@ public final class Balancer: Sendable {
             }
         }
         healthChecker?.start { [self] in stopping.load(ordering: .relaxed) }
+        metrics.startRefreshing { [weak self] in self?.updateMetrics() }
         logger.info(
             "balancer listening",
             metadata: [
@@ -168,6 +178,7 @@ public final class Balancer: Sendable {
             logger.info("balancer shutting down")
             for loop in loops { loop.wake() }
             healthChecker?.stop()
+            metrics.stopRefreshing()
             adminServer?.shutdown()
         }
         stopped.wait()

@@ -13,7 +13,12 @@ extension Balancer {
         case ("GET", 1) where parts[0] == "status":
             return .json(statusJSON())
         case ("GET", 1) where parts[0] == "metrics":
-            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: metricsText())
+            guard let text = metricsText() else {
+                return .error(
+                    status: 404, code: "metrics_elsewhere",
+                    message: "this balancer sends its metrics to the MetricsFactory it was given, not to this endpoint")
+            }
+            return HTTPResponse(status: 200, headers: ["Content-Type": "text/plain; version=0.0.4"], body: text)
         case ("POST", 3) where parts[0] == "backends" && (parts[2] == "drain" || parts[2] == "enable"):
             let name = String(parts[1])
             guard setDraining(name, parts[2] == "drain") else {
@@ -85,27 +90,17 @@ extension Balancer {
         return "{\"backends\":[\(backendsJSON.joined(separator: ","))],\"totals\":{\(totals.joined(separator: ","))}}"
     }
 
-    /// Prometheus text exposition (version 0.0.4).
-    func metricsText() -> String {
-        var out = ""
-        for total in Self.totals(statistics) {
-            out += "# TYPE balancer_\(total.name)_total counter\nbalancer_\(total.name)_total \(total.value)\n"
-        }
-        let list = backends
-        let series: [(name: String, type: String, value: (BackendStatus) -> Int)] = [
-            ("backend_up", "gauge", { $0.health == "up" ? 1 : 0 }),
-            ("backend_in_flight", "gauge", { $0.active }),
-            ("backend_requests_total", "counter", { $0.requests }),
-            ("backend_responses_total", "counter", { $0.responses }),
-            ("backend_failures_total", "counter", { $0.failures }),
-            ("backend_retries_total", "counter", { $0.retries }),
-            ("backend_ejections_total", "counter", { $0.ejections }),
-        ]
-        for s in series {
-            out += "# TYPE balancer_\(s.name) \(s.type)\n"
-            for b in list { out += "balancer_\(s.name){backend=\(jsonQuoted(b.name))} \(s.value(b))\n" }
-        }
-        return out
+    /// Passes the global counters and each backend's state on to the balancer's metrics.
+    func updateMetrics() {
+        metrics.update(statistics, backends)
+    }
+
+    /// Prometheus text exposition (version 0.0.4) of the balancer's own registry, just updated;
+    /// nil when the balancer was given a metrics factory.
+    func metricsText() -> [UInt8]? {
+        guard metrics.registry != nil else { return nil }
+        updateMetrics()
+        return metrics.render()
     }
 
     /// The global counters by name (snake case).

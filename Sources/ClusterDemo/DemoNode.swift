@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import CoreMetrics
 import Logging
 import MiniHTTP
 import SessionCore
@@ -11,6 +12,9 @@ import SessionRedis
 import SessionReplication
 import Synchronization
 import SystemSupport
+
+import class Prometheus.PrometheusCollectorRegistry
+import struct Prometheus.PrometheusMetricsFactory
 
 /// Where a node keeps its sessions.
 public enum SessionStrategy: String, Sendable, CaseIterable {
@@ -35,7 +39,11 @@ public enum SessionStrategy: String, Sendable, CaseIterable {
 /// logout, health and metrics. Every response names the node in `X-Served-By`.
 public final class DemoNode: Sendable {
     public let configuration: DemoNodeConfiguration
-    public let metrics = NodeMetrics()
+    public let metrics: NodeMetrics
+    /// What `/metrics` renders: the node's own registry; nil when the node was given a factory.
+    let metricsRegistry: PrometheusCollectorRegistry?
+    /// With a factory of one's own: passes the levels (sessions held...) on every few seconds.
+    private let metricsRefresh = RepeatingTimer()
     public let server: HTTPServer
     let memoryStore: MemorySessionStore?
     let redisClient: RedisClient?
@@ -44,8 +52,29 @@ public final class DemoNode: Sendable {
     private let ready = ReadinessFlag()
 
     /// Throws when the `replicate` strategy's port or secret is unusable.
-    public init(configuration: DemoNodeConfiguration, logger: Logger) throws {
+    ///
+    /// `metricsFactory` receives the node's series through swift-metrics (and the replication
+    /// node's), e.g. `MetricsSystem.factory` after bootstrapping a backend of one's own: requests
+    /// are counted as they are served, levels such as sessions held passed on every few seconds,
+    /// and `/metrics` answers 404. A `PrometheusMetricsFactory` of one's own wants
+    /// `NodeMetrics.durationBuckets` for the histograms to keep their buckets. Nil keeps the
+    /// series in a Prometheus registry of the node's own, which `/metrics` renders.
+    public init(configuration: DemoNodeConfiguration, logger: Logger, metricsFactory: (any MetricsFactory)? = nil) throws {
         self.configuration = configuration
+        let factory: any MetricsFactory
+        if let metricsFactory {
+            factory = metricsFactory
+            metricsRegistry = nil
+        } else {
+            let registry = PrometheusCollectorRegistry()
+            var prometheus = PrometheusMetricsFactory(registry: registry)
+            for name in NodeMetrics.durationMetricNames {
+                prometheus.durationHistogramBuckets[name] = NodeMetrics.durationBuckets
+            }
+            factory = prometheus
+            metricsRegistry = registry
+        }
+        metrics = NodeMetrics(node: configuration.nodeID, factory: factory)
         let base: any SessionStore & IdempotencyStore
         var exclusive: (any SessionRequestLock)? = nil
         var memoryStore: MemorySessionStore? = nil
@@ -70,7 +99,8 @@ public final class DemoNode: Sendable {
             let store = ReplicatedSessionStore(
                 node: settings.nodeID, expiry: configuration.expiry, maxSessions: configuration.maxSessions)
             store.startSweeper(intervalMillis: 30_000)
-            replication = try ReplicationNode(store: store, configuration: settings, logger: logger)
+            replication = try ReplicationNode(
+                store: store, configuration: settings, logger: logger, metricsFactory: factory)
             base = store
         }
         self.memoryStore = memoryStore
@@ -136,13 +166,18 @@ public final class DemoNode: Sendable {
             try request.session().invalidate()
             return .json("{\"node\":\(jsonQuoted(nodeID)),\"count\":0,\"user\":null}")
         }
+        let registry = metricsRegistry
         router.get("/metrics") { _ in
-            HTTPResponse(
-                status: 200, contentType: "text/plain; version=0.0.4",
-                body: metrics.render(
-                    node: nodeID, sessions: memory?.count ?? replicated?.store.count,
-                    idempotency: memory?.idempotencyStats ?? replicated?.store.idempotencyStats)
-                    + (replicated?.renderMetrics() ?? ""))
+            guard let registry else {
+                return .error(
+                    status: 404, code: "metrics_elsewhere",
+                    message: "this node sends its metrics to the MetricsFactory it was given, not to this endpoint")
+            }
+            Self.updateMetricLevels(metrics, memory: memory, replicated: replicated)
+            replicated?.updateMetrics()
+            var text: [UInt8] = []
+            registry.emit(into: &text)
+            return HTTPResponse(status: 200, headers: ["Content-Type": "text/plain; version=0.0.4"], body: text)
         }
         router.get("/") { _ in
             HTTPResponse(status: 200, contentType: "text/html; charset=utf-8", body: DemoPage.html)
@@ -157,6 +192,13 @@ public final class DemoNode: Sendable {
             responder: router.responder)
     }
 
+    /// Passes the levels read from the store (sessions held, idempotency records) on to `metrics`.
+    static func updateMetricLevels(_ metrics: NodeMetrics, memory: MemorySessionStore?, replicated: ReplicationNode?) {
+        metrics.update(
+            sessions: memory?.count ?? replicated?.store.count,
+            idempotency: memory?.idempotencyStats ?? replicated?.store.idempotencyStats)
+    }
+
     static func sessionJSON(node: String, session: Session) throws -> String {
         let count = try session.get("count", as: Int64.self) ?? 0
         let user = try session.get("user", as: String.self).map(jsonQuoted) ?? "null"
@@ -169,6 +211,12 @@ public final class DemoNode: Sendable {
         replication?.start()
         try server.start()
         ready.set(true)
+        if metricsRegistry == nil {
+            metricsRefresh.start(label: "node-metrics", intervalMillis: NodeMetrics.refreshMillis) { [weak self] in
+                guard let self else { return }
+                Self.updateMetricLevels(metrics, memory: memoryStore, replicated: replication)
+            }
+        }
     }
 
     /// The bound port.
@@ -187,6 +235,7 @@ public final class DemoNode: Sendable {
             server.shutdown()
         }
         ready.set(false)
+        metricsRefresh.stop()
         replication?.shutdown()
         replication?.store.stopSweeper()
         memoryStore?.stopSweeper()

@@ -1,14 +1,23 @@
 import Atomics
-import Dispatch
-import MiniHTTP
+import CoreMetrics
 import SessionCore
+import Synchronization
 import SystemSupport
 
-/// Counters and latency histograms of a node, in Prometheus text format.
+/// A node's metrics, sent through swift-metrics to the factory it was made with
+/// (`DemoNode` passes its own Prometheus registry's, or the one it was given).
 ///
-/// Every request records here, so everything is a lock-free atomic: a shared
-/// lock was measured to be the node's bottleneck under load (a third of the
-/// CPU in lock contention at 50 connections).
+/// Series: `session_node_requests_total{node,method,route,status}`,
+/// `session_node_request_duration_seconds{node}` (a `Timer`),
+/// `session_store_operation_duration_seconds{node,operation}` (a `Timer`),
+/// `session_store_errors_total{node,operation}`, and what `update` sets: `session_store_sessions`,
+/// `session_idempotency_records{scope}`, `session_idempotency_record_bytes`, `session_idempotency_evictions_total`.
+///
+/// Every request records here. Each counter and timer is made once (a factory call takes a
+/// lock) and kept: a request counter on its first use, in a slot indexed by method, route and
+/// status; the hot path then only loads a reference. swift-prometheus's histogram takes a lock
+/// per record; against the lock-free atomics it replaced, the node's CPU time per request showed
+/// no difference within the noise (scripts/bench-node.sh and an interleaved A/B on 2 cores).
 public final class NodeMetrics: Sendable {
     /// The routes counted by name; any other path counts as "other".
     static let routes = ["/", "/healthz", "/metrics", "/api/session", "/api/counter", "/api/login", "/api/logout", "other"]
@@ -18,15 +27,43 @@ public final class NodeMetrics: Sendable {
     ]
     static let storeOperations = ["load", "apply", "regenerate", "invalidate"]
 
-    private let requests: [ManagedAtomic<Int>]
-    private let requestLatency = AtomicHistogram()
-    private let storeLatency: [AtomicHistogram]
-    private let storeErrors: [ManagedAtomic<Int>]
+    /// How often a node given a factory of one's own passes the levels on (`update`).
+    static let refreshMillis = 5_000
 
-    public init() {
-        requests = (0..<(Self.routes.count * Self.methods.count * Self.statuses.count)).map { _ in ManagedAtomic(0) }
-        storeLatency = Self.storeOperations.map { _ in AtomicHistogram() }
-        storeErrors = Self.storeOperations.map { _ in ManagedAtomic(0) }
+    /// The names of the two duration histograms (swift-metrics `Timer` labels).
+    public static let durationMetricNames = ["session_node_request_duration_seconds", "session_store_operation_duration_seconds"]
+
+    /// The bucket bounds of those histograms, 100 µs to 1 s: a `PrometheusMetricsFactory` of your
+    /// own takes them in `durationHistogramBuckets`, for each of `durationMetricNames`.
+    public static let durationBuckets: [Duration] = [
+        .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2_500),
+        .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+        .milliseconds(250), .seconds(1),
+    ]
+
+    /// The `node` label of every series.
+    public let node: String
+    private let factory: any MetricsFactory
+    private let requests: [ManagedAtomicLazyReference<CoreMetrics.Counter>]
+    private let requestLatency: CoreMetrics.Timer
+    private let storeLatency: [ManagedAtomicLazyReference<CoreMetrics.Timer>]
+    private let storeErrors: [CoreMetrics.Counter]
+    private let levels: Mutex<Levels>
+
+    /// Made with `factory`, every series labelled `node`.
+    public init(node: String, factory: any MetricsFactory) {
+        self.node = node
+        self.factory = factory
+        requests = (0..<(Self.routes.count * Self.methods.count * Self.statuses.count)).map { _ in
+            ManagedAtomicLazyReference()
+        }
+        requestLatency = CoreMetrics.Timer(
+            label: "session_node_request_duration_seconds", dimensions: [("node", node)], factory: factory)
+        storeLatency = Self.storeOperations.map { _ in ManagedAtomicLazyReference() }
+        storeErrors = Self.storeOperations.map {
+            CoreMetrics.Counter(label: "session_store_errors_total", dimensions: [("node", node), ("operation", $0)], factory: factory)
+        }
+        levels = Mutex(Levels())
     }
 
     private static let routeIndex = Dictionary(uniqueKeysWithValues: routes.enumerated().map { ($1, $0) })
@@ -37,103 +74,85 @@ public final class NodeMetrics: Sendable {
         let r = Self.routeIndex[route] ?? Self.routes.count - 1
         let m = Self.methodIndex[method] ?? Self.methods.count - 1
         let s = Self.statusIndex[status] ?? Self.statuses.count - 1
-        requests[(r * Self.methods.count + m) * Self.statuses.count + s].wrappingIncrement(ordering: .relaxed)
-        requestLatency.record(nanos: nanos)
+        let index = (r * Self.methods.count + m) * Self.statuses.count + s
+        let counter = requests[index].load() ?? requests[index].storeIfNilThenLoad(makeRequestCounter(r, m, s))
+        counter.increment()
+        requestLatency.recordNanoseconds(Int64(truncatingIfNeeded: nanos))
+    }
+
+    private func makeRequestCounter(_ r: Int, _ m: Int, _ s: Int) -> CoreMetrics.Counter {
+        let status = Self.statuses[s] == 0 ? "other" : String(Self.statuses[s])
+        return CoreMetrics.Counter(
+            label: "session_node_requests_total",
+            dimensions: [("node", node), ("method", Self.methods[m]), ("route", Self.routes[r]), ("status", status)],
+            factory: factory)
     }
 
     func recordStore(operation: String, nanos: UInt64, failed: Bool) {
         guard let i = Self.storeOperations.firstIndex(of: operation) else { return }
-        storeLatency[i].record(nanos: nanos)
-        if failed { storeErrors[i].wrappingIncrement(ordering: .relaxed) }
+        let timer =
+            storeLatency[i].load()
+            ?? storeLatency[i].storeIfNilThenLoad(
+                CoreMetrics.Timer(
+                    label: "session_store_operation_duration_seconds",
+                    dimensions: [("node", node), ("operation", Self.storeOperations[i])], factory: factory))
+        timer.recordNanoseconds(Int64(truncatingIfNeeded: nanos))
+        if failed { storeErrors[i].increment() }
     }
 
-    /// Total requests served.
-    public var requestsServed: Int { requests.reduce(0) { $0 + $1.load(ordering: .relaxed) } }
-
-    /// The Prometheus exposition text.
-    public func render(node: String, sessions: Int?, idempotency: IdempotencyRecordStats? = nil) -> String {
-        let nodeLabel = "node=\(jsonQuoted(node))"
-        var out = ""
-        out += "# HELP session_node_requests_total Requests served, by method, route and status.\n"
-        out += "# TYPE session_node_requests_total counter\n"
-        for (r, route) in Self.routes.enumerated() {
-            for (m, method) in Self.methods.enumerated() {
-                for (s, status) in Self.statuses.enumerated() {
-                    let n = requests[(r * Self.methods.count + m) * Self.statuses.count + s].load(ordering: .relaxed)
-                    guard n > 0 else { continue }
-                    let statusText = status == 0 ? "other" : String(status)
-                    out += "session_node_requests_total{\(nodeLabel),method=\(jsonQuoted(method)),"
-                    out += "route=\(jsonQuoted(route)),status=\"\(statusText)\"} \(n)\n"
-                }
+    /// The levels read from the store: sessions held (nil: the store keeps none, e.g. Redis) and
+    /// idempotency records. Before each `/metrics` answer, and every few seconds with a factory of one's own.
+    public func update(sessions: Int?, idempotency: IdempotencyRecordStats?) {
+        levels.withLock { levels in
+            if let sessions {
+                levels.sessions = levels.sessions ?? gauge("session_store_sessions", [])
+                levels.sessions?.record(sessions)
             }
+            guard let idempotency else { return }
+            if levels.idempotency == nil {
+                levels.idempotency = IdempotencyLevels(
+                    sessionRecords: gauge("session_idempotency_records", [("scope", "session")]),
+                    anonymousRecords: gauge("session_idempotency_records", [("scope", "anonymous")]),
+                    bytes: gauge("session_idempotency_record_bytes", []),
+                    evictions: FollowedTotal(
+                        CoreMetrics.Counter(
+                            label: "session_idempotency_evictions_total", dimensions: [("node", node)], factory: factory)))
+            }
+            levels.idempotency?.sessionRecords.record(idempotency.records - idempotency.anonymousRecords)
+            levels.idempotency?.anonymousRecords.record(idempotency.anonymousRecords)
+            levels.idempotency?.bytes.record(idempotency.bytes)
+            levels.idempotency?.evictions.follow(idempotency.evictions)
         }
-        out += "# HELP session_node_request_duration_seconds Time to answer a request.\n"
-        out += "# TYPE session_node_request_duration_seconds histogram\n"
-        out += requestLatency.render("session_node_request_duration_seconds", labels: nodeLabel)
-        out += "# HELP session_store_operation_duration_seconds Time of session store calls.\n"
-        out += "# TYPE session_store_operation_duration_seconds histogram\n"
-        for (i, op) in Self.storeOperations.enumerated() where storeLatency[i].count > 0 {
-            out += storeLatency[i].render(
-                "session_store_operation_duration_seconds", labels: "\(nodeLabel),operation=\(jsonQuoted(op))")
-        }
-        out += "# HELP session_store_errors_total Failed session store calls.\n"
-        out += "# TYPE session_store_errors_total counter\n"
-        for (i, op) in Self.storeOperations.enumerated() {
-            out += "session_store_errors_total{\(nodeLabel),operation=\(jsonQuoted(op))} \(storeErrors[i].load(ordering: .relaxed))\n"
-        }
-        if let sessions {
-            out += "# HELP session_store_sessions Sessions held by this node's store.\n"
-            out += "# TYPE session_store_sessions gauge\n"
-            out += "session_store_sessions{\(nodeLabel)} \(sessions)\n"
-        }
-        if let idempotency {
-            out += "# HELP session_idempotency_records Idempotency records (claims and kept responses) held, by scope.\n"
-            out += "# TYPE session_idempotency_records gauge\n"
-            out += "session_idempotency_records{\(nodeLabel),scope=\"session\"} \(idempotency.records - idempotency.anonymousRecords)\n"
-            out += "session_idempotency_records{\(nodeLabel),scope=\"anonymous\"} \(idempotency.anonymousRecords)\n"
-            out += "# HELP session_idempotency_record_bytes Bytes of the idempotency records held.\n"
-            out += "# TYPE session_idempotency_record_bytes gauge\n"
-            out += "session_idempotency_record_bytes{\(nodeLabel)} \(idempotency.bytes)\n"
-            out += "# HELP session_idempotency_evictions_total Idempotency records dropped to stay within the caps.\n"
-            out += "# TYPE session_idempotency_evictions_total counter\n"
-            out += "session_idempotency_evictions_total{\(nodeLabel)} \(idempotency.evictions)\n"
-        }
-        return out
+    }
+
+    private func gauge(_ label: String, _ dimensions: [(String, String)]) -> Gauge {
+        Gauge(label: label, dimensions: [("node", node)] + dimensions, factory: factory)
+    }
+
+    private struct Levels {
+        var sessions: Gauge?
+        var idempotency: IdempotencyLevels?
+    }
+
+    private struct IdempotencyLevels {
+        var sessionRecords: Gauge
+        var anonymousRecords: Gauge
+        var bytes: Gauge
+        var evictions: FollowedTotal
     }
 }
 
-/// A Prometheus histogram of durations on atomics.
-final class AtomicHistogram: Sendable {
-    /// Upper bounds of the buckets, in nanoseconds.
-    static let boundsNanos: [UInt64] = [
-        100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000, 50_000_000,
-        100_000_000, 250_000_000, 1_000_000_000,
-    ]
-    private let buckets = AtomicHistogram.boundsNanos.map { _ in ManagedAtomic<Int>(0) }
-    private let total = ManagedAtomic<Int>(0)
-    private let sumNanos = ManagedAtomic<UInt64>(0)
+/// A swift-metrics counter that follows a running total kept elsewhere: `follow` adds what
+/// the total grew by since the last call (a total that went down starts over from there).
+struct FollowedTotal {
+    let counter: CoreMetrics.Counter
+    private var last = 0
 
-    var count: Int { total.load(ordering: .relaxed) }
+    init(_ counter: CoreMetrics.Counter) { self.counter = counter }
 
-    func record(nanos: UInt64) {
-        total.wrappingIncrement(ordering: .relaxed)
-        sumNanos.wrappingIncrement(by: nanos, ordering: .relaxed)
-        if let i = Self.boundsNanos.firstIndex(where: { nanos <= $0 }) {
-            buckets[i].wrappingIncrement(ordering: .relaxed)
-        }
-    }
-
-    func render(_ name: String, labels: String) -> String {
-        var out = ""
-        var cumulative = 0
-        for (i, bound) in Self.boundsNanos.enumerated() {
-            cumulative += buckets[i].load(ordering: .relaxed)
-            out += "\(name)_bucket{\(labels),le=\"\(Double(bound) / 1e9)\"} \(cumulative)\n"
-        }
-        out += "\(name)_bucket{\(labels),le=\"+Inf\"} \(count)\n"
-        out += "\(name)_sum{\(labels)} \(Double(sumNanos.load(ordering: .relaxed)) / 1e9)\n"
-        out += "\(name)_count{\(labels)} \(count)\n"
-        return out
+    mutating func follow(_ total: Int) {
+        if total > last { counter.increment(by: total - last) }
+        last = total
     }
 }
 

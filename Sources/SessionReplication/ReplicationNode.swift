@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CoreMetrics
 import Logging
 import SessionCore
 import Synchronization
@@ -91,6 +92,8 @@ public final class ReplicationNode: Sendable {
     let links: [PeerLink]
     /// Notices when this node itself was frozen (SIGSTOP, a stalled VM).
     let pauseDetector: PauseDetector
+    /// Its `session_replication_*` series (`renderMetrics()`, `updateMetrics()`).
+    let metrics: ReplicationMetrics
 
     struct State {
         var listener: Int32
@@ -113,7 +116,14 @@ public final class ReplicationNode: Sendable {
 
     /// Binds the replication port (throws when taken) and takes over `store`'s
     /// replication hooks. Nothing is sent or accepted before `start()`.
-    public init(store: ReplicatedSessionStore, configuration: ReplicationConfiguration, logger: Logger) throws {
+    ///
+    /// `metricsFactory` receives the node's series through swift-metrics (e.g. `MetricsSystem.factory`
+    /// after bootstrapping a backend of one's own; levels and totals are passed on every few seconds);
+    /// nil keeps them in a Prometheus registry of the node's own, which `renderMetrics()` renders.
+    public init(
+        store: ReplicatedSessionStore, configuration: ReplicationConfiguration, logger: Logger,
+        metricsFactory: (any MetricsFactory)? = nil
+    ) throws {
         try configuration.validate()
         guard store.hlc.node == configuration.nodeID else {
             throw ReplicationConfigurationError(
@@ -132,6 +142,7 @@ public final class ReplicationNode: Sendable {
             incarnation: UInt64.random(in: 1...UInt64.max))
         self.store = store
         self.configuration = configuration
+        metrics = ReplicationMetrics(node: configuration.nodeName, factory: metricsFactory)
         let core = ReplicationNodeCore(
             configuration: configuration, secret: secret, hello: hello, logger: logger, store: store)
         self.core = core
@@ -306,6 +317,7 @@ public final class ReplicationNode: Sendable {
                 "mode": "\(configuration.mode.rawValue)", "peers": "\(links.map(\.address.description))",
             ])
         pauseDetector.start()
+        metrics.startRefreshing { [weak self] in self?.updateMetrics() }
         startThread { [self] in acceptLoop(listener) }
         for link in links { link.start() }
         startThread { [self] in join() }
@@ -338,6 +350,7 @@ public final class ReplicationNode: Sendable {
         store.onLookup = nil
         store.lastPauseEnded = nil
         pauseDetector.stop()
+        metrics.stopRefreshing()
         for link in links { link.stop() }
         // Under the lock: a socket's thread closes it only after taking it out of the state, so
         // these numbers are still ours (not reused by another socket since).

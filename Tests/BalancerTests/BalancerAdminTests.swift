@@ -91,19 +91,29 @@ struct BalancerAdminTests {
     @Test func metricsAreValidPrometheusText() throws {
         try withBackends(2) { backends in
             try withBalancer(adminConfiguration(backends)) { balancer in
+                let before = prometheusSamples(try adminRequest(balancer.port, "GET", "/_balancer/metrics").bodyText)
+                #expect(Set(before.keys) == Set(balancerSeries), "every series, from the start")
+                #expect(before["balancer_requests_total"] == 1)  // this request
+                #expect(before["balancer_backend_requests_total{backend=\"b0\"}"] == 0)
                 _ = try answeringBackends(balancer.port, count: 4)
                 let response = try adminRequest(balancer.port, "GET", "/_balancer/metrics")
                 #expect(response.status == 200)
                 #expect(response.header("Content-Type")?.hasPrefix("text/plain") == true)
-                let sample = try Regex(#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"\})? -?[0-9]+$"#)
+                // Gauges come as floating point numbers ("1.0"), counters as integers.
+                let sample = try Regex(#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"\})? -?[0-9]+(\.[0-9]+)?$"#)
                 let comment = try Regex(#"^# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge)$"#)
                 let lines = response.bodyText.split(separator: "\n")
                 for line in lines {
                     #expect(line.wholeMatch(of: sample) != nil || line.wholeMatch(of: comment) != nil, "\(line)")
                 }
-                #expect(lines.contains("balancer_requests_total 5"))
+                #expect(lines.contains("# TYPE balancer_backend_up gauge"))
+                #expect(lines.contains("# TYPE balancer_backend_requests_total counter"))
+                #expect(lines.contains("balancer_requests_total 6"))
                 #expect(lines.contains("balancer_backend_requests_total{backend=\"b0\"} 2"))
-                #expect(lines.contains("balancer_backend_up{backend=\"b1\"} 1"))
+                let after = prometheusSamples(response.bodyText)
+                #expect(Set(after.keys) == Set(balancerSeries))
+                #expect(after["balancer_backend_up{backend=\"b1\"}"] == 1)
+                #expect(after["balancer_backend_in_flight{backend=\"b1\"}"] == 0)
             }
         }
     }

@@ -23,10 +23,8 @@ private func decode(_ response: CurlClient.Response) -> SessionBody? {
 
 /// The value of the metric line that starts with `prefix` (name and labels).
 private func metric(_ text: String, _ prefix: String) -> Int? {
-    for line in text.split(separator: "\n") where line.hasPrefix(prefix + " ") {
-        return Int(line.dropFirst(prefix.count + 1))
-    }
-    return nil
+    // Gauges come as floating point numbers ("1.0"); only whole values are taken.
+    prometheusSamples(text)[prefix].flatMap { Int(exactly: $0) }
 }
 
 /// Nodes "a", "b", "c": each a child process with its HTTP and replication

@@ -7,6 +7,7 @@ import Dispatch
 import Foundation
 import Logging
 import MiniHTTP
+import Prometheus
 import SessionCore
 import SessionReplication
 import Synchronization
@@ -41,7 +42,7 @@ struct TestSetupError: Error, CustomStringConvertible {
 /// by the hello it gets back from itself). `peerIndices` (by index) or
 /// `peerLists` (by address, given every node's) make one-way links: the
 /// nodes then accept every node of the cluster (`acceptedPeers`), and the
-/// addresses in `alsoAccepting`.
+/// addresses in `alsoAccepting`. Node `i` sends its metrics to `metricsFactories[i]` when given.
 final class LoopbackCluster: Sendable {
     let nodes: [ReplicationNode]
     let addresses: [PeerAddress]
@@ -56,7 +57,8 @@ final class LoopbackCluster: Sendable {
         catchUpPolicy: ReplicatedSessionStore.CatchUpPolicy = .init(), maxQueueBytes: Int = 64 << 20,
         pingIntervalMillis: Int = 250, relayWindowMillis: Int = 5_000,
         keyLookups: ReplicationConfiguration.KeyLookups? = nil, handshakeTimeoutMillis: Int = 2_000,
-        maxPendingHandshakes: Int = 16, quorum: ReplicationConfiguration.Quorum? = nil, fenceAfterMillis: Int = 1_000
+        maxPendingHandshakes: Int = 16, quorum: ReplicationConfiguration.Quorum? = nil, fenceAfterMillis: Int = 1_000,
+        metricsFactories: [PrometheusMetricsFactory?] = []
     ) throws {
         var lastError: (any Error)?
         for _ in 0..<5 {  // a port picked by freeLoopbackPort may be taken before it is bound again
@@ -86,7 +88,9 @@ final class LoopbackCluster: Sendable {
                         quorum: quorum, fenceAfterMillis: fenceAfterMillis)
                     let store = ReplicatedSessionStore(node: configuration.nodeID, catchUpPolicy: catchUpPolicy)
                     nodes.append(
-                        try ReplicationNode(store: store, configuration: configuration, logger: quietLogger()))
+                        try ReplicationNode(
+                            store: store, configuration: configuration, logger: quietLogger(),
+                            metricsFactory: i < metricsFactories.count ? metricsFactories[i] : nil))
                     configurations.append(configuration)
                 }
             } catch {

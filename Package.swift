@@ -43,7 +43,10 @@ let package = Package(
         // types, signals, secure random bytes and base64url. Nothing of sessions or HTTP.
         .target(
             name: "SystemSupport",
-            dependencies: ["CEpoll", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "CEpoll", .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ]
         ),
         .target(
             name: "SessionCore",

@@ -100,16 +100,3 @@ final class BalancerMetrics: Sendable {
     func stopRefreshing() { refresh.stop() }
 }
 
-/// A swift-metrics counter that follows a running total kept elsewhere: `follow` adds what
-/// the total grew by since the last call (a total that went down starts over from there).
-struct FollowedTotal {
-    let counter: Counter
-    private var last = 0
-
-    init(_ counter: Counter) { self.counter = counter }
-
-    mutating func follow(_ total: Int) {
-        if total > last { counter.increment(by: total - last) }
-        last = total
-    }
-}

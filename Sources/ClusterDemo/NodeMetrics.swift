@@ -142,19 +142,6 @@ public final class NodeMetrics: Sendable {
     }
 }
 
-/// A swift-metrics counter that follows a running total kept elsewhere: `follow` adds what
-/// the total grew by since the last call (a total that went down starts over from there).
-struct FollowedTotal {
-    let counter: CoreMetrics.Counter
-    private var last = 0
-
-    init(_ counter: CoreMetrics.Counter) { self.counter = counter }
-
-    mutating func follow(_ total: Int) {
-        if total > last { counter.increment(by: total - last) }
-        last = total
-    }
-}
 
 /// A store wrapper that times every session call into `NodeMetrics`.
 public struct InstrumentedSessionStore: WrappingSessionStore {

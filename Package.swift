@@ -46,6 +46,7 @@ let package = Package(
             dependencies: [
                 "CEpoll", .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .target(

@@ -39,15 +39,9 @@ final class BalancerMetrics: Sendable {
 
     /// With `factory` (nil: a private Prometheus registry), one series set per backend name.
     init(factory given: (any MetricsFactory)?, backends: [String]) {
-        let factory: any MetricsFactory
-        if let given {
-            registry = nil
-            factory = given
-        } else {
-            let registry = PrometheusCollectorRegistry()
-            self.registry = registry
-            factory = PrometheusMetricsFactory(registry: registry)
-        }
+        let destination = MetricsDestination(given)
+        registry = destination.registry
+        let factory = destination.factory
         func total(_ label: String, _ dimensions: [(String, String)] = []) -> FollowedTotal {
             FollowedTotal(Counter(label: label, dimensions: dimensions, factory: factory))
         }

@@ -61,19 +61,13 @@ public final class DemoNode: Sendable {
     /// series in a Prometheus registry of the node's own, which `/metrics` renders.
     public init(configuration: DemoNodeConfiguration, logger: Logger, metricsFactory: (any MetricsFactory)? = nil) throws {
         self.configuration = configuration
-        let factory: any MetricsFactory
-        if let metricsFactory {
-            factory = metricsFactory
-            metricsRegistry = nil
-        } else {
-            let registry = PrometheusCollectorRegistry()
-            var prometheus = PrometheusMetricsFactory(registry: registry)
+        let destination = MetricsDestination(metricsFactory) { prometheus in
             for name in NodeMetrics.durationMetricNames {
                 prometheus.durationHistogramBuckets[name] = NodeMetrics.durationBuckets
             }
-            factory = prometheus
-            metricsRegistry = registry
         }
+        let factory = destination.factory
+        metricsRegistry = destination.registry
         metrics = NodeMetrics(node: configuration.nodeID, factory: factory)
         let base: any SessionStore & IdempotencyStore
         var exclusive: (any SessionRequestLock)? = nil

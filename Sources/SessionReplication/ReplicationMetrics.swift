@@ -36,14 +36,9 @@ final class ReplicationMetrics: Sendable {
     /// With `factory` (nil: a private Prometheus registry), every series labelled `node`.
     init(node: String, factory given: (any MetricsFactory)?) {
         self.node = node
-        if let given {
-            registry = nil
-            factory = given
-        } else {
-            let registry = PrometheusCollectorRegistry()
-            self.registry = registry
-            factory = PrometheusMetricsFactory(registry: registry)
-        }
+        let destination = MetricsDestination(given)
+        registry = destination.registry
+        factory = destination.factory
     }
 
     /// Sets the levels and follows the totals; a level that is no longer listed (a peer that

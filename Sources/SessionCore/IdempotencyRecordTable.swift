@@ -33,7 +33,7 @@ public struct IdempotencyRecordStats: Sendable, Equatable {
 }
 
 /// What a record table needs of its values.
-public protocol IdempotencyTableValue {
+public protocol IdempotencyTableValue: Sendable {
     /// When the record is forgotten (ms since 1970).
     var expiresAt: Int64 { get }
     /// Its bytes in memory, roughly: fingerprint and response.
@@ -46,7 +46,7 @@ public protocol IdempotencyTableValue {
 ///
 /// Eviction is O(1) amortized: records are queued in insertion order (one
 /// queue for anonymous records, one for the rest) and the oldest is dropped.
-public struct IdempotencyRecordTable<Value: IdempotencyTableValue> {
+public struct IdempotencyRecordTable<Value: IdempotencyTableValue>: Sendable {
     private struct Slot {
         var value: Value
         var generation: UInt64

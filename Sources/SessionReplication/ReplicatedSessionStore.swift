@@ -61,7 +61,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
         }
     }
 
-    struct Contents {
+    struct Contents: Sendable {
         var sessions: [SessionID: ReplicatedSession] = [:]
         var records: IdempotencyRecordTable<Record>
 

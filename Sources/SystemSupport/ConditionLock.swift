@@ -9,7 +9,7 @@ import Darwin
 ///
 /// Waits use the monotonic clock, so a wall-clock jump neither shortens nor
 /// stretches a timeout.
-public final class ConditionLock<Value>: @unchecked Sendable {  // the mutex guards every access to `value`
+public final class ConditionLock<Value: Sendable>: @unchecked Sendable {  // the mutex guards every access to `value`
     @usableFromInline var value: Value
     @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let conditions: UnsafeMutablePointer<pthread_cond_t>

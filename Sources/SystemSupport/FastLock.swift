@@ -10,7 +10,7 @@ import Darwin
 /// `Synchronization.Mutex` on Linux is a priority-inheritance futex, and with
 /// 50 threads on 2 cores its contended path took a quarter of the Redis
 /// benchmark's CPU; this lock measured about 3 times less CPU per operation.
-public final class FastLock<Value>: @unchecked Sendable {  // the mutex guards every access to `value`
+public final class FastLock<Value: Sendable>: @unchecked Sendable {  // the mutex guards every access to `value`
     @usableFromInline var value: Value
     @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
 

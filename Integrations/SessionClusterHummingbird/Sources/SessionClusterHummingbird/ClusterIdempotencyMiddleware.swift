@@ -38,7 +38,7 @@ public struct ClusterIdempotencyMiddleware<Context: ClusterSessionRequestContext
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
         let key = request.headers[HTTPField.Name("Idempotency-Key")!]
-        guard key != nil, ![.get, .head, .options].contains(request.method) else {
+        guard key != nil, IdempotentRequest.appliesTo(method: request.method.rawValue) else {
             return try await next(request, context)
         }
         var request = request

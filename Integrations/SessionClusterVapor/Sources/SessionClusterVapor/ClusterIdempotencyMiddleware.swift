@@ -34,7 +34,7 @@ public struct ClusterIdempotencyMiddleware: AsyncMiddleware {
 
     public func respond(to request: Request, chainingTo next: any AsyncResponder) async throws -> Response {
         let key = request.headers.first(name: "Idempotency-Key")
-        guard key != nil, ![.GET, .HEAD, .OPTIONS].contains(request.method) else {
+        guard key != nil, IdempotentRequest.appliesTo(method: request.method.rawValue) else {
             return try await next.respond(to: request)
         }
         let body = try await request.body.collect(max: maxBodyBytes).get()

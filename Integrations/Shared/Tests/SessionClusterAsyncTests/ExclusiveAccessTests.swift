@@ -100,7 +100,7 @@ import Testing
                 waiters.append(
                     Task {
                         do {
-                            try await access.run(id) { outcomes.ran.add(1, ordering: .relaxed) }
+                            _ = try await access.run(id) { outcomes.ran.add(1, ordering: .relaxed) }
                         } catch {
                             outcomes.busy.add(1, ordering: .relaxed)
                         }

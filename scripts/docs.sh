@@ -88,7 +88,9 @@ document() {
     local -a args=()
     local product
     for product in "$@"; do args+=(--product "$product"); done
-    printf '==> %s: generating documentation for %s\n' "${dir#"$root"/}" "$*"
+    local label=${dir#"$root"/}
+    [[ "$dir" == "$root" ]] && label="root package"
+    printf '==> %s: generating documentation for %s\n' "$label" "$*"
     (cd "$dir" && swift package --scratch-path "$scratch" generate-documentation "${args[@]}") 2>&1 | tee "$log" ||
         status=$?
     own_warnings "$scratch" >>"$warnings_file"

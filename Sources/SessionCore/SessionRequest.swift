@@ -44,9 +44,13 @@ public final class SessionRequest: Sendable {
     private let current = Mutex<Session?>(nil)
 
     /// - Parameters:
+    ///   - store: where the session is loaded from and its changes are written.
+    ///   - configuration: cookie name and keys, `Secure`, trusted proxies.
     ///   - cookie: the request's cookie of a name, if any.
     ///   - remoteAddress: the peer's address (for `trustedProxies`).
     ///   - forwardedProto: the request's `X-Forwarded-Proto`, if any.
+    ///   - idempotency: the claimed `Idempotency-Key` of the request, if any: the session's
+    ///     changes are then held back and written with the request's record in one step.
     public init(
         store: any SessionStore, configuration: SessionConfiguration, cookie: (String) -> String?,
         remoteAddress: String?, forwardedProto: String?, idempotency: IdempotencyTicket? = nil

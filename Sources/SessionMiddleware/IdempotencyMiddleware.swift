@@ -41,7 +41,13 @@ public struct IdempotencyMiddleware: HTTPMiddleware {
     /// Claims, records and replays (`IdempotencyGate`'s steps, on MiniHTTP).
     public let gate: IdempotencyGate
 
-    /// - Parameter sessions: the configuration of the `SessionMiddleware` behind this one.
+    /// - Parameters:
+    ///   - store: where claims and records are kept: the sessions' store, so that the
+    ///     session middleware can write a record with the session's changes.
+    ///   - sessions: the configuration of the `SessionMiddleware` behind this one.
+    ///   - policy: how long records and claims last, how long a duplicate waits, and the
+    ///     largest response a record keeps.
+    ///   - logger: where overtaken runs and records that could not be written are logged.
     public init(
         store: any IdempotencyStore, sessions: SessionConfiguration, policy: IdempotencyPolicy = IdempotencyPolicy(),
         logger: Logger

@@ -86,8 +86,14 @@ public final class RedisLock: Sendable {
     let hashTag: @Sendable (String) -> String
     let logger: Logger
 
-    /// - Parameter hashTag: the hash tag of a name's keys, when not the name
-    ///   itself: `RedisSessionLock` puts a session's lock in its session's slot.
+    /// - Parameters:
+    ///   - client: the Redis the locks live in.
+    ///   - keyPrefix: the start of every lock and fence key; it must not contain braces.
+    ///   - fenceRetentionMillis: how long a fence counter outlives its lock's last use
+    ///     (`fenceRetentionMillis`); nil keeps it forever. Must be positive.
+    ///   - hashTag: the hash tag of a name's keys, when not the name
+    ///     itself: `RedisSessionLock` puts a session's lock in its session's slot.
+    ///   - logger: where timeouts, lost locks and failed releases are logged.
     public init(
         client: RedisClient, keyPrefix: String = "lock:", fenceRetentionMillis: Int? = nil,
         hashTag: @escaping @Sendable (String) -> String = { $0 }, logger: Logger

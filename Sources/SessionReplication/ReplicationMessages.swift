@@ -153,9 +153,6 @@ package struct FetchReply: Sendable, Equatable {
     }
 }
 
-/// The payload of a `snapshotEnd` frame: how many items the transfer sent,
-/// and whether the sender had its own full state (it had finished its own
-/// state transfer, or started alone).
 /// The payload of a `snapshotRequest` frame. With `onlyIfReady`, a sender
 /// that is not ready itself sends no chunks, only its `SnapshotEnd` (a
 /// rejoining node replaces its state only by a ready peer's).
@@ -207,6 +204,9 @@ package struct FencedNotice: Sendable, Equatable {
     }
 }
 
+/// The payload of a `snapshotEnd` frame: how many items the transfer sent,
+/// and whether the sender had its own full state (it had finished its own
+/// state transfer, or started alone).
 package struct SnapshotEnd: Sendable, Equatable {
     public var itemCount: UInt64
     public var senderReady: Bool

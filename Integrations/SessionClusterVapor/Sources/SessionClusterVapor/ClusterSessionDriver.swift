@@ -58,6 +58,7 @@ public struct ClusterSessionDriver: AsyncSessionDriver {
     /// A driver over `store`, with cookies signed and verified by `cookieCodec`.
     ///
     /// - Parameters:
+    ///   - store: where the sessions live (memory, Redis or replicated).
     ///   - executor: where the blocking store calls run (default: the shared 64-thread pool).
     ///   - cookieCodec: the signing keys (the first signs, all verify); default: unsigned IDs.
     public init(

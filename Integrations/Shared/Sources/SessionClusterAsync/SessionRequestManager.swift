@@ -51,6 +51,8 @@ public final class SessionRequestManager: Sendable {
     ///   - forwardedProto: the request's `X-Forwarded-Proto`, if any.
     ///   - idempotency: the ticket of a claimed `Idempotency-Key`: changes
     ///     are then deferred and written with its record in one atomic step.
+    ///   - next: the rest of the request (the handler), given the request's
+    ///     session; its response gets the session's cookies.
     /// - Throws: a `SessionErrorAnswer` for store failures (503), a busy
     ///   session (503) or a session over the size cap (413), also when a
     ///   handler's own session call failed; other errors of `next` unchanged.

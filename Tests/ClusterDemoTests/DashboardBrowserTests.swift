@@ -16,7 +16,7 @@ import SystemSupport
         case .success(let path):
             return try Chromium(executable: path, windowSize: (1280, 1000))
         case .failure(let error):
-            let reason = "SKIPPED browser test: \(error.message)"
+            let reason = "SKIPPED browser test: \(error)"
             print(reason)
             try Test.cancel(Comment(rawValue: reason))
         }
@@ -123,12 +123,12 @@ import SystemSupport
         let client = CurlClient()
         var nodeNames: [String] = []
         let up = waitUntil(timeout: 30) {
-            guard demo.process.isRunning else { return true }
+            guard demo.isRunning else { return true }
             guard let nodes = Self.clusterStatus(client, base)?["nodes"] as? [[String: Any]], nodes.count == 3 else { return false }
             nodeNames = nodes.compactMap { $0["name"] as? String }
             return nodes.allSatisfy { $0["state"] as? String == "running" && $0["health"] as? String == "up" }
         }
-        try #require(up && demo.process.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
+        try #require(up && demo.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
         let children = ProcessTable.children(of: demo.pid)
         #expect(children.count >= 3, "the demo runs its nodes as child processes: \(children)")
 
@@ -219,8 +219,8 @@ import SystemSupport
             }
             return pids
         }
-        let up = waitUntil(timeout: 30) { !demo.process.isRunning || pids().count == 3 }
-        try #require(up && demo.process.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
+        let up = waitUntil(timeout: 30) { !demo.isRunning || pids().count == 3 }
+        try #require(up && demo.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
         let before = pids()
 
         let page = try browser.open("\(base)/")
@@ -291,13 +291,13 @@ extension DashboardBrowserTests {
         defer { demo.stop(signal: SIGTERM, timeout: 20) }  // SIGKILL would orphan its nodes
         var address = ""
         let printed = waitUntil(timeout: 30) {
-            guard demo.process.isRunning else { return true }
+            guard demo.isRunning else { return true }
             guard let line = demo.output.split(separator: "\n").first(where: { $0.contains("dashboard") && $0.contains("#token=") })
             else { return false }
             address = String(line.split(separator: " ").last ?? "")
             return true
         }
-        try #require(printed && demo.process.isRunning && address.hasPrefix("\(base)/#token="), "the demo's output:\n\(demo.output)")
+        try #require(printed && demo.isRunning && address.hasPrefix("\(base)/#token="), "the demo's output:\n\(demo.output)")
         let token = String(address.dropFirst("\(base)/#token=".count))
         #expect(base64URLDecode(token)?.count == 16, "128 random bits: \(token)")
 

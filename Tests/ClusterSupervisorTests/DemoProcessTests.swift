@@ -205,12 +205,12 @@ final class DemoProcess: @unchecked Sendable {  // used by one test at a time
                 found = String(url.hasSuffix("/") ? url.dropLast() : url)
                 return true
             }
-            return !process.process.isRunning
+            return !process.isRunning
         }
         guard started, let found else {
             let output = process.output
             process.stop(signal: SIGKILL)
-            throw ChildProcessError(message: "the demo did not start:\n\(output)")
+            throw TestError("the demo did not start:\n\(output)")
         }
         base = found
     }

@@ -3,6 +3,7 @@ import SessionClusterAsync
 import SessionClusterTestKit
 import SessionCore
 import Synchronization
+import TestSupport
 import Testing
 
 /// Exclusive mode for async bodies: a `SessionRequestLock`'s lease is held

@@ -35,13 +35,6 @@ func withBalancer(
     try body(balancer)
 }
 
-/// A thread-safe counter.
-final class Counter: Sendable {
-    private let value = Mutex(0)
-    func increment() { value.withLock { $0 += 1 } }
-    var current: Int { value.withLock { $0 } }
-}
-
 /// A thread-safe value to switch.
 final class Shared<Value: Sendable>: Sendable {
     private let storage: Mutex<Value>

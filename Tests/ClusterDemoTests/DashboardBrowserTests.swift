@@ -56,15 +56,8 @@ import SystemSupport
     @Test func sessionPanelOnOneNodeWithoutSupervisor() throws {
         let browser = try Self.launchBrowser()
         defer { browser.close() }
-        let port = try Sockets.freeLoopbackPort()
-        let node = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            ["node", "--port", "\(port)", "--node-id", "solo-1", "--strategy", "local"])
+        let (node, port) = try ChildProcess.sessionClusterNode(id: "solo-1")  // healthy
         defer { node.stop(signal: SIGKILL, timeout: 2) }
-        let client = CurlClient()
-        #expect(
-            waitUntil(timeout: 15) { (try? client.request("GET", "http://127.0.0.1:\(port)/healthz").status) == 200 },
-            "node did not come up: \(node.output)")
 
         let page = try browser.open("http://127.0.0.1:\(port)/")
         #expect(try page.waitFor("document.getElementById('node').textContent === 'solo-1'"))

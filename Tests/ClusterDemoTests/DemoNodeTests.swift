@@ -47,14 +47,9 @@ import SystemSupport
     }
 
     @Test func nodeProcessServesAndExitsCleanlyOnSIGTERM() throws {
-        let port = try Sockets.freeLoopbackPort()
-        let child = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            ["node", "--port", "\(port)", "--node-id", "proc-1", "--strategy", "local"])
+        let (child, port) = try ChildProcess.sessionClusterNode(id: "proc-1")  // healthy
         defer { child.stop(signal: SIGKILL, timeout: 2) }
         let client = CurlClient()
-        let up = waitUntil { (try? client.request("GET", "http://127.0.0.1:\(port)/healthz").status) == 200 }
-        #expect(up, "node did not become healthy: \(child.output)")
         #expect(try client.request("POST", "http://127.0.0.1:\(port)/api/counter").body.contains("\"count\":1"))
         let status = child.stop(signal: SIGTERM, timeout: 10)
         #expect(status == 0, "graceful shutdown exits 0; output: \(child.output)")

@@ -45,7 +45,7 @@ private func postNewSessions(port: Int, count: Int) throws {
     let deadline = monotonicMillis() + 20_000
     while answered < count {
         guard case .bytes(let bytes) = receiveSome(connection.fd, deadline: deadline) else {
-            throw TestFailure("\(answered) of \(count) pipelined answers")
+            throw TestError("\(answered) of \(count) pipelined answers")
         }
         let text = tail + bytes
         var i = 0
@@ -55,11 +55,6 @@ private func postNewSessions(port: Int, count: Int) throws {
         }
         tail = Array(text.suffix(marker.count - 1))
     }
-}
-
-private struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }
 
 private final class NodeProcesses {

@@ -8,13 +8,6 @@ import Testing
 import SystemSupport
 import TestSupport
 
-/// A thread-safe counter handlers can bump.
-final class Counter: Sendable {
-    private let value = Mutex(0)
-    func increment() { value.withLock { $0 += 1 } }
-    var current: Int { value.withLock { $0 } }
-}
-
 @Suite("HTTPServer over loopback")
 struct ServerTests {
     @Test func keepAliveConnectionServesTwoRequests() throws {

@@ -22,14 +22,29 @@ extension SplitMix64 {
 
 typealias Event = HTTPRequestParser.Event
 
+/// A parser event that may carry body bytes (the request and the response parsers').
+protocol BodyEvent: Equatable {
+    static func body(_ bytes: [UInt8]) -> Self
+    /// The bytes of a body event; nil for any other event.
+    var bodyBytes: [UInt8]? { get }
+}
+
+extension HTTPRequestParser.Event: BodyEvent {
+    var bodyBytes: [UInt8]? { if case .body(let bytes) = self { bytes } else { nil } }
+}
+
+extension HTTPResponseParser.Event: BodyEvent {
+    var bodyBytes: [UInt8]? { if case .body(let bytes) = self { bytes } else { nil } }
+}
+
 /// Merges adjacent body events: how a body is chunked into events depends on
 /// how the input was split, the bytes do not.
-func normalized(_ events: [Event]) -> [Event] {
-    var out: [Event] = []
+func normalized<E: BodyEvent>(_ events: [E]) -> [E] {
+    var out: [E] = []
     for event in events {
-        if case .body(let more) = event, case .body(let previous)? = out.last {
+        if let more = event.bodyBytes, let previous = out.last?.bodyBytes {
             out[out.count - 1] = .body(previous + more)
-        } else if case .body(let bytes) = event, bytes.isEmpty {
+        } else if event.bodyBytes?.isEmpty == true {
             continue
         } else {
             out.append(event)

@@ -129,7 +129,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "CHiredisTests", dependencies: ["CHiredis"]),
+        .testTarget(name: "CHiredisTests", dependencies: ["CHiredis", "TestSupport"]),
         .testTarget(
             name: "SessionRedisTests",
             dependencies: [

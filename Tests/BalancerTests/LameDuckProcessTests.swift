@@ -9,7 +9,7 @@ import TestSupport
 import Testing
 
 /// A node process stopped with SIGTERM (`--drain-delay-ms`) behind the balancer: a lame duck first.
-@Suite("Node process: the lame duck of a graceful stop", .serialized)
+@Suite("Node process: the lame duck of a graceful stop", .serialized, .tags(.integration))
 struct LameDuckProcessTests {
     func startNode(_ name: String, drainDelayMillis: Int) throws -> (ChildProcess, Int) {
         try ChildProcess.sessionClusterNode(

@@ -5,7 +5,7 @@ import Testing
 import SystemSupport
 
 /// `session-cluster proxy` as a process: the policy options reach the balancer.
-@Suite("Balancer process: proxy command options")
+@Suite("Balancer process: proxy command options", .tags(.integration))
 struct ProxyCommandTests {
     @Test func healthChecksAndSeparateAdminAddressFromTheCommandLine() throws {
         let backend = try TestBackend(name: "b0")

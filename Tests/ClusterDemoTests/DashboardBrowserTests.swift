@@ -9,7 +9,7 @@ import SystemSupport
 ///
 /// Chromium is the apt package `chromium`: installed when missing, and the
 /// tests are cancelled (shown as skipped, with the reason) only when that fails.
-@Suite(.serialized) struct DashboardBrowserTests {
+@Suite(.serialized, .tags(.integration)) struct DashboardBrowserTests {
     /// A browser, or the test is cancelled with the reason Chromium is unavailable.
     static func launchBrowser() throws -> Chromium {
         switch Chromium.ensureInstalled() {

@@ -6,7 +6,7 @@ import Testing
 import TestSupport
 import SystemSupport
 
-@Suite(.serialized) struct DemoNodeTests {
+@Suite(.serialized, .tags(.integration)) struct DemoNodeTests {
     @Test func endpointsDoWhatTheyPromise() throws {
         let node = try DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0), logger: quietLogger())
         try node.start()

@@ -141,7 +141,7 @@ private final class NodeProcesses {
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .timeLimit(.minutes(2)), .tags(.integration))
 struct ReplicationClusterTests {
     /// Starts a, b and c, waits until all are healthy, runs `body`; every process is stopped afterwards.
     private static func withCluster(mode: String, _ body: (NodeProcesses) throws -> Void) throws {

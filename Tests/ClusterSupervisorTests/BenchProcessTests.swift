@@ -4,7 +4,7 @@ import Testing
 
 /// `session-cluster bench` as a user runs it: it launches each strategy's
 /// cluster, kills and restarts a node, and reports what the users lost.
-@Suite("Bench process: failover per strategy")
+@Suite("Bench process: failover per strategy", .tags(.integration))
 struct BenchProcessTests {
     @Test func killAndRestartAreMeasuredPerStrategy() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString)")

@@ -5,7 +5,7 @@ import Testing
 /// `session-cluster demo` as a user runs it: one process that starts the nodes,
 /// the balancer and (for redis) its own redis-server; driven through the balancer
 /// with a cookie-carrying client, a node killed through the control API.
-@Suite("Demo process: sessions across a killed node, per strategy", .serialized)
+@Suite("Demo process: sessions across a killed node, per strategy", .serialized, .tags(.integration))
 struct DemoProcessTests {
     @Test(arguments: ["replicate", "redis", "local"])
     func sessionsAcrossAKilledNode(strategy: String) throws {

@@ -11,7 +11,7 @@ import Testing
 ///
 /// Time bounds are generous on purpose (a 2-core machine running other tests):
 /// with `--cluster-node-timeout 1000` a failover takes about 2–4 s, the tests allow 30 s.
-@Suite("Private Redis: server and cluster", .serialized)
+@Suite("Private Redis: server and cluster", .serialized, .tags(.integration))
 struct PrivateRedisClusterTests {
     /// Longest wait for a replica to take over, or for a restarted node to rejoin (see the suite).
     static let failoverBound: Double = 30

@@ -12,7 +12,7 @@ import Testing
 /// `down-after-milliseconds 1000` the Sentinel promotes the replica in about 2–4 s (the tests allow
 /// `failoverBound`); a restarted old primary is turned into a replica about 8–10 s after it is back
 /// (Sentinel waits 4 × its 2 s publish period first; the tests allow `rejoinBound`).
-@Suite("Private Redis: primary, replica and Sentinel", .serialized)
+@Suite("Private Redis: primary, replica and Sentinel", .serialized, .tags(.integration))
 struct PrivateRedisSentinelTests {
     /// Longest wait for the Sentinel to promote the replica after the primary was killed.
     static let failoverBound: Double = 20

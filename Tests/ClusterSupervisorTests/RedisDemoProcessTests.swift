@@ -5,7 +5,7 @@ import Testing
 /// `session-cluster demo` with its private Redis, as a child process: the control API
 /// kills and restarts redis-server, and a demo killed outright (SIGKILL: none of its
 /// own cleanup runs) takes its redis-servers with it.
-@Suite("Demo process: its private Redis", .serialized)
+@Suite("Demo process: its private Redis", .serialized, .tags(.integration))
 struct RedisDemoProcessTests {
     @Test func controlAPIKillsAndRestartsRedis() throws {
         try #require(RedisServerProcess.isInstalled, "redis-server is not installed; scripts/test.sh installs it")

@@ -8,7 +8,7 @@ import Testing
 
 /// `POST /_cluster/rolling-restart`: the supervisor restarts every node in turn, each once the one
 /// before is running and up at the balancer again. Real nodes, real balancer, real sockets.
-@Suite("Rolling restart", .serialized, .timeLimit(.minutes(5)))
+@Suite("Rolling restart", .serialized, .timeLimit(.minutes(5)), .tags(.integration))
 struct RollingRestartTests {
     /// The demo as a user runs it: the dashboard's request (with the control header) starts it,
     /// the status shows it node by node, and every node ends with a new process, one at a time.

@@ -121,7 +121,7 @@ final class IdempotentServer: Sendable {
     }
 }
 
-@Suite(.serialized) struct IdempotencyMiddlewareTests {
+@Suite(.serialized, .tags(.integration)) struct IdempotencyMiddlewareTests {
     @Test func aRetriedPOSTIsAnsweredFromTheRecordAndRunsOnce() throws {
         let t = try IdempotentServer(store: MemorySessionStore())
         let first = try t.post("/count", key: "k0")  // the session

@@ -14,7 +14,7 @@ import SystemSupport
 /// written before the kill must survive and requests must succeed again
 /// within 2 s. The baseline — a Flask-Session app on a single Redis — loses
 /// every session and stays down until someone restarts Redis.
-@Suite(.serialized) struct SentinelFailoverTests {
+@Suite(.serialized, .tags(.integration)) struct SentinelFailoverTests {
     // MARK: - SessionCluster on Redis Sentinel
 
     @Test(

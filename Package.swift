@@ -13,6 +13,8 @@ let package = Package(
         .library(name: "SessionReplication", targets: ["SessionReplication"]),
         .library(name: "SessionStoreConformance", targets: ["SessionStoreConformance"]),
         .executable(name: "session-cluster", targets: ["session-cluster"]),
+        // The test support, for the Integrations packages' tests too (as HummingbirdTesting ships).
+        .library(name: "SessionClusterTesting", targets: ["TestSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -141,7 +143,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "CHiredisTests", dependencies: ["CHiredis"]),
+        .testTarget(name: "CHiredisTests", dependencies: ["CHiredis", "TestSupport"]),
         .testTarget(
             name: "SessionRedisTests",
             dependencies: [
@@ -157,9 +159,11 @@ let package = Package(
             ]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance", "SystemSupport"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
+        // Test-only helpers (product SessionClusterTesting): child processes and private
+        // redis-servers stopped by PID, a raw HTTP client, curl, Chromium, a quiet logger.
         .target(
-            name: "TestSupport", dependencies: ["MiniHTTP", "SystemSupport", .product(name: "Logging", package: "swift-log")],
-            path: "Tests/TestSupport"),  // test-only helpers
+            name: "TestSupport", dependencies: ["SystemSupport", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/TestSupport"),
         .testTarget(
             name: "SessionMiddlewareTests", dependencies: ["SessionMiddleware", "SessionCore", "MiniHTTP", "SessionRedis", "TestSupport"]),
         .testTarget(

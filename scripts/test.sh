@@ -8,13 +8,37 @@
 # whole suite (no arguments; SKIP_INTEGRATIONS=1 skips it), the framework
 # adapters' packages (Integrations/test.sh), and always stops those
 # redis-servers by their PIDs. Exit code: the first failure's.
+#
+# The core package's suites apart (the first argument; more arguments still go
+# to `swift test`):
+#   scripts/test.sh --unit         only the unit suites: no Redis is started
+#   scripts/test.sh --integration  only the suites tagged .integration (Redis,
+#                                  child processes, clusters; test-selection.sh)
+# Neither runs the adapters' packages.
 # SCRATCH_PATH (default .build) is SwiftPM's build directory.
 set -euo pipefail
+
+selection=all
+case "${1:-}" in
+--unit | --integration)
+    selection=${1#--}
+    shift
+    ;;
+esac
 
 script_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$script_dir/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=test-selection.sh
+source "$script_dir/test-selection.sh"
+
+# The suites to run: all, or `swift test` arguments that select unit or integration suites.
+selected=()
+if [[ $selection != all ]]; then
+    integration=$(integration_regex Tests) || exit 1
+    if [[ $selection == unit ]]; then selected=(--skip "$integration"); else selected=(--filter "$integration"); fi
+fi
 
 # shellcheck disable=SC2317  # called by cleanup (lib.sh), from the EXIT trap
 stop_children() {
@@ -33,12 +57,18 @@ child_signal=INT
 install_traps
 
 log "checking packages and Swift"
-ensure_packages "${build_packages[@]}" redis-server redis-tools curl
-ensure_packages redis-sentinel ||
-    log "warning: redis-sentinel could not be installed; the Sentinel failover test will be skipped"
+if [[ $selection == unit ]]; then
+    ensure_packages "${build_packages[@]}"  # unit suites need nothing else
+else
+    ensure_packages "${build_packages[@]}" redis-server redis-tools curl
+    ensure_packages redis-sentinel ||
+        log "warning: redis-sentinel could not be installed; the Sentinel failover test will be skipped"
+fi
 # flask, flask-session and redis (Python) for the Flask-Session baseline of the
 # Sentinel failover test; a pip failure only skips that test.
-if ! command -v python3 >/dev/null 2>&1; then
+if [[ $selection == unit ]]; then
+    :  # the unit suites need no Python
+elif ! command -v python3 >/dev/null 2>&1; then
     log "warning: no python3; the Flask-Session baseline test will be skipped"
 elif ! python3 -c 'import flask, flask_session, redis' >/dev/null 2>&1; then
     log "installing flask, flask-session and redis with pip"
@@ -52,17 +82,23 @@ ensure_swift
 
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-test.XXXXXX")
 
-start_redis
-start_redis_cluster
+if [[ $selection == unit ]]; then
+    unset REDIS_URL REDIS_CLUSTER_SEEDS
+else
+    start_redis
+    start_redis_cluster
+fi
 
 # Should this script be killed with SIGKILL (no trap runs), still stop
 # swift build/test, stop redis and the cluster, and remove the temp dir.
 start_watchdog INT
 
-export REDIS_URL="redis://127.0.0.1:$redis_port/0"
-log "redis-server ready (pid $redis_pid), REDIS_URL=$REDIS_URL"
-export REDIS_CLUSTER_SEEDS="$redis_cluster_seeds"
-log "Redis Cluster ready (pids ${redis_cluster_pids[*]}), REDIS_CLUSTER_SEEDS=$REDIS_CLUSTER_SEEDS"
+if [[ $selection != unit ]]; then
+    export REDIS_URL="redis://127.0.0.1:$redis_port/0"
+    log "redis-server ready (pid $redis_pid), REDIS_URL=$REDIS_URL"
+    export REDIS_CLUSTER_SEEDS="$redis_cluster_seeds"
+    log "Redis Cluster ready (pids ${redis_cluster_pids[*]}), REDIS_CLUSTER_SEEDS=$REDIS_CLUSTER_SEEDS"
+fi
 
 log "swift build --build-tests (scratch path $SCRATCH_PATH)"
 status=0
@@ -72,17 +108,18 @@ if ((status != 0)); then
     exit "$status"
 fi
 
-log "swift test${*:+ $*}"
-run swift test --scratch-path "$SCRATCH_PATH" "$@" || status=$?
+log "swift test ($selection suites)${*:+ $*}"
+started=$SECONDS
+run swift test --scratch-path "$SCRATCH_PATH" "${selected[@]}" "$@" || status=$?
 if ((status != 0)); then
     log "tests failed (exit code $status)"
     exit "$status"
 fi
-log "tests passed"
+log "tests passed ($selection suites, $((SECONDS - started)) s)"
 
 # The framework adapters (their own packages, so the core never compiles a
 # web framework): part of the whole suite, not of a filtered run.
-if (($# == 0)) && [[ "${SKIP_INTEGRATIONS:-0}" != 1 ]]; then
+if (($# == 0)) && [[ $selection == all && "${SKIP_INTEGRATIONS:-0}" != 1 ]]; then
     log "framework adapters: Integrations/test.sh (Hummingbird, Vapor; the first build takes minutes)"
     child_signal=TERM
     echo TERM >"$tmp_dir/child.signal"   # for the watchdog

@@ -51,6 +51,7 @@ let package = Package(
                 .product(name: "SessionClusterAsync", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterNodeKit", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterTestKit", package: "SessionClusterIntegrationSupport"),
+                .product(name: "SessionClusterTesting", package: "SessionCluster"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HummingbirdAuth", package: "hummingbird-auth"),

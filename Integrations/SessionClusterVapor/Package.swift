@@ -43,6 +43,7 @@ let package = Package(
                 .product(name: "SessionClusterAsync", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterNodeKit", package: "SessionClusterIntegrationSupport"),
                 .product(name: "SessionClusterTestKit", package: "SessionClusterIntegrationSupport"),
+                .product(name: "SessionClusterTesting", package: "SessionCluster"),
                 .product(name: "Vapor", package: "vapor"),
                 .product(name: "VaporTesting", package: "vapor"),
             ]),

@@ -3,7 +3,8 @@ import PackageDescription
 
 // Framework-neutral pieces the Hummingbird and Vapor adapters share: the
 // async session machinery over the core's blocking stores, the example
-// nodes' options and API, and test helpers. No web framework here.
+// nodes' options and API, and test helpers (over the core's test support,
+// SessionClusterTesting). No web framework here.
 let package = Package(
     name: "SessionClusterIntegrationSupport",
     platforms: [.macOS(.v15)],
@@ -51,13 +52,14 @@ let package = Package(
                 .product(name: "SessionReplication", package: "SessionCluster"),
                 .product(name: "SessionCore", package: "SessionCluster"),
                 .product(name: "SessionRedis", package: "SessionCluster"),
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SessionClusterTesting", package: "SessionCluster"),
             ]),
         .testTarget(
             name: "SessionClusterAsyncTests",
             dependencies: [
                 "SessionClusterAsync", "SessionClusterNodeKit", "SessionClusterTestKit",
                 .product(name: "SessionCore", package: "SessionCluster"),
+                .product(name: "SessionClusterTesting", package: "SessionCluster"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
     ],

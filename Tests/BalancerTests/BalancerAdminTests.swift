@@ -5,8 +5,8 @@ import TestSupport
 import Testing
 
 /// One request on a new connection (`Host: 127.0.0.1:PORT`; `headers`: more lines, each ending in CRLF).
-func request(_ port: Int, _ method: String, _ target: String, headers: String = "") throws -> TestResponse {
-    let client = try TestClient(port: port)
+func request(_ port: Int, _ method: String, _ target: String, headers: String = "") throws -> RawHTTPResponse {
+    let client = try RawHTTPConnection(port: port)
     defer { client.close() }
     client.send("\(method) \(target) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\n\(headers)Content-Length: 0\r\n\r\n")
     return try #require(client.readResponse())
@@ -16,7 +16,7 @@ func request(_ port: Int, _ method: String, _ target: String, headers: String = 
 let testAdminToken = "test-admin-token-0123456789"
 
 /// An admin request on the client port, with the token.
-func adminRequest(_ port: Int, _ method: String, _ target: String) throws -> TestResponse {
+func adminRequest(_ port: Int, _ method: String, _ target: String) throws -> RawHTTPResponse {
     try request(port, method, target, headers: "Authorization: Bearer \(testAdminToken)\r\n")
 }
 
@@ -29,7 +29,7 @@ func adminConfiguration(_ backends: [TestBackend]) -> BalancerConfiguration {
 }
 
 /// The JSON object of a response body.
-func jsonObject(_ response: TestResponse) throws -> [String: Any] {
+func jsonObject(_ response: RawHTTPResponse) throws -> [String: Any] {
     try #require(try JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any])
 }
 
@@ -143,7 +143,7 @@ struct BalancerAdminTests {
     @Test func drainLetsTheRequestInFlightFinish() throws {
         try withBackends(2) { backends in
             try withBalancer(adminConfiguration(backends)) { balancer in
-                let slow = try TestClient(port: balancer.port)
+                let slow = try RawHTTPConnection(port: balancer.port)
                 defer { slow.close() }
                 slow.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")  // 300 ms on b0
                 #expect(waitUntil { balancer.backends[0].active == 1 })
@@ -231,7 +231,7 @@ struct BalancerAdminAccessTests {
                 #expect(csrf.status == 403)
                 #expect(csrf.bodyText.contains("cross_origin"))
                 // DNS rebinding: the page's own name in Host.
-                let client = try TestClient(port: port)
+                let client = try RawHTTPConnection(port: port)
                 defer { client.close() }
                 client.send("POST /_balancer/backends/b0/drain HTTP/1.1\r\nHost: evil.example:\(port)\r\nContent-Length: 0\r\n\r\n")
                 let rebound = try #require(client.readResponse())

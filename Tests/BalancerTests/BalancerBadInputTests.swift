@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Balancer
 import MiniHTTP
+import TestSupport
 import Testing
 
 @Suite("Balancer: hostile requests and limits")
@@ -69,7 +70,7 @@ struct BalancerBadInputTests {
             var configuration = testBalancerConfiguration(backends: backends.map(\.configuration))
             configuration.limits.maxBodyBytes = 1 << 20
             try withBalancer(configuration) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 client.send(c.request)
                 // A request that follows must not be read as a second request.
@@ -89,7 +90,7 @@ struct BalancerBadInputTests {
     @Test func smugglingAttemptIsNotForwardedAsTwoRequests() throws {
         try withBackends(1) { backends in
             try withBalancer(testBalancerConfiguration(backends: backends.map(\.configuration))) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 // CL.TE: a front end honouring Content-Length would forward "GET /name" as part of the body.
                 client.send(

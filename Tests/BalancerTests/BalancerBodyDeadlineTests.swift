@@ -16,7 +16,7 @@ struct BalancerBodyDeadlineTests {
             var configuration = testBalancerConfiguration(backends: backends.map(\.configuration))
             configuration.clientBodyTimeoutMillis = 1_000
             try withBalancer(configuration) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 let start = monotonicMillis()
                 client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
@@ -60,7 +60,7 @@ struct BalancerBodyDeadlineTests {
         configuration.backendIdleTimeoutMillis = 5_000
         configuration.bufferHighWater = 4096
         try withBalancer(configuration) { balancer in
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
             let start = monotonicMillis()
             let head = Array("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: \(size)\r\n\r\n".utf8)

@@ -16,7 +16,7 @@ struct BalancerDrainRaceTests {
     /// client whose first GET went to `closing` and second to `other`: the next request goes to
     /// `closing`, on the connection of the first.
     func afterOneRequestEach(
-        _ scripted: ScriptedBackend, _ body: (Balancer, TestClient, TestBackend) throws -> Void
+        _ scripted: ScriptedBackend, _ body: (Balancer, RawHTTPConnection, TestBackend) throws -> Void
     ) throws {
         defer { scripted.stop() }
         let other = try TestBackend(name: "other")
@@ -24,7 +24,7 @@ struct BalancerDrainRaceTests {
         var configuration = testBalancerConfiguration(backends: [scripted.configuration("closing"), other.configuration])
         configuration.eventLoops = 1
         try withBalancer(configuration) { balancer in
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
             for expected in ["closing", "other"] {
                 client.send("GET /name HTTP/1.1\r\nHost: t\r\n\r\n")

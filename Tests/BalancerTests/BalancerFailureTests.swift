@@ -13,7 +13,7 @@ struct BalancerFailureTests {
     @Test func stoppedBackendIsSkippedWithoutClientErrors() throws {
         try withBackends(3) { backends in
             try withBalancer(testBalancerConfiguration(backends: backends.map(\.configuration))) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 for _ in 0..<9 {
                     client.send("GET /name HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -27,7 +27,7 @@ struct BalancerFailureTests {
                     #expect(response.status == 200)
                     names.append(response.header("X-Backend") ?? "?")
                     // Idempotency-Key POSTs and new connections too.
-                    let other = try TestClient(port: balancer.port)
+                    let other = try RawHTTPConnection(port: balancer.port)
                     other.send("POST /name HTTP/1.1\r\nHost: t\r\nIdempotency-Key: k\r\nContent-Length: 0\r\n\r\n")
                     #expect(other.readResponse()?.status == 200)
                     other.close()
@@ -48,7 +48,7 @@ struct BalancerFailureTests {
                 let ok = Counter()
                 let stopper = SendOnce { backends[2].stop() }
                 let finished = onThreads(4, seconds: 60) { i in
-                    guard let client = try? TestClient(port: port) else {
+                    guard let client = try? RawHTTPConnection(port: port) else {
                         failures.increment()
                         return
                     }
@@ -80,7 +80,7 @@ struct BalancerFailureTests {
             var configs = [dying.configuration("dying")]
             configs += backends.map(\.configuration)
             try withBalancer(testBalancerConfiguration(backends: configs)) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 client.send("POST /name HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody")
                 let response = try #require(client.readResponse())
@@ -112,7 +112,7 @@ struct BalancerFailureTests {
             configuration.ejectBaseMillis = 1
             configuration.ejectMaxMillis = 1
             try withBalancer(configuration) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 let requests = [
                     "POST /echo HTTP/1.1\r\nHost: t\r\nIdempotency-Key: abc\r\nContent-Length: 5\r\n\r\nhello",
@@ -136,7 +136,7 @@ struct BalancerFailureTests {
     @Test func allBackendsDownAnswers503AtOnce() throws {
         let configs = try (0..<3).map { BackendConfiguration(name: "d\($0)", host: "127.0.0.1", port: try closedPort()) }
         try withBalancer(testBalancerConfiguration(backends: configs)) { balancer in
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
             for _ in 0..<5 {
                 let start = monotonicMillis()
@@ -158,7 +158,7 @@ struct BalancerFailureTests {
         let backend = try TestBackend(name: "short", idleTimeoutMillis: 200)
         defer { backend.stop() }
         try withBalancer(testBalancerConfiguration(backends: [backend.configuration])) { balancer in
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
             for _ in 0..<3 {
                 client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
@@ -180,7 +180,7 @@ struct BalancerFailureTests {
         var configuration = testBalancerConfiguration(backends: [silent.configuration("silent")])
         configuration.backendResponseTimeoutMillis = 300
         try withBalancer(configuration) { balancer in
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
             let start = monotonicMillis()
             client.send("POST /name HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
@@ -223,7 +223,7 @@ struct BalancerFailureTests {
         }
         defer { cutting.stop() }
         try withBalancer(testBalancerConfiguration(backends: [cutting.configuration("c")])) { balancer in
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
             client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             #expect(client.readResponse() == nil, "no complete response")
@@ -245,7 +245,7 @@ struct BalancerFailureTests {
         }
         defer { slow.stop() }
         try withBalancer(testBalancerConfiguration(backends: [slow.configuration("slow")])) { balancer in
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             client.send("GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
             #expect(poll(timeoutMillis: 2_000) { slow.requests.current == 1 })
             var reset = linger(l_onoff: 1, l_linger: 0)
@@ -265,7 +265,7 @@ struct BalancerFailureTests {
             configuration.clientHeaderTimeoutMillis = 300
             configuration.clientIdleTimeoutMillis = 400
             try withBalancer(configuration) { balancer in
-                let slow = try TestClient(port: balancer.port)
+                let slow = try RawHTTPConnection(port: balancer.port)
                 defer { slow.close() }
                 slow.send("GET / HTTP/1.1\r\nHo")
                 let response = try #require(slow.readResponse(timeoutMillis: 2_000))
@@ -273,7 +273,7 @@ struct BalancerFailureTests {
                 #expect(slow.waitForClose())
                 #expect(backends[0].server.statistics.connectionsAccepted == 0)
 
-                let idle = try TestClient(port: balancer.port)
+                let idle = try RawHTTPConnection(port: balancer.port)
                 defer { idle.close() }
                 idle.send("GET /name HTTP/1.1\r\nHost: t\r\n\r\n")
                 #expect(idle.readResponse()?.status == 200)
@@ -289,9 +289,9 @@ struct BalancerFailureTests {
             let balancer = try Balancer(
                 configuration: testBalancerConfiguration(backends: backends.map(\.configuration)), logger: quietLogger())
             try balancer.start()
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
-            let idle = try TestClient(port: balancer.port)
+            let idle = try RawHTTPConnection(port: balancer.port)
             defer { idle.close() }
             client.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
             usleep(100_000)

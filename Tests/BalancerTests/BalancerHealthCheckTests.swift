@@ -11,7 +11,7 @@ func fastHealthChecks() -> HealthCheckConfiguration {
 
 /// The backend names that answered `count` sequential GETs on one connection.
 func answeringBackends(_ port: Int, count: Int) throws -> [String] {
-    let client = try TestClient(port: port)
+    let client = try RawHTTPConnection(port: port)
     defer { client.close() }
     var names: [String] = []
     for _ in 0..<count {

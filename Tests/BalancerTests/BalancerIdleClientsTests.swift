@@ -21,7 +21,7 @@ struct BalancerIdleClientsTests {
                     idle.append(try Sockets.connect(host: "127.0.0.1", port: balancer.port, timeoutMillis: 2_000))
                 }
                 #expect(poll(timeoutMillis: 5_000) { balancer.statistics.connectionsAccepted == 3_000 })
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 for _ in 0..<20 {
                     let start = monotonicMillis()

@@ -34,7 +34,7 @@ struct BalancerLimitsTests {
 
     @Test func backendCapQueuesThenRejectsAtOnce() throws {
         try withHeldBackend({ $0.maxQueuedRequests = 1 }) { balancer, backend, first, gate in
-            let second = try TestClient(port: balancer.port)
+            let second = try RawHTTPConnection(port: balancer.port)
             defer { second.close() }
             second.send("GET /b HTTP/1.1\r\nHost: t\r\n\r\n")
             #expect(waitUntil { balancer.queuedRequests == 1 })
@@ -70,7 +70,7 @@ struct BalancerLimitsTests {
             var configuration = testBalancerConfiguration(backends: backends.map(\.configuration))
             configuration.rateLimit = RateLimitConfiguration(ratePerSecond: 0.1, burst: 3)
             try withBalancer(configuration) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 var statuses: [Int] = []
                 for _ in 0..<5 {
@@ -92,7 +92,7 @@ struct BalancerLimitsTests {
 /// balancer, the backend, that client and the gate.
 func withHeldBackend(
     _ configure: (inout BalancerConfiguration) -> Void,
-    _ body: (Balancer, ScriptedBackend, TestClient, DispatchSemaphore) throws -> Void
+    _ body: (Balancer, ScriptedBackend, RawHTTPConnection, DispatchSemaphore) throws -> Void
 ) throws {
     let gate = DispatchSemaphore(value: 0)
     let backend = try ScriptedBackend { conn in
@@ -109,7 +109,7 @@ func withHeldBackend(
     configuration.maxRequestsPerBackend = 1
     configure(&configuration)
     try withBalancer(configuration) { balancer in
-        let first = try TestClient(port: balancer.port)
+        let first = try RawHTTPConnection(port: balancer.port)
         defer { first.close() }
         first.send("GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
         #expect(waitUntil { balancer.backends[0].active == 1 })

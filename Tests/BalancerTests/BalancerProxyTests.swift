@@ -13,7 +13,7 @@ struct BalancerProxyTests {
     @Test func exactRoundRobinOverThreeBackendsOnOneConnection() throws {
         try withBackends(3) { backends in
             try withBalancer(testBalancerConfiguration(backends: backends.map(\.configuration))) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 var counts: [String: Int] = [:]
                 for _ in 0..<300 {
@@ -39,7 +39,7 @@ struct BalancerProxyTests {
                 let port = balancer.port
                 let failures = Counter()
                 let finished = onThreads(6, seconds: 30) { _ in
-                    guard let client = try? TestClient(port: port) else {
+                    guard let client = try? RawHTTPConnection(port: port) else {
                         failures.increment()
                         return
                     }
@@ -67,7 +67,7 @@ struct BalancerProxyTests {
             configs[1].weight = 2
             configs[2].weight = 3
             try withBalancer(testBalancerConfiguration(backends: configs)) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 var sequence: [String] = []
                 for _ in 0..<60 {
@@ -90,7 +90,7 @@ struct BalancerProxyTests {
     @Test func pipelinedRequestsAreAnsweredInOrder() throws {
         try withBackends(3) { backends in
             try withBalancer(testBalancerConfiguration(backends: backends.map(\.configuration))) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 var batch = ""
                 for i in 0..<6 {
@@ -116,7 +116,7 @@ struct BalancerProxyTests {
                 let payload = pattern(size, seed: 42)
                 // Content-Length upload, echoed back with Content-Length.
                 do {
-                    let client = try TestClient(port: balancer.port)
+                    let client = try RawHTTPConnection(port: balancer.port)
                     defer { client.close() }
                     let head = Array("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: \(size)\r\n\r\n".utf8)
                     let sender = SendJob(client.fd, head + payload)
@@ -128,7 +128,7 @@ struct BalancerProxyTests {
                 }
                 // Chunked upload (re-chunked to the backend).
                 do {
-                    let client = try TestClient(port: balancer.port)
+                    let client = try RawHTTPConnection(port: balancer.port)
                     defer { client.close() }
                     var bytes = Array("PUT /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
                     var offset = 0
@@ -184,11 +184,11 @@ struct BalancerProxyTests {
         }
         defer { backend.stop() }
         try withBalancer(testBalancerConfiguration(backends: [backend.configuration("s")])) { balancer in
-            let client = try TestClient(port: balancer.port)
+            let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
             client.send("GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
             let chunked = try #require(client.readResponse(timeoutMillis: 20_000))
-            #expect(chunked.head.bodyFraming == .chunked)
+            #expect(chunked.framing == .chunked)
             #expect(chunked.header("X-Kind") == "chunked")
             #expect(chunked.body == payload)
 
@@ -203,13 +203,13 @@ struct BalancerProxyTests {
 
             client.send("GET /until-close HTTP/1.1\r\nHost: t\r\n\r\n")
             let untilClose = try #require(client.readResponse())
-            #expect(untilClose.head.bodyFraming == .chunked, "an HTTP/1.1 client gets a close-delimited body chunked")
+            #expect(untilClose.framing == .chunked, "an HTTP/1.1 client gets a close-delimited body chunked")
             #expect(untilClose.body == Array(payload[0..<100_000]))
             client.send("GET /empty HTTP/1.1\r\nHost: t\r\n\r\n")
             #expect(client.readResponse()?.status == 204, "the client connection stays usable")
 
             // An HTTP/1.0 client gets the close-delimited body as is, then the close.
-            let old = try TestClient(port: balancer.port)
+            let old = try RawHTTPConnection(port: balancer.port)
             defer { old.close() }
             old.send("GET /until-close HTTP/1.0\r\n\r\n")
             let response = try #require(old.readResponse())
@@ -270,7 +270,7 @@ struct BalancerProxyTests {
     @Test func http10ClientsAndExpectContinue() throws {
         try withBackends(1) { backends in
             try withBalancer(testBalancerConfiguration(backends: backends.map(\.configuration))) { balancer in
-                let client = try TestClient(port: balancer.port)
+                let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
                 client.send("GET /name HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 let first = try #require(client.readResponse())
@@ -280,13 +280,13 @@ struct BalancerProxyTests {
                 #expect(client.readResponse()?.bodyText == "b0")
                 #expect(client.waitForClose())
 
-                let expecting = try TestClient(port: balancer.port)
+                let expecting = try RawHTTPConnection(port: balancer.port)
                 defer { expecting.close() }
                 expecting.send("POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
-                // The balancer answers 100 Continue itself; the parser skips it.
+                // The balancer answers 100 Continue itself; the final response follows it.
                 usleep(50_000)
                 expecting.send("hello")
-                #expect(expecting.readResponse()?.bodyText == "hello")
+                #expect(expecting.readFinalResponse()?.bodyText == "hello")
             }
         }
     }

@@ -35,13 +35,6 @@ func withBalancer(
     try body(balancer)
 }
 
-/// A thread-safe counter.
-final class Counter: Sendable {
-    private let value = Mutex(0)
-    func increment() { value.withLock { $0 += 1 } }
-    var current: Int { value.withLock { $0 } }
-}
-
 /// A thread-safe value to switch.
 final class Shared<Value: Sendable>: Sendable {
     private let storage: Mutex<Value>
@@ -148,77 +141,9 @@ func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
 /// A port nothing listens on (bound, then closed).
 func closedPort() throws -> Int { try Sockets.freeLoopbackPort() }
 
-/// A response as read by `TestClient`.
-struct TestResponse {
-    var head: HTTPResponseHead
-    var body: [UInt8]
-    var status: Int { head.status }
-    func header(_ name: String) -> String? { head.headers[name] }
-    var bodyText: String { String(decoding: body, as: UTF8.self) }
-}
-
-/// A blocking HTTP client over a raw socket (responses parsed with
-/// `HTTPResponseParser`), with a deadline on every read.
-final class TestClient: TestConnection {
-    private var parser = HTTPResponseParser()
-    private(set) var peerClosed = false
-
-    /// Reads into the parser; false when the peer closed or the time is up.
-    private func readMore(deadline: Int64) -> Bool {
-        switch receiveSome(fd, deadline: deadline) {
-        case .bytes(let bytes):
-            parser.append(bytes)
-            return true
-        case .closed:
-            peerClosed = true
-            return false
-        case .timeout, .pollFailed:
-            return false
-        }
-    }
-
-    /// Reads one final response (interim ones are skipped); nil on close, error or timeout first.
-    func readResponse(headOnly: Bool = false, timeoutMillis: Int = 5_000) -> TestResponse? {
-        let deadline = monotonicMillis() + Int64(timeoutMillis)
-        parser.expectResponse(toHEAD: headOnly)
-        var head: HTTPResponseHead? = nil
-        var body: [UInt8] = []
-        while true {
-            let event: HTTPResponseParser.Event?
-            do {
-                event = try parser.next() ?? (peerClosed ? try parser.finish() : nil)
-            } catch {
-                return nil
-            }
-            switch event {
-            case .head(let h):
-                head = h
-                body = []
-            case .body(let b):
-                body.append(contentsOf: b)
-            case .end:
-                if let h = head, !h.isInterim { return TestResponse(head: h, body: body) }
-                head = nil
-            case nil:
-                if peerClosed { return nil }
-                if !readMore(deadline: deadline) && !peerClosed { return nil }
-            }
-        }
-    }
-
-    /// True when the peer closes the connection within `timeoutMillis`.
-    func waitForClose(timeoutMillis: Int = 3_000) -> Bool {
-        let deadline = monotonicMillis() + Int64(timeoutMillis)
-        while !peerClosed {
-            if !readMore(deadline: deadline) && !peerClosed { return false }
-        }
-        return true
-    }
-}
-
 /// One GET on a new connection.
-func get(_ port: Int, _ target: String, headers: String = "") throws -> TestResponse? {
-    let client = try TestClient(port: port)
+func get(_ port: Int, _ target: String, headers: String = "") throws -> RawHTTPResponse? {
+    let client = try RawHTTPConnection(port: port)
     defer { client.close() }
     client.send("GET \(target) HTTP/1.1\r\nHost: test\r\n\(headers)\r\n")
     return client.readResponse()

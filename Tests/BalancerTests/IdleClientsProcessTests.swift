@@ -76,7 +76,7 @@ private func rssKB(_ pid: Int32) -> Int {
     return 0
 }
 
-@Suite("Balancer process: 10,000 idle clients", .serialized, .timeLimit(.minutes(1)))
+@Suite("Balancer process: 10,000 idle clients", .serialized, .timeLimit(.minutes(1)), .tags(.integration))
 struct IdleClientsProcessTests {
     @Test(
         .enabled(

@@ -9,28 +9,17 @@ import TestSupport
 import Testing
 
 /// A node process stopped with SIGTERM (`--drain-delay-ms`) behind the balancer: a lame duck first.
-@Suite("Node process: the lame duck of a graceful stop", .serialized)
+@Suite("Node process: the lame duck of a graceful stop", .serialized, .tags(.integration))
 struct LameDuckProcessTests {
     func startNode(_ name: String, drainDelayMillis: Int) throws -> (ChildProcess, Int) {
-        let port = try Sockets.freeLoopbackPort()
-        let node = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            [
-                "node", "--port", "\(port)", "--node-id", name, "--strategy", "local", "--log-level", "info",
-                "--drain-delay-ms", "\(drainDelayMillis)",
-            ])
-        let up = waitUntil { (try? get(port, "/healthz"))??.status == 200 }
-        if !up {
-            _ = node.stop(signal: SIGKILL, timeout: 2)
-            throw ChildProcessError(message: "\(name) did not become healthy: \(node.output)")
-        }
-        return (node, port)
+        try ChildProcess.sessionClusterNode(
+            id: name, arguments: ["--log-level", "info", "--drain-delay-ms", "\(drainDelayMillis)"])
     }
 
     @Test func underSIGTERMHealthTurns503BeforeAnyConnectionCloses() throws {
         let (node, port) = try startNode("lame-1", drainDelayMillis: 5_000)
         defer { _ = node.stop(signal: SIGKILL, timeout: 2) }
-        let kept = try TestClient(port: port)  // a balancer's pooled connection
+        let kept = try RawHTTPConnection(port: port)  // a balancer's pooled connection
         defer { kept.close() }
         kept.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         #expect(kept.readResponse()?.status == 200)
@@ -51,23 +40,23 @@ struct LameDuckProcessTests {
 
         // With no connection left, the node stops long before its 5 s delay.
         let started = monotonicMillis()
-        #expect(waitUntil(timeout: 4) { !node.process.isRunning }, "\(node.output)")
+        #expect(waitUntil(timeout: 4) { !node.isRunning }, "\(node.output)")
         #expect(monotonicMillis() - started < 4_000)
-        #expect(node.process.terminationStatus == 0)
+        #expect(node.exit == .exited(0))
         #expect(node.output.contains("drained"))
     }
 
     @Test func theDelayEndsTheLameDuckWhenAClientKeepsItsConnection() throws {
         let (node, port) = try startNode("lame-2", drainDelayMillis: 700)
         defer { _ = node.stop(signal: SIGKILL, timeout: 2) }
-        let kept = try TestClient(port: port)
+        let kept = try RawHTTPConnection(port: port)
         defer { kept.close() }
         kept.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         #expect(kept.readResponse()?.status == 200)
         kill(node.pid, SIGTERM)
         #expect(kept.waitForClose(timeoutMillis: 5_000), "closed once the delay passed")
-        #expect(waitUntil(timeout: 5) { !node.process.isRunning })
-        #expect(node.process.terminationStatus == 0)
+        #expect(waitUntil(timeout: 5) { !node.isRunning })
+        #expect(node.exit == .exited(0))
     }
 
     /// The whole chain: POSTs without Idempotency-Key through the balancer while one of two nodes
@@ -82,7 +71,7 @@ struct LameDuckProcessTests {
             let stop = Shared(false)
             let results = Shared([Int: Int]())
             let clients = startThreads(16) { _ in
-                guard let client = try? TestClient(port: balancer.port) else { return }
+                guard let client = try? RawHTTPConnection(port: balancer.port) else { return }
                 var statuses: [Int: Int] = [:]
                 while !stop.value {
                     client.send("POST /api/counter HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
@@ -93,11 +82,9 @@ struct LameDuckProcessTests {
             usleep(500_000)
             let (first, port) = nodes[0]
             kill(first.pid, SIGTERM)
-            #expect(waitUntil(timeout: 10) { !first.process.isRunning }, "\(first.output)")
+            #expect(waitUntil(timeout: 10) { !first.isRunning }, "\(first.output)")
             // Started again on the same port, as a deploy does.
-            let again = try ChildProcess(
-                try ChildProcess.sessionClusterBinary(),
-                ["node", "--port", "\(port)", "--node-id", "rr-1", "--strategy", "local", "--drain-delay-ms", "2000"])
+            let (again, _) = try ChildProcess.sessionClusterNode(id: "rr-1", port: port, arguments: ["--drain-delay-ms", "2000"])
             nodes.append((again, port))
             #expect(waitUntil(timeout: 10) { balancer.backends[0].health == "up" && (try? get(port, "/healthz"))??.status == 200 })
             usleep(500_000)

@@ -5,7 +5,7 @@ import Testing
 import SystemSupport
 
 /// `session-cluster proxy` as a process: the policy options reach the balancer.
-@Suite("Balancer process: proxy command options")
+@Suite("Balancer process: proxy command options", .tags(.integration))
 struct ProxyCommandTests {
     @Test func healthChecksAndSeparateAdminAddressFromTheCommandLine() throws {
         let backend = try TestBackend(name: "b0")
@@ -46,7 +46,7 @@ struct ProxyCommandTests {
             try ChildProcess.sessionClusterBinary(),
             ["proxy", "--listen", "127.0.0.1:0", "--backend", "b0=127.0.0.1:1"] + options)
         defer { proxy.stop(timeout: 5) }
-        #expect(waitUntil(timeout: 10) { !proxy.process.isRunning })
+        #expect(waitUntil(timeout: 10) { !proxy.isRunning })
         #expect(proxy.stop(timeout: 1) != 0)
         #expect(proxy.output.contains("Error:"), "\(proxy.output)")
     }

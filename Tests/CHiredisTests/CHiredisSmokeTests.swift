@@ -1,4 +1,5 @@
 import CHiredis
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -15,7 +16,10 @@ import Glibc
         let message = withUnsafeBytes(of: context.pointee.errstr) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         #expect(!message.isEmpty)
     }
+}
 
+/// Proves hiredis talks to a real Redis: the one of `$REDIS_URL`.
+@Suite(.tags(.integration)) struct CHiredisRedisTests {
     @Test func pingsTheTestRedisWhenAvailable() throws {
         guard let url = getenv("REDIS_URL").map({ String(cString: $0) }) else {
             print("REDIS_URL not set: skipping the live PING (scripts/test.sh sets it)")

@@ -9,14 +9,14 @@ import SystemSupport
 ///
 /// Chromium is the apt package `chromium`: installed when missing, and the
 /// tests are cancelled (shown as skipped, with the reason) only when that fails.
-@Suite(.serialized) struct DashboardBrowserTests {
+@Suite(.serialized, .tags(.integration)) struct DashboardBrowserTests {
     /// A browser, or the test is cancelled with the reason Chromium is unavailable.
     static func launchBrowser() throws -> Chromium {
         switch Chromium.ensureInstalled() {
         case .success(let path):
             return try Chromium(executable: path, windowSize: (1280, 1000))
         case .failure(let error):
-            let reason = "SKIPPED browser test: \(error.message)"
+            let reason = "SKIPPED browser test: \(error)"
             print(reason)
             try Test.cancel(Comment(rawValue: reason))
         }
@@ -56,15 +56,8 @@ import SystemSupport
     @Test func sessionPanelOnOneNodeWithoutSupervisor() throws {
         let browser = try Self.launchBrowser()
         defer { browser.close() }
-        let port = try Sockets.freeLoopbackPort()
-        let node = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            ["node", "--port", "\(port)", "--node-id", "solo-1", "--strategy", "local"])
+        let (node, port) = try ChildProcess.sessionClusterNode(id: "solo-1")  // healthy
         defer { node.stop(signal: SIGKILL, timeout: 2) }
-        let client = CurlClient()
-        #expect(
-            waitUntil(timeout: 15) { (try? client.request("GET", "http://127.0.0.1:\(port)/healthz").status) == 200 },
-            "node did not come up: \(node.output)")
 
         let page = try browser.open("http://127.0.0.1:\(port)/")
         #expect(try page.waitFor("document.getElementById('node').textContent === 'solo-1'"))
@@ -123,12 +116,12 @@ import SystemSupport
         let client = CurlClient()
         var nodeNames: [String] = []
         let up = waitUntil(timeout: 30) {
-            guard demo.process.isRunning else { return true }
+            guard demo.isRunning else { return true }
             guard let nodes = Self.clusterStatus(client, base)?["nodes"] as? [[String: Any]], nodes.count == 3 else { return false }
             nodeNames = nodes.compactMap { $0["name"] as? String }
             return nodes.allSatisfy { $0["state"] as? String == "running" && $0["health"] as? String == "up" }
         }
-        try #require(up && demo.process.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
+        try #require(up && demo.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
         let children = ProcessTable.children(of: demo.pid)
         #expect(children.count >= 3, "the demo runs its nodes as child processes: \(children)")
 
@@ -219,8 +212,8 @@ import SystemSupport
             }
             return pids
         }
-        let up = waitUntil(timeout: 30) { !demo.process.isRunning || pids().count == 3 }
-        try #require(up && demo.process.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
+        let up = waitUntil(timeout: 30) { !demo.isRunning || pids().count == 3 }
+        try #require(up && demo.isRunning, "the demo's nodes did not all come up within 30 s; its output:\n\(demo.output)")
         let before = pids()
 
         let page = try browser.open("\(base)/")
@@ -291,13 +284,13 @@ extension DashboardBrowserTests {
         defer { demo.stop(signal: SIGTERM, timeout: 20) }  // SIGKILL would orphan its nodes
         var address = ""
         let printed = waitUntil(timeout: 30) {
-            guard demo.process.isRunning else { return true }
+            guard demo.isRunning else { return true }
             guard let line = demo.output.split(separator: "\n").first(where: { $0.contains("dashboard") && $0.contains("#token=") })
             else { return false }
             address = String(line.split(separator: " ").last ?? "")
             return true
         }
-        try #require(printed && demo.process.isRunning && address.hasPrefix("\(base)/#token="), "the demo's output:\n\(demo.output)")
+        try #require(printed && demo.isRunning && address.hasPrefix("\(base)/#token="), "the demo's output:\n\(demo.output)")
         let token = String(address.dropFirst("\(base)/#token=".count))
         #expect(base64URLDecode(token)?.count == 16, "128 random bits: \(token)")
 

@@ -6,7 +6,7 @@ import Testing
 import TestSupport
 import SystemSupport
 
-@Suite(.serialized) struct DemoNodeTests {
+@Suite(.serialized, .tags(.integration)) struct DemoNodeTests {
     @Test func endpointsDoWhatTheyPromise() throws {
         let node = try DemoNode(configuration: DemoNodeConfiguration(nodeID: "n-test", port: 0), logger: quietLogger())
         try node.start()
@@ -47,14 +47,9 @@ import SystemSupport
     }
 
     @Test func nodeProcessServesAndExitsCleanlyOnSIGTERM() throws {
-        let port = try Sockets.freeLoopbackPort()
-        let child = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            ["node", "--port", "\(port)", "--node-id", "proc-1", "--strategy", "local"])
+        let (child, port) = try ChildProcess.sessionClusterNode(id: "proc-1")  // healthy
         defer { child.stop(signal: SIGKILL, timeout: 2) }
         let client = CurlClient()
-        let up = waitUntil { (try? client.request("GET", "http://127.0.0.1:\(port)/healthz").status) == 200 }
-        #expect(up, "node did not become healthy: \(child.output)")
         #expect(try client.request("POST", "http://127.0.0.1:\(port)/api/counter").body.contains("\"count\":1"))
         let status = child.stop(signal: SIGTERM, timeout: 10)
         #expect(status == 0, "graceful shutdown exits 0; output: \(child.output)")
@@ -70,16 +65,16 @@ import SystemSupport
     func badNodeOptionsAreClearErrorsNotCrashes(arguments: [String], message: String) throws {
         let child = try ChildProcess(try ChildProcess.sessionClusterBinary(), ["node"] + arguments)
         defer { child.stop(signal: SIGKILL, timeout: 2) }
-        child.process.waitUntilExit()
-        #expect(child.process.terminationStatus == 64, "a usage error, not a trap: \(child.output)")
+        let exit = child.waitForExit(timeout: 60)
+        #expect(exit == .exited(64), "a usage error, not a trap: \(child.output)")
         #expect(child.output.contains(message), "\(child.output)")
     }
 
     @Test func unknownStrategyIsAClearError() throws {
         let child = try ChildProcess(try ChildProcess.sessionClusterBinary(), ["node", "--strategy", "bogus"])
         defer { child.stop(signal: SIGKILL, timeout: 2) }
-        child.process.waitUntilExit()
-        #expect(child.process.terminationStatus != 0)
+        let exit = child.waitForExit(timeout: 60)
+        #expect(exit != nil && exit != .exited(0), "\(child.output)")
         #expect(child.output.contains("unknown strategy 'bogus'"))
     }
 }

@@ -8,7 +8,7 @@ import TestSupport
 import SystemSupport
 
 /// Nodes with the Redis strategy, on a private redis-server each test starts and stops.
-@Suite(.serialized, .enabled(if: RedisServerProcess.isInstalled, "needs redis-server (scripts/test.sh installs it)"))
+@Suite(.serialized, .enabled(if: RedisServerProcess.isInstalled, "needs redis-server (scripts/test.sh installs it)"), .tags(.integration))
 struct RedisNodeTests {
     static func node(_ id: String, redisPort: Int) throws -> DemoNode {
         var redis = try RedisConfiguration(url: "redis://127.0.0.1:\(redisPort)/0")

@@ -43,7 +43,7 @@ private func postNewSessions(port: Int, count: Int) throws {
     let deadline = monotonicMillis() + 20_000
     while answered < count {
         guard case .bytes(let bytes) = receiveSome(connection.fd, deadline: deadline) else {
-            throw TestFailure("\(answered) of \(count) pipelined answers")
+            throw TestError("\(answered) of \(count) pipelined answers")
         }
         let text = tail + bytes
         var i = 0
@@ -53,11 +53,6 @@ private func postNewSessions(port: Int, count: Int) throws {
         }
         tail = Array(text.suffix(marker.count - 1))
     }
-}
-
-private struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }
 
 private final class NodeProcesses {
@@ -144,7 +139,7 @@ private final class NodeProcesses {
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .timeLimit(.minutes(2)), .tags(.integration))
 struct ReplicationClusterTests {
     /// Starts a, b and c, waits until all are healthy, runs `body`; every process is stopped afterwards.
     private static func withCluster(mode: String, _ body: (NodeProcesses) throws -> Void) throws {

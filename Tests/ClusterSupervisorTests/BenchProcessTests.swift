@@ -4,7 +4,7 @@ import Testing
 
 /// `session-cluster bench` as a user runs it: it launches each strategy's
 /// cluster, kills and restarts a node, and reports what the users lost.
-@Suite("Bench process: failover per strategy")
+@Suite("Bench process: failover per strategy", .tags(.integration))
 struct BenchProcessTests {
     @Test func killAndRestartAreMeasuredPerStrategy() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString)")
@@ -16,7 +16,7 @@ struct BenchProcessTests {
                 "--duration", "4s", "--fault", "kill:node2@1.2s", "--fault", "restart:node2@2.5s",
                 "--report", directory.path,
             ])
-        let finished = waitUntil(timeout: 120) { !process.process.isRunning }
+        let finished = waitUntil(timeout: 120) { !process.isRunning }
         let status = process.stop(signal: SIGKILL, timeout: 1)
         #expect(finished && status == 0, "\(process.output)")
 
@@ -55,7 +55,7 @@ struct BenchProcessTests {
                 "bench", "--strategies", "replicate-sync", "--nodes", "3", "--users", "20", "--rate", "400",
                 "--duration", "9s", "--fault", "rolling@1s:1.5s", "--no-idempotency-key", "--report", directory.path,
             ])
-        let finished = waitUntil(timeout: 120) { !process.process.isRunning }
+        let finished = waitUntil(timeout: 120) { !process.isRunning }
         let status = process.stop(signal: SIGKILL, timeout: 1)
         #expect(finished && status == 0, "\(process.output)")
 
@@ -93,7 +93,7 @@ struct BenchProcessTests {
             let process = try ChildProcess(
                 try ChildProcess.sessionClusterBinary(),
                 ["bench", "--strategies", "local", "--nodes", "3"] + arguments)
-            #expect(waitUntil(timeout: 60) { !process.process.isRunning }, "\(arguments)")
+            #expect(waitUntil(timeout: 60) { !process.isRunning }, "\(arguments)")
             #expect(process.stop(signal: SIGKILL, timeout: 1) != 0, "\(arguments)")
             #expect(process.output.contains(message), "\(arguments): \(process.output)")
         }
@@ -102,7 +102,7 @@ struct BenchProcessTests {
     @Test func badFaultSpecIsAClearError() throws {
         let process = try ChildProcess(
             try ChildProcess.sessionClusterBinary(), ["bench", "--fault", "explode:node2@1s", "--duration", "2s"])
-        #expect(waitUntil(timeout: 20) { !process.process.isRunning })
+        #expect(waitUntil(timeout: 20) { !process.isRunning })
         #expect(process.stop(signal: SIGKILL, timeout: 1) != 0)
         #expect(process.output.contains("explode"), "\(process.output)")
     }

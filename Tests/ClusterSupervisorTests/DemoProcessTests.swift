@@ -5,7 +5,7 @@ import Testing
 /// `session-cluster demo` as a user runs it: one process that starts the nodes,
 /// the balancer and (for redis) its own redis-server; driven through the balancer
 /// with a cookie-carrying client, a node killed through the control API.
-@Suite("Demo process: sessions across a killed node, per strategy", .serialized)
+@Suite("Demo process: sessions across a killed node, per strategy", .serialized, .tags(.integration))
 struct DemoProcessTests {
     @Test(arguments: ["replicate", "redis", "local"])
     func sessionsAcrossAKilledNode(strategy: String) throws {
@@ -22,7 +22,7 @@ struct DemoProcessTests {
         for _ in 0..<6 {
             let answer = try client.request("POST", "\(demo.base)/api/counter")
             #expect(answer.status == 200, "\(answer.body)")
-            counts.append(try count(answer))
+            counts.append(try demoCount(answer))
             servedBy += answer.header("X-Served-By")
         }
         #expect(Set(servedBy) == ["node-1", "node-2", "node-3"], "round robin reaches every node")
@@ -36,7 +36,7 @@ struct DemoProcessTests {
         for _ in 0..<6 {
             let answer = try client.request("POST", "\(demo.base)/api/counter")
             #expect(answer.status == 200, "no client-visible error after the kill: \(answer.body)")
-            counts.append(try count(answer))
+            counts.append(try demoCount(answer))
             #expect(!answer.header("X-Served-By").contains(victim))
         }
         switch strategy {
@@ -96,7 +96,7 @@ struct DemoProcessTests {
         var counts: [Int] = []
         for _ in 0..<6 {
             let answer = try client.request("POST", "\(demo.base)/api/counter")
-            if answer.status == 200 { counts.append(try count(answer)) }
+            if answer.status == 200 { counts.append(try demoCount(answer)) }
         }
         #expect(counts == counts.sorted() && Set(counts).count == counts.count && !counts.isEmpty, "\(counts)")
         #expect(waitUntil(timeout: 15) { (demo.node("node-3")?["refusing"] as? String)?.contains("majority") == true },
@@ -180,11 +180,12 @@ struct DemoProcessTests {
         #expect(status != nil && status != 0)
         #expect(process.output.contains("unknown strategy 'sticky'"), "\(process.output)")
     }
+}
 
-    private func count(_ answer: CurlClient.Response) throws -> Int {
-        let object = try JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]
-        return try #require(object?["count"] as? Int, "\(answer.body)")
-    }
+/// The `count` of a demo API answer.
+func demoCount(_ answer: CurlClient.Response) throws -> Int {
+    let object = try JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]
+    return try #require(object?["count"] as? Int, "\(answer.body)")
 }
 
 /// A running `session-cluster demo`; `stop()` sends SIGTERM and checks that it
@@ -205,12 +206,12 @@ final class DemoProcess: @unchecked Sendable {  // used by one test at a time
                 found = String(url.hasSuffix("/") ? url.dropLast() : url)
                 return true
             }
-            return !process.process.isRunning
+            return !process.isRunning
         }
         guard started, let found else {
             let output = process.output
             process.stop(signal: SIGKILL)
-            throw ChildProcessError(message: "the demo did not start:\n\(output)")
+            throw TestError("the demo did not start:\n\(output)")
         }
         base = found
     }
@@ -247,9 +248,13 @@ final class DemoProcess: @unchecked Sendable {  // used by one test at a time
         return try? JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]
     }
 
-    /// SIGKILL, as when the user kills the demo outright: no cleanup of its own runs. Returns at once:
-    /// Foundation notices the end only once every descendant closed an inherited descriptor, so a
-    /// leftover child would make `Process.waitUntilExit` hang instead of a test fail.
+    /// The Redis node's entry in /_cluster/status (`redisNodes`).
+    func redisNode(_ name: String) -> [String: Any]? {
+        (status()?["redisNodes"] as? [[String: Any]])?.first { $0["name"] as? String == name }
+    }
+
+    /// SIGKILL, as when the user kills the demo outright: no cleanup of its own runs. Returns at once
+    /// (a leftover child of the demo must make a test fail, not wait).
     func killOutright() {
         stopped = true
         kill(process.pid, SIGKILL)
@@ -259,7 +264,7 @@ final class DemoProcess: @unchecked Sendable {  // used by one test at a time
     func stop() {
         guard !stopped else { return }
         stopped = true
-        let children = childPIDs(of: process.pid)
+        let children = ProcessTable.children(of: process.pid)
         #expect(!children.isEmpty, "the demo runs its nodes as child processes")
         let status = process.stop(signal: SIGTERM, timeout: 20)
         #expect(status == 0, "the demo exits 0 on SIGTERM:\n\(process.output)")
@@ -271,16 +276,4 @@ final class DemoProcess: @unchecked Sendable {  // used by one test at a time
     }
 
     deinit { stop() }
-}
-
-/// PIDs whose parent is `parent` (from /proc).
-func childPIDs(of parent: Int32) -> [Int32] {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return entries.compactMap { Int32($0) }.filter { pid in
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 1 && Int32(fields[1]) == parent
-    }
 }

@@ -6,7 +6,7 @@ import Testing
 @testable import ClusterSupervisor
 
 /// `ClusterSupervisor.partition(_:)` on real replicating nodes whose links run through `LinkRelay`s.
-@Suite("Partitions", .serialized, .timeLimit(.minutes(3)))
+@Suite("Partitions", .serialized, .timeLimit(.minutes(3)), .tags(.integration))
 struct PartitionTests {
     private static func count(_ client: CurlClient, port: Int, sid: String) -> Int? {
         guard let response = try? client.request(

@@ -11,7 +11,7 @@ import Testing
 ///
 /// Time bounds are generous on purpose (a 2-core machine running other tests):
 /// with `--cluster-node-timeout 1000` a failover takes about 2–4 s, the tests allow 30 s.
-@Suite("Private Redis: server and cluster", .serialized)
+@Suite("Private Redis: server and cluster", .serialized, .tags(.integration))
 struct PrivateRedisClusterTests {
     /// Longest wait for a replica to take over, or for a restarted node to rejoin (see the suite).
     static let failoverBound: Double = 30
@@ -187,20 +187,20 @@ struct PrivateRedisClusterTests {
     private func stopAndCheck(_ cluster: PrivateRedisCluster, _ pids: [pid_t]) {
         cluster.shutdown(graceMillis: 2_000)
         #expect(cluster.pids.isEmpty)
-        for pid in pids { #expect(!isRunning(pid), "pid \(pid) outlived shutdown()") }
+        for pid in pids { #expect(!ProcessTable.isAlive(pid), "pid \(pid) outlived shutdown()") }
     }
 
     private func stopAndCheck(_ supervisor: ClusterSupervisor, _ pids: [pid_t]) {
         let all = pids + supervisor.redisServers.compactMap(\.pid)
         supervisor.shutdown()
         #expect(supervisor.childPIDs.isEmpty)
-        for pid in all { #expect(!isRunning(pid), "pid \(pid) outlived shutdown()") }
+        for pid in all { #expect(!ProcessTable.isAlive(pid), "pid \(pid) outlived shutdown()") }
     }
 
     /// The guard watching `server`'s process (a `/bin/sh` child of this process whose argument is its PID).
     private func currentGuardPID(_ server: PrivateRedisServer) -> pid_t? {
         guard let pid = server.pid else { return nil }
-        return childPIDs(of: getpid()).first { child in
+        return ProcessTable.children(of: getpid()).first { child in
             let arguments = (try? String(contentsOfFile: "/proc/\(child)/cmdline", encoding: .utf8))?
                 .split(separator: "\0").map(String.init) ?? []
             return arguments.contains("parent-death-guard") && arguments.last == "\(pid)"
@@ -232,13 +232,5 @@ func temporaryDirectory() throws -> String {
 /// Whether `pid` runs and is a redis-server on `port` (redis-server sets its title to `redis-server 127.0.0.1:PORT`).
 func isRedis(_ pid: pid_t, port: Int) -> Bool {
     guard let line = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8) else { return false }
-    return line.contains("redis-server") && line.contains(":\(port)") && isRunning(pid)
-}
-
-/// Whether `pid` exists and is not a zombie.
-func isRunning(_ pid: pid_t) -> Bool {
-    guard pid > 0, kill(pid, 0) == 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-        let close = stat.lastIndex(of: ")")
-    else { return false }
-    return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
+    return line.contains("redis-server") && line.contains(":\(port)") && ProcessTable.isAlive(pid)
 }

@@ -12,7 +12,7 @@ import Testing
 /// `down-after-milliseconds 1000` the Sentinel promotes the replica in about 2–4 s (the tests allow
 /// `failoverBound`); a restarted old primary is turned into a replica about 8–10 s after it is back
 /// (Sentinel waits 4 × its 2 s publish period first; the tests allow `rejoinBound`).
-@Suite("Private Redis: primary, replica and Sentinel", .serialized)
+@Suite("Private Redis: primary, replica and Sentinel", .serialized, .tags(.integration))
 struct PrivateRedisSentinelTests {
     /// Longest wait for the Sentinel to promote the replica after the primary was killed.
     static let failoverBound: Double = 20
@@ -140,22 +140,22 @@ struct PrivateRedisSentinelTests {
         for _ in 0..<4 {
             let answer = try client.request("POST", "\(demo.base)/api/counter")
             #expect(answer.status == 200, "\(answer.body)")
-            counts.append(try count(answer))
+            counts.append(try demoCount(answer))
         }
         let status = try #require(demo.status())
         #expect(status["redisSentinel"] as? Bool == true)
         let names = ((status["redisNodes"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }
         #expect(names == ["redis-1", "redis-2", "sentinel-1"], "\(status)")
-        let redis2 = try #require(redisNode(demo, "redis-2"))
+        let redis2 = try #require(demo.redisNode("redis-2"))
         let redis2Address = "127.0.0.1:\(try #require(redis2["port"] as? Int))"
         #expect(redis2["role"] as? String == "replica")
-        #expect(redisNode(demo, "sentinel-1")?["role"] as? String == "sentinel")
-        let pid = try #require(redisNode(demo, "redis-1")?["pid"] as? Int)
+        #expect(demo.redisNode("sentinel-1")?["role"] as? String == "sentinel")
+        let pid = try #require(demo.redisNode("redis-1")?["pid"] as? Int)
 
         let killed = try CurlClient().request(
             "POST", "\(demo.base)/_cluster/redis/redis-1/kill", headers: DemoProcess.controlHeaders, useJar: false)
         #expect(killed.status == 200, "\(killed.body)")
-        #expect(waitUntil(timeout: 5) { !isRunning(pid_t(pid)) }, "redis-1 is gone")
+        #expect(waitUntil(timeout: 5) { !ProcessTable.isAlive(pid_t(pid)) }, "redis-1 is gone")
         let killedAt = Date()
         var answered: CurlClient.Response?
         var attempts: [String] = []  // what each request after the kill got, for the failure message
@@ -171,26 +171,17 @@ struct PrivateRedisSentinelTests {
             return true
         }
         #expect(countsAgain, "counting succeeds again within \(Self.failoverBound) s:\n\(demo.output)")
-        if let answered { counts.append(try count(answered)) }
+        if let answered { counts.append(try demoCount(answered)) }
         #expect(
             counts == Array(1...5),
             "the session survives the failover: \(counts); after the kill: \(attempts.joined(separator: "; "))")
-        #expect(redisNode(demo, "sentinel-1")?["master"] as? String == redis2Address, "the Sentinel names redis-2")
+        #expect(demo.redisNode("sentinel-1")?["master"] as? String == redis2Address, "the Sentinel names redis-2")
         #expect(
-            waitUntil(timeout: 5) { redisNode(demo, "redis-2")?["role"] as? String == "master" }, "redis-2 is the master")
+            waitUntil(timeout: 5) { demo.redisNode("redis-2")?["role"] as? String == "master" }, "redis-2 is the master")
         #expect(demo.output.contains("redis-1 (redis-server, pid \(pid)) killed by SIGKILL"), "\(demo.output)")
     }
 
     // MARK: - Helpers
-
-    private func count(_ answer: CurlClient.Response) throws -> Int {
-        let object = try JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]
-        return try #require(object?["count"] as? Int, "\(answer.body)")
-    }
-
-    private func redisNode(_ demo: DemoProcess, _ name: String) -> [String: Any]? {
-        (demo.status()?["redisNodes"] as? [[String: Any]])?.first { $0["name"] as? String == name }
-    }
 
     private func log(_ server: PrivateRedisServer) -> String {
         (try? String(contentsOfFile: server.logPath, encoding: .utf8)).map { String($0.suffix(3_000)) } ?? "(no log)"
@@ -201,7 +192,7 @@ struct PrivateRedisSentinelTests {
         set.shutdown(graceMillis: 2_000)
         #expect(set.pids.isEmpty)
         for pid in pids {
-            let gone = !isRunning(pid)
+            let gone = !ProcessTable.isAlive(pid)
             #expect(gone, "pid \(pid) outlived shutdown()")
             if !gone { kill(pid, SIGKILL) }  // by PID: only what the test started
         }

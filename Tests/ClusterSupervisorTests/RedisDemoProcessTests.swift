@@ -5,7 +5,7 @@ import Testing
 /// `session-cluster demo` with its private Redis, as a child process: the control API
 /// kills and restarts redis-server, and a demo killed outright (SIGKILL: none of its
 /// own cleanup runs) takes its redis-servers with it.
-@Suite("Demo process: its private Redis", .serialized)
+@Suite("Demo process: its private Redis", .serialized, .tags(.integration))
 struct RedisDemoProcessTests {
     @Test func controlAPIKillsAndRestartsRedis() throws {
         try #require(RedisServerProcess.isInstalled, "redis-server is not installed; scripts/test.sh installs it")
@@ -13,10 +13,10 @@ struct RedisDemoProcessTests {
         defer { demo.stop() }
         let client = CurlClient()
         #expect(try client.request("POST", "\(demo.base)/api/counter").status == 200)
-        let before = try #require(redisNode(demo, "redis"), "the status lists redis")
+        let before = try #require(demo.redisNode("redis"), "the status lists redis")
         let pid = try #require(before["pid"] as? Int)
         #expect(before["state"] as? String == "up" && before["role"] as? String == "master", "\(before)")
-        #expect(waitUntil(timeout: 5) { redisNode(demo, "redis")?["keys"] as? Int ?? 0 >= 1 }, "the session is in Redis (read every 0.5 s)")
+        #expect(waitUntil(timeout: 5) { demo.redisNode("redis")?["keys"] as? Int ?? 0 >= 1 }, "the session is in Redis (read every 0.5 s)")
         #expect((demo.status()?["redis"] as? [String: Any])?["pid"] as? Int == pid, "the single server's field")
 
         let url = "\(demo.base)/_cluster/redis/redis/kill"
@@ -40,8 +40,8 @@ struct RedisDemoProcessTests {
 
         let restarted = try redisControl(demo, "redis", "restart")
         #expect(restarted.status == 200 && restarted.body.contains("\"restarting\""), "\(restarted.body)")
-        #expect(waitUntil(timeout: 20) { redisNode(demo, "redis")?["state"] as? String == "up" }, "redis is up again")
-        let after = try #require(redisNode(demo, "redis")?["pid"] as? Int)
+        #expect(waitUntil(timeout: 20) { demo.redisNode("redis")?["state"] as? String == "up" }, "redis is up again")
+        let after = try #require(demo.redisNode("redis")?["pid"] as? Int)
         #expect(after != pid && kill(pid_t(after), 0) == 0)
         #expect(waitUntil(timeout: 20) { (try? client.request("POST", "\(demo.base)/api/counter").status) == 200 },
             "the nodes use the restarted redis-server")
@@ -70,10 +70,6 @@ struct RedisDemoProcessTests {
 
     // MARK: - Helpers
 
-    private func redisNode(_ demo: DemoProcess, _ name: String) -> [String: Any]? {
-        (demo.status()?["redisNodes"] as? [[String: Any]])?.first { $0["name"] as? String == name }
-    }
-
     private func redisPIDs(_ demo: DemoProcess) -> [pid_t] {
         ((demo.status()?["redisNodes"] as? [[String: Any]]) ?? []).compactMap { ($0["pid"] as? Int).map(pid_t.init) }
     }
@@ -86,12 +82,12 @@ struct RedisDemoProcessTests {
     /// SIGKILLs the demo; within 10 s (the guard reacts at once; the bound is generous) none of
     /// `pids` and none of the demo's other children may run. Kills leftovers itself, by PID.
     private func expectAllGone(_ pids: [pid_t], afterKilling demo: DemoProcess) throws {
-        let children = childPIDs(of: demo.process.pid)
+        let children = ProcessTable.children(of: demo.process.pid)
         #expect(Set(pids).isSubset(of: Set(children)), "the redis-servers are the demo's children")
         demo.killOutright()
-        #expect(waitUntil(timeout: 10) { !isRunning(demo.process.pid) }, "the demo died")
+        #expect(waitUntil(timeout: 10) { !ProcessTable.isAlive(demo.process.pid) }, "the demo died")
         for pid in Set(pids + children) {
-            let gone = waitUntil(timeout: 10) { !isRunning(pid) }
+            let gone = waitUntil(timeout: 10) { !ProcessTable.isAlive(pid) }
             #expect(gone, "pid \(pid) outlived the SIGKILLed demo")
             if !gone { kill(pid, SIGKILL) }  // by PID: only what the demo started
         }

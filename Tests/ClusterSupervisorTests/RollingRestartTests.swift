@@ -8,7 +8,7 @@ import Testing
 
 /// `POST /_cluster/rolling-restart`: the supervisor restarts every node in turn, each once the one
 /// before is running and up at the balancer again. Real nodes, real balancer, real sockets.
-@Suite("Rolling restart", .serialized, .timeLimit(.minutes(5)))
+@Suite("Rolling restart", .serialized, .timeLimit(.minutes(5)), .tags(.integration))
 struct RollingRestartTests {
     /// The demo as a user runs it: the dashboard's request (with the control header) starts it,
     /// the status shows it node by node, and every node ends with a new process, one at a time.
@@ -70,7 +70,7 @@ struct RollingRestartTests {
         let after = try pids(demo)
         for (name, pid) in before {
             #expect(after[name] != nil && after[name] != pid, "\(name) runs a new process")
-            #expect(!isRunning(pid_t(pid)), "\(name)'s old process \(pid) is gone")
+            #expect(!ProcessTable.isAlive(pid_t(pid)), "\(name)'s old process \(pid) is gone")
             #expect(demo.node(name)?["restarts"] as? Int == 1)
         }
         let final = try #require(demo.status()?["rollingRestart"] as? [String: Any])
@@ -121,7 +121,7 @@ struct RollingRestartTests {
         let started = Date()
         supervisor.shutdown()
         #expect(Date().timeIntervalSince(started) < 10)
-        for pid in pids { #expect(!isRunning(pid), "pid \(pid) outlived shutdown()") }
+        for pid in pids { #expect(!ProcessTable.isAlive(pid), "pid \(pid) outlived shutdown()") }
         #expect(supervisor.childPIDs.isEmpty, "no node was started again after the shutdown")
         #expect(throws: SupervisorError.self) { _ = try supervisor.rollingRestart() }
         let refused = ControlAPI.respond(

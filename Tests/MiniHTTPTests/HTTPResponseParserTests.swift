@@ -38,23 +38,9 @@ private func parseResponses(
             while let event = try parser.finish() { events.append(event) }
         }
     } catch {
-        return (merged(events), error)
+        return (normalized(events), error)
     }
-    return (merged(events), nil)
-}
-
-private func merged(_ events: [HTTPResponseParser.Event]) -> [HTTPResponseParser.Event] {
-    var out: [HTTPResponseParser.Event] = []
-    for event in events {
-        if case .body(let more) = event, case .body(let previous)? = out.last {
-            out[out.count - 1] = .body(previous + more)
-        } else if case .body(let b) = event, b.isEmpty {
-            continue
-        } else {
-            out.append(event)
-        }
-    }
-    return out
+    return (normalized(events), nil)
 }
 
 private func one(_ text: String, toHEAD: Bool = false, finish: Bool = true) -> (

@@ -5,6 +5,7 @@ import Testing
 
 @testable import MiniHTTP
 import SystemSupport
+import TestSupport
 
 @Suite("HTTPServer: request bodies (deadline, buffer growth)")
 struct RequestBodyTests {
@@ -12,7 +13,7 @@ struct RequestBodyTests {
     /// only a deadline on the whole body ends it.
     @Test func slowBodyIsCutAtTheTotalDeadline() throws {
         try withServer(testConfiguration(bodyTimeoutMillis: 1_000), responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             let start = monotonicMillis()
             client.send("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
@@ -36,7 +37,7 @@ struct RequestBodyTests {
         let size = 8 << 20
         let configuration = testConfiguration(limits: HTTPParserLimits(maxBodyBytes: 16 << 20), bodyTimeoutMillis: 20_000)
         try withServer(configuration, responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31) }
             client.send(Array("POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: \(size)\r\n\r\n".utf8) + payload[0..<10])
@@ -54,7 +55,7 @@ struct RequestBodyTests {
 
     @Test func aConnectionClosedMidBodyGivesItsBufferBack() throws {
         try withServer(responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             client.send("POST /gone HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc")
             try #require(poll(timeoutMillis: 3_000) { server.statistics.bodyBufferBytes > 0 })
             client.close()

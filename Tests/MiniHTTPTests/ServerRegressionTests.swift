@@ -19,7 +19,7 @@ struct ServerRegressionTests {
     func headerDeadlineStartsAtFirstByteNotAtStartOfIdleWait() throws {
         try withServer(testConfiguration(headerTimeoutMillis: 300, idleTimeoutMillis: 5_000), responder: echoResponder) {
             server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/first"))
             #expect(client.readResponse()?.status == 200)
@@ -45,7 +45,7 @@ struct ServerRegressionTests {
             return .text(request.path)
         }
         try withServer(testConfiguration(headerTimeoutMillis: 300), responder: slow) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/slow") + "GET /fast HTTP/1.1\r\n")
             usleep(50_000)
@@ -68,7 +68,7 @@ struct ServerRegressionTests {
         let server = HTTPServer(configuration: configuration, logger: quietLogger(), responder: echoResponder)
         try server.start()
         defer { server.shutdown() }
-        let client = try RawClient(port: server.port)
+        let client = try RawHTTPConnection(port: server.port)
         defer { client.close() }
         client.send("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\npartial")
         usleep(50_000)

@@ -8,18 +8,11 @@ import Testing
 import SystemSupport
 import TestSupport
 
-/// A thread-safe counter handlers can bump.
-final class Counter: Sendable {
-    private let value = Mutex(0)
-    func increment() { value.withLock { $0 += 1 } }
-    var current: Int { value.withLock { $0 } }
-}
-
 @Suite("HTTPServer over loopback")
 struct ServerTests {
     @Test func keepAliveConnectionServesTwoRequests() throws {
         try withServer(responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             #expect(client.send(getRequest("/a")))
             let first = try #require(client.readResponse())
@@ -39,7 +32,7 @@ struct ServerTests {
 
     @Test func requestBodiesReachTheHandler() throws {
         try withServer(responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send("POST /cl HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
             #expect(client.readResponse()?.bodyText == "POST /cl\nhello")
@@ -50,7 +43,7 @@ struct ServerTests {
 
     @Test func pipelinedRequestsAreAnsweredInOrder() throws {
         try withServer(responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(
                 getRequest("/1") + "POST /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nxyz" + getRequest("/3")
@@ -63,7 +56,7 @@ struct ServerTests {
 
     @Test func pipelinedRequestSplitAcrossWrites() throws {
         try withServer(responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/1") + "GET /2 HTTP/1.1\r\nHo")
             #expect(client.readResponse()?.bodyText == "GET /1\n")
@@ -77,7 +70,7 @@ struct ServerTests {
         var router = Router()
         router.get("/doc") { _ in .text("twelve bytes") }
         try withServer(responder: router.responder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send("HEAD /doc HTTP/1.1\r\nHost: t\r\n\r\n")
             let head = try #require(client.readResponse(headOnly: true))
@@ -93,7 +86,7 @@ struct ServerTests {
 
     @Test func http10ClosesUnlessKeepAliveIsAsked() throws {
         try withServer(responder: echoResponder) { server in
-            let plain = try RawClient(port: server.port)
+            let plain = try RawHTTPConnection(port: server.port)
             defer { plain.close() }
             plain.send("GET /old HTTP/1.0\r\n\r\n")
             let response = try #require(plain.readResponse())
@@ -101,7 +94,7 @@ struct ServerTests {
             #expect(response.header("Connection") == "close")
             #expect(plain.waitForClose())
 
-            let kept = try RawClient(port: server.port)
+            let kept = try RawHTTPConnection(port: server.port)
             defer { kept.close() }
             kept.send("GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             #expect(kept.readResponse()?.header("Connection") == "keep-alive")
@@ -112,7 +105,7 @@ struct ServerTests {
 
     @Test func connectionCloseIsHonored() throws {
         try withServer(responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/bye", extraHeaders: "Connection: close\r\n"))
             let response = try #require(client.readResponse())
@@ -128,7 +121,7 @@ struct ServerTests {
         router.get("/teapot") { _ in throw HTTPError(status: 418, code: "teapot", message: "short and stout") }
         router.get("/boom") { _ in throw Boom() }
         try withServer(responder: router.responder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/teapot"))
             let teapot = try #require(client.readResponse())
@@ -149,7 +142,7 @@ struct ServerTests {
         let configuration = testConfiguration(limits: MalformedCase.limits)
         try withServer(configuration, responder: echoResponder) { server in
             for testCase in MalformedCase.all {
-                let client = try RawClient(port: server.port)
+                let client = try RawHTTPConnection(port: server.port)
                 defer { client.close() }
                 client.send(testCase.raw)
                 guard let response = client.readResponse() else {
@@ -170,7 +163,7 @@ struct ServerTests {
 
     @Test func errorAfterAValidRequestClosesTheConnection() throws {
         try withServer(responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/ok") + "GET / HTTP/1.1\r\nHost : t\r\n\r\n" + getRequest("/never"))
             #expect(client.readResponse()?.bodyText == "GET /ok\n")
@@ -182,7 +175,7 @@ struct ServerTests {
 
     @Test func expectContinueIsAnsweredBeforeTheBodyIsSent() throws {
         try withServer(responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send("POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
             let interim = try #require(client.readResponse(timeoutMillis: 2_000), "no 100 Continue before the body")
@@ -202,7 +195,7 @@ struct ServerTests {
 
     @Test func expectContinueWithTooLargeBodyGets413Instead() throws {
         try withServer(testConfiguration(limits: HTTPParserLimits(maxBodyBytes: 10)), responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send("POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
             let response = try #require(client.readResponse())
@@ -213,7 +206,7 @@ struct ServerTests {
 
     @Test func headerTimeoutAnswers408AndCloses() throws {
         try withServer(testConfiguration(headerTimeoutMillis: 300), responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             let start = monotonicMillis()
             client.send("GET / HTTP/1.1\r\nHo")
@@ -229,7 +222,7 @@ struct ServerTests {
 
     @Test func bodyTimeoutAnswers408AndCloses() throws {
         try withServer(testConfiguration(bodyTimeoutMillis: 300), responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             let start = monotonicMillis()
             client.send("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
@@ -243,7 +236,7 @@ struct ServerTests {
 
     @Test func idleKeepAliveConnectionIsClosedSilently() throws {
         try withServer(testConfiguration(idleTimeoutMillis: 300), responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/"))
             #expect(client.readResponse()?.status == 200)
@@ -254,7 +247,7 @@ struct ServerTests {
             #expect(client.unconsumed.isEmpty, "no 408 for a connection that was between requests")
 
             // A connection that never sends anything is idle too.
-            let silent = try RawClient(port: server.port)
+            let silent = try RawHTTPConnection(port: server.port)
             defer { silent.close() }
             #expect(silent.waitForClose(timeoutMillis: 3_000))
             #expect(silent.unconsumed.isEmpty)
@@ -275,12 +268,12 @@ struct ServerTests {
         defer { server.shutdown() }
         let port = server.port
 
-        let idle = try RawClient(port: port)
+        let idle = try RawHTTPConnection(port: port)
         defer { idle.close() }
         idle.send(getRequest("/fast"))
         #expect(idle.readResponse()?.bodyText == "fast")
 
-        let busy = try RawClient(port: port)
+        let busy = try RawHTTPConnection(port: port)
         defer { busy.close() }
         busy.send(getRequest("/slow"))
         try #require(poll(timeoutMillis: 3_000) { entered.current == 1 }, "the slow handler never started")
@@ -319,12 +312,12 @@ struct ServerTests {
         }
         try server.start()
         defer { server.shutdown() }
-        let busy = try RawClient(port: server.port)
+        let busy = try RawHTTPConnection(port: server.port)
         defer { busy.close() }
         busy.send(getRequest("/slow"))
         try #require(poll(timeoutMillis: 3_000) { entered.current == 1 }, "the slow handler never started")
         // The only thread is busy: this connection waits in the queue with its request sent.
-        let queued = try RawClient(port: server.port)
+        let queued = try RawHTTPConnection(port: server.port)
         defer { queued.close() }
         queued.send(getRequest("/queued"))
         usleep(50_000)
@@ -339,16 +332,16 @@ struct ServerTests {
     @Test func connectionsBeyondTheLimitGet503() throws {
         let configuration = testConfiguration(maxConnections: 2)
         try withServer(configuration, responder: echoResponder) { server in
-            let a = try RawClient(port: server.port)
+            let a = try RawHTTPConnection(port: server.port)
             defer { a.close() }
             a.send(getRequest("/a"))
             #expect(a.readResponse()?.bodyText == "GET /a\n")
-            let b = try RawClient(port: server.port)
+            let b = try RawHTTPConnection(port: server.port)
             defer { b.close() }
             b.send(getRequest("/b"))
             #expect(b.readResponse()?.bodyText == "GET /b\n")
             // C finds no room.
-            let c = try RawClient(port: server.port)
+            let c = try RawHTTPConnection(port: server.port)
             defer { c.close() }
             let rejected = try #require(c.readResponse())
             #expect(rejected.statusLine == "HTTP/1.1 503 Service Unavailable")
@@ -360,7 +353,7 @@ struct ServerTests {
             // Once A leaves, there is room again.
             a.close()
             #expect(poll(timeoutMillis: 2_000) {
-                guard let d = try? RawClient(port: server.port) else { return false }
+                guard let d = try? RawHTTPConnection(port: server.port) else { return false }
                 defer { d.close() }
                 d.send(getRequest("/d"))
                 return d.readResponse()?.bodyText == "GET /d\n"
@@ -379,7 +372,7 @@ struct ServerTests {
             }
             return HTTPResponse(status: 200, body: bytes("ok"))
         }) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             #expect(client.send(getRequest("/slow")))
             #expect(waitUntil(timeout: 5) { handlerStarted.current == 1 })
             var reset = linger(l_onoff: 1, l_linger: 0)
@@ -389,7 +382,7 @@ struct ServerTests {
             usleep(400_000)
             let during = server.statistics.connectionEvents - before
             #expect(during < 50, "\(during) readiness events in 400 ms for one reset connection")
-            let next = try RawClient(port: server.port)
+            let next = try RawHTTPConnection(port: server.port)
             defer { next.close() }
             #expect(next.send(getRequest("/after")))
             #expect(next.readResponse()?.bodyText == "ok", "the server still answers")
@@ -398,7 +391,7 @@ struct ServerTests {
 
     @Test func handlersOnTheEventLoopServePipelinedRequestsInOrder() throws {
         try withServer(testConfiguration(handlerThreads: 0), responder: echoResponder) { server in
-            let client = try RawClient(port: server.port)
+            let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/1") + getRequest("/2") + getRequest("/3"))
             #expect(client.readResponse()?.bodyText == "GET /1\n")

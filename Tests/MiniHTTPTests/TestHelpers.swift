@@ -22,14 +22,29 @@ extension SplitMix64 {
 
 typealias Event = HTTPRequestParser.Event
 
+/// A parser event that may carry body bytes (the request and the response parsers').
+protocol BodyEvent: Equatable {
+    static func body(_ bytes: [UInt8]) -> Self
+    /// The bytes of a body event; nil for any other event.
+    var bodyBytes: [UInt8]? { get }
+}
+
+extension HTTPRequestParser.Event: BodyEvent {
+    var bodyBytes: [UInt8]? { if case .body(let bytes) = self { bytes } else { nil } }
+}
+
+extension HTTPResponseParser.Event: BodyEvent {
+    var bodyBytes: [UInt8]? { if case .body(let bytes) = self { bytes } else { nil } }
+}
+
 /// Merges adjacent body events: how a body is chunked into events depends on
 /// how the input was split, the bytes do not.
-func normalized(_ events: [Event]) -> [Event] {
-    var out: [Event] = []
+func normalized<E: BodyEvent>(_ events: [E]) -> [E] {
+    var out: [E] = []
     for event in events {
-        if case .body(let more) = event, case .body(let previous)? = out.last {
+        if let more = event.bodyBytes, let previous = out.last?.bodyBytes {
             out[out.count - 1] = .body(previous + more)
-        } else if case .body(let bytes) = event, bytes.isEmpty {
+        } else if event.bodyBytes?.isEmpty == true {
             continue
         } else {
             out.append(event)
@@ -173,107 +188,6 @@ final class BackgroundJob: Sendable {
     /// Waits (polling) until the job finished; false on timeout.
     func wait(timeoutMillis: Int) -> Bool {
         poll(timeoutMillis: timeoutMillis) { isDone }
-    }
-}
-
-/// A parsed response as read off a raw socket.
-struct RawResponse {
-    var statusLine: String
-    var status: Int
-    var headers: [(name: String, value: String)]
-    var body: [UInt8]
-
-    func header(_ name: String) -> String? {
-        headers.first { $0.name.lowercased() == name.lowercased() }?.value
-    }
-
-    var bodyText: String { String(decoding: body, as: UTF8.self) }
-}
-
-/// A minimal blocking HTTP client over a raw socket, with a deadline on every read.
-final class RawClient: TestConnection {
-    private var buffer: [UInt8] = []
-
-    enum ReadResult: Equatable { case data, closed, timeout }
-
-    /// Reads whatever arrives within `timeoutMillis` into the buffer.
-    func readMore(timeoutMillis: Int) -> ReadResult {
-        switch receiveSome(fd, deadline: monotonicMillis() + Int64(timeoutMillis)) {
-        case .bytes(let bytes):
-            buffer.append(contentsOf: bytes)
-            return .data
-        case .timeout: return .timeout
-        case .closed, .pollFailed: return .closed
-        }
-    }
-
-    /// Reads one response (a 1xx response has no body). Nil when the
-    /// connection closes or the time is up first.
-    /// `headOnly`: the response to a HEAD request, whose Content-Length describes no body.
-    func readResponse(timeoutMillis: Int = 3_000, headOnly: Bool = false) -> RawResponse? {
-        let deadline = monotonicMillis() + Int64(timeoutMillis)
-        while true {
-            if let response = takeResponse(headOnly: headOnly) { return response }
-            let remaining = Int(deadline - monotonicMillis())
-            if remaining <= 0 { return nil }
-            if readMore(timeoutMillis: remaining) != .data {
-                return takeResponse(headOnly: headOnly)
-            }
-        }
-    }
-
-    private func takeResponse(headOnly: Bool) -> RawResponse? {
-        guard let headEnd = findHeadEnd() else { return nil }
-        let headText = String(decoding: buffer[0..<headEnd], as: UTF8.self)
-        var lines = crlfLines(headText)
-        let statusLine = lines.removeFirst()
-        let parts = statusLine.split(separator: " ", maxSplits: 2)
-        let status = parts.count >= 2 ? Int(parts[1]) ?? -1 : -1
-        var headers: [(name: String, value: String)] = []
-        for line in lines {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            headers.append((
-                name: String(line[..<colon]),
-                value: String(line[line.index(after: colon)...]).trimmingSpaces))
-        }
-        var length = 0
-        if !headOnly, status >= 200, status != 204, status != 304,
-            let cl = headers.first(where: { $0.name.lowercased() == "content-length" }), let n = Int(cl.value)
-        {
-            length = n
-        }
-        let bodyStart = headEnd + 4
-        guard buffer.count - bodyStart >= length else { return nil }
-        let body = Array(buffer[bodyStart..<bodyStart + length])
-        buffer.removeFirst(bodyStart + length)
-        return RawResponse(statusLine: statusLine, status: status, headers: headers, body: body)
-    }
-
-    private func findHeadEnd() -> Int? {
-        guard buffer.count >= 4 else { return nil }
-        for i in 0...(buffer.count - 4)
-        where buffer[i] == 13 && buffer[i + 1] == 10 && buffer[i + 2] == 13 && buffer[i + 3] == 10 {
-            return i
-        }
-        return nil
-    }
-
-    /// Bytes received but not yet consumed as a response.
-    var unconsumed: [UInt8] { buffer }
-
-    /// True when the peer closes the connection within `timeoutMillis`
-    /// (any bytes that arrive meanwhile are kept in the buffer).
-    func waitForClose(timeoutMillis: Int = 3_000) -> Bool {
-        let deadline = monotonicMillis() + Int64(timeoutMillis)
-        while true {
-            let remaining = Int(deadline - monotonicMillis())
-            if remaining <= 0 { return false }
-            switch readMore(timeoutMillis: remaining) {
-            case .closed: return true
-            case .timeout: return false
-            case .data: continue
-            }
-        }
     }
 }
 

@@ -237,7 +237,7 @@ private let redisAvailable = ProcessInfo.processInfo.environment["REDIS_URL"] !=
 
 // MARK: - With Redis: two nodes, one session, concurrent read-modify-writes
 
-@Suite(.enabled(if: redisAvailable, "needs REDIS_URL"), .serialized)
+@Suite(.enabled(if: redisAvailable, "needs REDIS_URL"), .serialized, .tags(.integration))
 struct ExclusiveModeTests {
     /// 8 clients share one session cookie and each sends `perClient`
     /// read–wait(20 ms)–write requests, alternating between two nodes.

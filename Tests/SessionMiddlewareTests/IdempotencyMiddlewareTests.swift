@@ -36,17 +36,10 @@ final class FlakyStore: SessionStore, IdempotencyStore {
     func abandon(key: String) throws { try base.abandon(key: key) }
 }
 
-/// Counts handler runs across threads.
-final class RunCounter: Sendable {
-    private let value = Atomic<Int>(0)
-    func increment() { value.add(1, ordering: .relaxed) }
-    var current: Int { value.load(ordering: .relaxed) }
-}
-
 /// A server with idempotency in front of sessions, and a counter that counts every run.
 final class IdempotentServer: Sendable {
     let server: HTTPServer
-    let runs = RunCounter()
+    let runs = Counter()
     let client = CurlClient()
 
     init(
@@ -128,7 +121,7 @@ final class IdempotentServer: Sendable {
     }
 }
 
-@Suite(.serialized) struct IdempotencyMiddlewareTests {
+@Suite(.serialized, .tags(.integration)) struct IdempotencyMiddlewareTests {
     @Test func aRetriedPOSTIsAnsweredFromTheRecordAndRunsOnce() throws {
         let t = try IdempotentServer(store: MemorySessionStore())
         let first = try t.post("/count", key: "k0")  // the session

@@ -11,7 +11,7 @@ import TestSupport
 /// The attacks on idempotency records of issue 14: a record is a stored
 /// response, and a response may carry a session cookie. Each test sends what
 /// an attacker would and checks that nothing of another client comes back.
-@Suite(.serialized) struct IdempotencyScopeTests {
+@Suite(.serialized, .tags(.integration)) struct IdempotencyScopeTests {
     /// The cookie (`sid=...`) a response set, if any.
     private func sessionCookie(_ response: CurlClient.Response) -> String? {
         response.header("Set-Cookie").first { $0.hasPrefix("sid=") && !$0.hasPrefix("sid=;") }

@@ -74,7 +74,7 @@ final class SessionTestServer {
     func jarCookie() throws -> String? { client.cookie("sid") }
 }
 
-@Suite(.serialized) struct SessionMiddlewareEndToEndTests {
+@Suite(.serialized, .tags(.integration)) struct SessionMiddlewareEndToEndTests {
     @Test func readOnlyRequestsCreateNothing() throws {
         let memory = MemorySessionStore()
         let t = try SessionTestServer(store: memory)

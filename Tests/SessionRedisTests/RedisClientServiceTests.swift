@@ -6,7 +6,7 @@ import TestSupport
 
 /// The Redis client in a swift-service-lifecycle `ServiceGroup`: its graceful shutdown closes
 /// the client's connections (the presence connection included), as the server sees them.
-@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"))
+@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"), .tags(.integration))
 struct RedisClientServiceTests {
     @Test func theGroupsGracefulShutdownClosesTheConnections() async throws {
         let client = try TestRedis.client(poolSize: 2)

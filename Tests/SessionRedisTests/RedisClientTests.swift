@@ -34,7 +34,7 @@ import SystemSupport
     }
 }
 
-@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"))
+@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"), .tags(.integration))
 struct RedisClientTests {
     @Test func commandsAreBinarySafe() throws {
         let client = try TestRedis.client()

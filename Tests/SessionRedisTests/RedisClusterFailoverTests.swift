@@ -9,7 +9,7 @@ import TestSupport
 /// A primary of a private Redis Cluster (3 primaries with 1 or 2 replicas
 /// each, node timeout 1 s) is SIGKILLed while 4 threads increment counters
 /// in 60 sessions; a replica takes over.
-@Suite(.enabled(if: RedisServerProcess.isInstalled, "needs redis-server and redis-cli"), .serialized)
+@Suite(.enabled(if: RedisServerProcess.isInstalled, "needs redis-server and redis-cli"), .serialized, .tags(.integration))
 struct RedisClusterFailoverTests {
     struct Outcome {
         /// Seconds from the kill until every session answered again.

@@ -96,13 +96,15 @@ import SystemSupport
     }
 }
 
-@Test(.enabled(if: TestRedis.clusterAvailable, "needs REDIS_CLUSTER_SEEDS (scripts/test.sh starts a Redis Cluster)"),
-      arguments: SessionStoreConformance.allCases)
-func redisClusterStoreConforms(_ check: SessionStoreConformance) throws {
-    try check.run(RedisHarness(cluster: true))
+@Suite(.tags(.integration)) struct RedisClusterStoreConformanceTests {
+    @Test(.enabled(if: TestRedis.clusterAvailable, "needs REDIS_CLUSTER_SEEDS (scripts/test.sh starts a Redis Cluster)"),
+          arguments: SessionStoreConformance.allCases)
+    func redisClusterStoreConforms(_ check: SessionStoreConformance) throws {
+        try check.run(RedisHarness(cluster: true))
+    }
 }
 
-@Suite(.enabled(if: TestRedis.clusterAvailable, "needs REDIS_CLUSTER_SEEDS"), .serialized)
+@Suite(.enabled(if: TestRedis.clusterAvailable, "needs REDIS_CLUSTER_SEEDS"), .serialized, .tags(.integration))
 struct RedisClusterStoreTests {
     let expiry = SessionExpiry(idleTimeoutMillis: 120_000, absoluteTimeoutMillis: nil)
 

@@ -103,7 +103,7 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
     }
 }
 
-@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL"), .serialized)
+@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL"), .serialized, .tags(.integration))
 struct RedisLockTests {
     @Test func eightContendersNeverOverlapAndFencingTokensIncrease() throws {
         try Self.eightContendersNeverOverlap(client: try TestRedis.client(poolSize: 8))

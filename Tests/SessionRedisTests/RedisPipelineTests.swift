@@ -7,7 +7,7 @@ import TestSupport
 import Testing
 
 /// Automatic pipelining, on a private redis-server (its statistics are the test's own).
-@Suite(.enabled(if: RedisServerProcess.isInstalled, "needs redis-server"), .serialized)
+@Suite(.enabled(if: RedisServerProcess.isInstalled, "needs redis-server"), .serialized, .tags(.integration))
 struct RedisPipelineTests {
     /// A private redis-server and a client of it, configured by `configure`.
     private func privateClient(

@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 import TestSupport
 
-@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"))
+@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"), .tags(.integration))
 struct RedisSessionStoreTests {
     func store(prefix: String, maxSessionBytes: Int = 64 * 1024) throws -> RedisSessionStore {
         RedisSessionStore(

@@ -18,8 +18,10 @@ struct RedisHarness: SessionStoreHarness {
     func advance(millis: Int64) { usleep(UInt32(millis) * 1000) }
 }
 
-@Test(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"),
-      arguments: SessionStoreConformance.allCases)
-func redisStoreConforms(_ check: SessionStoreConformance) throws {
-    try check.run(RedisHarness())
+@Suite(.tags(.integration)) struct RedisStoreConformanceTests {
+    @Test(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"),
+          arguments: SessionStoreConformance.allCases)
+    func redisStoreConforms(_ check: SessionStoreConformance) throws {
+        try check.run(RedisHarness())
+    }
 }

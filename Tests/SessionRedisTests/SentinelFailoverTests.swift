@@ -14,7 +14,7 @@ import SystemSupport
 /// written before the kill must survive and requests must succeed again
 /// within 2 s. The baseline — a Flask-Session app on a single Redis — loses
 /// every session and stays down until someone restarts Redis.
-@Suite(.serialized) struct SentinelFailoverTests {
+@Suite(.serialized, .tags(.integration)) struct SentinelFailoverTests {
     // MARK: - SessionCluster on Redis Sentinel
 
     @Test(
@@ -33,17 +33,15 @@ import SystemSupport
         // Master, then replica, then sentinel: the sentinel learns about the
         // replica from the master's INFO, which it asks at once on connect and
         // then only every 10 s, so the replica must be attached before it starts.
-        let master = try FailoverTools.startRedisServer(name: "master", root: root) { _ in [] }
-        defer { master.process.stop(signal: SIGKILL, timeout: 2) }
-        let replica = try FailoverTools.startRedisServer(name: "replica", root: root) { _ in
-            ["--replicaof", "127.0.0.1", "\(master.port)"]
-        }
-        defer { replica.process.stop(signal: SIGKILL, timeout: 2) }
+        let master = try RedisServerProcess()
+        defer { master.kill() }
+        let replica = try RedisServerProcess(extraArguments: ["--replicaof", "127.0.0.1", "\(master.port)"])
+        defer { replica.kill() }
         let replicaClient = FailoverTools.directClient(port: replica.port)
         let inSync = waitUntil(timeout: 15) {
             (try? replicaClient.send("INFO", "replication"))?.string?.contains("master_link_status:up") == true
         }
-        try #require(inSync, "replica never reached master_link_status:up; replica log:\n\(replica.process.output)")
+        try #require(inSync, "replica never reached master_link_status:up; replica log:\n\(replica.output)")
 
         let sentinel = try FailoverTools.startSentinel(root: root, masterPort: master.port)
         defer { sentinel.process.stop(signal: SIGKILL, timeout: 2) }
@@ -102,7 +100,7 @@ import SystemSupport
         usleep(1_000_000)  // a second of normal traffic before the crash
         let killWallClock = Date()
         let killAt = FailoverTraffic.nowMillis()
-        #expect(kill(master.process.pid, SIGKILL) == 0)
+        #expect(kill(try #require(master.pid), SIGKILL) == 0)
         usleep(5_000_000)  // ~5 s of traffic through the failover
         let joined = traffic.stop(timeout: 10)
         #expect(joined, "traffic threads did not stop within 10 s")
@@ -169,11 +167,9 @@ import SystemSupport
     func flaskSessionOnSingleRedisLosesEverySessionAndStaysDown() throws {
         let python = try #require(FailoverTools.flaskPython)
         let sessionCount = 50
-        let root = try FailoverTools.makeTempDir("flask-baseline")
-        defer { try? FileManager.default.removeItem(at: root) }
 
-        let redis = try FailoverTools.startRedisServer(name: "redis", root: root) { _ in [] }
-        defer { redis.process.stop(signal: SIGKILL, timeout: 2) }
+        let redis = try RedisServerProcess()
+        defer { redis.kill() }
 
         let app = try FailoverTools.startFlaskApp(python: python, redisPort: redis.port)
         defer { app.process.stop(signal: SIGKILL, timeout: 2) }
@@ -190,7 +186,7 @@ import SystemSupport
 
         // Kill Redis and poll every 100 ms for 5 s with the users' cookies.
         let killAt = FailoverTraffic.nowMillis()
-        #expect(kill(redis.process.pid, SIGKILL) == 0)
+        #expect(kill(try #require(redis.pid), SIGKILL) == 0)
         var polls = 0
         var failures = 0
         while FailoverTraffic.nowMillis() - killAt < 5000 {
@@ -205,10 +201,7 @@ import SystemSupport
         #expect(failures == polls, "the Flask app answered \(polls - failures) of \(polls) requests with Redis down")
 
         // Bring Redis back (no persistence, as a crashed cache comes back): every session is gone.
-        let restarted = try FailoverTools.startRedisServer(name: "redis-restarted", root: root, port: redis.port) {
-            _ in []
-        }
-        defer { restarted.process.stop(signal: SIGKILL, timeout: 2) }
+        try redis.start()
         let back = waitUntil(timeout: 10) { (try? users[0].request("GET", "\(base)/session").status) == 200 }
         #expect(back, "the Flask app did not recover after Redis restarted:\n\(app.process.output.suffix(2000))")
         var survived = 0
@@ -352,11 +345,6 @@ final class FailoverTraffic: Sendable {
 
 // MARK: - Processes and helpers
 
-struct FailoverTestError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
-
 enum FailoverTools {
     /// An executable of this name on PATH.
     static func executable(_ name: String) -> URL? {
@@ -415,41 +403,13 @@ enum FailoverTools {
         var port: Int
     }
 
-    /// Starts a redis-server without persistence in its own directory, on
-    /// `port` or a free one (retried on another when taken), and waits for PING.
-    static func startRedisServer(
-        name: String, root: URL, port fixedPort: Int? = nil, extraArguments: (Int) -> [String]
-    ) throws -> Server {
-        guard let binary = redisServer else { throw FailoverTestError("redis-server not on PATH") }
-        let dir = root.appendingPathComponent(name)
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        var lastOutput = ""
-        for _ in 0..<(fixedPort == nil ? 3 : 1) {
-            let port = try fixedPort ?? Sockets.freeLoopbackPort()
-            let process = try ChildProcess(
-                binary,
-                [
-                    "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--daemonize", "no", "--dir", dir.path,
-                ] + extraArguments(port))
-            let client = directClient(port: port)
-            let up = waitUntil(timeout: 10) { client.ping() || !process.process.isRunning }
-            if up && process.process.isRunning && client.ping() { return Server(process: process, port: port) }
-            lastOutput = process.output
-            process.stop(signal: SIGKILL, timeout: 2)
-        }
-        throw FailoverTestError("\(name) redis-server did not start:\n\(lastOutput)")
-    }
-
     /// Starts one sentinel watching 127.0.0.1:`masterPort` as "mymaster", with
     /// timeouts tuned for a test: down after 500 ms of silence.
     static func startSentinel(root: URL, masterPort: Int) throws -> Server {
-        guard let binary = redisSentinel else { throw FailoverTestError("redis-sentinel not on PATH") }
+        guard let binary = redisSentinel else { throw TestError("redis-sentinel not on PATH") }
         let dir = root.appendingPathComponent("sentinel")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        var lastOutput = ""
-        for _ in 0..<3 {
-            let port = try Sockets.freeLoopbackPort()
+        let (process, port) = try ChildProcess.startServer { port in
             // The sentinel rewrites its config file, so it lives in the temp dir.
             let conf = dir.appendingPathComponent("sentinel-\(port).conf")
             try """
@@ -463,33 +423,23 @@ enum FailoverTools {
             sentinel parallel-syncs mymaster 1
 
             """.write(to: conf, atomically: true, encoding: .utf8)
-            let process = try ChildProcess(binary, [conf.path])
-            let client = directClient(port: port)
-            let up = waitUntil(timeout: 10) { client.ping() || !process.process.isRunning }
-            if up && process.process.isRunning && client.ping() { return Server(process: process, port: port) }
-            lastOutput = process.output
-            process.stop(signal: SIGKILL, timeout: 2)
+            return try ChildProcess(binary, [conf.path])
+        } isUp: { port in
+            RedisServerProcess.answersPing(port: port)
         }
-        throw FailoverTestError("redis-sentinel did not start:\n\(lastOutput)")
+        return Server(process: process, port: port)
     }
 
     /// Starts scripts/flask_session_app.py on a free port and waits for /healthz.
     static func startFlaskApp(python: URL, redisPort: Int) throws -> Server {
         let script = packageRoot.appendingPathComponent("scripts/flask_session_app.py")
-        var lastOutput = ""
-        for _ in 0..<3 {
-            let port = try Sockets.freeLoopbackPort()
-            let process = try ChildProcess(python, [script.path, "\(port)", "\(redisPort)"])
-            let probe = CurlClient()
-            let up = waitUntil(timeout: 20) {
-                (try? probe.request("GET", "http://127.0.0.1:\(port)/healthz", useJar: false).status) == 200
-                    || !process.process.isRunning
-            }
-            if up && process.process.isRunning { return Server(process: process, port: port) }
-            lastOutput = process.output
-            process.stop(signal: SIGKILL, timeout: 2)
+        let probe = CurlClient()
+        let (process, port) = try ChildProcess.startServer(timeout: 20) { port in
+            try ChildProcess(python, [script.path, "\(port)", "\(redisPort)"])
+        } isUp: { port in
+            (try? probe.request("GET", "http://127.0.0.1:\(port)/healthz", useJar: false).status) == 200
         }
-        throw FailoverTestError("the Flask app did not start:\n\(lastOutput)")
+        return Server(process: process, port: port)
     }
 
     /// A flat [key, value, key, value…] reply (SENTINEL master/replicas) as a dictionary.

@@ -116,13 +116,6 @@ private final class Cluster: Sendable {
     }
 }
 
-private func record(_ key: String) -> IdempotencyRecord {
-    IdempotencyRecord(
-        key: key, fingerprint: "fp-\(key)",
-        response: StoredResponse(status: 201, headers: [["Content-Type", "application/json"]], body: json("{\"ok\":1}")),
-        ttlMillis: 60_000)
-}
-
 private final class Failures: Sendable {
     let count = Mutex(0)
 }

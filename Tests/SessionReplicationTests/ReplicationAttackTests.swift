@@ -6,7 +6,6 @@ import Darwin
 import Dispatch
 import Foundation
 import Logging
-import MiniHTTP
 import SessionCore
 import SessionReplication
 import Synchronization

@@ -4,7 +4,6 @@ import Glibc
 import Darwin
 #endif
 import Logging
-import MiniHTTP
 import SessionCore
 import SessionReplication
 import Synchronization
@@ -30,13 +29,6 @@ private func runK1OnAReachingOnlyB(_ cluster: LoopbackCluster) throws -> Session
     #expect(try a.store.begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
     _ = try a.store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1")))
     return id
-}
-
-private func record(_ key: String) -> IdempotencyRecord {
-    IdempotencyRecord(
-        key: key, fingerprint: "fp-\(key)",
-        response: StoredResponse(status: 201, headers: [["Content-Type", "application/json"]], body: json("{\"ok\":true}")),
-        ttlMillis: 60_000)
 }
 
 /// A frame header as anyone may write it.

@@ -6,7 +6,6 @@ import Darwin
 import Dispatch
 import Foundation
 import Logging
-import MiniHTTP
 import Prometheus
 import SessionCore
 import SessionReplication
@@ -22,6 +21,14 @@ import Testing
 /// JSON text as the bytes a session attribute holds.
 func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
+/// A completed idempotency record for `key` (fingerprint `fp-KEY`, a 201 JSON answer).
+func record(_ key: String) -> IdempotencyRecord {
+    IdempotencyRecord(
+        key: key, fingerprint: "fp-\(key)",
+        response: StoredResponse(status: 201, headers: [["Content-Type", "application/json"]], body: json("{\"ok\":true}")),
+        ttlMillis: 60_000)
+}
+
 /// The secret of every test cluster.
 let replicationTestSecret = Array("replication-node-tests-cluster-secret".utf8)
 /// Another cluster's.
@@ -30,10 +37,6 @@ let otherClusterSecret = Array("some-other-cluster-entirely-secret".utf8)
 /// The address a `RawPeer` announces unless told otherwise: a cluster built
 /// with `alsoAccepting: [rawPeerAddress]` admits it, others refuse it.
 let rawPeerAddress = PeerAddress(host: "127.0.0.1", port: 1)
-
-struct TestSetupError: Error, CustomStringConvertible {
-    var description: String
-}
 
 /// Nodes "a", "b", "c"... on loopback. Every node is bound (its port taken)
 /// at once; `start` starts some or all. Each node's peer list holds every
@@ -104,7 +107,7 @@ final class LoopbackCluster: Sendable {
             expectedPeerCounts = (0..<count).map { i in Set(lists[i]).subtracting([addresses[i]]).count }
             return
         }
-        throw lastError ?? TestSetupError(description: "no free loopback ports")
+        throw lastError ?? TestError("no free loopback ports")
     }
 
     subscript(_ i: Int) -> ReplicationNode { nodes[i] }

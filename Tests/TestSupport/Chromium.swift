@@ -12,15 +12,16 @@ import Foundation
 /// (Browser.close, then SIGKILL after a timeout), reaps it, kills helpers left
 /// in its group, and removes its temporary profile.
 public final class Chromium: @unchecked Sendable {  // used by one test at a time
+    /// The browser process, leader of its own process group.
+    private let process: ChildProcess
     /// The browser's PID, also its process group.
-    public let pid: pid_t
+    public var pid: pid_t { process.pid }
     /// Holds the profile (`profile/`) and Chromium's output (`chromium.log`).
     public let workDirectory: URL
     private let commandFD: Int32  // we send, Chromium reads as fd 3
     private let messageFD: Int32  // Chromium writes as fd 4, we read
     private var buffer: [UInt8] = []
     private var lastID = 0
-    private var exited = false
     private var closed = false
 
     /// Where Chromium is installed, if it is.
@@ -35,18 +36,18 @@ public final class Chromium: @unchecked Sendable {  // used by one test at a tim
     /// Chromium's path, installing the apt package `chromium` when it is
     /// missing (with sudo when not root, like scripts/ensure-packages.sh);
     /// the error says why it is not available. Tried once per process.
-    public static func ensureInstalled() -> Result<String, ChildProcessError> { installation }
+    public static func ensureInstalled() -> Result<String, TestError> { installation }
 
-    private static let installation: Result<String, ChildProcessError> = {
+    private static let installation: Result<String, TestError> = {
         if let path = installedExecutable() { return .success(path) }
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/apt-get") else {
-            return .failure(ChildProcessError(message: "chromium is not installed, and apt-get is not available to install it"))
+            return .failure(TestError("chromium is not installed, and apt-get is not available to install it"))
         }
         var prefix: [String] = []
         if geteuid() != 0 {
             guard FileManager.default.isExecutableFile(atPath: "/usr/bin/sudo") else {
-                return .failure(ChildProcessError(
-                    message: "chromium is not installed; installing it needs root and sudo is missing (apt-get install chromium)"))
+                return .failure(TestError(
+                    "chromium is not installed; installing it needs root and sudo is missing (apt-get install chromium)"))
             }
             prefix = ["/usr/bin/sudo", "-n"]  // never wait for a password
         }
@@ -56,12 +57,12 @@ public final class Chromium: @unchecked Sendable {  // used by one test at a tim
             let (status, output) = runQuietly(apt + step)
             guard status == 0 else {
                 let tail = output.split(separator: "\n").suffix(15).joined(separator: "\n")
-                return .failure(ChildProcessError(
-                    message: "chromium is not installed and `apt-get \(step[0])` failed (status \(status)):\n\(tail)"))
+                return .failure(TestError(
+                    "chromium is not installed and `apt-get \(step[0])` failed (status \(status)):\n\(tail)"))
             }
         }
         guard let path = installedExecutable() else {
-            return .failure(ChildProcessError(message: "apt-get installed chromium, but no chromium binary was found"))
+            return .failure(TestError("apt-get installed chromium, but no chromium binary was found"))
         }
         return .success(path)
     }()
@@ -90,7 +91,6 @@ public final class Chromium: @unchecked Sendable {  // used by one test at a tim
         workDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("chromium-\(UUID().uuidString)")
         let profile = workDirectory.appendingPathComponent("profile")
         try FileManager.default.createDirectory(at: profile, withIntermediateDirectories: true)
-        let logPath = workDirectory.appendingPathComponent("chromium.log").path
 
         var commands: [Int32] = [-1, -1]
         var messages: [Int32] = [-1, -1]
@@ -100,61 +100,32 @@ public final class Chromium: @unchecked Sendable {  // used by one test at a tim
             let error = errno
             for fd in commands + messages where fd >= 0 { Glibc.close(fd) }
             try? FileManager.default.removeItem(at: workDirectory)
-            throw ChildProcessError(message: "socketpair failed: errno \(error)")
+            throw TestError("socketpair failed: errno \(error)")
         }
-        // Chromium's ends move to fds 3 and 4 in the child; first above 10, so
-        // that neither already is 3 or 4 (dup2 onto itself would keep CLOEXEC).
-        let childIn = fcntl(commands[1], F_DUPFD_CLOEXEC, 10)
-        let childOut = fcntl(messages[1], F_DUPFD_CLOEXEC, 10)
-        Glibc.close(commands[1])
-        Glibc.close(messages[1])
         defer {
-            Glibc.close(childIn)
-            Glibc.close(childOut)
+            Glibc.close(commands[1])
+            Glibc.close(messages[1])
         }
 
         let arguments = [
-            executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
             "--user-data-dir=\(profile.path)", "--no-first-run", "--no-default-browser-check",
             "--disable-extensions", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--disable-dev-shm-usage", "--mute-audio", "--hide-scrollbars",
             "--window-size=\(windowSize.width),\(windowSize.height)", "about:blank",
         ]
-        var actions = posix_spawn_file_actions_t()
-        var attributes = posix_spawnattr_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawnattr_init(&attributes)
-        defer {
-            posix_spawn_file_actions_destroy(&actions)
-            posix_spawnattr_destroy(&attributes)
-        }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        posix_spawn_file_actions_adddup2(&actions, childIn, 3)
-        posix_spawn_file_actions_adddup2(&actions, childOut, 4)
-        // Its own process group (to find its helpers), default signal mask and dispositions.
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { for arg in argv { free(arg) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
-        guard rc == 0 else {
+        // Its own process group (to find its helpers); Chromium's ends of the channels as its fds 3 and 4.
+        do {
+            process = try ChildProcess(
+                URL(fileURLWithPath: executable), arguments,
+                logFile: workDirectory.appendingPathComponent("chromium.log"), ownProcessGroup: true,
+                descriptors: [3: commands[1], 4: messages[1]])
+        } catch {
             Glibc.close(commands[0])
             Glibc.close(messages[0])
             try? FileManager.default.removeItem(at: workDirectory)
-            throw ChildProcessError(message: "posix_spawn \(executable) failed: errno \(rc)")
+            throw error
         }
-        pid = child
         commandFD = commands[0]
         messageFD = messages[0]
     }
@@ -256,22 +227,9 @@ public final class Chromium: @unchecked Sendable {  // used by one test at a tim
     /// process group, and removes the profile. Safe to call twice.
     public func close(timeout: Double = 5) {
         guard !closed else { return }
-        if !exited { _ = try? send("Browser.close", timeout: min(timeout, 2)) }
+        if process.isRunning { _ = try? send("Browser.close", timeout: min(timeout, 2)) }
         closed = true
-        let deadline = Date().addingTimeInterval(timeout)
-        var status: Int32 = 0
-        while !exited {
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid || (r < 0 && errno == ECHILD) {
-                exited = true
-            } else if Date() >= deadline {
-                kill(pid, SIGKILL)
-                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-                exited = true
-            } else {
-                usleep(20_000)
-            }
-        }
+        if process.waitForExit(timeout: timeout) == nil { process.kill() }
         for helper in Self.processes(inGroup: pid) { kill(helper, SIGKILL) }
         Glibc.close(commandFD)
         Glibc.close(messageFD)
@@ -279,51 +237,12 @@ public final class Chromium: @unchecked Sendable {  // used by one test at a tim
     }
 
     /// Whether the browser process is still running (not yet reaped).
-    public var isRunning: Bool {
-        if exited { return false }
-        var status: Int32 = 0
-        if waitpid(pid, &status, WNOHANG) == pid { exited = true }
-        return !exited
-    }
+    public var isRunning: Bool { process.isRunning }
 
     /// Live PIDs whose process group is `group`.
     public static func processes(inGroup group: pid_t) -> [pid_t] {
         ProcessTable.live().filter { $0.group == group }.map(\.pid)
     }
-}
-
-/// Processes from /proc, zombies left out: a helper whose parent died is
-/// reparented to init, which reaps it in its own time.
-public enum ProcessTable {
-    public struct Entry: Sendable {
-        public var pid: pid_t
-        public var parent: pid_t
-        public var group: pid_t
-    }
-
-    /// Every live process.
-    public static func live() -> [Entry] {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        return entries.compactMap { entry in pid_t(entry).flatMap(self.entry) }
-    }
-
-    /// The process `pid`, when it is alive.
-    public static func entry(_ pid: pid_t) -> Entry? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return nil }
-        // After "(comm)": state ppid pgrp ...
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 2, fields[0] != "Z", let parent = pid_t(fields[1]), let group = pid_t(fields[2]) else {
-            return nil
-        }
-        return Entry(pid: pid, parent: parent, group: group)
-    }
-
-    public static func isAlive(_ pid: pid_t) -> Bool { entry(pid) != nil }
-
-    /// The live children of `parent`.
-    public static func children(of parent: pid_t) -> [pid_t] { live().filter { $0.parent == parent }.map(\.pid) }
 }
 
 /// A tab of a `Chromium`, attached with a flat session.

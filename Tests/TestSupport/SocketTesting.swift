@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import MiniHTTP
 import SystemSupport
 
 /// What `receiveSome` got from a socket.
@@ -59,10 +58,13 @@ extension String {
 /// A blocking TCP connection to a local test server, closed at the latest when released.
 open class TestConnection {
     public let fd: Int32
+    /// The port on 127.0.0.1 it is connected to.
+    public let port: Int
     private var isClosed = false
 
     public init(port: Int) throws {
         fd = try Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 2_000)
+        self.port = port
     }
 
     deinit { close() }

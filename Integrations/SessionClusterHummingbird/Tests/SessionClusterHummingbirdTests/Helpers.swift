@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import NIOCore
 import SessionClusterTestKit
+import TestSupport
 import Testing
 
 extension TestClientProtocol {
@@ -27,7 +28,7 @@ extension TestClientProtocol {
     ) async throws -> DemoAnswer {
         let response = try await call(method, uri, jar: jar, body: body, headers: headers)
         guard response.status == .ok else {
-            throw TestKitError("\(method) \(uri): \(response.status) \(String(buffer: response.body))")
+            throw TestError("\(method) \(uri): \(response.status) \(String(buffer: response.body))")
         }
         return try JSONDecoder().decode(DemoAnswer.self, from: Data(response.body.readableBytesView))
     }

@@ -5,6 +5,7 @@ import SessionClusterAsync
 import SessionClusterNodeKit
 import SessionClusterTestKit
 import SessionCore
+import TestSupport
 import Testing
 
 @testable import HummingbirdNode
@@ -40,13 +41,13 @@ import Testing
                 let seen = try await onThread {
                     let kept = try RawHTTPConnection(port: port)
                     let healthy = try kept.request("GET", "/healthz")
-                    let keptAlive = !kept.closedByPeer(within: 0.2)
+                    let keptAlive = !kept.waitForClose(timeoutMillis: 200)
                     lameDuck.beginDraining()
                     let health = try kept.request("GET", "/healthz")
-                    let healthClosed = kept.closedByPeer(within: 5)
+                    let healthClosed = kept.waitForClose(timeoutMillis: 5000)
                     let other = try RawHTTPConnection(port: port)
                     let missing = try other.request("GET", "/no-such-route")
-                    let missingClosed = other.closedByPeer(within: 5)
+                    let missingClosed = other.waitForClose(timeoutMillis: 5000)
                     return (healthy, keptAlive, health, healthClosed, missing, missingClosed)
                 }
                 let (healthy, keptAlive, health, healthClosed, missing, missingClosed) = seen
@@ -54,7 +55,7 @@ import Testing
                 #expect(healthy.values("Connection").isEmpty)
                 #expect(keptAlive, "kept alive while not draining")
                 #expect(health.status == 503)
-                #expect(health.body == "{\"status\":\"draining\",\"node\":\"hb\"}")
+                #expect(health.bodyText == "{\"status\":\"draining\",\"node\":\"hb\"}")
                 #expect(health.values("Connection") == ["close"])
                 #expect(healthClosed, "closed by the server after the close answer")
                 #expect(missing.status == 404)

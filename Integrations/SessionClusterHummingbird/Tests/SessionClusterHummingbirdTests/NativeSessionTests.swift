@@ -9,6 +9,7 @@ import SessionClusterHummingbird
 import SessionClusterTestKit
 import SessionCore
 import SessionRedis
+import TestSupport
 import Testing
 
 @testable import HummingbirdNode
@@ -232,8 +233,8 @@ import Testing
     @Test func exclusiveModeSerializesReadModifyWrite() async throws {
         try await withExecutor(threads: 16) { executor in
             try await withStores(.redis) { stores in
-                let server = try await onThread { try RedisTestServer.start() }
-                let client = RedisClient(configuration: try RedisConfiguration(url: server.url), logger: quietLogger())
+                let redis = try await onThread { try RedisServerProcess.fromEnvironmentOrPrivate() }
+                let client = RedisClient(configuration: try RedisConfiguration(url: redis.url), logger: quietLogger())
                 let lock = RedisSessionLock(
                     client: client, keyPrefix: "lock:\(UUID().uuidString):", logger: quietLogger())
                 let routers = stores.nodes.map { store in
@@ -269,7 +270,7 @@ import Testing
                 }
                 for (_, manager) in routers { try await manager.shutdown() }
                 client.close()
-                try await onThread { server.stop() }
+                try await onThread { redis.server?.stop() }
             }
         }
     }

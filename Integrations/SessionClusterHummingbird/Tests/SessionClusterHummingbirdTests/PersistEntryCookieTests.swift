@@ -5,6 +5,7 @@ import SessionClusterAsync
 import SessionClusterHummingbird
 import SessionClusterTestKit
 import SessionCore
+import TestSupport
 import Testing
 
 /// Issue 14, finding 10b: an entry of the persist driver has an ID anyone

@@ -5,6 +5,7 @@ import SessionClusterAsync
 import SessionClusterTestKit
 import SessionCore
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import HummingbirdNode

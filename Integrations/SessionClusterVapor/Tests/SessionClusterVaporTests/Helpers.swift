@@ -4,6 +4,7 @@ import SessionClusterAsync
 import SessionClusterNodeKit
 import SessionClusterTestKit
 import SessionCore
+import TestSupport
 import Vapor
 import VaporTesting
 
@@ -32,7 +33,7 @@ extension TestingApplicationTester {
     ) async throws -> DemoAnswer {
         let response = try await call(method, path, jar: jar, body: body, headers: headers)
         guard response.status == .ok else {
-            throw TestKitError("\(method) \(path): \(response.status) \(String(buffer: response.body))")
+            throw TestError("\(method) \(path): \(response.status) \(String(buffer: response.body))")
         }
         return try JSONDecoder().decode(DemoAnswer.self, from: Data(response.body.readableBytesView))
     }
@@ -73,7 +74,7 @@ func withLiveDemoNode(
             app: app, nodeID: nodeID, store: store, executor: executor, sessions: SessionConfiguration(),
             lameDuck: lameDuck, logger: quietLogger())
         try await app.server.start(address: .hostname("127.0.0.1", port: 0))
-        guard let port = app.http.server.shared.localAddress?.port else { throw TestKitError("the server has no port") }
+        guard let port = app.http.server.shared.localAddress?.port else { throw TestError("the server has no port") }
         try await body(port)
         await app.server.shutdown()
         try await routes.shutdown()

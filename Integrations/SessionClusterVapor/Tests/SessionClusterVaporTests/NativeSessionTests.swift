@@ -2,6 +2,7 @@ import Foundation
 import SessionClusterAsync
 import SessionClusterTestKit
 import SessionCore
+import TestSupport
 import Testing
 import Vapor
 import VaporTesting

@@ -1,4 +1,5 @@
 import SessionCore
+import TestSupport
 import Testing
 
 /// The slow-store scenario on a live server at `port`, whatever the framework: two
@@ -22,7 +23,7 @@ public func exerciseSlowStore(_ store: SlowSessionStore, port: Int) async throws
                     try rawHTTP(port: port, "GET", "/api/session", headers: ["Cookie": cookie])
                 }
                 #expect(response.status == 200)
-                #expect(response.body.contains(#""count":1"#))
+                #expect(response.bodyText.contains(#""count":1"#))
                 finished.append("slow-\(i)")
             }
         }
@@ -33,7 +34,7 @@ public func exerciseSlowStore(_ store: SlowSessionStore, port: Int) async throws
                 fast.addTask {
                     let response = try await onThread { try rawHTTP(port: port, "POST", "/api/counter") }
                     #expect(response.status == 200)
-                    #expect(response.body.contains(#""count":1"#))
+                    #expect(response.bodyText.contains(#""count":1"#))
                     finished.append("fast-\(i)")
                 }
             }

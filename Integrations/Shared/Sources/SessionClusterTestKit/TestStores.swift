@@ -1,9 +1,9 @@
 import Foundation
-import Logging
 import SessionReplication
 import SessionCore
 import SessionRedis
 import SystemSupport
+import TestSupport
 
 /// The stores the adapters are tested against, each torn down by `shutdown()`.
 public final class TestStores: Sendable {
@@ -29,13 +29,13 @@ public final class TestStores: Sendable {
     }
 
     /// Two `RedisSessionStore`s (two "nodes", each with its own client) over
-    /// one Redis: `$REDIS_URL` or a private redis-server. Each call uses its
-    /// own key prefix, so tests never see each other's sessions.
+    /// one Redis: `$REDIS_URL` or a private redis-server, stopped by `shutdown()`.
+    /// Each call uses its own key prefix, so tests never see each other's sessions.
     /// (Redis keeps time itself: its sessions expire in real time.)
     public static func redis(expiry: SessionExpiry = SessionExpiry()) throws -> TestStores {
-        let server = try RedisTestServer.start()
-        return try redisStores(name: "redis", configuration: try RedisConfiguration(url: server.url), expiry: expiry) {
-            server.stop()
+        let redis = try RedisServerProcess.fromEnvironmentOrPrivate()
+        return try redisStores(name: "redis", configuration: try RedisConfiguration(url: redis.url), expiry: expiry) {
+            redis.server?.stop()
         }
     }
 
@@ -47,7 +47,7 @@ public final class TestStores: Sendable {
     /// Two `RedisSessionStore`s over the Redis Cluster of `$REDIS_CLUSTER_SEEDS`.
     public static func redisCluster(expiry: SessionExpiry = SessionExpiry()) throws -> TestStores {
         guard let seeds = redisClusterSeeds else {
-            throw TestKitError("REDIS_CLUSTER_SEEDS is not set (scripts/test.sh starts a Redis Cluster and sets it)")
+            throw TestError("REDIS_CLUSTER_SEEDS is not set (scripts/test.sh starts a Redis Cluster and sets it)")
         }
         return try redisStores(name: "redisCluster", configuration: try RedisConfiguration(clusterSeeds: seeds), expiry: expiry) {}
     }
@@ -76,7 +76,7 @@ public final class TestStores: Sendable {
         mode: ReplicationConfiguration.Mode = .sync
     ) throws -> TestStores {
         let secret = Array("integration-tests-cluster-secret".utf8)
-        var lastError: any Error = TestKitError("no free loopback ports")
+        var lastError: any Error = TestError("no free loopback ports")
         for _ in 0..<5 {  // a port picked free may be taken before it is bound again
             let ports = try (0..<2).map { _ in try Sockets.freeLoopbackPort() }
             guard ports[0] != ports[1] else { continue }
@@ -104,7 +104,7 @@ public final class TestStores: Sendable {
             }
             guard settled else {
                 for node in nodes { node.shutdown() }
-                throw TestKitError("the two replication nodes did not connect")
+                throw TestError("the two replication nodes did not connect")
             }
             let started = nodes
             return TestStores(name: "replicated", nodes: started.map(\.store)) {
@@ -113,11 +113,4 @@ public final class TestStores: Sendable {
         }
         throw lastError
     }
-}
-
-/// A logger that only reports critical problems.
-public func quietLogger() -> Logger {
-    var logger = Logger(label: "integration-tests")
-    logger.logLevel = .critical
-    return logger
 }

@@ -3,6 +3,7 @@ import SessionClusterAsync
 import SessionClusterTestKit
 import SessionCore
 import Synchronization
+import TestSupport
 import Testing
 
 /// Exclusive mode for async bodies: a `SessionRequestLock`'s lease is held
@@ -44,24 +45,23 @@ import Testing
         let lock = TestLock()
         let access = ExclusiveAccess(lock: lock, lockThreads: 1)
         let ids = (0..<8).map { _ in SessionID.generate() }
-        final class Entered: Sendable { let count = Atomic<Int>(0) }
-        let entered = Entered()
+        let inside = Counter()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for id in ids {
                 group.addTask {
                     try await access.run(id) {
-                        entered.count.add(1, ordering: .relaxed)
-                        for _ in 0..<500 where entered.count.load(ordering: .relaxed) < ids.count {
+                        inside.increment()
+                        for _ in 0..<500 where inside.current < ids.count {
                             try await Task.sleep(for: .milliseconds(10))
                         }
-                        #expect(entered.count.load(ordering: .relaxed) == ids.count, "all eight held at once")
+                        #expect(inside.current == ids.count, "all eight held at once")
                         #expect(lock.isHeld(id))
                     }
                 }
             }
             try await group.waitForAll()
         }
-        #expect(entered.count.load(ordering: .relaxed) == ids.count)
+        #expect(inside.current == ids.count)
         #expect(ids.allSatisfy { !lock.isHeld($0) })
         try await access.shutdown()
     }

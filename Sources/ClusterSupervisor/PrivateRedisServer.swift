@@ -185,7 +185,7 @@ public final class PrivateRedisServer: Sendable {
         } catch {
             process.send(SIGKILL)
             process.waitForExit(timeoutMillis: 5_000)
-            throw error
+            throw SupervisorError(error.description)
         }
         let running = Running(process: process, guardian: guardian)
         current.withLock { $0 = running }

@@ -10,11 +10,6 @@ public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
     case exited(code: Int32)
     case signaled(signal: Int32)
 
-    init(waitStatus status: Int32) {
-        let signal = status & 0x7f
-        self = signal == 0 ? .exited(code: (status >> 8) & 0xff) : .signaled(signal: signal)
-    }
-
     public var description: String {
         switch self {
         case .exited(let code): "exited with status \(code)"
@@ -57,9 +52,9 @@ public struct SupervisorError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// A child process started with `posix_spawn`: stdin from /dev/null (or a given descriptor), stdout and
-/// stderr appended to a log file, default signal dispositions, its own process
-/// group (a Ctrl-C at the terminal reaches only the supervisor, which then stops
+/// A child process started with `spawnProcess` (SystemSupport): stdin from /dev/null (or a given
+/// descriptor), stdout and stderr appended to a log file, no other descriptor of this process, default
+/// signal dispositions, its own process group (a Ctrl-C at the terminal reaches only the supervisor, which then stops
 /// its children in order).
 ///
 /// Signals are sent only while the child has not been reaped, under the same
@@ -76,41 +71,14 @@ public final class SpawnedProcess: Sendable {
         standardInput: Int32? = nil
     ) throws(SupervisorError) {
         self.logPath = logPath
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        if let standardInput {
-            posix_spawn_file_actions_adddup2(&actions, standardInput, 0)
-        } else {
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        do {
+            pid = try spawnProcess(
+                executable, arguments, environment: environment,
+                settings: SpawnSettings(
+                    outputPath: logPath, appendOutput: true, standardInput: standardInput, ownProcessGroup: true))
+        } catch {
+            throw SupervisorError(error.description)
         }
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGPIPE, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
-
-        let argv = [executable] + arguments
-        let envp = environment.map { "\($0.key)=\($0.value)" }
-        var child: pid_t = 0
-        let rc = withCStrings(argv) { cArgv in
-            withCStrings(envp) { cEnvp in posix_spawn(&child, executable, &actions, &attributes, cArgv, cEnvp) }
-        }
-        guard rc == 0 else {
-            throw SupervisorError("cannot start \(executable): \(String(cString: strerror(rc)))")
-        }
-        pid = child
     }
 
     /// How it ended; nil while it runs (reaps it when it has ended).
@@ -174,21 +142,11 @@ public final class SpawnedProcess: Sendable {
     }
 
     private static func reap(_ pid: pid_t, block: Bool) -> ExitStatus? {
-        var raw: Int32 = 0
-        while true {
-            let rc = waitpid(pid, &raw, block ? 0 : WNOHANG)
-            if rc == pid { return ExitStatus(waitStatus: raw) }
-            if rc == 0 { return nil }
-            if errno == EINTR { continue }
-            return .exited(code: -1)  // not our child any more (ECHILD): treat as gone
+        switch reapProcess(pid, block: block) {
+        case nil: nil
+        case .exited(let code): .exited(code: code)
+        case .signaled(let signal): .signaled(signal: signal)
+        case .notOurChild: .exited(code: -1)  // not our child any more (ECHILD): treat as gone
         }
     }
-}
-
-/// Calls `body` with a NULL-terminated array of C strings.
-private func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
-    pointers.append(nil)
-    defer { for p in pointers { free(p) } }
-    return body(pointers)
 }

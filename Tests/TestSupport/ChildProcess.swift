@@ -31,15 +31,16 @@ public enum ChildExit: Equatable, Sendable, CustomStringConvertible {
 
 /// A process a test starts and must stop, by its PID.
 ///
-/// Started with posix_spawn: stdin from /dev/null, stdout and stderr to `logFile`,
-/// no other descriptor of the test process (glibc 2.34 and later; but those
-/// `descriptors` hands on),
-/// default signal dispositions and an empty signal mask (the test process may
-/// ignore or block SIGTERM, SIGINT or SIGPIPE: a child must not inherit that),
-/// in the test's process group unless `ownProcessGroup` (so a Ctrl-C at the
-/// terminal reaches it too). A signal is only sent while the child is not
-/// reaped, under the lock that reaps it: a recycled PID is never signalled.
-/// SIGKILL and reaped at the latest when released.
+/// Started with SystemSupport's `spawnProcess`: stdin from /dev/null, stdout and stderr
+/// to `logFile`, no other descriptor of the test process (but those `descriptors` hands
+/// on), default signal dispositions and an empty signal mask, in the test's process
+/// group unless `ownProcessGroup` (so a Ctrl-C at the terminal reaches it too). A signal
+/// is only sent while the child is not reaped, under the lock that reaps it: a recycled
+/// PID is never signalled. SIGKILL and reaped at the latest when released.
+///
+/// It dies with the test runner, however the runner ends (a crash, SIGKILL): a
+/// `ParentDeathGuard` watches the runner for it (for its whole process group with
+/// `ownProcessGroup`: Chromium's helpers too), and is dismissed once the child is reaped.
 public final class ChildProcess: Sendable {
     /// The child's PID (its process group too, with `ownProcessGroup`).
     public let pid: pid_t
@@ -47,6 +48,8 @@ public final class ChildProcess: Sendable {
     public let logFile: URL
     private let ownsLogFile: Bool
     private let ended = Mutex<ChildExit?>(nil)
+    /// Kills the child should the test runner die first.
+    public let parentDeathGuard: ParentDeathGuard
 
     /// The `session-cluster` binary built next to the test bundle (the test targets that spawn it
     /// declare it as a dependency, so `swift build --build-tests` builds it).
@@ -108,9 +111,23 @@ public final class ChildProcess: Sendable {
         }
         var env = ProcessInfo.processInfo.environment
         for (name, value) in environment { env[name] = value }
-        pid = try spawn(
-            executable.path, arguments, environment: env, outputPath: self.logFile.path,
-            ownProcessGroup: ownProcessGroup, descriptors: descriptors)
+        let pid: pid_t
+        do {
+            pid = try spawnProcess(
+                executable.path, arguments, environment: env,
+                settings: SpawnSettings(
+                    outputPath: self.logFile.path, ownProcessGroup: ownProcessGroup, descriptors: descriptors))
+        } catch {
+            throw TestError(error.description)
+        }
+        do {
+            parentDeathGuard = try ParentDeathGuard(protecting: pid, processGroup: ownProcessGroup)
+        } catch {
+            Glibc.kill(pid, SIGKILL)
+            _ = reapProcess(pid, block: true)
+            throw TestError(error.description)
+        }
+        self.pid = pid
     }
 
     /// What the process wrote so far (stdout and stderr).
@@ -119,7 +136,7 @@ public final class ChildProcess: Sendable {
     /// How it ended, once it has (reaps it); nil while it runs.
     public var exit: ChildExit? {
         ended.withLock { ended in
-            if ended == nil { ended = reap(pid, block: false) }
+            if ended == nil { ended = reap(block: false) }
             return ended
         }
     }
@@ -131,7 +148,7 @@ public final class ChildProcess: Sendable {
     @discardableResult
     public func send(_ signal: Int32) -> Bool {
         ended.withLock { ended in
-            if ended == nil { ended = reap(pid, block: false) }
+            if ended == nil { ended = reap(block: false) }
             return ended == nil && Glibc.kill(pid, signal) == 0
         }
     }
@@ -156,11 +173,25 @@ public final class ChildProcess: Sendable {
     /// SIGKILL unless it ended, and waits for the end (reaped). Safe to call again.
     public func kill() {
         ended.withLock { ended in
-            if ended == nil { ended = reap(pid, block: false) }
+            if ended == nil { ended = reap(block: false) }
             guard ended == nil else { return }
             _ = Glibc.kill(pid, SIGKILL)
-            ended = reap(pid, block: true)
+            ended = reap(block: true)
         }
+    }
+
+    /// Reaps the child once it has ended (at once with `block`), then dismisses the guard
+    /// (the PID is no longer the child's). Call under `ended`'s lock.
+    private func reap(block: Bool) -> ChildExit? {
+        let end: ChildExit?
+        switch reapProcess(pid, block: block) {
+        case nil: return nil
+        case .exited(let code): end = .exited(code)
+        case .signaled(let signal): end = .signaled(signal)
+        case .notOurChild: end = .exited(-1)  // not our child any more (ECHILD): gone
+        }
+        parentDeathGuard.dismiss()
+        return end
     }
 
     deinit {
@@ -223,79 +254,6 @@ public enum ProcessTable {
 
     /// The live children of `parent`.
     public static func children(of parent: pid_t) -> [pid_t] { live().filter { $0.parent == parent }.map(\.pid) }
-}
-
-/// Starts `executable` (see `ChildProcess`); returns its PID.
-private func spawn(
-    _ executable: String, _ arguments: [String], environment: [String: String], outputPath: String,
-    ownProcessGroup: Bool, descriptors: [Int32: Int32]
-) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    // Through copies above every number the child gets (a descriptor to hand on may be 3 or 4
-    // itself; dup2 onto itself would keep it close-on-exec), closed once the child has started.
-    let lowestCopy = max(10, (descriptors.keys.max() ?? 0) + 1)
-    var copies: [Int32] = []
-    defer { for copy in copies { close(copy) } }
-    for (childFD, parentFD) in descriptors.sorted(by: { $0.key < $1.key }) {
-        guard childFD > 2 else { throw TestError("descriptor \(childFD): the child's 0, 1 and 2 are set already") }
-        let copy = fcntl(parentFD, F_DUPFD_CLOEXEC, lowestCopy)
-        guard copy >= 0 else { throw TestError("cannot copy descriptor \(parentFD): errno \(errno)") }
-        copies.append(copy)
-        posix_spawn_file_actions_adddup2(&actions, copy, childFD)
-    }
-    _ = closeFrom?(&actions, (descriptors.keys.max() ?? 2) + 1)
-
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var noSignals = sigset_t()
-    sigemptyset(&noSignals)
-    posix_spawnattr_setsigmask(&attributes, &noSignals)
-    var allSignals = sigset_t()
-    sigfillset(&allSignals)
-    posix_spawnattr_setsigdefault(&attributes, &allSignals)
-    var flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF
-    if ownProcessGroup {
-        posix_spawnattr_setpgroup(&attributes, 0)
-        flags |= POSIX_SPAWN_SETPGROUP
-    }
-    posix_spawnattr_setflags(&attributes, Int16(flags))
-
-    let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-    let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer { for pointer in argv + envp { free(pointer) } }
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-    guard rc == 0 else { throw TestError("cannot start \(executable): \(String(cString: strerror(rc)))") }
-    return pid
-}
-
-/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later; not in the Glibc
-/// module Swift imports): every descriptor from a number on closed in the child.
-private let closeFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
-    guard let symbol = dlsym(dlopen(nil, RTLD_NOW), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
-    return unsafeBitCast(
-        symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
-}()
-
-/// The child's end, when it has ended (reaped), or at once with `block`.
-private func reap(_ pid: pid_t, block: Bool) -> ChildExit? {
-    var status: Int32 = 0
-    while true {
-        let rc = waitpid(pid, &status, block ? 0 : WNOHANG)
-        if rc == pid {
-            // WIFEXITED / WEXITSTATUS / WTERMSIG (macros Swift does not import).
-            return status & 0x7f == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f)
-        }
-        if rc == 0 { return nil }
-        if errno == EINTR { continue }
-        return .exited(-1)  // not our child any more (ECHILD): gone
-    }
 }
 
 /// A failure of a test helper, or of a test's setup.

@@ -31,15 +31,14 @@ public final class CurlClient: @unchecked Sendable {  // used by one test at a t
         for h in headers { args += ["-H", h] }
         if let body { args += ["--data-binary", body] }
         args.append(url)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        process.arguments = args
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
+        // A ChildProcess (not Foundation's Process): it dies with the test runner. `-s` keeps stderr
+        // empty, so the log holds the response alone; `--max-time 5` ends it, the 30 s wait is a backstop.
+        let process = try ChildProcess(URL(fileURLWithPath: "/usr/bin/curl"), args)
+        guard process.waitForExit(timeout: 30) != nil else {
+            process.kill()
+            throw TestError("curl \(method) \(url) did not end within 30 s (--max-time 5)")
+        }
+        let text = process.output
         var parts = text.components(separatedBy: "\r\n\r\n")
         // Skip interim 100 Continue heads.
         while parts.count > 1, parts[0].hasPrefix("HTTP/1.1 100") { parts.removeFirst() }

@@ -9,7 +9,9 @@
 # port and stops it by its PID, so redis-server must be installed
 # (apt-get install redis-server). The Redis Cluster cases run when
 # $REDIS_CLUSTER_SEEDS names one (scripts/test.sh starts one and exports it). Extra arguments go to every `swift test`
-# (e.g. Integrations/test.sh --filter Slow). Exit code: the first failure's.
+# (e.g. Integrations/test.sh --filter Slow). Skipped tests are counted after
+# each package's run; REQUIRE_ALL=1 fails the run when any were
+# (scripts/skipped-tests.sh). Exit code: the first failure's.
 set -euo pipefail
 
 here=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,20 +37,30 @@ on_signal() {
 trap on_signal INT TERM
 
 # run LOG CMD... — runs CMD in the background (so a signal reaches this
-# script at once), its output to the terminal and to LOG.
+# script at once), its output to the terminal and to LOG (through a FIFO, so
+# that tee can be waited for: LOG is whole when run returns).
 run() {
-    local log_file=$1 status=0
+    local log_file=$1 status=0 tee_pid
     shift
-    "${sigint_default[@]}" "$@" </dev/null > >(tee "$log_file") 2>&1 &
+    rm -f "$logs/run.fifo"
+    mkfifo "$logs/run.fifo"
+    tee "$log_file" <"$logs/run.fifo" &
+    tee_pid=$!
+    "${sigint_default[@]}" "$@" </dev/null >"$logs/run.fifo" 2>&1 &
     child_pid=$!
     wait "$child_pid" || status=$?
     child_pid=""
+    wait "$tee_pid" || true
+    rm -f "$logs/run.fifo"
     return "$status"
 }
 
 # The core package the adapters build on links system libraries (hiredis, libsodium).
 # shellcheck source=../scripts/ensure-packages.sh
 source "$here/../scripts/ensure-packages.sh"
+# shellcheck source=../scripts/skipped-tests.sh
+source "$here/../scripts/skipped-tests.sh"
+skipped_failure=0
 ensure_packages "${build_packages[@]}"
 
 if [[ -z "${REDIS_URL:-}" ]] && ! command -v redis-server >/dev/null 2>&1 && [[ ! -x /usr/bin/redis-server ]]; then
@@ -87,5 +99,7 @@ for package in "${packages[@]}"; do
         log "$package: tests failed"
         exit 1
     }
+    report_skipped "$logs/$package-test.log" "$package" || skipped_failure=1
 done
+if ((skipped_failure)); then exit 1; fi
 log "integration packages: all tests passed"

@@ -131,25 +131,40 @@ install_traps() {
 sigint_default=()
 if env --default-signal=INT true 2>/dev/null; then sigint_default=(env --default-signal=INT); fi
 
-# run [--out OUTFILE] CMD... — run a long command as a background child and
-# wait for it, so that INT/TERM reach the traps at once instead of after the
-# command ends; meanwhile its PID is in child_pid and $tmp_dir/child.pid.
-# With --out, its stdout goes to OUTFILE and its stderr to OUTFILE.err.
+# run [--out OUTFILE | --tee LOGFILE] CMD... — run a long command as a background
+# child and wait for it, so that INT/TERM reach the traps at once instead of after
+# the command ends; meanwhile its PID is in child_pid and $tmp_dir/child.pid.
+# With --out, its stdout goes to OUTFILE and its stderr to OUTFILE.err; with
+# --tee, both go to the terminal and to LOGFILE.
 # Returns the command's exit code.
 run() {
-    local out="" status=0
+    local out="" tee_to="" tee_pid="" status=0
     if [[ "$1" == --out ]]; then
         out=$2
+        shift 2
+    elif [[ "$1" == --tee ]]; then
+        tee_to=$2
         shift 2
     fi
     if [[ -n "$out" ]]; then
         "${sigint_default[@]}" "$@" </dev/null >"$out" 2>"$out.err" &
+    elif [[ -n "$tee_to" ]]; then
+        # Through a FIFO, so that tee can be waited for: its copy is whole when run returns.
+        rm -f "$tmp_dir/run.fifo"
+        mkfifo "$tmp_dir/run.fifo"
+        tee "$tee_to" <"$tmp_dir/run.fifo" &
+        tee_pid=$!
+        "${sigint_default[@]}" "$@" </dev/null >"$tmp_dir/run.fifo" 2>&1 &
     else
         "${sigint_default[@]}" "$@" </dev/null &
     fi
     child_pid=$!
     echo "$child_pid" >"$tmp_dir/child.pid"
     wait "$child_pid" || status=$?
+    if [[ -n "$tee_pid" ]]; then
+        wait "$tee_pid" || true
+        rm -f "$tmp_dir/run.fifo"
+    fi
     rm -f "$tmp_dir/child.pid"
     child_pid=""
     return "$status"

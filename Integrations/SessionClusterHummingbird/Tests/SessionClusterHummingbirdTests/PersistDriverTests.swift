@@ -121,11 +121,14 @@ import Testing
         try await withDrivers(kind) { a, b in
             try await a.set(key: "tag", value: "ThisIsTest2", expires: .seconds(10))
             let ttl = try #require(try await b.getWithTTL(key: "tag", as: String.self)?.ttl)
-            #expect(ttl <= .seconds(10) && ttl > .seconds(8))
+            // Redis counts the TTL down in real time: the lower bounds leave 5 s (10 min) for the
+            // round trips between the write and the read, far more than a loaded machine takes,
+            // and still tell the entry's own expiry from the store's idle timeout.
+            #expect(ttl <= .seconds(10) && ttl > .seconds(5))
             // Without an expiry of its own, the store's idle timeout (1 hour here) bounds it.
             try await a.set(key: "plain", value: "x")
             let plain = try #require(try await b.getWithTTL(key: "plain", as: String.self)?.ttl)
-            #expect(plain <= .seconds(3_600) && plain > .seconds(3_590))
+            #expect(plain <= .seconds(3_600) && plain > .seconds(3_000))
         }
     }
 

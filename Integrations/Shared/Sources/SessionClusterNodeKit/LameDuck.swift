@@ -13,10 +13,17 @@ public final class LameDuck: Sendable {
     /// How long `drain()` keeps the node a lame duck, in milliseconds.
     public let delayMillis: Int
     private let draining = Atomic<Bool>(false)
+    private let sleep: @Sendable (Int) async -> Void
 
     /// A node that is not draining yet; `delayMillis` is clamped to 0 or more.
-    public init(delayMillis: Int) {
+    /// - Parameter sleep: waits the given milliseconds (`Task.sleep`, ending early when the
+    ///   task is cancelled); tests pass one that records the wait instead.
+    public init(
+        delayMillis: Int,
+        sleep: @escaping @Sendable (Int) async -> Void = { millis in try? await Task.sleep(for: .milliseconds(millis)) }
+    ) {
         self.delayMillis = max(0, delayMillis)
+        self.sleep = sleep
     }
 
     /// True once draining began (for good).
@@ -33,6 +40,6 @@ public final class LameDuck: Sendable {
     public func drain() async {
         beginDraining()
         guard delayMillis > 0 else { return }
-        try? await Task.sleep(for: .milliseconds(delayMillis))
+        await sleep(delayMillis)
     }
 }

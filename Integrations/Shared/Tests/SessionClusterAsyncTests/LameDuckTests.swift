@@ -1,29 +1,33 @@
 import ArgumentParser
 import SessionClusterNodeKit
+import Synchronization
 import Testing
 
 /// The example nodes' lame duck: the option, `LameDuck`, and `/healthz` while draining.
 @Suite struct LameDuckTests {
     @Test func drainMarksDrainingAndWaitsTheDelay() async {
-        let lameDuck = LameDuck(delayMillis: 300)
+        // The wait itself is recorded, not timed: drain() asks for the whole delay, once,
+        // and the node is a lame duck while it waits.
+        let sleeper = RecordingSleeper()
+        let lameDuck = LameDuck(delayMillis: 300, sleep: sleeper.sleep)
         #expect(!lameDuck.isDraining)
-        let clock = ContinuousClock()
-        let start = clock.now
         let drained = Task { await lameDuck.drain() }
-        #expect(await eventuallyDraining(lameDuck), "draining from the start of drain()")
+        let waited = await sleeper.nextWait()
+        #expect(waited == 300, "drain() waits the configured delay")
+        #expect(lameDuck.isDraining, "draining while it waits")
+        sleeper.release()
         await drained.value
-        #expect(clock.now - start >= .milliseconds(300))
+        #expect(sleeper.waits == [300])
         #expect(lameDuck.isDraining, "for good")
         #expect(!lameDuck.beginDraining(), "only the first call begins draining")
     }
 
-    @Test func zeroDelayReturnsAtOnce() async {
-        let lameDuck = LameDuck(delayMillis: 0)
-        let clock = ContinuousClock()
-        let start = clock.now
+    @Test func zeroDelayDoesNotWait() async {
+        let sleeper = RecordingSleeper()
+        let lameDuck = LameDuck(delayMillis: 0, sleep: sleeper.sleep)
         await lameDuck.drain()
         #expect(lameDuck.isDraining)
-        #expect(clock.now - start < .seconds(1))
+        #expect(sleeper.waits.isEmpty, "no wait at all")
         #expect(LameDuck(delayMillis: -5).delayMillis == 0)
     }
 
@@ -44,11 +48,38 @@ import Testing
         #expect(throws: (any Error).self) { try ExampleNodeOptions.parse(["--drain-delay-ms", "-1"]) }
     }
 
-    private func eventuallyDraining(_ lameDuck: LameDuck) async -> Bool {
-        for _ in 0..<100 {
-            if lameDuck.isDraining { return true }
-            try? await Task.sleep(for: .milliseconds(5))
+}
+
+/// A `LameDuck` sleep that records each wait and returns when the test releases it.
+private final class RecordingSleeper: Sendable {
+    private let state = Mutex<(waits: [Int], waiting: CheckedContinuation<Void, Never>?)>(([], nil))
+    private let started = AsyncStream<Int>.makeStream()
+
+    var waits: [Int] { state.withLock { $0.waits } }
+
+    var sleep: @Sendable (Int) async -> Void {
+        { [self] millis in
+            await withCheckedContinuation { continuation in
+                state.withLock {
+                    $0.waits.append(millis)
+                    $0.waiting = continuation
+                }
+                started.continuation.yield(millis)
+            }
         }
-        return lameDuck.isDraining
+    }
+
+    /// The milliseconds of the next wait, once it began.
+    func nextWait() async -> Int? {
+        var iterator = started.stream.makeAsyncIterator()
+        return await iterator.next()
+    }
+
+    /// Ends the wait in progress.
+    func release() {
+        state.withLock { state in
+            state.waiting?.resume()
+            state.waiting = nil
+        }
     }
 }

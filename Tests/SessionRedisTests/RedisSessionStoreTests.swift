@@ -41,14 +41,17 @@ struct RedisSessionStoreTests {
         #expect(try dying.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .claimed)
         // While the claiming connection is open, the claim holds.
         #expect(try survivor.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .inProgress)
-        let claim = try #require(try survivor.client.send(["GET".redisBytes, survivor.idempotencyKey(key)]).string)
-        // The owner is the process's presence connection, not a pooled one (those come and go).
-        #expect(claim == "P|fp|\(try dying.client.presenceID())")
+        // The owner is the process's presence connection, not a pooled one (those come and go): a
+        // pooled connection of the claiming node that closes leaves the claim held.
+        let pooled = try dying.client.withConnection { try $0.clientID() }
+        #expect(pooled != (try dying.client.presenceID()))
+        try survivor.client.send("CLIENT", "KILL", "ID", pooled)
+        #expect(try survivor.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .inProgress)
         dying.client.close()  // its connections close, as the kernel closes a killed node's sockets
-        var claimed = false
-        for _ in 0..<100 where !claimed {  // Redis drops the closed connection within its next event loop turn
-            claimed = try survivor.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .claimed
-            if !claimed { usleep(2_000) }
+        // Redis drops the closed connection within its next event loop turns; 30 s is half the
+        // claim's 60 s lease, so a takeover within it is not the lease running out.
+        let claimed = waitUntil(timeout: 30) {
+            (try? survivor.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000)) == .claimed
         }
         #expect(claimed, "the claim of a closed connection is taken over long before its 60 s lease")
         #expect(try survivor.begin(key: key, fingerprint: "fp", inProgressMillis: 60_000) == .inProgress)

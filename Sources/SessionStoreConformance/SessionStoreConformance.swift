@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import SessionCore
 import Synchronization
 import Testing
@@ -75,12 +76,31 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
 
         case .concurrentDeltasOnDifferentAttributesKeepBoth:
             let id = try newSession(store, ["base": "0"])
-            // Two requests that loaded the same version each change one attribute.
-            _ = try #require(try store.load(id))
+            // Interleaved: two requests load the same version, then each saves a change to its own attribute.
+            let firstLoad = try #require(try store.load(id))
+            let secondLoad = try #require(try store.load(id))
+            #expect(firstLoad.version == secondLoad.version)
             _ = try #require(try store.apply(delta(id, [.set("x", json("1"))])))
             _ = try #require(try store.apply(delta(id, [.set("y", json("2"))])))
-            let snapshot = try #require(try store.load(id))
-            #expect(snapshot.attributes == ["base": json("0"), "x": json("1"), "y": json("2")])
+            #expect(try store.load(id)?.attributes == ["base": json("0"), "x": json("1"), "y": json("2")])
+            // Concurrent: in each round, writers on threads of their own all load the session, then
+            // (released together) all save a change to their own attribute at once.
+            let writers = 4
+            for round in 1...20 {
+                let failures = try Self.concurrently(writers) { writer in
+                    guard try store.load(id) != nil else { return "load \(writer) found no session" }
+                    return nil
+                } then: { writer in
+                    guard try store.apply(delta(id, [.set("w\(writer)", json("\(round)"))])) != nil else {
+                        return "apply \(writer) found no session"
+                    }
+                    return nil
+                }
+                #expect(failures.isEmpty, "round \(round): \(failures)")
+                var expected = ["base": json("0"), "x": json("1"), "y": json("2")]
+                for writer in 0..<writers { expected["w\(writer)"] = json("\(round)") }
+                #expect(try store.load(id)?.attributes == expected, "round \(round): every writer's attribute is kept")
+            }
 
         case .incrementCreatesAndCounts:
             let id = SessionID.generate()
@@ -148,14 +168,18 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
             #expect(try store.load(id) == nil, "2.6 s old: past the absolute timeout")
 
         case .touchIsThrottled:
-            let id = try newSession(store, [:])
-            let created = try #require(try store.load(id))
+            // Its own store, idle 10 s: the touch interval (idle/10) is 1 s. On a manual clock the
+            // steps below are exact; a store on real time (Redis keeps its own clock) has about
+            // 970 ms for the early load, over 50 times what a load takes on a loaded machine.
+            let throttled = try harness.makeStore(expiry: SessionExpiry(idleTimeoutMillis: 10_000, absoluteTimeoutMillis: nil))
+            let id = try newSession(throttled, [:])
+            let created = try #require(try throttled.load(id))
             harness.advance(millis: 30)
-            let early = try #require(try store.load(id))
+            let early = try #require(try throttled.load(id))
             #expect(early.lastAccessedAtMillis == created.lastAccessedAtMillis, "no touch within idle/10")
-            harness.advance(millis: 150)
-            _ = try #require(try store.load(id))
-            let later = try #require(try store.load(id))
+            harness.advance(millis: 1_100)
+            _ = try #require(try throttled.load(id))
+            let later = try #require(try throttled.load(id))
             #expect(later.lastAccessedAtMillis > created.lastAccessedAtMillis, "touched after idle/10")
 
         case .regenerateMovesDataAndKillsOldID:
@@ -296,6 +320,44 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
 
     private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
+    /// Runs `first(i)` for i in 0..<count on `count` threads of their own; once every thread has
+    /// run it, releases them together to run `then(i)`. Returns the failures the steps reported
+    /// (a message, or an error thrown), or a setup failure when the threads did not come.
+    private static func concurrently(
+        _ count: Int, _ first: @escaping @Sendable (Int) throws -> String?,
+        then: @escaping @Sendable (Int) throws -> String?
+    ) throws -> [String] {
+        let failures = Failures()
+        let loaded = DispatchGroup()
+        let done = DispatchGroup()
+        let go = DispatchSemaphore(value: 0)
+        for index in 0..<count {
+            loaded.enter()
+            done.enter()
+            Thread.detachNewThread {
+                defer { done.leave() }
+                do {
+                    if let failure = try first(index) { failures.add(failure) }
+                } catch {
+                    failures.add("\(error)")
+                }
+                loaded.leave()
+                go.wait()
+                do {
+                    if let failure = try then(index) { failures.add(failure) }
+                } catch {
+                    failures.add("\(error)")
+                }
+            }
+        }
+        // Generous: each step is one store call; the bound only stops a hung store from hanging the suite.
+        let allLoaded = loaded.wait(timeout: .now() + 60) == .success
+        for _ in 0..<count { go.signal() }
+        try #require(allLoaded, "the writer threads did not all load within 60 s")
+        try #require(done.wait(timeout: .now() + 60) == .success, "the writer threads did not all save within 60 s")
+        return failures.all
+    }
+
     private func delta(_ id: SessionID, _ changes: [SessionChange], create: Bool = false) -> SessionDelta {
         SessionDelta(id: id, changes: changes, createIfMissing: create)
     }
@@ -306,4 +368,11 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
         _ = try #require(try store.apply(delta(id, changes, create: true)))
         return id
     }
+}
+
+/// Failures reported from several threads.
+private final class Failures: Sendable {
+    private let messages = Mutex<[String]>([])
+    func add(_ message: String) { messages.withLock { $0.append(message) } }
+    var all: [String] { messages.withLock { $0 } }
 }

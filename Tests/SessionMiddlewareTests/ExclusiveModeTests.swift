@@ -301,7 +301,8 @@ struct ExclusiveModeTests {
         #expect(busy.status == 503)
         #expect(busy.body.contains("\"error\":\"session_busy\""))
         #expect(busy.header("Retry-After") == ["1"])
-        #expect(waited >= .milliseconds(200) && waited < .milliseconds(2000))
+        // Only a lower bound, which load cannot break: the request waited its 200 ms for the lock.
+        #expect(waited >= .milliseconds(200))
         // A request without the session is not held up.
         #expect(try curl.request("GET", node.url + "/nothing", useJar: false).status == 200)
 

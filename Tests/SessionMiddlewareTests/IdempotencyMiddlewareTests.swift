@@ -41,6 +41,8 @@ final class IdempotentServer: Sendable {
     let server: HTTPServer
     let runs = Counter()
     let client = CurlClient()
+    /// Holds every run of `/count` sent with `X-Hold` until `releaseHeld()` (or 60 s pass).
+    let held = DispatchSemaphore(value: 0)
 
     init(
         store: any SessionStore & IdempotencyStore, waitMillis: Int = 3_000, handlerDelayMillis: UInt32 = 0,
@@ -55,10 +57,12 @@ final class IdempotentServer: Sendable {
         }()
         let sessions = try SessionConfiguration(signingKey: Array("idempotency tests' signing key, 32+ bytes".utf8))
         let runs = self.runs
+        let held = self.held
         var router = Router()
         router.post("/count") { request in
             runs.increment()
             if handlerDelayMillis > 0 { usleep(handlerDelayMillis * 1000) }
+            if request.headers["X-Hold"] != nil { _ = held.wait(timeout: .now() + 60) }
             return .json("{\"count\":\(try request.session().increment("count"))}", status: 201)
         }
         router.post("/echo") { request in
@@ -98,9 +102,9 @@ final class IdempotentServer: Sendable {
 
     deinit { server.shutdown() }
 
-    /// Waits (up to 5 s) until a handler started: its request holds the claim.
+    /// Waits (up to 30 s) until a handler started: its request holds the claim.
     func waitUntilRunning() {
-        for _ in 0..<500 where runs.current == 0 { usleep(10_000) }
+        for _ in 0..<3000 where runs.current == 0 { usleep(10_000) }
     }
 
     func post(_ path: String, key: String?, body: String = "", jar: Bool = true) throws -> CurlClient.Response {
@@ -110,10 +114,14 @@ final class IdempotentServer: Sendable {
     }
 
     /// A request from a client whose only cookie is `cookie` (`name=value`), or none.
+    /// Lets the runs held by `X-Hold` go on.
+    func releaseHeld(_ count: Int = 1) { for _ in 0..<count { held.signal() } }
+
     func send(
-        _ method: String, _ path: String, cookie: String?, key: String? = nil, body: String = ""
+        _ method: String, _ path: String, cookie: String?, key: String? = nil, body: String = "", hold: Bool = false
     ) throws -> CurlClient.Response {
         var headers = key.map { ["Idempotency-Key: \($0)"] } ?? []
+        if hold { headers.append("X-Hold: 1") }
         if let cookie { headers.append("Cookie: \(cookie)") }
         return try CurlClient().request(
             method, "http://127.0.0.1:\(server.port)\(path)", headers: headers, body: body,
@@ -181,7 +189,9 @@ final class IdempotentServer: Sendable {
     }
 
     @Test func aConcurrentDuplicateWaitsForTheFirstThenReplaysIt() throws {
-        let t = try IdempotentServer(store: MemorySessionStore(), handlerDelayMillis: 400)
+        // The duplicate waits up to 30 s for the first, which runs 400 ms: 75 times as long, so a
+        // loaded machine cannot turn the wait into a 409.
+        let t = try IdempotentServer(store: MemorySessionStore(), waitMillis: 30_000, handlerDelayMillis: 400)
         let results = Mutex<[CurlClient.Response]>([])
         let port = t.server.port
         DispatchQueue.concurrentPerform(iterations: 2) { i in
@@ -200,22 +210,22 @@ final class IdempotentServer: Sendable {
     }
 
     @Test func aDuplicateThatWaitsTooLongGets409() throws {
-        // The duplicate must arrive while the first still runs: the first runs 3 s, long enough for the
-        // second's curl to start on a loaded 2-core machine (600 ms was not, once, under the full suite).
-        let t = try IdempotentServer(store: MemorySessionStore(), waitMillis: 100, handlerDelayMillis: 3_000)
+        // The duplicate arrives while the first still runs: the first is held until the duplicate
+        // has its answer (at most 60 s), however slowly a loaded machine starts the second curl.
+        let t = try IdempotentServer(store: MemorySessionStore(), waitMillis: 100)
         let second = Mutex<CurlClient.Response?>(nil)
-        let port = t.server.port
-        DispatchQueue.concurrentPerform(iterations: 2) { i in
+        // Threads of their own: the first blocks until released, so the two must not share one.
+        let finished = onThreads(2, seconds: 120) { i in
             if i == 0 {
-                _ = try? CurlClient().request(
-                    "POST", "http://127.0.0.1:\(port)/count", headers: ["Idempotency-Key: slow"], useJar: false)
+                _ = try? t.send("POST", "/count", cookie: nil, key: "slow", hold: true)
             } else {
                 t.waitUntilRunning()
-                let r = try? CurlClient().request(
-                    "POST", "http://127.0.0.1:\(port)/count", headers: ["Idempotency-Key: slow"], useJar: false)
+                let r = try? t.send("POST", "/count", cookie: nil, key: "slow")
                 second.withLock { $0 = r }
+                t.releaseHeld()
             }
         }
+        #expect(finished)
         let r = try #require(second.withLock { $0 })
         #expect(r.status == 409)
         #expect(r.body.contains("idempotency_key_in_progress"))

@@ -88,22 +88,24 @@ import TestSupport
     }
 
     @Test func aRunInProgressInOneSessionDoesNotHoldUpAnother() throws {
-        let t = try IdempotentServer(store: MemorySessionStore(), handlerDelayMillis: 800)
+        // Alice's run is held until bob has his answer: bob's request runs while alice's claim is open.
+        let t = try IdempotentServer(store: MemorySessionStore())
         let alice = try newSession(t)
         let bob = try newSession(t)
-        let bobAnswer = Mutex<(CurlClient.Response, Double)?>(nil)
-        DispatchQueue.concurrentPerform(iterations: 2) { i in
+        let bobAnswer = Mutex<CurlClient.Response?>(nil)
+        // Threads of their own: alice's blocks until released, so the two must not share one.
+        let finished = onThreads(2, seconds: 120) { i in
             if i == 0 {
-                _ = try? t.send("POST", "/count", cookie: alice, key: "busy")
+                _ = try? t.send("POST", "/count", cookie: alice, key: "busy", hold: true)
             } else {
-                for _ in 0..<500 where t.runs.current < 3 { usleep(10_000) }  // two sessions made, alice's run started
-                let start = Date()
-                if let r = try? t.send("POST", "/count", cookie: bob, key: "busy") {
-                    bobAnswer.withLock { $0 = (r, Date().timeIntervalSince(start)) }
-                }
+                for _ in 0..<3000 where t.runs.current < 3 { usleep(10_000) }  // two sessions made, alice's run started
+                let r = try? t.send("POST", "/count", cookie: bob, key: "busy")
+                bobAnswer.withLock { $0 = r }
+                t.releaseHeld()
             }
         }
-        let (answer, _) = try #require(bobAnswer.withLock { $0 })
+        #expect(finished)
+        let answer = try #require(bobAnswer.withLock { $0 })
         #expect(answer.status == 201, "not 409: alice's claim is not visible to bob")
         #expect(answer.body == "{\"count\":2}")
         #expect(answer.header("Idempotent-Replayed").isEmpty)

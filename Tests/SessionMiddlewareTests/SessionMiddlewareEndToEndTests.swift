@@ -3,6 +3,7 @@ import Logging
 import MiniHTTP
 import SessionCore
 import SessionMiddleware
+import Synchronization
 import Testing
 import TestSupport
 
@@ -14,6 +15,24 @@ struct UnavailableStore: SessionStore {
     func apply(_ delta: SessionDelta) throws -> AppliedDelta? { throw fail() }
     func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool { throw fail() }
     func invalidate(_ id: SessionID) throws { throw fail() }
+}
+
+/// A memory store that counts the session lookups (`load`) it is asked for, per session.
+final class LoadCountingStore: WrappingSessionStore {
+    let base: any SessionStore & IdempotencyStore
+    private let loads = Mutex<[SessionID: Int]>([:])
+
+    init(base: any SessionStore & IdempotencyStore) { self.base = base }
+
+    func around<T>(_ operation: String, session id: SessionID, _ body: () throws -> T) throws -> T {
+        if operation == "load" { loads.withLock { $0[id, default: 0] += 1 } }
+        return try body()
+    }
+
+    /// Lookups of `id` so far.
+    func loadCount(of id: SessionID) -> Int { loads.withLock { $0[id] ?? 0 } }
+    /// Lookups of any session so far.
+    var totalLoads: Int { loads.withLock { $0.values.reduce(0, +) } }
 }
 
 /// A server with the session middleware on a real loopback socket, driven by curl.
@@ -42,6 +61,10 @@ final class SessionTestServer {
             try session.regenerateID()
             try session.set("user", String(decoding: request.body, as: UTF8.self))
             return .text("ok")
+        }
+        router.post("/note") { request in
+            try request.session().set("note", String(decoding: request.body, as: UTF8.self))
+            return .text("noted")
         }
         router.post("/logout") { request in
             try request.session().invalidate()
@@ -118,7 +141,7 @@ final class SessionTestServer {
     }
 
     @Test func signedCookiesRejectTamperingWithoutAStoreLookup() throws {
-        let memory = MemorySessionStore()
+        let memory = LoadCountingStore(base: MemorySessionStore())
         let key = Array("0123456789abcdef0123456789abcdef".utf8)
         let t = try SessionTestServer(store: memory, configuration: SessionConfiguration(signingKey: key))
         _ = try t.curl("POST", "/count")
@@ -127,14 +150,19 @@ final class SessionTestServer {
         #expect(parts.count == 2)
         let id = try #require(SessionID(rawValue: String(parts[0])))
         #expect(try t.curl("POST", "/count").body == "{\"count\":2}")
+        #expect(memory.loadCount(of: id) == 1, "the validly signed cookie was looked up")
 
-        // The bare ID (signature stripped) and a wrong signature are both refused.
+        // The bare ID (signature stripped) and a wrong signature are both refused, before any
+        // store lookup: neither the real session nor any other is loaded.
+        let loadsBefore = memory.totalLoads
         let bare = try t.curl("POST", "/count", headers: ["Cookie: sid=\(id.rawValue)"], useJar: false)
         #expect(bare.body == "{\"count\":1}")
         var mac = Array(parts[1])
         mac[0] = mac[0] == "A" ? "B" : "A"
         let tampered = try t.curl("POST", "/count", headers: ["Cookie: sid=\(parts[0]).\(String(mac))"], useJar: false)
         #expect(tampered.body == "{\"count\":1}")
+        #expect(memory.loadCount(of: id) == 1, "a refused cookie's ID is never looked up")
+        #expect(memory.totalLoads == loadsBefore, "a refused cookie costs no store lookup at all")
         // The real session was not touched by either.
         #expect(try memory.load(id)?.attributes["count"] == Array("2".utf8))
         // A signature made with another key is refused too.
@@ -190,6 +218,30 @@ final class SessionTestServer {
         let after = try #require(try t.jarCookie())
         #expect(after != before, "an ended session's ID is never revived")
         #expect(try memory.load(SessionID(rawValue: after)!)?.attributes["note"] != nil)
+    }
+
+    @Test func aSessionOverTheSizeCapIsA413AndNothingIsSaved() throws {
+        let memory = MemorySessionStore(maxSessionBytes: 200)
+        let t = try SessionTestServer(store: memory)
+        let big = String(repeating: "x", count: 300)
+        // A new session over the cap: 413 with the public error code, no cookie, nothing stored.
+        let refused = try t.curl("POST", "/note", body: big)
+        #expect(refused.status == 413)
+        #expect(refused.body.contains("\"error\":\"session_too_large\""), "\(refused.body)")
+        #expect(refused.header("Set-Cookie").isEmpty, "no cookie for a session that was not saved")
+        #expect(memory.count == 0)
+        // An existing session under the cap, then a change that would take it over: 413, and the
+        // session keeps what it had.
+        #expect(try t.curl("POST", "/count").body == "{\"count\":1}")
+        let id = try #require(try t.jarCookie().flatMap { SessionID(rawValue: $0) })
+        let over = try t.curl("POST", "/note", body: big)
+        #expect(over.status == 413)
+        #expect(over.body.contains("\"error\":\"session_too_large\""), "\(over.body)")
+        let kept = try #require(try memory.load(id), "the session survives a refused change")
+        #expect(kept.attributes["count"] == Array("1".utf8))
+        #expect(kept.attributes["note"] == nil)
+        #expect(try t.curl("POST", "/note", body: "short").status == 200, "a change under the cap is saved")
+        #expect(try memory.load(id)?.attributes["note"] == Array("\"short\"".utf8))
     }
 
     @Test func aStoreOutageIsA503WithAClearJSONError() throws {

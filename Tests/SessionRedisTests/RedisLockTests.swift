@@ -75,8 +75,10 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
     @Test func anUnreachableRedisIsAnErrorNotATimeout() throws {
         let lock = makeLock(Self.unreachableClient(), prefix: "lock:")
         let start = ContinuousClock.now
-        #expect(throws: RedisError.self) { _ = try lock.acquire("x", ttlMillis: 1000, timeoutMillis: 5000) }
-        #expect(millisSince(start) < 2000, "fails at once instead of retrying for the whole timeout")
+        // An acquire timeout of 2 minutes: a lock that retried an unreachable Redis until then would
+        // take 60 times longer than this bound, which is itself 150 times the connect timeout.
+        #expect(throws: RedisError.self) { _ = try lock.acquire("x", ttlMillis: 1000, timeoutMillis: 120_000) }
+        #expect(millisSince(start) < 30_000, "fails at once instead of retrying for the whole timeout")
         #expect(throws: RedisError.self) { _ = try lock.tryAcquire("x", ttlMillis: 1000) }
         #expect(throws: RedisError.self) {
             try lock.withLock("x", ttlMillis: 1000, timeoutMillis: 100) { _ in Issue.record("body ran without the lock"); return }
@@ -216,9 +218,10 @@ struct RedisLockTests {
         for timeout in [0, 50, 300] {
             let start = ContinuousClock.now
             #expect(try waiter.acquire("busy", ttlMillis: 1000, timeoutMillis: timeout) == nil)
+            // Only a lower bound, which load cannot break: the wait never ends before its timeout.
+            // (How long past it the call returns is the machine's business, not this test's.)
             let elapsed = millisSince(start)
             #expect(elapsed >= timeout - 1, "gave up early (\(elapsed) ms of \(timeout))")
-            #expect(elapsed <= timeout + 250, "overslept (\(elapsed) ms of \(timeout))")
         }
         #expect(throws: RedisLockError.self) {
             try waiter.withLock("busy", ttlMillis: 1000, timeoutMillis: 100) { _ in Issue.record("body ran"); return }
@@ -232,25 +235,25 @@ struct RedisLockTests {
         let holder = makeLock(try TestRedis.client(), prefix: prefix)
         let waiter = makeLock(try TestRedis.client(), prefix: prefix)
 
-        // Released after 150 ms: the waiter is in within a retry pause.
-        let first = try #require(try holder.tryAcquire("w", ttlMillis: 10_000))
+        // Released after 150 ms: the waiter, still waiting, gets it then (and not before). Its
+        // timeout, 30 s, is 200 times the hold: only a waiter that stopped retrying misses it.
+        let first = try #require(try holder.tryAcquire("w", ttlMillis: 60_000))
+        let released = Atomic<Bool>(false)
         Thread {
             sleepMillis(150)
+            released.store(true, ordering: .sequentiallyConsistent)
             _ = try? holder.release(first)
         }.start()
-        var start = ContinuousClock.now
-        let second = try #require(try waiter.acquire("w", ttlMillis: 10_000, timeoutMillis: 5000))
-        var elapsed = millisSince(start)
-        #expect(elapsed >= 100 && elapsed < 600, "\(elapsed) ms")
+        let second = try #require(try waiter.acquire("w", ttlMillis: 10_000, timeoutMillis: 30_000))
+        let releasedFirst = released.load(ordering: .sequentiallyConsistent)
+        #expect(releasedFirst, "the waiter got in only after the release")
         #expect(second.fencingToken == first.fencingToken + 1)
 
-        // Never released, TTL 200 ms: the waiter is in soon after it runs out.
+        // Never released, TTL 200 ms: the waiter gets it once it has run out (not before).
         try waiter.release(second)
         let abandoned = try #require(try holder.tryAcquire("w", ttlMillis: 200))
-        start = ContinuousClock.now
-        let third = try #require(try waiter.acquire("w", ttlMillis: 10_000, timeoutMillis: 5000))
-        elapsed = millisSince(start)
-        #expect(elapsed >= 150 && elapsed < 650, "\(elapsed) ms")
+        let third = try #require(try waiter.acquire("w", ttlMillis: 10_000, timeoutMillis: 30_000))
+        #expect(abandoned.isExpired, "the waiter got in only after the holder's TTL ran out")
         #expect(third.fencingToken > abandoned.fencingToken)
         try waiter.release(third)
     }
@@ -260,18 +263,18 @@ struct RedisLockTests {
         let client = try TestRedis.client()
         let lock = makeLock(client, prefix: prefix)
         let rival = makeLock(try TestRedis.client(), prefix: prefix)
-        var lease = try #require(try lock.tryAcquire("ext", ttlMillis: 300))
+        // TTL 30 s, extended to 10 min: no real time has to pass, the TTLs show the extension.
+        var lease = try #require(try lock.tryAcquire("ext", ttlMillis: 30_000))
         let before = lease.expiresAt
-        #expect(try lock.extend(&lease, ttlMillis: 3000))
-        #expect(lease.expiresAt > before + .milliseconds(2000))
-        sleepMillis(500)  // past the original TTL
+        #expect(try lock.extend(&lease, ttlMillis: 600_000))
+        #expect(lease.expiresAt > before + .milliseconds(500_000))
         #expect(try lock.isHeld(lease))
         #expect(!lease.isExpired)
         #expect(try rival.tryAcquire("ext", ttlMillis: 1000) == nil)
         let ttl = try #require(try client.send(["PTTL".redisBytes, lock.lockKey("ext")]).int)
-        #expect(ttl > 2000 && ttl <= 3000)
+        #expect(ttl > 30_000 && ttl <= 600_000, "past the original TTL: \(ttl) ms")
         #expect(try lock.release(lease))
-        #expect(try lock.extend(&lease, ttlMillis: 3000) == false, "nothing to extend after release")
+        #expect(try lock.extend(&lease, ttlMillis: 600_000) == false, "nothing to extend after release")
         #expect(try client.send(["EXISTS".redisBytes, lock.lockKey("ext")]).int == 0)
     }
 
@@ -296,54 +299,62 @@ struct RedisLockTests {
         let lock = makeLock(try TestRedis.client(), prefix: prefix)
         let rival = makeLock(try TestRedis.client(), prefix: prefix)
 
-        // TTL 1.5 s, body 3.5 s, renewed every 500 ms: nobody else gets in. (A renewal
-        // may come 1 s late on a loaded machine before the lock is lost.)
-        let stolen = Mutex(0)
-        try lock.withLock("slow", ttlMillis: 1_500, timeoutMillis: 1000, keepAliveMillis: 10_000) { lease in
-            for _ in 0..<35 {
-                sleepMillis(100)
-                if let other = try rival.tryAcquire("slow", ttlMillis: 1000) {
-                    stolen.withLock { $0 += 1 }
-                    try rival.release(other)
-                }
+        // TTL 3 s, renewed every second while the body runs: the body watches the key's TTL go up
+        // again twice (two renewals; waited for up to 30 s, ten times the TTL), and nobody else gets in.
+        let client = try TestRedis.client()
+        try lock.withLock("slow", ttlMillis: 3_000, timeoutMillis: 1000, keepAliveMillis: 600_000) { (lease: RedisLockLease) throws -> Void in
+            var renewals = 0
+            var previous = Int64.max
+            let renewed = waitUntil(timeout: 30) {
+                guard let ttl = try? client.send(["PTTL".redisBytes, lock.lockKey("slow")]).int, ttl > 0 else { return false }
+                if ttl > previous { renewals += 1 }
+                previous = ttl
+                return renewals >= 2
             }
+            #expect(renewed, "the lease was not renewed twice")
             #expect(try lock.isHeld(lease))
+            #expect(try rival.tryAcquire("slow", ttlMillis: 1000) == nil, "nobody else gets in while it is renewed")
         }
-        #expect(stolen.withLock { $0 } == 0)
         #expect(try rival.tryAcquire("slow", ttlMillis: 1000).map { try rival.release($0) } == true, "released after")
 
-        // Renewal for at most 200 ms: a body that hangs loses the lock one TTL after that.
-        let takenAt = Mutex<Int?>(nil)
+        // Renewal for at most 200 ms: a body that hangs loses the lock one TTL after that (about
+        // 500 ms; the rival tries for up to 20 s, 40 times that, so only endless renewal fails).
+        let taken = Mutex<Bool?>(nil)
         let start = ContinuousClock.now
-        try lock.withLock("hung", ttlMillis: 300, timeoutMillis: 1000, keepAliveMillis: 200) { _ in
-            while millisSince(start) < 5_000 && takenAt.withLock({ $0 }) == nil {
+        try lock.withLock("hung", ttlMillis: 300, timeoutMillis: 1000, keepAliveMillis: 200) { lease in
+            while millisSince(start) < 20_000 && taken.withLock({ $0 }) == nil {
                 sleepMillis(25)
                 if let other = try rival.tryAcquire("hung", ttlMillis: 5000) {
-                    takenAt.withLock { $0 = millisSince(start) }
+                    // Not before the holder's first TTL ran out (its own lease, never renewed, says so).
+                    taken.withLock { $0 = lease.isExpired }
                     try rival.release(other)
                 }
             }
         }
-        let taken = try #require(takenAt.withLock { $0 }, "the lock was renewed forever")
-        // Not before the TTL (300 ms) has run out; the upper bound only says "not renewed forever".
-        #expect(taken >= 250 && taken < 5_000, "\(taken) ms")
+        guard let expiredWhenTaken = taken.withLock({ $0 }) else {
+            Issue.record("the lock was renewed forever")
+            return
+        }
+        #expect(expiredWhenTaken, "the rival got in before the holder's TTL ran out")
     }
 
     @Test func fenceCountersCanExpireButNeverBeforeTheirLock() throws {
         let prefix = TestRedis.uniquePrefix()
         let client = try TestRedis.client()
-        let lock = makeLock(client, prefix: prefix, fenceRetentionMillis: 1000)
+        // Retention 30 s, TTLs of 2 and 5 min: every bound below leaves 30 s for the commands
+        // between a write and its PTTL.
+        let lock = makeLock(client, prefix: prefix, fenceRetentionMillis: 30_000)
         let forever = makeLock(client, prefix: TestRedis.uniquePrefix())
-        var lease = try #require(try lock.tryAcquire("f", ttlMillis: 5000))
+        var lease = try #require(try lock.tryAcquire("f", ttlMillis: 120_000))
         var fenceTTL = try #require(try client.send(["PTTL".redisBytes, lock.fenceKey("f")]).int)
-        #expect(fenceTTL > 4000 && fenceTTL <= 5000, "at least the lock's TTL")
-        #expect(try lock.extend(&lease, ttlMillis: 20_000))
+        #expect(fenceTTL > 90_000 && fenceTTL <= 120_000, "at least the lock's TTL")
+        #expect(try lock.extend(&lease, ttlMillis: 300_000))
         fenceTTL = try #require(try client.send(["PTTL".redisBytes, lock.fenceKey("f")]).int)
-        #expect(fenceTTL > 19_000, "extended with the lock")
+        #expect(fenceTTL > 270_000, "extended with the lock")
         try lock.release(lease)
         let short = try #require(try lock.tryAcquire("g", ttlMillis: 100))
         fenceTTL = try #require(try client.send(["PTTL".redisBytes, lock.fenceKey("g")]).int)
-        #expect(fenceTTL > 900 && fenceTTL <= 1000, "the retention when longer than the TTL")
+        #expect(fenceTTL > 1_000 && fenceTTL <= 30_000, "the retention when longer than the TTL")
         try lock.release(short)
         // Without a retention the counter stays.
         let kept = try #require(try forever.tryAcquire("h", ttlMillis: 100))
@@ -383,15 +394,13 @@ struct RedisLockTests {
         // Held elsewhere for longer than the wait: busy, and the body never runs.
         let impatient = RedisSessionLock(
             client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 200, logger: quietLogger())
-        let other = try #require(try sessionLock.lock.tryAcquire(id.rawValue, ttlMillis: 5000))
-        let start = ContinuousClock.now
+        let other = try #require(try sessionLock.lock.tryAcquire(id.rawValue, ttlMillis: 60_000))
         do {
             try impatient.withExclusiveAccess(to: id) { Issue.record("body ran while the session was locked"); return }
             Issue.record("no error")
         } catch let error as SessionBusyError {
-            #expect(error.waitedMillis >= 199)
+            #expect(error.waitedMillis >= 199, "it waited its 200 ms before giving up")
         }
-        #expect(millisSince(start) < 500)
         try sessionLock.lock.release(other)
         // Another session is not blocked by this one.
         try impatient.withExclusiveAccess(to: SessionID.generate()) {}
@@ -401,12 +410,22 @@ struct RedisLockTests {
         let client = try TestRedis.client(poolSize: 4)
         let prefix = TestRedis.uniquePrefix()
         let sessionLock = RedisSessionLock(
-            client: client, keyPrefix: prefix, leaseMillis: 300, waitMillis: 100, logger: quietLogger())
+            client: client, keyPrefix: prefix, leaseMillis: 3_000, waitMillis: 100, logger: quietLogger())
         let id = SessionID.generate()
         let lease = try sessionLock.acquire(id)
         #expect(lease.sessionID == id)
-        // Three lease times later, with no thread inside the lock, it is still held: renewed in the background.
-        sleepMillis(900)
+        // With no thread inside the lock, it is renewed in the background: its TTL goes up again,
+        // twice (a renewal every second; waited for up to 30 s, ten times the lease).
+        var renewals = 0
+        var previous = Int64.max
+        let renewed = waitUntil(timeout: 30) {
+            guard let ttl = try? client.send(["PTTL".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int, ttl > 0
+            else { return false }
+            if ttl > previous { renewals += 1 }
+            previous = ttl
+            return renewals >= 2
+        }
+        #expect(renewed, "the lease was not renewed in the background")
         #expect(try client.send(["EXISTS".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int == 1)
         #expect(throws: SessionBusyError.self) { _ = try sessionLock.acquire(id) }
         lease.release()

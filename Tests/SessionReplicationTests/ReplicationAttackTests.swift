@@ -570,7 +570,8 @@ struct ReplicationAttackTests {
         for (name, token) in forgeries {
             #expect(try !b.store.catchUp(id, to: token), "\(name)")
         }
-        // Refused at once: a wait or a fetch would show in the counts (waited, fetched, gave up).
+        // Refused, and nothing else counted: no wait for the change that ended in it, no fetch (that
+        // a refusal does not wait at all: readYourWritesFetchesFromThePeerThatHasTheWrite).
         var expected = before.counts
         expected.refused += forgeries.count
         #expect(b.store.catchUpCounts == expected, "refused, nothing else")

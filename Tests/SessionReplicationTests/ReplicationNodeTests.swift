@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Dispatch
 import Logging
 import SessionCore
 import SessionReplication
@@ -487,7 +488,7 @@ struct ReplicationNodeTests {
         // a sends its changes to nobody; b lists a, so b can only learn a's writes by fetching them.
         let cluster = try LoopbackCluster(
             count: 2, peerIndices: [[0], [0, 1]],
-            catchUpPolicy: .init(waitMillis: 5, fetchTimeoutMillis: 3_000))
+            catchUpPolicy: .init(waitMillis: 5, fetchTimeoutMillis: 60_000))
         defer { cluster.shutdown() }
         try #require(cluster.startAndSettle())
         let (a, b) = (cluster[0], cluster[1])
@@ -506,12 +507,25 @@ struct ReplicationNodeTests {
         #expect(try b.store.catchUp(id, to: token))
         #expect(b.store.catchUpCounts.current == 1)
 
-        // A forged token from the far future is refused at once: no wait, no fetch (a wait or a
-        // fetch would show in the counts as waited, fetched or gave up, and on a as a fetch served).
+        // A forged token from the far future is refused at once: no fetch (it would show on a as a
+        // fetch served, and in the counts), and no wait: one for the fetch timeout would take 60 s;
+        // the refusals run on a thread given 30 s, which they need microseconds of.
         let future = "\(SessionClock.system.nowMillis() + 86_400_000).0.\(a.configuration.nodeID)"
-        #expect(try !b.store.catchUp(id, to: future))
-        #expect(try !b.store.catchUp(id, to: token + "_" + future), "one forged stamp in a vector")
-        #expect(try !b.store.catchUp(id, to: "not-a-token"))
+        let refusals = Mutex<[Bool]>([])
+        let failures = ThreadFailures()
+        let refused = startThreads(1) { _ in
+            for forged in [future, token + "_" + future, "not-a-token"] {
+                do {
+                    let caughtUp = try b.store.catchUp(id, to: forged)
+                    refusals.withLock { $0.append(!caughtUp) }
+                } catch {
+                    failures.add("\(forged): \(error)")
+                }
+            }
+        }
+        #expect(refused.wait(timeout: .now() + 30) == .success, "a forged token made the read wait")
+        #expect(refusals.withLock { $0 } == [true, true, true], "the far future, one forged stamp in a vector, garbage")
+        #expect(failures.all.isEmpty, "\(failures.all)")
         #expect(a.counters.fetchesServed == 1)
         let counts = b.store.catchUpCounts
         #expect(counts.waited == 0 && counts.fetched == 1 && counts.gaveUp == 0)

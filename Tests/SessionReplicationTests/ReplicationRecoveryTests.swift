@@ -64,6 +64,7 @@ struct ReplicationRecoveryTests {
         try #require(cluster.startAndSettle())
         let (a, b) = (cluster[0], cluster[1])
         let before = a.counters
+        let connections = relay.captures.count
         relay.holdRequests(true)  // b stops reading: a's changes fill the socket buffers, then a's queue
 
         // ~60 KB per session: the kernel's buffers (a few MB) fill within some hundreds of sessions,
@@ -87,7 +88,7 @@ struct ReplicationRecoveryTests {
         #expect(converged, "\(missing) of \(ids.count) sessions differ on b (it holds \(b.store.count))")
         let after = a.counters
         #expect(after.resyncs > before.resyncs, "the queue was replaced by a resync")
-        #expect(relay.captures.count == 1, "over the same connection: a's link to b was never re-established")
+        #expect(relay.captures.count == connections, "over the same connection: a's link to b was never re-established")
     }
 
     /// A peer out of reach gets nothing (no queue: nothing is kept for it); when it is reachable
@@ -105,6 +106,7 @@ struct ReplicationRecoveryTests {
         let doomed = try cluster.create(on: 0, ["v": "\"doomed\""])
         #expect(waitUntil(timeout: 10) { b.store.count == 2 })
 
+        let connections = relay.captures.count
         relay.cut()
         try #require(waitUntil(timeout: 10) { a.peers.allSatisfy { !$0.connected } }, "a saw its link to b go")
         let resyncsBefore = a.counters.resyncs
@@ -124,7 +126,7 @@ struct ReplicationRecoveryTests {
             "the sessions created while b was away")
         #expect(cluster.eventually(doomed, on: [1], timeout: 10) { $0 == nil }, "the invalidation")
         #expect(a.counters.resyncs > resyncsBefore)
-        #expect(relay.captures.count >= 2, "a new connection")
+        #expect(relay.captures.count > connections, "over a new connection")
     }
 
     /// Read-your-writes: a request whose read token names a change this node has not merged yet
@@ -152,6 +154,7 @@ struct ReplicationRecoveryTests {
             let result = Result { try b.store.catchUp(id, to: token) }
             outcome.withLock { $0 = result }
         }
+        // Only to know when to let the change through (the store's waiting reads are internal).
         try #require(waitUntil(timeout: 10) { b.store.waiters.withLock { $0.waiting[id] != nil } }, "the read is waiting")
         #expect(outcome.withLock { $0 == nil }, "still waiting")
         relay.holdRequests(false)

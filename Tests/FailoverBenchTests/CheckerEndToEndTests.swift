@@ -132,11 +132,13 @@ struct CheckerEndToEndTests {
     @Test func anIdleConnectionClosedByTheServerIsReopenedWithoutAnError() throws {
         let server = try CounterServer(idleTimeoutMillis: 100)
         defer { server.shutdown() }
-        let s = try runBench(against: server, users: 2, maxRequests: 8, pacing: .closedLoop(thinkTimeMillis: 400))
+        // A real idle timeout must fire: the users think 500 ms, 5x the server's 100 ms, so a loaded
+        // machine still closes each idle connection before the next request.
+        let s = try runBench(against: server, users: 2, maxRequests: 8, pacing: .closedLoop(thinkTimeMillis: 500))
             .summary
         #expect(s.counts.successes == 8)
         #expect(s.counts.errors == 0)
-        // Each user's connection went idle for 400 ms after each answer, longer than the server keeps it.
+        // Each user's connection went idle for 500 ms after each answer, longer than the server keeps it.
         #expect(s.connections >= 6)
     }
 

@@ -42,15 +42,16 @@ import Testing
         let server = try CounterServer()
         defer { server.shutdown() }
         let injector = RecordingInjector(server: server)
+        // The windows open early in a 2 s run: a loaded machine still applies them before it ends.
         let plan = try FaultPlan(
-            parsing: ["isolate:node-a@200ms-800ms", "stop:node-b@300ms-800ms", "slow-link:node-a,node-b@400ms-800ms:10ms"])
+            parsing: ["isolate:node-a@100ms-2s", "stop:node-b@150ms-2s", "slow-link:node-a,node-b@200ms-2s:10ms"])
         let runner = try BenchRunner(
             configuration: BenchConfiguration(
-                target: try BenchTarget(baseURL: server.url), users: 2, durationSeconds: 0.8, faults: plan),
+                target: try BenchTarget(baseURL: server.url), users: 2, durationSeconds: 2, faults: plan),
             injector: injector, logger: .init(label: "test"))
         _ = runner.run(name: "ends-with-the-run")
         let labels = injector.applied.map(\.label)
-        // At 800 ms, on time or as the load stops: each ends either way, once.
+        // At 2 s, on time or as the load stops: each ends either way, once.
         #expect(
             labels.count == 6 && Array(labels.prefix(3)) == ["partition node-a", "stop node-b", "slow node-a,node-b:10ms/0%"],
             "\(labels)")

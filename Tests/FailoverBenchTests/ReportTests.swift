@@ -14,10 +14,12 @@ struct ReportTests {
         defer { clean.shutdown() }
         var first = try runBench(against: clean, users: 2, maxRequests: 60)
         first.name = "clean <one>"
-        let faulty = try CounterServer(Misbehavior(unavailableAt: [10], resetAt: [20], staleReadAt: [30]))
+        // The misbehaviours are armed early (request 4, 8, 12) and the kill, which ends every answer, comes
+        // at 700 ms: a loaded machine still sends the few requests that fire them before it.
+        let faulty = try CounterServer(Misbehavior(unavailableAt: [4], resetAt: [8], staleReadAt: [12]))
         defer { faulty.shutdown() }
         var second = try runBench(
-            against: faulty, users: 2, maxRequests: nil, durationSeconds: 0.6, faults: try FaultPlan(parsing: ["kill:n2@300ms"]),
+            against: faulty, users: 2, maxRequests: nil, durationSeconds: 1.0, faults: try FaultPlan(parsing: ["kill:n2@700ms"]),
             injector: RecordingInjector(server: faulty))
         second.name = "faulty"
         return [first, second]
@@ -76,7 +78,7 @@ struct ReportTests {
         let s = strategies[1].summary
         #expect(cells[1] == "\(s.counts.requests)")
         #expect(cells[3] == "\(s.counts.errors)" && cells[4] == "1" && cells[5] == "0" && cells[6] == "0" && cells[7] == "1")
-        #expect(table.contains("faults (faulty): kill:n2@0.3s"))
+        #expect(table.contains("faults (faulty): kill:n2@0.7s"))
     }
 
     /// A real run with a restart of one of the test server's nodes: the share of each node from then on.

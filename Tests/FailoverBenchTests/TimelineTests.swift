@@ -1,38 +1,42 @@
-import FailoverBench
+@testable import FailoverBench
 import Synchronization
 import Testing
 
 @Suite(.timeLimit(.minutes(1)))
 struct TimelineTests {
-    /// Latencies of at least 100 ms, in a result.
-    private func slowAnswers(_ result: StrategyResult) -> UInt64 {
-        result.latencyHistogram.count(within: 100_000...60_000_000)
+    /// Answers of at least `millis` in a result.
+    private func answers(atLeast millis: UInt64, _ result: StrategyResult) -> UInt64 {
+        result.latencyHistogram.count(within: millis * 1_000...60_000_000)
     }
 
+    // The two pacing tests below stall one request for 1 s and compare how many answers took at
+    // least half of that. No assertion is on the run's duration: a loaded machine only makes
+    // answers slower, which can add slow answers to the fixed-rate run (asserted as a lower bound)
+    // and, in the closed-loop run, would need nine separate half-second stalls to reach its bound.
+
     @Test func fixedRateLatencyRunsFromTheIntendedSendTime() throws {
-        // One user at 100 requests/s; request 20 stalls 300 ms. The ~20 requests due during
-        // the first 200 ms of the stall wait at least 100 ms each, counted from when they were due.
-        let server = try CounterServer(Misbehavior(stall: (request: 20, millis: 300)))
+        // One user at 100 requests/s; request 20 stalls 1 s. The ~50 requests due during the
+        // first half of the stall wait at least 500 ms each, counted from when they were due.
+        let server = try CounterServer(Misbehavior(stall: (request: 20, millis: 1_000)))
         defer { server.shutdown() }
         let result = try runBench(
             against: server, users: 1, maxRequests: 100, pacing: .fixedRate(requestsPerSecond: 100))
         #expect(result.summary.counts.successes == 100)
-        #expect(slowAnswers(result) >= 15)
-        #expect(result.summary.latency.maxMillis.map { $0 >= 295 } == true)
-        // Sending continued on schedule: 100 requests at 100/s take about 1 s, not 1.3 s + catch-up.
-        #expect(result.summary.seconds < 1.25)
+        #expect(answers(atLeast: 500, result) >= 30, "latency must run from when each request was due")
+        #expect(result.summary.latency.maxMillis.map { $0 >= 980 } == true)  // 2 significant digits
     }
 
     @Test func closedLoopLatencyRunsFromTheSend() throws {
-        let server = try CounterServer(Misbehavior(stall: (request: 20, millis: 300)))
+        let server = try CounterServer(Misbehavior(stall: (request: 20, millis: 1_000)))
         defer { server.shutdown() }
         let result = try runBench(against: server, users: 1, maxRequests: 100)
         #expect(result.summary.counts.successes == 100)
-        // Only the stalled request itself (a loaded machine may add one or two slow ones).
-        #expect((1...3).contains(slowAnswers(result)))
-        #expect(result.summary.latency.maxMillis.map { $0 >= 295 } == true)
-        // The user waited 300 ms between two answers.
-        #expect(result.summary.longestGap.millis >= 295)
+        // The stalled request itself; the ones after it are sent when it returns (a fixed rate
+        // would count ~50 here, see above).
+        #expect((1..<10).contains(answers(atLeast: 500, result)), "latency must run from the send, not from when it was due")
+        #expect(result.summary.latency.maxMillis.map { $0 >= 980 } == true)
+        // The user waited the stall between two answers.
+        #expect(result.summary.longestGap.millis >= 995)
     }
 
     @Test func bucketsAddUpToTheTotals() throws {
@@ -48,15 +52,60 @@ struct TimelineTests {
         #expect(sum.errors == 1 && sum.lostSessions == 1 && sum.duplicates == 1)
         #expect(buckets.map(\.startMillis) == Array(stride(from: 0, to: buckets.count * 100, by: 100)))
         #expect(buckets.dropLast().allSatisfy { $0.durationMillis == 100 })
-        #expect((11...13).contains(buckets.count))
+        // Every bucket of the run is there, empty or not (the run lasted at least its 1.2 s).
+        #expect(buckets.count >= 12)
         // Every 2xx answer names its node; each bucket's node counts add up to its answers.
         #expect(buckets.allSatisfy { $0.nodes.values.reduce(0, +) == $0.counts.answered })
         #expect(result.summary.nodes.values.reduce(0, +) == sum.answered)
         // A bucket has a p99 exactly when it has 2xx answers (each one's latency is recorded).
         #expect(buckets.allSatisfy { ($0.counts.answered > 0) == ($0.p99Millis != nil) })
         #expect(result.summary.latency.count == sum.answered)
-        // 200/s for 1.2 s.
-        #expect((200...260).contains(sum.requests))
+    }
+
+    /// The timeline driven with given arrival times (no real time): each answer lands in the
+    /// bucket of its arrival, the last bucket is cut at the run's end, and a fault's time to
+    /// detect and to recover follow from the answers around it.
+    @Test func answersAreBucketedByTheirArrivalTime() throws {
+        let start: Int64 = 7_000_000_000
+        let recorder = Recorder(startNanos: start, bucketMillis: 100)
+        func answer(
+            _ millis: Int64, _ kind: AnswerKind, node: String? = nil, latencyMillis: UInt64? = nil, error: String? = nil,
+            retry: Bool = false
+        ) {
+            recorder.record(RecordedAnswer(
+                atNanos: start + millis * 1_000_000, kind: kind, latencyMicros: latencyMillis.map { $0 * 1_000 },
+                node: node, errorKind: error, isRetry: retry))
+        }
+        answer(0, .success, node: "n1", latencyMillis: 2)
+        answer(99, .success, node: "n2", latencyMillis: 3)
+        answer(100, .error, error: "timeout")
+        answer(150, .success, node: "n1", latencyMillis: 40, retry: true)
+        answer(420, .duplicate, node: "n1", latencyMillis: 5)
+        recorder.addMarker(FaultMarker(action: .kill, node: "n2", plannedMillis: 90, atMillis: 95))
+        let outcome = recorder.finish(durationNanos: 450_000_000)
+
+        let buckets = outcome.buckets
+        #expect(buckets.map(\.startMillis) == [0, 100, 200, 300, 400])
+        #expect(buckets.map(\.durationMillis) == [100, 100, 100, 100, 50], "the last bucket ends with the run")
+        #expect(buckets.map(\.counts.successes) == [2, 1, 0, 0, 0])
+        #expect(buckets.map(\.counts.errors) == [0, 1, 0, 0, 0])
+        #expect(buckets.map(\.counts.duplicates) == [0, 0, 0, 0, 1])
+        #expect(buckets.map(\.nodes) == [["n1": 1, "n2": 1], ["n1": 1], [:], [:], ["n1": 1]])
+        #expect(buckets.map { $0.p99Millis != nil } == [true, true, false, false, true])
+        #expect(buckets[1].p99Millis.map { (39...41).contains($0) } == true, "\(buckets[1])")
+
+        let summary = outcome.summary
+        #expect(summary.counts.requests == 5 && summary.counts.answered == 4 && summary.counts.errors == 1)
+        #expect(summary.retries == 1 && summary.errorKinds == ["timeout": 1])
+        #expect(summary.nodes == ["n1": 3, "n2": 1])
+        #expect(summary.seconds == 0.45)
+        #expect(summary.latency.count == 4)
+
+        // The first issue after the kill (at 95 ms) is the error at 100 ms; the last bad bucket
+        // (errors) is the one from 100 ms, so the run was healthy again from 200 ms.
+        let marker = try #require(outcome.markers.first)
+        #expect(marker.detectMillis == 5)
+        #expect(marker.recoverMillis == 105)
     }
 
     @Test func faultsAreAppliedOnTimeAndMarked() throws {
@@ -68,18 +117,23 @@ struct TimelineTests {
             against: server, users: 3, maxRequests: nil, durationSeconds: 1.2, faults: plan, injector: injector)
         let applied = injector.applied
         #expect(applied.map(\.label) == ["kill node2", "stop node3", "resume node3", "restart node2"])
+        // Never early (how late a loaded machine makes them is not asserted: no upper bound on time).
         for (step, (_, at)) in zip(plan.steps, applied) {
-            #expect(at >= step.atMillis && at < step.atMillis + 150, "\(step) applied at \(at) ms")
+            #expect(at >= step.atMillis, "\(step) applied at \(at) ms")
         }
         #expect(result.faults.map(\.label) == applied.map(\.label))
         #expect(result.faults.map(\.plannedMillis) == [300, 400, 600, 700])
         #expect(result.faults.allSatisfy { $0.error == nil && $0.atMillis >= $0.plannedMillis })
-        // The injector took the server down from the kill to the restart: the errors start after the kill.
+        // Each marker is where the injector saw its action, in the run's time.
+        #expect(zip(result.faults, applied).allSatisfy { $0.atMillis <= $1.millis })
+        // The injector took the server down at the kill: errors came, none before it, and the
+        // kill's time to detect is the first of them.
         let kill = result.faults[0]
-        #expect(kill.detectMillis.map { $0 < 150 } == true)
         #expect(result.summary.counts.errors > 0)
+        let detect = try #require(kill.detectMillis, "an error after the kill")
         let errorBuckets = result.buckets.filter { $0.counts.errors > 0 }
-        #expect(errorBuckets.allSatisfy { $0.startMillis >= 250 && $0.startMillis < 750 })
+        #expect(errorBuckets.allSatisfy { $0.startMillis + $0.durationMillis > kill.atMillis })
+        #expect(errorBuckets.first.map { $0.startMillis <= kill.atMillis + detect } == true)
     }
 
     @Test func aNodeStillStoppedAtTheEndIsResumedAndInjectorErrorsAreMarked() throws {
@@ -108,7 +162,7 @@ struct TimelineTests {
             faults: plan, injector: injector)
         #expect(injector.applied.map(\.label) == ["restart n1", "restart n2", "restart n3"])
         for (planned, (_, at)) in zip([200, 450, 700], injector.applied) {
-            #expect(at >= planned && at < planned + 150, "planned at \(planned) ms, applied at \(at) ms")
+            #expect(at >= planned, "planned at \(planned) ms, applied early at \(at) ms")
         }
         #expect(result.faults.map(\.label) == ["restart n1", "restart n2", "restart n3"])
         #expect(result.faults.map(\.plannedMillis) == [200, 450, 700])

@@ -94,7 +94,7 @@ struct MembershipTests {
             _ = try cluster[2].store.load(shared)
             Issue.record("a rejoining node served a request")
         } catch let error as SessionStoreError {
-            #expect(error.code == .unavailable && error.message.contains("rejoining"), "\(error)")
+            #expect(error.code == .unavailable, "\(error)")
         }
 
         #expect(waitUntil(timeout: 10) { cluster[2].isReady && !cluster[2].isRejoining })
@@ -144,7 +144,7 @@ struct MembershipTests {
                 Issue.record("a write without a majority succeeded: \(write)")
                 return
             }
-            #expect(error.code == SessionStoreError.Code.unavailable && error.message.contains("majority"), "\(error)")
+            #expect(error.code == SessionStoreError.Code.unavailable, "\(error)")
             #expect(cluster[2].isRejoining && !cluster[2].isReady)
             #expect(cluster[2].counters.writesWithoutMajority == 1)
             usleep(800_000)  // past the join timeout (300 ms): no peer to rejoin, still refusing

@@ -450,12 +450,30 @@ private struct Cluster {
         var ok = start
         _ = ok.set("v", json("1"), at: stamp(2, node: 0))
         #expect(decodes(encoded(ok)))
-        var badID = encoded(ok)
-        badID[4] = UInt8(ascii: "!")
-        #expect(!decodes(badID))
-        var staleVersion = encoded(ok)
-        staleVersion.replaceSubrange(63..<71, with: [0, 0, 0, 0, 0, 0, 0, 0])  // version.millis = 0
-        #expect(!decodes(staleVersion))
+        // Updates written field by field in the order `SessionUpdate.encode(into:)` writes them (no
+        // byte offsets): one attribute "v" set at `attributeStamp`, the session at `version`.
+        func update(id: String, version: HLCStamp, attributeStamp: HLCStamp) -> [UInt8] {
+            var w = WireWriter()
+            w.string(id)
+            w.i64(1)  // created
+            w.i64(1)  // last access
+            version.encode(into: &w)
+            w.bool(false)  // not invalidated
+            w.u32(1)
+            w.string("v")
+            w.bool(true)
+            w.data(json("1"))
+            attributeStamp.encode(into: &w)  // epoch
+            attributeStamp.encode(into: &w)  // overwrote
+            w.u32(0)  // no counts
+            w.u32(0)  // nothing seen
+            w.bool(false)  // no record
+            return w.bytes
+        }
+        #expect(decodes(update(id: id.rawValue, version: stamp(2, node: 0), attributeStamp: stamp(2, node: 0))))
+        #expect(!decodes(update(id: "!" + id.rawValue.dropFirst(), version: stamp(2, node: 0), attributeStamp: stamp(2, node: 0))))
+        // A version older than the attribute it holds.
+        #expect(!decodes(update(id: id.rawValue, version: stamp(0, node: 0), attributeStamp: stamp(2, node: 0))))
     }
 
     // (7)

@@ -226,7 +226,7 @@ struct ReplicationAttackTests {
             let before = node.counters
             let hello = try replay(join.capture.toTarget, to: node, name: name)
             #expect(hello?.nonce != original.nonce, "\(name): a fresh nonce, fresh keys")
-            #expect(waitUntil(timeout: 2) { node.counters.framesRejected == before.framesRejected + 1 }, "\(name)")
+            #expect(waitUntil(timeout: 10) { node.counters.framesRejected == before.framesRejected + 1 }, "\(name)")
             #expect(node.counters.snapshotsServed == before.snapshotsServed, "\(name): no state transfer served")
             #expect(node.counters.itemsReceived == before.itemsReceived, "\(name)")
             #expect(node.counters.fetchesServed == 0 && node.counters.keyLookupsServed == 0)
@@ -248,7 +248,7 @@ struct ReplicationAttackTests {
         for (name, node) in [("Y, which never had the session", y), ("X, which has it", x)] {
             let before = node.counters
             _ = try replay(join.capture.toTarget, to: node, name: name)
-            #expect(waitUntil(timeout: 2) { node.counters.framesRejected == before.framesRejected + 1 }, "\(name)")
+            #expect(waitUntil(timeout: 10) { node.counters.framesRejected == before.framesRejected + 1 }, "\(name)")
             #expect(node.counters.itemsReceived == before.itemsReceived, "\(name): nothing merged")
         }
         usleep(100_000)
@@ -284,7 +284,7 @@ struct ReplicationAttackTests {
             let (received, closed) = peer.readUntilClosed()
             #expect(closed, "\(name): closed")
             #expect(received.isEmpty, "\(name): no acknowledgement")
-            #expect(waitUntil(timeout: 2) { node.counters.framesRejected == rejectedBefore + 1 }, "\(name)")
+            #expect(waitUntil(timeout: 10) { node.counters.framesRejected == rejectedBefore + 1 }, "\(name)")
         }
 
         var rejected = node.counters.framesRejected
@@ -390,8 +390,12 @@ struct ReplicationAttackTests {
     /// junk held every slot, the peer was refused, and it started alone, without
     /// the sessions. Now unauthenticated connections wait in their own, evicting
     /// queue and must finish the whole handshake within handshakeTimeoutMillis.
+    /// Slow hellos (junk that starts a handshake and never finishes it) do not keep a restarting
+    /// peer out: a new handshake evicts the oldest pending one. The handshake deadline is 60 s here,
+    /// longer than the test, so no junk connection times out meanwhile: the restarted b can get in
+    /// only by eviction (the deadline itself: `aTricklingHelloIsClosedAtTheHandshakeDeadline`).
     @Test func slowHellosDoNotKeepARestartingPeerOut() throws {
-        let cluster = try LoopbackCluster(count: 2, handshakeTimeoutMillis: 1_000)
+        let cluster = try LoopbackCluster(count: 2, handshakeTimeoutMillis: 60_000)
         defer { cluster.shutdown() }
         try #require(cluster.startAndSettle())
         let x = cluster[0]
@@ -402,10 +406,10 @@ struct ReplicationAttackTests {
         var current = cluster[1]
         var restarted: [ReplicationNode] = []
         defer { for node in restarted { node.shutdown() } }
-        /// Shuts b down and starts a new b on its port; the milliseconds until it is ready with every
-        /// session, pulled from x by a state transfer over its own connection to x (x's connection to
-        /// it, with its resync, would bring the sessions too, but not through x's listener).
-        func restartB() throws -> Int64 {
+        /// Shuts b down and starts a new b on its port, ready with every session, pulled from x by a
+        /// state transfer over its own connection to x (x's connection to it, with its resync, would
+        /// bring the sessions too, but not through x's listener).
+        func restartB() throws {
             current.shutdown()
             let served = x.counters.snapshotsServed
             let configuration = cluster.configurations[1]
@@ -424,38 +428,44 @@ struct ReplicationAttackTests {
             let fresh = try #require(node)
             restarted.append(fresh)
             current = fresh
-            let started = monotonicMillis()
             fresh.start()
-            let ready = waitUntil(timeout: 10) {
+            let ready = waitUntil(timeout: 20) {
                 fresh.isReady && fresh.store.count == total && fresh.peers.allSatisfy(\.connected)
             }
-            let millis = monotonicMillis() - started
             #expect(ready, "the restarted b is ready with every session (\(fresh.store.count)), connected to x")
             #expect(x.counters.snapshotsServed == served + 1, "b joined by a state transfer from x")
-            return millis
         }
 
-        let normal = try restartB()
-        let junk = try SlowHellos(count: 100, port: x.port)
+        try restartB()
+        let junk = try SlowHellos(count: 100, port: x.port, maxSeconds: 60)
         defer { junk.stop() }
         // Every junk connection accepted: 84 evicted at once, 16 waiting.
-        #expect(waitUntil(timeout: 3) { x.counters.handshakesEvicted >= 84 }, "\(x.counters)")
-        #expect(monotonicMillis() - junk.openedAt < 1_000, "the junk is still within its handshake time")
-        let underAttack = try restartB()
-        #expect(
-            underAttack < 3_000 && underAttack <= normal + 1_500,
-            "ready after \(underAttack) ms with slow hellos open, \(normal) ms without")
-        // The junk is closed by the handshake deadline (1 s), however it trickles (it would trickle
-        // on forever). The bounds leave a loaded 2-core machine 4 s of slack past the deadline.
-        #expect(waitUntil(timeout: 10) { junk.openCount == 0 }, "\(junk.openCount) junk connections still open")
-        let latest = junk.closedAt.compactMap { $0 }.max() ?? .max
-        #expect(latest - junk.openedAt < 1_000 + 4_000, "the last junk connection closed after \(latest - junk.openedAt) ms")
-        #expect(waitUntil(timeout: 2) { x.counters.handshakesEvicted + x.counters.handshakesTimedOut >= 100 }, "\(x.counters)")
-        #expect(x.counters.handshakesTimedOut >= 1)
+        #expect(waitUntil(timeout: 10) { x.counters.handshakesEvicted >= 84 }, "\(x.counters)")
+        let evicted = x.counters.handshakesEvicted
+        #expect(junk.openCount >= 16)
+        try restartB()
+        #expect(x.counters.handshakesTimedOut == 0, "no junk timed out: b got in by evicting some")
+        #expect(x.counters.handshakesEvicted > evicted)
         #expect(x.counters.connectionsRefused == 0)
         // And the restarted b replicates.
         let id = try cluster.create(on: 0, ["after": "1"])
-        #expect(waitUntil(timeout: 5) { (try? current.store.load(id)) != nil })
+        #expect(waitUntil(timeout: 10) { (try? current.store.load(id)) != nil })
+    }
+
+    /// Junk that trickles bytes into its hello is closed at the handshake deadline all the same:
+    /// a byte does not push the deadline back.
+    @Test func aTricklingHelloIsClosedAtTheHandshakeDeadline() throws {
+        let cluster = try LoopbackCluster(count: 2, handshakeTimeoutMillis: 300)
+        defer { cluster.shutdown() }
+        try #require(cluster.startAndSettle())
+        let x = cluster[0]
+        // A byte every 50 ms into each: it would go on for the junk's whole 15 s, were the deadline reset by it.
+        let junk = try SlowHellos(count: 5, port: x.port, trickleMillis: 50)
+        defer { junk.stop() }
+        // A real timeout must fire: 10 s is 33x the 300 ms deadline (slack for a loaded machine),
+        // and shorter than the junk's 15 s.
+        #expect(waitUntil(timeout: 10) { junk.openCount == 0 }, "\(junk.openCount) junk connections still open")
+        #expect(x.counters.handshakesTimedOut >= 5, "\(x.counters)")
     }
 
     /// A process started while a connection waits in its handshake must not inherit the node's end
@@ -506,7 +516,7 @@ struct ReplicationAttackTests {
             peer.sendSealed([try forgedUpdateFrame(for: id)])
             let (received, closed) = peer.readUntilClosed()
             #expect(closed && received.isEmpty, "\(address): closed without an acknowledgement")
-            #expect(waitUntil(timeout: 2) { node.counters.unknownPeersRefused == n + 1 }, "\(address)")
+            #expect(waitUntil(timeout: 10) { node.counters.unknownPeersRefused == n + 1 }, "\(address)")
             #expect(node.store.fullState(of: id) == nil, "\(address): nothing applied")
         }
         #expect(node.counters.itemsReceived == 0)
@@ -557,11 +567,11 @@ struct ReplicationAttackTests {
         ]
         #expect(try b.store.load(id) == nil, "b is behind")
         let before = (a: a.counters.fetchesServed, c: c.counters.fetchesServed, counts: b.store.catchUpCounts)
-        let started = monotonicMillis()
         for (name, token) in forgeries {
             #expect(try !b.store.catchUp(id, to: token), "\(name)")
         }
-        #expect(monotonicMillis() - started < 500, "refused at once (the fetch timeout is 5 s)")
+        // Refused, and nothing else counted: no wait for the change that ended in it, no fetch (that
+        // a refusal does not wait at all: readYourWritesFetchesFromThePeerThatHasTheWrite).
         var expected = before.counts
         expected.refused += forgeries.count
         #expect(b.store.catchUpCounts == expected, "refused, nothing else")

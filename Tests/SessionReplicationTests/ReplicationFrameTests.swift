@@ -194,6 +194,8 @@ private func nextError(_ decoder: inout FrameDecoder) -> FrameError? {
         for frame in sampleFrames() {
             let bytes = connection.client.seal.seal(frame)
             #expect(bytes.count == FrameFormat.headerByteCount + 1 + frame.payload.count + FrameFormat.tagByteCount)
+            // The header is the documented wire format (docs/replication.md, "Wire protocol"):
+            // magic, format version 2, kind 2 (sealed).
             #expect(Array(bytes.prefix(6)) == Array("SCR1".utf8) + [2, 2])
             decoder.append(bytes)
             #expect(try decoder.next() == frame)
@@ -265,14 +267,14 @@ private func nextError(_ decoder: inout FrameDecoder) -> FrameError? {
     }
 
     /// A node of the previous protocol (format 1: HMAC-only frames) is refused
-    /// from its first frame's fifth byte, with a message that says why.
+    /// from its first frame's fifth byte (the format version in the documented header,
+    /// docs/replication.md, "Wire protocol").
     @Test func unsupportedVersionIsRejectedFromTheHeaderAlone() throws {
         for version: UInt8 in [0, 1, 3, 255] {
             var decoder = FrameDecoder()
             decoder.append(Array("SCR1".utf8) + [version])
             let error = try #require(nextError(&decoder))
-            #expect(error.code == .unsupportedVersion)
-            #expect(error.message.contains("frame format \(version)") && error.message.contains("speaks 2"), "\(error)")
+            #expect(error.code == .unsupportedVersion, "\(error)")
         }
         // A whole hello as a version-1 node sent it (type hello, its payload, a 32-byte HMAC).
         let old = header(kind: 1, length: 30, version: 1) + [UInt8](repeating: 0x41, count: 30 + 32)
@@ -281,7 +283,7 @@ private func nextError(_ decoder: inout FrameDecoder) -> FrameError? {
         // After the handshake too, a sealed frame with its version byte changed.
         let connection = Connection()
         var sealed = connection.client.seal.seal(ReplicationFrame(type: .ping))
-        sealed[4] = 1
+        sealed[4] = 1  // the format version byte (documented header layout)
         #expect(decode([sealed], with: connection.serverDecoder).error?.code == .unsupportedVersion)
     }
 
@@ -346,7 +348,7 @@ private func nextError(_ decoder: inout FrameDecoder) -> FrameError? {
             }
             // The header is authenticated too (associated data): a length that still fits the bytes sent.
             var shorter = good
-            shorter[9] -= 1
+            shorter[9] -= 1  // the length's low byte (bytes 6...9, big endian: the documented header)
             #expect(decode([shorter], with: connection.serverDecoder).error?.code == .badTag)
             // The untouched frame still opens: the failures consumed nothing.
             #expect(decode([good], with: connection.serverDecoder).frames == [frame])
@@ -454,7 +456,6 @@ private func nextError(_ decoder: inout FrameDecoder) -> FrameError? {
         decoder.append(theirs.client.seal.seal(ReplicationFrame(type: .keyConfirmation)))
         let error = try #require(nextError(&decoder))
         #expect(error.code == .badTag)
-        #expect(error.message.contains("wrong cluster secret"))
     }
 
     @Test func truncatedFrameStaysPendingAndNeverYieldsAFrame() throws {
@@ -497,12 +498,6 @@ private func nextError(_ decoder: inout FrameDecoder) -> FrameError? {
     @Test func shortSecretIsRejected() throws {
         for count in [0, 1, 15] {
             #expect(throws: ClusterSecretError.self) { try ClusterSecret(Array(repeating: 7, count: count)) }
-        }
-        do {
-            _ = try ClusterSecret(Array(repeating: 7, count: 15))
-            Issue.record("a 15-byte secret was accepted")
-        } catch {
-            #expect(error.description.contains("at least 16"))
         }
         #expect(ClusterSecret.minimumByteCount == 16)
         let minimal = try ClusterSecret(Array(repeating: 7, count: 16))
@@ -633,7 +628,7 @@ private func nextError(_ decoder: inout FrameDecoder) -> FrameError? {
                 case 4:  // overwrite a byte
                     if !stream.isEmpty { stream[rng.below(stream.count)] = rng.byte() }
                 case 5:  // the first frame's kind changed (to hello, or unknown)
-                    if stream.count > 5 { stream[5] = UInt8(rng.below(4)) }
+                    if stream.count > 5 { stream[5] = UInt8(rng.below(4)) }  // the kind byte of the documented header
                 case 6:  // a plausible sealed header followed by random bytes
                     stream = header(kind: 2, length: UInt32(17 + rng.below(64))) + rng.bytes(rng.below(120))
                 default:  // pure noise

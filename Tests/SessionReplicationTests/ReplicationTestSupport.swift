@@ -61,7 +61,7 @@ final class LoopbackCluster: Sendable {
         pingIntervalMillis: Int = 250, relayWindowMillis: Int = 5_000,
         keyLookups: ReplicationConfiguration.KeyLookups? = nil, handshakeTimeoutMillis: Int = 2_000,
         maxPendingHandshakes: Int = 16, quorum: ReplicationConfiguration.Quorum? = nil, fenceAfterMillis: Int = 1_000,
-        metricsFactories: [PrometheusMetricsFactory?] = []
+        metricsFactories: [PrometheusMetricsFactory?] = [], peerIdleTimeoutMillis: Int = 10_000
     ) throws {
         var lastError: (any Error)?
         for _ in 0..<5 {  // a port picked by freeLoopbackPort may be taken before it is bound again
@@ -85,7 +85,8 @@ final class LoopbackCluster: Sendable {
                         secret: replicationTestSecret, mode: mode, syncTimeoutMillis: syncTimeoutMillis,
                         maxQueueBytes: maxQueueBytes, joinTimeoutMillis: 300,
                         connectTimeoutMillis: 500, reconnectBackoffMillis: (10, 200),
-                        pingIntervalMillis: pingIntervalMillis, relayWindowMillis: relayWindowMillis,
+                        pingIntervalMillis: pingIntervalMillis, peerIdleTimeoutMillis: peerIdleTimeoutMillis,
+                        relayWindowMillis: relayWindowMillis,
                         keyLookups: keyLookups, acceptedPeers: oneWay ? addresses + alsoAccepting : nil,
                         handshakeTimeoutMillis: handshakeTimeoutMillis, maxPendingHandshakes: maxPendingHandshakes,
                         quorum: quorum, fenceAfterMillis: fenceAfterMillis)
@@ -323,8 +324,9 @@ final class RawPeer {
 // MARK: - A loopback relay that captures what passes
 
 /// A TCP relay on 127.0.0.1: every connection to `port` is forwarded to the
-/// target port, and the bytes of each direction are kept. It can hold the
-/// target's replies back. `stop()` closes everything and waits for its threads.
+/// target port, and the bytes of each direction are kept. It can hold either
+/// direction back (a stalled link), and cut its connections and refuse new ones
+/// (a peer out of reach). `stop()` closes everything and waits for its threads.
 final class LoopbackRelay: Sendable {
     /// What passed through one connection.
     struct Capture: Sendable {
@@ -336,6 +338,8 @@ final class LoopbackRelay: Sendable {
 
     private struct State {
         var captures: [Capture] = []
+        /// By connection: the `holdEpoch` its pump saw last, nil once it ended.
+        var seen: [Int: Int] = [:]
         /// Open sockets: shut down by `stop()` (each thread closes its own, after taking it out).
         var sockets: Set<Int32> = []
         var listening = true
@@ -346,6 +350,10 @@ final class LoopbackRelay: Sendable {
     private let listener: Int32
     private let target = Atomic<Int>(0)
     private let holding = Atomic<Bool>(false)
+    private let holdingRequests = Atomic<Bool>(false)
+    /// Bumped by `holdRequests`; each pump notes the value it saw at the top of its loop (`seen`).
+    private let holdEpoch = Atomic<Int>(0)
+    private let refusing = Atomic<Bool>(false)
     private let state = Mutex(State())
     private let threads = DispatchGroup()
 
@@ -363,6 +371,27 @@ final class LoopbackRelay: Sendable {
 
     /// While true, nothing from the target is passed on (it waits in the socket buffers).
     func holdReplies(_ hold: Bool) { holding.store(hold, ordering: .releasing) }
+
+    /// While true, nothing from the connecting side is passed on: it waits in the socket
+    /// buffers, and once they are full the sender's writes block (a stalled peer).
+    /// Returns once every pump has seen it: no byte is passed on after `holdRequests(true)` returns.
+    func holdRequests(_ hold: Bool) {
+        holdingRequests.store(hold, ordering: .releasing)
+        let epoch = holdEpoch.add(1, ordering: .acquiringAndReleasing).newValue
+        let seen = waitUntil(timeout: 10) { state.withLock { s in s.seen.values.allSatisfy { $0 >= epoch } } }
+        if !seen { Issue.record("a relay connection did not see the hold") }
+    }
+
+    /// Closes every open connection and refuses (accepts and closes at once) new ones until `admit()`.
+    func cut() {
+        refusing.store(true, ordering: .releasing)
+        state.withLock { s in
+            for fd in s.sockets { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+        }
+    }
+
+    /// Forwards new connections again after `cut()`.
+    func admit() { refusing.store(false, ordering: .releasing) }
 
     /// Every connection so far, in the order they were accepted.
     var captures: [Capture] { state.withLock { $0.captures } }
@@ -404,6 +433,10 @@ final class LoopbackRelay: Sendable {
                 if errno == EINTR { continue }
                 return
             }
+            if refusing.load(ordering: .acquiring) {
+                close(client)
+                continue
+            }
             let server: Int32
             do {
                 server = try Sockets.connect(host: "127.0.0.1", port: target.load(ordering: .acquiring))
@@ -415,6 +448,7 @@ final class LoopbackRelay: Sendable {
                 guard !s.stopped else { return nil }
                 s.sockets.formUnion([client, server])
                 s.captures.append(Capture())
+                s.seen[s.captures.count - 1] = holdEpoch.load(ordering: .acquiring)
                 return s.captures.count - 1
             }
             guard let index else {
@@ -430,8 +464,12 @@ final class LoopbackRelay: Sendable {
     private func pump(client: Int32, server: Int32, index: Int) {
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         loop: while true {
+            // The epoch first: a hold bumped it after setting the flag, so the flag read next is the new one.
+            let epoch = holdEpoch.load(ordering: .acquiring)
+            state.withLock { $0.seen[index] = epoch }
             let hold = holding.load(ordering: .acquiring)
-            var fds = [pollfd(fd: client, events: Int16(POLLIN), revents: 0)]
+            var fds: [pollfd] = []
+            if !holdingRequests.load(ordering: .acquiring) { fds.append(pollfd(fd: client, events: Int16(POLLIN), revents: 0)) }
             if !hold { fds.append(pollfd(fd: server, events: Int16(POLLIN), revents: 0)) }
             let ready = Glibc.poll(&fds, nfds_t(fds.count), 20)
             if ready < 0 && errno != EINTR { break }
@@ -456,6 +494,7 @@ final class LoopbackRelay: Sendable {
         state.withLock { s in
             s.sockets.remove(client)
             s.sockets.remove(server)
+            s.seen[index] = nil
         }
         close(client)
         close(server)

@@ -326,11 +326,14 @@ struct BalancerFailureTests {
         }
     }
 
+    /// The backend resets the connection once the client has received the start of the response
+    /// (so the response has started, whatever the machine's speed): the client is closed.
     @Test func responseCutOffAfterItStartedClosesTheClient() throws {
+        let clientHasTheHead = Shared(false)
         let cutting = try ScriptedBackend { conn in
             _ = conn.readRequest()
             conn.write("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
-            usleep(50_000)
+            _ = poll(timeoutMillis: 10_000) { clientHasTheHead.value }
             conn.reset()
         }
         defer { cutting.stop() }
@@ -338,6 +341,12 @@ struct BalancerFailureTests {
             let client = try RawHTTPConnection(port: balancer.port)
             defer { client.close() }
             client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            let started = poll(timeoutMillis: 10_000) {
+                _ = client.readMore(timeoutMillis: 100)
+                return String(decoding: client.unconsumed, as: UTF8.self).hasSuffix("partial")
+            }
+            clientHasTheHead.value = true
+            try #require(started, "the start of the response did not reach the client")
             #expect(client.readResponse() == nil, "no complete response")
             #expect(client.peerClosed)
             #expect(cutting.requests.current == 1)
@@ -348,10 +357,14 @@ struct BalancerFailureTests {
     /// Edge-triggered registrations: a client that resets while its first pipelined
     /// request waits for the backend is cleaned up, its second request is never
     /// forwarded, and the proxy keeps serving others.
+    /// The backend holds its answer to /a until the balancer has cleaned the gone client up.
     @Test func clientResetWhilePipelinedRequestWaitsIsCleanedUp() throws {
+        let cleanedUp = Shared(false)
+        let targets = Shared([String]())
         let slow = try ScriptedBackend { conn in
-            while conn.readRequest() != nil {
-                usleep(300_000)
+            while let (head, _) = conn.readRequest() {
+                targets.update { $0.append(head.target) }
+                if head.target == "/a" { _ = poll(timeoutMillis: 10_000) { cleanedUp.value } }
                 conn.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             }
         }
@@ -359,15 +372,17 @@ struct BalancerFailureTests {
         try withBalancer(testBalancerConfiguration(backends: [slow.configuration("slow")])) { balancer in
             let client = try RawHTTPConnection(port: balancer.port)
             client.send("GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
-            #expect(poll(timeoutMillis: 2_000) { slow.requests.current == 1 })
+            #expect(poll(timeoutMillis: 5_000) { slow.requests.current == 1 })
             var reset = linger(l_onoff: 1, l_linger: 0)
             setsockopt(client.fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
             client.close()
-            #expect(poll(timeoutMillis: 3_000) { balancer.backends.allSatisfy { $0.active == 0 } })
-            usleep(400_000)
-            #expect(slow.requests.current == 1, "the pipelined request of a gone client is not forwarded")
+            #expect(poll(timeoutMillis: 5_000) { balancer.backends.allSatisfy { $0.active == 0 } })
+            cleanedUp.value = true
+            // The exchange's backend connection was closed with it: the backend's handler ends.
+            #expect(poll(timeoutMillis: 5_000) { slow.closedConnections.current == 1 })
             let fresh = try #require(try get(balancer.port, "/c"))
             #expect(fresh.status == 200)
+            #expect(targets.value == ["/a", "/c"], "the pipelined request of a gone client is not forwarded")
         }
     }
 

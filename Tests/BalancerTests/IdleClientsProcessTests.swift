@@ -67,6 +67,12 @@ private final class Collected: Sendable {
     let failures = Mutex<[String]>([])
 }
 
+/// The proxy's RSS with the idle clients open must stay under this: README's target
+/// ("Our RSS with 10,000 idle keep-alive clients: 28.0 MB ... target ≤ 100 MB"), measured
+/// at 28 MB, so far from any noise; a proxy that kept a buffer per idle client (64 KiB each:
+/// 640 MB) or leaked per connection would exceed it.
+private let rssBoundKB = 100 * 1_024
+
 /// RSS of a process in kB, from /proc/PID/status (0 when unreadable).
 private func rssKB(_ pid: Int32) -> Int {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
@@ -76,7 +82,7 @@ private func rssKB(_ pid: Int32) -> Int {
     return 0
 }
 
-@Suite("Balancer process: 10,000 idle clients", .serialized, .timeLimit(.minutes(1)), .tags(.integration))
+@Suite("Balancer process: 10,000 idle clients", .serialized, .timeLimit(.minutes(5)), .tags(.integration))
 struct IdleClientsProcessTests {
     @Test(
         .enabled(
@@ -112,7 +118,7 @@ struct IdleClientsProcessTests {
         defer { for fd in collected.fds.withLock({ $0 }) { close(fd) } }
         let threads = 8
         let start = monotonicMillis()
-        let finished = onThreads(threads, seconds: 40) { t in
+        let finished = onThreads(threads, seconds: 180) { t in
             let share = count / threads + (t < count % threads ? 1 : 0)
             for _ in 0..<share {
                 let fd: Int32
@@ -130,24 +136,23 @@ struct IdleClientsProcessTests {
                 }
             }
         }
-        try #require(finished, "the idle clients were not all connected within 40 s")
+        try #require(finished, "the idle clients were not all connected within 180 s")
         let failed = collected.failures.withLock { $0 }
         try #require(failed.isEmpty, "\(failed.count) idle clients failed, first: \(failed.prefix(3))\n\(proxy.output)")
         let fds = collected.fds.withLock { $0 }
         try #require(fds.count == count)
         let openMillis = monotonicMillis() - start
 
-        // Another client, while they are held: 20 answers, each quick.
+        // Another client, while they are held: 20 answers (each within `oneRequest`'s 5 s).
         let client = try Sockets.connect(host: "127.0.0.1", port: port, timeoutMillis: 2_000)
         defer { close(client) }
-        var slowest: Int64 = 0
+        var slowest: Int64 = 0  // printed, not checked: a duration is the benchmark's business
         for i in 0..<20 {
             let t0 = monotonicMillis()
             let status = oneRequest(client)
             #expect(status == 200, "request \(i) of the other client: status \(status.map(String.init) ?? "none")")
             slowest = max(slowest, monotonicMillis() - t0)
         }
-        #expect(slowest < 1_000, "the other client's slowest answer took \(slowest) ms")
 
         // Every idle connection is still open: nothing to read, no FIN, no reset.
         var open = 0
@@ -158,6 +163,8 @@ struct IdleClientsProcessTests {
         }
         #expect(open == count, "\(count - open) of the \(count) idle connections were closed")
         let rssWith = rssKB(proxy.pid)
+        #expect(rssWith > 0, "the proxy's RSS could not be read")
+        #expect(rssWith <= rssBoundKB, "proxy RSS \(rssWith / 1024) MB with \(count) idle clients; the bound is \(rssBoundKB / 1024) MB")
         print(
             "IdleClientsProcessTests: \(count) idle clients opened in \(openMillis) ms; proxy RSS \(rssBefore / 1024) MB "
                 + "before, \(rssWith / 1024) MB with them; other client's slowest answer \(slowest) ms")

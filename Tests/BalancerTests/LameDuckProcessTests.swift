@@ -17,7 +17,7 @@ struct LameDuckProcessTests {
     }
 
     @Test func underSIGTERMHealthTurns503BeforeAnyConnectionCloses() throws {
-        let (node, port) = try startNode("lame-1", drainDelayMillis: 5_000)
+        let (node, port) = try startNode("lame-1", drainDelayMillis: 60_000)
         defer { _ = node.stop(signal: SIGKILL, timeout: 2) }
         let kept = try RawHTTPConnection(port: port)  // a balancer's pooled connection
         defer { kept.close() }
@@ -38,10 +38,9 @@ struct LameDuckProcessTests {
         #expect(answer.header("Connection") == "close")
         #expect(kept.waitForClose())
 
-        // With no connection left, the node stops long before its 5 s delay.
-        let started = monotonicMillis()
-        #expect(waitUntil(timeout: 4) { !node.isRunning }, "\(node.output)")
-        #expect(monotonicMillis() - started < 4_000)
+        // With no connection left, the node stops without waiting out its 60 s delay (20 s: a
+        // third of it, and far more than a loaded machine needs to stop a node).
+        #expect(waitUntil(timeout: 20) { !node.isRunning }, "\(node.output)")
         #expect(node.exit == .exited(0))
         #expect(node.output.contains("drained"))
     }

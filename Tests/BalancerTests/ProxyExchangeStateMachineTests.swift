@@ -202,9 +202,7 @@ struct ProxyExchangeStateMachineTests {
             m.answer(clientClosed: false, stopping: false)
                 == Machine.Answer(keepAlive: true, headOnly: false, version: .http1_1))
         #expect(ProxyErrorAnswer.notRepeated.status == 502)
-        #expect(
-            ProxyErrorAnswer.notRepeated.message
-                == "the backend closed the connection before answering; the request was not repeated")
+        #expect(ProxyErrorAnswer.notRepeated.code == "bad_gateway")
     }
 
     @Test func postTheBackendProvablyDidNotReadIsSentAgain() {
@@ -257,7 +255,8 @@ struct ProxyExchangeStateMachineTests {
         _ = sent.backendFailed(.broken, backend: 0, reused: false, unread: false)
         #expect(sent.giveUpAnswer == .badGateway)
         #expect(ProxyErrorAnswer.noBackend.code == "no_backend")
-        #expect(ProxyErrorAnswer.badGateway.message == "the backend failed before answering")
+        #expect(ProxyErrorAnswer.badGateway.status == 502)
+        #expect(ProxyErrorAnswer.badGateway.code == "bad_gateway")
     }
 
     // MARK: - The replay copy
@@ -347,7 +346,7 @@ struct ProxyExchangeStateMachineTests {
         #expect(m.timedOut)
         #expect(m.giveUpAnswer == .gatewayTimeout)
         #expect(ProxyErrorAnswer.gatewayTimeout.status == 504)
-        #expect(ProxyErrorAnswer.gatewayTimeout.message == "no backend answered in time")
+        #expect(ProxyErrorAnswer.gatewayTimeout.code == "gateway_timeout")
     }
 
     @Test func unsafeRequestThatTimesOutGets504AndClosesIfItsBodyWasNotRead() {
@@ -363,7 +362,8 @@ struct ProxyExchangeStateMachineTests {
             unfinished.backendFailed(.timeout, backend: 0, reused: false, unread: false)
                 == .respond(.backendTimeout, backend: .failed))
         #expect(!unfinished.clientKeepAlive)
-        #expect(ProxyErrorAnswer.backendTimeout.message == "the backend did not answer in time")
+        #expect(ProxyErrorAnswer.backendTimeout.status == 504)
+        #expect(ProxyErrorAnswer.backendTimeout.code == "gateway_timeout")
     }
 
     @Test func backendThatTakesNoRequestBytesOrSendsNoResponseBytesIsOverdue() {

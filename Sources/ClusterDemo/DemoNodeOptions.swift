@@ -76,6 +76,9 @@ public struct DemoNodeOptions: ParsableArguments {
     @Option(help: "Sync mode: majority (a write fewer than a majority of the nodes acknowledged is refused with 503 and the node rejoins; peers silent for a second are fenced) or none (go on with whoever answers). Default: majority in sync mode.")
     public var quorum: String?
 
+    @Option(help: "Sync mode with a majority quorum: how long a peer may acknowledge nothing before it is declared dead and fenced, in milliseconds.")
+    public var fenceAfterMs = 1_000
+
     @Option(help: "The cluster secret every node shares (16+ bytes): peers authenticate with it and derive their encryption keys from it. Visible in `ps`: prefer $SESSION_CLUSTER_SECRET or $SESSION_CLUSTER_SECRET_FILE.")
     public var clusterSecret: String?
 
@@ -102,10 +105,13 @@ public struct DemoNodeOptions: ParsableArguments {
     /// The replication settings of `--peers`, `--replication-*`, the quorum and the cluster secret.
     public func replicationConfiguration(nodeID: String) throws -> ReplicationConfiguration {
         do {
-            return try ReplicationConfiguration.fromCommandLine(
+            var configuration = try ReplicationConfiguration.fromCommandLine(
                 nodeName: nodeID, host: host, port: replicationPort, peers: peers, mode: replicationMode,
                 syncTimeoutMillis: syncTimeoutMs, secret: clusterSecret, keyLookups: keyLookups, acceptPeers: acceptPeers,
                 quorum: quorum)
+            configuration.fenceAfterMillis = fenceAfterMs
+            try configuration.validate()
+            return configuration
         } catch {
             throw ValidationError(error.message)
         }

@@ -100,7 +100,16 @@ final class ServerLoop: @unchecked Sendable {
                         closeConnection(conn)
                         continue
                     }
-                    if event.events.contains(.writable) { flush(conn, pool: pool) }
+                    if event.events.contains(.writable) {
+                        flush(conn, pool: pool)
+                        // Output drained below the mark: pipelined requests already buffered are
+                        // parsed now (no readable event comes for bytes already read).
+                        if connections[fd] === conn, !conn.busy, conn.pendingOutput < 256 * 1024,
+                            conn.parser.bufferedByteCount > 0
+                        {
+                            process(conn, pool: pool)
+                        }
+                    }
                     if !event.events.isDisjoint(with: [.readable, .error, .hangUp, .peerClosed]), connections[fd] === conn {
                         readable(conn, pool: pool)
                     }
@@ -245,7 +254,12 @@ final class ServerLoop: @unchecked Sendable {
                 dispatch(conn, HTTPRequest(head: head, body: body, remoteAddress: conn.remoteAddress), pool: pool)
             }
         }
+        let backedUp = conn.pendingOutput >= 256 * 1024
         flush(conn, pool: pool)
+        // The output drained at once: go on with the pipelined requests already buffered.
+        if backedUp, connections[conn.fd] === conn, !conn.busy, conn.pendingOutput < 256 * 1024 {
+            process(conn, pool: pool)
+        }
     }
 
     /// Changes the connection's body buffer, keeping `Stats.bodyBufferBytes` up to date.

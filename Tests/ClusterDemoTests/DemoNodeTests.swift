@@ -56,18 +56,20 @@ import SystemSupport
         #expect(child.output.contains("stopped"))
     }
 
+    /// A usage error (exit 64, not a trap) whose message names the option at fault; the wording
+    /// of the message is not pinned.
     @Test(arguments: [
-        (["--idle-timeout", "0"], "--idle-timeout must be positive"),
-        (["--absolute-timeout=-1"], "--absolute-timeout must not be negative"),
-        (["--handler-threads", "5000"], "--handler-threads must be 0...4096"),
-        (["--exclusive-sessions"], "--exclusive-sessions needs --strategy redis"),
+        (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--absolute-timeout=-1"], "--absolute-timeout"),
+        (["--handler-threads", "5000"], "--handler-threads"),
+        (["--exclusive-sessions"], "--exclusive-sessions"),
     ])
-    func badNodeOptionsAreClearErrorsNotCrashes(arguments: [String], message: String) throws {
+    func badNodeOptionsAreClearErrorsNotCrashes(arguments: [String], option: String) throws {
         let child = try ChildProcess(try ChildProcess.sessionClusterBinary(), ["node"] + arguments)
         defer { child.stop(signal: SIGKILL, timeout: 2) }
         let exit = child.waitForExit(timeout: 60)
         #expect(exit == .exited(64), "a usage error, not a trap: \(child.output)")
-        #expect(child.output.contains(message), "\(child.output)")
+        #expect(child.output.contains(option), "the error names \(option): \(child.output)")
     }
 
     @Test func unknownStrategyIsAClearError() throws {

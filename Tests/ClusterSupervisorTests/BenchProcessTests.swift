@@ -30,7 +30,8 @@ struct BenchProcessTests {
             return try #require(summary["counts"] as? [String: Int])
         }
         let replicated = try counts("replicate-sync")
-        #expect(replicated["successes", default: 0] > 1_000, "\(replicated)")
+        // Served at all (how many depends on the machine's speed: no throughput is asserted).
+        #expect(replicated["successes", default: 0] > 0, "\(replicated)")
         for kind in ["lostSessions", "lostUpdates", "duplicates", "staleReads"] {
             #expect(replicated[kind] == 0, "replicate-sync across a SIGKILL: \(kind) \(replicated)")
         }
@@ -42,6 +43,39 @@ struct BenchProcessTests {
         let html = try String(contentsOf: directory.appendingPathComponent("report.html"), encoding: .utf8)
         #expect(html.components(separatedBy: "<svg").count - 1 == 2, "one timeline per strategy")
         #expect(process.output.contains("replicate-sync") && process.output.contains("report:"))
+    }
+
+    /// The redis strategy with a node killed under load, and restarted: the bench starts its own
+    /// private redis-server, and the users lose nothing, as with replicate-sync (the sessions
+    /// live in Redis, not in the killed node).
+    @Test(.enabled(if: RedisServerProcess.isInstalled, "needs redis-server (scripts/test.sh installs it)"))
+    func aKilledNodeLosesNothingWithTheRedisStrategy() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let process = try ChildProcess(
+            try ChildProcess.sessionClusterBinary(),
+            [
+                "bench", "--strategies", "redis", "--nodes", "3", "--users", "20", "--rate", "400",
+                "--duration", "4s", "--fault", "kill:node2@1.2s", "--fault", "restart:node2@2.5s",
+                "--report", directory.path,
+            ])
+        let finished = waitUntil(timeout: 120) { !process.isRunning }
+        let status = process.stop(signal: SIGKILL, timeout: 1)
+        #expect(finished && status == 0, "\(process.output)")
+
+        let data = try Data(contentsOf: directory.appendingPathComponent("report.json"))
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let strategy = try #require((report["strategies"] as? [[String: Any]])?.first)
+        #expect(strategy["name"] as? String == "redis")
+        let faults = try #require(strategy["faults"] as? [[String: Any]])
+        #expect(faults.compactMap { $0["action"] as? String } == ["kill", "restart"])
+        #expect(faults.allSatisfy { $0["error"] == nil }, "the supervisor carried out every fault: \(faults)")
+        let summary = try #require(strategy["summary"] as? [String: Any])
+        let counts = try #require(summary["counts"] as? [String: Int])
+        #expect(counts["successes", default: 0] > 0, "\(counts)")
+        for kind in ["lostSessions", "lostUpdates", "duplicates", "staleReads"] {
+            #expect(counts[kind] == 0, "redis across a SIGKILL of a node: \(kind) \(counts)")
+        }
     }
 
     /// `--fault rolling@T:GAP`: every node restarted in turn, marked one by one; with

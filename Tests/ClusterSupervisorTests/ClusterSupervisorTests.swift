@@ -23,12 +23,19 @@ struct ClusterSupervisorTests {
         #expect(ExitStatus.signaled(signal: SIGKILL).description == "killed by SIGKILL")
     }
 
-    /// Nodes that take a while to drain on SIGTERM are waited for together, not one after another.
+    /// Nodes that take a while to drain on SIGTERM are waited for together, not one after another:
+    /// each draining shell finishes only once all three have received SIGTERM (a file the test
+    /// creates when the log shows three "term" lines), so signalling them one at a time, waiting
+    /// for each, leaves the first one draining until it is killed. No clock is read: the grace
+    /// period (5 s) is only the bound for the shell that ignores SIGTERM, which is then killed.
     @Test func terminateAllSignalsEveryProcessFirstThenWaitsForAllTogether() throws {
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("drain-\(UUID().uuidString).log").path
-        defer { unlink(log) }
-        // Each takes about a second to exit after SIGTERM; the last one ignores it.
-        let script = "trap 'sleep 1; exit 0' TERM; echo ready; while :; do sleep 0.05; done"
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("drain-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let log = directory.appendingPathComponent("log").path
+        let release = directory.appendingPathComponent("release").path
+        let script =
+            "trap 'echo term; while [ ! -e \(release) ]; do sleep 0.02; done; exit 0' TERM; echo ready; while :; do sleep 0.05; done"
         var processes = try (0..<3).map { _ in
             try SpawnedProcess(executable: "/bin/sh", arguments: ["-c", script], environment: [:], logPath: log)
         }
@@ -36,16 +43,20 @@ struct ClusterSupervisorTests {
             try SpawnedProcess(
                 executable: "/bin/sh", arguments: ["-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
                 environment: [:], logPath: log))
+        let lines: @Sendable () -> [Substring] = {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+        }
         // Every shell has set its trap.
-        #expect(waitUntil(timeout: 10) {
-            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").count == 4
-        })
-        let started = Date()
-        let statuses = SpawnedProcess.terminateAll(processes, graceMillis: 2_500)
-        let elapsed = Date().timeIntervalSince(started)
+        try #require(waitUntil(timeout: 10) { lines().count == 4 })
+        // Releases the drains once all three are draining at the same time (gives up after 20 s).
+        let releaser = Thread {
+            _ = waitUntil(timeout: 20) { lines().filter { $0 == "term" }.count == 3 }
+            _ = FileManager.default.createFile(atPath: release, contents: nil)
+        }
+        releaser.start()
+        let statuses = SpawnedProcess.terminateAll(processes, graceMillis: 5_000)
+        _ = FileManager.default.createFile(atPath: release, contents: nil)  // in case the releaser still waits
         #expect(statuses == [.exited(code: 0), .exited(code: 0), .exited(code: 0), .signaled(signal: SIGKILL)])
-        // One grace period in all (three drains of 1 s each, in parallel, and the SIGKILL at 2.5 s).
-        #expect(elapsed >= 2.4 && elapsed < 4, "took \(elapsed) s")
         #expect(processes.allSatisfy { !$0.isRunning })
     }
 

@@ -17,13 +17,15 @@ struct ServerRegressionTests {
     /// the past, and a head that arrives in two segments gets 408 at once.
     @Test
     func headerDeadlineStartsAtFirstByteNotAtStartOfIdleWait() throws {
-        try withServer(testConfiguration(headerTimeoutMillis: 300, idleTimeoutMillis: 5_000), responder: echoResponder) {
+        // The head's two pieces come 50 ms apart, 20x within the 1 s header timeout: a loaded
+        // machine delaying the second piece cannot make a correct server answer 408.
+        try withServer(testConfiguration(headerTimeoutMillis: 1_000, idleTimeoutMillis: 20_000), responder: echoResponder) {
             server in
             let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/first"))
             #expect(client.readResponse()?.status == 200)
-            usleep(500_000)  // idle, longer than the header timeout but well within the idle timeout
+            usleep(1_500_000)  // idle, longer than the header timeout but well within the idle timeout
             client.send("GET /second HTTP/1.1\r\n")
             usleep(50_000)
             client.send("Host: t\r\n\r\n")  // the head is complete 50 ms after its first byte
@@ -41,10 +43,11 @@ struct ServerRegressionTests {
     @Test
     func pipelinedHeadAfterSlowHandlerGetsItsOwnDeadline() throws {
         let slow: HTTPResponder = { request in
-            if request.path == "/slow" { usleep(500_000) }
+            if request.path == "/slow" { usleep(1_500_000) }  // longer than the header timeout
             return .text(request.path)
         }
-        try withServer(testConfiguration(headerTimeoutMillis: 300), responder: slow) { server in
+        // The second head's two pieces come 50 ms apart, 20x within the 1 s header timeout.
+        try withServer(testConfiguration(headerTimeoutMillis: 1_000), responder: slow) { server in
             let client = try RawHTTPConnection(port: server.port)
             defer { client.close() }
             client.send(getRequest("/slow") + "GET /fast HTTP/1.1\r\n")
@@ -63,21 +66,21 @@ struct ServerRegressionTests {
     /// is re-armed by every byte, so a slow client can hold shutdown forever.
     @Test
     func shutdownIsBoundedByTheGracePeriod() throws {
-        var configuration = testConfiguration(bodyTimeoutMillis: 3_000)
+        // The body timeout (60 s) is far longer than the wait below, so only the grace period
+        // can end the stalled upload in time; the wait (10 s, 33x the 300 ms grace) only
+        // bounds a broken server.
+        var configuration = testConfiguration(bodyTimeoutMillis: 60_000)
         configuration.shutdownGraceMillis = 300
         let server = HTTPServer(configuration: configuration, logger: quietLogger(), responder: echoResponder)
         try server.start()
         defer { server.shutdown() }
         let client = try RawHTTPConnection(port: server.port)
-        defer { client.close() }
+        defer { client.close() }  // runs first: if the test failed, this ends the upload and shutdown
         client.send("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\npartial")
-        usleep(50_000)
-        let start = monotonicMillis()
+        try #require(poll(timeoutMillis: 10_000) { server.statistics.bodyBufferBytes > 0 }, "the upload never started")
         let job = BackgroundJob { server.shutdown() }
-        let finished = job.wait(timeoutMillis: 1_500)
-        #expect(finished, "shutdown still running after \(monotonicMillis() - start) ms; grace is 300 ms")
+        #expect(job.wait(timeoutMillis: 10_000), "shutdown still running 33x the 300 ms grace period later")
         #expect(client.waitForClose(), "the stalled connection is cut off")
-        _ = job.wait(timeoutMillis: 5_000)  // if it failed, let the body timeout end it before the next test
     }
 
     /// HTTPServer.swift, `shutdown()`: on a server that was never started (or
@@ -87,6 +90,6 @@ struct ServerRegressionTests {
     func shutdownWithoutStartReturns() {
         let server = HTTPServer(configuration: testConfiguration(), logger: quietLogger(), responder: echoResponder)
         let job = BackgroundJob { server.shutdown() }
-        #expect(job.wait(timeoutMillis: 1_000), "shutdown() of a server that never started hangs")
+        #expect(job.wait(timeoutMillis: 10_000), "shutdown() of a server that never started hangs")
     }
 }

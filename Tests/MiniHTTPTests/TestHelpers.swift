@@ -146,12 +146,13 @@ func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 /// failing test cannot keep `shutdown()` waiting for long.
 func testConfiguration(
     handlerThreads: Int = 4, maxConnections: Int = 64, limits: HTTPParserLimits = HTTPParserLimits(),
-    headerTimeoutMillis: Int = 2_000, bodyTimeoutMillis: Int = 2_000, idleTimeoutMillis: Int = 5_000
+    headerTimeoutMillis: Int = 2_000, bodyTimeoutMillis: Int = 2_000, idleTimeoutMillis: Int = 5_000,
+    writeTimeoutMillis: Int = 2_000
 ) -> HTTPServerConfiguration {
     HTTPServerConfiguration(
         host: "127.0.0.1", port: 0, eventLoops: 2, handlerThreads: handlerThreads, maxConnections: maxConnections,
         limits: limits, headerTimeoutMillis: headerTimeoutMillis, bodyTimeoutMillis: bodyTimeoutMillis,
-        idleTimeoutMillis: idleTimeoutMillis, writeTimeoutMillis: 2_000, shutdownGraceMillis: 2_000)
+        idleTimeoutMillis: idleTimeoutMillis, writeTimeoutMillis: writeTimeoutMillis, shutdownGraceMillis: 2_000)
 }
 
 /// Starts a server, runs `body`, and always shuts the server down afterwards.

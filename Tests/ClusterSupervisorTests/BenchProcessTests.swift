@@ -7,22 +7,8 @@ import Testing
 @Suite("Bench process: failover per strategy", .tags(.integration))
 struct BenchProcessTests {
     @Test func killAndRestartAreMeasuredPerStrategy() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let process = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            [
-                "bench", "--strategies", "replicate-sync,local", "--nodes", "3", "--users", "20", "--rate", "400",
-                "--duration", "4s", "--fault", "kill:node2@1.2s", "--fault", "restart:node2@2.5s",
-                "--report", directory.path,
-            ])
-        let finished = waitUntil(timeout: 120) { !process.isRunning }
-        let status = process.stop(signal: SIGKILL, timeout: 1)
-        #expect(finished && status == 0, "\(process.output)")
-
-        let data = try Data(contentsOf: directory.appendingPathComponent("report.json"))
-        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-        let strategies = try #require(report["strategies"] as? [[String: Any]])
+        let run = try runBench(["--strategies", "replicate-sync,local", "--duration", "4s"] + killAndRestartNode2)
+        let strategies = run.strategies
         #expect(strategies.compactMap { $0["name"] as? String } == ["replicate-sync", "local"])
         func counts(_ name: String) throws -> [String: Int] {
             let strategy = try #require(strategies.first { $0["name"] as? String == name })
@@ -40,9 +26,8 @@ struct BenchProcessTests {
         let faults = try #require(strategies.first?["faults"] as? [[String: Any]])
         #expect(faults.compactMap { $0["action"] as? String } == ["kill", "restart"])
         #expect(faults.allSatisfy { $0["error"] == nil }, "the supervisor carried out every fault: \(faults)")
-        let html = try String(contentsOf: directory.appendingPathComponent("report.html"), encoding: .utf8)
-        #expect(html.components(separatedBy: "<svg").count - 1 == 2, "one timeline per strategy")
-        #expect(process.output.contains("replicate-sync") && process.output.contains("report:"))
+        #expect(run.html.components(separatedBy: "<svg").count - 1 == 2, "one timeline per strategy")
+        #expect(run.output.contains("replicate-sync") && run.output.contains("report:"))
     }
 
     /// The redis strategy with a node killed under load, and restarted: the bench starts its own
@@ -50,22 +35,8 @@ struct BenchProcessTests {
     /// live in Redis, not in the killed node).
     @Test(.enabled(if: RedisServerProcess.isInstalled, "needs redis-server (scripts/test.sh installs it)"))
     func aKilledNodeLosesNothingWithTheRedisStrategy() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let process = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            [
-                "bench", "--strategies", "redis", "--nodes", "3", "--users", "20", "--rate", "400",
-                "--duration", "4s", "--fault", "kill:node2@1.2s", "--fault", "restart:node2@2.5s",
-                "--report", directory.path,
-            ])
-        let finished = waitUntil(timeout: 120) { !process.isRunning }
-        let status = process.stop(signal: SIGKILL, timeout: 1)
-        #expect(finished && status == 0, "\(process.output)")
-
-        let data = try Data(contentsOf: directory.appendingPathComponent("report.json"))
-        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-        let strategy = try #require((report["strategies"] as? [[String: Any]])?.first)
+        let run = try runBench(["--strategies", "redis", "--duration", "4s"] + killAndRestartNode2)
+        let strategy = try #require(run.strategies.first)
         #expect(strategy["name"] as? String == "redis")
         let faults = try #require(strategy["faults"] as? [[String: Any]])
         #expect(faults.compactMap { $0["action"] as? String } == ["kill", "restart"])
@@ -81,21 +52,10 @@ struct BenchProcessTests {
     /// `--fault rolling@T:GAP`: every node restarted in turn, marked one by one; with
     /// `--no-idempotency-key`, writes carry no key and are not retried.
     @Test func aRollingRestartWithoutKeysIsMarkedNodeByNode() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let process = try ChildProcess(
-            try ChildProcess.sessionClusterBinary(),
-            [
-                "bench", "--strategies", "replicate-sync", "--nodes", "3", "--users", "20", "--rate", "400",
-                "--duration", "9s", "--fault", "rolling@1s:1.5s", "--no-idempotency-key", "--report", directory.path,
-            ])
-        let finished = waitUntil(timeout: 120) { !process.isRunning }
-        let status = process.stop(signal: SIGKILL, timeout: 1)
-        #expect(finished && status == 0, "\(process.output)")
-
-        let data = try Data(contentsOf: directory.appendingPathComponent("report.json"))
-        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-        let strategy = try #require((report["strategies"] as? [[String: Any]])?.first)
+        let run = try runBench([
+            "--strategies", "replicate-sync", "--duration", "9s", "--fault", "rolling@1s:1.5s", "--no-idempotency-key",
+        ])
+        let strategy = try #require(run.strategies.first)
         let settings = try #require(strategy["settings"] as? [String: Any])
         #expect(settings["faults"] as? [String] == ["rolling:node-1,node-2,node-3@1s:1.5s"])
         #expect(settings["idempotencyKeys"] as? Bool == false)
@@ -111,8 +71,8 @@ struct BenchProcessTests {
         let share = try #require(strategy["settledShare"] as? [String: Any], "\(strategy.keys)")
         #expect(share["lastRestart"] as? String == "restart node-3", "\(share)")
         #expect(share["maxDeviation"] is Double || share["note"] is String, "\(share)")
-        #expect(process.output.contains("share after settling (replicate-sync): "), "\(process.output)")
-        #expect(process.output.contains("writes (replicate-sync): without Idempotency-Key, not retried"))
+        #expect(run.output.contains("share after settling (replicate-sync): "), "\(run.output)")
+        #expect(run.output.contains("writes (replicate-sync): without Idempotency-Key, not retried"))
     }
 
     @Test func badRollingSpecsAreClearErrors() throws {
@@ -140,4 +100,34 @@ struct BenchProcessTests {
         #expect(process.stop(signal: SIGKILL, timeout: 1) != 0)
         #expect(process.output.contains("explode"), "\(process.output)")
     }
+}
+
+/// node2 SIGKILLed at 1.2 s and restarted at 2.5 s.
+private let killAndRestartNode2 = ["--fault", "kill:node2@1.2s", "--fault", "restart:node2@2.5s"]
+
+/// What a `session-cluster bench` run left: its report's strategies, its HTML report and its output.
+private struct BenchRun {
+    var strategies: [[String: Any]]
+    var html: String
+    var output: String
+}
+
+/// Runs `session-cluster bench` with 3 nodes and 20 users at 400 requests/s, then `arguments`;
+/// it must end by itself with status 0 (within 120 s, far beyond a run's own seconds).
+private func runBench(_ arguments: [String]) throws -> BenchRun {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let process = try ChildProcess(
+        try ChildProcess.sessionClusterBinary(),
+        ["bench", "--nodes", "3", "--users", "20", "--rate", "400", "--report", directory.path] + arguments)
+    let finished = waitUntil(timeout: 120) { !process.isRunning }
+    let status = process.stop(signal: SIGKILL, timeout: 1)
+    #expect(finished && status == 0, "\(process.output)")
+
+    let data = try Data(contentsOf: directory.appendingPathComponent("report.json"))
+    let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    return BenchRun(
+        strategies: try #require(report["strategies"] as? [[String: Any]]),
+        html: try String(contentsOf: directory.appendingPathComponent("report.html"), encoding: .utf8),
+        output: process.output)
 }

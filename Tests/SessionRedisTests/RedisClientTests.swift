@@ -100,11 +100,8 @@ struct RedisClientTests {
 
     @Test func anUnreachableRedisFailsThenIsFoundAgain() throws {
         let port = try Sockets.freeLoopbackPort()
-        var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(port)/0")
-        configuration.connectTimeoutMillis = 200
-        configuration.commandTimeoutMillis = 200
-        configuration.reconnectBackoffMillis = 100
-        configuration.maxReconnectBackoffMillis = 200
+        let configuration = try redisConfiguration(
+            "redis://127.0.0.1:\(port)/0", timeoutMillis: 200, backoffMillis: 100, maxBackoffMillis: 200)
         let client = RedisClient(configuration: configuration, logger: quietLogger())
         let first = #expect(throws: RedisError.self) { try client.send("PING") }
         #expect(first?.code == .connection)
@@ -194,12 +191,10 @@ struct RedisClientBackoffAndPoolTests {
         let listener = try ClosingListener()
         defer { listener.stop() }
         // Database 1: every new connection sends SELECT, which finds the connection closed.
-        var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(listener.port)/1")
-        configuration.connectTimeoutMillis = 2_000
-        configuration.commandTimeoutMillis = 2_000
         // A backoff far longer than the test: every call after the first failed connect is within it.
-        configuration.reconnectBackoffMillis = 600_000
-        configuration.maxReconnectBackoffMillis = 600_000
+        let configuration = try redisConfiguration(
+            "redis://127.0.0.1:\(listener.port)/1", timeoutMillis: 2_000, backoffMillis: 600_000,
+            maxBackoffMillis: 600_000)
         let client = RedisClient(configuration: configuration, logger: quietLogger())
         let first = #expect(throws: RedisError.self) { try client.send("PING") }
         #expect(first?.code == .connection)
@@ -274,4 +269,17 @@ struct RedisClientBackoffAndPoolTests {
         try #require(holder.wait(timeout: .now() + 30) == .success)
         #expect(try client.send("PING") == .status("PONG"), "the released connection serves again")
     }
+}
+
+/// A configuration for `url` whose connect and command timeouts are `timeoutMillis`, and whose
+/// reconnect backoff starts at `backoffMillis` and grows to `maxBackoffMillis`.
+private func redisConfiguration(
+    _ url: String, timeoutMillis: Int, backoffMillis: Int, maxBackoffMillis: Int
+) throws -> RedisConfiguration {
+    var configuration = try RedisConfiguration(url: url)
+    configuration.connectTimeoutMillis = timeoutMillis
+    configuration.commandTimeoutMillis = timeoutMillis
+    configuration.reconnectBackoffMillis = backoffMillis
+    configuration.maxReconnectBackoffMillis = maxBackoffMillis
+    return configuration
 }

@@ -139,15 +139,7 @@ struct ReplicationRecoveryTests {
             cluster.shutdown()
             relay.stop()
         }
-        try #require(cluster.startAndSettle())
-        let (a, b) = (cluster[0], cluster[1])
-        let id = try cluster.create(on: 0, ["n": "1"])
-        #expect(cluster.eventually(id, on: [1]) { $0 == ["n": json("1")] })
-
-        relay.holdRequests(true)
-        _ = try a.store.apply(SessionDelta(id: id, changes: [.set("n", json("2"))]))
-        let token = try #require(a.store.readToken(for: id))
-        #expect(try attributes(b, id) == ["n": json("1")], "held back: b has the older copy")
+        let (a, b, id, token) = try changeHeldBackFromB(cluster, relay)
 
         let outcome = Mutex<Result<Bool, any Error>?>(nil)
         let done = startThreads(1) { _ in
@@ -176,15 +168,7 @@ struct ReplicationRecoveryTests {
             cluster.shutdown()
             relay.stop()
         }
-        try #require(cluster.startAndSettle())
-        let (a, b) = (cluster[0], cluster[1])
-        let id = try cluster.create(on: 0, ["n": "1"])
-        #expect(cluster.eventually(id, on: [1]) { $0 == ["n": json("1")] })
-
-        relay.holdRequests(true)
-        _ = try a.store.apply(SessionDelta(id: id, changes: [.set("n", json("2"))]))
-        let token = try #require(a.store.readToken(for: id))
-        #expect(try attributes(b, id) == ["n": json("1")], "held back: b has the older copy")
+        let (a, b, id, token) = try changeHeldBackFromB(cluster, relay)
 
         #expect(try b.store.catchUp(id, to: token))
         #expect(try attributes(b, id) == ["n": json("2")], "the read sees the new version")
@@ -193,4 +177,22 @@ struct ReplicationRecoveryTests {
         #expect(a.counters.fetchesServed == 1)
         relay.holdRequests(false)
     }
+}
+
+/// Settles `cluster` (a relayed to b), creates a session on a with `n` = 1 and waits until b has it,
+/// then holds a's requests in `relay` and sets `n` = 2 on a: b still has the older copy. The two
+/// nodes, the session's ID and a's read token for the change.
+private func changeHeldBackFromB(
+    _ cluster: LoopbackCluster, _ relay: LoopbackRelay
+) throws -> (a: ReplicationNode, b: ReplicationNode, id: SessionID, token: String) {
+    try #require(cluster.startAndSettle())
+    let (a, b) = (cluster[0], cluster[1])
+    let id = try cluster.create(on: 0, ["n": "1"])
+    #expect(cluster.eventually(id, on: [1]) { $0 == ["n": json("1")] })
+
+    relay.holdRequests(true)
+    _ = try a.store.apply(SessionDelta(id: id, changes: [.set("n", json("2"))]))
+    let token = try #require(a.store.readToken(for: id))
+    #expect(try attributes(b, id) == ["n": json("1")], "held back: b has the older copy")
+    return (a, b, id, token)
 }

@@ -24,7 +24,7 @@ struct LameDuckProcessTests {
         kept.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         #expect(kept.readResponse()?.status == 200)
 
-        kill(node.pid, SIGTERM)
+        node.send(SIGTERM)
         #expect(waitUntil(timeout: 5) { (try? get(port, "/healthz"))??.status == 503 }, "still accepting, /healthz says 503")
         let health = try #require(try get(port, "/healthz"))
         #expect(health.bodyText.contains("\"draining\""))
@@ -52,7 +52,7 @@ struct LameDuckProcessTests {
         defer { kept.close() }
         kept.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         #expect(kept.readResponse()?.status == 200)
-        kill(node.pid, SIGTERM)
+        node.send(SIGTERM)
         #expect(kept.waitForClose(timeoutMillis: 5_000), "closed once the delay passed")
         #expect(waitUntil(timeout: 5) { !node.isRunning })
         #expect(node.exit == .exited(0))
@@ -80,7 +80,7 @@ struct LameDuckProcessTests {
             }
             usleep(500_000)
             let (first, port) = nodes[0]
-            kill(first.pid, SIGTERM)
+            first.send(SIGTERM)
             #expect(waitUntil(timeout: 10) { !first.isRunning }, "\(first.output)")
             // Started again on the same port, as a deploy does.
             let (again, _) = try ChildProcess.sessionClusterNode(id: "rr-1", port: port, arguments: ["--drain-delay-ms", "2000"])

@@ -103,16 +103,17 @@ private final class NodeProcesses {
         waitUntil(timeout: timeout) { indices.allSatisfy(isHealthy) }
     }
 
-    /// Sends `signal` to node `i`'s process, by its PID.
+    /// Sends `signal` to node `i`'s process, by its PID, unless it has ended (`ChildProcess.send`:
+    /// never to a PID reaped and perhaps reused meanwhile).
     func signal(_ i: Int, _ signal: Int32) {
-        if let pid = children[i]?.pid { kill(pid, signal) }
+        children[i]?.send(signal)
     }
 
     /// Stops node `i` (SIGTERM by default, SIGKILL after `timeout`); its exit status, nil when killed or not running.
     @discardableResult
     func stop(_ i: Int, signal: Int32 = SIGTERM, timeout: Double = 10) -> Int32? {
         guard let child = children[i] else { return nil }
-        kill(child.pid, SIGCONT)  // a SIGSTOPped node must run to handle SIGTERM
+        child.send(SIGCONT)  // a SIGSTOPped node must run to handle SIGTERM
         let status = child.stop(signal: signal, timeout: timeout)
         pastOutput[i] += child.output
         children[i] = nil

@@ -16,6 +16,14 @@ import Testing
         try spawnProcess("/bin/sleep", ["300"], environment: [:], settings: SpawnSettings(ownProcessGroup: ownProcessGroup))
     }
 
+    /// SIGKILL to `pid` (its group with `group`) and reaps it, unless it was reaped already: a reaped
+    /// PID may belong to another process by now (PIDs wrap at 32,768 here).
+    private func killUnlessReaped(_ pid: pid_t, group: Bool = false) {
+        guard reapProcess(pid, block: false) == nil else { return }
+        kill(group ? -pid : pid, SIGKILL)
+        _ = reapProcess(pid, block: true)
+    }
+
     /// Waits up to 10 s for `pid` (a child of this process) to end; reaps it. nil when it still runs.
     private func end(of pid: pid_t) -> ProcessEnd? {
         var end: ProcessEnd?
@@ -28,7 +36,7 @@ import Testing
 
     @Test func theProtectedChildIsKilledWhenTheParentDies() throws {
         let child = try sleeper()
-        defer { kill(child, SIGKILL); _ = reapProcess(child, block: false) }
+        defer { killUnlessReaped(child) }
         let guardian = try ParentDeathGuard(protecting: child)
         #expect(ProcessTable.isAlive(guardian.watcherPID), "the watcher runs while the parent lives")
         #expect(reapProcess(child, block: false) == nil, "the guard leaves a living parent's child alone")
@@ -39,7 +47,7 @@ import Testing
 
     @Test func aDismissedGuardNeverKills() throws {
         let child = try sleeper()
-        defer { kill(child, SIGKILL); _ = reapProcess(child, block: true) }
+        defer { killUnlessReaped(child) }
         let guardian = try ParentDeathGuard(protecting: child)
         let watcher = guardian.watcherPID
         guardian.dismiss()
@@ -55,7 +63,7 @@ import Testing
         let leader = try spawnProcess(
             "/bin/sh", ["-c", "sleep 300 & wait", marker], environment: ["PATH": "/usr/bin:/bin"],
             settings: SpawnSettings(ownProcessGroup: true))
-        defer { kill(-leader, SIGKILL); _ = reapProcess(leader, block: false) }
+        defer { killUnlessReaped(leader, group: true) }
         var grandchild: pid_t?
         #expect(waitUntil(timeout: 10) {
             grandchild = ProcessTable.children(of: leader).first

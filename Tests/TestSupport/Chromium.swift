@@ -231,6 +231,9 @@ public final class Chromium: @unchecked Sendable {  // used by one test at a tim
         closed = true
         if process.waitForExit(timeout: timeout) == nil { process.kill() }
         for helper in Self.processes(inGroup: pid) { kill(helper, SIGKILL) }
+        // A SIGKILLed process lingers until the kernel has torn it down (long, on a loaded machine):
+        // close() returns once none is left (10 s is a backstop).
+        _ = waitUntil(timeout: 10) { Self.processes(inGroup: pid).isEmpty }
         Glibc.close(commandFD)
         Glibc.close(messageFD)
         try? FileManager.default.removeItem(at: workDirectory)

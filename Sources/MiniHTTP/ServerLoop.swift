@@ -46,6 +46,8 @@ final class ServerConnection {
 /// An epoll loop: accepts from the shared listener, serves its connections.
 /// Everything but `completions` and `wake()` is touched by its thread only.
 final class ServerLoop: @unchecked Sendable {
+    /// Pending output at which a connection stops parsing requests (backpressure on a slow reader).
+    private static let outputHighWaterMark = 256 * 1024
     private unowned let server: HTTPServer
     let index: Int
     private let poller: EpollPoller
@@ -100,16 +102,7 @@ final class ServerLoop: @unchecked Sendable {
                         closeConnection(conn)
                         continue
                     }
-                    if event.events.contains(.writable) {
-                        flush(conn, pool: pool)
-                        // Output drained below the mark: pipelined requests already buffered are
-                        // parsed now (no readable event comes for bytes already read).
-                        if connections[fd] === conn, !conn.busy, conn.pendingOutput < 256 * 1024,
-                            conn.parser.bufferedByteCount > 0
-                        {
-                            process(conn, pool: pool)
-                        }
-                    }
+                    if event.events.contains(.writable) { flushAndResume(conn, pool: pool) }
                     if !event.events.isDisjoint(with: [.readable, .error, .hangUp, .peerClosed]), connections[fd] === conn {
                         readable(conn, pool: pool)
                     }
@@ -180,7 +173,7 @@ final class ServerLoop: @unchecked Sendable {
     /// backed up, after the peer closed, and once the connection will close.
     private func updateInterest(_ conn: ServerConnection) {
         var events: EpollEvents = []
-        if !conn.busy && !conn.peerClosed && !conn.closeAfterWrite && conn.pendingOutput < 256 * 1024 {
+        if !conn.busy && !conn.peerClosed && !conn.closeAfterWrite && conn.pendingOutput < Self.outputHighWaterMark {
             events.formUnion([.readable, .peerClosed])
         }
         if conn.pendingOutput > 0 { events.formUnion([.writable]) }
@@ -214,7 +207,7 @@ final class ServerLoop: @unchecked Sendable {
 
     /// Parses what is buffered and answers complete requests, in order.
     private func process(_ conn: ServerConnection, pool: HandlerPool?) {
-        while !conn.busy && !conn.closeAfterWrite && conn.pendingOutput < 256 * 1024 {
+        while !conn.busy && !conn.closeAfterWrite && conn.pendingOutput < Self.outputHighWaterMark {
             let event: HTTPRequestParser.Event?
             do {
                 event = try conn.parser.next()
@@ -254,10 +247,16 @@ final class ServerLoop: @unchecked Sendable {
                 dispatch(conn, HTTPRequest(head: head, body: body, remoteAddress: conn.remoteAddress), pool: pool)
             }
         }
-        let backedUp = conn.pendingOutput >= 256 * 1024
+        flushAndResume(conn, pool: pool)
+    }
+
+    /// Writes what it can of `conn`'s output. When the output was at the high-water mark (which
+    /// stops `process`) and this drained it below, goes on with the pipelined requests already
+    /// read: no readable event comes for bytes already read.
+    private func flushAndResume(_ conn: ServerConnection, pool: HandlerPool?) {
+        let wasBackedUp = conn.pendingOutput >= Self.outputHighWaterMark
         flush(conn, pool: pool)
-        // The output drained at once: go on with the pipelined requests already buffered.
-        if backedUp, connections[conn.fd] === conn, !conn.busy, conn.pendingOutput < 256 * 1024 {
+        if wasBackedUp, connections[conn.fd] === conn, !conn.busy, conn.pendingOutput < Self.outputHighWaterMark {
             process(conn, pool: pool)
         }
     }

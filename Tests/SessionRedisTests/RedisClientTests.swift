@@ -218,15 +218,7 @@ struct RedisClientBackoffAndPoolTests {
         let client = RedisClient(configuration: configuration, logger: quietLogger())
         #expect(try client.send("PING") == .status("PONG"))
 
-        let holding = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        let holder = startThreads(1) { _ in
-            _ = try? client.withConnection { _ in
-                holding.signal()
-                _ = release.wait(timeout: .now() + 60)
-            }
-        }
-        try #require(holding.wait(timeout: .now() + 30) == .success, "the holder got the connection")
+        let (release, holder) = try holdTheOnlyConnection(client)
         let answer = Mutex<Result<RedisValue, any Error>?>(nil)
         let waiter = startThreads(1) { _ in
             let result = Result { try client.send("PING") }
@@ -250,25 +242,34 @@ struct RedisClientBackoffAndPoolTests {
         configuration.poolSize = 1
         configuration.commandTimeoutMillis = 300
         let client = RedisClient(configuration: configuration, logger: quietLogger())
-        let holding = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        let holder = startThreads(1) { _ in
-            _ = try? client.withConnection { _ in
-                holding.signal()
-                _ = release.wait(timeout: .now() + 60)
-            }
-        }
+        let (release, holder) = try holdTheOnlyConnection(client)
         defer {
             release.signal()
             _ = holder.wait(timeout: .now() + 30)
         }
-        try #require(holding.wait(timeout: .now() + 30) == .success, "the holder got the connection")
         let error = #expect(throws: RedisError.self) { try client.send("PING") }
         #expect(error?.code == .poolExhausted)
         release.signal()
         try #require(holder.wait(timeout: .now() + 30) == .success)
         #expect(try client.send("PING") == .status("PONG"), "the released connection serves again")
     }
+}
+
+/// Takes `client`'s only pooled connection on a thread of its own and holds it until `release` is
+/// signalled (60 s at most); returns once it is held. `holder` is signalled when the thread ends.
+private func holdTheOnlyConnection(
+    _ client: RedisClient
+) throws -> (release: DispatchSemaphore, holder: DispatchGroup) {
+    let holding = DispatchSemaphore(value: 0)
+    let release = DispatchSemaphore(value: 0)
+    let holder = startThreads(1) { _ in
+        _ = try? client.withConnection { _ in
+            holding.signal()
+            _ = release.wait(timeout: .now() + 60)
+        }
+    }
+    try #require(holding.wait(timeout: .now() + 30) == .success, "the holder got the connection")
+    return (release, holder)
 }
 
 /// A configuration for `url` whose connect and command timeouts are `timeoutMillis`, and whose

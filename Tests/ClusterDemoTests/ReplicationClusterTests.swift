@@ -109,6 +109,12 @@ private final class NodeProcesses {
         children[i]?.send(signal)
     }
 
+    /// Freezes node `i` (SIGSTOP) and returns once every thread of it has stopped
+    /// (`ChildProcess.freeze`); false when it did not.
+    func freeze(_ i: Int) -> Bool {
+        children[i]?.freeze() ?? false
+    }
+
     /// Stops node `i` (SIGTERM by default, SIGKILL after `timeout`); its exit status, nil when killed or not running.
     @discardableResult
     func stop(_ i: Int, signal: Int32 = SIGTERM, timeout: Double = 10) -> Int32? {
@@ -243,8 +249,10 @@ struct ReplicationClusterTests {
             }
             let key = "frozen-\(mode)-1"
             let frozenAt = monotonicMillis()
-            nodes.signal(2, SIGSTOP)
             defer { nodes.signal(2, SIGCONT) }
+            // Every thread of c stopped (a thread of c that still ran after kill(2) returned
+            // would answer the request below, once in 2–3 full runs under stress-ng).
+            try #require(nodes.freeze(2), "c did not stop")
             // The kernel takes the connection and the request; c runs nothing until it resumes.
             let waiting = try TestConnection(port: nodes.httpPorts[2])
             waiting.send(
@@ -304,8 +312,8 @@ struct ReplicationClusterTests {
             // Sync: every node has every write when it is answered.
             for i in nodes.names.indices { #expect(nodes.sessionWithoutReadToken(i, sid: sid)?.count == 3) }
 
-            nodes.signal(2, SIGSTOP)
             defer { nodes.signal(2, SIGCONT) }
+            try #require(nodes.freeze(2), "c did not stop")
             var count = 3
             for k in 0..<10 {
                 let node = k % 2

@@ -334,6 +334,20 @@ to_ms() {
     }'
 }
 
+# proc_counts PID... — "SWITCHES TICKS" summed over every thread of the PIDs: context
+# switches (voluntary + involuntary, from /proc/PID/task/TID/status) and CPU time
+# (user + system clock ticks, from /proc/PID/stat). Gone PIDs count 0.
+proc_counts() {
+    local pid switches=0 ticks=0 s t
+    for pid in "$@"; do
+        s=$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches:/ { n += $2 } END { print n + 0 }')
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
+        switches=$((switches + s))
+        ticks=$((ticks + ${t:-0}))
+    done
+    echo "$switches $ticks"
+}
+
 # run_wrk OUTFILE SECONDS CONNECTIONS SAMPLE_PID URL [wrk args...] — wrk with
 # $THREADS threads in the background (killed 30 s after it should have
 # ended); SAMPLE_PID's RSS (if not empty) sampled every 0.5 s meanwhile. Sets

@@ -12,8 +12,9 @@ import SystemSupport
 ///
 /// Each loop thread owns its client connections and its own pools of
 /// keep-alive backend connections, so a request never crosses threads; the
-/// loops share only the listening socket (EPOLLEXCLUSIVE), the round-robin
-/// cursor and each backend's availability and counters (atomics).
+/// loops share only the listening socket (EPOLLEXCLUSIVE; the loop that accepts
+/// hands the connection to the loop with the fewest, `ConnectionSpreader`), the
+/// round-robin cursor and each backend's availability and counters (atomics).
 /// Bodies are streamed both ways through bounded buffers: when one side's
 /// output backs up, reading the other side pauses.
 public final class Balancer: Sendable {
@@ -25,6 +26,8 @@ public final class Balancer: Sendable {
     let metrics: BalancerMetrics
     let stopping = Atomic<Bool>(false)
     let openClients = Atomic<Int>(0)
+    /// Which loop serves each accepted client connection (the one with the fewest).
+    let spreader: ConnectionSpreader
     let retryBudget: RetryBudget
     let rateLimiter: RateLimiter?
     private let healthChecker: HealthChecker?
@@ -70,6 +73,7 @@ public final class Balancer: Sendable {
         }
         self.localRoutes = localRoutes
         self.configuration = configuration
+        spreader = ConnectionSpreader(loops: max(1, configuration.eventLoops))
         self.logger = logger
         metrics = BalancerMetrics(factory: metricsFactory, backends: configuration.backends.map(\.name))
         let registry = BackendRegistry(configuration: configuration)
@@ -183,6 +187,11 @@ public final class Balancer: Sendable {
         }
         stopped.wait()
         stopped.signal()
+    }
+
+    /// Wakes loop `index` (a connection was handed to it).
+    func wakeLoop(_ index: Int) {
+        state.withLock { $0.loops[index] }.wake()
     }
 
     /// Wakes every loop (a backend slot was freed while requests wait for one).

@@ -114,5 +114,6 @@ extension ProxyLoop {
         close(c.fd)
         clientCount -= 1
         balancer.openClients.subtract(1, ordering: .relaxed)
+        balancer.spreader.released(by: index)
     }
 }

@@ -117,6 +117,11 @@ final class ProxyLoop: @unchecked Sendable {
                 drainRunQueue()
             }
         }
+        for fd in balancer.spreader.end(index) {  // handed over as this loop ended
+            close(fd)
+            balancer.openClients.subtract(1, ordering: .relaxed)
+            balancer.spreader.released(by: index)
+        }
         for socket in Array(sockets.values) {
             if let c = socket as? ClientConnection { closeClient(c) }
         }
@@ -132,6 +137,7 @@ final class ProxyLoop: @unchecked Sendable {
             if listening { acceptSome() }
         case EpollPoller.wakeToken:
             poller.consumeWake()
+            for fd in balancer.spreader.adopt(by: index) { adopt(fd) }
         default:
             let fd = Int32(truncatingIfNeeded: event.token & 0xFFFF_FFFF)
             guard let socket = sockets[fd], socket.id == event.token >> 32 else { return }
@@ -176,17 +182,27 @@ final class ProxyLoop: @unchecked Sendable {
                 return
             }
             counters.connectionsAccepted.add(1, ordering: .relaxed)
-            Sockets.setNoDelay(fd)
-            let c = ClientConnection(
-                fd: fd, id: nextID, remoteAddress: Sockets.peerAddress(fd) ?? "unknown", limits: configuration.limits,
-                now: monotonicMillis())
-            nextID += 1
-            sockets[fd] = c
-            clientCount += 1
-            if !poller.add(fd, Self.socketEvents, token: c.token) {
-                closeClient(c)
+            let destination = balancer.spreader.assign(acceptedBy: index)
+            if destination != index, balancer.spreader.handOver(fd, from: index, to: destination) {
+                balancer.wakeLoop(destination)
+            } else {
+                adopt(fd)
             }
         }
+    }
+
+    /// Serves an accepted client connection on this loop (counted on it by the spreader already).
+    func adopt(_ fd: Int32) {
+        Sockets.setNoDelay(fd)
+        let c = ClientConnection(
+            fd: fd, id: nextID, remoteAddress: Sockets.peerAddress(fd) ?? "unknown", limits: configuration.limits,
+            now: monotonicMillis())
+        nextID += 1
+        sockets[fd] = c
+        clientCount += 1
+        // Edge-triggered: bytes that arrived before this report at once. One handed over while
+        // this loop began to stop is served like the others then (closed at the grace deadline at the latest).
+        if !poller.add(fd, Self.socketEvents, token: c.token) { closeClient(c) }
     }
 
     // MARK: - Readiness

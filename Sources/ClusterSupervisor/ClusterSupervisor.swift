@@ -223,7 +223,7 @@ public final class ClusterSupervisor: Sendable {
     public func stop(_ name: String) throws(SupervisorError) {
         let node = try running(name, for: "stop")
         guard node.state != .stopped else { throw SupervisorError(kind: .conflict, "\(name) is already stopped") }
-        if let process = node.process, process.send(SIGSTOP), !waitUntilStopped(process.pid, timeoutMillis: 2_000) {
+        if let process = node.process, process.send(SIGSTOP), !waitUntilProcessStopped(process.pid, timeoutMillis: 2_000) {
             // kill(2) returned, but a thread still runs: it stops when the kernel next schedules it.
             onEvent("\(name) got SIGSTOP but has not stopped within 2 s")
         }

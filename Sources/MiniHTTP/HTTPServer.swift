@@ -31,6 +31,8 @@ public final class HTTPServer: Sendable {
     /// Lame duck (see `HTTPServer+Draining.swift`): every response closes its connection.
     let draining = Atomic<Bool>(false)
     let openConnections = Atomic<Int>(0)
+    /// Which loop serves each accepted connection (the one with the fewest).
+    let spreader: ConnectionSpreader
     let counters = Counters()
     private let stopped = DispatchSemaphore(value: 0)
     private let liveLoops = Atomic<Int>(0)
@@ -47,6 +49,8 @@ public final class HTTPServer: Sendable {
         /// Bytes set aside now for request bodies still arriving: a diagnostic (it grows with the
         /// bytes received, not with the lengths requests announce).
         public var bodyBufferBytes = 0
+        /// Open connections on each event loop (`ConnectionSpreader` keeps them even).
+        public var connectionsPerLoop: [Int] = []
     }
 
     final class Counters: Sendable {
@@ -63,6 +67,7 @@ public final class HTTPServer: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.chain = chain
+        spreader = ConnectionSpreader(loops: max(1, configuration.eventLoops))
     }
 
     public convenience init(
@@ -83,7 +88,8 @@ public final class HTTPServer: Sendable {
             parseErrors: counters.parseErrors.load(ordering: .relaxed),
             timeouts: counters.timeouts.load(ordering: .relaxed),
             connectionEvents: counters.connectionEvents.load(ordering: .relaxed),
-            bodyBufferBytes: counters.bodyBufferBytes.load(ordering: .relaxed))
+            bodyBufferBytes: counters.bodyBufferBytes.load(ordering: .relaxed),
+            connectionsPerLoop: spreader.openPerLoop)
     }
 
     /// Binds, listens and starts the threads. Returns once the port accepts connections.
@@ -131,6 +137,11 @@ public final class HTTPServer: Sendable {
             for loop in loops { loop.wake() }
         }
         waitUntilStopped()
+    }
+
+    /// Wakes loop `index` (a connection was handed to it).
+    func wakeLoop(_ index: Int) {
+        state.withLock { $0.loops[index] }.wake()
     }
 
     private func finishStop() {

@@ -87,9 +87,10 @@ final class ServerLoop: @unchecked Sendable {
                 let event = ready[i]
                 switch event.token {
                 case EpollPoller.listenToken:
-                    if listening { acceptAll() }
+                    if listening { acceptAll(pool: pool) }
                 case EpollPoller.wakeToken:
                     poller.consumeWake()
+                    for fd in server.spreader.adopt(by: index) { adopt(fd, pool: pool) }
                     drainCompletions(pool: pool)
                 default:
                     let fd = Int32(truncatingIfNeeded: event.token & 0xFFFF_FFFF)
@@ -129,6 +130,11 @@ final class ServerLoop: @unchecked Sendable {
                 sweepTimeouts(now: now, pool: pool)
             }
         }
+        for fd in server.spreader.end(index) {  // handed over as this loop ended
+            close(fd)
+            server.openConnections.subtract(1, ordering: .relaxed)
+            server.spreader.released(by: index)
+        }
         if outstanding.load(ordering: .sequentiallyConsistent) == 0 {
             closeDescriptors()
         } else {
@@ -137,7 +143,7 @@ final class ServerLoop: @unchecked Sendable {
         }
     }
 
-    private func acceptAll() {
+    private func acceptAll(pool: HandlerPool?) {
         poller.acceptPending(limit: 4) { fd in
             let open = server.openConnections.add(1, ordering: .relaxed).newValue
             if open > configuration.maxConnections {
@@ -149,15 +155,31 @@ final class ServerLoop: @unchecked Sendable {
                 return
             }
             server.counters.connectionsAccepted.add(1, ordering: .relaxed)
-            Sockets.setNoDelay(fd)
-            let conn = ServerConnection(
-                fd: fd, id: nextID, remoteAddress: Sockets.peerAddress(fd), limits: configuration.limits,
-                now: monotonicMillis())
-            nextID += 1
-            connections[fd] = conn
-            if !poller.add(fd, conn.interest, token: token(conn)) {
-                closeConnection(conn)
+            let destination = server.spreader.assign(acceptedBy: index)
+            if destination != index, server.spreader.handOver(fd, from: index, to: destination) {
+                server.wakeLoop(destination)
+            } else {
+                adopt(fd, pool: pool)
             }
+        }
+    }
+
+    /// Serves an accepted connection on this loop (counted on it by the spreader already).
+    private func adopt(_ fd: Int32, pool: HandlerPool?) {
+        Sockets.setNoDelay(fd)
+        let conn = ServerConnection(
+            fd: fd, id: nextID, remoteAddress: Sockets.peerAddress(fd), limits: configuration.limits, now: monotonicMillis())
+        nextID += 1
+        connections[fd] = conn
+        guard poller.add(fd, conn.interest, token: token(conn)) else {
+            closeConnection(conn)
+            return
+        }
+        if !listening {
+            // Handed over while this loop began to stop: as at shutdown, a request already sent is
+            // answered, an idle connection closes.
+            readable(conn, pool: pool)
+            if connections[fd] === conn, conn.isIdle, conn.parser.isAtMessageBoundary { closeConnection(conn) }
         }
     }
 
@@ -369,6 +391,7 @@ final class ServerLoop: @unchecked Sendable {
         poller.remove(conn.fd)
         close(conn.fd)
         server.openConnections.subtract(1, ordering: .relaxed)
+        server.spreader.released(by: index)
     }
 
     /// At shutdown: a request that already arrived is still answered; idle connections close.

@@ -11,7 +11,7 @@ import Glibc
 /// go on running — an event loop accepts a connection and answers a request sent
 /// "after" the SIGSTOP. A caller that must know the process runs nothing more sends
 /// SIGSTOP and then waits here.
-public func waitUntilStopped(_ pid: pid_t, timeoutMillis: Int64 = 5_000) -> Bool {
+public func waitUntilProcessStopped(_ pid: pid_t, timeoutMillis: Int64 = 5_000) -> Bool {
     let deadline = monotonicMillis() + timeoutMillis
     while true {
         if let stopped = everyThreadStopped(pid), stopped { return true }

@@ -153,12 +153,12 @@ public final class ChildProcess: Sendable {
         }
     }
 
-    /// SIGSTOP, and waits until every thread has stopped (`waitUntilStopped`: kill(2) returns
+    /// SIGSTOP, and waits until every thread has stopped (`waitUntilProcessStopped`: kill(2) returns
     /// while the other threads of a multithreaded process may still run); false when it had
     /// ended or did not stop within `timeout` seconds.
     @discardableResult
     public func freeze(timeout: Double = 5) -> Bool {
-        send(SIGSTOP) && waitUntilStopped(pid, timeoutMillis: Int64(timeout * 1_000))
+        send(SIGSTOP) && waitUntilProcessStopped(pid, timeoutMillis: Int64(timeout * 1_000))
     }
 
     /// Waits up to `timeout` seconds for the end; how it ended, or nil while it still runs.

@@ -21,7 +21,9 @@ import SystemSupport
 ///              503 when none is left                  502 / 504 otherwise; after the first byte: close
 /// ```
 final class ProxyLoop: @unchecked Sendable {
-    unowned let balancer: Balancer
+    /// Unchecked: the balancer outlives its loops (each loop's thread holds the balancer until
+    /// `run` returns), and a checked reference costs an atomic retain on every access.
+    unowned(unsafe) let balancer: Balancer
     let index: Int
     let configuration: BalancerConfiguration
     let registry: BackendRegistry

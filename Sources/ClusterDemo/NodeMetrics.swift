@@ -66,14 +66,12 @@ public final class NodeMetrics: Sendable {
         levels = Mutex(Levels())
     }
 
-    private static let routeIndex = Dictionary(uniqueKeysWithValues: routes.enumerated().map { ($1, $0) })
-    private static let methodIndex = Dictionary(uniqueKeysWithValues: methods.enumerated().map { ($1, $0) })
-    private static let statusIndex = Dictionary(uniqueKeysWithValues: statuses.enumerated().map { ($1, $0) })
 
     func recordRequest(method: String, route: String, status: Int, nanos: UInt64) {
-        let r = Self.routeIndex[route] ?? Self.routes.count - 1
-        let m = Self.methodIndex[method] ?? Self.methods.count - 1
-        let s = Self.statusIndex[status] ?? Self.statuses.count - 1
+        // A scan of a few short names: cheaper than hashing the request's strings for a dictionary.
+        let r = Self.routes.firstIndex(of: route) ?? Self.routes.count - 1
+        let m = Self.methods.firstIndex(of: method) ?? Self.methods.count - 1
+        let s = Self.statuses.firstIndex(of: status) ?? Self.statuses.count - 1
         let index = (r * Self.methods.count + m) * Self.statuses.count + s
         let counter = requests[index].load() ?? requests[index].storeIfNilThenLoad(makeRequestCounter(r, m, s))
         counter.increment()

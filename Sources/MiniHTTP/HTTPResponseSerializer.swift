@@ -15,13 +15,13 @@ public enum HTTPResponseSerializer {
         }
         let bodyless = response.status < 200 || response.status == 204 || response.status == 304
         for field in response.headers {
-            if asciiCaseInsensitiveEquals(field.name, "content-length")
-                || asciiCaseInsensitiveEquals(field.name, "connection")
-                || asciiCaseInsensitiveEquals(field.name, "transfer-encoding")
-            {
-                continue
+            // On the names' and values' bytes in place (withUTF8 copies only a non-native string).
+            var name = field.name
+            var value = field.value
+            name.withUTF8 { name in
+                guard !isFramingField(name) else { return }
+                value.withUTF8 { appendField(&out, name, $0) }
             }
-            appendField(&out, field.name, field.value)
         }
         if !bodyless {
             appendField(&out, "Content-Length", String(response.body.count))
@@ -47,21 +47,41 @@ public enum HTTPResponseSerializer {
         })
 
     private static func appendField(_ out: inout [UInt8], _ name: String, _ value: String) {
+        var name = name
+        var value = value
+        name.withUTF8 { name in value.withUTF8 { appendField(&out, name, $0) } }
+    }
+
+    private static func appendField(_ out: inout [UInt8], _ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) {
         // A name can only hold token characters; anything else is dropped so it cannot split the head.
-        if name.utf8.allSatisfy(isTokenByte) {
-            out.append(contentsOf: name.utf8)
+        if name.allSatisfy(isTokenByte) {
+            out.append(contentsOf: name)
         } else {
-            for b in name.utf8 where isTokenByte(b) { out.append(b) }
+            for b in name where isTokenByte(b) { out.append(b) }
         }
         out.append(58)
         out.append(32)
         // Never let a value split the header: CR, LF and NUL become spaces.
-        if value.utf8.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 }) {
-            for b in value.utf8 { out.append(b == 13 || b == 10 || b == 0 ? 32 : b) }
+        if value.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 }) {
+            for b in value { out.append(b == 13 || b == 10 || b == 0 ? 32 : b) }
         } else {
-            out.append(contentsOf: value.utf8)
+            out.append(contentsOf: value)
         }
         out.append(13)
         out.append(10)
+    }
+
+    /// Content-Length, Connection and Transfer-Encoding (any case): the serializer sets these itself.
+    private static func isFramingField(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        let candidate: StaticString
+        switch name.count {
+        case 14: candidate = "content-length"
+        case 10: candidate = "connection"
+        case 17: candidate = "transfer-encoding"
+        default: return false
+        }
+        let lower = UnsafeBufferPointer(start: candidate.utf8Start, count: candidate.utf8CodeUnitCount)
+        for i in 0..<name.count where lowerASCII(name[i]) != lower[i] { return false }
+        return true
     }
 }

@@ -48,7 +48,9 @@ final class ServerConnection {
 final class ServerLoop: @unchecked Sendable {
     /// Pending output at which a connection stops parsing requests (backpressure on a slow reader).
     private static let outputHighWaterMark = 256 * 1024
-    private unowned let server: HTTPServer
+    /// Unchecked: the server outlives its loops (each loop's thread holds the server until
+    /// `run` returns), and a checked reference costs an atomic retain on every access.
+    private unowned(unsafe) let server: HTTPServer
     let index: Int
     private let poller: EpollPoller
     private var connections: [Int32: ServerConnection] = [:]

@@ -98,49 +98,8 @@ stop_children() {
 }
 install_traps
 
-# Should this script be killed with SIGKILL (no trap runs), still stop every
-# child by its PID and remove the temp dir.
-start_pid_watchdog() {
-    (
-        trap - INT TERM
-        while kill -0 "$$" 2>/dev/null; do sleep 1; done
-        while read -r pid; do
-            [[ -n "$pid" ]] || continue
-            kill -TERM "$pid" 2>/dev/null || true
-        done <"$tmp_dir/pids" || true
-        sleep 2
-        while read -r pid; do
-            [[ -n "$pid" ]] || continue
-            kill -KILL "$pid" 2>/dev/null || true
-        done <"$tmp_dir/pids" || true
-        rm -rf "$tmp_dir"
-    ) </dev/null >/dev/null 2>&1 &
-    watchdog_pid=$!
-}
-
-# A free loopback port not handed out before in this run.
-declare -a used_ports=()
-new_port() {
-    local p
-    p=$(free_port) || die "no free loopback port"
-    while [[ " ${used_ports[*]} " == *" $p "* ]]; do p=$(free_port) || die "no free loopback port"; done
-    used_ports+=("$p")
-    echo "$p"
-}
-
-# CPU time (user + system, all threads) a process used so far, in clock ticks (0 if gone).
-cpu_ticks() {
-    local t
-    t=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
-    echo "${t:-0}"
-}
-
 # The backends' CPU ticks together.
-backends_cpu_ticks() {
-    local pid total=0
-    for pid in "${backend_pid[@]}"; do total=$((total + $(cpu_ticks "$pid"))); done
-    echo "$total"
-}
+backends_cpu_ticks() { sum_cpu_ticks "${backend_pid[@]}"; }
 
 on_wrk_pid() { save_pids; }
 
@@ -205,7 +164,7 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- the backends ------------------------------------------------------------------
 
 backend_args=()
-haproxy_servers=""
+backend_addresses=()
 for ((i = 0; i < BACKENDS; i++)); do
     backend_port[i]=$(new_port)
     "$binary" node --port "${backend_port[$i]}" --node-id "n$((i + 1))" --strategy local --log-level warning \
@@ -213,7 +172,7 @@ for ((i = 0; i < BACKENDS; i++)); do
     backend_pid[i]=$!
     save_pids
     backend_args+=(--backend "n$((i + 1))=127.0.0.1:${backend_port[$i]}")
-    haproxy_servers+="    server n$((i + 1)) 127.0.0.1:${backend_port[$i]}"$'\n'
+    backend_addresses+=("127.0.0.1:${backend_port[$i]}")
 done
 log "started $BACKENDS backends (session-cluster node --strategy local) on ports ${backend_port[*]}"
 for ((i = 0; i < BACKENDS; i++)); do
@@ -226,43 +185,8 @@ done
 # --- HAProxy -------------------------------------------------------------------------
 
 haproxy_port=$(new_port)
-cat >"$tmp_dir/haproxy.cfg" <<HAPROXY
-global
-    nbthread $cpus
-    maxconn 4096
-
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    http-reuse always
-    timeout connect 2s
-    timeout client 60s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
-
-frontend bench
-    bind 127.0.0.1:$haproxy_port
-    default_backend nodes
-
-backend nodes
-    balance roundrobin
-$haproxy_servers
-HAPROXY
-if ! haproxy -c -q -f "$tmp_dir/haproxy.cfg" >"$tmp_dir/haproxy-c.log" 2>&1; then
-    cat "$tmp_dir/haproxy-c.log" >&2
-    die "the generated HAProxy configuration is invalid"
-fi
 haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')
-log "starting HAProxy $haproxy_version on 127.0.0.1:$haproxy_port (nbthread $cpus)"
-haproxy -db -f "$tmp_dir/haproxy.cfg" </dev/null >"$tmp_dir/haproxy.log" 2>&1 &
-haproxy_pid=$!
-save_pids
-if ! wait_http haproxy "http://127.0.0.1:$haproxy_port/healthz" "$haproxy_pid"; then
-    tail -n 20 "$tmp_dir/haproxy.log" >&2 || true
-    die "HAProxy did not start"
-fi
+start_haproxy haproxy "$haproxy_port" "${backend_addresses[@]}"
 
 # --- our balancer ----------------------------------------------------------------------
 
@@ -458,7 +382,6 @@ kill -0 "$proxy_pid" 2>/dev/null || { tail -n 20 "$tmp_dir/proxy.log" >&2; die "
 
 # --- summary ---------------------------------------------------------------------------------
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "NOT met") }'; }
 
 # stats TARGET CONNS — sets S_RPS, S_P99, S_RANGE, S_ERR (non-2xx + socket errors), S_PEAK (kB),

@@ -107,52 +107,6 @@ stop_strategy() {
 stop_children() { stop_strategy; }
 install_traps
 
-# Should this script be killed with SIGKILL (no trap runs), still stop every
-# child by its PID and remove the temp dir.
-start_pid_watchdog() {
-    (
-        trap - INT TERM
-        while kill -0 "$$" 2>/dev/null; do sleep 1; done
-        while read -r pid; do
-            [[ -n "$pid" ]] || continue
-            kill -TERM "$pid" 2>/dev/null || true
-        done <"$tmp_dir/pids" || true
-        sleep 2
-        while read -r pid; do
-            [[ -n "$pid" ]] || continue
-            kill -KILL "$pid" 2>/dev/null || true
-        done <"$tmp_dir/pids" || true
-        rm -rf "$tmp_dir"
-    ) </dev/null >/dev/null 2>&1 &
-    watchdog_pid=$!
-}
-
-# A free loopback port not handed out before in this run.
-declare -a used_ports=()
-new_port() {
-    local p
-    p=$(free_port) || die "no free loopback port"
-    while [[ " ${used_ports[*]} " == *" $p "* ]]; do p=$(free_port) || die "no free loopback port"; done
-    used_ports+=("$p")
-    echo "$p"
-}
-
-# CPU time (user + system, all threads) a process used so far, in clock ticks (0 if gone).
-cpu_ticks() {
-    local t
-    t=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
-    echo "${t:-0}"
-}
-
-# sum_cpu_ticks PID... — the processes' CPU ticks together.
-sum_cpu_ticks() {
-    local pid total=0
-    for pid in "$@"; do
-        [[ -n "$pid" ]] || continue
-        total=$((total + $(cpu_ticks "$pid")))
-    done
-    echo "$total"
-}
 nodes_cpu_ticks() { sum_cpu_ticks "${node_pid[@]}"; }
 redis_cpu_ticks() { sum_cpu_ticks "$redis_pid" "${redis_cluster_pids[@]}"; }
 has_redis() { [[ -n "$redis_pid" || ${#redis_cluster_pids[@]} -gt 0 ]]; }
@@ -341,48 +295,13 @@ start_nodes() {
 
 # start_balancers STRATEGY — HAProxy and ours over the 3 nodes; sets haproxy_port, proxy_port.
 start_balancers() {
-    local strategy=$1 i backend_args=() haproxy_servers=""
+    local strategy=$1 i backend_args=() addresses=()
     for ((i = 0; i < NODES; i++)); do
         backend_args+=(--backend "n$((i + 1))=127.0.0.1:${node_port[$i]}")
-        haproxy_servers+="    server n$((i + 1)) 127.0.0.1:${node_port[$i]}"$'\n'
+        addresses+=("127.0.0.1:${node_port[$i]}")
     done
     haproxy_port=$(new_port)
-    cat >"$tmp_dir/haproxy-$strategy.cfg" <<HAPROXY
-global
-    nbthread $cpus
-    maxconn 4096
-
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    http-reuse always
-    timeout connect 2s
-    timeout client 60s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
-
-frontend bench
-    bind 127.0.0.1:$haproxy_port
-    default_backend nodes
-
-backend nodes
-    balance roundrobin
-$haproxy_servers
-HAPROXY
-    if ! haproxy -c -q -f "$tmp_dir/haproxy-$strategy.cfg" >"$tmp_dir/haproxy-c.log" 2>&1; then
-        cat "$tmp_dir/haproxy-c.log" >&2
-        die "the generated HAProxy configuration is invalid"
-    fi
-    log "$strategy: starting HAProxy on 127.0.0.1:$haproxy_port (nbthread $cpus)"
-    haproxy -db -f "$tmp_dir/haproxy-$strategy.cfg" </dev/null >"$tmp_dir/haproxy-$strategy.log" 2>&1 &
-    haproxy_pid=$!
-    save_pids
-    if ! wait_http haproxy "http://127.0.0.1:$haproxy_port/healthz" "$haproxy_pid"; then
-        tail -n 20 "$tmp_dir/haproxy-$strategy.log" >&2 || true
-        die "$strategy: HAProxy did not start"
-    fi
+    start_haproxy "haproxy-$strategy" "$haproxy_port" "${addresses[@]}"
 
     proxy_port=$(new_port)
     log "$strategy: starting session-cluster proxy on 127.0.0.1:$proxy_port (--event-loops $cpus)"
@@ -486,7 +405,6 @@ done
 
 # --- summary ---------------------------------------------------------------------------
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # stats STRATEGY WORKLOAD TARGET — sets S_RPS, S_RANGE, S_P99, S_ERR (non-2xx + socket errors, all
 # rounds), and the median CPU us per request: S_CPU (the balancer), S_NCPU (the 3 nodes), S_RCPU (redis).

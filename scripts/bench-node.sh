@@ -198,8 +198,6 @@ echo
 echo "nproc: $cpus    kernel: $(uname -r)    date: $(date -u +%F)    load average before the run: $load"
 echo "wrk:   $ROUNDS rounds of: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency URL   (+ -H 'Cookie: sid=…' for /api/session; ${WARMUP}s warm-up before each)"
 echo
-# median VALUES... — the middle value (the mean of the two middle ones for an even count).
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -a m_rps=() m_p99=() m_range=() m_cpu=() m_cs=()
 for ((t = 0; t < targets; t++)); do
     rps_list=() p99_list=() cpu_list=() cs_list=()

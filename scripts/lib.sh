@@ -334,6 +334,110 @@ to_ms() {
     }'
 }
 
+# start_pid_watchdog — for a script that keeps its children's PIDs in
+# $tmp_dir/pids: should the script be killed with SIGKILL (no trap runs), still
+# stop every child by its PID (TERM, KILL 2 s later) and remove the temp dir.
+# Sets watchdog_pid.
+start_pid_watchdog() {
+    (
+        trap - INT TERM
+        while kill -0 "$$" 2>/dev/null; do sleep 1; done
+        while read -r pid; do
+            [[ -n "$pid" ]] || continue
+            kill -TERM "$pid" 2>/dev/null || true
+        done <"$tmp_dir/pids" || true
+        sleep 2
+        while read -r pid; do
+            [[ -n "$pid" ]] || continue
+            kill -KILL "$pid" 2>/dev/null || true
+        done <"$tmp_dir/pids" || true
+        rm -rf "$tmp_dir"
+    ) </dev/null >/dev/null 2>&1 &
+    watchdog_pid=$!
+}
+
+# new_port — a free loopback port not handed out before in this run.
+declare -a used_ports=()
+new_port() {
+    local p
+    p=$(free_port) || die "no free loopback port"
+    while [[ " ${used_ports[*]} " == *" $p "* ]]; do p=$(free_port) || die "no free loopback port"; done
+    used_ports+=("$p")
+    echo "$p"
+}
+
+# cpu_ticks PID — CPU time (user + system, all threads) the process used so far, in clock ticks (0 if gone).
+cpu_ticks() {
+    local t
+    t=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
+    echo "${t:-0}"
+}
+
+# sum_cpu_ticks PID... — the processes' CPU ticks together (empty arguments skipped).
+sum_cpu_ticks() {
+    local pid total=0
+    for pid in "$@"; do
+        [[ -n "$pid" ]] || continue
+        total=$((total + $(cpu_ticks "$pid")))
+    done
+    echo "$total"
+}
+
+# median VALUE... — the middle value (the mean of the two middle ones for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# start_haproxy NAME PORT SERVER... — HAProxy, a child of this script, on
+# 127.0.0.1:PORT in front of the servers (host:port each): nbthread = cores,
+# balance roundrobin, keep-alive both sides (http-keep-alive, http-reuse
+# always), option forwardfor, no logging — the configuration the benchmarks
+# compare the balancer with. Its configuration and log are $tmp_dir/NAME.cfg and
+# NAME.log. Waits for GET /healthz through it; sets haproxy_pid (and calls
+# save_pids when the script defines it).
+start_haproxy() {
+    local name=$1 port=$2 servers="" i=0 server
+    shift 2
+    for server in "$@"; do
+        i=$((i + 1))
+        servers+="    server n$i $server"$'\n'
+    done
+    cat >"$tmp_dir/$name.cfg" <<HAPROXY
+global
+    nbthread $(nproc)
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 2s
+    timeout client 60s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend bench
+    bind 127.0.0.1:$port
+    default_backend nodes
+
+backend nodes
+    balance roundrobin
+$servers
+HAPROXY
+    if ! haproxy -c -q -f "$tmp_dir/$name.cfg" >"$tmp_dir/$name-check.log" 2>&1; then
+        cat "$tmp_dir/$name-check.log" >&2
+        die "the generated HAProxy configuration is invalid"
+    fi
+    log "starting HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }') on 127.0.0.1:$port (nbthread $(nproc))"
+    haproxy -db -f "$tmp_dir/$name.cfg" </dev/null >"$tmp_dir/$name.log" 2>&1 &
+    haproxy_pid=$!
+    if declare -F save_pids >/dev/null; then save_pids; fi
+    if ! wait_http haproxy "http://127.0.0.1:$port/healthz" "$haproxy_pid"; then
+        tail -n 20 "$tmp_dir/$name.log" >&2 || true
+        die "HAProxy did not start"
+    fi
+}
+
 # proc_counts PID... — "SWITCHES TICKS" summed over every thread of the PIDs: context
 # switches (voluntary + involuntary, from /proc/PID/task/TID/status) and CPU time
 # (user + system clock ticks, from /proc/PID/stat). Gone PIDs count 0.

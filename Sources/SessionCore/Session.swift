@@ -225,7 +225,8 @@ public final class Session: Sendable {
     public func commit(idempotencyRecord: IdempotencyRecord?) throws -> (cookie: CookieAction, recorded: Bool) {
         _ = prepareCommit()
         let hasPending = state.withLock { !$0.pending.isEmpty }
-        let record = store is any IdempotencyStore ? idempotencyRecord : nil
+        // The existential cast only when there is a record to keep (it showed in profiles of every request).
+        let record = idempotencyRecord != nil && store is any IdempotencyStore ? idempotencyRecord : nil
         if hasPending { _ = try save(extra: [], record: record) }
         let cookie = state.withLock { s -> CookieAction in
             if s.issueCookie, let id = s.id { return .set(id) }

@@ -76,24 +76,10 @@ stop_children() {
         kill_wait "$wrk_pid"
         wrk_pid=""
     fi
-    if [[ -n "$idle_pid" ]]; then
-        stop_pid idle-clients "$idle_pid"
-        idle_pid=""
-    fi
-    if [[ -n "$proxy_pid" ]]; then
-        stop_pid "session-cluster proxy" "$proxy_pid"
-        proxy_pid=""
-    fi
-    if [[ -n "$haproxy_pid" ]]; then
-        stop_pid haproxy "$haproxy_pid"
-        haproxy_pid=""
-    fi
-    for i in "${!backend_pid[@]}"; do
-        if [[ -n "${backend_pid[$i]}" ]]; then
-            stop_pid "backend n$((i + 1))" "${backend_pid[$i]}"
-            backend_pid[i]=""
-        fi
-    done
+    stop_named idle-clients idle_pid
+    stop_named "session-cluster proxy" proxy_pid
+    stop_named haproxy haproxy_pid
+    for i in "${!backend_pid[@]}"; do stop_named "backend n$((i + 1))" "backend_pid[$i]"; done
     save_pids
 }
 install_traps
@@ -202,19 +188,8 @@ if ! wait_http "session-cluster proxy" "http://127.0.0.1:$proxy_port/healthz" "$
 fi
 
 # Both spread requests over all three backends.
-for target in haproxy ours; do
-    port=$haproxy_port
-    [[ "$target" == ours ]] && port=$proxy_port
-    declare -A seen=()
-    for ((i = 0; i < 6; i++)); do
-        served=$(curl -fsS -o /dev/null -D - --max-time 2 "http://127.0.0.1:$port/healthz" \
-            | awk -F': *' 'tolower($1) == "x-served-by" { gsub(/\r/, "", $2); print $2 }') || served=""
-        [[ -n "$served" ]] && seen[$served]=1
-    done
-    log "$target: 6 requests were served by ${!seen[*]}"
-    ((${#seen[@]} == BACKENDS)) || printf 'warning: %s did not reach all %s backends in 6 requests\n' "$target" "$BACKENDS" >&2
-    unset seen
-done
+check_spread haproxy "$haproxy_port" "$BACKENDS"
+check_spread ours "$proxy_port" "$BACKENDS"
 
 sleep 1
 proxy_start_kb=$(rss_kb "$proxy_pid")

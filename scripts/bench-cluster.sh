@@ -80,24 +80,10 @@ stop_strategy() {
         kill_wait "$wrk_pid"
         wrk_pid=""
     fi
-    if [[ -n "$proxy_pid" ]]; then
-        stop_pid "session-cluster proxy" "$proxy_pid"
-        proxy_pid=""
-    fi
-    if [[ -n "$haproxy_pid" ]]; then
-        stop_pid haproxy "$haproxy_pid"
-        haproxy_pid=""
-    fi
-    for i in "${!node_pid[@]}"; do
-        if [[ -n "${node_pid[$i]}" ]]; then
-            stop_pid "node n$((i + 1))" "${node_pid[$i]}"
-            node_pid[i]=""
-        fi
-    done
-    if [[ -n "$redis_pid" ]]; then
-        stop_pid redis-server "$redis_pid"
-        redis_pid=""
-    fi
+    stop_named "session-cluster proxy" proxy_pid
+    stop_named haproxy haproxy_pid
+    for i in "${!node_pid[@]}"; do stop_named "node n$((i + 1))" "node_pid[$i]"; done
+    stop_named redis-server redis_pid
     for pid in "${redis_cluster_pids[@]}"; do
         stop_pid "redis-server (cluster)" "$pid"
     done
@@ -315,20 +301,8 @@ start_balancers() {
     fi
 
     # Both spread requests over all three nodes.
-    local target port served
-    for target in haproxy ours; do
-        port=$haproxy_port
-        [[ "$target" == ours ]] && port=$proxy_port
-        declare -A seen=()
-        for ((i = 0; i < 6; i++)); do
-            served=$(curl -fsS -o /dev/null -D - --max-time 2 "http://127.0.0.1:$port/healthz" \
-                | awk -F': *' 'tolower($1) == "x-served-by" { gsub(/\r/, "", $2); print $2 }') || served=""
-            [[ -n "$served" ]] && seen[$served]=1
-        done
-        log "$strategy, $target: 6 requests were served by ${!seen[*]}"
-        ((${#seen[@]} == NODES)) || printf 'warning: %s did not reach all %s nodes in 6 requests\n' "$target" "$NODES" >&2
-        unset seen
-    done
+    check_spread "$strategy, haproxy" "$haproxy_port" "$NODES"
+    check_spread "$strategy, ours" "$proxy_port" "$NODES"
 }
 
 # run_strategy STRATEGY — start everything, check, measure, stop everything.

@@ -334,6 +334,29 @@ to_ms() {
     }'
 }
 
+# stop_named NAME VAR — when the variable VAR (e.g. proxy_pid, node_pid[2]) holds
+# a PID, stop that process (stop_pid NAME) and empty VAR.
+stop_named() {
+    local name=$1 var=$2
+    [[ -n "${!var:-}" ]] || return 0
+    stop_pid "$name" "${!var}"
+    printf -v "$var" '%s' ""
+}
+
+# check_spread LABEL PORT EXPECTED — 6 GET /healthz through the balancer on PORT:
+# logs which backends answered (X-Served-By) and warns when not all EXPECTED did.
+check_spread() {
+    local label=$1 port=$2 expected=$3 i served
+    local -A seen=()
+    for ((i = 0; i < 6; i++)); do
+        served=$(curl -fsS -o /dev/null -D - --max-time 2 "http://127.0.0.1:$port/healthz" \
+            | awk -F': *' 'tolower($1) == "x-served-by" { gsub(/\r/, "", $2); print $2 }') || served=""
+        [[ -n "$served" ]] && seen[$served]=1
+    done
+    log "$label: 6 requests were served by ${!seen[*]}"
+    ((${#seen[@]} == expected)) || printf 'warning: %s did not reach all %s backends in 6 requests\n' "$label" "$expected" >&2
+}
+
 # start_pid_watchdog — for a script that keeps its children's PIDs in
 # $tmp_dir/pids: should the script be killed with SIGKILL (no trap runs), still
 # stop every child by its PID (TERM, KILL 2 s later) and remove the temp dir.

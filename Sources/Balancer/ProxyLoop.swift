@@ -122,7 +122,6 @@ final class ProxyLoop: @unchecked Sendable {
         for fd in balancer.spreader.end(index) {  // handed over as this loop ended
             close(fd)
             balancer.openClients.subtract(1, ordering: .relaxed)
-            balancer.spreader.released(by: index)
         }
         for socket in Array(sockets.values) {
             if let c = socket as? ClientConnection { closeClient(c) }
@@ -184,12 +183,7 @@ final class ProxyLoop: @unchecked Sendable {
                 return
             }
             counters.connectionsAccepted.add(1, ordering: .relaxed)
-            let destination = balancer.spreader.assign(acceptedBy: index)
-            if destination != index, balancer.spreader.handOver(fd, from: index, to: destination) {
-                balancer.wakeLoop(destination)
-            } else {
-                adopt(fd)
-            }
+            if !balancer.spreader.handOff(fd, acceptedBy: index, wake: balancer.wakeLoop) { adopt(fd) }
         }
     }
 

@@ -135,7 +135,6 @@ final class ServerLoop: @unchecked Sendable {
         for fd in server.spreader.end(index) {  // handed over as this loop ended
             close(fd)
             server.openConnections.subtract(1, ordering: .relaxed)
-            server.spreader.released(by: index)
         }
         if outstanding.load(ordering: .sequentiallyConsistent) == 0 {
             closeDescriptors()
@@ -157,12 +156,7 @@ final class ServerLoop: @unchecked Sendable {
                 return
             }
             server.counters.connectionsAccepted.add(1, ordering: .relaxed)
-            let destination = server.spreader.assign(acceptedBy: index)
-            if destination != index, server.spreader.handOver(fd, from: index, to: destination) {
-                server.wakeLoop(destination)
-            } else {
-                adopt(fd, pool: pool)
-            }
+            if !server.spreader.handOff(fd, acceptedBy: index, wake: server.wakeLoop) { adopt(fd, pool: pool) }
         }
     }
 

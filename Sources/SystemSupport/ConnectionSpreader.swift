@@ -8,8 +8,8 @@ import Synchronization
 /// pool) lands on whichever loop was idle when it came, and stays there: measured,
 /// all 50 of wrk's connections on one of a node's two loops, which ran at one core
 /// while the other slept (0.80× nginx, whose two workers split them). So the loop
-/// that accepts calls `assign(acceptedBy:)`, and when that names another loop, hands
-/// the descriptor over (`handOver`) and wakes that loop, which `adopt`s it. The cost
+/// that accepts calls `handOff`: when another loop has fewer, the descriptor goes to
+/// that loop's inbox and the loop is woken, and it `adopt`s what it finds there. The cost
 /// is one wake-up per connection, at connect time only.
 public final class ConnectionSpreader: Sendable {
     private final class Slot: Sendable {
@@ -57,6 +57,15 @@ public final class ConnectionSpreader: Sendable {
         return taken
     }
 
+    /// Places a connection `loop` accepted (`assign`): true when it went to another loop's
+    /// inbox and `wake` was called with that loop; false when `loop` serves it itself.
+    public func handOff(_ fd: Int32, acceptedBy loop: Int, wake: (Int) -> Void) -> Bool {
+        let destination = assign(acceptedBy: loop)
+        guard destination != loop, handOver(fd, from: loop, to: destination) else { return false }
+        wake(destination)
+        return true
+    }
+
     /// The descriptors handed to `loop` since it last looked; it serves them now.
     public func adopt(by loop: Int) -> [Int32] {
         slots[loop].inbox.withLock { inbox in
@@ -71,13 +80,15 @@ public final class ConnectionSpreader: Sendable {
     }
 
     /// `loop` ends: nothing more is handed to it. Returns what was handed over and not
-    /// adopted (the caller closes those).
+    /// adopted, no longer counted (the caller closes those).
     public func end(_ loop: Int) -> [Int32] {
-        slots[loop].inbox.withLock { inbox in
+        let left = slots[loop].inbox.withLock { inbox in
             inbox.ended = true
             defer { inbox.descriptors.removeAll() }
             return inbox.descriptors
         }
+        slots[loop].open.subtract(left.count, ordering: .relaxed)
+        return left
     }
 
     /// Open connections per loop (handed over and not yet adopted included).

@@ -136,13 +136,11 @@ packages=("${build_packages[@]}" wrk haproxy curl)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 ensure_packages "${packages[@]}"
 ensure_swift
-command -v haproxy >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin"
-command -v haproxy >/dev/null 2>&1 || die "haproxy is installed but not on PATH"
+ensure_haproxy
 
 build_release
 
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-bench-balancer.XXXXXX")
-: >"$tmp_dir/pids"
 start_pid_watchdog
 cpus=$(nproc)
 load=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -187,13 +187,11 @@ log "checking packages and Swift"
 packages=("${build_packages[@]}" wrk haproxy curl redis-server redis-tools)
 ensure_packages "${packages[@]}"
 ensure_swift
-command -v haproxy >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin"
-command -v haproxy >/dev/null 2>&1 || die "haproxy is installed but not on PATH"
+ensure_haproxy
 
 build_release
 
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-bench-cluster.XXXXXX")
-: >"$tmp_dir/pids"
 start_pid_watchdog
 cpus=$(nproc)
 run_load=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -357,11 +357,18 @@ check_spread() {
     ((${#seen[@]} == expected)) || printf 'warning: %s did not reach all %s backends in 6 requests\n' "$label" "$expected" >&2
 }
 
+# ensure_haproxy — haproxy on PATH (Debian installs it in /usr/sbin).
+ensure_haproxy() {
+    command -v haproxy >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin"
+    command -v haproxy >/dev/null 2>&1 || die "haproxy is installed but not on PATH"
+}
+
 # start_pid_watchdog — for a script that keeps its children's PIDs in
-# $tmp_dir/pids: should the script be killed with SIGKILL (no trap runs), still
-# stop every child by its PID (TERM, KILL 2 s later) and remove the temp dir.
-# Sets watchdog_pid.
+# $tmp_dir/pids (created empty here): should the script be killed with SIGKILL
+# (no trap runs), still stop every child by its PID (TERM, KILL 2 s later) and
+# remove the temp dir. Sets watchdog_pid.
 start_pid_watchdog() {
+    : >"$tmp_dir/pids"
     (
         trap - INT TERM
         while kill -0 "$$" 2>/dev/null; do sleep 1; done

@@ -105,7 +105,11 @@ public final class DemoNode: Sendable {
         let sessions = SessionMiddleware(store: store, configuration: sessionConfiguration, logger: logger)
         let idempotency = IdempotencyMiddleware(store: store, sessions: sessionConfiguration, logger: logger)
 
+        // Two routers: the session API behind the idempotency and session middleware; health,
+        // metrics and the page in front of it, so that a health check never reads a cookie,
+        // takes a session lock or sets up a session.
         var router = Router()
+        var api = Router()
         let nodeID = configuration.nodeID
         let readyFlag = ready
         let metrics = metrics
@@ -133,16 +137,16 @@ public final class DemoNode: Sendable {
             }
             return HTTPResponse(status: 200, headers: ["Content-Type": "application/json"], body: healthyBody)
         }
-        router.get("/api/session") { request in
+        api.get("/api/session") { request in
             let session = try request.session()
             return .json(try Self.sessionJSON(node: nodeID, session: session))
         }
-        router.post("/api/counter") { request in
+        api.post("/api/counter") { request in
             let session = try request.session()
             let count = try session.increment("count")
             return .json("{\"node\":\(jsonQuoted(nodeID)),\"count\":\(count)}")
         }
-        router.post("/api/login") { request in
+        api.post("/api/login") { request in
             struct Login: Decodable { var user: String }
             guard let login = try? JSONDecoder().decode(Login.self, from: Data(request.body)) else {
                 throw HTTPError.badRequest("expected a JSON body {\"user\": \"name\"}")
@@ -156,7 +160,7 @@ public final class DemoNode: Sendable {
             try session.set("user", user)
             return .json(try Self.sessionJSON(node: nodeID, session: session))
         }
-        router.post("/api/logout") { request in
+        api.post("/api/logout") { request in
             try request.session().invalidate()
             return .json("{\"node\":\(jsonQuoted(nodeID)),\"count\":0,\"user\":null}")
         }
@@ -177,12 +181,14 @@ public final class DemoNode: Sendable {
             HTTPResponse(status: 200, contentType: "text/html; charset=utf-8", body: DemoPage.html)
         }
 
+        router.fallback = MiddlewareChain([idempotency, sessions], responder: api.responder).asResponder
+
         server = HTTPServer(
             configuration: HTTPServerConfiguration(
                 host: configuration.host, port: configuration.port,
                 handlerThreads: configuration.handlerThreads ?? configuration.strategy.defaultHandlerThreads),
             logger: logger,
-            middleware: [ServedByMiddleware(nodeID: nodeID, metrics: metrics), idempotency, sessions],
+            middleware: [ServedByMiddleware(nodeID: nodeID, metrics: metrics)],
             responder: router.responder)
     }
 

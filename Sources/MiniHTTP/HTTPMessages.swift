@@ -17,7 +17,10 @@ public struct HTTPVersion: Sendable, Equatable, CustomStringConvertible {
 public struct HTTPRequestHead: Sendable, Equatable {
     public var method: String
     /// The request target as sent (origin form: path and optional query).
-    public var target: String
+    public var target: String { didSet { path = Self.path(of: target) } }
+    /// The path part of the target, without the query. Split once, when the target is set:
+    /// routing, metrics and logs each ask for it on every request.
+    public private(set) var path: String
     public var version: HTTPVersion
     public var headers: HTTPHeaders
     /// Whether the connection may carry another request after this one.
@@ -39,6 +42,7 @@ public struct HTTPRequestHead: Sendable, Equatable {
     ) {
         self.method = method
         self.target = target
+        self.path = Self.path(of: target)
         self.version = version
         self.headers = headers
         self.keepAlive = keepAlive
@@ -46,10 +50,8 @@ public struct HTTPRequestHead: Sendable, Equatable {
         self.expectsContinue = expectsContinue
     }
 
-    /// The path part of the target, without the query.
-    public var path: String {
-        // Scans bytes: every request asks for its path several times (routing, metrics).
-        guard let q = target.utf8.firstIndex(of: 63) else { return target }
+    private static func path(of target: String) -> String {
+        guard let q = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return target }
         return String(target[..<q])
     }
 

@@ -46,6 +46,12 @@ public struct MiddlewareChain: Sendable {
         self.responder = responder
     }
 
+    /// The chain as a responder that throws what the chain throws (e.g. a router's `fallback`).
+    public var asResponder: HTTPResponder {
+        let chain = self
+        return { try chain.run(index: 0, request: $0) }
+    }
+
     /// Runs the chain. Thrown `HTTPError`s become their responses; any other
     /// error becomes a 500 (its text is not shown to the client).
     public func respond(to request: HTTPRequest, onError: (any Error) -> Void = { _ in }) -> HTTPResponse {
@@ -77,6 +83,9 @@ public struct Router: Sendable {
     }
 
     private var routes: [Route] = []
+    /// Answers a request whose path no route has (instead of 404), e.g. another router behind
+    /// middleware that this router's routes skip: `MiddlewareChain(…, responder: api.responder).asResponder`.
+    public var fallback: HTTPResponder?
 
     public init() {}
 
@@ -104,6 +113,7 @@ public struct Router: Sendable {
             if route.method == "GET" && !allowed.contains("HEAD") { allowed.append("HEAD") }
         }
         if allowed.isEmpty {
+            if let fallback { return try fallback(request) }
             throw HTTPError(status: 404, code: "not_found", message: "no route for \(path)")
         }
         throw HTTPError(

@@ -27,6 +27,16 @@ struct ParserTests {
         #expect(outcome.events[1] == .end)
     }
 
+    @Test func thePathFollowsAChangedTarget() {
+        var head = HTTPRequestHead(method: "GET", target: "/a?x=1")
+        #expect(head.path == "/a")
+        head.target = "/b/c"
+        #expect(head.path == "/b/c", "the path is split again when the target changes")
+        head.target = "/d?"
+        #expect(head.path == "/d")
+        #expect(head.query == "")
+    }
+
     @Test func nextReturnsNilUntilTheHeadIsComplete() throws {
         var parser = HTTPRequestParser()
         #expect(parser.isAtMessageBoundary)

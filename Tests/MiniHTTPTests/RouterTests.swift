@@ -99,6 +99,37 @@ struct RouterTests {
         #expect(throws: HTTPError.self) { try responder(request("GET", "/missing")) }
     }
 
+    @Test func aFallbackAnswersOnlyPathsNoRouteHasThroughItsOwnMiddleware() throws {
+        var api = Router()
+        api.get("/api/thing", Self.named("thing"))
+        var r = Router()
+        r.get("/healthz", Self.named("health"))
+        r.fallback = MiddlewareChain([MiddlewareTests.Tag(name: "inner")], responder: api.responder).asResponder
+
+        let health = try r.respond(to: request("GET", "/healthz"))
+        #expect(body(health) == "health GET /healthz")
+        #expect(health.headers["X-Out"] == nil, "a route of the front router skips the fallback's middleware")
+
+        let thing = try r.respond(to: request("GET", "/api/thing"))
+        #expect(body(thing) == "thing GET /api/thing")
+        #expect(thing.headers["X-Out"] == "inner")
+
+        // A path the front router has keeps its 405; one nobody has gets the fallback's 404.
+        do {
+            _ = try r.respond(to: request("POST", "/healthz"))
+            Issue.record("expected a 405")
+        } catch let error as HTTPError {
+            #expect(error.status == 405)
+        }
+        do {
+            _ = try r.respond(to: request("GET", "/nowhere"))
+            Issue.record("no route and no fallback route: expected a 404")
+        } catch let error as HTTPError {
+            #expect(error.status == 404)
+            #expect(error.message == "no route for /nowhere")
+        }
+    }
+
     @Test func handlerErrorsPropagate() {
         struct Boom: Error {}
         var r = Router()

@@ -43,8 +43,14 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence, ExpressibleByDictionar
 
     /// The first value of the field named `name`, if any.
     public subscript(name: String) -> String? {
-        for field in storage where asciiCaseInsensitiveEquals(field.name, name) {
-            return field.value
+        firstValue(of: name) { $0 }
+    }
+
+    /// The first non-nil `transform` of a value of the field named `name`, in order.
+    /// (Looks at the fields in place: a loop over copies of them retained every name and value.)
+    public func firstValue<T>(of name: String, _ transform: (String) -> T?) -> T? {
+        for i in storage.indices where asciiCaseInsensitiveEquals(storage[i].name, name) {
+            if let found = transform(storage[i].value) { return found }
         }
         return nil
     }
@@ -55,7 +61,7 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence, ExpressibleByDictionar
     }
 
     public func contains(name: String) -> Bool {
-        storage.contains { asciiCaseInsensitiveEquals($0.name, name) }
+        firstValue(of: name) { _ in true } ?? false
     }
 
     /// Whether a comma-separated list header (e.g. `Connection`) contains `token`.
@@ -83,13 +89,14 @@ public func lowerASCII(_ byte: UInt8) -> UInt8 {
 /// Compares two strings ignoring ASCII case (the fast path for two `String`s: their UTF-8 bytes in place).
 public func asciiCaseInsensitiveEquals(_ a: String, _ b: String) -> Bool {
     guard a.utf8.count == b.utf8.count else { return false }
-    var a = a, b = b  // withUTF8 is mutating; native strings are not copied
-    return a.withUTF8 { x in
-        b.withUTF8 { y in
+    let equal = a.utf8.withContiguousStorageIfAvailable { x in
+        b.utf8.withContiguousStorageIfAvailable { y in
             for i in 0..<x.count where x[i] != y[i] && lowerASCII(x[i]) != lowerASCII(y[i]) { return false }
             return true
         }
     }
+    if let equal = equal.flatMap({ $0 }) { return equal }
+    return asciiCaseInsensitiveEquals(Substring(a), Substring(b))  // bridged strings: the generic path
 }
 
 /// Compares two strings ignoring ASCII case.

@@ -105,12 +105,14 @@ public struct Router: Sendable {
     public func respond(to request: HTTPRequest) throws -> HTTPResponse {
         let path = request.path
         var allowed: [String] = []
-        for route in routes where route.isPrefix ? path.hasPrefix(route.path) : path == route.path {
-            if route.method == request.method || (request.method == "HEAD" && route.method == "GET") {
-                return try route.responder(request)
+        // By index, the routes in place: a loop over copies retained each route's strings and closure.
+        for i in routes.indices where routes[i].isPrefix ? path.hasPrefix(routes[i].path) : path == routes[i].path {
+            let method = routes[i].method
+            if method == request.method || (request.method == "HEAD" && method == "GET") {
+                return try routes[i].responder(request)
             }
-            if !allowed.contains(route.method) { allowed.append(route.method) }
-            if route.method == "GET" && !allowed.contains("HEAD") { allowed.append("HEAD") }
+            if !allowed.contains(method) { allowed.append(method) }
+            if method == "GET" && !allowed.contains("HEAD") { allowed.append("HEAD") }
         }
         if allowed.isEmpty {
             if let fallback { return try fallback(request) }

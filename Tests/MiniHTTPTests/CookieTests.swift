@@ -174,3 +174,29 @@ struct CookieLookupTests {
         }
     }
 }
+
+@Suite("HTTPHeaders lookup")
+struct HeaderLookupTests {
+    @Test func namesCompareWithoutASCIICaseOnly() {
+        #expect(asciiCaseInsensitiveEquals("Cookie", "cOOKIE"))
+        #expect(asciiCaseInsensitiveEquals("x-a-much-longer-header-name", "X-A-Much-Longer-Header-Name"))
+        #expect(!asciiCaseInsensitiveEquals("Cookie", "Cookies"))
+        #expect(!asciiCaseInsensitiveEquals("Cookie", "Cookid"))
+        // Only A-Z fold: '@' (0x40) and '`' (0x60) differ by the case bit and are not letters.
+        #expect(!asciiCaseInsensitiveEquals("a@", "a`"))
+        #expect(!asciiCaseInsensitiveEquals("é", "É"), "non-ASCII letters do not fold")
+        #expect(asciiCaseInsensitiveEquals("", ""))
+    }
+
+    @Test func firstValueLooksAtEveryFieldOfTheNameInOrder() {
+        let headers: HTTPHeaders = HTTPHeaders([("Cookie", "a=1"), ("Host", "h"), ("cookie", "b=2; a=3"), ("COOKIE", "b=4")])
+        #expect(headers["cookie"] == "a=1")
+        #expect(headers.firstValue(of: "Cookie") { findCookie("b", in: $0) } == "2", "the first field without it is skipped")
+        #expect(headers.firstValue(of: "Cookie") { findCookie("z", in: $0) } == nil)
+        #expect(headers.contains(name: "HOST"))
+        #expect(!headers.contains(name: "Hos"))
+        let request = HTTPRequest(method: "GET", target: "/", headers: headers)
+        #expect(request.cookie("b") == "2")
+        #expect(request.cookie("a") == "1")
+    }
+}

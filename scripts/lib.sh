@@ -419,7 +419,8 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) 
 # start_haproxy NAME PORT SERVER... — HAProxy, a child of this script, on
 # 127.0.0.1:PORT in front of the servers (host:port each): nbthread = cores,
 # balance roundrobin, keep-alive both sides (http-keep-alive, http-reuse
-# always), option forwardfor, no logging — the configuration the benchmarks
+# always), the forwarding fields ours adds (X-Forwarded-For,
+# X-Forwarded-Proto, Forwarded, X-Request-ID), no logging — the configuration the benchmarks
 # compare the balancer with. Its configuration and log are $tmp_dir/NAME.cfg and
 # NAME.log. Waits for GET /healthz through it; sets haproxy_pid (and calls
 # save_pids when the script defines it).
@@ -448,6 +449,11 @@ defaults
 
 frontend bench
     bind 127.0.0.1:$port
+    # The other three fields our balancer adds, so that the nodes behind both parse the same requests.
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header Forwarded "for=%[src];proto=http"
+    unique-id-format %[uuid()]
+    unique-id-header X-Request-ID
     default_backend nodes
 
 backend nodes

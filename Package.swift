@@ -91,7 +91,6 @@ let package = Package(
             name: "SessionMiddleware",
             dependencies: [
                 "SessionCore", "MiniHTTP",
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

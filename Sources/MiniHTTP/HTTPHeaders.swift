@@ -66,12 +66,10 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence, ExpressibleByDictionar
 
     /// Whether a comma-separated list header (e.g. `Connection`) contains `token`.
     public func containsToken(_ token: String, in name: String) -> Bool {
-        for value in values(of: name) {
-            for part in value.split(separator: ",") {
-                if asciiCaseInsensitiveEquals(trimmedOWS(part), token) { return true }
-            }
-        }
-        return false
+        // Every request asks this of `Connection`: the fields in place, no list of values.
+        firstValue(of: name) { value in
+            value.split(separator: ",").contains { asciiCaseInsensitiveEquals(trimmedOWS($0), token) } ? true : nil
+        } ?? false
     }
 
     public static func == (lhs: HTTPHeaders, rhs: HTTPHeaders) -> Bool {

@@ -478,13 +478,13 @@ HAPROXY
 # switches (voluntary + involuntary, from /proc/PID/task/TID/status) and CPU time
 # (user + system clock ticks, from /proc/PID/stat). Gone PIDs count 0.
 proc_counts() {
-    local pid switches=0 ticks=0 s t
+    local pid switches=0 s
     for pid in "$@"; do
         s=$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches:/ { n += $2 } END { print n + 0 }')
-        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
         switches=$((switches + s))
-        ticks=$((ticks + ${t:-0}))
     done
+    local ticks
+    ticks=$(sum_cpu_ticks "$@")
     echo "$switches $ticks"
 }
 

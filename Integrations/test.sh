@@ -80,8 +80,9 @@ for package in "${packages[@]}"; do
     # Both: --build-tests alone does not link the example executables. Each runs as run's own
     # child (no `bash -c` between): a background bash ignores SIGINT, swift does not.
     for build in build build-tests; do
-        args=()
-        [[ $build == build-tests ]] && args=(--build-tests)
+        # The import check: an undeclared import fails every build, not only unlucky orders.
+        args=(--explicit-target-dependency-import-check error)
+        [[ $build == build-tests ]] && args+=(--build-tests)
         run "$logs/$package-$build.log" swift build "${args[@]}" || {
             log "$package: build failed"
             exit 1
@@ -95,7 +96,7 @@ for package in "${packages[@]}"; do
         exit 1
     fi
     log "$package: swift test${*:+ $*}"
-    run "$logs/$package-test.log" swift test "$@" || {
+    run "$logs/$package-test.log" swift test --explicit-target-dependency-import-check error "$@" || {
         log "$package: tests failed"
         exit 1
     }

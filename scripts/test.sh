@@ -106,9 +106,12 @@ if [[ $selection != unit ]]; then
     log "Redis Cluster ready (pids ${redis_cluster_pids[*]}), REDIS_CLUSTER_SEEDS=$REDIS_CLUSTER_SEEDS"
 fi
 
+# The import check makes a test target that imports a module it does not declare
+# fail every build, not only the builds where that module happened to come first.
+build_flags=(--scratch-path "$SCRATCH_PATH" --explicit-target-dependency-import-check error)
 log "swift build --build-tests (scratch path $SCRATCH_PATH)"
 status=0
-run swift build --build-tests --scratch-path "$SCRATCH_PATH" || status=$?
+run swift build --build-tests "${build_flags[@]}" || status=$?
 if ((status != 0)); then
     log "build failed (exit code $status)"
     exit "$status"
@@ -116,7 +119,7 @@ fi
 
 log "swift test ($selection suites)${*:+ $*}"
 started=$SECONDS
-run --tee "$tmp_dir/swift-test.log" swift test --scratch-path "$SCRATCH_PATH" "${selected[@]}" "$@" || status=$?
+run --tee "$tmp_dir/swift-test.log" swift test "${build_flags[@]}" "${selected[@]}" "$@" || status=$?
 if ((status != 0)); then
     log "tests failed (exit code $status)"
     report_skipped "$tmp_dir/swift-test.log" "core package" || true

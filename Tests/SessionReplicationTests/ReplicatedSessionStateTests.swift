@@ -1,4 +1,3 @@
-import MiniHTTP  // SplitMix64
 import SessionCore
 import SessionReplication
 import Synchronization

@@ -1,5 +1,4 @@
 import Dispatch
-import MiniHTTP  // SplitMix64
 import SessionCore
 import SessionReplication
 import Synchronization

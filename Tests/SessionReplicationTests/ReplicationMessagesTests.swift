@@ -1,5 +1,4 @@
 import Logging
-import MiniHTTP  // SplitMix64
 import SessionCore
 import SessionReplication
 import SystemSupport

@@ -12,13 +12,17 @@ import SystemSupport
 ///
 /// Expiry is checked on every read; `sweep()` (or the sweeper thread started
 /// by `startSweeper`) removes expired sessions nobody reads any more.
-public final class MemorySessionStore: SessionStore, IdempotencyStore {
+public final class MemorySessionStore: SessionStore, IdempotencyStore, PrincipalIndexedStore {
     public let expiry: SessionExpiry
     public let clock: SessionClock
     /// At most this many sessions; creating one more fails with `capacityExceeded`.
     public let maxSessions: Int
     /// At most this many bytes of attribute names and values per session.
     public let maxSessionBytes: Int
+    /// The cap on sessions per principal, nil for none.
+    public let principalLimit: PrincipalSessionLimit?
+    /// The node named in listings of a principal's sessions (`PrincipalSessionEntry.node`).
+    public let nodeName: String?
 
     struct Entry {
         var attributes: [String: [UInt8]]
@@ -26,6 +30,8 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
         var lastAccess: Int64
         var version: UInt64
         var bytes: Int
+        /// The logged-in principal (also in `attributes`), indexed in `Contents.principals`.
+        var principal: String? = nil
     }
 
     enum RecordState {
@@ -48,6 +54,25 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
     struct Contents {
         var sessions: [SessionID: Entry] = [:]
         var records: IdempotencyRecordTable<Record>
+        /// Principal → the IDs of its sessions.
+        var principals: [String: Set<SessionID>] = [:]
+
+        /// Removes a session and its index entry; returns it.
+        @discardableResult
+        mutating func remove(_ id: SessionID) -> Entry? {
+            guard let entry = sessions.removeValue(forKey: id) else { return nil }
+            if let principal = entry.principal {
+                principals[principal]?.remove(id)
+                if principals[principal]?.isEmpty == true { principals[principal] = nil }
+            }
+            return entry
+        }
+
+        /// Stores a session under `id` and indexes it.
+        mutating func insert(_ entry: Entry, as id: SessionID) {
+            sessions[id] = entry
+            if let principal = entry.principal { principals[principal, default: []].insert(id) }
+        }
     }
 
     private let contents: Mutex<Contents>
@@ -55,12 +80,15 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
 
     public init(
         expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system, maxSessions: Int = 1_000_000,
-        maxSessionBytes: Int = 64 * 1024, idempotencyLimits: IdempotencyLimits = IdempotencyLimits()
+        maxSessionBytes: Int = 64 * 1024, idempotencyLimits: IdempotencyLimits = IdempotencyLimits(),
+        principalLimit: PrincipalSessionLimit? = nil, nodeName: String? = nil
     ) {
         self.expiry = expiry
         self.clock = clock
         self.maxSessions = maxSessions
         self.maxSessionBytes = maxSessionBytes
+        self.principalLimit = principalLimit
+        self.nodeName = nodeName
         contents = Mutex(Contents(records: IdempotencyRecordTable(limits: idempotencyLimits)))
     }
 
@@ -77,7 +105,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
         return contents.withLock { contents -> SessionSnapshot? in
             guard var entry = contents.sessions[id] else { return nil }
             if expiry.isExpired(createdAt: entry.createdAt, lastAccess: entry.lastAccess, now: now) {
-                contents.sessions[id] = nil
+                contents.remove(id)
                 return nil
             }
             if now - entry.lastAccess >= expiry.touchIntervalMillis {
@@ -91,6 +119,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
     }
 
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
+        try delta.checkPrincipalUntouched()
         let now = clock.nowMillis()
         return try contents.withLock { contents throws(SessionStoreError) -> AppliedDelta? in
             if let key = delta.idempotencyRecord?.key, let record = contents.records[key], record.expiresAt > now,
@@ -105,7 +134,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
             {
                 entry = existing
             } else {
-                contents.sessions[delta.id] = nil
+                contents.remove(delta.id)
                 guard delta.createIfMissing else { return nil }
                 if contents.sessions.count >= maxSessions {
                     removeExpired(&contents, now: now)
@@ -152,18 +181,18 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
     public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
         let now = clock.nowMillis()
         return contents.withLock { contents in
-            guard var entry = contents.sessions.removeValue(forKey: id),
+            guard var entry = contents.remove(id),
                 !expiry.isExpired(createdAt: entry.createdAt, lastAccess: entry.lastAccess, now: now)
             else { return false }
             entry.lastAccess = now
             entry.version += 1
-            contents.sessions[newID] = entry
+            contents.insert(entry, as: newID)
             return true
         }
     }
 
     public func invalidate(_ id: SessionID) throws {
-        _ = contents.withLock { $0.sessions.removeValue(forKey: id) }
+        _ = contents.withLock { $0.remove(id) }
     }
 
     /// Removes expired sessions and idempotency records; returns how many sessions.
@@ -175,12 +204,77 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore {
 
     @discardableResult
     private func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
-        let before = contents.sessions.count
-        contents.sessions = contents.sessions.filter {
-            !expiry.isExpired(createdAt: $0.value.createdAt, lastAccess: $0.value.lastAccess, now: now)
+        let expired = contents.sessions.filter {
+            expiry.isExpired(createdAt: $0.value.createdAt, lastAccess: $0.value.lastAccess, now: now)
         }
+        for id in expired.keys { contents.remove(id) }
         contents.records.removeExpired(now: now)
-        return before - contents.sessions.count
+        return expired.count
+    }
+
+    // MARK: PrincipalIndexedStore
+
+    public func changePrincipal(_ change: PrincipalChange) throws -> PrincipalChangeResult {
+        if let principal = change.principal { try SessionPrincipal.validate(principal) }
+        let now = clock.nowMillis()
+        return try contents.withLock { contents throws(SessionStoreError) -> PrincipalChangeResult in
+            var entry: Entry
+            if let id = change.id, let existing = contents.sessions[id],
+                !expiry.isExpired(createdAt: existing.createdAt, lastAccess: existing.lastAccess, now: now)
+            {
+                entry = existing
+            } else {
+                if contents.sessions.count >= maxSessions { removeExpired(&contents, now: now) }
+                if contents.sessions.count >= maxSessions {
+                    throw SessionStoreError(.capacityExceeded, "the store holds \(maxSessions) sessions")
+                }
+                entry = Entry(attributes: [:], createdAt: now, lastAccess: now, version: 0, bytes: 0)
+            }
+            var evicted: [SessionID] = []
+            if let principal = change.principal, let limit = principalLimit {
+                let others = liveSessions(of: principal, in: &contents, now: now).filter { $0.id != change.id }
+                let excess = others.count + 1 - limit.maxSessions
+                if excess > 0 {
+                    if limit.whenExceeded == .refuseNewLogin { throw .principalLimitReached(limit) }
+                    evicted = others.sorted { ($0.lastAccessedAtMillis, $0.id.rawValue) < ($1.lastAccessedAtMillis, $1.id.rawValue) }
+                        .prefix(excess).map(\.id)
+                }
+            }
+            entry.attributes[SessionPrincipal.attribute] = change.principal.map(SessionPrincipal.json)
+            entry.attributes[SessionPrincipal.clientAttribute] = change.principal == nil ? nil : change.client.map(SessionPrincipal.json)
+            entry.bytes = entry.attributes.reduce(0) { $0 + $1.key.utf8.count + $1.value.count }
+            entry.principal = change.principal
+            entry.lastAccess = now
+            entry.version += 1
+            if let id = change.id { contents.remove(id) }
+            for id in evicted { contents.remove(id) }
+            contents.insert(entry, as: change.newID)
+            return PrincipalChangeResult(evicted: evicted)
+        }
+    }
+
+    public func sessions(ofPrincipal principal: String) throws -> [PrincipalSessionEntry] {
+        let now = clock.nowMillis()
+        return contents.withLock { liveSessions(of: principal, in: &$0, now: now) }
+            .sorted { ($0.createdAtMillis, $0.id.rawValue) < ($1.createdAtMillis, $1.id.rawValue) }
+    }
+
+    /// The live sessions of `principal`; expired ones are removed on the way.
+    private func liveSessions(of principal: String, in contents: inout Contents, now: Int64) -> [PrincipalSessionEntry] {
+        var live: [PrincipalSessionEntry] = []
+        for id in contents.principals[principal] ?? [] {
+            guard let entry = contents.sessions[id] else { continue }
+            if expiry.isExpired(createdAt: entry.createdAt, lastAccess: entry.lastAccess, now: now) {
+                contents.remove(id)
+                continue
+            }
+            let client = entry.attributes[SessionPrincipal.clientAttribute].flatMap(decodeJSONString)
+            live.append(
+                PrincipalSessionEntry(
+                    id: id, createdAtMillis: entry.createdAt, lastAccessedAtMillis: entry.lastAccess, node: nodeName,
+                    client: client))
+        }
+        return live
     }
 
     // MARK: IdempotencyStore

@@ -36,9 +36,12 @@ public final class Session: Sendable {
         var wroteToStore = false
         /// The slot tag of the IDs this session gets (nil: random).
         var slotTag: String?
+        /// A login moved the session to its principal's slot: an idempotency record (kept
+        /// in the request's slot) is written just after the changes, not in their step.
+        var recordApart = false
     }
 
-    private let state: Mutex<State>
+    let state: Mutex<State>
     public let deferWrites: Bool
 
     /// A session for a request that carried `snapshot` (nil: no valid session).
@@ -94,8 +97,10 @@ public final class Session: Sendable {
     /// The raw JSON bytes of an attribute.
     public func rawValue(_ name: String) -> [UInt8]? { state.withLock { $0.attributes[name] } }
 
-    /// Sets an attribute (saved at commit).
+    /// Sets an attribute (saved at commit). Names under `sessioncluster.` are
+    /// the machinery's (`SessionPrincipal`): setting one throws `invalidValue`.
     public func set<T: Encodable>(_ name: String, _ value: T) throws {
+        try Self.checkNotReserved(name)
         let bytes: [UInt8]
         do {
             bytes = Array(try JSONEncoder().encode(value))
@@ -105,9 +110,18 @@ public final class Session: Sendable {
         record(.set(name, bytes))
     }
 
-    /// Removes an attribute (saved at commit).
+    /// Removes an attribute (saved at commit). A reserved name (`sessioncluster.`) is left alone:
+    /// `logOut()` clears the principal.
     public func remove(_ name: String) {
+        guard !name.hasPrefix(SessionPrincipal.reservedPrefix) else { return }
         record(.remove(name))
+    }
+
+    static func checkNotReserved(_ name: String) throws(SessionStoreError) {
+        if name.hasPrefix(SessionPrincipal.reservedPrefix) {
+            throw SessionStoreError(
+                .invalidValue, "attribute names under '\(SessionPrincipal.reservedPrefix)' are reserved (log in with Session.logIn)")
+        }
     }
 
     private func record(_ change: SessionChange) {
@@ -128,6 +142,7 @@ public final class Session: Sendable {
     /// changes of this request are saved in the same step.
     @discardableResult
     public func increment(_ name: String, by amount: Int64 = 1) throws -> Int64 {
+        try Self.checkNotReserved(name)
         if deferWrites { return try deferredIncrement(name, by: amount) }
         let applied = try save(extra: [.increment(name, by: amount)])
         guard let value = applied.counters[name] else {
@@ -243,6 +258,8 @@ public final class Session: Sendable {
         }
         var applied: AppliedDelta? = nil
         var usedID: SessionID
+        let apart = state.withLock { $0.recordApart } ? record : nil
+        let record = apart == nil ? record : nil
         if exists, let id {
             usedID = id
             applied = try store.apply(
@@ -259,6 +276,7 @@ public final class Session: Sendable {
         guard let applied else {
             throw SessionStoreError(.unavailable, "store refused to create a session")
         }
+        if let apart { try (store as? any IdempotencyStore)?.complete(apart) }
         state.withLock { s in
             if s.id != usedID || applied.created {
                 s.issueCookie = true

@@ -43,7 +43,8 @@ public struct SessionErrorAnswer: Error, Sendable, Equatable, CustomStringConver
     public var body: [UInt8] { Array("{\"error\":\(jsonQuoted(code)),\"message\":\(jsonQuoted(message))}".utf8) }
 
     /// The answer to a store error: 503 for an unavailable or full store, 413 for a session
-    /// over the size cap, 409 for a key another run completed, 500 for a programming error.
+    /// over the size cap, 409 for a key another run completed or a user at their session limit,
+    /// 501 for what the store cannot do, 500 for a programming error.
     public init(_ error: SessionStoreError) {
         switch error.code {
         case .unavailable, .capacityExceeded:
@@ -52,6 +53,10 @@ public struct SessionErrorAnswer: Error, Sendable, Equatable, CustomStringConver
             self.init(status: 413, code: "session_too_large", message: error.message)
         case .idempotencyKeyCompleted:
             self.init(status: 409, code: "idempotency_key_completed", message: error.message, retryAfterSeconds: 0)
+        case .principalLimitReached:
+            self.init(status: 409, code: "session_limit_reached", message: error.message)
+        case .unsupported:
+            self.init(status: 501, code: "session_store_unsupported", message: error.message)
         default:  // typeMismatch, invalidValue, and codes added later
             self.init(status: 500, code: "session_\(error.code)", message: error.message)
         }

@@ -160,6 +160,11 @@ public struct SessionStoreError: Error, Sendable, Equatable, CustomStringConvert
         /// same request (a retry that took over a claim); nothing was written.
         /// `IdempotencyMiddleware` answers with that run's response instead.
         public static let idempotencyKeyCompleted = Code("idempotencyKeyCompleted")
+        /// A login under `PrincipalSessionLimit.refuseNewLogin` found the user at the limit;
+        /// nothing was written (409).
+        public static let principalLimitReached = Code("principalLimitReached")
+        /// The store cannot do this (e.g. it does not index sessions by principal) (501).
+        public static let unsupported = Code("unsupported")
     }
 
     public var code: Code

@@ -1,8 +1,9 @@
 /// A store that passes every call to `base`, with a hook around the session
 /// calls (`load`, `apply`, `regenerate`, `invalidate`): a wrapper that times
-/// them, or delays them in a test, implements only `around`. Read tokens and
-/// idempotency calls go straight through.
-public protocol WrappingSessionStore: ReadYourWritesStore, IdempotencyStore {
+/// them, or delays them in a test, implements only `around`. Read tokens,
+/// idempotency calls and principal listings go straight through; a login or
+/// logout (`changePrincipal`) passes the hook as "changePrincipal".
+public protocol WrappingSessionStore: ReadYourWritesStore, IdempotencyStore, PrincipalIndexedStore {
     /// The store underneath.
     var base: any SessionStore & IdempotencyStore { get }
 
@@ -38,4 +39,21 @@ extension WrappingSessionStore {
     public func complete(_ record: IdempotencyRecord) throws { try base.complete(record) }
 
     public func abandon(key: String) throws { try base.abandon(key: key) }
+
+    public var principalLimit: PrincipalSessionLimit? { (base as? any PrincipalIndexedStore)?.principalLimit }
+
+    public func changePrincipal(_ change: PrincipalChange) throws -> PrincipalChangeResult {
+        try around("changePrincipal", session: change.newID) { try principalBase().changePrincipal(change) }
+    }
+
+    public func sessions(ofPrincipal principal: String) throws -> [PrincipalSessionEntry] {
+        try principalBase().sessions(ofPrincipal: principal)
+    }
+
+    private func principalBase() throws(SessionStoreError) -> any PrincipalIndexedStore {
+        guard let base = base as? any PrincipalIndexedStore else {
+            throw SessionStoreError(.unsupported, "the store underneath does not index sessions by principal")
+        }
+        return base
+    }
 }

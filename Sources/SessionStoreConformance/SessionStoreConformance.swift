@@ -323,7 +323,7 @@ public enum SessionStoreConformance: String, CaseIterable, Sendable, CustomTestS
     /// Runs `first(i)` for i in 0..<count on `count` threads of their own; once every thread has
     /// run it, releases them together to run `then(i)`. Returns the failures the steps reported
     /// (a message, or an error thrown), or a setup failure when the threads did not come.
-    private static func concurrently(
+    static func concurrently(
         _ count: Int, _ first: @escaping @Sendable (Int) throws -> String?,
         then: @escaping @Sendable (Int) throws -> String?
     ) throws -> [String] {

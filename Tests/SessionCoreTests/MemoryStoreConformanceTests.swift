@@ -55,3 +55,24 @@ func aWrappedStoreConformsAndEverySessionCallPassesItsHook(_ check: SessionStore
     #expect(store.readToken(for: id) == nil, "a memory store has no read tokens")
     #expect(try store.catchUp(id, to: "anything"))
 }
+
+/// A memory store on a manual clock, with a principal limit.
+struct MemoryPrincipalHarness: PrincipalStoreHarness {
+    let clock = ManualClock()
+    var wrapped = false
+    func makeStore(expiry: SessionExpiry, principalLimit: PrincipalSessionLimit?) throws -> any PrincipalIndexedStore {
+        let store = MemorySessionStore(expiry: expiry, clock: clock.clock, principalLimit: principalLimit, nodeName: "n1")
+        return wrapped ? CountingStore(base: store) : store
+    }
+    func advance(millis: Int64) { clock.advance(millis: millis) }
+}
+
+@Test(arguments: PrincipalStoreConformance.allCases)
+func memoryStoreIndexesPrincipals(_ check: PrincipalStoreConformance) throws {
+    try check.run(MemoryPrincipalHarness())
+}
+
+@Test(arguments: PrincipalStoreConformance.allCases)
+func aWrappedStoreIndexesPrincipalsThroughItsBase(_ check: PrincipalStoreConformance) throws {
+    try check.run(MemoryPrincipalHarness(wrapped: true))
+}

@@ -215,7 +215,7 @@ extension PrincipalIndexedStore {
 
 extension SessionStoreError {
     /// `principalLimitReached` for a principal at `limit`.
-    static func principalLimitReached(_ limit: PrincipalSessionLimit) -> SessionStoreError {
+    public static func principalLimitReached(_ limit: PrincipalSessionLimit) -> SessionStoreError {
         SessionStoreError(
             .principalLimitReached,
             "this user already has \(limit.maxSessions) session\(limit.maxSessions == 1 ? "" : "s"); log out on another device first")

@@ -26,27 +26,43 @@ import SessionCore
 /// it is reported as `unavailable`. A retry with the same `Idempotency-Key`
 /// is still safe — the record is written by the same script, so the retry
 /// either finds it and replays, or runs for the first time.
-public final class RedisSessionStore: SessionStore, IdempotencyStore {
+public final class RedisSessionStore: SessionStore, IdempotencyStore, PrincipalIndexedStore {
     public let expiry: SessionExpiry
     public let client: RedisClient
     public let keyPrefix: String
     /// At most this many bytes of attribute names and values per session.
     public let maxSessionBytes: Int
+    /// The cap on sessions per principal, nil for none.
+    public let principalLimit: PrincipalSessionLimit?
+    /// This node's name, written as `meta:node` by every write and touch (listings show it).
+    public let nodeName: String?
     let logger: Logger
 
     public init(
         client: RedisClient, expiry: SessionExpiry = SessionExpiry(), keyPrefix: String = "sess:",
-        maxSessionBytes: Int = 64 * 1024, logger: Logger
+        maxSessionBytes: Int = 64 * 1024, principalLimit: PrincipalSessionLimit? = nil, nodeName: String? = nil,
+        logger: Logger
     ) {
         self.client = client
         self.expiry = expiry
         self.keyPrefix = keyPrefix
         self.maxSessionBytes = maxSessionBytes
+        self.principalLimit = principalLimit
+        self.nodeName = nodeName
         self.logger = logger
     }
 
     /// The Redis key of a session: `<prefix>{<slot tag>}:<id>`.
     public func key(for id: SessionID) -> [UInt8] { Array("\(keyPrefix){\(id.slotTag)}:\(id.rawValue)".utf8) }
+
+    /// The principal index of the sessions with this slot tag: a sorted set
+    /// `<prefix>{<slot tag>}:principals` of `<principal>\n<session ID>`, each
+    /// scored with the session's expiry time. Every script that writes or
+    /// touches a session keeps its entry, and the set's TTL, in the same step.
+    public func principalIndexKey(slotTag: String) -> [UInt8] { Array("\(keyPrefix){\(slotTag)}:principals".utf8) }
+
+    /// `nodeName` as a script argument ("" for none).
+    var nodeArgument: [UInt8] { Array((nodeName ?? "").utf8) }
 
     /// The Redis key of an idempotency record: `<prefix>{<slot tag>}:idem:<key>`,
     /// in the slot of the session it belongs to (`IdempotencyScope.slotTag(ofStorageKey:)`);
@@ -59,7 +75,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     /// What `WAIT`s after each write (`RedisConfiguration.waitReplicas`).
     private var durability: RedisDurability? { client.configuration.durability }
 
-    private var timeArguments: [[UInt8]] {
+    var timeArguments: [[UInt8]] {
         [expiry.idleTimeoutMillis.redisBytes, (expiry.absoluteTimeoutMillis ?? 0).redisBytes]
     }
 
@@ -73,7 +89,9 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         if case .array(let fields) = reply, let access = Self.metaValue("meta:access", in: fields),
             SessionClock.system.nowMillis() - access >= expiry.touchIntervalMillis
         {
-            reply = try run(Self.loadScript, keys: [key], args: timeArguments + [expiry.touchIntervalMillis.redisBytes])
+            reply = try run(
+                Self.loadScript, keys: [key, principalIndexKey(slotTag: id.slotTag)],
+                args: timeArguments + [expiry.touchIntervalMillis.redisBytes, id.rawValue.redisBytes, nodeArgument])
         }
         guard case .array(let fields) = reply, fields.count % 2 == 0, !fields.isEmpty else { return nil }
         var attributes: [String: [UInt8]] = [:]
@@ -97,7 +115,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
                 access = Int64(String(decoding: value, as: UTF8.self)) ?? 0
             } else if name == "meta:version" {
                 version = UInt64(String(decoding: value, as: UTF8.self)) ?? 0
-            } else if name != "meta:bytes" {
+            } else if name != "meta:bytes" && name != "meta:node" {
                 logger.warning("ignoring a foreign field in a session hash", metadata: ["session": "\(id)", "field": "\(name)"])
             }
         }
@@ -106,6 +124,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     }
 
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
+        try delta.checkPrincipalUntouched()
         var args = timeArguments
         args.append(delta.createIfMissing ? "1".redisBytes : "0".redisBytes)
         args.append(maxSessionBytes.redisBytes)
@@ -121,7 +140,10 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
             args.append(try Self.completedValue(record))
         } else {
             args += ["0".redisBytes, []]
+            keys.append(keys[0])  // KEYS[2] unused
         }
+        keys.append(principalIndexKey(slotTag: delta.id.slotTag))
+        args += [delta.id.rawValue.redisBytes, nodeArgument]
         for change in delta.changes {
             switch change {
             case .set(let name, let value):
@@ -171,15 +193,17 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
                 .invalidValue,
                 "a regenerated ID must keep the old one's slot tag on a Redis Cluster (SessionID.generate(slotTag:))")
         }
-        let reply = try run(Self.regenerateScript, keys: [old, new], args: timeArguments, durability: durability)
+        let reply = try run(
+            Self.regenerateScript, keys: [old, new, principalIndexKey(slotTag: id.slotTag), principalIndexKey(slotTag: newID.slotTag)],
+            args: timeArguments + [id.rawValue.redisBytes, newID.rawValue.redisBytes], durability: durability)
         return reply.int == 1
     }
 
+    /// Deletes the session and its principal index entry, in one script.
     public func invalidate(_ id: SessionID) throws {
-        let key = key(for: id)
-        try redis {
-            try client.withConnection(forKey: key) { try $0.command(["DEL".redisBytes, key], durability: durability) }
-        }
+        _ = try run(
+            Self.invalidateScript, keys: [key(for: id), principalIndexKey(slotTag: id.slotTag)], args: [id.rawValue.redisBytes],
+            durability: durability)
     }
 
     /// A metadata field's integer value in an HGETALL reply.
@@ -280,7 +304,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         return Array("C|\(record.fingerprint)|".utf8) + record.response.encoded()
     }
 
-    private func run(
+    func run(
         _ script: RedisScript, keys: [[UInt8]], args: [[UInt8]], durability: RedisDurability? = nil
     ) throws -> RedisValue {
         try redis { try client.eval(script, keys: keys, args: args, durability: durability) }
@@ -288,7 +312,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
 
     /// Runs `body`; a Redis failure becomes `unavailable` (503), other errors pass as they are.
     @discardableResult
-    private func redis<T>(_ body: () throws -> T) throws -> T {
+    func redis<T>(_ body: () throws -> T) throws -> T {
         do {
             return try body()
         } catch let error as RedisError {
@@ -299,7 +323,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
     // MARK: - Scripts
 
     /// Shared Lua: `now` on Redis's clock, and the TTL rule.
-    private static let prelude = """
+    static let prelude = """
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local idle = tonumber(ARGV[1])
@@ -309,19 +333,29 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
           if absolute > 0 then left = math.min(left, created + absolute - now) end
           return left
         end
+        -- The principal index entry of session `id`, whose principal attribute is `p` (JSON, or
+        -- false): scored with the session's expiry time; the set lives as long as its longest entry.
+        local function reindex(idx, p, id, left)
+          if not p then return end
+          redis.call('ZADD', idx, now + left, cjson.decode(p) .. '\\n' .. id)
+          if redis.call('PTTL', idx) < left then redis.call('PEXPIRE', idx, left) end
+        end
 
         """
 
-    /// KEYS[1] session; ARGV idle, absolute, touch interval. Returns the hash (touched when due) or nil.
+    /// KEYS[1] session, KEYS[2] its principal index; ARGV idle, absolute, touch interval, ID, node.
+    /// Returns the hash (touched when due) or nil.
     /// Run by `load` only when its plain read found the idle timer due for a refresh.
     static let loadScript = RedisScript(name: "session-load", source: prelude + """
         local key = KEYS[1]
         local h = redis.call('HGETALL', key)
         if #h == 0 then return false end
         local created, access
+        local principal = false
         for i = 1, #h, 2 do
           if h[i] == 'meta:created' then created = tonumber(h[i + 1]) end
           if h[i] == 'meta:access' then access = tonumber(h[i + 1]) end
+          if h[i] == 'attr:sessioncluster.principal' then principal = h[i + 1] end
         end
         if not created or not access then return false end
         local left = ttl(created)
@@ -331,7 +365,9 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         end
         if now - access >= tonumber(ARGV[3]) then
           redis.call('HSET', key, 'meta:access', now)
+          if ARGV[5] ~= '' then redis.call('HSET', key, 'meta:node', ARGV[5]) end
           redis.call('PEXPIRE', key, left)
+          reindex(KEYS[2], principal, ARGV[4], left)
           for i = 1, #h, 2 do
             if h[i] == 'meta:access' then h[i + 1] = tostring(now) end
           end
@@ -339,8 +375,9 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         return h
         """)
 
-    /// KEYS[1] session, KEYS[2] idempotency record (optional); ARGV idle, absolute, create (0/1),
-    /// max bytes, record TTL (0: none), record value, then (op, field, value) triples.
+    /// KEYS[1] session, KEYS[2] idempotency record (unused without one), KEYS[3] principal index;
+    /// ARGV idle, absolute, create (0/1), max bytes, record TTL (0: none), record value, ID, node,
+    /// then (op, field, value) triples.
     /// Validates everything before the first write, so a failing delta changes nothing,
     /// and writes the record in the same step as the changes.
     static let applyScript = RedisScript(name: "session-apply", source: prelude + """
@@ -353,8 +390,8 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         end
         local maxBytes = tonumber(ARGV[4])
         -- One read: metadata and every field the delta touches.
-        local fields = {'meta:created', 'meta:access', 'meta:bytes', 'meta:version'}
-        for i = 7, #ARGV, 3 do fields[#fields + 1] = ARGV[i + 1] end
+        local fields = {'meta:created', 'meta:access', 'meta:bytes', 'meta:version', 'attr:sessioncluster.principal'}
+        for i = 9, #ARGV, 3 do fields[#fields + 1] = ARGV[i + 1] end
         local got = redis.call('HMGET', key, unpack(fields))
         local created = tonumber(got[1])
         local isNew = false
@@ -364,7 +401,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         end
         local old = {}
         if created then
-          for i = 5, #fields do old[fields[i]] = got[i] end
+          for i = 6, #fields do old[fields[i]] = got[i] end
         else
           if not create then return {0} end
           created = now
@@ -379,7 +416,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         -- Work out the new values first: a failing delta writes nothing.
         local values = {}
         local counters = {}
-        for i = 7, #ARGV, 3 do
+        for i = 9, #ARGV, 3 do
           local op, field, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2]
           local current = values[field]
           if current == nil then current = old[field] or false end
@@ -406,6 +443,10 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         if bytes > maxBytes then return {-2, bytes} end
         -- Then write: one HSET, at most one HDEL.
         local sets = {'meta:access', now, 'meta:bytes', bytes, 'meta:version', version}
+        if ARGV[8] ~= '' then
+          sets[#sets + 1] = 'meta:node'
+          sets[#sets + 1] = ARGV[8]
+        end
         if isNew then
           sets[#sets + 1] = 'meta:created'
           sets[#sets + 1] = created
@@ -422,6 +463,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         redis.call('HSET', key, unpack(sets))
         if #removes > 0 then redis.call('HDEL', key, unpack(removes)) end
         redis.call('PEXPIRE', key, math.max(1, ttl(created)))
+        if not isNew then reindex(KEYS[3], got[5], ARGV[7], math.max(1, ttl(created))) end
         if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[5]) end
         local out = {1, version, isNew and 1 or 0}
         for field, value in pairs(counters) do
@@ -483,9 +525,10 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         return 1
         """)
 
-    /// KEYS[1] old, KEYS[2] new; ARGV idle, absolute. Returns 1 when moved, 0 when the old one is gone.
+    /// KEYS[1] old, KEYS[2] new, KEYS[3] and KEYS[4] their principal indexes; ARGV idle, absolute,
+    /// old ID, new ID. Returns 1 when moved, 0 when the old one is gone.
     static let regenerateScript = RedisScript(name: "session-regenerate", source: prelude + """
-        local meta = redis.call('HMGET', KEYS[1], 'meta:created', 'meta:access')
+        local meta = redis.call('HMGET', KEYS[1], 'meta:created', 'meta:access', 'attr:sessioncluster.principal')
         local created = tonumber(meta[1])
         if not created then return 0 end
         if ttl(created) <= 0 or now - (tonumber(meta[2]) or created) >= idle then
@@ -496,6 +539,18 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore {
         redis.call('HSET', KEYS[2], 'meta:access', now)
         redis.call('HINCRBY', KEYS[2], 'meta:version', 1)
         redis.call('PEXPIRE', KEYS[2], ttl(created))
+        if meta[3] then
+          redis.call('ZREM', KEYS[3], cjson.decode(meta[3]) .. '\\n' .. ARGV[3])
+          reindex(KEYS[4], meta[3], ARGV[4], ttl(created))
+        end
+        return 1
+        """)
+
+    /// KEYS[1] session, KEYS[2] its principal index; ARGV ID. Deletes both the session and its entry.
+    static let invalidateScript = RedisScript(name: "session-invalidate", source: """
+        local p = redis.call('HGET', KEYS[1], 'attr:sessioncluster.principal')
+        redis.call('DEL', KEYS[1])
+        if p then redis.call('ZREM', KEYS[2], cjson.decode(p) .. '\\n' .. ARGV[1]) end
         return 1
         """)
 }

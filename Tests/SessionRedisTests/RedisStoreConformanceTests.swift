@@ -25,3 +25,28 @@ struct RedisHarness: SessionStoreHarness {
         try check.run(RedisHarness())
     }
 }
+
+/// Principal-indexed Redis stores, each with a key prefix of its own.
+struct RedisPrincipalHarness: PrincipalStoreHarness {
+    var cluster = false
+    func makeStore(expiry: SessionExpiry, principalLimit: PrincipalSessionLimit?) throws -> any PrincipalIndexedStore {
+        RedisSessionStore(
+            client: try TestRedis.client(cluster: cluster), expiry: expiry, keyPrefix: TestRedis.uniquePrefix(),
+            principalLimit: principalLimit, nodeName: "node-t", logger: quietLogger())
+    }
+    func advance(millis: Int64) { usleep(UInt32(millis) * 1000) }
+}
+
+@Suite(.tags(.integration)) struct RedisPrincipalConformanceTests {
+    @Test(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"),
+          arguments: PrincipalStoreConformance.allCases)
+    func redisStoreIndexesPrincipals(_ check: PrincipalStoreConformance) throws {
+        try check.run(RedisPrincipalHarness())
+    }
+
+    @Test(.enabled(if: TestRedis.clusterAvailable, "needs REDIS_CLUSTER_SEEDS (scripts/test.sh starts a Redis Cluster)"),
+          arguments: PrincipalStoreConformance.allCases)
+    func redisClusterStoreIndexesPrincipals(_ check: PrincipalStoreConformance) throws {
+        try check.run(RedisPrincipalHarness(cluster: true))
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import SessionCore
+import SessionRedis
+import Testing
+import TestSupport
+
+/// The principal index leaves nothing behind in Redis: every index key expires with its
+/// longest-lived session, and touches and writes carry the index's expiry along.
+@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"), .tags(.integration))
+struct RedisPrincipalIndexTests {
+    let expiry = SessionExpiry(idleTimeoutMillis: 1_000, absoluteTimeoutMillis: nil)
+
+    func store(prefix: String, client: RedisClient) -> RedisSessionStore {
+        RedisSessionStore(client: client, expiry: expiry, keyPrefix: prefix, nodeName: "node-a", logger: quietLogger())
+    }
+
+    /// The keys under `prefix` (a test may scan; the store never does).
+    func keys(_ client: RedisClient, prefix: String) throws -> [String] {
+        try client.send(["KEYS".redisBytes, "\(prefix)*".redisBytes]).array?.compactMap(\.string) ?? []
+    }
+
+    @Test func whenEverySessionHasExpiredNoKeyIsLeft() throws {
+        let client = try TestRedis.client()
+        let prefix = TestRedis.uniquePrefix()
+        let store = store(prefix: prefix, client: client)
+        for user in 0..<10 {
+            for _ in 0..<10 {
+                let principal = "user-\(user)"
+                _ = try store.changePrincipal(
+                    PrincipalChange(id: nil, newID: SessionID.generate(slotTag: SessionPrincipal.slotTag(of: principal)), principal: principal))
+            }
+        }
+        #expect(try store.sessions(ofPrincipal: "user-3").count == 10)
+        let indexes = try keys(client, prefix: prefix).filter { $0.hasSuffix(":principals") }
+        #expect(indexes.count == Set((0..<10).map { SessionPrincipal.slotTag(of: "user-\($0)") }).count)
+        for index in indexes {
+            let ttl = try #require(try client.send(["PTTL".redisBytes, index.redisBytes]).int)
+            #expect(ttl > 0 && ttl <= expiry.idleTimeoutMillis, "index \(index): PTTL \(ttl)")
+        }
+        usleep(UInt32(expiry.idleTimeoutMillis + 300) * 1000)
+        #expect(try keys(client, prefix: prefix) == [])
+    }
+
+    @Test func writesAndTouchesCarryTheIndexAlong() throws {
+        let client = try TestRedis.client()
+        let prefix = TestRedis.uniquePrefix()
+        let store = store(prefix: prefix, client: client)
+        let id = SessionID.generate(slotTag: SessionPrincipal.slotTag(of: "ada"))
+        _ = try store.changePrincipal(PrincipalChange(id: nil, newID: id, principal: "ada", client: "test"))
+        // Used for three idle timeouts: every 300 ms a write or a read.
+        for round in 0..<10 {
+            usleep(300_000)
+            if round % 2 == 0 {
+                _ = try store.apply(SessionDelta(id: id, changes: [.increment("n", by: 1)]))
+            } else {
+                _ = try store.load(id)
+            }
+        }
+        let listed = try store.sessions(ofPrincipal: "ada")
+        #expect(listed.map(\.id) == [id])
+        #expect(listed.first?.node == "node-a")
+        #expect(listed.first?.client == "test")
+        let index = store.principalIndexKey(slotTag: id.slotTag)
+        let indexTTL = try #require(try client.send(["PTTL".redisBytes, index]).int)
+        let sessionTTL = try #require(try client.send(["PTTL".redisBytes, store.key(for: id)]).int)
+        #expect(indexTTL >= sessionTTL - 5 && indexTTL <= sessionTTL + 5, "index \(indexTTL) ms, session \(sessionTTL) ms")
+    }
+
+    @Test func logoutLeavesTheIndexKeyNoLongerThanNeeded() throws {
+        let client = try TestRedis.client()
+        let prefix = TestRedis.uniquePrefix()
+        let store = store(prefix: prefix, client: client)
+        let id = SessionID.generate(slotTag: SessionPrincipal.slotTag(of: "grace"))
+        _ = try store.changePrincipal(PrincipalChange(id: nil, newID: id, principal: "grace"))
+        try store.invalidate(id)
+        #expect(try store.sessions(ofPrincipal: "grace").isEmpty)
+        #expect(try client.send(["EXISTS".redisBytes, store.principalIndexKey(slotTag: id.slotTag)]).int == 0)
+    }
+}

@@ -30,10 +30,11 @@ extension ReplicatedSessionStore {
             if var session = contents.sessions[update.id] {
                 let overwritten = session.merge(update.state)
                 if overwritten > 0 { overwrittenSets.add(overwritten, ordering: .relaxed) }
-                contents.sessions[update.id] = session
+                contents[update.id] = session
             } else if !isExpired(update.state, now: now) {
-                contents.sessions[update.id] = update.state
+                contents[update.id] = update.state
             }
+            settlePrincipal(after: update.id, in: &contents, now: now)
             if let record = update.idempotencyRecord {
                 // The write that carried the record refreshed lastAccess to its time.
                 contents.keep(

@@ -26,7 +26,7 @@ import SystemSupport
 /// live sessions are never dropped. `maxSessionBytes` caps a local write
 /// (`sessionTooLarge`, nothing written). Merges ignore both caps: the peer
 /// already admitted the write, and refusing it would make the nodes diverge.
-public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore {
+public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore, PrincipalIndexedStore {
     public let expiry: SessionExpiry
     public let clock: SessionClock
     /// Stamps every local change; moved past every merged update.
@@ -35,6 +35,12 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     public let maxSessions: Int
     /// At most this many bytes of attribute names and values per session.
     public let maxSessionBytes: Int
+    /// The cap on sessions per principal, nil for none (every node must have the same).
+    public let principalLimit: PrincipalSessionLimit?
+    /// This node's name, kept in a logged-in session's `sessioncluster.node` by its writes.
+    public let nodeName: String?
+    /// `nodeName` as the attribute's JSON.
+    let nodeJSON: [UInt8]?
 
     /// An idempotency claim or outcome; only completed ones are replicated.
     struct Record: IdempotencyTableValue {
@@ -62,8 +68,45 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     }
 
     struct Contents: Sendable {
-        var sessions: [SessionID: ReplicatedSession] = [:]
+        /// Every session and tombstone; written through `self[id]`, which keeps `principals`.
+        private(set) var sessions: [SessionID: ReplicatedSession] = [:]
         var records: IdempotencyRecordTable<Record>
+        /// A principal's JSON bytes → its sessions that are not invalidated (expired ones
+        /// included until swept or read).
+        private(set) var principals: [[UInt8]: Set<SessionID>] = [:]
+
+        /// A session or tombstone; setting it keeps the principal index.
+        subscript(id: SessionID) -> ReplicatedSession? {
+            get { sessions[id] }
+            set {
+                let before = sessions[id].flatMap(Self.principalKey)
+                sessions[id] = newValue
+                let after = newValue.flatMap(Self.principalKey)
+                guard before != after else { return }
+                if let before {
+                    principals[before]?.remove(id)
+                    if principals[before]?.isEmpty == true { principals[before] = nil }
+                }
+                if let after { principals[after, default: []].insert(id) }
+            }
+        }
+
+        /// The principal a session is indexed under: its principal attribute's JSON, unless invalidated.
+        static func principalKey(_ session: ReplicatedSession) -> [UInt8]? {
+            session.isInvalidated ? nil : session.attributes[SessionPrincipal.attribute]?.base
+        }
+
+        /// Removes every session for which `isRemoved` holds; returns how many.
+        mutating func removeSessions(where isRemoved: (ReplicatedSession) -> Bool) -> Int {
+            let removed = sessions.filter { isRemoved($0.value) }.map(\.key)
+            for id in removed { self[id] = nil }
+            return removed.count
+        }
+
+        mutating func removeAllSessions() {
+            sessions = [:]
+            principals = [:]
+        }
 
         /// Keeps a completed record, unless one completed earlier (expiring
         /// first) is kept already: should a request have run twice, every node
@@ -189,8 +232,12 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     public init(
         node: UInt32, expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system,
         maxSessions: Int = 1_000_000, maxSessionBytes: Int = 64 * 1024, catchUpPolicy: CatchUpPolicy = CatchUpPolicy(),
-        idempotencyLimits: IdempotencyLimits = IdempotencyLimits()
+        idempotencyLimits: IdempotencyLimits = IdempotencyLimits(), principalLimit: PrincipalSessionLimit? = nil,
+        nodeName: String? = nil
     ) {
+        self.principalLimit = principalLimit
+        self.nodeName = nodeName
+        nodeJSON = nodeName.map { Array(jsonQuoted($0).utf8) }
         contents = FastLock(Contents(records: IdempotencyRecordTable(limits: idempotencyLimits)))
         self.catchUpPolicy = catchUpPolicy
         self.expiry = expiry
@@ -289,7 +336,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     /// state is replaced by a ready peer's (`ReplicationNode`).
     package func removeAll() {
         contents.withLock { contents in
-            contents.sessions = [:]
+            contents.removeAllSessions()
             contents.records = IdempotencyRecordTable(limits: contents.records.limits)
         }
     }
@@ -314,7 +361,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
             var touch: SessionUpdate?
             if now - session.lastAccessMillis >= expiry.touchIntervalMillis {
                 session.touch(nowMillis: now)
-                contents.sessions[id] = session
+                contents[id] = session
                 touch = SessionUpdate(id: id, session: session, attributes: [:], origin: hlc.node)
             }
             return (session.snapshot(id: id), touch)
@@ -326,6 +373,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     /// Also returns nil for an invalidated ID, even with `createIfMissing`:
     /// a tombstoned ID is never reused.
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
+        try delta.checkPrincipalUntouched()
         let epoch = try checkReady()
         var delta = delta
         if let record = delta.idempotencyRecord {
@@ -350,13 +398,14 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
                 session = ReplicatedSession(createdAtMillis: now, at: hlc.now())
                 created = true
             }
+            if let nodeJSON, let node = Self.nodeChange(session, nodeJSON) { delta.changes.append(node) }
             let (update, counters) = try session.apply(delta, clock: hlc, nowMillis: now)
             let bytes = Self.byteCount(session)
             guard bytes <= maxSessionBytes else {
                 throw SessionStoreError(
                     .sessionTooLarge, "session would hold \(bytes) bytes, the cap is \(maxSessionBytes)")
             }
-            contents.sessions[delta.id] = session
+            contents[delta.id] = session
             if let record = delta.idempotencyRecord {
                 contents.keep(record, expiresAt: now + record.ttlMillis, now: now, session: delta.id)
             }
@@ -374,8 +423,8 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
             guard var session = live(&contents, id, now: now) else { return nil }
             session.touch(nowMillis: now)  // the tombstone lives an idle timeout from now
             let (moved, updates) = session.regenerate(from: id, to: newID, at: hlc.now(), nowMillis: now)
-            contents.sessions[id] = session
-            contents.sessions[newID] = moved
+            contents[id] = session
+            contents[newID] = moved
             return updates
         }
         guard let updates else { return false }
@@ -390,7 +439,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
             guard var session = live(&contents, id, now: now) else { return nil }
             session.touch(nowMillis: now)  // the tombstone lives an idle timeout from now
             session.invalidate(at: hlc.now())
-            contents.sessions[id] = session
+            contents[id] = session
             return SessionUpdate(id: id, session: session)
         }
         if let update, !emit([update], servedSince: epoch) { throw notServing() }
@@ -420,13 +469,16 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     }
 
     /// The live session at `id`, or nil when unknown, invalidated or expired (then removed).
+    /// A session of a principal over its limit that is not among its newest logins counts as gone
+    /// too (`isOverLimit`).
     func live(_ contents: inout Contents, _ id: SessionID, now: Int64) -> ReplicatedSession? {
         guard let session = contents.sessions[id] else { return nil }
         if isExpired(session, now: now) {
-            contents.sessions[id] = nil
+            contents[id] = nil
             return nil
         }
-        return session.isInvalidated ? nil : session
+        if session.isInvalidated || isOverLimit(session, contents, now: now) { return nil }
+        return session
     }
 
     /// Throws `capacityExceeded` when no session can be added, even after removing expired ones.
@@ -440,10 +492,9 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
 
     @discardableResult
     func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
-        let before = contents.sessions.count
-        contents.sessions = contents.sessions.filter { !isExpired($0.value, now: now) }
+        let removed = contents.removeSessions { isExpired($0, now: now) }
         contents.records.removeExpired(now: now)
-        return before - contents.sessions.count
+        return removed
     }
 
     /// Attribute names and values, as `MemorySessionStore` counts them.

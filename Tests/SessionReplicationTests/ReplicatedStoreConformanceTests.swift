@@ -18,3 +18,19 @@ struct ReplicatedHarness: SessionStoreHarness {
         try check.run(ReplicatedHarness())
     }
 }
+
+/// A replicated store, unwired, with a principal limit.
+struct ReplicatedPrincipalHarness: PrincipalStoreHarness {
+    let clock = ManualClock()
+    func makeStore(expiry: SessionExpiry, principalLimit: PrincipalSessionLimit?) throws -> any PrincipalIndexedStore {
+        ReplicatedSessionStore(node: 1, expiry: expiry, clock: clock.clock, principalLimit: principalLimit, nodeName: "node-1")
+    }
+    func advance(millis: Int64) { clock.advance(millis: millis) }
+}
+
+@Suite struct ReplicatedPrincipalConformanceTests {
+    @Test(arguments: PrincipalStoreConformance.allCases)
+    func indexesPrincipals(_ check: PrincipalStoreConformance) throws {
+        try check.run(ReplicatedPrincipalHarness())
+    }
+}

@@ -8,7 +8,7 @@ import Testing
 
 
 /// One message from a store to its peers.
-private enum Message: Sendable {
+enum Message: Sendable {
     case update(SessionUpdate)
     case record(ReplicatedRecord)
 
@@ -24,7 +24,7 @@ private enum Message: Sendable {
 /// messages go to every other connected store: queued until `deliver(seed:)`
 /// merges them in a seeded random order with duplicates, or, when `async`,
 /// merged at once on the receiver's serial queue (`drain()` waits for them).
-private final class Cluster: Sendable {
+final class StoreCluster: Sendable {
     let clock: ManualClock
     let stores: [ReplicatedSessionStore]
     private let queues: [DispatchQueue]?
@@ -36,14 +36,14 @@ private final class Cluster: Sendable {
     init(
         count: Int = 3, async: Bool = false, connected: Set<Int>? = nil,
         expiry: SessionExpiry = SessionExpiry(idleTimeoutMillis: 60_000, absoluteTimeoutMillis: nil),
-        maxSessions: Int = 1_000_000, maxSessionBytes: Int = 64 * 1024
+        maxSessions: Int = 1_000_000, maxSessionBytes: Int = 64 * 1024, principalLimit: PrincipalSessionLimit? = nil
     ) {
         let clock = ManualClock()
         self.clock = clock
         stores = (0..<count).map {
             ReplicatedSessionStore(
                 node: UInt32($0 + 1), expiry: expiry, clock: clock.clock, maxSessions: maxSessions,
-                maxSessionBytes: maxSessionBytes)
+                maxSessionBytes: maxSessionBytes, principalLimit: principalLimit, nodeName: "node-\($0 + 1)")
         }
         queues = async ? (0..<count).map { DispatchQueue(label: "store-\($0)") } : nil
         receivers = Mutex(connected ?? Set(0..<count))
@@ -121,7 +121,7 @@ private final class Failures: Sendable {
 
 @Suite struct ReplicatedStoreTests {
     @Test func writeOnOneNodeIsReadableOnTheOthers() throws {
-        let cluster = Cluster()
+        let cluster = StoreCluster()
         let id = try cluster.create(on: 0)
         cluster.deliver()
         let snapshots = try cluster.stores.map { try #require(try $0.load(id)) }
@@ -130,7 +130,7 @@ private final class Failures: Sendable {
     }
 
     @Test func concurrentWritesToDifferentAttributesBothSurvive() throws {
-        let cluster = Cluster()
+        let cluster = StoreCluster()
         let id = try cluster.create(on: 0, ["base": "0"])
         cluster.deliver()
         try cluster.set(on: 0, id, "x", "1")
@@ -147,7 +147,7 @@ private final class Failures: Sendable {
     }
 
     @Test func aConcurrentSetOverwrittenIsCountedASequentialOneIsNot() throws {
-        let cluster = Cluster(count: 3)
+        let cluster = StoreCluster(count: 3)
         let id = try cluster.create(on: 0, ["color": "\"grey\""])
         cluster.deliver()
         // Sequential: node 1 has seen node 0's set when it writes its own.
@@ -172,7 +172,7 @@ private final class Failures: Sendable {
     }
 
     @Test func concurrentIncrementsOnThreeNodesConverge() throws {
-        let cluster = Cluster(async: true)
+        let cluster = StoreCluster(async: true)
         let id = try cluster.create(on: 0, [:])
         cluster.drain()
         let failures = Failures()
@@ -191,7 +191,7 @@ private final class Failures: Sendable {
     }
 
     @Test func invalidateIsFinalEverywhere() throws {
-        let cluster = Cluster()
+        let cluster = StoreCluster()
         let id = try cluster.create(on: 0)
         cluster.deliver()
         let stale = cluster.sent.withLock { $0 }
@@ -214,7 +214,7 @@ private final class Failures: Sendable {
     }
 
     @Test func regenerateMovesTheDataOnEveryNode() throws {
-        let cluster = Cluster()
+        let cluster = StoreCluster()
         let old = try cluster.create(on: 0, ["user": "\"ada\"", "n": "3"])
         cluster.deliver()
         let new = SessionID.generate()
@@ -228,7 +228,7 @@ private final class Failures: Sendable {
     }
 
     @Test func idempotencyRecordsReplicate() throws {
-        let cluster = Cluster()
+        let cluster = StoreCluster()
         let id = try cluster.create(on: 0)
         #expect(try cluster.stores[0].begin(key: "k1", fingerprint: "fp-k1", inProgressMillis: 10_000) == .claimed)
         let delta = SessionDelta(id: id, changes: [.increment("n", by: 1)], idempotencyRecord: record("k1"))
@@ -256,7 +256,7 @@ private final class Failures: Sendable {
     /// count then holds both runs (the duplicate the recheck prevents).
     @Test(arguments: [true, false])
     func aClaimOlderThanAPauseIsLookedUpAgainBeforeItsWrite(paused: Bool) throws {
-        let cluster = Cluster()
+        let cluster = StoreCluster()
         let id = try cluster.create(on: 0)
         cluster.deliver()
         let (a, b) = (cluster.stores[0], cluster.stores[1])
@@ -285,7 +285,7 @@ private final class Failures: Sendable {
     }
 
     @Test func stateTransferWhileUpdatesKeepArriving() throws {
-        let cluster = Cluster(connected: [0, 1])  // store 2 joins late
+        let cluster = StoreCluster(connected: [0, 1])  // store 2 joins late
         var rng = SplitMix64(seed: 42)
         var ids = try (0..<60).map { try cluster.create(on: $0 % 2, ["i": "\($0)"]) }
         try cluster.stores[1].complete(record("before"))
@@ -369,7 +369,7 @@ private final class Failures: Sendable {
     }
 
     @Test func sessionCapRefusesNewSessionsOnlyWhileFull() throws {
-        let cluster = Cluster(
+        let cluster = StoreCluster(
             count: 2, expiry: SessionExpiry(idleTimeoutMillis: 1000, absoluteTimeoutMillis: nil), maxSessions: 2)
         let a = try cluster.create(on: 0)
         let b = try cluster.create(on: 0)
@@ -390,7 +390,7 @@ private final class Failures: Sendable {
     }
 
     @Test func sessionSizeCapWritesNothing() throws {
-        let cluster = Cluster(count: 2, maxSessionBytes: 100)
+        let cluster = StoreCluster(count: 2, maxSessionBytes: 100)
         let id = try cluster.create(on: 0, ["a": "1"])
         cluster.deliver()
         let before = cluster.state(0)

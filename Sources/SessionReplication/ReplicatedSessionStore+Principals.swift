@@ -1,0 +1,171 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import SessionCore
+import SystemSupport
+
+/// Sessions by principal in the replicated store: each node indexes the
+/// sessions it holds by their replicated principal attribute.
+///
+/// A login on a node checks the limit against what that node holds and
+/// invalidates the least recently used sessions it sees beyond it. The new
+/// session names what it ended — those sessions and its own old ID — by
+/// handle in `sessioncluster.evicts`, so a peer that merges it before their
+/// tombstones (updates arrive in any order) ends them at once, and ends any
+/// of them that arrives later.
+///
+/// Logins on two nodes at once can still leave a principal with more
+/// sessions than the limit. Every node then serves only the principal's
+/// `maxSessions` most recent logins (by the HLC stamp of their principal):
+/// the others count as gone (`isOverLimit`) — not invalidated, since a node
+/// that has merged only part of the logins could pick differently — and
+/// expire unused. The rule is a function of the merged state, so once the
+/// nodes hold the same sessions they serve the same ones.
+extension ReplicatedSessionStore {
+    /// The attribute holding the name of the node that last wrote a logged-in session.
+    public static let nodeAttribute = "sessioncluster.node"
+    /// The attribute of a logged-in session listing the handles of the sessions its login ended.
+    public static let evictsAttribute = "sessioncluster.evicts"
+
+    /// The change that records this node on a logged-in session it writes, when not already there.
+    static func nodeChange(_ session: ReplicatedSession, _ nodeJSON: [UInt8]) -> SessionChange? {
+        guard session.attributes[SessionPrincipal.attribute]?.base != nil,
+            session.attributes[nodeAttribute]?.base != nodeJSON
+        else { return nil }
+        return .set(nodeAttribute, nodeJSON)
+    }
+
+    public func changePrincipal(_ change: PrincipalChange) throws -> PrincipalChangeResult {
+        if let principal = change.principal { try SessionPrincipal.validate(principal) }
+        let epoch = try checkReady()
+        let now = clock.nowMillis()
+        let principalJSON = change.principal.map { Array(jsonQuoted($0).utf8) }
+        var evicted: [SessionID] = []
+        let updates = try contents.withLock { contents throws(SessionStoreError) -> [SessionUpdate] in
+            try changePrincipalLocked(change, principalJSON, &contents, now: now, evicted: &evicted)
+        }
+        guard emit(updates, servedSince: epoch) else { throw notServing() }
+        return PrincipalChangeResult(evicted: evicted)
+    }
+
+    private func changePrincipalLocked(
+        _ change: PrincipalChange, _ principalJSON: [UInt8]?, _ contents: inout Contents, now: Int64,
+        evicted: inout [SessionID]
+    ) throws(SessionStoreError) -> [SessionUpdate] {
+        guard contents.sessions[change.newID] == nil else {
+            throw SessionStoreError(.invalidValue, "the new ID of a login is in use")
+        }
+        var updates: [SessionUpdate] = []
+        let existing = change.id.flatMap { live(&contents, $0, now: now) }
+        if existing == nil { try makeRoom(&contents, now: now) }  // before anything changes
+        if let principalJSON, let limit = principalLimit {
+            let others = liveSessions(principalJSON, in: &contents, now: now).filter { $0.id != change.id }
+            let excess = others.count + 1 - limit.maxSessions
+            if excess > 0 {
+                if limit.whenExceeded == .refuseNewLogin { throw SessionStoreError.principalLimitReached(limit) }
+                let victims = others.sorted { ($0.session.lastAccessMillis, $0.id.rawValue) < ($1.session.lastAccessMillis, $1.id.rawValue) }
+                for victim in victims.prefix(excess) {
+                    updates.append(invalidateLocked(victim.id, in: &contents, now: now))
+                    evicted.append(victim.id)
+                }
+            }
+        }
+        var session: ReplicatedSession
+        if let id = change.id, var existing {
+            existing.touch(nowMillis: now)  // the tombstone lives an idle timeout from now
+            let (moved, moves) = existing.regenerate(from: id, to: change.newID, at: hlc.now(), nowMillis: now)
+            contents[id] = existing
+            updates += moves.filter { $0.id == id }  // the old ID's tombstone; the new state goes last
+            session = moved
+        } else {
+            session = ReplicatedSession(createdAtMillis: now, at: hlc.now())
+        }
+        if let principalJSON {
+            let ended = evicted + (change.id.map { [$0] } ?? [])
+            let handles = ended.map { jsonQuoted(SessionHandle(of: $0).rawValue) }.joined(separator: ",")
+            _ = session.set(Self.evictsAttribute, Array("[\(handles)]".utf8), at: hlc.now())
+            _ = session.set(SessionPrincipal.attribute, principalJSON, at: hlc.now())
+            if let client = change.client {
+                _ = session.set(SessionPrincipal.clientAttribute, Array(jsonQuoted(client).utf8), at: hlc.now())
+            } else if session.attributes[SessionPrincipal.clientAttribute]?.base != nil {
+                _ = session.remove(SessionPrincipal.clientAttribute, at: hlc.now())
+            }
+            if let nodeJSON { _ = session.set(Self.nodeAttribute, nodeJSON, at: hlc.now()) }
+        } else {
+            for name in [SessionPrincipal.attribute, SessionPrincipal.clientAttribute, Self.nodeAttribute, Self.evictsAttribute]
+            where session.attributes[name]?.base != nil {
+                _ = session.remove(name, at: hlc.now())
+            }
+        }
+        contents[change.newID] = session
+        updates.append(SessionUpdate(id: change.newID, session: session))
+        return updates
+    }
+
+    public func sessions(ofPrincipal principal: String) throws -> [PrincipalSessionEntry] {
+        try checkReady()
+        let now = clock.nowMillis()
+        let json = Array(jsonQuoted(principal).utf8)
+        return contents.withLock { liveSessions(json, in: &$0, now: now) }
+            .map { id, session in
+                PrincipalSessionEntry(
+                    id: id, createdAtMillis: session.createdAtMillis, lastAccessedAtMillis: session.lastAccessMillis,
+                    node: session.attributes[Self.nodeAttribute]?.base.flatMap(decodeJSONString),
+                    client: session.attributes[SessionPrincipal.clientAttribute]?.base.flatMap(decodeJSONString))
+            }
+            .sorted { ($0.createdAtMillis, $0.id.rawValue) < ($1.createdAtMillis, $1.id.rawValue) }
+    }
+
+    /// The live sessions of the principal with this JSON (expired ones are removed on the way).
+    func liveSessions(_ principalJSON: [UInt8], in contents: inout Contents, now: Int64) -> [(id: SessionID, session: ReplicatedSession)] {
+        (contents.principals[principalJSON] ?? []).compactMap { id in live(&contents, id, now: now).map { (id, $0) } }
+    }
+
+    /// Invalidates a live session under the lock; returns its tombstone's update.
+    func invalidateLocked(_ id: SessionID, in contents: inout Contents, now: Int64) -> SessionUpdate {
+        var session = contents.sessions[id]!
+        session.touch(nowMillis: now)
+        session.invalidate(at: hlc.now())
+        contents[id] = session
+        return SessionUpdate(id: id, session: session)
+    }
+
+    /// After a merge of `id`: ends, here only, what the logins of its principal ended (their
+    /// `evicts`; whichever of a login and its victims arrived first). Their own tombstones
+    /// follow from the node that logged in.
+    func settlePrincipal(after id: SessionID, in contents: inout Contents, now: Int64) {
+        guard let session = contents.sessions[id], let principalJSON = Contents.principalKey(session) else { return }
+        let live = liveSessions(principalJSON, in: &contents, now: now)
+        let ended = Set(live.flatMap { Self.evicts(of: $0.session) })
+        guard !ended.isEmpty else { return }
+        for entry in live where ended.contains(SessionHandle(of: entry.id).rawValue) {
+            _ = invalidateLocked(entry.id, in: &contents, now: now)
+        }
+    }
+
+    /// Whether `session` belongs to a principal with more unexpired sessions than the limit and
+    /// is not among its `maxSessions` most recent logins (ties: the larger stamp wins).
+    func isOverLimit(_ session: ReplicatedSession, _ contents: Contents, now: Int64) -> Bool {
+        guard let limit = principalLimit, let principalJSON = Contents.principalKey(session),
+            let ids = contents.principals[principalJSON], ids.count > limit.maxSessions,
+            let login = session.attributes[SessionPrincipal.attribute]?.epoch
+        else { return false }
+        var newer = 0
+        for id in ids {
+            guard let other = contents.sessions[id], !isExpired(other, now: now),
+                let otherLogin = other.attributes[SessionPrincipal.attribute]?.epoch, otherLogin > login
+            else { continue }
+            newer += 1
+            if newer >= limit.maxSessions { return true }
+        }
+        return false
+    }
+
+    /// The handles a session's login ended.
+    static func evicts(of session: ReplicatedSession) -> [String] {
+        guard let bytes = session.attributes[evictsAttribute]?.base else { return [] }
+        return (try? JSONDecoder().decode([String].self, from: Data(bytes))) ?? []
+    }
+}

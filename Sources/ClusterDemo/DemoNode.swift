@@ -76,7 +76,9 @@ public final class DemoNode: Sendable {
         var replication: ReplicationNode? = nil
         switch configuration.strategy {
         case .local:
-            let memory = MemorySessionStore(expiry: configuration.expiry, maxSessions: configuration.maxSessions)
+            let memory = MemorySessionStore(
+                expiry: configuration.expiry, maxSessions: configuration.maxSessions,
+                principalLimit: configuration.principalLimit, nodeName: configuration.nodeID)
             memory.startSweeper(intervalMillis: 30_000)
             memoryStore = memory
             base = memory
@@ -84,14 +86,17 @@ public final class DemoNode: Sendable {
             // Nothing is contacted here: a node starts while Redis is down and recovers when it returns.
             let client = RedisClient(configuration: configuration.redis ?? RedisConfiguration(), logger: logger)
             redisClient = client
-            base = RedisSessionStore(client: client, expiry: configuration.expiry, logger: logger)
+            base = RedisSessionStore(
+                client: client, expiry: configuration.expiry, principalLimit: configuration.principalLimit,
+                nodeName: configuration.nodeID, logger: logger)
             if configuration.exclusiveSessions { exclusive = RedisSessionLock(client: client, logger: logger) }
         case .replicate:
             guard let settings = configuration.replication else {
                 throw ReplicationConfigurationError("the replicate strategy needs peers and a cluster secret")
             }
             let store = ReplicatedSessionStore(
-                node: settings.nodeID, expiry: configuration.expiry, maxSessions: configuration.maxSessions)
+                node: settings.nodeID, expiry: configuration.expiry, maxSessions: configuration.maxSessions,
+                principalLimit: configuration.principalLimit, nodeName: configuration.nodeID)
             store.startSweeper(intervalMillis: 30_000)
             replication = try ReplicationNode(
                 store: store, configuration: settings, logger: logger, metricsFactory: factory)
@@ -156,10 +161,11 @@ public final class DemoNode: Sendable {
                 throw HTTPError.badRequest("user must be 1 to 64 bytes")
             }
             let session = try request.session()
-            try session.regenerateID()
-            try session.set("user", user)
+            let evicted = try session.logIn(as: user, client: request.headers["User-Agent"] ?? "unknown client")
+            if evicted > 0 { metrics.recordPrincipalEvictions(evicted) }
             return .json(try Self.sessionJSON(node: nodeID, session: session))
         }
+        Self.routeUserSessions(&api, nodeID: nodeID, metrics: metrics)
         api.post("/api/logout") { request in
             try request.session().invalidate()
             return .json("{\"node\":\(jsonQuoted(nodeID)),\"count\":0,\"user\":null}")
@@ -201,7 +207,7 @@ public final class DemoNode: Sendable {
 
     static func sessionJSON(node: String, session: Session) throws -> String {
         let count = try session.get("count", as: Int64.self) ?? 0
-        let user = try session.get("user", as: String.self).map(jsonQuoted) ?? "null"
+        let user = session.principal.map(jsonQuoted) ?? "null"
         return "{\"node\":\(jsonQuoted(node)),\"count\":\(count),\"user\":\(user)}"
     }
 

@@ -21,6 +21,8 @@ public struct DemoNodeConfiguration: Sendable {
     public var replication: ReplicationConfiguration?
     /// The most sessions a node holds in memory (`local`, `replicate`); then new ones get 503.
     public var maxSessions = 1_000_000
+    /// The cap on sessions per logged-in user, and what a login past it does; nil for none.
+    public var principalLimit: PrincipalSessionLimit?
 
     public init(
         nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,

@@ -55,6 +55,12 @@ public struct DemoNodeOptions: ParsableArguments {
     @Option(help: "The most sessions a node holds in memory (local, replicate); then new sessions get 503.")
     public var maxSessions = 1_000_000
 
+    @Option(help: "The most sessions one logged-in user may hold (every node must have the same); default: no limit.")
+    public var maxSessionsPerUser: Int?
+
+    @Option(help: "With --max-sessions-per-user: evict-oldest (the least recently used session of the user is logged out) or refuse (the new login gets 409).")
+    public var whenExceeded = "evict-oldest"
+
     @Option(help: "Replication addresses of the cluster's nodes, host:port,... (--strategy replicate; may include this node's own).")
     public var peers: String?
 
@@ -135,9 +141,30 @@ public struct DemoNodeOptions: ParsableArguments {
             redis: strategy == .redis ? try redisConfiguration() : nil)
         configuration.exclusiveSessions = exclusiveSessions
         configuration.maxSessions = maxSessions
+        configuration.principalLimit = try principalLimit()
         do { try configuration.validate() } catch { throw ValidationError(error.message) }
         if strategy == .replicate { configuration.replication = try replicationConfiguration(nodeID: nodeID) }
         return configuration
+    }
+
+    /// The `--max-sessions-per-user` and `--when-exceeded` limit, checked; nil without one.
+    public func principalLimit() throws -> PrincipalSessionLimit? {
+        try Self.principalLimit(maxSessionsPerUser: maxSessionsPerUser, whenExceeded: whenExceeded)
+    }
+
+    /// The limit of a `--max-sessions-per-user` and a `--when-exceeded`, checked; nil without one.
+    public static func principalLimit(maxSessionsPerUser: Int?, whenExceeded name: String) throws -> PrincipalSessionLimit? {
+        let whenExceeded: PrincipalSessionLimit.WhenExceeded
+        switch name {
+        case "evict-oldest": whenExceeded = .invalidateLeastRecentlyUsed
+        case "refuse": whenExceeded = .refuseNewLogin
+        default: throw ValidationError("--when-exceeded must be evict-oldest or refuse, not '\(name)'")
+        }
+        guard let maxSessionsPerUser else { return nil }
+        guard (1...10_000).contains(maxSessionsPerUser) else {
+            throw ValidationError("--max-sessions-per-user must be 1...10000")
+        }
+        return PrincipalSessionLimit(maxSessions: maxSessionsPerUser, whenExceeded: whenExceeded)
     }
 
     /// A logger at `--log-level`, to standard error (bootstraps swift-log once per process).

@@ -11,7 +11,9 @@ import SystemSupport
 /// `session_node_request_duration_seconds{node}` (a `Timer`),
 /// `session_store_operation_duration_seconds{node,operation}` (a `Timer`),
 /// `session_store_errors_total{node,operation}`, and what `update` sets: `session_store_sessions`,
-/// `session_idempotency_records{scope}`, `session_idempotency_record_bytes`, `session_idempotency_evictions_total`.
+/// `session_idempotency_records{scope}`, `session_idempotency_record_bytes`, `session_idempotency_evictions_total`;
+/// for sessions by user: `session_principal_evictions_total` (sessions logged out by the per-user
+/// limit) and `session_principal_sessions` (a histogram of a user's sessions, at each listing).
 ///
 /// Every request records here. Each counter and timer is made once (a factory call takes a
 /// lock) and kept: a request counter on its first use, in a slot indexed by method, route and
@@ -20,12 +22,15 @@ import SystemSupport
 /// no difference within the noise (scripts/bench-node.sh and an interleaved A/B on 2 cores).
 public final class NodeMetrics: Sendable {
     /// The routes counted by name; any other path counts as "other".
-    static let routes = ["/", "/healthz", "/metrics", "/api/session", "/api/counter", "/api/login", "/api/logout", "other"]
+    static let routes = [
+        "/", "/healthz", "/metrics", "/api/session", "/api/counter", "/api/login", "/api/logout", "/api/sessions",
+        "/api/sessions/revoke-others", "other",
+    ]
     static let methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "other"]
     static let statuses = [
         200, 201, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431, 500, 501, 502, 503, 504, 505, 0,
     ]
-    static let storeOperations = ["load", "apply", "regenerate", "invalidate"]
+    static let storeOperations = ["load", "apply", "regenerate", "invalidate", "changePrincipal"]
 
     /// How often a node given a factory of one's own passes the levels on (`update`).
     static let refreshMillis = 5_000
@@ -49,6 +54,8 @@ public final class NodeMetrics: Sendable {
     private let storeLatency: [ManagedAtomicLazyReference<CoreMetrics.Timer>]
     private let storeErrors: [CoreMetrics.Counter]
     private let levels: Mutex<Levels>
+    private let principalEvictions: CoreMetrics.Counter
+    private let principalSessions: Recorder
 
     /// Made with `factory`, every series labelled `node`.
     public init(node: String, factory: any MetricsFactory) {
@@ -64,7 +71,16 @@ public final class NodeMetrics: Sendable {
             CoreMetrics.Counter(label: "session_store_errors_total", dimensions: [("node", node), ("operation", $0)], factory: factory)
         }
         levels = Mutex(Levels())
+        principalEvictions = CoreMetrics.Counter(
+            label: "session_principal_evictions_total", dimensions: [("node", node)], factory: factory)
+        principalSessions = Recorder(label: "session_principal_sessions", dimensions: [("node", node)], factory: factory)
     }
+
+    /// Counts sessions a login ended to keep its user within the per-user limit.
+    func recordPrincipalEvictions(_ count: Int) { principalEvictions.increment(by: count) }
+
+    /// Records how many sessions a user holds (at each listing of them).
+    func recordPrincipalSessions(_ count: Int) { principalSessions.record(count) }
 
 
     func recordRequest(method: String, route: String, status: Int, nanos: UInt64) {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ClusterDemo
 import ClusterSupervisor
 import Foundation
 import Logging
@@ -45,6 +46,12 @@ extension SessionClusterCommand {
         @Option(help: "--strategy replicate: async (answer at once) or sync (answer after the peers acknowledged).")
         var replicationMode = "async"
 
+        @Option(help: "The most sessions one logged-in user may hold; default: no limit.")
+        var maxSessionsPerUser: Int?
+
+        @Option(help: "With --max-sessions-per-user: evict-oldest (the user's least recently used session is logged out) or refuse (the new login gets 409).")
+        var whenExceeded = "evict-oldest"
+
         @Option(help: "Keep the nodes' logs here (default: a temporary directory removed at exit).")
         var logDir: String?
 
@@ -69,6 +76,13 @@ extension SessionClusterCommand {
                 strategy: strategy, replicationMode: replicationMode, nodeCount: nodes, host: host, port: port,
                 executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path, logDirectory: logDir,
                 nodeLogLevel: nodeLogLevel)
+            if try DemoNodeOptions.principalLimit(maxSessionsPerUser: maxSessionsPerUser, whenExceeded: whenExceeded) != nil,
+                let maxSessionsPerUser
+            {
+                configuration.extraNodeArguments += [
+                    "--max-sessions-per-user", "\(maxSessionsPerUser)", "--when-exceeded", whenExceeded,
+                ]
+            }
             configuration.redisReplicas = redisReplicas
             configuration.redisSentinel = sentinel
             // The dashboard's "Cut off" control: every link (to a peer, or to the one redis-server) through a relay.

@@ -7,16 +7,16 @@ import Testing
 // Three real `session-cluster node --strategy replicate` processes on loopback,
 // driven with curl like a browser behind a round-robin balancer.
 
-private let clusterSecret = "replication-cluster-tests-secret-0123456789"
+let clusterSecret = "replication-cluster-tests-secret-0123456789"
 
 /// The body of /api/session, /api/counter and /api/login.
-private struct SessionBody: Decodable, Equatable {
+struct SessionBody: Decodable, Equatable {
     var node: String
     var count: Int
     var user: String?
 }
 
-private func decode(_ response: CurlClient.Response) -> SessionBody? {
+func decode(_ response: CurlClient.Response) -> SessionBody? {
     guard response.status == 200 else { return nil }
     return try? JSONDecoder().decode(SessionBody.self, from: Data(response.body.utf8))
 }
@@ -55,22 +55,28 @@ private func postNewSessions(port: Int, count: Int) throws {
     }
 }
 
-private final class NodeProcesses {
+/// Nodes a, b and c as processes: `replicate` in `mode`, or, with `redisPort`, the `redis`
+/// strategy on that redis-server; `extraArguments` go to every node.
+final class NodeProcesses {
     let names = ["a", "b", "c"]
     let mode: String
+    let redisPort: Int?
+    let extraArguments: [String]
     let httpPorts: [Int]
     let replicationPorts: [Int]
     private var children: [ChildProcess?] = [nil, nil, nil]
     /// What stopped processes wrote, for failure messages.
     private var pastOutput = ["", "", ""]
 
-    init(mode: String) throws {
+    init(mode: String, redisPort: Int? = nil, extraArguments: [String] = []) throws {
         var ports: [Int] = []
         while ports.count < 6 {
             let port = try Sockets.freeLoopbackPort()
             if !ports.contains(port) { ports.append(port) }
         }
         self.mode = mode
+        self.redisPort = redisPort
+        self.extraArguments = extraArguments
         httpPorts = Array(ports[0..<3])
         replicationPorts = Array(ports[3..<6])
     }
@@ -79,13 +85,18 @@ private final class NodeProcesses {
 
     func start(_ i: Int) throws {
         precondition(children[i] == nil, "node \(names[i]) is running")
+        let strategy =
+            if let redisPort {
+                ["--strategy", "redis", "--redis", "redis://127.0.0.1:\(redisPort)/0"]
+            } else {
+                [
+                    "--strategy", "replicate", "--peers", peerList, "--replication-port", "\(replicationPorts[i])",
+                    "--replication-mode", mode, "--sync-timeout-ms", "200",
+                ]
+            }
         children[i] = try ChildProcess(
             try ChildProcess.sessionClusterBinary(),
-            [
-                "node", "--port", "\(httpPorts[i])", "--node-id", names[i], "--strategy", "replicate",
-                "--peers", peerList, "--replication-port", "\(replicationPorts[i])",
-                "--replication-mode", mode, "--sync-timeout-ms", "200",
-            ],
+            ["node", "--port", "\(httpPorts[i])", "--node-id", names[i]] + strategy + extraArguments,
             environment: ["SESSION_CLUSTER_SECRET": clusterSecret])
     }
 

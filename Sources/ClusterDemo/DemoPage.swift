@@ -8,7 +8,7 @@
 /// Plain HTML, CSS and JavaScript: no external fetches, usable at phone width.
 /// Element ids and `data-*` attributes are a contract with the browser test
 /// (Tests/ClusterDemoTests/DashboardBrowserTests.swift): `count`, `user`,
-/// `node`, `inc`, `name`, `login`, `logout`, `status`, `cluster`, `rolling` (the Rolling restart
+/// `node`, `inc`, `name`, `login`, `logout`, `status`, the "Your devices" panel's (DemoPage+Devices.swift), `cluster`, `rolling` (the Rolling restart
 /// button) and `rolling-status` (its progress), `heal` and `reach` (the partition row), and per node
 /// `[data-node=NAME]` holding `[data-field=state|health|requests|sessions|refusing]`
 /// and `[data-action=kill|stop|resume|restart|isolate]`; per redis-server `[data-redis=NAME]`
@@ -101,6 +101,7 @@ enum DemoPage {
         .actions{display:grid;grid-template-columns:repeat(4,1fr);gap:.3rem}
         .actions button{padding:.35rem .2rem;font-size:.82rem;min-height:2.2rem}
         .note{color:var(--muted);font-size:.92rem}
+        \#(devicesStyle)
         .live{display:inline-block;width:.55rem;height:.55rem;border-radius:50%;background:var(--ok);margin-right:.3rem}
         .live.stale{background:var(--bad)}
         #hint{font-size:.9rem;color:var(--muted);margin-top:.6rem}
@@ -132,6 +133,7 @@ enum DemoPage {
           </form>
           <p id="login-help" class="note" hidden>Logging in gives the session a new ID and keeps its count.</p>
           <p id="status" role="status" aria-live="polite"></p>
+        \#(devicesPanel)
           <details open>
             <summary>Last requests</summary>
             <table aria-label="The last requests of this page">
@@ -289,6 +291,7 @@ enum DemoPage {
           addLog(res, node, auto);
           showNode(node);
           if (res.ok) {
+            if (!auto || (ui.busy === 0 && ui.epoch === epoch)) devicesAfter(res.data);
             if (!auto || (ui.busy === 0 && ui.epoch === epoch)) showSession(res.data);
             if (!auto && done) setStatus(done(res.data), 'ok');
             else if (auto && ui.auto) setStatus('', '');
@@ -330,6 +333,7 @@ enum DemoPage {
           }, SESSION_EVERY_MS);
         }
 
+        \#(devicesScript)
         // --- The cluster panel ---
         const ACTIONS = [
           ['kill', 'Kill', 'SIGKILL: the process dies at once', s => s === 'running' || s === 'stopped'],

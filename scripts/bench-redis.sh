@@ -5,7 +5,10 @@
 # round trips/s through RedisSessionStore, its commands automatically
 # pipelined) at the same C. Prints both, the ratio, latency percentiles, the
 # CPU each side used, and Redis's CPU time per request (INFO cpu, divided by
-# requests): per GET, per SET, per session round trip.
+# requests): per GET, per SET, per session round trip. A third bench-store run
+# logs every session in first (--logged-in): the cost of the principal index
+# on requests that do not log in or out — Redis commands and CPU per round
+# trip beside the run without.
 #
 # Environment: DURATION (seconds per measurement, default 10), CONCURRENCY
 # (connections / threads, default 50), SESSIONS (default 10000: sessions for
@@ -165,7 +168,8 @@ rcli flushall >/dev/null
 bench_store() {
     local name=$1 pipelines=$2 t0 t1 wall cpu0 c0 c1 out="$tmp_dir/bs-$1.out"
     local cmd=("$binary" bench-store --redis "redis://127.0.0.1:$redis_port" --concurrency "$CONCURRENCY"
-        --duration "$DURATION" --sessions "$SESSIONS" --attribute-bytes "$ATTRIBUTE_BYTES" --pipeline-connections "$pipelines")
+        --duration "$DURATION" --sessions "$SESSIONS" --attribute-bytes "$ATTRIBUTE_BYTES" --pipeline-connections "$pipelines"
+        "${@:3}")
     log "bench-store ($name): $SESSIONS sessions, 1s warm-up, ${DURATION}s, $CONCURRENCY threads, $pipelines pipelined connections"
     rcli config resetstat >/dev/null
     cpu0=$(cpu_of "$redis_pid")
@@ -178,7 +182,7 @@ bench_store() {
     children_cpu c1
     printf -v "bs_${name}_client_cpu" '%s' "$(percent "$(awk -v a="$c0" -v b="$c1" 'BEGIN { print b - a }')" "$wall")"
     local field
-    for field in round_trips_per_s p50_ms p99_ms errors redis_cpu_us_per_round_trip; do
+    for field in round_trips_per_s p50_ms p99_ms errors redis_cpu_us_per_round_trip redis_commands_per_round_trip; do
         printf -v "bs_${name}_${field}" '%s' "$(json_field "$field" "$out")"
     done
     local rps="bs_${name}_round_trips_per_s" errors="bs_${name}_errors"
@@ -190,6 +194,7 @@ bench_store() {
 
 bench_store piped "${PIPELINE_CONNECTIONS:-2}"
 bench_store unpiped 0
+bench_store loggedin "${PIPELINE_CONNECTIONS:-2}" --logged-in
 left=$(rcli dbsize | tr -d '\r')
 
 # --- report ------------------------------------------------------------------
@@ -217,11 +222,16 @@ row "bench-store round trips, pipelined" "$bs_piped_round_trips_per_s" "$bs_pipe
     "$bs_piped_client_cpu" "${bs_piped_redis_cpu_us_per_round_trip:-?}/rt" "$bs_piped_call_us/rt"
 row "bench-store round trips, not pipelined" "$bs_unpiped_round_trips_per_s" "$bs_unpiped_p50_ms" "$bs_unpiped_p99_ms" "$bs_unpiped_redis_cpu" \
     "$bs_unpiped_client_cpu" "${bs_unpiped_redis_cpu_us_per_round_trip:-?}/rt" "$bs_unpiped_call_us/rt"
+row "bench-store, logged-in users, pipelined" "$bs_loggedin_round_trips_per_s" "$bs_loggedin_p50_ms" "$bs_loggedin_p99_ms" "$bs_loggedin_redis_cpu" \
+    "$bs_loggedin_client_cpu" "${bs_loggedin_redis_cpu_us_per_round_trip:-?}/rt" "$bs_loggedin_call_us/rt"
 echo
 printf 'ratio  round trips/s / mean(GET, SET) rps       %sx   (target >= %sx: %s; not pipelined %sx)\n' \
     "$ratio" "$TARGET" "$verdict" "$ratio_unpiped"
 printf 'ratio  Redis CPU per round trip / per GET       %sx   (target <= %sx: %s; not pipelined %sx)\n' \
     "$cpu_ratio" "$CPU_TARGET" "$cpu_verdict" "$cpu_ratio_unpiped"
+printf 'principal index: Redis commands per round trip %s logged in, %s not (target: no extra command); Redis CPU per round trip %sx\n' \
+    "${bs_loggedin_redis_commands_per_round_trip:-?}" "${bs_piped_redis_commands_per_round_trip:-?}" \
+    "$(awk -v a="${bs_loggedin_redis_cpu_us_per_round_trip:-0}" -v b="${bs_piped_redis_cpu_us_per_round_trip:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
 echo
 echo "How to read it: a round trip is what one request costs the store: a load (HGETALL) and a save"
 echo "(EVALSHA of the apply script, Lua). The target asks a round trip to go as fast as one bare GET or"
@@ -234,4 +244,4 @@ echo "session set-up and 1s warm-up). Everything shares $cpus CPUs."
 echo
 echo "bench-store errors: $bs_piped_errors (pipelined), $bs_unpiped_errors (not)    keys left in redis: $left"
 echo "bench-store said:"
-sed 's/^/    /' "$tmp_dir/bs-piped.out" "$tmp_dir/bs-unpiped.out"
+sed 's/^/    /' "$tmp_dir/bs-piped.out" "$tmp_dir/bs-unpiped.out" "$tmp_dir/bs-loggedin.out"

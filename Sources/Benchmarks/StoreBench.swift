@@ -25,6 +25,9 @@ public struct StoreBench: Sendable {
     public var sessions = 10_000
     /// Size of each session's string attribute, in bytes.
     public var attributeBytes = 100
+    /// Log every session in (four per user) before the window: what the principal index costs
+    /// the requests of logged-in users.
+    public var loggedIn = false
 
     public init() {}
 
@@ -83,11 +86,17 @@ extension StoreBench {
             var mine: [SessionID] = []
             for i in stride(from: t, to: ids.count, by: threads) {
                 if stop.isSet { break }
-                let delta = SessionDelta(
-                    id: ids[i], changes: [.set("count", encodeCounter(0)), .set("payload", payload)],
-                    createIfMissing: true)
+                var id = ids[i]
                 do {
-                    if try store.apply(delta) != nil { mine.append(ids[i]) }
+                    if loggedIn {
+                        let user = "user-\(i % max(1, ids.count / 4))"
+                        id = SessionID.generate(slotTag: SessionPrincipal.slotTag(of: user))
+                        _ = try store.changePrincipal(PrincipalChange(id: nil, newID: id, principal: user, client: "bench"))
+                    }
+                    let delta = SessionDelta(
+                        id: id, changes: [.set("count", encodeCounter(0)), .set("payload", payload)],
+                        createIfMissing: !loggedIn)
+                    if try store.apply(delta) != nil { mine.append(id) }
                 } catch {
                     failures.withLock { f in
                         f.count += 1
@@ -113,8 +122,9 @@ extension StoreBench {
         let results = Mutex(Outcome())
         let start = monotonicNanos()
         let (measureFrom, measureUntil) = window.bounds(startingAt: start)
-        // Redis's CPU time at both ends of the window, read beside the load.
+        // Redis's CPU time and commands at both ends of the window, read beside the load.
         let redisCPU = Mutex<(from: Double?, until: Double?)>((nil, nil))
+        let redisCommands = Mutex<(from: Int?, until: Int?)>((nil, nil))
         let sampler = DispatchGroup()
         sampler.enter()
         startThread {
@@ -124,9 +134,12 @@ extension StoreBench {
             }
             sleep(until: measureFrom)
             let from = Self.redisCPUSeconds(client)
+            let commandsFrom = Self.redisCommands(client)
             sleep(until: measureUntil)
             let until = Self.redisCPUSeconds(client)
+            let commandsUntil = Self.redisCommands(client)
             redisCPU.withLock { $0 = (from, until) }
+            redisCommands.withLock { $0 = (commandsFrom, commandsUntil) }
         }
         runThreads(concurrency) { t in
             var rng = SplitMix64(seed: UInt64.random(in: .min ... .max) &+ UInt64(t))
@@ -175,6 +188,7 @@ extension StoreBench {
         sampler.wait()
         var outcome = results.withLock { $0 }
         if case (let from?, let until?) = redisCPU.withLock({ $0 }), !stop.isSet { outcome.redisCPUSeconds = until - from }
+        if case (let from?, let until?) = redisCommands.withLock({ $0 }), !stop.isSet { outcome.redisCommands = until - from }
         let finished = monotonicNanos()
         // Only round trips that ended inside the window count; interrupted early, the window is what ran.
         outcome.seconds = finished <= measureFrom ? 0 : Double(min(finished, measureUntil) - measureFrom) / 1e9
@@ -188,6 +202,18 @@ extension StoreBench {
         let fields = info.split(separator: "\r\n").filter { $0.hasPrefix("used_cpu_sys:") || $0.hasPrefix("used_cpu_user:") }
         guard fields.count == 2 else { return nil }
         return fields.compactMap { Double($0.split(separator: ":").last ?? "") }.reduce(0, +)
+    }
+
+    /// The commands Redis has run so far (INFO commandstats: every command's `calls` but INFO's own); nil
+    /// when it cannot be read.
+    private static func redisCommands(_ client: RedisClient) -> Int? {
+        guard let info = try? client.send("INFO", "commandstats").string else { return nil }
+        var total = 0
+        for line in info.split(separator: "\r\n") where line.hasPrefix("cmdstat_") && !line.hasPrefix("cmdstat_info:") {
+            guard let calls = line.split(separator: ",").first?.split(separator: "=").last, let n = Int(calls) else { return nil }
+            total += n
+        }
+        return total
     }
 
     /// Deletes every key under `prefix` (SCAN + UNLINK).
@@ -238,9 +264,13 @@ extension StoreBench {
             "\"attribute_bytes\":\(attributeBytes)",
             "\"error_kinds\":{\(kinds)}",
             "\"pipeline_connections\":\(pipelineConnections)",
+            "\"logged_in\":\(loggedIn)",
         ]
         if let cpu = outcome.redisCPUSeconds, outcome.roundTrips > 0 {
             fields.append("\"redis_cpu_us_per_round_trip\":\(fixed(cpu * 1e6 / Double(outcome.roundTrips), 2))")
+        }
+        if let commands = outcome.redisCommands, outcome.roundTrips > 0 {
+            fields.append("\"redis_commands_per_round_trip\":\(fixed(Double(commands) / Double(outcome.roundTrips), 2))")
         }
         if let first = outcome.firstError { fields.append("\"first_error\":\(jsonQuoted(first))") }
         if interrupted { fields.append("\"interrupted\":true") }
@@ -276,6 +306,8 @@ private struct Outcome: Sendable {
     var sessions = 0
     /// Redis's CPU time over the measured window.
     var redisCPUSeconds: Double?
+    /// The commands Redis ran over the measured window.
+    var redisCommands: Int?
 
     mutating func merge(_ other: Outcome) {
         roundTrips += other.roundTrips

@@ -153,18 +153,12 @@ public struct DemoNodeOptions: ParsableArguments {
     }
 
     /// The limit of a `--max-sessions-per-user` and a `--when-exceeded`, checked; nil without one.
-    public static func principalLimit(maxSessionsPerUser: Int?, whenExceeded name: String) throws -> PrincipalSessionLimit? {
-        let whenExceeded: PrincipalSessionLimit.WhenExceeded
-        switch name {
-        case "evict-oldest": whenExceeded = .invalidateLeastRecentlyUsed
-        case "refuse": whenExceeded = .refuseNewLogin
-        default: throw ValidationError("--when-exceeded must be evict-oldest or refuse, not '\(name)'")
+    public static func principalLimit(maxSessionsPerUser: Int?, whenExceeded: String) throws -> PrincipalSessionLimit? {
+        do {
+            return try PrincipalSessionLimit.fromOptions(maxSessionsPerUser: maxSessionsPerUser, whenExceeded: whenExceeded)
+        } catch {
+            throw ValidationError(error.message)
         }
-        guard let maxSessionsPerUser else { return nil }
-        guard (1...10_000).contains(maxSessionsPerUser) else {
-            throw ValidationError("--max-sessions-per-user must be 1...10000")
-        }
-        return PrincipalSessionLimit(maxSessions: maxSessionsPerUser, whenExceeded: whenExceeded)
     }
 
     /// A logger at `--log-level`, to standard error (bootstraps swift-log once per process).

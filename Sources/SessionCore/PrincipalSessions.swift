@@ -91,6 +91,30 @@ public struct PrincipalSessionLimit: Sendable, Equatable {
         case refuseNewLogin
     }
 
+    /// What the command-line option `--when-exceeded` names: `evict-oldest` or `refuse`.
+    public static func whenExceeded(optionName: String) -> WhenExceeded? {
+        switch optionName {
+        case "evict-oldest": .invalidateLeastRecentlyUsed
+        case "refuse": .refuseNewLogin
+        default: nil
+        }
+    }
+
+    /// The limit of the options `--max-sessions-per-user` (nil: none; 1...10,000) and
+    /// `--when-exceeded`; throws a message naming the option that is wrong.
+    public static func fromOptions(maxSessionsPerUser: Int?, whenExceeded name: String) throws(SessionStoreError)
+        -> PrincipalSessionLimit?
+    {
+        guard let whenExceeded = whenExceeded(optionName: name) else {
+            throw SessionStoreError(.invalidValue, "--when-exceeded must be evict-oldest or refuse, not '\(name)'")
+        }
+        guard let maxSessionsPerUser else { return nil }
+        guard (1...10_000).contains(maxSessionsPerUser) else {
+            throw SessionStoreError(.invalidValue, "--max-sessions-per-user must be 1...10000")
+        }
+        return PrincipalSessionLimit(maxSessions: maxSessionsPerUser, whenExceeded: whenExceeded)
+    }
+
     /// At least 1.
     public var maxSessions: Int
     public var whenExceeded: WhenExceeded

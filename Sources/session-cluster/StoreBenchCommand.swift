@@ -41,6 +41,9 @@ extension SessionClusterCommand {
         @Option(help: "Size of each session's string attribute, in bytes.")
         var attributeBytes = 100
 
+        @Flag(help: "Log every session in first (four sessions per user): the round trips then keep the principal index.")
+        var loggedIn = false
+
         @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
         var logLevel = "warning"
 
@@ -58,6 +61,7 @@ extension SessionClusterCommand {
             bench.window = window.value
             bench.sessions = sessions
             bench.attributeBytes = attributeBytes
+            bench.loggedIn = loggedIn
             return bench
         }
 

@@ -45,9 +45,19 @@ struct DemoNodeApp {
         router.post("/api/login") { request, context in
             let body = try await request.body.collect(upTo: 16 * 1024)
             return Self.json(
-                try await DemoAPI.login(node: nodeID, body: Array(body.readableBytesView)) {
-                    try await context.session()
-                })
+                try await DemoAPI.login(
+                    node: nodeID, body: Array(body.readableBytesView), client: request.headers[.userAgent]
+                ) { try await context.session() })
+        }
+        router.get("/api/sessions") { _, context in
+            Self.json(try await DemoAPI.userSessions(node: nodeID, session: try await context.session()))
+        }
+        router.post("/api/sessions/revoke-others") { _, context in
+            Self.json(try await DemoAPI.revokeOtherSessions(node: nodeID, session: try await context.session()))
+        }
+        router.delete("/api/sessions/:handle") { _, context in
+            let handle = context.parameters.get("handle") ?? ""
+            return Self.json(try await DemoAPI.revokeSession(node: nodeID, handle: handle, session: try await context.session()))
         }
         router.post("/api/logout") { _, context in
             Self.json(try await DemoAPI.logout(node: nodeID, session: try await context.session()))
@@ -59,6 +69,8 @@ struct DemoNodeApp {
     func shutdown() async throws {
         try await manager.shutdown()
     }
+
+    static func json(_ answer: PrincipalSessionsAnswer) -> Response { json(answer.body, status: answer.status) }
 
     static func json(_ text: String, status: Int = 200) -> Response {
         Response(

@@ -42,7 +42,18 @@ struct DemoNodeRoutes: Sendable {
         }
         app.on(.POST, "api", "login", body: .collect(maxSize: "16kb")) { req async throws -> Response in
             let body = req.body.data.map { Array($0.readableBytesView) } ?? []
-            return Self.json(try await DemoAPI.login(node: nodeID, body: body) { try await req.clusterSession() })
+            let client = req.headers.first(name: .userAgent)
+            return Self.json(try await DemoAPI.login(node: nodeID, body: body, client: client) { try await req.clusterSession() })
+        }
+        app.get("api", "sessions") { req async throws -> Response in
+            Self.json(try await DemoAPI.userSessions(node: nodeID, session: try await req.clusterSession()))
+        }
+        app.post("api", "sessions", "revoke-others") { req async throws -> Response in
+            Self.json(try await DemoAPI.revokeOtherSessions(node: nodeID, session: try await req.clusterSession()))
+        }
+        app.delete("api", "sessions", ":handle") { req async throws -> Response in
+            let handle = req.parameters.get("handle") ?? ""
+            return Self.json(try await DemoAPI.revokeSession(node: nodeID, handle: handle, session: try await req.clusterSession()))
         }
         app.post("api", "logout") { req async throws -> Response in
             Self.json(try await DemoAPI.logout(node: nodeID, session: try await req.clusterSession()))
@@ -53,6 +64,8 @@ struct DemoNodeRoutes: Sendable {
     func shutdown() async throws {
         try await manager.shutdown()
     }
+
+    static func json(_ answer: PrincipalSessionsAnswer) -> Response { json(answer.body, status: answer.status) }
 
     static func json(_ text: String, status: Int = 200) -> Response {
         Response(

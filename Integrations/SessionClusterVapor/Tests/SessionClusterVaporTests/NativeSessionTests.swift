@@ -105,6 +105,32 @@ import VaporTesting
     }
 
     @Test(arguments: StoreKind.allCases)
+    func aUsersSessionsAreListedOnEitherNodeAndRevokeOthersEndsThem(_ kind: StoreKind) async throws {
+        try await withNodes(kind) { a, b in
+            let (phone, laptop) = (CookieJar(), CookieJar())
+            _ = try await a.demo(.POST, "/api/login", jar: phone, body: #"{"user":"ada"}"#, headers: ["User-Agent": "phone"])
+            _ = try await b.demo(.POST, "/api/login", jar: laptop, body: #"{"user":"ada"}"#, headers: ["User-Agent": "laptop"])
+            var listed: UserSessionsAnswer?
+            for _ in 0..<60 {  // replicate: the other login arrives a moment later
+                let response = try await b.call(.GET, "/api/sessions", jar: phone)
+                #expect(response.status == .ok)
+                listed = try JSONDecoder().decode(UserSessionsAnswer.self, from: Data(response.body.readableBytesView))
+                if listed?.sessions.count == 2 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(listed?.user == "ada")
+            #expect(Set(listed?.sessions.compactMap(\.client) ?? []) == ["phone", "laptop"])
+            #expect(listed?.sessions.filter(\.current).map(\.client) == ["phone"])
+            let revoked = try await a.call(.POST, "/api/sessions/revoke-others", jar: laptop)
+            #expect(String(buffer: revoked.body) == #"{"node":"a","revoked":1}"#)
+            #expect(try await b.demo(.GET, "/api/session", jar: phone).user == nil, "the phone is logged out")
+            #expect(try await b.demo(.GET, "/api/session", jar: laptop).user == "ada")
+            #expect(try await a.call(.GET, "/api/sessions", jar: CookieJar()).status == .unauthorized)
+            #expect(try await a.call(.DELETE, "/api/sessions/AAAAAAAAAAAAAAAAAAAAAA", jar: laptop).status == .notFound)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
     func idempotentRetriesRunOnce(_ kind: StoreKind) async throws {
         try await withNodes(kind) { a, b in
             let jar = CookieJar()

@@ -77,4 +77,43 @@ public final class ClusterSession: Sendable {
         let core = core
         try await executor.run { try core.invalidate() }
     }
+
+    // MARK: Sessions by user (the core's `Session+Principal`)
+
+    /// The user the session is logged in as, or nil.
+    public var principal: String? { core.principal }
+
+    /// Logs the session in as `principal` under a new ID in the principal's slot, keeping its
+    /// attributes; returns how many of the user's sessions the per-user limit ended. Throws
+    /// `principalLimitReached` (409) under `refuseNewLogin`.
+    @discardableResult
+    public func logIn(as principal: String, client: String? = nil) async throws -> Int {
+        let core = core
+        return try await executor.run { try core.logIn(as: principal, client: client) }
+    }
+
+    /// Logs out but keeps the session (under a new ID); `invalidate()` ends it instead.
+    public func logOut() async throws {
+        let core = core
+        try await executor.run { try core.logOut() }
+    }
+
+    /// Every live session of the user, this one marked `current`; nil when not logged in.
+    public func principalSessions() async throws -> [PrincipalSessionInfo]? {
+        let core = core
+        return try await executor.run { try core.principalSessions() }
+    }
+
+    /// Ends the user's session that `handle` names; false when the user has none with it.
+    public func invalidatePrincipalSession(_ handle: SessionHandle) async throws -> Bool {
+        let core = core
+        return try await executor.run { try core.invalidatePrincipalSession(handle) }
+    }
+
+    /// Ends every other session of the user; returns how many.
+    @discardableResult
+    public func invalidateOtherPrincipalSessions() async throws -> Int {
+        let core = core
+        return try await executor.run { try core.invalidateOtherPrincipalSessions() }
+    }
 }

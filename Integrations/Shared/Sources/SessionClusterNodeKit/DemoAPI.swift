@@ -8,14 +8,16 @@ import SessionCore
 import SystemSupport
 
 /// The demo node's API (`GET /api/session`, `POST /api/counter`,
-/// `POST /api/login`, `POST /api/logout`, `GET /healthz`) as plain functions
+/// `POST /api/login`, `POST /api/logout`, `GET /healthz`, and "your devices":
+/// `GET /api/sessions`, `POST /api/sessions/revoke-others`,
+/// `DELETE /api/sessions/{handle}`) as plain functions
 /// over a `ClusterSession`, so the Hummingbird and Vapor examples answer
 /// byte for byte like `session-cluster node`.
 public enum DemoAPI {
     /// `{"node": ..., "count": N, "user": ... | null}`.
     public static func sessionJSON(node: String, session: ClusterSession) throws -> String {
         let count = try session.get("count", as: Int64.self) ?? 0
-        let user = try session.get("user", as: String.self).map(jsonQuoted) ?? "null"
+        let user = session.principal.map(jsonQuoted) ?? "null"
         return "{\"node\":\(jsonQuoted(node)),\"count\":\(count),\"user\":\(user)}"
     }
 
@@ -25,11 +27,12 @@ public enum DemoAPI {
         return "{\"node\":\(jsonQuoted(node)),\"count\":\(count)}"
     }
 
-    /// `POST /api/login` with `{"user": "name"}`: new session ID, then the user.
+    /// `POST /api/login` with `{"user": "name"}`: logs the session in as the user (a new ID),
+    /// `client` describing the device (its `User-Agent`).
     /// Throws a 400 `SessionErrorAnswer` for a bad body.
-    public static func login(node: String, body: [UInt8], session: () async throws -> ClusterSession) async throws
-        -> String
-    {
+    public static func login(
+        node: String, body: [UInt8], client: String? = nil, session: () async throws -> ClusterSession
+    ) async throws -> String {
         struct Login: Decodable { var user: String }
         guard let login = try? JSONDecoder().decode(Login.self, from: Data(body)) else {
             throw SessionErrorAnswer(
@@ -40,8 +43,7 @@ public enum DemoAPI {
             throw SessionErrorAnswer(status: 400, code: "bad_request", message: "user must be 1 to 64 bytes")
         }
         let session = try await session()
-        try await session.regenerateID()
-        try session.set("user", user)
+        try await session.logIn(as: user, client: client ?? "unknown client")
         return try sessionJSON(node: node, session: session)
     }
 
@@ -49,6 +51,23 @@ public enum DemoAPI {
     public static func logout(node: String, session: ClusterSession) async throws -> String {
         try await session.invalidate()
         return "{\"node\":\(jsonQuoted(node)),\"count\":0,\"user\":null}"
+    }
+
+    /// `GET /api/sessions`: the user's sessions (`PrincipalSessionsAnswer.list`).
+    public static func userSessions(node: String, session: ClusterSession) async throws -> PrincipalSessionsAnswer {
+        try await session.executor.run { try PrincipalSessionsAnswer.list(session.core, node: node) }
+    }
+
+    /// `POST /api/sessions/revoke-others` (`PrincipalSessionsAnswer.revokeOthers`).
+    public static func revokeOtherSessions(node: String, session: ClusterSession) async throws -> PrincipalSessionsAnswer {
+        try await session.executor.run { try PrincipalSessionsAnswer.revokeOthers(session.core, node: node) }
+    }
+
+    /// `DELETE /api/sessions/{handle}` (`PrincipalSessionsAnswer.revoke`).
+    public static func revokeSession(node: String, handle: String, session: ClusterSession) async throws
+        -> PrincipalSessionsAnswer
+    {
+        try await session.executor.run { try PrincipalSessionsAnswer.revoke(session.core, handle: handle, node: node) }
     }
 
     /// `GET /healthz`: status and body. A draining node (a lame duck, see `LameDuck`)

@@ -90,6 +90,21 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
     @Option(help: "The most sessions a node holds in memory (memory, replicate); then new sessions get 503.")
     public var maxSessions = 1_000_000
 
+    @Option(help: "The most sessions one logged-in user may hold (every node must have the same); default: no limit.")
+    public var maxSessionsPerUser: Int?
+
+    @Option(help: "With --max-sessions-per-user: evict-oldest (the user's least recently used session is logged out) or refuse (the new login gets 409).")
+    public var whenExceeded = "evict-oldest"
+
+    /// The per-user session limit of `--max-sessions-per-user` and `--when-exceeded`; nil for none.
+    public func principalLimit() throws -> PrincipalSessionLimit? {
+        do {
+            return try PrincipalSessionLimit.fromOptions(maxSessionsPerUser: maxSessionsPerUser, whenExceeded: whenExceeded)
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
     /// Threads for blocking store calls.
     @Option(help: "Threads that run the blocking store calls (off the event loops).")
     public var storeThreads = 64
@@ -117,6 +132,7 @@ public struct ExampleNodeOptions: ParsableArguments, Sendable {
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
         guard absoluteTimeout >= 0 else { throw ValidationError("--absolute-timeout must not be negative") }
         guard maxSessions > 0 else { throw ValidationError("--max-sessions must be positive") }
+        _ = try principalLimit()
         guard (1...4096).contains(storeThreads) else { throw ValidationError("--store-threads must be 1...4096") }
         guard (0...600_000).contains(drainDelayMs) else { throw ValidationError("--drain-delay-ms must be 0...600000") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }

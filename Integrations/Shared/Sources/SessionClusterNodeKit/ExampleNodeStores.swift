@@ -30,20 +30,26 @@ public final class ExampleNodeStores: Sendable {
         var replication: ReplicationNode? = nil
         var memory: MemorySessionStore? = nil
         var lock: (any SessionRequestLock)? = nil
+        let principalLimit = try options.principalLimit()
         switch options.store {
         case .memory:
-            let store = MemorySessionStore(expiry: options.expiry, maxSessions: options.maxSessions)
+            let store = MemorySessionStore(
+                expiry: options.expiry, maxSessions: options.maxSessions, principalLimit: principalLimit,
+                nodeName: options.nodeId)
             memory = store
             self.store = store
         case .redis:
             let client = RedisClient(configuration: try options.redisConfiguration(), logger: logger)
             redisClient = client
-            self.store = RedisSessionStore(client: client, expiry: options.expiry, logger: logger)
+            self.store = RedisSessionStore(
+                client: client, expiry: options.expiry, principalLimit: principalLimit, nodeName: options.nodeId,
+                logger: logger)
             if options.exclusiveSessions { lock = RedisSessionLock(client: client, logger: logger) }
         case .replicate:
             let settings = try options.replicationConfiguration()
             let store = ReplicatedSessionStore(
-                node: settings.nodeID, expiry: options.expiry, maxSessions: options.maxSessions)
+                node: settings.nodeID, expiry: options.expiry, maxSessions: options.maxSessions,
+                principalLimit: principalLimit, nodeName: options.nodeId)
             replication = try ReplicationNode(store: store, configuration: settings, logger: logger)
             self.store = store
         }

@@ -143,3 +143,16 @@ public final class CompletionLog: Sendable {
     /// The names so far, in order.
     public var entries: [String] { names.withLock { $0 } }
 }
+
+/// The body of the demo API's `GET /api/sessions`.
+public struct UserSessionsAnswer: Decodable, Sendable {
+    /// One session of the user.
+    public struct Entry: Decodable, Sendable, Equatable {
+        public var handle: String
+        public var node: String?
+        public var client: String?
+        public var current: Bool
+    }
+    public var user: String
+    public var sessions: [Entry]
+}

@@ -12,7 +12,7 @@ import SystemSupport
 ///
 /// Expiry is checked on every read; `sweep()` (or the sweeper thread started
 /// by `startSweeper`) removes expired sessions nobody reads any more.
-public final class MemorySessionStore: SessionStore, IdempotencyStore, PrincipalIndexedStore {
+public final class MemorySessionStore: SessionStore, IdempotencyStore, PrincipalIndexedStore, SessionEventSource {
     public let expiry: SessionExpiry
     public let clock: SessionClock
     /// At most this many sessions; creating one more fails with `capacityExceeded`.
@@ -56,6 +56,13 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
         var records: IdempotencyRecordTable<Record>
         /// Principal → the IDs of its sessions.
         var principals: [String: Set<SessionID>] = [:]
+        /// Events of the current locked step, delivered once the lock is released.
+        var events: [PendingEvent] = []
+
+        /// Removes an expired session; a logged-in one's `expired` event follows.
+        mutating func expire(_ id: SessionID) {
+            if let principal = remove(id)?.principal { events.append(PendingEvent(kind: .expired, id: id, principal: principal)) }
+        }
 
         /// Removes a session and its index entry; returns it.
         @discardableResult
@@ -77,6 +84,8 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
 
     private let contents: Mutex<Contents>
     private let sweeper = RepeatingTimer()
+    /// Where this store's session events go (set `events.current`).
+    public let events: SessionEventHub
 
     public init(
         expiry: SessionExpiry = SessionExpiry(), clock: SessionClock = .system, maxSessions: Int = 1_000_000,
@@ -89,6 +98,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
         self.maxSessionBytes = maxSessionBytes
         self.principalLimit = principalLimit
         self.nodeName = nodeName
+        events = SessionEventHub(node: nodeName)
         contents = Mutex(Contents(records: IdempotencyRecordTable(limits: idempotencyLimits)))
     }
 
@@ -100,12 +110,29 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
     /// The number of sessions held, expired ones not yet swept included.
     public var count: Int { contents.withLock { $0.sessions.count } }
 
+    /// Runs `body` under the lock, then delivers the events it recorded.
+    private func locked<T>(_ body: (inout Contents) throws -> T) rethrows -> T {
+        var events: [PendingEvent] = []
+        defer { deliver(events) }
+        return try contents.withLock { contents in
+            defer {
+                events = contents.events
+                contents.events = []
+            }
+            return try body(&contents)
+        }
+    }
+
+    private func deliver(_ pending: [PendingEvent]) {
+        if !pending.isEmpty { events.emit(pending, atMillis: clock.nowMillis()) }
+    }
+
     public func load(_ id: SessionID) throws -> SessionSnapshot? {
         let now = clock.nowMillis()
-        return contents.withLock { contents -> SessionSnapshot? in
+        return locked { contents -> SessionSnapshot? in
             guard var entry = contents.sessions[id] else { return nil }
             if expiry.isExpired(createdAt: entry.createdAt, lastAccess: entry.lastAccess, now: now) {
-                contents.remove(id)
+                contents.expire(id)
                 return nil
             }
             if now - entry.lastAccess >= expiry.touchIntervalMillis {
@@ -121,7 +148,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
     public func apply(_ delta: SessionDelta) throws -> AppliedDelta? {
         try delta.checkPrincipalUntouched()
         let now = clock.nowMillis()
-        return try contents.withLock { contents throws(SessionStoreError) -> AppliedDelta? in
+        return try locked { contents throws(SessionStoreError) -> AppliedDelta? in
             if let key = delta.idempotencyRecord?.key, let record = contents.records[key], record.expiresAt > now,
                 case .completed = record.state
             {
@@ -134,7 +161,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
             {
                 entry = existing
             } else {
-                contents.remove(delta.id)
+                contents.expire(delta.id)
                 guard delta.createIfMissing else { return nil }
                 if contents.sessions.count >= maxSessions {
                     removeExpired(&contents, now: now)
@@ -167,6 +194,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
             entry.version += 1
             entry.lastAccess = now
             contents.sessions[delta.id] = entry
+            if created { contents.events.append(PendingEvent(kind: .created, id: delta.id)) }
             if let record = delta.idempotencyRecord {
                 contents.records.set(
                     record.key,
@@ -180,26 +208,34 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
 
     public func regenerate(_ id: SessionID, to newID: SessionID) throws -> Bool {
         let now = clock.nowMillis()
-        return contents.withLock { contents in
-            guard var entry = contents.remove(id),
-                !expiry.isExpired(createdAt: entry.createdAt, lastAccess: entry.lastAccess, now: now)
-            else { return false }
+        return locked { contents in
+            guard let existing = contents.sessions[id] else { return false }
+            if expiry.isExpired(createdAt: existing.createdAt, lastAccess: existing.lastAccess, now: now) {
+                contents.expire(id)
+                return false
+            }
+            guard var entry = contents.remove(id) else { return false }
             entry.lastAccess = now
             entry.version += 1
             contents.insert(entry, as: newID)
+            contents.events.append(PendingEvent(kind: .regenerated, id: newID, previous: id, principal: entry.principal))
             return true
         }
     }
 
     public func invalidate(_ id: SessionID) throws {
-        _ = contents.withLock { $0.remove(id) }
+        locked { contents in
+            if let entry = contents.remove(id) {
+                contents.events.append(PendingEvent(kind: .invalidated, id: id, principal: entry.principal))
+            }
+        }
     }
 
     /// Removes expired sessions and idempotency records; returns how many sessions.
     @discardableResult
     public func sweep() -> Int {
         let now = clock.nowMillis()
-        return contents.withLock { removeExpired(&$0, now: now) }
+        return locked { removeExpired(&$0, now: now) }
     }
 
     @discardableResult
@@ -207,7 +243,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
         let expired = contents.sessions.filter {
             expiry.isExpired(createdAt: $0.value.createdAt, lastAccess: $0.value.lastAccess, now: now)
         }
-        for id in expired.keys { contents.remove(id) }
+        for id in expired.keys { contents.expire(id) }
         contents.records.removeExpired(now: now)
         return expired.count
     }
@@ -217,7 +253,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
     public func changePrincipal(_ change: PrincipalChange) throws -> PrincipalChangeResult {
         if let principal = change.principal { try SessionPrincipal.validate(principal) }
         let now = clock.nowMillis()
-        return try contents.withLock { contents throws(SessionStoreError) -> PrincipalChangeResult in
+        return try locked { contents throws(SessionStoreError) -> PrincipalChangeResult in
             var entry: Entry
             if let id = change.id, let existing = contents.sessions[id],
                 !expiry.isExpired(createdAt: existing.createdAt, lastAccess: existing.lastAccess, now: now)
@@ -246,16 +282,23 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
             entry.principal = change.principal
             entry.lastAccess = now
             entry.version += 1
-            if let id = change.id { contents.remove(id) }
-            for id in evicted { contents.remove(id) }
+            let existed = change.id.map { contents.remove($0) != nil } ?? false
+            for id in evicted {
+                contents.remove(id)
+                contents.events.append(PendingEvent(kind: .evicted, id: id, principal: change.principal))
+            }
             contents.insert(entry, as: change.newID)
+            contents.events.append(
+                PendingEvent(
+                    kind: change.principal == nil ? .principalCleared : .principalSet, id: change.newID,
+                    previous: existed ? change.id : nil, principal: change.principal))
             return PrincipalChangeResult(evicted: evicted)
         }
     }
 
     public func sessions(ofPrincipal principal: String) throws -> [PrincipalSessionEntry] {
         let now = clock.nowMillis()
-        return contents.withLock { liveSessions(of: principal, in: &$0, now: now) }
+        return locked { liveSessions(of: principal, in: &$0, now: now) }
             .sorted { ($0.createdAtMillis, $0.id.rawValue) < ($1.createdAtMillis, $1.id.rawValue) }
     }
 
@@ -265,7 +308,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
         for id in contents.principals[principal] ?? [] {
             guard let entry = contents.sessions[id] else { continue }
             if expiry.isExpired(createdAt: entry.createdAt, lastAccess: entry.lastAccess, now: now) {
-                contents.remove(id)
+                contents.expire(id)
                 continue
             }
             let client = entry.attributes[SessionPrincipal.clientAttribute].flatMap(decodeJSONString)

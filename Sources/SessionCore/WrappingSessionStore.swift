@@ -3,7 +3,7 @@
 /// them, or delays them in a test, implements only `around`. Read tokens,
 /// idempotency calls and principal listings go straight through; a login or
 /// logout (`changePrincipal`) passes the hook as "changePrincipal".
-public protocol WrappingSessionStore: ReadYourWritesStore, IdempotencyStore, PrincipalIndexedStore {
+public protocol WrappingSessionStore: ReadYourWritesStore, IdempotencyStore, PrincipalIndexedStore, SessionEventSource {
     /// The store underneath.
     var base: any SessionStore & IdempotencyStore { get }
 
@@ -41,6 +41,9 @@ extension WrappingSessionStore {
     public func abandon(key: String) throws { try base.abandon(key: key) }
 
     public var principalLimit: PrincipalSessionLimit? { (base as? any PrincipalIndexedStore)?.principalLimit }
+
+    /// The base's events (every store of this package has them; another base's never fire).
+    public var events: SessionEventHub { (base as? any SessionEventSource)?.events ?? SessionEventHub(node: nil) }
 
     public func changePrincipal(_ change: PrincipalChange) throws -> PrincipalChangeResult {
         try around("changePrincipal", session: change.newID) { try principalBase().changePrincipal(change) }

@@ -66,9 +66,26 @@ extension RedisSessionStore {
             throw SessionStoreError(.unavailable, "unexpected reply from the login script: \(reply)")
         }
         if status == -4, let limit { throw SessionStoreError.principalLimitReached(limit) }
-        guard status == 1 else { throw SessionStoreError(.unavailable, "unexpected status \(status) from the login script") }
-        let evicted = items.dropFirst().compactMap { $0.string.flatMap(SessionID.init(rawValue:)) }
-        if let id = change.id { try invalidate(id) }
+        guard status == 1, items.count >= 2, let deadline = items[1].int else {
+            throw SessionStoreError(.unavailable, "unexpected reply from the login script: \(reply)")
+        }
+        let evicted = items.dropFirst(2).compactMap { $0.string.flatMap(SessionID.init(rawValue:)) }
+        var existed = false
+        if let id = change.id {
+            existed = !copied.isEmpty || created != 0
+            try invalidate(id, as: nil)  // part of the login: no event of its own
+        }
+        let now = SessionClock.system.nowMillis()
+        if let principal = change.principal {
+            for id in evicted {
+                try unschedule(id, principal: principal)
+                events.emit(.evicted, id, principal: principal, atMillis: now)
+            }
+            try schedule(change.newID, principal: principal, deadlineMillis: deadline)
+        }
+        events.emit(
+            change.principal == nil ? .principalCleared : .principalSet, change.newID, previous: existed ? change.id : nil,
+            principal: change.principal, atMillis: now)
         return PrincipalChangeResult(evicted: evicted)
     }
 
@@ -126,12 +143,13 @@ extension RedisSessionStore {
     /// KEYS[1] the new session, KEYS[2] the principal index of its slot; ARGV idle, absolute,
     /// principal ("" to log out), its JSON, client JSON, node, limit (0: none), 'e' evict or 'r'
     /// refuse, the old ID (not counted), its creation time (0: none), the session key prefix of
-    /// the slot, the new ID, then (field, value) pairs to copy. {1, evicted IDs...} or {-4}.
+    /// the slot, the new ID, then (field, value) pairs to copy. {1, the new session's expiry
+    /// time, evicted IDs...} or {-4}.
     static let changePrincipalScript = RedisScript(name: "session-change-principal", source: prelude + principalEntries + """
         local key, idx = KEYS[1], KEYS[2]
         local name, principal, client, node = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
         local max, oldID, created, sessionPrefix = tonumber(ARGV[7]), ARGV[9], tonumber(ARGV[10]), ARGV[11]
-        local out = {1}
+        local out = {1, 0}
         if name ~= '' and max > 0 then
           local live = {}
           for _, e in ipairs(liveEntries(idx, name, sessionPrefix, {'meta:access'})) do
@@ -176,6 +194,7 @@ extension RedisSessionStore {
           reindex(idx, principal, ARGV[12], left)
           fitExpiry(idx)
         end
+        out[2] = now + left
         return out
         """)
 

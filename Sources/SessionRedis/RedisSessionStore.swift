@@ -1,5 +1,7 @@
 import Logging
 import SessionCore
+import Synchronization
+import SystemSupport
 
 /// Sessions in Redis (the Spring Session / connect-redis model): nodes keep
 /// nothing, so any node can serve any request, and a node that dies loses no
@@ -26,7 +28,7 @@ import SessionCore
 /// it is reported as `unavailable`. A retry with the same `Idempotency-Key`
 /// is still safe — the record is written by the same script, so the retry
 /// either finds it and replays, or runs for the first time.
-public final class RedisSessionStore: SessionStore, IdempotencyStore, PrincipalIndexedStore {
+public final class RedisSessionStore: SessionStore, IdempotencyStore, PrincipalIndexedStore, SessionEventSource {
     public let expiry: SessionExpiry
     public let client: RedisClient
     public let keyPrefix: String
@@ -36,6 +38,10 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore, PrincipalI
     public let principalLimit: PrincipalSessionLimit?
     /// This node's name, written as `meta:node` by every write and touch (listings show it).
     public let nodeName: String?
+    /// Where this store's session events go (set `events.current`; expiries need `startExpirySweeper`).
+    public let events: SessionEventHub
+    let expirySweeper = RepeatingTimer()
+    let sweepIntervalMillis = Atomic<Int>(30_000)
     let logger: Logger
 
     public init(
@@ -49,8 +55,11 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore, PrincipalI
         self.maxSessionBytes = maxSessionBytes
         self.principalLimit = principalLimit
         self.nodeName = nodeName
+        events = SessionEventHub(node: nodeName)
         self.logger = logger
     }
+
+    deinit { expirySweeper.stop() }
 
     /// The Redis key of a session: `<prefix>{<slot tag>}:<id>`.
     public func key(for id: SessionID) -> [UInt8] { Array("\(keyPrefix){\(id.slotTag)}:\(id.rawValue)".utf8) }
@@ -180,6 +189,7 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore, PrincipalI
                 if let field = items[i].string, let value = items[i + 1].int { counters[String(field.dropFirst(5))] = value }
                 i += 2
             }
+            if created == 1 { events.emit(.created, delta.id, atMillis: SessionClock.system.nowMillis()) }
             return AppliedDelta(version: UInt64(version), counters: counters, created: created == 1)
         default:
             throw SessionStoreError(.unavailable, "unexpected status \(status) from the apply script")
@@ -196,14 +206,27 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore, PrincipalI
         let reply = try run(
             Self.regenerateScript, keys: [old, new, principalIndexKey(slotTag: id.slotTag), principalIndexKey(slotTag: newID.slotTag)],
             args: timeArguments + [id.rawValue.redisBytes, newID.rawValue.redisBytes], durability: durability)
-        return reply.int == 1
+        guard let items = reply.array, items.first?.int == 1 else { return false }
+        let principal = items.count > 1 ? items[1].bytes.flatMap(decodeJSONString) : nil
+        if let principal { try reschedule(from: id, to: newID, principal: principal) }
+        events.emit(.regenerated, newID, previous: id, principal: principal, atMillis: SessionClock.system.nowMillis())
+        return true
     }
 
     /// Deletes the session and its principal index entry, in one script.
     public func invalidate(_ id: SessionID) throws {
-        _ = try run(
+        try invalidate(id, as: .invalidated)
+    }
+
+    /// Deletes the session and its index entry; reports `kind` (nil: nothing) when it existed.
+    func invalidate(_ id: SessionID, as kind: SessionEvent.Kind?) throws {
+        let reply = try run(
             Self.invalidateScript, keys: [key(for: id), principalIndexKey(slotTag: id.slotTag)], args: [id.rawValue.redisBytes],
             durability: durability)
+        guard let items = reply.array, items.first?.int == 1 else { return }
+        let principal = items.count > 1 ? items[1].bytes.flatMap(decodeJSONString) : nil
+        if let principal { try unschedule(id, principal: principal) }
+        if let kind { events.emit(kind, id, principal: principal, atMillis: SessionClock.system.nowMillis()) }
     }
 
     /// A metadata field's integer value in an HGETALL reply.
@@ -543,14 +566,15 @@ public final class RedisSessionStore: SessionStore, IdempotencyStore, PrincipalI
           redis.call('ZREM', KEYS[3], cjson.decode(meta[3]) .. '\\n' .. ARGV[3])
           reindex(KEYS[4], meta[3], ARGV[4], ttl(created))
         end
-        return 1
+        return {1, meta[3]}
         """)
 
-    /// KEYS[1] session, KEYS[2] its principal index; ARGV ID. Deletes both the session and its entry.
+    /// KEYS[1] session, KEYS[2] its principal index; ARGV ID. Deletes both the session and its entry;
+    /// {1, principal JSON or nil} when the session existed, {0} otherwise.
     static let invalidateScript = RedisScript(name: "session-invalidate", source: """
         local p = redis.call('HGET', KEYS[1], 'attr:sessioncluster.principal')
-        redis.call('DEL', KEYS[1])
+        if redis.call('DEL', KEYS[1]) == 0 then return {0} end
         if p then redis.call('ZREM', KEYS[2], cjson.decode(p) .. '\\n' .. ARGV[1]) end
-        return 1
+        return {1, p}
         """)
 }

@@ -47,6 +47,13 @@ extension ReplicatedSessionStore {
             try changePrincipalLocked(change, principalJSON, &contents, now: now, evicted: &evicted)
         }
         guard emit(updates, servedSince: epoch) else { throw notServing() }
+        let existed = change.id.map { id in updates.contains { $0.id == id } } ?? false
+        deliverEvents(
+            evicted.map { PendingEvent(kind: .evicted, id: $0, principal: change.principal) } + [
+                PendingEvent(
+                    kind: change.principal == nil ? .principalCleared : .principalSet, id: change.newID,
+                    previous: existed ? change.id : nil, principal: change.principal)
+            ])
         return PrincipalChangeResult(evicted: evicted)
     }
 
@@ -108,6 +115,7 @@ extension ReplicatedSessionStore {
         try checkReady()
         let now = clock.nowMillis()
         let json = Array(jsonQuoted(principal).utf8)
+        defer { deliverEvents() }
         return contents.withLock { liveSessions(json, in: &$0, now: now) }
             .map { id, session in
                 PrincipalSessionEntry(

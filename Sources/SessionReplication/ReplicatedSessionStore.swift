@@ -26,7 +26,7 @@ import SystemSupport
 /// live sessions are never dropped. `maxSessionBytes` caps a local write
 /// (`sessionTooLarge`, nothing written). Merges ignore both caps: the peer
 /// already admitted the write, and refusing it would make the nodes diverge.
-public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore, PrincipalIndexedStore {
+public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore, PrincipalIndexedStore, SessionEventSource {
     public let expiry: SessionExpiry
     public let clock: SessionClock
     /// Stamps every local change; moved past every merged update.
@@ -74,6 +74,8 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
         /// A principal's JSON bytes → its sessions that are not invalidated (expired ones
         /// included until swept or read).
         private(set) var principals: [[UInt8]: Set<SessionID>] = [:]
+        /// Expiries of logged-in sessions not yet delivered (`deliverEvents`); only while listened to.
+        var expired: [PendingEvent] = []
 
         /// A session or tombstone; setting it keeps the principal index.
         subscript(id: SessionID) -> ReplicatedSession? {
@@ -96,11 +98,11 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
             session.isInvalidated ? nil : session.attributes[SessionPrincipal.attribute]?.base
         }
 
-        /// Removes every session for which `isRemoved` holds; returns how many.
-        mutating func removeSessions(where isRemoved: (ReplicatedSession) -> Bool) -> Int {
-            let removed = sessions.filter { isRemoved($0.value) }.map(\.key)
-            for id in removed { self[id] = nil }
-            return removed.count
+        /// Removes every session for which `isRemoved` holds; returns them.
+        mutating func removeSessions(where isRemoved: (ReplicatedSession) -> Bool) -> [SessionID: ReplicatedSession] {
+            let removed = sessions.filter { isRemoved($0.value) }
+            for id in removed.keys { self[id] = nil }
+            return removed
         }
 
         mutating func removeAllSessions() {
@@ -127,6 +129,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
         var onFetch: (@Sendable (SessionID, UInt64) -> Int)?
         var onLookup: (@Sendable (String, UInt64) -> Int)?
         var lastPauseEnded: (@Sendable () -> UInt64?)?
+        var liveMembers: (@Sendable () -> [UInt32])?
         var readTokenKey: HMACKey?
         var refusesStaleReads = false
         /// Why the store does not serve, while `isReady` is false.
@@ -175,6 +178,10 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     let lookupCounts = FastLock(KeyLookupCounts())
     let contents: FastLock<Contents>
     let sinks = FastLock(Sinks())
+    /// Where this store's session events go (set `events.current`).
+    public let events: SessionEventHub
+    /// Expiries waiting in `Contents.expired`: `deliverEvents` takes the lock only when there are some.
+    let pendingExpiries = Atomic<Int>(0)
     let sweeper = RepeatingTimer()
     let ready = Atomic<Bool>(true)
     /// Bumped by every `stopServing`: a write that began in an earlier epoch met a rejoin, and
@@ -238,6 +245,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
         self.principalLimit = principalLimit
         self.nodeName = nodeName
         nodeJSON = nodeName.map { Array(jsonQuoted($0).utf8) }
+        events = SessionEventHub(node: nodeName)
         contents = FastLock(Contents(records: IdempotencyRecordTable(limits: idempotencyLimits)))
         self.catchUpPolicy = catchUpPolicy
         self.expiry = expiry
@@ -367,6 +375,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
             return (session.snapshot(id: id), touch)
         }
         if let touch { emit([touch]) }
+        deliverEvents()
         return snapshot
     }
 
@@ -411,8 +420,12 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
             }
             return (AppliedDelta(version: session.version.packedVersion, counters: counters, created: created), update)
         }
-        guard let (applied, update) = result else { return nil }
+        guard let (applied, update) = result else {
+            deliverEvents()
+            return nil
+        }
         guard emit([update], servedSince: epoch) else { throw notServing() }
+        deliverEvents(applied.created ? [PendingEvent(kind: .created, id: delta.id)] : [])
         return applied
     }
 
@@ -427,22 +440,30 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
             contents[newID] = moved
             return updates
         }
-        guard let updates else { return false }
+        guard let updates else {
+            deliverEvents()
+            return false
+        }
         guard emit(updates, servedSince: epoch) else { throw notServing() }
+        let principal = updates.first.flatMap { Self.principal(of: $0.state) }
+        deliverEvents([PendingEvent(kind: .regenerated, id: newID, previous: id, principal: principal)])
         return true
     }
 
     public func invalidate(_ id: SessionID) throws {
         let epoch = try checkReady()
         let now = clock.nowMillis()
+        var principal: String?
         let update = contents.withLock { contents -> SessionUpdate? in
             guard var session = live(&contents, id, now: now) else { return nil }
+            principal = Self.principal(of: session)
             session.touch(nowMillis: now)  // the tombstone lives an idle timeout from now
             session.invalidate(at: hlc.now())
             contents[id] = session
             return SessionUpdate(id: id, session: session)
         }
         if let update, !emit([update], servedSince: epoch) { throw notServing() }
+        deliverEvents(update == nil ? [] : [PendingEvent(kind: .invalidated, id: id, principal: principal)])
     }
 
     // MARK: Expiry
@@ -451,6 +472,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     @discardableResult
     public func sweep() -> Int {
         let now = clock.nowMillis()
+        defer { deliverEvents() }
         return contents.withLock { removeExpired(&$0, now: now) }
     }
 
@@ -475,6 +497,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
         guard let session = contents.sessions[id] else { return nil }
         if isExpired(session, now: now) {
             contents[id] = nil
+            recordExpiry(of: id, session, in: &contents)
             return nil
         }
         if session.isInvalidated || isOverLimit(session, contents, now: now) { return nil }
@@ -493,8 +516,9 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     @discardableResult
     func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
         let removed = contents.removeSessions { isExpired($0, now: now) }
+        for (id, session) in removed { recordExpiry(of: id, session, in: &contents) }
         contents.records.removeExpired(now: now)
-        return removed
+        return removed.count
     }
 
     /// Attribute names and values, as `MemorySessionStore` counts them.

@@ -194,6 +194,9 @@ public final class ReplicationNode: Sendable {
         // After this node was itself frozen, every connected peer is asked, lagging or not,
         // whatever `keyLookups` says: its clients' retries ran on them meanwhile (PauseDetector).
         store.lastPauseEnded = { pause.lastResume(now: monotonicNanos()) }
+        // Who reports an expiry: this node and the peers it is connected to (rendezvous owner).
+        let me = configuration.nodeID
+        store.liveMembers = { [me] + links.filter(\.isConnected).compactMap(\.peerNodeID) }
         store.onLookup = { key, request in
             if pause.pausedRecently(now: monotonicNanos()) {
                 core.counters.add(\.keyLookupsAfterPause)
@@ -349,6 +352,7 @@ public final class ReplicationNode: Sendable {
         store.onFetch = nil
         store.onLookup = nil
         store.lastPauseEnded = nil
+        store.liveMembers = nil
         pauseDetector.stop()
         metrics.stopRefreshing()
         for link in links { link.stop() }

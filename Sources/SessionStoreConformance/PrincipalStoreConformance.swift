@@ -8,6 +8,8 @@ public protocol PrincipalStoreHarness: Sendable {
     func makeStore(expiry: SessionExpiry, principalLimit: PrincipalSessionLimit?) throws -> any PrincipalIndexedStore
     /// Lets `millis` pass for the store.
     func advance(millis: Int64)
+    /// Runs the store's expiry sweep once (what its sweeper does on a timer).
+    func sweep(_ store: any PrincipalIndexedStore) throws
 }
 
 /// The behaviour every `PrincipalIndexedStore` must have: logins and logouts
@@ -27,6 +29,7 @@ public enum PrincipalStoreConformance: String, CaseIterable, Sendable, CustomTes
     case concurrentLoginsLeaveExactlyTheLimit
     case aDeltaCannotSetThePrincipal
     case aRevokedSessionIsNotRevivedByAWriteInFlight
+    case eventsReportEachChangeOnce
 
     public var testDescription: String { rawValue }
 
@@ -175,7 +178,55 @@ public enum PrincipalStoreConformance: String, CaseIterable, Sendable, CustomTes
             #expect(try store.apply(SessionDelta(id: revoked, changes: [.increment("n", by: 1)])) == nil)
             #expect(try store.load(revoked) == nil)
             #expect(try store.sessions(ofPrincipal: alice).map(\.id) == [keep])
+
+        case .eventsReportEachChangeOnce:
+            let store = try harness.makeStore(expiry: expiry, principalLimit: PrincipalSessionLimit(maxSessions: 1))
+            let source = try #require(store as? any SessionEventSource, "the store must deliver session events")
+            let heard = Heard()
+            source.events.current = heard
+            func kinds(_ events: [SessionEvent]) -> [SessionEvent.Kind] { events.map(\.kind) }
+            let anonymous = try newSession(store, ["a": "1"])
+            #expect(kinds(heard.take()) == [.created])
+            let moved = SessionID.generate(slotTag: anonymous.slotTag)
+            #expect(try store.regenerate(anonymous, to: moved))
+            let regenerated = heard.take()
+            #expect(kinds(regenerated) == [.regenerated])
+            #expect(regenerated.first?.handle == SessionHandle(of: moved))
+            #expect(regenerated.first?.previous == SessionHandle(of: anonymous))
+            let first = try logIn(store, moved, as: alice)
+            let loggedIn = heard.take()
+            #expect(kinds(loggedIn) == [.principalSet])
+            #expect(loggedIn.first?.handle == SessionHandle(of: first) && loggedIn.first?.previous == SessionHandle(of: moved))
+            #expect(loggedIn.first?.principal == alice)
+            let second = try logIn(store, nil, as: alice)  // the limit is 1: first goes
+            let evicting = heard.take()
+            #expect(kinds(evicting).sorted { $0.rawValue < $1.rawValue } == [.evicted, .principalSet])
+            #expect(evicting.first { $0.kind == .evicted }?.handle == SessionHandle(of: first))
+            let out = SessionID.generate(slotTag: second.slotTag)
+            _ = try store.changePrincipal(PrincipalChange(id: second, newID: out, principal: nil))
+            #expect(kinds(heard.take()) == [.principalCleared])
+            try store.invalidate(out)
+            #expect(kinds(heard.take()) == [.invalidated])
+            try store.invalidate(out)  // gone already: nothing to report
+            #expect(heard.take().isEmpty)
+            // Expiry: a logged-in session is reported once, by the sweep or a read that finds it expired.
+            let expiring = try logIn(store, nil, as: bob)
+            _ = heard.take()
+            harness.advance(millis: expiry.idleTimeoutMillis + 300)
+            try harness.sweep(store)
+            #expect(try store.load(expiring) == nil)
+            try harness.sweep(store)
+            let expired = heard.take()
+            #expect(kinds(expired) == [.expired], "\(expired)")
+            #expect(expired.first?.handle == SessionHandle(of: expiring) && expired.first?.principal == bob)
         }
+    }
+
+    /// The events a store delivers, in order.
+    private final class Heard: SessionEventListener {
+        let events = Mutex<[SessionEvent]>([])
+        func sessionEvent(_ event: SessionEvent) { events.withLock { $0.append(event) } }
+        func take() -> [SessionEvent] { events.withLock { e in defer { e = [] }; return e } }
     }
 
     /// Logs `id` (nil: no session yet) in as `principal`; returns the new ID.

@@ -65,6 +65,10 @@ struct MemoryPrincipalHarness: PrincipalStoreHarness {
         return wrapped ? CountingStore(base: store) : store
     }
     func advance(millis: Int64) { clock.advance(millis: millis) }
+    func sweep(_ store: any PrincipalIndexedStore) throws {
+        let memory = try #require((store as? MemorySessionStore) ?? ((store as? CountingStore)?.base as? MemorySessionStore))
+        memory.sweep()
+    }
 }
 
 @Test(arguments: PrincipalStoreConformance.allCases)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import SessionCore
 import SessionRedis
 import Testing
@@ -76,5 +77,49 @@ struct RedisPrincipalIndexTests {
         try store.invalidate(id)
         #expect(try store.sessions(ofPrincipal: "grace").isEmpty)
         #expect(try client.send(["EXISTS".redisBytes, store.principalIndexKey(slotTag: id.slotTag)]).int == 0)
+    }
+}
+
+/// Expiry events on Redis: three nodes' stores on one Redis, each with a sweeper; every logged-in
+/// session's expiry is reported once, by one of them.
+@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"), .tags(.integration))
+struct RedisExpiryEventTests {
+    final class Heard: SessionEventListener {
+        let events = Mutex<[SessionEvent]>([])
+        func sessionEvent(_ event: SessionEvent) { events.withLock { $0.append(event) } }
+        var expired: [SessionEvent] { events.withLock { $0.filter { $0.kind == .expired } } }
+    }
+
+    @Test func aThousandSessionsOfTenUsersExpireAndEachIsReportedOnceAcrossThreeNodes() throws {
+        let prefix = TestRedis.uniquePrefix()
+        let expiry = SessionExpiry(idleTimeoutMillis: 1_500, absoluteTimeoutMillis: nil)
+        let client = try TestRedis.client()
+        let heard = (0..<3).map { _ in Heard() }
+        let stores = try (0..<3).map { i in
+            let store = RedisSessionStore(
+                client: try TestRedis.client(), expiry: expiry, keyPrefix: prefix, nodeName: "node-\(i)", logger: quietLogger())
+            store.events.current = heard[i]
+            return store
+        }
+        for i in 0..<1_000 {
+            let user = "user-\(i % 10)"
+            _ = try stores[i % 3].changePrincipal(
+                PrincipalChange(id: nil, newID: SessionID.generate(slotTag: SessionPrincipal.slotTag(of: user)), principal: user))
+        }
+        for store in stores { store.startExpirySweeper(intervalMillis: 200) }
+        defer { for store in stores { store.stopExpirySweeper() } }
+        let total = { heard.reduce(0) { $0 + $1.expired.count } }
+        let allReported = waitUntil(timeout: 10) { total() >= 1_000 }
+        usleep(600_000)  // two more sweeps of every node: a duplicate would show now
+        #expect(allReported && total() == 1_000, "\(total()) expired events")
+        let handles = heard.flatMap { $0.expired.map(\.handle) }
+        #expect(Set(handles).count == 1_000, "each session once")
+        #expect(heard.allSatisfy { !$0.expired.isEmpty }, "the nodes share the work: \(heard.map { $0.expired.count })")
+        for user in 0..<10 { #expect(try stores[0].sessions(ofPrincipal: "user-\(user)").isEmpty) }
+        // The index keys and the schedule expire too (the schedule two sweep intervals after its last entry).
+        let empty = waitUntil(timeout: 5) {
+            ((try? client.send(["KEYS".redisBytes, "\(prefix)*".redisBytes]).array?.count) ?? -1) == 0
+        }
+        #expect(empty, "keys left: \(String(describing: try? client.send(["KEYS".redisBytes, "\(prefix)*".redisBytes])))")
     }
 }

@@ -35,6 +35,7 @@ struct RedisPrincipalHarness: PrincipalStoreHarness {
             principalLimit: principalLimit, nodeName: "node-t", logger: quietLogger())
     }
     func advance(millis: Int64) { usleep(UInt32(millis) * 1000) }
+    func sweep(_ store: any PrincipalIndexedStore) throws { try #require(store as? RedisSessionStore).sweepExpired() }
 }
 
 @Suite(.tags(.integration)) struct RedisPrincipalConformanceTests {

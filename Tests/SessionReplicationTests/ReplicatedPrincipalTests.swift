@@ -94,3 +94,38 @@ import Testing
         #expect(try listed(cluster, "ada") == Array(repeating: Set(held), count: 3))
     }
 }
+
+/// Expiry events of replicated stores: each node reports only the sessions it owns among the live
+/// members, so every expiry is reported once across the cluster.
+@Suite struct ReplicatedExpiryEventTests {
+    final class Heard: SessionEventListener {
+        let events = Mutex<[SessionEvent]>([])
+        func sessionEvent(_ event: SessionEvent) { events.withLock { $0.append(event) } }
+        var expired: [SessionEvent] { events.withLock { $0.filter { $0.kind == .expired } } }
+    }
+
+    @Test func aThousandExpiriesOfTenUsersAreEachReportedOnceAcrossThreeNodes() throws {
+        let cluster = StoreCluster(expiry: SessionExpiry(idleTimeoutMillis: 10_000, absoluteTimeoutMillis: nil))
+        let heard = cluster.stores.map { _ in Heard() }
+        for (i, store) in cluster.stores.enumerated() {
+            store.events.current = heard[i]
+            store.liveMembers = { [1, 2, 3] }
+        }
+        for i in 0..<1_000 {
+            let user = "user-\(i % 10)"
+            _ = try cluster.stores[i % 3].changePrincipal(
+                PrincipalChange(id: nil, newID: SessionID.generate(slotTag: SessionPrincipal.slotTag(of: user)), principal: user))
+        }
+        cluster.deliver()
+        cluster.clock.advance(millis: 10_001)
+        for store in cluster.stores { store.sweep() }
+        for store in cluster.stores { store.sweep() }  // a second sweep reports nothing new
+        let handles = heard.flatMap { $0.expired.map(\.handle) }
+        #expect(handles.count == 1_000, "\(heard.map { $0.expired.count })")
+        #expect(Set(handles).count == 1_000)
+        #expect(heard.allSatisfy { $0.expired.count > 200 }, "the nodes share the work: \(heard.map { $0.expired.count })")
+        for store in cluster.stores {
+            for user in 0..<10 { #expect(try store.sessions(ofPrincipal: "user-\(user)").isEmpty) }
+        }
+    }
+}

@@ -26,6 +26,7 @@ struct ReplicatedPrincipalHarness: PrincipalStoreHarness {
         ReplicatedSessionStore(node: 1, expiry: expiry, clock: clock.clock, principalLimit: principalLimit, nodeName: "node-1")
     }
     func advance(millis: Int64) { clock.advance(millis: millis) }
+    func sweep(_ store: any PrincipalIndexedStore) throws { try #require(store as? ReplicatedSessionStore).sweep() }
 }
 
 @Suite struct ReplicatedPrincipalConformanceTests {

@@ -101,10 +101,14 @@ public protocol SessionEventSource {
     var events: SessionEventHub { get }
 }
 
-/// An event recorded under a store's lock, delivered after it (`SessionEventHub.emit`).
+/// An event recorded under a store's lock, delivered after it (`SessionEventHub.emit`). Its
+/// handle is computed at delivery, so nobody pays for it while nobody listens.
 public struct PendingEvent: Sendable {
     public var kind: SessionEvent.Kind
-    public var id: SessionID
+    /// The session, when known by ID (else `knownHandle`).
+    public var id: SessionID?
+    /// The session's handle, when known only by handle.
+    public var knownHandle: SessionHandle?
     public var previous: SessionID?
     public var principal: String?
 
@@ -114,14 +118,26 @@ public struct PendingEvent: Sendable {
         self.previous = previous
         self.principal = principal
     }
+
+    public init(kind: SessionEvent.Kind, handle: SessionHandle, principal: String? = nil) {
+        self.kind = kind
+        knownHandle = handle
+        self.principal = principal
+    }
+
+    /// The session's handle.
+    public var handle: SessionHandle { knownHandle ?? SessionHandle(of: id!) }
 }
 
 extension SessionEventHub {
     /// Delivers events recorded under a lock, stamped `atMillis`.
     public func emit(_ events: [PendingEvent], atMillis: Int64) {
-        guard !events.isEmpty, isListened else { return }
+        guard !events.isEmpty, let listener = current else { return }
         for event in events {
-            emit(event.kind, event.id, previous: event.previous, principal: event.principal, atMillis: atMillis)
+            listener.sessionEvent(
+                SessionEvent(
+                    kind: event.kind, handle: event.handle, previous: event.previous.map(SessionHandle.init(of:)),
+                    principal: event.principal, node: node, atMillis: atMillis))
         }
     }
 }

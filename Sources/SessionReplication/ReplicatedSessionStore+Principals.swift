@@ -26,8 +26,10 @@ import SystemSupport
 extension ReplicatedSessionStore {
     /// The attribute holding the name of the node that last wrote a logged-in session.
     public static let nodeAttribute = "sessioncluster.node"
-    /// The attribute of a logged-in session listing the handles of the sessions its login ended.
+    /// The attribute of a logged-in session listing the handles of the sessions its login evicted.
     public static let evictsAttribute = "sessioncluster.evicts"
+    /// The attribute listing everything its login ended: the evicted sessions and its own old ID.
+    public static let endsAttribute = "sessioncluster.ends"
 
     /// The change that records this node on a logged-in session it writes, when not already there.
     static func nodeChange(_ session: ReplicatedSession, _ nodeJSON: [UInt8]) -> SessionChange? {
@@ -48,12 +50,11 @@ extension ReplicatedSessionStore {
         }
         guard emit(updates, servedSince: epoch) else { throw notServing() }
         let existed = change.id.map { id in updates.contains { $0.id == id } } ?? false
-        deliverEvents(
-            evicted.map { PendingEvent(kind: .evicted, id: $0, principal: change.principal) } + [
-                PendingEvent(
-                    kind: change.principal == nil ? .principalCleared : .principalSet, id: change.newID,
-                    previous: existed ? change.id : nil, principal: change.principal)
-            ])
+        deliverEvents([  // the evictions: by their owners (recordEvictions)
+            PendingEvent(
+                kind: change.principal == nil ? .principalCleared : .principalSet, id: change.newID,
+                previous: existed ? change.id : nil, principal: change.principal)
+        ])
         return PrincipalChangeResult(evicted: evicted)
     }
 
@@ -90,9 +91,9 @@ extension ReplicatedSessionStore {
             session = ReplicatedSession(createdAtMillis: now, at: hlc.now())
         }
         if let principalJSON {
-            let ended = evicted + (change.id.map { [$0] } ?? [])
-            let handles = ended.map { jsonQuoted(SessionHandle(of: $0).rawValue) }.joined(separator: ",")
-            _ = session.set(Self.evictsAttribute, Array("[\(handles)]".utf8), at: hlc.now())
+            // What this login ended, for peers that merge it before the tombstones (empty: none).
+            setHandles(&session, Self.endsAttribute, evicted + (change.id.map { [$0] } ?? []))
+            setHandles(&session, Self.evictsAttribute, evicted)
             _ = session.set(SessionPrincipal.attribute, principalJSON, at: hlc.now())
             if let client = change.client {
                 _ = session.set(SessionPrincipal.clientAttribute, Array(jsonQuoted(client).utf8), at: hlc.now())
@@ -101,12 +102,16 @@ extension ReplicatedSessionStore {
             }
             if let nodeJSON { _ = session.set(Self.nodeAttribute, nodeJSON, at: hlc.now()) }
         } else {
-            for name in [SessionPrincipal.attribute, SessionPrincipal.clientAttribute, Self.nodeAttribute, Self.evictsAttribute]
+            for name in [
+                SessionPrincipal.attribute, SessionPrincipal.clientAttribute, Self.nodeAttribute, Self.evictsAttribute,
+                Self.endsAttribute,
+            ]
             where session.attributes[name]?.base != nil {
                 _ = session.remove(name, at: hlc.now())
             }
         }
         contents[change.newID] = session
+        recordEvictions(named: session, in: &contents, now: now)
         updates.append(SessionUpdate(id: change.newID, session: session))
         return updates
     }
@@ -146,7 +151,7 @@ extension ReplicatedSessionStore {
     func settlePrincipal(after id: SessionID, in contents: inout Contents, now: Int64) {
         guard let session = contents.sessions[id], let principalJSON = Contents.principalKey(session) else { return }
         let live = liveSessions(principalJSON, in: &contents, now: now)
-        let ended = Set(live.flatMap { Self.evicts(of: $0.session) })
+        let ended = Set(live.flatMap { Self.ends(of: $0.session) })
         guard !ended.isEmpty else { return }
         for entry in live where ended.contains(SessionHandle(of: entry.id).rawValue) {
             _ = invalidateLocked(entry.id, in: &contents, now: now)
@@ -171,9 +176,64 @@ extension ReplicatedSessionStore {
         return false
     }
 
-    /// The handles a session's login ended.
-    static func evicts(of session: ReplicatedSession) -> [String] {
-        guard let bytes = session.attributes[evictsAttribute]?.base else { return [] }
+    /// How long a session must stay over its principal's limit before its owner ends it.
+    public static let overLimitSettleMillis: Int64 = 1_000
+
+    /// At a sweep: the sessions over their principal's limit that this node owns (the expiry
+    /// owner, `ReplicatedSessionStore+Events`) and that have been over it for
+    /// `overLimitSettleMillis` — long enough for every login of the moment to have been merged
+    /// everywhere — are invalidated and reported `evicted`, once per cluster. Then delivers the
+    /// sweep's events.
+    func settleOverLimit(now: Int64) {
+        guard let limit = principalLimit else { return deliverEvents() }
+        let members = liveMembers?()
+        let me = hlc.node
+        var updates: [SessionUpdate] = []
+        var evicted: [PendingEvent] = []
+        contents.withLock { contents in
+            var stillOver: [SessionID: Int64] = [:]
+            for (principalJSON, ids) in contents.principals where ids.count > limit.maxSessions {
+                for id in ids {
+                    let handle = SessionHandle(of: id)
+                    guard let session = contents.sessions[id], !isExpired(session, now: now),
+                        isOverLimit(session, contents, now: now),
+                        members.map({ Self.owner(of: handle, among: $0) == me }) ?? true
+                    else { continue }
+                    let since = contents.overLimitSince[id] ?? now
+                    if now - since >= Self.overLimitSettleMillis {
+                        updates.append(invalidateLocked(id, in: &contents, now: now))
+                        if contents.evictionsSeen.updateValue(now, forKey: handle.rawValue) == nil {
+                            evicted.append(PendingEvent(kind: .evicted, handle: handle, principal: decodeJSONString(principalJSON)))
+                        }
+                    } else {
+                        stillOver[id] = since
+                    }
+                }
+            }
+            contents.overLimitSince = stillOver
+        }
+        if !updates.isEmpty { emit(updates) }
+        deliverEvents(evicted)
+    }
+
+    /// Sets `attribute` to the handles of `ids` as a JSON array, or removes it when there are none.
+    private func setHandles(_ session: inout ReplicatedSession, _ attribute: String, _ ids: [SessionID]) {
+        if ids.isEmpty {
+            if session.attributes[attribute]?.base != nil { _ = session.remove(attribute, at: hlc.now()) }
+            return
+        }
+        let list = ids.map { jsonQuoted(SessionHandle(of: $0).rawValue) }.joined(separator: ",")
+        _ = session.set(attribute, Array("[\(list)]".utf8), at: hlc.now())
+    }
+
+    /// The handles a session's login evicted.
+    static func evicts(of session: ReplicatedSession) -> [String] { handles(session, evictsAttribute) }
+
+    /// The handles a session's login ended (evicted, and its own old ID).
+    static func ends(of session: ReplicatedSession) -> [String] { handles(session, endsAttribute) }
+
+    private static func handles(_ session: ReplicatedSession, _ attribute: String) -> [String] {
+        guard let bytes = session.attributes[attribute]?.base else { return [] }
         return (try? JSONDecoder().decode([String].self, from: Data(bytes))) ?? []
     }
 }

@@ -74,8 +74,12 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
         /// A principal's JSON bytes → its sessions that are not invalidated (expired ones
         /// included until swept or read).
         private(set) var principals: [[UInt8]: Set<SessionID>] = [:]
-        /// Expiries of logged-in sessions not yet delivered (`deliverEvents`); only while listened to.
-        var expired: [PendingEvent] = []
+        /// Owner-reported events (expiries, evictions) not yet delivered (`deliverEvents`); only while listened to.
+        var owned: [PendingEvent] = []
+        /// The handles of evictions this node has seen named by a login, and when (pruned by the sweep).
+        var evictionsSeen: [String: Int64] = [:]
+        /// Sessions over their principal's limit that this node owns, since when (`settleOverLimit`).
+        var overLimitSince: [SessionID: Int64] = [:]
 
         /// A session or tombstone; setting it keeps the principal index.
         subscript(id: SessionID) -> ReplicatedSession? {
@@ -180,8 +184,8 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     let sinks = FastLock(Sinks())
     /// Where this store's session events go (set `events.current`).
     public let events: SessionEventHub
-    /// Expiries waiting in `Contents.expired`: `deliverEvents` takes the lock only when there are some.
-    let pendingExpiries = Atomic<Int>(0)
+    /// Events waiting in `Contents.owned`: `deliverEvents` takes the lock only when there are some.
+    let pendingOwned = Atomic<Int>(0)
     let sweeper = RepeatingTimer()
     let ready = Atomic<Bool>(true)
     /// Bumped by every `stopServing`: a write that began in an earlier epoch met a rejoin, and
@@ -472,7 +476,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     @discardableResult
     public func sweep() -> Int {
         let now = clock.nowMillis()
-        defer { deliverEvents() }
+        defer { settleOverLimit(now: now) }
         return contents.withLock { removeExpired(&$0, now: now) }
     }
 
@@ -517,6 +521,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
         let removed = contents.removeSessions { isExpired($0, now: now) }
         for (id, session) in removed { recordExpiry(of: id, session, in: &contents) }
+        contents.evictionsSeen = contents.evictionsSeen.filter { now - $0.value < expiry.idleTimeoutMillis }
         contents.records.removeExpired(now: now)
         return removed.count
     }

@@ -56,6 +56,11 @@ import Testing
     @Test(arguments: Array(1...40) as [UInt64])
     func concurrentLoginsSettleOnExactlyTheLimitOnEveryNode(seed: UInt64) throws {
         let cluster = StoreCluster(principalLimit: PrincipalSessionLimit(maxSessions: 3))
+        let heard = cluster.stores.map { _ in ReplicatedExpiryEventTests.Heard() }
+        for (i, store) in cluster.stores.enumerated() {
+            store.events.current = heard[i]
+            store.liveMembers = { [1, 2, 3] }
+        }
         var rng = SplitMix64(seed: seed)
         var logins: [SessionID] = []
         for _ in 0..<8 {
@@ -69,6 +74,15 @@ import Testing
         for store in cluster.stores {
             for id in logins where !lists[0].contains(id) { #expect(try store.load(id) == nil) }
         }
+        // The sessions over the limit are ended by their owners once settled: 5 evictions in all.
+        for _ in 0..<2 {
+            cluster.clock.advance(millis: ReplicatedSessionStore.overLimitSettleMillis)
+            for store in cluster.stores { store.sweep() }
+        }
+        cluster.deliver(seed: seed &+ 1)
+        let evicted = heard.flatMap { $0.events.withLock { $0.filter { $0.kind == .evicted } } }.map(\.handle)
+        #expect(evicted.count == 5 && Set(evicted).count == 5, "\(evicted.count) evictions reported")
+        #expect(try listed(cluster, "ada") == lists, "the same 3 sessions stay")
     }
 
     @Test func eightThreadsOnThreeNodesUnderALimitOfThreeLeaveThreeEverywhere() throws {

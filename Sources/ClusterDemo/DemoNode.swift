@@ -47,8 +47,12 @@ public final class DemoNode: Sendable {
     public let server: HTTPServer
     let memoryStore: MemorySessionStore?
     let redisClient: RedisClient?
+    /// The Redis store, whose expiry sweeper runs while the node does.
+    let redisStore: RedisSessionStore?
     /// The replication node, for the `replicate` strategy.
     public let replication: ReplicationNode?
+    /// The session events this node delivered (the store's listener).
+    public let events: NodeEvents
     private let ready = ReadinessFlag()
 
     /// Throws when the `replicate` strategy's port or secret is unusable.
@@ -79,7 +83,7 @@ public final class DemoNode: Sendable {
             let memory = MemorySessionStore(
                 expiry: configuration.expiry, maxSessions: configuration.maxSessions,
                 principalLimit: configuration.principalLimit, nodeName: configuration.nodeID)
-            memory.startSweeper(intervalMillis: 30_000)
+            memory.startSweeper(intervalMillis: configuration.sweepIntervalMillis)
             memoryStore = memory
             base = memory
         case .redis:
@@ -97,7 +101,7 @@ public final class DemoNode: Sendable {
             let store = ReplicatedSessionStore(
                 node: settings.nodeID, expiry: configuration.expiry, maxSessions: configuration.maxSessions,
                 principalLimit: configuration.principalLimit, nodeName: configuration.nodeID)
-            store.startSweeper(intervalMillis: 30_000)
+            store.startSweeper(intervalMillis: configuration.sweepIntervalMillis)
             replication = try ReplicationNode(
                 store: store, configuration: settings, logger: logger, metricsFactory: factory)
             base = store
@@ -105,6 +109,11 @@ public final class DemoNode: Sendable {
         self.memoryStore = memoryStore
         self.redisClient = redisClient
         self.replication = replication
+        let events = NodeEvents(logger: logger, metrics: metrics)
+        self.events = events
+        if let source = base as? any SessionEventSource { source.events.current = events }
+        redisStore = base as? RedisSessionStore
+        redisStore?.startExpirySweeper(intervalMillis: configuration.sweepIntervalMillis)
         let store = InstrumentedSessionStore(base, metrics: metrics)
         let sessionConfiguration = try SessionConfiguration(signingKeys: configuration.cookieSecrets, exclusive: exclusive)
         let sessions = SessionMiddleware(store: store, configuration: sessionConfiguration, logger: logger)
@@ -166,6 +175,10 @@ public final class DemoNode: Sendable {
             return .json(try Self.sessionJSON(node: nodeID, session: session))
         }
         Self.routeUserSessions(&api, nodeID: nodeID, metrics: metrics)
+        api.get("/api/events") { request in
+            let answer = events.answer(for: try request.session(), node: nodeID)
+            return .json(answer.body, status: answer.status)
+        }
         api.post("/api/logout") { request in
             try request.session().invalidate()
             return .json("{\"node\":\(jsonQuoted(nodeID)),\"count\":0,\"user\":null}")
@@ -245,6 +258,7 @@ public final class DemoNode: Sendable {
         replication?.shutdown()
         replication?.store.stopSweeper()
         memoryStore?.stopSweeper()
+        redisStore?.stopExpirySweeper()
     }
 }
 

@@ -23,6 +23,9 @@ public struct DemoNodeConfiguration: Sendable {
     public var maxSessions = 1_000_000
     /// The cap on sessions per logged-in user, and what a login past it does; nil for none.
     public var principalLimit: PrincipalSessionLimit?
+    /// How often the store's sweeper runs: expired sessions leave memory, and expiry events go
+    /// out within two of these.
+    public var sweepIntervalMillis = 30_000
 
     public init(
         nodeID: String, host: String = "127.0.0.1", port: Int = 9001, strategy: SessionStrategy = .local,
@@ -57,6 +60,9 @@ extension DemoNodeConfiguration {
             throw DemoNodeConfigurationError("--handler-threads must be 0...4096")
         }
         guard maxSessions > 0 else { throw DemoNodeConfigurationError("--max-sessions must be positive") }
+        guard (50...3_600_000).contains(sweepIntervalMillis) else {
+            throw DemoNodeConfigurationError("--sweep-interval-ms must be 50...3600000")
+        }
         if exclusiveSessions && strategy != .redis {
             throw DemoNodeConfigurationError("--exclusive-sessions needs --strategy redis")
         }

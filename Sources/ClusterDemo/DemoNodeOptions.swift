@@ -61,6 +61,9 @@ public struct DemoNodeOptions: ParsableArguments {
     @Option(help: "With --max-sessions-per-user: evict-oldest (the least recently used session of the user is logged out) or refuse (the new login gets 409).")
     public var whenExceeded = "evict-oldest"
 
+    @Option(help: "How often the store's sweeper runs, in milliseconds: expired sessions are dropped and their events sent within two of these.")
+    public var sweepIntervalMs = 30_000
+
     @Option(help: "Replication addresses of the cluster's nodes, host:port,... (--strategy replicate; may include this node's own).")
     public var peers: String?
 
@@ -142,6 +145,7 @@ public struct DemoNodeOptions: ParsableArguments {
         configuration.exclusiveSessions = exclusiveSessions
         configuration.maxSessions = maxSessions
         configuration.principalLimit = try principalLimit()
+        configuration.sweepIntervalMillis = sweepIntervalMs
         do { try configuration.validate() } catch { throw ValidationError(error.message) }
         if strategy == .replicate { configuration.replication = try replicationConfiguration(nodeID: nodeID) }
         return configuration

@@ -13,7 +13,8 @@ import SystemSupport
 /// `session_store_errors_total{node,operation}`, and what `update` sets: `session_store_sessions`,
 /// `session_idempotency_records{scope}`, `session_idempotency_record_bytes`, `session_idempotency_evictions_total`;
 /// for sessions by user: `session_principal_evictions_total` (sessions logged out by the per-user
-/// limit) and `session_principal_sessions` (a histogram of a user's sessions, at each listing).
+/// limit), `session_principal_sessions` (a histogram of a user's sessions, at each listing) and
+/// `session_events_total{kind}` (the session events this node delivered).
 ///
 /// Every request records here. Each counter and timer is made once (a factory call takes a
 /// lock) and kept: a request counter on its first use, in a slot indexed by method, route and
@@ -24,7 +25,7 @@ public final class NodeMetrics: Sendable {
     /// The routes counted by name; any other path counts as "other".
     static let routes = [
         "/", "/healthz", "/metrics", "/api/session", "/api/counter", "/api/login", "/api/logout", "/api/sessions",
-        "/api/sessions/revoke-others", "other",
+        "/api/sessions/revoke-others", "/api/events", "other",
     ]
     static let methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "other"]
     static let statuses = [
@@ -56,6 +57,7 @@ public final class NodeMetrics: Sendable {
     private let levels: Mutex<Levels>
     private let principalEvictions: CoreMetrics.Counter
     private let principalSessions: Recorder
+    private let events: [CoreMetrics.Counter]
 
     /// Made with `factory`, every series labelled `node`.
     public init(node: String, factory: any MetricsFactory) {
@@ -74,6 +76,14 @@ public final class NodeMetrics: Sendable {
         principalEvictions = CoreMetrics.Counter(
             label: "session_principal_evictions_total", dimensions: [("node", node)], factory: factory)
         principalSessions = Recorder(label: "session_principal_sessions", dimensions: [("node", node)], factory: factory)
+        events = SessionEvent.Kind.allCases.map {
+            CoreMetrics.Counter(label: "session_events_total", dimensions: [("node", node), ("kind", $0.rawValue)], factory: factory)
+        }
+    }
+
+    /// Counts a session event this node delivered.
+    func recordEvent(_ kind: SessionEvent.Kind) {
+        if let i = SessionEvent.Kind.allCases.firstIndex(of: kind) { events[i].increment() }
     }
 
     /// Counts sessions a login ended to keep its user within the per-user limit.

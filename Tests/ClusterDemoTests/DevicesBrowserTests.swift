@@ -48,5 +48,10 @@ import TestSupport
         let shownUser = try DashboardBrowserTests.text(pages[0], "#user") ?? "?"
         #expect(loggedOut, "the first browser shows user \(shownUser)")
         #expect(try DashboardBrowserTests.text(pages[1], "#user") == "ada", "the second browser stays logged in")
+        // The events arrive from whichever node delivered them: the revoke's among them.
+        let eventShown = try pages[1].waitFor(
+            "document.querySelector('#event-list li[data-kind=\"invalidated\"]') !== null", timeout: 15)
+        let eventList = try DashboardBrowserTests.text(pages[1], "#event-list") ?? ""
+        #expect(eventShown, "the second browser shows the invalidated event; it shows: \(eventList)")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -154,6 +155,47 @@ struct UserSessionsTests {
             #expect(try Self.user(first, nodes, 1) == "ada")
             let clients = try Self.sessions(third, nodes, 0)?.sessions.compactMap(\.client)
             #expect(Set(clients ?? []) == ["first", "third"])
+        }
+    }
+
+    /// 8 logins of one user at once, on 3 nodes, under a limit of 3: once the cluster settles
+    /// (replicate: the sessions left over the limit are ended by their owners at a sweep), every
+    /// node lists the same 3 sessions, and the nodes reported exactly 5 evictions between them.
+    @Test(arguments: Store.allCases)
+    func eightLoginsAtOnceUnderALimitOfThreeLeaveThreeAndFiveEvictions(_ store: Store) throws {
+        try Self.withNodes(store, ["--max-sessions-per-user", "3", "--sweep-interval-ms", "200"]) { nodes in
+            let jars = (0..<8).map { _ in CurlClient() }
+            let failures = Mutex<[String]>([])
+            let urls = (0..<8).map { nodes.url($0 % 3, "/api/login") }
+            DispatchQueue.concurrentPerform(iterations: 8) { i in
+                do {
+                    let login = try jars[i].request(
+                        "POST", urls[i], headers: ["User-Agent: jar-\(i)", "Content-Type: application/json"],
+                        body: "{\"user\":\"ada\"}")
+                    if login.status != 200 { failures.withLock { $0.append("\(login.status) \(login.body)") } }
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+            #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 })")
+            func evictions() -> Int {
+                (0..<3).reduce(0) { total, i in
+                    let samples = prometheusSamples(nodes.metrics(i))
+                    return total + Int(samples["session_events_total{node=\"\(nodes.names[i])\",kind=\"evicted\"}"] ?? 0)
+                }
+            }
+            var lists: [Set<String>] = []
+            let settled = waitUntil(timeout: 15) {
+                let kept = jars.filter { (try? Self.user($0, nodes, 0)) == "ada" }
+                guard let jar = kept.first else { return false }
+                lists = (0..<3).map { i in Set((try? Self.sessions(jar, nodes, i))?.sessions.map(\.handle) ?? []) }
+                return kept.count == 3 && lists.allSatisfy { $0.count == 3 && $0 == lists[0] } && evictions() >= 5
+            }
+            #expect(settled, "lists \(lists.map(\.count)), \(evictions()) evictions\n\(nodes.output)")
+            usleep(600_000)  // three more sweeps: a late duplicate would show
+            #expect(evictions() == 5)
+            let loggedIn = try jars.filter { try Self.user($0, nodes, 1) == "ada" }.count
+            #expect(loggedIn == 3, "\(loggedIn) jars logged in on node b")
         }
     }
 

@@ -170,8 +170,7 @@ public final class DemoNode: Sendable {
                 throw HTTPError.badRequest("user must be 1 to 64 bytes")
             }
             let session = try request.session()
-            let evicted = try session.logIn(as: user, client: request.headers["User-Agent"] ?? "unknown client")
-            if evicted > 0 { metrics.recordPrincipalEvictions(evicted) }
+            try session.logIn(as: user, client: request.headers["User-Agent"] ?? "unknown client")
             return .json(try Self.sessionJSON(node: nodeID, session: session))
         }
         Self.routeUserSessions(&api, nodeID: nodeID, metrics: metrics)

@@ -12,9 +12,9 @@ import SystemSupport
 /// `session_store_operation_duration_seconds{node,operation}` (a `Timer`),
 /// `session_store_errors_total{node,operation}`, and what `update` sets: `session_store_sessions`,
 /// `session_idempotency_records{scope}`, `session_idempotency_record_bytes`, `session_idempotency_evictions_total`;
-/// for sessions by user: `session_principal_evictions_total` (sessions logged out by the per-user
-/// limit), `session_principal_sessions` (a histogram of a user's sessions, at each listing) and
-/// `session_events_total{kind}` (the session events this node delivered).
+/// for sessions by user: `session_principal_sessions` (a histogram of a user's sessions, at each
+/// listing) and `session_events_total{kind}` (the session events this node delivered, once per
+/// cluster: `kind="evicted"` counts the sessions the per-user limit ended).
 ///
 /// Every request records here. Each counter and timer is made once (a factory call takes a
 /// lock) and kept: a request counter on its first use, in a slot indexed by method, route and
@@ -55,7 +55,6 @@ public final class NodeMetrics: Sendable {
     private let storeLatency: [ManagedAtomicLazyReference<CoreMetrics.Timer>]
     private let storeErrors: [CoreMetrics.Counter]
     private let levels: Mutex<Levels>
-    private let principalEvictions: CoreMetrics.Counter
     private let principalSessions: Recorder
     private let events: [CoreMetrics.Counter]
 
@@ -73,8 +72,6 @@ public final class NodeMetrics: Sendable {
             CoreMetrics.Counter(label: "session_store_errors_total", dimensions: [("node", node), ("operation", $0)], factory: factory)
         }
         levels = Mutex(Levels())
-        principalEvictions = CoreMetrics.Counter(
-            label: "session_principal_evictions_total", dimensions: [("node", node)], factory: factory)
         principalSessions = Recorder(label: "session_principal_sessions", dimensions: [("node", node)], factory: factory)
         events = SessionEvent.Kind.allCases.map {
             CoreMetrics.Counter(label: "session_events_total", dimensions: [("node", node), ("kind", $0.rawValue)], factory: factory)
@@ -85,9 +82,6 @@ public final class NodeMetrics: Sendable {
     func recordEvent(_ kind: SessionEvent.Kind) {
         if let i = SessionEvent.Kind.allCases.firstIndex(of: kind) { events[i].increment() }
     }
-
-    /// Counts sessions a login ended to keep its user within the per-user limit.
-    func recordPrincipalEvictions(_ count: Int) { principalEvictions.increment(by: count) }
 
     /// Records how many sessions a user holds (at each listing of them).
     func recordPrincipalSessions(_ count: Int) { principalSessions.record(count) }

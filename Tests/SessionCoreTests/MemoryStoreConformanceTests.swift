@@ -80,3 +80,25 @@ func memoryStoreIndexesPrincipals(_ check: PrincipalStoreConformance) throws {
 func aWrappedStoreIndexesPrincipalsThroughItsBase(_ check: PrincipalStoreConformance) throws {
     try check.run(MemoryPrincipalHarness(wrapped: true))
 }
+
+@Test func aThousandSessionsOfTenUsersExpireEachReportedOnceAndTheIndexEmpties() throws {
+    let clock = ManualClock()
+    let store = MemorySessionStore(expiry: SessionExpiry(idleTimeoutMillis: 1_000, absoluteTimeoutMillis: nil), clock: clock.clock)
+    let expired = Mutex<[SessionHandle]>([])
+    store.events.current = SessionEventHandler { event in
+        if event.kind == .expired { expired.withLock { $0.append(event.handle) } }
+    }
+    for i in 0..<1_000 {
+        let user = "user-\(i % 10)"
+        _ = try store.changePrincipal(
+            PrincipalChange(id: nil, newID: SessionID.generate(slotTag: SessionPrincipal.slotTag(of: user)), principal: user))
+    }
+    #expect(try store.sessions(ofPrincipal: "user-0").count == 100)
+    clock.advance(millis: 1_001)
+    #expect(store.sweep() == 1_000)
+    #expect(store.sweep() == 0)
+    let handles = expired.withLock { $0 }
+    #expect(handles.count == 1_000 && Set(handles).count == 1_000)
+    for user in 0..<10 { #expect(try store.sessions(ofPrincipal: "user-\(user)").isEmpty) }
+    #expect(store.count == 0)
+}

@@ -182,7 +182,8 @@ bench_store() {
     children_cpu c1
     printf -v "bs_${name}_client_cpu" '%s' "$(percent "$(awk -v a="$c0" -v b="$c1" 'BEGIN { print b - a }')" "$wall")"
     local field
-    for field in round_trips_per_s p50_ms p99_ms errors redis_cpu_us_per_round_trip redis_commands_per_round_trip; do
+    for field in round_trips_per_s p50_ms p99_ms errors redis_cpu_us_per_round_trip redis_commands_per_round_trip \
+        redis_calls_per_round_trip; do
         printf -v "bs_${name}_${field}" '%s' "$(json_field "$field" "$out")"
     done
     local rps="bs_${name}_round_trips_per_s" errors="bs_${name}_errors"
@@ -229,8 +230,10 @@ printf 'ratio  round trips/s / mean(GET, SET) rps       %sx   (target >= %sx: %s
     "$ratio" "$TARGET" "$verdict" "$ratio_unpiped"
 printf 'ratio  Redis CPU per round trip / per GET       %sx   (target <= %sx: %s; not pipelined %sx)\n' \
     "$cpu_ratio" "$CPU_TARGET" "$cpu_verdict" "$cpu_ratio_unpiped"
-printf 'principal index: Redis commands per round trip %s logged in, %s not (target: no extra command); Redis CPU per round trip %sx\n' \
-    "${bs_loggedin_redis_commands_per_round_trip:-?}" "${bs_piped_redis_commands_per_round_trip:-?}" \
+printf 'principal index: commands sent per round trip %s logged in, %s not (target: no extra command);\n' \
+    "${bs_loggedin_redis_commands_per_round_trip:-?}" "${bs_piped_redis_commands_per_round_trip:-?}"
+printf '                 Redis calls per round trip, inside scripts too, %s vs %s; Redis CPU per round trip %sx\n' \
+    "${bs_loggedin_redis_calls_per_round_trip:-?}" "${bs_piped_redis_calls_per_round_trip:-?}" \
     "$(awk -v a="${bs_loggedin_redis_cpu_us_per_round_trip:-0}" -v b="${bs_piped_redis_cpu_us_per_round_trip:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
 echo
 echo "How to read it: a round trip is what one request costs the store: a load (HGETALL) and a save"

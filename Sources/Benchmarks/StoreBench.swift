@@ -124,7 +124,7 @@ extension StoreBench {
         let (measureFrom, measureUntil) = window.bounds(startingAt: start)
         // Redis's CPU time and commands at both ends of the window, read beside the load.
         let redisCPU = Mutex<(from: Double?, until: Double?)>((nil, nil))
-        let redisCommands = Mutex<(from: Int?, until: Int?)>((nil, nil))
+        let redisCommands = Mutex<(from: RedisCalls?, until: RedisCalls?)>((nil, nil))
         let sampler = DispatchGroup()
         sampler.enter()
         startThread {
@@ -188,7 +188,9 @@ extension StoreBench {
         sampler.wait()
         var outcome = results.withLock { $0 }
         if case (let from?, let until?) = redisCPU.withLock({ $0 }), !stop.isSet { outcome.redisCPUSeconds = until - from }
-        if case (let from?, let until?) = redisCommands.withLock({ $0 }), !stop.isSet { outcome.redisCommands = until - from }
+        if case (let from?, let until?) = redisCommands.withLock({ $0 }), !stop.isSet {
+            outcome.redisCalls = RedisCalls(sent: until.sent - from.sent, all: until.all - from.all)
+        }
         let finished = monotonicNanos()
         // Only round trips that ended inside the window count; interrupted early, the window is what ran.
         outcome.seconds = finished <= measureFrom ? 0 : Double(min(finished, measureUntil) - measureFrom) / 1e9
@@ -204,16 +206,21 @@ extension StoreBench {
         return fields.compactMap { Double($0.split(separator: ":").last ?? "") }.reduce(0, +)
     }
 
-    /// The commands Redis has run so far (INFO commandstats: every command's `calls` but INFO's own); nil
-    /// when it cannot be read.
-    private static func redisCommands(_ client: RedisClient) -> Int? {
+    /// The commands Redis has run so far (INFO commandstats, INFO's own left out): `all` counts
+    /// the `redis.call`s inside scripts too; `sent`, what the store sends (HGETALL, EVALSHA, EVAL —
+    /// the load script's own HGETALL runs only when a touch is due, which a window of seconds
+    /// under a 30-minute idle timeout never is). Nil when it cannot be read.
+    private static func redisCommands(_ client: RedisClient) -> RedisCalls? {
         guard let info = try? client.send("INFO", "commandstats").string else { return nil }
-        var total = 0
+        var calls = RedisCalls(sent: 0, all: 0)
         for line in info.split(separator: "\r\n") where line.hasPrefix("cmdstat_") && !line.hasPrefix("cmdstat_info:") {
-            guard let calls = line.split(separator: ",").first?.split(separator: "=").last, let n = Int(calls) else { return nil }
-            total += n
+            guard let field = line.split(separator: ",").first?.split(separator: "=").last, let n = Int(field) else { return nil }
+            calls.all += n
+            if line.hasPrefix("cmdstat_hgetall:") || line.hasPrefix("cmdstat_evalsha:") || line.hasPrefix("cmdstat_eval:") {
+                calls.sent += n
+            }
         }
-        return total
+        return calls
     }
 
     /// Deletes every key under `prefix` (SCAN + UNLINK).
@@ -269,8 +276,10 @@ extension StoreBench {
         if let cpu = outcome.redisCPUSeconds, outcome.roundTrips > 0 {
             fields.append("\"redis_cpu_us_per_round_trip\":\(fixed(cpu * 1e6 / Double(outcome.roundTrips), 2))")
         }
-        if let commands = outcome.redisCommands, outcome.roundTrips > 0 {
-            fields.append("\"redis_commands_per_round_trip\":\(fixed(Double(commands) / Double(outcome.roundTrips), 2))")
+        if let calls = outcome.redisCalls, outcome.roundTrips > 0 {
+            let perRoundTrip = { (n: Int) in fixed(Double(n) / Double(outcome.roundTrips), 2) }
+            fields.append("\"redis_commands_per_round_trip\":\(perRoundTrip(calls.sent))")
+            fields.append("\"redis_calls_per_round_trip\":\(perRoundTrip(calls.all))")
         }
         if let first = outcome.firstError { fields.append("\"first_error\":\(jsonQuoted(first))") }
         if interrupted { fields.append("\"interrupted\":true") }
@@ -307,7 +316,7 @@ private struct Outcome: Sendable {
     /// Redis's CPU time over the measured window.
     var redisCPUSeconds: Double?
     /// The commands Redis ran over the measured window.
-    var redisCommands: Int?
+    var redisCalls: RedisCalls?
 
     mutating func merge(_ other: Outcome) {
         roundTrips += other.roundTrips
@@ -316,6 +325,12 @@ private struct Outcome: Sendable {
         if firstError == nil { firstError = other.firstError }
         histogram.add(other.histogram)
     }
+}
+
+/// Commands Redis ran: those the store sent, and all, the calls inside its scripts included.
+private struct RedisCalls: Sendable {
+    var sent: Int
+    var all: Int
 }
 
 /// Set by SIGINT/SIGTERM: the threads stop, the keys are still deleted.

@@ -80,9 +80,9 @@ struct RedisPrincipalIndexTests {
     }
 }
 
-/// Expiry events on Redis: three nodes' stores on one Redis, each with a sweeper; every logged-in
-/// session's expiry is reported once, by one of them.
-@Suite(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"), .tags(.integration))
+/// Expiry events on Redis: three nodes' stores on one Redis (or one Redis Cluster), each with a
+/// sweeper; every logged-in session's expiry is reported once, by one of them.
+@Suite(.tags(.integration))
 struct RedisExpiryEventTests {
     final class Heard: SessionEventListener {
         let events = Mutex<[SessionEvent]>([])
@@ -90,14 +90,34 @@ struct RedisExpiryEventTests {
         var expired: [SessionEvent] { events.withLock { $0.filter { $0.kind == .expired } } }
     }
 
-    @Test func aThousandSessionsOfTenUsersExpireAndEachIsReportedOnceAcrossThreeNodes() throws {
+    @Test(.enabled(if: TestRedis.available, "needs REDIS_URL (scripts/test.sh starts a redis-server)"))
+    func aThousandSessionsOfTenUsersExpireAndEachIsReportedOnceAcrossThreeNodes() throws {
+        try expireAThousand(cluster: false)
+    }
+
+    @Test(.enabled(if: TestRedis.clusterAvailable, "needs REDIS_CLUSTER_SEEDS (scripts/test.sh starts a Redis Cluster)"))
+    func onARedisClusterTooEachExpiryIsReportedOnce() throws {
+        try expireAThousand(cluster: true)
+    }
+
+    /// The keys under `prefix`, on every primary (KEYS: a test may; the store never does).
+    func keys(_ prefix: String, cluster: Bool) throws -> [String] {
+        guard cluster else {
+            return try TestRedis.client().send(["KEYS".redisBytes, "\(prefix)*".redisBytes]).array?.compactMap(\.string) ?? []
+        }
+        return try RedisClusterStoreTests().primaries().flatMap { primary in
+            try primary.send(["KEYS".redisBytes, "\(prefix)*".redisBytes]).array?.compactMap(\.string) ?? []
+        }
+    }
+
+    func expireAThousand(cluster: Bool) throws {
         let prefix = TestRedis.uniquePrefix()
         let expiry = SessionExpiry(idleTimeoutMillis: 1_500, absoluteTimeoutMillis: nil)
-        let client = try TestRedis.client()
         let heard = (0..<3).map { _ in Heard() }
         let stores = try (0..<3).map { i in
             let store = RedisSessionStore(
-                client: try TestRedis.client(), expiry: expiry, keyPrefix: prefix, nodeName: "node-\(i)", logger: quietLogger())
+                client: try TestRedis.client(cluster: cluster), expiry: expiry, keyPrefix: prefix, nodeName: "node-\(i)",
+                logger: quietLogger())
             store.events.current = heard[i]
             return store
         }
@@ -117,9 +137,7 @@ struct RedisExpiryEventTests {
         #expect(heard.allSatisfy { !$0.expired.isEmpty }, "the nodes share the work: \(heard.map { $0.expired.count })")
         for user in 0..<10 { #expect(try stores[0].sessions(ofPrincipal: "user-\(user)").isEmpty) }
         // The index keys and the schedule expire too (the schedule two sweep intervals after its last entry).
-        let empty = waitUntil(timeout: 5) {
-            ((try? client.send(["KEYS".redisBytes, "\(prefix)*".redisBytes]).array?.count) ?? -1) == 0
-        }
-        #expect(empty, "keys left: \(String(describing: try? client.send(["KEYS".redisBytes, "\(prefix)*".redisBytes])))")
+        let empty = waitUntil(timeout: 5) { (try? keys(prefix, cluster: cluster))?.isEmpty ?? false }
+        #expect(empty, "keys left: \(String(describing: try? keys(prefix, cluster: cluster)))")
     }
 }

@@ -37,7 +37,7 @@ extension ReplicatedSessionStore {
             // The evictions a login names, from the update itself: this node's copy of it may
             // already be a tombstone (attributes gone), when the evicting session was ended too.
             recordEvictions(named: update.state, in: &contents, now: now)
-            settlePrincipal(after: update.id, in: &contents, now: now)
+            settlePrincipal(after: update, in: &contents, now: now)
             if let record = update.idempotencyRecord {
                 // The write that carried the record refreshed lastAccess to its time.
                 contents.keep(

@@ -145,17 +145,23 @@ extension ReplicatedSessionStore {
         return SessionUpdate(id: id, session: session)
     }
 
-    /// After a merge of `id`: ends, here only, what the logins of its principal ended (their
-    /// `evicts`; whichever of a login and its victims arrived first). Their own tombstones
-    /// follow from the node that logged in.
-    func settlePrincipal(after id: SessionID, in contents: inout Contents, now: Int64) {
-        guard let session = contents.sessions[id], let principalJSON = Contents.principalKey(session) else { return }
-        let live = liveSessions(principalJSON, in: &contents, now: now)
-        let ended = Set(live.flatMap { Self.ends(of: $0.session) })
-        guard !ended.isEmpty else { return }
-        for entry in live where ended.contains(SessionHandle(of: entry.id).rawValue) {
-            _ = invalidateLocked(entry.id, in: &contents, now: now)
+    /// After a merge of `update`: ends, here only, what logins ended (their `ends`), whichever of
+    /// a login and the sessions it ended arrived first. Their own tombstones follow from the node
+    /// that logged in. Only a login's update carries `ends`: other merges pay one lookup, and only
+    /// for logged-in sessions while some login's `ends` are remembered.
+    func settlePrincipal(after update: SessionUpdate, in contents: inout Contents, now: Int64) {
+        let named = Self.ends(of: update.state).filter { contents.endedHandles.updateValue(now, forKey: $0) == nil }
+        if !named.isEmpty, let principalJSON = update.state.attributes[SessionPrincipal.attribute]?.base {
+            let ended = Set(named)
+            for id in contents.principals[principalJSON] ?? [] where ended.contains(SessionHandle(of: id).rawValue) {
+                if live(&contents, id, now: now) != nil { _ = invalidateLocked(id, in: &contents, now: now) }
+            }
         }
+        guard !contents.endedHandles.isEmpty, let session = contents.sessions[update.id],
+            Contents.principalKey(session) != nil, contents.endedHandles[SessionHandle(of: update.id).rawValue] != nil,
+            live(&contents, update.id, now: now) != nil
+        else { return }
+        _ = invalidateLocked(update.id, in: &contents, now: now)
     }
 
     /// Whether `session` belongs to a principal with more unexpired sessions than the limit and

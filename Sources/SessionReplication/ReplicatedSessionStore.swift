@@ -78,6 +78,8 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
         var owned: [PendingEvent] = []
         /// The handles of evictions this node has seen named by a login, and when (pruned by the sweep).
         var evictionsSeen: [String: Int64] = [:]
+        /// The handles of sessions logins named as ended (`ends`), and when (pruned by the sweep).
+        var endedHandles: [String: Int64] = [:]
         /// Sessions over their principal's limit that this node owns, since when (`settleOverLimit`).
         var overLimitSince: [SessionID: Int64] = [:]
 
@@ -522,6 +524,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
         let removed = contents.removeSessions { isExpired($0, now: now) }
         for (id, session) in removed { recordExpiry(of: id, session, in: &contents) }
         contents.evictionsSeen = contents.evictionsSeen.filter { now - $0.value < expiry.idleTimeoutMillis }
+        contents.endedHandles = contents.endedHandles.filter { now - $0.value < expiry.idleTimeoutMillis }
         contents.records.removeExpired(now: now)
         return removed.count
     }

@@ -175,7 +175,7 @@ public final class DemoNode: Sendable {
         }
         Self.routeUserSessions(&api, nodeID: nodeID, metrics: metrics)
         api.get("/api/events") { request in
-            let answer = events.answer(for: try request.session(), node: nodeID)
+            let answer = PrincipalSessionsAnswer.events(try request.session(), recent: events.recent, node: nodeID)
             return .json(answer.body, status: answer.status)
         }
         api.post("/api/logout") { request in

@@ -1,7 +1,6 @@
 import Logging
 import SessionCore
 import Synchronization
-import SystemSupport
 
 /// The demo node's `SessionEventListener`: logs each event (level info),
 /// counts it in `session_events_total{node,kind}`, and keeps the last
@@ -14,7 +13,7 @@ public final class NodeEvents: SessionEventListener {
 
     private let logger: Logger
     private let metrics: NodeMetrics
-    private let recent = Mutex<[SessionEvent]>([])
+    private let kept = Mutex<[SessionEvent]>([])
 
     init(logger: Logger, metrics: NodeMetrics) {
         self.logger = logger
@@ -28,34 +27,12 @@ public final class NodeEvents: SessionEventListener {
             metadata: [
                 "event": "\(event.kind.rawValue)", "session": "\(event.handle)", "user": "\(event.principal ?? "-")",
             ])
-        recent.withLock { recent in
+        kept.withLock { recent in
             recent.append(event)
             if recent.count > Self.capacity { recent.removeFirst(recent.count - Self.capacity) }
         }
     }
 
-    /// The kept events of `principal`, oldest first.
-    public func events(of principal: String) -> [SessionEvent] {
-        recent.withLock { $0.filter { $0.principal == principal } }
-    }
-
-    /// `{"node", "user", "events": [{"kind", "handle", "previous", "at"}]}` for the session's user, or 401.
-    func answer(for session: Session, node: String) -> HTTPAnswer {
-        guard let user = session.principal else {
-            return HTTPAnswer(status: 401, body: String(decoding: SessionErrorAnswer(
-                status: 401, code: "not_logged_in", message: "log in first (POST /api/login)").body, as: UTF8.self))
-        }
-        let list = events(of: user).map { event in
-            "{\"kind\":\"\(event.kind.rawValue)\",\"handle\":\(jsonQuoted(event.handle.rawValue)),"
-                + "\"previous\":\(event.previous.map { jsonQuoted($0.rawValue) } ?? "null"),\"at\":\(event.atMillis)}"
-        }
-        return HTTPAnswer(
-            status: 200,
-            body: "{\"node\":\(jsonQuoted(node)),\"user\":\(jsonQuoted(user)),\"events\":[\(list.joined(separator: ","))]}")
-    }
-
-    struct HTTPAnswer {
-        var status: Int
-        var body: String
-    }
+    /// The kept events, oldest first.
+    public var recent: [SessionEvent] { kept.withLock { $0 } }
 }

@@ -32,6 +32,9 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
         var bytes: Int
         /// The logged-in principal (also in `attributes`), indexed in `Contents.principals`.
         var principal: String? = nil
+
+        /// Counts the attribute names and values (`bytes`).
+        mutating func recount() { bytes = attributes.reduce(0) { $0 + $1.key.utf8.count + $1.value.count } }
     }
 
     enum RecordState {
@@ -163,12 +166,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
             } else {
                 contents.expire(delta.id)
                 guard delta.createIfMissing else { return nil }
-                if contents.sessions.count >= maxSessions {
-                    removeExpired(&contents, now: now)
-                    if contents.sessions.count >= maxSessions {
-                        throw SessionStoreError(.capacityExceeded, "the store holds \(maxSessions) sessions")
-                    }
-                }
+                try makeRoom(&contents, now: now)
                 entry = Entry(attributes: [:], createdAt: now, lastAccess: now, version: 0, bytes: 0)
                 created = true
             }
@@ -186,7 +184,7 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
                     counters[name] = sum
                 }
             }
-            entry.bytes = entry.attributes.reduce(0) { $0 + $1.key.utf8.count + $1.value.count }
+            entry.recount()
             if entry.bytes > maxSessionBytes {
                 throw SessionStoreError(
                     .sessionTooLarge, "session would hold \(entry.bytes) bytes, the cap is \(maxSessionBytes)")
@@ -238,6 +236,15 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
         return locked { removeExpired(&$0, now: now) }
     }
 
+    /// Throws `capacityExceeded` when no session can be added, even after removing expired ones.
+    private func makeRoom(_ contents: inout Contents, now: Int64) throws(SessionStoreError) {
+        guard contents.sessions.count >= maxSessions else { return }
+        removeExpired(&contents, now: now)
+        guard contents.sessions.count < maxSessions else {
+            throw SessionStoreError(.capacityExceeded, "the store holds \(maxSessions) sessions")
+        }
+    }
+
     @discardableResult
     private func removeExpired(_ contents: inout Contents, now: Int64) -> Int {
         let expired = contents.sessions.filter {
@@ -260,25 +267,17 @@ public final class MemorySessionStore: SessionStore, IdempotencyStore, Principal
             {
                 entry = existing
             } else {
-                if contents.sessions.count >= maxSessions { removeExpired(&contents, now: now) }
-                if contents.sessions.count >= maxSessions {
-                    throw SessionStoreError(.capacityExceeded, "the store holds \(maxSessions) sessions")
-                }
+                try makeRoom(&contents, now: now)
                 entry = Entry(attributes: [:], createdAt: now, lastAccess: now, version: 0, bytes: 0)
             }
             var evicted: [SessionID] = []
             if let principal = change.principal, let limit = principalLimit {
                 let others = liveSessions(of: principal, in: &contents, now: now).filter { $0.id != change.id }
-                let excess = others.count + 1 - limit.maxSessions
-                if excess > 0 {
-                    if limit.whenExceeded == .refuseNewLogin { throw .principalLimitReached(limit) }
-                    evicted = others.sorted { ($0.lastAccessedAtMillis, $0.id.rawValue) < ($1.lastAccessedAtMillis, $1.id.rawValue) }
-                        .prefix(excess).map(\.id)
-                }
+                evicted = try limit.victims(among: others, lastAccess: \.lastAccessedAtMillis, id: \.id)
             }
             entry.attributes[SessionPrincipal.attribute] = change.principal.map(SessionPrincipal.json)
             entry.attributes[SessionPrincipal.clientAttribute] = change.principal == nil ? nil : change.client.map(SessionPrincipal.json)
-            entry.bytes = entry.attributes.reduce(0) { $0 + $1.key.utf8.count + $1.value.count }
+            entry.recount()
             entry.principal = change.principal
             entry.lastAccess = now
             entry.version += 1

@@ -54,8 +54,8 @@ public enum SessionPrincipal {
         String(base64URLEncode(Array(SHA256.hash(data: Array(principal.utf8)))).prefix(SessionID.slotTagLength))
     }
 
-    /// The JSON bytes of a string attribute.
-    static func json(_ text: String) -> [UInt8] { Array(jsonQuoted(text).utf8) }
+    /// The JSON bytes of a principal or client attribute, as every store writes them.
+    public static func json(_ text: String) -> [UInt8] { Array(jsonQuoted(text).utf8) }
 }
 
 /// An opaque name for one session, safe to show to its user and to put in a
@@ -113,6 +113,20 @@ public struct PrincipalSessionLimit: Sendable, Equatable {
             throw SessionStoreError(.invalidValue, "--max-sessions-per-user must be 1...10000")
         }
         return PrincipalSessionLimit(maxSessions: maxSessionsPerUser, whenExceeded: whenExceeded)
+    }
+
+    /// The sessions a login must end to stay within the limit, given the principal's other live
+    /// sessions: none while there is room; else the least recently used (ties by ID), or, under
+    /// `refuseNewLogin`, `principalLimitReached`. Stores whose index lives in this process call it;
+    /// Redis does the same in its login script.
+    public func victims<Entry>(
+        among others: [Entry], lastAccess: (Entry) -> Int64, id: (Entry) -> SessionID
+    ) throws(SessionStoreError) -> [SessionID] {
+        let excess = others.count + 1 - maxSessions
+        guard excess > 0 else { return [] }
+        if whenExceeded == .refuseNewLogin { throw .principalLimitReached(self) }
+        return others.map { (lastAccess($0), id($0)) }.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }
+            .prefix(excess).map(\.1)
     }
 
     /// At least 1.

@@ -45,6 +45,19 @@ public struct PrincipalSessionsAnswer: Sendable, Equatable {
         return PrincipalSessionsAnswer(status: 200, body: "{\"node\":\(jsonQuoted(node)),\"revoked\":1}")
     }
 
+    /// `{"node", "user", "events": [{"kind", "handle", "previous", "at"}]}`: of `recent`, those of the
+    /// session's user, or 401 `not_logged_in`.
+    public static func events(_ session: Session, recent: [SessionEvent], node: String) -> PrincipalSessionsAnswer {
+        guard let user = session.principal else { return notLoggedIn }
+        let list = recent.filter { $0.principal == user }.map { event in
+            "{\"kind\":\"\(event.kind.rawValue)\",\"handle\":\(jsonQuoted(event.handle.rawValue)),"
+                + "\"previous\":\(event.previous.map { jsonQuoted($0.rawValue) } ?? "null"),\"at\":\(event.atMillis)}"
+        }
+        return PrincipalSessionsAnswer(
+            status: 200,
+            body: "{\"node\":\(jsonQuoted(node)),\"user\":\(jsonQuoted(user)),\"events\":[\(list.joined(separator: ","))]}")
+    }
+
     static let notLoggedIn = error(401, "not_logged_in", "log in first (POST /api/login)")
 
     static func error(_ status: Int, _ code: String, _ message: String) -> PrincipalSessionsAnswer {

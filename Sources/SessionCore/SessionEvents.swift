@@ -87,11 +87,7 @@ public final class SessionEventHub: Sendable {
     public func emit(
         _ kind: SessionEvent.Kind, _ id: SessionID, previous: SessionID? = nil, principal: String? = nil, atMillis: Int64
     ) {
-        guard let listener = current else { return }
-        listener.sessionEvent(
-            SessionEvent(
-                kind: kind, handle: SessionHandle(of: id), previous: previous.map(SessionHandle.init(of:)),
-                principal: principal, node: node, atMillis: atMillis))
+        emit([PendingEvent(kind: kind, id: id, previous: previous, principal: principal)], atMillis: atMillis)
     }
 }
 

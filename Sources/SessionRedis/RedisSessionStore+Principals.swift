@@ -48,8 +48,8 @@ extension RedisSessionStore {
         var args = timeArguments
         args += [
             (change.principal ?? "").redisBytes,
-            change.principal.map { jsonQuoted($0).redisBytes } ?? [],
-            change.principal == nil ? [] : (change.client.map { jsonQuoted($0).redisBytes } ?? []),
+            change.principal.map(SessionPrincipal.json) ?? [],
+            change.principal == nil ? [] : (change.client.map(SessionPrincipal.json) ?? []),
             nodeArgument,
             (limit?.maxSessions ?? 0).redisBytes,
             (limit?.whenExceeded == .refuseNewLogin ? "r" : "e").redisBytes,

@@ -43,7 +43,7 @@ extension ReplicatedSessionStore {
         if let principal = change.principal { try SessionPrincipal.validate(principal) }
         let epoch = try checkReady()
         let now = clock.nowMillis()
-        let principalJSON = change.principal.map { Array(jsonQuoted($0).utf8) }
+        let principalJSON = change.principal.map(SessionPrincipal.json)
         var evicted: [SessionID] = []
         let updates = try contents.withLock { contents throws(SessionStoreError) -> [SessionUpdate] in
             try changePrincipalLocked(change, principalJSON, &contents, now: now, evicted: &evicted)
@@ -70,14 +70,9 @@ extension ReplicatedSessionStore {
         if existing == nil { try makeRoom(&contents, now: now) }  // before anything changes
         if let principalJSON, let limit = principalLimit {
             let others = liveSessions(principalJSON, in: &contents, now: now).filter { $0.id != change.id }
-            let excess = others.count + 1 - limit.maxSessions
-            if excess > 0 {
-                if limit.whenExceeded == .refuseNewLogin { throw SessionStoreError.principalLimitReached(limit) }
-                let victims = others.sorted { ($0.session.lastAccessMillis, $0.id.rawValue) < ($1.session.lastAccessMillis, $1.id.rawValue) }
-                for victim in victims.prefix(excess) {
-                    updates.append(invalidateLocked(victim.id, in: &contents, now: now))
-                    evicted.append(victim.id)
-                }
+            for victim in try limit.victims(among: others, lastAccess: \.session.lastAccessMillis, id: \.id) {
+                updates.append(invalidateLocked(victim, in: &contents, now: now))
+                evicted.append(victim)
             }
         }
         var session: ReplicatedSession
@@ -96,7 +91,7 @@ extension ReplicatedSessionStore {
             setHandles(&session, Self.evictsAttribute, evicted)
             _ = session.set(SessionPrincipal.attribute, principalJSON, at: hlc.now())
             if let client = change.client {
-                _ = session.set(SessionPrincipal.clientAttribute, Array(jsonQuoted(client).utf8), at: hlc.now())
+                _ = session.set(SessionPrincipal.clientAttribute, SessionPrincipal.json(client), at: hlc.now())
             } else if session.attributes[SessionPrincipal.clientAttribute]?.base != nil {
                 _ = session.remove(SessionPrincipal.clientAttribute, at: hlc.now())
             }
@@ -119,7 +114,7 @@ extension ReplicatedSessionStore {
     public func sessions(ofPrincipal principal: String) throws -> [PrincipalSessionEntry] {
         try checkReady()
         let now = clock.nowMillis()
-        let json = Array(jsonQuoted(principal).utf8)
+        let json = SessionPrincipal.json(principal)
         defer { deliverEvents() }
         return contents.withLock { liveSessions(json, in: &$0, now: now) }
             .map { id, session in

@@ -250,7 +250,7 @@ public final class ReplicatedSessionStore: ReadYourWritesStore, IdempotencyStore
     ) {
         self.principalLimit = principalLimit
         self.nodeName = nodeName
-        nodeJSON = nodeName.map { Array(jsonQuoted($0).utf8) }
+        nodeJSON = nodeName.map(SessionPrincipal.json)
         events = SessionEventHub(node: nodeName)
         contents = FastLock(Contents(records: IdempotencyRecordTable(limits: idempotencyLimits)))
         self.catchUpPolicy = catchUpPolicy

@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SystemSupport", targets: ["SystemSupport"]),
+        .library(name: "ClusterLocks", targets: ["ClusterLocks"]),
         .library(name: "SessionCore", targets: ["SessionCore"]),
         .library(name: "MiniHTTP", targets: ["MiniHTTP"]),
         .library(name: "SessionMiddleware", targets: ["SessionMiddleware"]),
@@ -52,17 +53,23 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // Distributed locks: the LockService protocol every backend implements, DistributedLock
+        // (reentrancy, keep-alive, errors) above them, FencedResource. Nothing of sessions.
+        .target(
+            name: "ClusterLocks",
+            dependencies: ["SystemSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .target(
             name: "SessionCore",
             dependencies: [
-                "SystemSupport", .product(name: "Crypto", package: "swift-crypto"),
+                "ClusterLocks", "SystemSupport", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         .target(
             name: "SessionRedis",
             dependencies: [
-                "CHiredis", "SessionCore", "SystemSupport",
+                "CHiredis", "ClusterLocks", "SessionCore", "SystemSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

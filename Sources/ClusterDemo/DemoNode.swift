@@ -93,7 +93,7 @@ public final class DemoNode: Sendable {
             base = RedisSessionStore(
                 client: client, expiry: configuration.expiry, principalLimit: configuration.principalLimit,
                 nodeName: configuration.nodeID, logger: logger)
-            if configuration.exclusiveSessions { exclusive = RedisSessionLock(client: client, logger: logger) }
+            if configuration.exclusiveSessions { exclusive = DistributedSessionLock.redis(client: client, logger: logger) }
         case .replicate:
             guard let settings = configuration.replication else {
                 throw ReplicationConfigurationError("the replicate strategy needs peers and a cluster secret")

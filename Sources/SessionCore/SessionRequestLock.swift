@@ -5,7 +5,8 @@ import Synchronization
 /// The session middleware's optional exclusive mode holds a session's lease
 /// from before the handler runs until the session is committed, so two
 /// requests of one session never interleave, whichever nodes serve them.
-/// `SessionRedis.RedisSessionLock` implements it on a Redis lock.
+/// `DistributedSessionLock` implements it on any `DistributedLock` (Redis,
+/// PostgreSQL, ZooKeeper).
 ///
 /// The lock is lease-based: `acquire` returns a `SessionLockLease` that the
 /// caller releases when done. No thread is held in between, so an async

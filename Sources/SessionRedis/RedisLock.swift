@@ -1,7 +1,6 @@
-import Dispatch
+import ClusterLocks
 import Logging
 import SessionCore
-import Synchronization
 import SystemSupport
 
 #if canImport(Glibc)
@@ -31,24 +30,6 @@ public struct RedisLockLease: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         "lease(\(RedisLock.loggable(name)), fence \(fencingToken), token \(token.prefix(4))…)"
     }
-}
-
-/// A lock could not be taken in time.
-public struct RedisLockError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Code: String, Sendable {
-        /// Someone else held the lock for the whole wait.
-        case timeout
-    }
-
-    public var code: Code
-    public var message: String
-
-    public init(_ code: Code, _ message: String) {
-        self.code = code
-        self.message = message
-    }
-
-    public var description: String { "redis lock \(code.rawValue): \(message)" }
 }
 
 /// A distributed lock on one Redis master, with fencing tokens.
@@ -130,9 +111,12 @@ public final class RedisLock: Sendable {
     /// lease, or nil on timeout. Throws `RedisError` at once when Redis cannot
     /// be reached or fails.
     public func acquire(_ name: String, ttlMillis: Int, timeoutMillis: Int) throws -> RedisLockLease? {
+        try acquire(name, token: Self.newToken(), ttlMillis: ttlMillis, timeoutMillis: timeoutMillis)
+    }
+
+    func acquire(_ name: String, token: String, ttlMillis: Int, timeoutMillis: Int) throws -> RedisLockLease? {
         precondition(timeoutMillis >= 0, "timeoutMillis must not be negative")
         let deadline = monotonicMillis() + Int64(timeoutMillis)
-        let token = Self.newToken()
         var attempts = 0
         while true {
             let (lease, holderTTL) = try attempt(name, ttlMillis: ttlMillis, token: token)
@@ -153,80 +137,37 @@ public final class RedisLock: Sendable {
     /// TTL ran out, and maybe someone else holds the lock now).
     @discardableResult
     public func release(_ lease: RedisLockLease) throws -> Bool {
-        try client.eval(Self.releaseScript, keys: [lockKey(lease.name)], args: [lease.token.redisBytes]).int == 1
+        try release(lease.name, token: lease.token)
+    }
+
+    func release(_ name: String, token: String) throws -> Bool {
+        try client.eval(Self.releaseScript, keys: [lockKey(name)], args: [token.redisBytes]).int == 1
     }
 
     /// Resets the lock's TTL to `ttlMillis` if `lease` still owns it, and
     /// moves `lease.expiresAt`. False when it does not own the lock any more.
     @discardableResult
     public func extend(_ lease: inout RedisLockLease, ttlMillis: Int) throws -> Bool {
-        precondition(ttlMillis > 0, "ttlMillis must be positive")
         let sent = ContinuousClock.now
-        let reply = try client.eval(
-            Self.extendScript, keys: [lockKey(lease.name), fenceKey(lease.name)],
-            args: [lease.token.redisBytes, ttlMillis.redisBytes, (fenceRetentionMillis ?? 0).redisBytes])
-        guard reply.int == 1 else { return false }
+        guard try extend(lease.name, token: lease.token, ttlMillis: ttlMillis) else { return false }
         lease.expiresAt = sent + .milliseconds(ttlMillis)
         return true
     }
 
+    func extend(_ name: String, token: String, ttlMillis: Int) throws -> Bool {
+        precondition(ttlMillis > 0, "ttlMillis must be positive")
+        let reply = try client.eval(
+            Self.extendScript, keys: [lockKey(name), fenceKey(name)],
+            args: [token.redisBytes, ttlMillis.redisBytes, (fenceRetentionMillis ?? 0).redisBytes])
+        return reply.int == 1
+    }
+
     /// Whether `lease` still owns its lock in Redis.
-    public func isHeld(_ lease: RedisLockLease) throws -> Bool {
-        try client.send(["GET".redisBytes, lockKey(lease.name)]).string == lease.token
-    }
+    public func isHeld(_ lease: RedisLockLease) throws -> Bool { try isHeld(lease.name, holder: lease.token) }
 
-    /// Runs `body` holding the lock, and releases it afterwards (also when
-    /// `body` throws). Throws `RedisLockError(.timeout)` when the lock was not
-    /// acquired within `timeoutMillis`, `RedisError` when Redis failed before
-    /// `body` ran.
-    ///
-    /// With `keepAliveMillis` > 0, the lease is extended to `ttlMillis` every
-    /// third of `ttlMillis` while `body` runs, for at most `keepAliveMillis`
-    /// in total, so a `body` slower than the TTL keeps the lock (and a holder
-    /// that hangs does not keep it forever). A lock found lost at release, or
-    /// a release that fails, is logged, not thrown: `body` has run by then.
-    public func withLock<T>(
-        _ name: String, ttlMillis: Int, timeoutMillis: Int, keepAliveMillis: Int = 0,
-        _ body: (RedisLockLease) throws -> T
-    ) throws -> T {
-        guard let lease = try acquire(name, ttlMillis: ttlMillis, timeoutMillis: timeoutMillis) else {
-            throw RedisLockError(.timeout, "lock '\(Self.loggable(name))' not acquired within \(timeoutMillis) ms")
-        }
-        return try holding(lease, ttlMillis: ttlMillis, keepAliveMillis: keepAliveMillis, body)
-    }
-
-    /// Runs `body` with an acquired lease (kept alive as in `withLock`), then releases it.
-    func holding<T>(
-        _ lease: RedisLockLease, ttlMillis: Int, keepAliveMillis: Int, _ body: (RedisLockLease) throws -> T
-    ) rethrows -> T {
-        let giveBack = hold(lease, ttlMillis: ttlMillis, keepAliveMillis: keepAliveMillis)
-        defer { giveBack() }
-        return try body(lease)
-    }
-
-    /// Keeps an acquired lease alive (as in `withLock`) until the returned
-    /// function is called, which stops renewing it and releases it.
-    func hold(_ lease: RedisLockLease, ttlMillis: Int, keepAliveMillis: Int) -> @Sendable () -> Void {
-        let keeper = keepAliveMillis > 0
-            ? LeaseKeeper(lock: self, lease: lease, ttlMillis: ttlMillis, forMillis: keepAliveMillis) : nil
-        return { [self] in
-            keeper?.stop()
-            releaseAfterUse(lease)
-        }
-    }
-
-    private func releaseAfterUse(_ lease: RedisLockLease) {
-        do {
-            if try !release(lease) {
-                logger.error(
-                    "lock expired before its holder released it: another holder may have overlapped",
-                    metadata: ["lock": "\(Self.loggable(lease.name))", "fence": "\(lease.fencingToken)"])
-            }
-        } catch {
-            logger.warning(
-                "could not release a lock; it expires with its TTL",
-                metadata: ["lock": "\(Self.loggable(lease.name))", "error": "\(error)"])
-        }
+    /// Whether `holder` (a `LockLease.holder`) owns lock `name` in Redis.
+    public func isHeld(_ name: String, holder: String) throws -> Bool {
+        try client.send(["GET".redisBytes, lockKey(name)]).string == holder
     }
 
     private func attempt(_ name: String, ttlMillis: Int, token: String) throws -> (lease: RedisLockLease?, holderTTL: Int64) {
@@ -251,9 +192,7 @@ public final class RedisLock: Sendable {
 
     static func newToken() -> String { secureRandomToken(byteCount: 18) }
 
-    static func loggable(_ name: String) -> String {
-        name.count > 16 ? String(name.prefix(6)) + "…" : name
-    }
+    static func loggable(_ name: String) -> String { DistributedLock.loggable(name) }
 
     // MARK: - Scripts
 
@@ -288,59 +227,4 @@ public final class RedisLock: Sendable {
         if keep > 0 then redis.call('PEXPIRE', KEYS[2], math.max(keep, ttl)) end
         return 1
         """)
-}
-
-/// Extends a lease on a timer while its holder works.
-private final class LeaseKeeper: @unchecked Sendable {  // timer: set once in init; the rest behind a Mutex
-    private struct State {
-        var lease: RedisLockLease
-        /// Set by `stop()`: a renewal still in flight then fails quietly (the lock is being released).
-        var stopped = false
-    }
-
-    private let timer: any DispatchSourceTimer
-    private let state: Mutex<State>
-
-    init(lock: RedisLock, lease: RedisLockLease, ttlMillis: Int, forMillis: Int) {
-        state = Mutex(State(lease: lease))
-        let interval = max(1, ttlMillis / 3)
-        let giveUpAt = monotonicMillis() + Int64(forMillis)
-        timer = DispatchSource.makeTimerSource(queue: .global())
-        timer.schedule(
-            deadline: .now() + .milliseconds(interval), repeating: .milliseconds(interval),
-            leeway: .milliseconds(max(1, interval / 10)))
-        let name = RedisLock.loggable(lease.name)
-        timer.setEventHandler { [weak self] in
-            guard let self else { return }
-            if monotonicMillis() >= giveUpAt {
-                lock.logger.warning(
-                    "stopped renewing a lock held longer than allowed; it expires with its TTL",
-                    metadata: ["lock": "\(name)", "held_ms_max": "\(forMillis)"])
-                timer.cancel()
-                return
-            }
-            guard var current = state.withLock({ $0.stopped ? nil : $0.lease }) else { return }
-            do {
-                if try lock.extend(&current, ttlMillis: ttlMillis) {
-                    state.withLock { $0.lease = current }
-                } else {
-                    if !state.withLock({ $0.stopped }) {
-                        lock.logger.error("lost a lock while holding it (its TTL ran out)", metadata: ["lock": "\(name)"])
-                    }
-                    timer.cancel()
-                }
-            } catch {
-                // Redis unreachable for now: the lease is still valid until its TTL; try on the next tick.
-                lock.logger.warning("could not extend a lock", metadata: ["lock": "\(name)", "error": "\(error)"])
-            }
-        }
-        timer.resume()
-    }
-
-    func stop() {
-        state.withLock { $0.stopped = true }
-        timer.cancel()
-    }
-
-    deinit { timer.cancel() }
 }

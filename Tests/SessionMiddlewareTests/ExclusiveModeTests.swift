@@ -126,7 +126,7 @@ private func redisNode(prefix: String, exclusive: Bool, waitMillis: Int = 10_000
     configuration.poolSize = 16
     let client = RedisClient(configuration: configuration, logger: quietLogger())
     let store = RedisSessionStore(client: client, keyPrefix: prefix + "sess:", logger: quietLogger())
-    let lock = RedisSessionLock(
+    let lock = DistributedSessionLock.redis(
         client: client, keyPrefix: prefix + "lock:", leaseMillis: 2000, waitMillis: waitMillis, logger: quietLogger())
     return try CounterNode(store: store, exclusive: exclusive ? lock : nil)
 }
@@ -223,7 +223,7 @@ private let redisAvailable = ProcessInfo.processInfo.environment["REDIS_URL"] !=
             configuration: RedisConfiguration(endpoint: .direct(host: "127.0.0.1", port: 1), connectTimeoutMillis: 200),
             logger: quietLogger())
         let node = try CounterNode(
-            store: MemorySessionStore(), exclusive: RedisSessionLock(client: client, logger: quietLogger()),
+            store: MemorySessionStore(), exclusive: DistributedSessionLock.redis(client: client, logger: quietLogger()),
             bumpDelayMillis: 0)
         let curl = CurlClient()
         let first = try curl.request("POST", node.url + "/bump", useJar: true)
@@ -293,7 +293,7 @@ struct ExclusiveModeTests {
 
         // Another node holds this session's lock (same key layout).
         let client = RedisClient(configuration: try RedisConfiguration(url: ProcessInfo.processInfo.environment["REDIS_URL"]!), logger: quietLogger())
-        let otherNode = RedisSessionLock(client: client, keyPrefix: prefix + "lock:", logger: quietLogger()).lock
+        let otherNode = DistributedSessionLock.redis(client: client, keyPrefix: prefix + "lock:", logger: quietLogger()).lock.service as! RedisLock
         let lease = try #require(try otherNode.tryAcquire(id.rawValue, ttlMillis: 10_000))
         let start = ContinuousClock.now
         let busy = try curl.request("POST", node.url + "/bump")

@@ -1,3 +1,4 @@
+import ClusterLocks
 import Foundation
 import Logging
 import SessionCore
@@ -18,6 +19,14 @@ private func millisSince(_ start: ContinuousClock.Instant) -> Int {
 }
 
 private func sleepMillis(_ ms: Int) { usleep(UInt32(ms * 1000)) }
+
+/// `lock` behind the generic front: reentrancy, keep-alive, `LockError`s.
+private func locks(_ lock: RedisLock) -> DistributedLock { DistributedLock(service: lock, logger: quietLogger()) }
+
+extension DistributedSessionLock {
+    /// The Redis lock a `DistributedSessionLock.redis` runs on.
+    fileprivate var redis: RedisLock { lock.service as! RedisLock }
+}
 
 private func makeLock(_ client: RedisClient, prefix: String, fenceRetentionMillis: Int? = nil) -> RedisLock {
     RedisLock(client: client, keyPrefix: prefix, fenceRetentionMillis: fenceRetentionMillis, logger: quietLogger())
@@ -64,7 +73,7 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
 
     @Test func aSessionsLockIsInTheSessionsSlot() {
         let client = Self.unreachableClient()
-        let lock = RedisSessionLock(client: client, logger: quietLogger()).lock
+        let lock = DistributedSessionLock.redis(client: client, logger: quietLogger()).redis
         let store = RedisSessionStore(client: client, logger: quietLogger())
         let id = SessionID.generate()
         #expect(lock.lockKey(id.rawValue) == Array("lock:session:{\(id.slotTag)}:\(id.rawValue)".utf8))
@@ -80,9 +89,9 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
         #expect(throws: RedisError.self) { _ = try lock.acquire("x", ttlMillis: 1000, timeoutMillis: 120_000) }
         #expect(millisSince(start) < 30_000, "fails at once instead of retrying for the whole timeout")
         #expect(throws: RedisError.self) { _ = try lock.tryAcquire("x", ttlMillis: 1000) }
-        #expect(throws: RedisError.self) {
-            try lock.withLock("x", ttlMillis: 1000, timeoutMillis: 100) { _ in Issue.record("body ran without the lock"); return }
-        }
+        #expect {
+            try locks(lock).withLock("x", leaseMillis: 1000, waitMillis: 100) { _ in Issue.record("body ran without the lock"); return }
+        } throws: { ($0 as? LockError)?.code == .unavailable }
     }
 
     @Test func anEmptyNameIsRefused() {
@@ -93,7 +102,7 @@ private func clusterSlot(_ key: [UInt8]) -> Int {
     }
 
     @Test func theSessionLockReportsAnUnreachableRedisAsUnavailable() {
-        let sessionLock = RedisSessionLock(client: Self.unreachableClient(), logger: quietLogger())
+        let sessionLock = DistributedSessionLock.redis(client: Self.unreachableClient(), logger: quietLogger())
         do {
             try sessionLock.withExclusiveAccess(to: SessionID.generate()) { Issue.record("body ran without the lock"); return }
             Issue.record("no error")
@@ -223,8 +232,8 @@ struct RedisLockTests {
             let elapsed = millisSince(start)
             #expect(elapsed >= timeout - 1, "gave up early (\(elapsed) ms of \(timeout))")
         }
-        #expect(throws: RedisLockError.self) {
-            try waiter.withLock("busy", ttlMillis: 1000, timeoutMillis: 100) { _ in Issue.record("body ran"); return }
+        #expect(throws: LockError(.timedOut, "'busy' not acquired within 100 ms")) {
+            try locks(waiter).withLock("busy", leaseMillis: 1000, waitMillis: 100) { _ in Issue.record("body ran"); return }
         }
         #expect(try holder.isHeld(held))
         try holder.release(held)
@@ -281,13 +290,13 @@ struct RedisLockTests {
     @Test func withLockReleasesAfterTheBodyAlsoWhenItThrows() throws {
         struct Boom: Error, Equatable {}
         let lock = makeLock(try TestRedis.client(), prefix: TestRedis.uniquePrefix())
-        let (value, lease) = try lock.withLock("body", ttlMillis: 5000, timeoutMillis: 1000) { lease in
-            (try lock.isHeld(lease) ? 42 : -1, lease)
+        let (value, lease) = try locks(lock).withLock("body", leaseMillis: 5000, waitMillis: 1000) { lease in
+            (try lock.isHeld("body", holder: lease.holder) ? 42 : -1, lease)
         }
         #expect(value == 42)
-        #expect(try lock.isHeld(lease) == false)
+        #expect(try lock.isHeld("body", holder: lease.holder) == false)
         #expect(throws: Boom()) {
-            try lock.withLock("body", ttlMillis: 5000, timeoutMillis: 1000) { _ in throw Boom() }
+            try locks(lock).withLock("body", leaseMillis: 5000, waitMillis: 1000) { _ in throw Boom() }
         }
         let after = try #require(try lock.tryAcquire("body", ttlMillis: 5000), "released after the throw")
         #expect(after.fencingToken == 3)
@@ -302,7 +311,7 @@ struct RedisLockTests {
         // TTL 3 s, renewed every second while the body runs: the body watches the key's TTL go up
         // again twice (two renewals; waited for up to 30 s, ten times the TTL), and nobody else gets in.
         let client = try TestRedis.client()
-        try lock.withLock("slow", ttlMillis: 3_000, timeoutMillis: 1000, keepAliveMillis: 600_000) { (lease: RedisLockLease) throws -> Void in
+        try locks(lock).withLock("slow", leaseMillis: 3_000, waitMillis: 1000, keepAliveMillis: 600_000) { (lease: LockLease) throws -> Void in
             var renewals = 0
             var previous = Int64.max
             let renewed = waitUntil(timeout: 30) {
@@ -312,7 +321,7 @@ struct RedisLockTests {
                 return renewals >= 2
             }
             #expect(renewed, "the lease was not renewed twice")
-            #expect(try lock.isHeld(lease))
+            #expect(try lock.isHeld("slow", holder: lease.holder))
             #expect(try rival.tryAcquire("slow", ttlMillis: 1000) == nil, "nobody else gets in while it is renewed")
         }
         #expect(try rival.tryAcquire("slow", ttlMillis: 1000).map { try rival.release($0) } == true, "released after")
@@ -321,7 +330,7 @@ struct RedisLockTests {
         // 500 ms; the rival tries for up to 20 s, 40 times that, so only endless renewal fails).
         let taken = Mutex<Bool?>(nil)
         let start = ContinuousClock.now
-        try lock.withLock("hung", ttlMillis: 300, timeoutMillis: 1000, keepAliveMillis: 200) { lease in
+        try locks(lock).withLock("hung", leaseMillis: 300, waitMillis: 1000, keepAliveMillis: 200) { lease in
             while millisSince(start) < 20_000 && taken.withLock({ $0 }) == nil {
                 sleepMillis(25)
                 if let other = try rival.tryAcquire("hung", ttlMillis: 5000) {
@@ -365,7 +374,7 @@ struct RedisLockTests {
     @Test func theSessionLockSerializesASessionAndReportsBusy() throws {
         let client = try TestRedis.client(poolSize: 8)
         let prefix = TestRedis.uniquePrefix()
-        let sessionLock = RedisSessionLock(
+        let sessionLock = DistributedSessionLock.redis(
             client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 10_000, logger: quietLogger())
         let id = SessionID.generate()
         let counter = UnguardedCounter()
@@ -392,16 +401,16 @@ struct RedisLockTests {
         #expect(throws: HandlerFailed()) { try sessionLock.withExclusiveAccess(to: id) { throw HandlerFailed() } }
 
         // Held elsewhere for longer than the wait: busy, and the body never runs.
-        let impatient = RedisSessionLock(
+        let impatient = DistributedSessionLock.redis(
             client: client, keyPrefix: prefix, leaseMillis: 2000, waitMillis: 200, logger: quietLogger())
-        let other = try #require(try sessionLock.lock.tryAcquire(id.rawValue, ttlMillis: 60_000))
+        let other = try #require(try sessionLock.redis.tryAcquire(id.rawValue, ttlMillis: 60_000))
         do {
             try impatient.withExclusiveAccess(to: id) { Issue.record("body ran while the session was locked"); return }
             Issue.record("no error")
         } catch let error as SessionBusyError {
             #expect(error.waitedMillis >= 199, "it waited its 200 ms before giving up")
         }
-        try sessionLock.lock.release(other)
+        try sessionLock.redis.release(other)
         // Another session is not blocked by this one.
         try impatient.withExclusiveAccess(to: SessionID.generate()) {}
     }
@@ -409,7 +418,7 @@ struct RedisLockTests {
     @Test func aSessionLeaseIsRenewedWithoutItsHolderAndReleasedOnce() throws {
         let client = try TestRedis.client(poolSize: 4)
         let prefix = TestRedis.uniquePrefix()
-        let sessionLock = RedisSessionLock(
+        let sessionLock = DistributedSessionLock.redis(
             client: client, keyPrefix: prefix, leaseMillis: 3_000, waitMillis: 100, logger: quietLogger())
         let id = SessionID.generate()
         let lease = try sessionLock.acquire(id)
@@ -419,21 +428,21 @@ struct RedisLockTests {
         var renewals = 0
         var previous = Int64.max
         let renewed = waitUntil(timeout: 30) {
-            guard let ttl = try? client.send(["PTTL".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int, ttl > 0
+            guard let ttl = try? client.send(["PTTL".redisBytes, sessionLock.redis.lockKey(id.rawValue)]).int, ttl > 0
             else { return false }
             if ttl > previous { renewals += 1 }
             previous = ttl
             return renewals >= 2
         }
         #expect(renewed, "the lease was not renewed in the background")
-        #expect(try client.send(["EXISTS".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int == 1)
+        #expect(try client.send(["EXISTS".redisBytes, sessionLock.redis.lockKey(id.rawValue)]).int == 1)
         #expect(throws: SessionBusyError.self) { _ = try sessionLock.acquire(id) }
         lease.release()
         #expect(lease.isReleased)
-        #expect(try client.send(["EXISTS".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int == 0)
+        #expect(try client.send(["EXISTS".redisBytes, sessionLock.redis.lockKey(id.rawValue)]).int == 0)
         let next = try sessionLock.acquire(id)
         lease.release()  // a second release of the old lease must not free the next holder's lock
-        #expect(try client.send(["EXISTS".redisBytes, sessionLock.lock.lockKey(id.rawValue)]).int == 1)
+        #expect(try client.send(["EXISTS".redisBytes, sessionLock.redis.lockKey(id.rawValue)]).int == 1)
         next.release()
     }
 }

@@ -262,7 +262,7 @@ import Testing
             try await withStores(.redis) { stores in
                 let redis = try await onThread { try RedisServerProcess.fromEnvironmentOrPrivate() }
                 let client = RedisClient(configuration: try RedisConfiguration(url: redis.url), logger: quietLogger())
-                let lock = RedisSessionLock(
+                let lock = DistributedSessionLock.redis(
                     client: client, keyPrefix: "lock:\(UUID().uuidString):", logger: quietLogger())
                 let routers = stores.nodes.map { store in
                     let manager = SessionRequestManager(

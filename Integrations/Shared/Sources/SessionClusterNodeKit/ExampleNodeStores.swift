@@ -44,7 +44,7 @@ public final class ExampleNodeStores: Sendable {
             self.store = RedisSessionStore(
                 client: client, expiry: options.expiry, principalLimit: principalLimit, nodeName: options.nodeId,
                 logger: logger)
-            if options.exclusiveSessions { lock = RedisSessionLock(client: client, logger: logger) }
+            if options.exclusiveSessions { lock = DistributedSessionLock.redis(client: client, logger: logger) }
         case .replicate:
             let settings = try options.replicationConfiguration()
             let store = ReplicatedSessionStore(

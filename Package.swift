@@ -11,8 +11,10 @@ let package = Package(
         .library(name: "MiniHTTP", targets: ["MiniHTTP"]),
         .library(name: "SessionMiddleware", targets: ["SessionMiddleware"]),
         .library(name: "SessionRedis", targets: ["SessionRedis"]),
+        .library(name: "PostgresLocks", targets: ["PostgresLocks"]),
         .library(name: "SessionReplication", targets: ["SessionReplication"]),
         .library(name: "SessionStoreConformance", targets: ["SessionStoreConformance"]),
+        .library(name: "LockConformance", targets: ["LockConformance"]),
         .executable(name: "session-cluster", targets: ["session-cluster"]),
         // The test support, for the Integrations packages' tests too (as HummingbirdTesting ships).
         .library(name: "SessionClusterTesting", targets: ["TestSupport"]),
@@ -40,6 +42,12 @@ let package = Package(
         .systemLibrary(
             name: "CSodium",
             providers: [.apt(["libsodium-dev"])]
+        ),
+        // libpq, from the system (apt: libpq-dev): PostgreSQL's own client, blocking calls
+        // like hiredis's, driven with its asynchronous API and poll for deadlines.
+        .systemLibrary(
+            name: "CLibPQ",
+            providers: [.apt(["libpq-dev"])]
         ),
         // epoll, eventfd and accept4, which Glibc does not export.
         .target(name: "CEpoll"),
@@ -75,6 +83,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Locks in PostgreSQL: a lock table (lease on the database's clock) and advisory locks.
+        .target(
+            name: "PostgresLocks",
+            dependencies: ["CLibPQ", "ClusterLocks", "SystemSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .target(
             name: "SessionReplication",
             dependencies: [
@@ -89,6 +102,11 @@ let package = Package(
         .target(
             name: "SessionStoreConformance",
             dependencies: ["SessionCore"]
+        ),
+        // The behaviour every LockService must have, for each backend's tests.
+        .target(
+            name: "LockConformance",
+            dependencies: ["ClusterLocks", "SystemSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "MiniHTTP",
@@ -164,6 +182,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance", "SystemSupport"]),
+        .testTarget(
+            name: "ClusterLocksTests",
+            dependencies: ["ClusterLocks", "LockConformance", "PostgresLocks", "SessionRedis", "TestSupport"]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
         // Test-only helpers (product SessionClusterTesting): child processes and private
         // redis-servers stopped by PID, a raw HTTP client, curl, Chromium, a quiet logger.

@@ -14,18 +14,21 @@
 #   watchdog_pid   the process start_watchdog started: stopped
 #   redis_pid      the redis-server start_redis started: stopped by its PID
 #   redis_cluster_pids  the redis-servers start_redis_cluster started: stopped by PID
+#   postgres_pid   the PostgreSQL start_postgres (postgres.sh) started: stopped by its PID
 #   tmp_dir        the script's temp dir: removed
 # Also: child_pid, the command `run` is waiting for (the script's
 # stop_children stops it); redis_port, the port of that redis-server;
 # redis_cluster_seeds, the cluster's nodes as 127.0.0.1:port,...
-# start_watchdog copies these when it starts: call it after start_redis and
-# start_redis_cluster.
+# start_watchdog copies these when it starts: call it after start_redis,
+# start_redis_cluster and start_postgres.
 
 lib_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$lib_dir/.." || exit
 
 # shellcheck source-path=SCRIPTDIR source=ensure-packages.sh
 source "$lib_dir/ensure-packages.sh"
+# shellcheck source-path=SCRIPTDIR source=postgres.sh
+source "$lib_dir/postgres.sh"
 
 SCRATCH_PATH=${SCRATCH_PATH:-.build}
 
@@ -112,6 +115,7 @@ cleanup() {
         stop_pid "redis-server (cluster)" "$pid"
     done
     redis_cluster_pids=()
+    stop_postgres
     if [[ -n "$tmp_dir" ]]; then
         rm -rf "$tmp_dir"
         tmp_dir=""
@@ -274,7 +278,7 @@ start_redis_cluster() {
 
 # start_watchdog SIGNAL — should the script be killed with SIGKILL (no trap
 # runs), still send SIGNAL (or the one in $tmp_dir/child.signal) to the
-# command `run` runs, stop redis-server and the Redis Cluster, and remove the
+# command `run` runs, stop redis-server, the Redis Cluster and PostgreSQL, and remove the
 # temp dir. Sets watchdog_pid.
 start_watchdog() {
     local sig=$1
@@ -289,7 +293,8 @@ start_watchdog() {
         for redis in ${redis_pid:+"$redis_pid"} "${redis_cluster_pids[@]}"; do
             kill -TERM "$redis" 2>/dev/null || true
         done
-        for redis in ${redis_pid:+"$redis_pid"} "${redis_cluster_pids[@]}"; do
+        [[ -n "$postgres_pid" ]] && kill -INT "$postgres_pid" 2>/dev/null
+        for redis in ${redis_pid:+"$redis_pid"} "${redis_cluster_pids[@]}" ${postgres_pid:+"$postgres_pid"}; do
             wait_gone "$redis" || true
         done
         rm -rf "$tmp_dir"

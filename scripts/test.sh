@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Run the whole test suite: starts a private redis-server on a free loopback
-# port and a private Redis Cluster (3 primaries, 3 replicas), exports REDIS_URL
-# and REDIS_CLUSTER_SEEDS (127.0.0.1:port,... of every cluster node) for the
+# port, a private Redis Cluster (3 primaries, 3 replicas) and a private
+# PostgreSQL (scripts/postgres.sh), exports REDIS_URL, REDIS_CLUSTER_SEEDS
+# (127.0.0.1:port,... of every cluster node) and POSTGRES_URL for the
 # integration tests, runs
 # `swift build --build-tests` then `swift test` (extra arguments go to
 # `swift test`, e.g. scripts/test.sh --filter MiniHTTPTests), then, for the
 # whole suite (no arguments; SKIP_INTEGRATIONS=1 skips it), the framework
 # adapters' packages (Integrations/test.sh), and always stops those
-# redis-servers by their PIDs. Exit code: the first failure's.
+# servers by their PIDs. Exit code: the first failure's.
 #
 # The core package's suites apart (the first argument; more arguments still go
 # to `swift test`):
@@ -67,6 +68,7 @@ if [[ $selection == unit ]]; then
     ensure_packages "${build_packages[@]}"  # unit suites need nothing else
 else
     ensure_packages "${build_packages[@]}" redis-server redis-tools curl
+    ensure_postgres_packages
     ensure_packages redis-sentinel ||
         log "warning: redis-sentinel could not be installed; the Sentinel failover test will be skipped"
 fi
@@ -89,10 +91,11 @@ ensure_swift
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-test.XXXXXX")
 
 if [[ $selection == unit ]]; then
-    unset REDIS_URL REDIS_CLUSTER_SEEDS
+    unset REDIS_URL REDIS_CLUSTER_SEEDS POSTGRES_URL
 else
     start_redis
     start_redis_cluster
+    start_postgres
 fi
 
 # Should this script be killed with SIGKILL (no trap runs), still stop
@@ -104,6 +107,8 @@ if [[ $selection != unit ]]; then
     log "redis-server ready (pid $redis_pid), REDIS_URL=$REDIS_URL"
     export REDIS_CLUSTER_SEEDS="$redis_cluster_seeds"
     log "Redis Cluster ready (pids ${redis_cluster_pids[*]}), REDIS_CLUSTER_SEEDS=$REDIS_CLUSTER_SEEDS"
+    export POSTGRES_URL="$postgres_url"
+    log "PostgreSQL ready (pid $postgres_pid), POSTGRES_URL=$POSTGRES_URL"
 fi
 
 # The import check makes a test target that imports a module it does not declare

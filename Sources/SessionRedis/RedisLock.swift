@@ -41,9 +41,10 @@ public struct RedisLockLease: Sendable, Equatable, CustomStringConvertible {
 /// - Release and extend compare the stored token first (compare-and-delete,
 ///   compare-and-pexpire, in Lua): a holder whose TTL ran out can never
 ///   release or extend the lock of the next holder.
-/// - `acquire` retries with a random pause of 5–50 ms (growing with the
-///   attempts, shorter when the holder's TTL is about to run out), never
-///   sleeping past its timeout.
+/// - `acquire` waits between attempts in `BLPOP` on the lock's wake list,
+///   onto which a release pushes one token: one waiter wakes per release,
+///   with no polling. A holder that dies wakes nobody: the wait is bounded
+///   by its TTL, as read in the failed attempt.
 ///
 /// Limits, as with every single-master Redis lock: the TTL bounds how long a
 /// stalled holder (GC pause, stopped process) can believe it still owns the
@@ -96,6 +97,9 @@ public final class RedisLock: Sendable {
     /// The key counting acquisitions: `<prefix>fence:{name}` (`<prefix>fence:{tag}:name`).
     public func fenceKey(_ name: String) -> [UInt8] { Array((keyPrefix + "fence:" + tagged(name)).utf8) }
 
+    /// The list a release pushes a token onto, for one waiter's `BLPOP`: `<prefix>wake:{name}`.
+    public func wakeKey(_ name: String) -> [UInt8] { Array((keyPrefix + "wake:" + tagged(name)).utf8) }
+
     private func tagged(_ name: String) -> String {
         let tag = hashTag(name)
         return tag == name ? "{\(name)}" : "{\(tag)}:\(name)"
@@ -127,10 +131,19 @@ public final class RedisLock: Sendable {
                 return nil
             }
             attempts += 1
-            var pause = Int64(Int.random(in: 5...min(50, 10 + 5 * attempts)))
-            if holderTTL >= 0 { pause = min(pause, holderTTL + 1) }  // about to expire: try right then
-            sleepMillis(min(pause, left))
+            // Wait for a release's wake-up, or until the holder's TTL runs out (a holder that died
+            // wakes nobody), whichever is first; within the command timeout, which bounds any reply.
+            var wait = min(left, Int64(max(1, client.configuration.commandTimeoutMillis / 2)))
+            if holderTTL >= 0 { wait = min(wait, holderTTL + 1) }
+            try awaitRelease(name, millis: wait)
         }
+    }
+
+    /// Blocks in `BLPOP` on the lock's wake-up list for up to `millis`: a release pushes one
+    /// token, which wakes one waiter (no herd, no polling).
+    private func awaitRelease(_ name: String, millis: Int64) throws {
+        let seconds = String(Double(max(1, millis)) / 1000)
+        _ = try client.send(["BLPOP".redisBytes, wakeKey(name), Array(seconds.utf8)])
     }
 
     /// Deletes the lock if `lease` still owns it. False when it does not (its
@@ -141,7 +154,7 @@ public final class RedisLock: Sendable {
     }
 
     func release(_ name: String, token: String) throws -> Bool {
-        try client.eval(Self.releaseScript, keys: [lockKey(name)], args: [token.redisBytes]).int == 1
+        try client.eval(Self.releaseScript, keys: [lockKey(name), wakeKey(name)], args: [token.redisBytes]).int == 1
     }
 
     /// Resets the lock's TTL to `ttlMillis` if `lease` still owns it, and
@@ -209,10 +222,16 @@ public final class RedisLock: Sendable {
         return {0, redis.call('PTTL', KEYS[1])}
         """)
 
-    /// KEYS lock; ARGV token. 1 when deleted, 0 when not the owner.
+    /// KEYS lock, wake list; ARGV token. 1 when deleted (and one waiter woken), 0 when not the owner.
+    /// The wake list holds one token at most, for a second at most (a waiter between its attempt and
+    /// its BLPOP still finds it).
     static let releaseScript = RedisScript(name: "lock-release", source: """
         if redis.call('GET', KEYS[1]) == ARGV[1] then
-          return redis.call('DEL', KEYS[1])
+          redis.call('DEL', KEYS[1])
+          redis.call('RPUSH', KEYS[2], 1)
+          redis.call('LTRIM', KEYS[2], 0, 0)
+          redis.call('PEXPIRE', KEYS[2], 1000)
+          return 1
         end
         return 0
         """)

@@ -1,0 +1,75 @@
+import Dispatch
+import Synchronization
+
+/// Where a PostgreSQL lock service connects, and its limits.
+public struct PostgresConfiguration: Sendable {
+    /// `postgresql://user[:password]@host:port/database`.
+    public var url: String
+    /// Connections at most (each advisory lock held, and each waiter of the
+    /// table lock, keeps one for as long as it holds or waits).
+    public var poolSize: Int
+    /// Longest wait for a free connection.
+    public var poolWaitMillis: Int
+    /// Longest wait to connect (libpq counts whole seconds, at least 2).
+    public var connectTimeoutSeconds: Int
+    /// Longest wait for any statement's answer.
+    public var statementTimeoutMillis: Int
+
+    public init(
+        url: String, poolSize: Int = 16, poolWaitMillis: Int = 2_000, connectTimeoutSeconds: Int = 2,
+        statementTimeoutMillis: Int = 5_000
+    ) {
+        precondition(poolSize > 0 && poolWaitMillis >= 0 && statementTimeoutMillis > 0, "bad PostgreSQL limits")
+        self.url = url
+        self.poolSize = poolSize
+        self.poolWaitMillis = poolWaitMillis
+        self.connectTimeoutSeconds = connectTimeoutSeconds
+        self.statementTimeoutMillis = statementTimeoutMillis
+    }
+}
+
+/// A bounded pool of PostgreSQL connections: opened on demand, a broken
+/// one dropped when handed back (the next caller connects anew).
+final class PostgresPool: Sendable {
+    let configuration: PostgresConfiguration
+    private let idle = Mutex<[PostgresConnection]>([])
+    private let capacity: DispatchSemaphore
+
+    init(configuration: PostgresConfiguration) {
+        self.configuration = configuration
+        capacity = DispatchSemaphore(value: configuration.poolSize)
+    }
+
+    /// A connection of one's own until `checkIn`.
+    func checkOut() throws -> PostgresConnection {
+        guard capacity.wait(timeout: .now() + .milliseconds(configuration.poolWaitMillis)) == .success else {
+            throw PostgresError(.poolExhausted, "no free connection within \(configuration.poolWaitMillis) ms")
+        }
+        if let ready = idle.withLock({ $0.popLast() }) { return ready }
+        do {
+            return try PostgresConnection(
+                url: configuration.url, connectTimeoutSeconds: configuration.connectTimeoutSeconds,
+                applicationName: "session-cluster")
+        } catch {
+            capacity.signal()
+            throw error
+        }
+    }
+
+    func checkIn(_ connection: PostgresConnection) {
+        if !connection.isBroken { idle.withLock { $0.append(connection) } }
+        capacity.signal()
+    }
+
+    /// Runs `body` with a connection, handed back afterwards.
+    func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
+        let connection = try checkOut()
+        defer { checkIn(connection) }
+        return try body(connection)
+    }
+
+    /// One statement on any connection, with the configured timeout.
+    func query(_ sql: String, _ parameters: [String?] = []) throws -> PostgresRows {
+        try withConnection { try $0.query(sql, parameters, timeoutMillis: configuration.statementTimeoutMillis) }
+    }
+}

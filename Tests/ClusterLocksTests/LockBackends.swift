@@ -1,0 +1,74 @@
+import ClusterLocks
+import Foundation
+import LockConformance
+import PostgresLocks
+import SessionRedis
+import TestSupport
+
+/// The lock services scripts/test.sh starts: REDIS_URL, POSTGRES_URL.
+enum LockBackends {
+    static let redisURL = ProcessInfo.processInfo.environment["REDIS_URL"]
+    static let postgresURL = ProcessInfo.processInfo.environment["POSTGRES_URL"]
+    static let redisClusterSeeds = ProcessInfo.processInfo.environment["REDIS_CLUSTER_SEEDS"]
+}
+
+/// Redis, or a Redis Cluster (every lock's keys in its name's slot): a key prefix of its own per harness.
+struct RedisLockHarness: LockServiceHarness {
+    let cluster: Bool
+    let prefix = "lock-test:\(UUID().uuidString.prefix(8)):"
+
+    func makeService() throws -> any LockService {
+        let configuration =
+            cluster
+            ? try RedisConfiguration(clusterSeeds: LockBackends.redisClusterSeeds ?? "127.0.0.1:7000")
+            : try RedisConfiguration(url: LockBackends.redisURL ?? "redis://127.0.0.1:6379")
+        return RedisLock(client: client(configuration), keyPrefix: prefix, logger: quietLogger())
+    }
+
+    func makeUnreachableService() throws -> any LockService {
+        RedisLock(client: client(try RedisConfiguration(url: "redis://127.0.0.1:1")), keyPrefix: prefix, logger: quietLogger())
+    }
+
+    private func client(_ configuration: RedisConfiguration) -> RedisClient {
+        var configuration = configuration
+        configuration.connectTimeoutMillis = 500
+        configuration.commandTimeoutMillis = 2000
+        return RedisClient(configuration: configuration, logger: quietLogger())
+    }
+}
+
+/// PostgreSQL's lock table: a table of its own per harness.
+struct PostgresTableHarness: LockServiceHarness {
+    let table = "locks_\(UUID().uuidString.prefix(8).lowercased())"
+
+    init() throws {
+        try (makeService() as! PostgresTableLock).createSchema()
+    }
+
+    func makeService() throws -> any LockService {
+        PostgresTableLock(
+            configuration: PostgresConfiguration(url: LockBackends.postgresURL ?? "postgresql://postgres@127.0.0.1:5432/postgres"),
+            table: table, logger: quietLogger())
+    }
+
+    func makeUnreachableService() throws -> any LockService {
+        PostgresTableLock(configuration: PostgresConfiguration(url: "postgresql://postgres@127.0.0.1:1/postgres"), table: table, logger: quietLogger())
+    }
+}
+
+/// PostgreSQL's advisory locks.
+struct PostgresAdvisoryHarness: LockServiceHarness {
+    init() throws {
+        try (makeService() as! PostgresAdvisoryLock).createSchema()
+    }
+
+    func makeService() throws -> any LockService {
+        PostgresAdvisoryLock(
+            configuration: PostgresConfiguration(url: LockBackends.postgresURL ?? "postgresql://postgres@127.0.0.1:5432/postgres"),
+            logger: quietLogger())
+    }
+
+    func makeUnreachableService() throws -> any LockService {
+        PostgresAdvisoryLock(configuration: PostgresConfiguration(url: "postgresql://postgres@127.0.0.1:1/postgres"), logger: quietLogger())
+    }
+}

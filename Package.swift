@@ -122,7 +122,8 @@ let package = Package(
         .target(
             name: "ClusterDemo",
             dependencies: [
-                "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis", "SessionReplication", "SystemSupport",
+                "ClusterLocks", "PostgresLocks", "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis",
+                "SessionReplication", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -153,16 +154,16 @@ let package = Package(
         .target(
             name: "Benchmarks",
             dependencies: [
-                "ClusterSupervisor", "FailoverBench", "MiniHTTP", "SessionCore", "SessionRedis", "SessionReplication",
-                "SystemSupport", .product(name: "Histogram", package: "hdrhistogram-swift"),
+                "ClusterDemo", "ClusterLocks", "ClusterSupervisor", "FailoverBench", "MiniHTTP", "PostgresLocks",
+                "SessionCore", "SessionRedis", "SessionReplication", "SystemSupport", .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "session-cluster",
             dependencies: [
-                "Balancer", "Benchmarks", "ClusterDemo", "ClusterSupervisor", "FailoverBench", "SessionRedis",
-                "SystemSupport",
+                "Balancer", "Benchmarks", "ClusterDemo", "ClusterLocks", "ClusterSupervisor", "FailoverBench",
+                "PostgresLocks", "SessionRedis", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -184,7 +185,10 @@ let package = Package(
         .testTarget(name: "SessionCoreTests", dependencies: ["SessionCore", "SessionStoreConformance", "SystemSupport"]),
         .testTarget(
             name: "ClusterLocksTests",
-            dependencies: ["ClusterLocks", "LockConformance", "PostgresLocks", "SessionRedis", "TestSupport"]),
+            dependencies: [
+                "session-cluster", "Benchmarks", "ClusterDemo", "ClusterLocks", "LockConformance", "PostgresLocks",
+                "SessionRedis", "SystemSupport", "TestSupport",
+            ]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
         // Test-only helpers (product SessionClusterTesting): child processes and private
         // redis-servers stopped by PID, a raw HTTP client, curl, Chromium, a quiet logger.

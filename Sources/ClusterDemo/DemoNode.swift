@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import ClusterLocks
 import CoreMetrics
 import Logging
 import MiniHTTP
@@ -93,7 +94,9 @@ public final class DemoNode: Sendable {
             base = RedisSessionStore(
                 client: client, expiry: configuration.expiry, principalLimit: configuration.principalLimit,
                 nodeName: configuration.nodeID, logger: logger)
-            if configuration.exclusiveSessions { exclusive = DistributedSessionLock.redis(client: client, logger: logger) }
+            if configuration.exclusiveSessions && configuration.lockBackend == .redis {
+                exclusive = DistributedSessionLock.redis(client: client, logger: logger)
+            }
         case .replicate:
             guard let settings = configuration.replication else {
                 throw ReplicationConfigurationError("the replicate strategy needs peers and a cluster secret")
@@ -115,6 +118,12 @@ public final class DemoNode: Sendable {
         redisStore = base as? RedisSessionStore
         redisStore?.startExpirySweeper(intervalMillis: configuration.sweepIntervalMillis)
         let store = InstrumentedSessionStore(base, metrics: metrics)
+        if configuration.exclusiveSessions && configuration.lockBackend != .redis {
+            // In a table (or under a sequence) of its own, created on first use: the node starts while PostgreSQL is down.
+            let service = try configuration.lockBackend.makeService(
+                .init(postgres: configuration.postgres), namespace: "session_locks", logger: logger)
+            exclusive = DistributedSessionLock(lock: DistributedLock(service: service, logger: logger), logger: logger)
+        }
         let sessionConfiguration = try SessionConfiguration(signingKeys: configuration.cookieSecrets, exclusive: exclusive)
         let sessions = SessionMiddleware(store: store, configuration: sessionConfiguration, logger: logger)
         let idempotency = IdempotencyMiddleware(store: store, sessions: sessionConfiguration, logger: logger)

@@ -1,3 +1,4 @@
+import PostgresLocks
 import SessionCore
 import SessionRedis
 import SessionReplication
@@ -15,8 +16,13 @@ public struct DemoNodeConfiguration: Sendable {
     public var handlerThreads: Int?
     /// Where Redis is, for the `redis` strategy.
     public var redis: RedisConfiguration?
-    /// Serialize each session's requests across the cluster with the Redis lock (`redis` strategy only).
+    /// Serialize each session's requests across the cluster with a distributed lock.
     public var exclusiveSessions = false
+    /// The exclusive mode's lock service: `redis` (the node's Redis: `redis` strategy), `postgres`
+    /// or `postgres-advisory` (`postgres`).
+    public var lockBackend = LockBackend.redis
+    /// PostgreSQL, for the postgres lock backends.
+    public var postgres: PostgresConfiguration?
     /// Peers, secret and mode, for the `replicate` strategy (its node id is also the stores').
     public var replication: ReplicationConfiguration?
     /// The most sessions a node holds in memory (`local`, `replicate`); then new ones get 503.
@@ -63,8 +69,12 @@ extension DemoNodeConfiguration {
         guard (50...3_600_000).contains(sweepIntervalMillis) else {
             throw DemoNodeConfigurationError("--sweep-interval-ms must be 50...3600000")
         }
-        if exclusiveSessions && strategy != .redis {
-            throw DemoNodeConfigurationError("--exclusive-sessions needs --strategy redis")
+        if exclusiveSessions && lockBackend == .redis && strategy != .redis {
+            throw DemoNodeConfigurationError(
+                "--exclusive-sessions with --lock-backend redis needs --strategy redis (or --lock-backend postgres)")
+        }
+        if exclusiveSessions && lockBackend != .redis && postgres == nil {
+            throw DemoNodeConfigurationError("--lock-backend \(lockBackend.rawValue) needs --postgres")
         }
     }
 }

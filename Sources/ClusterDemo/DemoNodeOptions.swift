@@ -1,5 +1,7 @@
 import ArgumentParser
+import ClusterLocks
 import Logging
+import PostgresLocks
 import SessionCore
 import SessionRedis
 import SessionReplication
@@ -46,8 +48,14 @@ public struct DemoNodeOptions: ParsableArguments {
     @Option(help: "Replicas that must acknowledge each session write (Redis WAIT) before it counts as done; 0: asynchronous.")
     public var redisWaitReplicas = 0
 
-    @Flag(help: "Run each session's requests one at a time across the cluster (Redis lock; --strategy redis).")
+    @Flag(help: "Run each session's requests one at a time across the cluster (a distributed lock: --lock-backend).")
     public var exclusiveSessions = false
+
+    @Option(help: "The lock service of --exclusive-sessions: \(LockBackend.names) (redis: the node's Redis, --strategy redis).")
+    public var lockBackend = "redis"
+
+    @Option(help: "PostgreSQL for the postgres lock backends: postgresql://user[:password]@host:port/database.")
+    public var postgres: String?
 
     @Option(help: "Redis connections per node.")
     public var redisPoolSize = 32
@@ -143,6 +151,8 @@ public struct DemoNodeOptions: ParsableArguments {
             cookieSecrets: secrets, handlerThreads: handlerThreads,
             redis: strategy == .redis ? try redisConfiguration() : nil)
         configuration.exclusiveSessions = exclusiveSessions
+        do { configuration.lockBackend = try LockBackend.named(lockBackend) } catch { throw ValidationError(error.message) }
+        configuration.postgres = postgres.map { PostgresConfiguration(url: $0) }
         configuration.maxSessions = maxSessions
         configuration.principalLimit = try principalLimit()
         configuration.sweepIntervalMillis = sweepIntervalMs

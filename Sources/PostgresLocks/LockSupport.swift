@@ -36,9 +36,20 @@ func unavailableOnFailure<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
+/// Runs `body`; when its table or sequence does not exist yet (SQLSTATE 42P01), creates the schema
+/// with `create` and runs `body` once more: a service works on a fresh database with no set-up step.
+func creatingSchemaWhenMissing<T>(_ create: () throws -> Void, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as PostgresError where error.sqlState == "42P01" {
+        try create()
+        return try body()
+    }
+}
+
 /// Runs a `CREATE … IF NOT EXISTS` again once when a concurrent creator won the race
 /// (PostgreSQL reports it as a unique violation on its catalog).
-func createIfMissing(_ pool: PostgresPool, _ create: () throws -> Void) throws {
+func createIfMissing(_ create: () throws -> Void) throws {
     do {
         try create()
     } catch let error as PostgresError where error.sqlState == "23505" || error.sqlState == "42P07" {

@@ -20,7 +20,8 @@ import Synchronization
 /// - Names are hashed to the 64-bit key space of advisory locks: two names
 ///   with the same hash are one lock (a false conflict, never a double grant).
 ///
-/// Fencing tokens come from a sequence, drawn once the lock is held.
+/// Fencing tokens come from a sequence, drawn once the lock is held; it is
+/// created on first use (or by `createSchema()`).
 public final class PostgresAdvisoryLock: LockService {
     public var kind: String { "postgres-advisory" }
     /// The sequence fencing tokens come from.
@@ -49,8 +50,13 @@ public final class PostgresAdvisoryLock: LockService {
 
     /// Creates the sequence when missing.
     public func createSchema() throws {
-        try unavailableOnFailure {
-            try createIfMissing(pool) { _ = try pool.query("CREATE SEQUENCE IF NOT EXISTS \(sequence)") }
+        try unavailableOnFailure { try pool.withConnection(createSequence) }
+    }
+
+    private func createSequence(on connection: PostgresConnection) throws {
+        try createIfMissing {
+            _ = try connection.query(
+                "CREATE SEQUENCE IF NOT EXISTS \(sequence)", timeoutMillis: pool.configuration.statementTimeoutMillis)
         }
     }
 
@@ -74,11 +80,13 @@ public final class PostgresAdvisoryLock: LockService {
                     return nil  // lock_not_available: the wait ran out
                 }
             }
-            let fence = try connection.query(
-                """
-                SELECT nextval('\(sequence)'), set_config('lock_timeout', '0', false),
-                  set_config('idle_session_timeout', $1, false)
-                """, [String(leaseMillis)], timeoutMillis: timeout)
+            let fence = try creatingSchemaWhenMissing({ try createSequence(on: connection) }) {
+                try connection.query(
+                    """
+                    SELECT nextval('\(sequence)'), set_config('lock_timeout', '0', false),
+                      set_config('idle_session_timeout', $1, false)
+                    """, [String(leaseMillis)], timeoutMillis: timeout)
+            }
             guard let token = fence.rows.first?[0].flatMap({ Int64($0) }) else {
                 throw PostgresError(.server, "nextval returned no token")
             }

@@ -18,7 +18,7 @@ import Synchronization
 ///   release, not on a poll. A holder that vanishes is waited out until its
 ///   lease ends, which the waiter knows from the failed attempt.
 ///
-/// `createSchema()` makes the table and sequence (`CREATE … IF NOT EXISTS`).
+/// The table and its sequence are created on first use (or by `createSchema()`).
 public final class PostgresTableLock: LockService {
     public var kind: String { "postgres-table" }
     /// The table's name; its sequence is `<table>_fence`.
@@ -46,22 +46,26 @@ public final class PostgresTableLock: LockService {
 
     /// Creates the table and its sequence when missing.
     public func createSchema() throws {
-        try unavailableOnFailure {
-            try createIfMissing(pool) {
-                _ = try pool.query(
-                    """
-                    CREATE TABLE IF NOT EXISTS \(table) (
-                      name text PRIMARY KEY, holder text NOT NULL, fence bigint NOT NULL, expires_at timestamptz NOT NULL)
-                    """)
-                _ = try pool.query("CREATE SEQUENCE IF NOT EXISTS \(table)_fence")
-            }
+        try unavailableOnFailure { try createTables() }
+    }
+
+    private func createTables() throws {
+        try createIfMissing {
+            _ = try pool.query(
+                """
+                CREATE TABLE IF NOT EXISTS \(table) (
+                  name text PRIMARY KEY, holder text NOT NULL, fence bigint NOT NULL, expires_at timestamptz NOT NULL)
+                """)
+            _ = try pool.query("CREATE SEQUENCE IF NOT EXISTS \(table)_fence")
         }
     }
 
     public func acquire(_ name: String, holder: String, leaseMillis: Int, waitMillis: Int) throws -> LockGrant? {
         try unavailableOnFailure {
-            try pool.withConnection { connection in
-                try acquire(name, holder: holder, leaseMillis: leaseMillis, waitMillis: waitMillis, on: connection)
+            try creatingSchemaWhenMissing(createTables) {
+                try pool.withConnection { connection in
+                    try acquire(name, holder: holder, leaseMillis: leaseMillis, waitMillis: waitMillis, on: connection)
+                }
             }
         }
     }

@@ -12,7 +12,9 @@ struct SessionClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "session-cluster",
         abstract: "HTTP sessions shared across a cluster of identical server instances.",
-        subcommands: [Demo.self, Node.self, Proxy.self, Bench.self, BenchStore.self, BenchReplication.self]
+        subcommands: [
+            Demo.self, Node.self, Proxy.self, Bench.self, BenchStore.self, BenchReplication.self, LockWorkerCommand.self,
+        ]
     )
 }
 

@@ -37,13 +37,9 @@ struct RedisLockHarness: LockServiceHarness {
     }
 }
 
-/// PostgreSQL's lock table: a table of its own per harness.
+/// PostgreSQL's lock table: a table of its own per harness, which its first acquire creates.
 struct PostgresTableHarness: LockServiceHarness {
     let table = "locks_\(UUID().uuidString.prefix(8).lowercased())"
-
-    init() throws {
-        try (makeService() as! PostgresTableLock).createSchema()
-    }
 
     func makeService() throws -> any LockService {
         PostgresTableLock(
@@ -58,10 +54,6 @@ struct PostgresTableHarness: LockServiceHarness {
 
 /// PostgreSQL's advisory locks.
 struct PostgresAdvisoryHarness: LockServiceHarness {
-    init() throws {
-        try (makeService() as! PostgresAdvisoryLock).createSchema()
-    }
-
     func makeService() throws -> any LockService {
         PostgresAdvisoryLock(
             configuration: PostgresConfiguration(url: LockBackends.postgresURL ?? "postgresql://postgres@127.0.0.1:5432/postgres"),

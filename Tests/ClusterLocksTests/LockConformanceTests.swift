@@ -18,11 +18,11 @@ struct RedisClusterLockConformanceTests {
 @Suite(.enabled(if: LockBackends.postgresURL != nil, "needs POSTGRES_URL"), .tags(.integration))
 struct PostgresTableLockConformanceTests {
     @Test(arguments: LockConformance.allCases)
-    func conformance(_ check: LockConformance) throws { try check.run(try PostgresTableHarness()) }
+    func conformance(_ check: LockConformance) throws { try check.run(PostgresTableHarness()) }
 }
 
 @Suite(.enabled(if: LockBackends.postgresURL != nil, "needs POSTGRES_URL"), .tags(.integration))
 struct PostgresAdvisoryLockConformanceTests {
     @Test(arguments: LockConformance.allCases)
-    func conformance(_ check: LockConformance) throws { try check.run(try PostgresAdvisoryHarness()) }
+    func conformance(_ check: LockConformance) throws { try check.run(PostgresAdvisoryHarness()) }
 }

@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "SessionMiddleware", targets: ["SessionMiddleware"]),
         .library(name: "SessionRedis", targets: ["SessionRedis"]),
         .library(name: "PostgresLocks", targets: ["PostgresLocks"]),
+        .library(name: "ZooKeeperLocks", targets: ["ZooKeeperLocks"]),
         .library(name: "SessionReplication", targets: ["SessionReplication"]),
         .library(name: "SessionStoreConformance", targets: ["SessionStoreConformance"]),
         .library(name: "LockConformance", targets: ["LockConformance"]),
@@ -48,6 +49,11 @@ let package = Package(
         .systemLibrary(
             name: "CLibPQ",
             providers: [.apt(["libpq-dev"])]
+        ),
+        // The ZooKeeper C client, multithreaded (apt: libzookeeper-mt-dev).
+        .systemLibrary(
+            name: "CZooKeeper",
+            providers: [.apt(["libzookeeper-mt-dev"])]
         ),
         // epoll, eventfd and accept4, which Glibc does not export.
         .target(name: "CEpoll"),
@@ -88,6 +94,11 @@ let package = Package(
             name: "PostgresLocks",
             dependencies: ["CLibPQ", "ClusterLocks", "SystemSupport", .product(name: "Logging", package: "swift-log")]
         ),
+        // Locks in ZooKeeper: ephemeral sequential nodes, each waiter watching its predecessor.
+        .target(
+            name: "ZooKeeperLocks",
+            dependencies: ["CZooKeeper", "ClusterLocks", "SystemSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .target(
             name: "SessionReplication",
             dependencies: [
@@ -123,7 +134,7 @@ let package = Package(
             name: "ClusterDemo",
             dependencies: [
                 "ClusterLocks", "PostgresLocks", "SessionCore", "MiniHTTP", "SessionMiddleware", "SessionRedis",
-                "SessionReplication", "SystemSupport",
+                "SessionReplication", "SystemSupport", "ZooKeeperLocks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -163,7 +174,7 @@ let package = Package(
             name: "session-cluster",
             dependencies: [
                 "Balancer", "Benchmarks", "ClusterDemo", "ClusterLocks", "ClusterSupervisor", "FailoverBench",
-                "PostgresLocks", "SessionRedis", "SystemSupport",
+                "PostgresLocks", "SessionRedis", "SystemSupport", "ZooKeeperLocks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -187,7 +198,7 @@ let package = Package(
             name: "ClusterLocksTests",
             dependencies: [
                 "session-cluster", "Benchmarks", "ClusterDemo", "ClusterLocks", "LockConformance", "PostgresLocks",
-                "SessionRedis", "SystemSupport", "TestSupport",
+                "SessionRedis", "SystemSupport", "TestSupport", "ZooKeeperLocks",
             ]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
         // Test-only helpers (product SessionClusterTesting): child processes and private

@@ -13,8 +13,8 @@
 # only when something is missing; `sudo` is used when not root.
 
 # The Debian packages the Swift build itself needs: the system libraries
-# the package links (CHiredis, CSodium, CLibPQ).
-build_packages=(libhiredis-dev libsodium-dev libpq-dev)
+# the package links (CHiredis, CSodium, CLibPQ, CZooKeeper).
+build_packages=(libhiredis-dev libsodium-dev libpq-dev libzookeeper-mt-dev)
 
 # Print an error on stderr.
 ensure_packages_error() {

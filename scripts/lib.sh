@@ -15,6 +15,8 @@
 #   redis_pid      the redis-server start_redis started: stopped by its PID
 #   redis_cluster_pids  the redis-servers start_redis_cluster started: stopped by PID
 #   postgres_pid   the PostgreSQL start_postgres (postgres.sh) started: stopped by its PID
+#   zookeeper_pids the ZooKeeper ensemble start_zookeeper_ensemble (zookeeper.sh)
+#                  started: stopped by PID (it has a watchdog of its own)
 #   tmp_dir        the script's temp dir: removed
 # Also: child_pid, the command `run` is waiting for (the script's
 # stop_children stops it); redis_port, the port of that redis-server;
@@ -29,6 +31,8 @@ cd "$lib_dir/.." || exit
 source "$lib_dir/ensure-packages.sh"
 # shellcheck source-path=SCRIPTDIR source=postgres.sh
 source "$lib_dir/postgres.sh"
+# shellcheck source-path=SCRIPTDIR source=zookeeper.sh
+source "$lib_dir/zookeeper.sh"
 
 SCRATCH_PATH=${SCRATCH_PATH:-.build}
 
@@ -116,6 +120,7 @@ cleanup() {
     done
     redis_cluster_pids=()
     stop_postgres
+    stop_zookeeper_ensemble
     if [[ -n "$tmp_dir" ]]; then
         rm -rf "$tmp_dir"
         tmp_dir=""

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the whole test suite: starts a private redis-server on a free loopback
-# port, a private Redis Cluster (3 primaries, 3 replicas) and a private
-# PostgreSQL (scripts/postgres.sh), exports REDIS_URL, REDIS_CLUSTER_SEEDS
-# (127.0.0.1:port,... of every cluster node) and POSTGRES_URL for the
-# integration tests, runs
+# port, a private Redis Cluster (3 primaries, 3 replicas), a private
+# PostgreSQL (scripts/postgres.sh) and a private 3-server ZooKeeper ensemble
+# (scripts/zookeeper.sh), exports REDIS_URL, REDIS_CLUSTER_SEEDS
+# (127.0.0.1:port,... of every cluster node), POSTGRES_URL and
+# ZOOKEEPER_CONNECT for the integration tests, runs
 # `swift build --build-tests` then `swift test` (extra arguments go to
 # `swift test`, e.g. scripts/test.sh --filter MiniHTTPTests), then, for the
 # whole suite (no arguments; SKIP_INTEGRATIONS=1 skips it), the framework
@@ -69,6 +70,7 @@ if [[ $selection == unit ]]; then
 else
     ensure_packages "${build_packages[@]}" redis-server redis-tools curl
     ensure_postgres_packages
+    ensure_zookeeper_packages
     ensure_packages redis-sentinel ||
         log "warning: redis-sentinel could not be installed; the Sentinel failover test will be skipped"
 fi
@@ -91,11 +93,12 @@ ensure_swift
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-test.XXXXXX")
 
 if [[ $selection == unit ]]; then
-    unset REDIS_URL REDIS_CLUSTER_SEEDS POSTGRES_URL
+    unset REDIS_URL REDIS_CLUSTER_SEEDS POSTGRES_URL ZOOKEEPER_CONNECT
 else
     start_redis
     start_redis_cluster
     start_postgres
+    start_zookeeper_ensemble
 fi
 
 # Should this script be killed with SIGKILL (no trap runs), still stop
@@ -109,6 +112,8 @@ if [[ $selection != unit ]]; then
     log "Redis Cluster ready (pids ${redis_cluster_pids[*]}), REDIS_CLUSTER_SEEDS=$REDIS_CLUSTER_SEEDS"
     export POSTGRES_URL="$postgres_url"
     log "PostgreSQL ready (pid $postgres_pid), POSTGRES_URL=$POSTGRES_URL"
+    export ZOOKEEPER_CONNECT="$zookeeper_connect"
+    log "ZooKeeper ensemble ready (pids ${zookeeper_pids[*]}), ZOOKEEPER_CONNECT=$ZOOKEEPER_CONNECT"
 fi
 
 # The import check makes a test target that imports a module it does not declare

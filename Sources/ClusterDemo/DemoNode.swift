@@ -119,9 +119,10 @@ public final class DemoNode: Sendable {
         redisStore?.startExpirySweeper(intervalMillis: configuration.sweepIntervalMillis)
         let store = InstrumentedSessionStore(base, metrics: metrics)
         if configuration.exclusiveSessions && configuration.lockBackend != .redis {
-            // In a table (or under a sequence) of its own, created on first use: the node starts while PostgreSQL is down.
+            // In a table, sequence or root node of its own, made on first use: the node starts while the service is down.
             let service = try configuration.lockBackend.makeService(
-                .init(postgres: configuration.postgres), namespace: "session_locks", logger: logger)
+                .init(postgres: configuration.postgres, zookeeper: configuration.zookeeper), namespace: "session_locks",
+                logger: logger)
             exclusive = DistributedSessionLock(lock: DistributedLock(service: service, logger: logger), logger: logger)
         }
         let sessionConfiguration = try SessionConfiguration(signingKeys: configuration.cookieSecrets, exclusive: exclusive)

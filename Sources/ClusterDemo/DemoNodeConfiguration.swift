@@ -1,4 +1,5 @@
 import PostgresLocks
+import ZooKeeperLocks
 import SessionCore
 import SessionRedis
 import SessionReplication
@@ -19,10 +20,12 @@ public struct DemoNodeConfiguration: Sendable {
     /// Serialize each session's requests across the cluster with a distributed lock.
     public var exclusiveSessions = false
     /// The exclusive mode's lock service: `redis` (the node's Redis: `redis` strategy), `postgres`
-    /// or `postgres-advisory` (`postgres`).
+    /// or `postgres-advisory` (`postgres`), `zookeeper` (`zookeeper`).
     public var lockBackend = LockBackend.redis
     /// PostgreSQL, for the postgres lock backends.
     public var postgres: PostgresConfiguration?
+    /// ZooKeeper, for the zookeeper lock backend.
+    public var zookeeper: ZooKeeperConfiguration?
     /// Peers, secret and mode, for the `replicate` strategy (its node id is also the stores').
     public var replication: ReplicationConfiguration?
     /// The most sessions a node holds in memory (`local`, `replicate`); then new ones get 503.
@@ -73,8 +76,11 @@ extension DemoNodeConfiguration {
             throw DemoNodeConfigurationError(
                 "--exclusive-sessions with --lock-backend redis needs --strategy redis (or --lock-backend postgres)")
         }
-        if exclusiveSessions && lockBackend != .redis && postgres == nil {
+        if exclusiveSessions && (lockBackend == .postgres || lockBackend == .postgresAdvisory) && postgres == nil {
             throw DemoNodeConfigurationError("--lock-backend \(lockBackend.rawValue) needs --postgres")
+        }
+        if exclusiveSessions && lockBackend == .zookeeper && zookeeper == nil {
+            throw DemoNodeConfigurationError("--lock-backend zookeeper needs --zookeeper")
         }
     }
 }

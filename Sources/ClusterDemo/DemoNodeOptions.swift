@@ -2,6 +2,7 @@ import ArgumentParser
 import ClusterLocks
 import Logging
 import PostgresLocks
+import ZooKeeperLocks
 import SessionCore
 import SessionRedis
 import SessionReplication
@@ -56,6 +57,9 @@ public struct DemoNodeOptions: ParsableArguments {
 
     @Option(help: "PostgreSQL for the postgres lock backends: postgresql://user[:password]@host:port/database.")
     public var postgres: String?
+
+    @Option(help: "ZooKeeper for --lock-backend zookeeper: host:port,host:port,...")
+    public var zookeeper: String?
 
     @Option(help: "Redis connections per node.")
     public var redisPoolSize = 32
@@ -153,6 +157,7 @@ public struct DemoNodeOptions: ParsableArguments {
         configuration.exclusiveSessions = exclusiveSessions
         do { configuration.lockBackend = try LockBackend.named(lockBackend) } catch { throw ValidationError(error.message) }
         configuration.postgres = postgres.map { PostgresConfiguration(url: $0) }
+        configuration.zookeeper = zookeeper.map { ZooKeeperConfiguration(connect: $0) }
         configuration.maxSessions = maxSessions
         configuration.principalLimit = try principalLimit()
         configuration.sweepIntervalMillis = sweepIntervalMs

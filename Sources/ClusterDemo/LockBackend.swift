@@ -2,6 +2,7 @@ import ClusterLocks
 import Logging
 import PostgresLocks
 import SessionRedis
+import ZooKeeperLocks
 
 /// The lock services a node or a lock benchmark can use (`--lock-backend`).
 public enum LockBackend: String, CaseIterable, Sendable {
@@ -11,6 +12,8 @@ public enum LockBackend: String, CaseIterable, Sendable {
     case postgres
     /// `PostgresAdvisoryLock`: `pg_advisory_lock`, held by its connection.
     case postgresAdvisory = "postgres-advisory"
+    /// `ZooKeeperLock`: ephemeral sequential nodes, held as long as the holder's session.
+    case zookeeper
 
     /// The names `--lock-backend` accepts, for help and errors.
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
@@ -29,10 +32,15 @@ public enum LockBackend: String, CaseIterable, Sendable {
         public var redis: RedisClient?
         /// For `postgres` and `postgres-advisory`.
         public var postgres: PostgresConfiguration?
+        /// For `zookeeper`.
+        public var zookeeper: ZooKeeperConfiguration?
 
-        public init(redis: RedisClient? = nil, postgres: PostgresConfiguration? = nil) {
+        public init(
+            redis: RedisClient? = nil, postgres: PostgresConfiguration? = nil, zookeeper: ZooKeeperConfiguration? = nil
+        ) {
             self.redis = redis
             self.postgres = postgres
+            self.zookeeper = zookeeper
         }
     }
 
@@ -53,6 +61,11 @@ public enum LockBackend: String, CaseIterable, Sendable {
                 throw LockError(.invalidArgument, "the postgres-advisory lock backend needs --postgres")
             }
             return PostgresAdvisoryLock(configuration: postgres, sequence: namespace + "_fence", logger: logger)
+        case .zookeeper:
+            guard let zookeeper = endpoints.zookeeper else {
+                throw LockError(.invalidArgument, "the zookeeper lock backend needs --zookeeper")
+            }
+            return ZooKeeperLock(configuration: zookeeper, namespace: namespace, logger: logger)
         }
     }
 }

@@ -47,12 +47,14 @@ func creatingSchemaWhenMissing<T>(_ create: () throws -> Void, _ body: () throws
     }
 }
 
-/// Runs a `CREATE … IF NOT EXISTS` again once when a concurrent creator won the race
-/// (PostgreSQL reports it as a unique violation on its catalog).
+/// Runs one `CREATE … IF NOT EXISTS` statement, again when a concurrent creator won the race
+/// (PostgreSQL reports it as a unique violation on its catalog, or as "already exists").
 func createIfMissing(_ create: () throws -> Void) throws {
-    do {
-        try create()
-    } catch let error as PostgresError where error.sqlState == "23505" || error.sqlState == "42P07" {
-        try create()
+    for attempt in 1...3 {
+        do {
+            return try create()
+        } catch let error as PostgresError where (error.sqlState == "23505" || error.sqlState == "42P07") && attempt < 3 {
+            continue
+        }
     }
 }

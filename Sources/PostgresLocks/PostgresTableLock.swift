@@ -56,8 +56,8 @@ public final class PostgresTableLock: LockService {
                 CREATE TABLE IF NOT EXISTS \(table) (
                   name text PRIMARY KEY, holder text NOT NULL, fence bigint NOT NULL, expires_at timestamptz NOT NULL)
                 """)
-            _ = try pool.query("CREATE SEQUENCE IF NOT EXISTS \(table)_fence")
         }
+        try createIfMissing { _ = try pool.query("CREATE SEQUENCE IF NOT EXISTS \(table)_fence") }
     }
 
     public func acquire(_ name: String, holder: String, leaseMillis: Int, waitMillis: Int) throws -> LockGrant? {

@@ -5,6 +5,7 @@ import ClusterLocks
 import Logging
 import PostgresLocks
 import SessionRedis
+import ZooKeeperLocks
 
 extension SessionClusterCommand {
     /// Lock contenders in one process, for the lock tests and `bench-locks`.
@@ -59,7 +60,7 @@ extension SessionClusterCommand {
 
         func run() throws {
             let logger = try standardErrorLogger(label: "lock-worker", level: logLevel)
-            var worker = LockWorker(service: try lockService.makeService(logger: logger), name: name)
+            var worker = LockWorker(service: try lockService.makeService(logger: logger, leaseMillis: leaseMs), name: name)
             worker.threads = threads
             worker.rounds = rounds
             worker.leaseMillis = leaseMs
@@ -77,7 +78,7 @@ extension SessionClusterCommand {
     }
 }
 
-/// Which lock service, and where: `--lock-backend`, `--redis`, `--postgres`, `--namespace`.
+/// Which lock service, and where: `--lock-backend`, `--redis`, `--postgres`, `--zookeeper`, `--namespace`.
 struct LockServiceOptions: ParsableArguments {
     @Option(help: "The lock service: \(LockBackend.names).")
     var lockBackend = "redis"
@@ -88,16 +89,21 @@ struct LockServiceOptions: ParsableArguments {
     @Option(help: "PostgreSQL for the postgres backends: postgresql://user[:password]@host:port/database.")
     var postgres = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-    @Option(help: "Keeps these locks apart from others: a Redis key prefix, a PostgreSQL table (lower-case letters, digits, _).")
+    @Option(help: "ZooKeeper for --lock-backend zookeeper: host:port,host:port,...")
+    var zookeeper = "127.0.0.1:2181"
+
+    @Option(help: "Keeps these locks apart from others: a Redis key prefix, a PostgreSQL table, a ZooKeeper root node (lower-case letters, digits, _).")
     var namespace = "cluster_locks"
 
-    func makeService(logger: Logger) throws -> any LockService {
+    /// The service; `leaseMillis` is also ZooKeeper's session timeout (its locks' only lease).
+    func makeService(logger: Logger, leaseMillis: Int) throws -> any LockService {
         do {
             let backend = try LockBackend.named(lockBackend)
             let endpoints = LockBackend.Endpoints(
                 redis: backend == .redis
                     ? RedisClient(configuration: try RedisConfiguration(url: redis), logger: logger) : nil,
-                postgres: PostgresConfiguration(url: postgres))
+                postgres: PostgresConfiguration(url: postgres),
+                zookeeper: ZooKeeperConfiguration(connect: zookeeper, sessionTimeoutMillis: leaseMillis))
             return try backend.makeService(endpoints, namespace: namespace, logger: logger)
         } catch let error as LockError {
             throw ValidationError(error.message)

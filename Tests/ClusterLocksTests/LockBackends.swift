@@ -3,6 +3,7 @@ import Foundation
 import LockConformance
 import PostgresLocks
 import SessionRedis
+import ZooKeeperLocks
 import TestSupport
 
 /// The lock services scripts/test.sh starts: REDIS_URL, POSTGRES_URL.
@@ -10,6 +11,7 @@ enum LockBackends {
     static let redisURL = ProcessInfo.processInfo.environment["REDIS_URL"]
     static let postgresURL = ProcessInfo.processInfo.environment["POSTGRES_URL"]
     static let redisClusterSeeds = ProcessInfo.processInfo.environment["REDIS_CLUSTER_SEEDS"]
+    static let zookeeperConnect = ProcessInfo.processInfo.environment["ZOOKEEPER_CONNECT"]
 }
 
 /// Redis, or a Redis Cluster (every lock's keys in its name's slot): a key prefix of its own per harness.
@@ -62,5 +64,22 @@ struct PostgresAdvisoryHarness: LockServiceHarness {
 
     func makeUnreachableService() throws -> any LockService {
         PostgresAdvisoryLock(configuration: PostgresConfiguration(url: "postgresql://postgres@127.0.0.1:1/postgres"), logger: quietLogger())
+    }
+}
+
+/// ZooKeeper: a root node of its own per harness, 3 s sessions.
+struct ZooKeeperHarness: LockServiceHarness {
+    let namespace = "locks_\(UUID().uuidString.prefix(8).lowercased())"
+
+    func makeService() throws -> any LockService {
+        ZooKeeperLock(
+            configuration: ZooKeeperConfiguration(connect: LockBackends.zookeeperConnect ?? "127.0.0.1:2181"),
+            namespace: namespace, logger: quietLogger())
+    }
+
+    func makeUnreachableService() throws -> any LockService {
+        ZooKeeperLock(
+            configuration: ZooKeeperConfiguration(connect: "127.0.0.1:1", connectTimeoutMillis: 1_000), namespace: namespace,
+            logger: quietLogger())
     }
 }

@@ -26,3 +26,11 @@ struct PostgresAdvisoryLockConformanceTests {
     @Test(arguments: LockConformance.allCases)
     func conformance(_ check: LockConformance) throws { try check.run(PostgresAdvisoryHarness()) }
 }
+
+@Suite(.enabled(if: LockBackends.zookeeperConnect != nil, "needs ZOOKEEPER_CONNECT"), .tags(.integration))
+struct ZooKeeperLockConformanceTests {
+    /// Every check but those that let a lease run out unextended (`needsLeasesThatRunOut`): a
+    /// ZooKeeper session renews itself; `LockProcessTests` stops a holder to end one.
+    @Test(arguments: LockConformance.allCases.filter { !$0.needsLeasesThatRunOut })
+    func conformance(_ check: LockConformance) throws { try check.run(ZooKeeperHarness()) }
+}

@@ -6,11 +6,16 @@ import PostgresLocks
 import SessionRedis
 import SystemSupport
 import Testing
+import ZooKeeperLocks
 import TestSupport
 
 /// The backends `session-cluster lock-worker` runs on here.
 private let backends: [LockBackend] = LockBackend.allCases.filter {
-    $0 == .redis ? LockBackends.redisURL != nil : LockBackends.postgresURL != nil
+    switch $0 {
+    case .redis: LockBackends.redisURL != nil
+    case .postgres, .postgresAdvisory: LockBackends.postgresURL != nil
+    case .zookeeper: LockBackends.zookeeperConnect != nil
+    }
 }
 
 /// One hold a worker reported: from its `acquired` line to its `released` line.
@@ -23,7 +28,7 @@ private struct Hold {
 
 /// Locks held by other processes (`session-cluster lock-worker`): exclusion across processes, a
 /// killed holder, a paused holder and fencing, on every backend.
-@Suite(.enabled(if: !backends.isEmpty, "needs REDIS_URL or POSTGRES_URL"), .tags(.integration))
+@Suite(.enabled(if: !backends.isEmpty, "needs REDIS_URL, POSTGRES_URL or ZOOKEEPER_CONNECT"), .tags(.integration))
 struct LockProcessTests {
     /// 8 contenders on 3 processes (3, 3 and 2 threads), 5 holds each: no two holds overlap in
     /// time (every process reads the same monotonic clock), and tokens increase with every hold.
@@ -48,8 +53,8 @@ struct LockProcessTests {
     }
 
     /// A holder SIGKILLed while holding: another process gets the lock within the holder's lease
-    /// (Redis, the table) or at once, when the session dies with the connection (advisory: its
-    /// 20 s lease is not what frees it).
+    /// (Redis, the table; ZooKeeper's session timeout, the lease there) or at once, when the
+    /// session dies with the connection (advisory: its 20 s lease is not what frees it).
     @Test(arguments: backends)
     func aKilledHoldersLockIsTakenOver(_ backend: LockBackend) throws {
         let namespace = uniqueNamespace()
@@ -113,7 +118,10 @@ struct LockProcessTests {
     private func uniqueNamespace() -> String { "locks_\(UUID().uuidString.prefix(8).lowercased())" }
 
     private func endpoints(_ namespace: String) -> [String] {
-        ["--redis", LockBackends.redisURL ?? "", "--postgres", LockBackends.postgresURL ?? "", "--namespace", namespace]
+        [
+            "--redis", LockBackends.redisURL ?? "", "--postgres", LockBackends.postgresURL ?? "", "--zookeeper",
+            LockBackends.zookeeperConnect ?? "", "--namespace", namespace,
+        ]
     }
 
     private func worker(
@@ -130,7 +138,8 @@ struct LockProcessTests {
             redis: backend == .redis
                 ? RedisClient(configuration: try RedisConfiguration(url: LockBackends.redisURL ?? ""), logger: quietLogger())
                 : nil,
-            postgres: PostgresConfiguration(url: LockBackends.postgresURL ?? ""))
+            postgres: PostgresConfiguration(url: LockBackends.postgresURL ?? ""),
+            zookeeper: ZooKeeperConfiguration(connect: LockBackends.zookeeperConnect ?? ""))
         return try backend.makeService(endpoints, namespace: namespace, logger: quietLogger())
     }
 

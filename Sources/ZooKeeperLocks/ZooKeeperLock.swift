@@ -1,0 +1,155 @@
+import ClusterLocks
+import CZooKeeper
+import Logging
+import Synchronization
+import SystemSupport
+
+/// A lock in ZooKeeper, the recipe of its documentation (and Curator's
+/// `InterProcessMutex`):
+///
+/// - Each acquisition creates an ephemeral sequential node under the
+///   lock's own container node, `<root>/<name>/lock-NNNNNNNNNN`; the lowest
+///   sequence number holds the lock.
+/// - A waiter watches only the node just before its own: a release wakes
+///   one waiter, never the herd.
+/// - The fencing token is the node's creation zxid (`czxid`): zxids grow
+///   across the whole ensemble, leader elections included, so tokens of a
+///   name grow with every grant.
+/// - There is no lease per lock: the lock lives as long as its holder's
+///   session, which the client library keeps alive while the process runs.
+///   A holder silent for longer than the session timeout (stopped,
+///   partitioned) loses its session, its nodes and its locks; it finds
+///   them `lost` when it comes back. The ensemble's clock decides.
+/// - `extend` checks that the node still exists; the session renews itself.
+///
+/// Lock names are escaped into one znode name each (`/` and other bytes
+/// outside letters, digits, `-`, `.` and `_` as `%XX`).
+public final class ZooKeeperLock: LockService {
+    public var kind: String { "zookeeper" }
+    /// The parent of every lock's container node: `/cluster_locks` by default.
+    public let root: String
+    public let configuration: ZooKeeperConfiguration
+    let logger: Logger
+    /// The current session: replaced when the ensemble ends it.
+    private let session = Mutex<ZooKeeperSession?>(nil)
+    /// Each holder's node.
+    private let held = Mutex<[String: (path: String, session: ZooKeeperSession)]>([:])
+
+    /// - Parameter namespace: the root node's name (letters, digits, `_`, `-`).
+    public init(configuration: ZooKeeperConfiguration, namespace: String = "cluster_locks", logger: Logger) {
+        precondition(
+            !namespace.isEmpty && namespace.utf8.allSatisfy(Self.isPlain), "the namespace must be a plain znode name")
+        self.configuration = configuration
+        root = "/" + namespace
+        self.logger = logger
+    }
+
+    public func acquire(_ name: String, holder: String, leaseMillis: Int, waitMillis: Int) throws -> LockGrant? {
+        let deadline = monotonicMillis() + Int64(waitMillis)
+        let current = try currentSession()
+        let directory = root + "/" + Self.escaped(name)
+        let path = try unavailableOnFailure { try createNode(in: directory, holder: holder, on: current) }
+        let mine = String(path.dropFirst(directory.count + 1))
+        do {
+            while true {
+                let waiting = try current.children(directory).filter { $0.hasPrefix("lock-") }.sorted()
+                guard let place = waiting.firstIndex(of: mine) else {
+                    throw LockError(.lost, "the lock's node vanished while waiting: the session ended")
+                }
+                if place == 0 {
+                    guard let stat = try current.stat(path) else { throw LockError(.lost, "the lock's node vanished") }
+                    held.withLock { $0[holder] = (path, current) }
+                    return LockGrant(fencingToken: stat.czxid, expiresAt: nil)
+                }
+                let left = deadline - monotonicMillis()
+                if left <= 0 {
+                    _ = try? current.delete(path)
+                    return nil
+                }
+                _ = try current.awaitDeletion(of: directory + "/" + waiting[place - 1], timeoutMillis: Int(left))
+            }
+        } catch {
+            _ = try? current.delete(path)
+            if let error = error as? ZooKeeperError { throw LockError(.unavailable, "ZooKeeper: \(error)") }
+            throw error
+        }
+    }
+
+    public func release(_ name: String, holder: String) throws -> Bool {
+        guard let node = held.withLock({ $0.removeValue(forKey: holder) }) else { return false }
+        do {
+            return try node.session.delete(node.path)
+        } catch let error as ZooKeeperError where error.sessionEnded {
+            return false  // its session, and the lock with it, ended: lost
+        } catch let error as ZooKeeperError {
+            throw LockError(.unavailable, "ZooKeeper: \(error)")
+        }
+    }
+
+    public func extend(_ name: String, holder: String, leaseMillis: Int) throws -> Bool {
+        guard let node = held.withLock({ $0[holder] }) else { return false }
+        do {
+            return try node.session.stat(node.path) != nil
+        } catch let error as ZooKeeperError where error.sessionEnded {
+            return false
+        } catch let error as ZooKeeperError {
+            throw LockError(.unavailable, "ZooKeeper: \(error)")
+        }
+    }
+
+    /// The ephemeral sequential node of a new acquisition, under its lock's container node
+    /// (made on the way, with the root; the server deletes an empty container by itself, so a
+    /// creation that finds its parent gone makes it again).
+    private func createNode(in directory: String, holder: String, on current: ZooKeeperSession) throws -> String {
+        for _ in 0..<5 {
+            do {
+                return try current.create(directory + "/lock-", data: holder, flags: ZOO_EPHEMERAL_SEQUENTIAL)
+            } catch let error as ZooKeeperError where error.code == ZNONODE.rawValue {
+                for parent in [root, directory] {
+                    do {
+                        _ = try current.create(parent, data: "", flags: ZOO_CONTAINER)
+                    } catch let error as ZooKeeperError where error.code == ZNODEEXISTS.rawValue {}
+                }
+            }
+        }
+        throw ZooKeeperError(code: ZNONODE.rawValue, operation: "create a node under \(directory)")
+    }
+
+    /// The session, connecting (again) when there is none or the ensemble ended it.
+    private func currentSession() throws -> ZooKeeperSession {
+        try session.withLock { session in
+            if let session, !session.hasEnded { return session }
+            let fresh = try unavailableOnFailure { try ZooKeeperSession(configuration: configuration) }
+            session = fresh
+            return fresh
+        }
+    }
+
+    private func unavailableOnFailure<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as ZooKeeperError {
+            throw LockError(.unavailable, "ZooKeeper: \(error)")
+        }
+    }
+
+    private static func isPlain(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+            || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "_")
+            || byte == UInt8(ascii: "-")
+    }
+
+    /// One znode name for any lock name.
+    static func escaped(_ name: String) -> String {
+        var out = ""
+        for byte in name.utf8 {
+            if isPlain(byte) || byte == UInt8(ascii: ".") && !out.isEmpty {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                let hex = String(byte, radix: 16, uppercase: true)
+                out += "%" + (hex.count == 1 ? "0" : "") + hex
+            }
+        }
+        return out
+    }
+}

@@ -13,7 +13,8 @@ struct SessionClusterCommand: ParsableCommand {
         commandName: "session-cluster",
         abstract: "HTTP sessions shared across a cluster of identical server instances.",
         subcommands: [
-            Demo.self, Node.self, Proxy.self, Bench.self, BenchStore.self, BenchReplication.self, LockWorkerCommand.self,
+            Demo.self, Node.self, Proxy.self, Bench.self, BenchStore.self, BenchReplication.self, BenchLocks.self,
+            LockWorkerCommand.self,
         ]
     )
 }

@@ -8,11 +8,19 @@
 # holder's lock is taken over; and, over PAUSED_ROUNDS holders SIGSTOPped
 # past their lease while another client took the lock and wrote, how many of
 # their late writes an unfenced resource took and a fenced one refused.
+# Then (FAILOVER=1, the default) the services fail under 8 contenders:
+# Redis's primary SIGKILLed under Sentinel (a private primary, replica and
+# Sentinel of the benchmark's own), PostgreSQL crashed and restarted (one of
+# its backends SIGKILLed: the postmaster ends every session and restarts) and
+# the ZooKeeper ensemble's leader SIGKILLed; it prints the grants, the holds that overlapped, what the fenced
+# resource refused and the unfenced one took out of turn, and how long until
+# the next grant.
 #
 # Environment: SECONDS_PER_PHASE (default 3), LEASE_MS (the killed and paused
 # holders' lease, default 1000), PAUSED_ROUNDS (default 5), BACKENDS (default
-# redis,postgres,postgres-advisory,zookeeper), SCRATCH_PATH (SwiftPM build
-# directory, default .build).
+# redis,postgres,postgres-advisory,zookeeper), FAILOVER (1: the failover
+# phases too, 0: not; default 1), SCRATCH_PATH (SwiftPM build directory,
+# default .build).
 set -euo pipefail
 
 script_dir=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,6 +32,7 @@ SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-3}
 LEASE_MS=${LEASE_MS:-1000}
 PAUSED_ROUNDS=${PAUSED_ROUNDS:-5}
 BACKENDS=${BACKENDS:-redis,postgres,postgres-advisory,zookeeper}
+FAILOVER=${FAILOVER:-1}
 positive SECONDS_PER_PHASE "$SECONDS_PER_PHASE"
 positive LEASE_MS "$LEASE_MS"
 positive PAUSED_ROUNDS "$PAUSED_ROUNDS"
@@ -31,7 +40,7 @@ positive PAUSED_ROUNDS "$PAUSED_ROUNDS"
 install_traps
 
 log "checking packages and Swift"
-ensure_packages "${build_packages[@]}" redis-server redis-tools
+ensure_packages "${build_packages[@]}" redis-server redis-tools redis-sentinel
 ensure_postgres_packages
 ensure_zookeeper_packages
 ensure_swift
@@ -40,6 +49,9 @@ build_release
 
 tmp_dir=$(mktemp -d "${TMPDIR:-/tmp}/session-cluster-bench-locks.XXXXXX")
 start_redis
+# Commits in the WAL before they are acknowledged, as in production: with the tests' off, a crash
+# of the server's processes loses the last commits, sequence values with them (fencing tokens repeat).
+postgres_synchronous_commit=on
 start_postgres
 start_zookeeper_ensemble
 # Should this script be killed with SIGKILL (no trap runs), still stop the servers.
@@ -48,8 +60,12 @@ start_watchdog INT
 echo
 echo "nproc: $(nproc)    kernel: $(uname -r)    date: $(date -u +%F)    load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2), $("$postgres_bindir/postgres" --version), ZooKeeper $(dpkg-query -W -f '${Version}' zookeeper 2>/dev/null || echo '?') (3 servers, tickTime 200 ms)"
-echo "command: session-cluster bench-locks --backends $BACKENDS --seconds $SECONDS_PER_PHASE --lease-ms $LEASE_MS --paused-rounds $PAUSED_ROUNDS"
+failover=()
+if [[ "$FAILOVER" == 1 ]]; then
+    failover=(--failover --postgres-pid "$postgres_pid" --zookeeper-pids "$(IFS=,; echo "${zookeeper_pids[*]}")")
+fi
+echo "command: session-cluster bench-locks --backends $BACKENDS --seconds $SECONDS_PER_PHASE --lease-ms $LEASE_MS --paused-rounds $PAUSED_ROUNDS ${failover[*]:+--failover}"
 echo
 "$binary" bench-locks --backends "$BACKENDS" --seconds "$SECONDS_PER_PHASE" --lease-ms "$LEASE_MS" \
     --paused-rounds "$PAUSED_ROUNDS" --redis "redis://127.0.0.1:$redis_port/0" --postgres "$postgres_url" \
-    --zookeeper "$zookeeper_connect"
+    --zookeeper "$zookeeper_connect" "${failover[@]}"

@@ -15,7 +15,8 @@
 # start_postgres runs Debian's PostgreSQL binaries (the newest of
 # /usr/lib/postgresql/*/bin, else `pg_config --bindir`, else PATH) on a free
 # port of 127.0.0.1 only, trust authentication, user postgres, durability
-# off (fsync, synchronous_commit, full_page_writes), max_connections=200,
+# off (fsync, full_page_writes, and synchronous_commit unless
+# postgres_synchronous_commit=on), max_connections=200,
 # its cluster in $tmp_dir/postgres (unix socket in there too) and its logs in
 # $tmp_dir/postgres.log and $tmp_dir/postgres-initdb.log. initdb and postgres
 # refuse to run as root: as root they run as the `postgres` system user (the
@@ -37,6 +38,10 @@ postgres_port=${postgres_port:-}
 postgres_url=${postgres_url:-}
 postgres_dir=${postgres_dir:-}
 postgres_bindir=${postgres_bindir:-}
+# synchronous_commit of the next start_postgres: off (the tests: faster) or on (a
+# commit is in the WAL before it is acknowledged, so it survives a crash of the
+# server's processes; fsync stays off: the machine itself is not crashed).
+postgres_synchronous_commit=${postgres_synchronous_commit:-off}
 
 # ensure_postgres_packages — the server (postgresql) and libpq's headers.
 ensure_postgres_packages() {
@@ -126,7 +131,8 @@ start_postgres() {
         # exec all the way down (subshell, setpriv, postgres): $! is the postmaster.
         (cd "$postgres_dir" && exec "${as_owner[@]}" "$postgres_bindir/postgres" -D "$postgres_dir" \
             -p "$postgres_port" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$socket_dir" \
-            -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off) \
+            -c max_connections=200 -c fsync=off -c synchronous_commit="$postgres_synchronous_commit" \
+            -c full_page_writes=off) \
             </dev/null >"$log" 2>&1 &
         postgres_pid=$!
         for ((i = 0; i < 200; i++)); do     # up to 20 s

@@ -48,6 +48,16 @@ public struct LockBench: Sendable {
     public var leaseMillis = 1_000
     /// Paused-holder rounds.
     public var pausedRounds = 5
+    /// Whether to run the failover phases (`failover(logger:)`).
+    public var failover = false
+    /// Seconds of each failover phase (the fault comes after 2).
+    public var failoverSeconds = 8.0
+    /// The ZooKeeper servers' PIDs, in the order of the ensemble's addresses: its leader is
+    /// killed in the failover phase.
+    public var zookeeperPIDs: [pid_t] = []
+    /// The PostgreSQL postmaster's PID: a crash of one of its backends restarts the server in
+    /// the failover phase.
+    public var postgresPID: pid_t?
 
     public init(endpoints: LockBackend.Endpoints, workerArguments: [String], executable: String) {
         self.endpoints = endpoints
@@ -59,7 +69,7 @@ public struct LockBench: Sendable {
     public func run(logger: Logger) throws -> [Result] {
         try backends.map { backend in
             logger.info("bench-locks: \(backend.rawValue)")
-            let namespace = "bench_locks_\(secureRandomToken(byteCount: 4).lowercased().filter { $0.isLetter || $0.isNumber })"
+            let namespace = Self.newNamespace()
             let make = { try backend.makeService(endpoints, namespace: namespace, logger: logger) }
             var result = Result(backend: backend.rawValue)
             result.leaseMillis = leaseMillis
@@ -69,6 +79,35 @@ public struct LockBench: Sendable {
             try pausedHolders(backend, namespace, try make(), into: &result, logger: logger)
             return result
         }
+    }
+
+    /// The failover phases of the chosen backends: Redis (a private primary, replica and Sentinel
+    /// of its own), PostgreSQL (a crash and restart of the given server, by `postgresPID`) and
+    /// ZooKeeper (the leader of the given ensemble, by `zookeeperPIDs`).
+    public func failover(logger: Logger) throws -> [FailoverResult] {
+        var results: [FailoverResult] = []
+        if backends.contains(.redis) {
+            logger.info("bench-locks: redis failover")
+            results.append(try redisFailover(seconds: failoverSeconds, logger: logger))
+        }
+        for backend in backends where backend == .postgres || backend == .postgresAdvisory {
+            guard let postgresPID else { break }
+            logger.info("bench-locks: \(backend.rawValue) failover")
+            results.append(try postgresFailover(backend, postmaster: postgresPID, seconds: failoverSeconds, namespace: Self.newNamespace(), logger: logger))
+        }
+        if backends.contains(.zookeeper), let connect = endpoints.zookeeper?.connect {
+            logger.info("bench-locks: zookeeper failover")
+            results.append(
+                try zookeeperFailover(
+                    connect: connect, pids: zookeeperPIDs, seconds: failoverSeconds, namespace: Self.newNamespace(),
+                    logger: logger))
+        }
+        return results
+    }
+
+    /// A namespace (key prefix, table, root node) of a run's own.
+    static func newNamespace() -> String {
+        "bench_locks_" + secureRandomToken(byteCount: 6).lowercased().filter { $0.isLetter || $0.isNumber }
     }
 
     private func uncontended(_ service: any LockService, logger: Logger) throws -> Double {
@@ -193,22 +232,45 @@ public struct LockBench: Sendable {
     private func tail(_ process: SpawnedProcess) -> String { lines(process).suffix(5).joined(separator: " | ") }
 }
 
+/// A Markdown table: `header`'s cells, then a row of cells per entry.
+func markdownTable(_ header: [String], _ rows: [[String]]) -> String {
+    ([header, header.map { _ in "---" }] + rows).map { "| " + $0.joined(separator: " | ") + " |\n" }.joined()
+}
+
 extension LockBench.Result {
     /// The table's header and a row per result.
     public static func table(_ results: [LockBench.Result]) -> String {
-        var out =
-            "| backend | acquire+release /s (uncontended) | hand-over p50 / p99 (8 contenders) | SIGKILLed holder taken over after (lease) | paused holder's stale writes: unfenced took / fenced refused (rounds) |\n"
-        out += "|---|---|---|---|---|\n"
-        for r in results {
-            out += "| \(r.backend) | \(Int(r.acquireReleasePerSecond.rounded())) "
-            out += "| \(format(r.handOverP50Micros)) / \(format(r.handOverP99Micros)) µs (\(r.handOvers)) "
-            out += "| \(Int(r.killedHolderTakeoverMillis.rounded())) ms (\(r.leaseMillis) ms) "
-            out += "| \(r.staleWritesUnfenced) / \(r.staleWritesRefusedFenced) (\(r.pausedRounds))"
-            if r.staleWritesAcceptedFenced > 0 { out += ", \(r.staleWritesAcceptedFenced) taken by the fenced one!" }
-            out += " |\n"
-        }
-        return out
+        markdownTable(
+            [
+                "backend", "acquire+release /s (uncontended)", "hand-over p50 / p99 (8 contenders)",
+                "SIGKILLed holder taken over after (lease)",
+                "paused holder's stale writes: unfenced took / fenced refused (rounds)",
+            ],
+            results.map { r in
+                [
+                    r.backend, "\(Int(r.acquireReleasePerSecond.rounded()))",
+                    "\(Int(r.handOverP50Micros.rounded())) / \(Int(r.handOverP99Micros.rounded())) µs (\(r.handOvers))",
+                    "\(Int(r.killedHolderTakeoverMillis.rounded())) ms (\(r.leaseMillis) ms)",
+                    "\(r.staleWritesUnfenced) / \(r.staleWritesRefusedFenced) (\(r.pausedRounds))"
+                        + (r.staleWritesAcceptedFenced > 0 ? ", \(r.staleWritesAcceptedFenced) taken by the fenced one!" : ""),
+                ]
+            })
     }
+}
 
-    private static func format(_ micros: Double) -> String { String(Int(micros.rounded())) }
+extension LockBench.FailoverResult {
+    /// The table's header and a row per result.
+    public static func table(_ results: [LockBench.FailoverResult]) -> String {
+        markdownTable(
+            [
+                "backend", "fault", "grants", "overlapping holds", "fenced: refused", "unfenced: out of turn",
+                "releases found lost", "failed calls", "next grant after the fault",
+            ],
+            results.map { r in
+                [
+                    r.backend, r.fault, "\(r.grants)", "\(r.overlaps)", "\(r.fencedRefused)", "\(r.unfencedOutOfTurn)",
+                    "\(r.lostReleases)", "\(r.failedCalls)", r.recoveryMillis.map { "\(Int($0.rounded())) ms" } ?? "none",
+                ]
+            })
+    }
 }

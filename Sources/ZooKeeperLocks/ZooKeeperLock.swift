@@ -8,8 +8,11 @@ import SystemSupport
 /// `InterProcessMutex`):
 ///
 /// - Each acquisition creates an ephemeral sequential node under the
-///   lock's own container node, `<root>/<name>/lock-NNNNNNNNNN`; the lowest
-///   sequence number holds the lock.
+///   lock's own container node, `<root>/<name>/lock-<holder tag>-NNNNNNNNNN`;
+///   the lowest sequence number holds the lock. The tag finds a node whose
+///   creation's answer was lost with the connection, and a given-up node
+///   that could not be deleted then is deleted at the next call: the session
+///   outlives a lost connection, and so would the node, blocking the lock.
 /// - A waiter watches only the node just before its own: a release wakes
 ///   one waiter, never the herd.
 /// - The fencing token is the node's creation zxid (`czxid`): zxids grow
@@ -34,6 +37,10 @@ public final class ZooKeeperLock: LockService {
     private let session = Mutex<ZooKeeperSession?>(nil)
     /// Each holder's node.
     private let held = Mutex<[String: (path: String, session: ZooKeeperSession)]>([:])
+    /// Nodes of given-up acquisitions that could not be deleted then (the connection was lost):
+    /// their session lives on after it reconnects, and they would block the lock. Deleted at the
+    /// next call.
+    private let orphans = Mutex<[(directory: String, tag: String)]>([])
 
     /// - Parameter namespace: the root node's name (letters, digits, `_`, `-`).
     public init(configuration: ZooKeeperConfiguration, namespace: String = "cluster_locks", logger: Logger) {
@@ -47,12 +54,24 @@ public final class ZooKeeperLock: LockService {
     public func acquire(_ name: String, holder: String, leaseMillis: Int, waitMillis: Int) throws -> LockGrant? {
         let deadline = monotonicMillis() + Int64(waitMillis)
         let current = try currentSession()
+        deleteOrphans(on: current)
         let directory = root + "/" + Self.escaped(name)
-        let path = try unavailableOnFailure { try createNode(in: directory, holder: holder, on: current) }
+        // The node's name carries a tag of its holder, so that a creation whose answer was lost
+        // (the connection dropped) can still be found and deleted.
+        let tag = Self.escaped(String(holder.prefix(12)))
+        let path: String
+        do {
+            path = try createNode(in: directory, tag: tag, on: current)
+        } catch let error as ZooKeeperError {
+            giveUp(directory: directory, tag: tag, on: current)
+            throw LockError(.unavailable, "ZooKeeper: \(error)")
+        }
         let mine = String(path.dropFirst(directory.count + 1))
         do {
             while true {
-                let waiting = try current.children(directory).filter { $0.hasPrefix("lock-") }.sorted()
+                let waiting = try current.children(directory).filter { $0.hasPrefix("lock-") }.sorted {
+                    $0.suffix(10) < $1.suffix(10)  // by the sequence number ZooKeeper appended
+                }
                 guard let place = waiting.firstIndex(of: mine) else {
                     throw LockError(.lost, "the lock's node vanished while waiting: the session ended")
                 }
@@ -63,22 +82,47 @@ public final class ZooKeeperLock: LockService {
                 }
                 let left = deadline - monotonicMillis()
                 if left <= 0 {
-                    _ = try? current.delete(path)
+                    giveUp(directory: directory, tag: tag, on: current)
                     return nil
                 }
                 _ = try current.awaitDeletion(of: directory + "/" + waiting[place - 1], timeoutMillis: Int(left))
             }
         } catch {
-            _ = try? current.delete(path)
+            giveUp(directory: directory, tag: tag, on: current)
             if let error = error as? ZooKeeperError { throw LockError(.unavailable, "ZooKeeper: \(error)") }
             throw error
+        }
+    }
+
+    /// Deletes the node of an acquisition given up (a timeout, a failure), or leaves it to
+    /// `deleteOrphans` when that fails too.
+    private func giveUp(directory: String, tag: String, on current: ZooKeeperSession) {
+        if (try? retryingWhileDisconnected({ try deleteTagged(directory: directory, tag: tag, on: current) })) == nil {
+            orphans.withLock { $0.append((directory, tag)) }
+        }
+    }
+
+    private func deleteTagged(directory: String, tag: String, on current: ZooKeeperSession) throws {
+        for child in try current.children(directory) where child.hasPrefix("lock-\(tag)-") {
+            _ = try current.delete(directory + "/" + child)
+        }
+    }
+
+    /// Deletes the nodes of acquisitions given up while the connection was lost.
+    private func deleteOrphans(on current: ZooKeeperSession) {
+        let pending = orphans.withLock { list in
+            defer { list.removeAll() }
+            return list
+        }
+        for orphan in pending where (try? deleteTagged(directory: orphan.directory, tag: orphan.tag, on: current)) == nil {
+            if !current.hasEnded { orphans.withLock { $0.append(orphan) } }  // an ended session took them along
         }
     }
 
     public func release(_ name: String, holder: String) throws -> Bool {
         guard let node = held.withLock({ $0.removeValue(forKey: holder) }) else { return false }
         do {
-            return try node.session.delete(node.path)
+            return try retryingWhileDisconnected { try node.session.delete(node.path) }
         } catch let error as ZooKeeperError where error.sessionEnded {
             return false  // its session, and the lock with it, ended: lost
         } catch let error as ZooKeeperError {
@@ -100,10 +144,10 @@ public final class ZooKeeperLock: LockService {
     /// The ephemeral sequential node of a new acquisition, under its lock's container node
     /// (made on the way, with the root; the server deletes an empty container by itself, so a
     /// creation that finds its parent gone makes it again).
-    private func createNode(in directory: String, holder: String, on current: ZooKeeperSession) throws -> String {
+    private func createNode(in directory: String, tag: String, on current: ZooKeeperSession) throws -> String {
         for _ in 0..<5 {
             do {
-                return try current.create(directory + "/lock-", data: holder, flags: ZOO_EPHEMERAL_SEQUENTIAL)
+                return try current.create(directory + "/lock-\(tag)-", data: "", flags: ZOO_EPHEMERAL_SEQUENTIAL)
             } catch let error as ZooKeeperError where error.code == ZNONODE.rawValue {
                 for parent in [root, directory] {
                     do {
@@ -113,6 +157,19 @@ public final class ZooKeeperLock: LockService {
             }
         }
         throw ZooKeeperError(code: ZNONODE.rawValue, operation: "create a node under \(directory)")
+    }
+
+    /// Runs `body` again while it fails for a lost connection (the client reconnects to another
+    /// server by itself; a leader election takes about a second), for up to a session timeout.
+    private func retryingWhileDisconnected<T>(_ body: () throws -> T) throws -> T {
+        let deadline = monotonicMillis() + Int64(configuration.sessionTimeoutMillis)
+        while true {
+            do {
+                return try body()
+            } catch let error as ZooKeeperError where error.connectionLost && monotonicMillis() < deadline {
+                sleepMillis(50)
+            }
+        }
     }
 
     /// The session, connecting (again) when there is none or the ensemble ended it.

@@ -27,6 +27,8 @@ struct ZooKeeperError: Error, CustomStringConvertible {
     var description: String { "\(operation): \(String(cString: zerror(code)))" }
     /// The session is gone (expired, or its handle closed): its ephemeral nodes, and locks, with it.
     var sessionEnded: Bool { code == ZSESSIONEXPIRED.rawValue || code == ZINVALIDSTATE.rawValue }
+    /// The connection to the current server was lost (the session may live on, on another server).
+    var connectionLost: Bool { code == ZCONNECTIONLOSS.rawValue || code == ZOPERATIONTIMEOUT.rawValue }
 }
 
 /// One ZooKeeper session (a `zhandle_t` of the multithreaded C client:
@@ -124,10 +126,17 @@ final class ZooKeeperSession: @unchecked Sendable {  // handle: set once; the C 
     func awaitDeletion(of path: String, timeoutMillis: Int) throws -> Bool {
         let gone = DispatchSemaphore(value: 0)
         let context = Unmanaged.passRetained(gone).toOpaque()
-        let watcher: watcher_fn = { _, _, _, _, context in
-            // Any event ends the one-shot watch (deleted, or the session's end): the waiter looks again.
+        let watcher: watcher_fn = { _, type, _, _, context in
             guard let context else { return }
-            Unmanaged<DispatchSemaphore>.fromOpaque(context).takeRetainedValue().signal()
+            let semaphore = Unmanaged<DispatchSemaphore>.fromOpaque(context)
+            if type == ZOO_SESSION_EVENT {
+                // The connection's state changed: the watch stays (the client sets it again on the next
+                // server) and may fire later; wake the waiter, which looks again, but keep the context.
+                semaphore.takeUnretainedValue().signal()
+            } else {
+                // A node event ends the one-shot watch: its context goes with it.
+                semaphore.takeRetainedValue().signal()
+            }
         }
         var stat = Stat()
         let code = zoo_wexists(handle, path, watcher, context, &stat)
@@ -139,7 +148,8 @@ final class ZooKeeperSession: @unchecked Sendable {  // handle: set once; the C 
             Unmanaged<DispatchSemaphore>.fromOpaque(context).release()
             throw ZooKeeperError(code: code, operation: "watch \(path)")
         }
-        // On timeout the watch stays set; its event releases the context later.
+        // On timeout the watch stays set; its node event releases the context later (a session that
+        // ends first leaves it: a few bytes).
         return gone.wait(timeout: .now() + .milliseconds(max(0, timeoutMillis))) == .success
     }
 }

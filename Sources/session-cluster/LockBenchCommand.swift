@@ -44,12 +44,24 @@ extension SessionClusterCommand {
         @Option(help: "Paused-holder rounds per backend.")
         var pausedRounds = 5
 
+        @Flag(help: "Also fail the services under load: Redis (a private primary, replica and Sentinel: the primary SIGKILLed), PostgreSQL (a crash and restart: needs --postgres-pid) and ZooKeeper (its leader SIGKILLed: needs --zookeeper-pids).")
+        var failover = false
+
+        @Option(help: "The ZooKeeper servers' PIDs, comma-separated, in the order of --zookeeper's addresses.")
+        var zookeeperPids = ""
+
+        @Option(help: "The PostgreSQL postmaster's PID: with --failover, a backend of it is SIGKILLed, which restarts the server.")
+        var postgresPid: Int32?
+
+        @Option(help: "Seconds of each failover phase (the fault comes after 2).")
+        var failoverSeconds = 8.0
+
         @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
         var logLevel = "warning"
 
         func validate() throws {
-            guard seconds > 0, leaseMs > 0, pausedRounds > 0 else {
-                throw ValidationError("--seconds, --lease-ms and --paused-rounds must be positive")
+            guard seconds > 0, leaseMs > 0, pausedRounds > 0, failoverSeconds > 3 else {
+                throw ValidationError("--seconds, --lease-ms and --paused-rounds must be positive, --failover-seconds above 3")
             }
             _ = try parsedBackends()
         }
@@ -77,9 +89,17 @@ extension SessionClusterCommand {
             bench.seconds = seconds
             bench.leaseMillis = leaseMs
             bench.pausedRounds = pausedRounds
+            bench.failover = failover
+            bench.failoverSeconds = failoverSeconds
+            bench.zookeeperPIDs = zookeeperPids.split(separator: ",").compactMap { pid_t(String($0)) }
+            bench.postgresPID = postgresPid
             do {
                 let results = try bench.run(logger: logger)
                 print(LockBench.Result.table(results), terminator: "")
+                if failover {
+                    print()
+                    print(LockBench.FailoverResult.table(try bench.failover(logger: logger)), terminator: "")
+                }
             } catch let error as LockError {
                 throw ValidationError("\(error)")
             }

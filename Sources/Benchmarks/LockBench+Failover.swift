@@ -84,9 +84,10 @@ extension LockBench {
     }
 
     /// Redis: a private primary, replica and Sentinel (`down-after-milliseconds` 500); the
-    /// primary is SIGKILLed and the Sentinel promotes the replica. Writes are asynchronous (no
-    /// `WAIT`): a lock or fence counter written to the primary and not yet replicated is lost.
-    func redisFailover(seconds: Double, logger: Logger) throws -> FailoverResult {
+    /// primary is SIGKILLed and the Sentinel promotes the replica. Without `durability` writes
+    /// are asynchronous: a lock or fence counter written to the primary and not yet replicated is
+    /// lost. With it, a grant counts once the replica acknowledged it (`WAIT`).
+    func redisFailover(seconds: Double, durability: RedisDurability?, logger: Logger) throws -> FailoverResult {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-locks-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -99,9 +100,13 @@ extension LockBench {
             timeoutMillis: 1_000)
         let primary = set.primary
         return try failoverLoad(
-            backend: "redis", fault: "primary SIGKILLed (1 replica, Sentinel)", seconds: seconds, faultAtMillis: 2_000,
-            leaseMillis: 2_000,
-            make: { RedisLock(client: RedisClient(configuration: configuration, logger: logger), keyPrefix: "failover:", logger: logger) },
+            backend: "redis" + (durability.map { " (WAIT \($0.replicas))" } ?? " (no WAIT)"),
+            fault: "primary SIGKILLed (1 replica, Sentinel)", seconds: seconds, faultAtMillis: 2_000, leaseMillis: 2_000,
+            make: {
+                RedisLock(
+                    client: RedisClient(configuration: configuration, logger: logger), keyPrefix: "failover:",
+                    durability: durability, logger: logger)
+            },
             logger: logger
         ) { try primary.kill() }
     }

@@ -3,6 +3,7 @@ import ClusterLocks
 import ClusterSupervisor
 import Foundation
 import Logging
+import SessionRedis
 import Synchronization
 import SystemSupport
 
@@ -82,13 +83,16 @@ public struct LockBench: Sendable {
     }
 
     /// The failover phases of the chosen backends: Redis (a private primary, replica and Sentinel
-    /// of its own), PostgreSQL (a crash and restart of the given server, by `postgresPID`) and
+    /// of its own; without `WAIT`, then with `WAIT 1`), PostgreSQL (a crash and restart of the given server, by `postgresPID`) and
     /// ZooKeeper (the leader of the given ensemble, by `zookeeperPIDs`).
     public func failover(logger: Logger) throws -> [FailoverResult] {
         var results: [FailoverResult] = []
         if backends.contains(.redis) {
             logger.info("bench-locks: redis failover")
-            results.append(try redisFailover(seconds: failoverSeconds, logger: logger))
+            results.append(try redisFailover(seconds: failoverSeconds, durability: nil, logger: logger))
+            results.append(
+                try redisFailover(
+                    seconds: failoverSeconds, durability: RedisDurability(replicas: 1, timeoutMillis: 200), logger: logger))
         }
         for backend in backends where backend == .postgres || backend == .postgresAdvisory {
             guard let postgresPID else { break }

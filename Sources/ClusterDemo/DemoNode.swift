@@ -95,7 +95,8 @@ public final class DemoNode: Sendable {
                 client: client, expiry: configuration.expiry, principalLimit: configuration.principalLimit,
                 nodeName: configuration.nodeID, logger: logger)
             if configuration.exclusiveSessions && configuration.lockBackend == .redis {
-                exclusive = DistributedSessionLock.redis(client: client, logger: logger)
+                exclusive = DistributedSessionLock.redis(
+                    client: client, waitMillis: configuration.sessionLockWaitMillis, logger: logger)
             }
         case .replicate:
             guard let settings = configuration.replication else {
@@ -123,7 +124,9 @@ public final class DemoNode: Sendable {
             let service = try configuration.lockBackend.makeService(
                 .init(postgres: configuration.postgres, zookeeper: configuration.zookeeper), namespace: "session_locks",
                 logger: logger)
-            exclusive = DistributedSessionLock(lock: DistributedLock(service: service, logger: logger), logger: logger)
+            exclusive = DistributedSessionLock(
+                lock: DistributedLock(service: service, logger: logger), waitMillis: configuration.sessionLockWaitMillis,
+                logger: logger)
         }
         let sessionConfiguration = try SessionConfiguration(signingKeys: configuration.cookieSecrets, exclusive: exclusive)
         let sessions = SessionMiddleware(store: store, configuration: sessionConfiguration, logger: logger)
@@ -214,7 +217,8 @@ public final class DemoNode: Sendable {
         server = HTTPServer(
             configuration: HTTPServerConfiguration(
                 host: configuration.host, port: configuration.port,
-                handlerThreads: configuration.handlerThreads ?? configuration.strategy.defaultHandlerThreads),
+                handlerThreads: configuration.handlerThreads
+                    ?? (configuration.exclusiveSessions ? 64 : configuration.strategy.defaultHandlerThreads)),
             logger: logger,
             middleware: [ServedByMiddleware(nodeID: nodeID, metrics: metrics)],
             responder: router.responder)

@@ -22,6 +22,8 @@ public struct DemoNodeConfiguration: Sendable {
     /// The exclusive mode's lock service: `redis` (the node's Redis: `redis` strategy), `postgres`
     /// or `postgres-advisory` (`postgres`), `zookeeper` (`zookeeper`).
     public var lockBackend = LockBackend.redis
+    /// How long a request waits for its session's lock (exclusive mode) before 503 session_busy.
+    public var sessionLockWaitMillis = 5_000
     /// PostgreSQL, for the postgres lock backends.
     public var postgres: PostgresConfiguration?
     /// ZooKeeper, for the zookeeper lock backend.
@@ -71,6 +73,9 @@ extension DemoNodeConfiguration {
         guard maxSessions > 0 else { throw DemoNodeConfigurationError("--max-sessions must be positive") }
         guard (50...3_600_000).contains(sweepIntervalMillis) else {
             throw DemoNodeConfigurationError("--sweep-interval-ms must be 50...3600000")
+        }
+        guard (0...600_000).contains(sessionLockWaitMillis) else {
+            throw DemoNodeConfigurationError("--session-lock-wait-ms must be 0...600000")
         }
         if exclusiveSessions && lockBackend == .redis && strategy != .redis {
             throw DemoNodeConfigurationError(

@@ -55,6 +55,9 @@ public struct DemoNodeOptions: ParsableArguments {
     @Option(help: "The lock service of --exclusive-sessions: \(LockBackend.names) (redis: the node's Redis, --strategy redis).")
     public var lockBackend = "redis"
 
+    @Option(help: "With --exclusive-sessions: how long a request waits for its session's lock before 503 session_busy, in milliseconds.")
+    public var sessionLockWaitMs = 5_000
+
     @Option(help: "PostgreSQL for the postgres lock backends: postgresql://user[:password]@host:port/database.")
     public var postgres: String?
 
@@ -157,6 +160,7 @@ public struct DemoNodeOptions: ParsableArguments {
         configuration.exclusiveSessions = exclusiveSessions
         do { configuration.lockBackend = try LockBackend.named(lockBackend) } catch { throw ValidationError(error.message) }
         configuration.postgres = postgres.map { PostgresConfiguration(url: $0) }
+        configuration.sessionLockWaitMillis = sessionLockWaitMs
         configuration.zookeeper = zookeeper.map { ZooKeeperConfiguration(connect: $0) }
         configuration.maxSessions = maxSessions
         configuration.principalLimit = try principalLimit()

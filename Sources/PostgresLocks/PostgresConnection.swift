@@ -33,6 +33,8 @@ final class PostgresConnection: @unchecked Sendable {  // one thread at a time: 
             PQfinish(made)
             throw PostgresError(.connection, "connect to \(Self.redacted(url)): \(message)")
         }
+        // The server's notices (warnings on a crash, …) would go to stderr: the errors that matter come as results.
+        PQsetNoticeProcessor(made, { _, _ in }, nil)
         conn = made
     }
 

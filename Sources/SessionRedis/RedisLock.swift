@@ -64,6 +64,10 @@ public final class RedisLock: Sendable {
     /// (afterwards they start again at 1), but names used once (session IDs)
     /// do not leave a key behind forever.
     public let fenceRetentionMillis: Int?
+    /// Replicas that must acknowledge an acquisition (`WAIT`) before it is granted; nil: none.
+    /// Without it, a primary that fails right after a grant may not have passed it on, and the
+    /// promoted replica grants the lock again (with a repeated fencing token).
+    public let durability: RedisDurability?
     /// The hash tag of a lock name (its Redis Cluster slot): the name itself by default.
     let hashTag: @Sendable (String) -> String
     let logger: Logger
@@ -73,12 +77,14 @@ public final class RedisLock: Sendable {
     ///   - keyPrefix: the start of every lock and fence key; it must not contain braces.
     ///   - fenceRetentionMillis: how long a fence counter outlives its lock's last use
     ///     (`fenceRetentionMillis`); nil keeps it forever. Must be positive.
+    ///   - durability: replicas that must acknowledge each acquisition (`WAIT`); an
+    ///     acquisition they do not acknowledge in time is given back and fails.
     ///   - hashTag: the hash tag of a name's keys, when not the name
     ///     itself: `RedisSessionLock` puts a session's lock in its session's slot.
     ///   - logger: where timeouts, lost locks and failed releases are logged.
     public init(
         client: RedisClient, keyPrefix: String = "lock:", fenceRetentionMillis: Int? = nil,
-        hashTag: @escaping @Sendable (String) -> String = { $0 }, logger: Logger
+        durability: RedisDurability? = nil, hashTag: @escaping @Sendable (String) -> String = { $0 }, logger: Logger
     ) {
         precondition(
             !keyPrefix.contains("{") && !keyPrefix.contains("}"),
@@ -87,6 +93,7 @@ public final class RedisLock: Sendable {
         self.client = client
         self.keyPrefix = keyPrefix
         self.fenceRetentionMillis = fenceRetentionMillis
+        self.durability = durability
         self.hashTag = hashTag
         self.logger = logger
     }
@@ -188,9 +195,16 @@ public final class RedisLock: Sendable {
         // An empty hash tag `{}` would hash the whole key: the two keys could land in different slots.
         guard !name.isEmpty else { throw RedisError(.configuration, "a lock name must not be empty") }
         let sent = ContinuousClock.now
-        let reply = try client.eval(
-            Self.acquireScript, keys: [lockKey(name), fenceKey(name)],
-            args: [token.redisBytes, ttlMillis.redisBytes, (fenceRetentionMillis ?? 0).redisBytes])
+        let reply: RedisValue
+        do {
+            reply = try client.eval(
+                Self.acquireScript, keys: [lockKey(name), fenceKey(name)],
+                args: [token.redisBytes, ttlMillis.redisBytes, (fenceRetentionMillis ?? 0).redisBytes],
+                durability: durability)
+        } catch let error as RedisError where error.code == .notReplicated {
+            _ = try? release(name, token: token)  // a grant the replicas may not have: not one to hold
+            throw error
+        }
         guard let items = reply.array, items.count == 2, let status = items[0].int, let value = items[1].int else {
             throw RedisError(.protocolViolation, "unexpected reply from the lock script: \(reply)")
         }

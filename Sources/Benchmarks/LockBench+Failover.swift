@@ -84,9 +84,10 @@ extension LockBench {
     }
 
     /// Redis: a private primary, replica and Sentinel (`down-after-milliseconds` 500); the
-    /// primary is SIGKILLed and the Sentinel promotes the replica. Without `durability` writes
-    /// are asynchronous: a lock or fence counter written to the primary and not yet replicated is
-    /// lost. With it, a grant counts once the replica acknowledged it (`WAIT`).
+    /// replica is stopped for 300 ms (a replica that lags), the primary SIGKILLed, and the
+    /// Sentinel promotes the replica. Without `durability` writes are asynchronous: the locks and
+    /// fence counters written to the primary meanwhile are lost, and tokens are issued again.
+    /// With it, a grant counts only once the replica acknowledged it (`WAIT`).
     func redisFailover(seconds: Double, durability: RedisDurability?, logger: Logger) throws -> FailoverResult {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-locks-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -99,16 +100,25 @@ extension LockBench {
             url: "redis://127.0.0.1:6379", sentinels: sentinel.address, masterName: set.masterName, poolSize: 16,
             timeoutMillis: 1_000)
         let primary = set.primary
+        guard let replica = set.replicas.first?.process else { throw BenchFailure("no replica") }
         return try failoverLoad(
             backend: "redis" + (durability.map { " (WAIT \($0.replicas))" } ?? " (no WAIT)"),
-            fault: "primary SIGKILLed (1 replica, Sentinel)", seconds: seconds, faultAtMillis: 2_000, leaseMillis: 2_000,
+            fault: "replica lagging 300 ms, then the primary SIGKILLed (Sentinel)", seconds: seconds, faultAtMillis: 2_000,
+            leaseMillis: 2_000,
             make: {
                 RedisLock(
                     client: RedisClient(configuration: configuration, logger: logger), keyPrefix: "failover:",
                     durability: durability, logger: logger)
             },
             logger: logger
-        ) { try primary.kill() }
+        ) {
+            // The replica falls behind (stopped) while grants go on, then the primary dies: what the
+            // replica never received is lost when it is promoted.
+            guard replica.send(SIGSTOP) else { throw BenchFailure("the replica is not running") }
+            sleepMillis(300)
+            defer { replica.send(SIGCONT) }
+            try primary.kill()
+        }
     }
 
     /// ZooKeeper: the ensemble's leader (found by `srvr` on each client port) is SIGKILLed by its

@@ -121,8 +121,20 @@ public final class ZooKeeperLock: LockService {
 
     public func release(_ name: String, holder: String) throws -> Bool {
         guard let node = held.withLock({ $0.removeValue(forKey: holder) }) else { return false }
+        var attempts = 0
         do {
-            return try retryingWhileDisconnected { try node.session.delete(node.path) }
+            let deleted = try retryingWhileDisconnected {
+                attempts += 1
+                return try node.session.delete(node.path)
+            }
+            // Gone at a retry, its session alive: the attempt whose answer the lost connection took
+            // deleted it.
+            if !deleted && attempts > 1 && !node.session.hasEnded { return true }
+            if !deleted {
+                logger.warning(
+                    "a lock's node was gone at its release", metadata: ["lock": "\(DistributedLock.loggable(name))"])
+            }
+            return deleted
         } catch let error as ZooKeeperError where error.sessionEnded {
             return false  // its session, and the lock with it, ended: lost
         } catch let error as ZooKeeperError {

@@ -1,5 +1,6 @@
 import CZooKeeper
 import Dispatch
+import Logging
 import Synchronization
 
 /// Where a ZooKeeper lock service is, and its session's limits.
@@ -19,6 +20,9 @@ public struct ZooKeeperConfiguration: Sendable {
         self.connectTimeoutMillis = connectTimeoutMillis
     }
 }
+
+/// Where the C client's log lines go (at debug level).
+private let zooKeeperClientLog = Logger(label: "zookeeper-client")
 
 /// A ZooKeeper call failed with `code` (a `ZOO_ERRORS` value).
 struct ZooKeeperError: Error, CustomStringConvertible {
@@ -46,7 +50,7 @@ final class ZooKeeperSession: @unchecked Sendable {  // handle: set once; the C 
 
     /// Connects; throws when no session is established within the configured time.
     init(configuration: ZooKeeperConfiguration) throws {
-        zoo_set_debug_level(ZOO_LOG_LEVEL_ERROR)
+        zoo_set_debug_level(ZOO_LOG_LEVEL_WARN)
         let watch = SessionWatch()
         let context = Unmanaged.passRetained(watch).toOpaque()
         let watcher: watcher_fn = { _, type, state, _, context in
@@ -58,7 +62,15 @@ final class ZooKeeperSession: @unchecked Sendable {  // handle: set once; the C 
                 watch.ended.store(true, ordering: .sequentiallyConsistent)
             }
         }
-        guard let made = zookeeper_init(configuration.connect, watcher, Int32(configuration.sessionTimeoutMillis), nil, context, 0)
+        // The client's own log lines (a server refusing, a connection lost: the errors callers get
+        // anyway) go to swift-log at debug, not to stderr.
+        let log: log_callback_fn = { message in
+            guard let message else { return }
+            zooKeeperClientLog.debug("\(String(cString: message))")
+        }
+        guard
+            let made = zookeeper_init2(
+                configuration.connect, watcher, Int32(configuration.sessionTimeoutMillis), nil, context, 0, log)
         else {
             Unmanaged<SessionWatch>.fromOpaque(context).release()
             throw ZooKeeperError(code: ZSYSTEMERROR.rawValue, operation: "zookeeper_init \(configuration.connect)")

@@ -84,7 +84,7 @@ extension LockBench {
     }
 
     /// Redis: a private primary, replica and Sentinel (`down-after-milliseconds` 500); the
-    /// replica is stopped for 300 ms (a replica that lags), the primary SIGKILLed, and the
+    /// replica is cut off for 300 ms (a replica that lags), the primary SIGKILLed, and the
     /// Sentinel promotes the replica. Without `durability` writes are asynchronous: the locks and
     /// fence counters written to the primary meanwhile are lost, and tokens are issued again.
     /// With it, a grant counts only once the replica acknowledged it (`WAIT`).
@@ -103,7 +103,7 @@ extension LockBench {
         guard let replica = set.replicas.first?.process else { throw BenchFailure("no replica") }
         return try failoverLoad(
             backend: "redis" + (durability.map { " (WAIT \($0.replicas))" } ?? " (no WAIT)"),
-            fault: "replica lagging 300 ms, then the primary SIGKILLed (Sentinel)", seconds: seconds, faultAtMillis: 2_000,
+            fault: "replica cut off 300 ms, then the primary SIGKILLed (Sentinel)", seconds: seconds, faultAtMillis: 2_000,
             leaseMillis: 2_000,
             make: {
                 RedisLock(
@@ -112,11 +112,16 @@ extension LockBench {
             },
             logger: logger
         ) {
-            // The replica falls behind (stopped) while grants go on, then the primary dies: what the
-            // replica never received is lost when it is promoted.
+            // The replica falls behind while grants go on, then the primary dies: what the replica
+            // never received is lost when it is promoted. It is stopped, and the primary drops its
+            // link (so nothing more reaches even its socket), for 300 ms.
             guard replica.send(SIGSTOP) else { throw BenchFailure("the replica is not running") }
-            sleepMillis(300)
             defer { replica.send(SIGCONT) }
+            let direct = RedisClient(
+                configuration: try RedisConfiguration(url: "redis://\(primary.address)"), logger: logger)
+            defer { direct.close() }
+            try direct.send("CLIENT", "KILL", "TYPE", "replica")
+            sleepMillis(300)
             try primary.kill()
         }
     }

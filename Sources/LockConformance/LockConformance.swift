@@ -151,13 +151,14 @@ public enum LockConformance: String, CaseIterable, Sendable, CustomTestStringCon
             try holder.release(lease)
 
         case .extendKeepsTheLockPastItsLease:
-            // Lease 600 ms, extended to 30 s: 1.5 s later (2.5 leases) it is still held, and a rival waiting
-            // up to 1 s does not get it.
+            // Lease 2 s, extended to 30 s: 3 s later (1.5 leases) it is still held, and a rival waiting up
+            // to 1 s does not get it. (The extension must come within the first lease: 2 s is room for
+            // a loaded machine.)
             let locks = try lock(harness)
             let rival = try lock(harness)
-            let lease = try locks.acquire(name, by: LockOwner(), leaseMillis: 600, waitMillis: 0)
+            let lease = try locks.acquire(name, by: LockOwner(), leaseMillis: 2_000, waitMillis: 0)
             let extended = try locks.extend(lease, leaseMillis: 30_000)
-            sleepMillis(1_500)
+            sleepMillis(3_000)
             #expect(!extended.isExpired)
             #expect(lockErrorCode { _ = try rival.acquire(name, by: LockOwner(), leaseMillis: 1000, waitMillis: 1000) } == .timedOut)
             try locks.release(extended)

@@ -29,10 +29,11 @@ public final class PostgresAdvisoryLock: LockService {
     let pool: PostgresPool
     let logger: Logger
 
-    /// A held lock's connection; its mutex keeps an extension and the release from crossing.
+    /// A held lock's connection; its mutex keeps an extension and the release from crossing, and
+    /// the release empties it (an extension that waited for it then finds nothing to extend).
     private final class Holding: Sendable {
         let key: String
-        let connection: Mutex<PostgresConnection>
+        let connection: Mutex<PostgresConnection?>
         init(key: String, connection: PostgresConnection) {
             self.key = key
             self.connection = Mutex(connection)
@@ -67,38 +68,47 @@ public final class PostgresAdvisoryLock: LockService {
         defer { if !kept { pool.checkIn(connection) } }
         let timeout = pool.configuration.statementTimeoutMillis
         return try unavailableOnFailure {
-            let sent = ContinuousClock.now
-            if waitMillis == 0 {
-                let taken = try connection.query("SELECT pg_try_advisory_lock($1::bigint)", [key], timeoutMillis: timeout)
-                guard taken.rows.first?[0] == "t" else { return nil }
-            } else {
-                do {
-                    _ = try connection.query(
-                        "SELECT set_config('lock_timeout', $2, false), pg_advisory_lock($1::bigint)",
-                        [key, String(waitMillis)], timeoutMillis: waitMillis + timeout)
-                } catch let error as PostgresError where error.sqlState == "55P03" {
-                    return nil  // lock_not_available: the wait ran out
+            do {
+                let sent = ContinuousClock.now
+                if waitMillis == 0 {
+                    let taken = try connection.query("SELECT pg_try_advisory_lock($1::bigint)", [key], timeoutMillis: timeout)
+                    guard taken.rows.first?[0] == "t" else { return nil }
+                } else {
+                    do {
+                        _ = try connection.query(
+                            "SELECT set_config('lock_timeout', $2, false), pg_advisory_lock($1::bigint)",
+                            [key, String(waitMillis)], timeoutMillis: waitMillis + timeout)
+                    } catch let error as PostgresError where error.sqlState == "55P03" {
+                        return nil  // lock_not_available: the wait ran out
+                    }
                 }
+                let fence = try creatingSchemaWhenMissing({ try createSequence(on: connection) }) {
+                    try connection.query(
+                        """
+                        SELECT nextval('\(sequence)'), set_config('lock_timeout', '0', false),
+                          set_config('idle_session_timeout', $1, false)
+                        """, [String(leaseMillis)], timeoutMillis: timeout)
+                }
+                guard let token = fence.rows.first?[0].flatMap({ Int64($0) }) else {
+                    throw PostgresError(.server, "nextval returned no token")
+                }
+                held.withLock { $0[holder] = Holding(key: key, connection: connection) }
+                kept = true
+                return LockGrant(fencingToken: token, expiresAt: sent + .milliseconds(leaseMillis))
+            } catch {
+                // The lock may be held by now (a failure after it was taken): the connection is closed
+                // rather than pooled, which ends its session and frees the lock.
+                connection.markBroken()
+                throw error
             }
-            let fence = try creatingSchemaWhenMissing({ try createSequence(on: connection) }) {
-                try connection.query(
-                    """
-                    SELECT nextval('\(sequence)'), set_config('lock_timeout', '0', false),
-                      set_config('idle_session_timeout', $1, false)
-                    """, [String(leaseMillis)], timeoutMillis: timeout)
-            }
-            guard let token = fence.rows.first?[0].flatMap({ Int64($0) }) else {
-                throw PostgresError(.server, "nextval returned no token")
-            }
-            held.withLock { $0[holder] = Holding(key: key, connection: connection) }
-            kept = true
-            return LockGrant(fencingToken: token, expiresAt: sent + .milliseconds(leaseMillis))
         }
     }
 
     public func release(_ name: String, holder: String) throws -> Bool {
         guard let holding = held.withLock({ $0.removeValue(forKey: holder) }) else { return false }
-        return holding.connection.withLock { connection in
+        return holding.connection.withLock { held in
+            guard let connection = held else { return false }
+            held = nil
             defer { pool.checkIn(connection) }
             do {
                 let rows = try connection.query(
@@ -106,7 +116,9 @@ public final class PostgresAdvisoryLock: LockService {
                     [holding.key], timeoutMillis: pool.configuration.statementTimeoutMillis)
                 return rows.rows.first?[0] == "t"
             } catch {
-                // The session is gone (ended by its idle timeout, or the server restarted): so is the lock.
+                // The session is gone (ended by its idle timeout, or the server restarted): so is the
+                // lock. Should it not be, closing the connection ends it.
+                connection.markBroken()
                 logger.debug("advisory lock's session ended before its release", metadata: ["error": "\(error)"])
                 return false
             }
@@ -115,8 +127,8 @@ public final class PostgresAdvisoryLock: LockService {
 
     public func extend(_ name: String, holder: String, leaseMillis: Int) throws -> Bool {
         guard let holding = held.withLock({ $0[holder] }) else { return false }
-        return holding.connection.withLock { connection in
-            guard !connection.isBroken else { return false }
+        return holding.connection.withLock { held in
+            guard let connection = held, !connection.isBroken else { return false }
             do {
                 _ = try connection.query(
                     "SELECT set_config('idle_session_timeout', $1, false)", [String(leaseMillis)],

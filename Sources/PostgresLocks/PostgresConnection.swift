@@ -102,6 +102,10 @@ final class PostgresConnection: @unchecked Sendable {  // one thread at a time: 
         }
     }
 
+    /// Marks the connection unusable: the pool closes it instead of handing it out again (its
+    /// session, and any advisory lock it holds, end with it).
+    func markBroken() { isBroken = true }
+
     private func broken(_ code: PostgresError.Code, _ message: String) -> PostgresError {
         isBroken = true
         return PostgresError(code, message)

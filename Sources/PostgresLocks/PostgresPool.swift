@@ -5,8 +5,9 @@ import Synchronization
 public struct PostgresConfiguration: Sendable {
     /// `postgresql://user[:password]@host:port/database`.
     public var url: String
-    /// Connections at most (each advisory lock held, and each waiter of the
-    /// table lock, keeps one for as long as it holds or waits).
+    /// Connections at most for acquisitions (each advisory lock held or awaited, and each waiter
+    /// of the table lock, keeps one for as long as it holds or waits); the table lock keeps a
+    /// quarter more (at least 2) of its own for releases and extensions.
     public var poolSize: Int
     /// Longest wait for a free connection.
     public var poolWaitMillis: Int

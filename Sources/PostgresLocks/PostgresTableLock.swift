@@ -25,7 +25,11 @@ public final class PostgresTableLock: LockService {
     public let table: String
     /// How long a released or expired row is kept before `sweep` may delete it.
     public let fenceRetentionMillis: Int
+    /// For acquisitions: a waiter keeps its connection (it `LISTEN`s on it) for its whole wait.
     let pool: PostgresPool
+    /// For releases, extensions, sweeps and the schema: never taken up by waiters, so a holder can
+    /// always give its lock back however many wait for it.
+    let shortPool: PostgresPool
     let logger: Logger
     private let releases = Atomic<Int>(0)
 
@@ -41,6 +45,9 @@ public final class PostgresTableLock: LockService {
         self.table = table
         self.fenceRetentionMillis = fenceRetentionMillis
         pool = PostgresPool(configuration: configuration)
+        var short = configuration
+        short.poolSize = max(2, configuration.poolSize / 4)
+        shortPool = PostgresPool(configuration: short)
         self.logger = logger
     }
 
@@ -51,13 +58,13 @@ public final class PostgresTableLock: LockService {
 
     private func createTables() throws {
         try createIfMissing {
-            _ = try pool.query(
+            _ = try shortPool.query(
                 """
                 CREATE TABLE IF NOT EXISTS \(table) (
                   name text PRIMARY KEY, holder text NOT NULL, fence bigint NOT NULL, expires_at timestamptz NOT NULL)
                 """)
         }
-        try createIfMissing { _ = try pool.query("CREATE SEQUENCE IF NOT EXISTS \(table)_fence") }
+        try createIfMissing { _ = try shortPool.query("CREATE SEQUENCE IF NOT EXISTS \(table)_fence") }
     }
 
     public func acquire(_ name: String, holder: String, leaseMillis: Int, waitMillis: Int) throws -> LockGrant? {
@@ -101,7 +108,7 @@ public final class PostgresTableLock: LockService {
 
     public func release(_ name: String, holder: String) throws -> Bool {
         let rows = try unavailableOnFailure {
-            try pool.query(releaseSQL, [name, holder, notificationChannel(name)]).rows
+            try shortPool.query(releaseSQL, [name, holder, notificationChannel(name)]).rows
         }
         if releases.add(1, ordering: .relaxed).newValue % 256 == 0 {
             do { try sweep() } catch { logger.warning("lock table sweep failed", metadata: ["error": "\(error)"]) }
@@ -111,7 +118,7 @@ public final class PostgresTableLock: LockService {
 
     public func extend(_ name: String, holder: String, leaseMillis: Int) throws -> Bool {
         try unavailableOnFailure {
-            try pool.query(extendSQL, [name, holder, String(leaseMillis)]).affected == 1
+            try shortPool.query(extendSQL, [name, holder, String(leaseMillis)]).affected == 1
         }
     }
 
@@ -119,7 +126,7 @@ public final class PostgresTableLock: LockService {
     @discardableResult
     public func sweep() throws -> Int {
         try unavailableOnFailure {
-            try pool.query(
+            try shortPool.query(
                 """
                 DELETE FROM \(table) WHERE name IN (
                   SELECT name FROM \(table) WHERE expires_at < clock_timestamp() - $1::bigint * interval '1 millisecond'

@@ -36,11 +36,13 @@ public final class ZooKeeperLock: LockService {
     /// The current session: replaced when the ensemble ends it.
     private let session = Mutex<ZooKeeperSession?>(nil)
     /// Each holder's node.
-    private let held = Mutex<[String: (path: String, session: ZooKeeperSession)]>([:])
+    private let held = Mutex<[String: (directory: String, tag: String, path: String, session: ZooKeeperSession)]>([:])
     /// Nodes of given-up acquisitions that could not be deleted then (the connection was lost):
     /// their session lives on after it reconnects, and they would block the lock. Deleted at the
     /// next call.
     private let orphans = Mutex<[(directory: String, tag: String)]>([])
+    /// When the last connect failed (monotonic ms), 0 after a success.
+    private let lastConnectFailure = Atomic<Int64>(0)
 
     /// - Parameter namespace: the root node's name (letters, digits, `_`, `-`).
     public init(configuration: ZooKeeperConfiguration, namespace: String = "cluster_locks", logger: Logger) {
@@ -77,7 +79,7 @@ public final class ZooKeeperLock: LockService {
                 }
                 if place == 0 {
                     guard let stat = try current.stat(path) else { throw LockError(.lost, "the lock's node vanished") }
-                    held.withLock { $0[holder] = (path, current) }
+                    held.withLock { $0[holder] = (directory, tag, path, current) }
                     return LockGrant(fencingToken: stat.czxid, expiresAt: nil)
                 }
                 let left = deadline - monotonicMillis()
@@ -138,6 +140,9 @@ public final class ZooKeeperLock: LockService {
         } catch let error as ZooKeeperError where error.sessionEnded {
             return false  // its session, and the lock with it, ended: lost
         } catch let error as ZooKeeperError {
+            // Still there, and its session renews itself: deleted at the next call, or it would block
+            // the lock for as long as this process lives.
+            orphans.withLock { $0.append((node.directory, node.tag)) }
             throw LockError(.unavailable, "ZooKeeper: \(error)")
         }
     }
@@ -174,7 +179,9 @@ public final class ZooKeeperLock: LockService {
     /// Runs `body` again while it fails for a lost connection (the client reconnects to another
     /// server by itself; a leader election takes about a second), for up to a session timeout.
     private func retryingWhileDisconnected<T>(_ body: () throws -> T) throws -> T {
-        let deadline = monotonicMillis() + Int64(configuration.sessionTimeoutMillis)
+        // The session's negotiated timeout may exceed the one asked for; and at least 5 s, a reconnect's time.
+        let negotiated = session.withLock { $0?.timeoutMillis } ?? 0
+        let deadline = monotonicMillis() + Int64(max(configuration.sessionTimeoutMillis, negotiated, 5_000))
         while true {
             do {
                 return try body()
@@ -185,10 +192,25 @@ public final class ZooKeeperLock: LockService {
     }
 
     /// The session, connecting (again) when there is none or the ensemble ended it.
+    /// Connects outside the lock (a connect may wait `connectTimeoutMillis`); after a failed
+    /// connect, calls fail at once for a second instead of queueing for a connect each.
     private func currentSession() throws -> ZooKeeperSession {
-        try session.withLock { session in
-            if let session, !session.hasEnded { return session }
-            let fresh = try unavailableOnFailure { try ZooKeeperSession(configuration: configuration) }
+        let now = monotonicMillis()
+        let (current, failedAt) = session.withLock { ($0, lastConnectFailure.load(ordering: .relaxed)) }
+        if let current, !current.hasEnded { return current }
+        if failedAt != 0 && now - failedAt < 1_000 {
+            throw LockError(.unavailable, "ZooKeeper: \(configuration.connect) could not be reached a moment ago")
+        }
+        let fresh: ZooKeeperSession
+        do {
+            fresh = try ZooKeeperSession(configuration: configuration)
+        } catch let error as ZooKeeperError {
+            lastConnectFailure.store(monotonicMillis(), ordering: .relaxed)
+            throw LockError(.unavailable, "ZooKeeper: \(error)")
+        }
+        lastConnectFailure.store(0, ordering: .relaxed)
+        return session.withLock { session in
+            if let session, !session.hasEnded { return session }  // another thread connected first: use its
             session = fresh
             return fresh
         }

@@ -151,17 +151,13 @@ final class ZooKeeperSession: @unchecked Sendable {  // handle: set once; the C 
             }
         }
         var stat = Stat()
+        // The context is released by the watch's node event only: the client registers the watch
+        // even when the node is already gone (a watch for its creation), and delivers session events
+        // to it until then. A watch whose node event never comes (the node gone already, the session
+        // ended) keeps its context: a few bytes.
         let code = zoo_wexists(handle, path, watcher, context, &stat)
-        if code == ZNONODE.rawValue {
-            Unmanaged<DispatchSemaphore>.fromOpaque(context).release()  // no watch was set
-            return true
-        }
-        guard code == ZOK.rawValue else {
-            Unmanaged<DispatchSemaphore>.fromOpaque(context).release()
-            throw ZooKeeperError(code: code, operation: "watch \(path)")
-        }
-        // On timeout the watch stays set; its node event releases the context later (a session that
-        // ends first leaves it: a few bytes).
+        if code == ZNONODE.rawValue { return true }
+        guard code == ZOK.rawValue else { throw ZooKeeperError(code: code, operation: "watch \(path)") }
         return gone.wait(timeout: .now() + .milliseconds(max(0, timeoutMillis))) == .success
     }
 }

@@ -107,8 +107,8 @@ extension LockBench {
             leaseMillis: 2_000,
             make: {
                 RedisLock(
-                    client: RedisClient(configuration: configuration, logger: logger), keyPrefix: "failover:",
-                    durability: durability, logger: logger)
+                    client: RedisClient(configuration: configuration, logger: Self.quiet(logger)), keyPrefix: "failover:",
+                    durability: durability, logger: Self.quiet(logger))
             },
             logger: logger
         ) {
@@ -142,7 +142,8 @@ extension LockBench {
         return try failoverLoad(
             backend: "zookeeper", fault: "leader SIGKILLed (3 servers)", seconds: seconds, faultAtMillis: 2_000,
             leaseMillis: 2_000,
-            make: { ZooKeeperLock(configuration: configuration, namespace: namespace, logger: logger) }, logger: logger
+            make: { ZooKeeperLock(configuration: configuration, namespace: namespace, logger: Self.quiet(logger)) },
+            logger: logger
         ) {
             guard let leader = ports.firstIndex(where: { zookeeperMode(port: $0) == "leader" }) else {
                 throw BenchFailure("no ZooKeeper server says it leads")
@@ -161,7 +162,7 @@ extension LockBench {
         return try failoverLoad(
             backend: backend.rawValue, fault: "server crash and restart (a backend SIGKILLed)", seconds: seconds,
             faultAtMillis: 2_000, leaseMillis: 2_000,
-            make: { try backend.makeService(endpoints, namespace: namespace, logger: logger) }, logger: logger
+            make: { try backend.makeService(endpoints, namespace: namespace, logger: Self.quiet(logger)) }, logger: logger
         ) {
             let backends = childProcesses(of: postmaster).filter { processCommandLine($0).contains("127.0.0.1(") }
             guard let victim = backends.first else { throw BenchFailure("no client backend of PostgreSQL \(postmaster)") }
@@ -179,6 +180,14 @@ extension LockBench {
             let fields = text[text.index(after: close)...].split(separator: " ")
             return fields.count > 1 && pid_t(fields[1]) == parent
         }
+    }
+
+    /// The failing services' clients log only errors: their warnings (a server refused, a connection
+    /// lost) are what the phase measures, counted, not logged for each of thousands of calls.
+    private static func quiet(_ logger: Logger) -> Logger {
+        var quiet = logger
+        quiet.logLevel = .error
+        return quiet
     }
 
     private func processCommandLine(_ pid: pid_t) -> String {

@@ -19,6 +19,9 @@ public struct PostgresRows: Sendable, Equatable {
 final class PostgresConnection: @unchecked Sendable {  // one thread at a time: the pool hands it out
     private let conn: OpaquePointer
     private(set) var isBroken = false
+    /// Whether a statement ran on it before: a pooled connection may have gone stale (the server
+    /// restarted) while it waited in the pool.
+    private(set) var hasBeenUsed = false
 
     /// Connects to `url` (`postgresql://user@host:port/db`), waiting up to `connectTimeoutSeconds` (≥ 2, libpq's floor).
     init(url: String, connectTimeoutSeconds: Int, applicationName: String) throws {
@@ -44,6 +47,7 @@ final class PostgresConnection: @unchecked Sendable {  // one thread at a time: 
     /// A connection error or a timeout marks the connection broken.
     func query(_ sql: String, _ parameters: [String?] = [], timeoutMillis: Int) throws -> PostgresRows {
         let deadline = monotonicMillis() + Int64(timeoutMillis)
+        hasBeenUsed = true
         let sent: Int32 = withOptionalCStrings(parameters) { values in
             PQsendQueryParams(conn, sql, Int32(parameters.count), nil, values, nil, nil, 0)
         }

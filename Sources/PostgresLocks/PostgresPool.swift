@@ -69,8 +69,20 @@ final class PostgresPool: Sendable {
         return try body(connection)
     }
 
-    /// One statement on any connection, with the configured timeout.
+    /// One statement on any connection, with the configured timeout. A pooled connection found
+    /// broken (it went stale while idle: a restarted server) is dropped and the statement sent
+    /// once more on a new one; callers send only statements that are safe to repeat.
     func query(_ sql: String, _ parameters: [String?] = []) throws -> PostgresRows {
-        try withConnection { try $0.query(sql, parameters, timeoutMillis: configuration.statementTimeoutMillis) }
+        var retried = false
+        while true {
+            let connection = try checkOut()
+            defer { checkIn(connection) }
+            let stale = connection.hasBeenUsed
+            do {
+                return try connection.query(sql, parameters, timeoutMillis: configuration.statementTimeoutMillis)
+            } catch let error as PostgresError where error.code == .connection && stale && !retried {
+                retried = true
+            }
+        }
     }
 }

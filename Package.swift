@@ -197,8 +197,8 @@ let package = Package(
         .testTarget(
             name: "ClusterLocksTests",
             dependencies: [
-                "session-cluster", "Benchmarks", "ClusterDemo", "ClusterLocks", "LockConformance", "PostgresLocks",
-                "SessionRedis", "SystemSupport", "TestSupport", "ZooKeeperLocks",
+                "session-cluster", "Benchmarks", "ClusterDemo", "ClusterLocks", "LockConformance", "SessionCore",
+                "SessionRedis", "SystemSupport", "TestSupport",
             ]),
         .testTarget(name: "MiniHTTPTests", dependencies: ["MiniHTTP", "TestSupport"]),
         // Test-only helpers (product SessionClusterTesting): child processes and private

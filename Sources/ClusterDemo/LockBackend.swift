@@ -42,6 +42,24 @@ public enum LockBackend: String, CaseIterable, Sendable {
             self.postgres = postgres
             self.zookeeper = zookeeper
         }
+
+        /// The endpoints of their command-line forms (`--redis`, `--postgres`, `--zookeeper`); nil
+        /// leaves one out. Nothing is contacted. A bad Redis URL is `LockError(.invalidArgument)`.
+        public static func parse(
+            redis: String?, postgres: String?, zookeeper: String?, zookeeperSessionMillis: Int = 3_000, logger: Logger
+        ) throws(LockError) -> Endpoints {
+            var client: RedisClient?
+            if let redis {
+                do {
+                    client = RedisClient(configuration: try RedisConfiguration(url: redis), logger: logger)
+                } catch {
+                    throw LockError(.invalidArgument, "--redis: \((error as? RedisError)?.message ?? "\(error)")")
+                }
+            }
+            return Endpoints(
+                redis: client, postgres: postgres.map { PostgresConfiguration(url: $0) },
+                zookeeper: zookeeper.map { ZooKeeperConfiguration(connect: $0, sessionTimeoutMillis: zookeeperSessionMillis) })
+        }
     }
 
     /// This backend's service at `endpoints`; `namespace` keeps its keys or rows apart (a Redis key

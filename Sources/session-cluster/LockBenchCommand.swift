@@ -4,9 +4,6 @@ import ClusterDemo
 import ClusterLocks
 import Foundation
 import Logging
-import PostgresLocks
-import SessionRedis
-import ZooKeeperLocks
 
 extension SessionClusterCommand {
     /// What each lock service costs and what it guarantees (`LockBench`).
@@ -77,11 +74,13 @@ extension SessionClusterCommand {
         func run() throws {
             let logger = try standardErrorLogger(label: "bench-locks", level: logLevel)
             let chosen = try parsedBackends()
-            let endpoints = LockBackend.Endpoints(
-                redis: chosen.contains(.redis)
-                    ? RedisClient(configuration: try RedisConfiguration(url: redis), logger: logger) : nil,
-                postgres: PostgresConfiguration(url: postgres),
-                zookeeper: ZooKeeperConfiguration(connect: zookeeper))
+            let endpoints: LockBackend.Endpoints
+            do {
+                endpoints = try .parse(
+                    redis: chosen.contains(.redis) ? redis : nil, postgres: postgres, zookeeper: zookeeper, logger: logger)
+            } catch {
+                throw ValidationError(error.message)
+            }
             var bench = LockBench(
                 endpoints: endpoints, workerArguments: ["--redis", redis, "--postgres", postgres, "--zookeeper", zookeeper],
                 executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path)

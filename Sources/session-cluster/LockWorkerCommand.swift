@@ -3,9 +3,6 @@ import Benchmarks
 import ClusterDemo
 import ClusterLocks
 import Logging
-import PostgresLocks
-import SessionRedis
-import ZooKeeperLocks
 
 extension SessionClusterCommand {
     /// Lock contenders in one process, for the lock tests and `bench-locks`.
@@ -99,16 +96,12 @@ struct LockServiceOptions: ParsableArguments {
     func makeService(logger: Logger, leaseMillis: Int) throws -> any LockService {
         do {
             let backend = try LockBackend.named(lockBackend)
-            let endpoints = LockBackend.Endpoints(
-                redis: backend == .redis
-                    ? RedisClient(configuration: try RedisConfiguration(url: redis), logger: logger) : nil,
-                postgres: PostgresConfiguration(url: postgres),
-                zookeeper: ZooKeeperConfiguration(connect: zookeeper, sessionTimeoutMillis: leaseMillis))
+            let endpoints = try LockBackend.Endpoints.parse(
+                redis: backend == .redis ? redis : nil, postgres: postgres, zookeeper: zookeeper,
+                zookeeperSessionMillis: leaseMillis, logger: logger)
             return try backend.makeService(endpoints, namespace: namespace, logger: logger)
         } catch let error as LockError {
             throw ValidationError(error.message)
-        } catch let error as RedisError {
-            throw ValidationError("--redis: \(error.message)")
         }
     }
 }

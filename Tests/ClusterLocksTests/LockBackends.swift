@@ -1,85 +1,62 @@
+import ClusterDemo
 import ClusterLocks
 import Foundation
 import LockConformance
-import PostgresLocks
 import SessionRedis
-import ZooKeeperLocks
 import TestSupport
 
-/// The lock services scripts/test.sh starts: REDIS_URL, POSTGRES_URL.
+/// The lock services scripts/test.sh starts: REDIS_URL, REDIS_CLUSTER_SEEDS, POSTGRES_URL, ZOOKEEPER_CONNECT.
 enum LockBackends {
     static let redisURL = ProcessInfo.processInfo.environment["REDIS_URL"]
     static let postgresURL = ProcessInfo.processInfo.environment["POSTGRES_URL"]
     static let redisClusterSeeds = ProcessInfo.processInfo.environment["REDIS_CLUSTER_SEEDS"]
     static let zookeeperConnect = ProcessInfo.processInfo.environment["ZOOKEEPER_CONNECT"]
-}
 
-/// Redis, or a Redis Cluster (every lock's keys in its name's slot): a key prefix of its own per harness.
-struct RedisLockHarness: LockServiceHarness {
-    let cluster: Bool
-    let prefix = "lock-test:\(UUID().uuidString.prefix(8)):"
-
-    func makeService() throws -> any LockService {
-        let configuration =
-            cluster
-            ? try RedisConfiguration(clusterSeeds: LockBackends.redisClusterSeeds ?? "127.0.0.1:7000")
-            : try RedisConfiguration(url: LockBackends.redisURL ?? "redis://127.0.0.1:6379")
-        return RedisLock(client: client(configuration), keyPrefix: prefix, logger: quietLogger())
+    /// Whether `backend`'s service runs here.
+    static func available(_ backend: LockBackend) -> Bool {
+        switch backend {
+        case .redis: redisURL != nil
+        case .postgres, .postgresAdvisory: postgresURL != nil
+        case .zookeeper: zookeeperConnect != nil
+        }
     }
 
-    func makeUnreachableService() throws -> any LockService {
-        RedisLock(client: client(try RedisConfiguration(url: "redis://127.0.0.1:1")), keyPrefix: prefix, logger: quietLogger())
-    }
-
-    private func client(_ configuration: RedisConfiguration) -> RedisClient {
-        var configuration = configuration
-        configuration.connectTimeoutMillis = 500
-        configuration.commandTimeoutMillis = 2000
-        return RedisClient(configuration: configuration, logger: quietLogger())
-    }
-}
-
-/// PostgreSQL's lock table: a table of its own per harness, which its first acquire creates.
-struct PostgresTableHarness: LockServiceHarness {
-    let table = "locks_\(UUID().uuidString.prefix(8).lowercased())"
-
-    func makeService() throws -> any LockService {
-        PostgresTableLock(
-            configuration: PostgresConfiguration(url: LockBackends.postgresURL ?? "postgresql://postgres@127.0.0.1:5432/postgres"),
-            table: table, logger: quietLogger())
-    }
-
-    func makeUnreachableService() throws -> any LockService {
-        PostgresTableLock(configuration: PostgresConfiguration(url: "postgresql://postgres@127.0.0.1:1/postgres"), table: table, logger: quietLogger())
-    }
-}
-
-/// PostgreSQL's advisory locks.
-struct PostgresAdvisoryHarness: LockServiceHarness {
-    func makeService() throws -> any LockService {
-        PostgresAdvisoryLock(
-            configuration: PostgresConfiguration(url: LockBackends.postgresURL ?? "postgresql://postgres@127.0.0.1:5432/postgres"),
+    /// Where those services are (each client made anew).
+    static func endpoints(_ backend: LockBackend) throws -> LockBackend.Endpoints {
+        try .parse(
+            redis: backend == .redis ? redisURL : nil, postgres: postgresURL, zookeeper: zookeeperConnect,
             logger: quietLogger())
     }
 
-    func makeUnreachableService() throws -> any LockService {
-        PostgresAdvisoryLock(configuration: PostgresConfiguration(url: "postgresql://postgres@127.0.0.1:1/postgres"), logger: quietLogger())
+    /// `backend`'s service in `namespace`.
+    static func service(_ backend: LockBackend, namespace: String) throws -> any LockService {
+        try backend.makeService(try endpoints(backend), namespace: namespace, logger: quietLogger())
     }
+
+    /// A namespace (key prefix, table, root node) no other test uses.
+    static func uniqueNamespace() -> String { "locks_\(UUID().uuidString.prefix(8).lowercased())" }
 }
 
-/// ZooKeeper: a root node of its own per harness, 3 s sessions.
-struct ZooKeeperHarness: LockServiceHarness {
-    let namespace = "locks_\(UUID().uuidString.prefix(8).lowercased())"
+/// A backend's service for `LockConformance`, in a namespace of its own per harness (a PostgreSQL
+/// table its first acquire creates); with `redisCluster`, the Redis lock on the Redis Cluster.
+struct LockHarness: LockServiceHarness {
+    let backend: LockBackend
+    var redisCluster = false
+    let namespace = LockBackends.uniqueNamespace()
 
     func makeService() throws -> any LockService {
-        ZooKeeperLock(
-            configuration: ZooKeeperConfiguration(connect: LockBackends.zookeeperConnect ?? "127.0.0.1:2181"),
-            namespace: namespace, logger: quietLogger())
+        guard redisCluster else { return try LockBackends.service(backend, namespace: namespace) }
+        let cluster = try RedisConfiguration(clusterSeeds: LockBackends.redisClusterSeeds ?? "127.0.0.1:7000")
+        return try backend.makeService(
+            .init(redis: RedisClient(configuration: cluster, logger: quietLogger())), namespace: namespace,
+            logger: quietLogger())
     }
 
+    /// The same service on port 1 of loopback, where nothing listens.
     func makeUnreachableService() throws -> any LockService {
-        ZooKeeperLock(
-            configuration: ZooKeeperConfiguration(connect: "127.0.0.1:1", connectTimeoutMillis: 1_000), namespace: namespace,
-            logger: quietLogger())
+        let endpoints = try LockBackend.Endpoints.parse(
+            redis: "redis://127.0.0.1:1", postgres: "postgresql://postgres@127.0.0.1:1/postgres",
+            zookeeper: "127.0.0.1:1", logger: quietLogger())
+        return try backend.makeService(endpoints, namespace: namespace, logger: quietLogger())
     }
 }

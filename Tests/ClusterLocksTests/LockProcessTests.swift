@@ -2,21 +2,12 @@ import Benchmarks
 import ClusterDemo
 import ClusterLocks
 import Foundation
-import PostgresLocks
-import SessionRedis
 import SystemSupport
 import Testing
-import ZooKeeperLocks
 import TestSupport
 
 /// The backends `session-cluster lock-worker` runs on here.
-private let backends: [LockBackend] = LockBackend.allCases.filter {
-    switch $0 {
-    case .redis: LockBackends.redisURL != nil
-    case .postgres, .postgresAdvisory: LockBackends.postgresURL != nil
-    case .zookeeper: LockBackends.zookeeperConnect != nil
-    }
-}
+private let backends = LockBackend.allCases.filter(LockBackends.available)
 
 /// One hold a worker reported: from its `acquired` line to its `released` line.
 private struct Hold {
@@ -34,7 +25,7 @@ struct LockProcessTests {
     /// time (every process reads the same monotonic clock), and tokens increase with every hold.
     @Test(arguments: backends)
     func eightContendersOnThreeProcessesNeverOverlap(_ backend: LockBackend) throws {
-        let namespace = uniqueNamespace()
+        let namespace = LockBackends.uniqueNamespace()
         let workers = try [3, 3, 2].map { threads in
             try worker(backend, namespace, ["--threads", "\(threads)", "--rounds", "5", "--hold-ms", "2"])
         }
@@ -57,14 +48,14 @@ struct LockProcessTests {
     /// session dies with the connection (advisory: its 20 s lease is not what frees it).
     @Test(arguments: backends)
     func aKilledHoldersLockIsTakenOver(_ backend: LockBackend) throws {
-        let namespace = uniqueNamespace()
+        let namespace = LockBackends.uniqueNamespace()
         let lease = backend == .postgresAdvisory ? 20_000 : 1_500
         let holder = try worker(backend, namespace, ["--keep", "--lease-ms", "\(lease)"])
         defer { holder.kill() }
         try #require(waitUntil(timeout: 30) { holder.output.contains("acquired ") }, "no acquisition: \(holder.output)")
         let first = try #require(reportedHolds(in: holder.output, open: true).first)
         holder.kill()
-        let locks = DistributedLock(service: try service(backend, namespace), logger: quietLogger())
+        let locks = DistributedLock(service: try LockBackends.service(backend, namespace: namespace), logger: quietLogger())
         let start = monotonicNanos()
         let next = try locks.acquire("job", by: LockOwner(), leaseMillis: 10_000, waitMillis: 30_000)
         let waited = (monotonicNanos() - start) / 1_000_000
@@ -79,7 +70,7 @@ struct LockProcessTests {
     /// takes that write out of turn, the fenced one refuses it, and the first finds its lock lost.
     @Test(arguments: backends)
     func aPausedHolderIsFencedOut(_ backend: LockBackend) throws {
-        let namespace = uniqueNamespace()
+        let namespace = LockBackends.uniqueNamespace()
         let resource = try FencedResourceServer(logger: quietLogger())
         defer { resource.stop() }
         var go: [Int32] = [0, 0]
@@ -94,7 +85,7 @@ struct LockProcessTests {
         let paused = try #require(reportedHolds(in: holder.output, open: true).first)
         try #require(holder.freeze(), "the holder did not stop")
 
-        let locks = DistributedLock(service: try service(backend, namespace), logger: quietLogger())
+        let locks = DistributedLock(service: try LockBackends.service(backend, namespace: namespace), logger: quietLogger())
         let lease = try locks.acquire("job", by: LockOwner(), leaseMillis: 30_000, waitMillis: 30_000)
         #expect(lease.fencingToken > paused.token)
         #expect(resource.fenced.write(fencingToken: lease.fencingToken))
@@ -115,8 +106,6 @@ struct LockProcessTests {
 
     // MARK: - Helpers
 
-    private func uniqueNamespace() -> String { "locks_\(UUID().uuidString.prefix(8).lowercased())" }
-
     private func endpoints(_ namespace: String) -> [String] {
         [
             "--redis", LockBackends.redisURL ?? "", "--postgres", LockBackends.postgresURL ?? "", "--zookeeper",
@@ -131,16 +120,6 @@ struct LockProcessTests {
             try ChildProcess.sessionClusterBinary(),
             ["lock-worker", "--lock-backend", backend.rawValue, "--name", "job"] + endpoints(namespace) + arguments,
             descriptors: descriptors)
-    }
-
-    private func service(_ backend: LockBackend, _ namespace: String) throws -> any LockService {
-        let endpoints = LockBackend.Endpoints(
-            redis: backend == .redis
-                ? RedisClient(configuration: try RedisConfiguration(url: LockBackends.redisURL ?? ""), logger: quietLogger())
-                : nil,
-            postgres: PostgresConfiguration(url: LockBackends.postgresURL ?? ""),
-            zookeeper: ZooKeeperConfiguration(connect: LockBackends.zookeeperConnect ?? ""))
-        return try backend.makeService(endpoints, namespace: namespace, logger: quietLogger())
     }
 
     /// The holds a worker reported; with `open`, also those not released (yet).

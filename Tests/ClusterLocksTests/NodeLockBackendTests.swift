@@ -1,16 +1,12 @@
 import ClusterDemo
 import ClusterLocks
 import Foundation
-import PostgresLocks
 import SessionCore
 import Testing
 import TestSupport
-import ZooKeeperLocks
 
 /// The backends other than Redis that a node's exclusive mode can use here.
-private let nodeBackends: [LockBackend] = [LockBackend.postgres, .postgresAdvisory, .zookeeper].filter {
-    $0 == .zookeeper ? LockBackends.zookeeperConnect != nil : LockBackends.postgresURL != nil
-}
+private let nodeBackends = [LockBackend.postgres, .postgresAdvisory, .zookeeper].filter(LockBackends.available)
 
 /// `session-cluster node --exclusive-sessions --lock-backend …` takes each session's lock in that
 /// service: a session whose lock another client holds there gets 503 session_busy, and runs again
@@ -33,12 +29,8 @@ struct NodeLockBackendTests {
         let id = try #require(curl.cookie("sid").flatMap(SessionID.init(rawValue:)))
 
         // Another client holds the session's lock in the same service (the node's namespace).
-        let endpoints = LockBackend.Endpoints(
-            postgres: PostgresConfiguration(url: LockBackends.postgresURL ?? ""),
-            zookeeper: ZooKeeperConfiguration(connect: LockBackends.zookeeperConnect ?? ""))
         let locks = DistributedLock(
-            service: try backend.makeService(endpoints, namespace: "session_locks", logger: quietLogger()),
-            logger: quietLogger())
+            service: try LockBackends.service(backend, namespace: "session_locks"), logger: quietLogger())
         let lease = try locks.acquire(id.rawValue, by: LockOwner(), leaseMillis: 60_000, waitMillis: 10_000)
         let busy = try curl.request("POST", url + "/api/counter")
         #expect(busy.status == 503)

@@ -1,4 +1,4 @@
-import SystemSupport
+import Synchronization
 
 /// Why a lock call failed.
 public struct LockError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -26,6 +26,20 @@ public struct LockError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String { "lock \(code.rawValue): \(message)" }
 }
 
+extension LockError {
+    /// Runs `body`, for a backend: a `Failure` it throws (the backend client's own error) becomes
+    /// `.unavailable`, "`service`: `error`"; other errors pass through.
+    public static func unavailableOnFailure<T, Failure: Error>(
+        of _: Failure.Type, service: String, _ body: () throws -> T
+    ) throws -> T {
+        do {
+            return try body()
+        } catch let error as Failure {
+            throw LockError(.unavailable, "\(service): \(error)")
+        }
+    }
+}
+
 /// Who holds a lock: a reentrant acquisition is one by the same owner.
 ///
 /// An owner is a value the caller makes and passes along (a job, a request,
@@ -33,10 +47,14 @@ public struct LockError: Error, Sendable, Equatable, CustomStringConvertible {
 /// never the same, even in one process; one owner must not race itself for
 /// the same name from two threads (the second waits for the first's lock).
 public struct LockOwner: Hashable, Sendable, CustomStringConvertible {
-    /// Unique per owner: 12 random bytes, base64url.
-    public let id: String
+    /// Unique per owner in this process (owners are compared only here, by `DistributedLock`'s
+    /// reentrancy count; the service sees a random holder token per acquisition): a counter, so
+    /// an owner made per request costs no random bytes.
+    public let id: UInt64
 
-    public init() { id = secureRandomToken(byteCount: 12) }
+    private static let lastID = Atomic<UInt64>(0)
 
-    public var description: String { "owner \(id.prefix(6))…" }
+    public init() { id = Self.lastID.add(1, ordering: .relaxed).newValue }
+
+    public var description: String { "owner #\(id)" }
 }

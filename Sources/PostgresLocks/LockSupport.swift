@@ -29,11 +29,7 @@ func isPlainIdentifier(_ name: String) -> Bool {
 
 /// Runs `body`, turning PostgreSQL failures into `LockError(.unavailable)`.
 func unavailableOnFailure<T>(_ body: () throws -> T) throws -> T {
-    do {
-        return try body()
-    } catch let error as PostgresError {
-        throw LockError(.unavailable, "PostgreSQL: \(error)")
-    }
+    try LockError.unavailableOnFailure(of: PostgresError.self, service: "PostgreSQL", body)
 }
 
 /// Runs `body`; when its table or sequence does not exist yet (SQLSTATE 42P01), creates the schema

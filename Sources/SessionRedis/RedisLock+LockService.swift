@@ -22,11 +22,12 @@ extension RedisLock: LockService {
     }
 
     private func unavailableOnFailure<T>(_ call: () throws -> T) throws -> T {
-        do {
-            return try call()
-        } catch let error as RedisError {
-            if error.code == .configuration { throw LockError(.invalidArgument, error.message) }
-            throw LockError(.unavailable, "Redis: \(error.message)")
+        try LockError.unavailableOnFailure(of: RedisError.self, service: "Redis") {
+            do {
+                return try call()
+            } catch let error as RedisError where error.code == .configuration {
+                throw LockError(.invalidArgument, error.message)
+            }
         }
     }
 }

@@ -54,22 +54,21 @@ public final class ZooKeeperLock: LockService {
     }
 
     public func acquire(_ name: String, holder: String, leaseMillis: Int, waitMillis: Int) throws -> LockGrant? {
-        let deadline = monotonicMillis() + Int64(waitMillis)
+        try unavailableOnFailure {
+            try acquireNode(name, holder: holder, deadline: monotonicMillis() + Int64(waitMillis))
+        }
+    }
+
+    private func acquireNode(_ name: String, holder: String, deadline: Int64) throws -> LockGrant? {
         let current = try currentSession()
         deleteOrphans(on: current)
         let directory = root + "/" + Self.escaped(name)
         // The node's name carries a tag of its holder, so that a creation whose answer was lost
         // (the connection dropped) can still be found and deleted.
         let tag = Self.escaped(String(holder.prefix(12)))
-        let path: String
         do {
-            path = try createNode(in: directory, tag: tag, on: current)
-        } catch let error as ZooKeeperError {
-            giveUp(directory: directory, tag: tag, on: current)
-            throw LockError(.unavailable, "ZooKeeper: \(error)")
-        }
-        let mine = String(path.dropFirst(directory.count + 1))
-        do {
+            let path = try createNode(in: directory, tag: tag, on: current)
+            let mine = String(path.dropFirst(directory.count + 1))
             while true {
                 let waiting = try current.children(directory).filter { $0.hasPrefix("lock-") }.sorted {
                     $0.suffix(10) < $1.suffix(10)  // by the sequence number ZooKeeper appended
@@ -91,7 +90,6 @@ public final class ZooKeeperLock: LockService {
             }
         } catch {
             giveUp(directory: directory, tag: tag, on: current)
-            if let error = error as? ZooKeeperError { throw LockError(.unavailable, "ZooKeeper: \(error)") }
             throw error
         }
     }
@@ -123,38 +121,40 @@ public final class ZooKeeperLock: LockService {
 
     public func release(_ name: String, holder: String) throws -> Bool {
         guard let node = held.withLock({ $0.removeValue(forKey: holder) }) else { return false }
-        var attempts = 0
-        do {
-            let deleted = try retryingWhileDisconnected {
-                attempts += 1
-                return try node.session.delete(node.path)
+        return try unavailableOnFailure {
+            var attempts = 0
+            do {
+                let deleted = try retryingWhileDisconnected {
+                    attempts += 1
+                    return try node.session.delete(node.path)
+                }
+                // Gone at a retry, its session alive: the attempt whose answer the lost connection took
+                // deleted it.
+                if !deleted && attempts > 1 && !node.session.hasEnded { return true }
+                if !deleted {
+                    logger.warning(
+                        "a lock's node was gone at its release", metadata: ["lock": "\(DistributedLock.loggable(name))"])
+                }
+                return deleted
+            } catch let error as ZooKeeperError where error.sessionEnded {
+                return false  // its session, and the lock with it, ended: lost
+            } catch {
+                // Still there, and its session renews itself: deleted at the next call, or it would block
+                // the lock for as long as this process lives.
+                orphans.withLock { $0.append((node.directory, node.tag)) }
+                throw error
             }
-            // Gone at a retry, its session alive: the attempt whose answer the lost connection took
-            // deleted it.
-            if !deleted && attempts > 1 && !node.session.hasEnded { return true }
-            if !deleted {
-                logger.warning(
-                    "a lock's node was gone at its release", metadata: ["lock": "\(DistributedLock.loggable(name))"])
-            }
-            return deleted
-        } catch let error as ZooKeeperError where error.sessionEnded {
-            return false  // its session, and the lock with it, ended: lost
-        } catch let error as ZooKeeperError {
-            // Still there, and its session renews itself: deleted at the next call, or it would block
-            // the lock for as long as this process lives.
-            orphans.withLock { $0.append((node.directory, node.tag)) }
-            throw LockError(.unavailable, "ZooKeeper: \(error)")
         }
     }
 
     public func extend(_ name: String, holder: String, leaseMillis: Int) throws -> Bool {
         guard let node = held.withLock({ $0[holder] }) else { return false }
-        do {
-            return try node.session.stat(node.path) != nil
-        } catch let error as ZooKeeperError where error.sessionEnded {
-            return false
-        } catch let error as ZooKeeperError {
-            throw LockError(.unavailable, "ZooKeeper: \(error)")
+        return try unavailableOnFailure {
+            do {
+                return try node.session.stat(node.path) != nil
+            } catch let error as ZooKeeperError where error.sessionEnded {
+                return false
+            }
         }
     }
 
@@ -204,9 +204,9 @@ public final class ZooKeeperLock: LockService {
         let fresh: ZooKeeperSession
         do {
             fresh = try ZooKeeperSession(configuration: configuration)
-        } catch let error as ZooKeeperError {
+        } catch {
             lastConnectFailure.store(monotonicMillis(), ordering: .relaxed)
-            throw LockError(.unavailable, "ZooKeeper: \(error)")
+            throw error
         }
         lastConnectFailure.store(0, ordering: .relaxed)
         return session.withLock { session in
@@ -217,11 +217,7 @@ public final class ZooKeeperLock: LockService {
     }
 
     private func unavailableOnFailure<T>(_ body: () throws -> T) throws -> T {
-        do {
-            return try body()
-        } catch let error as ZooKeeperError {
-            throw LockError(.unavailable, "ZooKeeper: \(error)")
-        }
+        try LockError.unavailableOnFailure(of: ZooKeeperError.self, service: "ZooKeeper", body)
     }
 
     private static func isPlain(_ byte: UInt8) -> Bool {
